@@ -1,0 +1,137 @@
+//! Engine configuration: serde structs with defaults that give a working
+//! embedded server with no configuration at all.
+
+use std::{path::PathBuf, time::Duration};
+
+use ipnet::IpNet;
+
+/// Everything the engine needs to start.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Where the embedded log and store live.
+    pub data_dir: PathBuf,
+    /// CIDRs that may receive deliveries despite the SSRF rules.
+    pub allow_targets: Vec<IpNet>,
+    /// Delays between attempts; a delivery is dead after the last one.
+    pub retry_schedule: RetrySchedule,
+    /// Number of partitions of the embedded event log.
+    pub log_partitions: u32,
+    /// How long a `(tenant, dedupe_key)` pair stays unique.
+    pub dedupe_window: Duration,
+    /// Delivery tuning.
+    pub delivery: DeliveryConfig,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./herald-data"),
+            allow_targets: Vec::new(),
+            retry_schedule: RetrySchedule::default(),
+            log_partitions: 8,
+            dedupe_window: Duration::from_secs(7 * 24 * 3600),
+            delivery: DeliveryConfig::default(),
+        }
+    }
+}
+
+/// Tuning of the delivery workers.
+#[derive(Debug, Clone)]
+pub struct DeliveryConfig {
+    /// Number of endpoint shards (tokio tasks owning endpoint state).
+    pub shards: usize,
+    /// Connect timeout per attempt.
+    pub connect_timeout: Duration,
+    /// Total timeout per attempt, from request start to the end of the body.
+    pub request_timeout: Duration,
+    /// Concurrent requests per endpoint.
+    pub max_in_flight_per_endpoint: usize,
+    /// Consecutive failures that open an endpoint's circuit.
+    pub breaker_failure_threshold: u32,
+    /// How long an open circuit waits before one half-open probe.
+    pub breaker_open_for: Duration,
+    /// Fraction of random jitter added to or removed from each retry delay.
+    pub retry_jitter: f64,
+    /// Bytes of the response body kept in the delivery log.
+    pub response_body_limit: usize,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        Self {
+            shards: 4,
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(15),
+            max_in_flight_per_endpoint: 32,
+            breaker_failure_threshold: 5,
+            breaker_open_for: Duration::from_secs(30),
+            retry_jitter: 0.1,
+            response_body_limit: 4096,
+        }
+    }
+}
+
+/// The delays between delivery attempts, e.g. `5s,5m,30m,2h,5h,10h,10h`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetrySchedule(pub Vec<Duration>);
+
+impl Default for RetrySchedule {
+    /// About three days: `5s,5m,30m,2h,5h,10h,10h,24h,24h` (3 days 4 h).
+    fn default() -> Self {
+        "5s,5m,30m,2h,5h,10h,10h,24h,24h"
+            .parse()
+            .expect("the default schedule parses")
+    }
+}
+
+impl std::str::FromStr for RetrySchedule {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        if s.is_empty() {
+            return Ok(Self(Vec::new()));
+        }
+        s.split(',')
+            .map(|part| {
+                humantime::parse_duration(part.trim()).map_err(|e| {
+                    format!("retry schedule entry {part:?}: {e} (write delays like 5s,5m,2h)")
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Self)
+    }
+}
+
+impl std::fmt::Display for RetrySchedule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let parts: Vec<String> = self
+            .0
+            .iter()
+            .map(|d| humantime::format_duration(*d).to_string())
+            .collect();
+        f.write_str(&parts.join(","))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedule_parses_and_reports_errors() {
+        let s: RetrySchedule = "5s, 5m,2h".parse().unwrap();
+        assert_eq!(
+            s.0,
+            vec![
+                Duration::from_secs(5),
+                Duration::from_secs(300),
+                Duration::from_secs(7200)
+            ]
+        );
+        let err = "5s,soon".parse::<RetrySchedule>().unwrap_err();
+        assert!(err.contains("\"soon\""), "{err}");
+        let total: Duration = RetrySchedule::default().0.iter().sum();
+        assert!(total > Duration::from_secs(2 * 24 * 3600) && total < Duration::from_secs(4 * 24 * 3600));
+    }
+}

@@ -1,0 +1,74 @@
+//! The scheduler: takes due deliveries from the durable schedule and hands
+//! them to the shards.
+//!
+//! Claiming a delivery leases it (its due time moves past the longest an
+//! attempt can take), so after a crash every claimed-but-unrecorded delivery
+//! falls due again: nothing is lost, at the price of a possible duplicate.
+//! Due order is by time across all endpoints, and a dead endpoint's retries
+//! sit in the future, so it never holds up anybody else's deliveries.
+
+use std::{sync::Arc, time::Duration};
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::worker::{Job, Shards};
+use crate::store::{embedded::now_ms, Store};
+
+/// Deliveries claimed per round.
+const CLAIM_BATCH: usize = 512;
+/// How often the schedule is checked when nobody rings.
+const IDLE_TICK: Duration = Duration::from_millis(200);
+/// How often expired dedupe claims are purged.
+const PURGE_EVERY: Duration = Duration::from_secs(60);
+
+/// Runs until `cancel`: claim due deliveries, dispatch, sleep until rung
+/// (`wake`) or the idle tick.
+pub async fn run(store: Arc<dyn Store>, shards: Arc<Shards>, wake: Arc<Notify>, lease: Duration, cancel: CancellationToken) {
+    let mut last_purge = tokio::time::Instant::now();
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        if cancel.is_cancelled() {
+            return;
+        }
+        let now = now_ms();
+        let claimed = match store.claim_due(now, now + lease.as_millis() as i64, CLAIM_BATCH).await {
+            Ok(c) => {
+                backoff = Duration::from_millis(50);
+                c
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "could not read the delivery schedule; retrying");
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    () = cancel.cancelled() => return,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        let full = claimed.len() == CLAIM_BATCH;
+        for (delivery, event) in claimed {
+            tokio::select! {
+                () = shards.dispatch(Job { delivery, event: Arc::new(event) }) => {}
+                () = cancel.cancelled() => return,
+            }
+        }
+        if last_purge.elapsed() >= PURGE_EVERY {
+            last_purge = tokio::time::Instant::now();
+            match store.purge_expired(now_ms()).await {
+                Ok(n) if n > 0 => tracing::debug!(purged = n, "expired dedupe claims removed"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "could not purge expired dedupe claims"),
+            }
+        }
+        if full {
+            continue;
+        }
+        tokio::select! {
+            () = wake.notified() => {}
+            () = tokio::time::sleep(IDLE_TICK) => {}
+            () = cancel.cancelled() => return,
+        }
+    }
+}

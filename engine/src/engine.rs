@@ -1,0 +1,585 @@
+//! The engine: wires the log, the store, fan-out, the scheduler and the
+//! shards, and offers the operations the API exposes. Validation lives here
+//! so every front end (REST, CLI, relay) refuses the same bad input.
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use base64::Engine as _;
+use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
+use tokio::sync::{Mutex as AsyncMutex, Notify};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    config::EngineConfig,
+    delivery::{
+        client::DeliveryClient,
+        retry::RetryPolicy,
+        scheduler,
+        worker::{Shards, WorkerContext},
+    },
+    error::EngineError,
+    fanout, ids,
+    log::{embedded::EmbeddedLog, EventLog},
+    model::{
+        DomainEvent, EventSource, ScheduledDelivery, SecretEntry, SubscriptionStatus, WebhookDeliveryLog,
+        WebhookSubscription,
+    },
+    signing::SigningSecret,
+    ssrf::TargetGuard,
+    store::{embedded::now_ms, embedded::EmbeddedStore, EventFilter, LogFilter, Store},
+    subscriptions::{validate_filter, SubscriptionIndex},
+};
+
+/// Largest accepted payload, in bytes of JSON.
+pub const MAX_PAYLOAD_BYTES: usize = 256 * 1024;
+/// Default grace period of a rotated secret.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(24 * 3600);
+/// Headers a subscription may not override.
+const RESERVED_HEADERS: &[&str] = &["content-type", "content-length", "host", "user-agent", "transfer-encoding", "connection"];
+
+/// A new subscription, as asked for.
+#[derive(Debug, Clone, Default)]
+pub struct NewSubscription {
+    /// Endpoint URL.
+    pub url: String,
+    /// Event type filters.
+    pub event_types: Vec<String>,
+    /// Free text.
+    pub description: Option<String>,
+    /// A chosen secret (`whsec_…`); generated when absent.
+    pub secret: Option<String>,
+    /// Extra request headers.
+    pub headers: BTreeMap<String, String>,
+    /// Deliveries per second.
+    pub rate_limit: Option<u32>,
+}
+
+/// A new event, as emitted.
+#[derive(Debug, Clone, Default)]
+pub struct NewEvent {
+    /// Dotted event type.
+    pub event_type: String,
+    /// JSON object.
+    pub payload: serde_json::Value,
+    /// Idempotency key.
+    pub dedupe_key: Option<String>,
+    /// Payload schema version (default 1).
+    pub schema_version: Option<u32>,
+    /// When it happened (default: now).
+    pub occurred_at: Option<OffsetDateTime>,
+    /// Trace id for lineage.
+    pub trace_id: Option<String>,
+}
+
+/// The result of a secret rotation.
+#[derive(Debug, Clone)]
+pub struct Rotation {
+    /// The new current secret.
+    pub secret: SigningSecret,
+    /// Until when the previous secret keeps signing.
+    pub previous_secret_expires_at: Option<OffsetDateTime>,
+}
+
+/// A delivery created by a replay.
+#[derive(Debug, Clone)]
+pub struct ReplayedDelivery {
+    /// The new delivery.
+    pub delivery_id: String,
+    /// Where it goes.
+    pub subscription_id: String,
+    /// The delivery it replays, if the event went there before.
+    pub replay_of: Option<String>,
+}
+
+/// A page of events.
+#[derive(Debug, Clone)]
+pub struct EventPage {
+    /// The events, newest first.
+    pub data: Vec<DomainEvent>,
+    /// Cursor of the next page.
+    pub next_cursor: Option<String>,
+}
+
+/// A page of delivery attempts.
+#[derive(Debug, Clone)]
+pub struct LogPage {
+    /// The attempts, newest first.
+    pub data: Vec<WebhookDeliveryLog>,
+    /// Cursor of the next page.
+    pub next_cursor: Option<String>,
+}
+
+/// The running engine.
+pub struct Engine {
+    config: EngineConfig,
+    log: Arc<dyn EventLog>,
+    store: Arc<dyn Store>,
+    subscriptions: Arc<SubscriptionIndex>,
+    guard: TargetGuard,
+    shards: Arc<Shards>,
+    wake: Arc<Notify>,
+    cancel: CancellationToken,
+    tasks: parking_lot::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    emit_locks: Vec<AsyncMutex<()>>,
+}
+
+impl Engine {
+    /// Opens the embedded log and store under `config.data_dir` and starts
+    /// fan-out, the scheduler and the delivery shards.
+    pub async fn start(config: EngineConfig) -> Result<Arc<Self>, EngineError> {
+        let log = EmbeddedLog::open(&config.data_dir.join("log"), config.log_partitions)?;
+        let store = EmbeddedStore::open(&config.data_dir.join("store"))?;
+        Self::start_with(config, Arc::new(log), Arc::new(store)).await
+    }
+
+    /// Starts the engine on the given log and store backends.
+    pub async fn start_with(
+        config: EngineConfig,
+        log: Arc<dyn EventLog>,
+        store: Arc<dyn Store>,
+    ) -> Result<Arc<Self>, EngineError> {
+        let subscriptions = Arc::new(SubscriptionIndex::new(store.all_subscriptions().await?));
+        let guard = TargetGuard::new(config.allow_targets.clone());
+        let d = &config.delivery;
+        let client = DeliveryClient::new(guard.clone(), d.connect_timeout, d.request_timeout, d.response_body_limit);
+        let ctx = Arc::new(WorkerContext {
+            store: store.clone(),
+            subscriptions: subscriptions.clone(),
+            client,
+            retry: RetryPolicy::new(config.retry_schedule.clone(), d.retry_jitter),
+            config: d.clone(),
+            in_flight: Default::default(),
+        });
+        let cancel = CancellationToken::new();
+        let (shards, mut tasks) = Shards::start(ctx, cancel.clone());
+        let shards = Arc::new(shards);
+        let wake = Arc::new(Notify::new());
+        // A lease outlives the longest attempt, including time queued for a permit.
+        let lease = d.request_timeout * 4 + Duration::from_secs(30);
+        tasks.push(tokio::spawn(fanout::run(
+            log.clone(),
+            store.clone(),
+            subscriptions.clone(),
+            config.dedupe_window,
+            wake.clone(),
+            cancel.clone(),
+        )));
+        tasks.push(tokio::spawn(scheduler::run(
+            store.clone(),
+            shards.clone(),
+            wake.clone(),
+            lease,
+            cancel.clone(),
+        )));
+        tracing::info!(
+            data_dir = %config.data_dir.display(),
+            partitions = log.partitions(),
+            subscriptions = subscriptions.len(),
+            "engine started"
+        );
+        Ok(Arc::new(Self {
+            config,
+            log,
+            store,
+            subscriptions,
+            guard,
+            shards,
+            wake,
+            cancel,
+            tasks: parking_lot::Mutex::new(tasks),
+            emit_locks: (0..64).map(|_| AsyncMutex::new(())).collect(),
+        }))
+    }
+
+    /// Stops fan-out and scheduling, lets attempts in flight finish and be
+    /// recorded, then returns.
+    pub async fn shutdown(&self) {
+        self.cancel.cancel();
+        let tasks = std::mem::take(&mut *self.tasks.lock());
+        for t in tasks {
+            let _ = t.await;
+        }
+    }
+
+    /// The configuration it runs with.
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    /// Deliveries waiting in the durable schedule.
+    pub async fn backlog(&self) -> Result<u64, EngineError> {
+        Ok(self.store.schedule_backlog().await?)
+    }
+
+    /// Deliveries currently being attempted.
+    pub fn in_flight(&self) -> usize {
+        self.shards.in_flight()
+    }
+
+    // ---- tenants ----
+
+    /// Creates a tenant and returns its first API key (shown once; stored hashed).
+    pub async fn create_tenant(&self, tenant_id: &str) -> Result<String, EngineError> {
+        validate_tenant_id(tenant_id)?;
+        let mut raw = [0u8; 32];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut raw);
+        let key = format!("hk_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw));
+        self.store.create_tenant(tenant_id, hash_key(&key)).await?;
+        tracing::info!(tenant_id, "tenant created");
+        Ok(key)
+    }
+
+    /// The tenant an API key belongs to.
+    pub async fn authenticate(&self, api_key: &str) -> Result<Option<String>, EngineError> {
+        if api_key.is_empty() || api_key.len() > 256 {
+            return Ok(None);
+        }
+        Ok(self.store.tenant_for_key(hash_key(api_key)).await?)
+    }
+
+    // ---- subscriptions ----
+
+    /// Creates a subscription.
+    pub async fn subscribe(&self, tenant_id: &str, new: NewSubscription) -> Result<WebhookSubscription, EngineError> {
+        self.validate_url(&new.url).await?;
+        validate_event_types(&new.event_types)?;
+        if new.description.as_ref().is_some_and(|d| d.len() > 1024) {
+            return Err(EngineError::invalid("description", "at most 1024 bytes"));
+        }
+        validate_headers(&new.headers)?;
+        if new.rate_limit == Some(0) {
+            return Err(EngineError::invalid("rate_limit", "must be at least 1 delivery per second"));
+        }
+        let secret = match &new.secret {
+            Some(s) => SigningSecret::parse(s).map_err(|e| EngineError::invalid("secret", e.to_string()))?,
+            None => SigningSecret::generate(),
+        };
+        let now = OffsetDateTime::now_utc();
+        let sub = WebhookSubscription {
+            id: ids::new_id(ids::SUBSCRIPTION),
+            tenant_id: tenant_id.to_string(),
+            url: new.url,
+            event_types: new.event_types,
+            description: new.description,
+            status: SubscriptionStatus::Active,
+            disabled_reason: None,
+            secrets: vec![SecretEntry { secret, expires_at: None }],
+            headers: new.headers,
+            rate_limit: new.rate_limit,
+            created_at: now,
+            updated_at: now,
+        };
+        self.store.put_subscription(&sub).await?;
+        self.subscriptions.upsert(sub.clone());
+        tracing::info!(tenant_id, subscription_id = %sub.id, "subscription created");
+        Ok(sub)
+    }
+
+    /// One subscription of a tenant (`NotFound` for another tenant's).
+    pub async fn subscription(&self, tenant_id: &str, id: &str) -> Result<WebhookSubscription, EngineError> {
+        self.store
+            .get_subscription(tenant_id, id)
+            .await?
+            .ok_or(EngineError::NotFound("subscription"))
+    }
+
+    /// Makes `secret` (or a new one) current; the previous current secret
+    /// keeps signing for `grace`, then stops. Expired secrets are dropped.
+    pub async fn rotate_secret(
+        &self,
+        tenant_id: &str,
+        id: &str,
+        grace: Option<Duration>,
+        secret: Option<&str>,
+    ) -> Result<Rotation, EngineError> {
+        let grace = grace.unwrap_or(DEFAULT_GRACE);
+        if grace > Duration::from_secs(30 * 24 * 3600) {
+            return Err(EngineError::invalid("grace_period_seconds", "at most 30 days (2592000)"));
+        }
+        let new_secret = match secret {
+            Some(s) => SigningSecret::parse(s).map_err(|e| EngineError::invalid("secret", e.to_string()))?,
+            None => SigningSecret::generate(),
+        };
+        let mut sub = self.subscription(tenant_id, id).await?;
+        let now = OffsetDateTime::now_utc();
+        let expires = now + grace;
+        let mut secrets = vec![SecretEntry { secret: new_secret.clone(), expires_at: None }];
+        for mut old in sub.secrets.drain(..) {
+            old.expires_at = Some(old.expires_at.map_or(expires, |t| t.min(expires)));
+            if old.expires_at.is_some_and(|t| t > now) {
+                secrets.push(old);
+            }
+        }
+        sub.secrets = secrets;
+        sub.updated_at = now;
+        self.store.put_subscription(&sub).await?;
+        self.subscriptions.upsert(sub);
+        tracing::info!(tenant_id, subscription_id = id, grace_seconds = grace.as_secs(), "secret rotated");
+        Ok(Rotation {
+            secret: new_secret,
+            previous_secret_expires_at: (!grace.is_zero()).then_some(expires),
+        })
+    }
+
+    // ---- events ----
+
+    /// Emits an event: durable in the log before this returns. With a
+    /// `dedupe_key` already used in the window, returns the original event
+    /// and `false` (nothing new is delivered).
+    pub async fn emit(&self, tenant_id: &str, new: NewEvent) -> Result<(DomainEvent, bool), EngineError> {
+        let event = self.build_event(tenant_id, new, EventSource::Api)?;
+        let _guard = match &event.dedupe_key {
+            Some(key) => {
+                let stripe = crc32fast::hash(format!("{tenant_id}\0{key}").as_bytes()) as usize % self.emit_locks.len();
+                let guard = self.emit_locks[stripe].lock().await;
+                if let Some(original) = self.store.event_by_dedupe_key(tenant_id, key, now_ms()).await? {
+                    return Ok((original, false));
+                }
+                Some(guard)
+            }
+            None => None,
+        };
+        let position = self.log.append(std::slice::from_ref(&event)).await?[0];
+        let until = now_ms() + self.config.dedupe_window.as_millis() as i64;
+        if let Err(e) = self.store.record_event(&event, position, until).await {
+            // The event is durable in the log; fan-out will index it.
+            tracing::warn!(error = %e, event_id = %event.id, "could not index an emitted event yet");
+        }
+        Ok((event, true))
+    }
+
+    fn build_event(&self, tenant_id: &str, new: NewEvent, source: EventSource) -> Result<DomainEvent, EngineError> {
+        validate_filter(&new.event_type)
+            .ok()
+            .filter(|()| !new.event_type.contains('*'))
+            .ok_or_else(|| {
+                EngineError::invalid(
+                    "event_type",
+                    format!("{:?} is not an event type; use dotted names like work_order.completed", new.event_type),
+                )
+            })?;
+        if !new.payload.is_object() {
+            return Err(EngineError::invalid("payload", "must be a JSON object"));
+        }
+        let size = serde_json::to_vec(&new.payload).map(|v| v.len()).unwrap_or(usize::MAX);
+        if size > MAX_PAYLOAD_BYTES {
+            return Err(EngineError::invalid(
+                "payload",
+                format!("is {size} bytes; the limit is {MAX_PAYLOAD_BYTES}"),
+            ));
+        }
+        if let Some(key) = &new.dedupe_key {
+            if key.is_empty() || key.len() > 256 || key.chars().any(char::is_control) {
+                return Err(EngineError::invalid("dedupe_key", "1 to 256 printable characters"));
+            }
+        }
+        let schema_version = new.schema_version.unwrap_or(1);
+        if schema_version == 0 {
+            return Err(EngineError::invalid("schema_version", "starts at 1"));
+        }
+        let now = OffsetDateTime::now_utc();
+        Ok(DomainEvent {
+            id: ids::new_id(ids::EVENT),
+            tenant_id: tenant_id.to_string(),
+            event_type: new.event_type,
+            schema_version,
+            dedupe_key: new.dedupe_key,
+            occurred_at: new.occurred_at.unwrap_or(now),
+            received_at: now,
+            payload: new.payload,
+            source,
+            aggregate_type: None,
+            aggregate_id: None,
+            trace_id: new.trace_id,
+        })
+    }
+
+    /// A tenant's events, newest first.
+    pub async fn list_events(
+        &self,
+        tenant_id: &str,
+        event_type: Option<String>,
+        cursor: Option<String>,
+        limit: usize,
+    ) -> Result<EventPage, EngineError> {
+        if let Some(t) = &event_type {
+            validate_filter(t).map_err(|m| EngineError::invalid("event_type", m))?;
+        }
+        let cursor = validate_cursor(cursor, ids::EVENT)?;
+        let filter = EventFilter { event_type, before: cursor };
+        let mut data = self.store.list_events(tenant_id, &filter, limit + 1).await?;
+        let next_cursor = page_cursor(&mut data, limit, |e| e.id.clone());
+        Ok(EventPage { data, next_cursor })
+    }
+
+    /// One event of a tenant and its delivery attempts (newest first, up to 100).
+    pub async fn event(&self, tenant_id: &str, id: &str) -> Result<(DomainEvent, Vec<WebhookDeliveryLog>), EngineError> {
+        let event = self
+            .store
+            .get_event(tenant_id, id)
+            .await?
+            .ok_or(EngineError::NotFound("event"))?;
+        let filter = LogFilter { event_id: Some(id.to_string()), ..Default::default() };
+        let logs = self.store.list_delivery_logs(tenant_id, &filter, 100).await?;
+        Ok((event, logs))
+    }
+
+    /// Delivers an event again: to one subscription of the tenant, or to
+    /// every active subscription that matches it now. Each replay is a new
+    /// delivery (same `webhook-id`) whose attempts link to the one it replays.
+    pub async fn replay(
+        &self,
+        tenant_id: &str,
+        event_id: &str,
+        subscription_id: Option<&str>,
+    ) -> Result<Vec<ReplayedDelivery>, EngineError> {
+        let event = self
+            .store
+            .get_event(tenant_id, event_id)
+            .await?
+            .ok_or(EngineError::NotFound("event"))?;
+        let targets = match subscription_id {
+            Some(id) => vec![self.subscription(tenant_id, id).await?],
+            None => self
+                .subscriptions
+                .matching(tenant_id, &event.event_type)
+                .iter()
+                .map(|s| (**s).clone())
+                .collect(),
+        };
+        let now = now_ms();
+        let mut replayed = Vec::with_capacity(targets.len());
+        let mut scheduled = Vec::with_capacity(targets.len());
+        for sub in targets {
+            let filter = LogFilter {
+                event_id: Some(event.id.clone()),
+                subscription_id: Some(sub.id.clone()),
+                ..Default::default()
+            };
+            let previous = self.store.list_delivery_logs(tenant_id, &filter, 1).await?;
+            let replay_of = previous.into_iter().next().map(|l| l.delivery_id);
+            let delivery_id = ids::new_id(ids::DELIVERY);
+            scheduled.push(ScheduledDelivery {
+                delivery_id: delivery_id.clone(),
+                tenant_id: tenant_id.to_string(),
+                event_id: event.id.clone(),
+                subscription_id: sub.id.clone(),
+                attempt: 1,
+                replay_of: replay_of.clone(),
+                is_replay: true,
+                due_at_ms: now,
+            });
+            replayed.push(ReplayedDelivery { delivery_id, subscription_id: sub.id, replay_of });
+        }
+        self.store.schedule(scheduled).await?;
+        self.wake.notify_one();
+        Ok(replayed)
+    }
+
+    /// A tenant's delivery attempts, newest first.
+    pub async fn list_delivery_logs(
+        &self,
+        tenant_id: &str,
+        mut filter: LogFilter,
+        limit: usize,
+    ) -> Result<LogPage, EngineError> {
+        if let Some(o) = &filter.outcome {
+            if crate::model::Outcome::parse(o).is_none() {
+                return Err(EngineError::invalid("status", "one of delivered, failed, dead"));
+            }
+        }
+        filter.before = validate_cursor(filter.before.take(), ids::ATTEMPT)?;
+        let mut data = self.store.list_delivery_logs(tenant_id, &filter, limit + 1).await?;
+        let next_cursor = page_cursor(&mut data, limit, |l| l.id.clone());
+        Ok(LogPage { data, next_cursor })
+    }
+
+    async fn validate_url(&self, raw: &str) -> Result<(), EngineError> {
+        let url = self
+            .guard
+            .check_url(raw)
+            .map_err(|e| EngineError::invalid("url", e.to_string()))?;
+        if raw.len() > 2048 {
+            return Err(EngineError::invalid("url", "at most 2048 bytes"));
+        }
+        // A name that resolves only to refused addresses can never be delivered to.
+        if let Some(url::Host::Domain(host)) = url.host() {
+            let port = url.port_or_known_default().unwrap_or(443);
+            let lookup = tokio::time::timeout(Duration::from_secs(2), tokio::net::lookup_host((host, port))).await;
+            if let Ok(Ok(addrs)) = lookup {
+                let addrs: Vec<_> = addrs.collect();
+                if !addrs.is_empty() && addrs.iter().all(|a| self.guard.check_ip(a.ip()).is_err()) {
+                    return Err(EngineError::invalid(
+                        "url",
+                        format!("{host} resolves only to non-public addresses; allow them with HERALD_ALLOW_TARGETS"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// SHA-256 of an API key, the only form in which keys are stored.
+pub fn hash_key(key: &str) -> [u8; 32] {
+    Sha256::digest(key.as_bytes()).into()
+}
+
+fn validate_tenant_id(id: &str) -> Result<(), EngineError> {
+    let ok = (1..=64).contains(&id.len())
+        && id.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(EngineError::invalid(
+            "id",
+            "1 to 64 characters of a-z, 0-9, '-' and '_', starting with a letter or digit",
+        ))
+    }
+}
+
+fn validate_event_types(types: &[String]) -> Result<(), EngineError> {
+    if types.is_empty() || types.len() > 100 {
+        return Err(EngineError::invalid("event_types", "give 1 to 100 event types or patterns"));
+    }
+    types
+        .iter()
+        .try_for_each(|t| validate_filter(t).map_err(|m| EngineError::invalid("event_types", m)))
+}
+
+fn validate_headers(headers: &BTreeMap<String, String>) -> Result<(), EngineError> {
+    if headers.len() > 20 {
+        return Err(EngineError::invalid("headers", "at most 20 custom headers"));
+    }
+    for (name, value) in headers {
+        let lower = name.to_ascii_lowercase();
+        if http::HeaderName::try_from(name.as_str()).is_err() || http::HeaderValue::try_from(value.as_str()).is_err() {
+            return Err(EngineError::invalid("headers", format!("{name:?} is not a valid header")));
+        }
+        if RESERVED_HEADERS.contains(&lower.as_str()) || lower.starts_with("webhook-") || lower.starts_with("herald-") {
+            return Err(EngineError::invalid("headers", format!("{name:?} is set by Herald and cannot be overridden")));
+        }
+    }
+    Ok(())
+}
+
+fn validate_cursor(cursor: Option<String>, prefix: &str) -> Result<Option<String>, EngineError> {
+    match cursor {
+        Some(c) if !ids::is_valid(prefix, &c) => Err(EngineError::invalid(
+            "cursor",
+            "not a cursor from this list; pass next_cursor of the previous page",
+        )),
+        other => Ok(other),
+    }
+}
+
+fn page_cursor<T>(data: &mut Vec<T>, limit: usize, id: impl Fn(&T) -> String) -> Option<String> {
+    if data.len() > limit {
+        data.truncate(limit);
+        data.last().map(id)
+    } else {
+        None
+    }
+}

@@ -1,0 +1,62 @@
+//! The engine's error type, as the API and the CLI see it.
+//!
+//! Each variant says what the caller can do about it: fix the input
+//! (`Invalid`, `NotFound`, `Conflict`), come back later (`Unavailable`), or
+//! nothing (`Internal`). Internal details stay in the `source` chain for logs.
+
+use crate::{log::LogError, store::StoreError};
+
+/// What went wrong in an engine operation.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The input is invalid; `field` names what to fix.
+    #[error("invalid {field}: {message}")]
+    Invalid {
+        /// The offending field.
+        field: &'static str,
+        /// What is wrong with it and how to fix it.
+        message: String,
+    },
+    /// The named resource does not exist (or belongs to another tenant).
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// The resource already exists.
+    #[error("{0}")]
+    Conflict(String),
+    /// A dependency (log or store) cannot make the change durable right now.
+    #[error("temporarily unavailable: {0}")]
+    Unavailable(String),
+    /// A bug or an unexpected state.
+    #[error("internal error")]
+    Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl EngineError {
+    /// Shorthand for [`EngineError::Invalid`].
+    pub fn invalid(field: &'static str, message: impl Into<String>) -> Self {
+        Self::Invalid {
+            field,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<StoreError> for EngineError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Conflict(m) => Self::Conflict(m),
+            StoreError::Unavailable(m) => Self::Unavailable(m),
+            other => Self::Internal(Box::new(other)),
+        }
+    }
+}
+
+impl From<LogError> for EngineError {
+    fn from(e: LogError) -> Self {
+        match e {
+            LogError::Closed => Self::Unavailable("event log is shutting down".into()),
+            other if other.is_transient() => Self::Unavailable(other.to_string()),
+            other => Self::Internal(Box::new(other)),
+        }
+    }
+}

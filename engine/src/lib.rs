@@ -1,0 +1,29 @@
+//! Herald's delivery engine.
+//!
+//! Events enter through [`Engine::emit`] (or, later, the CDC relay), are made
+//! durable in the event log ([`log::EventLog`]) before they are acknowledged,
+//! are fanned out to matching subscriptions by [`fanout`], and are delivered,
+//! signed ([`signing`]), by endpoint-sharded workers ([`delivery`]). Every
+//! attempt and every scheduled retry lives in the store ([`store::Store`]).
+//!
+//! The event log and the store are the two seams: the embedded backends here
+//! run Herald on one machine with no external service, and the distributed
+//! backends (Kafka, ScyllaDB) slot in behind the same traits.
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod delivery;
+mod engine;
+pub mod error;
+pub mod fanout;
+pub mod ids;
+pub mod log;
+pub mod model;
+pub mod signing;
+pub mod ssrf;
+pub mod store;
+pub mod subscriptions;
+
+pub use config::EngineConfig;
+pub use engine::{Engine, EventPage, LogPage, NewEvent, NewSubscription, ReplayedDelivery, Rotation};
+pub use error::EngineError;

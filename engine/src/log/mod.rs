@@ -1,0 +1,123 @@
+//! The event log: Herald's outbox. An event is acknowledged to its emitter
+//! only once the log has made it durable, and workers consume the log in
+//! partition order, committing their position only past events whose
+//! deliveries are durably scheduled (at-least-once end to end).
+//!
+//! The model is Kafka's: a fixed number of partitions, a tenant always maps to
+//! the same partition (so one tenant's events keep their order), offsets per
+//! partition, consumer groups with committed positions. [`embedded`] implements
+//! it on local disk; a Kafka backend implements the same traits.
+
+pub mod embedded;
+
+use async_trait::async_trait;
+use time::OffsetDateTime;
+
+use crate::model::DomainEvent;
+
+/// Where a record sits in the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LogPosition {
+    /// Partition number.
+    pub partition: u32,
+    /// Offset within the partition, from 0.
+    pub offset: u64,
+}
+
+/// One event read back from the log.
+#[derive(Debug, Clone)]
+pub struct LogRecord {
+    /// Where it sits.
+    pub position: LogPosition,
+    /// When the log accepted it.
+    pub appended_at: OffsetDateTime,
+    /// The event.
+    pub event: DomainEvent,
+}
+
+/// Errors of the event log.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// The disk refused a read or write (full, failing, permissions).
+    #[error("event log I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    /// A record could not be decoded.
+    #[error("event log record at partition {partition} offset {offset} is corrupt: {reason}")]
+    Corrupt {
+        /// Partition of the record.
+        partition: u32,
+        /// Offset of the record.
+        offset: u64,
+        /// What was wrong.
+        reason: String,
+    },
+    /// The partition or offset does not exist.
+    #[error("no such position: partition {partition} offset {offset}")]
+    OutOfRange {
+        /// Partition asked for.
+        partition: u32,
+        /// Offset asked for.
+        offset: u64,
+    },
+    /// The log is shutting down.
+    #[error("event log closed")]
+    Closed,
+}
+
+impl LogError {
+    /// Whether retrying later may succeed (the caller should answer 503).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, LogError::Io(_) | LogError::Closed)
+    }
+}
+
+/// The durable, partitioned event log.
+#[async_trait]
+pub trait EventLog: Send + Sync + 'static {
+    /// Number of partitions.
+    fn partitions(&self) -> u32;
+
+    /// The partition that holds `tenant_id`'s events.
+    fn partition_for(&self, tenant_id: &str) -> u32 {
+        partition_for(tenant_id, self.partitions())
+    }
+
+    /// Appends events, each to its tenant's partition, in the given order.
+    /// Returns only once every event is durable (fsync'd, or acknowledged by
+    /// all in-sync replicas); on error none of them may be considered
+    /// appended by the caller (some may still be, so appends must be safe to
+    /// repeat: consumers deduplicate by event id).
+    async fn append(&self, events: &[DomainEvent]) -> Result<Vec<LogPosition>, LogError>;
+
+    /// Reads up to `max` records of `partition` starting at `offset`.
+    async fn read(&self, partition: u32, offset: u64, max: usize) -> Result<Vec<LogRecord>, LogError>;
+
+    /// The offset the next append to `partition` will get.
+    async fn end_offset(&self, partition: u32) -> Result<u64, LogError>;
+
+    /// The first offset of `partition` appended at or after `at` (the end
+    /// offset if none), for replays by time.
+    async fn offset_for_time(&self, partition: u32, at: OffsetDateTime) -> Result<u64, LogError>;
+
+    /// A consumer in group `group` over every partition, starting at the
+    /// group's committed positions.
+    async fn consumer(&self, group: &str) -> Result<Box<dyn LogConsumer>, LogError>;
+}
+
+/// A group member reading the log.
+#[async_trait]
+pub trait LogConsumer: Send {
+    /// The next batch of at most `max` records, waiting until at least one
+    /// is there or `wait` has passed (then the batch may be empty).
+    async fn poll(&mut self, max: usize, wait: std::time::Duration) -> Result<Vec<LogRecord>, LogError>;
+
+    /// Durably records that every record before `positions` (exclusive, per
+    /// partition) is processed. After a restart the group resumes there.
+    async fn commit(&mut self, positions: &[LogPosition]) -> Result<(), LogError>;
+}
+
+/// The partition of a tenant: a stable hash (CRC-32 of the id) modulo the
+/// partition count, identical in every process and across versions.
+pub fn partition_for(tenant_id: &str, partitions: u32) -> u32 {
+    crc32fast::hash(tenant_id.as_bytes()) % partitions.max(1)
+}

@@ -1,0 +1,334 @@
+//! The data artifacts every tenant owns: [`DomainEvent`],
+//! [`WebhookSubscription`] and [`WebhookDeliveryLog`] (DESIGN §2), and the
+//! envelope that goes on the wire (DESIGN §4).
+//!
+//! Field names here are the wire names; changing one is a breaking change.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::signing::SigningSecret;
+
+/// Where an event entered Herald.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventSource {
+    /// Emitted through the REST API.
+    Api,
+    /// Relayed from a Debezium CDC topic.
+    Cdc,
+    /// Re-emitted by a replay.
+    Replay,
+}
+
+/// A domain event, as stored in the event log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DomainEvent {
+    /// Time-ordered id, `evt_…`; also the `webhook-id` of every delivery.
+    pub id: String,
+    /// Owning tenant.
+    pub tenant_id: String,
+    /// Dotted event type, e.g. `work_order.completed`.
+    pub event_type: String,
+    /// Version of the payload's schema.
+    pub schema_version: u32,
+    /// Idempotency key, unique per tenant within the dedupe window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dedupe_key: Option<String>,
+    /// When the event happened (given by the emitter, or the time of the emit).
+    #[serde(with = "time::serde::rfc3339")]
+    pub occurred_at: OffsetDateTime,
+    /// When Herald accepted it.
+    #[serde(with = "time::serde::rfc3339")]
+    pub received_at: OffsetDateTime,
+    /// The event body, a JSON object.
+    pub payload: serde_json::Value,
+    /// Lineage: where it came from.
+    pub source: EventSource,
+    /// Lineage: aggregate type, when known (CDC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aggregate_type: Option<String>,
+    /// Lineage: aggregate id, when known (CDC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aggregate_id: Option<String>,
+    /// Lineage: trace id, when the emitter gave one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
+}
+
+/// The body of every webhook request (DESIGN §4), borrowed from the event.
+#[derive(Debug, Serialize)]
+pub struct Envelope<'a> {
+    /// Event id.
+    pub id: &'a str,
+    /// Event type.
+    #[serde(rename = "type")]
+    pub event_type: &'a str,
+    /// Payload schema version.
+    pub schema_version: u32,
+    /// Owning tenant.
+    pub tenant_id: &'a str,
+    /// Idempotency key, `null` when none.
+    pub dedupe_key: Option<&'a str>,
+    /// When the event happened.
+    #[serde(with = "time::serde::rfc3339")]
+    pub occurred_at: OffsetDateTime,
+    /// The payload.
+    pub data: &'a serde_json::Value,
+}
+
+impl DomainEvent {
+    /// The wire envelope of this event.
+    pub fn envelope(&self) -> Envelope<'_> {
+        Envelope {
+            id: &self.id,
+            event_type: &self.event_type,
+            schema_version: self.schema_version,
+            tenant_id: &self.tenant_id,
+            dedupe_key: self.dedupe_key.as_deref(),
+            occurred_at: self.occurred_at,
+            data: &self.payload,
+        }
+    }
+
+    /// The envelope serialised as the webhook request body.
+    pub fn envelope_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(&self.envelope()).expect("an envelope always serialises")
+    }
+}
+
+/// Lifecycle state of a subscription.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SubscriptionStatus {
+    /// Receiving deliveries.
+    Active,
+    /// Paused by the tenant; deliveries wait.
+    Paused,
+    /// Disabled by Herald or the tenant, with a reason.
+    Disabled,
+}
+
+/// One signing secret of a subscription.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SecretEntry {
+    /// The secret, `whsec_…` on the wire.
+    #[serde(with = "secret_serde")]
+    pub secret: SigningSecret,
+    /// When it stops signing; `None` for the current secret.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub expires_at: Option<OffsetDateTime>,
+}
+
+mod secret_serde {
+    use serde::{de::Error, Deserialize, Deserializer, Serializer};
+
+    use crate::signing::SigningSecret;
+
+    pub fn serialize<S: Serializer>(s: &SigningSecret, ser: S) -> Result<S::Ok, S::Error> {
+        ser.serialize_str(&s.to_whsec())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(de: D) -> Result<SigningSecret, D::Error> {
+        let raw = String::deserialize(de)?;
+        SigningSecret::parse(&raw).map_err(D::Error::custom)
+    }
+}
+
+/// A tenant's webhook subscription (an endpoint plus what it wants).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WebhookSubscription {
+    /// `sub_…`.
+    pub id: String,
+    /// Owning tenant.
+    pub tenant_id: String,
+    /// Where deliveries are POSTed.
+    pub url: String,
+    /// Exact event types and `prefix.*` wildcards (`*` matches everything).
+    pub event_types: Vec<String>,
+    /// Free text for humans.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Lifecycle state.
+    pub status: SubscriptionStatus,
+    /// Why it is disabled, when it is.
+    #[serde(default)]
+    pub disabled_reason: Option<String>,
+    /// Signing secrets: the current one first, then older ones until they expire.
+    pub secrets: Vec<SecretEntry>,
+    /// Extra request headers sent with every delivery.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Deliveries per second, when limited.
+    #[serde(default)]
+    pub rate_limit: Option<u32>,
+    /// Creation time.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    /// Last change.
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+}
+
+impl WebhookSubscription {
+    /// The secrets that sign at `now`: the current one and unexpired older ones.
+    pub fn live_secrets(&self, now: OffsetDateTime) -> impl Iterator<Item = &SigningSecret> {
+        self.secrets
+            .iter()
+            .filter(move |s| s.expires_at.is_none_or(|t| t > now))
+            .map(|s| &s.secret)
+    }
+
+    /// Whether this subscription wants events of `event_type`.
+    pub fn matches(&self, event_type: &str) -> bool {
+        self.event_types
+            .iter()
+            .any(|f| crate::subscriptions::filter_matches(f, event_type))
+    }
+}
+
+/// Why a delivery was attempted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Trigger {
+    /// First attempt after fan-out.
+    Initial,
+    /// A scheduled retry.
+    Retry,
+    /// A replay asked for by the tenant.
+    Replay,
+}
+
+/// What one attempt came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    /// The endpoint answered 2xx.
+    Delivered,
+    /// Failed; another attempt is scheduled (`next_attempt_at`).
+    Failed,
+    /// Failed and the retry schedule is exhausted; replayable.
+    Dead,
+}
+
+impl Outcome {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Delivered => "delivered",
+            Outcome::Failed => "failed",
+            Outcome::Dead => "dead",
+        }
+    }
+
+    /// Parses the wire name.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "delivered" => Some(Outcome::Delivered),
+            "failed" => Some(Outcome::Failed),
+            "dead" => Some(Outcome::Dead),
+            _ => None,
+        }
+    }
+}
+
+/// Why an attempt failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorClass {
+    /// No answer within the timeout.
+    Timeout,
+    /// The connection could not be made.
+    Connect,
+    /// The TLS handshake failed (bad certificate, protocol).
+    Tls,
+    /// The endpoint answered with a non-2xx status.
+    HttpStatus,
+    /// The endpoint's circuit breaker is open; nothing was sent.
+    CircuitOpen,
+    /// The destination is not a public address.
+    SsrfBlocked,
+    /// Anything else on the wire (reset, protocol error).
+    Transport,
+}
+
+/// One delivery attempt, as recorded in the delivery log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WebhookDeliveryLog {
+    /// `att_…`, unique per attempt.
+    pub id: String,
+    /// `dlv_…`, shared by all attempts of one delivery.
+    pub delivery_id: String,
+    /// The event delivered.
+    pub event_id: String,
+    /// The subscription delivered to.
+    pub subscription_id: String,
+    /// Owning tenant.
+    pub tenant_id: String,
+    /// 1 for the first attempt of the delivery.
+    pub attempt: u32,
+    /// Why this attempt happened.
+    pub trigger: Trigger,
+    /// For replays: the delivery this one replays.
+    #[serde(default)]
+    pub replay_of: Option<String>,
+    /// The URL the request went to.
+    pub url: String,
+    /// When the request started.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    /// HTTP status, when the endpoint answered.
+    pub status_code: Option<u16>,
+    /// Milliseconds from request start to the end of the response.
+    pub latency_ms: Option<u64>,
+    /// The response body, truncated.
+    #[serde(default)]
+    pub response_body: Option<String>,
+    /// The `Location` header of a redirect (redirects are not followed).
+    #[serde(default)]
+    pub location: Option<String>,
+    /// Why it failed.
+    pub error: Option<ErrorClass>,
+    /// Human-readable error detail.
+    #[serde(default)]
+    pub error_message: Option<String>,
+    /// What the attempt came to.
+    pub outcome: Outcome,
+    /// When the next attempt is due, for `failed`.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub next_attempt_at: Option<OffsetDateTime>,
+}
+
+/// A delivery waiting in the durable schedule: one event for one subscription.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScheduledDelivery {
+    /// `dlv_…`.
+    pub delivery_id: String,
+    /// Owning tenant.
+    pub tenant_id: String,
+    /// The event to deliver.
+    pub event_id: String,
+    /// The subscription to deliver to.
+    pub subscription_id: String,
+    /// The number of the next attempt (1 = first).
+    pub attempt: u32,
+    /// Whether this delivery is a replay, and of what.
+    pub replay_of: Option<String>,
+    /// Whether the first attempt of this delivery is a replay.
+    pub is_replay: bool,
+    /// When it is due, unix milliseconds.
+    pub due_at_ms: i64,
+}
+
+impl ScheduledDelivery {
+    /// The trigger of the next attempt.
+    pub fn trigger(&self) -> Trigger {
+        match (self.attempt, self.is_replay) {
+            (1, false) => Trigger::Initial,
+            (1, true) => Trigger::Replay,
+            _ => Trigger::Retry,
+        }
+    }
+}

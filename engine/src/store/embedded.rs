@@ -1,0 +1,551 @@
+//! The embedded store: SQLite in WAL mode with group-committed writes.
+//!
+//! All writes go to one writer thread. It takes every write waiting in its
+//! queue, runs each inside its own savepoint of one transaction (so one
+//! failing write does not sink its neighbours), commits once with
+//! `synchronous=FULL`, and only then answers the callers: durable before
+//! acknowledged, one fsync for many writes. Reads use a small pool of
+//! read-only connections, which WAL lets run beside the writer.
+
+use std::{path::Path, sync::Arc};
+
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use rusqlite::{params, params_from_iter, types::Value, Connection, OpenFlags, OptionalExtension};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{EventFilter, FanOut, FanOutResult, LogFilter, Store, StoreError};
+use crate::{
+    log::LogPosition,
+    model::{DomainEvent, ScheduledDelivery, WebhookDeliveryLog, WebhookSubscription},
+};
+
+/// Writes gathered into one transaction at most.
+const MAX_BATCH: usize = 1024;
+
+type Reply = Box<dyn FnOnce(Result<(), String>) + Send>;
+type Job = Box<dyn FnOnce(&Connection) -> Reply + Send>;
+
+/// The SQLite-backed [`Store`].
+pub struct EmbeddedStore {
+    writer: mpsc::Sender<Job>,
+    readers: Arc<Mutex<Vec<Connection>>>,
+    path: std::path::PathBuf,
+}
+
+fn db_err(e: rusqlite::Error) -> StoreError {
+    match e {
+        rusqlite::Error::SqliteFailure(ref f, _)
+            if matches!(
+                f.code,
+                rusqlite::ErrorCode::DiskFull
+                    | rusqlite::ErrorCode::DatabaseBusy
+                    | rusqlite::ErrorCode::DatabaseLocked
+                    | rusqlite::ErrorCode::SystemIoFailure
+                    | rusqlite::ErrorCode::CannotOpen
+            ) =>
+        {
+            StoreError::Unavailable(e.to_string())
+        }
+        other => StoreError::Database(Box::new(other)),
+    }
+}
+
+fn json_err(e: serde_json::Error) -> StoreError {
+    StoreError::Corrupt(e.to_string())
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates) the database `herald.db` under `dir`.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let path = dir.join("herald.db");
+        let conn = Connection::open(&path).map_err(db_err)?;
+        conn.execute_batch(
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON; PRAGMA busy_timeout=5000;",
+        )
+        .map_err(db_err)?;
+        conn.execute_batch(include_str!("schema.sql")).map_err(db_err)?;
+        let (tx, rx) = mpsc::channel::<Job>(8192);
+        std::thread::Builder::new()
+            .name("herald-store-writer".into())
+            .spawn(move || run_writer(conn, rx))
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        Ok(Self {
+            writer: tx,
+            readers: Arc::new(Mutex::new(Vec::new())),
+            path,
+        })
+    }
+
+    /// Runs `f` in the writer's next transaction; returns after the commit.
+    async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel::<Result<T, StoreError>>();
+        let job: Job = Box::new(move |conn| {
+            let result = savepoint(conn, f);
+            Box::new(move |commit| {
+                let out = match commit {
+                    Ok(()) => result,
+                    Err(e) => Err(StoreError::Unavailable(e)),
+                };
+                let _ = tx.send(out);
+            })
+        });
+        self.writer
+            .send(job)
+            .await
+            .map_err(|_| StoreError::Unavailable("store is shutting down".into()))?;
+        rx.await
+            .map_err(|_| StoreError::Unavailable("store writer stopped".into()))?
+    }
+
+    /// Runs `f` on a read connection in the blocking pool.
+    async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let readers = self.readers.clone();
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = match readers.lock().pop() {
+                Some(c) => c,
+                None => {
+                    let c = Connection::open_with_flags(
+                        &path,
+                        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                    )
+                    .map_err(db_err)?;
+                    c.busy_timeout(std::time::Duration::from_secs(5)).map_err(db_err)?;
+                    c
+                }
+            };
+            let out = f(&conn);
+            let mut pool = readers.lock();
+            if pool.len() < 8 {
+                pool.push(conn);
+            }
+            out
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(e.to_string()))?
+    }
+}
+
+fn savepoint<T>(conn: &Connection, f: impl FnOnce(&Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
+    conn.execute_batch("SAVEPOINT job").map_err(db_err)?;
+    let out = f(conn);
+    let end = if out.is_ok() {
+        "RELEASE job"
+    } else {
+        "ROLLBACK TO job; RELEASE job"
+    };
+    conn.execute_batch(end).map_err(db_err)?;
+    out
+}
+
+fn run_writer(conn: Connection, mut rx: mpsc::Receiver<Job>) {
+    while let Some(first) = rx.blocking_recv() {
+        let mut jobs = vec![first];
+        while jobs.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+            let msg = e.to_string();
+            for job in jobs {
+                // Run nothing; tell every caller.
+                let reply = job_reply_only(job, &conn);
+                reply(Err(msg.clone()));
+            }
+            continue;
+        }
+        let replies: Vec<Reply> = jobs.into_iter().map(|job| job(&conn)).collect();
+        let commit = conn.execute_batch("COMMIT").map_err(|e| {
+            let _ = conn.execute_batch("ROLLBACK");
+            tracing::error!(error = %e, "store commit failed; the batch is refused");
+            e.to_string()
+        });
+        for reply in replies {
+            reply(commit.clone());
+        }
+    }
+}
+
+/// A job whose transaction could not even begin: run it inside a savepoint
+/// that is rolled back, only to obtain its reply.
+fn job_reply_only(job: Job, conn: &Connection) -> Reply {
+    let _ = conn.execute_batch("SAVEPOINT doomed");
+    let reply = job(conn);
+    let _ = conn.execute_batch("ROLLBACK TO doomed; RELEASE doomed");
+    reply
+}
+
+fn insert_event(conn: &Connection, event: &DomainEvent, position: LogPosition) -> Result<(), StoreError> {
+    let body = serde_json::to_string(event).map_err(json_err)?;
+    conn.prepare_cached(
+        "INSERT OR IGNORE INTO events (id, tenant_id, event_type, state, partition, log_offset, body)
+         VALUES (?1, ?2, ?3, 0, ?4, ?5, ?6)",
+    )
+    .and_then(|mut st| {
+        st.execute(params![
+            event.id,
+            event.tenant_id,
+            event.event_type,
+            position.partition,
+            position.offset as i64,
+            body
+        ])
+    })
+    .map_err(db_err)?;
+    Ok(())
+}
+
+/// Claims `(tenant, dedupe_key)` for the event unless a live claim exists;
+/// returns the event id holding it afterwards.
+fn claim_dedupe(conn: &Connection, event: &DomainEvent, key: &str, until_ms: i64, now_ms: i64) -> Result<String, StoreError> {
+    conn.prepare_cached("DELETE FROM dedupe WHERE tenant_id = ?1 AND dedupe_key = ?2 AND expires_at <= ?3")
+        .and_then(|mut st| st.execute(params![event.tenant_id, key, now_ms]))
+        .map_err(db_err)?;
+    conn.prepare_cached(
+        "INSERT OR IGNORE INTO dedupe (tenant_id, dedupe_key, event_id, expires_at) VALUES (?1, ?2, ?3, ?4)",
+    )
+    .and_then(|mut st| st.execute(params![event.tenant_id, key, event.id, until_ms]))
+    .map_err(db_err)?;
+    conn.prepare_cached("SELECT event_id FROM dedupe WHERE tenant_id = ?1 AND dedupe_key = ?2")
+        .and_then(|mut st| st.query_row(params![event.tenant_id, key], |r| r.get(0)))
+        .map_err(db_err)
+}
+
+fn insert_schedule(conn: &Connection, d: &ScheduledDelivery) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT OR IGNORE INTO schedule
+         (delivery_id, tenant_id, event_id, subscription_id, attempt, is_replay, replay_of, due_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )
+    .and_then(|mut st| {
+        st.execute(params![
+            d.delivery_id,
+            d.tenant_id,
+            d.event_id,
+            d.subscription_id,
+            d.attempt,
+            d.is_replay,
+            d.replay_of,
+            d.due_at_ms
+        ])
+    })
+    .map_err(db_err)?;
+    Ok(())
+}
+
+fn decode<T: serde::de::DeserializeOwned>(raw: &str) -> Result<T, StoreError> {
+    serde_json::from_str(raw).map_err(json_err)
+}
+
+/// Runs a query whose single column is a JSON body and decodes each row.
+fn query_bodies<T: serde::de::DeserializeOwned>(conn: &Connection, sql: &str, args: Vec<Value>) -> Result<Vec<T>, StoreError> {
+    let mut st = conn.prepare_cached(sql).map_err(db_err)?;
+    let rows = st
+        .query_map(params_from_iter(args), |r| r.get::<_, String>(0))
+        .map_err(db_err)?;
+    let mut out = Vec::new();
+    for row in rows {
+        out.push(decode(&row.map_err(db_err)?)?);
+    }
+    Ok(out)
+}
+
+#[async_trait]
+impl Store for EmbeddedStore {
+    async fn create_tenant(&self, tenant_id: &str, key_hash: [u8; 32]) -> Result<(), StoreError> {
+        let tenant = tenant_id.to_string();
+        self.write(move |conn| {
+            let now = now_ms();
+            let inserted = conn
+                .execute("INSERT OR IGNORE INTO tenants (id, created_at) VALUES (?1, ?2)", params![tenant, now])
+                .map_err(db_err)?;
+            if inserted == 0 {
+                return Err(StoreError::Conflict(format!("tenant {tenant:?} already exists")));
+            }
+            conn.execute(
+                "INSERT INTO api_keys (hash, tenant_id, created_at) VALUES (?1, ?2, ?3)",
+                params![key_hash.as_slice(), tenant, now],
+            )
+            .map_err(db_err)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn tenant_for_key(&self, key_hash: [u8; 32]) -> Result<Option<String>, StoreError> {
+        self.read(move |conn| {
+            conn.prepare_cached("SELECT tenant_id FROM api_keys WHERE hash = ?1")
+                .and_then(|mut st| st.query_row([key_hash.as_slice()], |r| r.get(0)).optional())
+                .map_err(db_err)
+        })
+        .await
+    }
+
+    async fn put_subscription(&self, sub: &WebhookSubscription) -> Result<(), StoreError> {
+        let body = serde_json::to_string(sub).map_err(json_err)?;
+        let (id, tenant) = (sub.id.clone(), sub.tenant_id.clone());
+        self.write(move |conn| {
+            conn.execute(
+                "INSERT INTO subscriptions (id, tenant_id, body) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(id) DO UPDATE SET body = excluded.body",
+                params![id, tenant, body],
+            )
+            .map_err(db_err)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_subscription(&self, tenant_id: &str, id: &str) -> Result<Option<WebhookSubscription>, StoreError> {
+        let args = vec![Value::from(tenant_id.to_string()), Value::from(id.to_string())];
+        self.read(move |conn| {
+            query_bodies(conn, "SELECT body FROM subscriptions WHERE tenant_id = ?1 AND id = ?2", args)
+                .map(|mut v| v.pop())
+        })
+        .await
+    }
+
+    async fn all_subscriptions(&self) -> Result<Vec<WebhookSubscription>, StoreError> {
+        self.read(|conn| query_bodies(conn, "SELECT body FROM subscriptions ORDER BY id", Vec::new()))
+            .await
+    }
+
+    async fn record_event(&self, event: &DomainEvent, position: LogPosition, dedupe_until_ms: i64) -> Result<(), StoreError> {
+        let event = event.clone();
+        self.write(move |conn| {
+            insert_event(conn, &event, position)?;
+            if let Some(key) = &event.dedupe_key {
+                claim_dedupe(conn, &event, key, dedupe_until_ms, now_ms())?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn event_by_dedupe_key(&self, tenant_id: &str, dedupe_key: &str, now_ms: i64) -> Result<Option<DomainEvent>, StoreError> {
+        let args = vec![
+            Value::from(tenant_id.to_string()),
+            Value::from(dedupe_key.to_string()),
+            Value::from(now_ms),
+        ];
+        self.read(move |conn| {
+            query_bodies(
+                conn,
+                "SELECT e.body FROM dedupe d JOIN events e ON e.id = d.event_id
+                 WHERE d.tenant_id = ?1 AND d.dedupe_key = ?2 AND d.expires_at > ?3",
+                args,
+            )
+            .map(|mut v| v.pop())
+        })
+        .await
+    }
+
+    async fn get_event(&self, tenant_id: &str, id: &str) -> Result<Option<DomainEvent>, StoreError> {
+        let args = vec![Value::from(tenant_id.to_string()), Value::from(id.to_string())];
+        self.read(move |conn| {
+            query_bodies(
+                conn,
+                "SELECT body FROM events WHERE tenant_id = ?1 AND id = ?2 AND state != 2",
+                args,
+            )
+            .map(|mut v| v.pop())
+        })
+        .await
+    }
+
+    async fn list_events(&self, tenant_id: &str, filter: &EventFilter, limit: usize) -> Result<Vec<DomainEvent>, StoreError> {
+        let mut sql = String::from("SELECT body FROM events WHERE tenant_id = ? AND state != 2");
+        let mut args = vec![Value::from(tenant_id.to_string())];
+        if let Some(before) = &filter.before {
+            sql.push_str(" AND id < ?");
+            args.push(Value::from(before.clone()));
+        }
+        if let Some(t) = &filter.event_type {
+            if let Some(prefix) = t.strip_suffix('*') {
+                sql.push_str(" AND substr(event_type, 1, ?) = ?");
+                args.push(Value::from(prefix.len() as i64));
+                args.push(Value::from(prefix.to_string()));
+            } else {
+                sql.push_str(" AND event_type = ?");
+                args.push(Value::from(t.clone()));
+            }
+        }
+        sql.push_str(" ORDER BY id DESC LIMIT ?");
+        args.push(Value::from(limit as i64));
+        self.read(move |conn| query_bodies(conn, &sql, args)).await
+    }
+
+    async fn fan_out(&self, batch: Vec<FanOut>, dedupe_until_ms: i64, now_ms: i64) -> Result<Vec<FanOutResult>, StoreError> {
+        self.write(move |conn| {
+            let mut results = Vec::with_capacity(batch.len());
+            for item in &batch {
+                insert_event(conn, &item.event, item.position)?;
+                let state: i64 = conn
+                    .prepare_cached("SELECT state FROM events WHERE id = ?1")
+                    .and_then(|mut st| st.query_row([&item.event.id], |r| r.get(0)))
+                    .map_err(db_err)?;
+                if state != 0 {
+                    results.push(FanOutResult::AlreadyDone);
+                    continue;
+                }
+                if let Some(key) = &item.event.dedupe_key {
+                    let holder = claim_dedupe(conn, &item.event, key, dedupe_until_ms, now_ms)?;
+                    if holder != item.event.id {
+                        conn.prepare_cached("UPDATE events SET state = 2 WHERE id = ?1")
+                            .and_then(|mut st| st.execute([&item.event.id]))
+                            .map_err(db_err)?;
+                        results.push(FanOutResult::Duplicate);
+                        continue;
+                    }
+                }
+                for d in &item.deliveries {
+                    insert_schedule(conn, d)?;
+                }
+                conn.prepare_cached("UPDATE events SET state = 1 WHERE id = ?1")
+                    .and_then(|mut st| st.execute([&item.event.id]))
+                    .map_err(db_err)?;
+                results.push(FanOutResult::Scheduled);
+            }
+            Ok(results)
+        })
+        .await
+    }
+
+    async fn schedule(&self, deliveries: Vec<ScheduledDelivery>) -> Result<(), StoreError> {
+        self.write(move |conn| deliveries.iter().try_for_each(|d| insert_schedule(conn, d)))
+            .await
+    }
+
+    async fn claim_due(&self, now_ms: i64, lease_until_ms: i64, limit: usize) -> Result<Vec<(ScheduledDelivery, DomainEvent)>, StoreError> {
+        self.write(move |conn| {
+            let mut st = conn
+                .prepare_cached(
+                    "SELECT s.delivery_id, s.tenant_id, s.event_id, s.subscription_id, s.attempt,
+                            s.is_replay, s.replay_of, s.due_at, e.body
+                     FROM schedule s JOIN events e ON e.id = s.event_id
+                     WHERE s.due_at <= ?1 ORDER BY s.due_at LIMIT ?2",
+                )
+                .map_err(db_err)?;
+            let rows = st
+                .query_map(params![now_ms, limit as i64], |r| {
+                    Ok((
+                        ScheduledDelivery {
+                            delivery_id: r.get(0)?,
+                            tenant_id: r.get(1)?,
+                            event_id: r.get(2)?,
+                            subscription_id: r.get(3)?,
+                            attempt: r.get(4)?,
+                            is_replay: r.get(5)?,
+                            replay_of: r.get(6)?,
+                            due_at_ms: r.get(7)?,
+                        },
+                        r.get::<_, String>(8)?,
+                    ))
+                })
+                .map_err(db_err)?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (d, body) = row.map_err(db_err)?;
+                out.push((d, decode::<DomainEvent>(&body)?));
+            }
+            let mut lease = conn
+                .prepare_cached("UPDATE schedule SET due_at = ?1 WHERE delivery_id = ?2")
+                .map_err(db_err)?;
+            for (d, _) in &out {
+                lease.execute(params![lease_until_ms, d.delivery_id]).map_err(db_err)?;
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn record_attempt(&self, attempt: WebhookDeliveryLog, next: Option<ScheduledDelivery>) -> Result<(), StoreError> {
+        let body = serde_json::to_string(&attempt).map_err(json_err)?;
+        self.write(move |conn| {
+            conn.prepare_cached(
+                "INSERT OR IGNORE INTO delivery_logs (id, tenant_id, delivery_id, event_id, subscription_id, outcome, body)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )
+            .and_then(|mut st| {
+                st.execute(params![
+                    attempt.id,
+                    attempt.tenant_id,
+                    attempt.delivery_id,
+                    attempt.event_id,
+                    attempt.subscription_id,
+                    attempt.outcome.as_str(),
+                    body
+                ])
+            })
+            .map_err(db_err)?;
+            match next {
+                Some(n) => conn
+                    .prepare_cached("UPDATE schedule SET attempt = ?1, due_at = ?2 WHERE delivery_id = ?3")
+                    .and_then(|mut st| st.execute(params![n.attempt, n.due_at_ms, n.delivery_id])),
+                None => conn
+                    .prepare_cached("DELETE FROM schedule WHERE delivery_id = ?1")
+                    .and_then(|mut st| st.execute([&attempt.delivery_id])),
+            }
+            .map_err(db_err)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn schedule_backlog(&self) -> Result<u64, StoreError> {
+        self.read(|conn| {
+            conn.query_row("SELECT count(*) FROM schedule", [], |r| r.get::<_, i64>(0))
+                .map(|n| n as u64)
+                .map_err(db_err)
+        })
+        .await
+    }
+
+    async fn list_delivery_logs(&self, tenant_id: &str, filter: &LogFilter, limit: usize) -> Result<Vec<WebhookDeliveryLog>, StoreError> {
+        let mut sql = String::from("SELECT body FROM delivery_logs WHERE tenant_id = ?");
+        let mut args = vec![Value::from(tenant_id.to_string())];
+        for (column, value) in [
+            ("subscription_id", &filter.subscription_id),
+            ("event_id", &filter.event_id),
+            ("outcome", &filter.outcome),
+        ] {
+            if let Some(v) = value {
+                sql.push_str(&format!(" AND {column} = ?"));
+                args.push(Value::from(v.clone()));
+            }
+        }
+        if let Some(before) = &filter.before {
+            sql.push_str(" AND id < ?");
+            args.push(Value::from(before.clone()));
+        }
+        sql.push_str(" ORDER BY id DESC LIMIT ?");
+        args.push(Value::from(limit as i64));
+        self.read(move |conn| query_bodies(conn, &sql, args)).await
+    }
+
+    async fn purge_expired(&self, now_ms: i64) -> Result<u64, StoreError> {
+        self.write(move |conn| {
+            conn.execute("DELETE FROM dedupe WHERE expires_at <= ?1", [now_ms])
+                .map(|n| n as u64)
+                .map_err(db_err)
+        })
+        .await
+    }
+}
+
+/// Now, in unix milliseconds.
+pub fn now_ms() -> i64 {
+    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
+}

@@ -1,0 +1,141 @@
+//! The store: tenants and hashed API keys, subscriptions, the event index,
+//! the dedupe window, the durable delivery schedule and the delivery log.
+//!
+//! Every write method returns only once its change is durable. The schedule
+//! is the engine's memory of work to do: fan-out writes a row per delivery
+//! in the same transaction that marks the event fanned out, and a row leaves
+//! the schedule only in the transaction that records its final attempt. A
+//! crash therefore loses no delivery and no retry (DESIGN §3).
+//!
+//! [`embedded`] keeps all of it in SQLite; a ScyllaDB backend implements the
+//! same trait for the distributed deployment.
+
+pub mod embedded;
+
+use async_trait::async_trait;
+
+use crate::{
+    log::LogPosition,
+    model::{DomainEvent, ScheduledDelivery, WebhookDeliveryLog, WebhookSubscription},
+};
+
+/// Errors of the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A unique resource already exists.
+    #[error("{0}")]
+    Conflict(String),
+    /// The store cannot take writes right now (disk full, locked, shutting down).
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// A stored record could not be decoded.
+    #[error("stored record is corrupt: {0}")]
+    Corrupt(String),
+    /// The database reported an error.
+    #[error("database error")]
+    Database(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// Filters of the event list.
+#[derive(Debug, Clone, Default)]
+pub struct EventFilter {
+    /// Only this event type (exact) or family (`prefix.*`).
+    pub event_type: Option<String>,
+    /// Only events with ids before this one (the page cursor; newest first).
+    pub before: Option<String>,
+}
+
+/// Filters of the delivery log list.
+#[derive(Debug, Clone, Default)]
+pub struct LogFilter {
+    /// Only attempts to this subscription.
+    pub subscription_id: Option<String>,
+    /// Only attempts for this event.
+    pub event_id: Option<String>,
+    /// Only attempts with this outcome (`delivered`, `failed`, `dead`).
+    pub outcome: Option<String>,
+    /// Only attempts with ids before this one (the page cursor; newest first).
+    pub before: Option<String>,
+}
+
+/// One event's fan-out: the event, where it sits in the log, and the
+/// deliveries its matching subscriptions need.
+#[derive(Debug, Clone)]
+pub struct FanOut {
+    /// The event.
+    pub event: DomainEvent,
+    /// Its log position.
+    pub position: LogPosition,
+    /// One delivery per matching subscription.
+    pub deliveries: Vec<ScheduledDelivery>,
+}
+
+/// What [`Store::fan_out`] did with one event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FanOutResult {
+    /// Its deliveries are scheduled.
+    Scheduled,
+    /// It was fanned out before (a re-read after a crash): nothing new.
+    AlreadyDone,
+    /// Another event holds its dedupe key: dropped.
+    Duplicate,
+}
+
+/// The durable state of the engine.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Creates a tenant with its first API key (stored as a SHA-256 hash).
+    /// `Conflict` if the tenant exists.
+    async fn create_tenant(&self, tenant_id: &str, key_hash: [u8; 32]) -> Result<(), StoreError>;
+
+    /// The tenant an API key hash belongs to.
+    async fn tenant_for_key(&self, key_hash: [u8; 32]) -> Result<Option<String>, StoreError>;
+
+    /// Inserts or replaces a subscription.
+    async fn put_subscription(&self, sub: &WebhookSubscription) -> Result<(), StoreError>;
+
+    /// One subscription of a tenant.
+    async fn get_subscription(&self, tenant_id: &str, id: &str) -> Result<Option<WebhookSubscription>, StoreError>;
+
+    /// Every subscription of every tenant (to build the matching index).
+    async fn all_subscriptions(&self) -> Result<Vec<WebhookSubscription>, StoreError>;
+
+    /// Indexes an event just appended to the log and claims its dedupe key
+    /// until `dedupe_until_ms` (if nobody holds it). Idempotent.
+    async fn record_event(&self, event: &DomainEvent, position: LogPosition, dedupe_until_ms: i64) -> Result<(), StoreError>;
+
+    /// The live event holding `(tenant, dedupe_key)`, if any.
+    async fn event_by_dedupe_key(&self, tenant_id: &str, dedupe_key: &str, now_ms: i64) -> Result<Option<DomainEvent>, StoreError>;
+
+    /// One event of a tenant.
+    async fn get_event(&self, tenant_id: &str, id: &str) -> Result<Option<DomainEvent>, StoreError>;
+
+    /// A tenant's events, newest first.
+    async fn list_events(&self, tenant_id: &str, filter: &EventFilter, limit: usize) -> Result<Vec<DomainEvent>, StoreError>;
+
+    /// Atomically, per event: index it, drop it if another event holds its
+    /// dedupe key, skip it if it was fanned out before, else schedule its
+    /// deliveries and mark it fanned out.
+    async fn fan_out(&self, batch: Vec<FanOut>, dedupe_until_ms: i64, now_ms: i64) -> Result<Vec<FanOutResult>, StoreError>;
+
+    /// Adds deliveries to the schedule (replays).
+    async fn schedule(&self, deliveries: Vec<ScheduledDelivery>) -> Result<(), StoreError>;
+
+    /// Takes up to `limit` deliveries due at `now_ms` and leases them until
+    /// `lease_until_ms` (after a crash they fall due again then), each with
+    /// its event.
+    async fn claim_due(&self, now_ms: i64, lease_until_ms: i64, limit: usize) -> Result<Vec<(ScheduledDelivery, DomainEvent)>, StoreError>;
+
+    /// Records an attempt and, in the same transaction, either reschedules
+    /// the delivery (`next`) or removes it from the schedule.
+    async fn record_attempt(&self, attempt: WebhookDeliveryLog, next: Option<ScheduledDelivery>) -> Result<(), StoreError>;
+
+    /// Deliveries waiting in the schedule.
+    async fn schedule_backlog(&self) -> Result<u64, StoreError>;
+
+    /// A tenant's delivery attempts, newest first.
+    async fn list_delivery_logs(&self, tenant_id: &str, filter: &LogFilter, limit: usize) -> Result<Vec<WebhookDeliveryLog>, StoreError>;
+
+    /// Removes dedupe claims that expired before `now_ms`; returns how many.
+    async fn purge_expired(&self, now_ms: i64) -> Result<u64, StoreError>;
+}

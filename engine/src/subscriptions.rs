@@ -1,0 +1,212 @@
+//! The in-memory subscription index used by fan-out.
+//!
+//! Matching must stay cheap with 100k subscriptions: exact filters are one
+//! hash lookup per event, and `prefix.*` wildcards one lookup per dot in the
+//! event type (`a.b.c` looks up `a.*` and `a.b.*`), plus the tenant's `*`
+//! subscriptions. The index follows every change made through the engine.
+
+use std::{collections::HashMap, sync::Arc};
+
+use parking_lot::RwLock;
+
+use crate::model::{SubscriptionStatus, WebhookSubscription};
+
+/// Whether the filter `filter` (exact, `prefix.*`, or `*`) matches `event_type`.
+pub fn filter_matches(filter: &str, event_type: &str) -> bool {
+    if filter == "*" {
+        return true;
+    }
+    match filter.strip_suffix('*') {
+        Some(prefix) if prefix.ends_with('.') => event_type.starts_with(prefix),
+        _ => filter == event_type,
+    }
+}
+
+/// Checks one filter's syntax: dotted names of `[A-Za-z0-9_-]`, optionally
+/// ending in `.*`, or `*` alone.
+pub fn validate_filter(filter: &str) -> Result<(), String> {
+    if filter == "*" {
+        return Ok(());
+    }
+    let name = filter.strip_suffix(".*").unwrap_or(filter);
+    let ok = !name.is_empty()
+        && name.len() <= 200
+        && name.split('.').all(|part| {
+            !part.is_empty() && part.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{filter:?} is not an event type filter; use dotted names like work_order.completed, a family like work_order.*, or *"
+        ))
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    by_id: HashMap<String, Arc<WebhookSubscription>>,
+    /// (tenant, exact type or `prefix.`) → subscription ids.
+    keyed: HashMap<(String, String), Vec<String>>,
+}
+
+/// Subscriptions by id and by what they match.
+#[derive(Default)]
+pub struct SubscriptionIndex {
+    inner: RwLock<Inner>,
+}
+
+impl SubscriptionIndex {
+    /// An index holding `subs`.
+    pub fn new(subs: impl IntoIterator<Item = WebhookSubscription>) -> Self {
+        let index = Self::default();
+        for s in subs {
+            index.upsert(s);
+        }
+        index
+    }
+
+    /// Adds or replaces a subscription.
+    pub fn upsert(&self, sub: WebhookSubscription) {
+        let mut inner = self.inner.write();
+        remove_keys(&mut inner, &sub.id);
+        for filter in &sub.event_types {
+            let key = filter.strip_suffix('*').unwrap_or(filter).to_string();
+            inner
+                .keyed
+                .entry((sub.tenant_id.clone(), key))
+                .or_default()
+                .push(sub.id.clone());
+        }
+        inner.by_id.insert(sub.id.clone(), Arc::new(sub));
+    }
+
+    /// Removes a subscription.
+    pub fn remove(&self, id: &str) {
+        let mut inner = self.inner.write();
+        remove_keys(&mut inner, id);
+        inner.by_id.remove(id);
+    }
+
+    /// One subscription by id.
+    pub fn get(&self, id: &str) -> Option<Arc<WebhookSubscription>> {
+        self.inner.read().by_id.get(id).cloned()
+    }
+
+    /// The active subscriptions of `tenant` that want `event_type`, each once.
+    pub fn matching(&self, tenant: &str, event_type: &str) -> Vec<Arc<WebhookSubscription>> {
+        let inner = self.inner.read();
+        let mut ids: Vec<&String> = Vec::new();
+        let mut look = |key: &str| {
+            if let Some(v) = inner.keyed.get(&(tenant.to_string(), key.to_string())) {
+                ids.extend(v.iter());
+            }
+        };
+        look(event_type);
+        look("");
+        for (i, b) in event_type.bytes().enumerate() {
+            if b == b'.' {
+                look(&event_type[..=i]);
+            }
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        ids.into_iter()
+            .filter_map(|id| inner.by_id.get(id))
+            .filter(|s| s.status == SubscriptionStatus::Active)
+            .cloned()
+            .collect()
+    }
+
+    /// Number of subscriptions held.
+    pub fn len(&self) -> usize {
+        self.inner.read().by_id.len()
+    }
+
+    /// Whether the index is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+fn remove_keys(inner: &mut Inner, id: &str) {
+    let Some(old) = inner.by_id.get(id).cloned() else {
+        return;
+    };
+    for filter in &old.event_types {
+        let key = (old.tenant_id.clone(), filter.strip_suffix('*').unwrap_or(filter).to_string());
+        if let Some(v) = inner.keyed.get_mut(&key) {
+            v.retain(|s| s != id);
+            if v.is_empty() {
+                inner.keyed.remove(&key);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use time::OffsetDateTime;
+
+    use super::*;
+
+    fn sub(id: &str, tenant: &str, filters: &[&str]) -> WebhookSubscription {
+        let now = OffsetDateTime::now_utc();
+        WebhookSubscription {
+            id: id.into(),
+            tenant_id: tenant.into(),
+            url: "https://example.com".into(),
+            event_types: filters.iter().map(|s| s.to_string()).collect(),
+            description: None,
+            status: SubscriptionStatus::Active,
+            disabled_reason: None,
+            secrets: Vec::new(),
+            headers: Default::default(),
+            rate_limit: None,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
+    fn ids(v: Vec<Arc<WebhookSubscription>>) -> Vec<String> {
+        v.iter().map(|s| s.id.clone()).collect()
+    }
+
+    #[test]
+    fn filters_match_exact_prefix_and_all() {
+        assert!(filter_matches("a.b", "a.b"));
+        assert!(!filter_matches("a.b", "a.bc"));
+        assert!(filter_matches("a.*", "a.b.c"));
+        assert!(!filter_matches("a.*", "ab.c"));
+        assert!(!filter_matches("a.*", "a"));
+        assert!(filter_matches("*", "anything"));
+        assert!(validate_filter("work_order.*").is_ok());
+        assert!(validate_filter("work order").is_err());
+        assert!(validate_filter("a..b").is_err());
+        assert!(validate_filter("a*").is_err());
+    }
+
+    #[test]
+    fn index_matches_like_the_filters_and_follows_changes() {
+        let index = SubscriptionIndex::new([
+            sub("s1", "t", &["order.created"]),
+            sub("s2", "t", &["order.*", "order.created"]),
+            sub("s3", "t", &["*"]),
+            sub("s4", "other", &["order.created"]),
+            sub("s5", "t", &["order.item.*"]),
+        ]);
+        assert_eq!(ids(index.matching("t", "order.created")), ["s1", "s2", "s3"]);
+        assert_eq!(ids(index.matching("t", "order.item.added")), ["s2", "s3", "s5"]);
+        assert_eq!(ids(index.matching("t", "invoice.paid")), ["s3"]);
+        assert_eq!(ids(index.matching("other", "order.created")), ["s4"]);
+
+        let mut paused = sub("s1", "t", &["invoice.paid"]);
+        paused.status = SubscriptionStatus::Paused;
+        index.upsert(paused);
+        assert_eq!(ids(index.matching("t", "order.created")), ["s2", "s3"]);
+        assert!(ids(index.matching("t", "invoice.paid")) == ["s3"]);
+        index.remove("s3");
+        assert!(index.matching("t", "invoice.paid").is_empty());
+        assert_eq!(index.len(), 4);
+    }
+}
