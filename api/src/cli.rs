@@ -1,0 +1,181 @@
+//! The `herald` command line (DESIGN §8): flags and `HERALD_*` variables are
+//! equivalent, and `herald serve` with nothing set runs the embedded server.
+
+use std::{net::SocketAddr, path::PathBuf, sync::Arc};
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand, ValueEnum};
+use herald_engine::{
+    config::{EngineConfig, RetrySchedule},
+    Engine,
+};
+use ipnet::IpNet;
+use tokio::net::TcpListener;
+
+use crate::{app, AppState};
+
+/// Herald: webhook and domain-event delivery with guarantees.
+#[derive(Debug, Parser)]
+#[command(name = "herald", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server.
+    Serve(ServeArgs),
+}
+
+/// Which parts of Herald a process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Role {
+    /// API, relay and workers in one process.
+    All,
+    /// The REST API only (distributed mode).
+    Api,
+    /// The CDC relay only (distributed mode).
+    Relay,
+    /// Fan-out and delivery workers only (distributed mode).
+    Worker,
+}
+
+/// `herald serve` settings.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "HERALD_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Where the embedded log and store live.
+    #[arg(long, env = "HERALD_DATA_DIR", default_value = "./herald-data")]
+    pub data_dir: PathBuf,
+    /// Admin token [default: generated on first start, printed once, kept in the data dir].
+    #[arg(long, env = "HERALD_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// CIDRs that may receive deliveries despite the SSRF rules (comma-separated), e.g. 127.0.0.0/8.
+    #[arg(long = "allow-target", env = "HERALD_ALLOW_TARGETS", value_delimiter = ',')]
+    pub allow_targets: Vec<IpNet>,
+    /// Delays between delivery attempts; a delivery is dead after the last.
+    #[arg(long, env = "HERALD_RETRY_SCHEDULE", default_value = "5s,5m,30m,2h,5h,10h,10h,24h,24h")]
+    pub retry_schedule: RetrySchedule,
+    /// Which parts to run.
+    #[arg(long, env = "HERALD_ROLE", value_enum, default_value = "all")]
+    pub role: Role,
+    /// Kafka bootstrap servers: use Kafka as the event log.
+    #[arg(long, env = "HERALD_KAFKA_BROKERS")]
+    pub kafka_brokers: Option<String>,
+    /// ScyllaDB/Cassandra contact points: use CQL as the store.
+    #[arg(long, env = "HERALD_SCYLLA_NODES")]
+    pub scylla_nodes: Option<String>,
+    /// Partitions of a new embedded event log.
+    #[arg(long, env = "HERALD_LOG_PARTITIONS", default_value_t = 8)]
+    pub log_partitions: u32,
+    /// Concurrent requests per endpoint.
+    #[arg(long, env = "HERALD_MAX_IN_FLIGHT_PER_ENDPOINT", default_value_t = 32)]
+    pub max_in_flight_per_endpoint: usize,
+    /// Total timeout of one delivery attempt.
+    #[arg(long, env = "HERALD_REQUEST_TIMEOUT", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub request_timeout: std::time::Duration,
+    /// How long an open circuit waits before probing the endpoint again.
+    #[arg(long, env = "HERALD_BREAKER_OPEN_FOR", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub breaker_open_for: std::time::Duration,
+}
+
+impl ServeArgs {
+    fn engine_config(&self) -> EngineConfig {
+        let mut config = EngineConfig {
+            data_dir: self.data_dir.clone(),
+            allow_targets: self.allow_targets.clone(),
+            retry_schedule: self.retry_schedule.clone(),
+            log_partitions: self.log_partitions,
+            ..EngineConfig::default()
+        };
+        config.delivery.max_in_flight_per_endpoint = self.max_in_flight_per_endpoint;
+        config.delivery.request_timeout = self.request_timeout;
+        config.delivery.breaker_open_for = self.breaker_open_for;
+        config
+    }
+}
+
+/// Reads the admin token: given, or kept in the data dir, or generated now
+/// (then written there with mode 0600 and printed once).
+fn admin_token(args: &ServeArgs) -> anyhow::Result<String> {
+    if let Some(t) = &args.admin_token {
+        if t.len() < 16 {
+            bail!("the admin token must be at least 16 characters long");
+        }
+        return Ok(t.clone());
+    }
+    let path = args.data_dir.join("admin-token");
+    match std::fs::read_to_string(&path) {
+        Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_string()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+    std::fs::create_dir_all(&args.data_dir).with_context(|| format!("creating {}", args.data_dir.display()))?;
+    let mut raw = [0u8; 32];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut raw);
+    use base64::Engine as _;
+    let token = format!("hadm_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw));
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .with_context(|| format!("writing {}", path.display()))?;
+        f.write_all(token.as_bytes())?;
+        f.sync_all()?;
+    }
+    println!("Generated the admin token (shown once; also kept in {}):\n  {token}", path.display());
+    Ok(token)
+}
+
+/// Runs `herald serve` until SIGINT or SIGTERM, then drains.
+pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    if args.kafka_brokers.is_some() || args.scylla_nodes.is_some() {
+        bail!(
+            "HERALD_KAFKA_BROKERS / HERALD_SCYLLA_NODES: the distributed backends are not part of this build yet; \
+             unset them to run the embedded server"
+        );
+    }
+    if args.role != Role::All {
+        bail!("--role {:?} needs the distributed mode (HERALD_KAFKA_BROKERS); the embedded server runs --role all", args.role);
+    }
+    let admin_token = admin_token(&args)?;
+    let engine = Engine::start(args.engine_config())
+        .await
+        .with_context(|| format!("starting the engine in {}", args.data_dir.display()))?;
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("listening on {}", args.listen))?;
+    let local = listener.local_addr()?;
+    tracing::info!(listen = %local, "herald is serving");
+    println!("herald listening on http://{local}");
+    let state = AppState {
+        engine: engine.clone(),
+        admin_token: Arc::from(admin_token),
+    };
+    axum::serve(listener, app(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("serving")?;
+    tracing::info!("draining deliveries in flight");
+    engine.shutdown().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,52 @@
+//! Herald's REST server: the routes of DESIGN §5/§8 over the engine, and
+//! the `herald` command line.
+#![warn(missing_docs)]
+
+pub mod cli;
+pub mod error;
+pub mod extract;
+pub mod routes;
+
+use std::sync::Arc;
+
+use axum::{
+    extract::DefaultBodyLimit,
+    routing::{get, post},
+    Json, Router,
+};
+use herald_engine::Engine;
+
+/// Largest request body accepted, in bytes.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    /// The engine.
+    pub engine: Arc<Engine>,
+    /// The admin token (compared in constant time).
+    pub admin_token: Arc<str>,
+}
+
+/// The router, ready to serve.
+pub fn app(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/admin/tenants", post(routes::admin::create_tenant))
+        .route("/portal/webhooks/subscribe", post(routes::subscriptions::subscribe))
+        .route("/portal/webhooks/{id}", get(routes::subscriptions::get))
+        .route("/portal/webhooks/{id}/rotate-secret", post(routes::subscriptions::rotate_secret))
+        .route("/integrations/events", post(routes::events::emit).get(routes::events::list))
+        .route("/integrations/events/{id}", get(routes::events::get))
+        .route("/integrations/events/{id}/replay", post(routes::events::replay))
+        .route("/integrations/webhooks", get(routes::deliveries::list));
+    Router::new()
+        .nest("/api/v1", api)
+        .route("/healthz", get(healthz))
+        .fallback(|| async { error::ApiError::not_found("route") })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") }))
+}

@@ -1,0 +1,168 @@
+//! Events: emit, list, read one with its deliveries, replay.
+
+use axum::{
+    extract::{Path, State},
+    http::{HeaderName, HeaderValue, StatusCode},
+    response::{IntoResponse, Response},
+    Json,
+};
+use herald_engine::{model::DomainEvent, model::WebhookDeliveryLog, NewEvent};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use super::{non_empty, Page};
+use crate::{
+    error::ApiError,
+    extract::{ApiJson, ApiQuery, Tenant},
+    AppState,
+};
+
+/// `POST /api/v1/integrations/events` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Emit {
+    /// Dotted event type.
+    pub event_type: String,
+    /// JSON object.
+    pub payload: serde_json::Value,
+    /// Idempotency key.
+    pub dedupe_key: Option<String>,
+    /// Payload schema version (default 1).
+    pub schema_version: Option<u32>,
+    /// When it happened (default: now).
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub occurred_at: Option<OffsetDateTime>,
+    /// Trace id for lineage.
+    pub trace_id: Option<String>,
+}
+
+/// Emits an event: 202 once it is durable. A repeated `dedupe_key` answers
+/// the original event, with `herald-deduplicated: true`.
+pub async fn emit(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    ApiJson(body): ApiJson<Emit>,
+) -> Result<Response, ApiError> {
+    let (event, created) = state
+        .engine
+        .emit(
+            &tenant,
+            NewEvent {
+                event_type: body.event_type,
+                payload: body.payload,
+                dedupe_key: body.dedupe_key,
+                schema_version: body.schema_version,
+                occurred_at: body.occurred_at,
+                trace_id: body.trace_id,
+            },
+        )
+        .await?;
+    let mut response = (StatusCode::ACCEPTED, Json(event)).into_response();
+    if !created {
+        response.headers_mut().insert(
+            HeaderName::from_static("herald-deduplicated"),
+            HeaderValue::from_static("true"),
+        );
+    }
+    Ok(response)
+}
+
+/// `GET /api/v1/integrations/events` query.
+#[derive(Debug, Deserialize)]
+pub struct ListEvents {
+    /// Exact type or `prefix.*`.
+    pub event_type: Option<String>,
+    /// Page size.
+    pub limit: Option<usize>,
+    /// Cursor.
+    pub cursor: Option<String>,
+}
+
+/// A page.
+#[derive(Debug, Serialize)]
+pub struct List<T> {
+    /// Items, newest first.
+    pub data: Vec<T>,
+    /// Cursor of the next page, `null` at the end.
+    pub next_cursor: Option<String>,
+}
+
+/// Lists the tenant's events, newest first.
+pub async fn list(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    ApiQuery(q): ApiQuery<ListEvents>,
+) -> Result<Json<List<DomainEvent>>, ApiError> {
+    let page = Page { limit: q.limit, cursor: non_empty(q.cursor) };
+    let result = state
+        .engine
+        .list_events(&tenant, non_empty(q.event_type), page.cursor.clone(), page.limit()?)
+        .await?;
+    Ok(Json(List { data: result.data, next_cursor: result.next_cursor }))
+}
+
+/// One event and its delivery attempts.
+#[derive(Debug, Serialize)]
+pub struct EventWithDeliveries {
+    /// The event.
+    #[serde(flatten)]
+    pub event: DomainEvent,
+    /// Its delivery attempts, newest first.
+    pub deliveries: Vec<WebhookDeliveryLog>,
+}
+
+/// Reads one event with its deliveries.
+pub async fn get(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    Path(id): Path<String>,
+) -> Result<Json<EventWithDeliveries>, ApiError> {
+    let (event, deliveries) = state.engine.event(&tenant, &id).await?;
+    Ok(Json(EventWithDeliveries { event, deliveries }))
+}
+
+/// `POST /api/v1/integrations/events/{id}/replay` body.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Replay {
+    /// Only this subscription (default: every matching active subscription).
+    pub subscription_id: Option<String>,
+}
+
+/// One delivery created by a replay.
+#[derive(Debug, Serialize)]
+pub struct Replayed {
+    /// `dlv_…`.
+    pub delivery_id: String,
+    /// Where it goes.
+    pub subscription_id: String,
+    /// The delivery it replays.
+    pub replay_of: Option<String>,
+}
+
+/// Replays one event; 202 with the new deliveries.
+pub async fn replay(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<(StatusCode, Json<List<Replayed>>), ApiError> {
+    let body: Replay = if body.iter().all(u8::is_ascii_whitespace) {
+        Replay::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?
+    };
+    let replayed = state
+        .engine
+        .replay(&tenant, &id, body.subscription_id.as_deref())
+        .await?;
+    let data = replayed
+        .into_iter()
+        .map(|r| Replayed {
+            delivery_id: r.delivery_id,
+            subscription_id: r.subscription_id,
+            replay_of: r.replay_of,
+        })
+        .collect();
+    Ok((StatusCode::ACCEPTED, Json(List { data, next_cursor: None })))
+}
