@@ -212,6 +212,11 @@ impl Engine {
         Ok(self.store.schedule_backlog().await?)
     }
 
+    /// Subscriptions of all tenants.
+    pub fn subscription_count(&self) -> usize {
+        self.subscriptions.len()
+    }
+
     /// Deliveries currently being attempted.
     pub fn in_flight(&self) -> usize {
         self.shards.in_flight()

@@ -69,6 +69,14 @@ impl Breaker {
         }
     }
 
+    /// How long until an open breaker lets a probe through (zero unless open).
+    pub fn remaining_open(&self, now: Instant) -> Duration {
+        match (self.state, self.opened_at) {
+            (BreakerState::Open, Some(at)) => (at + self.open_for).saturating_duration_since(now),
+            _ => Duration::ZERO,
+        }
+    }
+
     /// Whether a request may go now.
     pub fn admit(&mut self, now: Instant) -> Admission {
         match self.state(now) {
@@ -127,6 +135,7 @@ mod tests {
         }
         assert_eq!(b.record(false, t0), Some(BreakerState::Open));
         assert_eq!(b.admit(t0 + Duration::from_secs(9)), Admission::Reject);
+        assert_eq!(b.remaining_open(t0 + Duration::from_secs(9)), Duration::from_secs(1));
 
         let t1 = t0 + Duration::from_secs(10);
         assert_eq!(b.state(t1), BreakerState::HalfOpen);

@@ -8,7 +8,7 @@
 //! schedule) before the delivery leaves the in-flight set.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{HashMap, HashSet, VecDeque},
     sync::Arc,
     time::Duration,
 };
@@ -17,11 +17,11 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use parking_lot::Mutex;
 use time::OffsetDateTime;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    breaker::{Admission, Breaker},
+    breaker::{Admission, Breaker, BreakerState},
     client::{DeliveryClient, SendError},
     retry::{RetryAction, RetryPolicy},
 };
@@ -101,9 +101,16 @@ impl Shards {
     }
 }
 
+/// Jobs an endpoint holds in memory at most; beyond that a job is let go
+/// (it stays leased in the schedule and comes back when the lease ends), so
+/// a slow endpoint's backlog never grows the heap.
+const MAX_QUEUED_PER_ENDPOINT: usize = 2048;
+
+/// One endpoint's state, owned by its shard task.
 struct Endpoint {
     breaker: Breaker,
-    permits: Arc<Semaphore>,
+    in_flight: usize,
+    queue: VecDeque<(Job, Arc<WebhookSubscription>)>,
 }
 
 struct Finished {
@@ -112,65 +119,130 @@ struct Finished {
     probe: bool,
 }
 
+struct Shard {
+    ctx: Arc<WorkerContext>,
+    endpoints: HashMap<String, Endpoint>,
+    done_tx: mpsc::UnboundedSender<Finished>,
+    attempts: tokio::task::JoinSet<()>,
+}
+
+impl Shard {
+    fn accept(&mut self, job: Job) {
+        let ctx = &self.ctx;
+        let Some(sub) = ctx.subscriptions.get(&job.delivery.subscription_id) else {
+            self.attempts.spawn(drop_orphan(ctx.clone(), job));
+            return;
+        };
+        if sub.status != SubscriptionStatus::Active {
+            // Paused or disabled: leave it leased; it falls due again later.
+            ctx.in_flight.lock().remove(&job.delivery.delivery_id);
+            return;
+        }
+        let config = &ctx.config;
+        let ep = self.endpoints.entry(sub.id.clone()).or_insert_with(|| Endpoint {
+            breaker: Breaker::new(config.breaker_failure_threshold, config.breaker_open_for),
+            in_flight: 0,
+            queue: VecDeque::new(),
+        });
+        if ep.queue.len() >= MAX_QUEUED_PER_ENDPOINT {
+            ctx.in_flight.lock().remove(&job.delivery.delivery_id);
+            return;
+        }
+        ep.queue.push_back((job, sub.clone()));
+        self.pump(&sub.id);
+    }
+
+    fn finished(&mut self, done: Finished) {
+        let Some(ep) = self.endpoints.get_mut(&done.subscription_id) else {
+            return;
+        };
+        ep.in_flight = ep.in_flight.saturating_sub(1);
+        if let Some(state) = ep.breaker.record(done.success, tokio::time::Instant::now()) {
+            tracing::info!(subscription_id = %done.subscription_id, ?state, probe = done.probe, "circuit breaker changed state");
+        }
+        self.pump(&done.subscription_id);
+        // An idle, healthy endpoint has nothing worth remembering: forget it.
+        if let Some(ep) = self.endpoints.get(&done.subscription_id) {
+            let closed = ep.breaker.state(tokio::time::Instant::now()) == BreakerState::Closed;
+            if done.success && closed && ep.in_flight == 0 && ep.queue.is_empty() {
+                self.endpoints.remove(&done.subscription_id);
+            }
+        }
+    }
+
+    /// Starts as many queued jobs as the endpoint's in-flight limit allows;
+    /// the breaker is asked at the moment a job would be sent.
+    fn pump(&mut self, subscription_id: &str) {
+        let max = self.ctx.config.max_in_flight_per_endpoint.max(1);
+        let Some(ep) = self.endpoints.get_mut(subscription_id) else {
+            return;
+        };
+        while ep.in_flight < max {
+            let Some((job, sub)) = ep.queue.pop_front() else {
+                break;
+            };
+            let now = tokio::time::Instant::now();
+            let admission = ep.breaker.admit(now);
+            let ctx = self.ctx.clone();
+            if admission == Admission::Reject {
+                // Not sent, so it costs no attempt: the delivery waits for the
+                // breaker's next probe, spread out so the backlog doesn't land at once.
+                let wait = ep.breaker.remaining_open(now).max(Duration::from_millis(500));
+                let spread = wait.mul_f64(rand::random::<f64>() * 0.2);
+                self.attempts.spawn(async move {
+                    let refused = Err(SendError {
+                        class: ErrorClass::CircuitOpen,
+                        message: "circuit open: the endpoint failed repeatedly; not sent".into(),
+                        latency: Duration::ZERO,
+                    });
+                    finish(&ctx, &sub, job, refused, Some(wait + spread)).await;
+                });
+                continue;
+            }
+            ep.in_flight += 1;
+            let done_tx = self.done_tx.clone();
+            self.attempts.spawn(async move {
+                let result = send(&ctx, &sub, &job).await;
+                let _ = done_tx.send(Finished {
+                    subscription_id: sub.id.clone(),
+                    success: result.as_ref().is_ok_and(|a| a.is_success()),
+                    probe: admission == Admission::Probe,
+                });
+                finish(&ctx, &sub, job, result, None).await;
+            });
+        }
+    }
+}
+
 async fn run_shard(ctx: Arc<WorkerContext>, mut jobs: mpsc::Receiver<Job>, cancel: CancellationToken) {
-    let mut endpoints: HashMap<String, Endpoint> = HashMap::new();
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Finished>();
-    let mut attempts = tokio::task::JoinSet::new();
+    let mut shard = Shard {
+        ctx,
+        endpoints: HashMap::new(),
+        done_tx,
+        attempts: tokio::task::JoinSet::new(),
+    };
     loop {
         tokio::select! {
             biased;
-            Some(done) = done_rx.recv() => {
-                if let Some(ep) = endpoints.get_mut(&done.subscription_id) {
-                    let now = tokio::time::Instant::now();
-                    if let Some(state) = ep.breaker.record(done.success, now) {
-                        tracing::info!(subscription_id = %done.subscription_id, ?state, probe = done.probe, "circuit breaker changed state");
-                    }
-                }
-            }
-            job = jobs.recv() => {
-                let Some(job) = job else { break };
-                let Some(sub) = ctx.subscriptions.get(&job.delivery.subscription_id) else {
-                    attempts.spawn(drop_orphan(ctx.clone(), job));
-                    continue;
-                };
-                if sub.status != SubscriptionStatus::Active {
-                    // Paused or disabled: leave it leased; it falls due again later.
-                    ctx.in_flight.lock().remove(&job.delivery.delivery_id);
-                    continue;
-                }
-                let ep = endpoints.entry(sub.id.clone()).or_insert_with(|| Endpoint {
-                    breaker: Breaker::new(ctx.config.breaker_failure_threshold, ctx.config.breaker_open_for),
-                    permits: Arc::new(Semaphore::new(ctx.config.max_in_flight_per_endpoint.max(1))),
-                });
-                let admission = ep.breaker.admit(tokio::time::Instant::now());
-                let (ctx, done_tx, permits) = (ctx.clone(), done_tx.clone(), ep.permits.clone());
-                attempts.spawn(async move {
-                    let result = if admission == Admission::Reject {
-                        Err(SendError {
-                            class: ErrorClass::CircuitOpen,
-                            message: "circuit open: the endpoint failed repeatedly; not sent".into(),
-                            latency: Duration::ZERO,
-                        })
-                    } else {
-                        let _permit = permits.acquire_owned().await;
-                        send(&ctx, &sub, &job).await
-                    };
-                    if admission != Admission::Reject {
-                        let _ = done_tx.send(Finished {
-                            subscription_id: sub.id.clone(),
-                            success: result.as_ref().is_ok_and(|a| a.is_success()),
-                            probe: admission == Admission::Probe,
-                        });
-                    }
-                    finish(&ctx, &sub, job, result).await;
-                });
-            }
-            Some(_) = attempts.join_next(), if !attempts.is_empty() => {}
+            Some(done) = done_rx.recv() => shard.finished(done),
+            job = jobs.recv() => match job {
+                Some(job) => shard.accept(job),
+                None => break,
+            },
+            Some(_) = shard.attempts.join_next(), if !shard.attempts.is_empty() => {}
             () = cancel.cancelled() => break,
         }
     }
-    // Drain: attempts already sent finish and are recorded.
-    while attempts.join_next().await.is_some() {}
+    // Drain: attempts already sent finish and are recorded; queued ones stay
+    // leased in the schedule and are picked up after a restart.
+    for ep in shard.endpoints.values() {
+        let mut in_flight = shard.ctx.in_flight.lock();
+        for (job, _) in &ep.queue {
+            in_flight.remove(&job.delivery.delivery_id);
+        }
+    }
+    while shard.attempts.join_next().await.is_some() {}
 }
 
 /// Builds the signed request and sends it.
@@ -206,22 +278,31 @@ async fn send(ctx: &WorkerContext, sub: &WebhookSubscription, job: &Job) -> Resu
 }
 
 /// Records the attempt and schedules what follows, retrying the write until
-/// it is durable (the delivery stays in flight meanwhile).
-async fn finish(ctx: &WorkerContext, sub: &WebhookSubscription, job: Job, result: Result<super::client::Answer, SendError>) {
+/// it is durable (the delivery stays in flight meanwhile). `deferred` is set
+/// when nothing was sent (open circuit): the same attempt is due again then.
+async fn finish(
+    ctx: &WorkerContext,
+    sub: &WebhookSubscription,
+    job: Job,
+    result: Result<super::client::Answer, SendError>,
+    deferred: Option<Duration>,
+) {
     let d = &job.delivery;
     let success = result.as_ref().is_ok_and(|a| a.is_success());
-    let action = ctx.retry.decide(d.attempt, success, &mut rand::thread_rng());
     let now = OffsetDateTime::now_utc();
-    let (outcome, next) = match action {
-        RetryAction::Done => (Outcome::Delivered, None),
-        RetryAction::Dead => (Outcome::Dead, None),
-        RetryAction::RetryAfter(delay) => {
-            let due = now + delay;
-            let mut next = d.clone();
-            next.attempt += 1;
-            next.due_at_ms = (due.unix_timestamp_nanos() / 1_000_000) as i64;
-            (Outcome::Failed, Some(next))
-        }
+    let due_in = |delay: Duration, attempt: u32| {
+        let mut next = d.clone();
+        next.attempt = attempt;
+        next.due_at_ms = ((now + delay).unix_timestamp_nanos() / 1_000_000) as i64;
+        next
+    };
+    let (outcome, next) = match deferred {
+        Some(wait) => (Outcome::Failed, Some(due_in(wait, d.attempt))),
+        None => match ctx.retry.decide(d.attempt, success, &mut rand::thread_rng()) {
+            RetryAction::Done => (Outcome::Delivered, None),
+            RetryAction::Dead => (Outcome::Dead, None),
+            RetryAction::RetryAfter(delay) => (Outcome::Failed, Some(due_in(delay, d.attempt + 1))),
+        },
     };
     let mut record = WebhookDeliveryLog {
         id: ids::new_id(ids::ATTEMPT),

@@ -1,0 +1,8 @@
+//! Integration tests of the `herald` server: the API in process, the
+//! binary for crash tests, real HTTP receivers on loopback.
+
+mod bad_input;
+mod breaker;
+mod crash;
+mod flow;
+mod support;

@@ -1,0 +1,215 @@
+//! Test harness: an in-process Herald on a free port, and receivers that
+//! record what they get.
+
+use std::{
+    future::Future,
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicU16, AtomicUsize, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use axum::{body::Bytes, extract::State, http::HeaderMap, http::StatusCode, routing::post, Router};
+use herald_api::{app, AppState};
+use herald_engine::{Engine, EngineConfig};
+use std::sync::Mutex;
+use serde_json::{json, Value};
+use tempfile::TempDir;
+
+
+pub const ADMIN: &str = "test-admin-token-0123456789";
+
+/// A Herald server running inside the test process.
+pub struct Herald {
+    pub base: String,
+    pub engine: Arc<Engine>,
+    pub http: reqwest::Client,
+    _dir: TempDir,
+}
+
+/// A test config: loopback allowed, quick retries.
+pub fn test_config(dir: &std::path::Path) -> EngineConfig {
+    let mut config = EngineConfig {
+        data_dir: dir.to_path_buf(),
+        allow_targets: vec!["127.0.0.0/8".parse().unwrap()],
+        retry_schedule: "1s,1s,1s".parse().unwrap(),
+        ..EngineConfig::default()
+    };
+    config.delivery.retry_jitter = 0.0;
+    config
+}
+
+impl Herald {
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(tune: impl FnOnce(&mut EngineConfig)) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = test_config(dir.path());
+        tune(&mut config);
+        let engine = Engine::start(config).await.unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = AppState { engine: engine.clone(), admin_token: Arc::from(ADMIN) };
+        tokio::spawn(async move { axum::serve(listener, app(state)).await.unwrap() });
+        Self { base: format!("http://{addr}"), engine, http: reqwest::Client::new(), _dir: dir }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Creates a tenant; returns its API key.
+    pub async fn tenant(&self, id: &str) -> String {
+        let r = self
+            .http
+            .post(self.url("/api/v1/admin/tenants"))
+            .bearer_auth(ADMIN)
+            .json(&json!({ "id": id }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        r.json::<Value>().await.unwrap()["api_key"].as_str().unwrap().to_string()
+    }
+
+    pub async fn post(&self, key: &str, path: &str, body: Value) -> (u16, Value) {
+        let r = self.http.post(self.url(path)).bearer_auth(key).json(&body).send().await.unwrap();
+        split(r).await
+    }
+
+    pub async fn get(&self, key: &str, path: &str) -> (u16, Value) {
+        let r = self.http.get(self.url(path)).bearer_auth(key).send().await.unwrap();
+        split(r).await
+    }
+
+    pub async fn subscribe(&self, key: &str, url: &str, types: &[&str]) -> Value {
+        let (status, body) = self
+            .post(key, "/api/v1/portal/webhooks/subscribe", json!({ "url": url, "event_types": types }))
+            .await;
+        assert_eq!(status, 201, "{body}");
+        body
+    }
+
+    pub async fn emit(&self, key: &str, event_type: &str, payload: Value) -> Value {
+        let (status, body) = self
+            .post(key, "/api/v1/integrations/events", json!({ "event_type": event_type, "payload": payload }))
+            .await;
+        assert_eq!(status, 202, "{body}");
+        body
+    }
+
+    /// Every delivery log record matching `query`, all pages.
+    pub async fn logs(&self, key: &str, query: &str) -> Vec<Value> {
+        let mut out = Vec::new();
+        let mut cursor = String::new();
+        loop {
+            let (status, page) = self
+                .get(key, &format!("/api/v1/integrations/webhooks?limit=500&{query}&cursor={cursor}"))
+                .await;
+            assert_eq!(status, 200, "{page}");
+            out.extend(page["data"].as_array().unwrap().iter().cloned());
+            match page["next_cursor"].as_str() {
+                Some(c) => cursor = c.to_string(),
+                None => return out,
+            }
+        }
+    }
+}
+
+pub async fn split(r: reqwest::Response) -> (u16, Value) {
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+}
+
+/// One request a receiver got.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> &str {
+        self.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
+    }
+}
+
+/// An HTTP endpoint on loopback that records requests and answers `status`.
+#[derive(Clone)]
+pub struct Receiver {
+    pub url: String,
+    pub received: Arc<Mutex<Vec<Received>>>,
+    pub status: Arc<AtomicU16>,
+    pub hits: Arc<AtomicUsize>,
+}
+
+#[derive(Clone)]
+struct ReceiverState {
+    received: Arc<Mutex<Vec<Received>>>,
+    status: Arc<AtomicU16>,
+    hits: Arc<AtomicUsize>,
+}
+
+async fn record(State(s): State<ReceiverState>, headers: HeaderMap, body: Bytes) -> (StatusCode, &'static str) {
+    s.hits.fetch_add(1, Ordering::SeqCst);
+    let status = StatusCode::from_u16(s.status.load(Ordering::SeqCst)).unwrap();
+    if status.is_success() {
+        s.received.lock().unwrap().push(Received { headers, body });
+    }
+    (status, "ok")
+}
+
+impl Receiver {
+    pub async fn start(status: u16) -> Self {
+        Self::start_on("127.0.0.1:0".parse().unwrap(), status).await
+    }
+
+    pub async fn start_on(addr: SocketAddr, status: u16) -> Self {
+        let state = ReceiverState {
+            received: Arc::new(Mutex::new(Vec::new())),
+            status: Arc::new(AtomicU16::new(status)),
+            hits: Arc::new(AtomicUsize::new(0)),
+        };
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let router = Router::new().route("/hook", post(record)).with_state(state.clone());
+        tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+        Self {
+            url: format!("http://{addr}/hook"),
+            received: state.received,
+            status: state.status,
+            hits: state.hits,
+        }
+    }
+
+    pub fn set_status(&self, status: u16) {
+        self.status.store(status, Ordering::SeqCst);
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.received.lock().unwrap().clone()
+    }
+}
+
+/// Polls `check` until it returns `Some`, failing the test with `what` after `limit`.
+pub async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("gave up waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
