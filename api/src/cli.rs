@@ -56,10 +56,18 @@ pub struct ServeArgs {
     #[arg(long, env = "HERALD_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
     /// CIDRs that may receive deliveries despite the SSRF rules (comma-separated), e.g. 127.0.0.0/8.
-    #[arg(long = "allow-target", env = "HERALD_ALLOW_TARGETS", value_delimiter = ',')]
+    #[arg(
+        long = "allow-target",
+        env = "HERALD_ALLOW_TARGETS",
+        value_delimiter = ','
+    )]
     pub allow_targets: Vec<IpNet>,
     /// Delays between delivery attempts; a delivery is dead after the last.
-    #[arg(long, env = "HERALD_RETRY_SCHEDULE", default_value = "5s,5m,30m,2h,5h,10h,10h,24h,24h")]
+    #[arg(
+        long,
+        env = "HERALD_RETRY_SCHEDULE",
+        default_value = "5s,5m,30m,2h,5h,10h,10h,24h,24h"
+    )]
     pub retry_schedule: RetrySchedule,
     /// Which parts to run.
     #[arg(long, env = "HERALD_ROLE", value_enum, default_value = "all")]
@@ -116,11 +124,15 @@ fn admin_token(args: &ServeArgs) -> anyhow::Result<String> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     }
-    std::fs::create_dir_all(&args.data_dir).with_context(|| format!("creating {}", args.data_dir.display()))?;
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating {}", args.data_dir.display()))?;
     let mut raw = [0u8; 32];
     rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut raw);
     use base64::Engine as _;
-    let token = format!("hadm_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw));
+    let token = format!(
+        "hadm_{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+    );
     {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
@@ -133,7 +145,10 @@ fn admin_token(args: &ServeArgs) -> anyhow::Result<String> {
         f.write_all(token.as_bytes())?;
         f.sync_all()?;
     }
-    println!("Generated the admin token (shown once; also kept in {}):\n  {token}", path.display());
+    println!(
+        "Generated the admin token (shown once; also kept in {}):\n  {token}",
+        path.display()
+    );
     Ok(token)
 }
 
@@ -173,7 +188,8 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}

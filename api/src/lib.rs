@@ -32,12 +32,24 @@ pub struct AppState {
 pub fn app(state: AppState) -> Router {
     let api = Router::new()
         .route("/admin/tenants", post(routes::admin::create_tenant))
-        .route("/portal/webhooks/subscribe", post(routes::subscriptions::subscribe))
+        .route(
+            "/portal/webhooks/subscribe",
+            post(routes::subscriptions::subscribe),
+        )
         .route("/portal/webhooks/{id}", get(routes::subscriptions::get))
-        .route("/portal/webhooks/{id}/rotate-secret", post(routes::subscriptions::rotate_secret))
-        .route("/integrations/events", post(routes::events::emit).get(routes::events::list))
+        .route(
+            "/portal/webhooks/{id}/rotate-secret",
+            post(routes::subscriptions::rotate_secret),
+        )
+        .route(
+            "/integrations/events",
+            post(routes::events::emit).get(routes::events::list),
+        )
         .route("/integrations/events/{id}", get(routes::events::get))
-        .route("/integrations/events/{id}/replay", post(routes::events::replay))
+        .route(
+            "/integrations/events/{id}/replay",
+            post(routes::events::replay),
+        )
         .route("/integrations/webhooks", get(routes::deliveries::list));
     Router::new()
         .nest("/api/v1", api)

@@ -132,6 +132,9 @@ mod tests {
         let err = "5s,soon".parse::<RetrySchedule>().unwrap_err();
         assert!(err.contains("\"soon\""), "{err}");
         let total: Duration = RetrySchedule::default().0.iter().sum();
-        assert!(total > Duration::from_secs(2 * 24 * 3600) && total < Duration::from_secs(4 * 24 * 3600));
+        assert!(
+            total > Duration::from_secs(2 * 24 * 3600)
+                && total < Duration::from_secs(4 * 24 * 3600)
+        );
     }
 }

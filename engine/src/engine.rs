@@ -22,8 +22,8 @@ use crate::{
     fanout, ids,
     log::{embedded::EmbeddedLog, EventLog},
     model::{
-        DomainEvent, EventSource, ScheduledDelivery, SecretEntry, SubscriptionStatus, WebhookDeliveryLog,
-        WebhookSubscription,
+        DomainEvent, EventSource, ScheduledDelivery, SecretEntry, SubscriptionStatus,
+        WebhookDeliveryLog, WebhookSubscription,
     },
     signing::SigningSecret,
     ssrf::TargetGuard,
@@ -36,7 +36,14 @@ pub const MAX_PAYLOAD_BYTES: usize = 256 * 1024;
 /// Default grace period of a rotated secret.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(24 * 3600);
 /// Headers a subscription may not override.
-const RESERVED_HEADERS: &[&str] = &["content-type", "content-length", "host", "user-agent", "transfer-encoding", "connection"];
+const RESERVED_HEADERS: &[&str] = &[
+    "content-type",
+    "content-length",
+    "host",
+    "user-agent",
+    "transfer-encoding",
+    "connection",
+];
 
 /// A new subscription, as asked for.
 #[derive(Debug, Clone, Default)]
@@ -130,6 +137,14 @@ impl Engine {
     pub async fn start(config: EngineConfig) -> Result<Arc<Self>, EngineError> {
         let log = EmbeddedLog::open(&config.data_dir.join("log"), config.log_partitions)?;
         let store = EmbeddedStore::open(&config.data_dir.join("store"))?;
+        // This process is the schedule's only user: what a crashed run had claimed is due now.
+        let released = store.release_leases(now_ms()).await?;
+        if released > 0 {
+            tracing::info!(
+                released,
+                "deliveries claimed before a restart are due again"
+            );
+        }
         Self::start_with(config, Arc::new(log), Arc::new(store)).await
     }
 
@@ -142,7 +157,12 @@ impl Engine {
         let subscriptions = Arc::new(SubscriptionIndex::new(store.all_subscriptions().await?));
         let guard = TargetGuard::new(config.allow_targets.clone());
         let d = &config.delivery;
-        let client = DeliveryClient::new(guard.clone(), d.connect_timeout, d.request_timeout, d.response_body_limit);
+        let client = DeliveryClient::new(
+            guard.clone(),
+            d.connect_timeout,
+            d.request_timeout,
+            d.response_body_limit,
+        );
         let ctx = Arc::new(WorkerContext {
             store: store.clone(),
             subscriptions: subscriptions.clone(),
@@ -229,7 +249,10 @@ impl Engine {
         validate_tenant_id(tenant_id)?;
         let mut raw = [0u8; 32];
         rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut raw);
-        let key = format!("hk_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw));
+        let key = format!(
+            "hk_{}",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+        );
         self.store.create_tenant(tenant_id, hash_key(&key)).await?;
         tracing::info!(tenant_id, "tenant created");
         Ok(key)
@@ -246,7 +269,11 @@ impl Engine {
     // ---- subscriptions ----
 
     /// Creates a subscription.
-    pub async fn subscribe(&self, tenant_id: &str, new: NewSubscription) -> Result<WebhookSubscription, EngineError> {
+    pub async fn subscribe(
+        &self,
+        tenant_id: &str,
+        new: NewSubscription,
+    ) -> Result<WebhookSubscription, EngineError> {
         self.validate_url(&new.url).await?;
         validate_event_types(&new.event_types)?;
         if new.description.as_ref().is_some_and(|d| d.len() > 1024) {
@@ -254,10 +281,14 @@ impl Engine {
         }
         validate_headers(&new.headers)?;
         if new.rate_limit == Some(0) {
-            return Err(EngineError::invalid("rate_limit", "must be at least 1 delivery per second"));
+            return Err(EngineError::invalid(
+                "rate_limit",
+                "must be at least 1 delivery per second",
+            ));
         }
         let secret = match &new.secret {
-            Some(s) => SigningSecret::parse(s).map_err(|e| EngineError::invalid("secret", e.to_string()))?,
+            Some(s) => SigningSecret::parse(s)
+                .map_err(|e| EngineError::invalid("secret", e.to_string()))?,
             None => SigningSecret::generate(),
         };
         let now = OffsetDateTime::now_utc();
@@ -269,7 +300,10 @@ impl Engine {
             description: new.description,
             status: SubscriptionStatus::Active,
             disabled_reason: None,
-            secrets: vec![SecretEntry { secret, expires_at: None }],
+            secrets: vec![SecretEntry {
+                secret,
+                expires_at: None,
+            }],
             headers: new.headers,
             rate_limit: new.rate_limit,
             created_at: now,
@@ -282,7 +316,11 @@ impl Engine {
     }
 
     /// One subscription of a tenant (`NotFound` for another tenant's).
-    pub async fn subscription(&self, tenant_id: &str, id: &str) -> Result<WebhookSubscription, EngineError> {
+    pub async fn subscription(
+        &self,
+        tenant_id: &str,
+        id: &str,
+    ) -> Result<WebhookSubscription, EngineError> {
         self.store
             .get_subscription(tenant_id, id)
             .await?
@@ -300,16 +338,23 @@ impl Engine {
     ) -> Result<Rotation, EngineError> {
         let grace = grace.unwrap_or(DEFAULT_GRACE);
         if grace > Duration::from_secs(30 * 24 * 3600) {
-            return Err(EngineError::invalid("grace_period_seconds", "at most 30 days (2592000)"));
+            return Err(EngineError::invalid(
+                "grace_period_seconds",
+                "at most 30 days (2592000)",
+            ));
         }
         let new_secret = match secret {
-            Some(s) => SigningSecret::parse(s).map_err(|e| EngineError::invalid("secret", e.to_string()))?,
+            Some(s) => SigningSecret::parse(s)
+                .map_err(|e| EngineError::invalid("secret", e.to_string()))?,
             None => SigningSecret::generate(),
         };
         let mut sub = self.subscription(tenant_id, id).await?;
         let now = OffsetDateTime::now_utc();
         let expires = now + grace;
-        let mut secrets = vec![SecretEntry { secret: new_secret.clone(), expires_at: None }];
+        let mut secrets = vec![SecretEntry {
+            secret: new_secret.clone(),
+            expires_at: None,
+        }];
         for mut old in sub.secrets.drain(..) {
             old.expires_at = Some(old.expires_at.map_or(expires, |t| t.min(expires)));
             if old.expires_at.is_some_and(|t| t > now) {
@@ -320,7 +365,12 @@ impl Engine {
         sub.updated_at = now;
         self.store.put_subscription(&sub).await?;
         self.subscriptions.upsert(sub);
-        tracing::info!(tenant_id, subscription_id = id, grace_seconds = grace.as_secs(), "secret rotated");
+        tracing::info!(
+            tenant_id,
+            subscription_id = id,
+            grace_seconds = grace.as_secs(),
+            "secret rotated"
+        );
         Ok(Rotation {
             secret: new_secret,
             previous_secret_expires_at: (!grace.is_zero()).then_some(expires),
@@ -332,13 +382,22 @@ impl Engine {
     /// Emits an event: durable in the log before this returns. With a
     /// `dedupe_key` already used in the window, returns the original event
     /// and `false` (nothing new is delivered).
-    pub async fn emit(&self, tenant_id: &str, new: NewEvent) -> Result<(DomainEvent, bool), EngineError> {
+    pub async fn emit(
+        &self,
+        tenant_id: &str,
+        new: NewEvent,
+    ) -> Result<(DomainEvent, bool), EngineError> {
         let event = self.build_event(tenant_id, new, EventSource::Api)?;
         let _guard = match &event.dedupe_key {
             Some(key) => {
-                let stripe = crc32fast::hash(format!("{tenant_id}\0{key}").as_bytes()) as usize % self.emit_locks.len();
+                let stripe = crc32fast::hash(format!("{tenant_id}\0{key}").as_bytes()) as usize
+                    % self.emit_locks.len();
                 let guard = self.emit_locks[stripe].lock().await;
-                if let Some(original) = self.store.event_by_dedupe_key(tenant_id, key, now_ms()).await? {
+                if let Some(original) = self
+                    .store
+                    .event_by_dedupe_key(tenant_id, key, now_ms())
+                    .await?
+                {
                     return Ok((original, false));
                 }
                 Some(guard)
@@ -354,20 +413,30 @@ impl Engine {
         Ok((event, true))
     }
 
-    fn build_event(&self, tenant_id: &str, new: NewEvent, source: EventSource) -> Result<DomainEvent, EngineError> {
+    fn build_event(
+        &self,
+        tenant_id: &str,
+        new: NewEvent,
+        source: EventSource,
+    ) -> Result<DomainEvent, EngineError> {
         validate_filter(&new.event_type)
             .ok()
             .filter(|()| !new.event_type.contains('*'))
             .ok_or_else(|| {
                 EngineError::invalid(
                     "event_type",
-                    format!("{:?} is not an event type; use dotted names like work_order.completed", new.event_type),
+                    format!(
+                        "{:?} is not an event type; use dotted names like work_order.completed",
+                        new.event_type
+                    ),
                 )
             })?;
         if !new.payload.is_object() {
             return Err(EngineError::invalid("payload", "must be a JSON object"));
         }
-        let size = serde_json::to_vec(&new.payload).map(|v| v.len()).unwrap_or(usize::MAX);
+        let size = serde_json::to_vec(&new.payload)
+            .map(|v| v.len())
+            .unwrap_or(usize::MAX);
         if size > MAX_PAYLOAD_BYTES {
             return Err(EngineError::invalid(
                 "payload",
@@ -376,7 +445,10 @@ impl Engine {
         }
         if let Some(key) = &new.dedupe_key {
             if key.is_empty() || key.len() > 256 || key.chars().any(char::is_control) {
-                return Err(EngineError::invalid("dedupe_key", "1 to 256 printable characters"));
+                return Err(EngineError::invalid(
+                    "dedupe_key",
+                    "1 to 256 printable characters",
+                ));
             }
         }
         let schema_version = new.schema_version.unwrap_or(1);
@@ -412,21 +484,37 @@ impl Engine {
             validate_filter(t).map_err(|m| EngineError::invalid("event_type", m))?;
         }
         let cursor = validate_cursor(cursor, ids::EVENT)?;
-        let filter = EventFilter { event_type, before: cursor };
-        let mut data = self.store.list_events(tenant_id, &filter, limit + 1).await?;
+        let filter = EventFilter {
+            event_type,
+            before: cursor,
+        };
+        let mut data = self
+            .store
+            .list_events(tenant_id, &filter, limit + 1)
+            .await?;
         let next_cursor = page_cursor(&mut data, limit, |e| e.id.clone());
         Ok(EventPage { data, next_cursor })
     }
 
     /// One event of a tenant and its delivery attempts (newest first, up to 100).
-    pub async fn event(&self, tenant_id: &str, id: &str) -> Result<(DomainEvent, Vec<WebhookDeliveryLog>), EngineError> {
+    pub async fn event(
+        &self,
+        tenant_id: &str,
+        id: &str,
+    ) -> Result<(DomainEvent, Vec<WebhookDeliveryLog>), EngineError> {
         let event = self
             .store
             .get_event(tenant_id, id)
             .await?
             .ok_or(EngineError::NotFound("event"))?;
-        let filter = LogFilter { event_id: Some(id.to_string()), ..Default::default() };
-        let logs = self.store.list_delivery_logs(tenant_id, &filter, 100).await?;
+        let filter = LogFilter {
+            event_id: Some(id.to_string()),
+            ..Default::default()
+        };
+        let logs = self
+            .store
+            .list_delivery_logs(tenant_id, &filter, 100)
+            .await?;
         Ok((event, logs))
     }
 
@@ -475,7 +563,11 @@ impl Engine {
                 is_replay: true,
                 due_at_ms: now,
             });
-            replayed.push(ReplayedDelivery { delivery_id, subscription_id: sub.id, replay_of });
+            replayed.push(ReplayedDelivery {
+                delivery_id,
+                subscription_id: sub.id,
+                replay_of,
+            });
         }
         self.store.schedule(scheduled).await?;
         self.wake.notify_one();
@@ -491,11 +583,17 @@ impl Engine {
     ) -> Result<LogPage, EngineError> {
         if let Some(o) = &filter.outcome {
             if crate::model::Outcome::parse(o).is_none() {
-                return Err(EngineError::invalid("status", "one of delivered, failed, dead"));
+                return Err(EngineError::invalid(
+                    "status",
+                    "one of delivered, failed, dead",
+                ));
             }
         }
         filter.before = validate_cursor(filter.before.take(), ids::ATTEMPT)?;
-        let mut data = self.store.list_delivery_logs(tenant_id, &filter, limit + 1).await?;
+        let mut data = self
+            .store
+            .list_delivery_logs(tenant_id, &filter, limit + 1)
+            .await?;
         let next_cursor = page_cursor(&mut data, limit, |l| l.id.clone());
         Ok(LogPage { data, next_cursor })
     }
@@ -511,7 +609,11 @@ impl Engine {
         // A name that resolves only to refused addresses can never be delivered to.
         if let Some(url::Host::Domain(host)) = url.host() {
             let port = url.port_or_known_default().unwrap_or(443);
-            let lookup = tokio::time::timeout(Duration::from_secs(2), tokio::net::lookup_host((host, port))).await;
+            let lookup = tokio::time::timeout(
+                Duration::from_secs(2),
+                tokio::net::lookup_host((host, port)),
+            )
+            .await;
             if let Ok(Ok(addrs)) = lookup {
                 let addrs: Vec<_> = addrs.collect();
                 if !addrs.is_empty() && addrs.iter().all(|a| self.guard.check_ip(a.ip()).is_err()) {
@@ -533,8 +635,13 @@ pub fn hash_key(key: &str) -> [u8; 32] {
 
 fn validate_tenant_id(id: &str) -> Result<(), EngineError> {
     let ok = (1..=64).contains(&id.len())
-        && id.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-        && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+        && id
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
     if ok {
         Ok(())
     } else {
@@ -547,7 +654,10 @@ fn validate_tenant_id(id: &str) -> Result<(), EngineError> {
 
 fn validate_event_types(types: &[String]) -> Result<(), EngineError> {
     if types.is_empty() || types.len() > 100 {
-        return Err(EngineError::invalid("event_types", "give 1 to 100 event types or patterns"));
+        return Err(EngineError::invalid(
+            "event_types",
+            "give 1 to 100 event types or patterns",
+        ));
     }
     types
         .iter()
@@ -560,11 +670,22 @@ fn validate_headers(headers: &BTreeMap<String, String>) -> Result<(), EngineErro
     }
     for (name, value) in headers {
         let lower = name.to_ascii_lowercase();
-        if http::HeaderName::try_from(name.as_str()).is_err() || http::HeaderValue::try_from(value.as_str()).is_err() {
-            return Err(EngineError::invalid("headers", format!("{name:?} is not a valid header")));
+        if http::HeaderName::try_from(name.as_str()).is_err()
+            || http::HeaderValue::try_from(value.as_str()).is_err()
+        {
+            return Err(EngineError::invalid(
+                "headers",
+                format!("{name:?} is not a valid header"),
+            ));
         }
-        if RESERVED_HEADERS.contains(&lower.as_str()) || lower.starts_with("webhook-") || lower.starts_with("herald-") {
-            return Err(EngineError::invalid("headers", format!("{name:?} is set by Herald and cannot be overridden")));
+        if RESERVED_HEADERS.contains(&lower.as_str())
+            || lower.starts_with("webhook-")
+            || lower.starts_with("herald-")
+        {
+            return Err(EngineError::invalid(
+                "headers",
+                format!("{name:?} is set by Herald and cannot be overridden"),
+            ));
         }
     }
     Ok(())

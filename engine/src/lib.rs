@@ -25,5 +25,7 @@ pub mod store;
 pub mod subscriptions;
 
 pub use config::EngineConfig;
-pub use engine::{Engine, EventPage, LogPage, NewEvent, NewSubscription, ReplayedDelivery, Rotation};
+pub use engine::{
+    Engine, EventPage, LogPage, NewEvent, NewSubscription, ReplayedDelivery, Rotation,
+};
 pub use error::EngineError;

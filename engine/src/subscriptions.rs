@@ -32,7 +32,10 @@ pub fn validate_filter(filter: &str) -> Result<(), String> {
     let ok = !name.is_empty()
         && name.len() <= 200
         && name.split('.').all(|part| {
-            !part.is_empty() && part.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            !part.is_empty()
+                && part
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
         });
     if ok {
         Ok(())
@@ -134,7 +137,10 @@ fn remove_keys(inner: &mut Inner, id: &str) {
         return;
     };
     for filter in &old.event_types {
-        let key = (old.tenant_id.clone(), filter.strip_suffix('*').unwrap_or(filter).to_string());
+        let key = (
+            old.tenant_id.clone(),
+            filter.strip_suffix('*').unwrap_or(filter).to_string(),
+        );
         if let Some(v) = inner.keyed.get_mut(&key) {
             v.retain(|s| s != id);
             if v.is_empty() {
@@ -195,8 +201,14 @@ mod tests {
             sub("s4", "other", &["order.created"]),
             sub("s5", "t", &["order.item.*"]),
         ]);
-        assert_eq!(ids(index.matching("t", "order.created")), ["s1", "s2", "s3"]);
-        assert_eq!(ids(index.matching("t", "order.item.added")), ["s2", "s3", "s5"]);
+        assert_eq!(
+            ids(index.matching("t", "order.created")),
+            ["s1", "s2", "s3"]
+        );
+        assert_eq!(
+            ids(index.matching("t", "order.item.added")),
+            ["s2", "s3", "s5"]
+        );
         assert_eq!(ids(index.matching("t", "invoice.paid")), ["s3"]);
         assert_eq!(ids(index.matching("other", "order.created")), ["s4"]);
 

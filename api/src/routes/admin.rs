@@ -33,5 +33,11 @@ pub async fn create_tenant(
     ApiJson(body): ApiJson<CreateTenant>,
 ) -> Result<(StatusCode, Json<TenantCreated>), ApiError> {
     let api_key = state.engine.create_tenant(&body.id).await?;
-    Ok((StatusCode::CREATED, Json(TenantCreated { id: body.id, api_key })))
+    Ok((
+        StatusCode::CREATED,
+        Json(TenantCreated {
+            id: body.id,
+            api_key,
+        }),
+    ))
 }

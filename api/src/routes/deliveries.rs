@@ -32,13 +32,22 @@ pub async fn list(
     Tenant(tenant): Tenant,
     ApiQuery(q): ApiQuery<ListLogs>,
 ) -> Result<Json<List<WebhookDeliveryLog>>, ApiError> {
-    let page = Page { limit: q.limit, cursor: non_empty(q.cursor) };
+    let page = Page {
+        limit: q.limit,
+        cursor: non_empty(q.cursor),
+    };
     let filter = LogFilter {
         subscription_id: non_empty(q.subscription_id),
         event_id: non_empty(q.event_id),
         outcome: non_empty(q.status),
         before: page.cursor.clone(),
     };
-    let result = state.engine.list_delivery_logs(&tenant, filter, page.limit()?).await?;
-    Ok(Json(List { data: result.data, next_cursor: result.next_cursor }))
+    let result = state
+        .engine
+        .list_delivery_logs(&tenant, filter, page.limit()?)
+        .await?;
+    Ok(Json(List {
+        data: result.data,
+        next_cursor: result.next_cursor,
+    }))
 }

@@ -93,12 +93,23 @@ pub async fn list(
     Tenant(tenant): Tenant,
     ApiQuery(q): ApiQuery<ListEvents>,
 ) -> Result<Json<List<DomainEvent>>, ApiError> {
-    let page = Page { limit: q.limit, cursor: non_empty(q.cursor) };
+    let page = Page {
+        limit: q.limit,
+        cursor: non_empty(q.cursor),
+    };
     let result = state
         .engine
-        .list_events(&tenant, non_empty(q.event_type), page.cursor.clone(), page.limit()?)
+        .list_events(
+            &tenant,
+            non_empty(q.event_type),
+            page.cursor.clone(),
+            page.limit()?,
+        )
         .await?;
-    Ok(Json(List { data: result.data, next_cursor: result.next_cursor }))
+    Ok(Json(List {
+        data: result.data,
+        next_cursor: result.next_cursor,
+    }))
 }
 
 /// One event and its delivery attempts.
@@ -150,7 +161,8 @@ pub async fn replay(
     let body: Replay = if body.iter().all(u8::is_ascii_whitespace) {
         Replay::default()
     } else {
-        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?
     };
     let replayed = state
         .engine
@@ -164,5 +176,11 @@ pub async fn replay(
             replay_of: r.replay_of,
         })
         .collect();
-    Ok((StatusCode::ACCEPTED, Json(List { data, next_cursor: None })))
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(List {
+            data,
+            next_cursor: None,
+        }),
+    ))
 }

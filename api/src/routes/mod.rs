@@ -29,7 +29,10 @@ impl Page {
         match self.limit {
             None => Ok(DEFAULT_LIMIT),
             Some(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
-            Some(_) => Err(ApiError::invalid("limit", format!("limit must be between 1 and {MAX_LIMIT}"))),
+            Some(_) => Err(ApiError::invalid(
+                "limit",
+                format!("limit must be between 1 and {MAX_LIMIT}"),
+            )),
         }
     }
 }

@@ -59,14 +59,18 @@ async fn dead_endpoints_open_their_circuit_and_never_hold_up_a_healthy_one() {
     let refused = herald.subscribe(&key, &refused_url, &["*"]).await;
     herald.subscribe(&key, &healthy.url, &["*"]).await;
     for n in 0..EVENTS {
-        herald.emit(&key, "work_order.completed", json!({ "n": n })).await;
+        herald
+            .emit(&key, "work_order.completed", json!({ "n": n }))
+            .await;
     }
 
     // Every healthy delivery arrives while the hanging endpoint still holds
     // its first requests: it never waited behind them.
-    eventually("all healthy deliveries", Duration::from_secs(60), || async {
-        (healthy.received().len() == EVENTS).then_some(())
-    })
+    eventually(
+        "all healthy deliveries",
+        Duration::from_secs(60),
+        || async { (healthy.received().len() == EVENTS).then_some(()) },
+    )
     .await;
     assert!(
         hanging_accepted.load(Ordering::SeqCst) <= IN_FLIGHT,
@@ -77,12 +81,20 @@ async fn dead_endpoints_open_their_circuit_and_never_hold_up_a_healthy_one() {
     // The refusing endpoint's circuit opened: after a few real failures the
     // remaining attempts were refused without being sent.
     let refused_id = refused["id"].as_str().unwrap();
-    let logs = eventually("every refused-endpoint delivery attempted", Duration::from_secs(60), || async {
-        let logs = herald.logs(&key, &format!("subscription_id={refused_id}")).await;
-        let deliveries: std::collections::HashSet<&str> =
-            logs.iter().map(|l| l["delivery_id"].as_str().unwrap()).collect();
-        (deliveries.len() == EVENTS).then_some(logs.clone())
-    })
+    let logs = eventually(
+        "every refused-endpoint delivery attempted",
+        Duration::from_secs(60),
+        || async {
+            let logs = herald
+                .logs(&key, &format!("subscription_id={refused_id}"))
+                .await;
+            let deliveries: std::collections::HashSet<&str> = logs
+                .iter()
+                .map(|l| l["delivery_id"].as_str().unwrap())
+                .collect();
+            (deliveries.len() == EVENTS).then_some(logs.clone())
+        },
+    )
     .await;
     let connect_failures = logs.iter().filter(|l| l["error"] == "connect").count();
     let circuit_open = logs.iter().filter(|l| l["error"] == "circuit_open").count();
@@ -92,7 +104,9 @@ async fn dead_endpoints_open_their_circuit_and_never_hold_up_a_healthy_one() {
         "{connect_failures} requests reached a dead endpoint; the breaker should have opened after {THRESHOLD}"
     );
     assert!(circuit_open >= EVENTS - (THRESHOLD as usize + IN_FLIGHT));
-    assert!(logs.iter().all(|l| l["outcome"] == "failed" || l["outcome"] == "dead"));
+    assert!(logs
+        .iter()
+        .all(|l| l["outcome"] == "failed" || l["outcome"] == "dead"));
     // Refusals cost no attempt: a delivery refused by the circuit keeps its attempt number.
     assert!(logs
         .iter()

@@ -30,8 +30,21 @@ async fn start_server(dir: &std::path::Path) -> Server {
         .open(dir.with_extension("log"))
         .unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--admin-token", ADMIN, "--allow-target", "127.0.0.0/8"])
-        .args(["--retry-schedule", &["1s"; 30].join(","), "--breaker-open-for", "1s"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-token",
+            ADMIN,
+            "--allow-target",
+            "127.0.0.0/8",
+        ])
+        .args([
+            "--retry-schedule",
+            &["1s"; 30].join(","),
+            "--breaker-open-for",
+            "1s",
+        ])
         .arg("--data-dir")
         .arg(dir)
         .stdout(Stdio::piped())
@@ -66,7 +79,12 @@ async fn emit_many(base: String, key: String, n: usize, acked: Arc<Mutex<HashSet
     let http = reqwest::Client::new();
     let mut tasks = Vec::new();
     for worker in 0..8 {
-        let (http, base, key, acked) = (http.clone(), base.to_string(), key.to_string(), acked.clone());
+        let (http, base, key, acked) = (
+            http.clone(),
+            base.to_string(),
+            key.to_string(),
+            acked.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             for i in (worker..n).step_by(8) {
                 let r = http
@@ -78,7 +96,10 @@ async fn emit_many(base: String, key: String, n: usize, acked: Arc<Mutex<HashSet
                 match r {
                     Ok(r) if r.status() == 202 => {
                         let body: Value = r.json().await.unwrap();
-                        acked.lock().await.insert(body["id"].as_str().unwrap().to_string());
+                        acked
+                            .lock()
+                            .await
+                            .insert(body["id"].as_str().unwrap().to_string());
                     }
                     // The server was killed under us: this emit was never acknowledged.
                     _ => return,
@@ -106,7 +127,10 @@ async fn kill_9_loses_no_acknowledged_event() {
         .send()
         .await
         .unwrap();
-    let key = r.json::<Value>().await.unwrap()["api_key"].as_str().unwrap().to_string();
+    let key = r.json::<Value>().await.unwrap()["api_key"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let r = http
         .post(format!("{}/api/v1/portal/webhooks/subscribe", server.base))
         .bearer_auth(&key)
@@ -114,15 +138,28 @@ async fn kill_9_loses_no_acknowledged_event() {
         .send()
         .await
         .unwrap();
-    let secret = r.json::<Value>().await.unwrap()["secret"].as_str().unwrap().to_string();
+    let secret = r.json::<Value>().await.unwrap()["secret"]
+        .as_str()
+        .unwrap()
+        .to_string();
 
     // Round 1: the receiver fails every delivery; kill -9 while emits and retries are in flight.
     let acked = Arc::new(Mutex::new(HashSet::new()));
-    let emitting = tokio::spawn(emit_many(server.base.clone(), key.clone(), 400, acked.clone()));
+    let emitting = tokio::spawn(emit_many(
+        server.base.clone(),
+        key.clone(),
+        400,
+        acked.clone(),
+    ));
     let hits = receiver.hits.clone();
-    eventually("failing deliveries", Duration::from_secs(60), || async {
-        (hits.load(std::sync::atomic::Ordering::SeqCst) >= 5).then_some(())
-    })
+    eventually(
+        "failing deliveries and 100 acknowledged emits",
+        Duration::from_secs(60),
+        || async {
+            let failing = hits.load(std::sync::atomic::Ordering::SeqCst) >= 5;
+            (failing && acked.lock().await.len() >= 100).then_some(())
+        },
+    )
     .await;
     server.kill9().await;
     emitting.await.unwrap();
@@ -132,10 +169,20 @@ async fn kill_9_loses_no_acknowledged_event() {
     // Round 2: restart; the receiver recovers; kill -9 again in the middle of delivering.
     let server = start_server(&dir).await;
     receiver.set_status(200);
-    let emitting = tokio::spawn(emit_many(server.base.clone(), key.clone(), 300, acked.clone()));
-    eventually("deliveries after the restart", Duration::from_secs(60), || async {
-        (receiver.received().len() >= 100).then_some(())
-    })
+    let emitting = tokio::spawn(emit_many(
+        server.base.clone(),
+        key.clone(),
+        300,
+        acked.clone(),
+    ));
+    eventually(
+        "deliveries and emits after the restart",
+        Duration::from_secs(60),
+        || async {
+            (receiver.received().len() >= 100 && acked.lock().await.len() >= round1 + 100)
+                .then_some(())
+        },
+    )
     .await;
     server.kill9().await;
     emitting.await.unwrap();
@@ -143,19 +190,31 @@ async fn kill_9_loses_no_acknowledged_event() {
     // Round 3: restart and let everything drain.
     let server = start_server(&dir).await;
     let acked: HashSet<String> = acked.lock().await.clone();
-    eventually("every acknowledged event delivered", Duration::from_secs(120), || async {
-        let got: HashSet<String> =
-            receiver.received().iter().map(|r| r.header("webhook-id").to_string()).collect();
-        acked.is_subset(&got).then_some(())
-    })
+    eventually(
+        "every acknowledged event delivered",
+        Duration::from_secs(120),
+        || async {
+            let got: HashSet<String> = receiver
+                .received()
+                .iter()
+                .map(|r| r.header("webhook-id").to_string())
+                .collect();
+            acked.is_subset(&got).then_some(())
+        },
+    )
     .await;
 
     let received = receiver.received();
     let mut per_event: HashMap<String, usize> = HashMap::new();
     let webhook = Webhook::new(&secret).unwrap();
     for r in &received {
-        assert!(webhook.verify(&r.body, &r.headers).is_ok(), "every delivery is signed");
-        *per_event.entry(r.header("webhook-id").to_string()).or_default() += 1;
+        assert!(
+            webhook.verify(&r.body, &r.headers).is_ok(),
+            "every delivery is signed"
+        );
+        *per_event
+            .entry(r.header("webhook-id").to_string())
+            .or_default() += 1;
     }
     let duplicates: usize = per_event.values().map(|n| n - 1).sum();
     let unacknowledged = per_event.keys().filter(|id| !acked.contains(*id)).count();
@@ -167,8 +226,15 @@ async fn kill_9_loses_no_acknowledged_event() {
         duplicates,
         unacknowledged
     );
-    assert!(acked.iter().all(|id| per_event.contains_key(id)), "an acknowledged event was lost");
+    assert!(
+        acked.iter().all(|id| per_event.contains_key(id)),
+        "an acknowledged event was lost"
+    );
     // At-least-once: duplicates come only from attempts cut off by a kill.
-    assert!(duplicates <= acked.len(), "{duplicates} duplicates for {} events", acked.len());
+    assert!(
+        duplicates <= acked.len(),
+        "{duplicates} duplicates for {} events",
+        acked.len()
+    );
     server.kill9().await;
 }

@@ -11,7 +11,10 @@ use crate::support::{eventually, Herald, Receiver};
 const WAIT: Duration = Duration::from_secs(30);
 
 fn verifies(secret: &str, r: &crate::support::Received) -> bool {
-    Webhook::new(secret).unwrap().verify(&r.body, &r.headers).is_ok()
+    Webhook::new(secret)
+        .unwrap()
+        .verify(&r.body, &r.headers)
+        .is_ok()
 }
 
 #[tokio::test]
@@ -19,32 +22,60 @@ async fn delivery_is_signed_logged_and_rotation_dual_signs() {
     let herald = Herald::start().await;
     let key = herald.tenant("acme").await;
     let receiver = Receiver::start(200).await;
-    let sub = herald.subscribe(&key, &receiver.url, &["work_order.*"]).await;
+    let sub = herald
+        .subscribe(&key, &receiver.url, &["work_order.*"])
+        .await;
     let secret1 = sub["secret"].as_str().unwrap().to_string();
     assert!(secret1.starts_with("whsec_"));
 
-    let event = herald.emit(&key, "work_order.completed", json!({ "wo": 42 })).await;
+    let event = herald
+        .emit(&key, "work_order.completed", json!({ "wo": 42 }))
+        .await;
     let got = eventually("first delivery", WAIT, || async {
         receiver.received().first().cloned()
     })
     .await;
-    assert!(verifies(&secret1, &got), "the standardwebhooks crate must verify our signature");
+    assert!(
+        verifies(&secret1, &got),
+        "the standardwebhooks crate must verify our signature"
+    );
     assert_eq!(got.header("webhook-id"), event["id"].as_str().unwrap());
     assert_eq!(got.header("herald-event-type"), "work_order.completed");
     assert_eq!(got.header("herald-attempt"), "1");
-    assert_eq!(got.header("herald-subscription-id"), sub["id"].as_str().unwrap());
+    assert_eq!(
+        got.header("herald-subscription-id"),
+        sub["id"].as_str().unwrap()
+    );
     assert!(got.header("user-agent").starts_with("Herald-Webhooks/"));
     assert_eq!(got.header("content-type"), "application/json");
     let body: Value = serde_json::from_slice(&got.body).unwrap();
-    let mut keys: Vec<&str> = body.as_object().unwrap().keys().map(String::as_str).collect();
+    let mut keys: Vec<&str> = body
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
     keys.sort_unstable();
-    assert_eq!(keys, ["data", "dedupe_key", "id", "occurred_at", "schema_version", "tenant_id", "type"]);
+    assert_eq!(
+        keys,
+        [
+            "data",
+            "dedupe_key",
+            "id",
+            "occurred_at",
+            "schema_version",
+            "tenant_id",
+            "type"
+        ]
+    );
     assert_eq!(body["data"], json!({ "wo": 42 }));
     assert_eq!(body["tenant_id"], "acme");
 
     // The attempt is in the delivery log.
     let logs = eventually("a delivered log record", WAIT, || async {
-        let logs = herald.logs(&key, &format!("event_id={}", event["id"].as_str().unwrap())).await;
+        let logs = herald
+            .logs(&key, &format!("event_id={}", event["id"].as_str().unwrap()))
+            .await;
         (logs.len() == 1 && logs[0]["outcome"] == "delivered").then_some(logs)
     })
     .await;
@@ -56,32 +87,51 @@ async fn delivery_is_signed_logged_and_rotation_dual_signs() {
     // Rotation with a grace window: both secrets sign.
     let sub_id = sub["id"].as_str().unwrap();
     let (status, rotated) = herald
-        .post(&key, &format!("/api/v1/portal/webhooks/{sub_id}/rotate-secret"), json!({ "grace_period_seconds": 3600 }))
+        .post(
+            &key,
+            &format!("/api/v1/portal/webhooks/{sub_id}/rotate-secret"),
+            json!({ "grace_period_seconds": 3600 }),
+        )
         .await;
     assert_eq!(status, 200, "{rotated}");
     let secret2 = rotated["secret"].as_str().unwrap().to_string();
     assert_ne!(secret1, secret2);
     assert!(rotated["previous_secret_expires_at"].is_string());
     herald.emit(&key, "work_order.started", json!({})).await;
-    let dual = eventually("delivery after rotation", WAIT, || async { receiver.received().get(1).cloned() }).await;
+    let dual = eventually("delivery after rotation", WAIT, || async {
+        receiver.received().get(1).cloned()
+    })
+    .await;
     assert_eq!(dual.header("webhook-signature").split(' ').count(), 2);
-    assert!(verifies(&secret1, &dual), "old secret verifies inside the grace window");
+    assert!(
+        verifies(&secret1, &dual),
+        "old secret verifies inside the grace window"
+    );
     assert!(verifies(&secret2, &dual), "new secret verifies");
 
     // Rotation without grace: only the newest secret signs.
     let (_, rotated) = herald
-        .post(&key, &format!("/api/v1/portal/webhooks/{sub_id}/rotate-secret"), json!({ "grace_period_seconds": 0 }))
+        .post(
+            &key,
+            &format!("/api/v1/portal/webhooks/{sub_id}/rotate-secret"),
+            json!({ "grace_period_seconds": 0 }),
+        )
         .await;
     let secret3 = rotated["secret"].as_str().unwrap().to_string();
     assert!(rotated["previous_secret_expires_at"].is_null());
     herald.emit(&key, "work_order.paused", json!({})).await;
-    let single = eventually("delivery after the grace ended", WAIT, || async { receiver.received().get(2).cloned() }).await;
+    let single = eventually("delivery after the grace ended", WAIT, || async {
+        receiver.received().get(2).cloned()
+    })
+    .await;
     assert_eq!(single.header("webhook-signature").split(' ').count(), 1);
     assert!(verifies(&secret3, &single));
     assert!(!verifies(&secret1, &single) && !verifies(&secret2, &single));
 
     // The subscription read back shows no secret.
-    let (status, read) = herald.get(&key, &format!("/api/v1/portal/webhooks/{sub_id}")).await;
+    let (status, read) = herald
+        .get(&key, &format!("/api/v1/portal/webhooks/{sub_id}"))
+        .await;
     assert_eq!(status, 200);
     assert!(read.get("secret").is_none());
 }
@@ -91,26 +141,53 @@ async fn dedupe_key_returns_the_original_and_delivers_once() {
     let herald = Herald::start().await;
     let key = herald.tenant("acme").await;
     let receiver = Receiver::start(200).await;
-    herald.subscribe(&key, &receiver.url, &["inventory.moved"]).await;
+    herald
+        .subscribe(&key, &receiver.url, &["inventory.moved"])
+        .await;
     let body = json!({ "event_type": "inventory.moved", "payload": { "sku": "A" }, "dedupe_key": "move-1" });
-    let (s1, first) = herald.post(&key, "/api/v1/integrations/events", body.clone()).await;
+    let (s1, first) = herald
+        .post(&key, "/api/v1/integrations/events", body.clone())
+        .await;
     let (s2, second) = herald.post(&key, "/api/v1/integrations/events", body).await;
     assert_eq!((s1, s2), (202, 202));
-    assert_eq!(first["id"], second["id"], "the same dedupe_key answers the original event");
+    assert_eq!(
+        first["id"], second["id"],
+        "the same dedupe_key answers the original event"
+    );
 
     // Another tenant may use the same key.
     let other = herald.tenant("globex").await;
     let (_, theirs) = herald
-        .post(&other, "/api/v1/integrations/events", json!({ "event_type": "inventory.moved", "payload": {}, "dedupe_key": "move-1" }))
+        .post(
+            &other,
+            "/api/v1/integrations/events",
+            json!({ "event_type": "inventory.moved", "payload": {}, "dedupe_key": "move-1" }),
+        )
         .await;
     assert_ne!(theirs["id"], first["id"]);
 
-    eventually("the delivery", WAIT, || async { (!receiver.received().is_empty()).then_some(()) }).await;
+    eventually("the delivery", WAIT, || async {
+        (!receiver.received().is_empty()).then_some(())
+    })
+    .await;
     // A later event proves the pipeline moved past the duplicate without delivering it.
-    herald.emit(&key, "inventory.moved", json!({ "sku": "B" })).await;
-    eventually("the next delivery", WAIT, || async { (receiver.received().len() >= 2).then_some(()) }).await;
-    let ids: Vec<String> = receiver.received().iter().map(|r| r.header("webhook-id").to_string()).collect();
-    assert_eq!(ids.iter().filter(|id| **id == first["id"]).count(), 1, "{ids:?}");
+    herald
+        .emit(&key, "inventory.moved", json!({ "sku": "B" }))
+        .await;
+    eventually("the next delivery", WAIT, || async {
+        (receiver.received().len() >= 2).then_some(())
+    })
+    .await;
+    let ids: Vec<String> = receiver
+        .received()
+        .iter()
+        .map(|r| r.header("webhook-id").to_string())
+        .collect();
+    assert_eq!(
+        ids.iter().filter(|id| **id == first["id"]).count(),
+        1,
+        "{ids:?}"
+    );
     let (_, list) = herald.get(&key, "/api/v1/integrations/events").await;
     assert_eq!(list["data"].as_array().unwrap().len(), 2);
 }
@@ -122,8 +199,12 @@ async fn replay_creates_linked_deliveries_with_the_same_webhook_id() {
     let a = Receiver::start(200).await;
     let b = Receiver::start(200).await;
     let sub_a = herald.subscribe(&key, &a.url, &["quality.*"]).await;
-    herald.subscribe(&key, &b.url, &["quality.gate_cleared"]).await;
-    let event = herald.emit(&key, "quality.gate_cleared", json!({ "gate": 3 })).await;
+    herald
+        .subscribe(&key, &b.url, &["quality.gate_cleared"])
+        .await;
+    let event = herald
+        .emit(&key, "quality.gate_cleared", json!({ "gate": 3 }))
+        .await;
     let event_id = event["id"].as_str().unwrap();
     eventually("both deliveries", WAIT, || async {
         (a.received().len() == 1 && b.received().len() == 1).then_some(())
@@ -132,19 +213,31 @@ async fn replay_creates_linked_deliveries_with_the_same_webhook_id() {
 
     // Replay to one subscription only.
     let (status, replay) = herald
-        .post(&key, &format!("/api/v1/integrations/events/{event_id}/replay"), json!({ "subscription_id": sub_a["id"] }))
+        .post(
+            &key,
+            &format!("/api/v1/integrations/events/{event_id}/replay"),
+            json!({ "subscription_id": sub_a["id"] }),
+        )
         .await;
     assert_eq!(status, 202, "{replay}");
     let created = replay["data"].as_array().unwrap();
     assert_eq!(created.len(), 1);
-    assert!(created[0]["replay_of"].as_str().unwrap().starts_with("dlv_"));
-    eventually("the replayed delivery", WAIT, || async { (a.received().len() == 2).then_some(()) }).await;
+    assert!(created[0]["replay_of"]
+        .as_str()
+        .unwrap()
+        .starts_with("dlv_"));
+    eventually("the replayed delivery", WAIT, || async {
+        (a.received().len() == 2).then_some(())
+    })
+    .await;
     assert_eq!(a.received()[1].header("webhook-id"), event_id);
     assert_eq!(b.received().len(), 1);
 
     let logs = eventually("the replay's log record", WAIT, || async {
         let logs = herald.logs(&key, &format!("event_id={event_id}")).await;
-        logs.iter().any(|l| l["trigger"] == "replay" && l["outcome"] == "delivered").then_some(logs)
+        logs.iter()
+            .any(|l| l["trigger"] == "replay" && l["outcome"] == "delivered")
+            .then_some(logs)
     })
     .await;
     let replayed = logs.iter().find(|l| l["trigger"] == "replay").unwrap();
@@ -152,7 +245,13 @@ async fn replay_creates_linked_deliveries_with_the_same_webhook_id() {
     assert_eq!(replayed["delivery_id"], created[0]["delivery_id"]);
 
     // Replay to all matching subscriptions.
-    let (status, all) = herald.post(&key, &format!("/api/v1/integrations/events/{event_id}/replay"), json!({})).await;
+    let (status, all) = herald
+        .post(
+            &key,
+            &format!("/api/v1/integrations/events/{event_id}/replay"),
+            json!({}),
+        )
+        .await;
     assert_eq!(status, 202);
     assert_eq!(all["data"].as_array().unwrap().len(), 2);
     eventually("both replays", WAIT, || async {
@@ -161,7 +260,9 @@ async fn replay_creates_linked_deliveries_with_the_same_webhook_id() {
     .await;
 
     // The event with its deliveries.
-    let (status, one) = herald.get(&key, &format!("/api/v1/integrations/events/{event_id}")).await;
+    let (status, one) = herald
+        .get(&key, &format!("/api/v1/integrations/events/{event_id}"))
+        .await;
     assert_eq!(status, 200);
     assert_eq!(one["id"], event_id);
     assert!(one["deliveries"].as_array().unwrap().len() >= 4);
@@ -175,18 +276,38 @@ async fn lists_page_with_cursors_and_filters() {
     herald.subscribe(&key, &receiver.url, &["*"]).await;
     let mut emitted = Vec::new();
     for n in 0..25 {
-        let t = if n % 5 == 0 { "order.cancelled" } else { "order.created" };
-        emitted.push(herald.emit(&key, t, json!({ "n": n })).await["id"].as_str().unwrap().to_string());
+        let t = if n % 5 == 0 {
+            "order.cancelled"
+        } else {
+            "order.created"
+        };
+        emitted.push(
+            herald.emit(&key, t, json!({ "n": n })).await["id"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
     }
     // Events: newest first, 10 per page, every event once.
     let mut seen = Vec::new();
     let mut cursor = String::new();
     let mut pages = 0;
     loop {
-        let (status, page) = herald.get(&key, &format!("/api/v1/integrations/events?limit=10&cursor={cursor}")).await;
+        let (status, page) = herald
+            .get(
+                &key,
+                &format!("/api/v1/integrations/events?limit=10&cursor={cursor}"),
+            )
+            .await;
         assert_eq!(status, 200, "{page}");
         pages += 1;
-        seen.extend(page["data"].as_array().unwrap().iter().map(|e| e["id"].as_str().unwrap().to_string()));
+        seen.extend(
+            page["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["id"].as_str().unwrap().to_string()),
+        );
         match page["next_cursor"].as_str() {
             Some(c) => cursor = c.to_string(),
             None => break,
@@ -195,9 +316,19 @@ async fn lists_page_with_cursors_and_filters() {
     assert_eq!(pages, 3);
     emitted.reverse();
     assert_eq!(seen, emitted);
-    let (_, cancelled) = herald.get(&key, "/api/v1/integrations/events?event_type=order.cancelled&limit=100").await;
+    let (_, cancelled) = herald
+        .get(
+            &key,
+            "/api/v1/integrations/events?event_type=order.cancelled&limit=100",
+        )
+        .await;
     assert_eq!(cancelled["data"].as_array().unwrap().len(), 5);
-    let (_, family) = herald.get(&key, "/api/v1/integrations/events?event_type=order.*&limit=100").await;
+    let (_, family) = herald
+        .get(
+            &key,
+            "/api/v1/integrations/events?event_type=order.*&limit=100",
+        )
+        .await;
     assert_eq!(family["data"].as_array().unwrap().len(), 25);
 
     // Delivery logs: pages and the status filter.
@@ -205,7 +336,9 @@ async fn lists_page_with_cursors_and_filters() {
         (herald.logs(&key, "status=delivered").await.len() == 25).then_some(())
     })
     .await;
-    let (_, page) = herald.get(&key, "/api/v1/integrations/webhooks?limit=7").await;
+    let (_, page) = herald
+        .get(&key, "/api/v1/integrations/webhooks?limit=7")
+        .await;
     assert_eq!(page["data"].as_array().unwrap().len(), 7);
     assert!(page["next_cursor"].is_string());
     assert!(herald.logs(&key, "status=dead").await.is_empty());
@@ -220,20 +353,46 @@ async fn tenants_never_see_each_other() {
     let sub = herald.subscribe(&acme, &receiver.url, &["*"]).await;
     let event = herald.emit(&acme, "secret.plan", json!({})).await;
     let (event_id, sub_id) = (event["id"].as_str().unwrap(), sub["id"].as_str().unwrap());
-    eventually("delivery", WAIT, || async { (!receiver.received().is_empty()).then_some(()) }).await;
+    eventually("delivery", WAIT, || async {
+        (!receiver.received().is_empty()).then_some(())
+    })
+    .await;
 
-    let (s, _) = herald.get(&globex, &format!("/api/v1/integrations/events/{event_id}")).await;
+    let (s, _) = herald
+        .get(&globex, &format!("/api/v1/integrations/events/{event_id}"))
+        .await;
     assert_eq!(s, 404);
-    let (s, _) = herald.post(&globex, &format!("/api/v1/integrations/events/{event_id}/replay"), json!({})).await;
+    let (s, _) = herald
+        .post(
+            &globex,
+            &format!("/api/v1/integrations/events/{event_id}/replay"),
+            json!({}),
+        )
+        .await;
     assert_eq!(s, 404);
-    let (s, _) = herald.get(&globex, &format!("/api/v1/portal/webhooks/{sub_id}")).await;
+    let (s, _) = herald
+        .get(&globex, &format!("/api/v1/portal/webhooks/{sub_id}"))
+        .await;
     assert_eq!(s, 404);
-    let (s, _) = herald.post(&globex, &format!("/api/v1/portal/webhooks/{sub_id}/rotate-secret"), json!({})).await;
+    let (s, _) = herald
+        .post(
+            &globex,
+            &format!("/api/v1/portal/webhooks/{sub_id}/rotate-secret"),
+            json!({}),
+        )
+        .await;
     assert_eq!(s, 404);
     // A replay to another tenant's subscription is refused too.
     let theirs = herald.emit(&globex, "secret.plan", json!({})).await;
     let (s, _) = herald
-        .post(&globex, &format!("/api/v1/integrations/events/{}/replay", theirs["id"].as_str().unwrap()), json!({ "subscription_id": sub_id }))
+        .post(
+            &globex,
+            &format!(
+                "/api/v1/integrations/events/{}/replay",
+                theirs["id"].as_str().unwrap()
+            ),
+            json!({ "subscription_id": sub_id }),
+        )
         .await;
     assert_eq!(s, 404);
     let (_, list) = herald.get(&globex, "/api/v1/integrations/events").await;

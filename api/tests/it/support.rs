@@ -14,10 +14,9 @@ use std::{
 use axum::{body::Bytes, extract::State, http::HeaderMap, http::StatusCode, routing::post, Router};
 use herald_api::{app, AppState};
 use herald_engine::{Engine, EngineConfig};
-use std::sync::Mutex;
 use serde_json::{json, Value};
+use std::sync::Mutex;
 use tempfile::TempDir;
-
 
 pub const ADMIN: &str = "test-admin-token-0123456789";
 
@@ -53,9 +52,17 @@ impl Herald {
         let engine = Engine::start(config).await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let state = AppState { engine: engine.clone(), admin_token: Arc::from(ADMIN) };
+        let state = AppState {
+            engine: engine.clone(),
+            admin_token: Arc::from(ADMIN),
+        };
         tokio::spawn(async move { axum::serve(listener, app(state)).await.unwrap() });
-        Self { base: format!("http://{addr}"), engine, http: reqwest::Client::new(), _dir: dir }
+        Self {
+            base: format!("http://{addr}"),
+            engine,
+            http: reqwest::Client::new(),
+            _dir: dir,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -73,22 +80,42 @@ impl Herald {
             .await
             .unwrap();
         assert_eq!(r.status(), 201);
-        r.json::<Value>().await.unwrap()["api_key"].as_str().unwrap().to_string()
+        r.json::<Value>().await.unwrap()["api_key"]
+            .as_str()
+            .unwrap()
+            .to_string()
     }
 
     pub async fn post(&self, key: &str, path: &str, body: Value) -> (u16, Value) {
-        let r = self.http.post(self.url(path)).bearer_auth(key).json(&body).send().await.unwrap();
+        let r = self
+            .http
+            .post(self.url(path))
+            .bearer_auth(key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
         split(r).await
     }
 
     pub async fn get(&self, key: &str, path: &str) -> (u16, Value) {
-        let r = self.http.get(self.url(path)).bearer_auth(key).send().await.unwrap();
+        let r = self
+            .http
+            .get(self.url(path))
+            .bearer_auth(key)
+            .send()
+            .await
+            .unwrap();
         split(r).await
     }
 
     pub async fn subscribe(&self, key: &str, url: &str, types: &[&str]) -> Value {
         let (status, body) = self
-            .post(key, "/api/v1/portal/webhooks/subscribe", json!({ "url": url, "event_types": types }))
+            .post(
+                key,
+                "/api/v1/portal/webhooks/subscribe",
+                json!({ "url": url, "event_types": types }),
+            )
             .await;
         assert_eq!(status, 201, "{body}");
         body
@@ -96,7 +123,11 @@ impl Herald {
 
     pub async fn emit(&self, key: &str, event_type: &str, payload: Value) -> Value {
         let (status, body) = self
-            .post(key, "/api/v1/integrations/events", json!({ "event_type": event_type, "payload": payload }))
+            .post(
+                key,
+                "/api/v1/integrations/events",
+                json!({ "event_type": event_type, "payload": payload }),
+            )
             .await;
         assert_eq!(status, 202, "{body}");
         body
@@ -108,7 +139,10 @@ impl Herald {
         let mut cursor = String::new();
         loop {
             let (status, page) = self
-                .get(key, &format!("/api/v1/integrations/webhooks?limit=500&{query}&cursor={cursor}"))
+                .get(
+                    key,
+                    &format!("/api/v1/integrations/webhooks?limit=500&{query}&cursor={cursor}"),
+                )
                 .await;
             assert_eq!(status, 200, "{page}");
             out.extend(page["data"].as_array().unwrap().iter().cloned());
@@ -123,7 +157,10 @@ impl Herald {
 pub async fn split(r: reqwest::Response) -> (u16, Value) {
     let status = r.status().as_u16();
     let text = r.text().await.unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
 }
 
 /// One request a receiver got.
@@ -135,7 +172,10 @@ pub struct Received {
 
 impl Received {
     pub fn header(&self, name: &str) -> &str {
-        self.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
     }
 }
 
@@ -155,7 +195,11 @@ struct ReceiverState {
     hits: Arc<AtomicUsize>,
 }
 
-async fn record(State(s): State<ReceiverState>, headers: HeaderMap, body: Bytes) -> (StatusCode, &'static str) {
+async fn record(
+    State(s): State<ReceiverState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> (StatusCode, &'static str) {
     s.hits.fetch_add(1, Ordering::SeqCst);
     let status = StatusCode::from_u16(s.status.load(Ordering::SeqCst)).unwrap();
     if status.is_success() {
@@ -177,7 +221,9 @@ impl Receiver {
         };
         let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let router = Router::new().route("/hook", post(record)).with_state(state.clone());
+        let router = Router::new()
+            .route("/hook", post(record))
+            .with_state(state.clone());
         tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
         Self {
             url: format!("http://{addr}/hook"),

@@ -108,7 +108,9 @@ impl Breaker {
                     self.open_for = (self.open_for * 2).min(MAX_OPEN_FOR);
                     self.open(now);
                 }
-                BreakerState::Closed if self.consecutive_failures >= self.threshold => self.open(now),
+                BreakerState::Closed if self.consecutive_failures >= self.threshold => {
+                    self.open(now)
+                }
                 _ => {}
             }
         }
@@ -135,7 +137,10 @@ mod tests {
         }
         assert_eq!(b.record(false, t0), Some(BreakerState::Open));
         assert_eq!(b.admit(t0 + Duration::from_secs(9)), Admission::Reject);
-        assert_eq!(b.remaining_open(t0 + Duration::from_secs(9)), Duration::from_secs(1));
+        assert_eq!(
+            b.remaining_open(t0 + Duration::from_secs(9)),
+            Duration::from_secs(1)
+        );
 
         let t1 = t0 + Duration::from_secs(10);
         assert_eq!(b.state(t1), BreakerState::HalfOpen);

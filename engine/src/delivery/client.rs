@@ -68,7 +68,12 @@ pub struct DeliveryClient {
 
 impl DeliveryClient {
     /// Builds the client.
-    pub fn new(guard: TargetGuard, connect_timeout: Duration, timeout: Duration, body_limit: usize) -> Self {
+    pub fn new(
+        guard: TargetGuard,
+        connect_timeout: Duration,
+        timeout: Duration,
+        body_limit: usize,
+    ) -> Self {
         let mut http = HttpConnector::new_with_resolver(GuardedResolver::new(guard.clone()));
         http.enforce_http(false);
         http.set_connect_timeout(Some(connect_timeout));
@@ -93,7 +98,12 @@ impl DeliveryClient {
     }
 
     /// POSTs `body` to `url` with `headers`, within the total timeout.
-    pub async fn post(&self, url: &str, headers: HeaderMap, body: Bytes) -> Result<Answer, SendError> {
+    pub async fn post(
+        &self,
+        url: &str,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> Result<Answer, SendError> {
         let started = Instant::now();
         let fail = |class, message: String| SendError {
             class,
@@ -114,12 +124,17 @@ impl DeliveryClient {
             .body(Full::new(body))
             .map_err(|e| fail(ErrorClass::Connect, format!("invalid request: {e}")))?;
         *request.headers_mut() = headers;
-        request
-            .headers_mut()
-            .insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+        request.headers_mut().insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static("application/json"),
+        );
 
         let exchange = async {
-            let response = self.client.request(request).await.map_err(|e| classify(&e))?;
+            let response = self
+                .client
+                .request(request)
+                .await
+                .map_err(|e| classify(&e))?;
             let status = response.status().as_u16();
             let location = response
                 .headers()
@@ -139,7 +154,11 @@ impl DeliveryClient {
                     }
                 }
             }
-            Ok::<_, (ErrorClass, String)>((status, location, String::from_utf8_lossy(&body).into_owned()))
+            Ok::<_, (ErrorClass, String)>((
+                status,
+                location,
+                String::from_utf8_lossy(&body).into_owned(),
+            ))
         };
         match tokio::time::timeout(self.timeout, exchange).await {
             Err(_) => Err(fail(
@@ -177,7 +196,10 @@ fn classify(err: &hyper_util::client::legacy::Error) -> (ErrorClass, String) {
             if io.kind() == std::io::ErrorKind::TimedOut {
                 class = ErrorClass::Timeout;
             }
-            if io.get_ref().is_some_and(|inner| inner.is::<rustls::Error>()) {
+            if io
+                .get_ref()
+                .is_some_and(|inner| inner.is::<rustls::Error>())
+            {
                 class = ErrorClass::Tls;
             }
         }

@@ -72,11 +72,17 @@ mod tests {
             let RetryAction::RetryAfter(d) = policy.decide(1, false, &mut rng) else {
                 panic!("expected a retry");
             };
-            assert!(d >= Duration::from_secs(9) && d <= Duration::from_secs(11), "{d:?}");
+            assert!(
+                d >= Duration::from_secs(9) && d <= Duration::from_secs(11),
+                "{d:?}"
+            );
             let RetryAction::RetryAfter(d) = policy.decide(2, false, &mut rng) else {
                 panic!("expected a retry");
             };
-            assert!(d >= Duration::from_secs(54) && d <= Duration::from_secs(66), "{d:?}");
+            assert!(
+                d >= Duration::from_secs(54) && d <= Duration::from_secs(66),
+                "{d:?}"
+            );
         }
         assert_eq!(policy.decide(3, false, &mut rng), RetryAction::Dead);
         assert_eq!(policy.max_attempts(), 3);
@@ -85,6 +91,9 @@ mod tests {
     #[test]
     fn an_empty_schedule_means_one_attempt() {
         let policy = RetryPolicy::new("".parse().unwrap(), 0.1);
-        assert_eq!(policy.decide(1, false, &mut rand::thread_rng()), RetryAction::Dead);
+        assert_eq!(
+            policy.decide(1, false, &mut rand::thread_rng()),
+            RetryAction::Dead
+        );
     }
 }

@@ -24,7 +24,13 @@ const PURGE_EVERY: Duration = Duration::from_secs(60);
 
 /// Runs until `cancel`: claim due deliveries, dispatch, sleep until rung
 /// (`wake`) or the idle tick.
-pub async fn run(store: Arc<dyn Store>, shards: Arc<Shards>, wake: Arc<Notify>, lease: Duration, cancel: CancellationToken) {
+pub async fn run(
+    store: Arc<dyn Store>,
+    shards: Arc<Shards>,
+    wake: Arc<Notify>,
+    lease: Duration,
+    cancel: CancellationToken,
+) {
     let mut last_purge = tokio::time::Instant::now();
     let mut backoff = Duration::from_millis(50);
     loop {
@@ -32,7 +38,10 @@ pub async fn run(store: Arc<dyn Store>, shards: Arc<Shards>, wake: Arc<Notify>, 
             return;
         }
         let now = now_ms();
-        let claimed = match store.claim_due(now, now + lease.as_millis() as i64, CLAIM_BATCH).await {
+        let claimed = match store
+            .claim_due(now, now + lease.as_millis() as i64, CLAIM_BATCH)
+            .await
+        {
             Ok(c) => {
                 backoff = Duration::from_millis(50);
                 c

@@ -28,7 +28,10 @@ use super::{
 use crate::{
     config::DeliveryConfig,
     ids,
-    model::{DomainEvent, ErrorClass, Outcome, ScheduledDelivery, SubscriptionStatus, WebhookDeliveryLog, WebhookSubscription},
+    model::{
+        DomainEvent, ErrorClass, Outcome, ScheduledDelivery, SubscriptionStatus,
+        WebhookDeliveryLog, WebhookSubscription,
+    },
     signing,
     store::Store,
     subscriptions::SubscriptionIndex,
@@ -70,7 +73,10 @@ pub struct Shards {
 
 impl Shards {
     /// Starts `ctx.config.shards` shard tasks.
-    pub fn start(ctx: Arc<WorkerContext>, cancel: CancellationToken) -> (Self, Vec<tokio::task::JoinHandle<()>>) {
+    pub fn start(
+        ctx: Arc<WorkerContext>,
+        cancel: CancellationToken,
+    ) -> (Self, Vec<tokio::task::JoinHandle<()>>) {
         let n = ctx.config.shards.max(1);
         let mut senders = Vec::with_capacity(n);
         let mut handles = Vec::with_capacity(n);
@@ -85,10 +91,16 @@ impl Shards {
     /// Hands a delivery to its shard unless it is already in flight. Waits
     /// when the shard's queue is full (backpressure on the scheduler).
     pub async fn dispatch(&self, job: Job) {
-        if !self.ctx.in_flight.lock().insert(job.delivery.delivery_id.clone()) {
+        if !self
+            .ctx
+            .in_flight
+            .lock()
+            .insert(job.delivery.delivery_id.clone())
+        {
             return;
         }
-        let shard = crc32fast::hash(job.delivery.subscription_id.as_bytes()) as usize % self.senders.len();
+        let shard =
+            crc32fast::hash(job.delivery.subscription_id.as_bytes()) as usize % self.senders.len();
         if let Err(e) = self.senders[shard].send(job).await {
             // Shutting down: the lease brings it back after a restart.
             self.ctx.in_flight.lock().remove(&e.0.delivery.delivery_id);
@@ -139,11 +151,14 @@ impl Shard {
             return;
         }
         let config = &ctx.config;
-        let ep = self.endpoints.entry(sub.id.clone()).or_insert_with(|| Endpoint {
-            breaker: Breaker::new(config.breaker_failure_threshold, config.breaker_open_for),
-            in_flight: 0,
-            queue: VecDeque::new(),
-        });
+        let ep = self
+            .endpoints
+            .entry(sub.id.clone())
+            .or_insert_with(|| Endpoint {
+                breaker: Breaker::new(config.breaker_failure_threshold, config.breaker_open_for),
+                in_flight: 0,
+                queue: VecDeque::new(),
+            });
         if ep.queue.len() >= MAX_QUEUED_PER_ENDPOINT {
             ctx.in_flight.lock().remove(&job.delivery.delivery_id);
             return;
@@ -187,7 +202,10 @@ impl Shard {
             if admission == Admission::Reject {
                 // Not sent, so it costs no attempt: the delivery waits for the
                 // breaker's next probe, spread out so the backlog doesn't land at once.
-                let wait = ep.breaker.remaining_open(now).max(Duration::from_millis(500));
+                let wait = ep
+                    .breaker
+                    .remaining_open(now)
+                    .max(Duration::from_millis(500));
                 let spread = wait.mul_f64(rand::random::<f64>() * 0.2);
                 self.attempts.spawn(async move {
                     let refused = Err(SendError {
@@ -214,7 +232,11 @@ impl Shard {
     }
 }
 
-async fn run_shard(ctx: Arc<WorkerContext>, mut jobs: mpsc::Receiver<Job>, cancel: CancellationToken) {
+async fn run_shard(
+    ctx: Arc<WorkerContext>,
+    mut jobs: mpsc::Receiver<Job>,
+    cancel: CancellationToken,
+) {
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Finished>();
     let mut shard = Shard {
         ctx,
@@ -246,7 +268,11 @@ async fn run_shard(ctx: Arc<WorkerContext>, mut jobs: mpsc::Receiver<Job>, cance
 }
 
 /// Builds the signed request and sends it.
-async fn send(ctx: &WorkerContext, sub: &WebhookSubscription, job: &Job) -> Result<super::client::Answer, SendError> {
+async fn send(
+    ctx: &WorkerContext,
+    sub: &WebhookSubscription,
+    job: &Job,
+) -> Result<super::client::Answer, SendError> {
     let event = &job.event;
     let body = Bytes::from(event.envelope_bytes());
     let now = OffsetDateTime::now_utc();
@@ -254,7 +280,10 @@ async fn send(ctx: &WorkerContext, sub: &WebhookSubscription, job: &Job) -> Resu
     let signature = signing::signature_header(sub.live_secrets(now), &event.id, ts, &body);
     let mut headers = HeaderMap::with_capacity(12);
     for (name, value) in &sub.headers {
-        if let (Ok(n), Ok(v)) = (HeaderName::try_from(name.as_str()), HeaderValue::try_from(value.as_str())) {
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::try_from(name.as_str()),
+            HeaderValue::try_from(value.as_str()),
+        ) {
             headers.insert(n, v);
         }
     }
@@ -298,7 +327,10 @@ async fn finish(
     };
     let (outcome, next) = match deferred {
         Some(wait) => (Outcome::Failed, Some(due_in(wait, d.attempt))),
-        None => match ctx.retry.decide(d.attempt, success, &mut rand::thread_rng()) {
+        None => match ctx
+            .retry
+            .decide(d.attempt, success, &mut rand::thread_rng())
+        {
             RetryAction::Done => (Outcome::Delivered, None),
             RetryAction::Dead => (Outcome::Dead, None),
             RetryAction::RetryAfter(delay) => (Outcome::Failed, Some(due_in(delay, d.attempt + 1))),

@@ -103,8 +103,14 @@ impl EmbeddedLog {
                 meta.partitions
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let meta = Meta { version: 1, partitions: partitions.max(1) };
-                write_atomically(&meta_path, &serde_json::to_vec(&meta).expect("meta serialises"))?;
+                let meta = Meta {
+                    version: 1,
+                    partitions: partitions.max(1),
+                };
+                write_atomically(
+                    &meta_path,
+                    &serde_json::to_vec(&meta).expect("meta serialises"),
+                )?;
                 meta.partitions
             }
             Err(e) => return Err(e.into()),
@@ -114,12 +120,25 @@ impl EmbeddedLog {
         let mut writers = Vec::new();
         for p in 0..partitions {
             let path = dir.join(format!("partition-{p:03}.log"));
-            let mut file = OpenOptions::new().create(true).read(true).append(true).open(&path)?;
+            let mut file = OpenOptions::new()
+                .create(true)
+                .read(true)
+                .append(true)
+                .open(&path)?;
             let index = recover(&mut file, &path)?;
-            let end = index.last().map_or(0, |e| e.pos + HEADER as u64 + u64::from(e.len));
+            let end = index
+                .last()
+                .map_or(0, |e| e.pos + HEADER as u64 + u64::from(e.len));
             let last_ts = index.last().map_or(i64::MIN, |e| e.ts_ms);
-            writers.push(WriterPartition { file: file.try_clone()?, end, last_ts });
-            parts.push(Partition { file, index: RwLock::new(index) });
+            writers.push(WriterPartition {
+                file: file.try_clone()?,
+                end,
+                last_ts,
+            });
+            parts.push(Partition {
+                file,
+                index: RwLock::new(index),
+            });
         }
         let (appended, _) = watch::channel(0);
         let shared = Arc::new(Shared {
@@ -164,7 +183,11 @@ fn recover(file: &mut File, path: &Path) -> Result<Vec<IndexEntry>, LogError> {
         if frame_crc(ts_ms, &payload) != crc {
             break;
         }
-        index.push(IndexEntry { pos, len: len as u32, ts_ms });
+        index.push(IndexEntry {
+            pos,
+            len: len as u32,
+            ts_ms,
+        });
         pos += (HEADER + len) as u64;
     }
     if pos < total {
@@ -187,7 +210,11 @@ fn frame_crc(ts_ms: i64, payload: &[u8]) -> u32 {
     h.finalize()
 }
 
-fn run_writer(shared: Arc<Shared>, mut parts: Vec<WriterPartition>, mut rx: mpsc::Receiver<AppendRequest>) {
+fn run_writer(
+    shared: Arc<Shared>,
+    mut parts: Vec<WriterPartition>,
+    mut rx: mpsc::Receiver<AppendRequest>,
+) {
     let n = parts.len();
     let mut bufs: Vec<Vec<u8>> = vec![Vec::new(); n];
     while let Some(first) = rx.blocking_recv() {
@@ -205,7 +232,9 @@ fn run_writer(shared: Arc<Shared>, mut parts: Vec<WriterPartition>, mut rx: mpsc
         let now_ms = (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
         let mut new_entries: Vec<Vec<IndexEntry>> = vec![Vec::new(); n];
         let mut answers: Vec<Vec<LogPosition>> = Vec::with_capacity(batch.len());
-        let base_len: Vec<usize> = (0..n).map(|p| shared.partitions[p].index.read().len()).collect();
+        let base_len: Vec<usize> = (0..n)
+            .map(|p| shared.partitions[p].index.read().len())
+            .collect();
         for req in &batch {
             let mut positions = Vec::with_capacity(req.frames.len());
             for (p, payload) in &req.frames {
@@ -222,7 +251,11 @@ fn run_writer(shared: Arc<Shared>, mut parts: Vec<WriterPartition>, mut rx: mpsc
                     partition: p as u32,
                     offset: (base_len[p] + new_entries[p].len()) as u64,
                 });
-                new_entries[p].push(IndexEntry { pos, len: payload.len() as u32, ts_ms });
+                new_entries[p].push(IndexEntry {
+                    pos,
+                    len: payload.len() as u32,
+                    ts_ms,
+                });
             }
             answers.push(positions);
         }
@@ -242,9 +275,10 @@ fn run_writer(shared: Arc<Shared>, mut parts: Vec<WriterPartition>, mut rx: mpsc
             Err(e) => {
                 tracing::error!(error = %e, "event log append failed; the batch is refused");
                 for req in batch {
-                    let _ = req
-                        .reply
-                        .send(Err(LogError::Io(std::io::Error::new(e.kind(), e.to_string()))));
+                    let _ = req.reply.send(Err(LogError::Io(std::io::Error::new(
+                        e.kind(),
+                        e.to_string(),
+                    ))));
                 }
             }
         }
@@ -259,7 +293,10 @@ fn write_and_sync(parts: &mut [WriterPartition], bufs: &mut [Vec<u8>]) -> std::i
         if buf.is_empty() || outcome.is_err() {
             continue;
         }
-        outcome = part.file.write_all(buf).and_then(|()| part.file.sync_data());
+        outcome = part
+            .file
+            .write_all(buf)
+            .and_then(|()| part.file.sync_data());
     }
     for (part, buf) in parts.iter_mut().zip(bufs.iter_mut()) {
         if buf.is_empty() {
@@ -321,9 +358,14 @@ impl Shared {
                         reason: err.to_string(),
                     })?;
                 Ok(LogRecord {
-                    position: LogPosition { partition, offset: off },
-                    appended_at: OffsetDateTime::from_unix_timestamp_nanos(i128::from(e.ts_ms) * 1_000_000)
-                        .unwrap_or(OffsetDateTime::UNIX_EPOCH),
+                    position: LogPosition {
+                        partition,
+                        offset: off,
+                    },
+                    appended_at: OffsetDateTime::from_unix_timestamp_nanos(
+                        i128::from(e.ts_ms) * 1_000_000,
+                    )
+                    .unwrap_or(OffsetDateTime::UNIX_EPOCH),
                     event,
                 })
             })
@@ -333,7 +375,13 @@ impl Shared {
     fn offsets_path(&self, group: &str) -> PathBuf {
         let safe: String = group
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
             .collect();
         self.dir.join("consumers").join(format!("{safe}.json"))
     }
@@ -374,7 +422,12 @@ impl EventLog for EmbeddedLog {
         rx.await.map_err(|_| LogError::Closed)?
     }
 
-    async fn read(&self, partition: u32, offset: u64, max: usize) -> Result<Vec<LogRecord>, LogError> {
+    async fn read(
+        &self,
+        partition: u32,
+        offset: u64,
+        max: usize,
+    ) -> Result<Vec<LogRecord>, LogError> {
         let shared = self.shared.clone();
         tokio::task::spawn_blocking(move || shared.read(partition, offset, max))
             .await
@@ -386,7 +439,10 @@ impl EventLog for EmbeddedLog {
             .shared
             .partitions
             .get(partition as usize)
-            .ok_or(LogError::OutOfRange { partition, offset: 0 })?;
+            .ok_or(LogError::OutOfRange {
+                partition,
+                offset: 0,
+            })?;
         Ok(part.index.read().len() as u64)
     }
 
@@ -395,7 +451,10 @@ impl EventLog for EmbeddedLog {
             .shared
             .partitions
             .get(partition as usize)
-            .ok_or(LogError::OutOfRange { partition, offset: 0 })?;
+            .ok_or(LogError::OutOfRange {
+                partition,
+                offset: 0,
+            })?;
         let at_ms = (at.unix_timestamp_nanos() / 1_000_000) as i64;
         let index = part.index.read();
         Ok(index.partition_point(|e| e.ts_ms < at_ms) as u64)
@@ -442,9 +501,10 @@ impl LogConsumer for EmbeddedConsumer {
                 }
                 let shared = self.shared.clone();
                 let (from, room) = (self.next[p], max - out.len());
-                let records = tokio::task::spawn_blocking(move || shared.read(p as u32, from, room))
-                    .await
-                    .map_err(|_| LogError::Closed)??;
+                let records =
+                    tokio::task::spawn_blocking(move || shared.read(p as u32, from, room))
+                        .await
+                        .map_err(|_| LogError::Closed)??;
                 self.next[p] += records.len() as u64;
                 out.extend(records);
             }

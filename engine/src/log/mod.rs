@@ -90,7 +90,12 @@ pub trait EventLog: Send + Sync + 'static {
     async fn append(&self, events: &[DomainEvent]) -> Result<Vec<LogPosition>, LogError>;
 
     /// Reads up to `max` records of `partition` starting at `offset`.
-    async fn read(&self, partition: u32, offset: u64, max: usize) -> Result<Vec<LogRecord>, LogError>;
+    async fn read(
+        &self,
+        partition: u32,
+        offset: u64,
+        max: usize,
+    ) -> Result<Vec<LogRecord>, LogError>;
 
     /// The offset the next append to `partition` will get.
     async fn end_offset(&self, partition: u32) -> Result<u64, LogError>;
@@ -109,7 +114,11 @@ pub trait EventLog: Send + Sync + 'static {
 pub trait LogConsumer: Send {
     /// The next batch of at most `max` records, waiting until at least one
     /// is there or `wait` has passed (then the batch may be empty).
-    async fn poll(&mut self, max: usize, wait: std::time::Duration) -> Result<Vec<LogRecord>, LogError>;
+    async fn poll(
+        &mut self,
+        max: usize,
+        wait: std::time::Duration,
+    ) -> Result<Vec<LogRecord>, LogError>;
 
     /// Durably records that every record before `positions` (exclusive, per
     /// partition) is processed. After a restart the group resumes there.

@@ -65,7 +65,8 @@ impl EmbeddedStore {
             "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON; PRAGMA busy_timeout=5000;",
         )
         .map_err(db_err)?;
-        conn.execute_batch(include_str!("schema.sql")).map_err(db_err)?;
+        conn.execute_batch(include_str!("schema.sql"))
+            .map_err(db_err)?;
         let (tx, rx) = mpsc::channel::<Job>(8192);
         std::thread::Builder::new()
             .name("herald-store-writer".into())
@@ -120,7 +121,8 @@ impl EmbeddedStore {
                         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
                     )
                     .map_err(db_err)?;
-                    c.busy_timeout(std::time::Duration::from_secs(5)).map_err(db_err)?;
+                    c.busy_timeout(std::time::Duration::from_secs(5))
+                        .map_err(db_err)?;
                     c
                 }
             };
@@ -136,7 +138,10 @@ impl EmbeddedStore {
     }
 }
 
-fn savepoint<T>(conn: &Connection, f: impl FnOnce(&Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
+fn savepoint<T>(
+    conn: &Connection,
+    f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
     conn.execute_batch("SAVEPOINT job").map_err(db_err)?;
     let out = f(conn);
     let end = if out.is_ok() {
@@ -187,7 +192,11 @@ fn job_reply_only(job: Job, conn: &Connection) -> Reply {
     reply
 }
 
-fn insert_event(conn: &Connection, event: &DomainEvent, position: LogPosition) -> Result<(), StoreError> {
+fn insert_event(
+    conn: &Connection,
+    event: &DomainEvent,
+    position: LogPosition,
+) -> Result<(), StoreError> {
     let body = serde_json::to_string(event).map_err(json_err)?;
     conn.prepare_cached(
         "INSERT OR IGNORE INTO events (id, tenant_id, event_type, state, partition, log_offset, body)
@@ -209,10 +218,18 @@ fn insert_event(conn: &Connection, event: &DomainEvent, position: LogPosition) -
 
 /// Claims `(tenant, dedupe_key)` for the event unless a live claim exists;
 /// returns the event id holding it afterwards.
-fn claim_dedupe(conn: &Connection, event: &DomainEvent, key: &str, until_ms: i64, now_ms: i64) -> Result<String, StoreError> {
-    conn.prepare_cached("DELETE FROM dedupe WHERE tenant_id = ?1 AND dedupe_key = ?2 AND expires_at <= ?3")
-        .and_then(|mut st| st.execute(params![event.tenant_id, key, now_ms]))
-        .map_err(db_err)?;
+fn claim_dedupe(
+    conn: &Connection,
+    event: &DomainEvent,
+    key: &str,
+    until_ms: i64,
+    now_ms: i64,
+) -> Result<String, StoreError> {
+    conn.prepare_cached(
+        "DELETE FROM dedupe WHERE tenant_id = ?1 AND dedupe_key = ?2 AND expires_at <= ?3",
+    )
+    .and_then(|mut st| st.execute(params![event.tenant_id, key, now_ms]))
+    .map_err(db_err)?;
     conn.prepare_cached(
         "INSERT OR IGNORE INTO dedupe (tenant_id, dedupe_key, event_id, expires_at) VALUES (?1, ?2, ?3, ?4)",
     )
@@ -250,7 +267,11 @@ fn decode<T: serde::de::DeserializeOwned>(raw: &str) -> Result<T, StoreError> {
 }
 
 /// Runs a query whose single column is a JSON body and decodes each row.
-fn query_bodies<T: serde::de::DeserializeOwned>(conn: &Connection, sql: &str, args: Vec<Value>) -> Result<Vec<T>, StoreError> {
+fn query_bodies<T: serde::de::DeserializeOwned>(
+    conn: &Connection,
+    sql: &str,
+    args: Vec<Value>,
+) -> Result<Vec<T>, StoreError> {
     let mut st = conn.prepare_cached(sql).map_err(db_err)?;
     let rows = st
         .query_map(params_from_iter(args), |r| r.get::<_, String>(0))
@@ -269,10 +290,15 @@ impl Store for EmbeddedStore {
         self.write(move |conn| {
             let now = now_ms();
             let inserted = conn
-                .execute("INSERT OR IGNORE INTO tenants (id, created_at) VALUES (?1, ?2)", params![tenant, now])
+                .execute(
+                    "INSERT OR IGNORE INTO tenants (id, created_at) VALUES (?1, ?2)",
+                    params![tenant, now],
+                )
                 .map_err(db_err)?;
             if inserted == 0 {
-                return Err(StoreError::Conflict(format!("tenant {tenant:?} already exists")));
+                return Err(StoreError::Conflict(format!(
+                    "tenant {tenant:?} already exists"
+                )));
             }
             conn.execute(
                 "INSERT INTO api_keys (hash, tenant_id, created_at) VALUES (?1, ?2, ?3)",
@@ -308,21 +334,43 @@ impl Store for EmbeddedStore {
         .await
     }
 
-    async fn get_subscription(&self, tenant_id: &str, id: &str) -> Result<Option<WebhookSubscription>, StoreError> {
-        let args = vec![Value::from(tenant_id.to_string()), Value::from(id.to_string())];
+    async fn get_subscription(
+        &self,
+        tenant_id: &str,
+        id: &str,
+    ) -> Result<Option<WebhookSubscription>, StoreError> {
+        let args = vec![
+            Value::from(tenant_id.to_string()),
+            Value::from(id.to_string()),
+        ];
         self.read(move |conn| {
-            query_bodies(conn, "SELECT body FROM subscriptions WHERE tenant_id = ?1 AND id = ?2", args)
-                .map(|mut v| v.pop())
+            query_bodies(
+                conn,
+                "SELECT body FROM subscriptions WHERE tenant_id = ?1 AND id = ?2",
+                args,
+            )
+            .map(|mut v| v.pop())
         })
         .await
     }
 
     async fn all_subscriptions(&self) -> Result<Vec<WebhookSubscription>, StoreError> {
-        self.read(|conn| query_bodies(conn, "SELECT body FROM subscriptions ORDER BY id", Vec::new()))
-            .await
+        self.read(|conn| {
+            query_bodies(
+                conn,
+                "SELECT body FROM subscriptions ORDER BY id",
+                Vec::new(),
+            )
+        })
+        .await
     }
 
-    async fn record_event(&self, event: &DomainEvent, position: LogPosition, dedupe_until_ms: i64) -> Result<(), StoreError> {
+    async fn record_event(
+        &self,
+        event: &DomainEvent,
+        position: LogPosition,
+        dedupe_until_ms: i64,
+    ) -> Result<(), StoreError> {
         let event = event.clone();
         self.write(move |conn| {
             insert_event(conn, &event, position)?;
@@ -334,7 +382,12 @@ impl Store for EmbeddedStore {
         .await
     }
 
-    async fn event_by_dedupe_key(&self, tenant_id: &str, dedupe_key: &str, now_ms: i64) -> Result<Option<DomainEvent>, StoreError> {
+    async fn event_by_dedupe_key(
+        &self,
+        tenant_id: &str,
+        dedupe_key: &str,
+        now_ms: i64,
+    ) -> Result<Option<DomainEvent>, StoreError> {
         let args = vec![
             Value::from(tenant_id.to_string()),
             Value::from(dedupe_key.to_string()),
@@ -352,8 +405,15 @@ impl Store for EmbeddedStore {
         .await
     }
 
-    async fn get_event(&self, tenant_id: &str, id: &str) -> Result<Option<DomainEvent>, StoreError> {
-        let args = vec![Value::from(tenant_id.to_string()), Value::from(id.to_string())];
+    async fn get_event(
+        &self,
+        tenant_id: &str,
+        id: &str,
+    ) -> Result<Option<DomainEvent>, StoreError> {
+        let args = vec![
+            Value::from(tenant_id.to_string()),
+            Value::from(id.to_string()),
+        ];
         self.read(move |conn| {
             query_bodies(
                 conn,
@@ -365,7 +425,12 @@ impl Store for EmbeddedStore {
         .await
     }
 
-    async fn list_events(&self, tenant_id: &str, filter: &EventFilter, limit: usize) -> Result<Vec<DomainEvent>, StoreError> {
+    async fn list_events(
+        &self,
+        tenant_id: &str,
+        filter: &EventFilter,
+        limit: usize,
+    ) -> Result<Vec<DomainEvent>, StoreError> {
         let mut sql = String::from("SELECT body FROM events WHERE tenant_id = ? AND state != 2");
         let mut args = vec![Value::from(tenant_id.to_string())];
         if let Some(before) = &filter.before {
@@ -387,7 +452,12 @@ impl Store for EmbeddedStore {
         self.read(move |conn| query_bodies(conn, &sql, args)).await
     }
 
-    async fn fan_out(&self, batch: Vec<FanOut>, dedupe_until_ms: i64, now_ms: i64) -> Result<Vec<FanOutResult>, StoreError> {
+    async fn fan_out(
+        &self,
+        batch: Vec<FanOut>,
+        dedupe_until_ms: i64,
+        now_ms: i64,
+    ) -> Result<Vec<FanOutResult>, StoreError> {
         self.write(move |conn| {
             let mut results = Vec::with_capacity(batch.len());
             for item in &batch {
@@ -428,7 +498,12 @@ impl Store for EmbeddedStore {
             .await
     }
 
-    async fn claim_due(&self, now_ms: i64, lease_until_ms: i64, limit: usize) -> Result<Vec<(ScheduledDelivery, DomainEvent)>, StoreError> {
+    async fn claim_due(
+        &self,
+        now_ms: i64,
+        lease_until_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<(ScheduledDelivery, DomainEvent)>, StoreError> {
         self.write(move |conn| {
             let mut st = conn
                 .prepare_cached(
@@ -461,17 +536,25 @@ impl Store for EmbeddedStore {
                 out.push((d, decode::<DomainEvent>(&body)?));
             }
             let mut lease = conn
-                .prepare_cached("UPDATE schedule SET due_at = ?1 WHERE delivery_id = ?2")
+                .prepare_cached(
+                    "UPDATE schedule SET due_at = ?1, leased = 1 WHERE delivery_id = ?2",
+                )
                 .map_err(db_err)?;
             for (d, _) in &out {
-                lease.execute(params![lease_until_ms, d.delivery_id]).map_err(db_err)?;
+                lease
+                    .execute(params![lease_until_ms, d.delivery_id])
+                    .map_err(db_err)?;
             }
             Ok(out)
         })
         .await
     }
 
-    async fn record_attempt(&self, attempt: WebhookDeliveryLog, next: Option<ScheduledDelivery>) -> Result<(), StoreError> {
+    async fn record_attempt(
+        &self,
+        attempt: WebhookDeliveryLog,
+        next: Option<ScheduledDelivery>,
+    ) -> Result<(), StoreError> {
         let body = serde_json::to_string(&attempt).map_err(json_err)?;
         self.write(move |conn| {
             conn.prepare_cached(
@@ -492,7 +575,7 @@ impl Store for EmbeddedStore {
             .map_err(db_err)?;
             match next {
                 Some(n) => conn
-                    .prepare_cached("UPDATE schedule SET attempt = ?1, due_at = ?2 WHERE delivery_id = ?3")
+                    .prepare_cached("UPDATE schedule SET attempt = ?1, due_at = ?2, leased = 0 WHERE delivery_id = ?3")
                     .and_then(|mut st| st.execute(params![n.attempt, n.due_at_ms, n.delivery_id])),
                 None => conn
                     .prepare_cached("DELETE FROM schedule WHERE delivery_id = ?1")
@@ -500,6 +583,18 @@ impl Store for EmbeddedStore {
             }
             .map_err(db_err)?;
             Ok(())
+        })
+        .await
+    }
+
+    async fn release_leases(&self, now_ms: i64) -> Result<u64, StoreError> {
+        self.write(move |conn| {
+            conn.execute(
+                "UPDATE schedule SET due_at = ?1, leased = 0 WHERE leased = 1",
+                [now_ms],
+            )
+            .map(|n| n as u64)
+            .map_err(db_err)
         })
         .await
     }
@@ -513,7 +608,12 @@ impl Store for EmbeddedStore {
         .await
     }
 
-    async fn list_delivery_logs(&self, tenant_id: &str, filter: &LogFilter, limit: usize) -> Result<Vec<WebhookDeliveryLog>, StoreError> {
+    async fn list_delivery_logs(
+        &self,
+        tenant_id: &str,
+        filter: &LogFilter,
+        limit: usize,
+    ) -> Result<Vec<WebhookDeliveryLog>, StoreError> {
         let mut sql = String::from("SELECT body FROM delivery_logs WHERE tenant_id = ?");
         let mut args = vec![Value::from(tenant_id.to_string())];
         for (column, value) in [

@@ -95,28 +95,53 @@ pub trait Store: Send + Sync + 'static {
     async fn put_subscription(&self, sub: &WebhookSubscription) -> Result<(), StoreError>;
 
     /// One subscription of a tenant.
-    async fn get_subscription(&self, tenant_id: &str, id: &str) -> Result<Option<WebhookSubscription>, StoreError>;
+    async fn get_subscription(
+        &self,
+        tenant_id: &str,
+        id: &str,
+    ) -> Result<Option<WebhookSubscription>, StoreError>;
 
     /// Every subscription of every tenant (to build the matching index).
     async fn all_subscriptions(&self) -> Result<Vec<WebhookSubscription>, StoreError>;
 
     /// Indexes an event just appended to the log and claims its dedupe key
     /// until `dedupe_until_ms` (if nobody holds it). Idempotent.
-    async fn record_event(&self, event: &DomainEvent, position: LogPosition, dedupe_until_ms: i64) -> Result<(), StoreError>;
+    async fn record_event(
+        &self,
+        event: &DomainEvent,
+        position: LogPosition,
+        dedupe_until_ms: i64,
+    ) -> Result<(), StoreError>;
 
     /// The live event holding `(tenant, dedupe_key)`, if any.
-    async fn event_by_dedupe_key(&self, tenant_id: &str, dedupe_key: &str, now_ms: i64) -> Result<Option<DomainEvent>, StoreError>;
+    async fn event_by_dedupe_key(
+        &self,
+        tenant_id: &str,
+        dedupe_key: &str,
+        now_ms: i64,
+    ) -> Result<Option<DomainEvent>, StoreError>;
 
     /// One event of a tenant.
-    async fn get_event(&self, tenant_id: &str, id: &str) -> Result<Option<DomainEvent>, StoreError>;
+    async fn get_event(&self, tenant_id: &str, id: &str)
+        -> Result<Option<DomainEvent>, StoreError>;
 
     /// A tenant's events, newest first.
-    async fn list_events(&self, tenant_id: &str, filter: &EventFilter, limit: usize) -> Result<Vec<DomainEvent>, StoreError>;
+    async fn list_events(
+        &self,
+        tenant_id: &str,
+        filter: &EventFilter,
+        limit: usize,
+    ) -> Result<Vec<DomainEvent>, StoreError>;
 
     /// Atomically, per event: index it, drop it if another event holds its
     /// dedupe key, skip it if it was fanned out before, else schedule its
     /// deliveries and mark it fanned out.
-    async fn fan_out(&self, batch: Vec<FanOut>, dedupe_until_ms: i64, now_ms: i64) -> Result<Vec<FanOutResult>, StoreError>;
+    async fn fan_out(
+        &self,
+        batch: Vec<FanOut>,
+        dedupe_until_ms: i64,
+        now_ms: i64,
+    ) -> Result<Vec<FanOutResult>, StoreError>;
 
     /// Adds deliveries to the schedule (replays).
     async fn schedule(&self, deliveries: Vec<ScheduledDelivery>) -> Result<(), StoreError>;
@@ -124,17 +149,36 @@ pub trait Store: Send + Sync + 'static {
     /// Takes up to `limit` deliveries due at `now_ms` and leases them until
     /// `lease_until_ms` (after a crash they fall due again then), each with
     /// its event.
-    async fn claim_due(&self, now_ms: i64, lease_until_ms: i64, limit: usize) -> Result<Vec<(ScheduledDelivery, DomainEvent)>, StoreError>;
+    async fn claim_due(
+        &self,
+        now_ms: i64,
+        lease_until_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<(ScheduledDelivery, DomainEvent)>, StoreError>;
 
     /// Records an attempt and, in the same transaction, either reschedules
     /// the delivery (`next`) or removes it from the schedule.
-    async fn record_attempt(&self, attempt: WebhookDeliveryLog, next: Option<ScheduledDelivery>) -> Result<(), StoreError>;
+    async fn record_attempt(
+        &self,
+        attempt: WebhookDeliveryLog,
+        next: Option<ScheduledDelivery>,
+    ) -> Result<(), StoreError>;
+
+    /// Makes every leased delivery due at `now_ms`. Called at start-up by the
+    /// only process that uses this schedule (embedded mode): leases held by
+    /// a crashed predecessor end at once instead of when they expire.
+    async fn release_leases(&self, now_ms: i64) -> Result<u64, StoreError>;
 
     /// Deliveries waiting in the schedule.
     async fn schedule_backlog(&self) -> Result<u64, StoreError>;
 
     /// A tenant's delivery attempts, newest first.
-    async fn list_delivery_logs(&self, tenant_id: &str, filter: &LogFilter, limit: usize) -> Result<Vec<WebhookDeliveryLog>, StoreError>;
+    async fn list_delivery_logs(
+        &self,
+        tenant_id: &str,
+        filter: &LogFilter,
+        limit: usize,
+    ) -> Result<Vec<WebhookDeliveryLog>, StoreError>;
 
     /// Removes dedupe claims that expired before `now_ms`; returns how many.
     async fn purge_expired(&self, now_ms: i64) -> Result<u64, StoreError>;

@@ -41,7 +41,9 @@ CREATE TABLE IF NOT EXISTS schedule (
     attempt         INTEGER NOT NULL,
     is_replay       INTEGER NOT NULL,
     replay_of       TEXT,
-    due_at          INTEGER NOT NULL
+    due_at          INTEGER NOT NULL,
+    -- 1 while claimed by a worker; due_at is then the end of the lease.
+    leased          INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS schedule_by_due ON schedule(due_at);
 CREATE TABLE IF NOT EXISTS delivery_logs (

@@ -31,11 +31,18 @@ async fn appends_are_readable_by_offset_after_reopen() {
     let positions = log.append(&events).await.unwrap();
     let p = log.partition_for("acme");
     assert!(positions.iter().all(|pos| pos.partition == p));
-    assert_eq!(positions.iter().map(|p| p.offset).collect::<Vec<_>>(), (0..10).collect::<Vec<_>>());
+    assert_eq!(
+        positions.iter().map(|p| p.offset).collect::<Vec<_>>(),
+        (0..10).collect::<Vec<_>>()
+    );
     drop(log);
 
     let log = EmbeddedLog::open(dir.path(), 16).unwrap();
-    assert_eq!(log.partitions(), 4, "an existing log keeps its partition count");
+    assert_eq!(
+        log.partitions(),
+        4,
+        "an existing log keeps its partition count"
+    );
     let read = log.read(p, 3, 4).await.unwrap();
     assert_eq!(read.len(), 4);
     assert_eq!(read[0].event, events[3]);
@@ -86,7 +93,9 @@ async fn corrupt_record_is_cut_at_its_start() {
 async fn consumer_positions_survive_restart() {
     let dir = tempfile::tempdir().unwrap();
     let log = EmbeddedLog::open(dir.path(), 2).unwrap();
-    let events: Vec<_> = (0..6).map(|n| event(if n % 2 == 0 { "a" } else { "b" }, n)).collect();
+    let events: Vec<_> = (0..6)
+        .map(|n| event(if n % 2 == 0 { "a" } else { "b" }, n))
+        .collect();
     log.append(&events).await.unwrap();
     let mut consumer = log.consumer("workers").await.unwrap();
     let got = consumer.poll(100, Duration::from_millis(10)).await.unwrap();
@@ -95,7 +104,10 @@ async fn consumer_positions_survive_restart() {
     let mut firsts: Vec<LogPosition> = Vec::new();
     for r in &got {
         if r.position.offset == 0 {
-            firsts.push(LogPosition { partition: r.position.partition, offset: 1 });
+            firsts.push(LogPosition {
+                partition: r.position.partition,
+                offset: 1,
+            });
         }
     }
     consumer.commit(&firsts).await.unwrap();
@@ -108,7 +120,14 @@ async fn consumer_positions_survive_restart() {
     assert_eq!(again.len(), 6 - firsts.len());
     assert!(again.iter().all(|r| r.position.offset >= 1));
     let mut other = log.consumer("another-group").await.unwrap();
-    assert_eq!(other.poll(100, Duration::from_millis(10)).await.unwrap().len(), 6);
+    assert_eq!(
+        other
+            .poll(100, Duration::from_millis(10))
+            .await
+            .unwrap()
+            .len(),
+        6
+    );
 }
 
 #[tokio::test]
@@ -116,7 +135,11 @@ async fn poll_wakes_on_append_and_times_out_when_idle() {
     let dir = tempfile::tempdir().unwrap();
     let log = Arc::new(EmbeddedLog::open(dir.path(), 2).unwrap());
     let mut consumer = log.consumer("g").await.unwrap();
-    assert!(consumer.poll(10, Duration::from_millis(20)).await.unwrap().is_empty());
+    assert!(consumer
+        .poll(10, Duration::from_millis(20))
+        .await
+        .unwrap()
+        .is_empty());
     let writer = log.clone();
     let handle = tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -134,7 +157,9 @@ async fn concurrent_appends_share_commits_and_keep_dense_offsets() {
     let mut tasks = Vec::new();
     for n in 0..64 {
         let log = log.clone();
-        tasks.push(tokio::spawn(async move { log.append(&[event("t", n)]).await.unwrap()[0].offset }));
+        tasks.push(tokio::spawn(async move {
+            log.append(&[event("t", n)]).await.unwrap()[0].offset
+        }));
     }
     let mut offsets = Vec::new();
     for t in tasks {
@@ -155,7 +180,12 @@ async fn offset_for_time_finds_the_first_record_at_or_after() {
     let middle = OffsetDateTime::now_utc();
     tokio::time::sleep(Duration::from_millis(20)).await;
     log.append(&[event("t", 1), event("t", 2)]).await.unwrap();
-    assert_eq!(log.offset_for_time(0, OffsetDateTime::UNIX_EPOCH).await.unwrap(), 0);
+    assert_eq!(
+        log.offset_for_time(0, OffsetDateTime::UNIX_EPOCH)
+            .await
+            .unwrap(),
+        0
+    );
     assert_eq!(log.offset_for_time(0, middle).await.unwrap(), 1);
     let later = OffsetDateTime::now_utc() + time::Duration::hours(1);
     assert_eq!(log.offset_for_time(0, later).await.unwrap(), 3);
