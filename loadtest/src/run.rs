@@ -49,9 +49,16 @@ pub async fn main(args: Args) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("is Herald running at {}?", args.target))?;
     if r.status() != 201 {
-        bail!("creating tenant {tenant}: {} {}", r.status(), r.text().await?);
+        bail!(
+            "creating tenant {tenant}: {} {}",
+            r.status(),
+            r.text().await?
+        );
     }
-    let key = r.json::<Value>().await?["api_key"].as_str().unwrap_or_default().to_string();
+    let key = r.json::<Value>().await?["api_key"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
 
     let mut tallies: Vec<Arc<Mutex<Tally>>> = Vec::new();
     for _ in 0..args.receivers {
@@ -65,18 +72,30 @@ pub async fn main(args: Args) -> anyhow::Result<()> {
         if r.status() != 201 {
             bail!("subscribing {url}: {} {}", r.status(), r.text().await?);
         }
-        let secret = r.json::<Value>().await?["secret"].as_str().unwrap_or_default().to_string();
+        let secret = r.json::<Value>().await?["secret"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         *secret_slot.lock().unwrap() = Some(SigningSecret::parse(&secret)?);
         tallies.push(tally);
     }
 
-    println!("emitting {} events with {} clients to {} subscriptions…", args.events, args.concurrency, args.receivers);
+    println!(
+        "emitting {} events with {} clients to {} subscriptions…",
+        args.events, args.concurrency, args.receivers
+    );
     let started = Instant::now();
     let acked = Arc::new(Mutex::new(HashSet::new()));
     let failed = Arc::new(Mutex::new(0u64));
     let mut tasks = Vec::new();
     for worker in 0..args.concurrency {
-        let (http, target, key, acked, failed) = (http.clone(), args.target.clone(), key.clone(), acked.clone(), failed.clone());
+        let (http, target, key, acked, failed) = (
+            http.clone(),
+            args.target.clone(),
+            key.clone(),
+            acked.clone(),
+            failed.clone(),
+        );
         let n = args.events;
         let step = args.concurrency;
         tasks.push(tokio::spawn(async move {
@@ -90,7 +109,10 @@ pub async fn main(args: Args) -> anyhow::Result<()> {
                 match r {
                     Ok(r) if r.status() == 202 => {
                         if let Ok(v) = r.json::<Value>().await {
-                            acked.lock().unwrap().insert(v["id"].as_str().unwrap_or_default().to_string());
+                            acked
+                                .lock()
+                                .unwrap()
+                                .insert(v["id"].as_str().unwrap_or_default().to_string());
                         }
                     }
                     _ => *failed.lock().unwrap() += 1,
@@ -108,7 +130,14 @@ pub async fn main(args: Args) -> anyhow::Result<()> {
     let delivered_pairs = |tallies: &[Arc<Mutex<Tally>>]| -> usize {
         tallies
             .iter()
-            .map(|t| t.lock().unwrap().per_event.keys().filter(|id| acked.contains(*id)).count())
+            .map(|t| {
+                t.lock()
+                    .unwrap()
+                    .per_event
+                    .keys()
+                    .filter(|id| acked.contains(*id))
+                    .count()
+            })
             .sum()
     };
     while delivered_pairs(&tallies) < expected && Instant::now() < deadline {
@@ -129,14 +158,34 @@ pub async fn main(args: Args) -> anyhow::Result<()> {
     }
     let ms = |q: f64| latency.value_at_quantile(q) as f64 / 1000.0;
     println!("\nHerald load run against {}", args.target);
-    println!("  emits acknowledged : {} ({} failed)", acked.len(), failed.lock().unwrap());
-    println!("  emit rate          : {:.0} events/s", acked.len() as f64 / emit_elapsed.as_secs_f64());
+    println!(
+        "  emits acknowledged : {} ({} failed)",
+        acked.len(),
+        failed.lock().unwrap()
+    );
+    println!(
+        "  emit rate          : {:.0} events/s",
+        acked.len() as f64 / emit_elapsed.as_secs_f64()
+    );
     println!("  deliveries         : {delivered} of {expected} expected, {} lost, {duplicates} duplicates", expected - delivered);
-    println!("  delivery rate      : {:.0} deliveries/s (emit start to last delivery)", delivered as f64 / total_elapsed.as_secs_f64());
-    println!("  emit→delivery ms   : p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}", ms(0.5), ms(0.9), ms(0.99), ms(0.999), latency.max() as f64 / 1000.0);
+    println!(
+        "  delivery rate      : {:.0} deliveries/s (emit start to last delivery)",
+        delivered as f64 / total_elapsed.as_secs_f64()
+    );
+    println!(
+        "  emit→delivery ms   : p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}",
+        ms(0.5),
+        ms(0.9),
+        ms(0.99),
+        ms(0.999),
+        latency.max() as f64 / 1000.0
+    );
     println!("  bad signatures     : {bad_signatures}");
     if delivered < expected || bad_signatures > 0 {
-        bail!("{} deliveries missing, {bad_signatures} bad signatures", expected - delivered);
+        bail!(
+            "{} deliveries missing, {bad_signatures} bad signatures",
+            expected - delivered
+        );
     }
     Ok(())
 }
