@@ -87,6 +87,18 @@ pub struct ServeArgs {
     /// Total timeout of one delivery attempt.
     #[arg(long, env = "HERALD_REQUEST_TIMEOUT", default_value = "15s", value_parser = humantime::parse_duration)]
     pub request_timeout: std::time::Duration,
+    /// Consecutive failures that open an endpoint's circuit.
+    #[arg(long, env = "HERALD_BREAKER_FAILURES", default_value_t = 5)]
+    pub breaker_failures: u32,
+    /// Failure ratio over the breaker window that opens a circuit (0–1).
+    #[arg(long, env = "HERALD_BREAKER_FAILURE_RATIO", default_value_t = 0.5)]
+    pub breaker_failure_ratio: f64,
+    /// Sliding window of the failure ratio.
+    #[arg(long, env = "HERALD_BREAKER_WINDOW", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub breaker_window: std::time::Duration,
+    /// Disable a subscription failing without a single success for this long.
+    #[arg(long, env = "HERALD_DISABLE_AFTER", default_value = "5days", value_parser = humantime::parse_duration)]
+    pub disable_after: std::time::Duration,
     /// How long an open circuit waits before probing the endpoint again.
     #[arg(long, env = "HERALD_BREAKER_OPEN_FOR", default_value = "30s", value_parser = humantime::parse_duration)]
     pub breaker_open_for: std::time::Duration,
@@ -104,6 +116,10 @@ impl ServeArgs {
         config.delivery.max_in_flight_per_endpoint = self.max_in_flight_per_endpoint;
         config.delivery.request_timeout = self.request_timeout;
         config.delivery.breaker_open_for = self.breaker_open_for;
+        config.delivery.breaker_failure_threshold = self.breaker_failures;
+        config.delivery.breaker_failure_ratio = self.breaker_failure_ratio;
+        config.delivery.breaker_window = self.breaker_window;
+        config.delivery.disable_after = self.disable_after;
         config
     }
 }
@@ -162,6 +178,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     if args.role != Role::All {
         bail!("--role {:?} needs the distributed mode (HERALD_KAFKA_BROKERS); the embedded server runs --role all", args.role);
+    }
+    if !(args.breaker_failure_ratio > 0.0 && args.breaker_failure_ratio <= 1.0) {
+        bail!("--breaker-failure-ratio must be above 0 and at most 1, e.g. 0.5");
     }
     let admin_token = admin_token(&args)?;
     let engine = Engine::start(args.engine_config())

@@ -50,6 +50,18 @@ pub struct DeliveryConfig {
     pub breaker_failure_threshold: u32,
     /// How long an open circuit waits before one half-open probe.
     pub breaker_open_for: Duration,
+    /// Failure ratio over `breaker_window` that opens a circuit.
+    pub breaker_failure_ratio: f64,
+    /// Sliding window of the failure ratio.
+    pub breaker_window: Duration,
+    /// Requests the window must hold before the ratio counts.
+    pub breaker_min_requests: u32,
+    /// Longest open period after repeated failed probes.
+    pub breaker_max_open_for: Duration,
+    /// A subscription failing without a single success for this long is disabled.
+    pub disable_after: Duration,
+    /// Longest `Retry-After` honoured; longer asks are cut to this.
+    pub max_retry_after: Duration,
     /// Fraction of random jitter added to or removed from each retry delay.
     pub retry_jitter: f64,
     /// Bytes of the response body kept in the delivery log.
@@ -65,8 +77,28 @@ impl Default for DeliveryConfig {
             max_in_flight_per_endpoint: 32,
             breaker_failure_threshold: 5,
             breaker_open_for: Duration::from_secs(30),
+            breaker_failure_ratio: 0.5,
+            breaker_window: Duration::from_secs(60),
+            breaker_min_requests: 20,
+            breaker_max_open_for: Duration::from_secs(600),
+            disable_after: Duration::from_secs(5 * 24 * 3600),
+            max_retry_after: Duration::from_secs(6 * 3600),
             retry_jitter: 0.1,
             response_body_limit: 4096,
+        }
+    }
+}
+
+impl DeliveryConfig {
+    /// The circuit breaker thresholds.
+    pub fn breaker(&self) -> crate::delivery::breaker::BreakerConfig {
+        crate::delivery::breaker::BreakerConfig {
+            consecutive_failures: self.breaker_failure_threshold,
+            failure_ratio: self.breaker_failure_ratio,
+            window: self.breaker_window,
+            min_requests: self.breaker_min_requests,
+            open_for: self.breaker_open_for,
+            max_open_for: self.breaker_max_open_for.max(self.breaker_open_for),
         }
     }
 }

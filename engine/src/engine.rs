@@ -22,9 +22,10 @@ use crate::{
     fanout, ids,
     log::{embedded::EmbeddedLog, EventLog},
     model::{
-        DomainEvent, EventSource, ScheduledDelivery, SecretEntry, SubscriptionStatus,
+        DomainEvent, EventSource, Ordering, ScheduledDelivery, SecretEntry, SubscriptionStatus,
         WebhookDeliveryLog, WebhookSubscription,
     },
+    operational::OperationalEvents,
     signing::SigningSecret,
     ssrf::TargetGuard,
     store::{embedded::now_ms, embedded::EmbeddedStore, EventFilter, LogFilter, Store},
@@ -60,7 +61,22 @@ pub struct NewSubscription {
     pub headers: BTreeMap<String, String>,
     /// Deliveries per second.
     pub rate_limit: Option<u32>,
+    /// Delivery order.
+    pub ordering: Ordering,
+    /// Concurrent requests, 1 to [`MAX_IN_FLIGHT_LIMIT`].
+    pub max_in_flight: Option<u32>,
+    /// Attempt timeout in seconds, 1 to [`MAX_TIMEOUT_SECONDS`].
+    pub timeout_seconds: Option<u32>,
 }
+
+/// Largest per-subscription in-flight limit.
+pub const MAX_IN_FLIGHT_LIMIT: u32 = 256;
+/// Largest per-subscription attempt timeout, in seconds.
+pub const MAX_TIMEOUT_SECONDS: u32 = 60;
+/// Largest per-subscription rate limit, deliveries per second.
+pub const MAX_RATE_LIMIT: u32 = 10_000;
+/// Event types starting with this are Herald's own operational events.
+pub const OPERATIONAL_PREFIX: &str = "herald.";
 
 /// A new event, as emitted.
 #[derive(Debug, Clone, Default)]
@@ -163,6 +179,7 @@ impl Engine {
             d.request_timeout,
             d.response_body_limit,
         );
+        let wake = Arc::new(Notify::new());
         let ctx = Arc::new(WorkerContext {
             store: store.clone(),
             subscriptions: subscriptions.clone(),
@@ -170,11 +187,12 @@ impl Engine {
             retry: RetryPolicy::new(config.retry_schedule.clone(), d.retry_jitter),
             config: d.clone(),
             in_flight: Default::default(),
+            wake: wake.clone(),
+            operational: OperationalEvents::new(log.clone(), store.clone()),
         });
         let cancel = CancellationToken::new();
         let (shards, mut tasks) = Shards::start(ctx, cancel.clone());
         let shards = Arc::new(shards);
-        let wake = Arc::new(Notify::new());
         // A lease outlives the longest attempt, including time queued for a permit.
         let lease = d.request_timeout * 4 + Duration::from_secs(30);
         tasks.push(tokio::spawn(fanout::run(
@@ -280,12 +298,7 @@ impl Engine {
             return Err(EngineError::invalid("description", "at most 1024 bytes"));
         }
         validate_headers(&new.headers)?;
-        if new.rate_limit == Some(0) {
-            return Err(EngineError::invalid(
-                "rate_limit",
-                "must be at least 1 delivery per second",
-            ));
-        }
+        validate_limits(new.rate_limit, new.max_in_flight, new.timeout_seconds)?;
         let secret = match &new.secret {
             Some(s) => SigningSecret::parse(s)
                 .map_err(|e| EngineError::invalid("secret", e.to_string()))?,
@@ -306,6 +319,10 @@ impl Engine {
             }],
             headers: new.headers,
             rate_limit: new.rate_limit,
+            ordering: new.ordering,
+            max_in_flight: new.max_in_flight,
+            timeout_seconds: new.timeout_seconds,
+            failing_since: None,
             created_at: now,
             updated_at: now,
         };
@@ -431,6 +448,12 @@ impl Engine {
                     ),
                 )
             })?;
+        if source == EventSource::Api && new.event_type.starts_with(OPERATIONAL_PREFIX) {
+            return Err(EngineError::invalid(
+                "event_type",
+                format!("types starting with {OPERATIONAL_PREFIX:?} are reserved for Herald's operational events"),
+            ));
+        }
         if !new.payload.is_object() {
             return Err(EngineError::invalid("payload", "must be a JSON object"));
         }
@@ -562,6 +585,9 @@ impl Engine {
                 replay_of: replay_of.clone(),
                 is_replay: true,
                 due_at_ms: now,
+                // Replays queue behind everything pending for an ordered subscription.
+                seq: i64::MAX,
+                ordered: sub.ordering == Ordering::Strict,
             });
             replayed.push(ReplayedDelivery {
                 delivery_id,
@@ -650,6 +676,45 @@ fn validate_tenant_id(id: &str) -> Result<(), EngineError> {
             "1 to 64 characters of a-z, 0-9, '-' and '_', starting with a letter or digit",
         ))
     }
+}
+
+/// Checks the per-subscription limits against their bounds.
+pub fn validate_limits(
+    rate_limit: Option<u32>,
+    max_in_flight: Option<u32>,
+    timeout_seconds: Option<u32>,
+) -> Result<(), EngineError> {
+    let bounds = [
+        (
+            "rate_limit",
+            rate_limit,
+            MAX_RATE_LIMIT,
+            "deliveries per second",
+        ),
+        (
+            "max_in_flight",
+            max_in_flight,
+            MAX_IN_FLIGHT_LIMIT,
+            "concurrent requests",
+        ),
+        (
+            "timeout_seconds",
+            timeout_seconds,
+            MAX_TIMEOUT_SECONDS,
+            "seconds",
+        ),
+    ];
+    for (field, value, max, unit) in bounds {
+        if let Some(v) = value {
+            if v == 0 || v > max {
+                return Err(EngineError::invalid(
+                    field,
+                    format!("must be between 1 and {max} {unit}"),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn validate_event_types(types: &[String]) -> Result<(), EngineError> {

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     ids,
     log::{EventLog, LogPosition},
-    model::ScheduledDelivery,
+    model::{Ordering, ScheduledDelivery},
     store::{embedded::now_ms, FanOut, Store},
     subscriptions::SubscriptionIndex,
 };
@@ -78,6 +78,8 @@ pub async fn run(
                         replay_of: None,
                         is_replay: false,
                         due_at_ms: now,
+                        seq: r.position.offset as i64,
+                        ordered: sub.ordering == Ordering::Strict,
                     })
                     .collect();
                 let entry = next.entry(r.position.partition).or_default();

@@ -19,6 +19,7 @@ pub mod fanout;
 pub mod ids;
 pub mod log;
 pub mod model;
+pub mod operational;
 pub mod signing;
 pub mod ssrf;
 pub mod store;
@@ -26,6 +27,7 @@ pub mod subscriptions;
 
 pub use config::EngineConfig;
 pub use engine::{
-    Engine, EventPage, LogPage, NewEvent, NewSubscription, ReplayedDelivery, Rotation,
+    validate_limits, Engine, EventPage, LogPage, NewEvent, NewSubscription, ReplayedDelivery,
+    Rotation, MAX_IN_FLIGHT_LIMIT, MAX_RATE_LIMIT, MAX_TIMEOUT_SECONDS, OPERATIONAL_PREFIX,
 };
 pub use error::EngineError;

@@ -21,6 +21,8 @@ pub enum EventSource {
     Cdc,
     /// Re-emitted by a replay.
     Replay,
+    /// Emitted by Herald itself (operational events such as `herald.delivery.dead`).
+    Herald,
 }
 
 /// A domain event, as stored in the event log.
@@ -111,6 +113,18 @@ pub enum SubscriptionStatus {
     Disabled,
 }
 
+/// How deliveries to a subscription are ordered.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Ordering {
+    /// Deliveries go out concurrently; a failing event holds nothing up.
+    #[default]
+    Unordered,
+    /// One delivery at a time, in event-log order per tenant: a failing
+    /// event holds the ones behind it until it succeeds or dies.
+    Strict,
+}
+
 /// One signing secret of a subscription.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SecretEntry {
@@ -164,6 +178,20 @@ pub struct WebhookSubscription {
     /// Deliveries per second, when limited.
     #[serde(default)]
     pub rate_limit: Option<u32>,
+    /// Delivery order: `unordered` (full concurrency) or `strict` (one at a
+    /// time, in event-log order).
+    #[serde(default)]
+    pub ordering: Ordering,
+    /// Concurrent requests to this endpoint, when lower than the server's limit.
+    #[serde(default)]
+    pub max_in_flight: Option<u32>,
+    /// Total timeout of one attempt, in seconds, when not the server's default.
+    #[serde(default)]
+    pub timeout_seconds: Option<u32>,
+    /// Since when every attempt failed (cleared by a success); a subscription
+    /// failing for longer than the configured period is disabled.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub failing_since: Option<OffsetDateTime>,
     /// Creation time.
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
@@ -320,6 +348,12 @@ pub struct ScheduledDelivery {
     pub is_replay: bool,
     /// When it is due, unix milliseconds.
     pub due_at_ms: i64,
+    /// Position in the subscription's order (the event's log offset; ties
+    /// broken by delivery id).
+    pub seq: i64,
+    /// Whether the subscription asked for strict ordering when this delivery
+    /// was created: then it goes only once no earlier one is pending.
+    pub ordered: bool,
 }
 
 impl ScheduledDelivery {

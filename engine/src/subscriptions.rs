@@ -12,9 +12,11 @@ use parking_lot::RwLock;
 use crate::model::{SubscriptionStatus, WebhookSubscription};
 
 /// Whether the filter `filter` (exact, `prefix.*`, or `*`) matches `event_type`.
+/// `*` matches every event type except Herald's operational events
+/// (`herald.…`), which a subscription must name (`herald.*` or exactly).
 pub fn filter_matches(filter: &str, event_type: &str) -> bool {
     if filter == "*" {
-        return true;
+        return !event_type.starts_with(crate::engine::OPERATIONAL_PREFIX);
     }
     match filter.strip_suffix('*') {
         Some(prefix) if prefix.ends_with('.') => event_type.starts_with(prefix),
@@ -106,7 +108,9 @@ impl SubscriptionIndex {
             }
         };
         look(event_type);
-        look("");
+        if !event_type.starts_with(crate::engine::OPERATIONAL_PREFIX) {
+            look("");
+        }
         for (i, b) in event_type.bytes().enumerate() {
             if b == b'.' {
                 look(&event_type[..=i]);
@@ -169,6 +173,10 @@ mod tests {
             secrets: Vec::new(),
             headers: Default::default(),
             rate_limit: None,
+            ordering: Default::default(),
+            max_in_flight: None,
+            timeout_seconds: None,
+            failing_since: None,
             created_at: now,
             updated_at: now,
         }
@@ -186,6 +194,8 @@ mod tests {
         assert!(!filter_matches("a.*", "ab.c"));
         assert!(!filter_matches("a.*", "a"));
         assert!(filter_matches("*", "anything"));
+        assert!(!filter_matches("*", "herald.delivery.dead"));
+        assert!(filter_matches("herald.*", "herald.delivery.dead"));
         assert!(validate_filter("work_order.*").is_ok());
         assert!(validate_filter("work order").is_err());
         assert!(validate_filter("a..b").is_err());
@@ -211,6 +221,10 @@ mod tests {
         );
         assert_eq!(ids(index.matching("t", "invoice.paid")), ["s3"]);
         assert_eq!(ids(index.matching("other", "order.created")), ["s4"]);
+        assert!(
+            index.matching("t", "herald.circuit.opened").is_empty(),
+            "* excludes operational events"
+        );
 
         let mut paused = sub("s1", "t", &["invoice.paid"]);
         paused.status = SubscriptionStatus::Paused;

@@ -8,7 +8,7 @@ use axum::{
     Json,
 };
 use herald_engine::{
-    model::{SubscriptionStatus, WebhookSubscription},
+    model::{Ordering, SubscriptionStatus, WebhookSubscription},
     NewSubscription,
 };
 use serde::{Deserialize, Serialize};
@@ -37,6 +37,13 @@ pub struct Subscribe {
     pub headers: BTreeMap<String, String>,
     /// Deliveries per second.
     pub rate_limit: Option<u32>,
+    /// `unordered` (default) or `strict`: one at a time, in event-log order.
+    #[serde(default)]
+    pub ordering: Ordering,
+    /// Concurrent requests to the endpoint (1–256).
+    pub max_in_flight: Option<u32>,
+    /// Timeout of one attempt in seconds (1–60).
+    pub timeout_seconds: Option<u32>,
 }
 
 /// A subscription as the API shows it.
@@ -64,6 +71,15 @@ pub struct SubscriptionView {
     pub headers: BTreeMap<String, String>,
     /// Deliveries per second.
     pub rate_limit: Option<u32>,
+    /// Delivery order.
+    pub ordering: Ordering,
+    /// Concurrent requests to the endpoint.
+    pub max_in_flight: Option<u32>,
+    /// Timeout of one attempt in seconds.
+    pub timeout_seconds: Option<u32>,
+    /// Since when every attempt has failed (`null` when healthy).
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub failing_since: Option<OffsetDateTime>,
     /// Creation time.
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
@@ -93,6 +109,10 @@ impl SubscriptionView {
             disabled_reason: sub.disabled_reason,
             headers: sub.headers,
             rate_limit: sub.rate_limit,
+            ordering: sub.ordering,
+            max_in_flight: sub.max_in_flight,
+            timeout_seconds: sub.timeout_seconds,
+            failing_since: sub.failing_since,
             created_at: sub.created_at,
             updated_at: sub.updated_at,
         }
@@ -116,6 +136,9 @@ pub async fn subscribe(
                 secret: body.secret,
                 headers: body.headers,
                 rate_limit: body.rate_limit,
+                ordering: body.ordering,
+                max_in_flight: body.max_in_flight,
+                timeout_seconds: body.timeout_seconds,
             },
         )
         .await?;

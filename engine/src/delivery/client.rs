@@ -32,6 +32,8 @@ pub struct Answer {
     pub body: String,
     /// The `Location` header, for redirects.
     pub location: Option<String>,
+    /// The `Retry-After` header, as a delay from now.
+    pub retry_after: Option<Duration>,
     /// Time from request start to the end of the (truncated) body.
     pub latency: Duration,
 }
@@ -97,13 +99,16 @@ impl DeliveryClient {
         }
     }
 
-    /// POSTs `body` to `url` with `headers`, within the total timeout.
+    /// POSTs `body` to `url` with `headers`, within `timeout` (or the
+    /// client's default total timeout).
     pub async fn post(
         &self,
         url: &str,
         headers: HeaderMap,
         body: Bytes,
+        timeout: Option<Duration>,
     ) -> Result<Answer, SendError> {
+        let timeout = timeout.unwrap_or(self.timeout);
         let started = Instant::now();
         let fail = |class, message: String| SendError {
             class,
@@ -141,6 +146,11 @@ impl DeliveryClient {
                 .get(header::LOCATION)
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string);
+            let retry_after = response
+                .headers()
+                .get(header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(parse_retry_after);
             // Keep only the first `body_limit` bytes; a larger body is cut off.
             let mut body = Vec::new();
             let mut stream = response.into_body();
@@ -157,23 +167,38 @@ impl DeliveryClient {
             Ok::<_, (ErrorClass, String)>((
                 status,
                 location,
+                retry_after,
                 String::from_utf8_lossy(&body).into_owned(),
             ))
         };
-        match tokio::time::timeout(self.timeout, exchange).await {
+        match tokio::time::timeout(timeout, exchange).await {
             Err(_) => Err(fail(
                 ErrorClass::Timeout,
-                format!("no complete answer within {:?}", self.timeout),
+                format!("no complete answer within {timeout:?}"),
             )),
             Ok(Err((class, message))) => Err(fail(class, message)),
-            Ok(Ok((status, location, body))) => Ok(Answer {
+            Ok(Ok((status, location, retry_after, body))) => Ok(Answer {
                 status,
                 body,
                 location,
+                retry_after,
                 latency: started.elapsed(),
             }),
         }
     }
+}
+
+/// Parses `Retry-After`: delay-seconds or an HTTP date (a date in the past is 0).
+pub fn parse_retry_after(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(
+        at.duration_since(std::time::SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
 }
 
 /// Sorts a client error into the delivery log's error classes.
@@ -206,4 +231,26 @@ fn classify(err: &hyper_util::client::legacy::Error) -> (ErrorClass, String) {
         source = e.source();
     }
     (class, message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_takes_seconds_and_dates() {
+        assert_eq!(parse_retry_after("120"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_retry_after(" 0 "), Some(Duration::ZERO));
+        let in_a_minute = std::time::SystemTime::now() + Duration::from_secs(61);
+        let parsed = parse_retry_after(&httpdate::fmt_http_date(in_a_minute)).unwrap();
+        assert!(
+            parsed > Duration::from_secs(55) && parsed <= Duration::from_secs(61),
+            "{parsed:?}"
+        );
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("soon"), None);
+    }
 }

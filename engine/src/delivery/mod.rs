@@ -7,8 +7,10 @@
 //! durable schedule, and [`worker`] shards them by endpoint so each
 //! endpoint's state has one owner and a dead endpoint delays no other.
 
+pub mod attempt;
 pub mod breaker;
 pub mod client;
+pub mod limit;
 pub mod retry;
 pub mod scheduler;
 pub mod worker;

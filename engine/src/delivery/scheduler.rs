@@ -74,9 +74,17 @@ pub async fn run(
         if full {
             continue;
         }
+        // Sleep until the next delivery falls due (a retry due in 10 ms goes
+        // in 10 ms), the idle tick at most, or until rung.
+        let nap = match store.next_due().await {
+            Ok(Some(due)) if due > now_ms() => {
+                Duration::from_millis((due - now_ms()) as u64).min(IDLE_TICK)
+            }
+            _ => IDLE_TICK,
+        };
         tokio::select! {
             () = wake.notified() => {}
-            () = tokio::time::sleep(IDLE_TICK) => {}
+            () = tokio::time::sleep(nap) => {}
             () = cancel.cancelled() => return,
         }
     }

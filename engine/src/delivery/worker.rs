@@ -1,11 +1,11 @@
 //! Endpoint shards: each delivery goes to the shard owning its subscription
 //! (a stable hash of the subscription id), and that shard's task alone holds
-//! the endpoint's circuit breaker and in-flight limit — no locks, and a slow
-//! or dead endpoint only ever occupies its own permits.
+//! the endpoint's state — circuit breaker, rate limiter, adaptive in-flight
+//! limit, queue — so it needs no locks, and a slow or dead endpoint only
+//! ever occupies its own slots.
 //!
-//! An attempt is sent in its own task; its result is recorded in the store
-//! together with the delivery's next due time (or its removal from the
-//! schedule) before the delivery leaves the in-flight set.
+//! An attempt is sent in its own task (see [`super::attempt`]); its outcome
+//! comes back to the shard to drive the breaker and the limits.
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},
@@ -13,26 +13,22 @@ use std::{
     time::Duration,
 };
 
-use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue};
 use parking_lot::Mutex;
-use time::OffsetDateTime;
-use tokio::sync::mpsc;
+use serde_json::json;
+use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
 use super::{
+    attempt::{deferred, send_and_finish},
     breaker::{Admission, Breaker, BreakerState},
-    client::{DeliveryClient, SendError},
-    retry::{RetryAction, RetryPolicy},
+    client::DeliveryClient,
+    limit::{Concurrency, TokenBucket},
+    retry::RetryPolicy,
 };
 use crate::{
     config::DeliveryConfig,
-    ids,
-    model::{
-        DomainEvent, ErrorClass, Outcome, ScheduledDelivery, SubscriptionStatus,
-        WebhookDeliveryLog, WebhookSubscription,
-    },
-    signing,
+    model::{DomainEvent, ScheduledDelivery, SubscriptionStatus, WebhookSubscription},
+    operational::{self, OperationalEvents},
     store::Store,
     subscriptions::SubscriptionIndex,
 };
@@ -63,6 +59,10 @@ pub struct WorkerContext {
     pub config: DeliveryConfig,
     /// Deliveries currently in a shard (so a re-claim after a lease does not double-send).
     pub in_flight: Mutex<HashSet<String>>,
+    /// Rings the scheduler (an ordered subscription's next delivery may go).
+    pub wake: Arc<Notify>,
+    /// Herald's own events to tenants.
+    pub operational: OperationalEvents,
 }
 
 /// The set of shards.
@@ -121,20 +121,31 @@ const MAX_QUEUED_PER_ENDPOINT: usize = 2048;
 /// One endpoint's state, owned by its shard task.
 struct Endpoint {
     breaker: Breaker,
+    concurrency: Concurrency,
+    bucket: Option<TokenBucket>,
     in_flight: usize,
     queue: VecDeque<(Job, Arc<WebhookSubscription>)>,
+    wakeup_pending: bool,
 }
 
-struct Finished {
-    subscription_id: String,
-    success: bool,
-    probe: bool,
+/// What an attempt tells its shard.
+pub(super) struct Finished {
+    pub(super) subscription_id: String,
+    pub(super) success: bool,
+    pub(super) throttled: bool,
+    pub(super) probe: bool,
+}
+
+enum Signal {
+    Finished(Finished),
+    /// A rate-limited endpoint has a token again.
+    Wake(String),
 }
 
 struct Shard {
     ctx: Arc<WorkerContext>,
     endpoints: HashMap<String, Endpoint>,
-    done_tx: mpsc::UnboundedSender<Finished>,
+    signals: mpsc::UnboundedSender<Signal>,
     attempts: tokio::task::JoinSet<()>,
 }
 
@@ -142,7 +153,8 @@ impl Shard {
     fn accept(&mut self, job: Job) {
         let ctx = &self.ctx;
         let Some(sub) = ctx.subscriptions.get(&job.delivery.subscription_id) else {
-            self.attempts.spawn(drop_orphan(ctx.clone(), job));
+            self.attempts
+                .spawn(super::attempt::drop_orphan(ctx.clone(), job));
             return;
         };
         if sub.status != SubscriptionStatus::Active {
@@ -150,15 +162,26 @@ impl Shard {
             ctx.in_flight.lock().remove(&job.delivery.delivery_id);
             return;
         }
-        let config = &ctx.config;
+        let now = tokio::time::Instant::now();
+        let max_in_flight = self.max_in_flight(&sub);
         let ep = self
             .endpoints
             .entry(sub.id.clone())
             .or_insert_with(|| Endpoint {
-                breaker: Breaker::new(config.breaker_failure_threshold, config.breaker_open_for),
+                breaker: Breaker::new(ctx.config.breaker(), now),
+                concurrency: Concurrency::new(max_in_flight),
+                bucket: None,
                 in_flight: 0,
                 queue: VecDeque::new(),
+                wakeup_pending: false,
             });
+        // Follow changes to the subscription's limits.
+        ep.concurrency.set_max(max_in_flight);
+        match (sub.rate_limit, &ep.bucket) {
+            (None, _) => ep.bucket = None,
+            (Some(r), Some(b)) if b.rate() == r => {}
+            (Some(r), _) => ep.bucket = Some(TokenBucket::new(r, now)),
+        }
         if ep.queue.len() >= MAX_QUEUED_PER_ENDPOINT {
             ctx.in_flight.lock().remove(&job.delivery.delivery_id);
             return;
@@ -167,36 +190,87 @@ impl Shard {
         self.pump(&sub.id);
     }
 
+    fn max_in_flight(&self, sub: &WebhookSubscription) -> usize {
+        let server = self.ctx.config.max_in_flight_per_endpoint.max(1);
+        sub.max_in_flight
+            .map_or(server, |m| (m as usize).min(server))
+    }
+
     fn finished(&mut self, done: Finished) {
         let Some(ep) = self.endpoints.get_mut(&done.subscription_id) else {
             return;
         };
+        let now = tokio::time::Instant::now();
         ep.in_flight = ep.in_flight.saturating_sub(1);
-        if let Some(state) = ep.breaker.record(done.success, tokio::time::Instant::now()) {
+        if done.throttled {
+            ep.concurrency.throttled();
+        } else if done.success {
+            ep.concurrency.succeeded();
+        }
+        let before = ep.breaker.state(now);
+        if let Some(state) = ep.breaker.record(done.success, now) {
             tracing::info!(subscription_id = %done.subscription_id, ?state, probe = done.probe, "circuit breaker changed state");
+            self.announce(&done.subscription_id, before, state);
         }
         self.pump(&done.subscription_id);
         // An idle, healthy endpoint has nothing worth remembering: forget it.
         if let Some(ep) = self.endpoints.get(&done.subscription_id) {
-            let closed = ep.breaker.state(tokio::time::Instant::now()) == BreakerState::Closed;
-            if done.success && closed && ep.in_flight == 0 && ep.queue.is_empty() {
+            let closed = ep.breaker.state(now) == BreakerState::Closed;
+            if done.success
+                && closed
+                && ep.in_flight == 0
+                && ep.queue.is_empty()
+                && ep.bucket.is_none()
+            {
                 self.endpoints.remove(&done.subscription_id);
             }
         }
     }
 
-    /// Starts as many queued jobs as the endpoint's in-flight limit allows;
-    /// the breaker is asked at the moment a job would be sent.
+    /// Tells the tenant its endpoint's circuit opened or closed.
+    fn announce(&mut self, subscription_id: &str, before: BreakerState, after: BreakerState) {
+        let event_type = match (before, after) {
+            (BreakerState::Closed, BreakerState::Open) => operational::CIRCUIT_OPENED,
+            (_, BreakerState::Closed) => operational::CIRCUIT_CLOSED,
+            _ => return,
+        };
+        let Some(sub) = self.ctx.subscriptions.get(subscription_id) else {
+            return;
+        };
+        let ops = self.ctx.operational.clone();
+        let payload = json!({ "subscription_id": sub.id, "url": sub.url });
+        self.attempts.spawn(async move {
+            ops.emit(&sub.tenant_id, event_type, payload).await;
+        });
+    }
+
+    /// Starts as many queued jobs as the endpoint's limits allow. The breaker
+    /// is asked at the moment a job would be sent.
     fn pump(&mut self, subscription_id: &str) {
-        let max = self.ctx.config.max_in_flight_per_endpoint.max(1);
         let Some(ep) = self.endpoints.get_mut(subscription_id) else {
             return;
         };
-        while ep.in_flight < max {
+        while ep.in_flight < ep.concurrency.limit() && !ep.queue.is_empty() {
+            let now = tokio::time::Instant::now();
+            let open = ep.breaker.state(now) == BreakerState::Open;
+            if !open {
+                if let Some(bucket) = &mut ep.bucket {
+                    if let Err(wait) = bucket.take(now) {
+                        if !ep.wakeup_pending {
+                            ep.wakeup_pending = true;
+                            let (signals, id) = (self.signals.clone(), subscription_id.to_string());
+                            self.attempts.spawn(async move {
+                                tokio::time::sleep(wait).await;
+                                let _ = signals.send(Signal::Wake(id));
+                            });
+                        }
+                        break;
+                    }
+                }
+            }
             let Some((job, sub)) = ep.queue.pop_front() else {
                 break;
             };
-            let now = tokio::time::Instant::now();
             let admission = ep.breaker.admit(now);
             let ctx = self.ctx.clone();
             if admission == Admission::Reject {
@@ -207,26 +281,18 @@ impl Shard {
                     .remaining_open(now)
                     .max(Duration::from_millis(500));
                 let spread = wait.mul_f64(rand::random::<f64>() * 0.2);
-                self.attempts.spawn(async move {
-                    let refused = Err(SendError {
-                        class: ErrorClass::CircuitOpen,
-                        message: "circuit open: the endpoint failed repeatedly; not sent".into(),
-                        latency: Duration::ZERO,
-                    });
-                    finish(&ctx, &sub, job, refused, Some(wait + spread)).await;
-                });
+                self.attempts
+                    .spawn(async move { deferred(&ctx, &sub, job, wait + spread).await });
                 continue;
             }
             ep.in_flight += 1;
-            let done_tx = self.done_tx.clone();
+            let signals = self.signals.clone();
+            let probe = admission == Admission::Probe;
             self.attempts.spawn(async move {
-                let result = send(&ctx, &sub, &job).await;
-                let _ = done_tx.send(Finished {
-                    subscription_id: sub.id.clone(),
-                    success: result.as_ref().is_ok_and(|a| a.is_success()),
-                    probe: admission == Admission::Probe,
-                });
-                finish(&ctx, &sub, job, result, None).await;
+                send_and_finish(&ctx, &sub, job, probe, |done| {
+                    let _ = signals.send(Signal::Finished(done));
+                })
+                .await;
             });
         }
     }
@@ -237,17 +303,25 @@ async fn run_shard(
     mut jobs: mpsc::Receiver<Job>,
     cancel: CancellationToken,
 ) {
-    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Finished>();
+    let (signals, mut signal_rx) = mpsc::unbounded_channel::<Signal>();
     let mut shard = Shard {
         ctx,
         endpoints: HashMap::new(),
-        done_tx,
+        signals,
         attempts: tokio::task::JoinSet::new(),
     };
     loop {
         tokio::select! {
             biased;
-            Some(done) = done_rx.recv() => shard.finished(done),
+            Some(signal) = signal_rx.recv() => match signal {
+                Signal::Finished(done) => shard.finished(done),
+                Signal::Wake(id) => {
+                    if let Some(ep) = shard.endpoints.get_mut(&id) {
+                        ep.wakeup_pending = false;
+                    }
+                    shard.pump(&id);
+                }
+            },
             job = jobs.recv() => match job {
                 Some(job) => shard.accept(job),
                 None => break,
@@ -265,161 +339,4 @@ async fn run_shard(
         }
     }
     while shard.attempts.join_next().await.is_some() {}
-}
-
-/// Builds the signed request and sends it.
-async fn send(
-    ctx: &WorkerContext,
-    sub: &WebhookSubscription,
-    job: &Job,
-) -> Result<super::client::Answer, SendError> {
-    let event = &job.event;
-    let body = Bytes::from(event.envelope_bytes());
-    let now = OffsetDateTime::now_utc();
-    let ts = now.unix_timestamp();
-    let signature = signing::signature_header(sub.live_secrets(now), &event.id, ts, &body);
-    let mut headers = HeaderMap::with_capacity(12);
-    for (name, value) in &sub.headers {
-        if let (Ok(n), Ok(v)) = (
-            HeaderName::try_from(name.as_str()),
-            HeaderValue::try_from(value.as_str()),
-        ) {
-            headers.insert(n, v);
-        }
-    }
-    let mut put = |name: &'static str, value: &str| {
-        if let Ok(v) = HeaderValue::try_from(value) {
-            headers.insert(HeaderName::from_static(name), v);
-        }
-    };
-    put("webhook-id", &event.id);
-    put("webhook-timestamp", &ts.to_string());
-    put("webhook-signature", &signature);
-    put("herald-event-type", &event.event_type);
-    if let Some(key) = &event.dedupe_key {
-        put("herald-dedupe-key", key);
-    }
-    put("herald-attempt", &job.delivery.attempt.to_string());
-    put("herald-delivery-id", &job.delivery.delivery_id);
-    put("herald-subscription-id", &sub.id);
-    put("user-agent", USER_AGENT);
-    ctx.client.post(&sub.url, headers, body).await
-}
-
-/// Records the attempt and schedules what follows, retrying the write until
-/// it is durable (the delivery stays in flight meanwhile). `deferred` is set
-/// when nothing was sent (open circuit): the same attempt is due again then.
-async fn finish(
-    ctx: &WorkerContext,
-    sub: &WebhookSubscription,
-    job: Job,
-    result: Result<super::client::Answer, SendError>,
-    deferred: Option<Duration>,
-) {
-    let d = &job.delivery;
-    let success = result.as_ref().is_ok_and(|a| a.is_success());
-    let now = OffsetDateTime::now_utc();
-    let due_in = |delay: Duration, attempt: u32| {
-        let mut next = d.clone();
-        next.attempt = attempt;
-        next.due_at_ms = ((now + delay).unix_timestamp_nanos() / 1_000_000) as i64;
-        next
-    };
-    let (outcome, next) = match deferred {
-        Some(wait) => (Outcome::Failed, Some(due_in(wait, d.attempt))),
-        None => match ctx
-            .retry
-            .decide(d.attempt, success, &mut rand::thread_rng())
-        {
-            RetryAction::Done => (Outcome::Delivered, None),
-            RetryAction::Dead => (Outcome::Dead, None),
-            RetryAction::RetryAfter(delay) => (Outcome::Failed, Some(due_in(delay, d.attempt + 1))),
-        },
-    };
-    let mut record = WebhookDeliveryLog {
-        id: ids::new_id(ids::ATTEMPT),
-        delivery_id: d.delivery_id.clone(),
-        event_id: d.event_id.clone(),
-        subscription_id: d.subscription_id.clone(),
-        tenant_id: d.tenant_id.clone(),
-        attempt: d.attempt,
-        trigger: d.trigger(),
-        replay_of: d.replay_of.clone(),
-        url: sub.url.clone(),
-        created_at: now,
-        status_code: None,
-        latency_ms: None,
-        response_body: None,
-        location: None,
-        error: None,
-        error_message: None,
-        outcome,
-        next_attempt_at: next.as_ref().and_then(|n| {
-            OffsetDateTime::from_unix_timestamp_nanos(i128::from(n.due_at_ms) * 1_000_000).ok()
-        }),
-    };
-    match result {
-        Ok(answer) => {
-            record.created_at = now - answer.latency;
-            record.status_code = Some(answer.status);
-            record.latency_ms = Some(answer.latency.as_millis() as u64);
-            if !answer.is_success() {
-                record.error = Some(ErrorClass::HttpStatus);
-                record.location = answer.location;
-            }
-            record.response_body = Some(answer.body);
-        }
-        Err(e) => {
-            record.created_at = now - e.latency;
-            record.latency_ms = Some(e.latency.as_millis() as u64);
-            record.error = Some(e.class);
-            record.error_message = Some(e.message);
-        }
-    }
-    if outcome == Outcome::Dead {
-        tracing::warn!(delivery_id = %d.delivery_id, event_id = %d.event_id, subscription_id = %d.subscription_id, "delivery is dead after its last attempt; it can be replayed");
-    }
-    persist(ctx, record, next).await;
-    ctx.in_flight.lock().remove(&d.delivery_id);
-}
-
-async fn persist(ctx: &WorkerContext, record: WebhookDeliveryLog, next: Option<ScheduledDelivery>) {
-    let mut backoff = Duration::from_millis(50);
-    loop {
-        match ctx.store.record_attempt(record.clone(), next.clone()).await {
-            Ok(()) => return,
-            Err(e) => {
-                tracing::error!(error = %e, delivery_id = %record.delivery_id, "could not record an attempt; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
-        }
-    }
-}
-
-/// A delivery whose subscription no longer exists: recorded dead and removed.
-async fn drop_orphan(ctx: Arc<WorkerContext>, job: Job) {
-    let d = &job.delivery;
-    let record = WebhookDeliveryLog {
-        id: ids::new_id(ids::ATTEMPT),
-        delivery_id: d.delivery_id.clone(),
-        event_id: d.event_id.clone(),
-        subscription_id: d.subscription_id.clone(),
-        tenant_id: d.tenant_id.clone(),
-        attempt: d.attempt,
-        trigger: d.trigger(),
-        replay_of: d.replay_of.clone(),
-        url: String::new(),
-        created_at: OffsetDateTime::now_utc(),
-        status_code: None,
-        latency_ms: None,
-        response_body: None,
-        location: None,
-        error: None,
-        error_message: Some("the subscription no longer exists".into()),
-        outcome: Outcome::Dead,
-        next_attempt_at: None,
-    };
-    persist(&ctx, record, None).await;
-    ctx.in_flight.lock().remove(&d.delivery_id);
 }

@@ -14,7 +14,7 @@ use parking_lot::Mutex;
 use rusqlite::{params, params_from_iter, types::Value, Connection, OpenFlags, OptionalExtension};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{EventFilter, FanOut, FanOutResult, LogFilter, Store, StoreError};
+use super::{EventFilter, FanOut, FanOutResult, LogFilter, Store, StoreError, SubscriptionChange};
 use crate::{
     log::LogPosition,
     model::{DomainEvent, ScheduledDelivery, WebhookDeliveryLog, WebhookSubscription},
@@ -243,8 +243,8 @@ fn claim_dedupe(
 fn insert_schedule(conn: &Connection, d: &ScheduledDelivery) -> Result<(), StoreError> {
     conn.prepare_cached(
         "INSERT OR IGNORE INTO schedule
-         (delivery_id, tenant_id, event_id, subscription_id, attempt, is_replay, replay_of, due_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+         (delivery_id, tenant_id, event_id, subscription_id, attempt, is_replay, replay_of, due_at, seq, ordered)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
     )
     .and_then(|mut st| {
         st.execute(params![
@@ -255,7 +255,9 @@ fn insert_schedule(conn: &Connection, d: &ScheduledDelivery) -> Result<(), Store
             d.attempt,
             d.is_replay,
             d.replay_of,
-            d.due_at_ms
+            d.due_at_ms,
+            d.seq,
+            d.ordered
         ])
     })
     .map_err(db_err)?;
@@ -330,6 +332,39 @@ impl Store for EmbeddedStore {
             )
             .map_err(db_err)?;
             Ok(())
+        })
+        .await
+    }
+
+    async fn modify_subscription(
+        &self,
+        tenant_id: &str,
+        id: &str,
+        change: SubscriptionChange,
+    ) -> Result<Option<(WebhookSubscription, bool)>, StoreError> {
+        let args = vec![
+            Value::from(tenant_id.to_string()),
+            Value::from(id.to_string()),
+        ];
+        self.write(move |conn| {
+            let Some(mut sub) = query_bodies::<WebhookSubscription>(
+                conn,
+                "SELECT body FROM subscriptions WHERE tenant_id = ?1 AND id = ?2",
+                args,
+            )?
+            .pop() else {
+                return Ok(None);
+            };
+            let changed = change(&mut sub);
+            if changed {
+                let body = serde_json::to_string(&sub).map_err(json_err)?;
+                conn.execute(
+                    "UPDATE subscriptions SET body = ?1 WHERE id = ?2",
+                    params![body, sub.id],
+                )
+                .map_err(db_err)?;
+            }
+            Ok(Some((sub, changed)))
         })
         .await
     }
@@ -508,9 +543,14 @@ impl Store for EmbeddedStore {
             let mut st = conn
                 .prepare_cached(
                     "SELECT s.delivery_id, s.tenant_id, s.event_id, s.subscription_id, s.attempt,
-                            s.is_replay, s.replay_of, s.due_at, e.body
+                            s.is_replay, s.replay_of, s.due_at, s.seq, s.ordered, e.body
                      FROM schedule s JOIN events e ON e.id = s.event_id
-                     WHERE s.due_at <= ?1 ORDER BY s.due_at LIMIT ?2",
+                     WHERE s.due_at <= ?1
+                       AND (s.ordered = 0 OR NOT EXISTS (
+                             SELECT 1 FROM schedule o
+                             WHERE o.subscription_id = s.subscription_id
+                               AND (o.seq < s.seq OR (o.seq = s.seq AND o.delivery_id < s.delivery_id))))
+                     ORDER BY s.due_at LIMIT ?2",
                 )
                 .map_err(db_err)?;
             let rows = st
@@ -525,8 +565,10 @@ impl Store for EmbeddedStore {
                             is_replay: r.get(5)?,
                             replay_of: r.get(6)?,
                             due_at_ms: r.get(7)?,
+                            seq: r.get(8)?,
+                            ordered: r.get(9)?,
                         },
-                        r.get::<_, String>(8)?,
+                        r.get::<_, String>(10)?,
                     ))
                 })
                 .map_err(db_err)?;
@@ -594,6 +636,16 @@ impl Store for EmbeddedStore {
                 [now_ms],
             )
             .map(|n| n as u64)
+            .map_err(db_err)
+        })
+        .await
+    }
+
+    async fn next_due(&self) -> Result<Option<i64>, StoreError> {
+        self.read(|conn| {
+            conn.query_row("SELECT min(due_at) FROM schedule", [], |r| {
+                r.get::<_, Option<i64>>(0)
+            })
             .map_err(db_err)
         })
         .await

@@ -81,6 +81,10 @@ pub enum FanOutResult {
     Duplicate,
 }
 
+/// A change to one subscription, applied atomically by
+/// [`Store::modify_subscription`]; returns whether it changed anything.
+pub type SubscriptionChange = Box<dyn FnOnce(&mut WebhookSubscription) -> bool + Send>;
+
 /// The durable state of the engine.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -93,6 +97,16 @@ pub trait Store: Send + Sync + 'static {
 
     /// Inserts or replaces a subscription.
     async fn put_subscription(&self, sub: &WebhookSubscription) -> Result<(), StoreError>;
+
+    /// Reads, changes and writes one subscription atomically (no lost
+    /// update against a concurrent change). Returns the subscription after
+    /// the change and whether it changed, or `None` if it doesn't exist.
+    async fn modify_subscription(
+        &self,
+        tenant_id: &str,
+        id: &str,
+        change: SubscriptionChange,
+    ) -> Result<Option<(WebhookSubscription, bool)>, StoreError>;
 
     /// One subscription of a tenant.
     async fn get_subscription(
@@ -168,6 +182,9 @@ pub trait Store: Send + Sync + 'static {
     /// only process that uses this schedule (embedded mode): leases held by
     /// a crashed predecessor end at once instead of when they expire.
     async fn release_leases(&self, now_ms: i64) -> Result<u64, StoreError>;
+
+    /// The earliest due time in the schedule (unix ms), if any.
+    async fn next_due(&self) -> Result<Option<i64>, StoreError>;
 
     /// Deliveries waiting in the schedule.
     async fn schedule_backlog(&self) -> Result<u64, StoreError>;

@@ -43,9 +43,14 @@ CREATE TABLE IF NOT EXISTS schedule (
     replay_of       TEXT,
     due_at          INTEGER NOT NULL,
     -- 1 while claimed by a worker; due_at is then the end of the lease.
-    leased          INTEGER NOT NULL DEFAULT 0
+    leased          INTEGER NOT NULL DEFAULT 0,
+    -- Order within the subscription (the event's log offset).
+    seq             INTEGER NOT NULL DEFAULT 0,
+    -- 1 for strictly ordered subscriptions: only the first pending row is claimable.
+    ordered         INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS schedule_by_due ON schedule(due_at);
+CREATE INDEX IF NOT EXISTS schedule_by_order ON schedule(subscription_id, seq, delivery_id);
 CREATE TABLE IF NOT EXISTS delivery_logs (
     id              TEXT PRIMARY KEY,
     tenant_id       TEXT NOT NULL,
