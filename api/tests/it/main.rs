@@ -5,4 +5,5 @@ mod bad_input;
 mod breaker;
 mod crash;
 mod flow;
+mod metrics;
 mod support;

@@ -28,6 +28,7 @@ use super::{
 use crate::{
     config::DeliveryConfig,
     ids,
+    metrics::Metrics,
     model::{
         DomainEvent, ErrorClass, Outcome, ScheduledDelivery, SubscriptionStatus,
         WebhookDeliveryLog, WebhookSubscription,
@@ -63,6 +64,8 @@ pub struct WorkerContext {
     pub config: DeliveryConfig,
     /// Deliveries currently in a shard (so a re-claim after a lease does not double-send).
     pub in_flight: Mutex<HashSet<String>>,
+    /// Where attempts and breaker states are counted.
+    pub metrics: Arc<Metrics>,
 }
 
 /// The set of shards.
@@ -123,6 +126,8 @@ struct Endpoint {
     breaker: Breaker,
     in_flight: usize,
     queue: VecDeque<(Job, Arc<WebhookSubscription>)>,
+    /// The breaker state this endpoint counts under in the metrics.
+    shown: Option<BreakerState>,
 }
 
 struct Finished {
@@ -158,6 +163,7 @@ impl Shard {
                 breaker: Breaker::new(config.breaker_failure_threshold, config.breaker_open_for),
                 in_flight: 0,
                 queue: VecDeque::new(),
+                shown: None,
             });
         if ep.queue.len() >= MAX_QUEUED_PER_ENDPOINT {
             ctx.in_flight.lock().remove(&job.delivery.delivery_id);
@@ -180,7 +186,11 @@ impl Shard {
         if let Some(ep) = self.endpoints.get(&done.subscription_id) {
             let closed = ep.breaker.state(tokio::time::Instant::now()) == BreakerState::Closed;
             if done.success && closed && ep.in_flight == 0 && ep.queue.is_empty() {
-                self.endpoints.remove(&done.subscription_id);
+                let shown = self
+                    .endpoints
+                    .remove(&done.subscription_id)
+                    .and_then(|ep| ep.shown);
+                self.ctx.metrics.breaker_moved(shown, None);
             }
         }
     }
@@ -229,6 +239,8 @@ impl Shard {
                 finish(&ctx, &sub, job, result, None).await;
             });
         }
+        let shown = ep.shown.replace(ep.breaker.current());
+        self.ctx.metrics.breaker_moved(shown, ep.shown);
     }
 }
 
@@ -259,6 +271,7 @@ async fn run_shard(
     // Drain: attempts already sent finish and are recorded; queued ones stay
     // leased in the schedule and are picked up after a restart.
     for ep in shard.endpoints.values() {
+        shard.ctx.metrics.breaker_moved(ep.shown, None);
         let mut in_flight = shard.ctx.in_flight.lock();
         for (job, _) in &ep.queue {
             in_flight.remove(&job.delivery.delivery_id);
@@ -379,6 +392,8 @@ async fn finish(
     if outcome == Outcome::Dead {
         tracing::warn!(delivery_id = %d.delivery_id, event_id = %d.event_id, subscription_id = %d.subscription_id, "delivery is dead after its last attempt; it can be replayed");
     }
+    ctx.metrics
+        .attempt(&record, deferred.is_none(), job.event.received_at);
     persist(ctx, record, next).await;
     ctx.in_flight.lock().remove(&d.delivery_id);
 }
@@ -420,6 +435,7 @@ async fn drop_orphan(ctx: Arc<WorkerContext>, job: Job) {
         outcome: Outcome::Dead,
         next_attempt_at: None,
     };
+    ctx.metrics.attempt(&record, false, job.event.received_at);
     persist(&ctx, record, None).await;
     ctx.in_flight.lock().remove(&d.delivery_id);
 }
