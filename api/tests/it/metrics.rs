@@ -374,3 +374,68 @@ async fn a_real_prometheus_scrapes_herald_and_counts_every_delivery() {
     // The scrape itself is seen as healthy by Prometheus.
     assert_eq!(query(r#"up{job="herald"}"#).await, Some("1".into()));
 }
+
+/// `herald_*` names in a text, histogram suffixes kept.
+fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while let Some(at) = text[i..].find("herald_") {
+        let start = i + at;
+        let mut end = start;
+        while end < bytes.len() && (bytes[end].is_ascii_alphanumeric() || bytes[end] == b'_') {
+            end += 1;
+        }
+        let preceded =
+            start > 0 && (bytes[start - 1].is_ascii_alphanumeric() || bytes[start - 1] == b'_');
+        if !preceded {
+            names.insert(text[start..end].to_string());
+        }
+        i = end;
+    }
+    names
+}
+
+#[tokio::test]
+async fn the_dashboard_and_the_alerts_use_only_metrics_herald_exports() {
+    let herald = Herald::start().await;
+    herald.tenant("acme").await;
+    let samples = eventually("the lag gauges", Duration::from_secs(15), || async {
+        let (_, samples) = scrape(&herald).await;
+        let ready = samples
+            .iter()
+            .any(|s| s.name == "herald_consumer_lag_records")
+            && samples
+                .iter()
+                .any(|s| s.name == "herald_http_requests_total");
+        ready.then_some(samples)
+    })
+    .await;
+    let exported: std::collections::BTreeSet<_> = samples.iter().map(|s| s.name.clone()).collect();
+    let chart = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../helm/files");
+    let dashboard = std::fs::read_to_string(chart.join("dashboard.json")).unwrap();
+    let parsed: Value = serde_json::from_str(&dashboard).expect("the dashboard is JSON");
+    assert!(parsed["panels"].as_array().is_some_and(|p| p.len() > 10));
+    let alerts = std::fs::read_to_string(chart.join("alerts.yaml")).unwrap();
+    for (file, text) in [("dashboard.json", &dashboard), ("alerts.yaml", &alerts)] {
+        let used = metric_names(text);
+        assert!(used.len() >= 5, "{file} uses {used:?}");
+        let unknown: Vec<_> = used.difference(&exported).collect();
+        assert!(
+            unknown.is_empty(),
+            "{file} uses metrics Herald does not export: {unknown:?}"
+        );
+    }
+    // And every metric Herald exports is on the dashboard.
+    let on_dashboard = metric_names(&dashboard);
+    for name in &exported {
+        let base = name
+            .trim_end_matches("_bucket")
+            .trim_end_matches("_count")
+            .trim_end_matches("_sum");
+        assert!(
+            on_dashboard.iter().any(|d| d.starts_with(base)),
+            "{name} is exported but not on the dashboard"
+        );
+    }
+}
