@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use axum::{
     extract::DefaultBodyLimit,
+    middleware,
     routing::{get, post},
     Json, Router,
 };
@@ -54,7 +55,12 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .nest("/api/v1", api)
         .route("/healthz", get(healthz))
+        .route("/metrics", get(routes::metrics::export))
         .fallback(|| async { error::ApiError::not_found("route") })
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            routes::metrics::track,
+        ))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }

@@ -21,6 +21,7 @@ use crate::{
     error::EngineError,
     fanout, ids,
     log::{embedded::EmbeddedLog, EventLog},
+    metrics::{self, Metrics},
     model::{
         DomainEvent, EventSource, Ordering, ScheduledDelivery, SecretEntry, SubscriptionStatus,
         WebhookDeliveryLog, WebhookSubscription,
@@ -145,6 +146,7 @@ pub struct Engine {
     cancel: CancellationToken,
     tasks: parking_lot::Mutex<Vec<tokio::task::JoinHandle<()>>>,
     emit_locks: Vec<AsyncMutex<()>>,
+    metrics: Arc<Metrics>,
 }
 
 impl Engine {
@@ -180,6 +182,7 @@ impl Engine {
             d.response_body_limit,
         );
         let wake = Arc::new(Notify::new());
+        let metrics = Arc::new(Metrics::new());
         let ctx = Arc::new(WorkerContext {
             store: store.clone(),
             subscriptions: subscriptions.clone(),
@@ -188,7 +191,8 @@ impl Engine {
             config: d.clone(),
             in_flight: Default::default(),
             wake: wake.clone(),
-            operational: OperationalEvents::new(log.clone(), store.clone()),
+            operational: OperationalEvents::new(log.clone(), store.clone(), metrics.clone()),
+            metrics: metrics.clone(),
         });
         let cancel = CancellationToken::new();
         let (shards, mut tasks) = Shards::start(ctx, cancel.clone());
@@ -210,6 +214,12 @@ impl Engine {
             lease,
             cancel.clone(),
         )));
+        tasks.push(tokio::spawn(metrics::run_refresher(
+            metrics.clone(),
+            log.clone(),
+            store.clone(),
+            cancel.clone(),
+        )));
         tracing::info!(
             data_dir = %config.data_dir.display(),
             partitions = log.partitions(),
@@ -227,6 +237,7 @@ impl Engine {
             cancel,
             tasks: parking_lot::Mutex::new(tasks),
             emit_locks: (0..64).map(|_| AsyncMutex::new(())).collect(),
+            metrics,
         }))
     }
 
@@ -248,6 +259,11 @@ impl Engine {
     /// Deliveries waiting in the durable schedule.
     pub async fn backlog(&self) -> Result<u64, EngineError> {
         Ok(self.store.schedule_backlog().await?)
+    }
+
+    /// The engine's metrics (served on `/metrics`).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// Subscriptions of all tenants.
@@ -422,6 +438,7 @@ impl Engine {
             None => None,
         };
         let position = self.log.append(std::slice::from_ref(&event)).await?[0];
+        self.metrics.event_ingested(event.source);
         let until = now_ms() + self.config.dedupe_window.as_millis() as i64;
         if let Err(e) = self.store.record_event(&event, position, until).await {
             // The event is durable in the log; fan-out will index it.

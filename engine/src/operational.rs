@@ -16,6 +16,7 @@ use time::OffsetDateTime;
 use crate::{
     ids,
     log::EventLog,
+    metrics::Metrics,
     model::{DomainEvent, EventSource},
     store::Store,
 };
@@ -34,12 +35,17 @@ pub const CIRCUIT_CLOSED: &str = "herald.circuit.closed";
 pub struct OperationalEvents {
     log: Arc<dyn EventLog>,
     store: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
 }
 
 impl OperationalEvents {
     /// An emitter writing to `log` and indexing in `store`.
-    pub fn new(log: Arc<dyn EventLog>, store: Arc<dyn Store>) -> Self {
-        Self { log, store }
+    pub fn new(log: Arc<dyn EventLog>, store: Arc<dyn Store>, metrics: Arc<Metrics>) -> Self {
+        Self {
+            log,
+            store,
+            metrics,
+        }
     }
 
     /// Emits `event_type` with `payload` to `tenant_id`. Best effort: a
@@ -62,6 +68,7 @@ impl OperationalEvents {
         };
         match self.log.append(std::slice::from_ref(&event)).await {
             Ok(positions) => {
+                self.metrics.event_ingested(EventSource::Herald);
                 if let Err(e) = self.store.record_event(&event, positions[0], 0).await {
                     tracing::debug!(error = %e, "operational event not indexed yet; fan-out will");
                 }

@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod deliveries;
 pub mod events;
+pub mod metrics;
 pub mod subscriptions;
 
 use serde::Deserialize;

@@ -5,5 +5,6 @@ mod bad_input;
 mod breaker;
 mod crash;
 mod flow;
+mod metrics;
 mod policies;
 mod support;

@@ -237,6 +237,8 @@ async fn finish(
                 .await;
         }
     }
+    ctx.metrics
+        .attempt(&record, deferred.is_none(), job.event.received_at);
     persist(ctx, record, next).await;
     ctx.in_flight.lock().remove(&d.delivery_id);
     if d.ordered {
@@ -365,6 +367,7 @@ pub(super) async fn drop_orphan(ctx: Arc<WorkerContext>, job: Job) {
         outcome: Outcome::Dead,
         next_attempt_at: None,
     };
+    ctx.metrics.attempt(&record, false, job.event.received_at);
     persist(&ctx, record, None).await;
     ctx.in_flight.lock().remove(&d.delivery_id);
     if d.ordered {

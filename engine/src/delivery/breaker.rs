@@ -153,6 +153,12 @@ impl Breaker {
         }
     }
 
+    /// The state as last changed by [`admit`](Self::admit) or
+    /// [`record`](Self::record): an open breaker stays open until its probe.
+    pub fn current(&self) -> BreakerState {
+        self.state
+    }
+
     /// How long until an open breaker lets a probe through (zero unless open).
     pub fn remaining_open(&self, now: Instant) -> Duration {
         match (self.state, self.opened_at) {

@@ -27,6 +27,7 @@ use super::{
 };
 use crate::{
     config::DeliveryConfig,
+    metrics::Metrics,
     model::{DomainEvent, ScheduledDelivery, SubscriptionStatus, WebhookSubscription},
     operational::{self, OperationalEvents},
     store::Store,
@@ -63,6 +64,8 @@ pub struct WorkerContext {
     pub wake: Arc<Notify>,
     /// Herald's own events to tenants.
     pub operational: OperationalEvents,
+    /// Where attempts and breaker states are counted.
+    pub metrics: Arc<Metrics>,
 }
 
 /// The set of shards.
@@ -126,6 +129,8 @@ struct Endpoint {
     in_flight: usize,
     queue: VecDeque<(Job, Arc<WebhookSubscription>)>,
     wakeup_pending: bool,
+    /// The breaker state this endpoint counts under in the metrics.
+    shown: Option<BreakerState>,
 }
 
 /// What an attempt tells its shard.
@@ -174,6 +179,7 @@ impl Shard {
                 in_flight: 0,
                 queue: VecDeque::new(),
                 wakeup_pending: false,
+                shown: None,
             });
         // Follow changes to the subscription's limits.
         ep.concurrency.set_max(max_in_flight);
@@ -222,7 +228,11 @@ impl Shard {
                 && ep.queue.is_empty()
                 && ep.bucket.is_none()
             {
-                self.endpoints.remove(&done.subscription_id);
+                let shown = self
+                    .endpoints
+                    .remove(&done.subscription_id)
+                    .and_then(|ep| ep.shown);
+                self.ctx.metrics.breaker_moved(shown, None);
             }
         }
     }
@@ -295,6 +305,8 @@ impl Shard {
                 .await;
             });
         }
+        let shown = ep.shown.replace(ep.breaker.current());
+        self.ctx.metrics.breaker_moved(shown, ep.shown);
     }
 }
 
@@ -333,6 +345,7 @@ async fn run_shard(
     // Drain: attempts already sent finish and are recorded; queued ones stay
     // leased in the schedule and are picked up after a restart.
     for ep in shard.endpoints.values() {
+        shard.ctx.metrics.breaker_moved(ep.shown, None);
         let mut in_flight = shard.ctx.in_flight.lock();
         for (job, _) in &ep.queue {
             in_flight.remove(&job.delivery.delivery_id);

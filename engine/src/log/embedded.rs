@@ -460,6 +460,10 @@ impl EventLog for EmbeddedLog {
         Ok(index.partition_point(|e| e.ts_ms < at_ms) as u64)
     }
 
+    async fn committed(&self, group: &str) -> Result<Option<BTreeMap<u32, u64>>, LogError> {
+        self.shared.load_offsets(group).map(Some)
+    }
+
     async fn consumer(&self, group: &str) -> Result<Box<dyn LogConsumer>, LogError> {
         let committed = self.shared.load_offsets(group)?;
         let next = (0..self.partitions())

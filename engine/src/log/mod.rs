@@ -104,6 +104,17 @@ pub trait EventLog: Send + Sync + 'static {
     /// offset if none), for replays by time.
     async fn offset_for_time(&self, partition: u32, at: OffsetDateTime) -> Result<u64, LogError>;
 
+    /// The committed position of consumer group `group` per partition (a
+    /// missing partition has committed nothing), or `None` when the backend
+    /// does not report it here (the broker's own tooling does). Feeds the
+    /// consumer-lag metric.
+    async fn committed(
+        &self,
+        _group: &str,
+    ) -> Result<Option<std::collections::BTreeMap<u32, u64>>, LogError> {
+        Ok(None)
+    }
+
     /// A consumer in group `group` over every partition, starting at the
     /// group's committed positions.
     async fn consumer(&self, group: &str) -> Result<Box<dyn LogConsumer>, LogError>;
