@@ -2,9 +2,18 @@
 //! shards, and offers the operations the API exposes. Validation lives here
 //! so every front end (REST, CLI, relay) refuses the same bad input.
 
+mod catalogue;
+mod manage;
+mod recovery;
+mod stream;
+
+pub use catalogue::EventTypePage;
+pub use manage::{SubscriptionPage, SubscriptionUpdate, API_KEY};
+pub use recovery::RECOVERY;
+pub use stream::{decode_cursor, encode_cursor, StreamBatch, StreamFrame};
+
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
-use base64::Engine as _;
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 use tokio::sync::{Mutex as AsyncMutex, Notify};
@@ -129,6 +138,8 @@ pub struct Engine {
     cancel: CancellationToken,
     tasks: parking_lot::Mutex<Vec<tokio::task::JoinHandle<()>>>,
     emit_locks: Vec<AsyncMutex<()>>,
+    catalogue: catalogue::Catalogue,
+    recovery_wake: Arc<Notify>,
 }
 
 impl Engine {
@@ -155,6 +166,7 @@ impl Engine {
         store: Arc<dyn Store>,
     ) -> Result<Arc<Self>, EngineError> {
         let subscriptions = Arc::new(SubscriptionIndex::new(store.all_subscriptions().await?));
+        let catalogue = catalogue::Catalogue::load(store.all_event_types().await?);
         let guard = TargetGuard::new(config.allow_targets.clone());
         let d = &config.delivery;
         let client = DeliveryClient::new(
@@ -192,6 +204,13 @@ impl Engine {
             lease,
             cancel.clone(),
         )));
+        let recovery_wake = Arc::new(Notify::new());
+        tasks.push(tokio::spawn(recovery::run(
+            store.clone(),
+            wake.clone(),
+            recovery_wake.clone(),
+            cancel.clone(),
+        )));
         tracing::info!(
             data_dir = %config.data_dir.display(),
             partitions = log.partitions(),
@@ -209,6 +228,8 @@ impl Engine {
             cancel,
             tasks: parking_lot::Mutex::new(tasks),
             emit_locks: (0..64).map(|_| AsyncMutex::new(())).collect(),
+            catalogue,
+            recovery_wake,
         }))
     }
 
@@ -225,6 +246,14 @@ impl Engine {
     /// The configuration it runs with.
     pub fn config(&self) -> &EngineConfig {
         &self.config
+    }
+
+    /// Whether the log and the store answer (for `/readyz`).
+    pub async fn ready(&self) -> Result<(), EngineError> {
+        let partition = self.log.partition_for("readyz");
+        self.log.end_offset(partition).await?;
+        self.store.schedule_backlog().await?;
+        Ok(())
     }
 
     /// Deliveries waiting in the durable schedule.
@@ -247,13 +276,10 @@ impl Engine {
     /// Creates a tenant and returns its first API key (shown once; stored hashed).
     pub async fn create_tenant(&self, tenant_id: &str) -> Result<String, EngineError> {
         validate_tenant_id(tenant_id)?;
-        let mut raw = [0u8; 32];
-        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut raw);
-        let key = format!(
-            "hk_{}",
-            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
-        );
-        self.store.create_tenant(tenant_id, hash_key(&key)).await?;
+        let (record, key) = manage::new_key(tenant_id, Some("initial".into()));
+        self.store
+            .create_tenant(tenant_id, &record, hash_key(&key))
+            .await?;
         tracing::info!(tenant_id, "tenant created");
         Ok(key)
     }
@@ -388,6 +414,12 @@ impl Engine {
         new: NewEvent,
     ) -> Result<(DomainEvent, bool), EngineError> {
         let event = self.build_event(tenant_id, new, EventSource::Api)?;
+        self.check_payload(
+            tenant_id,
+            &event.event_type,
+            event.schema_version,
+            &event.payload,
+        )?;
         let _guard = match &event.dedupe_key {
             Some(key) => {
                 let stripe = crc32fast::hash(format!("{tenant_id}\0{key}").as_bytes()) as usize

@@ -19,6 +19,7 @@ pub mod fanout;
 pub mod ids;
 pub mod log;
 pub mod model;
+pub mod resources;
 pub mod signing;
 pub mod ssrf;
 pub mod store;
@@ -26,6 +27,8 @@ pub mod subscriptions;
 
 pub use config::EngineConfig;
 pub use engine::{
-    Engine, EventPage, LogPage, NewEvent, NewSubscription, ReplayedDelivery, Rotation,
+    decode_cursor, encode_cursor, Engine, EventPage, EventTypePage, LogPage, NewEvent,
+    NewSubscription, ReplayedDelivery, Rotation, StreamBatch, StreamFrame, SubscriptionPage,
+    SubscriptionUpdate, API_KEY, RECOVERY,
 };
 pub use error::EngineError;

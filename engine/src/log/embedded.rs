@@ -460,6 +460,10 @@ impl EventLog for EmbeddedLog {
         Ok(index.partition_point(|e| e.ts_ms < at_ms) as u64)
     }
 
+    fn appends(&self) -> Option<watch::Receiver<u64>> {
+        Some(self.shared.appended.subscribe())
+    }
+
     async fn consumer(&self, group: &str) -> Result<Box<dyn LogConsumer>, LogError> {
         let committed = self.shared.load_offsets(group)?;
         let next = (0..self.partitions())
