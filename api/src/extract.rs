@@ -39,10 +39,18 @@ where
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let state = AppState::from_ref(state);
         let key = bearer(parts)?;
-        match state.engine.authenticate(key).await? {
-            Some(tenant) => Ok(Tenant(tenant)),
-            None => Err(ApiError::unauthorized("unknown API key")),
+        let tenant = match state.engine.authenticate(key).await? {
+            Some(tenant) => tenant,
+            None => return Err(ApiError::unauthorized("unknown or revoked API key")),
+        };
+        if let Some(limiter) = &state.limiter {
+            if let Err(not_until) = limiter.check_key(&tenant) {
+                use governor::clock::{Clock, DefaultClock};
+                let wait = not_until.wait_time_from(DefaultClock::default().now());
+                return Err(ApiError::too_many_requests(wait.as_secs().max(1)));
+            }
         }
+        Ok(Tenant(tenant))
     }
 }
 

@@ -43,7 +43,7 @@ pub enum EngineError {
 }
 
 /// One JSON Schema violation.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SchemaIssue {
     /// JSON Pointer of the offending value in the payload.

@@ -13,6 +13,7 @@ use crate::signing::SigningSecret;
 
 /// Where an event entered Herald.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum EventSource {
     /// Emitted through the REST API.
@@ -25,6 +26,7 @@ pub enum EventSource {
 
 /// A domain event, as stored in the event log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DomainEvent {
     /// Time-ordered id, `evt_…`; also the `webhook-id` of every delivery.
     pub id: String,
@@ -101,6 +103,7 @@ impl DomainEvent {
 
 /// Lifecycle state of a subscription.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum SubscriptionStatus {
     /// Receiving deliveries.
@@ -191,6 +194,7 @@ impl WebhookSubscription {
 
 /// Why a delivery was attempted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Trigger {
     /// First attempt after fan-out.
@@ -203,6 +207,7 @@ pub enum Trigger {
 
 /// What one attempt came to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Outcome {
     /// The endpoint answered 2xx.
@@ -236,6 +241,7 @@ impl Outcome {
 
 /// Why an attempt failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorClass {
     /// No answer within the timeout.
@@ -256,6 +262,7 @@ pub enum ErrorClass {
 
 /// One delivery attempt, as recorded in the delivery log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct WebhookDeliveryLog {
     /// `att_…`, unique per attempt.
     pub id: String,

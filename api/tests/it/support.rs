@@ -52,10 +52,7 @@ impl Herald {
         let engine = Engine::start(config).await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let state = AppState {
-            engine: engine.clone(),
-            admin_token: Arc::from(ADMIN),
-        };
+        let state = AppState::new(engine.clone(), ADMIN);
         tokio::spawn(async move { axum::serve(listener, app(state)).await.unwrap() });
         Self {
             base: format!("http://{addr}"),

@@ -186,7 +186,12 @@ impl Engine {
         let created = self.store.put_event_type(&record).await?;
         if created {
             self.catalogue.insert(record.clone(), validator);
-            tracing::info!(tenant_id, event_type, schema_version, "event type registered");
+            tracing::info!(
+                tenant_id,
+                event_type,
+                schema_version,
+                "event type registered"
+            );
             Ok((record, true))
         } else {
             let stored = self

@@ -172,7 +172,10 @@ impl Engine {
             .as_ref()
             .is_some_and(|n| n.is_empty() || n.len() > 200 || n.chars().any(char::is_control))
         {
-            return Err(EngineError::invalid("name", "1 to 200 printable characters"));
+            return Err(EngineError::invalid(
+                "name",
+                "1 to 200 printable characters",
+            ));
         }
         let (record, key) = new_key(tenant_id, name);
         self.store.create_api_key(&record, hash_key(&key)).await?;
@@ -189,7 +192,11 @@ impl Engine {
     }
 
     /// Revokes an API key: it stops authenticating at once.
-    pub async fn revoke_api_key(&self, tenant_id: &str, key_id: &str) -> Result<ApiKey, EngineError> {
+    pub async fn revoke_api_key(
+        &self,
+        tenant_id: &str,
+        key_id: &str,
+    ) -> Result<ApiKey, EngineError> {
         let key = self
             .store
             .revoke_api_key(tenant_id, key_id, now_ms())

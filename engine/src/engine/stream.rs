@@ -20,10 +20,8 @@ const CURSOR_TAG: &str = "s1";
 
 /// An opaque stream cursor: the log position to read next.
 pub fn encode_cursor(next: LogPosition) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!(
-        "{CURSOR_TAG}:{}:{}",
-        next.partition, next.offset
-    ))
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(format!("{CURSOR_TAG}:{}:{}", next.partition, next.offset))
 }
 
 /// Decodes a cursor made by [`encode_cursor`].
@@ -38,7 +36,10 @@ pub fn decode_cursor(cursor: &str) -> Option<LogPosition> {
     }
     let partition = parts.next()?.parse().ok()?;
     let offset = parts.next()?.parse().ok()?;
-    parts.next().is_none().then_some(LogPosition { partition, offset })
+    parts
+        .next()
+        .is_none()
+        .then_some(LogPosition { partition, offset })
 }
 
 /// One frame of the stream: the envelope JSON (with `cursor`) and its cursor.
@@ -70,9 +71,9 @@ impl Engine {
         if filters.len() > 100 {
             return Err(EngineError::invalid("event_types", "at most 100 filters"));
         }
-        filters
-            .iter()
-            .try_for_each(|f| validate_filter(f).map_err(|m| EngineError::invalid("event_types", m)))
+        filters.iter().try_for_each(|f| {
+            validate_filter(f).map_err(|m| EngineError::invalid("event_types", m))
+        })
     }
 
     /// Where a tenant's stream starts: after `cursor`, or at the live end.

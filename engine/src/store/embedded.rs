@@ -334,9 +334,11 @@ impl Store for EmbeddedStore {
 
     async fn tenant_for_key(&self, key_hash: [u8; 32]) -> Result<Option<String>, StoreError> {
         self.read(move |conn| {
-            conn.prepare_cached("SELECT tenant_id FROM api_keys WHERE hash = ?1 AND revoked_at IS NULL")
-                .and_then(|mut st| st.query_row([key_hash.as_slice()], |r| r.get(0)).optional())
-                .map_err(db_err)
+            conn.prepare_cached(
+                "SELECT tenant_id FROM api_keys WHERE hash = ?1 AND revoked_at IS NULL",
+            )
+            .and_then(|mut st| st.query_row([key_hash.as_slice()], |r| r.get(0)).optional())
+            .map_err(db_err)
         })
         .await
     }
@@ -720,7 +722,9 @@ impl Store for EmbeddedStore {
         self.m_get_recovery(tenant_id, id).await
     }
 
-    async fn unfinished_recoveries(&self) -> Result<Vec<(RecoveryJob, Option<String>)>, StoreError> {
+    async fn unfinished_recoveries(
+        &self,
+    ) -> Result<Vec<(RecoveryJob, Option<String>)>, StoreError> {
         self.m_unfinished_recoveries().await
     }
 
@@ -744,7 +748,8 @@ impl Store for EmbeddedStore {
         cursor: Option<String>,
         finished: bool,
     ) -> Result<(), StoreError> {
-        self.m_advance_recovery(job, deliveries, cursor, finished).await
+        self.m_advance_recovery(job, deliveries, cursor, finished)
+            .await
     }
 }
 

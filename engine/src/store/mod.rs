@@ -263,7 +263,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Option<RecoveryJob>, StoreError>;
 
     /// Jobs still scheduling, each with the last event id it handled.
-    async fn unfinished_recoveries(&self) -> Result<Vec<(RecoveryJob, Option<String>)>, StoreError>;
+    async fn unfinished_recoveries(&self)
+        -> Result<Vec<(RecoveryJob, Option<String>)>, StoreError>;
 
     /// Counts the events in scope.
     async fn count_recovery_candidates(&self, scope: &RecoveryScope) -> Result<u64, StoreError>;

@@ -132,9 +132,11 @@ impl EmbeddedStore {
         let key = key.clone();
         self.write(move |conn| {
             let exists = conn
-                .query_row("SELECT 1 FROM tenants WHERE id = ?1", [&key.tenant_id], |_| {
-                    Ok(())
-                })
+                .query_row(
+                    "SELECT 1 FROM tenants WHERE id = ?1",
+                    [&key.tenant_id],
+                    |_| Ok(()),
+                )
                 .optional()
                 .map_err(db_err)?;
             if exists.is_none() {
