@@ -21,7 +21,7 @@ pub struct ApiError {
     title: &'static str,
     detail: String,
     field: Option<&'static str>,
-    errors: Option<serde_json::Value>,
+    errors: Option<Box<serde_json::Value>>,
     retry_after: Option<u64>,
 }
 
@@ -178,7 +178,7 @@ impl From<EngineError> for ApiError {
                     ),
                 );
                 e.field = Some("payload");
-                e.errors = serde_json::to_value(errors).ok();
+                e.errors = serde_json::to_value(errors).ok().map(Box::new);
                 e
             }
             EngineError::Conflict(m) => Self::new(StatusCode::CONFLICT, "conflict", "Conflict", m),
@@ -246,7 +246,7 @@ impl IntoResponse for ApiError {
             body["field"] = json!(field);
         }
         if let Some(errors) = self.errors {
-            body["errors"] = errors;
+            body["errors"] = *errors;
         }
         let mut response = (self.status, body.to_string()).into_response();
         response.headers_mut().insert(

@@ -36,6 +36,9 @@ pub const DEFAULT_TENANT_RATE_LIMIT: u32 = 1000;
 pub struct StreamConfig {
     /// Frames buffered per connection before the consumer counts as too slow.
     pub buffer_frames: usize,
+    /// How long the buffer may stay full before the consumer counts as too
+    /// slow and is closed (code 4008).
+    pub slow_consumer_after: Duration,
     /// Interval between pings; a connection with no pong for two intervals is closed.
     pub ping_interval: Duration,
     /// How long a close frame may take to reach a slow consumer before the
@@ -47,6 +50,7 @@ impl Default for StreamConfig {
     fn default() -> Self {
         Self {
             buffer_frames: 256,
+            slow_consumer_after: Duration::from_secs(10),
             ping_interval: Duration::from_secs(20),
             close_timeout: Duration::from_secs(30),
         }

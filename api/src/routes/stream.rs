@@ -8,7 +8,8 @@
 //! - Filters (`?event_types=a.b,c.*`) keep exact types and families.
 //! - Memory per connection is bounded: a reader task moves matching events
 //!   from the log into a queue of at most `buffer_frames` frames; the writer
-//!   sends them. When the queue is full the consumer is too slow: the
+//!   sends them. When the queue stays full for `slow_consumer_after` the
+//!   consumer is too slow: the
 //!   connection is closed with code 4008 and a reason naming the last cursor
 //!   whose frame was fully handed to the network, so the consumer resumes
 //!   from there and misses nothing (it may see a frame twice; envelope ids
@@ -112,6 +113,7 @@ async fn read_log(
     filters: Vec<String>,
     mut next: LogPosition,
     tx: mpsc::Sender<Frame>,
+    slow_after: Duration,
     stop: CancellationToken,
 ) -> ReaderEnd {
     let mut appends = engine.log().appends();
@@ -133,13 +135,14 @@ async fn read_log(
         let caught_up = batch.next == next;
         next = batch.next;
         for f in batch.frames {
-            match tx.try_send(Frame {
+            let frame = Frame {
                 text: f.text,
                 cursor: f.cursor,
-            }) {
-                Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(_)) => return ReaderEnd::Overflow,
-                Err(mpsc::error::TrySendError::Closed(_)) => return ReaderEnd::Done,
+            };
+            match tokio::time::timeout(slow_after, tx.send(frame)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return ReaderEnd::Done,
+                Err(_) => return ReaderEnd::Overflow,
             }
         }
         if !caught_up {
@@ -169,7 +172,15 @@ async fn run(
     let (mut sink, mut incoming) = socket.split();
     let (tx, mut rx) = mpsc::channel::<Frame>(config.buffer_frames.max(1));
     let stop = CancellationToken::new();
-    let mut reader = tokio::spawn(read_log(engine, tenant, filters, start, tx, stop.clone()));
+    let mut reader = tokio::spawn(read_log(
+        engine,
+        tenant,
+        filters,
+        start,
+        tx,
+        config.slow_consumer_after,
+        stop.clone(),
+    ));
     let mut last_cursor = herald_engine::encode_cursor(start);
     let mut ping = tokio::time::interval(config.ping_interval);
     ping.tick().await;

@@ -3,6 +3,13 @@
 
 mod bad_input;
 mod breaker;
+mod catalogue;
 mod crash;
+mod errors;
 mod flow;
+mod isolation;
+mod manage;
+mod recovery;
+mod schemathesis;
+mod stream;
 mod support;

@@ -163,10 +163,10 @@ impl Engine {
         if schema_version == 0 {
             return Err(EngineError::invalid("schema_version", "must be at least 1"));
         }
-        if !schema.is_object() && !schema.is_boolean() {
+        if !schema.is_object() {
             return Err(EngineError::invalid(
                 "schema",
-                "must be a JSON Schema (an object or a boolean)",
+                "must be a JSON Schema object, e.g. {\"type\": \"object\"}",
             ));
         }
         if serde_json::to_vec(&schema).map_or(usize::MAX, |v| v.len()) > MAX_SCHEMA_BYTES {
