@@ -18,9 +18,24 @@ async fn router_errors_are_problem_json_with_stable_types() {
     let cases = [
         ("GET", "/nope", 404, "not-found"),
         ("GET", "/api/v1/nope", 404, "not-found"),
-        ("DELETE", "/api/v1/integrations/events", 405, "method-not-allowed"),
-        ("PUT", "/api/v1/portal/webhooks/subscribe", 405, "method-not-allowed"),
-        ("GET", "/api/v1/portal/webhooks/x/pause", 405, "method-not-allowed"),
+        (
+            "DELETE",
+            "/api/v1/integrations/events",
+            405,
+            "method-not-allowed",
+        ),
+        (
+            "PUT",
+            "/api/v1/portal/webhooks/subscribe",
+            405,
+            "method-not-allowed",
+        ),
+        (
+            "GET",
+            "/api/v1/portal/webhooks/x/pause",
+            405,
+            "method-not-allowed",
+        ),
     ];
     for (method, path, status, slug) in cases {
         let r = h
@@ -55,14 +70,25 @@ async fn router_errors_are_problem_json_with_stable_types() {
         assert_eq!(r.status(), 413, "{path}");
         assert!(is_problem(&r));
         let body: Value = r.json().await.unwrap();
-        assert_eq!(body["type"], "https://herald.dev/problems/payload-too-large");
-        assert!(body["detail"].as_str().unwrap().contains("1048576"), "{body}");
+        assert_eq!(
+            body["type"],
+            "https://herald.dev/problems/payload-too-large"
+        );
+        assert!(
+            body["detail"].as_str().unwrap().contains("1048576"),
+            "{body}"
+        );
     }
 }
 
 #[tokio::test]
 async fn tenants_are_rate_limited_with_retry_after() {
-    let h = Herald::start_in(tempfile::tempdir().unwrap(), |_| {}, |s| s.with_rate_limit(5)).await;
+    let h = Herald::start_in(
+        tempfile::tempdir().unwrap(),
+        |_| {},
+        |s| s.with_rate_limit(5),
+    )
+    .await;
     let a = h.tenant("acme").await;
     let b = h.tenant("globex").await;
     let mut limited = None;
@@ -82,7 +108,11 @@ async fn tenants_are_rate_limited_with_retry_after() {
     }
     let r = limited.expect("a burst past the limit is refused");
     assert!(is_problem(&r));
-    let retry: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    let retry: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!(retry >= 1);
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["type"], "https://herald.dev/problems/rate-limited");
@@ -103,7 +133,10 @@ async fn readyz_and_the_openapi_document() {
     for (path, methods) in [
         ("/api/v1/admin/tenants", &["post"][..]),
         ("/api/v1/admin/tenants/{tenant}/api-keys", &["post", "get"]),
-        ("/api/v1/admin/tenants/{tenant}/api-keys/{key_id}", &["delete"]),
+        (
+            "/api/v1/admin/tenants/{tenant}/api-keys/{key_id}",
+            &["delete"],
+        ),
         ("/api/v1/portal/api-keys", &["post", "get"]),
         ("/api/v1/portal/api-keys/{key_id}", &["delete"]),
         ("/api/v1/portal/webhooks", &["get"]),
@@ -119,7 +152,10 @@ async fn readyz_and_the_openapi_document() {
         ("/api/v1/integrations/events/{id}/replay", &["post"]),
         ("/api/v1/integrations/webhooks", &["get"]),
         ("/api/v1/integrations/event-types", &["get"]),
-        ("/api/v1/integrations/event-types/{event_type}", &["put", "get"]),
+        (
+            "/api/v1/integrations/event-types/{event_type}",
+            &["put", "get"],
+        ),
         ("/api/v1/webhooks/stream", &["get"]),
         ("/healthz", &["get"]),
         ("/readyz", &["get"]),
@@ -139,6 +175,11 @@ async fn readyz_and_the_openapi_document() {
             }
         }
     }
-    assert_eq!(paths.len(), 23, "no undocumented extras: {:?}", paths.keys());
+    assert_eq!(
+        paths.len(),
+        23,
+        "no undocumented extras: {:?}",
+        paths.keys()
+    );
     let _ = json!({});
 }

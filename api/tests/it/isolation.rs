@@ -20,17 +20,27 @@ async fn tenant_b_cannot_touch_any_resource_of_tenant_a() {
     let evt = evt["id"].as_str().unwrap().to_string();
     let b_evt = h.emit(&b, "order.created", json!({"n": 2})).await;
     let b_evt = b_evt["id"].as_str().unwrap().to_string();
-    h.call("PUT", &a, "/api/v1/integrations/event-types/order.created",
-        Some(json!({"schema_version": 1, "schema": {"type": "object"}}))).await;
+    h.call(
+        "PUT",
+        &a,
+        "/api/v1/integrations/event-types/order.created",
+        Some(json!({"schema_version": 1, "schema": {"type": "object"}})),
+    )
+    .await;
     let (_, keys) = h.get(&a, "/api/v1/portal/api-keys").await;
     let a_key_id = keys["data"][0]["id"].as_str().unwrap().to_string();
-    eventually("A's delivery is logged", std::time::Duration::from_secs(10), || async {
-        (!h.logs(&a, "").await.is_empty()).then_some(())
-    })
+    eventually(
+        "A's delivery is logged",
+        std::time::Duration::from_secs(10),
+        || async { (!h.logs(&a, "").await.is_empty()).then_some(()) },
+    )
     .await;
     let (s, job) = h
-        .post(&a, &format!("/api/v1/portal/webhooks/{sub}/recover"),
-            json!({"since": "2020-01-01T00:00:00Z", "until": "2099-01-01T00:00:00Z"}))
+        .post(
+            &a,
+            &format!("/api/v1/portal/webhooks/{sub}/recover"),
+            json!({"since": "2020-01-01T00:00:00Z", "until": "2099-01-01T00:00:00Z"}),
+        )
         .await;
     assert_eq!(s, 202, "{job}");
     let job = job["id"].as_str().unwrap().to_string();
@@ -49,19 +59,59 @@ async fn tenant_b_cannot_touch_any_resource_of_tenant_a() {
     let recover = Some(json!({"since": "2020-01-01T00:00:00Z", "until": "2099-01-01T00:00:00Z"}));
     let cases: Vec<(&str, String, Option<Value>)> = vec![
         ("GET", format!("/api/v1/portal/webhooks/{sub}"), None),
-        ("PATCH", format!("/api/v1/portal/webhooks/{sub}"), Some(json!({"description": "pwned"}))),
+        (
+            "PATCH",
+            format!("/api/v1/portal/webhooks/{sub}"),
+            Some(json!({"description": "pwned"})),
+        ),
         ("DELETE", format!("/api/v1/portal/webhooks/{sub}"), None),
-        ("POST", format!("/api/v1/portal/webhooks/{sub}/rotate-secret"), body.clone()),
-        ("POST", format!("/api/v1/portal/webhooks/{sub}/pause"), body.clone()),
-        ("POST", format!("/api/v1/portal/webhooks/{sub}/resume"), body.clone()),
-        ("POST", format!("/api/v1/portal/webhooks/{sub}/recover"), recover),
+        (
+            "POST",
+            format!("/api/v1/portal/webhooks/{sub}/rotate-secret"),
+            body.clone(),
+        ),
+        (
+            "POST",
+            format!("/api/v1/portal/webhooks/{sub}/pause"),
+            body.clone(),
+        ),
+        (
+            "POST",
+            format!("/api/v1/portal/webhooks/{sub}/resume"),
+            body.clone(),
+        ),
+        (
+            "POST",
+            format!("/api/v1/portal/webhooks/{sub}/recover"),
+            recover,
+        ),
         ("GET", format!("/api/v1/portal/recoveries/{job}"), None),
         ("GET", format!("/api/v1/integrations/events/{evt}"), None),
-        ("POST", format!("/api/v1/integrations/events/{evt}/replay"), body.clone()),
-        ("POST", format!("/api/v1/integrations/events/{evt}/replay"), Some(json!({"subscription_id": b_sub}))),
-        ("POST", format!("/api/v1/integrations/events/{b_evt}/replay"), Some(json!({"subscription_id": sub}))),
-        ("GET", "/api/v1/integrations/event-types/order.created".into(), None),
-        ("DELETE", format!("/api/v1/portal/api-keys/{a_key_id}"), None),
+        (
+            "POST",
+            format!("/api/v1/integrations/events/{evt}/replay"),
+            body.clone(),
+        ),
+        (
+            "POST",
+            format!("/api/v1/integrations/events/{evt}/replay"),
+            Some(json!({"subscription_id": b_sub})),
+        ),
+        (
+            "POST",
+            format!("/api/v1/integrations/events/{b_evt}/replay"),
+            Some(json!({"subscription_id": sub})),
+        ),
+        (
+            "GET",
+            "/api/v1/integrations/event-types/order.created".into(),
+            None,
+        ),
+        (
+            "DELETE",
+            format!("/api/v1/portal/api-keys/{a_key_id}"),
+            None,
+        ),
     ];
     for (method, path, body) in cases {
         let (s, problem) = h.call(method, &b, &path, body).await;
@@ -72,7 +122,10 @@ async fn tenant_b_cannot_touch_any_resource_of_tenant_a() {
         ("POST", "/api/v1/admin/tenants".into()),
         ("POST", "/api/v1/admin/tenants/tenant-a/api-keys".into()),
         ("GET", "/api/v1/admin/tenants/tenant-a/api-keys".into()),
-        ("DELETE", format!("/api/v1/admin/tenants/tenant-a/api-keys/{a_key_id}")),
+        (
+            "DELETE",
+            format!("/api/v1/admin/tenants/tenant-a/api-keys/{a_key_id}"),
+        ),
     ];
     for (method, path) in admin_cases {
         let (s, _) = h.call(method, &b, &path, Some(json!({"id": "x"}))).await;
@@ -90,10 +143,16 @@ async fn tenant_b_cannot_touch_any_resource_of_tenant_a() {
         let (s, page) = h.get(&b, &path).await;
         assert_eq!(s, 200, "{path}");
         let text = page.to_string();
-        assert!(!text.contains(&sub) && !text.contains(&evt) && !text.contains("tenant-a"),
-            "{path} leaks A's data: {text}");
+        assert!(
+            !text.contains(&sub) && !text.contains(&evt) && !text.contains("tenant-a"),
+            "{path} leaks A's data: {text}"
+        );
     }
-    assert_eq!(snapshot(&h, &a, &paths).await, before, "nothing of A changed");
+    assert_eq!(
+        snapshot(&h, &a, &paths).await,
+        before,
+        "nothing of A changed"
+    );
 }
 
 async fn snapshot(h: &Herald, key: &str, paths: &[String]) -> Vec<Value> {

@@ -20,10 +20,16 @@ async fn subscriptions_list_update_pause_resume_delete() {
     let (s, page) = h.get(&key, "/api/v1/portal/webhooks?limit=1").await;
     assert_eq!(s, 200, "{page}");
     assert_eq!(page["data"][0]["id"], b);
-    assert!(page["data"][0].get("secret").is_none(), "lists never show secrets");
+    assert!(
+        page["data"][0].get("secret").is_none(),
+        "lists never show secrets"
+    );
     let cursor = page["next_cursor"].as_str().unwrap();
     let (_, page2) = h
-        .get(&key, &format!("/api/v1/portal/webhooks?limit=1&cursor={cursor}"))
+        .get(
+            &key,
+            &format!("/api/v1/portal/webhooks?limit=1&cursor={cursor}"),
+        )
         .await;
     assert_eq!(page2["data"][0]["id"], a);
     assert!(page2["next_cursor"].is_null());
@@ -38,8 +44,10 @@ async fn subscriptions_list_update_pause_resume_delete() {
             "PATCH",
             &key,
             &format!("/api/v1/portal/webhooks/{a}"),
-            Some(json!({"url": other.url, "event_types": ["invoice.paid"], "description": "d",
-                        "headers": {"x-team": "ops"}, "rate_limit": 5})),
+            Some(
+                json!({"url": other.url, "event_types": ["invoice.paid"], "description": "d",
+                        "headers": {"x-team": "ops"}, "rate_limit": 5}),
+            ),
         )
         .await;
     assert_eq!(s, 200, "{up}");
@@ -55,7 +63,10 @@ async fn subscriptions_list_update_pause_resume_delete() {
             Some(json!({"description": null, "rate_limit": null})),
         )
         .await;
-    assert!(up["description"].is_null() && up["rate_limit"].is_null(), "{up}");
+    assert!(
+        up["description"].is_null() && up["rate_limit"].is_null(),
+        "{up}"
+    );
     assert_eq!(up["url"], other.url.as_str(), "absent fields stay");
     // Bad updates change nothing.
     for bad in [
@@ -66,31 +77,53 @@ async fn subscriptions_list_update_pause_resume_delete() {
         json!({"nope": 1}),
     ] {
         let (s, body) = h
-            .call("PATCH", &key, &format!("/api/v1/portal/webhooks/{a}"), Some(bad.clone()))
+            .call(
+                "PATCH",
+                &key,
+                &format!("/api/v1/portal/webhooks/{a}"),
+                Some(bad.clone()),
+            )
             .await;
         assert_eq!(s, 422, "{bad} → {body}");
-        assert_eq!(body["type"].as_str().unwrap().starts_with("https://herald.dev/problems/"), true);
+        assert!(body["type"]
+            .as_str()
+            .unwrap()
+            .starts_with("https://herald.dev/problems/"));
     }
     let (_, now) = h.get(&key, &format!("/api/v1/portal/webhooks/{a}")).await;
     assert_eq!(now["event_types"], json!(["invoice.paid"]));
 
     // The index follows the update: invoice.paid goes to `other`.
     h.emit(&key, "invoice.paid", json!({"n": 1})).await;
-    eventually("delivery to the updated url", Duration::from_secs(10), || async {
-        (other.received().len() == 1).then_some(())
-    })
+    eventually(
+        "delivery to the updated url",
+        Duration::from_secs(10),
+        || async { (other.received().len() == 1).then_some(()) },
+    )
     .await;
 
     // Pause: deliveries wait; resume: they go out.
     let (s, p) = h
-        .post(&key, &format!("/api/v1/portal/webhooks/{b}/pause"), json!({}))
+        .post(
+            &key,
+            &format!("/api/v1/portal/webhooks/{b}/pause"),
+            json!({}),
+        )
         .await;
     assert_eq!((s, p["status"].as_str()), (200, Some("paused")));
     h.emit(&key, "order.shipped", json!({"n": 2})).await;
     tokio::time::sleep(Duration::from_millis(700)).await;
-    assert_eq!(rx.received().len(), 0, "paused subscriptions receive nothing");
+    assert_eq!(
+        rx.received().len(),
+        0,
+        "paused subscriptions receive nothing"
+    );
     let (s, p) = h
-        .post(&key, &format!("/api/v1/portal/webhooks/{b}/resume"), json!({}))
+        .post(
+            &key,
+            &format!("/api/v1/portal/webhooks/{b}/resume"),
+            json!({}),
+        )
         .await;
     assert_eq!((s, p["status"].as_str()), (200, Some("active")));
     // Events emitted after the resume go out at once.
@@ -105,21 +138,39 @@ async fn subscriptions_list_update_pause_resume_delete() {
 
     // Delete: gone, and nothing more is delivered there.
     let (s, _) = h
-        .call("DELETE", &key, &format!("/api/v1/portal/webhooks/{a}"), None)
+        .call(
+            "DELETE",
+            &key,
+            &format!("/api/v1/portal/webhooks/{a}"),
+            None,
+        )
         .await;
     assert_eq!(s, 204);
     let (s, body) = h.get(&key, &format!("/api/v1/portal/webhooks/{a}")).await;
     assert_eq!(s, 404, "{body}");
     let (s, _) = h
-        .call("DELETE", &key, &format!("/api/v1/portal/webhooks/{a}"), None)
+        .call(
+            "DELETE",
+            &key,
+            &format!("/api/v1/portal/webhooks/{a}"),
+            None,
+        )
         .await;
     assert_eq!(s, 404);
     h.emit(&key, "invoice.paid", json!({"n": 4})).await;
     tokio::time::sleep(Duration::from_millis(700)).await;
-    assert_eq!(other.received().len(), 1, "a deleted subscription gets nothing");
+    assert_eq!(
+        other.received().len(),
+        1,
+        "a deleted subscription gets nothing"
+    );
     for path in ["pause", "resume", "rotate-secret"] {
         let (s, _) = h
-            .post(&key, &format!("/api/v1/portal/webhooks/{a}/{path}"), json!({}))
+            .post(
+                &key,
+                &format!("/api/v1/portal/webhooks/{a}/{path}"),
+                json!({}),
+            )
             .await;
         assert_eq!(s, 404, "{path}");
     }
@@ -144,12 +195,20 @@ async fn api_keys_are_shown_once_listed_without_the_key_and_revocable() {
     let keys = list["data"].as_array().unwrap();
     assert_eq!(keys.len(), 2);
     assert!(keys.iter().all(|k| k.get("api_key").is_none()));
-    assert!(!list.to_string().contains(&second), "the key itself is never listed");
+    assert!(
+        !list.to_string().contains(&second),
+        "the key itself is never listed"
+    );
     assert_eq!(keys[1]["name"], "ci");
 
     // Revoke: the key stops working with the next request.
     let (s, revoked) = h
-        .call("DELETE", &first, &format!("/api/v1/portal/api-keys/{second_id}"), None)
+        .call(
+            "DELETE",
+            &first,
+            &format!("/api/v1/portal/api-keys/{second_id}"),
+            None,
+        )
         .await;
     assert_eq!(s, 200, "{revoked}");
     assert!(revoked["revoked_at"].is_string());
@@ -176,14 +235,19 @@ async fn api_keys_are_shown_once_listed_without_the_key_and_revocable() {
         .call(
             "DELETE",
             ADMIN,
-            &format!("/api/v1/admin/tenants/globex/api-keys/{}", made["id"].as_str().unwrap()),
+            &format!(
+                "/api/v1/admin/tenants/globex/api-keys/{}",
+                made["id"].as_str().unwrap()
+            ),
             None,
         )
         .await;
     assert_eq!(s, 200);
     let (s, _) = h.get(&gk, "/api/v1/portal/webhooks").await;
     assert_eq!(s, 401);
-    let (s, _) = h.post(ADMIN, "/api/v1/admin/tenants/nobody/api-keys", json!({})).await;
+    let (s, _) = h
+        .post(ADMIN, "/api/v1/admin/tenants/nobody/api-keys", json!({}))
+        .await;
     assert_eq!(s, 404);
     let (s, _) = h.get(ADMIN, "/api/v1/admin/tenants/nobody/api-keys").await;
     assert_eq!(s, 404);
@@ -196,7 +260,12 @@ async fn api_keys_are_shown_once_listed_without_the_key_and_revocable() {
     let (_, gl) = h.get(ADMIN, "/api/v1/admin/tenants/globex/api-keys").await;
     let gid = gl["data"][0]["id"].as_str().unwrap();
     let (s, _) = h
-        .call("DELETE", &first, &format!("/api/v1/portal/api-keys/{gid}"), None)
+        .call(
+            "DELETE",
+            &first,
+            &format!("/api/v1/portal/api-keys/{gid}"),
+            None,
+        )
         .await;
     assert_eq!(s, 404);
 }

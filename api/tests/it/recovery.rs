@@ -8,17 +8,22 @@ use time::{format_description::well_known::Rfc3339, OffsetDateTime};
 use crate::support::{eventually, Herald, Receiver};
 
 async fn job_done(h: &Herald, key: &str, id: &str) -> Value {
-    eventually("the recovery job finishes", Duration::from_secs(20), || async {
-        let (s, job) = h.get(key, &format!("/api/v1/portal/recoveries/{id}")).await;
-        assert_eq!(s, 200, "{job}");
-        (job["status"] == "completed" && job["done"] == job["total"]).then_some(job)
-    })
+    eventually(
+        "the recovery job finishes",
+        Duration::from_secs(20),
+        || async {
+            let (s, job) = h.get(key, &format!("/api/v1/portal/recoveries/{id}")).await;
+            assert_eq!(s, 200, "{job}");
+            (job["status"] == "completed" && job["done"] == job["total"]).then_some(job)
+        },
+    )
     .await
 }
 
 #[tokio::test]
 async fn recover_redelivers_failed_or_all_deliveries_of_a_range() {
-    let h = Herald::start().await;
+    // The breaker stays closed so the retry schedule runs out quickly.
+    let h = Herald::start_with(|c| c.delivery.breaker_failure_threshold = 1000).await;
     let key = h.tenant("acme").await;
     let rx = Receiver::start(500).await;
     let sub = h.subscribe(&key, &rx.url, &["order.*"]).await;
@@ -28,10 +33,14 @@ async fn recover_redelivers_failed_or_all_deliveries_of_a_range() {
         .unwrap();
     let e1 = h.emit(&key, "order.created", json!({"n": 1})).await;
     let e2 = h.emit(&key, "order.created", json!({"n": 2})).await;
-    eventually("both deliveries are dead", Duration::from_secs(20), || async {
-        let dead = h.logs(&key, "status=dead").await;
-        (dead.len() == 2).then_some(())
-    })
+    eventually(
+        "both deliveries are dead",
+        Duration::from_secs(20),
+        || async {
+            let dead = h.logs(&key, "status=dead").await;
+            (dead.len() == 2).then_some(())
+        },
+    )
     .await;
     rx.set_status(200);
     let e3 = h.emit(&key, "order.created", json!({"n": 3})).await;
@@ -92,7 +101,11 @@ async fn recover_redelivers_failed_or_all_deliveries_of_a_range() {
         json!({"since": since}),
     ] {
         let (s, body) = h
-            .post(&key, &format!("/api/v1/portal/webhooks/{sub}/recover"), bad.clone())
+            .post(
+                &key,
+                &format!("/api/v1/portal/webhooks/{sub}/recover"),
+                bad.clone(),
+            )
             .await;
         assert!(s == 422 || s == 400, "{bad} → {s} {body}");
     }

@@ -45,10 +45,7 @@ async fn the_live_server_matches_its_openapi_document() {
     let stdout = child.stdout.take().unwrap();
     let mut lines = BufReader::new(stdout).lines();
     let base = loop {
-        let line = lines
-            .next()
-            .expect("herald prints its address")
-            .unwrap();
+        let line = lines.next().expect("herald prints its address").unwrap();
         if let Some(url) = line.strip_prefix("herald listening on ") {
             break url.trim().to_string();
         }
@@ -104,5 +101,8 @@ async fn the_live_server_matches_its_openapi_document() {
         "schemathesis found failures:\n{out}\n{}",
         String::from_utf8_lossy(&run.stderr)
     );
-    assert!(out.contains("Tested: 23"), "every operation was exercised:\n{out}");
+    assert!(
+        out.contains("Tested: 23"),
+        "every operation was exercised:\n{out}"
+    );
 }

@@ -66,7 +66,10 @@ async fn stream_filters_by_tenant_and_type_and_resumes_from_a_cursor() {
         got.push(next_frame(&mut ws).await);
     }
     nothing_more(&mut ws).await;
-    let ns: Vec<i64> = got.iter().map(|f| f["data"]["n"].as_i64().unwrap()).collect();
+    let ns: Vec<i64> = got
+        .iter()
+        .map(|f| f["data"]["n"].as_i64().unwrap())
+        .collect();
     assert_eq!(ns, [1, 4, 5]);
     for f in &got {
         assert_eq!(f["tenant_id"], "acme");
@@ -78,7 +81,12 @@ async fn stream_filters_by_tenant_and_type_and_resumes_from_a_cursor() {
     h.emit(&key, "order.cancelled", json!({"n": 6})).await;
     // Resume after the first frame: the rest, then what came while away.
     let cursor = got[0]["cursor"].as_str().unwrap();
-    let mut ws = connect(&h, &key, &format!("event_types=order.*,invoice.paid&cursor={cursor}")).await;
+    let mut ws = connect(
+        &h,
+        &key,
+        &format!("event_types=order.*,invoice.paid&cursor={cursor}"),
+    )
+    .await;
     let mut resumed = Vec::new();
     for _ in 0..3 {
         resumed.push(next_frame(&mut ws).await["data"]["n"].as_i64().unwrap());
@@ -87,11 +95,11 @@ async fn stream_filters_by_tenant_and_type_and_resumes_from_a_cursor() {
     nothing_more(&mut ws).await;
 
     // Bad parameters are refused before the upgrade.
-    let (s, body) = h
-        .get(&key, "/api/v1/webhooks/stream?cursor=garbage")
-        .await;
+    let (s, body) = h.get(&key, "/api/v1/webhooks/stream?cursor=garbage").await;
     assert_eq!(s, 422, "{body}");
-    let (s, _) = h.get(&key, "/api/v1/webhooks/stream?event_types=a..b").await;
+    let (s, _) = h
+        .get(&key, "/api/v1/webhooks/stream?event_types=a..b")
+        .await;
     assert_eq!(s, 422);
     let (s, body) = h.get(&key, "/api/v1/webhooks/stream").await;
     assert_eq!(s, 426, "{body}");
@@ -112,20 +120,32 @@ async fn stream_resumes_from_a_cursor_after_a_restart() {
 
     let h = Herald::start_in(dir, |_| {}, |s| s).await;
     h.emit(&key, "a.b", json!({"n": 3})).await;
-    let mut ws = connect(&h, &key, &format!("cursor={}", first["cursor"].as_str().unwrap())).await;
+    let mut ws = connect(
+        &h,
+        &key,
+        &format!("cursor={}", first["cursor"].as_str().unwrap()),
+    )
+    .await;
     let a = next_frame(&mut ws).await;
     let b = next_frame(&mut ws).await;
-    assert_eq!((a["data"]["n"].as_i64(), b["data"]["n"].as_i64()), (Some(2), Some(3)));
+    assert_eq!(
+        (a["data"]["n"].as_i64(), b["data"]["n"].as_i64()),
+        (Some(2), Some(3))
+    );
     nothing_more(&mut ws).await;
 }
 
 #[tokio::test]
 async fn a_slow_consumer_is_closed_with_its_cursor_and_resumes_without_loss() {
-    let h = Herald::start_in(tempfile::tempdir().unwrap(), |_| {}, |mut s| {
-        s.stream.buffer_frames = 4;
-        s.stream.slow_consumer_after = Duration::from_millis(300);
-        s
-    })
+    let h = Herald::start_in(
+        tempfile::tempdir().unwrap(),
+        |_| {},
+        |mut s| {
+            s.stream.buffer_frames = 4;
+            s.stream.slow_consumer_after = Duration::from_millis(300);
+            s
+        },
+    )
     .await;
     let key = h.tenant("acme").await;
     let mut ws = connect(&h, &key, "").await;
@@ -133,7 +153,9 @@ async fn a_slow_consumer_is_closed_with_its_cursor_and_resumes_without_loss() {
     let filler = "x".repeat(200 * 1024);
     let mut ids = Vec::new();
     for n in 0..80 {
-        let e = h.emit(&key, "bulk.item", json!({"n": n, "filler": filler})).await;
+        let e = h
+            .emit(&key, "bulk.item", json!({"n": n, "filler": filler}))
+            .await;
         ids.push(e["id"].as_str().unwrap().to_string());
     }
     let mut seen = Vec::new();
@@ -163,8 +185,13 @@ async fn a_slow_consumer_is_closed_with_its_cursor_and_resumes_without_loss() {
     // Resume from the reported cursor: everything after it arrives.
     let mut ws = connect(&h, &key, &format!("cursor={cursor}")).await;
     let mut rest = Vec::new();
-    while !rest.last().is_some_and(|l| l == ids.last().unwrap()) {
-        rest.push(next_frame(&mut ws).await["id"].as_str().unwrap().to_string());
+    while rest.last() != ids.last() {
+        rest.push(
+            next_frame(&mut ws).await["id"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
     }
     let mut all: Vec<String> = seen.clone();
     all.extend(rest.iter().cloned());
@@ -173,5 +200,8 @@ async fn a_slow_consumer_is_closed_with_its_cursor_and_resumes_without_loss() {
     unique.sort();
     unique.dedup();
     assert_eq!(unique.len(), ids.len(), "nothing missed");
-    assert!(rest.len() <= ids.len() - seen.len() + 1, "at most one frame is seen twice");
+    assert!(
+        rest.len() <= ids.len() - seen.len() + 1,
+        "at most one frame is seen twice"
+    );
 }
