@@ -34,6 +34,7 @@ async fn the_live_server_matches_its_openapi_document() {
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
         .args(["serve", "--listen", "127.0.0.1:0", "--admin-token", ADMIN])
+        .args(["--allow-target", "127.0.0.0/8"])
         .arg("--data-dir")
         .arg(dir.path())
         .env("HERALD_TENANT_RATE_LIMIT", "0")
@@ -62,9 +63,64 @@ async fn the_live_server_matches_its_openapi_document() {
         .await
         .unwrap();
     let key = created["api_key"].as_str().unwrap().to_string();
+    // Real resources, so the operations on ids get past 404.
+    let post = |path: &str, body: Value| {
+        let req = http
+            .post(format!("{base}{path}"))
+            .bearer_auth(&key)
+            .json(&body);
+        async move { req.send().await.unwrap().json::<Value>().await.unwrap() }
+    };
+    let sub = post(
+        "/api/v1/portal/webhooks/subscribe",
+        json!({"url": "http://127.0.0.1:9/hook", "event_types": ["*"]}),
+    )
+    .await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let evt = post(
+        "/api/v1/integrations/events",
+        json!({"event_type": "order.created", "payload": {"n": 1}}),
+    )
+    .await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let rcv = post(
+        &format!("/api/v1/portal/webhooks/{sub}/recover"),
+        json!({"since": "2020-01-01T00:00:00Z", "until": "2030-01-01T00:00:00Z"}),
+    )
+    .await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let config = dir.path().join("schemathesis.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"[[operations]]
+include-path-regex = '^/api/v1/portal/webhooks/\{{id\}}'
+parameters = {{ id = "{sub}" }}
 
+[[operations]]
+include-path-regex = '^/api/v1/integrations/events/\{{id\}}'
+parameters = {{ id = "{evt}" }}
+
+[[operations]]
+include-path = "/api/v1/portal/recoveries/{{job_id}}"
+parameters = {{ job_id = "{rcv}" }}
+"#
+        ),
+    )
+    .unwrap();
+
+    let (base2, key2) = (base.clone(), key.clone());
     let run = tokio::task::spawn_blocking(move || {
+        let (base, key) = (base2, key2);
         Command::new(st)
+            .arg("--config-file")
+            .arg(&config)
             .arg("run")
             .arg(format!("{base}/api/v1/openapi.json"))
             .args(["--url", &base])
@@ -93,8 +149,24 @@ async fn the_live_server_matches_its_openapi_document() {
     })
     .await
     .unwrap();
+    // The id-bound operations reached the seeded subscription: it was
+    // changed (paused, patched, rotated…) or deleted.
+    let seeded = http
+        .get(format!("{base}/api/v1/portal/webhooks/{sub}"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    let touched = seeded.status() == 404 || {
+        let v: Value = seeded.json().await.unwrap();
+        v["updated_at"] != v["created_at"]
+    };
     let _ = child.kill();
     let _ = child.wait();
+    assert!(
+        touched,
+        "schemathesis never reached the seeded subscription"
+    );
     let out = String::from_utf8_lossy(&run.stdout);
     assert!(
         run.status.success(),
