@@ -205,3 +205,33 @@ async fn a_slow_consumer_is_closed_with_its_cursor_and_resumes_without_loss() {
         "at most one frame is seen twice"
     );
 }
+
+#[tokio::test]
+async fn a_consumer_that_never_answers_pings_is_closed() {
+    let h = Herald::start_in(
+        tempfile::tempdir().unwrap(),
+        |_| {},
+        |mut s| {
+            s.stream.ping_interval = Duration::from_millis(200);
+            s
+        },
+    )
+    .await;
+    let key = h.tenant("acme").await;
+    let mut ws = connect(&h, &key, "").await;
+    // Not reading means not answering the pings.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut pings = 0;
+    let close = loop {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .unwrap()
+        {
+            Some(Ok(Message::Ping(_))) => pings += 1,
+            Some(Ok(Message::Close(frame))) => break frame.expect("a close frame"),
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert!(pings >= 1);
+    assert_eq!(u16::from(close.code), 4009, "{close:?}");
+}
