@@ -13,7 +13,8 @@ use crate::{error::ApiError, AppState};
 /// The tenant of the bearer API key.
 pub struct Tenant(pub String);
 
-fn bearer(parts: &Parts) -> Result<&str, ApiError> {
+/// The bearer token of a request.
+pub fn bearer(parts: &Parts) -> Result<&str, ApiError> {
     let value = parts
         .headers
         .get(header::AUTHORIZATION)

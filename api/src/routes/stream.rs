@@ -16,6 +16,8 @@
 //!   identify duplicates).
 //! - A ping every `ping_interval`; no pong for two intervals closes the
 //!   connection (code 4009).
+//! - The key is checked again at every ping: a revoked key ends the stream
+//!   (code 4001).
 //! - Readers wake on appends (the log's append signal) rather than polling.
 
 use std::time::{Duration, Instant};
@@ -45,6 +47,8 @@ use crate::{
 pub const CLOSE_SLOW_CONSUMER: u16 = 4008;
 /// Close code of a consumer that stopped answering pings.
 pub const CLOSE_NO_PONG: u16 = 4009;
+/// Close code when the key that opened the stream was revoked.
+pub const CLOSE_REVOKED: u16 = 4001;
 /// Close code when the log cannot be read.
 pub const CLOSE_UNAVAILABLE: u16 = 1011;
 /// Log records read per batch.
@@ -64,12 +68,13 @@ pub struct StreamQuery {
 #[utoipa::path(get, path = "/api/v1/webhooks/stream", tag = "stream",
     params(StreamQuery), security(("api_key" = [])),
     responses(
-        (status = 101, description = "Switching to WebSocket: one text frame per event, the envelope plus `cursor`. Close codes: 4008 slow consumer (the reason names the cursor to resume from), 4009 no pong, 1011 log unavailable."),
+        (status = 101, description = "Switching to WebSocket: one text frame per event, the envelope plus `cursor`. Close codes: 4008 slow consumer (the reason names the cursor to resume from), 4009 no pong, 4001 API key revoked, 1011 log unavailable."),
         (status = 426, description = "Not a WebSocket upgrade request", body = crate::error::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn stream(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
+    headers: axum::http::HeaderMap,
     ApiQuery(q): ApiQuery<StreamQuery>,
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
@@ -90,9 +95,18 @@ pub async fn stream(
     let upgrade = upgrade.map_err(|_| ApiError::upgrade_required())?;
     let engine = state.engine.clone();
     let config = state.stream.clone();
+    // Kept to notice a revocation while the stream is open.
+    let key = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.get(7..))
+        .map(|k| k.trim().to_string())
+        .unwrap_or_default();
     Ok(upgrade
         .write_buffer_size(64 * 1024)
-        .on_upgrade(move |socket| run(socket, engine, tenant, filters, start, config)))
+        .on_upgrade(move |socket| {
+            run(socket, engine, Auth { tenant, key }, filters, start, config)
+        }))
 }
 
 struct Frame {
@@ -161,10 +175,16 @@ async fn read_log(
     }
 }
 
+/// Who the stream belongs to, and the key that opened it.
+struct Auth {
+    tenant: String,
+    key: String,
+}
+
 async fn run(
     socket: WebSocket,
     engine: Arc<Engine>,
-    tenant: String,
+    auth: Auth,
     filters: Vec<String>,
     start: LogPosition,
     config: StreamConfig,
@@ -173,8 +193,8 @@ async fn run(
     let (tx, mut rx) = mpsc::channel::<Frame>(config.buffer_frames.max(1));
     let stop = CancellationToken::new();
     let mut reader = tokio::spawn(read_log(
-        engine,
-        tenant,
+        engine.clone(),
+        auth.tenant.clone(),
         filters,
         start,
         tx,
@@ -226,6 +246,12 @@ async fn run(
                 }
             }
             _ = ping.tick() => {
+                // A key revoked while the stream is open ends it.
+                match engine.authenticate(&auth.key).await {
+                    Ok(Some(t)) if t == auth.tenant => {}
+                    Ok(_) => break Some((CLOSE_REVOKED, "API key revoked".to_string())),
+                    Err(_) => {}
+                }
                 if last_pong.elapsed() > config.ping_interval * 2 {
                     break Some((CLOSE_NO_PONG, format!("no pong within {} s", (config.ping_interval * 2).as_secs())));
                 }

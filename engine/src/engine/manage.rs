@@ -92,6 +92,7 @@ impl Engine {
                 "must be at least 1 delivery per second",
             ));
         }
+        let _guard = self.lock_subscription(id).await;
         let mut sub = self.subscription(tenant_id, id).await?;
         if let Some(url) = update.url {
             sub.url = url;
@@ -118,6 +119,7 @@ impl Engine {
         tenant_id: &str,
         id: &str,
     ) -> Result<WebhookSubscription, EngineError> {
+        let _guard = self.lock_subscription(id).await;
         let mut sub = self.subscription(tenant_id, id).await?;
         sub.status = SubscriptionStatus::Paused;
         self.save_subscription(sub, "subscription paused").await
@@ -129,16 +131,20 @@ impl Engine {
         tenant_id: &str,
         id: &str,
     ) -> Result<WebhookSubscription, EngineError> {
-        let mut sub = self.subscription(tenant_id, id).await?;
-        sub.status = SubscriptionStatus::Active;
-        sub.disabled_reason = None;
-        let sub = self.save_subscription(sub, "subscription resumed").await?;
+        let sub = {
+            let _guard = self.lock_subscription(id).await;
+            let mut sub = self.subscription(tenant_id, id).await?;
+            sub.status = SubscriptionStatus::Active;
+            sub.disabled_reason = None;
+            self.save_subscription(sub, "subscription resumed").await?
+        };
         self.wake.notify_one();
         Ok(sub)
     }
 
     /// Deletes a subscription; its pending deliveries are dropped.
     pub async fn delete_subscription(&self, tenant_id: &str, id: &str) -> Result<(), EngineError> {
+        let _guard = self.lock_subscription(id).await;
         if !self.store.delete_subscription(tenant_id, id).await? {
             return Err(EngineError::NotFound("subscription"));
         }
