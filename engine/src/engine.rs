@@ -539,7 +539,7 @@ impl Engine {
         Ok(EventPage { data, next_cursor })
     }
 
-    /// One event of a tenant and its delivery attempts (newest first, up to 100).
+    /// One event of a tenant and its delivery attempts (newest first, up to 1000).
     pub async fn event(
         &self,
         tenant_id: &str,
@@ -556,7 +556,7 @@ impl Engine {
         };
         let logs = self
             .store
-            .list_delivery_logs(tenant_id, &filter, 100)
+            .list_delivery_logs(tenant_id, &filter, 1000)
             .await?;
         Ok((event, logs))
     }

@@ -189,12 +189,28 @@ impl Engine {
         Ok((record, key))
     }
 
-    /// A tenant's API keys (never the keys themselves).
-    pub async fn list_api_keys(&self, tenant_id: &str) -> Result<Vec<ApiKey>, EngineError> {
+    /// A tenant's API keys (never the keys themselves), oldest first, after
+    /// the key id `cursor`; returns the page and the next cursor.
+    pub async fn list_api_keys(
+        &self,
+        tenant_id: &str,
+        cursor: Option<String>,
+        limit: usize,
+    ) -> Result<(Vec<ApiKey>, Option<String>), EngineError> {
+        let cursor = validate_cursor(cursor, API_KEY)?;
         if !self.store.tenant_exists(tenant_id).await? {
             return Err(EngineError::NotFound("tenant"));
         }
-        Ok(self.store.list_api_keys(tenant_id).await?)
+        let mut keys: Vec<ApiKey> = self
+            .store
+            .list_api_keys(tenant_id)
+            .await?
+            .into_iter()
+            .filter(|k| cursor.as_ref().is_none_or(|c| &k.id > c))
+            .take(limit + 1)
+            .collect();
+        let next = super::page_cursor(&mut keys, limit, |k| k.id.clone());
+        Ok((keys, next))
     }
 
     /// Revokes an API key: it stops authenticating at once.
