@@ -1,7 +1,7 @@
 //! The `herald` command line (DESIGN §8): flags and `HERALD_*` variables are
 //! equivalent, and `herald serve` with nothing set runs the embedded server.
 
-use std::{net::SocketAddr, path::PathBuf, sync::Arc};
+use std::{net::SocketAddr, path::PathBuf};
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -81,6 +81,9 @@ pub struct ServeArgs {
     /// Partitions of a new embedded event log.
     #[arg(long, env = "HERALD_LOG_PARTITIONS", default_value_t = 8)]
     pub log_partitions: u32,
+    /// Requests per second (and burst) each tenant may make; 0 = unlimited.
+    #[arg(long, env = "HERALD_TENANT_RATE_LIMIT", default_value_t = crate::DEFAULT_TENANT_RATE_LIMIT)]
+    pub tenant_rate_limit: u32,
     /// Concurrent requests per endpoint.
     #[arg(long, env = "HERALD_MAX_IN_FLIGHT_PER_ENDPOINT", default_value_t = 32)]
     pub max_in_flight_per_endpoint: usize,
@@ -192,10 +195,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let local = listener.local_addr()?;
     tracing::info!(listen = %local, "herald is serving");
     println!("herald listening on http://{local}");
-    let state = AppState {
-        engine: engine.clone(),
-        admin_token: Arc::from(admin_token),
-    };
+    let state = AppState::new(engine.clone(), admin_token).with_rate_limit(args.tenant_rate_limit);
     axum::serve(listener, app(state))
         .with_graceful_shutdown(shutdown_signal())
         .await

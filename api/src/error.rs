@@ -21,6 +21,28 @@ pub struct ApiError {
     title: &'static str,
     detail: String,
     field: Option<&'static str>,
+    errors: Option<Box<serde_json::Value>>,
+    retry_after: Option<u64>,
+}
+
+/// The problem+json body (RFC 9457) of every error answer.
+#[derive(Debug, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct Problem {
+    /// Stable URI naming the kind of problem, e.g. `https://herald.dev/problems/not-found`.
+    #[serde(rename = "type")]
+    pub problem_type: String,
+    /// Short summary of the kind.
+    pub title: String,
+    /// The HTTP status.
+    pub status: u16,
+    /// What went wrong here and how to fix it.
+    pub detail: String,
+    /// The request field at fault, when one is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    /// Schema violations of an emitted payload (`schema-violation`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub errors: Option<Vec<herald_engine::error::SchemaIssue>>,
 }
 
 impl ApiError {
@@ -36,7 +58,54 @@ impl ApiError {
             title,
             detail: detail.into(),
             field: None,
+            errors: None,
+            retry_after: None,
         }
+    }
+
+    /// 405: the path exists but not with this method.
+    pub fn method_not_allowed() -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method-not-allowed",
+            "Method not allowed",
+            "this path does not support this HTTP method; see /api/v1/openapi.json",
+        )
+    }
+
+    /// 426: a WebSocket endpoint was called without an upgrade.
+    pub fn upgrade_required() -> Self {
+        Self::new(
+            StatusCode::UPGRADE_REQUIRED,
+            "upgrade-required",
+            "WebSocket upgrade required",
+            "this endpoint is a WebSocket: send an upgrade request (Connection: Upgrade, Upgrade: websocket)",
+        )
+    }
+
+    /// 429: the tenant's request rate limit is exhausted.
+    pub fn too_many_requests(retry_after_secs: u64) -> Self {
+        let mut e = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate-limited",
+            "Too many requests",
+            format!("the tenant's request rate limit is exhausted; retry in {retry_after_secs} s"),
+        );
+        e.retry_after = Some(retry_after_secs);
+        e
+    }
+
+    /// 413: the body is larger than allowed.
+    pub fn payload_too_large() -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload-too-large",
+            "Payload too large",
+            format!(
+                "the request body is larger than {} bytes",
+                crate::MAX_BODY_BYTES
+            ),
+        )
     }
 
     /// 400: the request is malformed.
@@ -94,6 +163,24 @@ impl From<EngineError> for ApiError {
                 Self::invalid(field, format!("{field}: {message}"))
             }
             EngineError::NotFound(what) => Self::not_found(what),
+            EngineError::SchemaViolation {
+                event_type,
+                schema_version,
+                errors,
+            } => {
+                let mut e = Self::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "schema-violation",
+                    "Payload does not match its schema",
+                    format!(
+                        "payload: {} violation(s) of the registered schema of {event_type} v{schema_version}",
+                        errors.len()
+                    ),
+                );
+                e.field = Some("payload");
+                e.errors = serde_json::to_value(errors).ok().map(Box::new);
+                e
+            }
             EngineError::Conflict(m) => Self::new(StatusCode::CONFLICT, "conflict", "Conflict", m),
             EngineError::Unavailable(m) => {
                 tracing::warn!(reason = %m, "answering 503");
@@ -134,15 +221,7 @@ impl From<JsonRejection> for ApiError {
             ),
             JsonRejection::JsonSyntaxError(e) => Self::bad_request(e.body_text()),
             JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-                Self::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "payload-too-large",
-                    "Payload too large",
-                    format!(
-                        "the request body is larger than {} bytes",
-                        crate::MAX_BODY_BYTES
-                    ),
-                )
+                Self::payload_too_large()
             }
             other => Self::bad_request(other.body_text()),
         }
@@ -166,6 +245,9 @@ impl IntoResponse for ApiError {
         if let Some(field) = self.field {
             body["field"] = json!(field);
         }
+        if let Some(errors) = self.errors {
+            body["errors"] = *errors;
+        }
         let mut response = (self.status, body.to_string()).into_response();
         response.headers_mut().insert(
             header::CONTENT_TYPE,
@@ -176,6 +258,11 @@ impl IntoResponse for ApiError {
                 .headers_mut()
                 .insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
         }
+        if let Some(secs) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
+        }
         if self.status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
@@ -184,4 +271,52 @@ impl IntoResponse for ApiError {
         }
         response
     }
+}
+
+/// Turns the error answers that axum and tower make on their own (body
+/// limits, bad paths, WebSocket upgrade failures) into problem+json, so
+/// every 4xx/5xx has the same shape.
+pub async fn problem_for_bare_errors(response: Response) -> Response {
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let is_problem = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/problem+json"));
+    if is_problem {
+        return response;
+    }
+    let (slug, title, detail) = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => return ApiError::payload_too_large().into_response(),
+        StatusCode::METHOD_NOT_ALLOWED => return ApiError::method_not_allowed().into_response(),
+        StatusCode::NOT_FOUND => return ApiError::not_found("route").into_response(),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => (
+            "unsupported-media-type",
+            "Unsupported media type",
+            "send the body as JSON with content-type: application/json",
+        ),
+        s if s.is_server_error() => (
+            "internal",
+            "Internal error",
+            "an unexpected error happened; it has been logged",
+        ),
+        StatusCode::UPGRADE_REQUIRED | StatusCode::BAD_REQUEST => (
+            "bad-request",
+            "Malformed request",
+            "the request is malformed (a WebSocket endpoint needs a WebSocket upgrade)",
+        ),
+        _ => (
+            "bad-request",
+            "Malformed request",
+            "the request was refused",
+        ),
+    };
+    let mut e = ApiError::new(status, slug, title, detail);
+    if status.is_server_error() {
+        tracing::error!(%status, "a bare error answer was turned into problem+json");
+        e.status = StatusCode::INTERNAL_SERVER_ERROR;
+    }
+    e.into_response()
 }

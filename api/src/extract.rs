@@ -13,7 +13,8 @@ use crate::{error::ApiError, AppState};
 /// The tenant of the bearer API key.
 pub struct Tenant(pub String);
 
-fn bearer(parts: &Parts) -> Result<&str, ApiError> {
+/// The bearer token of a request.
+pub fn bearer(parts: &Parts) -> Result<&str, ApiError> {
     let value = parts
         .headers
         .get(header::AUTHORIZATION)
@@ -39,10 +40,18 @@ where
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let state = AppState::from_ref(state);
         let key = bearer(parts)?;
-        match state.engine.authenticate(key).await? {
-            Some(tenant) => Ok(Tenant(tenant)),
-            None => Err(ApiError::unauthorized("unknown API key")),
+        let tenant = match state.engine.authenticate(key).await? {
+            Some(tenant) => tenant,
+            None => return Err(ApiError::unauthorized("unknown or revoked API key")),
+        };
+        if let Some(limiter) = &state.limiter {
+            if let Err(not_until) = limiter.check_key(&tenant) {
+                use governor::clock::{Clock, DefaultClock};
+                let wait = not_until.wait_time_from(DefaultClock::default().now());
+                return Err(ApiError::too_many_requests(wait.as_secs().max(1)));
+            }
         }
+        Ok(Tenant(tenant))
     }
 }
 

@@ -1,24 +1,62 @@
-//! Herald's REST server: the routes of DESIGN §5/§8 over the engine, and
-//! the `herald` command line.
+//! Herald's REST and WebSocket server: the routes of DESIGN §5/§8 over the
+//! engine, the OpenAPI document generated from them, and the `herald`
+//! command line.
+//!
+//! Every call but `/healthz`, `/readyz` and the OpenAPI document is
+//! authenticated: the admin token for `/api/v1/admin/*`, a tenant API key
+//! for everything else, and every tenant call is scoped to the key's tenant
+//! (another tenant's resources answer 404). Every error is
+//! `application/problem+json` with a stable `type`, including the router's
+//! own 404, 405 and 413 answers.
 #![warn(missing_docs)]
 
 pub mod cli;
 pub mod error;
 pub mod extract;
+pub mod openapi;
 pub mod routes;
 
-use std::sync::Arc;
+use std::{num::NonZeroU32, sync::Arc, time::Duration};
 
 use axum::{
     extract::DefaultBodyLimit,
     middleware,
-    routing::{get, post},
+    routing::{delete, get, post, put},
     Json, Router,
 };
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use herald_engine::Engine;
 
 /// Largest request body accepted, in bytes.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+/// Default per-tenant request rate (requests per second).
+pub const DEFAULT_TENANT_RATE_LIMIT: u32 = 1000;
+
+/// Settings of the WebSocket event stream.
+#[derive(Debug, Clone)]
+pub struct StreamConfig {
+    /// Frames buffered per connection before the consumer counts as too slow.
+    pub buffer_frames: usize,
+    /// How long the buffer may stay full before the consumer counts as too
+    /// slow and is closed (code 4008).
+    pub slow_consumer_after: Duration,
+    /// Interval between pings; a connection with no pong for two intervals is closed.
+    pub ping_interval: Duration,
+    /// How long a close frame may take to reach a slow consumer before the
+    /// connection is dropped.
+    pub close_timeout: Duration,
+}
+
+impl Default for StreamConfig {
+    fn default() -> Self {
+        Self {
+            buffer_frames: 256,
+            slow_consumer_after: Duration::from_secs(10),
+            ping_interval: Duration::from_secs(20),
+            close_timeout: Duration::from_secs(30),
+        }
+    }
+}
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -27,36 +65,90 @@ pub struct AppState {
     pub engine: Arc<Engine>,
     /// The admin token (compared in constant time).
     pub admin_token: Arc<str>,
+    /// Per-tenant request rate limit; `None` disables it.
+    pub limiter: Option<Arc<DefaultKeyedRateLimiter<String>>>,
+    /// WebSocket stream settings.
+    pub stream: StreamConfig,
+}
+
+impl AppState {
+    /// State with the default rate limit and stream settings.
+    pub fn new(engine: Arc<Engine>, admin_token: impl Into<Arc<str>>) -> Self {
+        Self {
+            engine,
+            admin_token: admin_token.into(),
+            limiter: None,
+            stream: StreamConfig::default(),
+        }
+        .with_rate_limit(DEFAULT_TENANT_RATE_LIMIT)
+    }
+
+    /// Limits each tenant to `per_second` requests per second, with bursts
+    /// of as many; 0 turns the limit off.
+    pub fn with_rate_limit(mut self, per_second: u32) -> Self {
+        self.limiter = NonZeroU32::new(per_second)
+            .map(|n| Arc::new(RateLimiter::keyed(Quota::per_second(n).allow_burst(n))));
+        self
+    }
 }
 
 /// The router, ready to serve.
 pub fn app(state: AppState) -> Router {
+    use routes::{
+        admin, api_keys, deliveries, event_types, events, recoveries, stream, subscriptions,
+    };
     let api = Router::new()
-        .route("/admin/tenants", post(routes::admin::create_tenant))
+        .route("/admin/tenants", post(admin::create_tenant))
         .route(
-            "/portal/webhooks/subscribe",
-            post(routes::subscriptions::subscribe),
+            "/admin/tenants/{tenant}/api-keys",
+            post(api_keys::admin_create).get(api_keys::admin_list),
         )
-        .route("/portal/webhooks/{id}", get(routes::subscriptions::get))
+        .route(
+            "/admin/tenants/{tenant}/api-keys/{key_id}",
+            delete(api_keys::admin_revoke),
+        )
+        .route(
+            "/portal/api-keys",
+            post(api_keys::create).get(api_keys::list),
+        )
+        .route("/portal/api-keys/{key_id}", delete(api_keys::revoke))
+        .route("/portal/webhooks", get(subscriptions::list))
+        .route("/portal/webhooks/subscribe", post(subscriptions::subscribe))
+        .route(
+            "/portal/webhooks/{id}",
+            get(subscriptions::get)
+                .patch(subscriptions::update)
+                .delete(subscriptions::remove),
+        )
         .route(
             "/portal/webhooks/{id}/rotate-secret",
-            post(routes::subscriptions::rotate_secret),
+            post(subscriptions::rotate_secret),
         )
+        .route("/portal/webhooks/{id}/pause", post(subscriptions::pause))
+        .route("/portal/webhooks/{id}/resume", post(subscriptions::resume))
+        .route("/portal/webhooks/{id}/recover", post(recoveries::recover))
+        .route("/portal/recoveries/{job_id}", get(recoveries::get))
+        .route("/integrations/events", post(events::emit).get(events::list))
+        .route("/integrations/events/{id}", get(events::get))
+        .route("/integrations/events/{id}/replay", post(events::replay))
+        .route("/integrations/webhooks", get(deliveries::list))
+        .route("/integrations/event-types", get(event_types::list))
         .route(
-            "/integrations/events",
-            post(routes::events::emit).get(routes::events::list),
+            "/integrations/event-types/{event_type}",
+            put(event_types::register).get(event_types::get),
         )
-        .route("/integrations/events/{id}", get(routes::events::get))
-        .route(
-            "/integrations/events/{id}/replay",
-            post(routes::events::replay),
-        )
-        .route("/integrations/webhooks", get(routes::deliveries::list));
+        .route("/webhooks/stream", get(stream::stream))
+        .route("/openapi.json", get(openapi::document));
     Router::new()
         .nest("/api/v1", api)
         .route("/healthz", get(healthz))
         .route("/metrics", get(routes::metrics::export))
+        .route("/readyz", get(readyz))
         .fallback(|| async { error::ApiError::not_found("route") })
+        .method_not_allowed_fallback(|| async { error::ApiError::method_not_allowed() })
+        .layer(axum::middleware::map_response(
+            error::problem_for_bare_errors,
+        ))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             routes::metrics::track,
@@ -65,6 +157,34 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
-async fn healthz() -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") }))
+/// Liveness.
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "The process is up", body = Health)))]
+pub async fn healthz() -> Json<Health> {
+    Json(Health {
+        status: "ok".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+    })
+}
+
+/// Readiness: the event log and the store answer.
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses(
+        (status = 200, description = "Ready to serve", body = Health),
+        (status = 503, description = "The log or the store cannot be used", body = error::Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn readyz(
+    axum::extract::State(state): axum::extract::State<AppState>,
+) -> Result<Json<Health>, error::ApiError> {
+    state.engine.ready().await?;
+    Ok(healthz().await)
+}
+
+/// `/healthz` and `/readyz` answer.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct Health {
+    /// `ok`.
+    pub status: String,
+    /// Herald's version.
+    pub version: String,
 }

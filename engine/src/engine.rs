@@ -2,9 +2,18 @@
 //! shards, and offers the operations the API exposes. Validation lives here
 //! so every front end (REST, CLI, relay) refuses the same bad input.
 
+mod catalogue;
+mod manage;
+mod recovery;
+mod stream;
+
+pub use catalogue::EventTypePage;
+pub use manage::{SubscriptionPage, SubscriptionUpdate, API_KEY};
+pub use recovery::RECOVERY;
+pub use stream::{decode_cursor, encode_cursor, StreamBatch, StreamFrame};
+
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
-use base64::Engine as _;
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 use tokio::sync::{Mutex as AsyncMutex, Notify};
@@ -147,6 +156,11 @@ pub struct Engine {
     tasks: parking_lot::Mutex<Vec<tokio::task::JoinHandle<()>>>,
     emit_locks: Vec<AsyncMutex<()>>,
     metrics: Arc<Metrics>,
+    catalogue: catalogue::Catalogue,
+    recovery_wake: Arc<Notify>,
+    /// Serialise read-modify-write changes of one subscription (striped by id),
+    /// so a concurrent delete is never undone by an update.
+    subscription_locks: Vec<AsyncMutex<()>>,
 }
 
 impl Engine {
@@ -173,6 +187,7 @@ impl Engine {
         store: Arc<dyn Store>,
     ) -> Result<Arc<Self>, EngineError> {
         let subscriptions = Arc::new(SubscriptionIndex::new(store.all_subscriptions().await?));
+        let catalogue = catalogue::Catalogue::load(store.all_event_types().await?);
         let guard = TargetGuard::new(config.allow_targets.clone());
         let d = &config.delivery;
         let client = DeliveryClient::new(
@@ -220,6 +235,13 @@ impl Engine {
             store.clone(),
             cancel.clone(),
         )));
+        let recovery_wake = Arc::new(Notify::new());
+        tasks.push(tokio::spawn(recovery::run(
+            store.clone(),
+            wake.clone(),
+            recovery_wake.clone(),
+            cancel.clone(),
+        )));
         tracing::info!(
             data_dir = %config.data_dir.display(),
             partitions = log.partitions(),
@@ -238,6 +260,9 @@ impl Engine {
             tasks: parking_lot::Mutex::new(tasks),
             emit_locks: (0..64).map(|_| AsyncMutex::new(())).collect(),
             metrics,
+            catalogue,
+            recovery_wake,
+            subscription_locks: (0..64).map(|_| AsyncMutex::new(())).collect(),
         }))
     }
 
@@ -254,6 +279,14 @@ impl Engine {
     /// The configuration it runs with.
     pub fn config(&self) -> &EngineConfig {
         &self.config
+    }
+
+    /// Whether the log and the store answer (for `/readyz`).
+    pub async fn ready(&self) -> Result<(), EngineError> {
+        let partition = self.log.partition_for("readyz");
+        self.log.end_offset(partition).await?;
+        self.store.schedule_backlog().await?;
+        Ok(())
     }
 
     /// Deliveries waiting in the durable schedule.
@@ -281,13 +314,10 @@ impl Engine {
     /// Creates a tenant and returns its first API key (shown once; stored hashed).
     pub async fn create_tenant(&self, tenant_id: &str) -> Result<String, EngineError> {
         validate_tenant_id(tenant_id)?;
-        let mut raw = [0u8; 32];
-        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut raw);
-        let key = format!(
-            "hk_{}",
-            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
-        );
-        self.store.create_tenant(tenant_id, hash_key(&key)).await?;
+        let (record, key) = manage::new_key(tenant_id, Some("initial".into()));
+        self.store
+            .create_tenant(tenant_id, &record, hash_key(&key))
+            .await?;
         tracing::info!(tenant_id, "tenant created");
         Ok(key)
     }
@@ -348,6 +378,12 @@ impl Engine {
         Ok(sub)
     }
 
+    /// Holds the change lock of subscription `id`.
+    async fn lock_subscription(&self, id: &str) -> tokio::sync::MutexGuard<'_, ()> {
+        let stripe = crc32fast::hash(id.as_bytes()) as usize % self.subscription_locks.len();
+        self.subscription_locks[stripe].lock().await
+    }
+
     /// One subscription of a tenant (`NotFound` for another tenant's).
     pub async fn subscription(
         &self,
@@ -381,6 +417,7 @@ impl Engine {
                 .map_err(|e| EngineError::invalid("secret", e.to_string()))?,
             None => SigningSecret::generate(),
         };
+        let _guard = self.lock_subscription(id).await;
         let mut sub = self.subscription(tenant_id, id).await?;
         let now = OffsetDateTime::now_utc();
         let expires = now + grace;
@@ -421,6 +458,12 @@ impl Engine {
         new: NewEvent,
     ) -> Result<(DomainEvent, bool), EngineError> {
         let event = self.build_event(tenant_id, new, EventSource::Api)?;
+        self.check_payload(
+            tenant_id,
+            &event.event_type,
+            event.schema_version,
+            &event.payload,
+        )?;
         let _guard = match &event.dedupe_key {
             Some(key) => {
                 let stripe = crc32fast::hash(format!("{tenant_id}\0{key}").as_bytes()) as usize
@@ -536,7 +579,7 @@ impl Engine {
         Ok(EventPage { data, next_cursor })
     }
 
-    /// One event of a tenant and its delivery attempts (newest first, up to 100).
+    /// One event of a tenant and its delivery attempts (newest first, up to 1000).
     pub async fn event(
         &self,
         tenant_id: &str,
@@ -553,7 +596,7 @@ impl Engine {
         };
         let logs = self
             .store
-            .list_delivery_logs(tenant_id, &filter, 100)
+            .list_delivery_logs(tenant_id, &filter, 1000)
             .await?;
         Ok((event, logs))
     }

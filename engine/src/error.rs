@@ -17,6 +17,17 @@ pub enum EngineError {
         /// What is wrong with it and how to fix it.
         message: String,
     },
+    /// The payload does not satisfy the registered schema of its event type
+    /// and version; each issue says where and why.
+    #[error("payload does not match the schema of {event_type} v{schema_version}")]
+    SchemaViolation {
+        /// The event type.
+        event_type: String,
+        /// The schema version checked.
+        schema_version: u32,
+        /// What is wrong, one entry per violation.
+        errors: Vec<SchemaIssue>,
+    },
     /// The named resource does not exist (or belongs to another tenant).
     #[error("{0} not found")]
     NotFound(&'static str),
@@ -29,6 +40,16 @@ pub enum EngineError {
     /// A bug or an unexpected state.
     #[error("internal error")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// One JSON Schema violation.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct SchemaIssue {
+    /// JSON Pointer of the offending value in the payload.
+    pub instance_path: String,
+    /// What is wrong with it.
+    pub message: String,
 }
 
 impl EngineError {
@@ -45,6 +66,7 @@ impl From<StoreError> for EngineError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Conflict(m) => Self::Conflict(m),
+            StoreError::NotFound(what) => Self::NotFound(what),
             StoreError::Unavailable(m) => Self::Unavailable(m),
             other => Self::Internal(Box::new(other)),
         }

@@ -21,6 +21,7 @@ pub mod log;
 pub mod metrics;
 pub mod model;
 pub mod operational;
+pub mod resources;
 pub mod signing;
 pub mod ssrf;
 pub mod store;
@@ -28,7 +29,9 @@ pub mod subscriptions;
 
 pub use config::EngineConfig;
 pub use engine::{
-    validate_limits, Engine, EventPage, LogPage, NewEvent, NewSubscription, ReplayedDelivery,
-    Rotation, MAX_IN_FLIGHT_LIMIT, MAX_RATE_LIMIT, MAX_TIMEOUT_SECONDS, OPERATIONAL_PREFIX,
+    decode_cursor, encode_cursor, validate_limits, Engine, EventPage, EventTypePage, LogPage,
+    NewEvent, NewSubscription, ReplayedDelivery, Rotation, StreamBatch, StreamFrame,
+    SubscriptionPage, SubscriptionUpdate, API_KEY, MAX_IN_FLIGHT_LIMIT, MAX_RATE_LIMIT,
+    MAX_TIMEOUT_SECONDS, OPERATIONAL_PREFIX, RECOVERY,
 };
 pub use error::EngineError;

@@ -13,6 +13,7 @@ use crate::signing::SigningSecret;
 
 /// Where an event entered Herald.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum EventSource {
     /// Emitted through the REST API.
@@ -27,6 +28,7 @@ pub enum EventSource {
 
 /// A domain event, as stored in the event log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DomainEvent {
     /// Time-ordered id, `evt_…`; also the `webhook-id` of every delivery.
     pub id: String,
@@ -103,6 +105,7 @@ impl DomainEvent {
 
 /// Lifecycle state of a subscription.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum SubscriptionStatus {
     /// Receiving deliveries.
@@ -114,6 +117,7 @@ pub enum SubscriptionStatus {
 }
 
 /// How deliveries to a subscription are ordered.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Ordering {
@@ -219,6 +223,7 @@ impl WebhookSubscription {
 
 /// Why a delivery was attempted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Trigger {
     /// First attempt after fan-out.
@@ -231,6 +236,7 @@ pub enum Trigger {
 
 /// What one attempt came to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Outcome {
     /// The endpoint answered 2xx.
@@ -264,6 +270,7 @@ impl Outcome {
 
 /// Why an attempt failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorClass {
     /// No answer within the timeout.
@@ -284,6 +291,7 @@ pub enum ErrorClass {
 
 /// One delivery attempt, as recorded in the delivery log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct WebhookDeliveryLog {
     /// `att_…`, unique per attempt.
     pub id: String,

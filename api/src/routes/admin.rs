@@ -10,7 +10,7 @@ use crate::{
 };
 
 /// `POST /api/v1/admin/tenants` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateTenant {
     /// Tenant id.
@@ -18,7 +18,7 @@ pub struct CreateTenant {
 }
 
 /// A new tenant and its API key (shown once).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct TenantCreated {
     /// Tenant id.
     pub id: String,
@@ -26,7 +26,10 @@ pub struct TenantCreated {
     pub api_key: String,
 }
 
-/// Creates a tenant.
+/// Creates a tenant and its first API key.
+#[utoipa::path(post, path = "/api/v1/admin/tenants", tag = "admin",
+    request_body = CreateTenant, security(("admin_token" = [])),
+    responses((status = 201, description = "Created; `api_key` is shown only here", body = TenantCreated)))]
 pub async fn create_tenant(
     State(state): State<AppState>,
     _admin: Admin,

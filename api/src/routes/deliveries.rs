@@ -12,21 +12,27 @@ use crate::{
 };
 
 /// `GET /api/v1/integrations/webhooks` query.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListLogs {
     /// Only this subscription.
     pub subscription_id: Option<String>,
     /// Only this event.
     pub event_id: Option<String>,
     /// Only this outcome: delivered | failed | dead.
+    #[param(pattern = "^(delivered|failed|dead)?$")]
     pub status: Option<String>,
-    /// Page size.
+    /// Page size, 1 to 500 (default 50).
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<usize>,
     /// Cursor.
     pub cursor: Option<String>,
 }
 
 /// Lists delivery attempts, newest first.
+#[utoipa::path(get, path = "/api/v1/integrations/webhooks", tag = "deliveries",
+    params(ListLogs), security(("api_key" = [])),
+    responses((status = 200, description = "A page of delivery attempts", body = List<WebhookDeliveryLog>)))]
 pub async fn list(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,

@@ -18,18 +18,20 @@ use crate::{
 };
 
 /// `POST /api/v1/integrations/events` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Emit {
     /// Dotted event type.
     pub event_type: String,
     /// JSON object.
+    #[schema(value_type = Object)]
     pub payload: serde_json::Value,
     /// Idempotency key.
     pub dedupe_key: Option<String>,
     /// Payload schema version (default 1).
     pub schema_version: Option<u32>,
     /// When it happened (default: now).
+    #[schema(value_type = Option<String>, format = DateTime)]
     #[serde(default, with = "time::serde::rfc3339::option")]
     pub occurred_at: Option<OffsetDateTime>,
     /// Trace id for lineage.
@@ -38,6 +40,10 @@ pub struct Emit {
 
 /// Emits an event: 202 once it is durable. A repeated `dedupe_key` answers
 /// the original event, with `herald-deduplicated: true`.
+#[utoipa::path(post, path = "/api/v1/integrations/events", tag = "events",
+    request_body = Emit, security(("api_key" = [])),
+    responses((status = 202, description = "Durable in the event log (or the original event of this dedupe_key)", body = DomainEvent,
+        headers(("herald-deduplicated" = String, description = "`true` when the dedupe_key was seen before")))))]
 pub async fn emit(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
@@ -68,18 +74,20 @@ pub async fn emit(
 }
 
 /// `GET /api/v1/integrations/events` query.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListEvents {
     /// Exact type or `prefix.*`.
     pub event_type: Option<String>,
-    /// Page size.
+    /// Page size, 1 to 500 (default 50).
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<usize>,
     /// Cursor.
     pub cursor: Option<String>,
 }
 
 /// A page.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct List<T> {
     /// Items, newest first.
     pub data: Vec<T>,
@@ -88,6 +96,9 @@ pub struct List<T> {
 }
 
 /// Lists the tenant's events, newest first.
+#[utoipa::path(get, path = "/api/v1/integrations/events", tag = "events",
+    params(ListEvents), security(("api_key" = [])),
+    responses((status = 200, description = "A page of events", body = List<DomainEvent>)))]
 pub async fn list(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
@@ -113,7 +124,7 @@ pub async fn list(
 }
 
 /// One event and its delivery attempts.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct EventWithDeliveries {
     /// The event.
     #[serde(flatten)]
@@ -123,6 +134,9 @@ pub struct EventWithDeliveries {
 }
 
 /// Reads one event with its deliveries.
+#[utoipa::path(get, path = "/api/v1/integrations/events/{id}", tag = "events",
+    params(("id" = String, Path, description = "Event id")), security(("api_key" = [])),
+    responses((status = 200, description = "The event and its delivery attempts", body = EventWithDeliveries)))]
 pub async fn get(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
@@ -133,7 +147,7 @@ pub async fn get(
 }
 
 /// `POST /api/v1/integrations/events/{id}/replay` body.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Replay {
     /// Only this subscription (default: every matching active subscription).
@@ -141,7 +155,7 @@ pub struct Replay {
 }
 
 /// One delivery created by a replay.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Replayed {
     /// `dlv_…`.
     pub delivery_id: String,
@@ -152,6 +166,10 @@ pub struct Replayed {
 }
 
 /// Replays one event; 202 with the new deliveries.
+#[utoipa::path(post, path = "/api/v1/integrations/events/{id}/replay", tag = "events",
+    params(("id" = String, Path, description = "Event id")), security(("api_key" = [])),
+    request_body(content = Option<Replay>, description = "Optional; empty replays to every matching subscription"),
+    responses((status = 202, description = "The new deliveries", body = List<Replayed>)))]
 pub async fn replay(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,

@@ -1,9 +1,13 @@
 //! The REST routes (DESIGN §5, §8), one file per resource.
 
 pub mod admin;
+pub mod api_keys;
 pub mod deliveries;
+pub mod event_types;
 pub mod events;
 pub mod metrics;
+pub mod recoveries;
+pub mod stream;
 pub mod subscriptions;
 
 use serde::Deserialize;
@@ -36,6 +40,17 @@ impl Page {
             )),
         }
     }
+}
+
+/// `?limit=&cursor=` of a plain list.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PageQuery {
+    /// Page size, 1 to 500 (default 50).
+    #[param(minimum = 1, maximum = 500)]
+    pub limit: Option<usize>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
 }
 
 /// Treats `?x=` like an absent parameter.

@@ -1,4 +1,5 @@
-//! Subscriptions: subscribe, read, rotate the signing secret.
+//! Subscriptions: subscribe, list, read, update, pause, resume, delete, and
+//! rotate the signing secret.
 
 use std::{collections::BTreeMap, time::Duration};
 
@@ -9,19 +10,20 @@ use axum::{
 };
 use herald_engine::{
     model::{Ordering, SubscriptionStatus, WebhookSubscription},
-    NewSubscription,
+    NewSubscription, SubscriptionUpdate,
 };
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+use super::{events::List, non_empty, Page, PageQuery};
 use crate::{
     error::ApiError,
-    extract::{ApiJson, Tenant},
+    extract::{ApiJson, ApiQuery, Tenant},
     AppState,
 };
 
 /// `POST /api/v1/portal/webhooks/subscribe` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Subscribe {
     /// Endpoint URL.
@@ -36,6 +38,7 @@ pub struct Subscribe {
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
     /// Deliveries per second.
+    #[schema(minimum = 1)]
     pub rate_limit: Option<u32>,
     /// `unordered` (default) or `strict`: one at a time, in event-log order.
     #[serde(default)]
@@ -47,7 +50,7 @@ pub struct Subscribe {
 }
 
 /// A subscription as the API shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct SubscriptionView {
     /// `sub_…`.
     pub id: String,
@@ -65,6 +68,7 @@ pub struct SubscriptionView {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub secret: Option<String>,
     /// Until when an older secret still signs.
+    #[schema(value_type = Option<String>, format = DateTime)]
     #[serde(with = "time::serde::rfc3339::option")]
     pub previous_secret_expires_at: Option<OffsetDateTime>,
     /// Extra request headers.
@@ -89,7 +93,7 @@ pub struct SubscriptionView {
 }
 
 impl SubscriptionView {
-    fn new(sub: WebhookSubscription, with_secret: bool) -> Self {
+    pub(crate) fn new(sub: WebhookSubscription, with_secret: bool) -> Self {
         let now = OffsetDateTime::now_utc();
         let previous = sub
             .secrets
@@ -120,6 +124,9 @@ impl SubscriptionView {
 }
 
 /// Creates a subscription; the answer carries its secret.
+#[utoipa::path(post, path = "/api/v1/portal/webhooks/subscribe", tag = "subscriptions",
+    request_body = Subscribe, security(("api_key" = [])),
+    responses((status = 201, description = "Created; `secret` is shown here and on rotation only", body = SubscriptionView)))]
 pub async fn subscribe(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
@@ -146,6 +153,9 @@ pub async fn subscribe(
 }
 
 /// Reads a subscription (without its secret).
+#[utoipa::path(get, path = "/api/v1/portal/webhooks/{id}", tag = "subscriptions",
+    params(("id" = String, Path, description = "Subscription id")), security(("api_key" = [])),
+    responses((status = 200, description = "The subscription", body = SubscriptionView)))]
 pub async fn get(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
@@ -156,7 +166,7 @@ pub async fn get(
 }
 
 /// `POST /api/v1/portal/webhooks/{id}/rotate-secret` body.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Rotate {
     /// How long the previous secret keeps signing (default 86400; 0 = stop now).
@@ -166,16 +176,21 @@ pub struct Rotate {
 }
 
 /// The rotation's answer.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Rotated {
     /// The new current secret.
     pub secret: String,
     /// Until when the previous secret keeps signing (`null` when it stopped at once).
+    #[schema(value_type = Option<String>, format = DateTime)]
     #[serde(with = "time::serde::rfc3339::option")]
     pub previous_secret_expires_at: Option<OffsetDateTime>,
 }
 
 /// Rotates the signing secret with a grace window (dual signing).
+#[utoipa::path(post, path = "/api/v1/portal/webhooks/{id}/rotate-secret", tag = "subscriptions",
+    params(("id" = String, Path, description = "Subscription id")), security(("api_key" = [])),
+    request_body(content = Option<Rotate>, description = "Optional; empty means defaults"),
+    responses((status = 200, description = "Rotated", body = Rotated)))]
 pub async fn rotate_secret(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
@@ -202,4 +217,174 @@ pub async fn rotate_secret(
         secret: rotation.secret.to_whsec(),
         previous_secret_expires_at: rotation.previous_secret_expires_at,
     }))
+}
+
+/// Lists the tenant's subscriptions, newest first.
+#[utoipa::path(get, path = "/api/v1/portal/webhooks", tag = "subscriptions",
+    params(PageQuery), security(("api_key" = [])),
+    responses((status = 200, description = "A page of subscriptions", body = List<SubscriptionView>)))]
+pub async fn list(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    ApiQuery(q): ApiQuery<PageQuery>,
+) -> Result<Json<List<SubscriptionView>>, ApiError> {
+    let page = Page {
+        limit: q.limit,
+        cursor: non_empty(q.cursor),
+    };
+    let result = state
+        .engine
+        .list_subscriptions(&tenant, page.cursor.clone(), page.limit()?)
+        .await?;
+    Ok(Json(List {
+        data: result
+            .data
+            .into_iter()
+            .map(|s| SubscriptionView::new(s, false))
+            .collect(),
+        next_cursor: result.next_cursor,
+    }))
+}
+
+/// `PATCH /api/v1/portal/webhooks/{id}` body: the fields to change.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateSubscription {
+    /// New endpoint URL.
+    pub url: Option<String>,
+    /// New event types and `prefix.*` patterns.
+    pub event_types: Option<Vec<String>>,
+    /// New description; `null` clears it.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    pub description: Option<Option<String>>,
+    /// New custom headers (replace the old set).
+    pub headers: Option<BTreeMap<String, String>>,
+    /// New deliveries per second; `null` removes the limit.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<u32>, minimum = 1)]
+    pub rate_limit: Option<Option<u32>>,
+    /// New delivery order (for deliveries created from now on).
+    pub ordering: Option<Ordering>,
+    /// New in-flight limit; `null` removes it.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<u32>, minimum = 1, maximum = 256)]
+    pub max_in_flight: Option<Option<u32>>,
+    /// New attempt timeout in seconds; `null` removes it.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<u32>, minimum = 1, maximum = 60)]
+    pub timeout_seconds: Option<Option<u32>>,
+}
+
+/// A field that is present (even as `null`) becomes `Some`.
+fn present<'de, T, D>(de: D) -> Result<Option<Option<T>>, D::Error>
+where
+    T: Deserialize<'de>,
+    D: serde::Deserializer<'de>,
+{
+    Option::<T>::deserialize(de).map(Some)
+}
+
+/// Changes a subscription.
+#[utoipa::path(patch, path = "/api/v1/portal/webhooks/{id}", tag = "subscriptions",
+    params(("id" = String, Path, description = "Subscription id")), security(("api_key" = [])),
+    request_body = UpdateSubscription,
+    responses((status = 200, description = "The updated subscription", body = SubscriptionView)))]
+pub async fn update(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<UpdateSubscription>,
+) -> Result<Json<SubscriptionView>, ApiError> {
+    let sub = state
+        .engine
+        .update_subscription(
+            &tenant,
+            &id,
+            SubscriptionUpdate {
+                url: body.url,
+                event_types: body.event_types,
+                description: body.description,
+                headers: body.headers,
+                rate_limit: body.rate_limit,
+                ordering: body.ordering,
+                max_in_flight: body.max_in_flight,
+                timeout_seconds: body.timeout_seconds,
+            },
+        )
+        .await?;
+    Ok(Json(SubscriptionView::new(sub, false)))
+}
+
+/// Pauses deliveries; they wait in the schedule until resumed.
+#[utoipa::path(post, path = "/api/v1/portal/webhooks/{id}/pause", tag = "subscriptions",
+    params(("id" = String, Path, description = "Subscription id")), security(("api_key" = [])),
+    responses((status = 200, description = "Paused", body = SubscriptionView)))]
+pub async fn pause(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    Path(id): Path<String>,
+) -> Result<Json<SubscriptionView>, ApiError> {
+    let sub = state.engine.pause_subscription(&tenant, &id).await?;
+    Ok(Json(SubscriptionView::new(sub, false)))
+}
+
+/// The answer to a resume: the subscription, and for one that was disabled,
+/// the recovery it can ask for to get what it missed.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Resumed {
+    /// The subscription, active again.
+    #[serde(flatten)]
+    pub subscription: SubscriptionView,
+    /// Present when the subscription had been disabled: POST `body` to `href`
+    /// to re-deliver what it missed.
+    pub recover: Option<RecoverOffer>,
+}
+
+/// A ready-made recovery request for what a disabled subscription missed.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct RecoverOffer {
+    /// Where to POST it.
+    pub href: String,
+    /// The request body: the time range since deliveries started failing.
+    pub body: serde_json::Value,
+}
+
+/// Resumes a paused or disabled subscription; a disabled one is offered the
+/// recovery of what it missed.
+#[utoipa::path(post, path = "/api/v1/portal/webhooks/{id}/resume", tag = "subscriptions",
+    params(("id" = String, Path, description = "Subscription id")), security(("api_key" = [])),
+    responses((status = 200, description = "Active again", body = Resumed)))]
+pub async fn resume(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    Path(id): Path<String>,
+) -> Result<Json<Resumed>, ApiError> {
+    let before = state.engine.subscription(&tenant, &id).await?;
+    let sub = state.engine.resume_subscription(&tenant, &id).await?;
+    let recover = (before.status == SubscriptionStatus::Disabled).then(|| {
+        let since = before.failing_since.unwrap_or(before.updated_at);
+        let fmt = |t: OffsetDateTime| t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
+        RecoverOffer {
+            href: format!("/api/v1/portal/webhooks/{id}/recover"),
+            body: serde_json::json!({ "since": fmt(since), "until": fmt(OffsetDateTime::now_utc()), "only_failed": true }),
+        }
+    });
+    Ok(Json(Resumed {
+        subscription: SubscriptionView::new(sub, false),
+        recover,
+    }))
+}
+
+/// Deletes a subscription; its pending deliveries are dropped.
+#[utoipa::path(delete, path = "/api/v1/portal/webhooks/{id}", tag = "subscriptions",
+    params(("id" = String, Path, description = "Subscription id")), security(("api_key" = [])),
+    responses((status = 204, description = "Deleted")))]
+pub async fn remove(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    state.engine.delete_subscription(&tenant, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
 }

@@ -3,8 +3,15 @@
 
 mod bad_input;
 mod breaker;
+mod catalogue;
 mod crash;
+mod errors;
 mod flow;
+mod isolation;
+mod manage;
 mod metrics;
 mod policies;
+mod recovery;
+mod schemathesis;
+mod stream;
 mod support;

@@ -25,7 +25,8 @@ pub struct Herald {
     pub base: String,
     pub engine: Arc<Engine>,
     pub http: reqwest::Client,
-    _dir: TempDir,
+    server: tokio::task::JoinHandle<()>,
+    dir: TempDir,
 }
 
 /// A test config: loopback allowed, quick retries.
@@ -46,23 +47,56 @@ impl Herald {
     }
 
     pub async fn start_with(tune: impl FnOnce(&mut EngineConfig)) -> Self {
-        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(tempfile::tempdir().unwrap(), tune, |s| s).await
+    }
+
+    /// Starts on `dir` (possibly holding a previous run's data), with the
+    /// engine config and the app state adjusted.
+    pub async fn start_in(
+        dir: TempDir,
+        tune: impl FnOnce(&mut EngineConfig),
+        tune_state: impl FnOnce(AppState) -> AppState,
+    ) -> Self {
         let mut config = test_config(dir.path());
         tune(&mut config);
         let engine = Engine::start(config).await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let state = AppState {
-            engine: engine.clone(),
-            admin_token: Arc::from(ADMIN),
-        };
-        tokio::spawn(async move { axum::serve(listener, app(state)).await.unwrap() });
+        let state = tune_state(AppState::new(engine.clone(), ADMIN));
+        let server = tokio::spawn(async move { axum::serve(listener, app(state)).await.unwrap() });
         Self {
             base: format!("http://{addr}"),
             engine,
             http: reqwest::Client::new(),
-            _dir: dir,
+            server,
+            dir,
         }
+    }
+
+    /// Stops the server and the engine; returns the data directory.
+    pub async fn stop(self) -> TempDir {
+        self.server.abort();
+        let _ = self.server.await;
+        self.engine.shutdown().await;
+        self.dir
+    }
+
+    /// Any request; `body` is sent as JSON when given.
+    pub async fn call(
+        &self,
+        method: &str,
+        key: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut r = self
+            .http
+            .request(method.parse().unwrap(), self.url(path))
+            .bearer_auth(key);
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        split(r.send().await.unwrap()).await
     }
 
     pub fn url(&self, path: &str) -> String {

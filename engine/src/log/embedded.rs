@@ -464,6 +464,10 @@ impl EventLog for EmbeddedLog {
         self.shared.load_offsets(group).map(Some)
     }
 
+    fn appends(&self) -> Option<watch::Receiver<u64>> {
+        Some(self.shared.appended.subscribe())
+    }
+
     async fn consumer(&self, group: &str) -> Result<Box<dyn LogConsumer>, LogError> {
         let committed = self.shared.load_offsets(group)?;
         let next = (0..self.partitions())

@@ -115,6 +115,13 @@ pub trait EventLog: Send + Sync + 'static {
         Ok(None)
     }
 
+    /// A receiver whose value changes after every durable append (any
+    /// partition), to wake readers instead of polling. `None` when the
+    /// backend cannot tell; readers then poll.
+    fn appends(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
+
     /// A consumer in group `group` over every partition, starting at the
     /// group's committed positions.
     async fn consumer(&self, group: &str) -> Result<Box<dyn LogConsumer>, LogError>;

@@ -14,10 +14,16 @@ use parking_lot::Mutex;
 use rusqlite::{params, params_from_iter, types::Value, Connection, OpenFlags, OptionalExtension};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{EventFilter, FanOut, FanOutResult, LogFilter, Store, StoreError, SubscriptionChange};
+mod manage;
+
+use super::{
+    EventFilter, FanOut, FanOutResult, LogFilter, RecoveryScope, Store, StoreError,
+    SubscriptionChange,
+};
 use crate::{
     log::LogPosition,
     model::{DomainEvent, ScheduledDelivery, WebhookDeliveryLog, WebhookSubscription},
+    resources::{ApiKey, EventTypeSchema, RecoveryCandidate, RecoveryJob},
 };
 
 /// Writes gathered into one transaction at most.
@@ -65,8 +71,7 @@ impl EmbeddedStore {
             "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON; PRAGMA busy_timeout=5000;",
         )
         .map_err(db_err)?;
-        conn.execute_batch(include_str!("schema.sql"))
-            .map_err(db_err)?;
+        migrate(&conn)?;
         let (tx, rx) = mpsc::channel::<Job>(8192);
         std::thread::Builder::new()
             .name("herald-store-writer".into())
@@ -136,6 +141,26 @@ impl EmbeddedStore {
         .await
         .map_err(|e| StoreError::Unavailable(e.to_string()))?
     }
+}
+
+/// Brings the schema to the current version: v1 on an empty database, then
+/// each later step once, in its own transaction.
+fn migrate(conn: &Connection) -> Result<(), StoreError> {
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(db_err)?;
+    if version < 1 {
+        conn.execute_batch(include_str!("schema.sql"))
+            .map_err(db_err)?;
+    }
+    if version < 2 {
+        conn.execute_batch(&format!(
+            "BEGIN IMMEDIATE; {} COMMIT;",
+            include_str!("schema_v2.sql")
+        ))
+        .map_err(db_err)?;
+    }
+    Ok(())
 }
 
 fn savepoint<T>(
@@ -287,14 +312,19 @@ fn query_bodies<T: serde::de::DeserializeOwned>(
 
 #[async_trait]
 impl Store for EmbeddedStore {
-    async fn create_tenant(&self, tenant_id: &str, key_hash: [u8; 32]) -> Result<(), StoreError> {
+    async fn create_tenant(
+        &self,
+        tenant_id: &str,
+        first_key: &ApiKey,
+        key_hash: [u8; 32],
+    ) -> Result<(), StoreError> {
         let tenant = tenant_id.to_string();
+        let key = first_key.clone();
         self.write(move |conn| {
-            let now = now_ms();
             let inserted = conn
                 .execute(
                     "INSERT OR IGNORE INTO tenants (id, created_at) VALUES (?1, ?2)",
-                    params![tenant, now],
+                    params![tenant, now_ms()],
                 )
                 .map_err(db_err)?;
             if inserted == 0 {
@@ -302,21 +332,18 @@ impl Store for EmbeddedStore {
                     "tenant {tenant:?} already exists"
                 )));
             }
-            conn.execute(
-                "INSERT INTO api_keys (hash, tenant_id, created_at) VALUES (?1, ?2, ?3)",
-                params![key_hash.as_slice(), tenant, now],
-            )
-            .map_err(db_err)?;
-            Ok(())
+            manage::insert_key(conn, &key, key_hash)
         })
         .await
     }
 
     async fn tenant_for_key(&self, key_hash: [u8; 32]) -> Result<Option<String>, StoreError> {
         self.read(move |conn| {
-            conn.prepare_cached("SELECT tenant_id FROM api_keys WHERE hash = ?1")
-                .and_then(|mut st| st.query_row([key_hash.as_slice()], |r| r.get(0)).optional())
-                .map_err(db_err)
+            conn.prepare_cached(
+                "SELECT tenant_id FROM api_keys WHERE hash = ?1 AND revoked_at IS NULL",
+            )
+            .and_then(|mut st| st.query_row([key_hash.as_slice()], |r| r.get(0)).optional())
+            .map_err(db_err)
         })
         .await
     }
@@ -694,6 +721,90 @@ impl Store for EmbeddedStore {
                 .map_err(db_err)
         })
         .await
+    }
+
+    async fn list_subscriptions(
+        &self,
+        tenant_id: &str,
+        before: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<WebhookSubscription>, StoreError> {
+        self.m_list_subscriptions(tenant_id, before, limit).await
+    }
+
+    async fn delete_subscription(&self, tenant_id: &str, id: &str) -> Result<bool, StoreError> {
+        self.m_delete_subscription(tenant_id, id).await
+    }
+
+    async fn tenant_exists(&self, tenant_id: &str) -> Result<bool, StoreError> {
+        self.m_tenant_exists(tenant_id).await
+    }
+
+    async fn create_api_key(&self, key: &ApiKey, key_hash: [u8; 32]) -> Result<(), StoreError> {
+        self.m_create_api_key(key, key_hash).await
+    }
+
+    async fn list_api_keys(&self, tenant_id: &str) -> Result<Vec<ApiKey>, StoreError> {
+        self.m_list_api_keys(tenant_id).await
+    }
+
+    async fn revoke_api_key(
+        &self,
+        tenant_id: &str,
+        key_id: &str,
+        at_ms: i64,
+    ) -> Result<Option<ApiKey>, StoreError> {
+        self.m_revoke_api_key(tenant_id, key_id, at_ms).await
+    }
+
+    async fn put_event_type(&self, schema: &EventTypeSchema) -> Result<bool, StoreError> {
+        self.m_put_event_type(schema).await
+    }
+
+    async fn all_event_types(&self) -> Result<Vec<EventTypeSchema>, StoreError> {
+        self.m_all_event_types().await
+    }
+
+    async fn create_recovery(&self, job: &RecoveryJob) -> Result<(), StoreError> {
+        self.m_create_recovery(job).await
+    }
+
+    async fn get_recovery(
+        &self,
+        tenant_id: &str,
+        id: &str,
+    ) -> Result<Option<RecoveryJob>, StoreError> {
+        self.m_get_recovery(tenant_id, id).await
+    }
+
+    async fn unfinished_recoveries(
+        &self,
+    ) -> Result<Vec<(RecoveryJob, Option<String>)>, StoreError> {
+        self.m_unfinished_recoveries().await
+    }
+
+    async fn count_recovery_candidates(&self, scope: &RecoveryScope) -> Result<u64, StoreError> {
+        self.m_count_recovery_candidates(scope).await
+    }
+
+    async fn recovery_candidates(
+        &self,
+        scope: &RecoveryScope,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<RecoveryCandidate>, StoreError> {
+        self.m_recovery_candidates(scope, after, limit).await
+    }
+
+    async fn advance_recovery(
+        &self,
+        job: &RecoveryJob,
+        deliveries: Vec<ScheduledDelivery>,
+        cursor: Option<String>,
+        finished: bool,
+    ) -> Result<(), StoreError> {
+        self.m_advance_recovery(job, deliveries, cursor, finished)
+            .await
     }
 }
 

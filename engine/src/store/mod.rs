@@ -17,11 +17,15 @@ use async_trait::async_trait;
 use crate::{
     log::LogPosition,
     model::{DomainEvent, ScheduledDelivery, WebhookDeliveryLog, WebhookSubscription},
+    resources::{ApiKey, EventTypeSchema, RecoveryCandidate, RecoveryJob},
 };
 
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// A resource the write depends on does not exist.
+    #[error("{0} not found")]
+    NotFound(&'static str),
     /// A unique resource already exists.
     #[error("{0}")]
     Conflict(String),
@@ -85,14 +89,34 @@ pub enum FanOutResult {
 /// [`Store::modify_subscription`]; returns whether it changed anything.
 pub type SubscriptionChange = Box<dyn FnOnce(&mut WebhookSubscription) -> bool + Send>;
 
+/// What a recovery job looks for (see [`Store::recovery_candidates`]).
+#[derive(Debug, Clone)]
+pub struct RecoveryScope {
+    /// Owning tenant.
+    pub tenant_id: String,
+    /// The subscription recovered.
+    pub subscription_id: String,
+    /// Events whose ids sort at or after this one (the id of `since`).
+    pub from_event_id: String,
+    /// Events whose ids sort before this one (the id of `until`).
+    pub to_event_id: String,
+    /// Only events whose latest delivery there is `failed` or `dead`.
+    pub only_failed: bool,
+}
+
 /// The durable state of the engine.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Creates a tenant with its first API key (stored as a SHA-256 hash).
     /// `Conflict` if the tenant exists.
-    async fn create_tenant(&self, tenant_id: &str, key_hash: [u8; 32]) -> Result<(), StoreError>;
+    async fn create_tenant(
+        &self,
+        tenant_id: &str,
+        first_key: &ApiKey,
+        key_hash: [u8; 32],
+    ) -> Result<(), StoreError>;
 
-    /// The tenant an API key hash belongs to.
+    /// The tenant an API key hash belongs to, unless the key is revoked.
     async fn tenant_for_key(&self, key_hash: [u8; 32]) -> Result<Option<String>, StoreError>;
 
     /// Inserts or replaces a subscription.
@@ -199,4 +223,86 @@ pub trait Store: Send + Sync + 'static {
 
     /// Removes dedupe claims that expired before `now_ms`; returns how many.
     async fn purge_expired(&self, now_ms: i64) -> Result<u64, StoreError>;
+
+    // ---- subscriptions management ----
+
+    /// A tenant's subscriptions, newest first, with ids before `before`.
+    async fn list_subscriptions(
+        &self,
+        tenant_id: &str,
+        before: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<WebhookSubscription>, StoreError>;
+
+    /// Deletes a subscription of a tenant; `false` if there was none.
+    /// Its scheduled deliveries are dropped by the workers when they fall due.
+    async fn delete_subscription(&self, tenant_id: &str, id: &str) -> Result<bool, StoreError>;
+
+    // ---- API keys ----
+
+    /// Whether the tenant exists.
+    async fn tenant_exists(&self, tenant_id: &str) -> Result<bool, StoreError>;
+
+    /// Adds an API key (stored as its SHA-256 hash) to an existing tenant.
+    async fn create_api_key(&self, key: &ApiKey, key_hash: [u8; 32]) -> Result<(), StoreError>;
+
+    /// A tenant's API keys (without the keys), in id order (oldest first).
+    async fn list_api_keys(&self, tenant_id: &str) -> Result<Vec<ApiKey>, StoreError>;
+
+    /// Revokes a key of a tenant at `at_ms`; `None` if there is no such key.
+    /// From the moment this returns the key no longer authenticates.
+    async fn revoke_api_key(
+        &self,
+        tenant_id: &str,
+        key_id: &str,
+        at_ms: i64,
+    ) -> Result<Option<ApiKey>, StoreError>;
+
+    // ---- event-type catalogue ----
+
+    /// Registers a schema version. `Ok(false)` when that version exists with
+    /// the same schema (nothing changes), `Conflict` when it exists with another.
+    async fn put_event_type(&self, schema: &EventTypeSchema) -> Result<bool, StoreError>;
+
+    /// Every registered schema of every tenant (to build the validators).
+    async fn all_event_types(&self) -> Result<Vec<EventTypeSchema>, StoreError>;
+
+    // ---- recovery jobs ----
+
+    /// Stores a new recovery job.
+    async fn create_recovery(&self, job: &RecoveryJob) -> Result<(), StoreError>;
+
+    /// One recovery job of a tenant, with `done` counted now.
+    async fn get_recovery(
+        &self,
+        tenant_id: &str,
+        id: &str,
+    ) -> Result<Option<RecoveryJob>, StoreError>;
+
+    /// Jobs still scheduling, each with the last event id it handled.
+    async fn unfinished_recoveries(&self)
+        -> Result<Vec<(RecoveryJob, Option<String>)>, StoreError>;
+
+    /// Counts the events in scope.
+    async fn count_recovery_candidates(&self, scope: &RecoveryScope) -> Result<u64, StoreError>;
+
+    /// Up to `limit` events in scope with ids after `after`, in id order,
+    /// each with its latest delivery to the subscription.
+    async fn recovery_candidates(
+        &self,
+        scope: &RecoveryScope,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<RecoveryCandidate>, StoreError>;
+
+    /// Atomically: schedules `deliveries` for job `job`, records them as the
+    /// job's, moves its cursor to `cursor` and adds them to `scheduled`,
+    /// marking the job completed when `finished`.
+    async fn advance_recovery(
+        &self,
+        job: &RecoveryJob,
+        deliveries: Vec<ScheduledDelivery>,
+        cursor: Option<String>,
+        finished: bool,
+    ) -> Result<(), StoreError>;
 }

@@ -1,0 +1,270 @@
+//! The event-type catalogue: a JSON Schema per (tenant, event type, schema
+//! version). Emits of a registered type are validated against the schema of
+//! their version before they reach the log; unregistered types pass as they
+//! are. Registered versions are immutable, so a payload valid today stays
+//! valid for its consumers tomorrow.
+//!
+//! Compiled validators live in memory (loaded at start, updated by every
+//! registration through this engine), so validation costs no store read.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+};
+
+use parking_lot::RwLock;
+use time::OffsetDateTime;
+
+use super::Engine;
+use crate::{
+    error::{EngineError, SchemaIssue},
+    resources::EventTypeSchema,
+    subscriptions::validate_filter,
+};
+
+/// Largest accepted schema, in bytes of JSON.
+const MAX_SCHEMA_BYTES: usize = 64 * 1024;
+/// Most violations reported for one payload.
+const MAX_ISSUES: usize = 20;
+
+struct Entry {
+    schema: EventTypeSchema,
+    validator: Arc<jsonschema::Validator>,
+}
+
+/// Registered schemas by (tenant, event type), then version.
+#[derive(Default)]
+pub(super) struct Catalogue {
+    types: RwLock<HashMap<(String, String), BTreeMap<u32, Entry>>>,
+}
+
+fn compile(schema: &serde_json::Value) -> Result<jsonschema::Validator, EngineError> {
+    jsonschema::validator_for(schema)
+        .map_err(|e| EngineError::invalid("schema", format!("not a valid JSON Schema: {e}")))
+}
+
+impl Catalogue {
+    pub(super) fn load(schemas: Vec<EventTypeSchema>) -> Self {
+        let catalogue = Self::default();
+        for s in schemas {
+            match compile(&s.schema) {
+                Ok(v) => catalogue.insert(s, v),
+                Err(e) => {
+                    tracing::error!(event_type = %s.event_type, error = %e, "a stored schema no longer compiles")
+                }
+            }
+        }
+        catalogue
+    }
+
+    fn insert(&self, schema: EventTypeSchema, validator: jsonschema::Validator) {
+        self.types
+            .write()
+            .entry((schema.tenant_id.clone(), schema.event_type.clone()))
+            .or_default()
+            .insert(
+                schema.schema_version,
+                Entry {
+                    schema,
+                    validator: Arc::new(validator),
+                },
+            );
+    }
+
+    /// Checks a payload; `Ok` for unregistered types.
+    pub(super) fn check(
+        &self,
+        tenant: &str,
+        event_type: &str,
+        version: u32,
+        payload: &serde_json::Value,
+    ) -> Result<(), EngineError> {
+        let validator = {
+            let types = self.types.read();
+            let Some(versions) = types.get(&(tenant.to_string(), event_type.to_string())) else {
+                return Ok(());
+            };
+            match versions.get(&version) {
+                Some(e) => e.validator.clone(),
+                None => {
+                    let known: Vec<String> = versions.keys().map(u32::to_string).collect();
+                    return Err(EngineError::invalid(
+                        "schema_version",
+                        format!(
+                            "{event_type} has no registered schema_version {version}; registered: {}",
+                            known.join(", ")
+                        ),
+                    ));
+                }
+            }
+        };
+        let errors: Vec<SchemaIssue> = validator
+            .iter_errors(payload)
+            .take(MAX_ISSUES)
+            .map(|e| SchemaIssue {
+                instance_path: e.instance_path().to_string(),
+                message: e.to_string(),
+            })
+            .collect();
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(EngineError::SchemaViolation {
+                event_type: event_type.to_string(),
+                schema_version: version,
+                errors,
+            })
+        }
+    }
+
+    fn of_type(&self, tenant: &str, event_type: &str) -> Vec<EventTypeSchema> {
+        self.types
+            .read()
+            .get(&(tenant.to_string(), event_type.to_string()))
+            .map(|v| v.values().map(|e| e.schema.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    fn types_of(&self, tenant: &str) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .types
+            .read()
+            .keys()
+            .filter(|(t, _)| t == tenant)
+            .map(|(_, ty)| ty.clone())
+            .collect();
+        out.sort();
+        out
+    }
+}
+
+/// A page of the catalogue: event types with all their versions.
+#[derive(Debug, Clone)]
+pub struct EventTypePage {
+    /// Event types in name order, each with its versions (ascending).
+    pub data: Vec<(String, Vec<EventTypeSchema>)>,
+    /// Cursor of the next page (the last type name of this one).
+    pub next_cursor: Option<String>,
+}
+
+impl Engine {
+    /// Registers the JSON Schema of `event_type` at `schema_version`.
+    /// Returns the stored version and whether it is new (`false`: the same
+    /// schema was registered before). Another schema for a registered
+    /// version is a `Conflict`.
+    pub async fn register_event_type(
+        &self,
+        tenant_id: &str,
+        event_type: &str,
+        schema_version: u32,
+        schema: serde_json::Value,
+    ) -> Result<(EventTypeSchema, bool), EngineError> {
+        validate_event_type_name(event_type)?;
+        if schema_version == 0 {
+            return Err(EngineError::invalid("schema_version", "must be at least 1"));
+        }
+        if !schema.is_object() {
+            return Err(EngineError::invalid(
+                "schema",
+                "must be a JSON Schema object, e.g. {\"type\": \"object\"}",
+            ));
+        }
+        if serde_json::to_vec(&schema).map_or(usize::MAX, |v| v.len()) > MAX_SCHEMA_BYTES {
+            return Err(EngineError::invalid(
+                "schema",
+                format!("at most {MAX_SCHEMA_BYTES} bytes of JSON"),
+            ));
+        }
+        let validator = compile(&schema)?;
+        let record = EventTypeSchema {
+            tenant_id: tenant_id.to_string(),
+            event_type: event_type.to_string(),
+            schema_version,
+            schema,
+            created_at: OffsetDateTime::now_utc(),
+        };
+        let created = self.store.put_event_type(&record).await?;
+        if created {
+            self.catalogue.insert(record.clone(), validator);
+            tracing::info!(
+                tenant_id,
+                event_type,
+                schema_version,
+                "event type registered"
+            );
+            Ok((record, true))
+        } else {
+            let stored = self
+                .catalogue
+                .of_type(tenant_id, event_type)
+                .into_iter()
+                .find(|s| s.schema_version == schema_version)
+                .unwrap_or(record);
+            Ok((stored, false))
+        }
+    }
+
+    /// Every registered version of one event type (`NotFound` if none).
+    pub async fn event_type(
+        &self,
+        tenant_id: &str,
+        event_type: &str,
+    ) -> Result<Vec<EventTypeSchema>, EngineError> {
+        let versions = self.catalogue.of_type(tenant_id, event_type);
+        if versions.is_empty() {
+            return Err(EngineError::NotFound("event type"));
+        }
+        Ok(versions)
+    }
+
+    /// The tenant's registered event types in name order, after `cursor`.
+    pub async fn list_event_types(
+        &self,
+        tenant_id: &str,
+        cursor: Option<String>,
+        limit: usize,
+    ) -> Result<EventTypePage, EngineError> {
+        let names = self.catalogue.types_of(tenant_id);
+        let mut data: Vec<(String, Vec<EventTypeSchema>)> = names
+            .into_iter()
+            .filter(|n| cursor.as_ref().is_none_or(|c| n > c))
+            .take(limit + 1)
+            .map(|n| {
+                let versions = self.catalogue.of_type(tenant_id, &n);
+                (n, versions)
+            })
+            .collect();
+        let next_cursor = if data.len() > limit {
+            data.truncate(limit);
+            data.last().map(|(n, _)| n.clone())
+        } else {
+            None
+        };
+        Ok(EventTypePage { data, next_cursor })
+    }
+
+    pub(super) fn check_payload(
+        &self,
+        tenant_id: &str,
+        event_type: &str,
+        schema_version: u32,
+        payload: &serde_json::Value,
+    ) -> Result<(), EngineError> {
+        self.catalogue
+            .check(tenant_id, event_type, schema_version, payload)
+    }
+}
+
+fn validate_event_type_name(event_type: &str) -> Result<(), EngineError> {
+    validate_filter(event_type)
+        .ok()
+        .filter(|()| !event_type.contains('*'))
+        .ok_or_else(|| {
+            EngineError::invalid(
+                "event_type",
+                format!(
+                    "{event_type:?} is not an event type; use dotted names like work_order.completed"
+                ),
+            )
+        })
+}

@@ -1,0 +1,264 @@
+//! Managing what a tenant owns: list, update, pause, resume and delete
+//! subscriptions, and create, list and revoke API keys.
+//!
+//! Every subscription change is written to the store first and then applied
+//! to the in-memory matching index, so fan-out follows it at once. Deliveries
+//! of a paused subscription wait in the schedule; those of a deleted one are
+//! dropped by the workers when they fall due.
+
+use std::collections::BTreeMap;
+
+use base64::Engine as _;
+use time::OffsetDateTime;
+
+use super::{hash_key, validate_cursor, validate_event_types, validate_headers, Engine};
+use crate::{
+    error::EngineError,
+    ids,
+    model::{SubscriptionStatus, WebhookSubscription},
+    resources::ApiKey,
+    store::embedded::now_ms,
+};
+
+/// Prefix of API key ids.
+pub const API_KEY: &str = "key";
+
+/// A change to a subscription; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct SubscriptionUpdate {
+    /// New endpoint URL.
+    pub url: Option<String>,
+    /// New event type filters.
+    pub event_types: Option<Vec<String>>,
+    /// New description (`Some(None)` clears it).
+    pub description: Option<Option<String>>,
+    /// New custom headers (replace the old ones).
+    pub headers: Option<BTreeMap<String, String>>,
+    /// New rate limit (`Some(None)` removes it).
+    pub rate_limit: Option<Option<u32>>,
+    /// New delivery order (applies to deliveries created from now on).
+    pub ordering: Option<crate::model::Ordering>,
+    /// New in-flight limit (`Some(None)` removes it).
+    pub max_in_flight: Option<Option<u32>>,
+    /// New attempt timeout in seconds (`Some(None)` removes it).
+    pub timeout_seconds: Option<Option<u32>>,
+}
+
+/// A page of subscriptions.
+#[derive(Debug, Clone)]
+pub struct SubscriptionPage {
+    /// Newest first.
+    pub data: Vec<WebhookSubscription>,
+    /// Cursor of the next page.
+    pub next_cursor: Option<String>,
+}
+
+impl Engine {
+    /// A tenant's subscriptions, newest first.
+    pub async fn list_subscriptions(
+        &self,
+        tenant_id: &str,
+        cursor: Option<String>,
+        limit: usize,
+    ) -> Result<SubscriptionPage, EngineError> {
+        let cursor = validate_cursor(cursor, ids::SUBSCRIPTION)?;
+        let mut data = self
+            .store
+            .list_subscriptions(tenant_id, cursor.as_deref(), limit + 1)
+            .await?;
+        let next_cursor = super::page_cursor(&mut data, limit, |s| s.id.clone());
+        Ok(SubscriptionPage { data, next_cursor })
+    }
+
+    /// Changes a subscription's URL, filters, description, headers or rate
+    /// limit. Everything is validated before anything changes.
+    pub async fn update_subscription(
+        &self,
+        tenant_id: &str,
+        id: &str,
+        update: SubscriptionUpdate,
+    ) -> Result<WebhookSubscription, EngineError> {
+        if let Some(url) = &update.url {
+            self.validate_url(url).await?;
+        }
+        if let Some(types) = &update.event_types {
+            validate_event_types(types)?;
+        }
+        if let Some(Some(d)) = &update.description {
+            if d.len() > 1024 {
+                return Err(EngineError::invalid("description", "at most 1024 bytes"));
+            }
+        }
+        if let Some(h) = &update.headers {
+            validate_headers(h)?;
+        }
+        crate::engine::validate_limits(
+            update.rate_limit.flatten(),
+            update.max_in_flight.flatten(),
+            update.timeout_seconds.flatten(),
+        )?;
+        let _guard = self.lock_subscription(id).await;
+        let mut sub = self.subscription(tenant_id, id).await?;
+        if let Some(url) = update.url {
+            sub.url = url;
+        }
+        if let Some(types) = update.event_types {
+            sub.event_types = types;
+        }
+        if let Some(d) = update.description {
+            sub.description = d;
+        }
+        if let Some(h) = update.headers {
+            sub.headers = h;
+        }
+        if let Some(r) = update.rate_limit {
+            sub.rate_limit = r;
+        }
+        if let Some(o) = update.ordering {
+            sub.ordering = o;
+        }
+        if let Some(m) = update.max_in_flight {
+            sub.max_in_flight = m;
+        }
+        if let Some(t) = update.timeout_seconds {
+            sub.timeout_seconds = t;
+        }
+        self.save_subscription(sub, "subscription updated").await
+    }
+
+    /// Pauses deliveries to a subscription: new events still create
+    /// deliveries, which wait in the schedule until it is resumed.
+    pub async fn pause_subscription(
+        &self,
+        tenant_id: &str,
+        id: &str,
+    ) -> Result<WebhookSubscription, EngineError> {
+        let _guard = self.lock_subscription(id).await;
+        let mut sub = self.subscription(tenant_id, id).await?;
+        sub.status = SubscriptionStatus::Paused;
+        self.save_subscription(sub, "subscription paused").await
+    }
+
+    /// Resumes a paused (or disabled) subscription.
+    pub async fn resume_subscription(
+        &self,
+        tenant_id: &str,
+        id: &str,
+    ) -> Result<WebhookSubscription, EngineError> {
+        let sub = {
+            let _guard = self.lock_subscription(id).await;
+            let mut sub = self.subscription(tenant_id, id).await?;
+            sub.status = SubscriptionStatus::Active;
+            sub.disabled_reason = None;
+            sub.failing_since = None;
+            self.save_subscription(sub, "subscription resumed").await?
+        };
+        self.wake.notify_one();
+        Ok(sub)
+    }
+
+    /// Deletes a subscription; its pending deliveries are dropped.
+    pub async fn delete_subscription(&self, tenant_id: &str, id: &str) -> Result<(), EngineError> {
+        let _guard = self.lock_subscription(id).await;
+        if !self.store.delete_subscription(tenant_id, id).await? {
+            return Err(EngineError::NotFound("subscription"));
+        }
+        self.subscriptions.remove(id);
+        tracing::info!(tenant_id, subscription_id = id, "subscription deleted");
+        Ok(())
+    }
+
+    async fn save_subscription(
+        &self,
+        mut sub: WebhookSubscription,
+        what: &'static str,
+    ) -> Result<WebhookSubscription, EngineError> {
+        sub.updated_at = OffsetDateTime::now_utc();
+        self.store.put_subscription(&sub).await?;
+        self.subscriptions.upsert(sub.clone());
+        tracing::info!(tenant_id = %sub.tenant_id, subscription_id = %sub.id, "{what}");
+        Ok(sub)
+    }
+
+    // ---- API keys ----
+
+    /// Adds an API key to a tenant; returns it with the key itself, which is
+    /// shown only here (Herald keeps its SHA-256 hash).
+    pub async fn create_api_key(
+        &self,
+        tenant_id: &str,
+        name: Option<String>,
+    ) -> Result<(ApiKey, String), EngineError> {
+        if name
+            .as_ref()
+            .is_some_and(|n| n.is_empty() || n.len() > 200 || n.chars().any(char::is_control))
+        {
+            return Err(EngineError::invalid(
+                "name",
+                "1 to 200 printable characters",
+            ));
+        }
+        let (record, key) = new_key(tenant_id, name);
+        self.store.create_api_key(&record, hash_key(&key)).await?;
+        tracing::info!(tenant_id, key_id = %record.id, "API key created");
+        Ok((record, key))
+    }
+
+    /// A tenant's API keys (never the keys themselves), oldest first, after
+    /// the key id `cursor`; returns the page and the next cursor.
+    pub async fn list_api_keys(
+        &self,
+        tenant_id: &str,
+        cursor: Option<String>,
+        limit: usize,
+    ) -> Result<(Vec<ApiKey>, Option<String>), EngineError> {
+        let cursor = validate_cursor(cursor, API_KEY)?;
+        if !self.store.tenant_exists(tenant_id).await? {
+            return Err(EngineError::NotFound("tenant"));
+        }
+        let mut keys: Vec<ApiKey> = self
+            .store
+            .list_api_keys(tenant_id)
+            .await?
+            .into_iter()
+            .filter(|k| cursor.as_ref().is_none_or(|c| &k.id > c))
+            .take(limit + 1)
+            .collect();
+        let next = super::page_cursor(&mut keys, limit, |k| k.id.clone());
+        Ok((keys, next))
+    }
+
+    /// Revokes an API key: it stops authenticating at once.
+    pub async fn revoke_api_key(
+        &self,
+        tenant_id: &str,
+        key_id: &str,
+    ) -> Result<ApiKey, EngineError> {
+        let key = self
+            .store
+            .revoke_api_key(tenant_id, key_id, now_ms())
+            .await?
+            .ok_or(EngineError::NotFound("API key"))?;
+        tracing::info!(tenant_id, key_id, "API key revoked");
+        Ok(key)
+    }
+}
+
+/// A fresh key and its listing record.
+pub(super) fn new_key(tenant_id: &str, name: Option<String>) -> (ApiKey, String) {
+    let mut raw = [0u8; 32];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut raw);
+    let key = format!(
+        "hk_{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+    );
+    let record = ApiKey {
+        id: ids::new_id(API_KEY),
+        tenant_id: tenant_id.to_string(),
+        name,
+        prefix: key[..10].to_string(),
+        created_at: OffsetDateTime::now_utc(),
+        revoked_at: None,
+    };
+    (record, key)
+}
