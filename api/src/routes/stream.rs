@@ -16,6 +16,10 @@
 //!   identify duplicates).
 //! - A ping every `ping_interval`; no pong for two intervals closes the
 //!   connection (code 4009).
+//! - Browsers, which cannot set `Authorization` on a WebSocket, send the key
+//!   as the subprotocol `herald.bearer.<key>` next to `herald.v1`; the
+//!   server selects `herald.v1`, so the key never comes back in a header.
+//!   Keys are never taken from the query string (it ends up in logs).
 //! - Readers wake on appends (the log's append signal) rather than polling.
 
 use std::time::{Duration, Instant};
@@ -37,7 +41,7 @@ use tokio_util::sync::CancellationToken;
 use super::non_empty;
 use crate::{
     error::ApiError,
-    extract::{ApiQuery, Tenant},
+    extract::{ApiQuery, StreamTenant, STREAM_SUBPROTOCOL},
     AppState, StreamConfig,
 };
 
@@ -69,10 +73,11 @@ pub struct StreamQuery {
     ))]
 pub async fn stream(
     State(state): State<AppState>,
-    Tenant(tenant): Tenant,
+    auth: StreamTenant,
     ApiQuery(q): ApiQuery<StreamQuery>,
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
+    let tenant = auth.tenant;
     let filters: Vec<String> = non_empty(q.event_types)
         .map(|s| {
             s.split(',')
@@ -87,7 +92,11 @@ pub async fn stream(
         .engine
         .stream_start(&tenant, non_empty(q.cursor).as_deref())
         .await?;
-    let upgrade = upgrade.map_err(|_| ApiError::upgrade_required())?;
+    let mut upgrade = upgrade.map_err(|_| ApiError::upgrade_required())?;
+    if auth.via_subprotocol {
+        // Select the plain protocol name: the key is never echoed back.
+        upgrade = upgrade.protocols([STREAM_SUBPROTOCOL]);
+    }
     let engine = state.engine.clone();
     let config = state.stream.clone();
     Ok(upgrade

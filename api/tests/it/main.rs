@@ -9,6 +9,7 @@ mod errors;
 mod flow;
 mod isolation;
 mod manage;
+mod portal;
 mod recovery;
 mod schemathesis;
 mod stream;
