@@ -36,8 +36,14 @@ const W = 640;
 const H = 200;
 const PAD = 32;
 
-function time(t: number) {
-  return new Date(t).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
+function time(t: number, span = 3600_000) {
+  const d = new Date(t);
+  if (span >= 86400_000) return d.toLocaleString([], { month: 'short', day: 'numeric', hour: '2-digit', minute: '2-digit' });
+  return d.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit', ...(span < 3600_000 ? { second: '2-digit' } : {}) });
+}
+
+function span(buckets: Bucket[]): number {
+  return buckets[buckets.length - 1].start - buckets[0].start;
 }
 
 function OutcomeChart({ buckets }: { buckets: Bucket[] }) {
@@ -66,8 +72,8 @@ function OutcomeChart({ buckets }: { buckets: Bucket[] }) {
           </g>
         );
       })}
-      <text x={PAD} y={H - 8} class="tick">{time(buckets[0].start)}</text>
-      <text x={W - PAD} y={H - 8} class="tick" text-anchor="end">{time(buckets[buckets.length - 1].start)}</text>
+      <text x={PAD} y={H - 8} class="tick">{time(buckets[0].start, span(buckets))}</text>
+      <text x={W - PAD} y={H - 8} class="tick" text-anchor="end">{time(buckets[buckets.length - 1].start, span(buckets))}</text>
     </svg>
   );
 }
@@ -91,8 +97,8 @@ function LatencyChart({ buckets }: { buckets: Bucket[] }) {
       <polyline points={line('p95')} class="lat p95" />
       <polyline points={line('p50')} class="lat p50" />
       {buckets.map((b, i) => (b.p50 == null ? null : <circle key={b.start} cx={x(i)} cy={y(b.p50)} r={3} class="dot" />))}
-      <text x={PAD} y={H - 8} class="tick">{time(buckets[0].start)}</text>
-      <text x={W - PAD} y={H - 8} class="tick" text-anchor="end">{time(buckets[buckets.length - 1].start)}</text>
+      <text x={PAD} y={H - 8} class="tick">{time(buckets[0].start, span(buckets))}</text>
+      <text x={W - PAD} y={H - 8} class="tick" text-anchor="end">{time(buckets[buckets.length - 1].start, span(buckets))}</text>
     </svg>
   );
 }

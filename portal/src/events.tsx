@@ -5,13 +5,15 @@ type Tail = { id: string; type: string; at: string };
 
 /// The live tail: the tenant's WebSocket stream, newest first, announced
 /// politely to screen readers.
-function LiveTail({ onOpen }: { onOpen: (id: string) => void }) {
+function LiveTail({ onOpen, onArrive }: { onOpen: (id: string) => void; onArrive: () => void }) {
   const [on, setOn] = useState(true);
   const [filter, setFilter] = useState('');
   const [applied, setApplied] = useState('');
   const [state, setState] = useState('connecting');
   const [items, setItems] = useState<Tail[]>([]);
   const retry = useRef(0);
+  const arrive = useRef(onArrive);
+  arrive.current = onArrive;
 
   useEffect(() => {
     if (!on) {
@@ -33,6 +35,7 @@ function LiveTail({ onOpen }: { onOpen: (id: string) => void }) {
         const e = JSON.parse(m.data);
         cursor = e.cursor;
         setItems((xs) => [{ id: e.id, type: e.type, at: e.occurred_at }, ...xs.filter((x) => x.id !== e.id)].slice(0, 50));
+        arrive.current();
       };
       ws.onclose = (ev) => {
         if (closed) return;
@@ -95,15 +98,21 @@ function EventDetail({ id, focusToken, onClose }: { id: string; focusToken: numb
 
   async function load() {
     try {
-      setEv(await api('GET', `/integrations/events/${encodeURIComponent(id)}`));
+      const e = await api<HeraldEvent & { deliveries: Attempt[] }>('GET', `/integrations/events/${encodeURIComponent(id)}`);
+      setEv(e);
       setError(null);
+      return e;
     } catch (err) {
       setError((err as Error).message);
+      return null;
     }
   }
   useEffect(() => {
     setEv(null);
-    load();
+    load().then((e) => {
+      // A fresh event may not have its first attempt yet: look again for a while.
+      if (e && e.deliveries.length === 0) setPolls(15);
+    });
   }, [id]);
   // Move focus to the event when the user opened it here (not when the tab
   // is merely shown again with an event still open).
@@ -170,61 +179,64 @@ function EventDetail({ id, focusToken, onClose }: { id: string; focusToken: numb
           {ev.deliveries.length === 0 ? (
             <p>No delivery yet: no active subscription matched, or it is still on its way.</p>
           ) : (
-            <div class="scroll">
-              <table data-testid="deliveries">
-                <caption class="sr-only">Delivery attempts, newest first</caption>
-                <thead>
-                  <tr>
-                    <th scope="col">When</th>
-                    <th scope="col">Subscription</th>
-                    <th scope="col">Attempt</th>
-                    <th scope="col">Trigger</th>
-                    <th scope="col">Outcome</th>
-                    <th scope="col">Status</th>
-                    <th scope="col">Latency</th>
-                    <th scope="col">Details</th>
-                  </tr>
-                </thead>
-                <tbody>
-                  {ev.deliveries.map((a) => (
-                    <tr key={a.id} data-testid="delivery-row">
-                      <td>{fmtTime(a.created_at)}</td>
-                      <td>
-                        <code class="small">{a.subscription_id}</code>
-                      </td>
-                      <td>{a.attempt}</td>
-                      <td>{a.trigger}{a.replay_of ? ` of ${a.replay_of}` : ''}</td>
-                      <td>
-                        <span class={`badge ${a.outcome}`}>{a.outcome}</span>
-                      </td>
-                      <td>{a.status_code ?? '—'}</td>
-                      <td>{a.latency_ms != null ? `${a.latency_ms} ms` : '—'}</td>
-                      <td>
-                        <details>
-                          <summary>Request and response</summary>
-                          <p>
-                            <strong>POST</strong> <code>{a.url}</code>
-                          </p>
-                          <p class="small">
-                            Request headers: <code>webhook-id</code>, <code>webhook-timestamp</code>, <code>webhook-signature</code>, <code>herald-event-type</code>,{' '}
-                            <code>herald-attempt: {a.attempt}</code>, <code>herald-delivery-id: {a.delivery_id}</code>, <code>herald-subscription-id: {a.subscription_id}</code>, plus the subscription's own headers
-                            (the delivery log keeps no header values).
-                          </p>
-                          {a.error && (
-                            <p>
-                              Error: <strong>{a.error}</strong> {a.error_message}
-                            </p>
-                          )}
-                          {a.next_attempt_at && <p>Next attempt: {fmtTime(a.next_attempt_at)}</p>}
-                          <p>Response body:</p>
-                          <pre data-testid="response-body">{a.response_body ?? '(none)'}</pre>
-                        </details>
-                      </td>
-                    </tr>
-                  ))}
-                </tbody>
-              </table>
-            </div>
+            <ol class="plain deliveries" data-testid="deliveries" aria-label="Delivery attempts, newest first">
+              {ev.deliveries.map((a) => (
+                <li key={a.id} class="delivery" data-testid="delivery-row">
+                  <div class="row">
+                    <span class={`badge ${a.outcome}`}>{a.outcome}</span>
+                    <span>HTTP {a.status_code ?? '—'}</span>
+                    <span>{a.latency_ms != null ? `${a.latency_ms} ms` : '—'}</span>
+                    <span>
+                      attempt {a.attempt}, {a.trigger}
+                    </span>
+                    <span class="muted small">{fmtTime(a.created_at)}</span>
+                  </div>
+                  <dl class="facts small">
+                    <dt>Subscription</dt>
+                    <dd>
+                      <code>{a.subscription_id}</code>
+                    </dd>
+                    <dt>Delivery</dt>
+                    <dd>
+                      <code>{a.delivery_id}</code>
+                      {a.replay_of && (
+                        <>
+                          {' '}
+                          (replay of <code>{a.replay_of}</code>)
+                        </>
+                      )}
+                    </dd>
+                    {a.error && (
+                      <>
+                        <dt>Error</dt>
+                        <dd>
+                          <strong>{a.error}</strong> {a.error_message}
+                        </dd>
+                      </>
+                    )}
+                    {a.next_attempt_at && (
+                      <>
+                        <dt>Next attempt</dt>
+                        <dd>{fmtTime(a.next_attempt_at)}</dd>
+                      </>
+                    )}
+                  </dl>
+                  <details>
+                    <summary>Request and response</summary>
+                    <p>
+                      <strong>POST</strong> <code>{a.url}</code>
+                    </p>
+                    <p class="small">
+                      Request headers: <code>webhook-id</code>, <code>webhook-timestamp</code>, <code>webhook-signature</code>, <code>herald-event-type</code>,{' '}
+                      <code>herald-attempt: {a.attempt}</code>, <code>herald-delivery-id: {a.delivery_id}</code>, <code>herald-subscription-id: {a.subscription_id}</code>, plus the subscription's own headers
+                      (the delivery log keeps no header values).
+                    </p>
+                    <p>Response body:</p>
+                    <pre data-testid="response-body">{a.response_body ?? '(none)'}</pre>
+                  </details>
+                </li>
+              ))}
+            </ol>
           )}
         </>
       )}
@@ -245,6 +257,7 @@ export function Events({ openEvent, setOpenEvent }: { openEvent: string | null; 
     setFocusToken((n) => n + 1);
   };
 
+  const reload = useRef<number | undefined>(undefined);
   async function load() {
     try {
       setPage(await api('GET', `/integrations/events${qs({ event_type: applied, limit: 20, cursor })}`));
@@ -296,7 +309,17 @@ export function Events({ openEvent, setOpenEvent }: { openEvent: string | null; 
             {page?.next_cursor && <button onClick={() => setCursors([...cursors, page.next_cursor])}>Next page</button>}
           </div>
         </section>
-        <LiveTail onOpen={open} />
+        <LiveTail
+          onOpen={open}
+          onArrive={() => {
+            // New events show on the first page by themselves (at most one reload per second).
+            if (cursor !== null || reload.current !== undefined) return;
+            reload.current = window.setTimeout(() => {
+              reload.current = undefined;
+              load();
+            }, 1000);
+          }}
+        />
       </div>
       {openEvent && <EventDetail id={openEvent} focusToken={focusToken} onClose={() => setOpenEvent(null)} />}
     </div>
