@@ -13,7 +13,8 @@ use crate::{error::ApiError, AppState};
 /// The tenant of the bearer API key.
 pub struct Tenant(pub String);
 
-fn bearer(parts: &Parts) -> Result<&str, ApiError> {
+/// The bearer token of a request.
+pub fn bearer(parts: &Parts) -> Result<&str, ApiError> {
     let value = parts
         .headers
         .get(header::AUTHORIZATION)
@@ -72,6 +73,8 @@ pub const BEARER_SUBPROTOCOL_PREFIX: &str = "herald.bearer.";
 pub struct StreamTenant {
     /// The authenticated tenant.
     pub tenant: String,
+    /// The key it authenticated with (checked again while the stream is open).
+    pub key: String,
     /// The key came as a subprotocol: the upgrade must select
     /// [`STREAM_SUBPROTOCOL`] (never echo the key back).
     pub via_subprotocol: bool,
@@ -110,6 +113,7 @@ where
         };
         Ok(StreamTenant {
             tenant: tenant_of(&state, key).await?,
+            key: key.to_string(),
             via_subprotocol,
         })
     }

@@ -140,6 +140,9 @@ pub struct Engine {
     emit_locks: Vec<AsyncMutex<()>>,
     catalogue: catalogue::Catalogue,
     recovery_wake: Arc<Notify>,
+    /// Serialise read-modify-write changes of one subscription (striped by id),
+    /// so a concurrent delete is never undone by an update.
+    subscription_locks: Vec<AsyncMutex<()>>,
 }
 
 impl Engine {
@@ -230,6 +233,7 @@ impl Engine {
             emit_locks: (0..64).map(|_| AsyncMutex::new(())).collect(),
             catalogue,
             recovery_wake,
+            subscription_locks: (0..64).map(|_| AsyncMutex::new(())).collect(),
         }))
     }
 
@@ -341,6 +345,12 @@ impl Engine {
         Ok(sub)
     }
 
+    /// Holds the change lock of subscription `id`.
+    async fn lock_subscription(&self, id: &str) -> tokio::sync::MutexGuard<'_, ()> {
+        let stripe = crc32fast::hash(id.as_bytes()) as usize % self.subscription_locks.len();
+        self.subscription_locks[stripe].lock().await
+    }
+
     /// One subscription of a tenant (`NotFound` for another tenant's).
     pub async fn subscription(
         &self,
@@ -374,6 +384,7 @@ impl Engine {
                 .map_err(|e| EngineError::invalid("secret", e.to_string()))?,
             None => SigningSecret::generate(),
         };
+        let _guard = self.lock_subscription(id).await;
         let mut sub = self.subscription(tenant_id, id).await?;
         let now = OffsetDateTime::now_utc();
         let expires = now + grace;
@@ -528,7 +539,7 @@ impl Engine {
         Ok(EventPage { data, next_cursor })
     }
 
-    /// One event of a tenant and its delivery attempts (newest first, up to 100).
+    /// One event of a tenant and its delivery attempts (newest first, up to 1000).
     pub async fn event(
         &self,
         tenant_id: &str,
@@ -545,7 +556,7 @@ impl Engine {
         };
         let logs = self
             .store
-            .list_delivery_logs(tenant_id, &filter, 100)
+            .list_delivery_logs(tenant_id, &filter, 1000)
             .await?;
         Ok((event, logs))
     }

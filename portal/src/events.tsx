@@ -1,5 +1,5 @@
 import { useEffect, useRef, useState } from 'preact/hooks';
-import { api, Attempt, eventType, fmtTime, HeraldEvent, openStream, Page, qs } from './api';
+import { api, Attempt, eventType, fmtTime, forgetKey, HeraldEvent, openStream, Page, qs } from './api';
 
 type Tail = { id: string; type: string; at: string };
 
@@ -39,6 +39,12 @@ function LiveTail({ onOpen, onArrive }: { onOpen: (id: string) => void; onArrive
       };
       ws.onclose = (ev) => {
         if (closed) return;
+        if (ev.code === 4001) {
+          // The key was revoked: back to the sign-in page.
+          forgetKey();
+          window.dispatchEvent(new Event('herald:unauthorized'));
+          return;
+        }
         setState(ev.code === 1006 && retry.current > 2 ? 'disconnected: check your key and filter' : 'reconnecting');
         retry.current += 1;
         timer = window.setTimeout(connect, Math.min(10000, 500 * 2 ** retry.current));

@@ -12,12 +12,28 @@ use axum::{
 use herald_engine::resources::ApiKey;
 use serde::{Deserialize, Serialize};
 
-use super::events::List;
+use super::{events::List, non_empty, Page, PageQuery};
 use crate::{
     error::ApiError,
-    extract::{Admin, Tenant},
+    extract::{Admin, ApiQuery, Tenant},
     AppState,
 };
+
+async fn list_for(
+    state: &AppState,
+    tenant: &str,
+    q: PageQuery,
+) -> Result<Json<List<ApiKey>>, ApiError> {
+    let page = Page {
+        limit: q.limit,
+        cursor: non_empty(q.cursor),
+    };
+    let (data, next_cursor) = state
+        .engine
+        .list_api_keys(tenant, page.cursor.clone(), page.limit()?)
+        .await?;
+    Ok(Json(List { data, next_cursor }))
+}
 
 /// `POST …/api-keys` body (optional).
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
@@ -71,18 +87,15 @@ pub async fn admin_create(
 
 /// Lists a tenant's API keys (admin), oldest first.
 #[utoipa::path(get, path = "/api/v1/admin/tenants/{tenant}/api-keys", tag = "admin",
-    params(("tenant" = String, Path, description = "Tenant id")), security(("admin_token" = [])),
+    params(("tenant" = String, Path, description = "Tenant id"), PageQuery), security(("admin_token" = [])),
     responses((status = 200, description = "The keys, without the keys themselves", body = List<ApiKey>)))]
 pub async fn admin_list(
     State(state): State<AppState>,
     _admin: Admin,
     Path(tenant): Path<String>,
+    ApiQuery(q): ApiQuery<PageQuery>,
 ) -> Result<Json<List<ApiKey>>, ApiError> {
-    let data = state.engine.list_api_keys(&tenant).await?;
-    Ok(Json(List {
-        data,
-        next_cursor: None,
-    }))
+    list_for(&state, &tenant, q).await
 }
 
 /// Revokes one of a tenant's API keys (admin).
@@ -113,17 +126,14 @@ pub async fn create(
 
 /// Lists the caller's tenant's API keys, oldest first.
 #[utoipa::path(get, path = "/api/v1/portal/api-keys", tag = "api-keys",
-    security(("api_key" = [])),
+    params(PageQuery), security(("api_key" = [])),
     responses((status = 200, description = "The keys, without the keys themselves", body = List<ApiKey>)))]
 pub async fn list(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
+    ApiQuery(q): ApiQuery<PageQuery>,
 ) -> Result<Json<List<ApiKey>>, ApiError> {
-    let data = state.engine.list_api_keys(&tenant).await?;
-    Ok(Json(List {
-        data,
-        next_cursor: None,
-    }))
+    list_for(&state, &tenant, q).await
 }
 
 /// Revokes one of the caller's tenant's API keys (possibly the one in use).

@@ -20,6 +20,8 @@
 //!   as the subprotocol `herald.bearer.<key>` next to `herald.v1`; the
 //!   server selects `herald.v1`, so the key never comes back in a header.
 //!   Keys are never taken from the query string (it ends up in logs).
+//! - The key is checked again at every ping: a revoked key ends the stream
+//!   (code 4001).
 //! - Readers wake on appends (the log's append signal) rather than polling.
 
 use std::time::{Duration, Instant};
@@ -49,6 +51,8 @@ use crate::{
 pub const CLOSE_SLOW_CONSUMER: u16 = 4008;
 /// Close code of a consumer that stopped answering pings.
 pub const CLOSE_NO_PONG: u16 = 4009;
+/// Close code when the key that opened the stream was revoked.
+pub const CLOSE_REVOKED: u16 = 4001;
 /// Close code when the log cannot be read.
 pub const CLOSE_UNAVAILABLE: u16 = 1011;
 /// Log records read per batch.
@@ -68,7 +72,7 @@ pub struct StreamQuery {
 #[utoipa::path(get, path = "/api/v1/webhooks/stream", tag = "stream",
     params(StreamQuery), security(("api_key" = [])),
     responses(
-        (status = 101, description = "Switching to WebSocket: one text frame per event, the envelope plus `cursor`. Close codes: 4008 slow consumer (the reason names the cursor to resume from), 4009 no pong, 1011 log unavailable."),
+        (status = 101, description = "Switching to WebSocket: one text frame per event, the envelope plus `cursor`. Close codes: 4008 slow consumer (the reason names the cursor to resume from), 4009 no pong, 4001 API key revoked, 1011 log unavailable."),
         (status = 426, description = "Not a WebSocket upgrade request", body = crate::error::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn stream(
@@ -77,7 +81,11 @@ pub async fn stream(
     ApiQuery(q): ApiQuery<StreamQuery>,
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
-    let tenant = auth.tenant;
+    let StreamTenant {
+        tenant,
+        key,
+        via_subprotocol,
+    } = auth;
     let filters: Vec<String> = non_empty(q.event_types)
         .map(|s| {
             s.split(',')
@@ -93,15 +101,19 @@ pub async fn stream(
         .stream_start(&tenant, non_empty(q.cursor).as_deref())
         .await?;
     let mut upgrade = upgrade.map_err(|_| ApiError::upgrade_required())?;
-    if auth.via_subprotocol {
+    if via_subprotocol {
         // Select the plain protocol name: the key is never echoed back.
         upgrade = upgrade.protocols([STREAM_SUBPROTOCOL]);
     }
     let engine = state.engine.clone();
     let config = state.stream.clone();
+    // The key (from the header or the subprotocol) is kept to notice a
+    // revocation while the stream is open.
     Ok(upgrade
         .write_buffer_size(64 * 1024)
-        .on_upgrade(move |socket| run(socket, engine, tenant, filters, start, config)))
+        .on_upgrade(move |socket| {
+            run(socket, engine, Auth { tenant, key }, filters, start, config)
+        }))
 }
 
 struct Frame {
@@ -170,10 +182,16 @@ async fn read_log(
     }
 }
 
+/// Who the stream belongs to, and the key that opened it.
+struct Auth {
+    tenant: String,
+    key: String,
+}
+
 async fn run(
     socket: WebSocket,
     engine: Arc<Engine>,
-    tenant: String,
+    auth: Auth,
     filters: Vec<String>,
     start: LogPosition,
     config: StreamConfig,
@@ -182,8 +200,8 @@ async fn run(
     let (tx, mut rx) = mpsc::channel::<Frame>(config.buffer_frames.max(1));
     let stop = CancellationToken::new();
     let mut reader = tokio::spawn(read_log(
-        engine,
-        tenant,
+        engine.clone(),
+        auth.tenant.clone(),
         filters,
         start,
         tx,
@@ -235,6 +253,12 @@ async fn run(
                 }
             }
             _ = ping.tick() => {
+                // A key revoked while the stream is open ends it.
+                match engine.authenticate(&auth.key).await {
+                    Ok(Some(t)) if t == auth.tenant => {}
+                    Ok(_) => break Some((CLOSE_REVOKED, "API key revoked".to_string())),
+                    Err(_) => {}
+                }
                 if last_pong.elapsed() > config.ping_interval * 2 {
                     break Some((CLOSE_NO_PONG, format!("no pong within {} s", (config.ping_interval * 2).as_secs())));
                 }

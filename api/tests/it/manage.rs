@@ -200,6 +200,17 @@ async fn api_keys_are_shown_once_listed_without_the_key_and_revocable() {
         "the key itself is never listed"
     );
     assert_eq!(keys[1]["name"], "ci");
+    let (_, page) = h.get(&second, "/api/v1/portal/api-keys?limit=1").await;
+    assert_eq!(page["data"].as_array().unwrap().len(), 1);
+    let c = page["next_cursor"].as_str().unwrap();
+    let (_, page2) = h
+        .get(
+            &second,
+            &format!("/api/v1/portal/api-keys?limit=1&cursor={c}"),
+        )
+        .await;
+    assert_eq!(page2["data"][0]["id"], second_id.as_str());
+    assert!(page2["next_cursor"].is_null());
 
     // Revoke: the key stops working with the next request.
     let (s, revoked) = h

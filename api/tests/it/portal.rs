@@ -166,3 +166,62 @@ async fn browsers_authenticate_the_stream_with_a_subprotocol_that_is_never_echoe
     );
     assert_eq!(status_of(connect_async(req).await.unwrap_err()), 401);
 }
+
+#[tokio::test]
+async fn a_subprotocol_stream_outlives_its_pings_and_ends_when_its_key_is_revoked() {
+    let h = Herald::start_in(
+        tempfile::tempdir().unwrap(),
+        |_| {},
+        |mut s| {
+            s.stream.ping_interval = Duration::from_millis(200);
+            s
+        },
+    )
+    .await;
+    let admin_key = h.tenant("acme").await;
+    let (_, made) = h
+        .post(
+            &admin_key,
+            "/api/v1/portal/api-keys",
+            json!({"name": "browser"}),
+        )
+        .await;
+    let key = made["api_key"].as_str().unwrap();
+    let (mut ws, _) = ws_with_protocols(&h, &format!("herald.v1, herald.bearer.{key}"), "")
+        .await
+        .unwrap();
+    // Several pings later (each re-checks the key) the stream still works.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    h.emit(&admin_key, "a.b", json!({"n": 1})).await;
+    let frame = loop {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("a frame within 10 s")
+        {
+            Some(Ok(Message::Text(t))) => break serde_json::from_str::<Value>(t.as_str()).unwrap(),
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+            other => panic!("expected the event, got {other:?}"),
+        }
+    };
+    assert_eq!(frame["data"]["n"], 1);
+    let (s, _) = h
+        .call(
+            "DELETE",
+            &admin_key,
+            &format!("/api/v1/portal/api-keys/{}", made["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200);
+    let close = loop {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .unwrap()
+        {
+            Some(Ok(Message::Close(frame))) => break frame.expect("a close frame"),
+            Some(Ok(_)) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert_eq!(u16::from(close.code), 4001, "{close:?}");
+}

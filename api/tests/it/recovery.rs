@@ -120,3 +120,55 @@ async fn recover_redelivers_failed_or_all_deliveries_of_a_range() {
     let (s, _) = h.get(&key, "/api/v1/portal/recoveries/rcv_nope").await;
     assert_eq!(s, 404);
 }
+
+#[tokio::test]
+async fn an_unfinished_recovery_job_resumes_after_a_restart() {
+    use herald_engine::{
+        resources::{RecoveryJob, RecoveryStatus},
+        store::{embedded::EmbeddedStore, Store},
+    };
+    let h = Herald::start_with(|c| c.delivery.breaker_failure_threshold = 1000).await;
+    let key = h.tenant("acme").await;
+    let rx = Receiver::start(200).await;
+    let sub = h.subscribe(&key, &rx.url, &["order.*"]).await;
+    let sub = sub["id"].as_str().unwrap().to_string();
+    for n in 0..3 {
+        h.emit(&key, "order.created", json!({"n": n})).await;
+    }
+    eventually("first deliveries", Duration::from_secs(10), || async {
+        (h.logs(&key, "status=delivered").await.len() == 3).then_some(())
+    })
+    .await;
+    let dir = h.stop().await;
+
+    // A job that a crashed run had stored but not advanced.
+    let now = OffsetDateTime::now_utc();
+    let job = RecoveryJob {
+        id: herald_engine::ids::new_id(herald_engine::RECOVERY),
+        tenant_id: "acme".into(),
+        subscription_id: sub.clone(),
+        since: now - Duration::from_secs(3600),
+        until: now,
+        only_failed: false,
+        status: RecoveryStatus::Running,
+        total: 3,
+        scheduled: 0,
+        done: 0,
+        created_at: now,
+        updated_at: now,
+    };
+    {
+        let store = EmbeddedStore::open(&dir.path().join("store")).unwrap();
+        store.create_recovery(&job).await.unwrap();
+    }
+    let h = Herald::start_in(dir, |c| c.delivery.breaker_failure_threshold = 1000, |s| s).await;
+    let done = job_done(&h, &key, &job.id).await;
+    assert_eq!(done["scheduled"], 3);
+    let replays: Vec<Value> = h
+        .logs(&key, "")
+        .await
+        .into_iter()
+        .filter(|l| l["trigger"] == "replay")
+        .collect();
+    assert_eq!(replays.len(), 3);
+}

@@ -142,6 +142,9 @@ parameters = {{ job_id = "{rcv}" }}
                 "off",
                 "--workers",
                 "2",
+                // A loaded CI machine must not turn slowness into failures.
+                "--request-timeout",
+                "30",
             ])
             .env("SCHEMATHESIS_HOOKS", "")
             .output()

@@ -205,3 +205,76 @@ async fn a_slow_consumer_is_closed_with_its_cursor_and_resumes_without_loss() {
         "at most one frame is seen twice"
     );
 }
+
+#[tokio::test]
+async fn a_consumer_that_never_answers_pings_is_closed() {
+    let h = Herald::start_in(
+        tempfile::tempdir().unwrap(),
+        |_| {},
+        |mut s| {
+            s.stream.ping_interval = Duration::from_millis(200);
+            s
+        },
+    )
+    .await;
+    let key = h.tenant("acme").await;
+    let mut ws = connect(&h, &key, "").await;
+    // Not reading means not answering the pings.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut pings = 0;
+    let close = loop {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .unwrap()
+        {
+            Some(Ok(Message::Ping(_))) => pings += 1,
+            Some(Ok(Message::Close(frame))) => break frame.expect("a close frame"),
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert!(pings >= 1);
+    assert_eq!(u16::from(close.code), 4009, "{close:?}");
+}
+
+#[tokio::test]
+async fn revoking_the_key_ends_an_open_stream() {
+    let h = Herald::start_in(
+        tempfile::tempdir().unwrap(),
+        |_| {},
+        |mut s| {
+            s.stream.ping_interval = Duration::from_millis(200);
+            s
+        },
+    )
+    .await;
+    let admin_key = h.tenant("acme").await;
+    let (_, made) = h
+        .post(
+            &admin_key,
+            "/api/v1/portal/api-keys",
+            json!({"name": "stream"}),
+        )
+        .await;
+    let key = made["api_key"].as_str().unwrap();
+    let mut ws = connect(&h, key, "").await;
+    let (s, _) = h
+        .call(
+            "DELETE",
+            &admin_key,
+            &format!("/api/v1/portal/api-keys/{}", made["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200);
+    let close = loop {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .unwrap()
+        {
+            Some(Ok(Message::Close(frame))) => break frame.expect("a close frame"),
+            Some(Ok(_)) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert_eq!(u16::from(close.code), 4001, "{close:?}");
+}

@@ -92,6 +92,7 @@ impl Engine {
                 "must be at least 1 delivery per second",
             ));
         }
+        let _guard = self.lock_subscription(id).await;
         let mut sub = self.subscription(tenant_id, id).await?;
         if let Some(url) = update.url {
             sub.url = url;
@@ -118,6 +119,7 @@ impl Engine {
         tenant_id: &str,
         id: &str,
     ) -> Result<WebhookSubscription, EngineError> {
+        let _guard = self.lock_subscription(id).await;
         let mut sub = self.subscription(tenant_id, id).await?;
         sub.status = SubscriptionStatus::Paused;
         self.save_subscription(sub, "subscription paused").await
@@ -129,16 +131,20 @@ impl Engine {
         tenant_id: &str,
         id: &str,
     ) -> Result<WebhookSubscription, EngineError> {
-        let mut sub = self.subscription(tenant_id, id).await?;
-        sub.status = SubscriptionStatus::Active;
-        sub.disabled_reason = None;
-        let sub = self.save_subscription(sub, "subscription resumed").await?;
+        let sub = {
+            let _guard = self.lock_subscription(id).await;
+            let mut sub = self.subscription(tenant_id, id).await?;
+            sub.status = SubscriptionStatus::Active;
+            sub.disabled_reason = None;
+            self.save_subscription(sub, "subscription resumed").await?
+        };
         self.wake.notify_one();
         Ok(sub)
     }
 
     /// Deletes a subscription; its pending deliveries are dropped.
     pub async fn delete_subscription(&self, tenant_id: &str, id: &str) -> Result<(), EngineError> {
+        let _guard = self.lock_subscription(id).await;
         if !self.store.delete_subscription(tenant_id, id).await? {
             return Err(EngineError::NotFound("subscription"));
         }
@@ -183,12 +189,28 @@ impl Engine {
         Ok((record, key))
     }
 
-    /// A tenant's API keys (never the keys themselves).
-    pub async fn list_api_keys(&self, tenant_id: &str) -> Result<Vec<ApiKey>, EngineError> {
+    /// A tenant's API keys (never the keys themselves), oldest first, after
+    /// the key id `cursor`; returns the page and the next cursor.
+    pub async fn list_api_keys(
+        &self,
+        tenant_id: &str,
+        cursor: Option<String>,
+        limit: usize,
+    ) -> Result<(Vec<ApiKey>, Option<String>), EngineError> {
+        let cursor = validate_cursor(cursor, API_KEY)?;
         if !self.store.tenant_exists(tenant_id).await? {
             return Err(EngineError::NotFound("tenant"));
         }
-        Ok(self.store.list_api_keys(tenant_id).await?)
+        let mut keys: Vec<ApiKey> = self
+            .store
+            .list_api_keys(tenant_id)
+            .await?
+            .into_iter()
+            .filter(|k| cursor.as_ref().is_none_or(|c| &k.id > c))
+            .take(limit + 1)
+            .collect();
+        let next = super::page_cursor(&mut keys, limit, |k| k.id.clone());
+        Ok((keys, next))
     }
 
     /// Revokes an API key: it stops authenticating at once.

@@ -229,7 +229,7 @@ pub trait Store: Send + Sync + 'static {
     /// Adds an API key (stored as its SHA-256 hash) to an existing tenant.
     async fn create_api_key(&self, key: &ApiKey, key_hash: [u8; 32]) -> Result<(), StoreError>;
 
-    /// A tenant's API keys (without the keys), oldest first.
+    /// A tenant's API keys (without the keys), in id order (oldest first).
     async fn list_api_keys(&self, tenant_id: &str) -> Result<Vec<ApiKey>, StoreError>;
 
     /// Revokes a key of a tenant at `at_ms`; `None` if there is no such key.

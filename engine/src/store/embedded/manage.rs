@@ -152,7 +152,7 @@ impl EmbeddedStore {
         self.read(move |conn| {
             let mut st = conn
                 .prepare_cached(&format!(
-                    "SELECT {KEY_COLUMNS} FROM api_keys WHERE tenant_id = ?1 ORDER BY created_at, id"
+                    "SELECT {KEY_COLUMNS} FROM api_keys WHERE tenant_id = ?1 ORDER BY id"
                 ))
                 .map_err(db_err)?;
             let rows = st.query_map([tenant], key_row).map_err(db_err)?;
