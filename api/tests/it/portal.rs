@@ -190,8 +190,17 @@ async fn a_subprotocol_stream_outlives_its_pings_and_ends_when_its_key_is_revoke
     let (mut ws, _) = ws_with_protocols(&h, &format!("herald.v1, herald.bearer.{key}"), "")
         .await
         .unwrap();
-    // Several pings later (each re-checks the key) the stream still works.
-    tokio::time::sleep(Duration::from_millis(900)).await;
+    // Several pings later (each re-checks the key, and reading answers them)
+    // the stream is still open and works.
+    let until = tokio::time::Instant::now() + Duration::from_millis(900);
+    let mut pings = 0;
+    while let Ok(msg) = tokio::time::timeout_at(until, ws.next()).await {
+        match msg {
+            Some(Ok(Message::Ping(_))) => pings += 1,
+            other => panic!("expected only pings, got {other:?}"),
+        }
+    }
+    assert!(pings >= 2, "{pings} pings");
     h.emit(&admin_key, "a.b", json!({"n": 1})).await;
     let frame = loop {
         match tokio::time::timeout(Duration::from_secs(10), ws.next())
