@@ -69,6 +69,10 @@ pub struct StreamQuery {
 }
 
 /// Opens the tenant's event stream (WebSocket upgrade).
+///
+/// Authenticate with `Authorization: Bearer <key>`, or (browsers) by offering
+/// the subprotocols `herald.v1` and `herald.bearer.<key>`; the server then
+/// selects `herald.v1`. Keys in the query string are never accepted.
 #[utoipa::path(get, path = "/api/v1/webhooks/stream", tag = "stream",
     params(StreamQuery), security(("api_key" = [])),
     responses(
