@@ -276,6 +276,20 @@ test('sign in, subscribe, watch an event live, open its delivery, replay it, rec
   assert.ok((await page.getByTestId('latency-chart').locator('circle').count()) >= 1);
   await shot(page, '07-charts');
 
+  // Delete (after confirming) a second subscription.
+  await page.getByRole('tab', { name: 'Subscriptions' }).click();
+  await page.getByLabel('Endpoint URL').first().fill('http://127.0.0.1:9/gone');
+  await page.getByLabel(/Event types/).first().fill('nothing.*');
+  await page.getByRole('button', { name: 'Create subscription' }).click();
+  await page.getByTestId('subs-table').getByText('http://127.0.0.1:9/gone').waitFor({ timeout: WAIT });
+  const gone = (await page.getByTestId('sub-detail').locator('h3 code').textContent()).trim();
+  ids.a.add(gone);
+  page.once('dialog', (d) => d.accept());
+  await page.getByRole('button', { name: 'Delete' }).click();
+  await page.getByTestId('subs-table').getByText('http://127.0.0.1:9/gone').waitFor({ state: 'detached', timeout: WAIT });
+  assert.equal((await call('GET', `/portal/webhooks/${gone}`, key)).status, 404);
+  assert.equal((await call('GET', `/portal/webhooks/${subId}`, key)).status, 200);
+
   // Keyboard: the tabs move with the arrow keys.
   await page.getByRole('tab', { name: 'Delivery charts' }).focus();
   await page.keyboard.press('ArrowLeft');
