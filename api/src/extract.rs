@@ -40,18 +40,82 @@ where
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let state = AppState::from_ref(state);
         let key = bearer(parts)?;
-        let tenant = match state.engine.authenticate(key).await? {
-            Some(tenant) => tenant,
-            None => return Err(ApiError::unauthorized("unknown or revoked API key")),
-        };
-        if let Some(limiter) = &state.limiter {
-            if let Err(not_until) = limiter.check_key(&tenant) {
-                use governor::clock::{Clock, DefaultClock};
-                let wait = not_until.wait_time_from(DefaultClock::default().now());
-                return Err(ApiError::too_many_requests(wait.as_secs().max(1)));
-            }
+        Ok(Tenant(tenant_of(&state, key).await?))
+    }
+}
+
+/// Authenticates `key` and applies the tenant's rate limit.
+async fn tenant_of(state: &AppState, key: &str) -> Result<String, ApiError> {
+    let tenant = match state.engine.authenticate(key).await? {
+        Some(tenant) => tenant,
+        None => return Err(ApiError::unauthorized("unknown or revoked API key")),
+    };
+    if let Some(limiter) = &state.limiter {
+        if let Err(not_until) = limiter.check_key(&tenant) {
+            use governor::clock::{Clock, DefaultClock};
+            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            return Err(ApiError::too_many_requests(wait.as_secs().max(1)));
         }
-        Ok(Tenant(tenant))
+    }
+    Ok(tenant)
+}
+
+/// WebSocket subprotocol that names Herald's stream; a browser offers it
+/// next to [`BEARER_SUBPROTOCOL_PREFIX`]`<key>` and the server selects it.
+pub const STREAM_SUBPROTOCOL: &str = "herald.v1";
+/// Prefix of the subprotocol that carries the API key of a browser client,
+/// which cannot set an `Authorization` header on a WebSocket.
+pub const BEARER_SUBPROTOCOL_PREFIX: &str = "herald.bearer.";
+
+/// The tenant of a WebSocket request: the key from `Authorization: Bearer`,
+/// or else from a `Sec-WebSocket-Protocol` entry `herald.bearer.<key>`
+/// (browsers). Keys in the query string are never accepted.
+pub struct StreamTenant {
+    /// The authenticated tenant.
+    pub tenant: String,
+    /// The key it authenticated with (checked again while the stream is open).
+    pub key: String,
+    /// The key came as a subprotocol: the upgrade must select
+    /// [`STREAM_SUBPROTOCOL`] (never echo the key back).
+    pub via_subprotocol: bool,
+}
+
+fn subprotocol_key(parts: &Parts) -> Option<&str> {
+    parts
+        .headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .find_map(|p| p.strip_prefix(BEARER_SUBPROTOCOL_PREFIX))
+        .filter(|k| !k.is_empty())
+}
+
+impl<S> FromRequestParts<S> for StreamTenant
+where
+    AppState: FromRef<S>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let state = AppState::from_ref(state);
+        let (key, via_subprotocol) = if parts.headers.contains_key(header::AUTHORIZATION) {
+            (bearer(parts)?, false)
+        } else if let Some(key) = subprotocol_key(parts) {
+            (key, true)
+        } else {
+            return Err(ApiError::unauthorized(
+                "send the API key as Authorization: Bearer <key>, or (browsers) as the \
+                 WebSocket subprotocol herald.bearer.<key> next to herald.v1",
+            ));
+        };
+        Ok(StreamTenant {
+            tenant: tenant_of(&state, key).await?,
+            key: key.to_string(),
+            via_subprotocol,
+        })
     }
 }
 

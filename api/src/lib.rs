@@ -14,6 +14,7 @@ pub mod cli;
 pub mod error;
 pub mod extract;
 pub mod openapi;
+pub mod portal;
 pub mod routes;
 
 use std::{num::NonZeroU32, sync::Arc, time::Duration};
@@ -144,6 +145,7 @@ pub fn app(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(routes::metrics::export))
         .route("/readyz", get(readyz))
+        .merge(portal::routes())
         .fallback(|| async { error::ApiError::not_found("route") })
         .method_not_allowed_fallback(|| async { error::ApiError::method_not_allowed() })
         .layer(axum::middleware::map_response(

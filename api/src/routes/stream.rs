@@ -16,6 +16,10 @@
 //!   identify duplicates).
 //! - A ping every `ping_interval`; no pong for two intervals closes the
 //!   connection (code 4009).
+//! - Browsers, which cannot set `Authorization` on a WebSocket, send the key
+//!   as the subprotocol `herald.bearer.<key>` next to `herald.v1`; the
+//!   server selects `herald.v1`, so the key never comes back in a header.
+//!   Keys are never taken from the query string (it ends up in logs).
 //! - The key is checked again at every ping: a revoked key ends the stream
 //!   (code 4001).
 //! - Readers wake on appends (the log's append signal) rather than polling.
@@ -39,7 +43,7 @@ use tokio_util::sync::CancellationToken;
 use super::non_empty;
 use crate::{
     error::ApiError,
-    extract::{ApiQuery, Tenant},
+    extract::{ApiQuery, StreamTenant, STREAM_SUBPROTOCOL},
     AppState, StreamConfig,
 };
 
@@ -65,6 +69,10 @@ pub struct StreamQuery {
 }
 
 /// Opens the tenant's event stream (WebSocket upgrade).
+///
+/// Authenticate with `Authorization: Bearer <key>`, or (browsers) by offering
+/// the subprotocols `herald.v1` and `herald.bearer.<key>`; the server then
+/// selects `herald.v1`. Keys in the query string are never accepted.
 #[utoipa::path(get, path = "/api/v1/webhooks/stream", tag = "stream",
     params(StreamQuery), security(("api_key" = [])),
     responses(
@@ -73,11 +81,15 @@ pub struct StreamQuery {
     ))]
 pub async fn stream(
     State(state): State<AppState>,
-    Tenant(tenant): Tenant,
-    headers: axum::http::HeaderMap,
+    auth: StreamTenant,
     ApiQuery(q): ApiQuery<StreamQuery>,
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
+    let StreamTenant {
+        tenant,
+        key,
+        via_subprotocol,
+    } = auth;
     let filters: Vec<String> = non_empty(q.event_types)
         .map(|s| {
             s.split(',')
@@ -92,16 +104,15 @@ pub async fn stream(
         .engine
         .stream_start(&tenant, non_empty(q.cursor).as_deref())
         .await?;
-    let upgrade = upgrade.map_err(|_| ApiError::upgrade_required())?;
+    let mut upgrade = upgrade.map_err(|_| ApiError::upgrade_required())?;
+    if via_subprotocol {
+        // Select the plain protocol name: the key is never echoed back.
+        upgrade = upgrade.protocols([STREAM_SUBPROTOCOL]);
+    }
     let engine = state.engine.clone();
     let config = state.stream.clone();
-    // Kept to notice a revocation while the stream is open.
-    let key = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.get(7..))
-        .map(|k| k.trim().to_string())
-        .unwrap_or_default();
+    // The key (from the header or the subprotocol) is kept to notice a
+    // revocation while the stream is open.
     Ok(upgrade
         .write_buffer_size(64 * 1024)
         .on_upgrade(move |socket| {

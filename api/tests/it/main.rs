@@ -11,6 +11,7 @@ mod isolation;
 mod manage;
 mod metrics;
 mod policies;
+mod portal;
 mod recovery;
 mod schemathesis;
 mod stream;
