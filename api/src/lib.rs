@@ -45,6 +45,10 @@ pub fn app(state: AppState) -> Router {
             "/integrations/events",
             post(routes::events::emit).get(routes::events::list),
         )
+        .route(
+            "/integrations/events/batch",
+            post(routes::events::emit_batch),
+        )
         .route("/integrations/events/{id}", get(routes::events::get))
         .route(
             "/integrations/events/{id}/replay",

@@ -27,5 +27,6 @@ pub mod subscriptions;
 pub use config::EngineConfig;
 pub use engine::{
     Engine, EventPage, LogPage, NewEvent, NewSubscription, ReplayedDelivery, Rotation,
+    MAX_BATCH_EVENTS,
 };
 pub use error::EngineError;
