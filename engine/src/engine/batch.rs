@@ -25,7 +25,7 @@ pub const MAX_BATCH_EVENTS: usize = 1000;
 /// dedupe key (already stored, or earlier in the same batch).
 enum Slot {
     New(usize),
-    Stored(DomainEvent),
+    Stored(Box<DomainEvent>),
     SameAs(usize),
 }
 
@@ -85,7 +85,7 @@ impl Engine {
                 }
                 if let Some(original) = self.store.event_by_dedupe_key(tenant_id, &key, now).await?
                 {
-                    slots.push(Slot::Stored(original));
+                    slots.push(Slot::Stored(Box::new(original)));
                     continue;
                 }
                 first_of_key.insert(key, fresh.len());
@@ -115,7 +115,7 @@ impl Engine {
             .into_iter()
             .map(|slot| match slot {
                 Slot::New(j) => (fresh[j].clone(), true),
-                Slot::Stored(original) => (original, false),
+                Slot::Stored(original) => (*original, false),
                 Slot::SameAs(j) => (fresh[j].clone(), false),
             })
             .collect())
