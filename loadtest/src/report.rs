@@ -49,6 +49,11 @@ pub struct Machine {
     pub cores: usize,
     /// Memory, MiB.
     pub memory_mib: u64,
+    /// Share of the last 60 s in which some task waited for a CPU
+    /// (`/proc/pressure/cpu`): how much other work shared the machine.
+    pub cpu_pressure_avg60: Option<f64>,
+    /// Load average over the last minute.
+    pub load_avg_1m: Option<f64>,
 }
 
 impl Machine {
@@ -71,6 +76,19 @@ impl Machine {
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|v| v.parse::<u64>().ok())
                 .map_or(0, |kib| kib / 1024),
+            cpu_pressure_avg60: std::fs::read_to_string("/proc/pressure/cpu")
+                .ok()
+                .and_then(|p| {
+                    p.lines()
+                        .next()?
+                        .split_whitespace()
+                        .find_map(|f| f.strip_prefix("avg60="))?
+                        .parse()
+                        .ok()
+                }),
+            load_avg_1m: std::fs::read_to_string("/proc/loadavg")
+                .ok()
+                .and_then(|l| l.split_whitespace().next()?.parse().ok()),
         }
     }
 }
@@ -143,7 +161,7 @@ impl Report {
         format!(
             "### {label}\n\n`{command}`\n\n\
              | figure | value |\n|---|---|\n\
-             | machine | {cpu}, {cores} cores, {mem} MiB |\n\
+             | machine | {cpu}, {cores} cores, {mem} MiB; load avg {load}, CPU pressure {psi} |\n\
              | scenario | {scenario} |\n\
              | events acknowledged | {acked} ({failed} failed) in {emit_s:.1} s = {emit_rate:.0}/s |\n\
              | pairs expected / delivered / duplicated / lost | {exp} / {del} / {dup} / {lost} |\n\
@@ -160,6 +178,8 @@ impl Report {
             cpu = self.machine.cpu,
             cores = self.machine.cores,
             mem = self.machine.memory_mib,
+            load = opt(self.machine.load_avg_1m, ""),
+            psi = opt(self.machine.cpu_pressure_avg60, "%"),
             scenario = self.scenario.to_string().replace('|', "/"),
             acked = self.events_acknowledged,
             failed = self.events_failed,
