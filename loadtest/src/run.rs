@@ -39,7 +39,7 @@ pub struct Args {
     #[arg(long)]
     herald_bin: Option<PathBuf>,
     /// `--retry-schedule` of the started server.
-    #[arg(long, default_value = "1s,2s,5s,10s,30s")]
+    #[arg(long, default_value = "1s,1s,2s,2s,5s,5s,10s,10s")]
     retry_schedule: String,
     /// Extra argument for the started `herald serve` (repeatable).
     #[arg(long = "server-arg", allow_hyphen_values = true)]
@@ -77,8 +77,9 @@ pub struct Args {
     /// Share of requests the receivers answer 503 (0 to 1).
     #[arg(long, default_value_t = 0.0)]
     failure_rate: f64,
-    /// Stop waiting when no delivery arrived for this long after the emit.
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    /// Stop waiting when no delivery arrived for this long after the emit
+    /// (longer than the server's breaker open time, 30 s by default).
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     drain_timeout: Duration,
     /// Raw-client baseline duration (0s to skip).
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
