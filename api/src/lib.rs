@@ -138,6 +138,7 @@ pub fn app(state: AppState) -> Router {
             "/integrations/event-types/{event_type}",
             put(event_types::register).get(event_types::get),
         )
+        .route("/integrations/events/batch", post(events::emit_batch))
         .route("/webhooks/stream", get(stream::stream))
         .route("/openapi.json", get(openapi::document));
     Router::new()

@@ -19,6 +19,10 @@ use time::OffsetDateTime;
 use tokio::sync::{Mutex as AsyncMutex, Notify};
 use tokio_util::sync::CancellationToken;
 
+mod batch;
+
+pub use batch::MAX_BATCH_EVENTS;
+
 use crate::{
     config::EngineConfig,
     delivery::{
@@ -466,8 +470,7 @@ impl Engine {
         )?;
         let _guard = match &event.dedupe_key {
             Some(key) => {
-                let stripe = crc32fast::hash(format!("{tenant_id}\0{key}").as_bytes()) as usize
-                    % self.emit_locks.len();
+                let stripe = self.dedupe_stripe(tenant_id, key);
                 let guard = self.emit_locks[stripe].lock().await;
                 if let Some(original) = self
                     .store

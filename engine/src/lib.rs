@@ -31,7 +31,7 @@ pub use config::EngineConfig;
 pub use engine::{
     decode_cursor, encode_cursor, validate_limits, Engine, EventPage, EventTypePage, LogPage,
     NewEvent, NewSubscription, ReplayedDelivery, Rotation, StreamBatch, StreamFrame,
-    SubscriptionPage, SubscriptionUpdate, API_KEY, MAX_IN_FLIGHT_LIMIT, MAX_RATE_LIMIT,
-    MAX_TIMEOUT_SECONDS, OPERATIONAL_PREFIX, RECOVERY,
+    SubscriptionPage, SubscriptionUpdate, API_KEY, MAX_BATCH_EVENTS, MAX_IN_FLIGHT_LIMIT,
+    MAX_RATE_LIMIT, MAX_TIMEOUT_SECONDS, OPERATIONAL_PREFIX, RECOVERY,
 };
 pub use error::EngineError;

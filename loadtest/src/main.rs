@@ -1,16 +1,24 @@
-//! `herald-loadtest`: a receiver that verifies signatures, and a load run
-//! that accounts for every (event, subscription) pair.
+//! `herald-loadtest`: a receiver farm that verifies every signature, and a
+//! load run that accounts for every (event, subscription) pair.
 //!
 //! - `herald-loadtest receiver --listen 127.0.0.1:9000 --secret whsec_…`
 //!   prints each delivery and whether its signature verifies.
-//! - `herald-loadtest run --target http://127.0.0.1:8080 --admin-token …`
-//!   creates a tenant, subscribes its own receivers, emits events, waits for
-//!   every delivery, and reports throughput, emit-to-delivery latency,
-//!   losses and duplicates.
+//! - `herald-loadtest run` starts an embedded `herald serve` (or drives a
+//!   running Herald with `--target`), subscribes its receiver farm, measures
+//!   the raw POST rate of its own client, emits events (single or batched,
+//!   open loop or flat out), waits for every delivery, and reports
+//!   throughput, emit-to-delivery latency, losses, duplicates and the
+//!   server's CPU and RSS (see docs/performance.md).
 #![forbid(unsafe_code)]
 
+mod accounting;
+mod emitter;
+mod farm;
+mod raw;
 mod receiver;
+mod report;
 mod run;
+mod server;
 
 use clap::{Parser, Subcommand};
 
@@ -25,14 +33,14 @@ struct Cli {
 enum Command {
     /// Receive webhooks and print them, verifying signatures.
     Receiver(receiver::Args),
-    /// Drive a running Herald and account for every delivery.
-    Run(run::Args),
+    /// Load Herald and account for every delivery.
+    Run(Box<run::Args>),
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Receiver(args) => receiver::main(args).await,
-        Command::Run(args) => run::main(args).await,
+        Command::Run(args) => run::main(*args).await,
     }
 }

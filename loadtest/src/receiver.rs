@@ -1,15 +1,10 @@
-//! Webhook receivers: a printing one for humans, a counting one for runs.
+//! The printing receiver (`herald-loadtest receiver`) and the signature
+//! check every receiver of the farm uses.
 
-use std::{
-    collections::HashMap,
-    net::SocketAddr,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::net::SocketAddr;
 
-use axum::{body::Bytes, extract::State, http::HeaderMap, http::StatusCode, routing::post, Router};
+use axum::{body::Bytes, http::HeaderMap, http::StatusCode, routing::post, Router};
 use herald_engine::signing::{self, SigningSecret};
-use time::OffsetDateTime;
 
 /// `receiver` settings.
 #[derive(Debug, clap::Args)]
@@ -74,78 +69,4 @@ pub async fn main(args: Args) -> anyhow::Result<()> {
         })
         .await?;
     Ok(())
-}
-
-/// What a counting receiver saw.
-#[derive(Default)]
-pub struct Tally {
-    /// Deliveries per event id.
-    pub per_event: HashMap<String, u32>,
-    /// Deliveries whose signature did not verify.
-    pub bad_signatures: u64,
-    /// Emit-to-delivery latencies, microseconds.
-    pub latency: Option<hdrhistogram::Histogram<u64>>,
-}
-
-#[derive(Clone)]
-struct CountState {
-    secret: Arc<Mutex<Option<SigningSecret>>>,
-    tally: Arc<Mutex<Tally>>,
-}
-
-/// A receiver that counts and verifies; returns its URL, the slot for its
-/// secret (known after subscribing) and its tally.
-pub async fn counting(
-) -> anyhow::Result<(String, Arc<Mutex<Option<SigningSecret>>>, Arc<Mutex<Tally>>)> {
-    let state = CountState {
-        secret: Arc::default(),
-        tally: Arc::new(Mutex::new(Tally {
-            latency: Some(hdrhistogram::Histogram::new_with_bounds(
-                1,
-                3_600_000_000,
-                3,
-            )?),
-            ..Tally::default()
-        })),
-    };
-    let app = Router::new()
-        .fallback(post(count))
-        .with_state(state.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("http://{}/hook", listener.local_addr()?);
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    Ok((url, state.secret, state.tally))
-}
-
-async fn count(State(s): State<CountState>, headers: HeaderMap, body: Bytes) -> StatusCode {
-    let now = OffsetDateTime::now_utc();
-    let ok = s
-        .secret
-        .lock()
-        .unwrap()
-        .as_ref()
-        .is_some_and(|k| verify(k, &headers, &body));
-    let occurred = serde_json::from_slice::<serde_json::Value>(&body)
-        .ok()
-        .and_then(|v| v["occurred_at"].as_str().map(str::to_string))
-        .and_then(|t| {
-            OffsetDateTime::parse(&t, &time::format_description::well_known::Rfc3339).ok()
-        });
-    let id = headers
-        .get("webhook-id")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
-    let mut tally = s.tally.lock().unwrap();
-    if !ok {
-        tally.bad_signatures += 1;
-    }
-    *tally.per_event.entry(id).or_default() += 1;
-    if let (Some(at), Some(h)) = (occurred, tally.latency.as_mut()) {
-        let micros = Duration::try_from(now - at)
-            .map(|d| d.as_micros() as u64)
-            .unwrap_or(1);
-        let _ = h.record(micros.max(1));
-    }
-    StatusCode::OK
 }

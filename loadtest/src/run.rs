@@ -1,53 +1,350 @@
-//! A load run against a running Herald: tenant, subscriptions on local
-//! counting receivers, events emitted with bounded concurrency, then full
-//! accounting of every (event, subscription) pair.
+//! A load run: start (or reach) Herald, start the receiver farm, create a
+//! tenant and its subscriptions through the API, measure the raw-client
+//! baseline, emit, wait for every delivery, account for every pair, report.
 
 use std::{
-    collections::HashSet,
-    sync::{Arc, Mutex},
+    path::PathBuf,
+    sync::{atomic::Ordering, Arc},
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context};
 use herald_engine::signing::SigningSecret;
+use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
 
-use crate::receiver::{counting, Tally};
+use crate::{
+    accounting::{account, group_subscriptions},
+    emitter::{self, Plan},
+    farm::Farm,
+    raw,
+    report::{Machine, Percentiles, Report},
+    server::{Sampler, Server, Spawn},
+};
 
 /// `run` settings.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Base URL of a running Herald (loopback only; start it with --allow-target 127.0.0.0/8).
-    #[arg(long, default_value = "http://127.0.0.1:8080")]
-    target: String,
-    /// The server's admin token.
+    /// Base URL of a running Herald (started with --allow-target 127.0.0.0/8);
+    /// without it the run starts its own embedded `herald serve`.
+    #[arg(long)]
+    target: Option<String>,
+    /// The running server's admin token (with --target).
     #[arg(long, env = "HERALD_ADMIN_TOKEN")]
-    admin_token: String,
-    /// Events to emit.
-    #[arg(long, default_value_t = 2000)]
-    events: usize,
-    /// Concurrent emitting clients.
-    #[arg(long, default_value_t = 16)]
+    admin_token: Option<String>,
+    /// Pid of the running server, to sample its CPU and RSS (with --target).
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// The `herald` binary to start (default: next to this executable).
+    #[arg(long)]
+    herald_bin: Option<PathBuf>,
+    /// `--retry-schedule` of the started server.
+    #[arg(long, default_value = "1s,1s,2s,2s,5s,5s,10s,10s")]
+    retry_schedule: String,
+    /// Extra argument for the started `herald serve` (repeatable).
+    #[arg(long = "server-arg", allow_hyphen_values = true)]
+    server_args: Vec<String>,
+    /// Receiver endpoints (ports) in the farm.
+    #[arg(long, default_value_t = 4)]
+    endpoints: usize,
+    /// Subscriptions, spread over the endpoints.
+    #[arg(long, default_value_t = 4)]
+    subscriptions: usize,
+    /// Subscriptions each event goes to (divides --subscriptions).
+    #[arg(long, default_value_t = 1)]
+    fanout: usize,
+    /// Events to emit (default 10000 unless --duration is given).
+    #[arg(long)]
+    events: Option<u64>,
+    /// Emit for this long.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    duration: Option<Duration>,
+    /// Open-loop target, events per second (default: flat out).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Events per request; above 1 uses the batch endpoint.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Concurrent emit clients (flat out) or most requests in flight (open loop).
+    #[arg(long, default_value_t = 32)]
     concurrency: usize,
-    /// Receivers, each with its own subscription (every event goes to each).
-    #[arg(long, default_value_t = 2)]
-    receivers: usize,
-    /// How long to wait for deliveries after the last emit.
-    #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+    /// Payload size in bytes of JSON.
+    #[arg(long, default_value_t = 1024)]
+    payload_bytes: usize,
+    /// Receiver delay before answering.
+    #[arg(long, default_value = "0ms", value_parser = humantime::parse_duration)]
+    latency: Duration,
+    /// Share of requests the receivers answer 503 (0 to 1).
+    #[arg(long, default_value_t = 0.0)]
+    failure_rate: f64,
+    /// Stop waiting when no delivery arrived for this long after the emit
+    /// (longer than the server's breaker open time, 30 s by default).
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     drain_timeout: Duration,
+    /// Raw-client baseline duration (0s to skip).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    raw_duration: Duration,
+    /// Raw-client baseline concurrency.
+    #[arg(long, default_value_t = 64)]
+    raw_concurrency: usize,
+    /// Report files: PATH.json and PATH.md.
+    #[arg(long, default_value = "loadtest-report")]
+    report: PathBuf,
+    /// Scenario label in the report.
+    #[arg(long, default_value = "load run")]
+    label: String,
+    /// Exit 0 even when pairs are lost (e.g. when measuring a dead endpoint's backlog).
+    #[arg(long)]
+    allow_loss: bool,
 }
 
-/// Runs the load and prints the report.
+/// Runs the load, prints and writes the report; fails on a lost pair or a
+/// bad signature (unless --allow-loss).
 pub async fn main(args: Args) -> anyhow::Result<()> {
-    let http = reqwest::Client::new();
-    let tenant = format!("loadtest-{}", std::process::id());
+    if args.fanout == 0 || args.subscriptions % args.fanout != 0 {
+        bail!("--fanout must divide --subscriptions");
+    }
+    if !(0.0..=1.0).contains(&args.failure_rate) {
+        bail!("--failure-rate is a share between 0 and 1");
+    }
+    if args.endpoints == 0 || args.batch == 0 || args.batch > herald_engine::MAX_BATCH_EVENTS {
+        bail!(
+            "--endpoints must be at least 1 and --batch 1 to {}",
+            herald_engine::MAX_BATCH_EVENTS
+        );
+    }
+    let groups = args.subscriptions / args.fanout;
+    let mut server = match &args.target {
+        Some(t) => Server::running(
+            t.clone(),
+            args.admin_token
+                .clone()
+                .context("--target needs --admin-token")?,
+            args.server_pid,
+        ),
+        None => {
+            Server::spawn(Spawn {
+                bin: args.herald_bin.clone(),
+                retry_schedule: args.retry_schedule.clone(),
+                extra: args.server_args.clone(),
+            })
+            .await?
+        }
+    };
+    let result = drive(&args, &server, groups).await;
+    server.stop().await;
+    let report = result?;
+    println!("\n{}", report.markdown());
+    report.write(&args.report)?;
+    println!(
+        "report written to {} and {}",
+        args.report.with_extension("json").display(),
+        args.report.with_extension("md").display()
+    );
+    let a = &report.accounts;
+    if (a.lost > 0 && !args.allow_loss) || report.bad_signatures > 0 {
+        bail!(
+            "{} pairs lost, {} bad signatures",
+            a.lost,
+            report.bad_signatures
+        );
+    }
+    Ok(())
+}
+
+async fn drive(args: &Args, server: &Server, groups: usize) -> anyhow::Result<Report> {
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(1024)
+        .build()?;
+    let farm = Farm::start(
+        args.endpoints,
+        args.subscriptions,
+        args.latency,
+        args.failure_rate,
+    )
+    .await?;
+    let key = setup(&http, server, &farm, args, groups).await?;
+
+    let raw = if args.raw_duration.is_zero() {
+        None
+    } else {
+        println!(
+            "raw baseline: {} clients POSTing to {} endpoints for {:?}…",
+            args.raw_concurrency, args.endpoints, args.raw_duration
+        );
+        let r = raw::measure(
+            &farm,
+            &http,
+            args.payload_bytes,
+            args.raw_concurrency,
+            args.raw_duration,
+        )
+        .await;
+        println!("raw baseline: {:.0} requests/s", r.per_second);
+        Some(r)
+    };
+
+    let plan = Plan {
+        rate: args.rate,
+        duration: args.duration,
+        events: args.events.or(if args.duration.is_none() {
+            Some(10_000)
+        } else {
+            None
+        }),
+        batch: args.batch,
+        concurrency: args.concurrency,
+        payload_bytes: args.payload_bytes,
+        groups,
+    };
+    let sampler = server
+        .pid
+        .map(|pid| Sampler::start(pid, Duration::from_millis(500)));
+    let client = emitter::Client {
+        http: http.clone(),
+        base: server.base.clone(),
+        key,
+    };
+    let fanout = args.fanout as u64;
+    let bar = ProgressBar::new(plan.events.map_or(0, |n| n * fanout));
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{elapsed_precise} [{bar:30}] {pos}/{len} pairs {per_sec} {msg}",
+        )?
+        .progress_chars("=> "),
+    );
+    let started = Instant::now();
+    let (emitted, emitting) = emitter::start(client, plan.clone());
+    let state = farm.state.clone();
+    let mut per_second: Vec<u64> = Vec::new();
+    let mut last_second = (Instant::now(), 0u64);
+    let mut emit_seconds = None;
+    let mut last_change = (Instant::now(), 0u64);
+    let mut ctrl_c = std::pin::pin!(tokio::signal::ctrl_c());
+    let done_at = loop {
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(20)) => {}
+            _ = &mut ctrl_c => { emitted.stop(); }
+        }
+        let now = Instant::now();
+        let delivered = state.deliveries.load(Ordering::Relaxed);
+        if now - last_second.0 >= Duration::from_secs(1) {
+            per_second.push(delivered - last_second.1);
+            last_second = (now, delivered);
+        }
+        if delivered != last_change.1 {
+            last_change = (now, delivered);
+        }
+        let acked = emitted.acked_count.load(Ordering::Relaxed);
+        let first = state.first_deliveries.load(Ordering::Relaxed);
+        if plan.events.is_none() || emit_seconds.is_some() {
+            bar.set_length((acked * fanout).max(first));
+        }
+        bar.set_position(first);
+        let proc = sampler
+            .as_ref()
+            .and_then(Sampler::peek)
+            .map_or(String::new(), |s| {
+                format!("· cpu {:.2} · rss {:.0} MiB", s.cpu_cores, s.rss_mib)
+            });
+        bar.set_message(format!("· {acked} events acked {proc}"));
+        if emit_seconds.is_none() && emitting.is_finished() {
+            emit_seconds = Some(started.elapsed().as_secs_f64());
+            last_change = (now, delivered);
+        }
+        if emit_seconds.is_some() {
+            if first >= acked * fanout {
+                let a = account(&emitted, &state, args.fanout);
+                if a.lost == 0 {
+                    break last_change.0;
+                }
+            }
+            if now - last_change.0 > args.drain_timeout {
+                break last_change.0;
+            }
+        }
+    };
+    bar.finish_and_clear();
+    let emit_seconds = emit_seconds.unwrap_or_default();
+    let (samples, cpu) = sampler.map_or((Vec::new(), None), Sampler::finish);
+    let accounts = account(&emitted, &state, args.fanout);
+    let acked = emitted.acked_count.load(Ordering::Relaxed);
+    let total = done_at.duration_since(started).as_secs_f64().max(1e-9);
+    let delivery_rate = accounts.delivered as f64 / total;
+    let window: Vec<u64> = per_second
+        .iter()
+        .copied()
+        .take(emit_seconds as usize)
+        .skip(2)
+        .collect();
+    let sustained = if window.is_empty() {
+        delivery_rate
+    } else {
+        window.iter().sum::<u64>() as f64 / window.len() as f64
+    };
+    let ratio = raw
+        .as_ref()
+        .filter(|r| r.per_second > 0.0)
+        .map(|r| delivery_rate.max(sustained) / r.per_second);
+    let failures = emitted.failures.lock().clone();
+    let emit_request_ms = Percentiles::of(&emitted.request_latency.lock());
+    Ok(Report {
+        label: args.label.clone(),
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        machine: Machine::detect(),
+        target: args
+            .target
+            .clone()
+            .unwrap_or_else(|| format!("embedded ({})", server.base)),
+        scenario: json!({
+            "endpoints": args.endpoints, "subscriptions": args.subscriptions, "fanout": args.fanout,
+            "batch": args.batch, "rate": args.rate, "concurrency": args.concurrency,
+            "payload_bytes": args.payload_bytes, "receiver_latency_ms": args.latency.as_secs_f64() * 1000.0,
+            "failure_rate": args.failure_rate,
+        }),
+        events_acknowledged: acked,
+        events_failed: emitted.failed_events.load(Ordering::Relaxed),
+        emit_seconds,
+        emit_rate: acked as f64 / emit_seconds.max(1e-9),
+        sends_behind_schedule: emitted.behind_schedule.load(Ordering::Relaxed),
+        emit_request_ms,
+        accounts,
+        delivery_rate,
+        sustained_delivery_rate: sustained,
+        latency_ms: Percentiles::of(&farm.latency()),
+        bad_signatures: state.bad_signatures.load(Ordering::Relaxed),
+        injected_failures: state.injected_failures.load(Ordering::Relaxed),
+        raw,
+        ratio_to_raw: ratio,
+        server_cpu_cores: cpu,
+        server_peak_rss_mib: samples.iter().map(|s| s.rss_mib).reduce(f64::max),
+        deliveries_per_second: per_second,
+        server_samples: samples,
+        failures,
+    })
+}
+
+/// Creates the tenant and the subscriptions (subscription `i` listens to
+/// `loadtest.g{i / fanout}.*`); returns the tenant's key.
+async fn setup(
+    http: &reqwest::Client,
+    server: &Server,
+    farm: &Farm,
+    args: &Args,
+    groups: usize,
+) -> anyhow::Result<String> {
+    let tenant = format!(
+        "loadtest-{}-{}",
+        std::process::id(),
+        time::OffsetDateTime::now_utc().unix_timestamp()
+    );
     let r = http
-        .post(format!("{}/api/v1/admin/tenants", args.target))
-        .bearer_auth(&args.admin_token)
+        .post(format!("{}/api/v1/admin/tenants", server.base))
+        .bearer_auth(&server.admin_token)
         .json(&json!({ "id": tenant }))
         .send()
         .await
-        .with_context(|| format!("is Herald running at {}?", args.target))?;
+        .with_context(|| format!("is Herald running at {}?", server.base))?;
     if r.status() != 201 {
         bail!(
             "creating tenant {tenant}: {} {}",
@@ -59,133 +356,55 @@ pub async fn main(args: Args) -> anyhow::Result<()> {
         .as_str()
         .unwrap_or_default()
         .to_string();
-
-    let mut tallies: Vec<Arc<Mutex<Tally>>> = Vec::new();
-    for _ in 0..args.receivers {
-        let (url, secret_slot, tally) = counting().await?;
-        let r = http
-            .post(format!("{}/api/v1/portal/webhooks/subscribe", args.target))
-            .bearer_auth(&key)
-            .json(&json!({ "url": url, "event_types": ["loadtest.*"] }))
-            .send()
-            .await?;
-        if r.status() != 201 {
-            bail!("subscribing {url}: {} {}", r.status(), r.text().await?);
-        }
-        let secret = r.json::<Value>().await?["secret"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-        *secret_slot.lock().unwrap() = Some(SigningSecret::parse(&secret)?);
-        tallies.push(tally);
-    }
-
     println!(
-        "emitting {} events with {} clients to {} subscriptions…",
-        args.events, args.concurrency, args.receivers
+        "tenant {tenant}: creating {} subscriptions on {} endpoints ({groups} groups of {})…",
+        args.subscriptions, args.endpoints, args.fanout
     );
-    let started = Instant::now();
-    let acked = Arc::new(Mutex::new(HashSet::new()));
-    let failed = Arc::new(Mutex::new(0u64));
-    let mut tasks = Vec::new();
-    for worker in 0..args.concurrency {
-        let (http, target, key, acked, failed) = (
+    let subs: Vec<(usize, String)> = (0..groups)
+        .flat_map(|g| {
+            group_subscriptions(g, args.fanout).map(move |i| (i, format!("loadtest.g{g}.*")))
+        })
+        .collect();
+    let farm_state = farm.state.clone();
+    let urls: Vec<String> = (0..args.subscriptions).map(|i| farm.url(i)).collect();
+    let urls = Arc::new(urls);
+    let mut pending = tokio::task::JoinSet::new();
+    for chunk in subs.chunks(subs.len().div_ceil(16).max(1)) {
+        let (chunk, http, base, key, urls, state) = (
+            chunk.to_vec(),
             http.clone(),
-            args.target.clone(),
+            server.base.clone(),
             key.clone(),
-            acked.clone(),
-            failed.clone(),
+            urls.clone(),
+            farm_state.clone(),
         );
-        let n = args.events;
-        let step = args.concurrency;
-        tasks.push(tokio::spawn(async move {
-            for i in (worker..n).step_by(step) {
+        pending.spawn(async move {
+            for (i, filter) in chunk {
                 let r = http
-                    .post(format!("{target}/api/v1/integrations/events"))
+                    .post(format!("{base}/api/v1/portal/webhooks/subscribe"))
                     .bearer_auth(&key)
-                    .json(&json!({ "event_type": "loadtest.tick", "payload": { "i": i } }))
+                    .json(&json!({ "url": urls[i], "event_types": [filter] }))
                     .send()
-                    .await;
-                match r {
-                    Ok(r) if r.status() == 202 => {
-                        if let Ok(v) = r.json::<Value>().await {
-                            acked
-                                .lock()
-                                .unwrap()
-                                .insert(v["id"].as_str().unwrap_or_default().to_string());
-                        }
-                    }
-                    _ => *failed.lock().unwrap() += 1,
+                    .await?;
+                if r.status() != 201 {
+                    bail!(
+                        "subscribing {}: {} {}",
+                        urls[i],
+                        r.status(),
+                        r.text().await?
+                    );
                 }
+                let secret = r.json::<Value>().await?["secret"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
+                let _ = state.secrets[i].set(SigningSecret::parse(&secret)?);
             }
-        }));
+            anyhow::Ok(())
+        });
     }
-    for t in tasks {
-        t.await?;
+    while let Some(r) = pending.join_next().await {
+        r??;
     }
-    let emit_elapsed = started.elapsed();
-    let acked: HashSet<String> = acked.lock().unwrap().clone();
-    let expected = acked.len() * args.receivers;
-    let deadline = Instant::now() + args.drain_timeout;
-    let delivered_pairs = |tallies: &[Arc<Mutex<Tally>>]| -> usize {
-        tallies
-            .iter()
-            .map(|t| {
-                t.lock()
-                    .unwrap()
-                    .per_event
-                    .keys()
-                    .filter(|id| acked.contains(*id))
-                    .count()
-            })
-            .sum()
-    };
-    while delivered_pairs(&tallies) < expected && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let total_elapsed = started.elapsed();
-    let delivered = delivered_pairs(&tallies);
-    let mut duplicates = 0u64;
-    let mut bad_signatures = 0u64;
-    let mut latency = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)?;
-    for t in &tallies {
-        let t = t.lock().unwrap();
-        duplicates += t.per_event.values().map(|n| u64::from(n - 1)).sum::<u64>();
-        bad_signatures += t.bad_signatures;
-        if let Some(h) = &t.latency {
-            latency.add(h)?;
-        }
-    }
-    let ms = |q: f64| latency.value_at_quantile(q) as f64 / 1000.0;
-    println!("\nHerald load run against {}", args.target);
-    println!(
-        "  emits acknowledged : {} ({} failed)",
-        acked.len(),
-        failed.lock().unwrap()
-    );
-    println!(
-        "  emit rate          : {:.0} events/s",
-        acked.len() as f64 / emit_elapsed.as_secs_f64()
-    );
-    println!("  deliveries         : {delivered} of {expected} expected, {} lost, {duplicates} duplicates", expected - delivered);
-    println!(
-        "  delivery rate      : {:.0} deliveries/s (emit start to last delivery)",
-        delivered as f64 / total_elapsed.as_secs_f64()
-    );
-    println!(
-        "  emit→delivery ms   : p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}",
-        ms(0.5),
-        ms(0.9),
-        ms(0.99),
-        ms(0.999),
-        latency.max() as f64 / 1000.0
-    );
-    println!("  bad signatures     : {bad_signatures}");
-    if delivered < expected || bad_signatures > 0 {
-        bail!(
-            "{} deliveries missing, {bad_signatures} bad signatures",
-            expected - delivered
-        );
-    }
-    Ok(())
+    Ok(key)
 }

@@ -202,3 +202,70 @@ pub async fn replay(
         }),
     ))
 }
+
+/// `POST /api/v1/integrations/events/batch` body: up to
+/// [`herald_engine::MAX_BATCH_EVENTS`] items shaped like a single emit, in
+/// at most [`crate::MAX_BODY_BYTES`] of JSON.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmitBatch {
+    /// The events, each as in a single emit.
+    pub events: Vec<serde_json::Value>,
+}
+
+/// One item of a batch answer: the stored event and whether this item was
+/// answered by an earlier event with the same `dedupe_key`.
+#[derive(Debug, Serialize)]
+pub struct BatchItem {
+    /// The stored event (the original one for a repeated `dedupe_key`).
+    #[serde(flatten)]
+    pub event: DomainEvent,
+    /// `true` when nothing new was created for this item.
+    pub deduplicated: bool,
+}
+
+/// Emits a batch atomically: 202 with one item per event, in order, once
+/// all are durable; any invalid item → 422 naming its index, nothing stored.
+pub async fn emit_batch(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    ApiJson(body): ApiJson<EmitBatch>,
+) -> Result<(StatusCode, Json<List<BatchItem>>), ApiError> {
+    let max = herald_engine::MAX_BATCH_EVENTS;
+    if body.events.is_empty() || body.events.len() > max {
+        return Err(ApiError::invalid(
+            "events",
+            format!("give 1 to {max} events (got {})", body.events.len()),
+        ));
+    }
+    let mut items = Vec::with_capacity(body.events.len());
+    for (i, raw) in body.events.into_iter().enumerate() {
+        let e: Emit = serde_json::from_value(raw)
+            .map_err(|err| ApiError::invalid("events", format!("events[{i}]: {err}")))?;
+        items.push(NewEvent {
+            event_type: e.event_type,
+            payload: e.payload,
+            dedupe_key: e.dedupe_key,
+            schema_version: e.schema_version,
+            occurred_at: e.occurred_at,
+            trace_id: e.trace_id,
+        });
+    }
+    let data = state
+        .engine
+        .emit_batch(&tenant, items)
+        .await?
+        .into_iter()
+        .map(|(event, created)| BatchItem {
+            event,
+            deduplicated: !created,
+        })
+        .collect();
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(List {
+            data,
+            next_cursor: None,
+        }),
+    ))
+}

@@ -2,6 +2,7 @@
 //! binary for crash tests, real HTTP receivers on loopback.
 
 mod bad_input;
+mod batch;
 mod breaker;
 mod catalogue;
 mod crash;

@@ -68,7 +68,12 @@ impl EmbeddedStore {
         let path = dir.join("herald.db");
         let conn = Connection::open(&path).map_err(db_err)?;
         conn.execute_batch(
-            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON; PRAGMA busy_timeout=5000;",
+            // cache_size and wal_autocheckpoint are for speed only (docs/performance.md):
+            // a group commit of ~1000 writes must not spill dirty pages to the WAL
+            // mid-transaction (the 2 MiB default cache did, writing pages many
+            // times), nor checkpoint after nearly every commit (1000-page default).
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON; PRAGMA busy_timeout=5000;
+             PRAGMA cache_size=-65536; PRAGMA wal_autocheckpoint=16384;",
         )
         .map_err(db_err)?;
         migrate(&conn)?;

@@ -1,0 +1,128 @@
+//! Batched emit: many events in one request, atomic per batch.
+//!
+//! Every item is validated before anything is written; one invalid item
+//! refuses the whole batch and names its index. The new events go to the
+//! log in one `append` call, so the batch is one durable group commit, and
+//! the call returns only after it. Dedupe keys are honoured per item: a key
+//! already live in the window, or used by an earlier item of the same batch,
+//! answers the original event and nothing new is delivered for it.
+
+use std::collections::HashMap;
+
+use tokio::task::JoinSet;
+
+use super::{Engine, NewEvent};
+use crate::{
+    error::EngineError,
+    model::{DomainEvent, EventSource},
+    store::embedded::now_ms,
+};
+
+/// Most events in one batch.
+pub const MAX_BATCH_EVENTS: usize = 1000;
+
+/// Where an item of a batch comes from: a new event, or the original of a
+/// dedupe key (already stored, or earlier in the same batch).
+enum Slot {
+    New(usize),
+    Stored(Box<DomainEvent>),
+    SameAs(usize),
+}
+
+impl Engine {
+    /// Emits `items` atomically: all durable in the log before this returns,
+    /// or none written. Answers one `(event, created)` per item, in order;
+    /// `created` is `false` for an item whose dedupe key was already used.
+    /// An invalid item fails the batch with [`EngineError::Invalid`] on
+    /// field `events`, its message naming the index and the item's field.
+    pub async fn emit_batch(
+        &self,
+        tenant_id: &str,
+        items: Vec<NewEvent>,
+    ) -> Result<Vec<(DomainEvent, bool)>, EngineError> {
+        if items.is_empty() || items.len() > MAX_BATCH_EVENTS {
+            return Err(EngineError::invalid(
+                "events",
+                format!("give 1 to {MAX_BATCH_EVENTS} events (got {})", items.len()),
+            ));
+        }
+        let mut events = Vec::with_capacity(items.len());
+        for (i, item) in items.into_iter().enumerate() {
+            let event = self
+                .build_event(tenant_id, item, EventSource::Api)
+                .map_err(|e| match e {
+                    EngineError::Invalid { field, message } => {
+                        EngineError::invalid("events", format!("events[{i}].{field}: {message}"))
+                    }
+                    other => other,
+                })?;
+            events.push(event);
+        }
+
+        // Hold the dedupe stripes of every key of the batch, in stripe order
+        // (no deadlock with other batches), for the check-then-append.
+        let mut stripes: Vec<usize> = events
+            .iter()
+            .filter_map(|e| e.dedupe_key.as_deref())
+            .map(|key| self.dedupe_stripe(tenant_id, key))
+            .collect();
+        stripes.sort_unstable();
+        stripes.dedup();
+        let mut _guards = Vec::with_capacity(stripes.len());
+        for s in stripes {
+            _guards.push(self.emit_locks[s].lock().await);
+        }
+
+        let mut slots = Vec::with_capacity(events.len());
+        let mut fresh: Vec<DomainEvent> = Vec::with_capacity(events.len());
+        let mut first_of_key: HashMap<String, usize> = HashMap::new();
+        let now = now_ms();
+        for event in events {
+            if let Some(key) = event.dedupe_key.clone() {
+                if let Some(&j) = first_of_key.get(&key) {
+                    slots.push(Slot::SameAs(j));
+                    continue;
+                }
+                if let Some(original) = self.store.event_by_dedupe_key(tenant_id, &key, now).await?
+                {
+                    slots.push(Slot::Stored(Box::new(original)));
+                    continue;
+                }
+                first_of_key.insert(key, fresh.len());
+            }
+            slots.push(Slot::New(fresh.len()));
+            fresh.push(event);
+        }
+
+        if !fresh.is_empty() {
+            let positions = self.log.append(&fresh).await?;
+            let until = now_ms() + self.config.dedupe_window.as_millis() as i64;
+            // Indexed concurrently: the store group-commits them together.
+            let mut index = JoinSet::new();
+            for (event, position) in fresh.iter().zip(positions) {
+                let (store, event) = (self.store.clone(), event.clone());
+                index.spawn(async move {
+                    if let Err(e) = store.record_event(&event, position, until).await {
+                        // The event is durable in the log; fan-out will index it.
+                        tracing::warn!(error = %e, event_id = %event.id, "could not index an emitted event yet");
+                    }
+                });
+            }
+            while index.join_next().await.is_some() {}
+        }
+
+        Ok(slots
+            .into_iter()
+            .map(|slot| match slot {
+                Slot::New(j) => (fresh[j].clone(), true),
+                Slot::Stored(original) => (*original, false),
+                Slot::SameAs(j) => (fresh[j].clone(), false),
+            })
+            .collect())
+    }
+
+    /// The emit lock stripe guarding `(tenant, dedupe_key)`.
+    pub(super) fn dedupe_stripe(&self, tenant_id: &str, key: &str) -> usize {
+        crc32fast::hash(format!("{tenant_id}\0{key}").as_bytes()) as usize % self.emit_locks.len()
+    }
+}

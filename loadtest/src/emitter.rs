@@ -1,0 +1,242 @@
+//! The emitter: single or batched emits, open-loop at a target rate or
+//! flat out with a fixed number of concurrent clients.
+//!
+//! Open loop means requests leave on a fixed schedule whether or not earlier
+//! ones were answered (so a slow server cannot slow the offered load down and
+//! hide its own latency); sends that leave more than 10 ms behind schedule
+//! are counted. Event `n` has type `loadtest.g{n mod groups}.tick`, so it
+//! matches exactly the subscriptions of group `n mod groups`, and carries
+//! `occurred_at` = the moment it was sent, which the farm turns into the
+//! emit-to-delivery latency.
+
+use std::{
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use hdrhistogram::Histogram;
+use parking_lot::Mutex;
+use serde_json::{json, Value};
+use time::OffsetDateTime;
+use tokio::sync::Semaphore;
+
+use crate::farm::histogram;
+
+/// What to offer.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Events per second (open loop); `None` = flat out.
+    pub rate: Option<f64>,
+    /// Stop emitting after this long.
+    pub duration: Option<Duration>,
+    /// Stop after this many events.
+    pub events: Option<u64>,
+    /// Events per request (1 = the single emit endpoint).
+    pub batch: usize,
+    /// Concurrent clients (flat out) or most requests in flight (open loop).
+    pub concurrency: usize,
+    /// Approximate JSON size of each payload.
+    pub payload_bytes: usize,
+    /// Subscription groups (event `n` goes to group `n mod groups`).
+    pub groups: usize,
+}
+
+/// What was emitted and acknowledged.
+pub struct Emitted {
+    /// Acknowledged event ids per group.
+    pub acked: Vec<Mutex<Vec<Box<str>>>>,
+    /// Events acknowledged (202).
+    pub acked_count: AtomicU64,
+    /// Events whose request failed (not 202, or no answer).
+    pub failed_events: AtomicU64,
+    /// First few failure reasons, for the report.
+    pub failures: Mutex<Vec<String>>,
+    /// Open-loop sends more than 10 ms behind schedule.
+    pub behind_schedule: AtomicU64,
+    /// Request round trips, microseconds.
+    pub request_latency: Mutex<Histogram<u64>>,
+    next: AtomicU64,
+    stop: AtomicBool,
+}
+
+impl Emitted {
+    fn new(groups: usize) -> Self {
+        Self {
+            acked: (0..groups).map(|_| Mutex::default()).collect(),
+            acked_count: AtomicU64::new(0),
+            failed_events: AtomicU64::new(0),
+            failures: Mutex::default(),
+            behind_schedule: AtomicU64::new(0),
+            request_latency: Mutex::new(histogram()),
+            next: AtomicU64::new(0),
+            stop: AtomicBool::new(false),
+        }
+    }
+
+    /// Asks the emitter to stop (Ctrl-C).
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// One emitting client: base URL and tenant key.
+#[derive(Clone)]
+pub struct Client {
+    /// HTTP client.
+    pub http: reqwest::Client,
+    /// Herald base URL.
+    pub base: String,
+    /// Tenant API key.
+    pub key: String,
+}
+
+/// Starts emitting; the returned handle finishes when the plan is done.
+pub fn start(client: Client, plan: Plan) -> (Arc<Emitted>, tokio::task::JoinHandle<()>) {
+    let out = Arc::new(Emitted::new(plan.groups));
+    let pad = "x".repeat(plan.payload_bytes.saturating_sub(40));
+    let state = Arc::new((client, plan, pad, out.clone()));
+    let handle = tokio::spawn(async move {
+        let started = Instant::now();
+        let (_, plan, _, _) = &*state;
+        match plan.rate {
+            None => {
+                let workers: Vec<_> = (0..plan.concurrency.max(1))
+                    .map(|_| {
+                        let state = state.clone();
+                        tokio::spawn(async move {
+                            let (client, plan, pad, out) = &*state;
+                            while let Some(seqs) = take(plan, out, started) {
+                                send(client, plan, pad, out, seqs).await;
+                            }
+                        })
+                    })
+                    .collect();
+                for w in workers {
+                    let _ = w.await;
+                }
+            }
+            Some(rate) => {
+                let period = Duration::from_secs_f64(plan.batch as f64 / rate.max(0.001));
+                let permits = Arc::new(Semaphore::new(plan.concurrency.max(1)));
+                let mut k: u32 = 0;
+                let mut inflight = Vec::new();
+                loop {
+                    let due = started + period * k;
+                    k += 1;
+                    tokio::time::sleep_until(due.into()).await;
+                    let (_, plan, _, out) = &*state;
+                    let Some(seqs) = take(plan, out, started) else {
+                        break;
+                    };
+                    if due.elapsed() > Duration::from_millis(10) {
+                        out.behind_schedule.fetch_add(1, Ordering::Relaxed);
+                    }
+                    let Ok(permit) = permits.clone().acquire_owned().await else {
+                        break;
+                    };
+                    let state = state.clone();
+                    inflight.push(tokio::spawn(async move {
+                        let (client, plan, pad, out) = &*state;
+                        send(client, plan, pad, out, seqs).await;
+                        drop(permit);
+                    }));
+                    inflight.retain(|t: &tokio::task::JoinHandle<()>| !t.is_finished());
+                }
+                for t in inflight {
+                    let _ = t.await;
+                }
+            }
+        }
+    });
+    (out, handle)
+}
+
+/// Reserves the next request's sequence numbers, or `None` when done.
+fn take(plan: &Plan, out: &Emitted, started: Instant) -> Option<std::ops::Range<u64>> {
+    if out.stop.load(Ordering::Relaxed) || plan.duration.is_some_and(|d| started.elapsed() >= d) {
+        return None;
+    }
+    let n = plan.batch as u64;
+    let first = out.next.fetch_add(n, Ordering::Relaxed);
+    let end = match plan.events {
+        Some(total) if first >= total => return None,
+        Some(total) => (first + n).min(total),
+        None => first + n,
+    };
+    Some(first..end)
+}
+
+fn item(plan: &Plan, pad: &str, seq: u64, now: &str) -> Value {
+    json!({
+        "event_type": format!("loadtest.g{}.tick", seq % plan.groups as u64),
+        "occurred_at": now,
+        "payload": { "seq": seq, "pad": pad },
+    })
+}
+
+async fn send(client: &Client, plan: &Plan, pad: &str, out: &Emitted, seqs: std::ops::Range<u64>) {
+    let now = OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    let count = seqs.end - seqs.start;
+    let (path, body) = if plan.batch == 1 {
+        (
+            "/api/v1/integrations/events",
+            item(plan, pad, seqs.start, &now),
+        )
+    } else {
+        let events: Vec<Value> = seqs.clone().map(|s| item(plan, pad, s, &now)).collect();
+        (
+            "/api/v1/integrations/events/batch",
+            json!({ "events": events }),
+        )
+    };
+    let t0 = Instant::now();
+    let result = client
+        .http
+        .post(format!("{}{path}", client.base))
+        .bearer_auth(&client.key)
+        .json(&body)
+        .send()
+        .await;
+    let answer = match result {
+        Ok(r) if r.status() == 202 => r.json::<Value>().await.map_err(|e| e.to_string()),
+        Ok(r) => Err(format!(
+            "{} {}",
+            r.status(),
+            r.text().await.unwrap_or_default()
+        )),
+        Err(e) => Err(e.to_string()),
+    };
+    let micros = t0.elapsed().as_micros() as u64;
+    let _ = out.request_latency.lock().record(micros.max(1));
+    let ids: Vec<String> = match &answer {
+        Ok(v) if plan.batch == 1 => v["id"].as_str().map(str::to_string).into_iter().collect(),
+        Ok(v) => v["data"]
+            .as_array()
+            .map(|d| {
+                d.iter()
+                    .filter_map(|e| e["id"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        Err(_) => Vec::new(),
+    };
+    if ids.len() as u64 != count {
+        out.failed_events.fetch_add(count, Ordering::Relaxed);
+        let mut f = out.failures.lock();
+        if f.len() < 5 {
+            f.push(answer.err().unwrap_or_else(|| "answer without ids".into()));
+        }
+        return;
+    }
+    for (seq, id) in seqs.zip(ids) {
+        out.acked[(seq % plan.groups as u64) as usize]
+            .lock()
+            .push(id.into_boxed_str());
+    }
+    out.acked_count.fetch_add(count, Ordering::Relaxed);
+}
