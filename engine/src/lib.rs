@@ -19,6 +19,7 @@ pub mod fanout;
 pub mod ids;
 pub mod log;
 pub mod model;
+pub mod resources;
 pub mod operational;
 pub mod signing;
 pub mod ssrf;

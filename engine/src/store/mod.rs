@@ -7,10 +7,11 @@
 //! the schedule only in the transaction that records its final attempt. A
 //! crash therefore loses no delivery and no retry (DESIGN §3).
 //!
-//! [`embedded`] keeps all of it in SQLite; a ScyllaDB backend implements the
-//! same trait for the distributed deployment.
+//! [`embedded`] keeps all of it in SQLite; [`scylla`] keeps it in ScyllaDB
+//! (or Cassandra) for the distributed deployment.
 
 pub mod embedded;
+pub mod scylla;
 
 use async_trait::async_trait;
 
@@ -22,6 +23,9 @@ use crate::{
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// A resource the write depends on does not exist.
+    #[error("{0} not found")]
+    NotFound(&'static str),
     /// A unique resource already exists.
     #[error("{0}")]
     Conflict(String),
@@ -79,6 +83,21 @@ pub enum FanOutResult {
     AlreadyDone,
     /// Another event holds its dedupe key: dropped.
     Duplicate,
+}
+
+/// What a recovery job looks for (issue 3's recovery jobs).
+#[derive(Debug, Clone)]
+pub struct RecoveryScope {
+    /// Owning tenant.
+    pub tenant_id: String,
+    /// The subscription recovered.
+    pub subscription_id: String,
+    /// Events whose ids sort at or after this one (the id of `since`).
+    pub from_event_id: String,
+    /// Events whose ids sort before this one (the id of `until`).
+    pub to_event_id: String,
+    /// Only events whose latest delivery there is `failed` or `dead`.
+    pub only_failed: bool,
 }
 
 /// A change to one subscription, applied atomically by
