@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod breaker;
+mod cql;
 mod crash;
 mod flow;
 mod policies;

@@ -138,11 +138,7 @@ impl ScyllaStore {
             .await
             .map_err(unavailable)?;
         let retention = config.retention.as_secs().max(1);
-        for statement in include_str!("schema.cql")
-            .split(';')
-            .map(strip_comments)
-            .filter(|s| !s.is_empty())
-        {
+        for statement in schema_statements() {
             let statement = statement.replace("{retention}", &retention.to_string());
             session
                 .query_unpaged(statement, ())
@@ -321,14 +317,17 @@ const HISTORY_TABLES: [&str; 6] = [
     "sub_event_state",
 ];
 
-fn strip_comments(statement: &str) -> String {
-    statement
+/// The statements of `schema.cql`, comments removed.
+fn schema_statements() -> Vec<String> {
+    include_str!("schema.cql")
         .lines()
         .filter(|l| !l.trim_start().starts_with("--"))
         .collect::<Vec<_>>()
         .join("\n")
-        .trim()
-        .to_string()
+        .split(';')
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect()
 }
 
 #[async_trait]
@@ -488,11 +487,7 @@ mod tests {
 
     #[test]
     fn schema_splits_into_statements() {
-        let statements: Vec<String> = include_str!("schema.cql")
-            .split(';')
-            .map(strip_comments)
-            .filter(|s| !s.is_empty())
-            .collect();
+        let statements = schema_statements();
         assert!(statements.len() >= 18, "{}", statements.len());
         assert!(statements.iter().all(|s| s.starts_with("CREATE TABLE IF NOT EXISTS")));
         for table in HISTORY_TABLES {

@@ -1,0 +1,549 @@
+//! The CQL store against a real Apache Cassandra 5.0 (`scripts/services up
+//! cassandra`; `HERALD_TEST_SCYLLA_NODES` points elsewhere). Each test uses
+//! its own keyspace. Without a reachable node these tests fail, loudly.
+
+use std::{collections::HashSet, sync::Arc, time::Duration};
+
+use futures::{StreamExt, TryStreamExt};
+use herald_engine::{
+    config::ScyllaConfig,
+    ids,
+    log::LogPosition,
+    model::{
+        DomainEvent, EventSource, Outcome, ScheduledDelivery, Trigger, WebhookDeliveryLog,
+    },
+    resources::{RecoveryJob, RecoveryStatus},
+    store::{scylla::ScyllaStore, LogFilter, RecoveryScope, Store},
+};
+use serde_json::{json, Value};
+use time::OffsetDateTime;
+
+use crate::support::{eventually, Herald, Receiver};
+
+fn nodes() -> Vec<String> {
+    let raw = std::env::var("HERALD_TEST_SCYLLA_NODES").unwrap_or_else(|_| "127.0.0.1:9042".into());
+    let nodes: Vec<String> = raw.split(',').map(|s| s.trim().to_string()).collect();
+    if std::net::TcpStream::connect_timeout(
+        &nodes[0].parse().expect("HERALD_TEST_SCYLLA_NODES: host:port"),
+        Duration::from_secs(3),
+    )
+    .is_err()
+    {
+        panic!(
+            "no CQL node at {}: start Cassandra with `scripts/services up cassandra` (scripts/test does)",
+            nodes[0]
+        );
+    }
+    nodes
+}
+
+/// A fresh keyspace for one test.
+fn config(tag: &str) -> ScyllaConfig {
+    let mut c = ScyllaConfig::new(nodes());
+    c.keyspace = format!("herald_t_{tag}_{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    c
+}
+
+async fn herald_on(cql: &ScyllaConfig) -> Herald {
+    let cql = cql.clone();
+    Herald::start_with(move |c| {
+        c.scylla = Some(cql);
+        // Count plain attempts: no circuit breaking in these tests.
+        c.delivery.breaker_failure_threshold = 1_000;
+        c.delivery.breaker_min_requests = 1_000;
+    })
+    .await
+}
+
+async fn page(h: &Herald, key: &str, query: &str, limit: usize) -> Vec<Value> {
+    let mut out = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let (status, page) = h
+            .get(
+                key,
+                &format!("/api/v1/integrations/webhooks?limit={limit}&{query}&cursor={cursor}"),
+            )
+            .await;
+        assert_eq!(status, 200, "{page}");
+        let data = page["data"].as_array().unwrap();
+        assert!(data.len() <= limit);
+        out.extend(data.iter().cloned());
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = c.to_string(),
+            None => return out,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cql_store_writes_pages_and_filters_delivery_logs() {
+    let cql = config("logs");
+    let h = herald_on(&cql).await;
+    let key = h.tenant("acme").await;
+    let other = h.tenant("globex").await;
+    let ok = Receiver::start(200).await;
+    let bad = Receiver::start(500).await;
+    let good_sub = h.subscribe(&key, &ok.url, &["order.*"]).await;
+    let bad_sub = h.subscribe(&key, &bad.url, &["order.created"]).await;
+    let mut event_ids = Vec::new();
+    for i in 0..12 {
+        let t = if i % 2 == 0 { "order.created" } else { "order.paid" };
+        event_ids.push(h.emit(&key, t, json!({ "n": i })).await["id"].as_str().unwrap().to_string());
+    }
+    // 12 delivered to the good endpoint; 6 events x 4 attempts (1s,1s,1s) failing on the bad one.
+    let all = eventually("every attempt logged", Duration::from_secs(60), || async {
+        let logs = page(&h, &key, "", 500).await;
+        (logs.len() == 12 + 6 * 4).then_some(logs)
+    })
+    .await;
+    let paged = page(&h, &key, "", 5).await;
+    let ids: Vec<&str> = paged.iter().map(|l| l["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), all.len(), "paging returns each record once");
+    assert_eq!(ids.iter().collect::<HashSet<_>>().len(), ids.len());
+    assert!(ids.windows(2).all(|w| w[0] > w[1]), "newest first");
+
+    let by_sub = page(&h, &key, &format!("subscription_id={}", bad_sub["id"].as_str().unwrap()), 4).await;
+    assert_eq!(by_sub.len(), 24);
+    assert!(by_sub.iter().all(|l| l["subscription_id"] == bad_sub["id"]));
+    let failed = page(&h, &key, "outcome=failed", 7).await;
+    assert_eq!(failed.len(), 18);
+    let dead = page(&h, &key, "outcome=dead", 7).await;
+    assert_eq!(dead.len(), 6);
+    assert!(dead.iter().all(|l| l["attempt"] == 4));
+    let delivered = page(
+        &h,
+        &key,
+        &format!("outcome=delivered&subscription_id={}", good_sub["id"].as_str().unwrap()),
+        3,
+    )
+    .await;
+    assert_eq!(delivered.len(), 12);
+    let one = page(&h, &key, &format!("event_id={}", event_ids[0]), 2).await;
+    assert_eq!(one.len(), 1 + 4, "order.created goes to both subscriptions");
+    assert!(one.iter().all(|l| l["event_id"] == event_ids[0].as_str()));
+    // Tenant isolation on the CQL store too.
+    assert!(page(&h, &other, "", 50).await.is_empty());
+    let (status, _) = h.get(&other, &format!("/api/v1/integrations/events/{}", event_ids[0])).await;
+    assert_eq!(status, 404);
+    // Events list (event index by tenant and day), newest first, with a type filter.
+    let (status, events) = h
+        .get(&key, "/api/v1/integrations/events?limit=100&event_type=order.paid")
+        .await;
+    assert_eq!(status, 200, "{events}");
+    assert_eq!(events["data"].as_array().unwrap().len(), 6);
+    h.engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cql_state_survives_a_restart_on_a_fresh_data_dir() {
+    let cql = config("restart");
+    let receiver = Receiver::start(200).await;
+    let (key, sub_id, event_id) = {
+        let h = herald_on(&cql).await;
+        let key = h.tenant("acme").await;
+        let sub = h.subscribe(&key, &receiver.url, &["invoice.*"]).await;
+        let event = h.emit(&key, "invoice.sent", json!({ "n": 1 })).await;
+        eventually("first delivery", Duration::from_secs(20), || async {
+            (receiver.received().len() == 1).then_some(())
+        })
+        .await;
+        eventually("first log", Duration::from_secs(10), || async {
+            (h.logs(&key, "").await.len() == 1).then_some(())
+        })
+        .await;
+        h.engine.shutdown().await;
+        (
+            key,
+            sub["id"].as_str().unwrap().to_string(),
+            event["id"].as_str().unwrap().to_string(),
+        )
+    };
+    // A new process with an empty data dir, same keyspace.
+    let h = herald_on(&cql).await;
+    let (status, sub) = h.get(&key, &format!("/api/v1/portal/webhooks/{sub_id}")).await;
+    assert_eq!(status, 200, "the API key and the subscription are in CQL: {sub}");
+    assert_eq!(sub["url"], receiver.url.as_str());
+    let logs = h.logs(&key, "").await;
+    assert_eq!(logs.len(), 1);
+    assert_eq!(logs[0]["event_id"], event_id.as_str());
+    assert_eq!(logs[0]["outcome"], "delivered");
+    let (status, event) = h.get(&key, &format!("/api/v1/integrations/events/{event_id}")).await;
+    assert_eq!(status, 200, "the event index is in CQL: {event}");
+    assert_eq!(event["deliveries"].as_array().unwrap().len(), 1);
+    // The subscription index is rebuilt from CQL: new events reach it.
+    h.emit(&key, "invoice.paid", json!({ "n": 2 })).await;
+    eventually("delivery after the restart", Duration::from_secs(20), || async {
+        (receiver.received().len() == 2).then_some(())
+    })
+    .await;
+    h.engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cql_retention_is_the_tables_ttl() {
+    let mut cql = config("ttl");
+    cql.retention = Duration::from_secs(2 * 24 * 3600);
+    let store = ScyllaStore::connect(&cql).await.unwrap();
+    let session = scylla::client::session_builder::SessionBuilder::new()
+        .known_nodes(&cql.nodes)
+        .build()
+        .await
+        .unwrap();
+    for table in ["logs_by_tenant", "logs_by_subscription", "logs_by_event", "events", "events_by_day"] {
+        let ttl = session
+            .query_unpaged(
+                "SELECT default_time_to_live FROM system_schema.tables WHERE keyspace_name = ? AND table_name = ?",
+                (&cql.keyspace, table),
+            )
+            .await
+            .unwrap()
+            .into_rows_result()
+            .unwrap()
+            .single_row::<(i32,)>()
+            .unwrap()
+            .0;
+        assert_eq!(ttl, 2 * 24 * 3600, "{table}");
+    }
+    let (tenant, sub) = ("acme", "sub_x");
+    let event = event(tenant);
+    store.record_event(&event, LogPosition { partition: 0, offset: 0 }, now_ms() + 60_000).await.unwrap();
+    store.record_attempt(attempt(&event, sub, "dlv_1", Outcome::Delivered), None).await.unwrap();
+    let rows: Vec<(Option<i32>,)> = session
+        .query_unpaged(
+            format!("SELECT TTL(body) FROM {}.logs_by_tenant WHERE tenant_id = ? ALLOW FILTERING", cql.keyspace),
+            (tenant,),
+        )
+        .await
+        .unwrap()
+        .into_rows_result()
+        .unwrap()
+        .rows::<(Option<i32>,)>()
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+    let ttl = rows[0].0.expect("the log row carries a TTL");
+    assert!(ttl > 2 * 24 * 3600 - 600 && ttl <= 2 * 24 * 3600, "{ttl}");
+    // The dedupe claim's TTL is the window (60 s here), not the retention.
+    let (ttl,): (Option<i32>,) = session
+        .query_unpaged(
+            format!("SELECT TTL(event_id) FROM {}.dedupe WHERE tenant_id = ? AND dedupe_key = ?", cql.keyspace),
+            (tenant, "k1"),
+        )
+        .await
+        .unwrap()
+        .into_rows_result()
+        .unwrap()
+        .single_row()
+        .unwrap();
+    assert!(ttl.is_some_and(|t| t > 0 && t <= 60), "{ttl:?}");
+    drop_keyspace(&session, &cql.keyspace).await;
+}
+
+fn now_ms() -> i64 {
+    (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+fn event(tenant: &str) -> DomainEvent {
+    let now = OffsetDateTime::now_utc();
+    DomainEvent {
+        id: ids::new_id(ids::EVENT),
+        tenant_id: tenant.into(),
+        event_type: "order.created".into(),
+        schema_version: 1,
+        dedupe_key: Some("k1".into()),
+        occurred_at: now,
+        received_at: now,
+        payload: json!({ "a": 1 }),
+        source: EventSource::Api,
+        aggregate_type: None,
+        aggregate_id: None,
+        trace_id: None,
+    }
+}
+
+fn attempt(event: &DomainEvent, sub: &str, delivery: &str, outcome: Outcome) -> WebhookDeliveryLog {
+    WebhookDeliveryLog {
+        id: ids::new_id(ids::ATTEMPT),
+        delivery_id: delivery.into(),
+        event_id: event.id.clone(),
+        subscription_id: sub.into(),
+        tenant_id: event.tenant_id.clone(),
+        attempt: 1,
+        trigger: Trigger::Initial,
+        replay_of: None,
+        url: "http://127.0.0.1:1/hook".into(),
+        created_at: OffsetDateTime::now_utc(),
+        status_code: Some(if outcome == Outcome::Delivered { 200 } else { 500 }),
+        latency_ms: Some(1),
+        response_body: None,
+        location: None,
+        error: None,
+        error_message: None,
+        outcome,
+        next_attempt_at: None,
+    }
+}
+
+fn delivery(event: &DomainEvent, sub: &str, due: i64) -> ScheduledDelivery {
+    ScheduledDelivery {
+        delivery_id: ids::new_id(ids::DELIVERY),
+        tenant_id: event.tenant_id.clone(),
+        event_id: event.id.clone(),
+        subscription_id: sub.into(),
+        attempt: 1,
+        replay_of: None,
+        is_replay: false,
+        due_at_ms: due,
+        seq: 0,
+        ordered: false,
+    }
+}
+
+async fn drop_keyspace(session: &scylla::client::session::Session, ks: &str) {
+    let _ = session
+        .query_unpaged(format!("DROP KEYSPACE IF EXISTS {ks}"), ())
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cql_claims_are_exclusive_across_processes() {
+    let cql = config("claims");
+    // Two stores = two worker processes sharing one schedule.
+    let a = Arc::new(ScyllaStore::connect(&cql).await.unwrap());
+    let b = Arc::new(ScyllaStore::connect(&cql).await.unwrap());
+    let mut ev = event("acme");
+    ev.dedupe_key = None;
+    a.record_event(&ev, LogPosition { partition: 0, offset: 0 }, 0).await.unwrap();
+    let now = now_ms();
+    let all: Vec<ScheduledDelivery> = (0..120).map(|_| delivery(&ev, "sub_a", now - 1000)).collect();
+    a.schedule(all.clone()).await.unwrap();
+    assert_eq!(a.schedule_backlog().await.unwrap(), 120);
+    let mut seen = Vec::new();
+    for _ in 0..10 {
+        let lease = now_ms() + 60_000;
+        let (x, y) = tokio::join!(a.claim_due(now_ms(), lease, 50), b.claim_due(now_ms(), lease, 50));
+        seen.extend(x.unwrap().into_iter().map(|(d, _)| d.delivery_id));
+        seen.extend(y.unwrap().into_iter().map(|(d, _)| d.delivery_id));
+        if seen.len() >= 120 {
+            break;
+        }
+    }
+    let unique: HashSet<&String> = seen.iter().collect();
+    assert_eq!(unique.len(), seen.len(), "no delivery claimed twice");
+    assert_eq!(unique.len(), 120, "every due delivery claimed");
+    // Leased: nothing due now; due again once the lease is over.
+    assert!(a.claim_due(now_ms(), now_ms() + 60_000, 500).await.unwrap().is_empty());
+    let again = b.claim_due(now_ms() + 61_000, now_ms() + 200_000, 500).await.unwrap();
+    assert_eq!(again.len(), 120, "expired leases fall due again");
+    // A retry moves the row; a final attempt removes it.
+    let first = &again[0].0;
+    let mut retry = first.clone();
+    retry.attempt = 2;
+    retry.due_at_ms = now_ms() - 1;
+    a.record_attempt(attempt(&ev, "sub_a", &first.delivery_id, Outcome::Failed), Some(retry)).await.unwrap();
+    let claimed = a.claim_due(now_ms(), now_ms() + 60_000, 10).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].0.attempt, 2);
+    for (d, _) in again {
+        a.record_attempt(attempt(&ev, "sub_a", &d.delivery_id, Outcome::Delivered), None).await.unwrap();
+    }
+    assert_eq!(a.schedule_backlog().await.unwrap(), 0);
+    assert!(b.claim_due(now_ms() + 10_000_000, now_ms() + 20_000_000, 500).await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cql_recovery_pages_through_a_time_range_and_resumes() {
+    let cql = config("recovery");
+    let store = ScyllaStore::connect(&cql).await.unwrap();
+    let (tenant, sub) = ("acme", "sub_r");
+    let since = OffsetDateTime::now_utc() - Duration::from_secs(1);
+    let mut failed = HashSet::new();
+    let mut events = Vec::new();
+    for _ in 0..300 {
+        let mut ev = event(tenant);
+        ev.dedupe_key = None;
+        events.push(ev.clone());
+    }
+    let writes = events.iter().enumerate().map(|(i, ev)| {
+        let store = &store;
+        async move {
+            store.record_event(ev, LogPosition { partition: 0, offset: i as u64 }, 0).await?;
+            let outcome = if i % 3 == 0 { Outcome::Dead } else { Outcome::Delivered };
+            store.record_attempt(attempt(ev, sub, &format!("dlv_{i}"), outcome), None).await
+        }
+    });
+    futures::future::try_join_all(writes).await.unwrap();
+    for (i, ev) in events.iter().enumerate() {
+        if i % 3 == 0 {
+            failed.insert(ev.id.clone());
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let until = OffsetDateTime::now_utc();
+    // One outside the range: never recovered.
+    let mut late = event(tenant);
+    late.dedupe_key = None;
+    store.record_attempt(attempt(&late, sub, "dlv_late", Outcome::Dead), None).await.unwrap();
+
+    let id_at = |t: OffsetDateTime| {
+        let ms = (t.unix_timestamp_nanos() / 1_000_000) as i64;
+        format!("evt_{ms:012x}{}", "0".repeat(20))
+    };
+    let scope = RecoveryScope {
+        tenant_id: tenant.into(),
+        subscription_id: sub.into(),
+        from_event_id: id_at(since),
+        to_event_id: id_at(until),
+        only_failed: true,
+    };
+    assert_eq!(store.count_recovery_candidates(&scope).await.unwrap(), 100);
+    assert_eq!(
+        store.count_recovery_candidates(&RecoveryScope { only_failed: false, ..scope.clone() }).await.unwrap(),
+        300
+    );
+    let now = OffsetDateTime::now_utc();
+    let job = RecoveryJob {
+        id: ids::new_id("rcv"),
+        tenant_id: tenant.into(),
+        subscription_id: sub.into(),
+        since,
+        until,
+        only_failed: true,
+        status: RecoveryStatus::Running,
+        total: 100,
+        scheduled: 0,
+        done: 0,
+        created_at: now,
+        updated_at: now,
+    };
+    store.create_recovery(&job).await.unwrap();
+    // Work two pages of 30, then "restart": a new store resumes from the stored cursor.
+    let mut recovered = Vec::new();
+    async fn step(store: &ScyllaStore, scope: &RecoveryScope, job: &RecoveryJob, out: &mut Vec<String>) -> bool {
+        let (_, cursor) = store
+            .unfinished_recoveries()
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|(j, _)| j.id == job.id)
+            .expect("the job is unfinished");
+        let page = store.recovery_candidates(scope, cursor.as_deref(), 30).await.unwrap();
+        let finished = page.len() < 30;
+        let next = page.last().map(|c| c.event_id.clone()).or(cursor);
+        let deliveries: Vec<ScheduledDelivery> = page
+            .iter()
+            .map(|c| {
+                out.push(c.event_id.clone());
+                ScheduledDelivery {
+                    delivery_id: ids::new_id(ids::DELIVERY),
+                    tenant_id: job.tenant_id.clone(),
+                    event_id: c.event_id.clone(),
+                    subscription_id: job.subscription_id.clone(),
+                    attempt: 1,
+                    replay_of: Some(c.delivery_id.clone()),
+                    is_replay: true,
+                    due_at_ms: 0,
+                    seq: 0,
+                    ordered: false,
+                }
+            })
+            .collect();
+        store.advance_recovery(job, deliveries, next, finished).await.unwrap();
+        finished
+    }
+    for _ in 0..2 {
+        assert!(!step(&store, &scope, &job, &mut recovered).await);
+    }
+    assert_eq!(store.get_recovery(tenant, &job.id).await.unwrap().unwrap().scheduled, 60);
+    drop(store);
+    let store = ScyllaStore::connect(&cql).await.unwrap();
+    while !step(&store, &scope, &job, &mut recovered).await {}
+    let unique: HashSet<&String> = recovered.iter().collect();
+    assert_eq!(unique.len(), recovered.len(), "no page repeated across the restart");
+    assert_eq!(unique.into_iter().cloned().collect::<HashSet<_>>(), failed);
+    let done = store.get_recovery(tenant, &job.id).await.unwrap().unwrap();
+    assert_eq!(done.status, RecoveryStatus::Completed);
+    assert_eq!(done.scheduled, 100);
+    assert_eq!(done.done, 0);
+    assert!(store.unfinished_recoveries().await.unwrap().is_empty());
+    // Delivering the replays moves `done`.
+    let claimed = store.claim_due(now_ms(), now_ms() + 60_000, 1000).await.unwrap();
+    assert_eq!(claimed.len(), 100);
+    for (d, e) in claimed.iter().take(40) {
+        store.record_attempt(attempt(e, sub, &d.delivery_id, Outcome::Delivered), None).await.unwrap();
+    }
+    assert_eq!(store.get_recovery(tenant, &job.id).await.unwrap().unwrap().done, 40);
+    // Another tenant cannot see the job.
+    assert!(store.get_recovery("globex", &job.id).await.unwrap().is_none());
+    let logs = store
+        .list_delivery_logs(tenant, &LogFilter { outcome: Some("dead".into()), ..LogFilter::default() }, 1000)
+        .await
+        .unwrap();
+    assert_eq!(logs.len(), 101);
+}
+
+/// Not a pass/fail on speed: prints the CQL store's write and read rates
+/// on this machine (`cargo test -p herald-api --test it cql_throughput -- --nocapture`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cql_throughput_figures() {
+    let cql = config("bench");
+    let store = Arc::new(ScyllaStore::connect(&cql).await.unwrap());
+    let n = 2000usize;
+    let mut ev = event("acme");
+    ev.dedupe_key = None;
+    store.record_event(&ev, LogPosition { partition: 0, offset: 0 }, 0).await.unwrap();
+    let attempts: Vec<WebhookDeliveryLog> =
+        (0..n).map(|i| attempt(&ev, &format!("sub_{}", i % 10), &format!("dlv_{i}"), Outcome::Delivered)).collect();
+    let started = std::time::Instant::now();
+    futures::stream::iter(attempts.into_iter().map(|a| {
+        let store = store.clone();
+        async move { store.record_attempt(a, None).await }
+    }))
+    .buffer_unordered(64)
+    .try_collect::<Vec<()>>()
+    .await
+    .unwrap();
+    let write = started.elapsed();
+    let started = std::time::Instant::now();
+    let mut read = 0;
+    let mut before = None;
+    loop {
+        let page = store
+            .list_delivery_logs("acme", &LogFilter { before: before.clone(), ..LogFilter::default() }, 100)
+            .await
+            .unwrap();
+        read += page.len();
+        match page.last() {
+            Some(l) if page.len() == 100 => before = Some(l.id.clone()),
+            _ => break,
+        }
+    }
+    let read_time = started.elapsed();
+    assert_eq!(read, n);
+    let ev_started = std::time::Instant::now();
+    let events: Vec<DomainEvent> = (0..n)
+        .map(|_| {
+            let mut e = event("acme");
+            e.dedupe_key = None;
+            e
+        })
+        .collect();
+    futures::stream::iter(events.iter().map(|e| {
+        let store = store.clone();
+        async move { store.record_event(e, LogPosition { partition: 0, offset: 0 }, 0).await }
+    }))
+    .buffer_unordered(64)
+    .try_collect::<Vec<()>>()
+    .await
+    .unwrap();
+    let ev_time = ev_started.elapsed();
+    println!(
+        "CQL store on this machine: {n} delivery-log writes (4 tables each) in {write:?} = {:.0}/s; \
+         {n} records read back in pages of 100 in {read_time:?} = {:.0}/s; {n} event index writes in {ev_time:?} = {:.0}/s",
+        n as f64 / write.as_secs_f64(),
+        n as f64 / read_time.as_secs_f64(),
+        n as f64 / ev_time.as_secs_f64(),
+    );
+}
