@@ -106,15 +106,15 @@ async fn cql_store_writes_pages_and_filters_delivery_logs() {
     let by_sub = page(&h, &key, &format!("subscription_id={}", bad_sub["id"].as_str().unwrap()), 4).await;
     assert_eq!(by_sub.len(), 24);
     assert!(by_sub.iter().all(|l| l["subscription_id"] == bad_sub["id"]));
-    let failed = page(&h, &key, "outcome=failed", 7).await;
+    let failed = page(&h, &key, "status=failed", 7).await;
     assert_eq!(failed.len(), 18);
-    let dead = page(&h, &key, "outcome=dead", 7).await;
+    let dead = page(&h, &key, "status=dead", 7).await;
     assert_eq!(dead.len(), 6);
     assert!(dead.iter().all(|l| l["attempt"] == 4));
     let delivered = page(
         &h,
         &key,
-        &format!("outcome=delivered&subscription_id={}", good_sub["id"].as_str().unwrap()),
+        &format!("status=delivered&subscription_id={}", good_sub["id"].as_str().unwrap()),
         3,
     )
     .await;
