@@ -52,13 +52,17 @@ impl ScyllaConfig {
     /// Checks the settings; the message says what to fix.
     pub fn validate(&self) -> Result<(), String> {
         if self.nodes.is_empty() || self.nodes.iter().any(|n| n.trim().is_empty()) {
-            return Err("HERALD_SCYLLA_NODES: give contact points like 10.0.0.1:9042,10.0.0.2:9042".into());
+            return Err(
+                "HERALD_SCYLLA_NODES: give contact points like 10.0.0.1:9042,10.0.0.2:9042".into(),
+            );
         }
         let ks = &self.keyspace;
         let valid_ks = !ks.is_empty()
             && ks.len() <= 48
             && ks.starts_with(|c: char| c.is_ascii_lowercase())
-            && ks.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+            && ks
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
         if !valid_ks {
             return Err(format!(
                 "HERALD_SCYLLA_KEYSPACE {ks:?}: use 1-48 lowercase letters, digits or '_', starting with a letter"
@@ -70,8 +74,13 @@ impl ScyllaConfig {
                 "HERALD_SCYLLA_REPLICATION {r:?}: give a CQL map like {{'class': 'NetworkTopologyStrategy', 'datacenter1': 3}}"
             ));
         }
-        if self.retention < Duration::from_secs(3600) || self.retention > Duration::from_secs(10 * 365 * 24 * 3600) {
-            return Err("HERALD_SCYLLA_RETENTION: give a duration between 1h and 10 years, e.g. 30days".into());
+        if self.retention < Duration::from_secs(3600)
+            || self.retention > Duration::from_secs(10 * 365 * 24 * 3600)
+        {
+            return Err(
+                "HERALD_SCYLLA_RETENTION: give a duration between 1h and 10 years, e.g. 30days"
+                    .into(),
+            );
         }
         Ok(())
     }

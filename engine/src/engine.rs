@@ -29,7 +29,8 @@ use crate::{
     signing::SigningSecret,
     ssrf::TargetGuard,
     store::{
-        embedded::now_ms, embedded::EmbeddedStore, scylla::ScyllaStore, EventFilter, LogFilter, Store,
+        embedded::now_ms, embedded::EmbeddedStore, scylla::ScyllaStore, EventFilter, LogFilter,
+        Store,
     },
     subscriptions::{validate_filter, SubscriptionIndex},
 };

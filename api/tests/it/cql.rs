@@ -9,9 +9,7 @@ use herald_engine::{
     config::ScyllaConfig,
     ids,
     log::LogPosition,
-    model::{
-        DomainEvent, EventSource, Outcome, ScheduledDelivery, Trigger, WebhookDeliveryLog,
-    },
+    model::{DomainEvent, EventSource, Outcome, ScheduledDelivery, Trigger, WebhookDeliveryLog},
     resources::{RecoveryJob, RecoveryStatus},
     store::{scylla::ScyllaStore, LogFilter, RecoveryScope, Store},
 };
@@ -24,7 +22,9 @@ fn nodes() -> Vec<String> {
     let raw = std::env::var("HERALD_TEST_SCYLLA_NODES").unwrap_or_else(|_| "127.0.0.1:9042".into());
     let nodes: Vec<String> = raw.split(',').map(|s| s.trim().to_string()).collect();
     if std::net::TcpStream::connect_timeout(
-        &nodes[0].parse().expect("HERALD_TEST_SCYLLA_NODES: host:port"),
+        &nodes[0]
+            .parse()
+            .expect("HERALD_TEST_SCYLLA_NODES: host:port"),
         Duration::from_secs(3),
     )
     .is_err()
@@ -40,7 +40,10 @@ fn nodes() -> Vec<String> {
 /// A fresh keyspace for one test.
 fn config(tag: &str) -> ScyllaConfig {
     let mut c = ScyllaConfig::new(nodes());
-    c.keyspace = format!("herald_t_{tag}_{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    c.keyspace = format!(
+        "herald_t_{tag}_{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
     c
 }
 
@@ -88,8 +91,17 @@ async fn cql_store_writes_pages_and_filters_delivery_logs() {
     let bad_sub = h.subscribe(&key, &bad.url, &["order.created"]).await;
     let mut event_ids = Vec::new();
     for i in 0..12 {
-        let t = if i % 2 == 0 { "order.created" } else { "order.paid" };
-        event_ids.push(h.emit(&key, t, json!({ "n": i })).await["id"].as_str().unwrap().to_string());
+        let t = if i % 2 == 0 {
+            "order.created"
+        } else {
+            "order.paid"
+        };
+        event_ids.push(
+            h.emit(&key, t, json!({ "n": i })).await["id"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
     }
     // 12 delivered to the good endpoint; 6 events x 4 attempts (1s,1s,1s) failing on the bad one.
     let all = eventually("every attempt logged", Duration::from_secs(60), || async {
@@ -103,7 +115,13 @@ async fn cql_store_writes_pages_and_filters_delivery_logs() {
     assert_eq!(ids.iter().collect::<HashSet<_>>().len(), ids.len());
     assert!(ids.windows(2).all(|w| w[0] > w[1]), "newest first");
 
-    let by_sub = page(&h, &key, &format!("subscription_id={}", bad_sub["id"].as_str().unwrap()), 4).await;
+    let by_sub = page(
+        &h,
+        &key,
+        &format!("subscription_id={}", bad_sub["id"].as_str().unwrap()),
+        4,
+    )
+    .await;
     assert_eq!(by_sub.len(), 24);
     assert!(by_sub.iter().all(|l| l["subscription_id"] == bad_sub["id"]));
     let failed = page(&h, &key, "status=failed", 7).await;
@@ -114,7 +132,10 @@ async fn cql_store_writes_pages_and_filters_delivery_logs() {
     let delivered = page(
         &h,
         &key,
-        &format!("status=delivered&subscription_id={}", good_sub["id"].as_str().unwrap()),
+        &format!(
+            "status=delivered&subscription_id={}",
+            good_sub["id"].as_str().unwrap()
+        ),
         3,
     )
     .await;
@@ -124,11 +145,19 @@ async fn cql_store_writes_pages_and_filters_delivery_logs() {
     assert!(one.iter().all(|l| l["event_id"] == event_ids[0].as_str()));
     // Tenant isolation on the CQL store too.
     assert!(page(&h, &other, "", 50).await.is_empty());
-    let (status, _) = h.get(&other, &format!("/api/v1/integrations/events/{}", event_ids[0])).await;
+    let (status, _) = h
+        .get(
+            &other,
+            &format!("/api/v1/integrations/events/{}", event_ids[0]),
+        )
+        .await;
     assert_eq!(status, 404);
     // Events list (event index by tenant and day), newest first, with a type filter.
     let (status, events) = h
-        .get(&key, "/api/v1/integrations/events?limit=100&event_type=order.paid")
+        .get(
+            &key,
+            "/api/v1/integrations/events?limit=100&event_type=order.paid",
+        )
         .await;
     assert_eq!(status, 200, "{events}");
     assert_eq!(events["data"].as_array().unwrap().len(), 6);
@@ -161,21 +190,30 @@ async fn cql_state_survives_a_restart_on_a_fresh_data_dir() {
     };
     // A new process with an empty data dir, same keyspace.
     let h = herald_on(&cql).await;
-    let (status, sub) = h.get(&key, &format!("/api/v1/portal/webhooks/{sub_id}")).await;
-    assert_eq!(status, 200, "the API key and the subscription are in CQL: {sub}");
+    let (status, sub) = h
+        .get(&key, &format!("/api/v1/portal/webhooks/{sub_id}"))
+        .await;
+    assert_eq!(
+        status, 200,
+        "the API key and the subscription are in CQL: {sub}"
+    );
     assert_eq!(sub["url"], receiver.url.as_str());
     let logs = h.logs(&key, "").await;
     assert_eq!(logs.len(), 1);
     assert_eq!(logs[0]["event_id"], event_id.as_str());
     assert_eq!(logs[0]["outcome"], "delivered");
-    let (status, event) = h.get(&key, &format!("/api/v1/integrations/events/{event_id}")).await;
+    let (status, event) = h
+        .get(&key, &format!("/api/v1/integrations/events/{event_id}"))
+        .await;
     assert_eq!(status, 200, "the event index is in CQL: {event}");
     assert_eq!(event["deliveries"].as_array().unwrap().len(), 1);
     // The subscription index is rebuilt from CQL: new events reach it.
     h.emit(&key, "invoice.paid", json!({ "n": 2 })).await;
-    eventually("delivery after the restart", Duration::from_secs(20), || async {
-        (receiver.received().len() == 2).then_some(())
-    })
+    eventually(
+        "delivery after the restart",
+        Duration::from_secs(20),
+        || async { (receiver.received().len() == 2).then_some(()) },
+    )
     .await;
     h.engine.shutdown().await;
 }
@@ -190,7 +228,13 @@ async fn cql_retention_is_the_tables_ttl() {
         .build()
         .await
         .unwrap();
-    for table in ["logs_by_tenant", "logs_by_subscription", "logs_by_event", "events", "events_by_day"] {
+    for table in [
+        "logs_by_tenant",
+        "logs_by_subscription",
+        "logs_by_event",
+        "events",
+        "events_by_day",
+    ] {
         let ttl = session
             .query_unpaged(
                 "SELECT default_time_to_live FROM system_schema.tables WHERE keyspace_name = ? AND table_name = ?",
@@ -207,11 +251,27 @@ async fn cql_retention_is_the_tables_ttl() {
     }
     let (tenant, sub) = ("acme", "sub_x");
     let event = event(tenant);
-    store.record_event(&event, LogPosition { partition: 0, offset: 0 }, now_ms() + 60_000).await.unwrap();
-    store.record_attempt(attempt(&event, sub, "dlv_1", Outcome::Delivered), None).await.unwrap();
+    store
+        .record_event(
+            &event,
+            LogPosition {
+                partition: 0,
+                offset: 0,
+            },
+            now_ms() + 60_000,
+        )
+        .await
+        .unwrap();
+    store
+        .record_attempt(attempt(&event, sub, "dlv_1", Outcome::Delivered), None)
+        .await
+        .unwrap();
     let rows: Vec<(Option<i32>,)> = session
         .query_unpaged(
-            format!("SELECT TTL(body) FROM {}.logs_by_tenant WHERE tenant_id = ? ALLOW FILTERING", cql.keyspace),
+            format!(
+                "SELECT TTL(body) FROM {}.logs_by_tenant WHERE tenant_id = ? ALLOW FILTERING",
+                cql.keyspace
+            ),
             (tenant,),
         )
         .await
@@ -228,7 +288,10 @@ async fn cql_retention_is_the_tables_ttl() {
     // The dedupe claim's TTL is the window (60 s here), not the retention.
     let (ttl,): (Option<i32>,) = session
         .query_unpaged(
-            format!("SELECT TTL(event_id) FROM {}.dedupe WHERE tenant_id = ? AND dedupe_key = ?", cql.keyspace),
+            format!(
+                "SELECT TTL(event_id) FROM {}.dedupe WHERE tenant_id = ? AND dedupe_key = ?",
+                cql.keyspace
+            ),
             (tenant, "k1"),
         )
         .await
@@ -275,7 +338,11 @@ fn attempt(event: &DomainEvent, sub: &str, delivery: &str, outcome: Outcome) -> 
         replay_of: None,
         url: "http://127.0.0.1:1/hook".into(),
         created_at: OffsetDateTime::now_utc(),
-        status_code: Some(if outcome == Outcome::Delivered { 200 } else { 500 }),
+        status_code: Some(if outcome == Outcome::Delivered {
+            200
+        } else {
+            500
+        }),
         latency_ms: Some(1),
         response_body: None,
         location: None,
@@ -315,15 +382,29 @@ async fn cql_claims_are_exclusive_across_processes() {
     let b = Arc::new(ScyllaStore::connect(&cql).await.unwrap());
     let mut ev = event("acme");
     ev.dedupe_key = None;
-    a.record_event(&ev, LogPosition { partition: 0, offset: 0 }, 0).await.unwrap();
+    a.record_event(
+        &ev,
+        LogPosition {
+            partition: 0,
+            offset: 0,
+        },
+        0,
+    )
+    .await
+    .unwrap();
     let now = now_ms();
-    let all: Vec<ScheduledDelivery> = (0..120).map(|_| delivery(&ev, "sub_a", now - 1000)).collect();
+    let all: Vec<ScheduledDelivery> = (0..120)
+        .map(|_| delivery(&ev, "sub_a", now - 1000))
+        .collect();
     a.schedule(all.clone()).await.unwrap();
     assert_eq!(a.schedule_backlog().await.unwrap(), 120);
     let mut seen = Vec::new();
     for _ in 0..10 {
         let lease = now_ms() + 60_000;
-        let (x, y) = tokio::join!(a.claim_due(now_ms(), lease, 50), b.claim_due(now_ms(), lease, 50));
+        let (x, y) = tokio::join!(
+            a.claim_due(now_ms(), lease, 50),
+            b.claim_due(now_ms(), lease, 50)
+        );
         seen.extend(x.unwrap().into_iter().map(|(d, _)| d.delivery_id));
         seen.extend(y.unwrap().into_iter().map(|(d, _)| d.delivery_id));
         if seen.len() >= 120 {
@@ -334,23 +415,44 @@ async fn cql_claims_are_exclusive_across_processes() {
     assert_eq!(unique.len(), seen.len(), "no delivery claimed twice");
     assert_eq!(unique.len(), 120, "every due delivery claimed");
     // Leased: nothing due now; due again once the lease is over.
-    assert!(a.claim_due(now_ms(), now_ms() + 60_000, 500).await.unwrap().is_empty());
-    let again = b.claim_due(now_ms() + 61_000, now_ms() + 200_000, 500).await.unwrap();
+    assert!(a
+        .claim_due(now_ms(), now_ms() + 60_000, 500)
+        .await
+        .unwrap()
+        .is_empty());
+    let again = b
+        .claim_due(now_ms() + 61_000, now_ms() + 200_000, 500)
+        .await
+        .unwrap();
     assert_eq!(again.len(), 120, "expired leases fall due again");
     // A retry moves the row; a final attempt removes it.
     let first = &again[0].0;
     let mut retry = first.clone();
     retry.attempt = 2;
     retry.due_at_ms = now_ms() - 1;
-    a.record_attempt(attempt(&ev, "sub_a", &first.delivery_id, Outcome::Failed), Some(retry)).await.unwrap();
+    a.record_attempt(
+        attempt(&ev, "sub_a", &first.delivery_id, Outcome::Failed),
+        Some(retry),
+    )
+    .await
+    .unwrap();
     let claimed = a.claim_due(now_ms(), now_ms() + 60_000, 10).await.unwrap();
     assert_eq!(claimed.len(), 1);
     assert_eq!(claimed[0].0.attempt, 2);
     for (d, _) in again {
-        a.record_attempt(attempt(&ev, "sub_a", &d.delivery_id, Outcome::Delivered), None).await.unwrap();
+        a.record_attempt(
+            attempt(&ev, "sub_a", &d.delivery_id, Outcome::Delivered),
+            None,
+        )
+        .await
+        .unwrap();
     }
     assert_eq!(a.schedule_backlog().await.unwrap(), 0);
-    assert!(b.claim_due(now_ms() + 10_000_000, now_ms() + 20_000_000, 500).await.unwrap().is_empty());
+    assert!(b
+        .claim_due(now_ms() + 10_000_000, now_ms() + 20_000_000, 500)
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -369,9 +471,24 @@ async fn cql_recovery_pages_through_a_time_range_and_resumes() {
     let writes = events.iter().enumerate().map(|(i, ev)| {
         let store = &store;
         async move {
-            store.record_event(ev, LogPosition { partition: 0, offset: i as u64 }, 0).await?;
-            let outcome = if i % 3 == 0 { Outcome::Dead } else { Outcome::Delivered };
-            store.record_attempt(attempt(ev, sub, &format!("dlv_{i}"), outcome), None).await
+            store
+                .record_event(
+                    ev,
+                    LogPosition {
+                        partition: 0,
+                        offset: i as u64,
+                    },
+                    0,
+                )
+                .await?;
+            let outcome = if i % 3 == 0 {
+                Outcome::Dead
+            } else {
+                Outcome::Delivered
+            };
+            store
+                .record_attempt(attempt(ev, sub, &format!("dlv_{i}"), outcome), None)
+                .await
         }
     });
     futures::future::try_join_all(writes).await.unwrap();
@@ -385,7 +502,10 @@ async fn cql_recovery_pages_through_a_time_range_and_resumes() {
     // One outside the range: never recovered.
     let mut late = event(tenant);
     late.dedupe_key = None;
-    store.record_attempt(attempt(&late, sub, "dlv_late", Outcome::Dead), None).await.unwrap();
+    store
+        .record_attempt(attempt(&late, sub, "dlv_late", Outcome::Dead), None)
+        .await
+        .unwrap();
 
     let id_at = |t: OffsetDateTime| {
         let ms = (t.unix_timestamp_nanos() / 1_000_000) as i64;
@@ -400,7 +520,13 @@ async fn cql_recovery_pages_through_a_time_range_and_resumes() {
     };
     assert_eq!(store.count_recovery_candidates(&scope).await.unwrap(), 100);
     assert_eq!(
-        store.count_recovery_candidates(&RecoveryScope { only_failed: false, ..scope.clone() }).await.unwrap(),
+        store
+            .count_recovery_candidates(&RecoveryScope {
+                only_failed: false,
+                ..scope.clone()
+            })
+            .await
+            .unwrap(),
         300
     );
     let now = OffsetDateTime::now_utc();
@@ -421,7 +547,12 @@ async fn cql_recovery_pages_through_a_time_range_and_resumes() {
     store.create_recovery(&job).await.unwrap();
     // Work two pages of 30, then "restart": a new store resumes from the stored cursor.
     let mut recovered = Vec::new();
-    async fn step(store: &ScyllaStore, scope: &RecoveryScope, job: &RecoveryJob, out: &mut Vec<String>) -> bool {
+    async fn step(
+        store: &ScyllaStore,
+        scope: &RecoveryScope,
+        job: &RecoveryJob,
+        out: &mut Vec<String>,
+    ) -> bool {
         let (_, cursor) = store
             .unfinished_recoveries()
             .await
@@ -429,7 +560,10 @@ async fn cql_recovery_pages_through_a_time_range_and_resumes() {
             .into_iter()
             .find(|(j, _)| j.id == job.id)
             .expect("the job is unfinished");
-        let page = store.recovery_candidates(scope, cursor.as_deref(), 30).await.unwrap();
+        let page = store
+            .recovery_candidates(scope, cursor.as_deref(), 30)
+            .await
+            .unwrap();
         let finished = page.len() < 30;
         let next = page.last().map(|c| c.event_id.clone()).or(cursor);
         let deliveries: Vec<ScheduledDelivery> = page
@@ -450,18 +584,33 @@ async fn cql_recovery_pages_through_a_time_range_and_resumes() {
                 }
             })
             .collect();
-        store.advance_recovery(job, deliveries, next, finished).await.unwrap();
+        store
+            .advance_recovery(job, deliveries, next, finished)
+            .await
+            .unwrap();
         finished
     }
     for _ in 0..2 {
         assert!(!step(&store, &scope, &job, &mut recovered).await);
     }
-    assert_eq!(store.get_recovery(tenant, &job.id).await.unwrap().unwrap().scheduled, 60);
+    assert_eq!(
+        store
+            .get_recovery(tenant, &job.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .scheduled,
+        60
+    );
     drop(store);
     let store = ScyllaStore::connect(&cql).await.unwrap();
     while !step(&store, &scope, &job, &mut recovered).await {}
     let unique: HashSet<&String> = recovered.iter().collect();
-    assert_eq!(unique.len(), recovered.len(), "no page repeated across the restart");
+    assert_eq!(
+        unique.len(),
+        recovered.len(),
+        "no page repeated across the restart"
+    );
     assert_eq!(unique.into_iter().cloned().collect::<HashSet<_>>(), failed);
     let done = store.get_recovery(tenant, &job.id).await.unwrap().unwrap();
     assert_eq!(done.status, RecoveryStatus::Completed);
@@ -469,16 +618,41 @@ async fn cql_recovery_pages_through_a_time_range_and_resumes() {
     assert_eq!(done.done, 0);
     assert!(store.unfinished_recoveries().await.unwrap().is_empty());
     // Delivering the replays moves `done`.
-    let claimed = store.claim_due(now_ms(), now_ms() + 60_000, 1000).await.unwrap();
+    let claimed = store
+        .claim_due(now_ms(), now_ms() + 60_000, 1000)
+        .await
+        .unwrap();
     assert_eq!(claimed.len(), 100);
     for (d, e) in claimed.iter().take(40) {
-        store.record_attempt(attempt(e, sub, &d.delivery_id, Outcome::Delivered), None).await.unwrap();
+        store
+            .record_attempt(attempt(e, sub, &d.delivery_id, Outcome::Delivered), None)
+            .await
+            .unwrap();
     }
-    assert_eq!(store.get_recovery(tenant, &job.id).await.unwrap().unwrap().done, 40);
+    assert_eq!(
+        store
+            .get_recovery(tenant, &job.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .done,
+        40
+    );
     // Another tenant cannot see the job.
-    assert!(store.get_recovery("globex", &job.id).await.unwrap().is_none());
+    assert!(store
+        .get_recovery("globex", &job.id)
+        .await
+        .unwrap()
+        .is_none());
     let logs = store
-        .list_delivery_logs(tenant, &LogFilter { outcome: Some("dead".into()), ..LogFilter::default() }, 1000)
+        .list_delivery_logs(
+            tenant,
+            &LogFilter {
+                outcome: Some("dead".into()),
+                ..LogFilter::default()
+            },
+            1000,
+        )
         .await
         .unwrap();
     assert_eq!(logs.len(), 101);
@@ -493,9 +667,27 @@ async fn cql_throughput_figures() {
     let n = 2000usize;
     let mut ev = event("acme");
     ev.dedupe_key = None;
-    store.record_event(&ev, LogPosition { partition: 0, offset: 0 }, 0).await.unwrap();
-    let attempts: Vec<WebhookDeliveryLog> =
-        (0..n).map(|i| attempt(&ev, &format!("sub_{}", i % 10), &format!("dlv_{i}"), Outcome::Delivered)).collect();
+    store
+        .record_event(
+            &ev,
+            LogPosition {
+                partition: 0,
+                offset: 0,
+            },
+            0,
+        )
+        .await
+        .unwrap();
+    let attempts: Vec<WebhookDeliveryLog> = (0..n)
+        .map(|i| {
+            attempt(
+                &ev,
+                &format!("sub_{}", i % 10),
+                &format!("dlv_{i}"),
+                Outcome::Delivered,
+            )
+        })
+        .collect();
     let started = std::time::Instant::now();
     futures::stream::iter(attempts.into_iter().map(|a| {
         let store = store.clone();
@@ -511,7 +703,14 @@ async fn cql_throughput_figures() {
     let mut before = None;
     loop {
         let page = store
-            .list_delivery_logs("acme", &LogFilter { before: before.clone(), ..LogFilter::default() }, 100)
+            .list_delivery_logs(
+                "acme",
+                &LogFilter {
+                    before: before.clone(),
+                    ..LogFilter::default()
+                },
+                100,
+            )
             .await
             .unwrap();
         read += page.len();
@@ -532,7 +731,18 @@ async fn cql_throughput_figures() {
         .collect();
     futures::stream::iter(events.iter().map(|e| {
         let store = store.clone();
-        async move { store.record_event(e, LogPosition { partition: 0, offset: 0 }, 0).await }
+        async move {
+            store
+                .record_event(
+                    e,
+                    LogPosition {
+                        partition: 0,
+                        offset: 0,
+                    },
+                    0,
+                )
+                .await
+        }
     }))
     .buffer_unordered(64)
     .try_collect::<Vec<()>>()

@@ -107,7 +107,9 @@ impl ScyllaStore {
             )
             .await?;
         match row {
-            Some((tenant, state, body)) if tenant == tenant_id && state != Some(STATE_DUPLICATE) => {
+            Some((tenant, state, body))
+                if tenant == tenant_id && state != Some(STATE_DUPLICATE) =>
+            {
                 decode(&body).map(Some)
             }
             _ => Ok(None),
@@ -180,7 +182,10 @@ impl ScyllaStore {
                 return Ok(FanOutResult::Duplicate);
             }
         }
-        let work = item.deliveries.iter().map(|d| self.insert_schedule(d, None));
+        let work = item
+            .deliveries
+            .iter()
+            .map(|d| self.insert_schedule(d, None));
         futures::future::try_join_all(work).await?;
         self.exec(
             "UPDATE events SET state = ? WHERE id = ?",

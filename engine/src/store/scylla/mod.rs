@@ -37,8 +37,6 @@ mod tenants;
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
-use async_trait::async_trait;
-use futures::TryStreamExt;
 use ::scylla::{
     client::{
         caching_session::CachingSession, execution_profile::ExecutionProfile,
@@ -49,6 +47,8 @@ use ::scylla::{
     statement::Consistency,
     value::{CqlValue, Row},
 };
+use async_trait::async_trait;
+use futures::TryStreamExt;
 
 use super::{EventFilter, FanOut, FanOutResult, LogFilter, Store, StoreError, SubscriptionChange};
 use crate::{
@@ -133,10 +133,7 @@ impl ScyllaStore {
             )
             .await
             .map_err(unavailable)?;
-        session
-            .use_keyspace(ks, false)
-            .await
-            .map_err(unavailable)?;
+        session.use_keyspace(ks, false).await.map_err(unavailable)?;
         let retention = config.retention.as_secs().max(1);
         for statement in schema_statements() {
             let statement = statement.replace("{retention}", &retention.to_string());
@@ -175,7 +172,11 @@ impl ScyllaStore {
     }
 
     /// Runs a bounded query (a key lookup or a `LIMIT`ed range) and decodes its rows.
-    async fn rows<R>(&self, cql: &'static str, values: impl SerializeRow) -> Result<Vec<R>, StoreError>
+    async fn rows<R>(
+        &self,
+        cql: &'static str,
+        values: impl SerializeRow,
+    ) -> Result<Vec<R>, StoreError>
     where
         R: for<'f, 'm> DeserializeRow<'f, 'm>,
     {
@@ -194,7 +195,11 @@ impl ScyllaStore {
     }
 
     /// The first row of a bounded query.
-    async fn row<R>(&self, cql: &'static str, values: impl SerializeRow) -> Result<Option<R>, StoreError>
+    async fn row<R>(
+        &self,
+        cql: &'static str,
+        values: impl SerializeRow,
+    ) -> Result<Option<R>, StoreError>
     where
         R: for<'f, 'm> DeserializeRow<'f, 'm>,
     {
@@ -489,13 +494,18 @@ mod tests {
     fn schema_splits_into_statements() {
         let statements = schema_statements();
         assert!(statements.len() >= 18, "{}", statements.len());
-        assert!(statements.iter().all(|s| s.starts_with("CREATE TABLE IF NOT EXISTS")));
+        assert!(statements
+            .iter()
+            .all(|s| s.starts_with("CREATE TABLE IF NOT EXISTS")));
         for table in HISTORY_TABLES {
             let def = statements
                 .iter()
                 .find(|s| s.contains(&format!("EXISTS {table} (")))
                 .unwrap();
-            assert!(def.contains("default_time_to_live = {retention}"), "{table}");
+            assert!(
+                def.contains("default_time_to_live = {retention}"),
+                "{table}"
+            );
         }
     }
 }

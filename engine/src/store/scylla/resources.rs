@@ -130,7 +130,10 @@ impl ScyllaStore {
     }
 
     /// Counts the events in scope (a paged walk, nothing held in memory).
-    pub async fn count_recovery_candidates(&self, scope: &RecoveryScope) -> Result<u64, StoreError> {
+    pub async fn count_recovery_candidates(
+        &self,
+        scope: &RecoveryScope,
+    ) -> Result<u64, StoreError> {
         let mut n = 0u64;
         for day in days(scope) {
             self.scan(
@@ -247,11 +250,8 @@ impl ScyllaStore {
         )
         .await?;
         if finished {
-            self.exec(
-                "DELETE FROM recoveries_unfinished WHERE id = ?",
-                (&job.id,),
-            )
-            .await
+            self.exec("DELETE FROM recoveries_unfinished WHERE id = ?", (&job.id,))
+                .await
         } else {
             self.exec(
                 "UPDATE recoveries_unfinished SET cursor = ?, tenant_id = ? WHERE id = ?",

@@ -104,7 +104,11 @@ impl ScyllaStore {
         let rows: Vec<(String,)> = self
             .rows(
                 "SELECT body FROM subscriptions WHERE tenant_id = ? AND id < ? LIMIT ?",
-                (tenant_id, before.unwrap_or(TOP), limit.clamp(1, 10_000) as i32),
+                (
+                    tenant_id,
+                    before.unwrap_or(TOP),
+                    limit.clamp(1, 10_000) as i32,
+                ),
             )
             .await?;
         rows.iter().map(|(b,)| decode(b)).collect()

@@ -75,7 +75,8 @@ impl ScyllaStore {
         first_key: &ApiKey,
         key_hash: [u8; 32],
     ) -> Result<(), StoreError> {
-        self.insert_tenant(tenant_id, key_hash, Some(first_key)).await
+        self.insert_tenant(tenant_id, key_hash, Some(first_key))
+            .await
     }
 
     /// Whether the tenant exists.
