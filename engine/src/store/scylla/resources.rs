@@ -3,7 +3,8 @@
 //! A recovery walks `sub_event_state` — the latest delivery of each event
 //! to the subscription, partitioned by the event's day — over the job's
 //! time range in event-id order, one `LIMIT`ed page at a time: it never
-//! loads the range into memory. The job's cursor lives in
+//! loads the range into memory. (Replaying every event of a range comes
+//! from the event log instead: see [`crate::log_recovery`].) The job's cursor lives in
 //! `recoveries_unfinished`, so a restarted process resumes after the last
 //! page it recorded. Progress: `scheduled` is counted as pages are
 //! scheduled; `done` counts the job's deliveries whose final attempt was
@@ -233,12 +234,16 @@ impl ScyllaStore {
             self.insert_schedule(d, Some(&job.id)).await
         });
         futures::future::try_join_all(work).await?;
-        let stored = self
-            .get_recovery(&job.tenant_id, &job.id)
-            .await?
-            .ok_or(StoreError::NotFound("recovery"))?;
+        // Counted from the job's delivery set: a page scheduled twice (a
+        // crash before the cursor moved) with the same ids counts once.
+        let scheduled: Option<(i64,)> = self
+            .row(
+                "SELECT COUNT(*) FROM recovery_deliveries WHERE recovery_id = ?",
+                (&job.id,),
+            )
+            .await?;
         let mut updated = job.clone();
-        updated.scheduled = stored.scheduled + deliveries.len() as u64;
+        updated.scheduled = scheduled.map_or(0, |(n,)| n.max(0) as u64);
         updated.done = 0;
         updated.updated_at = time::OffsetDateTime::now_utc();
         if finished {
