@@ -921,3 +921,176 @@ async fn cql_log_range_replay_is_throttled_resumable_and_counted() {
         300
     );
 }
+
+/// Issue 3's store methods (subscriptions list/delete, API keys, the
+/// event-type catalogue) on the CQL store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cql_management_resources() {
+    use herald_engine::resources::{ApiKey, EventTypeSchema};
+    let cql = config("manage");
+    let store = ScyllaStore::connect(&cql).await.unwrap();
+    let now = OffsetDateTime::now_utc();
+    let key = |id: &str, tenant: &str| ApiKey {
+        id: id.into(),
+        tenant_id: tenant.into(),
+        name: Some("ci".into()),
+        prefix: "hk_abcd".into(),
+        created_at: now,
+        revoked_at: None,
+    };
+    store
+        .create_tenant_with_key("acme", &key("key_01", "acme"), [1; 32])
+        .await
+        .unwrap();
+    assert!(matches!(
+        store
+            .create_tenant_with_key("acme", &key("key_02", "acme"), [2; 32])
+            .await,
+        Err(herald_engine::store::StoreError::Conflict(_))
+    ));
+    assert!(store.tenant_exists("acme").await.unwrap());
+    assert!(!store.tenant_exists("globex").await.unwrap());
+    assert!(matches!(
+        store
+            .create_api_key(&key("key_09", "globex"), [9; 32])
+            .await,
+        Err(herald_engine::store::StoreError::NotFound(_))
+    ));
+    store
+        .create_api_key(&key("key_03", "acme"), [3; 32])
+        .await
+        .unwrap();
+    let keys = store.list_api_keys("acme").await.unwrap();
+    assert_eq!(
+        keys.iter().map(|k| k.id.as_str()).collect::<Vec<_>>(),
+        ["key_01", "key_03"]
+    );
+    assert_eq!(
+        store.tenant_for_key([3; 32]).await.unwrap().as_deref(),
+        Some("acme")
+    );
+    let revoked = store
+        .revoke_api_key("acme", "key_03", now_ms())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(revoked.revoked_at.is_some());
+    assert_eq!(store.tenant_for_key([3; 32]).await.unwrap(), None);
+    assert_eq!(
+        store.tenant_for_key([1; 32]).await.unwrap().as_deref(),
+        Some("acme")
+    );
+    assert!(store
+        .revoke_api_key("globex", "key_01", now_ms())
+        .await
+        .unwrap()
+        .is_none());
+
+    // Subscriptions: newest first, paged by id, deleted once.
+    let mut ids_made = Vec::new();
+    for _ in 0..5 {
+        let mut sub: herald_engine::model::WebhookSubscription = serde_json::from_value(json!({
+            "id": ids::new_id(ids::SUBSCRIPTION), "tenant_id": "acme", "url": "https://example.com/h",
+            "event_types": ["a.*"], "status": "active", "secrets": [],
+            "created_at": "2026-01-01T00:00:00Z", "updated_at": "2026-01-01T00:00:00Z"
+        }))
+        .unwrap();
+        sub.description = Some("x".into());
+        store.put_subscription(&sub).await.unwrap();
+        ids_made.push(sub.id);
+    }
+    let first = store.list_subscriptions("acme", None, 3).await.unwrap();
+    let rest = store
+        .list_subscriptions("acme", Some(&first[2].id), 3)
+        .await
+        .unwrap();
+    let listed: Vec<String> = first.iter().chain(&rest).map(|s| s.id.clone()).collect();
+    ids_made.reverse();
+    assert_eq!(listed, ids_made);
+    assert!(store
+        .list_subscriptions("globex", None, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(!store
+        .delete_subscription("globex", &ids_made[0])
+        .await
+        .unwrap());
+    assert!(store
+        .delete_subscription("acme", &ids_made[0])
+        .await
+        .unwrap());
+    assert!(!store
+        .delete_subscription("acme", &ids_made[0])
+        .await
+        .unwrap());
+    // A concurrent change of a deleted subscription does not bring it back.
+    let gone = store
+        .modify_subscription(
+            "acme",
+            &ids_made[0],
+            Box::new(|s| {
+                s.description = Some("late".into());
+                true
+            }),
+        )
+        .await
+        .unwrap();
+    assert!(gone.is_none());
+    assert!(store
+        .get_subscription("acme", &ids_made[0])
+        .await
+        .unwrap()
+        .is_none());
+    let changed = store
+        .modify_subscription(
+            "acme",
+            &ids_made[1],
+            Box::new(|s| {
+                s.description = Some("changed".into());
+                true
+            }),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(changed.1);
+    assert_eq!(
+        store
+            .get_subscription("acme", &ids_made[1])
+            .await
+            .unwrap()
+            .unwrap()
+            .description
+            .as_deref(),
+        Some("changed")
+    );
+
+    // The event-type catalogue.
+    let schema = |v: u32, s: Value| EventTypeSchema {
+        tenant_id: "acme".into(),
+        event_type: "order.created".into(),
+        schema_version: v,
+        schema: s,
+        created_at: now,
+    };
+    assert!(store
+        .put_event_type(&schema(1, json!({"type": "object"})))
+        .await
+        .unwrap());
+    assert!(!store
+        .put_event_type(&schema(1, json!({"type": "object"})))
+        .await
+        .unwrap());
+    assert!(matches!(
+        store
+            .put_event_type(&schema(1, json!({"type": "array"})))
+            .await,
+        Err(herald_engine::store::StoreError::Conflict(_))
+    ));
+    assert!(store
+        .put_event_type(&schema(2, json!({"type": "array"})))
+        .await
+        .unwrap());
+    assert_eq!(store.all_event_types().await.unwrap().len(), 2);
+}
