@@ -65,6 +65,9 @@ pub async fn run_log_recovery(
         _ => log.offset_for_time(partition, job.since).await?,
     };
     let end = log.end_offset(partition).await?;
+    // The log stamps records to the millisecond: compare at that grain, so
+    // a record appended in `until`'s millisecond (after it) stays outside.
+    let until_ms = (job.until.unix_timestamp_nanos() / 1_000_000) as i64;
     let started = tokio::time::Instant::now();
     let mut sent = 0u64;
     loop {
@@ -85,7 +88,8 @@ pub async fn run_log_recovery(
         let mut finished = records.is_empty();
         let mut deliveries = Vec::new();
         for record in &records {
-            if record.appended_at >= job.until || record.position.offset >= end {
+            let appended_ms = (record.appended_at.unix_timestamp_nanos() / 1_000_000) as i64;
+            if appended_ms >= until_ms || record.position.offset >= end {
                 finished = true;
                 break;
             }

@@ -4,6 +4,7 @@
 mod bad_input;
 mod breaker;
 mod cql;
+mod cql_crash;
 mod cql_store;
 mod crash;
 mod flow;
