@@ -6,7 +6,7 @@ use std::{net::SocketAddr, path::PathBuf};
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand, ValueEnum};
 use herald_engine::{
-    config::{EngineConfig, RetrySchedule},
+    config::{EngineConfig, RetrySchedule, ScyllaConfig},
     Engine,
 };
 use ipnet::IpNet;
@@ -75,9 +75,22 @@ pub struct ServeArgs {
     /// Kafka bootstrap servers: use Kafka as the event log.
     #[arg(long, env = "HERALD_KAFKA_BROKERS")]
     pub kafka_brokers: Option<String>,
-    /// ScyllaDB/Cassandra contact points: use CQL as the store.
+    /// ScyllaDB/Cassandra contact points (`host:port,...`): keep the store in CQL.
     #[arg(long, env = "HERALD_SCYLLA_NODES")]
     pub scylla_nodes: Option<String>,
+    /// Keyspace of the CQL store (created if missing).
+    #[arg(long, env = "HERALD_SCYLLA_KEYSPACE", default_value = "herald")]
+    pub scylla_keyspace: String,
+    /// Replication of a new keyspace, a CQL map.
+    #[arg(
+        long,
+        env = "HERALD_SCYLLA_REPLICATION",
+        default_value = "{'class': 'SimpleStrategy', 'replication_factor': 1}"
+    )]
+    pub scylla_replication: String,
+    /// How long the CQL store keeps events and delivery logs (tables' TTL).
+    #[arg(long, env = "HERALD_SCYLLA_RETENTION", default_value = "30days", value_parser = humantime::parse_duration)]
+    pub scylla_retention: std::time::Duration,
     /// Partitions of a new embedded event log.
     #[arg(long, env = "HERALD_LOG_PARTITIONS", default_value_t = 8)]
     pub log_partitions: u32,
@@ -123,6 +136,16 @@ impl ServeArgs {
         config.delivery.breaker_failure_ratio = self.breaker_failure_ratio;
         config.delivery.breaker_window = self.breaker_window;
         config.delivery.disable_after = self.disable_after;
+        config.scylla = self.scylla_nodes.as_ref().map(|nodes| ScyllaConfig {
+            nodes: nodes
+                .split(',')
+                .map(|n| n.trim().to_string())
+                .filter(|n| !n.is_empty())
+                .collect(),
+            keyspace: self.scylla_keyspace.clone(),
+            replication: self.scylla_replication.clone(),
+            retention: self.scylla_retention,
+        });
         config
     }
 }
@@ -173,11 +196,16 @@ fn admin_token(args: &ServeArgs) -> anyhow::Result<String> {
 
 /// Runs `herald serve` until SIGINT or SIGTERM, then drains.
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    if args.kafka_brokers.is_some() || args.scylla_nodes.is_some() {
+    if args.kafka_brokers.is_some() {
         bail!(
-            "HERALD_KAFKA_BROKERS / HERALD_SCYLLA_NODES: the distributed backends are not part of this build yet; \
-             unset them to run the embedded server"
+            "HERALD_KAFKA_BROKERS: the Kafka event log is not part of this build yet; \
+             unset it to run with the embedded log"
         );
+    }
+    if let Some(scylla) = args.engine_config().scylla {
+        if let Err(e) = scylla.validate() {
+            bail!("{e}");
+        }
     }
     if args.role != Role::All {
         bail!("--role {:?} needs the distributed mode (HERALD_KAFKA_BROKERS); the embedded server runs --role all", args.role);

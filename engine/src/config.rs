@@ -20,6 +20,70 @@ pub struct EngineConfig {
     pub dedupe_window: Duration,
     /// Delivery tuning.
     pub delivery: DeliveryConfig,
+    /// The CQL store (ScyllaDB or Cassandra); `None` keeps the embedded SQLite store.
+    pub scylla: Option<ScyllaConfig>,
+}
+
+/// Where and how the CQL store keeps its tables.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScyllaConfig {
+    /// Contact points, `host:port` (the driver discovers the rest of the cluster).
+    pub nodes: Vec<String>,
+    /// Keyspace holding Herald's tables; created at start if missing.
+    pub keyspace: String,
+    /// The keyspace's replication, a CQL map such as
+    /// `{'class': 'NetworkTopologyStrategy', 'datacenter1': 3}`.
+    pub replication: String,
+    /// How long events and delivery logs are kept (the tables' default TTL).
+    pub retention: Duration,
+}
+
+impl ScyllaConfig {
+    /// One node, keyspace `herald`, replication factor 1, 30 days' retention.
+    pub fn new(nodes: Vec<String>) -> Self {
+        Self {
+            nodes,
+            keyspace: "herald".into(),
+            replication: "{'class': 'SimpleStrategy', 'replication_factor': 1}".into(),
+            retention: Duration::from_secs(30 * 24 * 3600),
+        }
+    }
+
+    /// Checks the settings; the message says what to fix.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.nodes.is_empty() || self.nodes.iter().any(|n| n.trim().is_empty()) {
+            return Err(
+                "HERALD_SCYLLA_NODES: give contact points like 10.0.0.1:9042,10.0.0.2:9042".into(),
+            );
+        }
+        let ks = &self.keyspace;
+        let valid_ks = !ks.is_empty()
+            && ks.len() <= 48
+            && ks.starts_with(|c: char| c.is_ascii_lowercase())
+            && ks
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if !valid_ks {
+            return Err(format!(
+                "HERALD_SCYLLA_KEYSPACE {ks:?}: use 1-48 lowercase letters, digits or '_', starting with a letter"
+            ));
+        }
+        let r = self.replication.trim();
+        if !(r.starts_with('{') && r.ends_with('}') && r.contains("'class'") && !r.contains(';')) {
+            return Err(format!(
+                "HERALD_SCYLLA_REPLICATION {r:?}: give a CQL map like {{'class': 'NetworkTopologyStrategy', 'datacenter1': 3}}"
+            ));
+        }
+        if self.retention < Duration::from_secs(3600)
+            || self.retention > Duration::from_secs(10 * 365 * 24 * 3600)
+        {
+            return Err(
+                "HERALD_SCYLLA_RETENTION: give a duration between 1h and 10 years, e.g. 30days"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
 }
 
 impl Default for EngineConfig {
@@ -31,6 +95,7 @@ impl Default for EngineConfig {
             log_partitions: 8,
             dedupe_window: Duration::from_secs(7 * 24 * 3600),
             delivery: DeliveryConfig::default(),
+            scylla: None,
         }
     }
 }

@@ -42,7 +42,10 @@ use crate::{
     operational::OperationalEvents,
     signing::SigningSecret,
     ssrf::TargetGuard,
-    store::{embedded::now_ms, embedded::EmbeddedStore, EventFilter, LogFilter, Store},
+    store::{
+        embedded::now_ms, embedded::EmbeddedStore, scylla::ScyllaStore, EventFilter, LogFilter,
+        Store,
+    },
     subscriptions::{validate_filter, SubscriptionIndex},
 };
 
@@ -168,20 +171,33 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Opens the embedded log and store under `config.data_dir` and starts
-    /// fan-out, the scheduler and the delivery shards.
+    /// Opens the embedded log under `config.data_dir`, the store (the CQL
+    /// store when `config.scylla` is set, else the embedded one there) and
+    /// starts fan-out, the scheduler and the delivery shards.
     pub async fn start(config: EngineConfig) -> Result<Arc<Self>, EngineError> {
         let log = EmbeddedLog::open(&config.data_dir.join("log"), config.log_partitions)?;
-        let store = EmbeddedStore::open(&config.data_dir.join("store"))?;
-        // This process is the schedule's only user: what a crashed run had claimed is due now.
-        let released = store.release_leases(now_ms()).await?;
-        if released > 0 {
-            tracing::info!(
-                released,
-                "deliveries claimed before a restart are due again"
-            );
-        }
-        Self::start_with(config, Arc::new(log), Arc::new(store)).await
+        let store: Arc<dyn Store> = match &config.scylla {
+            // Several processes may share a CQL schedule: a crashed run's
+            // claims are not released here, they fall due when their lease ends.
+            Some(scylla) => {
+                let store = ScyllaStore::connect(scylla).await?;
+                tracing::info!(nodes = ?scylla.nodes, keyspace = %scylla.keyspace, "store: CQL");
+                Arc::new(store)
+            }
+            None => {
+                let store = EmbeddedStore::open(&config.data_dir.join("store"))?;
+                // This process is the schedule's only user: what a crashed run had claimed is due now.
+                let released = store.release_leases(now_ms()).await?;
+                if released > 0 {
+                    tracing::info!(
+                        released,
+                        "deliveries claimed before a restart are due again"
+                    );
+                }
+                Arc::new(store)
+            }
+        };
+        Self::start_with(config, Arc::new(log), store).await
     }
 
     /// Starts the engine on the given log and store backends.

@@ -18,6 +18,7 @@ pub mod error;
 pub mod fanout;
 pub mod ids;
 pub mod log;
+pub mod log_recovery;
 pub mod metrics;
 pub mod model;
 pub mod operational;

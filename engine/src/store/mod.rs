@@ -7,10 +7,11 @@
 //! the schedule only in the transaction that records its final attempt. A
 //! crash therefore loses no delivery and no retry (DESIGN §3).
 //!
-//! [`embedded`] keeps all of it in SQLite; a ScyllaDB backend implements the
-//! same trait for the distributed deployment.
+//! [`embedded`] keeps all of it in SQLite; [`scylla`] keeps it in ScyllaDB
+//! (or Cassandra) for the distributed deployment.
 
 pub mod embedded;
+pub mod scylla;
 
 use async_trait::async_trait;
 
@@ -85,11 +86,7 @@ pub enum FanOutResult {
     Duplicate,
 }
 
-/// A change to one subscription, applied atomically by
-/// [`Store::modify_subscription`]; returns whether it changed anything.
-pub type SubscriptionChange = Box<dyn FnOnce(&mut WebhookSubscription) -> bool + Send>;
-
-/// What a recovery job looks for (see [`Store::recovery_candidates`]).
+/// What a recovery job looks for (issue 3's recovery jobs).
 #[derive(Debug, Clone)]
 pub struct RecoveryScope {
     /// Owning tenant.
@@ -103,6 +100,10 @@ pub struct RecoveryScope {
     /// Only events whose latest delivery there is `failed` or `dead`.
     pub only_failed: bool,
 }
+
+/// A change to one subscription, applied atomically by
+/// [`Store::modify_subscription`]; returns whether it changed anything.
+pub type SubscriptionChange = Box<dyn FnOnce(&mut WebhookSubscription) -> bool + Send>;
 
 /// The durable state of the engine.
 #[async_trait]

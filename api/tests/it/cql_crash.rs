@@ -1,0 +1,126 @@
+//! kill -9 of a `herald` process on the CQL store while deliveries are
+//! failing and leased, then a restart: the dead process's claims are not
+//! released by anybody, they fall due when their lease ends, and every
+//! acknowledged event arrives at least once.
+
+use std::{collections::HashSet, process::Stdio, time::Duration};
+
+use serde_json::{json, Value};
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    process::{Child, Command},
+};
+
+use crate::support::{eventually, Receiver, ADMIN};
+
+async fn start(dir: &std::path::Path, keyspace: &str, nodes: &str) -> (Child, String) {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.with_extension("log"))
+        .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--admin-token", ADMIN])
+        .args(["--allow-target", "127.0.0.0/8", "--breaker-open-for", "1s"])
+        .args(["--retry-schedule", &["1s"; 30].join(",")])
+        // Lease = 4 x the request timeout + 30 s.
+        .args(["--request-timeout", "1s"])
+        .args(["--scylla-nodes", nodes, "--scylla-keyspace", keyspace])
+        .arg("--data-dir")
+        .arg(dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(log))
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let base = tokio::time::timeout(Duration::from_secs(90), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(url) = line.strip_prefix("herald listening on ") {
+                return url.to_string();
+            }
+        }
+        panic!(
+            "herald exited before listening (log: {})",
+            dir.with_extension("log").display()
+        );
+    })
+    .await
+    .expect("herald starts");
+    (child, base)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cql_kill_9_leases_expire_and_every_event_arrives() {
+    let cql = crate::cql::config("crash");
+    let nodes = cql.nodes.join(",");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let receiver = Receiver::start(500).await;
+    let http = reqwest::Client::new();
+    let (mut child, base) = start(&dir, &cql.keyspace, &nodes).await;
+    let r = http
+        .post(format!("{base}/api/v1/admin/tenants"))
+        .bearer_auth(ADMIN)
+        .json(&json!({ "id": "acme" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let key = r.json::<Value>().await.unwrap()["api_key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = http
+        .post(format!("{base}/api/v1/portal/webhooks/subscribe"))
+        .bearer_auth(&key)
+        .json(&json!({ "url": receiver.url, "event_types": ["work_order.*"] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let mut acked = HashSet::new();
+    for i in 0..150 {
+        let r = http
+            .post(format!("{base}/api/v1/integrations/events"))
+            .bearer_auth(&key)
+            .json(&json!({ "event_type": "work_order.completed", "payload": { "i": i } }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+        acked.insert(
+            r.json::<Value>().await.unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    let hits = receiver.hits.clone();
+    // The circuit opens after a few failures: from then on the claims are
+    // leased and retried behind it.
+    eventually(
+        "failing deliveries under way",
+        Duration::from_secs(60),
+        || async { (hits.load(std::sync::atomic::Ordering::SeqCst) >= 5).then_some(()) },
+    )
+    .await;
+    child.start_kill().unwrap(); // SIGKILL, claims held
+    child.wait().await.unwrap();
+
+    receiver.set_status(200);
+    let (_child, _base) = start(&dir, &cql.keyspace, &nodes).await;
+    eventually(
+        "every acknowledged event delivered",
+        Duration::from_secs(150),
+        || async {
+            let got: HashSet<String> = receiver
+                .received()
+                .iter()
+                .map(|r| r.header("webhook-id").to_string())
+                .collect();
+            acked.is_subset(&got).then_some(())
+        },
+    )
+    .await;
+}

@@ -1,0 +1,197 @@
+//! The event index (by id, and by tenant and day), the dedupe window and
+//! fan-out's per-event state.
+//!
+//! The dedupe key is claimed with `INSERT .. IF NOT EXISTS USING TTL
+//! <window>`: exactly one event wins a key while the claim lives, and the
+//! database forgets it when the window ends. Fan-out writes an event's
+//! deliveries before it marks the event fanned out, so a crash in between
+//! repeats the fan-out (duplicates possible) instead of losing deliveries.
+
+use ::scylla::value::CqlValue;
+
+use super::{decode, encode, id_day, ScyllaStore};
+use crate::{
+    log::LogPosition,
+    model::DomainEvent,
+    store::{EventFilter, FanOut, FanOutResult, StoreError},
+};
+
+const STATE_FANNED_OUT: i32 = 1;
+const STATE_DUPLICATE: i32 = 2;
+
+impl ScyllaStore {
+    /// Writes the event to both indexes (idempotent; keeps its fan-out state).
+    pub(super) async fn index_event(
+        &self,
+        event: &DomainEvent,
+        position: LogPosition,
+    ) -> Result<(), StoreError> {
+        let body = encode(event)?;
+        let by_id = self.exec(
+            "INSERT INTO events (id, tenant_id, log_partition, log_offset, body) VALUES (?, ?, ?, ?, ?)",
+            (
+                &event.id,
+                &event.tenant_id,
+                position.partition as i32,
+                position.offset as i64,
+                &body,
+            ),
+        );
+        let by_day = self.exec(
+            "INSERT INTO events_by_day (tenant_id, day, id, event_type, body) VALUES (?, ?, ?, ?, ?)",
+            (
+                &event.tenant_id,
+                id_day(&event.id),
+                &event.id,
+                &event.event_type,
+                &body,
+            ),
+        );
+        futures::try_join!(by_id, by_day)?;
+        Ok(())
+    }
+
+    /// Claims `(tenant, key)` for the event until `until_ms` unless a live
+    /// claim exists; returns the holder's event id.
+    pub(super) async fn claim_dedupe(
+        &self,
+        event: &DomainEvent,
+        key: &str,
+        until_ms: i64,
+        now_ms: i64,
+    ) -> Result<String, StoreError> {
+        let ttl = ((until_ms - now_ms) / 1000).clamp(1, 630_720_000) as i32;
+        let (applied, current) = self
+            .lwt(
+                "INSERT INTO dedupe (tenant_id, dedupe_key, event_id, expires_at) VALUES (?, ?, ?, ?) IF NOT EXISTS USING TTL ?",
+                (&event.tenant_id, key, &event.id, until_ms, ttl),
+            )
+            .await?;
+        if applied {
+            return Ok(event.id.clone());
+        }
+        match current.get("event_id") {
+            Some(CqlValue::Text(holder)) => Ok(holder.clone()),
+            _ => Err(super::corrupt("dedupe claim without an event id")),
+        }
+    }
+
+    pub(super) async fn dedupe_holder(
+        &self,
+        tenant_id: &str,
+        key: &str,
+        now_ms: i64,
+    ) -> Result<Option<DomainEvent>, StoreError> {
+        let row: Option<(String, i64)> = self
+            .row(
+                "SELECT event_id, expires_at FROM dedupe WHERE tenant_id = ? AND dedupe_key = ?",
+                (tenant_id, key),
+            )
+            .await?;
+        match row {
+            Some((event_id, expires)) if expires > now_ms => self.event(tenant_id, &event_id).await,
+            _ => Ok(None),
+        }
+    }
+
+    /// The event by id if it belongs to the tenant and is not a dropped duplicate.
+    pub(super) async fn event(
+        &self,
+        tenant_id: &str,
+        id: &str,
+    ) -> Result<Option<DomainEvent>, StoreError> {
+        let row: Option<(String, Option<i32>, String)> = self
+            .row(
+                "SELECT tenant_id, state, body FROM events WHERE id = ?",
+                (id,),
+            )
+            .await?;
+        match row {
+            Some((tenant, state, body))
+                if tenant == tenant_id && state != Some(STATE_DUPLICATE) =>
+            {
+                decode(&body).map(Some)
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// The event by id, whatever its tenant (the scheduler's read).
+    pub(super) async fn event_any(&self, id: &str) -> Result<Option<DomainEvent>, StoreError> {
+        let row: Option<(String,)> = self
+            .row("SELECT body FROM events WHERE id = ?", (id,))
+            .await?;
+        row.map(|(b,)| decode(&b)).transpose()
+    }
+
+    pub(super) async fn events_page(
+        &self,
+        tenant_id: &str,
+        filter: &EventFilter,
+        limit: usize,
+    ) -> Result<Vec<DomainEvent>, StoreError> {
+        let wanted = filter.event_type.clone();
+        let bodies = self
+            .walk_days(
+                "SELECT id, event_type, tenant_id, body FROM events_by_day WHERE tenant_id = ? AND day = ? AND id < ? LIMIT ?",
+                &[tenant_id],
+                filter.before.as_deref(),
+                limit,
+                |event_type, _| match &wanted {
+                    None => true,
+                    Some(t) => match t.strip_suffix('*') {
+                        Some(prefix) => event_type.starts_with(prefix),
+                        None => event_type == t,
+                    },
+                },
+            )
+            .await?;
+        bodies.iter().map(|b| decode(b)).collect()
+    }
+
+    /// One event's fan-out (see `Store::fan_out`).
+    pub(super) async fn fan_out_one(
+        &self,
+        item: &FanOut,
+        dedupe_until_ms: i64,
+        now_ms: i64,
+    ) -> Result<FanOutResult, StoreError> {
+        let event = &item.event;
+        self.index_event(event, item.position).await?;
+        let state: Option<(Option<i32>,)> = self
+            .row("SELECT state FROM events WHERE id = ?", (&event.id,))
+            .await?;
+        if state.and_then(|(s,)| s).is_some() {
+            return Ok(FanOutResult::AlreadyDone);
+        }
+        if let Some(key) = &event.dedupe_key {
+            let holder = self
+                .claim_dedupe(event, key, dedupe_until_ms, now_ms)
+                .await?;
+            if holder != event.id {
+                self.exec(
+                    "UPDATE events SET state = ? WHERE id = ?",
+                    (STATE_DUPLICATE, &event.id),
+                )
+                .await?;
+                self.exec(
+                    "DELETE FROM events_by_day WHERE tenant_id = ? AND day = ? AND id = ?",
+                    (&event.tenant_id, id_day(&event.id), &event.id),
+                )
+                .await?;
+                return Ok(FanOutResult::Duplicate);
+            }
+        }
+        let work = item
+            .deliveries
+            .iter()
+            .map(|d| self.insert_schedule(d, None));
+        futures::future::try_join_all(work).await?;
+        self.exec(
+            "UPDATE events SET state = ? WHERE id = ?",
+            (STATE_FANNED_OUT, &event.id),
+        )
+        .await?;
+        Ok(FanOutResult::Scheduled)
+    }
+}

@@ -1,0 +1,607 @@
+//! The CQL store: ScyllaDB in production (Apache Cassandra 5.0 in tests),
+//! through the `scylla` driver, for the distributed deployment.
+//!
+//! What it guarantees, and how:
+//! - **Durable before acknowledged**: every write runs at `LOCAL_QUORUM`
+//!   and returns only once a quorum of replicas has it.
+//! - **Bounded partitions**: every history table (event index, delivery
+//!   logs, per-subscription state) is partitioned by day (`day` = unix days
+//!   of the row's UUIDv7 id); lists walk the days newest first, each page a
+//!   clustering-range read (`id < cursor LIMIT n`) inside one partition.
+//! - **Retention by TTL**: history tables carry `default_time_to_live` =
+//!   the configured retention (30 days unless set); the dedupe window is a
+//!   per-row `USING TTL` equal to the window.
+//! - **No lost delivery with several workers**: a delivery is claimed by a
+//!   lightweight transaction (`UPDATE .. IF due_at = <seen>`), so two
+//!   processes never both win the same due row; the lease is a due time in
+//!   the future, so a crashed worker's claims fall due again on their own.
+//!   Rows move between due-index buckets new-row-first: a crash leaves a
+//!   stale index row (cleaned lazily) but never a delivery without one.
+//!   `release_leases` exists for the embedded mode's single process; with
+//!   CQL, leases simply expire (the engine does not call it).
+//! - **At least once, never lost**: writes spanning partitions are not
+//!   atomic (batches are used only within one partition); each sequence is
+//!   ordered so that a crash between two writes repeats work (a possible
+//!   duplicate delivery) rather than losing it.
+//!
+//! Statements are prepared once and cached ([`CachingSession`]); the
+//! driver's default load balancing is token-aware, so each statement goes to
+//! a replica of its partition.
+
+mod events;
+mod logs;
+mod resources;
+mod schedule;
+mod subscriptions;
+mod tenants;
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use ::scylla::{
+    client::{
+        caching_session::CachingSession, execution_profile::ExecutionProfile,
+        session_builder::SessionBuilder,
+    },
+    deserialize::row::DeserializeRow,
+    serialize::row::SerializeRow,
+    statement::Consistency,
+    value::{CqlValue, Row},
+};
+use async_trait::async_trait;
+use futures::TryStreamExt;
+
+use super::{
+    EventFilter, FanOut, FanOutResult, LogFilter, RecoveryScope, Store, StoreError,
+    SubscriptionChange,
+};
+use crate::{
+    config::ScyllaConfig,
+    log::LogPosition,
+    model::{DomainEvent, ScheduledDelivery, WebhookDeliveryLog, WebhookSubscription},
+    resources::{ApiKey, EventTypeSchema, RecoveryCandidate, RecoveryJob},
+};
+
+const DAY_MS: i64 = 86_400_000;
+
+/// The CQL store.
+pub struct ScyllaStore {
+    session: Arc<CachingSession>,
+    retention_days: i32,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+fn corrupt(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(e.to_string())
+}
+
+fn decode<T: serde::de::DeserializeOwned>(raw: &str) -> Result<T, StoreError> {
+    serde_json::from_str(raw).map_err(corrupt)
+}
+
+fn encode<T: serde::Serialize>(value: &T) -> Result<String, StoreError> {
+    serde_json::to_string(value).map_err(corrupt)
+}
+
+/// Unix milliseconds inside a UUIDv7 id like `evt_0190f1...` (the first 48 bits).
+pub(crate) fn id_ms(id: &str) -> Option<i64> {
+    let hex = id.split_once('_').map_or(id, |(_, h)| h);
+    i64::from_str_radix(hex.get(..12)?, 16).ok()
+}
+
+/// The day bucket of unix milliseconds.
+pub(crate) fn day_of_ms(ms: i64) -> i32 {
+    ms.div_euclid(DAY_MS) as i32
+}
+
+/// The day bucket of an id (today's for ids without a time).
+fn id_day(id: &str) -> i32 {
+    day_of_ms(id_ms(id).unwrap_or_else(super::embedded::now_ms))
+}
+
+/// Sorts after every id (`~` is above hex digits), the cursor of a first page.
+const TOP: &str = "~";
+
+impl ScyllaStore {
+    /// Connects to the cluster, creates the keyspace (with the configured
+    /// replication) and the tables if missing, and applies the retention to
+    /// the history tables.
+    pub async fn connect(config: &ScyllaConfig) -> Result<Self, StoreError> {
+        config.validate().map_err(StoreError::Unavailable)?;
+        let profile = ExecutionProfile::builder()
+            .consistency(Consistency::LocalQuorum)
+            .request_timeout(Some(Duration::from_secs(15)))
+            .build();
+        let session = SessionBuilder::new()
+            .known_nodes(&config.nodes)
+            .default_execution_profile_handle(profile.into_handle())
+            .connection_timeout(Duration::from_secs(10))
+            .build()
+            .await
+            .map_err(|e| {
+                unavailable(format!(
+                    "cannot reach the CQL nodes {:?}: {e}",
+                    config.nodes
+                ))
+            })?;
+        let ks = &config.keyspace;
+        session
+            .query_unpaged(
+                format!(
+                    "CREATE KEYSPACE IF NOT EXISTS {ks} WITH replication = {} AND durable_writes = true",
+                    config.replication.trim()
+                ),
+                (),
+            )
+            .await
+            .map_err(unavailable)?;
+        session.use_keyspace(ks, false).await.map_err(unavailable)?;
+        let retention = config.retention.as_secs().max(1);
+        for statement in schema_statements() {
+            let statement = statement.replace("{retention}", &retention.to_string());
+            session
+                .query_unpaged(statement, ())
+                .await
+                .map_err(unavailable)?;
+        }
+        // Tables created by an earlier run keep the retention configured now.
+        for table in HISTORY_TABLES {
+            session
+                .query_unpaged(
+                    format!("ALTER TABLE {table} WITH default_time_to_live = {retention}"),
+                    (),
+                )
+                .await
+                .map_err(unavailable)?;
+        }
+        session
+            .await_schema_agreement()
+            .await
+            .map_err(unavailable)?;
+        Ok(Self {
+            session: Arc::new(CachingSession::from(session, 256)),
+            retention_days: (retention / 86_400).max(1) as i32,
+        })
+    }
+
+    /// Runs a statement, ignoring any rows.
+    async fn exec(&self, cql: &'static str, values: impl SerializeRow) -> Result<(), StoreError> {
+        self.session
+            .execute_unpaged(cql, values)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    /// Runs a bounded query (a key lookup or a `LIMIT`ed range) and decodes its rows.
+    async fn rows<R>(
+        &self,
+        cql: &'static str,
+        values: impl SerializeRow,
+    ) -> Result<Vec<R>, StoreError>
+    where
+        R: for<'f, 'm> DeserializeRow<'f, 'm>,
+    {
+        let result = self
+            .session
+            .execute_unpaged(cql, values)
+            .await
+            .map_err(unavailable)?
+            .into_rows_result()
+            .map_err(corrupt)?;
+        result
+            .rows::<R>()
+            .map_err(corrupt)?
+            .collect::<Result<Vec<R>, _>>()
+            .map_err(corrupt)
+    }
+
+    /// The first row of a bounded query.
+    async fn row<R>(
+        &self,
+        cql: &'static str,
+        values: impl SerializeRow,
+    ) -> Result<Option<R>, StoreError>
+    where
+        R: for<'f, 'm> DeserializeRow<'f, 'm>,
+    {
+        Ok(self.rows(cql, values).await?.into_iter().next())
+    }
+
+    /// Runs an unbounded query page by page (the driver's paging state),
+    /// calling `each` per row.
+    async fn scan<R>(
+        &self,
+        cql: &'static str,
+        values: impl SerializeRow,
+        mut each: impl FnMut(R) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError>
+    where
+        R: for<'f, 'm> DeserializeRow<'f, 'm>,
+    {
+        let mut stream = self
+            .session
+            .execute_iter(cql, values)
+            .await
+            .map_err(unavailable)?
+            .rows_stream::<R>()
+            .map_err(corrupt)?;
+        while let Some(row) = stream.try_next().await.map_err(unavailable)? {
+            each(row)?;
+        }
+        Ok(())
+    }
+
+    /// Runs a lightweight transaction: whether it applied, and the current
+    /// values by column name when it did not.
+    async fn lwt(
+        &self,
+        cql: &'static str,
+        values: impl SerializeRow,
+    ) -> Result<(bool, HashMap<String, CqlValue>), StoreError> {
+        let result = self
+            .session
+            .execute_unpaged(cql, values)
+            .await
+            .map_err(unavailable)?
+            .into_rows_result()
+            .map_err(corrupt)?;
+        let names: Vec<String> = result
+            .column_specs()
+            .iter()
+            .map(|c| c.name().to_string())
+            .collect();
+        let row = result
+            .maybe_first_row::<Row>()
+            .map_err(corrupt)?
+            .ok_or_else(|| corrupt("a conditional write returned no row"))?;
+        let mut applied = false;
+        let mut current = HashMap::new();
+        for (name, value) in names.into_iter().zip(row.columns) {
+            if name == "[applied]" {
+                applied = matches!(value, Some(CqlValue::Boolean(true)));
+            } else if let Some(v) = value {
+                current.insert(name, v);
+            }
+        }
+        Ok((applied, current))
+    }
+
+    /// Walks day partitions newest first from the day of `before` (or today)
+    /// back to the retention horizon, reading pages of `(id, a, b, body)`
+    /// rows with `id < cursor`, keeping those `keep` accepts, until `limit`.
+    /// `cql` takes the `prefix` key values, then `day`, the cursor and a limit.
+    async fn walk_days(
+        &self,
+        cql: &'static str,
+        prefix: &[&str],
+        before: Option<&str>,
+        limit: usize,
+        keep: impl Fn(&str, &str) -> bool,
+    ) -> Result<Vec<String>, StoreError> {
+        let today = day_of_ms(super::embedded::now_ms());
+        let mut day = before.map_or(today, id_day).min(today);
+        let oldest = today - self.retention_days - 1;
+        let mut cursor = before.unwrap_or(TOP).to_string();
+        let page = (limit.max(1) * 2).clamp(20, 1000) as i32;
+        let mut out = Vec::new();
+        while out.len() < limit && day >= oldest {
+            let mut values: Vec<CqlValue> = prefix
+                .iter()
+                .map(|p| CqlValue::Text(p.to_string()))
+                .collect();
+            values.push(CqlValue::Int(day));
+            values.push(CqlValue::Text(cursor.clone()));
+            values.push(CqlValue::Int(page));
+            let rows: Vec<(String, Option<String>, Option<String>, String)> =
+                self.rows(cql, values).await?;
+            let full = rows.len() == page as usize;
+            for (id, a, b, body) in rows {
+                if keep(a.as_deref().unwrap_or(""), b.as_deref().unwrap_or("")) {
+                    out.push(body);
+                    if out.len() == limit {
+                        break;
+                    }
+                }
+                cursor = id;
+            }
+            if !full {
+                day -= 1;
+                cursor = TOP.to_string();
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Tables whose rows expire after the retention.
+const HISTORY_TABLES: [&str; 6] = [
+    "events",
+    "events_by_day",
+    "logs_by_tenant",
+    "logs_by_subscription",
+    "logs_by_event",
+    "sub_event_state",
+];
+
+/// The statements of `schema.cql`, comments removed.
+fn schema_statements() -> Vec<String> {
+    include_str!("schema.cql")
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("--"))
+        .collect::<Vec<_>>()
+        .join("\n")
+        .split(';')
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+#[async_trait]
+impl Store for ScyllaStore {
+    async fn create_tenant(
+        &self,
+        tenant_id: &str,
+        first_key: &ApiKey,
+        key_hash: [u8; 32],
+    ) -> Result<(), StoreError> {
+        self.create_tenant_with_key(tenant_id, first_key, key_hash)
+            .await
+    }
+
+    // The management methods live in `tenants.rs`, `subscriptions.rs` and
+    // `resources.rs` as inherent methods; the trait delegates to them.
+
+    async fn list_subscriptions(
+        &self,
+        tenant_id: &str,
+        before: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<WebhookSubscription>, StoreError> {
+        ScyllaStore::list_subscriptions(self, tenant_id, before, limit).await
+    }
+
+    async fn delete_subscription(&self, tenant_id: &str, id: &str) -> Result<bool, StoreError> {
+        ScyllaStore::delete_subscription(self, tenant_id, id).await
+    }
+
+    async fn tenant_exists(&self, tenant_id: &str) -> Result<bool, StoreError> {
+        ScyllaStore::tenant_exists(self, tenant_id).await
+    }
+
+    async fn create_api_key(&self, key: &ApiKey, key_hash: [u8; 32]) -> Result<(), StoreError> {
+        ScyllaStore::create_api_key(self, key, key_hash).await
+    }
+
+    async fn list_api_keys(&self, tenant_id: &str) -> Result<Vec<ApiKey>, StoreError> {
+        ScyllaStore::list_api_keys(self, tenant_id).await
+    }
+
+    async fn revoke_api_key(
+        &self,
+        tenant_id: &str,
+        key_id: &str,
+        at_ms: i64,
+    ) -> Result<Option<ApiKey>, StoreError> {
+        ScyllaStore::revoke_api_key(self, tenant_id, key_id, at_ms).await
+    }
+
+    async fn put_event_type(&self, schema: &EventTypeSchema) -> Result<bool, StoreError> {
+        ScyllaStore::put_event_type(self, schema).await
+    }
+
+    async fn all_event_types(&self) -> Result<Vec<EventTypeSchema>, StoreError> {
+        ScyllaStore::all_event_types(self).await
+    }
+
+    async fn create_recovery(&self, job: &RecoveryJob) -> Result<(), StoreError> {
+        ScyllaStore::create_recovery(self, job).await
+    }
+
+    async fn get_recovery(
+        &self,
+        tenant_id: &str,
+        id: &str,
+    ) -> Result<Option<RecoveryJob>, StoreError> {
+        ScyllaStore::get_recovery(self, tenant_id, id).await
+    }
+
+    async fn unfinished_recoveries(
+        &self,
+    ) -> Result<Vec<(RecoveryJob, Option<String>)>, StoreError> {
+        ScyllaStore::unfinished_recoveries(self).await
+    }
+
+    async fn count_recovery_candidates(&self, scope: &RecoveryScope) -> Result<u64, StoreError> {
+        ScyllaStore::count_recovery_candidates(self, scope).await
+    }
+
+    async fn recovery_candidates(
+        &self,
+        scope: &RecoveryScope,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<RecoveryCandidate>, StoreError> {
+        ScyllaStore::recovery_candidates(self, scope, after, limit).await
+    }
+
+    async fn advance_recovery(
+        &self,
+        job: &RecoveryJob,
+        deliveries: Vec<ScheduledDelivery>,
+        cursor: Option<String>,
+        finished: bool,
+    ) -> Result<(), StoreError> {
+        ScyllaStore::advance_recovery(self, job, deliveries, cursor, finished).await
+    }
+
+    async fn tenant_for_key(&self, key_hash: [u8; 32]) -> Result<Option<String>, StoreError> {
+        self.tenant_by_key(key_hash).await
+    }
+
+    async fn put_subscription(&self, sub: &WebhookSubscription) -> Result<(), StoreError> {
+        self.put_sub(sub).await
+    }
+
+    async fn modify_subscription(
+        &self,
+        tenant_id: &str,
+        id: &str,
+        change: SubscriptionChange,
+    ) -> Result<Option<(WebhookSubscription, bool)>, StoreError> {
+        self.modify_sub(tenant_id, id, change).await
+    }
+
+    async fn get_subscription(
+        &self,
+        tenant_id: &str,
+        id: &str,
+    ) -> Result<Option<WebhookSubscription>, StoreError> {
+        self.get_sub(tenant_id, id).await
+    }
+
+    async fn all_subscriptions(&self) -> Result<Vec<WebhookSubscription>, StoreError> {
+        self.all_subs().await
+    }
+
+    async fn record_event(
+        &self,
+        event: &DomainEvent,
+        position: LogPosition,
+        dedupe_until_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.index_event(event, position).await?;
+        if let Some(key) = &event.dedupe_key {
+            self.claim_dedupe(event, key, dedupe_until_ms, super::embedded::now_ms())
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn event_by_dedupe_key(
+        &self,
+        tenant_id: &str,
+        dedupe_key: &str,
+        now_ms: i64,
+    ) -> Result<Option<DomainEvent>, StoreError> {
+        self.dedupe_holder(tenant_id, dedupe_key, now_ms).await
+    }
+
+    async fn get_event(
+        &self,
+        tenant_id: &str,
+        id: &str,
+    ) -> Result<Option<DomainEvent>, StoreError> {
+        self.event(tenant_id, id).await
+    }
+
+    async fn list_events(
+        &self,
+        tenant_id: &str,
+        filter: &EventFilter,
+        limit: usize,
+    ) -> Result<Vec<DomainEvent>, StoreError> {
+        self.events_page(tenant_id, filter, limit).await
+    }
+
+    async fn fan_out(
+        &self,
+        batch: Vec<FanOut>,
+        dedupe_until_ms: i64,
+        now_ms: i64,
+    ) -> Result<Vec<FanOutResult>, StoreError> {
+        let work = batch
+            .iter()
+            .map(|item| self.fan_out_one(item, dedupe_until_ms, now_ms));
+        futures::future::try_join_all(work).await
+    }
+
+    async fn schedule(&self, deliveries: Vec<ScheduledDelivery>) -> Result<(), StoreError> {
+        let work = deliveries.iter().map(|d| self.insert_schedule(d, None));
+        futures::future::try_join_all(work).await?;
+        Ok(())
+    }
+
+    async fn claim_due(
+        &self,
+        now_ms: i64,
+        lease_until_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<(ScheduledDelivery, DomainEvent)>, StoreError> {
+        self.claim(now_ms, lease_until_ms, limit).await
+    }
+
+    async fn record_attempt(
+        &self,
+        attempt: WebhookDeliveryLog,
+        next: Option<ScheduledDelivery>,
+    ) -> Result<(), StoreError> {
+        self.write_log(&attempt).await?;
+        self.settle(&attempt.delivery_id, next).await
+    }
+
+    async fn release_leases(&self, now_ms: i64) -> Result<u64, StoreError> {
+        self.release(now_ms).await
+    }
+
+    async fn next_due(&self) -> Result<Option<i64>, StoreError> {
+        self.earliest_due().await
+    }
+
+    async fn schedule_backlog(&self) -> Result<u64, StoreError> {
+        let n: Option<(i64,)> = self.row("SELECT COUNT(*) FROM schedule", ()).await?;
+        Ok(n.map_or(0, |(n,)| n.max(0) as u64))
+    }
+
+    async fn list_delivery_logs(
+        &self,
+        tenant_id: &str,
+        filter: &LogFilter,
+        limit: usize,
+    ) -> Result<Vec<WebhookDeliveryLog>, StoreError> {
+        self.logs_page(tenant_id, filter, limit).await
+    }
+
+    async fn purge_expired(&self, _now_ms: i64) -> Result<u64, StoreError> {
+        // Dedupe claims carry a TTL: the database drops them itself.
+        Ok(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_give_their_day() {
+        let id = crate::ids::new_id(crate::ids::EVENT);
+        let ms = id_ms(&id).unwrap();
+        let now = super::super::embedded::now_ms();
+        assert!((now - ms).abs() < 5_000, "{ms} vs {now}");
+        assert_eq!(id_day(&id), day_of_ms(now));
+        assert_eq!(day_of_ms(-1), -1);
+        assert!(id_ms("evt_zz").is_none());
+        assert!(TOP > id.as_str());
+    }
+
+    #[test]
+    fn schema_splits_into_statements() {
+        let statements = schema_statements();
+        assert!(statements.len() >= 18, "{}", statements.len());
+        assert!(statements
+            .iter()
+            .all(|s| s.starts_with("CREATE TABLE IF NOT EXISTS")));
+        for table in HISTORY_TABLES {
+            let def = statements
+                .iter()
+                .find(|s| s.contains(&format!("EXISTS {table} (")))
+                .unwrap();
+            assert!(
+                def.contains("default_time_to_live = {retention}"),
+                "{table}"
+            );
+        }
+    }
+}

@@ -1,0 +1,277 @@
+//! The event-type catalogue and recovery jobs (issue 3's resources) on CQL.
+//!
+//! A recovery walks `sub_event_state` — the latest delivery of each event
+//! to the subscription, partitioned by the event's day — over the job's
+//! time range in event-id order, one `LIMIT`ed page at a time: it never
+//! loads the range into memory. (Replaying every event of a range comes
+//! from the event log instead: see [`crate::log_recovery`].) The job's cursor lives in
+//! `recoveries_unfinished`, so a restarted process resumes after the last
+//! page it recorded. Progress: `scheduled` is counted as pages are
+//! scheduled; `done` counts the job's deliveries whose final attempt was
+//! recorded (`recovery_done`, written by the attempt that removes the
+//! delivery from the schedule).
+
+use ::scylla::value::CqlValue;
+
+use super::{decode, encode, id_day, ScyllaStore};
+use crate::{
+    model::{Outcome, ScheduledDelivery},
+    resources::{EventTypeSchema, RecoveryCandidate, RecoveryJob, RecoveryStatus},
+    store::{RecoveryScope, StoreError},
+};
+
+impl ScyllaStore {
+    /// Registers a schema version: `Ok(false)` when it exists with the same
+    /// schema, `Conflict` when it exists with another.
+    pub async fn put_event_type(&self, schema: &EventTypeSchema) -> Result<bool, StoreError> {
+        let (applied, current) = self
+            .lwt(
+                "INSERT INTO event_types (tenant_id, event_type, schema_version, body) VALUES (?, ?, ?, ?) IF NOT EXISTS",
+                (
+                    &schema.tenant_id,
+                    &schema.event_type,
+                    schema.schema_version as i32,
+                    encode(schema)?,
+                ),
+            )
+            .await?;
+        if applied {
+            return Ok(true);
+        }
+        let existing: EventTypeSchema = match current.get("body") {
+            Some(CqlValue::Text(b)) => decode(b)?,
+            _ => return Err(super::corrupt("event type without a body")),
+        };
+        if existing.schema == schema.schema {
+            Ok(false)
+        } else {
+            Err(StoreError::Conflict(format!(
+                "{} version {} is registered with another schema; register a new version",
+                schema.event_type, schema.schema_version
+            )))
+        }
+    }
+
+    /// Every registered schema of every tenant.
+    pub async fn all_event_types(&self) -> Result<Vec<EventTypeSchema>, StoreError> {
+        let mut out = Vec::new();
+        self.scan("SELECT body FROM event_types", (), |(b,): (String,)| {
+            out.push(decode(&b)?);
+            Ok(())
+        })
+        .await?;
+        Ok(out)
+    }
+
+    /// Stores a new recovery job (unfinished, no cursor yet).
+    pub async fn create_recovery(&self, job: &RecoveryJob) -> Result<(), StoreError> {
+        self.exec(
+            "INSERT INTO recoveries (tenant_id, id, body) VALUES (?, ?, ?)",
+            (&job.tenant_id, &job.id, encode(job)?),
+        )
+        .await?;
+        if job.status == RecoveryStatus::Running {
+            self.exec(
+                "INSERT INTO recoveries_unfinished (id, tenant_id) VALUES (?, ?)",
+                (&job.id, &job.tenant_id),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// One recovery job of a tenant, with `done` counted now.
+    pub async fn get_recovery(
+        &self,
+        tenant_id: &str,
+        id: &str,
+    ) -> Result<Option<RecoveryJob>, StoreError> {
+        let row: Option<(String,)> = self
+            .row(
+                "SELECT body FROM recoveries WHERE tenant_id = ? AND id = ?",
+                (tenant_id, id),
+            )
+            .await?;
+        let Some((body,)) = row else {
+            return Ok(None);
+        };
+        let mut job: RecoveryJob = decode(&body)?;
+        let done: Option<(i64,)> = self
+            .row(
+                "SELECT COUNT(*) FROM recovery_done WHERE recovery_id = ?",
+                (id,),
+            )
+            .await?;
+        job.done = done.map_or(0, |(n,)| n.max(0) as u64).min(job.scheduled);
+        Ok(Some(job))
+    }
+
+    /// Jobs still scheduling, each with the last event id it handled.
+    pub async fn unfinished_recoveries(
+        &self,
+    ) -> Result<Vec<(RecoveryJob, Option<String>)>, StoreError> {
+        let mut open = Vec::new();
+        self.scan(
+            "SELECT id, tenant_id, cursor FROM recoveries_unfinished",
+            (),
+            |row: (String, String, Option<String>)| {
+                open.push(row);
+                Ok(())
+            },
+        )
+        .await?;
+        let mut out = Vec::new();
+        for (id, tenant, cursor) in open {
+            if let Some(job) = self.get_recovery(&tenant, &id).await? {
+                out.push((job, cursor));
+            }
+        }
+        out.sort_by(|a, b| a.0.id.cmp(&b.0.id));
+        Ok(out)
+    }
+
+    /// Counts the events in scope (a paged walk, nothing held in memory).
+    pub async fn count_recovery_candidates(
+        &self,
+        scope: &RecoveryScope,
+    ) -> Result<u64, StoreError> {
+        let mut n = 0u64;
+        for day in days(scope) {
+            self.scan(
+                "SELECT event_id, outcome FROM sub_event_state WHERE tenant_id = ? AND subscription_id = ? AND day = ? AND event_id >= ? AND event_id < ?",
+                (
+                    &scope.tenant_id,
+                    &scope.subscription_id,
+                    day,
+                    &scope.from_event_id,
+                    &scope.to_event_id,
+                ),
+                |(_, outcome): (String, Option<String>)| {
+                    if wanted(scope, outcome.as_deref()) {
+                        n += 1;
+                    }
+                    Ok(())
+                },
+            )
+            .await?;
+        }
+        Ok(n)
+    }
+
+    /// Up to `limit` events in scope with ids after `after`, in id order,
+    /// each with its latest delivery to the subscription.
+    pub async fn recovery_candidates(
+        &self,
+        scope: &RecoveryScope,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<RecoveryCandidate>, StoreError> {
+        let mut out = Vec::new();
+        let first_day = after.map_or(i32::MIN, id_day);
+        for day in days(scope).filter(|d| *d >= first_day) {
+            let mut cursor = after.map(str::to_string);
+            loop {
+                let want = limit - out.len();
+                let values = (
+                    &scope.tenant_id,
+                    &scope.subscription_id,
+                    day,
+                    cursor.as_deref().unwrap_or(&scope.from_event_id),
+                    &scope.to_event_id,
+                    (want.max(1) * 2).min(5_000) as i32,
+                );
+                let rows: Vec<(String, Option<String>, Option<String>)> = if cursor.is_some() {
+                    self.rows(
+                        "SELECT event_id, delivery_id, outcome FROM sub_event_state WHERE tenant_id = ? AND subscription_id = ? AND day = ? AND event_id > ? AND event_id < ? LIMIT ?",
+                        values,
+                    )
+                    .await?
+                } else {
+                    self.rows(
+                        "SELECT event_id, delivery_id, outcome FROM sub_event_state WHERE tenant_id = ? AND subscription_id = ? AND day = ? AND event_id >= ? AND event_id < ? LIMIT ?",
+                        values,
+                    )
+                    .await?
+                };
+                let page_full = rows.len() == values.5 as usize;
+                for (event_id, delivery_id, outcome) in rows {
+                    cursor = Some(event_id.clone());
+                    if wanted(scope, outcome.as_deref()) {
+                        out.push(RecoveryCandidate {
+                            event_id,
+                            delivery_id: delivery_id.unwrap_or_default(),
+                        });
+                        if out.len() == limit {
+                            return Ok(out);
+                        }
+                    }
+                }
+                if !page_full {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Schedules a page of the job's replays, records them as the job's,
+    /// moves its cursor and counts, and marks it completed when `finished`.
+    /// Ordered for at-least-once: deliveries first, cursor last (a crash in
+    /// between schedules the page again rather than skipping it).
+    pub async fn advance_recovery(
+        &self,
+        job: &RecoveryJob,
+        deliveries: Vec<ScheduledDelivery>,
+        cursor: Option<String>,
+        finished: bool,
+    ) -> Result<(), StoreError> {
+        let work = deliveries.iter().map(|d| async move {
+            self.exec(
+                "INSERT INTO recovery_deliveries (recovery_id, delivery_id) VALUES (?, ?)",
+                (&job.id, &d.delivery_id),
+            )
+            .await?;
+            self.insert_schedule(d, Some(&job.id)).await
+        });
+        futures::future::try_join_all(work).await?;
+        // Counted from the job's delivery set: a page scheduled twice (a
+        // crash before the cursor moved) with the same ids counts once.
+        let scheduled: Option<(i64,)> = self
+            .row(
+                "SELECT COUNT(*) FROM recovery_deliveries WHERE recovery_id = ?",
+                (&job.id,),
+            )
+            .await?;
+        let mut updated = job.clone();
+        updated.scheduled = scheduled.map_or(0, |(n,)| n.max(0) as u64);
+        updated.done = 0;
+        updated.updated_at = time::OffsetDateTime::now_utc();
+        if finished {
+            updated.status = RecoveryStatus::Completed;
+        }
+        self.exec(
+            "UPDATE recoveries SET body = ? WHERE tenant_id = ? AND id = ?",
+            (encode(&updated)?, &job.tenant_id, &job.id),
+        )
+        .await?;
+        if finished {
+            self.exec("DELETE FROM recoveries_unfinished WHERE id = ?", (&job.id,))
+                .await
+        } else {
+            self.exec(
+                "UPDATE recoveries_unfinished SET cursor = ?, tenant_id = ? WHERE id = ?",
+                (cursor, &job.tenant_id, &job.id),
+            )
+            .await
+        }
+    }
+}
+
+/// The day partitions a scope covers, oldest first.
+fn days(scope: &RecoveryScope) -> impl Iterator<Item = i32> {
+    id_day(&scope.from_event_id)..=id_day(&scope.to_event_id)
+}
+
+fn wanted(scope: &RecoveryScope, outcome: Option<&str>) -> bool {
+    !scope.only_failed || outcome.and_then(Outcome::parse) != Some(Outcome::Delivered)
+}

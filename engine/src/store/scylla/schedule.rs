@@ -1,0 +1,341 @@
+//! The durable schedule on CQL, safe for several worker processes.
+//!
+//! `schedule` holds one row per pending delivery; `schedule_due` indexes
+//! them by due time in one-minute buckets, each split in [`SHARDS`]
+//! partitions (so a busy minute is spread over several replicas), and
+//! `schedule_buckets` lists, per shard, the buckets that may hold rows (so
+//! a claim reads only those, never a range of empty minutes).
+//!
+//! **Claim protocol.** A worker reads due index rows, then takes each with a
+//! lightweight transaction on the schedule row: `UPDATE .. SET due_at =
+//! <lease end> IF due_at = <due time seen>`. Only one worker's condition
+//! holds; the loser skips the row. The lease end is a new due time, so if
+//! the winner dies the delivery falls due again when the lease ends: no
+//! coordinator, no lease table, nothing to release at start.
+//!
+//! **Moves are new-index-first.** Before a schedule row's due time changes
+//! (claim, retry), the index row for the new time is written; the old one
+//! is deleted after. A crash leaves at worst a stale index row, which a
+//! later claim sees disagreeing with the schedule row and deletes (after a
+//! grace period, so a row whose schedule write is still in flight is not
+//! mistaken for stale). A delivery is never left without an index row.
+
+use super::ScyllaStore;
+use crate::{
+    model::{DomainEvent, ScheduledDelivery},
+    store::StoreError,
+};
+
+/// Partitions per due-index bucket.
+pub(super) const SHARDS: i32 = 8;
+/// Width of a due-index bucket.
+const BUCKET_MS: i64 = 60_000;
+/// Age after which an index row that disagrees with its schedule row is stale.
+const STALE_GRACE_MS: i64 = 5 * 60_000;
+
+fn bucket(due_ms: i64) -> i64 {
+    due_ms.div_euclid(BUCKET_MS)
+}
+
+fn shard(delivery_id: &str) -> i32 {
+    (crc32fast::hash(delivery_id.as_bytes()) % SHARDS as u32) as i32
+}
+
+type ScheduleRow = (
+    String,         // tenant_id
+    String,         // event_id
+    String,         // subscription_id
+    i32,            // attempt
+    bool,           // is_replay
+    Option<String>, // replay_of
+    i64,            // due_at
+    Option<i64>,    // seq
+    Option<bool>,   // ordered
+    Option<String>, // recovery_id
+);
+
+const SELECT_ROW: &str = "SELECT tenant_id, event_id, subscription_id, attempt, is_replay, replay_of, due_at, seq, ordered, recovery_id FROM schedule WHERE delivery_id = ?";
+
+impl ScyllaStore {
+    /// Adds an index row for `(delivery, due)` and makes its bucket visible.
+    async fn index_due(&self, delivery_id: &str, due_ms: i64) -> Result<(), StoreError> {
+        let (b, s) = (bucket(due_ms), shard(delivery_id));
+        let listed = self.exec(
+            "INSERT INTO schedule_buckets (shard, bucket) VALUES (?, ?)",
+            (s, b),
+        );
+        let indexed = self.exec(
+            "INSERT INTO schedule_due (bucket, shard, due_at, delivery_id) VALUES (?, ?, ?, ?)",
+            (b, s, due_ms, delivery_id),
+        );
+        futures::try_join!(listed, indexed)?;
+        Ok(())
+    }
+
+    async fn unindex_due(&self, delivery_id: &str, due_ms: i64) -> Result<(), StoreError> {
+        self.exec(
+            "DELETE FROM schedule_due WHERE bucket = ? AND shard = ? AND due_at = ? AND delivery_id = ?",
+            (bucket(due_ms), shard(delivery_id), due_ms, delivery_id),
+        )
+        .await
+    }
+
+    /// Adds a delivery to the schedule (idempotent for the same id).
+    pub(super) async fn insert_schedule(
+        &self,
+        d: &ScheduledDelivery,
+        recovery_id: Option<&str>,
+    ) -> Result<(), StoreError> {
+        self.index_due(&d.delivery_id, d.due_at_ms).await?;
+        if d.ordered {
+            self.exec(
+                "INSERT INTO schedule_order (subscription_id, seq, delivery_id) VALUES (?, ?, ?)",
+                (&d.subscription_id, d.seq, &d.delivery_id),
+            )
+            .await?;
+        }
+        self.exec(
+            "INSERT INTO schedule (delivery_id, tenant_id, event_id, subscription_id, attempt, is_replay, replay_of, due_at, leased, seq, ordered, recovery_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, false, ?, ?, ?)",
+            (
+                &d.delivery_id,
+                &d.tenant_id,
+                &d.event_id,
+                &d.subscription_id,
+                d.attempt as i32,
+                d.is_replay,
+                &d.replay_of,
+                d.due_at_ms,
+                d.seq,
+                d.ordered,
+                recovery_id,
+            ),
+        )
+        .await
+    }
+
+    /// Takes up to `limit` due deliveries (see the module doc).
+    pub(super) async fn claim(
+        &self,
+        now: i64,
+        lease_until: i64,
+        limit: usize,
+    ) -> Result<Vec<(ScheduledDelivery, DomainEvent)>, StoreError> {
+        let now_bucket = bucket(now);
+        let mut candidates: Vec<(i64, String)> = Vec::new();
+        // Start at a random shard so concurrent workers spread out.
+        let first = rand::random::<u32>() % SHARDS as u32;
+        for k in 0..SHARDS {
+            let s = ((first as i32) + k) % SHARDS;
+            let buckets: Vec<(i64,)> = self
+                .rows(
+                    "SELECT bucket FROM schedule_buckets WHERE shard = ? AND bucket <= ?",
+                    (s, now_bucket),
+                )
+                .await?;
+            for (b,) in buckets {
+                if candidates.len() >= limit {
+                    break;
+                }
+                let rows: Vec<(i64, String)> = self
+                    .rows(
+                        "SELECT due_at, delivery_id FROM schedule_due WHERE bucket = ? AND shard = ? AND due_at <= ? LIMIT ?",
+                        (b, s, now, (limit - candidates.len()) as i32),
+                    )
+                    .await?;
+                if rows.is_empty() && b < now_bucket - 1 {
+                    // Nothing is ever indexed that far in the past again.
+                    self.exec(
+                        "DELETE FROM schedule_buckets WHERE shard = ? AND bucket = ?",
+                        (s, b),
+                    )
+                    .await?;
+                }
+                candidates.extend(rows);
+            }
+        }
+        let mut out = Vec::new();
+        let attempts = candidates
+            .into_iter()
+            .map(|(due, id)| self.try_claim(id, due, now, lease_until));
+        for claimed in futures::future::join_all(attempts).await {
+            if let Some(pair) = claimed? {
+                out.push(pair);
+            }
+        }
+        out.sort_by_key(|(d, _)| d.due_at_ms);
+        Ok(out)
+    }
+
+    async fn try_claim(
+        &self,
+        delivery_id: String,
+        due: i64,
+        now: i64,
+        lease_until: i64,
+    ) -> Result<Option<(ScheduledDelivery, DomainEvent)>, StoreError> {
+        let row: Option<ScheduleRow> = self.row(SELECT_ROW, (&delivery_id,)).await?;
+        let Some(row) = row else {
+            if due < now - STALE_GRACE_MS {
+                self.unindex_due(&delivery_id, due).await?;
+            }
+            return Ok(None);
+        };
+        let d = delivery_of(&delivery_id, &row);
+        if row.6 != due {
+            if due < now - STALE_GRACE_MS || row.6 > due {
+                self.unindex_due(&delivery_id, due).await?;
+            }
+            return Ok(None);
+        }
+        if d.ordered {
+            let head: Option<(String,)> = self
+                .row(
+                    "SELECT delivery_id FROM schedule_order WHERE subscription_id = ? LIMIT 1",
+                    (&d.subscription_id,),
+                )
+                .await?;
+            if head.is_some_and(|(h,)| h != delivery_id) {
+                return Ok(None);
+            }
+        }
+        self.index_due(&delivery_id, lease_until).await?;
+        let (applied, _) = self
+            .lwt(
+                "UPDATE schedule SET due_at = ?, leased = true WHERE delivery_id = ? IF due_at = ?",
+                (lease_until, &delivery_id, due),
+            )
+            .await?;
+        if !applied {
+            return Ok(None);
+        }
+        self.unindex_due(&delivery_id, due).await?;
+        let Some(event) = self.event_any(&d.event_id).await? else {
+            // The event expired from the index (retention): nothing to deliver.
+            tracing::warn!(delivery_id, event_id = %d.event_id, "scheduled delivery without its event; dropped");
+            self.remove_schedule(&d, lease_until).await?;
+            return Ok(None);
+        };
+        Ok(Some((d, event)))
+    }
+
+    async fn remove_schedule(&self, d: &ScheduledDelivery, due: i64) -> Result<(), StoreError> {
+        self.exec(
+            "DELETE FROM schedule WHERE delivery_id = ?",
+            (&d.delivery_id,),
+        )
+        .await?;
+        if d.ordered {
+            self.exec(
+                "DELETE FROM schedule_order WHERE subscription_id = ? AND seq = ? AND delivery_id = ?",
+                (&d.subscription_id, d.seq, &d.delivery_id),
+            )
+            .await?;
+        }
+        self.unindex_due(&d.delivery_id, due).await
+    }
+
+    /// After an attempt: reschedule (`next`) or remove the delivery.
+    pub(super) async fn settle(
+        &self,
+        delivery_id: &str,
+        next: Option<ScheduledDelivery>,
+    ) -> Result<(), StoreError> {
+        let row: Option<ScheduleRow> = self.row(SELECT_ROW, (delivery_id,)).await?;
+        let Some(row) = row else {
+            return Ok(());
+        };
+        let current = delivery_of(delivery_id, &row);
+        match next {
+            Some(n) => {
+                self.index_due(delivery_id, n.due_at_ms).await?;
+                self.exec(
+                    "UPDATE schedule SET attempt = ?, due_at = ?, leased = false WHERE delivery_id = ?",
+                    (n.attempt as i32, n.due_at_ms, delivery_id),
+                )
+                .await?;
+                if n.due_at_ms != row.6 {
+                    self.unindex_due(delivery_id, row.6).await?;
+                }
+            }
+            None => {
+                if let Some(recovery_id) = &row.9 {
+                    self.exec(
+                        "INSERT INTO recovery_done (recovery_id, delivery_id) VALUES (?, ?)",
+                        (recovery_id, delivery_id),
+                    )
+                    .await?;
+                }
+                self.remove_schedule(&current, row.6).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes every leased delivery due at `now` (single-process use only).
+    pub(super) async fn release(&self, now: i64) -> Result<u64, StoreError> {
+        let mut leased = Vec::new();
+        self.scan(
+            "SELECT delivery_id, due_at, leased FROM schedule",
+            (),
+            |(id, due, l): (String, i64, Option<bool>)| {
+                if l == Some(true) {
+                    leased.push((id, due));
+                }
+                Ok(())
+            },
+        )
+        .await?;
+        for (id, due) in &leased {
+            self.index_due(id, now).await?;
+            self.exec(
+                "UPDATE schedule SET due_at = ?, leased = false WHERE delivery_id = ?",
+                (now, id),
+            )
+            .await?;
+            self.unindex_due(id, *due).await?;
+        }
+        Ok(leased.len() as u64)
+    }
+
+    /// The earliest due time in the index (stale rows may make it early,
+    /// which only wakes the scheduler sooner).
+    pub(super) async fn earliest_due(&self) -> Result<Option<i64>, StoreError> {
+        let mut best: Option<i64> = None;
+        for s in 0..SHARDS {
+            let buckets: Vec<(i64,)> = self
+                .rows(
+                    "SELECT bucket FROM schedule_buckets WHERE shard = ? LIMIT 4",
+                    (s,),
+                )
+                .await?;
+            for (b,) in buckets {
+                let first: Option<(i64,)> = self
+                    .row(
+                        "SELECT due_at FROM schedule_due WHERE bucket = ? AND shard = ? LIMIT 1",
+                        (b, s),
+                    )
+                    .await?;
+                if let Some((due,)) = first {
+                    best = Some(best.map_or(due, |x: i64| x.min(due)));
+                    break;
+                }
+            }
+        }
+        Ok(best)
+    }
+}
+
+fn delivery_of(delivery_id: &str, row: &ScheduleRow) -> ScheduledDelivery {
+    ScheduledDelivery {
+        delivery_id: delivery_id.to_string(),
+        tenant_id: row.0.clone(),
+        event_id: row.1.clone(),
+        subscription_id: row.2.clone(),
+        attempt: row.3.max(1) as u32,
+        is_replay: row.4,
+        replay_of: row.5.clone(),
+        due_at_ms: row.6,
+        seq: row.7.unwrap_or(0),
+        ordered: row.8.unwrap_or(false),
+    }
+}

@@ -1,0 +1,152 @@
+//! Tenants and API keys. Keys are found by the SHA-256 hash of the key
+//! (`api_keys`, the authentication path: one partition read) and listed by
+//! tenant (`api_keys_by_tenant`). A tenant is created with `IF NOT EXISTS`,
+//! so two concurrent creations cannot both succeed.
+
+use super::{decode, encode, ScyllaStore};
+use crate::{resources::ApiKey, store::embedded::now_ms, store::StoreError};
+
+impl ScyllaStore {
+    /// Creates the tenant (`Conflict` if it exists) with its first key.
+    pub(super) async fn insert_tenant(
+        &self,
+        tenant_id: &str,
+        key_hash: [u8; 32],
+        first_key: Option<&ApiKey>,
+    ) -> Result<(), StoreError> {
+        let (applied, _) = self
+            .lwt(
+                "INSERT INTO tenants (tenant_id, created_at) VALUES (?, ?) IF NOT EXISTS",
+                (tenant_id, now_ms()),
+            )
+            .await?;
+        if !applied {
+            return Err(StoreError::Conflict(format!(
+                "tenant {tenant_id:?} already exists"
+            )));
+        }
+        match first_key {
+            Some(key) => self.insert_key(key, key_hash).await,
+            None => {
+                self.exec(
+                    "INSERT INTO api_keys (key_hash, tenant_id) VALUES (?, ?)",
+                    (key_hash.to_vec(), tenant_id),
+                )
+                .await
+            }
+        }
+    }
+
+    /// The tenant of a live (not revoked) key.
+    pub(super) async fn tenant_by_key(
+        &self,
+        key_hash: [u8; 32],
+    ) -> Result<Option<String>, StoreError> {
+        let row: Option<(Option<String>, Option<i64>)> = self
+            .row(
+                "SELECT tenant_id, revoked_at FROM api_keys WHERE key_hash = ?",
+                (key_hash.to_vec(),),
+            )
+            .await?;
+        Ok(match row {
+            Some((Some(tenant), None)) => Some(tenant),
+            _ => None,
+        })
+    }
+
+    async fn insert_key(&self, key: &ApiKey, key_hash: [u8; 32]) -> Result<(), StoreError> {
+        // The listing row first: a key that authenticates is always listed (and revocable).
+        self.exec(
+            "INSERT INTO api_keys_by_tenant (tenant_id, key_id, key_hash, body) VALUES (?, ?, ?, ?)",
+            (&key.tenant_id, &key.id, key_hash.to_vec(), encode(key)?),
+        )
+        .await?;
+        self.exec(
+            "INSERT INTO api_keys (key_hash, tenant_id, key_id) VALUES (?, ?, ?)",
+            (key_hash.to_vec(), &key.tenant_id, &key.id),
+        )
+        .await
+    }
+
+    /// Creates a tenant with its first key described (issue 3's signature).
+    pub async fn create_tenant_with_key(
+        &self,
+        tenant_id: &str,
+        first_key: &ApiKey,
+        key_hash: [u8; 32],
+    ) -> Result<(), StoreError> {
+        self.insert_tenant(tenant_id, key_hash, Some(first_key))
+            .await
+    }
+
+    /// Whether the tenant exists.
+    pub async fn tenant_exists(&self, tenant_id: &str) -> Result<bool, StoreError> {
+        let row: Option<(String,)> = self
+            .row(
+                "SELECT tenant_id FROM tenants WHERE tenant_id = ?",
+                (tenant_id,),
+            )
+            .await?;
+        Ok(row.is_some())
+    }
+
+    /// Adds an API key to an existing tenant (`NotFound` otherwise).
+    pub async fn create_api_key(&self, key: &ApiKey, key_hash: [u8; 32]) -> Result<(), StoreError> {
+        if !self.tenant_exists(&key.tenant_id).await? {
+            return Err(StoreError::NotFound("tenant"));
+        }
+        self.insert_key(key, key_hash).await
+    }
+
+    /// A tenant's API keys, oldest first.
+    pub async fn list_api_keys(&self, tenant_id: &str) -> Result<Vec<ApiKey>, StoreError> {
+        let mut keys = Vec::new();
+        self.scan(
+            "SELECT body FROM api_keys_by_tenant WHERE tenant_id = ?",
+            (tenant_id,),
+            |(body,): (String,)| {
+                keys.push(decode(&body)?);
+                Ok(())
+            },
+        )
+        .await?;
+        Ok(keys)
+    }
+
+    /// Revokes a key of a tenant; `None` if there is no such key.
+    pub async fn revoke_api_key(
+        &self,
+        tenant_id: &str,
+        key_id: &str,
+        at_ms: i64,
+    ) -> Result<Option<ApiKey>, StoreError> {
+        let row: Option<(Vec<u8>, String)> = self
+            .row(
+                "SELECT key_hash, body FROM api_keys_by_tenant WHERE tenant_id = ? AND key_id = ?",
+                (tenant_id, key_id),
+            )
+            .await?;
+        let Some((hash, body)) = row else {
+            return Ok(None);
+        };
+        let mut key: ApiKey = decode(&body)?;
+        if key.revoked_at.is_none() {
+            key.revoked_at = Some(
+                time::OffsetDateTime::from_unix_timestamp_nanos(at_ms as i128 * 1_000_000)
+                    .map_err(super::corrupt)?,
+            );
+        }
+        // Authentication first: from here on the key no longer works.
+        self.exec(
+            "UPDATE api_keys SET revoked_at = ? WHERE key_hash = ?",
+            (at_ms, hash),
+        )
+        .await?;
+        self.exec(
+            "UPDATE api_keys_by_tenant SET body = ? WHERE tenant_id = ? AND key_id = ?",
+            (encode(&key)?, tenant_id, key_id),
+        )
+        .await?;
+        Ok(Some(key))
+    }
+}
