@@ -1,0 +1,1 @@
+cassandra_port() { echo 0; }

@@ -1,0 +1,1 @@
+connect_port() { echo 0; }

@@ -1,0 +1,1 @@
+postgres_port() { echo 0; }

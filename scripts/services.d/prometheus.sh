@@ -1,0 +1,1 @@
+prometheus_port() { echo 0; }
