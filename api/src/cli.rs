@@ -6,13 +6,13 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand, ValueEnum};
 use herald_engine::{
-    config::{EngineConfig, RetrySchedule},
+    config::{self, EngineConfig, KafkaConfig, RetrySchedule},
     Engine,
 };
 use ipnet::IpNet;
 use tokio::net::TcpListener;
 
-use crate::{app, AppState};
+use crate::{app, worker_app, AppState};
 
 /// Herald: webhook and domain-event delivery with guarantees.
 #[derive(Debug, Parser)]
@@ -72,9 +72,21 @@ pub struct ServeArgs {
     /// Which parts to run.
     #[arg(long, env = "HERALD_ROLE", value_enum, default_value = "all")]
     pub role: Role,
-    /// Kafka bootstrap servers: use Kafka as the event log.
+    /// Kafka bootstrap servers (host:port,...): use Kafka as the event log.
     #[arg(long, env = "HERALD_KAFKA_BROKERS")]
     pub kafka_brokers: Option<String>,
+    /// Kafka topic names start with this (`<prefix>.events`).
+    #[arg(long, env = "HERALD_KAFKA_TOPIC_PREFIX", default_value = "herald")]
+    pub kafka_topic_prefix: String,
+    /// Partitions of the events topic when Herald creates it.
+    #[arg(long, env = "HERALD_KAFKA_PARTITIONS", default_value_t = 8)]
+    pub kafka_partitions: u32,
+    /// How long an emit waits for Kafka's acknowledgement before answering 503.
+    #[arg(long, env = "HERALD_KAFKA_APPEND_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub kafka_append_timeout: std::time::Duration,
+    /// How long a silent worker keeps its Kafka partitions before the group moves them.
+    #[arg(long, env = "HERALD_KAFKA_SESSION_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub kafka_session_timeout: std::time::Duration,
     /// ScyllaDB/Cassandra contact points: use CQL as the store.
     #[arg(long, env = "HERALD_SCYLLA_NODES")]
     pub scylla_nodes: Option<String>,
@@ -90,6 +102,10 @@ pub struct ServeArgs {
     /// How long an open circuit waits before probing the endpoint again.
     #[arg(long, env = "HERALD_BREAKER_OPEN_FOR", default_value = "30s", value_parser = humantime::parse_duration)]
     pub breaker_open_for: std::time::Duration,
+    /// Extra lease time of a claimed delivery beyond four request timeouts;
+    /// after a worker dies, its claimed deliveries are due again after the lease.
+    #[arg(long, env = "HERALD_LEASE_MARGIN", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub lease_margin: std::time::Duration,
 }
 
 impl ServeArgs {
@@ -99,8 +115,21 @@ impl ServeArgs {
             allow_targets: self.allow_targets.clone(),
             retry_schedule: self.retry_schedule.clone(),
             log_partitions: self.log_partitions,
+            kafka: self.kafka_brokers.as_ref().map(|brokers| KafkaConfig {
+                brokers: brokers.clone(),
+                topic_prefix: self.kafka_topic_prefix.clone(),
+                partitions: self.kafka_partitions,
+                append_timeout: self.kafka_append_timeout,
+                session_timeout: self.kafka_session_timeout,
+            }),
+            role: match self.role {
+                Role::Api => config::Role::Api,
+                Role::Worker => config::Role::Worker,
+                Role::All | Role::Relay => config::Role::All,
+            },
             ..EngineConfig::default()
         };
+        config.delivery.lease_margin = self.lease_margin;
         config.delivery.max_in_flight_per_endpoint = self.max_in_flight_per_endpoint;
         config.delivery.request_timeout = self.request_timeout;
         config.delivery.breaker_open_for = self.breaker_open_for;
@@ -152,18 +181,52 @@ fn admin_token(args: &ServeArgs) -> anyhow::Result<String> {
     Ok(token)
 }
 
-/// Runs `herald serve` until SIGINT or SIGTERM, then drains.
-pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    if args.kafka_brokers.is_some() || args.scylla_nodes.is_some() {
+/// Refuses settings that cannot work together, saying what to change.
+fn validate(args: &ServeArgs) -> anyhow::Result<()> {
+    if args.scylla_nodes.is_some() {
         bail!(
-            "HERALD_KAFKA_BROKERS / HERALD_SCYLLA_NODES: the distributed backends are not part of this build yet; \
-             unset them to run the embedded server"
+            "HERALD_SCYLLA_NODES: the ScyllaDB store is not part of this build yet; unset it \
+             (processes on one machine share the embedded store in --data-dir)"
         );
     }
-    if args.role != Role::All {
-        bail!("--role {:?} needs the distributed mode (HERALD_KAFKA_BROKERS); the embedded server runs --role all", args.role);
+    match (args.role, &args.kafka_brokers) {
+        (Role::Relay, _) => {
+            bail!("--role relay is not part of this build yet; use all, api or worker")
+        }
+        (Role::Api | Role::Worker, None) => bail!(
+            "--role {} needs the distributed event log: set --kafka-brokers / HERALD_KAFKA_BROKERS \
+             (the embedded log serves one process, --role all)",
+            if args.role == Role::Api { "api" } else { "worker" }
+        ),
+        (_, Some(b)) if b.trim().is_empty() => {
+            bail!("--kafka-brokers is empty: give host:port[,host:port...] or unset it")
+        }
+        _ => {}
     }
-    let admin_token = admin_token(&args)?;
+    if args.kafka_partitions == 0 || args.kafka_partitions > 10_000 {
+        bail!("--kafka-partitions must be between 1 and 10000");
+    }
+    if args.kafka_topic_prefix.is_empty()
+        || args.kafka_topic_prefix.len() > 200
+        || !args
+            .kafka_topic_prefix
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+    {
+        bail!("--kafka-topic-prefix: 1 to 200 characters of a-z, A-Z, 0-9, '.', '_' and '-'");
+    }
+    Ok(())
+}
+
+/// Runs `herald serve` until SIGINT or SIGTERM, then drains.
+pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    validate(&args)?;
+    // A worker serves no API, so it needs no admin token.
+    let admin_token = if args.role == Role::Worker {
+        String::new()
+    } else {
+        admin_token(&args)?
+    };
     let engine = Engine::start(args.engine_config())
         .await
         .with_context(|| format!("starting the engine in {}", args.data_dir.display()))?;
@@ -171,13 +234,18 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
     let local = listener.local_addr()?;
-    tracing::info!(listen = %local, "herald is serving");
+    tracing::info!(listen = %local, role = ?args.role, "herald is serving");
     println!("herald listening on http://{local}");
     let state = AppState {
         engine: engine.clone(),
         admin_token: Arc::from(admin_token),
     };
-    axum::serve(listener, app(state))
+    let router = if args.role == Role::Worker {
+        worker_app(state)
+    } else {
+        app(state)
+    };
+    axum::serve(listener, router)
         .with_graceful_shutdown(shutdown_signal())
         .await
         .context("serving")?;

@@ -59,6 +59,26 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
-async fn healthz() -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") }))
+/// The router of a `--role worker` process: health only, no API.
+pub fn worker_app(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .fallback(|| async { error::ApiError::not_found("route") })
+        .with_state(state)
+}
+
+async fn healthz(
+    axum::extract::State(state): axum::extract::State<AppState>,
+) -> Json<serde_json::Value> {
+    let role = match state.engine.config().role {
+        herald_engine::config::Role::All => "all",
+        herald_engine::config::Role::Api => "api",
+        herald_engine::config::Role::Worker => "worker",
+    };
+    Json(serde_json::json!({
+        "status": "ok",
+        "version": env!("CARGO_PKG_VERSION"),
+        "role": role,
+        "in_flight": state.engine.in_flight(),
+    }))
 }

@@ -20,6 +20,76 @@ pub struct EngineConfig {
     pub dedupe_window: Duration,
     /// Delivery tuning.
     pub delivery: DeliveryConfig,
+    /// The Kafka event log; `None` runs the embedded log.
+    pub kafka: Option<KafkaConfig>,
+    /// Which tasks this process runs.
+    pub role: Role,
+}
+
+/// Which parts of the engine a process runs (DESIGN §1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Role {
+    /// Everything: the operations the API calls, fan-out and delivery.
+    #[default]
+    All,
+    /// Only the operations the API calls: emits are appended to the log,
+    /// nothing is fanned out or delivered by this process.
+    Api,
+    /// Only fan-out, the scheduler and delivery.
+    Worker,
+}
+
+impl Role {
+    /// Whether this process fans out and delivers.
+    pub fn runs_workers(self) -> bool {
+        matches!(self, Role::All | Role::Worker)
+    }
+}
+
+/// Where the Kafka event log lives and how it behaves.
+#[derive(Debug, Clone)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, `host:port,host:port`.
+    pub brokers: String,
+    /// Topic names start with this: `<prefix>.events`.
+    pub topic_prefix: String,
+    /// Partitions of the events topic when Herald creates it.
+    pub partitions: u32,
+    /// How long an append may wait for the brokers' acknowledgement before
+    /// the emit fails as unavailable (503).
+    pub append_timeout: Duration,
+    /// How long a silent consumer keeps its partitions.
+    pub session_timeout: Duration,
+}
+
+impl KafkaConfig {
+    /// Defaults for the given brokers.
+    pub fn new(brokers: impl Into<String>) -> Self {
+        Self {
+            brokers: brokers.into(),
+            topic_prefix: "herald".into(),
+            partitions: 8,
+            append_timeout: Duration::from_secs(10),
+            session_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// The events topic, `<prefix>.events`.
+    pub fn events_topic(&self) -> String {
+        format!("{}.events", self.topic_prefix)
+    }
+}
+
+impl EngineConfig {
+    /// The fan-out's consumer group: `herald-fanout`, or `<prefix>-fanout`
+    /// for another Kafka topic prefix (so deployments sharing a cluster
+    /// don't share a group).
+    pub fn fanout_group(&self) -> String {
+        match &self.kafka {
+            Some(k) => format!("{}-fanout", k.topic_prefix),
+            None => crate::fanout::GROUP.to_string(),
+        }
+    }
 }
 
 impl Default for EngineConfig {
@@ -31,6 +101,8 @@ impl Default for EngineConfig {
             log_partitions: 8,
             dedupe_window: Duration::from_secs(7 * 24 * 3600),
             delivery: DeliveryConfig::default(),
+            kafka: None,
+            role: Role::All,
         }
     }
 }
@@ -54,6 +126,8 @@ pub struct DeliveryConfig {
     pub retry_jitter: f64,
     /// Bytes of the response body kept in the delivery log.
     pub response_body_limit: usize,
+    /// Added to four request timeouts to make a claim's lease.
+    pub lease_margin: Duration,
 }
 
 impl Default for DeliveryConfig {
@@ -67,7 +141,17 @@ impl Default for DeliveryConfig {
             breaker_open_for: Duration::from_secs(30),
             retry_jitter: 0.1,
             response_body_limit: 4096,
+            lease_margin: Duration::from_secs(30),
         }
+    }
+}
+
+impl DeliveryConfig {
+    /// How long a claimed delivery stays leased: longer than the longest
+    /// attempt, including time queued for a permit. After a crash, what the
+    /// dead process had claimed falls due again when its lease ends.
+    pub fn lease(&self) -> Duration {
+        self.request_timeout * 4 + self.lease_margin
     }
 }
 

@@ -11,7 +11,7 @@ use tokio::sync::{Mutex as AsyncMutex, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    config::EngineConfig,
+    config::{EngineConfig, Role},
     delivery::{
         client::DeliveryClient,
         retry::RetryPolicy,
@@ -20,7 +20,7 @@ use crate::{
     },
     error::EngineError,
     fanout, ids,
-    log::{embedded::EmbeddedLog, EventLog},
+    log::{embedded::EmbeddedLog, kafka::KafkaLog, EventLog},
     model::{
         DomainEvent, EventSource, ScheduledDelivery, SecretEntry, SubscriptionStatus,
         WebhookDeliveryLog, WebhookSubscription,
@@ -124,7 +124,7 @@ pub struct Engine {
     store: Arc<dyn Store>,
     subscriptions: Arc<SubscriptionIndex>,
     guard: TargetGuard,
-    shards: Arc<Shards>,
+    shards: Option<Arc<Shards>>,
     wake: Arc<Notify>,
     cancel: CancellationToken,
     tasks: parking_lot::Mutex<Vec<tokio::task::JoinHandle<()>>>,
@@ -132,23 +132,38 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Opens the embedded log and store under `config.data_dir` and starts
-    /// fan-out, the scheduler and the delivery shards.
+    /// Opens the log (Kafka when `config.kafka` is set, else the embedded
+    /// log) and the store under `config.data_dir`, and starts the tasks of
+    /// `config.role`.
+    ///
+    /// Several processes (an `api` and `worker`s) may share one data dir's
+    /// store: SQLite in WAL mode lets them, and every write waits its turn.
     pub async fn start(config: EngineConfig) -> Result<Arc<Self>, EngineError> {
-        let log = EmbeddedLog::open(&config.data_dir.join("log"), config.log_partitions)?;
         let store = EmbeddedStore::open(&config.data_dir.join("store"))?;
-        // This process is the schedule's only user: what a crashed run had claimed is due now.
-        let released = store.release_leases(now_ms()).await?;
-        if released > 0 {
-            tracing::info!(
-                released,
-                "deliveries claimed before a restart are due again"
-            );
+        let log: Arc<dyn EventLog> = match &config.kafka {
+            Some(k) => Arc::new(KafkaLog::connect(k.clone()).await?),
+            None => Arc::new(EmbeddedLog::open(
+                &config.data_dir.join("log"),
+                config.log_partitions,
+            )?),
+        };
+        // Only the embedded single process owns the schedule outright: then what
+        // a crashed run had claimed is due now. With Kafka other workers may hold
+        // live leases on the same schedule, so claims are left to expire.
+        if config.kafka.is_none() && config.role == Role::All {
+            let released = store.release_leases(now_ms()).await?;
+            if released > 0 {
+                tracing::info!(
+                    released,
+                    "deliveries claimed before a restart are due again"
+                );
+            }
         }
-        Self::start_with(config, Arc::new(log), Arc::new(store)).await
+        Self::start_with(config, log, Arc::new(store)).await
     }
 
-    /// Starts the engine on the given log and store backends.
+    /// Starts the engine on the given log and store backends, with the tasks
+    /// `config.role` asks for.
     pub async fn start_with(
         config: EngineConfig,
         log: Arc<dyn EventLog>,
@@ -156,44 +171,63 @@ impl Engine {
     ) -> Result<Arc<Self>, EngineError> {
         let subscriptions = Arc::new(SubscriptionIndex::new(store.all_subscriptions().await?));
         let guard = TargetGuard::new(config.allow_targets.clone());
-        let d = &config.delivery;
-        let client = DeliveryClient::new(
-            guard.clone(),
-            d.connect_timeout,
-            d.request_timeout,
-            d.response_body_limit,
-        );
-        let ctx = Arc::new(WorkerContext {
-            store: store.clone(),
-            subscriptions: subscriptions.clone(),
-            client,
-            retry: RetryPolicy::new(config.retry_schedule.clone(), d.retry_jitter),
-            config: d.clone(),
-            in_flight: Default::default(),
-        });
         let cancel = CancellationToken::new();
-        let (shards, mut tasks) = Shards::start(ctx, cancel.clone());
-        let shards = Arc::new(shards);
         let wake = Arc::new(Notify::new());
-        // A lease outlives the longest attempt, including time queued for a permit.
-        let lease = d.request_timeout * 4 + Duration::from_secs(30);
-        tasks.push(tokio::spawn(fanout::run(
-            log.clone(),
-            store.clone(),
-            subscriptions.clone(),
-            config.dedupe_window,
-            wake.clone(),
-            cancel.clone(),
-        )));
-        tasks.push(tokio::spawn(scheduler::run(
-            store.clone(),
-            shards.clone(),
-            wake.clone(),
-            lease,
-            cancel.clone(),
-        )));
+        let mut tasks = Vec::new();
+        let shards = if config.role.runs_workers() {
+            let d = &config.delivery;
+            let client = DeliveryClient::new(
+                guard.clone(),
+                d.connect_timeout,
+                d.request_timeout,
+                d.response_body_limit,
+            );
+            let ctx = Arc::new(WorkerContext {
+                store: store.clone(),
+                subscriptions: subscriptions.clone(),
+                client,
+                retry: RetryPolicy::new(config.retry_schedule.clone(), d.retry_jitter),
+                config: d.clone(),
+                in_flight: Default::default(),
+            });
+            let (shards, shard_tasks) = Shards::start(ctx, cancel.clone());
+            tasks.extend(shard_tasks);
+            let shards = Arc::new(shards);
+            tasks.push(tokio::spawn(fanout::run(
+                log.clone(),
+                store.clone(),
+                subscriptions.clone(),
+                fanout::Settings {
+                    group: config.fanout_group(),
+                    dedupe_window: config.dedupe_window,
+                    follow_store: config.kafka.is_some(),
+                },
+                wake.clone(),
+                cancel.clone(),
+            )));
+            tasks.push(tokio::spawn(scheduler::run(
+                store.clone(),
+                shards.clone(),
+                wake.clone(),
+                d.lease(),
+                cancel.clone(),
+            )));
+            if config.kafka.is_some() {
+                // API processes change subscriptions in the shared store.
+                tasks.push(tokio::spawn(follow_subscriptions(
+                    store.clone(),
+                    subscriptions.clone(),
+                    cancel.clone(),
+                )));
+            }
+            Some(shards)
+        } else {
+            None
+        };
         tracing::info!(
             data_dir = %config.data_dir.display(),
+            role = ?config.role,
+            log = if config.kafka.is_some() { "kafka" } else { "embedded" },
             partitions = log.partitions(),
             subscriptions = subscriptions.len(),
             "engine started"
@@ -239,7 +273,7 @@ impl Engine {
 
     /// Deliveries currently being attempted.
     pub fn in_flight(&self) -> usize {
-        self.shards.in_flight()
+        self.shards.as_ref().map_or(0, |s| s.in_flight())
     }
 
     // ---- tenants ----
@@ -625,6 +659,27 @@ impl Engine {
             }
         }
         Ok(())
+    }
+}
+
+/// How often a worker sharing the store with API processes checks for
+/// changed subscriptions between batches (a rotated secret reaches its
+/// deliveries within this; fan-out checks before every batch anyway).
+const SUBSCRIPTION_REFRESH: Duration = Duration::from_secs(1);
+
+/// Keeps `index` equal to the store's subscriptions until `cancel`.
+async fn follow_subscriptions(
+    store: Arc<dyn Store>,
+    index: Arc<SubscriptionIndex>,
+    cancel: CancellationToken,
+) {
+    let mut follower = fanout::SubscriptionFollower::default();
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(SUBSCRIPTION_REFRESH) => {}
+            () = cancel.cancelled() => return,
+        }
+        follower.refresh(store.as_ref(), &index).await;
     }
 }
 

@@ -5,4 +5,6 @@ mod bad_input;
 mod breaker;
 mod crash;
 mod flow;
+mod kafka;
+mod kafka_broker;
 mod support;
