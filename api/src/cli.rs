@@ -87,6 +87,13 @@ pub struct ServeArgs {
     /// How long a silent worker keeps its Kafka partitions before the group moves them.
     #[arg(long, env = "HERALD_KAFKA_SESSION_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub kafka_session_timeout: std::time::Duration,
+    /// The Debezium outbox topic the CDC relay consumes [default: `<prefix>.cdc.outbox`].
+    #[arg(long, env = "HERALD_CDC_TOPIC")]
+    pub cdc_topic: Option<String>,
+    /// This relay's stable instance name (its Kafka transactional id is
+    /// `<prefix>-relay-<id>`); every relay running at once needs its own.
+    #[arg(long, env = "HERALD_RELAY_ID", default_value = "0")]
+    pub relay_id: String,
     /// ScyllaDB/Cassandra contact points: use CQL as the store.
     #[arg(long, env = "HERALD_SCYLLA_NODES")]
     pub scylla_nodes: Option<String>,
@@ -121,11 +128,14 @@ impl ServeArgs {
                 partitions: self.kafka_partitions,
                 append_timeout: self.kafka_append_timeout,
                 session_timeout: self.kafka_session_timeout,
+                cdc_topic: self.cdc_topic.clone(),
+                relay_id: self.relay_id.clone(),
             }),
             role: match self.role {
                 Role::Api => config::Role::Api,
                 Role::Worker => config::Role::Worker,
-                Role::All | Role::Relay => config::Role::All,
+                Role::Relay => config::Role::Relay,
+                Role::All => config::Role::All,
             },
             ..EngineConfig::default()
         };
@@ -190,18 +200,28 @@ fn validate(args: &ServeArgs) -> anyhow::Result<()> {
         );
     }
     match (args.role, &args.kafka_brokers) {
-        (Role::Relay, _) => {
-            bail!("--role relay is not part of this build yet; use all, api or worker")
-        }
-        (Role::Api | Role::Worker, None) => bail!(
+        (Role::Api | Role::Worker | Role::Relay, None) => bail!(
             "--role {} needs the distributed event log: set --kafka-brokers / HERALD_KAFKA_BROKERS \
              (the embedded log serves one process, --role all)",
-            if args.role == Role::Api { "api" } else { "worker" }
+            match args.role {
+                Role::Api => "api",
+                Role::Worker => "worker",
+                _ => "relay",
+            }
         ),
         (_, Some(b)) if b.trim().is_empty() => {
             bail!("--kafka-brokers is empty: give host:port[,host:port...] or unset it")
         }
         _ => {}
+    }
+    if args.relay_id.is_empty()
+        || args.relay_id.len() > 100
+        || !args
+            .relay_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+    {
+        bail!("--relay-id: 1 to 100 characters of a-z, A-Z, 0-9, '.', '_' and '-'");
     }
     if args.kafka_partitions == 0 || args.kafka_partitions > 10_000 {
         bail!("--kafka-partitions must be between 1 and 10000");
@@ -221,8 +241,8 @@ fn validate(args: &ServeArgs) -> anyhow::Result<()> {
 /// Runs `herald serve` until SIGINT or SIGTERM, then drains.
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     validate(&args)?;
-    // A worker serves no API, so it needs no admin token.
-    let admin_token = if args.role == Role::Worker {
+    // Workers and relays serve no API, so they need no admin token.
+    let admin_token = if matches!(args.role, Role::Worker | Role::Relay) {
         String::new()
     } else {
         admin_token(&args)?
@@ -240,7 +260,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         engine: engine.clone(),
         admin_token: Arc::from(admin_token),
     };
-    let router = if args.role == Role::Worker {
+    let router = if matches!(args.role, Role::Worker | Role::Relay) {
         worker_app(state)
     } else {
         app(state)

@@ -74,11 +74,23 @@ async fn healthz(
         herald_engine::config::Role::All => "all",
         herald_engine::config::Role::Api => "api",
         herald_engine::config::Role::Worker => "worker",
+        herald_engine::config::Role::Relay => "relay",
     };
-    Json(serde_json::json!({
+    let mut body = serde_json::json!({
         "status": "ok",
         "version": env!("CARGO_PKG_VERSION"),
         "role": role,
         "in_flight": state.engine.in_flight(),
-    }))
+    });
+    if let Some(r) = state.engine.relay_stats() {
+        use std::sync::atomic::Ordering::Relaxed;
+        body["relay"] = serde_json::json!({
+            "relayed": r.relayed.load(Relaxed),
+            "skipped": r.skipped.load(Relaxed),
+            "dead_lettered": r.dead_lettered.load(Relaxed),
+            "transactions": r.transactions.load(Relaxed),
+            "aborted": r.aborted.load(Relaxed),
+        });
+    }
+    Json(body)
 }

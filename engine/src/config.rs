@@ -37,12 +37,19 @@ pub enum Role {
     Api,
     /// Only fan-out, the scheduler and delivery.
     Worker,
+    /// Only the CDC relay (needs Kafka): outbox topic in, event log out.
+    Relay,
 }
 
 impl Role {
     /// Whether this process fans out and delivers.
     pub fn runs_workers(self) -> bool {
         matches!(self, Role::All | Role::Worker)
+    }
+
+    /// Whether this process runs the CDC relay (when Kafka is configured).
+    pub fn runs_relay(self) -> bool {
+        matches!(self, Role::All | Role::Relay)
     }
 }
 
@@ -60,6 +67,12 @@ pub struct KafkaConfig {
     pub append_timeout: Duration,
     /// How long a silent consumer keeps its partitions.
     pub session_timeout: Duration,
+    /// The CDC topic the relay consumes [default: `<prefix>.cdc.outbox`].
+    pub cdc_topic: Option<String>,
+    /// This relay instance's stable name: its Kafka `transactional.id` is
+    /// `<prefix>-relay-<relay_id>`, so a restarted relay fences its crashed
+    /// predecessor at once. Each concurrently running relay needs its own.
+    pub relay_id: String,
 }
 
 impl KafkaConfig {
@@ -71,12 +84,26 @@ impl KafkaConfig {
             partitions: 8,
             append_timeout: Duration::from_secs(10),
             session_timeout: Duration::from_secs(10),
+            cdc_topic: None,
+            relay_id: "0".into(),
         }
     }
 
     /// The events topic, `<prefix>.events`.
     pub fn events_topic(&self) -> String {
         format!("{}.events", self.topic_prefix)
+    }
+
+    /// The CDC topic Debezium writes the outbox to.
+    pub fn cdc_topic(&self) -> String {
+        self.cdc_topic
+            .clone()
+            .unwrap_or_else(|| format!("{}.cdc.outbox", self.topic_prefix))
+    }
+
+    /// Where the relay puts CDC records it cannot use, `<prefix>.cdc.dead-letter`.
+    pub fn dead_letter_topic(&self) -> String {
+        format!("{}.cdc.dead-letter", self.topic_prefix)
     }
 }
 

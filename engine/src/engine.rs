@@ -127,6 +127,7 @@ pub struct Engine {
     shards: Option<Arc<Shards>>,
     wake: Arc<Notify>,
     cancel: CancellationToken,
+    relay: Option<Arc<crate::relay::RelayStats>>,
     tasks: parking_lot::Mutex<Vec<tokio::task::JoinHandle<()>>>,
     emit_locks: Vec<AsyncMutex<()>>,
 }
@@ -224,6 +225,21 @@ impl Engine {
         } else {
             None
         };
+        let relay = match &config.kafka {
+            Some(kafka) if config.role.runs_relay() => {
+                let stats = Arc::new(crate::relay::RelayStats::default());
+                tasks.push(tokio::spawn(crate::relay::run(
+                    crate::relay::RelaySettings {
+                        kafka: kafka.clone(),
+                        partitions: log.partitions(),
+                    },
+                    stats.clone(),
+                    cancel.clone(),
+                )));
+                Some(stats)
+            }
+            _ => None,
+        };
         tracing::info!(
             data_dir = %config.data_dir.display(),
             role = ?config.role,
@@ -241,6 +257,7 @@ impl Engine {
             shards,
             wake,
             cancel,
+            relay,
             tasks: parking_lot::Mutex::new(tasks),
             emit_locks: (0..64).map(|_| AsyncMutex::new(())).collect(),
         }))
@@ -254,6 +271,11 @@ impl Engine {
         for t in tasks {
             let _ = t.await;
         }
+    }
+
+    /// The CDC relay's counters, when this process runs the relay.
+    pub fn relay_stats(&self) -> Option<&crate::relay::RelayStats> {
+        self.relay.as_deref()
     }
 
     /// The configuration it runs with.
@@ -688,7 +710,7 @@ pub fn hash_key(key: &str) -> [u8; 32] {
     Sha256::digest(key.as_bytes()).into()
 }
 
-fn validate_tenant_id(id: &str) -> Result<(), EngineError> {
+pub(crate) fn validate_tenant_id(id: &str) -> Result<(), EngineError> {
     let ok = (1..=64).contains(&id.len())
         && id
             .bytes()

@@ -1,6 +1,6 @@
 //! Herald's delivery engine.
 //!
-//! Events enter through [`Engine::emit`] (or, later, the CDC relay), are made
+//! Events enter through [`Engine::emit`] (or the CDC relay, [`relay`]), are made
 //! durable in the event log ([`log::EventLog`]) before they are acknowledged,
 //! are fanned out to matching subscriptions by [`fanout`], and are delivered,
 //! signed ([`signing`]), by endpoint-sharded workers ([`delivery`]). Every
@@ -19,6 +19,7 @@ pub mod fanout;
 pub mod ids;
 pub mod log;
 pub mod model;
+pub mod relay;
 pub mod signing;
 pub mod ssrf;
 pub mod store;
