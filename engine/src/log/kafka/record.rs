@@ -172,6 +172,44 @@ mod tests {
         assert!(decode(b"{\"id\":1}").is_err());
     }
 
+    /// The published schema names exactly the fields this code writes, and
+    /// requires exactly those always written.
+    #[test]
+    fn published_schema_matches_the_record() {
+        let schema: serde_json::Value =
+            serde_json::from_str(include_str!("../../../../schemas/herald.events.v1.json"))
+                .unwrap();
+        let mut full = event();
+        full.aggregate_type = Some("work_order".into());
+        full.aggregate_id = Some("wo-1".into());
+        let written: serde_json::Value = serde_json::from_slice(&encode(&full)).unwrap();
+        let mut written: Vec<&String> = written.as_object().unwrap().keys().collect();
+        let mut declared: Vec<&String> = schema["properties"].as_object().unwrap().keys().collect();
+        written.sort();
+        declared.sort();
+        assert_eq!(written, declared);
+        let mut minimal = event();
+        minimal.dedupe_key = None;
+        minimal.trace_id = None;
+        let always: serde_json::Value = serde_json::from_slice(&encode(&minimal)).unwrap();
+        let mut always: Vec<&str> = always
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        let mut required: Vec<&str> = schema["required"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        always.sort();
+        required.sort();
+        assert_eq!(always, required);
+        assert_eq!(schema["additionalProperties"], false);
+    }
+
     #[test]
     fn headers_carry_id_type_version_and_dedupe_key() {
         let mut e = event();
