@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod breaker;
+mod cdc;
 mod crash;
 mod flow;
 mod kafka;
