@@ -260,7 +260,7 @@ fn read_committed(
             "group.id",
             format!("herald-test-reader-{}", uuid::Uuid::new_v4().simple()),
         )
-        .set("isolation.level", "read_committed")
+        .set("isolation.level", isolation)
         .set("enable.auto.commit", "false")
         .create()
         .unwrap();
@@ -684,10 +684,20 @@ async fn cdc_relay_kill9_while_streaming_neither_loses_nor_duplicates() {
             .or_default() += 1;
     }
     let duplicates: usize = per_id.values().map(|n| n - 1).sum();
+    // Records of the transactions the kills cut short are in the log, aborted.
+    let topic = format!("{prefix}.events");
+    let uncommitted = tokio::task::spawn_blocking(move || {
+        read_topic(&topic, "read_uncommitted", ROWS, Duration::from_secs(2)).len()
+    })
+    .await
+    .unwrap();
     println!(
-        "cdc kill -9: {ROWS} rows, {} events in the topic, {} distinct, {duplicates} duplicates",
+        "cdc kill -9: {ROWS} rows, {} committed events in the topic, {} distinct, {duplicates} duplicates; \
+         {} records read_uncommitted (aborted by the kills: {})",
         records.len(),
-        per_id.len()
+        per_id.len(),
+        uncommitted,
+        uncommitted.saturating_sub(records.len())
     );
     assert_eq!(per_id.len(), ROWS, "every row is in the events topic");
     assert_eq!(duplicates, 0, "no row is in the events topic twice");
