@@ -247,13 +247,15 @@ async fn wait_delivered(receiver: &Receiver, id: &str) {
     .await;
 }
 
+type Rec = (Option<Vec<u8>>, HashMap<String, String>);
+
 /// Every committed record of `topic` (read_committed), read until `quiet`
 /// passes with nothing new once at least `min` records are in.
-fn read_committed(
-    topic: &str,
-    min: usize,
-    quiet: Duration,
-) -> Vec<(Option<Vec<u8>>, HashMap<String, String>)> {
+fn read_committed(topic: &str, min: usize, quiet: Duration) -> Vec<Rec> {
+    read_topic(topic, "read_committed", min, quiet)
+}
+
+fn read_topic(topic: &str, isolation: &str, min: usize, quiet: Duration) -> Vec<Rec> {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", BROKERS)
         .set(

@@ -149,7 +149,8 @@ mod tests {
     #[test]
     fn refuses_what_a_rest_emit_refuses() {
         let now = OffsetDateTime::now_utc();
-        let cases: Vec<(&str, Box<dyn Fn(&mut OutboxRow)>)> = vec![
+        type Change = Box<dyn Fn(&mut OutboxRow)>;
+        let cases: Vec<(&str, Change)> = vec![
             ("tenant_id", Box::new(|r| r.tenant_id = "Acme Corp".into())),
             ("tenant_id", Box::new(|r| r.tenant_id = String::new())),
             ("type", Box::new(|r| r.event_type = "work_order.*".into())),
