@@ -271,6 +271,8 @@ impl Session {
                 Some(Err(e)) => {
                     tracing::debug!(error = %e, "CDC consumer");
                     if batch.is_empty() {
+                        // Don't spin on an error that repeats at once.
+                        std::thread::sleep(Duration::from_millis(100));
                         break;
                     }
                 }
