@@ -80,6 +80,7 @@ impl Outbox {
     /// `router`: the shipped configuration (Outbox Event Router); otherwise
     /// the plain change envelope as JSON with schemas.
     async fn start(prefix: &str, router: bool) -> Self {
+        precreate_events_topic(prefix).await;
         let db = format!(
             "herald_cdc_{}",
             &uuid::Uuid::new_v4().simple().to_string()[..12]
@@ -206,6 +207,49 @@ impl Outbox {
     }
 }
 
+/// Creates `<prefix>.events` (6 partitions, as `Proc` asks) before Herald
+/// starts, so a start never races the broker's metadata of a topic it has just
+/// created (`KafkaLog::connect` reads the partition count right after).
+async fn precreate_events_topic(prefix: &str) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", BROKERS)
+        .create()
+        .unwrap();
+    let topic = format!("{prefix}.events");
+    let new = NewTopic::new(&topic, 6, TopicReplication::Fixed(-1));
+    let r = admin
+        .create_topics(
+            [&new],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
+        .await
+        .unwrap();
+    assert!(r[0].is_ok(), "creating {topic}: {r:?}");
+    eventually(
+        "the events topic's partitions in the metadata",
+        Duration::from_secs(30),
+        || {
+            let topic = topic.clone();
+            async move {
+                tokio::task::spawn_blocking(move || {
+                    let c: BaseConsumer = ClientConfig::new()
+                        .set("bootstrap.servers", BROKERS)
+                        .create()
+                        .ok()?;
+                    let md = c
+                        .fetch_metadata(Some(&topic), Duration::from_secs(5))
+                        .ok()?;
+                    (md.topics().first()?.partitions().len() == 6).then_some(())
+                })
+                .await
+                .unwrap()
+            }
+        },
+    )
+    .await;
+}
+
 /// An INSERT of one outbox row.
 fn outbox_row(
     id: uuid::Uuid,
@@ -298,7 +342,8 @@ fn read_topic(topic: &str, isolation: &str, min: usize, quiet: Duration) -> Vec<
                 out.push((m.payload().map(<[u8]>::to_vec), headers));
                 last = std::time::Instant::now();
             }
-            Some(Err(e)) => panic!("reading {topic}: {e}"),
+            // librdkafka reconnects by itself (a broker restart, a dropped connection).
+            Some(Err(e)) => eprintln!("reading {topic}: {e} (retrying)"),
             None if out.len() >= min && last.elapsed() >= quiet => break,
             None => {}
         }
