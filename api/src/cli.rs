@@ -94,6 +94,9 @@ pub struct ServeArgs {
     /// `<prefix>-relay-<id>`); every relay running at once needs its own.
     #[arg(long, env = "HERALD_RELAY_ID", default_value = "0")]
     pub relay_id: String,
+    /// Crash testing only: hold each relay transaction open this long before committing.
+    #[arg(long, env = "HERALD_RELAY_COMMIT_DELAY", default_value = "0s", value_parser = humantime::parse_duration, hide = true)]
+    pub relay_commit_delay: std::time::Duration,
     /// ScyllaDB/Cassandra contact points: use CQL as the store.
     #[arg(long, env = "HERALD_SCYLLA_NODES")]
     pub scylla_nodes: Option<String>,
@@ -130,6 +133,7 @@ impl ServeArgs {
                 session_timeout: self.kafka_session_timeout,
                 cdc_topic: self.cdc_topic.clone(),
                 relay_id: self.relay_id.clone(),
+                relay_commit_delay: self.relay_commit_delay,
             }),
             role: match self.role {
                 Role::Api => config::Role::Api,

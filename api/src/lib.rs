@@ -90,6 +90,7 @@ async fn healthz(
             "dead_lettered": r.dead_lettered.load(Relaxed),
             "transactions": r.transactions.load(Relaxed),
             "aborted": r.aborted.load(Relaxed),
+            "in_transaction": r.in_transaction.load(Relaxed),
         });
     }
     Json(body)

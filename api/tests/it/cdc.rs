@@ -675,7 +675,10 @@ async fn cdc_relay_kill9_while_streaming_neither_loses_nor_duplicates() {
     for t in tenants {
         secrets.push(tenant(&api.base, t, &receiver).await.1);
     }
-    let mut relay = Proc::start("relay", &dir, &prefix, &[]).await;
+    // Each relay transaction stays open 300 ms, its records produced, so a
+    // kill lands inside one.
+    let relay_args = ["--relay-commit-delay", "300ms"];
+    let mut relay = Proc::start("relay", &dir, &prefix, &relay_args).await;
     assert_eq!(health(&relay.base).await["role"], "relay");
 
     // The application inserts rows in transactions of PER_TXN, all along.
@@ -698,16 +701,23 @@ async fn cdc_relay_kill9_while_streaming_neither_loses_nor_duplicates() {
             done.store(true, Ordering::SeqCst);
         })
     };
-    // Kill the relay mid-stream, twice.
+    // Kill the relay mid-stream, inside an open transaction, twice.
     for at in [2_000u64, 5_000] {
         let base = relay.base.clone();
-        eventually(&format!("the relay past {at} rows"), Duration::from_secs(120), || {
-            let base = base.clone();
-            async move { (health(&base).await["relay"]["relayed"].as_u64()? >= at).then_some(()) }
-        })
+        eventually(
+            &format!("the relay past {at} rows, in a transaction"),
+            Duration::from_secs(120),
+            || {
+                let base = base.clone();
+                async move {
+                    let r = &health(&base).await["relay"];
+                    (r["relayed"].as_u64()? >= at && r["in_transaction"] == true).then_some(())
+                }
+            },
+        )
         .await;
         relay.kill9().await;
-        relay = Proc::start("relay", &dir, &prefix, &[]).await;
+        relay = Proc::start("relay", &dir, &prefix, &relay_args).await;
     }
     writer.await.unwrap();
     assert!(done.load(Ordering::SeqCst));
@@ -747,6 +757,10 @@ async fn cdc_relay_kill9_while_streaming_neither_loses_nor_duplicates() {
         uncommitted.saturating_sub(records.len())
     );
     assert_eq!(per_id.len(), ROWS, "every row is in the events topic");
+    assert!(
+        uncommitted > records.len(),
+        "the kills interrupted transactions whose records reached the log (then aborted)"
+    );
     assert_eq!(duplicates, 0, "no row is in the events topic twice");
 
     // And every one is delivered, signed.

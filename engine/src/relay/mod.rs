@@ -40,7 +40,7 @@ pub mod parse;
 
 use std::{
     sync::{
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         Arc,
     },
     time::{Duration, Instant},
@@ -80,6 +80,8 @@ pub struct RelayStats {
     pub transactions: AtomicU64,
     /// Transactions aborted (each one followed by a restart of the clients).
     pub aborted: AtomicU64,
+    /// Whether a transaction is open right now (begun, not yet committed).
+    pub in_transaction: AtomicBool,
 }
 
 /// Where the relay reads and writes.
@@ -242,10 +244,12 @@ impl Session {
             if batch.is_empty() {
                 continue;
             }
-            if let Err(e) = self.relay(&batch) {
+            let outcome = self.relay(&batch);
+            if outcome.is_err() {
                 let _ = self.producer.abort_transaction(TXN_TIMEOUT);
-                return Err(e);
             }
+            self.stats.in_transaction.store(false, Ordering::SeqCst);
+            outcome?;
         }
         Ok(())
     }
@@ -286,6 +290,7 @@ impl Session {
         self.producer
             .begin_transaction()
             .map_err(|e| format!("beginning a transaction: {e}"))?;
+        self.stats.in_transaction.store(true, Ordering::SeqCst);
         let now = OffsetDateTime::now_utc();
         let (mut relayed, mut skipped, mut dead) = (0u64, 0u64, 0u64);
         let mut offsets = TopicPartitionList::new();
@@ -367,6 +372,11 @@ impl Session {
         self.producer
             .send_offsets_to_transaction(&offsets, &group, TXN_TIMEOUT)
             .map_err(|e| format!("adding the offsets to the transaction: {e}"))?;
+        if !self.settings.kafka.relay_commit_delay.is_zero() {
+            // Crash tests: let the records reach the broker, uncommitted.
+            let _ = self.producer.flush(TXN_TIMEOUT);
+            std::thread::sleep(self.settings.kafka.relay_commit_delay);
+        }
         self.producer
             .commit_transaction(TXN_TIMEOUT)
             .map_err(|e| format!("committing the transaction: {e}"))?;
