@@ -212,15 +212,29 @@ pub async fn all_delivered(
     secrets: &[String],
     limit: Duration,
 ) -> (usize, usize) {
-    eventually("every acknowledged event delivered", limit, || async {
+    // Progress-aware wait: slow machines get time as long as deliveries keep
+    // arriving; a stall of `limit` with events missing fails, naming how many.
+    let mut last = (0, tokio::time::Instant::now());
+    loop {
         let got: HashSet<String> = receiver
             .received()
             .iter()
             .map(|r| r.header("webhook-id").to_string())
             .collect();
-        acked.is_subset(&got).then_some(())
-    })
-    .await;
+        let missing = acked.difference(&got).count();
+        if missing == 0 {
+            break;
+        }
+        if got.len() > last.0 {
+            last = (got.len(), tokio::time::Instant::now());
+        } else if last.1.elapsed() > limit {
+            panic!(
+                "{missing} of {} acknowledged events not delivered after {limit:?} without progress",
+                acked.len()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let hooks: Vec<Webhook> = secrets.iter().map(|s| Webhook::new(s).unwrap()).collect();
     let mut per_event: HashMap<String, usize> = HashMap::new();
     for r in receiver.received() {
@@ -278,11 +292,11 @@ async fn kafka_end_to_end_api_and_two_workers() {
     }
     let acked = Arc::new(Mutex::new(HashSet::new()));
     let refused = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    emit_many(api.base.clone(), keys, 600, acked.clone(), refused.clone()).await;
+    emit_many(api.base.clone(), keys, 400, acked.clone(), refused.clone()).await;
     let acked = acked.lock().await.clone();
     assert_eq!(
         acked.len(),
-        600,
+        400,
         "every emit acknowledged with a healthy broker"
     );
 
@@ -345,7 +359,7 @@ async fn kafka_kill_9_one_of_two_workers_loses_nothing() {
     let emitting = tokio::spawn(emit_many(
         api.base.clone(),
         keys,
-        1500,
+        1000,
         acked.clone(),
         refused.clone(),
     ));
@@ -356,7 +370,7 @@ async fn kafka_kill_9_one_of_two_workers_loses_nothing() {
     w1.kill9().await;
     emitting.await.unwrap();
     let acked = acked.lock().await.clone();
-    assert_eq!(acked.len(), 1500, "the API kept acknowledging");
+    assert_eq!(acked.len(), 1000, "the API kept acknowledging");
     let (delivered, duplicates) =
         all_delivered(&receiver, &acked, &secrets, Duration::from_secs(120)).await;
     println!(
