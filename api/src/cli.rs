@@ -287,3 +287,64 @@ async fn shutdown_signal() {
         _ = term.recv() => {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> ServeArgs {
+        let mut argv = vec!["herald", "serve"];
+        argv.extend_from_slice(extra);
+        match Cli::try_parse_from(argv).unwrap().command {
+            Command::Serve(a) => a,
+        }
+    }
+
+    #[test]
+    fn relay_role_needs_kafka_and_a_clean_relay_id() {
+        let err = validate(&args(&["--role", "relay"]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--role relay needs the distributed event log"),
+            "{err}"
+        );
+        let ok = args(&[
+            "--role",
+            "relay",
+            "--kafka-brokers",
+            "127.0.0.1:9092",
+            "--relay-id",
+            "r-1",
+        ]);
+        validate(&ok).unwrap();
+        let config = ok.engine_config();
+        assert_eq!(config.role, config::Role::Relay);
+        let kafka = config.kafka.unwrap();
+        assert_eq!(kafka.cdc_topic(), "herald.cdc.outbox");
+        assert_eq!(kafka.dead_letter_topic(), "herald.cdc.dead-letter");
+        assert_eq!(kafka.relay_id, "r-1");
+        let custom = args(&[
+            "--kafka-brokers",
+            "k:9092",
+            "--cdc-topic",
+            "app.public.herald_outbox",
+        ]);
+        assert_eq!(
+            custom.engine_config().kafka.unwrap().cdc_topic(),
+            "app.public.herald_outbox"
+        );
+        let bad = args(&[
+            "--role",
+            "relay",
+            "--kafka-brokers",
+            "k:9092",
+            "--relay-id",
+            "a b",
+        ]);
+        assert!(validate(&bad)
+            .unwrap_err()
+            .to_string()
+            .contains("--relay-id"));
+    }
+}
