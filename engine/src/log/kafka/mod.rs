@@ -96,25 +96,34 @@ impl KafkaLog {
                 .create()
                 .map_err(|e| unavailable("creating the Kafka lookup client", e))?,
         );
+        // A topic just created (or a broker just restarted) may not show its
+        // partitions in the metadata yet: ask again until it does.
         let partitions = {
             let (lookups, topic) = (lookups.clone(), topic.clone());
             blocking(move || {
-                let md = lookups
-                    .fetch_metadata(Some(&topic), LOOKUP_TIMEOUT)
-                    .map_err(|e| unavailable("reading the events topic's metadata", e))?;
-                Ok(md
-                    .topics()
-                    .iter()
-                    .find(|t| t.name() == topic)
-                    .map_or(0, |t| t.partitions().len() as u32))
+                let deadline = std::time::Instant::now() + LOOKUP_TIMEOUT;
+                loop {
+                    let md = lookups
+                        .fetch_metadata(Some(&topic), LOOKUP_TIMEOUT)
+                        .map_err(|e| unavailable("reading the events topic's metadata", e))?;
+                    let n = md
+                        .topics()
+                        .iter()
+                        .find(|t| t.name() == topic)
+                        .map_or(0, |t| t.partitions().len() as u32);
+                    if n > 0 {
+                        return Ok(n);
+                    }
+                    if std::time::Instant::now() > deadline {
+                        return Err(LogError::Unavailable(format!(
+                            "topic {topic} has no partitions after {LOOKUP_TIMEOUT:?}"
+                        )));
+                    }
+                    std::thread::sleep(Duration::from_millis(200));
+                }
             })
             .await?
         };
-        if partitions == 0 {
-            return Err(LogError::Unavailable(format!(
-                "topic {topic} has no partitions yet"
-            )));
-        }
         if partitions != config.partitions {
             tracing::warn!(
                 topic,
