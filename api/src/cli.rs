@@ -6,13 +6,13 @@ use std::{net::SocketAddr, path::PathBuf};
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand, ValueEnum};
 use herald_engine::{
-    config::{EngineConfig, RetrySchedule, ScyllaConfig},
+    config::{self, EngineConfig, KafkaConfig, RetrySchedule, ScyllaConfig},
     Engine,
 };
 use ipnet::IpNet;
 use tokio::net::TcpListener;
 
-use crate::{app, AppState};
+use crate::{app, worker_app, AppState};
 
 /// Herald: webhook and domain-event delivery with guarantees.
 #[derive(Debug, Parser)]
@@ -72,9 +72,31 @@ pub struct ServeArgs {
     /// Which parts to run.
     #[arg(long, env = "HERALD_ROLE", value_enum, default_value = "all")]
     pub role: Role,
-    /// Kafka bootstrap servers: use Kafka as the event log.
+    /// Kafka bootstrap servers (host:port,...): use Kafka as the event log.
     #[arg(long, env = "HERALD_KAFKA_BROKERS")]
     pub kafka_brokers: Option<String>,
+    /// Kafka topic names start with this (`<prefix>.events`).
+    #[arg(long, env = "HERALD_KAFKA_TOPIC_PREFIX", default_value = "herald")]
+    pub kafka_topic_prefix: String,
+    /// Partitions of the events topic when Herald creates it.
+    #[arg(long, env = "HERALD_KAFKA_PARTITIONS", default_value_t = 8)]
+    pub kafka_partitions: u32,
+    /// How long an emit waits for Kafka's acknowledgement before answering 503.
+    #[arg(long, env = "HERALD_KAFKA_APPEND_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub kafka_append_timeout: std::time::Duration,
+    /// How long a silent worker keeps its Kafka partitions before the group moves them.
+    #[arg(long, env = "HERALD_KAFKA_SESSION_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub kafka_session_timeout: std::time::Duration,
+    /// The Debezium outbox topic the CDC relay consumes [default: `<prefix>.cdc.outbox`].
+    #[arg(long, env = "HERALD_CDC_TOPIC")]
+    pub cdc_topic: Option<String>,
+    /// This relay's stable instance name (its Kafka transactional id is
+    /// `<prefix>-relay-<id>`); every relay running at once needs its own.
+    #[arg(long, env = "HERALD_RELAY_ID", default_value = "0")]
+    pub relay_id: String,
+    /// Crash testing only: hold each relay transaction open this long before committing.
+    #[arg(long, env = "HERALD_RELAY_COMMIT_DELAY", default_value = "0s", value_parser = humantime::parse_duration, hide = true)]
+    pub relay_commit_delay: std::time::Duration,
     /// ScyllaDB/Cassandra contact points (`host:port,...`): keep the store in CQL.
     #[arg(long, env = "HERALD_SCYLLA_NODES")]
     pub scylla_nodes: Option<String>,
@@ -118,6 +140,10 @@ pub struct ServeArgs {
     /// How long an open circuit waits before probing the endpoint again.
     #[arg(long, env = "HERALD_BREAKER_OPEN_FOR", default_value = "30s", value_parser = humantime::parse_duration)]
     pub breaker_open_for: std::time::Duration,
+    /// Extra lease time of a claimed delivery beyond four request timeouts;
+    /// after a worker dies, its claimed deliveries are due again after the lease.
+    #[arg(long, env = "HERALD_LEASE_MARGIN", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub lease_margin: std::time::Duration,
 }
 
 impl ServeArgs {
@@ -127,8 +153,25 @@ impl ServeArgs {
             allow_targets: self.allow_targets.clone(),
             retry_schedule: self.retry_schedule.clone(),
             log_partitions: self.log_partitions,
+            kafka: self.kafka_brokers.as_ref().map(|brokers| KafkaConfig {
+                brokers: brokers.clone(),
+                topic_prefix: self.kafka_topic_prefix.clone(),
+                partitions: self.kafka_partitions,
+                append_timeout: self.kafka_append_timeout,
+                session_timeout: self.kafka_session_timeout,
+                cdc_topic: self.cdc_topic.clone(),
+                relay_id: self.relay_id.clone(),
+                relay_commit_delay: self.relay_commit_delay,
+            }),
+            role: match self.role {
+                Role::Api => config::Role::Api,
+                Role::Worker => config::Role::Worker,
+                Role::Relay => config::Role::Relay,
+                Role::All => config::Role::All,
+            },
             ..EngineConfig::default()
         };
+        config.delivery.lease_margin = self.lease_margin;
         config.delivery.max_in_flight_per_endpoint = self.max_in_flight_per_endpoint;
         config.delivery.request_timeout = self.request_timeout;
         config.delivery.breaker_open_for = self.breaker_open_for;
@@ -194,26 +237,64 @@ fn admin_token(args: &ServeArgs) -> anyhow::Result<String> {
     Ok(token)
 }
 
-/// Runs `herald serve` until SIGINT or SIGTERM, then drains.
-pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    if args.kafka_brokers.is_some() {
-        bail!(
-            "HERALD_KAFKA_BROKERS: the Kafka event log is not part of this build yet; \
-             unset it to run with the embedded log"
-        );
-    }
+/// Refuses settings that cannot work together, saying what to change.
+fn validate(args: &ServeArgs) -> anyhow::Result<()> {
     if let Some(scylla) = args.engine_config().scylla {
         if let Err(e) = scylla.validate() {
             bail!("{e}");
         }
     }
-    if args.role != Role::All {
-        bail!("--role {:?} needs the distributed mode (HERALD_KAFKA_BROKERS); the embedded server runs --role all", args.role);
-    }
     if !(args.breaker_failure_ratio > 0.0 && args.breaker_failure_ratio <= 1.0) {
         bail!("--breaker-failure-ratio must be above 0 and at most 1, e.g. 0.5");
     }
-    let admin_token = admin_token(&args)?;
+    match (args.role, &args.kafka_brokers) {
+        (Role::Api | Role::Worker | Role::Relay, None) => bail!(
+            "--role {} needs the distributed event log: set --kafka-brokers / HERALD_KAFKA_BROKERS \
+             (the embedded log serves one process, --role all)",
+            match args.role {
+                Role::Api => "api",
+                Role::Worker => "worker",
+                _ => "relay",
+            }
+        ),
+        (_, Some(b)) if b.trim().is_empty() => {
+            bail!("--kafka-brokers is empty: give host:port[,host:port...] or unset it")
+        }
+        _ => {}
+    }
+    if args.relay_id.is_empty()
+        || args.relay_id.len() > 100
+        || !args
+            .relay_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+    {
+        bail!("--relay-id: 1 to 100 characters of a-z, A-Z, 0-9, '.', '_' and '-'");
+    }
+    if args.kafka_partitions == 0 || args.kafka_partitions > 10_000 {
+        bail!("--kafka-partitions must be between 1 and 10000");
+    }
+    if args.kafka_topic_prefix.is_empty()
+        || args.kafka_topic_prefix.len() > 200
+        || !args
+            .kafka_topic_prefix
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+    {
+        bail!("--kafka-topic-prefix: 1 to 200 characters of a-z, A-Z, 0-9, '.', '_' and '-'");
+    }
+    Ok(())
+}
+
+/// Runs `herald serve` until SIGINT or SIGTERM, then drains.
+pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    validate(&args)?;
+    // Workers and relays serve no API, so they need no admin token.
+    let admin_token = if matches!(args.role, Role::Worker | Role::Relay) {
+        String::new()
+    } else {
+        admin_token(&args)?
+    };
     let engine = Engine::start(args.engine_config())
         .await
         .with_context(|| format!("starting the engine in {}", args.data_dir.display()))?;
@@ -221,10 +302,15 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
     let local = listener.local_addr()?;
-    tracing::info!(listen = %local, "herald is serving");
+    tracing::info!(listen = %local, role = ?args.role, "herald is serving");
     println!("herald listening on http://{local}");
     let state = AppState::new(engine.clone(), admin_token).with_rate_limit(args.tenant_rate_limit);
-    axum::serve(listener, app(state))
+    let router = if matches!(args.role, Role::Worker | Role::Relay) {
+        worker_app(state)
+    } else {
+        app(state)
+    };
+    axum::serve(listener, router)
         .with_graceful_shutdown(shutdown_signal())
         .await
         .context("serving")?;
@@ -240,5 +326,66 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> ServeArgs {
+        let mut argv = vec!["herald", "serve"];
+        argv.extend_from_slice(extra);
+        match Cli::try_parse_from(argv).unwrap().command {
+            Command::Serve(a) => a,
+        }
+    }
+
+    #[test]
+    fn relay_role_needs_kafka_and_a_clean_relay_id() {
+        let err = validate(&args(&["--role", "relay"]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--role relay needs the distributed event log"),
+            "{err}"
+        );
+        let ok = args(&[
+            "--role",
+            "relay",
+            "--kafka-brokers",
+            "127.0.0.1:9092",
+            "--relay-id",
+            "r-1",
+        ]);
+        validate(&ok).unwrap();
+        let config = ok.engine_config();
+        assert_eq!(config.role, config::Role::Relay);
+        let kafka = config.kafka.unwrap();
+        assert_eq!(kafka.cdc_topic(), "herald.cdc.outbox");
+        assert_eq!(kafka.dead_letter_topic(), "herald.cdc.dead-letter");
+        assert_eq!(kafka.relay_id, "r-1");
+        let custom = args(&[
+            "--kafka-brokers",
+            "k:9092",
+            "--cdc-topic",
+            "app.public.herald_outbox",
+        ]);
+        assert_eq!(
+            custom.engine_config().kafka.unwrap().cdc_topic(),
+            "app.public.herald_outbox"
+        );
+        let bad = args(&[
+            "--role",
+            "relay",
+            "--kafka-brokers",
+            "k:9092",
+            "--relay-id",
+            "a b",
+        ]);
+        assert!(validate(&bad)
+            .unwrap_err()
+            .to_string()
+            .contains("--relay-id"));
     }
 }

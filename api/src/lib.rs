@@ -160,14 +160,20 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// The router of a `--role worker` process: health only, no API.
+pub fn worker_app(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .fallback(|| async { error::ApiError::not_found("route") })
+        .with_state(state)
+}
+
 /// Liveness.
 #[utoipa::path(get, path = "/healthz", tag = "operations",
     responses((status = 200, description = "The process is up", body = Health)))]
-pub async fn healthz() -> Json<Health> {
-    Json(Health {
-        status: "ok".into(),
-        version: env!("CARGO_PKG_VERSION").into(),
-    })
+pub async fn healthz(axum::extract::State(state): axum::extract::State<AppState>) -> Json<Health> {
+    Json(health(&state))
 }
 
 /// Readiness: the event log and the store answer.
@@ -180,7 +186,34 @@ pub async fn readyz(
     axum::extract::State(state): axum::extract::State<AppState>,
 ) -> Result<Json<Health>, error::ApiError> {
     state.engine.ready().await?;
-    Ok(healthz().await)
+    Ok(Json(health(&state)))
+}
+
+fn health(state: &AppState) -> Health {
+    let role = match state.engine.config().role {
+        herald_engine::config::Role::All => "all",
+        herald_engine::config::Role::Api => "api",
+        herald_engine::config::Role::Worker => "worker",
+        herald_engine::config::Role::Relay => "relay",
+    };
+    let relay = state.engine.relay_stats().map(|r| {
+        use std::sync::atomic::Ordering::Relaxed;
+        serde_json::json!({
+            "relayed": r.relayed.load(Relaxed),
+            "skipped": r.skipped.load(Relaxed),
+            "dead_lettered": r.dead_lettered.load(Relaxed),
+            "transactions": r.transactions.load(Relaxed),
+            "aborted": r.aborted.load(Relaxed),
+            "in_transaction": r.in_transaction.load(Relaxed),
+        })
+    });
+    Health {
+        status: "ok".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        role: role.into(),
+        in_flight: state.engine.in_flight(),
+        relay,
+    }
 }
 
 /// `/healthz` and `/readyz` answer.
@@ -190,4 +223,12 @@ pub struct Health {
     pub status: String,
     /// Herald's version.
     pub version: String,
+    /// The process's role: all, api, worker or relay.
+    pub role: String,
+    /// Deliveries being attempted by this process.
+    pub in_flight: usize,
+    /// CDC relay counters, when this process relays.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub relay: Option<serde_json::Value>,
 }

@@ -22,6 +22,107 @@ pub struct EngineConfig {
     pub delivery: DeliveryConfig,
     /// The CQL store (ScyllaDB or Cassandra); `None` keeps the embedded SQLite store.
     pub scylla: Option<ScyllaConfig>,
+    /// The Kafka event log; `None` runs the embedded log.
+    pub kafka: Option<KafkaConfig>,
+    /// Which tasks this process runs.
+    pub role: Role,
+}
+
+/// Which parts of the engine a process runs (DESIGN §1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Role {
+    /// Everything: the operations the API calls, fan-out and delivery.
+    #[default]
+    All,
+    /// Only the operations the API calls: emits are appended to the log,
+    /// nothing is fanned out or delivered by this process.
+    Api,
+    /// Only fan-out, the scheduler and delivery.
+    Worker,
+    /// Only the CDC relay (needs Kafka): outbox topic in, event log out.
+    Relay,
+}
+
+impl Role {
+    /// Whether this process fans out and delivers.
+    pub fn runs_workers(self) -> bool {
+        matches!(self, Role::All | Role::Worker)
+    }
+
+    /// Whether this process runs the CDC relay (when Kafka is configured).
+    pub fn runs_relay(self) -> bool {
+        matches!(self, Role::All | Role::Relay)
+    }
+}
+
+/// Where the Kafka event log lives and how it behaves.
+#[derive(Debug, Clone)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, `host:port,host:port`.
+    pub brokers: String,
+    /// Topic names start with this: `<prefix>.events`.
+    pub topic_prefix: String,
+    /// Partitions of the events topic when Herald creates it.
+    pub partitions: u32,
+    /// How long an append may wait for the brokers' acknowledgement before
+    /// the emit fails as unavailable (503).
+    pub append_timeout: Duration,
+    /// How long a silent consumer keeps its partitions.
+    pub session_timeout: Duration,
+    /// The CDC topic the relay consumes [default: `<prefix>.cdc.outbox`].
+    pub cdc_topic: Option<String>,
+    /// This relay instance's stable name: its Kafka `transactional.id` is
+    /// `<prefix>-relay-<relay_id>`, so a restarted relay fences its crashed
+    /// predecessor at once. Each concurrently running relay needs its own.
+    pub relay_id: String,
+    /// Crash testing only: how long the relay holds each transaction open,
+    /// its records produced, before committing (zero in production).
+    pub relay_commit_delay: Duration,
+}
+
+impl KafkaConfig {
+    /// Defaults for the given brokers.
+    pub fn new(brokers: impl Into<String>) -> Self {
+        Self {
+            brokers: brokers.into(),
+            topic_prefix: "herald".into(),
+            partitions: 8,
+            append_timeout: Duration::from_secs(10),
+            session_timeout: Duration::from_secs(10),
+            cdc_topic: None,
+            relay_id: "0".into(),
+            relay_commit_delay: Duration::ZERO,
+        }
+    }
+
+    /// The events topic, `<prefix>.events`.
+    pub fn events_topic(&self) -> String {
+        format!("{}.events", self.topic_prefix)
+    }
+
+    /// The CDC topic Debezium writes the outbox to.
+    pub fn cdc_topic(&self) -> String {
+        self.cdc_topic
+            .clone()
+            .unwrap_or_else(|| format!("{}.cdc.outbox", self.topic_prefix))
+    }
+
+    /// Where the relay puts CDC records it cannot use, `<prefix>.cdc.dead-letter`.
+    pub fn dead_letter_topic(&self) -> String {
+        format!("{}.cdc.dead-letter", self.topic_prefix)
+    }
+}
+
+impl EngineConfig {
+    /// The fan-out's consumer group: `herald-fanout`, or `<prefix>-fanout`
+    /// for another Kafka topic prefix (so deployments sharing a cluster
+    /// don't share a group).
+    pub fn fanout_group(&self) -> String {
+        match &self.kafka {
+            Some(k) => format!("{}-fanout", k.topic_prefix),
+            None => crate::fanout::GROUP.to_string(),
+        }
+    }
 }
 
 /// Where and how the CQL store keeps its tables.
@@ -96,6 +197,8 @@ impl Default for EngineConfig {
             dedupe_window: Duration::from_secs(7 * 24 * 3600),
             delivery: DeliveryConfig::default(),
             scylla: None,
+            kafka: None,
+            role: Role::All,
         }
     }
 }
@@ -131,6 +234,8 @@ pub struct DeliveryConfig {
     pub retry_jitter: f64,
     /// Bytes of the response body kept in the delivery log.
     pub response_body_limit: usize,
+    /// Added to four request timeouts to make a claim's lease.
+    pub lease_margin: Duration,
 }
 
 impl Default for DeliveryConfig {
@@ -150,6 +255,7 @@ impl Default for DeliveryConfig {
             max_retry_after: Duration::from_secs(6 * 3600),
             retry_jitter: 0.1,
             response_body_limit: 4096,
+            lease_margin: Duration::from_secs(30),
         }
     }
 }
@@ -165,6 +271,13 @@ impl DeliveryConfig {
             open_for: self.breaker_open_for,
             max_open_for: self.breaker_max_open_for.max(self.breaker_open_for),
         }
+    }
+
+    /// How long a claimed delivery stays leased: longer than the longest
+    /// attempt, including time queued for a permit. After a crash, what the
+    /// dead process had claimed falls due again when its lease ends.
+    pub fn lease(&self) -> Duration {
+        self.request_timeout * 4 + self.lease_margin
     }
 }
 

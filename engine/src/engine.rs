@@ -24,7 +24,7 @@ mod batch;
 pub use batch::MAX_BATCH_EVENTS;
 
 use crate::{
-    config::EngineConfig,
+    config::{EngineConfig, Role},
     delivery::{
         client::DeliveryClient,
         retry::RetryPolicy,
@@ -33,7 +33,7 @@ use crate::{
     },
     error::EngineError,
     fanout, ids,
-    log::{embedded::EmbeddedLog, EventLog},
+    log::{embedded::EmbeddedLog, kafka::KafkaLog, EventLog},
     metrics::{self, Metrics},
     model::{
         DomainEvent, EventSource, Ordering, ScheduledDelivery, SecretEntry, SubscriptionStatus,
@@ -157,9 +157,10 @@ pub struct Engine {
     store: Arc<dyn Store>,
     subscriptions: Arc<SubscriptionIndex>,
     guard: TargetGuard,
-    shards: Arc<Shards>,
+    shards: Option<Arc<Shards>>,
     wake: Arc<Notify>,
     cancel: CancellationToken,
+    relay: Option<Arc<crate::relay::RelayStats>>,
     tasks: parking_lot::Mutex<Vec<tokio::task::JoinHandle<()>>>,
     emit_locks: Vec<AsyncMutex<()>>,
     metrics: Arc<Metrics>,
@@ -171,11 +172,21 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Opens the embedded log under `config.data_dir`, the store (the CQL
-    /// store when `config.scylla` is set, else the embedded one there) and
-    /// starts fan-out, the scheduler and the delivery shards.
+    /// Opens the log (Kafka when `config.kafka` is set, else the embedded
+    /// log under `config.data_dir`) and the store (the CQL store when
+    /// `config.scylla` is set, else the embedded SQLite store there), and
+    /// starts the tasks of `config.role`.
+    ///
+    /// Several processes (an `api` and `worker`s) may share one data dir's
+    /// SQLite store: WAL mode lets them, and every write waits its turn.
     pub async fn start(config: EngineConfig) -> Result<Arc<Self>, EngineError> {
-        let log = EmbeddedLog::open(&config.data_dir.join("log"), config.log_partitions)?;
+        let log: Arc<dyn EventLog> = match &config.kafka {
+            Some(k) => Arc::new(KafkaLog::connect(k.clone()).await?),
+            None => Arc::new(EmbeddedLog::open(
+                &config.data_dir.join("log"),
+                config.log_partitions,
+            )?),
+        };
         let store: Arc<dyn Store> = match &config.scylla {
             // Several processes may share a CQL schedule: a crashed run's
             // claims are not released here, they fall due when their lease ends.
@@ -186,21 +197,26 @@ impl Engine {
             }
             None => {
                 let store = EmbeddedStore::open(&config.data_dir.join("store"))?;
-                // This process is the schedule's only user: what a crashed run had claimed is due now.
-                let released = store.release_leases(now_ms()).await?;
-                if released > 0 {
-                    tracing::info!(
-                        released,
-                        "deliveries claimed before a restart are due again"
-                    );
+                // Only the embedded single process owns the schedule outright: then
+                // what a crashed run had claimed is due now. With Kafka other workers
+                // may hold live leases on the same schedule, so claims are left to expire.
+                if config.kafka.is_none() && config.role == Role::All {
+                    let released = store.release_leases(now_ms()).await?;
+                    if released > 0 {
+                        tracing::info!(
+                            released,
+                            "deliveries claimed before a restart are due again"
+                        );
+                    }
                 }
                 Arc::new(store)
             }
         };
-        Self::start_with(config, Arc::new(log), store).await
+        Self::start_with(config, log, store).await
     }
 
-    /// Starts the engine on the given log and store backends.
+    /// Starts the engine on the given log and store backends, with the tasks
+    /// `config.role` asks for.
     pub async fn start_with(
         config: EngineConfig,
         log: Arc<dyn EventLog>,
@@ -209,46 +225,63 @@ impl Engine {
         let subscriptions = Arc::new(SubscriptionIndex::new(store.all_subscriptions().await?));
         let catalogue = catalogue::Catalogue::load(store.all_event_types().await?);
         let guard = TargetGuard::new(config.allow_targets.clone());
-        let d = &config.delivery;
-        let client = DeliveryClient::new(
-            guard.clone(),
-            d.connect_timeout,
-            d.request_timeout,
-            d.response_body_limit,
-        );
+        let cancel = CancellationToken::new();
         let wake = Arc::new(Notify::new());
         let metrics = Arc::new(Metrics::new());
-        let ctx = Arc::new(WorkerContext {
-            store: store.clone(),
-            subscriptions: subscriptions.clone(),
-            client,
-            retry: RetryPolicy::new(config.retry_schedule.clone(), d.retry_jitter),
-            config: d.clone(),
-            in_flight: Default::default(),
-            wake: wake.clone(),
-            operational: OperationalEvents::new(log.clone(), store.clone(), metrics.clone()),
-            metrics: metrics.clone(),
-        });
-        let cancel = CancellationToken::new();
-        let (shards, mut tasks) = Shards::start(ctx, cancel.clone());
-        let shards = Arc::new(shards);
-        // A lease outlives the longest attempt, including time queued for a permit.
-        let lease = d.request_timeout * 4 + Duration::from_secs(30);
-        tasks.push(tokio::spawn(fanout::run(
-            log.clone(),
-            store.clone(),
-            subscriptions.clone(),
-            config.dedupe_window,
-            wake.clone(),
-            cancel.clone(),
-        )));
-        tasks.push(tokio::spawn(scheduler::run(
-            store.clone(),
-            shards.clone(),
-            wake.clone(),
-            lease,
-            cancel.clone(),
-        )));
+        let mut tasks = Vec::new();
+        let shards = if config.role.runs_workers() {
+            let d = &config.delivery;
+            let client = DeliveryClient::new(
+                guard.clone(),
+                d.connect_timeout,
+                d.request_timeout,
+                d.response_body_limit,
+            );
+            let ctx = Arc::new(WorkerContext {
+                store: store.clone(),
+                subscriptions: subscriptions.clone(),
+                client,
+                retry: RetryPolicy::new(config.retry_schedule.clone(), d.retry_jitter),
+                config: d.clone(),
+                in_flight: Default::default(),
+                wake: wake.clone(),
+                operational: OperationalEvents::new(log.clone(), store.clone(), metrics.clone()),
+                metrics: metrics.clone(),
+            });
+            let (shards, shard_tasks) = Shards::start(ctx, cancel.clone());
+            tasks.extend(shard_tasks);
+            let shards = Arc::new(shards);
+            tasks.push(tokio::spawn(fanout::run(
+                log.clone(),
+                store.clone(),
+                subscriptions.clone(),
+                fanout::Settings {
+                    group: config.fanout_group(),
+                    dedupe_window: config.dedupe_window,
+                    follow_store: config.kafka.is_some(),
+                },
+                wake.clone(),
+                cancel.clone(),
+            )));
+            tasks.push(tokio::spawn(scheduler::run(
+                store.clone(),
+                shards.clone(),
+                wake.clone(),
+                d.lease(),
+                cancel.clone(),
+            )));
+            if config.kafka.is_some() {
+                // API processes change subscriptions in the shared store.
+                tasks.push(tokio::spawn(follow_subscriptions(
+                    store.clone(),
+                    subscriptions.clone(),
+                    cancel.clone(),
+                )));
+            }
+            Some(shards)
+        } else {
+            None
+        };
         tasks.push(tokio::spawn(metrics::run_refresher(
             metrics.clone(),
             log.clone(),
@@ -262,8 +295,25 @@ impl Engine {
             recovery_wake.clone(),
             cancel.clone(),
         )));
+        let relay = match &config.kafka {
+            Some(kafka) if config.role.runs_relay() => {
+                let stats = Arc::new(crate::relay::RelayStats::default());
+                tasks.push(tokio::spawn(crate::relay::run(
+                    crate::relay::RelaySettings {
+                        kafka: kafka.clone(),
+                        partitions: log.partitions(),
+                    },
+                    stats.clone(),
+                    cancel.clone(),
+                )));
+                Some(stats)
+            }
+            _ => None,
+        };
         tracing::info!(
             data_dir = %config.data_dir.display(),
+            role = ?config.role,
+            log = if config.kafka.is_some() { "kafka" } else { "embedded" },
             partitions = log.partitions(),
             subscriptions = subscriptions.len(),
             "engine started"
@@ -277,6 +327,7 @@ impl Engine {
             shards,
             wake,
             cancel,
+            relay,
             tasks: parking_lot::Mutex::new(tasks),
             emit_locks: (0..64).map(|_| AsyncMutex::new(())).collect(),
             metrics,
@@ -294,6 +345,11 @@ impl Engine {
         for t in tasks {
             let _ = t.await;
         }
+    }
+
+    /// The CDC relay's counters, when this process runs the relay.
+    pub fn relay_stats(&self) -> Option<&crate::relay::RelayStats> {
+        self.relay.as_deref()
     }
 
     /// The configuration it runs with.
@@ -326,7 +382,7 @@ impl Engine {
 
     /// Deliveries currently being attempted.
     pub fn in_flight(&self) -> usize {
-        self.shards.in_flight()
+        self.shards.as_ref().map_or(0, |s| s.in_flight())
     }
 
     // ---- tenants ----
@@ -733,12 +789,33 @@ impl Engine {
     }
 }
 
+/// How often a worker sharing the store with API processes checks for
+/// changed subscriptions between batches (a rotated secret reaches its
+/// deliveries within this; fan-out checks before every batch anyway).
+const SUBSCRIPTION_REFRESH: Duration = Duration::from_secs(1);
+
+/// Keeps `index` equal to the store's subscriptions until `cancel`.
+async fn follow_subscriptions(
+    store: Arc<dyn Store>,
+    index: Arc<SubscriptionIndex>,
+    cancel: CancellationToken,
+) {
+    let mut follower = fanout::SubscriptionFollower::default();
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(SUBSCRIPTION_REFRESH) => {}
+            () = cancel.cancelled() => return,
+        }
+        follower.refresh(store.as_ref(), &index).await;
+    }
+}
+
 /// SHA-256 of an API key, the only form in which keys are stored.
 pub fn hash_key(key: &str) -> [u8; 32] {
     Sha256::digest(key.as_bytes()).into()
 }
 
-fn validate_tenant_id(id: &str) -> Result<(), EngineError> {
+pub(crate) fn validate_tenant_id(id: &str) -> Result<(), EngineError> {
     let ok = (1..=64).contains(&id.len())
         && id
             .bytes()

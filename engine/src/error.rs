@@ -77,6 +77,7 @@ impl From<LogError> for EngineError {
     fn from(e: LogError) -> Self {
         match e {
             LogError::Closed => Self::Unavailable("event log is shutting down".into()),
+            LogError::Rejected(m) => Self::invalid("payload", m),
             other if other.is_transient() => Self::Unavailable(other.to_string()),
             other => Self::Internal(Box::new(other)),
         }

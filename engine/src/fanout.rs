@@ -6,6 +6,12 @@
 //! schedule one delivery per matching subscription. Only then does it commit
 //! the batch's log positions: an event is never past the committed offset
 //! before its deliveries are durable (at-least-once end to end).
+//!
+//! When other processes (`--role api`) write subscriptions to a shared store,
+//! the fan-out checks the store's subscription version before each batch and
+//! reloads its index when it moved. A subscription is committed before the
+//! API answers 201, so every event emitted after that answer is matched
+//! against it.
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
@@ -20,22 +26,41 @@ use crate::{
     subscriptions::SubscriptionIndex,
 };
 
-/// The consumer group of the fan-out workers.
+/// The consumer group of the fan-out workers (with Kafka, `<prefix>-fanout`,
+/// which is this name for the default prefix).
 pub const GROUP: &str = "herald-fanout";
 /// Records read per batch.
 const BATCH: usize = 512;
+
+/// How a fan-out runs.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Its consumer group.
+    pub group: String,
+    /// How long a `(tenant, dedupe_key)` pair stays unique.
+    pub dedupe_window: Duration,
+    /// Whether other processes write subscriptions to the store (then the
+    /// index is checked against the store before every batch).
+    pub follow_store: bool,
+}
 
 /// Runs until `cancel`, ringing `wake` whenever new deliveries are scheduled.
 pub async fn run(
     log: Arc<dyn EventLog>,
     store: Arc<dyn Store>,
     subscriptions: Arc<SubscriptionIndex>,
-    dedupe_window: Duration,
+    settings: Settings,
     wake: Arc<Notify>,
     cancel: CancellationToken,
 ) {
+    let Settings {
+        group,
+        dedupe_window,
+        follow_store,
+    } = settings;
+    let mut follower = SubscriptionFollower::default();
     let mut consumer = loop {
-        match log.consumer(GROUP).await {
+        match log.consumer(&group).await {
             Ok(c) => break c,
             Err(e) => {
                 tracing::error!(error = %e, "fan-out cannot open its log consumer; retrying");
@@ -60,6 +85,9 @@ pub async fn run(
                 continue;
             }
         };
+        if follow_store {
+            follower.refresh(store.as_ref(), &subscriptions).await;
+        }
         let now = now_ms();
         let mut next: BTreeMap<u32, u64> = BTreeMap::new();
         let batch: Vec<FanOut> = records
@@ -118,6 +146,36 @@ pub async fn run(
         if let Err(e) = consumer.commit(&positions).await {
             // Harmless for correctness: the batch is re-read and skipped as already fanned out.
             tracing::warn!(error = %e, "fan-out could not commit its log positions");
+        }
+    }
+}
+
+/// Keeps a subscription index equal to a shared store's subscriptions.
+#[derive(Default)]
+pub struct SubscriptionFollower {
+    seen: Option<u64>,
+}
+
+impl SubscriptionFollower {
+    /// Reloads `index` if the store's subscriptions changed since the last
+    /// call. A store error leaves the index as it was (and is logged).
+    pub async fn refresh(&mut self, store: &dyn Store, index: &SubscriptionIndex) {
+        let version = match store.subscriptions_version().await {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not check the subscriptions' version");
+                return;
+            }
+        };
+        if self.seen == Some(version) {
+            return;
+        }
+        match store.all_subscriptions().await {
+            Ok(subs) => {
+                index.replace_all(subs);
+                self.seen = Some(version);
+            }
+            Err(e) => tracing::warn!(error = %e, "could not reload subscriptions"),
         }
     }
 }

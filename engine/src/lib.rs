@@ -1,6 +1,6 @@
 //! Herald's delivery engine.
 //!
-//! Events enter through [`Engine::emit`] (or, later, the CDC relay), are made
+//! Events enter through [`Engine::emit`] (or the CDC relay, [`relay`]), are made
 //! durable in the event log ([`log::EventLog`]) before they are acknowledged,
 //! are fanned out to matching subscriptions by [`fanout`], and are delivered,
 //! signed ([`signing`]), by endpoint-sharded workers ([`delivery`]). Every
@@ -22,6 +22,7 @@ pub mod log_recovery;
 pub mod metrics;
 pub mod model;
 pub mod operational;
+pub mod relay;
 pub mod resources;
 pub mod signing;
 pub mod ssrf;

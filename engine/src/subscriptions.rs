@@ -86,6 +86,14 @@ impl SubscriptionIndex {
         inner.by_id.insert(sub.id.clone(), Arc::new(sub));
     }
 
+    /// Replaces the whole index with `subs` (a process that is not the only
+    /// writer of subscriptions follows the store this way).
+    pub fn replace_all(&self, subs: impl IntoIterator<Item = WebhookSubscription>) {
+        let fresh = Self::new(subs);
+        let inner = std::mem::take(&mut *fresh.inner.write());
+        *self.inner.write() = inner;
+    }
+
     /// Removes a subscription.
     pub fn remove(&self, id: &str) {
         let mut inner = self.inner.write();

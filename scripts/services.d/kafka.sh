@@ -31,34 +31,28 @@ group.initial.rebalance.delay.ms=0
 auto.create.topics.enable=false
 log.retention.hours=168
 PROPS
-  cat >"$dir/log4j2.yaml" <<'YAML'
-Configuration:
-  Appenders:
-    Console:
-      name: STDOUT
-      PatternLayout:
-        pattern: "[%d] %p %m (%c)%n"
-  Loggers:
-    Root:
-      level: INFO
-      AppenderRef:
-        - ref: STDOUT
-    Logger:
-      - name: kafka.request.logger
-        level: WARN
-      - name: org.apache.kafka.controller
-        level: WARN
-YAML
+  cat >"$dir/log4j2.xml" <<'XML'
+<Configuration>
+  <Appenders>
+    <Console name="STDOUT"><PatternLayout pattern="[%d] %p %m (%c)%n"/></Console>
+  </Appenders>
+  <Loggers>
+    <Root level="INFO"><AppenderRef ref="STDOUT"/></Root>
+    <Logger name="kafka.request.logger" level="WARN"/>
+    <Logger name="org.apache.kafka.controller" level="WARN"/>
+  </Loggers>
+</Configuration>
+XML
   if [[ ! -f $dir/data/meta.properties ]]; then
     say "kafka: formatting the KRaft storage"
-    java -Xmx512m -cp "$jars/*" -Dlog4j2.configurationFile="$dir/log4j2.yaml" \
+    java -Xmx512m -cp "$jars/*" -Dlog4j2.configurationFile="$dir/log4j2.xml" \
       kafka.tools.StorageTool format --standalone --ignore-formatted \
       -t HeraldTestCluster0001A -c "$dir/server.properties" >"$dir/format.log" 2>&1 \
       || { cat "$dir/format.log" >&2; die "kafka: formatting failed"; }
   fi
   say "kafka: starting"
   spawn kafka java -Xms512m -Xmx512m -XX:+UseG1GC \
-    -Dlog4j2.configurationFile="$dir/log4j2.yaml" \
+    -Dlog4j2.configurationFile="$dir/log4j2.xml" \
     -cp "$jars/*" kafka.Kafka "$dir/server.properties"
   wait_ready kafka "$(<"$(pidfile kafka)")" 'Kafka Server started' 120
 }

@@ -6,9 +6,11 @@
 //! The model is Kafka's: a fixed number of partitions, a tenant always maps to
 //! the same partition (so one tenant's events keep their order), offsets per
 //! partition, consumer groups with committed positions. [`embedded`] implements
-//! it on local disk; a Kafka backend implements the same traits.
+//! it on local disk, [`kafka`] on an Apache Kafka topic; nothing outside
+//! this module asks which one is running.
 
 pub mod embedded;
+pub mod kafka;
 
 use async_trait::async_trait;
 use time::OffsetDateTime;
@@ -62,12 +64,21 @@ pub enum LogError {
     /// The log is shutting down.
     #[error("event log closed")]
     Closed,
+    /// The log's servers cannot be reached or did not acknowledge in time.
+    #[error("event log unavailable: {0}")]
+    Unavailable(String),
+    /// The log refused the record for good (too large, malformed).
+    #[error("event log rejected the record: {0}")]
+    Rejected(String),
 }
 
 impl LogError {
     /// Whether retrying later may succeed (the caller should answer 503).
     pub fn is_transient(&self) -> bool {
-        matches!(self, LogError::Io(_) | LogError::Closed)
+        matches!(
+            self,
+            LogError::Io(_) | LogError::Closed | LogError::Unavailable(_)
+        )
     }
 }
 

@@ -363,6 +363,12 @@ impl Store for EmbeddedStore {
                 params![id, tenant, body],
             )
             .map_err(db_err)?;
+            conn.execute(
+                "INSERT INTO versions (name, value) VALUES ('subscriptions', 1)
+                 ON CONFLICT(name) DO UPDATE SET value = value + 1",
+                [],
+            )
+            .map_err(db_err)?;
             Ok(())
         })
         .await
@@ -428,6 +434,16 @@ impl Store for EmbeddedStore {
                 "SELECT body FROM subscriptions ORDER BY id",
                 Vec::new(),
             )
+        })
+        .await
+    }
+
+    async fn subscriptions_version(&self) -> Result<u64, StoreError> {
+        self.read(|conn| {
+            conn.prepare_cached("SELECT value FROM versions WHERE name = 'subscriptions'")
+                .and_then(|mut st| st.query_row([], |r| r.get::<_, i64>(0)).optional())
+                .map(|v| v.unwrap_or(0) as u64)
+                .map_err(db_err)
         })
         .await
     }

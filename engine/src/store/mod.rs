@@ -143,6 +143,10 @@ pub trait Store: Send + Sync + 'static {
     /// Every subscription of every tenant (to build the matching index).
     async fn all_subscriptions(&self) -> Result<Vec<WebhookSubscription>, StoreError>;
 
+    /// A number that changes whenever any process writes a subscription, so
+    /// processes sharing the store know when to reload their index.
+    async fn subscriptions_version(&self) -> Result<u64, StoreError>;
+
     /// Indexes an event just appended to the log and claims its dedupe key
     /// until `dedupe_until_ms` (if nobody holds it). Idempotent.
     async fn record_event(

@@ -14,6 +14,11 @@ CREATE TABLE IF NOT EXISTS subscriptions (
     body        TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS subscriptions_by_tenant ON subscriptions(tenant_id, id);
+-- Counters other processes sharing this store poll (e.g. 'subscriptions').
+CREATE TABLE IF NOT EXISTS versions (
+    name        TEXT PRIMARY KEY,
+    value       INTEGER NOT NULL
+);
 -- state: 0 = appended, not fanned out; 1 = fanned out; 2 = duplicate (dropped).
 CREATE TABLE IF NOT EXISTS events (
     id          TEXT PRIMARY KEY,

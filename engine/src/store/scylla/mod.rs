@@ -339,6 +339,16 @@ fn schema_statements() -> Vec<String> {
         .collect()
 }
 
+impl ScyllaStore {
+    /// Marks that a subscription changed (microseconds since the epoch: a new
+    /// value on every write, whichever process makes it).
+    async fn bump_subscriptions_version(&self) -> Result<(), StoreError> {
+        let now_us = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000) as i64;
+        self.exec("UPDATE meta SET v = ? WHERE k = 'subscriptions'", (now_us,))
+            .await
+    }
+}
+
 #[async_trait]
 impl Store for ScyllaStore {
     async fn create_tenant(
@@ -364,7 +374,11 @@ impl Store for ScyllaStore {
     }
 
     async fn delete_subscription(&self, tenant_id: &str, id: &str) -> Result<bool, StoreError> {
-        ScyllaStore::delete_subscription(self, tenant_id, id).await
+        let deleted = ScyllaStore::delete_subscription(self, tenant_id, id).await?;
+        if deleted {
+            self.bump_subscriptions_version().await?;
+        }
+        Ok(deleted)
     }
 
     async fn tenant_exists(&self, tenant_id: &str) -> Result<bool, StoreError> {
@@ -442,7 +456,8 @@ impl Store for ScyllaStore {
     }
 
     async fn put_subscription(&self, sub: &WebhookSubscription) -> Result<(), StoreError> {
-        self.put_sub(sub).await
+        self.put_sub(sub).await?;
+        self.bump_subscriptions_version().await
     }
 
     async fn modify_subscription(
@@ -451,7 +466,18 @@ impl Store for ScyllaStore {
         id: &str,
         change: SubscriptionChange,
     ) -> Result<Option<(WebhookSubscription, bool)>, StoreError> {
-        self.modify_sub(tenant_id, id, change).await
+        let out = self.modify_sub(tenant_id, id, change).await?;
+        if matches!(out, Some((_, true))) {
+            self.bump_subscriptions_version().await?;
+        }
+        Ok(out)
+    }
+
+    async fn subscriptions_version(&self) -> Result<u64, StoreError> {
+        let row: Option<(Option<i64>,)> = self
+            .row("SELECT v FROM meta WHERE k = 'subscriptions'", ())
+            .await?;
+        Ok(row.and_then(|(v,)| v).unwrap_or(0) as u64)
     }
 
     async fn get_subscription(

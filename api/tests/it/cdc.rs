@@ -1,0 +1,788 @@
+//! The transactional outbox end to end on real services: PostgreSQL 15
+//! (127.0.0.1:5432), Kafka Connect with the Debezium PostgreSQL connector
+//! (127.0.0.1:8083) and Kafka (127.0.0.1:9092), all started by
+//! `scripts/services up kafka postgres connect` (scripts/test does it). These
+//! tests fail loudly without them.
+//!
+//! Each test gets its own database (with `sql/herald_outbox.sql`), its own
+//! connector built from the shipped `deploy/debezium/herald-outbox-connector.json`
+//! (own slot, publication and topics) and its own Herald topic prefix.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use rdkafka::{
+    consumer::{BaseConsumer, Consumer},
+    message::Headers,
+    ClientConfig, Message, Offset, TopicPartitionList,
+};
+use serde_json::{json, Map, Value};
+use standardwebhooks::Webhook;
+use tokio::process::Command;
+
+use crate::{
+    kafka::{prefix, repo_root, require_kafka, tenant, Proc, BROKER, BROKERS},
+    support::{eventually, Receiver},
+};
+
+const CONNECT: &str = "http://127.0.0.1:8083";
+
+async fn require_port(port: u16, what: &str) {
+    let up = tokio::time::timeout(
+        Duration::from_secs(3),
+        tokio::net::TcpStream::connect(("127.0.0.1", port)),
+    )
+    .await;
+    assert!(
+        matches!(up, Ok(Ok(_))),
+        "no {what} on 127.0.0.1:{port}: the CDC tests need real PostgreSQL, Kafka Connect with \
+         Debezium and Kafka; run `scripts/services up kafka postgres connect` (scripts/test does)"
+    );
+}
+
+async fn require_cdc() {
+    require_kafka().await;
+    require_port(5432, "PostgreSQL").await;
+    require_port(8083, "Kafka Connect").await;
+}
+
+/// A database with the outbox table and a Debezium connector streaming it.
+struct Outbox {
+    db: String,
+    connector: String,
+    /// The topic the connector writes to.
+    topic: String,
+}
+
+/// Runs SQL on `db` with psql; panics with psql's message on error.
+async fn psql(db: &str, sql: &str) -> String {
+    let out = Command::new("psql")
+        .args(["-h", "127.0.0.1", "-U", "postgres", "-v", "ON_ERROR_STOP=1"])
+        .args(["-qtA", "-d", db, "-c", sql])
+        .output()
+        .await
+        .expect("psql (scripts/services installs PostgreSQL)");
+    assert!(
+        out.status.success(),
+        "psql failed: {}\n{sql}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+impl Outbox {
+    /// `router`: the shipped configuration (Outbox Event Router); otherwise
+    /// the plain change envelope as JSON with schemas.
+    async fn start(prefix: &str, router: bool) -> Self {
+        precreate_events_topic(prefix).await;
+        let db = format!(
+            "herald_cdc_{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..12]
+        );
+        psql("postgres", &format!("CREATE DATABASE {db}")).await;
+        let ddl = std::fs::read_to_string(repo_root().join("sql/herald_outbox.sql")).unwrap();
+        psql(&db, &ddl).await;
+        psql(
+            &db,
+            "CREATE TABLE work_orders (id text PRIMARY KEY, status text NOT NULL)",
+        )
+        .await;
+
+        let shipped = std::fs::read_to_string(
+            repo_root().join("deploy/debezium/herald-outbox-connector.json"),
+        )
+        .unwrap();
+        let mut config: Map<String, Value> = serde_json::from_str(&shipped).unwrap();
+        for (k, v) in [
+            ("database.dbname", db.as_str()),
+            ("slot.name", db.as_str()),
+            ("publication.name", db.as_str()),
+            ("topic.prefix", prefix),
+            ("slot.drop.on.stop", "true"),
+        ] {
+            config.insert(k.into(), json!(v));
+        }
+        let topic = if router {
+            let topic = format!("{prefix}.cdc.outbox");
+            config.insert(
+                "transforms.outbox.route.topic.replacement".into(),
+                json!(topic),
+            );
+            topic
+        } else {
+            config.retain(|k, _| !k.starts_with("transforms"));
+            config.insert(
+                "value.converter".into(),
+                json!("org.apache.kafka.connect.json.JsonConverter"),
+            );
+            config.insert("value.converter.schemas.enable".into(), json!("true"));
+            format!("{prefix}.public.herald_outbox")
+        };
+        let connector = db.clone();
+        let http = reqwest::Client::new();
+        let r = http
+            .put(format!("{CONNECT}/connectors/{connector}/config"))
+            .json(&config)
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            r.status().is_success(),
+            "registering the connector: {}",
+            r.text().await.unwrap()
+        );
+        eventually(
+            "the Debezium connector task RUNNING",
+            Duration::from_secs(90),
+            || {
+                let (http, connector) = (http.clone(), connector.clone());
+                async move {
+                    let s: Value = http
+                        .get(format!("{CONNECT}/connectors/{connector}/status"))
+                        .send()
+                        .await
+                        .ok()?
+                        .json()
+                        .await
+                        .ok()?;
+                    assert_ne!(
+                        s["tasks"][0]["state"], "FAILED",
+                        "connector task failed: {s}"
+                    );
+                    (s["connector"]["state"] == "RUNNING" && s["tasks"][0]["state"] == "RUNNING")
+                        .then_some(())
+                }
+            },
+        )
+        .await;
+        Self {
+            db,
+            connector,
+            topic,
+        }
+    }
+
+    async fn sql(&self, sql: &str) -> String {
+        psql(&self.db, sql).await
+    }
+
+    /// Removes the connector (its slot goes with it) and the database.
+    async fn stop(self) {
+        let http = reqwest::Client::new();
+        let _ = http
+            .delete(format!("{CONNECT}/connectors/{}", self.connector))
+            .send()
+            .await;
+        let db = self.db.clone();
+        eventually(
+            "the replication slot dropped",
+            Duration::from_secs(30),
+            || {
+                let db = db.clone();
+                async move {
+                    (psql(
+                        "postgres",
+                        &format!(
+                            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{db}'"
+                        ),
+                    )
+                    .await
+                        == "0")
+                        .then_some(())
+                }
+            },
+        )
+        .await;
+        psql(
+            "postgres",
+            &format!("DROP DATABASE {} WITH (FORCE)", self.db),
+        )
+        .await;
+    }
+}
+
+/// Creates `<prefix>.events` (6 partitions, as `Proc` asks) before Herald
+/// starts, so a start never races the broker's metadata of a topic it has just
+/// created (`KafkaLog::connect` reads the partition count right after).
+async fn precreate_events_topic(prefix: &str) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", BROKERS)
+        .create()
+        .unwrap();
+    let topic = format!("{prefix}.events");
+    let new = NewTopic::new(&topic, 6, TopicReplication::Fixed(-1));
+    let r = admin
+        .create_topics(
+            [&new],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
+        .await
+        .unwrap();
+    assert!(r[0].is_ok(), "creating {topic}: {r:?}");
+    eventually(
+        "the events topic's partitions in the metadata",
+        Duration::from_secs(30),
+        || {
+            let topic = topic.clone();
+            async move {
+                tokio::task::spawn_blocking(move || {
+                    let c: BaseConsumer = ClientConfig::new()
+                        .set("bootstrap.servers", BROKERS)
+                        .create()
+                        .ok()?;
+                    let md = c
+                        .fetch_metadata(Some(&topic), Duration::from_secs(5))
+                        .ok()?;
+                    (md.topics().first()?.partitions().len() == 6).then_some(())
+                })
+                .await
+                .unwrap()
+            }
+        },
+    )
+    .await;
+}
+
+/// An INSERT of one outbox row.
+fn outbox_row(
+    id: uuid::Uuid,
+    tenant: &str,
+    event_type: &str,
+    dedupe_key: Option<&str>,
+    payload: &str,
+) -> String {
+    let dedupe = dedupe_key.map_or("NULL".to_string(), |k| format!("'{k}'"));
+    format!(
+        "INSERT INTO herald_outbox (id, tenant_id, aggregatetype, aggregateid, type, dedupe_key, payload) \
+         VALUES ('{id}', '{tenant}', 'work_order', 'wo-{id}', '{event_type}', {dedupe}, '{payload}');"
+    )
+}
+
+fn event_id(row: uuid::Uuid) -> String {
+    format!("evt_{}", row.simple())
+}
+
+fn delivered_ids(receiver: &Receiver) -> Vec<String> {
+    receiver
+        .received()
+        .iter()
+        .map(|r| r.header("webhook-id").to_string())
+        .collect()
+}
+
+async fn wait_delivered(receiver: &Receiver, id: &str) {
+    eventually(
+        &format!("{id} delivered"),
+        Duration::from_secs(60),
+        || async {
+            delivered_ids(receiver)
+                .iter()
+                .any(|d| d == id)
+                .then_some(())
+        },
+    )
+    .await;
+}
+
+type Rec = (Option<Vec<u8>>, HashMap<String, String>);
+
+/// Every committed record of `topic` (read_committed), read until `quiet`
+/// passes with nothing new once at least `min` records are in.
+fn read_committed(topic: &str, min: usize, quiet: Duration) -> Vec<Rec> {
+    read_topic(topic, "read_committed", min, quiet)
+}
+
+fn read_topic(topic: &str, isolation: &str, min: usize, quiet: Duration) -> Vec<Rec> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", BROKERS)
+        .set(
+            "group.id",
+            format!("herald-test-reader-{}", uuid::Uuid::new_v4().simple()),
+        )
+        .set("isolation.level", isolation)
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let md = c
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in md.topics()[0].partitions() {
+        tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
+            .unwrap();
+    }
+    c.assign(&tpl).unwrap();
+    let mut out = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let mut last = std::time::Instant::now();
+    while std::time::Instant::now() < deadline {
+        match c.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => {
+                let headers = m
+                    .headers()
+                    .map(|h| {
+                        h.iter()
+                            .map(|h| {
+                                (
+                                    h.key.to_string(),
+                                    String::from_utf8_lossy(h.value.unwrap_or_default())
+                                        .to_string(),
+                                )
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                out.push((m.payload().map(<[u8]>::to_vec), headers));
+                last = std::time::Instant::now();
+            }
+            // librdkafka reconnects by itself (a broker restart, a dropped connection).
+            Some(Err(e)) => eprintln!("reading {topic}: {e} (retrying)"),
+            None if out.len() >= min && last.elapsed() >= quiet => break,
+            None => {}
+        }
+    }
+    out
+}
+
+async fn health(base: &str) -> Value {
+    reqwest::get(format!("{base}/healthz"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// A committed transaction (business row + outbox row) becomes one signed
+/// webhook; a rolled-back one never does; a dedupe key used by a REST emit
+/// suppresses the CDC event with the same key; malformed rows go to the
+/// dead-letter topic with their reason.
+#[tokio::test]
+async fn cdc_outbox_commit_delivers_rollback_does_not_and_bad_rows_are_dead_lettered() {
+    let _broker = BROKER.read().await;
+    require_cdc().await;
+    let prefix = prefix("cdc");
+    let outbox = Outbox::start(&prefix, true).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start(200).await;
+    let herald = Proc::start("all", &tmp.path().join("data"), &prefix, &[]).await;
+    let (key, secret) = tenant(&herald.base, "acme-cdc", &receiver).await;
+
+    // Committed: the business row and the outbox row together.
+    let committed = uuid::Uuid::now_v7();
+    outbox
+        .sql(&format!(
+            "BEGIN; INSERT INTO work_orders VALUES ('wo-1', 'done'); {} COMMIT;",
+            outbox_row(
+                committed,
+                "acme-cdc",
+                "work_order.completed",
+                Some("wo-1-done"),
+                r#"{"wo": "wo-1", "by": "ana"}"#
+            )
+        ))
+        .await;
+    wait_delivered(&receiver, &event_id(committed)).await;
+    let got = receiver
+        .received()
+        .into_iter()
+        .find(|r| r.header("webhook-id") == event_id(committed))
+        .unwrap();
+    Webhook::new(&secret)
+        .unwrap()
+        .verify(&got.body, &got.headers)
+        .expect("a valid signature");
+    let body: Value = serde_json::from_slice(&got.body).unwrap();
+    assert_eq!(body["type"], "work_order.completed");
+    assert_eq!(body["tenant_id"], "acme-cdc");
+    assert_eq!(body["dedupe_key"], "wo-1-done");
+    assert_eq!(body["schema_version"], 1);
+    assert_eq!(body["data"], json!({"wo": "wo-1", "by": "ana"}));
+    // The event API shows its CDC lineage.
+    let http = reqwest::Client::new();
+    let ev: Value = http
+        .get(format!(
+            "{}/api/v1/integrations/events/{}",
+            herald.base,
+            event_id(committed)
+        ))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ev["source"], "cdc", "{ev}");
+    assert_eq!(ev["aggregate_type"], "work_order", "{ev}");
+
+    // Rolled back: nothing; a later committed marker proves the pipeline moved past it.
+    let rolled_back = uuid::Uuid::now_v7();
+    outbox
+        .sql(&format!(
+            "BEGIN; INSERT INTO work_orders VALUES ('wo-2', 'done'); {} ROLLBACK;",
+            outbox_row(
+                rolled_back,
+                "acme-cdc",
+                "work_order.completed",
+                None,
+                r#"{"wo": "wo-2"}"#
+            )
+        ))
+        .await;
+    let marker = uuid::Uuid::now_v7();
+    outbox
+        .sql(&outbox_row(
+            marker,
+            "acme-cdc",
+            "work_order.marker",
+            None,
+            "{}",
+        ))
+        .await;
+    wait_delivered(&receiver, &event_id(marker)).await;
+    assert!(
+        !delivered_ids(&receiver).contains(&event_id(rolled_back)),
+        "a rolled-back row was delivered"
+    );
+    assert_eq!(
+        outbox
+            .sql("SELECT count(*) FROM work_orders WHERE id = 'wo-2'")
+            .await,
+        "0"
+    );
+
+    // One dedupe key through REST, then through CDC: delivered once.
+    let r = http
+        .post(format!("{}/api/v1/integrations/events", herald.base))
+        .bearer_auth(&key)
+        .json(&json!({"event_type": "work_order.created", "dedupe_key": "shared-1", "payload": {"via": "rest"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let rest_id = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    wait_delivered(&receiver, &rest_id).await;
+    let dup = uuid::Uuid::now_v7();
+    outbox
+        .sql(&outbox_row(
+            dup,
+            "acme-cdc",
+            "work_order.created",
+            Some("shared-1"),
+            r#"{"via": "cdc"}"#,
+        ))
+        .await;
+
+    // Malformed rows: a tenant id Herald refuses, a payload that is no object.
+    let (bad_tenant, bad_payload) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+    outbox
+        .sql(&outbox_row(
+            bad_tenant,
+            "Not A Tenant",
+            "work_order.completed",
+            None,
+            "{}",
+        ))
+        .await;
+    outbox
+        .sql(&outbox_row(
+            bad_payload,
+            "acme-cdc",
+            "work_order.completed",
+            None,
+            "[1, 2]",
+        ))
+        .await;
+    let marker2 = uuid::Uuid::now_v7();
+    outbox
+        .sql(&outbox_row(
+            marker2,
+            "acme-cdc",
+            "work_order.marker",
+            None,
+            "{}",
+        ))
+        .await;
+    wait_delivered(&receiver, &event_id(marker2)).await;
+    let ids = delivered_ids(&receiver);
+    assert!(
+        !ids.contains(&event_id(dup)),
+        "the CDC event with a used dedupe key was delivered"
+    );
+    let shared: Vec<Value> = receiver
+        .received()
+        .iter()
+        .map(|r| serde_json::from_slice::<Value>(&r.body).unwrap())
+        .filter(|b| b["dedupe_key"] == "shared-1")
+        .collect();
+    assert_eq!(
+        shared.len(),
+        1,
+        "one delivery for dedupe key shared-1: {shared:?}"
+    );
+    assert_eq!(shared[0]["data"]["via"], "rest");
+    for bad in [bad_tenant, bad_payload] {
+        assert!(!ids.contains(&event_id(bad)));
+    }
+
+    let dlq = format!("{prefix}.cdc.dead-letter");
+    let letters =
+        tokio::task::spawn_blocking(move || read_committed(&dlq, 2, Duration::from_secs(2)))
+            .await
+            .unwrap();
+    assert_eq!(letters.len(), 2, "two dead letters: {letters:?}");
+    let by_id: HashMap<String, &HashMap<String, String>> =
+        letters.iter().map(|(_, h)| (h["id"].clone(), h)).collect();
+    let t = by_id[&bad_tenant.to_string()];
+    assert!(t["herald-dlq-reason"].contains("tenant_id"), "{t:?}");
+    assert_eq!(t["herald-dlq-topic"], outbox.topic);
+    assert!(t["herald-dlq-offset"].parse::<u64>().is_ok());
+    assert!(t["herald-dlq-partition"].parse::<u32>().is_ok());
+    let p = by_id[&bad_payload.to_string()];
+    assert!(p["herald-dlq-reason"].contains("payload"), "{p:?}");
+    // The original value travels unchanged.
+    let raw = letters
+        .iter()
+        .find(|(_, h)| h["id"] == bad_payload.to_string())
+        .unwrap();
+    assert_eq!(
+        serde_json::from_slice::<Value>(raw.0.as_ref().unwrap()).unwrap(),
+        json!([1, 2])
+    );
+    let h = health(&herald.base).await;
+    assert_eq!(h["relay"]["dead_lettered"], 2, "{h}");
+
+    herald.kill9().await;
+    outbox.stop().await;
+}
+
+/// The plain Debezium change envelope (JsonConverter with schemas, no
+/// router): inserts are relayed, an UPDATE is dead-lettered, a DELETE is
+/// skipped.
+#[tokio::test]
+async fn cdc_plain_change_envelope_is_relayed_updates_dead_lettered_deletes_skipped() {
+    let _broker = BROKER.read().await;
+    require_cdc().await;
+    let prefix = prefix("cdcplain");
+    let outbox = Outbox::start(&prefix, false).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start(200).await;
+    let herald = Proc::start(
+        "all",
+        &tmp.path().join("data"),
+        &prefix,
+        &["--cdc-topic", &outbox.topic],
+    )
+    .await;
+    let (_key, secret) = tenant(&herald.base, "plain", &receiver).await;
+
+    let row = uuid::Uuid::now_v7();
+    outbox
+        .sql(&format!(
+            "BEGIN; INSERT INTO work_orders VALUES ('wo-9', 'open'); {} COMMIT;",
+            outbox_row(row, "plain", "work_order.opened", None, r#"{"n": 9}"#)
+        ))
+        .await;
+    wait_delivered(&receiver, &event_id(row)).await;
+    let got = receiver
+        .received()
+        .into_iter()
+        .find(|r| r.header("webhook-id") == event_id(row))
+        .unwrap();
+    Webhook::new(&secret)
+        .unwrap()
+        .verify(&got.body, &got.headers)
+        .expect("a valid signature");
+    assert_eq!(
+        serde_json::from_slice::<Value>(&got.body).unwrap()["data"],
+        json!({"n": 9})
+    );
+
+    outbox
+        .sql(&format!(
+            "UPDATE herald_outbox SET type = 'work_order.changed' WHERE id = '{row}'"
+        ))
+        .await;
+    outbox
+        .sql(&format!("DELETE FROM herald_outbox WHERE id = '{row}'"))
+        .await;
+    let marker = uuid::Uuid::now_v7();
+    outbox
+        .sql(&outbox_row(
+            marker,
+            "plain",
+            "work_order.marker",
+            None,
+            "{}",
+        ))
+        .await;
+    wait_delivered(&receiver, &event_id(marker)).await;
+    assert_eq!(
+        delivered_ids(&receiver).len(),
+        2,
+        "only the two inserts are delivered"
+    );
+    let dlq = format!("{prefix}.cdc.dead-letter");
+    let letters =
+        tokio::task::spawn_blocking(move || read_committed(&dlq, 1, Duration::from_secs(2)))
+            .await
+            .unwrap();
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert!(
+        letters[0].1["herald-dlq-reason"].contains("UPDATE"),
+        "{:?}",
+        letters[0].1
+    );
+    let h = health(&herald.base).await;
+    assert_eq!(h["relay"]["dead_lettered"], 1, "{h}");
+    assert!(
+        h["relay"]["skipped"].as_u64().unwrap() >= 1,
+        "the delete is skipped: {h}"
+    );
+
+    herald.kill9().await;
+    outbox.stop().await;
+}
+
+/// kill -9 of the relay while 10,000 outbox rows stream: every row is in the
+/// events topic exactly once (read_committed) and is delivered.
+#[tokio::test]
+async fn cdc_relay_kill9_while_streaming_neither_loses_nor_duplicates() {
+    const ROWS: usize = 10_000;
+    const PER_TXN: usize = 250;
+    let _broker = BROKER.read().await;
+    require_cdc().await;
+    let prefix = prefix("cdckill");
+    let outbox = Arc::new(Outbox::start(&prefix, true).await);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let receiver = Receiver::start(200).await;
+    let api = Proc::start("api", &dir, &prefix, &[]).await;
+    let _worker = Proc::start("worker", &dir, &prefix, &[]).await;
+    let tenants = ["kill-0", "kill-1", "kill-2", "kill-3"];
+    let mut secrets = Vec::new();
+    for t in tenants {
+        secrets.push(tenant(&api.base, t, &receiver).await.1);
+    }
+    // Each relay transaction stays open 300 ms, its records produced, so a
+    // kill lands inside one.
+    let relay_args = ["--relay-commit-delay", "300ms"];
+    let mut relay = Proc::start("relay", &dir, &prefix, &relay_args).await;
+    assert_eq!(health(&relay.base).await["role"], "relay");
+
+    // The application inserts rows in transactions of PER_TXN, all along.
+    let done = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (outbox, done) = (outbox.clone(), done.clone());
+        tokio::spawn(async move {
+            for start in (0..ROWS).step_by(PER_TXN) {
+                outbox
+                    .sql(&format!(
+                        "INSERT INTO herald_outbox (id, tenant_id, aggregatetype, aggregateid, type, payload) \
+                         SELECT gen_random_uuid(), 'kill-' || (g % 4), 'work_order', g::text, \
+                         'work_order.completed', jsonb_build_object('g', g) \
+                         FROM generate_series({start}, {}) g",
+                        start + PER_TXN - 1
+                    ))
+                    .await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            done.store(true, Ordering::SeqCst);
+        })
+    };
+    // Kill the relay mid-stream, inside an open transaction, twice.
+    for at in [2_000u64, 5_000] {
+        let base = relay.base.clone();
+        eventually(
+            &format!("the relay past {at} rows, in a transaction"),
+            Duration::from_secs(120),
+            || {
+                let base = base.clone();
+                async move {
+                    let r = &health(&base).await["relay"];
+                    (r["relayed"].as_u64()? >= at && r["in_transaction"] == true).then_some(())
+                }
+            },
+        )
+        .await;
+        relay.kill9().await;
+        relay = Proc::start("relay", &dir, &prefix, &relay_args).await;
+    }
+    writer.await.unwrap();
+    assert!(done.load(Ordering::SeqCst));
+    assert_eq!(
+        outbox.sql("SELECT count(*) FROM herald_outbox").await,
+        ROWS.to_string()
+    );
+
+    // Exactly once in the events topic.
+    let topic = format!("{prefix}.events");
+    let records =
+        tokio::task::spawn_blocking(move || read_committed(&topic, ROWS, Duration::from_secs(3)))
+            .await
+            .unwrap();
+    let mut per_id: HashMap<String, usize> = HashMap::new();
+    for (value, _) in &records {
+        let v: Value = serde_json::from_slice(value.as_ref().unwrap()).unwrap();
+        assert_eq!(v["source"], "cdc");
+        *per_id
+            .entry(v["id"].as_str().unwrap().to_string())
+            .or_default() += 1;
+    }
+    let duplicates: usize = per_id.values().map(|n| n - 1).sum();
+    // Records of the transactions the kills cut short are in the log, aborted.
+    let topic = format!("{prefix}.events");
+    let uncommitted = tokio::task::spawn_blocking(move || {
+        read_topic(&topic, "read_uncommitted", ROWS, Duration::from_secs(2)).len()
+    })
+    .await
+    .unwrap();
+    println!(
+        "cdc kill -9: {ROWS} rows, {} committed events in the topic, {} distinct, {duplicates} duplicates; \
+         {} records read_uncommitted (aborted by the kills: {})",
+        records.len(),
+        per_id.len(),
+        uncommitted,
+        uncommitted.saturating_sub(records.len())
+    );
+    assert_eq!(per_id.len(), ROWS, "every row is in the events topic");
+    assert!(
+        uncommitted > records.len(),
+        "the kills interrupted transactions whose records reached the log (then aborted)"
+    );
+    assert_eq!(duplicates, 0, "no row is in the events topic twice");
+
+    // And every one is delivered, signed.
+    let want: HashSet<String> = per_id.into_keys().collect();
+    eventually(
+        "every relayed event delivered",
+        Duration::from_secs(300),
+        || async {
+            (receiver.hits.load(Ordering::SeqCst) >= ROWS
+                && delivered_ids(&receiver)
+                    .into_iter()
+                    .collect::<HashSet<_>>()
+                    .is_superset(&want))
+            .then_some(())
+        },
+    )
+    .await;
+    let hooks: Vec<Webhook> = secrets.iter().map(|s| Webhook::new(s).unwrap()).collect();
+    for r in receiver.received().iter().take(200) {
+        assert!(hooks.iter().any(|h| h.verify(&r.body, &r.headers).is_ok()));
+    }
+    relay.kill9().await;
+    drop((api, _worker));
+    Arc::try_unwrap(outbox).ok().unwrap().stop().await;
+}

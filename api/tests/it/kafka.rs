@@ -1,0 +1,383 @@
+//! Herald on a real Apache Kafka broker (127.0.0.1:9092, started by
+//! `scripts/services up kafka`; these tests fail loudly without it).
+//!
+//! Every test uses its own topic prefix, so its topic and consumer group are
+//! its own. The tests that stop the broker hold [`BROKER`] exclusively; the
+//! others share it.
+
+use std::{
+    collections::{HashMap, HashSet},
+    path::{Path, PathBuf},
+    process::Stdio,
+    sync::Arc,
+    time::Duration,
+};
+
+use serde_json::{json, Value};
+use standardwebhooks::Webhook;
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    process::{Child, Command},
+    sync::{Mutex, RwLock},
+};
+
+use crate::support::{eventually, Receiver, ADMIN};
+
+pub const BROKERS: &str = "127.0.0.1:9092";
+
+/// Held shared by tests that use the broker, exclusively by those that stop it.
+pub static BROKER: RwLock<()> = RwLock::const_new(());
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// Panics unless a broker answers on 127.0.0.1:9092.
+pub async fn require_kafka() {
+    let up = tokio::time::timeout(
+        Duration::from_secs(3),
+        tokio::net::TcpStream::connect(BROKERS),
+    )
+    .await;
+    assert!(
+        matches!(up, Ok(Ok(_))),
+        "no Kafka broker on {BROKERS}: these tests need a real broker; run `scripts/services up kafka` \
+         (scripts/test does)"
+    );
+}
+
+/// A fresh topic prefix for one test.
+pub fn prefix(test: &str) -> String {
+    format!("herald-test-{test}-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// Runs `scripts/services ARGS` and panics if it fails.
+pub async fn services(args: &[&str]) {
+    let status = Command::new(repo_root().join("scripts/services"))
+        .args(args)
+        .status()
+        .await
+        .unwrap();
+    assert!(status.success(), "scripts/services {args:?} failed");
+}
+
+/// A `herald serve` process.
+pub struct Proc {
+    pub child: Child,
+    pub base: String,
+}
+
+impl Proc {
+    /// Starts `herald serve --role ROLE` on Kafka, sharing the store in `dir`.
+    pub async fn start(role: &str, dir: &Path, prefix: &str, extra: &[&str]) -> Self {
+        std::fs::create_dir_all(dir).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join(format!("{role}.log")))
+            .unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
+            .args(["serve", "--role", role, "--listen", "127.0.0.1:0"])
+            .args(["--admin-token", ADMIN, "--allow-target", "127.0.0.0/8"])
+            .args(["--kafka-brokers", BROKERS, "--kafka-topic-prefix", prefix])
+            .args(["--kafka-partitions", "6", "--kafka-session-timeout", "6s"])
+            .args(["--retry-schedule", &["1s"; 30].join(",")])
+            .args(["--breaker-open-for", "1s", "--request-timeout", "2s"])
+            .args(["--lease-margin", "2s"])
+            .args(extra)
+            .arg("--data-dir")
+            .arg(dir)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let log_path = dir.join(format!("{role}.log"));
+        let base = tokio::time::timeout(Duration::from_secs(60), async {
+            while let Some(line) = lines.next_line().await.unwrap() {
+                if let Some(url) = line.strip_prefix("herald listening on ") {
+                    return url.to_string();
+                }
+            }
+            panic!(
+                "herald --role {role} exited before listening:\n{}",
+                std::fs::read_to_string(&log_path).unwrap_or_default()
+            );
+        })
+        .await
+        .expect("herald starts");
+        Self { child, base }
+    }
+
+    pub async fn kill9(mut self) {
+        self.child.start_kill().unwrap(); // SIGKILL
+        self.child.wait().await.unwrap();
+    }
+}
+
+/// A tenant and its subscription to `receiver`; returns (api key, secret).
+pub async fn tenant(base: &str, id: &str, receiver: &Receiver) -> (String, String) {
+    let http = reqwest::Client::new();
+    let r = http
+        .post(format!("{base}/api/v1/admin/tenants"))
+        .bearer_auth(ADMIN)
+        .json(&json!({ "id": id }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let key = r.json::<Value>().await.unwrap()["api_key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = http
+        .post(format!("{base}/api/v1/portal/webhooks/subscribe"))
+        .bearer_auth(&key)
+        .json(&json!({ "url": receiver.url, "event_types": ["work_order.*"] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let secret = r.json::<Value>().await.unwrap()["secret"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    (key, secret)
+}
+
+/// Emits `n` events spread over `keys` from 8 concurrent clients; records
+/// the ids acknowledged with 202. A refused emit (503 while the broker is
+/// away, or a dead server) is not acknowledged, and the client goes on.
+pub async fn emit_many(
+    base: String,
+    keys: Vec<String>,
+    n: usize,
+    acked: Arc<Mutex<HashSet<String>>>,
+    refused: Arc<std::sync::atomic::AtomicUsize>,
+) {
+    let http = reqwest::Client::new();
+    let mut tasks = Vec::new();
+    for client in 0..8 {
+        let (http, base, keys, acked, refused) = (
+            http.clone(),
+            base.clone(),
+            keys.clone(),
+            acked.clone(),
+            refused.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            for i in (client..n).step_by(8) {
+                let r = http
+                    .post(format!("{base}/api/v1/integrations/events"))
+                    .bearer_auth(&keys[i % keys.len()])
+                    .json(&json!({ "event_type": "work_order.completed", "payload": { "i": i } }))
+                    .send()
+                    .await;
+                match r {
+                    Ok(r) if r.status() == 202 => {
+                        let body: Value = r.json().await.unwrap();
+                        acked
+                            .lock()
+                            .await
+                            .insert(body["id"].as_str().unwrap().to_string());
+                    }
+                    Ok(r) => {
+                        assert_eq!(r.status(), 503, "only 503 may refuse an emit");
+                        assert!(r.headers().contains_key("retry-after"));
+                        refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    Err(_) => {
+                        refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+/// Waits until every acknowledged event reached the receiver, checks every
+/// signature, and returns (delivered events, duplicate deliveries).
+pub async fn all_delivered(
+    receiver: &Receiver,
+    acked: &HashSet<String>,
+    secrets: &[String],
+    limit: Duration,
+) -> (usize, usize) {
+    // Progress-aware wait: slow machines get time as long as deliveries keep
+    // arriving; a stall of `limit` with events missing fails, naming how many.
+    let mut last = (0, tokio::time::Instant::now());
+    loop {
+        let got: HashSet<String> = receiver
+            .received()
+            .iter()
+            .map(|r| r.header("webhook-id").to_string())
+            .collect();
+        let missing = acked.difference(&got).count();
+        if missing == 0 {
+            break;
+        }
+        if got.len() > last.0 {
+            last = (got.len(), tokio::time::Instant::now());
+        } else if last.1.elapsed() > limit {
+            panic!(
+                "{missing} of {} acknowledged events not delivered after {limit:?} without progress",
+                acked.len()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let hooks: Vec<Webhook> = secrets.iter().map(|s| Webhook::new(s).unwrap()).collect();
+    let mut per_event: HashMap<String, usize> = HashMap::new();
+    for r in receiver.received() {
+        assert!(
+            hooks.iter().any(|h| h.verify(&r.body, &r.headers).is_ok()),
+            "every delivery is signed"
+        );
+        *per_event
+            .entry(r.header("webhook-id").to_string())
+            .or_default() += 1;
+    }
+    let duplicates = per_event.values().map(|n| n - 1).sum();
+    (per_event.len(), duplicates)
+}
+
+/// API → Kafka → two worker processes in one consumer group → signed deliveries.
+#[tokio::test]
+async fn kafka_end_to_end_api_and_two_workers() {
+    let _broker = BROKER.read().await;
+    require_kafka().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let prefix = prefix("e2e");
+    let receiver = Receiver::start(200).await;
+
+    let api = Proc::start("api", &dir, &prefix, &[]).await;
+    let w1 = Proc::start("worker", &dir, &prefix, &[]).await;
+    let w2 = Proc::start("worker", &dir, &prefix, &[]).await;
+    // A worker serves health only, never the API.
+    let http = reqwest::Client::new();
+    let health: Value = http
+        .get(format!("{}/healthz", w1.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["role"], "worker");
+    let r = http
+        .post(format!("{}/api/v1/admin/tenants", w1.base))
+        .bearer_auth(ADMIN)
+        .json(&json!({ "id": "nope" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+
+    let mut keys = Vec::new();
+    let mut secrets = Vec::new();
+    for t in 0..6 {
+        let (k, s) = tenant(&api.base, &format!("tenant-{t}"), &receiver).await;
+        keys.push(k);
+        secrets.push(s);
+    }
+    let acked = Arc::new(Mutex::new(HashSet::new()));
+    let refused = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    emit_many(api.base.clone(), keys, 400, acked.clone(), refused.clone()).await;
+    let acked = acked.lock().await.clone();
+    assert_eq!(
+        acked.len(),
+        400,
+        "every emit acknowledged with a healthy broker"
+    );
+
+    let (delivered, duplicates) =
+        all_delivered(&receiver, &acked, &secrets, Duration::from_secs(120)).await;
+    println!(
+        "kafka e2e: {} acknowledged, {delivered} delivered, 0 lost, {duplicates} duplicate deliveries",
+        acked.len()
+    );
+    assert_eq!(
+        delivered,
+        acked.len(),
+        "nothing delivered that was not emitted"
+    );
+    // Both workers joined and got partitions (each logs its assignment).
+    for (i, w) in [&w1, &w2].into_iter().enumerate() {
+        let h: Value = http
+            .get(format!("{}/healthz", w.base))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(h["status"], "ok", "worker {i} healthy");
+    }
+    let both = std::fs::read_to_string(dir.join("worker.log")).unwrap();
+    assert_eq!(
+        both.matches("joined the consumer group").count(),
+        2,
+        "two workers in the group"
+    );
+    api.kill9().await;
+    w1.kill9().await;
+    w2.kill9().await;
+}
+
+/// kill -9 one of two workers while events flow: nothing acknowledged is lost.
+#[tokio::test]
+async fn kafka_kill_9_one_of_two_workers_loses_nothing() {
+    let _broker = BROKER.read().await;
+    require_kafka().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let prefix = prefix("kill");
+    let receiver = Receiver::start(200).await;
+
+    let api = Proc::start("api", &dir, &prefix, &[]).await;
+    let w1 = Proc::start("worker", &dir, &prefix, &[]).await;
+    let w2 = Proc::start("worker", &dir, &prefix, &[]).await;
+    let mut keys = Vec::new();
+    let mut secrets = Vec::new();
+    for t in 0..6 {
+        let (k, s) = tenant(&api.base, &format!("tenant-{t}"), &receiver).await;
+        keys.push(k);
+        secrets.push(s);
+    }
+    let acked = Arc::new(Mutex::new(HashSet::new()));
+    let refused = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let emitting = tokio::spawn(emit_many(
+        api.base.clone(),
+        keys,
+        1000,
+        acked.clone(),
+        refused.clone(),
+    ));
+    eventually("deliveries under way", Duration::from_secs(60), || async {
+        (receiver.received().len() >= 150).then_some(())
+    })
+    .await;
+    w1.kill9().await;
+    emitting.await.unwrap();
+    let acked = acked.lock().await.clone();
+    assert_eq!(acked.len(), 1000, "the API kept acknowledging");
+    let (delivered, duplicates) =
+        all_delivered(&receiver, &acked, &secrets, Duration::from_secs(120)).await;
+    println!(
+        "kafka kill -9 of a worker: {} acknowledged, {delivered} delivered, 0 lost, {duplicates} duplicate deliveries",
+        acked.len()
+    );
+    assert_eq!(delivered, acked.len());
+    api.kill9().await;
+    w2.kill9().await;
+}
