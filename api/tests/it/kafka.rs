@@ -85,7 +85,7 @@ impl Proc {
             .args(["--kafka-brokers", BROKERS, "--kafka-topic-prefix", prefix])
             .args(["--kafka-partitions", "6", "--kafka-session-timeout", "6s"])
             .args(["--retry-schedule", &["1s"; 30].join(",")])
-            .args(["--breaker-open-for", "1s", "--request-timeout", "2s"])
+            .args(["--breaker-open-for", "1s", "--request-timeout", "5s"])
             .args(["--lease-margin", "2s"])
             .args(extra)
             .arg("--data-dir")
@@ -301,7 +301,7 @@ async fn kafka_end_to_end_api_and_two_workers() {
     );
 
     let (delivered, duplicates) =
-        all_delivered(&receiver, &acked, &secrets, Duration::from_secs(120)).await;
+        all_delivered(&receiver, &acked, &secrets, Duration::from_secs(240)).await;
     println!(
         "kafka e2e: {} acknowledged, {delivered} delivered, 0 lost, {duplicates} duplicate deliveries",
         acked.len()
@@ -372,7 +372,7 @@ async fn kafka_kill_9_one_of_two_workers_loses_nothing() {
     let acked = acked.lock().await.clone();
     assert_eq!(acked.len(), 1000, "the API kept acknowledging");
     let (delivered, duplicates) =
-        all_delivered(&receiver, &acked, &secrets, Duration::from_secs(120)).await;
+        all_delivered(&receiver, &acked, &secrets, Duration::from_secs(240)).await;
     println!(
         "kafka kill -9 of a worker: {} acknowledged, {delivered} delivered, 0 lost, {duplicates} duplicate deliveries",
         acked.len()
