@@ -306,6 +306,11 @@ impl Engine {
                     stats.clone(),
                     cancel.clone(),
                 )));
+                tasks.push(tokio::spawn(metrics::follow_relay(
+                    metrics.clone(),
+                    stats.clone(),
+                    cancel.clone(),
+                )));
                 Some(stats)
             }
             _ => None,

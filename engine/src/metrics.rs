@@ -333,6 +333,33 @@ pub async fn run_refresher(
     }
 }
 
+/// Copies the CDC relay's committed counters into `herald_relay_*` and
+/// `herald_events_ingested_total{source="cdc"}`, once a second, until `cancel`.
+pub async fn follow_relay(
+    metrics: Arc<Metrics>,
+    stats: Arc<crate::relay::RelayStats>,
+    cancel: CancellationToken,
+) {
+    use std::sync::atomic::Ordering::Relaxed;
+    loop {
+        let relayed = stats.relayed.load(Relaxed);
+        let new = relayed.saturating_sub(metrics.relay_records.get());
+        metrics.relay_records.inc_by(new);
+        metrics
+            .events_ingested
+            .with_label_values(&[source_name(EventSource::Cdc)])
+            .inc_by(new);
+        let dead = stats.dead_lettered.load(Relaxed);
+        metrics
+            .relay_dead_letters
+            .inc_by(dead.saturating_sub(metrics.relay_dead_letters.get()));
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            () = cancel.cancelled() => return,
+        }
+    }
+}
+
 fn source_name(source: EventSource) -> &'static str {
     match source {
         EventSource::Api => "api",

@@ -562,6 +562,19 @@ async fn cdc_outbox_commit_delivers_rollback_does_not_and_bad_rows_are_dead_lett
     );
     let h = health(&herald.base).await;
     assert_eq!(h["relay"]["dead_lettered"], 2, "{h}");
+    // The same counts reach Prometheus.
+    crate::support::eventually("relay metrics", Duration::from_secs(30), || async {
+        let text = reqwest::get(format!("{}/metrics", herald.base))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        text.lines()
+            .any(|l| l == "herald_relay_dead_letters_total 2")
+            .then_some(())
+    })
+    .await;
 
     herald.kill9().await;
     outbox.stop().await;
