@@ -134,6 +134,9 @@ pub struct ServeArgs {
     /// Sliding window of the failure ratio.
     #[arg(long, env = "HERALD_BREAKER_WINDOW", default_value = "60s", value_parser = humantime::parse_duration)]
     pub breaker_window: std::time::Duration,
+    /// Longest an open circuit waits between probes (its open time doubles after each failed probe up to this).
+    #[arg(long, env = "HERALD_BREAKER_MAX_OPEN_FOR", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub breaker_max_open_for: std::time::Duration,
     /// Disable a subscription failing without a single success for this long.
     #[arg(long, env = "HERALD_DISABLE_AFTER", default_value = "5days", value_parser = humantime::parse_duration)]
     pub disable_after: std::time::Duration,
@@ -178,6 +181,7 @@ impl ServeArgs {
         config.delivery.breaker_failure_threshold = self.breaker_failures;
         config.delivery.breaker_failure_ratio = self.breaker_failure_ratio;
         config.delivery.breaker_window = self.breaker_window;
+        config.delivery.breaker_max_open_for = self.breaker_max_open_for;
         config.delivery.disable_after = self.disable_after;
         config.scylla = self.scylla_nodes.as_ref().map(|nodes| ScyllaConfig {
             nodes: nodes
