@@ -240,7 +240,7 @@ async fn exposition_counts_deliveries_failures_circuits_and_routes_without_tenan
 /// Where the Debian `prometheus` package was unpacked.
 fn prometheus_dir() -> PathBuf {
     let dir = std::env::var_os("HERALD_PROMETHEUS_DIR").map_or_else(
-        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.cache/prometheus/root/usr/bin"),
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.cache/prometheus/pkg/usr/bin"),
         PathBuf::from,
     );
     assert!(
