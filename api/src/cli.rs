@@ -7,6 +7,7 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand, ValueEnum};
 use herald_engine::{
     config::{self, EngineConfig, KafkaConfig, RetrySchedule, ScyllaConfig},
+    encryption::KeyRing,
     Engine,
 };
 use ipnet::IpNet;
@@ -147,11 +148,44 @@ pub struct ServeArgs {
     /// after a worker dies, its claimed deliveries are due again after the lease.
     #[arg(long, env = "HERALD_LEASE_MARGIN", default_value = "30s", value_parser = humantime::parse_duration)]
     pub lease_margin: std::time::Duration,
+    /// Key that encrypts signing secrets at rest: 32 random bytes in base64
+    /// (`openssl rand -base64 32`); to rotate, give the new key first and the
+    /// old one after it, comma-separated [default: the embedded store
+    /// generates one into <data-dir>/secret.key; the CQL store needs it set].
+    #[arg(long, env = "HERALD_SECRET_ENCRYPTION_KEY", hide_env_values = true)]
+    pub secret_encryption_key: Option<KeyArg>,
 }
 
+/// The raw `--secret-encryption-key` value. Parsed by [`ServeArgs::engine_config`]
+/// (whose errors never echo it, unlike clap's); `Debug` redacts it.
+#[derive(Clone)]
+pub struct KeyArg(String);
+
+impl From<String> for KeyArg {
+    fn from(s: String) -> Self {
+        Self(s)
+    }
+}
+
+impl std::fmt::Debug for KeyArg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeyArg(<redacted>)")
+    }
+}
+
+/// Names the key setting in messages.
+const KEY_FLAG: &str = "--secret-encryption-key / HERALD_SECRET_ENCRYPTION_KEY";
+
 impl ServeArgs {
-    fn engine_config(&self) -> EngineConfig {
+    fn engine_config(&self) -> anyhow::Result<EngineConfig> {
+        let secret_keys = match &self.secret_encryption_key {
+            Some(KeyArg(raw)) => {
+                Some(KeyRing::parse(raw).map_err(|e| anyhow::anyhow!("{KEY_FLAG}: {e}"))?)
+            }
+            None => None,
+        };
         let mut config = EngineConfig {
+            secret_keys,
             data_dir: self.data_dir.clone(),
             allow_targets: self.allow_targets.clone(),
             retry_schedule: self.retry_schedule.clone(),
@@ -193,7 +227,7 @@ impl ServeArgs {
             replication: self.scylla_replication.clone(),
             retention: self.scylla_retention,
         });
-        config
+        Ok(config)
     }
 }
 
@@ -243,9 +277,16 @@ fn admin_token(args: &ServeArgs) -> anyhow::Result<String> {
 
 /// Refuses settings that cannot work together, saying what to change.
 fn validate(args: &ServeArgs) -> anyhow::Result<()> {
-    if let Some(scylla) = args.engine_config().scylla {
+    if let Some(scylla) = args.engine_config()?.scylla {
         if let Err(e) = scylla.validate() {
             bail!("{e}");
+        }
+        if args.secret_encryption_key.is_none() {
+            bail!(
+                "the CQL store (--scylla-nodes / HERALD_SCYLLA_NODES) needs {KEY_FLAG}: \
+                 32 random bytes in base64 (`openssl rand -base64 32`), the same for every \
+                 process; a key generated on one node's local disk would not reach the others"
+            );
         }
     }
     if !(args.breaker_failure_ratio > 0.0 && args.breaker_failure_ratio <= 1.0) {
@@ -299,7 +340,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     } else {
         admin_token(&args)?
     };
-    let engine = Engine::start(args.engine_config())
+    let engine = Engine::start(args.engine_config()?)
         .await
         .with_context(|| format!("starting the engine in {}", args.data_dir.display()))?;
     let listener = TcpListener::bind(args.listen)
@@ -363,7 +404,7 @@ mod tests {
             "r-1",
         ]);
         validate(&ok).unwrap();
-        let config = ok.engine_config();
+        let config = ok.engine_config().unwrap();
         assert_eq!(config.role, config::Role::Relay);
         let kafka = config.kafka.unwrap();
         assert_eq!(kafka.cdc_topic(), "herald.cdc.outbox");
@@ -376,7 +417,7 @@ mod tests {
             "app.public.herald_outbox",
         ]);
         assert_eq!(
-            custom.engine_config().kafka.unwrap().cdc_topic(),
+            custom.engine_config().unwrap().kafka.unwrap().cdc_topic(),
             "app.public.herald_outbox"
         );
         let bad = args(&[
@@ -391,5 +432,48 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("--relay-id"));
+    }
+
+    #[test]
+    fn secret_encryption_key_is_parsed_without_echoing_it_and_required_with_cql() {
+        let key = "aGVyYWxkLWNxbC10ZXN0cy1lbmNyeXB0aW9uLWtleSE=";
+        let config = args(&["--secret-encryption-key", key])
+            .engine_config()
+            .unwrap();
+        let ring = config.secret_keys.unwrap();
+        assert_eq!(ring.ids().len(), 1);
+        let old = herald_engine::encryption::EncryptionKey::generate().to_base64();
+        let both = args(&["--secret-encryption-key", &format!("{key},{old}")]);
+        assert_eq!(
+            both.engine_config()
+                .unwrap()
+                .secret_keys
+                .unwrap()
+                .ids()
+                .len(),
+            2
+        );
+        assert!(!format!("{both:?}").contains(key), "Debug redacts the key");
+
+        let short = "c2hvcnQ=";
+        let err = validate(&args(&["--secret-encryption-key", short]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("HERALD_SECRET_ENCRYPTION_KEY"), "{err}");
+        assert!(err.contains("exactly 32"), "{err}");
+        assert!(!err.contains(short), "{err}");
+
+        let err = validate(&args(&["--scylla-nodes", "127.0.0.1:9042"]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--secret-encryption-key"), "{err}");
+        assert!(err.contains("HERALD_SECRET_ENCRYPTION_KEY"), "{err}");
+        validate(&args(&[
+            "--scylla-nodes",
+            "127.0.0.1:9042",
+            "--secret-encryption-key",
+            key,
+        ]))
+        .unwrap();
     }
 }

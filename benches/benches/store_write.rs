@@ -8,6 +8,7 @@ use std::sync::Arc;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use herald_benches::{attempt, delivery, event, subscription};
 use herald_engine::{
+    encryption::SecretCipher,
     log::LogPosition,
     store::{embedded::EmbeddedStore, FanOut, Store},
 };
@@ -15,7 +16,7 @@ use herald_engine::{
 fn store_write(c: &mut Criterion) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+    let store = Arc::new(EmbeddedStore::open(dir.path(), SecretCipher::random()).unwrap());
     let sub = subscription("acme", "https://example.com/hook", &["a.*".into()]);
     rt.block_on(async {
         let key = herald_engine::resources::ApiKey {

@@ -5,6 +5,8 @@ use std::{path::PathBuf, time::Duration};
 
 use ipnet::IpNet;
 
+use crate::encryption::KeyRing;
+
 /// Everything the engine needs to start.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -26,6 +28,10 @@ pub struct EngineConfig {
     pub kafka: Option<KafkaConfig>,
     /// Which tasks this process runs.
     pub role: Role,
+    /// The keys that encrypt subscription signing secrets at rest, the
+    /// sealing key first. `None`: the embedded store keeps a generated key
+    /// in `<data_dir>/secret.key`; the CQL store refuses to start.
+    pub secret_keys: Option<KeyRing>,
 }
 
 /// Which parts of the engine a process runs (DESIGN §1).
@@ -199,6 +205,7 @@ impl Default for EngineConfig {
             scylla: None,
             kafka: None,
             role: Role::All,
+            secret_keys: None,
         }
     }
 }

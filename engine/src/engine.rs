@@ -31,6 +31,7 @@ use crate::{
         scheduler,
         worker::{Shards, WorkerContext},
     },
+    encryption::{self, KeyRing, SecretCipher},
     error::EngineError,
     fanout, ids,
     log::{embedded::EmbeddedLog, kafka::KafkaLog, EventLog},
@@ -63,8 +64,8 @@ const RESERVED_HEADERS: &[&str] = &[
     "connection",
 ];
 
-/// A new subscription, as asked for.
-#[derive(Debug, Clone, Default)]
+/// A new subscription, as asked for. `Debug` redacts the secret.
+#[derive(Clone, Default)]
 pub struct NewSubscription {
     /// Endpoint URL.
     pub url: String,
@@ -84,6 +85,22 @@ pub struct NewSubscription {
     pub max_in_flight: Option<u32>,
     /// Attempt timeout in seconds, 1 to [`MAX_TIMEOUT_SECONDS`].
     pub timeout_seconds: Option<u32>,
+}
+
+impl std::fmt::Debug for NewSubscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewSubscription")
+            .field("url", &self.url)
+            .field("event_types", &self.event_types)
+            .field("description", &self.description)
+            .field("secret", &crate::signing::redacted(&self.secret))
+            .field("headers", &self.headers)
+            .field("rate_limit", &self.rate_limit)
+            .field("ordering", &self.ordering)
+            .field("max_in_flight", &self.max_in_flight)
+            .field("timeout_seconds", &self.timeout_seconds)
+            .finish()
+    }
 }
 
 /// Largest per-subscription in-flight limit.
@@ -187,16 +204,34 @@ impl Engine {
                 config.log_partitions,
             )?),
         };
+        let (cipher, key_file) = secret_cipher(&config)?;
+        tracing::info!(
+            key_id = cipher.ring().primary().id(),
+            keys = cipher.ring().ids().len(),
+            source = cipher.source(),
+            "signing secrets are encrypted at rest (AES-256-GCM)"
+        );
         let store: Arc<dyn Store> = match &config.scylla {
             // Several processes may share a CQL schedule: a crashed run's
             // claims are not released here, they fall due when their lease ends.
             Some(scylla) => {
-                let store = ScyllaStore::connect(scylla).await?;
+                let store = ScyllaStore::connect(scylla, cipher)
+                    .await
+                    .map_err(key_error)?;
                 tracing::info!(nodes = ?scylla.nodes, keyspace = %scylla.keyspace, "store: CQL");
                 Arc::new(store)
             }
             None => {
-                let store = EmbeddedStore::open(&config.data_dir.join("store"))?;
+                let store = EmbeddedStore::open(&config.data_dir.join("store"), cipher)
+                    .map_err(key_error)?;
+                if let Some(path) = key_file {
+                    // Opening re-sealed everything under the configured key.
+                    tracing::warn!(
+                        path = %path.display(),
+                        "signing secrets are encrypted with the configured key now; \
+                         the generated key file is no longer needed: delete it"
+                    );
+                }
                 // Only the embedded single process owns the schedule outright: then
                 // what a crashed run had claimed is due now. With Kafka other workers
                 // may hold live leases on the same schedule, so claims are left to expire.
@@ -812,6 +847,76 @@ async fn follow_subscriptions(
             () = cancel.cancelled() => return,
         }
         follower.refresh(store.as_ref(), &index).await;
+    }
+}
+
+/// A store that cannot open for want of the right key is a configuration
+/// error: say so, not "internal error".
+fn key_error(e: crate::store::StoreError) -> EngineError {
+    match e {
+        crate::store::StoreError::Secrets(m) => EngineError::invalid("secret-encryption key", m),
+        other => other.into(),
+    }
+}
+
+/// Name of the generated key file in the data dir (embedded store only).
+pub const SECRET_KEY_FILE: &str = "secret.key";
+
+/// The cipher for signing secrets: the configured keys; or, for the
+/// embedded store, the key kept in `<data_dir>/secret.key` (generated on
+/// first start). The CQL store needs configured keys: a key on one node's
+/// local disk would not reach the others. Also returns the key file when
+/// keys are configured but the data dir still holds a generated key, which
+/// then opens (only) what it sealed, so the store migrates to the
+/// configured key.
+fn secret_cipher(
+    config: &EngineConfig,
+) -> Result<(SecretCipher, Option<std::path::PathBuf>), EngineError> {
+    const FLAG: &str = "--secret-encryption-key / HERALD_SECRET_ENCRYPTION_KEY";
+    let path = config.data_dir.join(SECRET_KEY_FILE);
+    let file_error = |e: std::io::Error| {
+        EngineError::Unavailable(format!(
+            "the secret-encryption key file {}: {e} (or set {FLAG})",
+            path.display()
+        ))
+    };
+    match (&config.secret_keys, &config.scylla) {
+        (Some(ring), Some(_)) => Ok((SecretCipher::new(ring.clone(), FLAG), None)),
+        (None, Some(_)) => Err(EngineError::invalid(
+            "HERALD_SECRET_ENCRYPTION_KEY",
+            format!(
+                "not set; the CQL store (HERALD_SCYLLA_NODES) needs {FLAG}, the same on every \
+                 process: 32 random bytes in base64, e.g. from `openssl rand -base64 32` \
+                 (a key generated on one node's local disk would not reach the others)"
+            ),
+        )),
+        (Some(ring), None) => match path.try_exists() {
+            Ok(true) => {
+                let (file_key, _) =
+                    encryption::load_or_create_key_file(&path).map_err(file_error)?;
+                if ring.contains(&file_key) {
+                    Ok((SecretCipher::new(ring.clone(), FLAG), None))
+                } else {
+                    let source = format!("{FLAG}, and {}", path.display());
+                    let ring = ring.clone().with_fallback(file_key);
+                    Ok((SecretCipher::new(ring, source), Some(path)))
+                }
+            }
+            _ => Ok((SecretCipher::new(ring.clone(), FLAG), None)),
+        },
+        (None, None) => {
+            let (key, created) = encryption::load_or_create_key_file(&path).map_err(file_error)?;
+            if created {
+                tracing::info!(
+                    path = %path.display(),
+                    key_id = key.id(),
+                    "generated the key that encrypts signing secrets at rest; back it up \
+                     with the data dir, or set {FLAG} to manage it yourself"
+                );
+            }
+            let source = path.display().to_string();
+            Ok((SecretCipher::new(KeyRing::single(key), source), None))
+        }
     }
 }
 

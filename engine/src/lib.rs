@@ -13,6 +13,7 @@
 
 pub mod config;
 pub mod delivery;
+pub mod encryption;
 mod engine;
 pub mod error;
 pub mod fanout;

@@ -114,6 +114,12 @@ impl SigningSecret {
     }
 }
 
+/// What `Debug` output shows in place of a secret string: `<redacted>`
+/// when there is one. For the `Debug` impls of types carrying a secret.
+pub fn redacted<S>(secret: &Option<S>) -> Option<&'static str> {
+    secret.as_ref().map(|_| "<redacted>")
+}
+
 impl fmt::Debug for SigningSecret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("SigningSecret(<redacted>)")

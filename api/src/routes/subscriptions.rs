@@ -1,7 +1,7 @@
 //! Subscriptions: subscribe, list, read, update, pause, resume, delete, and
 //! rotate the signing secret.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{collections::BTreeMap, fmt, time::Duration};
 
 use axum::{
     extract::{Path, State},
@@ -10,6 +10,7 @@ use axum::{
 };
 use herald_engine::{
     model::{Ordering, SubscriptionStatus, WebhookSubscription},
+    signing::redacted,
     NewSubscription, SubscriptionUpdate,
 };
 use serde::{Deserialize, Serialize};
@@ -22,8 +23,8 @@ use crate::{
     AppState,
 };
 
-/// `POST /api/v1/portal/webhooks/subscribe` body.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
+/// `POST /api/v1/portal/webhooks/subscribe` body. `Debug` redacts the secret.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Subscribe {
     /// Endpoint URL.
@@ -49,8 +50,8 @@ pub struct Subscribe {
     pub timeout_seconds: Option<u32>,
 }
 
-/// A subscription as the API shows it.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
+/// A subscription as the API shows it. `Debug` redacts the secret.
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct SubscriptionView {
     /// `sub_…`.
     pub id: String,
@@ -90,6 +91,69 @@ pub struct SubscriptionView {
     /// Last change.
     #[serde(with = "time::serde::rfc3339")]
     pub updated_at: OffsetDateTime,
+}
+
+impl fmt::Debug for Subscribe {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Subscribe")
+            .field("url", &self.url)
+            .field("event_types", &self.event_types)
+            .field("description", &self.description)
+            .field("secret", &redacted(&self.secret))
+            .field("headers", &self.headers)
+            .field("rate_limit", &self.rate_limit)
+            .field("ordering", &self.ordering)
+            .field("max_in_flight", &self.max_in_flight)
+            .field("timeout_seconds", &self.timeout_seconds)
+            .finish()
+    }
+}
+
+impl fmt::Debug for SubscriptionView {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SubscriptionView")
+            .field("id", &self.id)
+            .field("url", &self.url)
+            .field("event_types", &self.event_types)
+            .field("description", &self.description)
+            .field("status", &self.status)
+            .field("disabled_reason", &self.disabled_reason)
+            .field("secret", &redacted(&self.secret))
+            .field(
+                "previous_secret_expires_at",
+                &self.previous_secret_expires_at,
+            )
+            .field("headers", &self.headers)
+            .field("rate_limit", &self.rate_limit)
+            .field("ordering", &self.ordering)
+            .field("max_in_flight", &self.max_in_flight)
+            .field("timeout_seconds", &self.timeout_seconds)
+            .field("failing_since", &self.failing_since)
+            .field("created_at", &self.created_at)
+            .field("updated_at", &self.updated_at)
+            .finish()
+    }
+}
+
+impl fmt::Debug for Rotate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Rotate")
+            .field("grace_period_seconds", &self.grace_period_seconds)
+            .field("secret", &redacted(&self.secret))
+            .finish()
+    }
+}
+
+impl fmt::Debug for Rotated {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Rotated")
+            .field("secret", &"<redacted>")
+            .field(
+                "previous_secret_expires_at",
+                &self.previous_secret_expires_at,
+            )
+            .finish()
+    }
 }
 
 impl SubscriptionView {
@@ -165,8 +229,8 @@ pub async fn get(
     Ok(Json(SubscriptionView::new(sub, false)))
 }
 
-/// `POST /api/v1/portal/webhooks/{id}/rotate-secret` body.
-#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+/// `POST /api/v1/portal/webhooks/{id}/rotate-secret` body. `Debug` redacts the secret.
+#[derive(Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Rotate {
     /// How long the previous secret keeps signing (default 86400; 0 = stop now).
@@ -175,8 +239,8 @@ pub struct Rotate {
     pub secret: Option<String>,
 }
 
-/// The rotation's answer.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
+/// The rotation's answer. `Debug` redacts the secret.
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct Rotated {
     /// The new current secret.
     pub secret: String,
@@ -387,4 +451,40 @@ pub async fn remove(
 ) -> Result<StatusCode, ApiError> {
     state.engine.delete_subscription(&tenant, &id).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_never_shows_a_secret() {
+        let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+        let subscribe: Subscribe = serde_json::from_value(serde_json::json!({
+            "url": "https://example.com/hook",
+            "event_types": ["a.b"],
+            "secret": secret,
+        }))
+        .unwrap();
+        let rotate: Rotate =
+            serde_json::from_value(serde_json::json!({ "secret": secret })).unwrap();
+        let rotated = Rotated {
+            secret: secret.into(),
+            previous_secret_expires_at: None,
+        };
+        let new = NewSubscription {
+            secret: Some(secret.into()),
+            ..Default::default()
+        };
+        for debug in [
+            format!("{subscribe:?}"),
+            format!("{rotate:#?}"),
+            format!("{rotated:?}"),
+            format!("{new:?}"),
+        ] {
+            assert!(!debug.contains("MfKQ9r8G"), "{debug}");
+            assert!(debug.contains("<redacted>"), "{debug}");
+        }
+        assert!(format!("{subscribe:?}").contains("example.com"));
+    }
 }

@@ -6,6 +6,7 @@ use std::{collections::HashSet, time::Duration};
 
 use herald_engine::{
     config::ScyllaConfig,
+    encryption::{KeyRing, SecretCipher},
     ids,
     log::LogPosition,
     model::{DomainEvent, EventSource, Outcome, ScheduledDelivery, Trigger, WebhookDeliveryLog},
@@ -35,6 +36,14 @@ pub(crate) fn nodes() -> Vec<String> {
     nodes
 }
 
+/// The secret-encryption key of every CQL test (the CQL store needs one).
+pub(crate) const TEST_KEY: &str = "aGVyYWxkLWNxbC10ZXN0cy1lbmNyeXB0aW9uLWtleSE=";
+
+/// The cipher of [`TEST_KEY`], for tests that open the store directly.
+pub(crate) fn cipher() -> SecretCipher {
+    SecretCipher::new(KeyRing::parse(TEST_KEY).unwrap(), "TEST_KEY")
+}
+
 /// A fresh keyspace for one test.
 pub(crate) fn config(tag: &str) -> ScyllaConfig {
     let mut c = ScyllaConfig::new(nodes());
@@ -49,6 +58,7 @@ async fn herald_on(cql: &ScyllaConfig) -> Herald {
     let cql = cql.clone();
     Herald::start_with(move |c| {
         c.scylla = Some(cql);
+        c.secret_keys = Some(KeyRing::parse(TEST_KEY).unwrap());
         // Count plain attempts: no circuit breaking in these tests.
         c.delivery.breaker_failure_threshold = 1_000;
         c.delivery.breaker_min_requests = 1_000;
@@ -216,11 +226,90 @@ async fn cql_state_survives_a_restart_on_a_fresh_data_dir() {
     h.engine.shutdown().await;
 }
 
+/// The CQL store writes sealed secrets only; a row written before
+/// encryption (plaintext) still loads and is re-sealed when a store
+/// connects; another key fails the connect, naming the key it needs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cql_signing_secrets_are_sealed_and_legacy_rows_resealed() {
+    let cql = config("secrets");
+    let secret = herald_engine::signing::SigningSecret::generate().to_whsec();
+    let b64 = secret.trim_start_matches("whsec_").to_string();
+    let h = herald_on(&cql).await;
+    let key = h.tenant("acme").await;
+    let (status, sub) = h
+        .post(
+            &key,
+            "/api/v1/portal/webhooks/subscribe",
+            json!({ "url": "http://127.0.0.1:9/hook", "event_types": ["a.*"], "secret": secret }),
+        )
+        .await;
+    assert_eq!(status, 201, "{sub}");
+    let sub_id = sub["id"].as_str().unwrap().to_string();
+    h.engine.shutdown().await;
+
+    let session = scylla::client::session_builder::SessionBuilder::new()
+        .known_nodes(&cql.nodes)
+        .build()
+        .await
+        .unwrap();
+    let select = format!(
+        "SELECT body FROM {}.subscriptions WHERE tenant_id = 'acme' AND id = ?",
+        cql.keyspace
+    );
+    async fn body(session: &scylla::client::session::Session, select: &str, id: &str) -> String {
+        session
+            .query_unpaged(select, (id,))
+            .await
+            .unwrap()
+            .into_rows_result()
+            .unwrap()
+            .single_row::<(String,)>()
+            .unwrap()
+            .0
+    }
+    let sealed = body(&session, &select, &sub_id).await;
+    assert!(sealed.contains("\"enc:v1:"), "{sealed}");
+    assert!(!sealed.contains(&b64), "{sealed}");
+
+    // A row as written before encryption: the secret in plaintext.
+    let mut legacy: Value = serde_json::from_str(&sealed).unwrap();
+    legacy["secrets"][0]["secret"] = Value::String(secret.clone());
+    session
+        .query_unpaged(
+            format!(
+                "UPDATE {}.subscriptions SET body = ? WHERE tenant_id = 'acme' AND id = ?",
+                cql.keyspace
+            ),
+            (legacy.to_string(), &sub_id),
+        )
+        .await
+        .unwrap();
+    let store = ScyllaStore::connect(&cql, cipher()).await.unwrap();
+    let resealed = body(&session, &select, &sub_id).await;
+    assert!(resealed.contains("\"enc:v1:"), "{resealed}");
+    assert!(!resealed.contains(&b64), "{resealed}");
+    let loaded = store
+        .get_subscription("acme", &sub_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(loaded.secrets[0].secret.to_whsec(), secret);
+
+    let err = ScyllaStore::connect(&cql, SecretCipher::random())
+        .await
+        .err()
+        .expect("another key fails")
+        .to_string();
+    assert!(err.contains("cannot decrypt the signing secret"), "{err}");
+    assert!(err.contains(cipher().ring().primary().id()), "{err}");
+    drop_keyspace(&session, &cql.keyspace).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cql_retention_is_the_tables_ttl() {
     let mut cql = config("ttl");
     cql.retention = Duration::from_secs(2 * 24 * 3600);
-    let store = ScyllaStore::connect(&cql).await.unwrap();
+    let store = ScyllaStore::connect(&cql, cipher()).await.unwrap();
     let session = scylla::client::session_builder::SessionBuilder::new()
         .known_nodes(&cql.nodes)
         .build()

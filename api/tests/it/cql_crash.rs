@@ -26,6 +26,7 @@ async fn start(dir: &std::path::Path, keyspace: &str, nodes: &str) -> (Child, St
         // Lease = 4 x the request timeout + 30 s.
         .args(["--request-timeout", "1s"])
         .args(["--scylla-nodes", nodes, "--scylla-keyspace", keyspace])
+        .env("HERALD_SECRET_ENCRYPTION_KEY", crate::cql::TEST_KEY)
         .arg("--data-dir")
         .arg(dir)
         .stdout(Stdio::piped())

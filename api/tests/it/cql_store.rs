@@ -15,14 +15,14 @@ use herald_engine::{
 use serde_json::{json, Value};
 use time::OffsetDateTime;
 
-use crate::cql::{attempt, config, delivery, event, now_ms};
+use crate::cql::{attempt, cipher, config, delivery, event, now_ms};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cql_claims_are_exclusive_across_processes() {
     let cql = config("claims");
     // Two stores = two worker processes sharing one schedule.
-    let a = Arc::new(ScyllaStore::connect(&cql).await.unwrap());
-    let b = Arc::new(ScyllaStore::connect(&cql).await.unwrap());
+    let a = Arc::new(ScyllaStore::connect(&cql, cipher()).await.unwrap());
+    let b = Arc::new(ScyllaStore::connect(&cql, cipher()).await.unwrap());
     let mut ev = event("acme");
     ev.dedupe_key = None;
     a.record_event(
@@ -101,7 +101,7 @@ async fn cql_claims_are_exclusive_across_processes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cql_recovery_pages_through_a_time_range_and_resumes() {
     let cql = config("recovery");
-    let store = ScyllaStore::connect(&cql).await.unwrap();
+    let store = ScyllaStore::connect(&cql, cipher()).await.unwrap();
     let (tenant, sub) = ("acme", "sub_r");
     let since = OffsetDateTime::now_utc() - Duration::from_secs(1);
     let mut failed = HashSet::new();
@@ -246,7 +246,7 @@ async fn cql_recovery_pages_through_a_time_range_and_resumes() {
         60
     );
     drop(store);
-    let store = ScyllaStore::connect(&cql).await.unwrap();
+    let store = ScyllaStore::connect(&cql, cipher()).await.unwrap();
     while !step(&store, &scope, &job, &mut recovered).await {}
     let unique: HashSet<&String> = recovered.iter().collect();
     assert_eq!(
@@ -306,7 +306,7 @@ async fn cql_recovery_pages_through_a_time_range_and_resumes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cql_throughput_figures() {
     let cql = config("bench");
-    let store = Arc::new(ScyllaStore::connect(&cql).await.unwrap());
+    let store = Arc::new(ScyllaStore::connect(&cql, cipher()).await.unwrap());
     let n = 2000usize;
     let mut ev = event("acme");
     ev.dedupe_key = None;
@@ -411,7 +411,7 @@ async fn cql_log_range_replay_is_throttled_resumable_and_counted() {
     let cql = config("range");
     let dir = tempfile::tempdir().unwrap();
     let log = EmbeddedLog::open(dir.path(), 2).unwrap();
-    let store = ScyllaStore::connect(&cql).await.unwrap();
+    let store = ScyllaStore::connect(&cql, cipher()).await.unwrap();
     let now = OffsetDateTime::now_utc();
     let sub = WebhookSubscription {
         id: ids::new_id(ids::SUBSCRIPTION),
@@ -510,7 +510,7 @@ async fn cql_log_range_replay_is_throttled_resumable_and_counted() {
     assert_eq!(partial.status, RecoveryStatus::Running);
     // "Restart": a new store resumes from the stored cursor.
     drop(store);
-    let store = ScyllaStore::connect(&cql).await.unwrap();
+    let store = ScyllaStore::connect(&cql, cipher()).await.unwrap();
     let (resumed, cursor) = store.unfinished_recoveries().await.unwrap().pop().unwrap();
     assert_eq!(resumed.id, job.id);
     assert!(cursor.is_some());
@@ -571,7 +571,7 @@ async fn cql_log_range_replay_is_throttled_resumable_and_counted() {
 async fn cql_management_resources() {
     use herald_engine::resources::{ApiKey, EventTypeSchema};
     let cql = config("manage");
-    let store = ScyllaStore::connect(&cql).await.unwrap();
+    let store = ScyllaStore::connect(&cql, cipher()).await.unwrap();
     let now = OffsetDateTime::now_utc();
     let key = |id: &str, tenant: &str| ApiKey {
         id: id.into(),

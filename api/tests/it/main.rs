@@ -21,5 +21,6 @@ mod policies;
 mod portal;
 mod recovery;
 mod schemathesis;
+mod secrets;
 mod stream;
 mod support;

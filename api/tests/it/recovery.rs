@@ -158,7 +158,11 @@ async fn an_unfinished_recovery_job_resumes_after_a_restart() {
         updated_at: now,
     };
     {
-        let store = EmbeddedStore::open(&dir.path().join("store")).unwrap();
+        let store = EmbeddedStore::open(
+            &dir.path().join("store"),
+            crate::support::data_dir_cipher(dir.path()),
+        )
+        .unwrap();
         store.create_recovery(&job).await.unwrap();
     }
     let h = Herald::start_in(dir, |c| c.delivery.breaker_failure_threshold = 1000, |s| s).await;

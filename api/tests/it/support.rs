@@ -29,6 +29,14 @@ pub struct Herald {
     dir: TempDir,
 }
 
+/// The cipher of the key a Herald generated in its data dir (to open its
+/// store directly).
+pub fn data_dir_cipher(dir: &std::path::Path) -> herald_engine::encryption::SecretCipher {
+    use herald_engine::encryption::{load_or_create_key_file, KeyRing, SecretCipher};
+    let (key, _) = load_or_create_key_file(&dir.join("secret.key")).unwrap();
+    SecretCipher::new(KeyRing::single(key), "the data dir's key")
+}
+
 /// A test config: loopback allowed, quick retries.
 pub fn test_config(dir: &std::path::Path) -> EngineConfig {
     let mut config = EngineConfig {
@@ -292,4 +300,148 @@ where
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// A real `herald serve` process whose stdout and stderr both go, whole,
+/// to one log file (for tests that inspect everything it printed).
+pub struct HeraldProcess {
+    pub child: tokio::process::Child,
+    pub base: String,
+}
+
+impl HeraldProcess {
+    /// Starts `herald serve` on `data_dir` with loopback allowed, the admin
+    /// token [`ADMIN`], quick retries, `args` and `env`; appends its output to
+    /// `log`. `Err` with the log's text when it exits before listening.
+    pub async fn start(
+        data_dir: &std::path::Path,
+        log: &std::path::Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Self, String> {
+        use std::process::Stdio;
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+        let append = || {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(log)
+                .unwrap()
+        };
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--admin-token", ADMIN])
+            .args([
+                "--allow-target",
+                "127.0.0.0/8",
+                "--retry-schedule",
+                "1s,1s,1s",
+            ])
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(args)
+            .env_remove("HERALD_SECRET_ENCRYPTION_KEY")
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(append()))
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let mut out = tokio::fs::File::from_std(append());
+        tokio::spawn(async move {
+            let mut tx = Some(tx);
+            let mut lines = BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let _ = out.write_all(format!("{line}\n").as_bytes()).await;
+                let _ = out.flush().await;
+                if let Some(url) = line.strip_prefix("herald listening on ") {
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(url.to_string());
+                    }
+                }
+            }
+        });
+        match tokio::time::timeout(Duration::from_secs(90), rx).await {
+            Ok(Ok(base)) => Ok(Self { child, base }),
+            Ok(Err(_)) => {
+                let status = child.wait().await.unwrap();
+                // Let the stderr writes land.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                Err(format!(
+                    "herald exited ({status}) before listening:\n{}",
+                    std::fs::read_to_string(log).unwrap_or_default()
+                ))
+            }
+            Err(_) => panic!("herald did not start within 90 s"),
+        }
+    }
+
+    /// SIGTERM, then waits for a clean exit.
+    pub async fn stop(mut self) {
+        let pid = self.child.id().unwrap().to_string();
+        let sent = tokio::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .await
+            .unwrap();
+        assert!(sent.success());
+        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .expect("herald stops within 30 s of SIGTERM")
+            .unwrap();
+        assert!(status.success(), "herald exited with {status}");
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Creates a tenant; returns its API key.
+    pub async fn tenant(&self, id: &str) -> String {
+        let r = reqwest::Client::new()
+            .post(self.url("/api/v1/admin/tenants"))
+            .bearer_auth(ADMIN)
+            .json(&json!({ "id": id }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        r.json::<Value>().await.unwrap()["api_key"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    /// A POST with a JSON body.
+    pub async fn post(&self, key: &str, path: &str, body: Value) -> (u16, Value) {
+        let r = reqwest::Client::new()
+            .post(self.url(path))
+            .bearer_auth(key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        split(r).await
+    }
+}
+
+/// The files under `dir` (recursively) whose bytes contain `needle`.
+pub fn files_containing(dir: &std::path::Path, needle: &[u8]) -> Vec<std::path::PathBuf> {
+    let mut hits = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if let Ok(bytes) = std::fs::read(&path) {
+                if bytes.windows(needle.len()).any(|w| w == needle) {
+                    hits.push(path);
+                }
+            }
+        }
+    }
+    hits
 }

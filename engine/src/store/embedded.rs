@@ -17,10 +17,11 @@ use tokio::sync::{mpsc, oneshot};
 mod manage;
 
 use super::{
-    EventFilter, FanOut, FanOutResult, LogFilter, RecoveryScope, Store, StoreError,
-    SubscriptionChange,
+    secrets::SubscriptionCodec, EventFilter, FanOut, FanOutResult, LogFilter, RecoveryScope, Store,
+    StoreError, SubscriptionChange,
 };
 use crate::{
+    encryption::SecretCipher,
     log::LogPosition,
     model::{DomainEvent, ScheduledDelivery, WebhookDeliveryLog, WebhookSubscription},
     resources::{ApiKey, EventTypeSchema, RecoveryCandidate, RecoveryJob},
@@ -37,6 +38,7 @@ pub struct EmbeddedStore {
     writer: mpsc::Sender<Job>,
     readers: Arc<Mutex<Vec<Connection>>>,
     path: std::path::PathBuf,
+    codec: SubscriptionCodec,
 }
 
 fn db_err(e: rusqlite::Error) -> StoreError {
@@ -62,8 +64,13 @@ fn json_err(e: serde_json::Error) -> StoreError {
 }
 
 impl EmbeddedStore {
-    /// Opens (or creates) the database `herald.db` under `dir`.
-    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+    /// Opens (or creates) the database `herald.db` under `dir`; signing
+    /// secrets are sealed with `cipher`. Subscriptions whose secrets are
+    /// stored in plaintext (written before encryption) or under an older
+    /// key are re-sealed under the current key before this returns; a
+    /// secret that does not decrypt fails the open, naming the key.
+    pub fn open(dir: &Path, cipher: SecretCipher) -> Result<Self, StoreError> {
+        let codec = SubscriptionCodec::new(cipher);
         std::fs::create_dir_all(dir).map_err(|e| StoreError::Unavailable(e.to_string()))?;
         let path = dir.join("herald.db");
         let conn = Connection::open(&path).map_err(db_err)?;
@@ -77,6 +84,7 @@ impl EmbeddedStore {
         )
         .map_err(db_err)?;
         migrate(&conn)?;
+        reseal_subscriptions(&conn, &codec)?;
         let (tx, rx) = mpsc::channel::<Job>(8192);
         std::thread::Builder::new()
             .name("herald-store-writer".into())
@@ -86,6 +94,7 @@ impl EmbeddedStore {
             writer: tx,
             readers: Arc::new(Mutex::new(Vec::new())),
             path,
+            codec,
         })
     }
 
@@ -164,6 +173,68 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
             include_str!("schema_v2.sql")
         ))
         .map_err(db_err)?;
+    }
+    Ok(())
+}
+
+/// Re-seals, in one transaction, every subscription holding a plaintext
+/// secret or one sealed under an older key; returns how many. When
+/// plaintext was replaced, the old bytes are overwritten (`secure_delete`)
+/// and the WAL is truncated, so no copy of it stays in the database files.
+fn reseal_subscriptions(conn: &Connection, codec: &SubscriptionCodec) -> Result<(), StoreError> {
+    conn.execute_batch("BEGIN IMMEDIATE").map_err(db_err)?;
+    let result = (|| {
+        let mut st = conn
+            .prepare("SELECT id, body FROM subscriptions")
+            .map_err(db_err)?;
+        let rows = st
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+            .map_err(db_err)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(db_err)?;
+        let mut resealed = Vec::new();
+        let mut had_plaintext = false;
+        for (id, body) in rows {
+            if let Some(new_body) = codec.reseal(&body)? {
+                had_plaintext |= body.contains("\"whsec_");
+                resealed.push((id, new_body));
+            }
+        }
+        if had_plaintext {
+            conn.execute_batch("PRAGMA secure_delete = ON")
+                .map_err(db_err)?;
+        }
+        for (id, body) in &resealed {
+            conn.execute(
+                "UPDATE subscriptions SET body = ?1 WHERE id = ?2",
+                params![body, id],
+            )
+            .map_err(db_err)?;
+        }
+        Ok((resealed.len(), had_plaintext))
+    })();
+    let (count, had_plaintext) = match result {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            return Err(e);
+        }
+    };
+    conn.execute_batch("COMMIT").map_err(db_err)?;
+    if had_plaintext {
+        conn.execute_batch("PRAGMA secure_delete = OFF")
+            .map_err(db_err)?;
+        // Moves the new pages into the database file and empties the WAL,
+        // which held the plaintext versions.
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            .map_err(db_err)?;
+    }
+    if count > 0 {
+        tracing::info!(
+            subscriptions = count,
+            key = codec.cipher().ring().primary().id(),
+            "signing secrets re-encrypted under the current key"
+        );
     }
     Ok(())
 }
@@ -298,6 +369,25 @@ fn decode<T: serde::de::DeserializeOwned>(raw: &str) -> Result<T, StoreError> {
     serde_json::from_str(raw).map_err(json_err)
 }
 
+/// Runs a query whose single column is a stored subscription and decodes
+/// each row, opening its secrets.
+fn query_subs(
+    conn: &Connection,
+    codec: &SubscriptionCodec,
+    sql: &str,
+    args: Vec<Value>,
+) -> Result<Vec<WebhookSubscription>, StoreError> {
+    let mut st = conn.prepare_cached(sql).map_err(db_err)?;
+    let rows = st
+        .query_map(params_from_iter(args), |r| r.get::<_, String>(0))
+        .map_err(db_err)?;
+    let mut out = Vec::new();
+    for row in rows {
+        out.push(codec.decode(&row.map_err(db_err)?)?);
+    }
+    Ok(out)
+}
+
 /// Runs a query whose single column is a JSON body and decodes each row.
 fn query_bodies<T: serde::de::DeserializeOwned>(
     conn: &Connection,
@@ -354,7 +444,7 @@ impl Store for EmbeddedStore {
     }
 
     async fn put_subscription(&self, sub: &WebhookSubscription) -> Result<(), StoreError> {
-        let body = serde_json::to_string(sub).map_err(json_err)?;
+        let body = self.codec.encode(sub)?;
         let (id, tenant) = (sub.id.clone(), sub.tenant_id.clone());
         self.write(move |conn| {
             conn.execute(
@@ -384,9 +474,11 @@ impl Store for EmbeddedStore {
             Value::from(tenant_id.to_string()),
             Value::from(id.to_string()),
         ];
+        let codec = self.codec.clone();
         self.write(move |conn| {
-            let Some(mut sub) = query_bodies::<WebhookSubscription>(
+            let Some(mut sub) = query_subs(
                 conn,
+                &codec,
                 "SELECT body FROM subscriptions WHERE tenant_id = ?1 AND id = ?2",
                 args,
             )?
@@ -395,7 +487,7 @@ impl Store for EmbeddedStore {
             };
             let changed = change(&mut sub);
             if changed {
-                let body = serde_json::to_string(&sub).map_err(json_err)?;
+                let body = codec.encode(&sub)?;
                 conn.execute(
                     "UPDATE subscriptions SET body = ?1 WHERE id = ?2",
                     params![body, sub.id],
@@ -416,9 +508,11 @@ impl Store for EmbeddedStore {
             Value::from(tenant_id.to_string()),
             Value::from(id.to_string()),
         ];
+        let codec = self.codec.clone();
         self.read(move |conn| {
-            query_bodies(
+            query_subs(
                 conn,
+                &codec,
                 "SELECT body FROM subscriptions WHERE tenant_id = ?1 AND id = ?2",
                 args,
             )
@@ -428,9 +522,11 @@ impl Store for EmbeddedStore {
     }
 
     async fn all_subscriptions(&self) -> Result<Vec<WebhookSubscription>, StoreError> {
-        self.read(|conn| {
-            query_bodies(
+        let codec = self.codec.clone();
+        self.read(move |conn| {
+            query_subs(
                 conn,
+                &codec,
                 "SELECT body FROM subscriptions ORDER BY id",
                 Vec::new(),
             )

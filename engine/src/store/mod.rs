@@ -12,6 +12,7 @@
 
 pub mod embedded;
 pub mod scylla;
+pub mod secrets;
 
 use async_trait::async_trait;
 
@@ -36,6 +37,10 @@ pub enum StoreError {
     /// A stored record could not be decoded.
     #[error("stored record is corrupt: {0}")]
     Corrupt(String),
+    /// A stored signing secret cannot be decrypted (wrong or missing
+    /// encryption key, or an altered value); the message names the key.
+    #[error("{0}")]
+    Secrets(String),
     /// The database reported an error.
     #[error("database error")]
     Database(#[source] Box<dyn std::error::Error + Send + Sync>),

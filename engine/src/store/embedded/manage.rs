@@ -93,7 +93,9 @@ impl EmbeddedStore {
         }
         sql.push_str(" ORDER BY id DESC LIMIT ?");
         args.push(Value::from(limit as i64));
-        self.read(move |conn| query_bodies(conn, &sql, args)).await
+        let codec = self.codec.clone();
+        self.read(move |conn| super::query_subs(conn, &codec, &sql, args))
+            .await
     }
 
     pub(super) async fn m_delete_subscription(

@@ -51,11 +51,12 @@ use async_trait::async_trait;
 use futures::TryStreamExt;
 
 use super::{
-    EventFilter, FanOut, FanOutResult, LogFilter, RecoveryScope, Store, StoreError,
-    SubscriptionChange,
+    secrets::SubscriptionCodec, EventFilter, FanOut, FanOutResult, LogFilter, RecoveryScope, Store,
+    StoreError, SubscriptionChange,
 };
 use crate::{
     config::ScyllaConfig,
+    encryption::SecretCipher,
     log::LogPosition,
     model::{DomainEvent, ScheduledDelivery, WebhookDeliveryLog, WebhookSubscription},
     resources::{ApiKey, EventTypeSchema, RecoveryCandidate, RecoveryJob},
@@ -67,6 +68,7 @@ const DAY_MS: i64 = 86_400_000;
 pub struct ScyllaStore {
     session: Arc<CachingSession>,
     retention_days: i32,
+    codec: SubscriptionCodec,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
@@ -107,8 +109,12 @@ const TOP: &str = "~";
 impl ScyllaStore {
     /// Connects to the cluster, creates the keyspace (with the configured
     /// replication) and the tables if missing, and applies the retention to
-    /// the history tables.
-    pub async fn connect(config: &ScyllaConfig) -> Result<Self, StoreError> {
+    /// the history tables. Signing secrets are sealed with `cipher`;
+    /// subscriptions holding plaintext secrets (written before encryption)
+    /// or secrets sealed under an older key are re-sealed under the current
+    /// key before this returns, and a secret that does not decrypt fails
+    /// the connect, naming the key.
+    pub async fn connect(config: &ScyllaConfig, cipher: SecretCipher) -> Result<Self, StoreError> {
         config.validate().map_err(StoreError::Unavailable)?;
         let profile = ExecutionProfile::builder()
             .consistency(Consistency::LocalQuorum)
@@ -160,10 +166,13 @@ impl ScyllaStore {
             .await_schema_agreement()
             .await
             .map_err(unavailable)?;
-        Ok(Self {
+        let store = Self {
             session: Arc::new(CachingSession::from(session, 256)),
             retention_days: (retention / 86_400).max(1) as i32,
-        })
+            codec: SubscriptionCodec::new(cipher),
+        };
+        store.reseal_subs().await?;
+        Ok(store)
     }
 
     /// Runs a statement, ignoring any rows.

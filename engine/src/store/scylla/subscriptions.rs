@@ -3,7 +3,7 @@
 //! lightweight transactions on the stored body, retried on a race, so no
 //! concurrent change is lost.
 
-use super::{decode, encode, ScyllaStore, TOP};
+use super::{ScyllaStore, TOP};
 use crate::{
     model::WebhookSubscription,
     store::{StoreError, SubscriptionChange},
@@ -16,7 +16,7 @@ impl ScyllaStore {
     pub(super) async fn put_sub(&self, sub: &WebhookSubscription) -> Result<(), StoreError> {
         self.exec(
             "INSERT INTO subscriptions (tenant_id, id, body) VALUES (?, ?, ?)",
-            (&sub.tenant_id, &sub.id, encode(sub)?),
+            (&sub.tenant_id, &sub.id, self.codec.encode(sub)?),
         )
         .await
     }
@@ -38,7 +38,7 @@ impl ScyllaStore {
     ) -> Result<Option<WebhookSubscription>, StoreError> {
         self.sub_body(tenant_id, id)
             .await?
-            .map(|b| decode(&b))
+            .map(|b| self.codec.decode(&b))
             .transpose()
     }
 
@@ -51,7 +51,7 @@ impl ScyllaStore {
         let Some(mut body) = self.sub_body(tenant_id, id).await? else {
             return Ok(None);
         };
-        let mut sub: WebhookSubscription = decode(&body)?;
+        let mut sub = self.codec.decode(&body)?;
         let before = sub.clone();
         if !change(&mut sub) {
             return Ok(Some((sub, false)));
@@ -61,7 +61,7 @@ impl ScyllaStore {
             let (applied, current) = self
                 .lwt(
                     "UPDATE subscriptions SET body = ? WHERE tenant_id = ? AND id = ? IF body = ?",
-                    (encode(&sub)?, tenant_id, id, &body),
+                    (self.codec.encode(&sub)?, tenant_id, id, &body),
                 )
                 .await?;
             if applied {
@@ -73,7 +73,7 @@ impl ScyllaStore {
                 Some(::scylla::value::CqlValue::Text(b)) => body = b.clone(),
                 _ => return Ok(None),
             }
-            sub = decode(&body)?;
+            sub = self.codec.decode(&body)?;
             if !redo(&before, &after, &mut sub) {
                 return Ok(Some((sub, false)));
             }
@@ -86,7 +86,7 @@ impl ScyllaStore {
     pub(super) async fn all_subs(&self) -> Result<Vec<WebhookSubscription>, StoreError> {
         let mut subs = Vec::new();
         self.scan("SELECT body FROM subscriptions", (), |(body,): (String,)| {
-            subs.push(decode(&body)?);
+            subs.push(self.codec.decode(&body)?);
             Ok(())
         })
         .await?;
@@ -111,7 +111,43 @@ impl ScyllaStore {
                 ),
             )
             .await?;
-        rows.iter().map(|(b,)| decode(b)).collect()
+        rows.iter().map(|(b,)| self.codec.decode(b)).collect()
+    }
+
+    /// Re-seals every subscription holding a plaintext secret or one
+    /// sealed under an older key (compare-and-set on the body, so a
+    /// concurrent change wins and is already sealed under its writer's key).
+    pub(super) async fn reseal_subs(&self) -> Result<(), StoreError> {
+        let mut stale = Vec::new();
+        self.scan(
+            "SELECT tenant_id, id, body FROM subscriptions",
+            (),
+            |(tenant, id, body): (String, String, String)| {
+                if let Some(new_body) = self.codec.reseal(&body)? {
+                    stale.push((tenant, id, body, new_body));
+                }
+                Ok(())
+            },
+        )
+        .await?;
+        let mut resealed = 0u64;
+        for (tenant, id, old, new) in &stale {
+            let (applied, _) = self
+                .lwt(
+                    "UPDATE subscriptions SET body = ? WHERE tenant_id = ? AND id = ? IF body = ?",
+                    (new, tenant, id, old),
+                )
+                .await?;
+            resealed += u64::from(applied);
+        }
+        if resealed > 0 {
+            tracing::info!(
+                subscriptions = resealed,
+                key = self.codec.cipher().ring().primary().id(),
+                "signing secrets re-encrypted under the current key"
+            );
+        }
+        Ok(())
     }
 
     /// Deletes a subscription of a tenant; `false` if there was none.

@@ -1,0 +1,319 @@
+//! The one place a subscription becomes a stored body and back, for every
+//! store: its signing secrets are sealed with the [`SecretCipher`] on the
+//! way in and opened on the way out, so no store ever writes a plaintext
+//! secret. Each secret is bound (GCM associated data) to its tenant and
+//! subscription id.
+//!
+//! Bodies written before encryption existed hold `whsec_…` plaintext; they
+//! still load, and [`SubscriptionCodec::reseal`] (run by each store when it
+//! opens) rewrites them — and values sealed under an older key — under the
+//! current key.
+
+use serde_json::Value;
+
+use super::StoreError;
+use crate::{encryption::SecretCipher, model::WebhookSubscription};
+
+/// Encodes and decodes stored subscription bodies, sealing their secrets.
+#[derive(Debug, Clone)]
+pub struct SubscriptionCodec {
+    cipher: SecretCipher,
+}
+
+/// The associated data binding a sealed secret to its subscription.
+fn aad(body: &Value) -> Result<Vec<u8>, StoreError> {
+    let field = |name: &str| {
+        body.get(name)
+            .and_then(Value::as_str)
+            .ok_or_else(|| StoreError::Corrupt(format!("subscription body without {name}")))
+    };
+    Ok(format!(
+        "herald/subscription/{}/{}",
+        field("tenant_id")?,
+        field("id")?
+    )
+    .into_bytes())
+}
+
+/// The `secret` strings of a body's `secrets` entries.
+fn secret_fields(body: &mut Value) -> impl Iterator<Item = &mut Value> {
+    body.get_mut("secrets")
+        .and_then(Value::as_array_mut)
+        .into_iter()
+        .flatten()
+        .filter_map(|entry| entry.get_mut("secret"))
+}
+
+impl SubscriptionCodec {
+    /// A codec sealing with `cipher`.
+    pub fn new(cipher: SecretCipher) -> Self {
+        Self { cipher }
+    }
+
+    /// The cipher.
+    pub fn cipher(&self) -> &SecretCipher {
+        &self.cipher
+    }
+
+    /// The stored body of `sub`, its secrets sealed.
+    pub fn encode(&self, sub: &WebhookSubscription) -> Result<String, StoreError> {
+        let mut body = serde_json::to_value(sub).map_err(corrupt)?;
+        let aad = aad(&body)?;
+        for field in secret_fields(&mut body) {
+            let plain = field
+                .as_str()
+                .ok_or_else(|| StoreError::Corrupt("a secret is not a string".into()))?;
+            *field = Value::String(self.cipher.seal(plain, &aad));
+        }
+        serde_json::to_string(&body).map_err(corrupt)
+    }
+
+    /// Decodes a stored body, opening its secrets (plaintext ones from
+    /// before encryption are accepted).
+    pub fn decode(&self, raw: &str) -> Result<WebhookSubscription, StoreError> {
+        let (sub, _) = self.decode_checked(raw)?;
+        Ok(sub)
+    }
+
+    /// Decodes a stored body; also says whether any secret in it is stale
+    /// (plaintext, or sealed under a key other than the current one).
+    pub fn decode_checked(&self, raw: &str) -> Result<(WebhookSubscription, bool), StoreError> {
+        let mut body: Value = serde_json::from_str(raw).map_err(corrupt)?;
+        let aad = aad(&body)?;
+        let id = body.get("id").and_then(Value::as_str).unwrap_or("?");
+        let id = id.to_string();
+        let mut stale = false;
+        for field in secret_fields(&mut body) {
+            let stored = field
+                .as_str()
+                .ok_or_else(|| StoreError::Corrupt("a secret is not a string".into()))?;
+            let opened = self.cipher.open(stored, &aad).map_err(|e| {
+                StoreError::Secrets(format!(
+                    "cannot decrypt the signing secret of subscription {id}: {e}"
+                ))
+            })?;
+            stale |= opened.stale;
+            *field = Value::String(opened.plaintext);
+        }
+        let sub = serde_json::from_value(body).map_err(|e| {
+            // serde's message may quote the value: never let it carry a secret.
+            StoreError::Corrupt(format!(
+                "subscription {id} does not decode: {}",
+                redact_whsec(&e.to_string())
+            ))
+        })?;
+        Ok((sub, stale))
+    }
+
+    /// The body again with every secret sealed under the current key, when
+    /// any of its secrets is stale; `None` when it is current.
+    pub fn reseal(&self, raw: &str) -> Result<Option<String>, StoreError> {
+        let (sub, stale) = self.decode_checked(raw)?;
+        if stale {
+            self.encode(&sub).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+}
+
+fn corrupt(e: serde_json::Error) -> StoreError {
+    StoreError::Corrupt(redact_whsec(&e.to_string()))
+}
+
+/// `text` with anything that looks like a `whsec_` secret cut out.
+fn redact_whsec(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("whsec_") {
+        out.push_str(&rest[..at]);
+        out.push_str("whsec_<redacted>");
+        rest = rest[at + 6..].trim_start_matches(|c: char| {
+            c.is_ascii_alphanumeric() || c == '+' || c == '/' || c == '='
+        });
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use time::OffsetDateTime;
+
+    use super::*;
+    use crate::{
+        encryption::{EncryptionKey, KeyRing},
+        model::{Ordering, SecretEntry, SubscriptionStatus},
+        signing::SigningSecret,
+    };
+
+    fn sub(id: &str, secrets: &[&SigningSecret]) -> WebhookSubscription {
+        let now = OffsetDateTime::now_utc();
+        WebhookSubscription {
+            id: id.into(),
+            tenant_id: "acme".into(),
+            url: "https://example.com/hook".into(),
+            event_types: vec!["order.*".into()],
+            description: None,
+            status: SubscriptionStatus::Active,
+            disabled_reason: None,
+            secrets: secrets
+                .iter()
+                .enumerate()
+                .map(|(i, s)| SecretEntry {
+                    secret: (*s).clone(),
+                    expires_at: (i > 0).then_some(now),
+                })
+                .collect(),
+            headers: BTreeMap::new(),
+            rate_limit: None,
+            ordering: Ordering::Unordered,
+            max_in_flight: None,
+            timeout_seconds: None,
+            failing_since: None,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
+    fn base64_part(s: &SigningSecret) -> String {
+        s.to_whsec().trim_start_matches("whsec_").to_string()
+    }
+
+    #[test]
+    fn bodies_hold_no_plaintext_secret_and_decode_back() {
+        let codec = SubscriptionCodec::new(SecretCipher::random());
+        let (current, previous) = (SigningSecret::generate(), SigningSecret::generate());
+        let s = sub("sub_1", &[&current, &previous]);
+        let body = codec.encode(&s).unwrap();
+        for secret in [&current, &previous] {
+            assert!(!body.contains(&base64_part(secret)), "{body}");
+        }
+        assert!(!body.contains("whsec_"), "{body}");
+        assert_eq!(body.matches("enc:v1:").count(), 2, "{body}");
+        let (back, stale) = codec.decode_checked(&body).unwrap();
+        assert_eq!(back, s);
+        assert!(!stale);
+        assert_eq!(codec.reseal(&body).unwrap(), None);
+    }
+
+    #[test]
+    fn legacy_plaintext_bodies_load_and_are_resealed() {
+        let codec = SubscriptionCodec::new(SecretCipher::random());
+        let secret = SigningSecret::generate();
+        let s = sub("sub_1", &[&secret]);
+        let legacy = serde_json::to_string(&s).unwrap();
+        assert!(legacy.contains(&secret.to_whsec()));
+        let (back, stale) = codec.decode_checked(&legacy).unwrap();
+        assert_eq!(back, s);
+        assert!(stale);
+        let resealed = codec.reseal(&legacy).unwrap().expect("resealed");
+        assert!(!resealed.contains(&base64_part(&secret)));
+        assert_eq!(codec.decode(&resealed).unwrap(), s);
+    }
+
+    #[test]
+    fn wrong_key_or_moved_value_fails_with_the_subscription_and_keys_named() {
+        let codec = SubscriptionCodec::new(SecretCipher::random());
+        let secret = SigningSecret::generate();
+        let body = codec.encode(&sub("sub_1", &[&secret])).unwrap();
+        let other = SubscriptionCodec::new(SecretCipher::random());
+        let err = other.decode(&body).unwrap_err().to_string();
+        assert!(err.contains("sub_1"), "{err}");
+        assert!(err.contains(codec.cipher().ring().primary().id()), "{err}");
+        assert!(!err.contains(&base64_part(&secret)), "{err}");
+        // The sealed value moved into another subscription's body.
+        let moved = body.replace("\"sub_1\"", "\"sub_2\"");
+        let err = codec.decode(&moved).unwrap_err().to_string();
+        assert!(err.contains("does not authenticate"), "{err}");
+    }
+
+    #[test]
+    fn key_rotation_reseals_under_the_new_key() {
+        let old = EncryptionKey::generate();
+        let new = EncryptionKey::generate();
+        let before = SubscriptionCodec::new(SecretCipher::new(KeyRing::single(old.clone()), "t"));
+        let s = sub("sub_1", &[&SigningSecret::generate()]);
+        let body = before.encode(&s).unwrap();
+        let ring = KeyRing::single(new.clone()).with_fallback(old);
+        let after = SubscriptionCodec::new(SecretCipher::new(ring, "t"));
+        let resealed = after
+            .reseal(&body)
+            .unwrap()
+            .expect("stale under the old key");
+        assert!(resealed.contains(&format!("enc:v1:{}:", new.id())));
+        let only_new = SubscriptionCodec::new(SecretCipher::new(KeyRing::single(new), "t"));
+        assert_eq!(only_new.decode(&resealed).unwrap(), s);
+        assert!(only_new.decode(&body).is_err());
+    }
+
+    #[test]
+    fn decode_errors_never_quote_a_secret() {
+        assert_eq!(
+            redact_whsec("invalid value: string \"whsec_AAAA+/==\", expected x whsec_"),
+            "invalid value: string \"whsec_<redacted>\", expected x whsec_<redacted>"
+        );
+    }
+
+    fn files_contain(dir: &std::path::Path, needle: &str) -> Vec<String> {
+        let mut hits = Vec::new();
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            let bytes = std::fs::read(&path).unwrap();
+            if bytes.windows(needle.len()).any(|w| w == needle.as_bytes()) {
+                hits.push(path.display().to_string());
+            }
+        }
+        hits
+    }
+
+    #[tokio::test]
+    async fn embedded_store_reseals_legacy_plaintext_rows_and_leaves_no_copy_in_its_files() {
+        use crate::store::{embedded::EmbeddedStore, Store};
+
+        let dir = tempfile::tempdir().unwrap();
+        let cipher = SecretCipher::random();
+        let (current, previous) = (SigningSecret::generate(), SigningSecret::generate());
+        let s = sub("sub_1", &[&current, &previous]);
+        {
+            let store = EmbeddedStore::open(dir.path(), cipher.clone()).unwrap();
+            store.put_subscription(&s).await.unwrap();
+        }
+        for secret in [&current, &previous] {
+            assert!(files_contain(dir.path(), &base64_part(secret)).is_empty());
+        }
+        // A row as written before encryption existed: the secrets in plaintext.
+        {
+            let conn = rusqlite::Connection::open(dir.path().join("herald.db")).unwrap();
+            conn.busy_timeout(std::time::Duration::from_secs(5))
+                .unwrap();
+            conn.execute(
+                "UPDATE subscriptions SET body = ?1 WHERE id = 'sub_1'",
+                [serde_json::to_string(&s).unwrap()],
+            )
+            .unwrap();
+        }
+        assert!(!files_contain(dir.path(), &base64_part(&current)).is_empty());
+
+        let store = EmbeddedStore::open(dir.path(), cipher.clone()).unwrap();
+        assert_eq!(
+            store.get_subscription("acme", "sub_1").await.unwrap(),
+            Some(s.clone())
+        );
+        for secret in [&current, &previous] {
+            let hits = files_contain(dir.path(), &base64_part(secret));
+            assert!(hits.is_empty(), "plaintext left in {hits:?}");
+        }
+        drop(store);
+
+        // Another key cannot open it, and says which key it needs.
+        let err = EmbeddedStore::open(dir.path(), SecretCipher::random())
+            .err()
+            .expect("a wrong key fails the open")
+            .to_string();
+        assert!(err.contains(cipher.ring().primary().id()), "{err}");
+        assert!(err.contains("sub_1"), "{err}");
+    }
+}
