@@ -31,7 +31,7 @@ CRD_SCHEMAS = {
 }
 # Variables the chart passes for Herald features landing on other branches;
 # Herald ignores unknown variables, so these are harmless until then.
-PENDING = {"HERALD_SECRET_ENCRYPTION_KEY"}
+PENDING = set()
 ROLES = {"all", "api", "relay", "worker"}
 
 
