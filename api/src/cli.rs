@@ -355,8 +355,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     } else {
         app(state)
     };
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown_signal())
+    crate::server::serve(listener, router, shutdown_signal())
         .await
         .context("serving")?;
     tracing::info!("draining deliveries in flight");

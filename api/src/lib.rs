@@ -16,6 +16,7 @@ pub mod extract;
 pub mod openapi;
 pub mod portal;
 pub mod routes;
+pub mod server;
 
 use std::{num::NonZeroU32, sync::Arc, time::Duration};
 

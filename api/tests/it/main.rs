@@ -15,6 +15,7 @@ mod flow;
 mod isolation;
 mod kafka;
 mod kafka_broker;
+mod limits;
 mod manage;
 mod metrics;
 mod policies;

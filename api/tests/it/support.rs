@@ -71,7 +71,12 @@ impl Herald {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let state = tune_state(AppState::new(engine.clone(), ADMIN));
-        let server = tokio::spawn(async move { axum::serve(listener, app(state)).await.unwrap() });
+        // The binary's server (with its request head limits), not axum::serve.
+        let server = tokio::spawn(async move {
+            herald_api::server::serve(listener, app(state), std::future::pending())
+                .await
+                .unwrap()
+        });
         Self {
             base: format!("http://{addr}"),
             engine,
