@@ -7,7 +7,7 @@ mod manage;
 mod recovery;
 mod stream;
 
-pub use catalogue::EventTypePage;
+pub use catalogue::{Catalogue, EventTypePage, PreparedSchema};
 pub use manage::{SubscriptionPage, SubscriptionUpdate, API_KEY};
 pub use recovery::RECOVERY;
 pub use stream::{decode_cursor, encode_cursor, StreamBatch, StreamFrame};
@@ -573,7 +573,7 @@ impl Engine {
         tenant_id: &str,
         new: NewEvent,
     ) -> Result<(DomainEvent, bool), EngineError> {
-        let event = self.build_event(tenant_id, new, EventSource::Api)?;
+        let event = build_event(tenant_id, new, EventSource::Api)?;
         self.check_payload(
             tenant_id,
             &event.event_type,
@@ -603,71 +603,6 @@ impl Engine {
             tracing::warn!(error = %e, event_id = %event.id, "could not index an emitted event yet");
         }
         Ok((event, true))
-    }
-
-    fn build_event(
-        &self,
-        tenant_id: &str,
-        new: NewEvent,
-        source: EventSource,
-    ) -> Result<DomainEvent, EngineError> {
-        validate_filter(&new.event_type)
-            .ok()
-            .filter(|()| !new.event_type.contains('*'))
-            .ok_or_else(|| {
-                EngineError::invalid(
-                    "event_type",
-                    format!(
-                        "{:?} is not an event type; use dotted names like work_order.completed",
-                        new.event_type
-                    ),
-                )
-            })?;
-        if source == EventSource::Api && new.event_type.starts_with(OPERATIONAL_PREFIX) {
-            return Err(EngineError::invalid(
-                "event_type",
-                format!("types starting with {OPERATIONAL_PREFIX:?} are reserved for Herald's operational events"),
-            ));
-        }
-        if !new.payload.is_object() {
-            return Err(EngineError::invalid("payload", "must be a JSON object"));
-        }
-        let size = serde_json::to_vec(&new.payload)
-            .map(|v| v.len())
-            .unwrap_or(usize::MAX);
-        if size > MAX_PAYLOAD_BYTES {
-            return Err(EngineError::invalid(
-                "payload",
-                format!("is {size} bytes; the limit is {MAX_PAYLOAD_BYTES}"),
-            ));
-        }
-        if let Some(key) = &new.dedupe_key {
-            if key.is_empty() || key.len() > 256 || key.chars().any(char::is_control) {
-                return Err(EngineError::invalid(
-                    "dedupe_key",
-                    "1 to 256 printable characters",
-                ));
-            }
-        }
-        let schema_version = new.schema_version.unwrap_or(1);
-        if schema_version == 0 {
-            return Err(EngineError::invalid("schema_version", "starts at 1"));
-        }
-        let now = OffsetDateTime::now_utc();
-        Ok(DomainEvent {
-            id: ids::new_id(ids::EVENT),
-            tenant_id: tenant_id.to_string(),
-            event_type: new.event_type,
-            schema_version,
-            dedupe_key: new.dedupe_key,
-            occurred_at: new.occurred_at.unwrap_or(now),
-            received_at: now,
-            payload: new.payload,
-            source,
-            aggregate_type: None,
-            aggregate_id: None,
-            trace_id: new.trace_id,
-        })
     }
 
     /// A tenant's events, newest first.
@@ -981,6 +916,83 @@ pub fn validate_limits(
         }
     }
     Ok(())
+}
+
+/// Checks an event as emitted — a dotted type (not `herald.*` from the API),
+/// a JSON object payload of at most [`MAX_PAYLOAD_BYTES`], a printable
+/// `dedupe_key` of 1 to 256 characters, a `schema_version` from 1 — and
+/// builds the [`DomainEvent`] (a new id, received now). Schema validation
+/// against the catalogue is [`Catalogue::check`]'s, afterwards.
+pub fn build_event(
+    tenant_id: &str,
+    new: NewEvent,
+    source: EventSource,
+) -> Result<DomainEvent, EngineError> {
+    validate_filter(&new.event_type)
+        .ok()
+        .filter(|()| !new.event_type.contains('*'))
+        .ok_or_else(|| {
+            EngineError::invalid(
+                "event_type",
+                format!(
+                    "{:?} is not an event type; use dotted names like work_order.completed",
+                    new.event_type
+                ),
+            )
+        })?;
+    if source == EventSource::Api && new.event_type.starts_with(OPERATIONAL_PREFIX) {
+        return Err(EngineError::invalid(
+            "event_type",
+            format!("types starting with {OPERATIONAL_PREFIX:?} are reserved for Herald's operational events"),
+        ));
+    }
+    if !new.payload.is_object() {
+        return Err(EngineError::invalid("payload", "must be a JSON object"));
+    }
+    let size = serde_json::to_vec(&new.payload)
+        .map(|v| v.len())
+        .unwrap_or(usize::MAX);
+    if size > MAX_PAYLOAD_BYTES {
+        return Err(EngineError::invalid(
+            "payload",
+            format!("is {size} bytes; the limit is {MAX_PAYLOAD_BYTES}"),
+        ));
+    }
+    if let Some(key) = &new.dedupe_key {
+        if key.is_empty() || key.len() > 256 || key.chars().any(char::is_control) {
+            return Err(EngineError::invalid(
+                "dedupe_key",
+                "1 to 256 printable characters",
+            ));
+        }
+    }
+    if let Some(trace) = &new.trace_id {
+        if trace.is_empty() || trace.len() > 256 || trace.chars().any(char::is_control) {
+            return Err(EngineError::invalid(
+                "trace_id",
+                "1 to 256 printable characters",
+            ));
+        }
+    }
+    let schema_version = new.schema_version.unwrap_or(1);
+    if schema_version == 0 {
+        return Err(EngineError::invalid("schema_version", "starts at 1"));
+    }
+    let now = OffsetDateTime::now_utc();
+    Ok(DomainEvent {
+        id: ids::new_id(ids::EVENT),
+        tenant_id: tenant_id.to_string(),
+        event_type: new.event_type,
+        schema_version,
+        dedupe_key: new.dedupe_key,
+        occurred_at: new.occurred_at.unwrap_or(now),
+        received_at: now,
+        payload: new.payload,
+        source,
+        aggregate_type: None,
+        aggregate_id: None,
+        trace_id: new.trace_id,
+    })
 }
 
 fn validate_event_types(types: &[String]) -> Result<(), EngineError> {

@@ -32,9 +32,9 @@ pub mod subscriptions;
 
 pub use config::EngineConfig;
 pub use engine::{
-    decode_cursor, encode_cursor, validate_limits, Engine, EventPage, EventTypePage, LogPage,
-    NewEvent, NewSubscription, ReplayedDelivery, Rotation, StreamBatch, StreamFrame,
-    SubscriptionPage, SubscriptionUpdate, API_KEY, MAX_BATCH_EVENTS, MAX_IN_FLIGHT_LIMIT,
-    MAX_RATE_LIMIT, MAX_TIMEOUT_SECONDS, OPERATIONAL_PREFIX, RECOVERY,
+    build_event, decode_cursor, encode_cursor, validate_limits, Catalogue, Engine, EventPage,
+    EventTypePage, LogPage, NewEvent, NewSubscription, PreparedSchema, ReplayedDelivery, Rotation,
+    StreamBatch, StreamFrame, SubscriptionPage, SubscriptionUpdate, API_KEY, MAX_BATCH_EVENTS,
+    MAX_IN_FLIGHT_LIMIT, MAX_RATE_LIMIT, MAX_TIMEOUT_SECONDS, OPERATIONAL_PREFIX, RECOVERY,
 };
 pub use error::EngineError;

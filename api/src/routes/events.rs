@@ -38,6 +38,19 @@ pub struct Emit {
     pub trace_id: Option<String>,
 }
 
+impl From<Emit> for NewEvent {
+    fn from(e: Emit) -> Self {
+        NewEvent {
+            event_type: e.event_type,
+            payload: e.payload,
+            dedupe_key: e.dedupe_key,
+            schema_version: e.schema_version,
+            occurred_at: e.occurred_at,
+            trace_id: e.trace_id,
+        }
+    }
+}
+
 /// Emits an event: 202 once it is durable. A repeated `dedupe_key` answers
 /// the original event, with `herald-deduplicated: true`.
 #[utoipa::path(post, path = "/api/v1/integrations/events", tag = "events",
@@ -49,20 +62,7 @@ pub async fn emit(
     Tenant(tenant): Tenant,
     ApiJson(body): ApiJson<Emit>,
 ) -> Result<Response, ApiError> {
-    let (event, created) = state
-        .engine
-        .emit(
-            &tenant,
-            NewEvent {
-                event_type: body.event_type,
-                payload: body.payload,
-                dedupe_key: body.dedupe_key,
-                schema_version: body.schema_version,
-                occurred_at: body.occurred_at,
-                trace_id: body.trace_id,
-            },
-        )
-        .await?;
+    let (event, created) = state.engine.emit(&tenant, body.into()).await?;
     let mut response = (StatusCode::ACCEPTED, Json(event)).into_response();
     if !created {
         response.headers_mut().insert(
@@ -242,14 +242,7 @@ pub async fn emit_batch(
     for (i, raw) in body.events.into_iter().enumerate() {
         let e: Emit = serde_json::from_value(raw)
             .map_err(|err| ApiError::invalid("events", format!("events[{i}]: {err}")))?;
-        items.push(NewEvent {
-            event_type: e.event_type,
-            payload: e.payload,
-            dedupe_key: e.dedupe_key,
-            schema_version: e.schema_version,
-            occurred_at: e.occurred_at,
-            trace_id: e.trace_id,
-        });
+        items.push(e.into());
     }
     let data = state
         .engine

@@ -157,3 +157,59 @@ async fn registered_types_are_validated_and_versions_are_immutable() {
         .await;
     assert_eq!(s, 202);
 }
+
+/// A batch emit checks every item's payload against the catalogue, as a
+/// single emit does: one invalid item refuses the batch (422 pointing into
+/// the batch body) and stores nothing.
+#[tokio::test]
+async fn batch_emits_are_validated_against_the_catalogue() {
+    let h = Herald::start().await;
+    let key = h.tenant("acme").await;
+    let schema = json!({"type": "object", "required": ["order_id"],
+                        "properties": {"qty": {"type": "integer", "minimum": 1}}});
+    let (s, body) = h
+        .call(
+            "PUT",
+            &key,
+            "/api/v1/integrations/event-types/order.created",
+            Some(json!({"schema_version": 1, "schema": schema})),
+        )
+        .await;
+    assert_eq!(s, 201, "{body}");
+    let item =
+        |payload: serde_json::Value| json!({"event_type": "order.created", "payload": payload});
+    let (s, problem) = h
+        .post(
+            &key,
+            "/api/v1/integrations/events/batch",
+            json!({"events": [
+                item(json!({"order_id": "o1", "qty": 1})),
+                item(json!({"order_id": "o2", "qty": 0})),
+                {"event_type": "free.type", "payload": {"anything": true}},
+            ]}),
+        )
+        .await;
+    assert_eq!(s, 422, "{problem}");
+    assert_eq!(
+        problem["type"],
+        "https://herald.dev/problems/schema-violation"
+    );
+    let errors = problem["errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 1, "{problem}");
+    assert_eq!(errors[0]["instance_path"], "/events/1/payload/qty");
+    let (_, events) = h.get(&key, "/api/v1/integrations/events").await;
+    assert!(
+        events["data"].as_array().unwrap().is_empty(),
+        "a refused batch stores nothing"
+    );
+
+    let (s, body) = h
+        .post(
+            &key,
+            "/api/v1/integrations/events/batch",
+            json!({"events": [item(json!({"order_id": "o1", "qty": 1})), item(json!({"order_id": "o2"}))]}),
+        )
+        .await;
+    assert_eq!(s, 202, "{body}");
+    assert_eq!(body["data"].as_array().unwrap().len(), 2);
+}

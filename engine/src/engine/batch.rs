@@ -1,7 +1,9 @@
 //! Batched emit: many events in one request, atomic per batch.
 //!
-//! Every item is validated before anything is written; one invalid item
-//! refuses the whole batch and names its index. The new events go to the
+//! Every item is validated before anything is written — its fields and
+//! its payload against the catalogue's schema, as a single emit's — and one
+//! invalid item refuses the whole batch and names its index (schema
+//! violations point into the batch body: `/events/<i>/payload/...`). The new events go to the
 //! log in one `append` call, so the batch is one durable group commit, and
 //! the call returns only after it. Dedupe keys are honoured per item: a key
 //! already live in the window, or used by an earlier item of the same batch,
@@ -13,7 +15,7 @@ use tokio::task::JoinSet;
 
 use super::{Engine, NewEvent};
 use crate::{
-    error::EngineError,
+    error::{EngineError, SchemaIssue},
     model::{DomainEvent, EventSource},
     store::embedded::now_ms,
 };
@@ -48,12 +50,39 @@ impl Engine {
         }
         let mut events = Vec::with_capacity(items.len());
         for (i, item) in items.into_iter().enumerate() {
-            let event = self
-                .build_event(tenant_id, item, EventSource::Api)
+            let event = super::build_event(tenant_id, item, EventSource::Api)
+                .and_then(|event| {
+                    self.check_payload(
+                        tenant_id,
+                        &event.event_type,
+                        event.schema_version,
+                        &event.payload,
+                    )?;
+                    Ok(event)
+                })
                 .map_err(|e| match e {
                     EngineError::Invalid { field, message } => {
                         EngineError::invalid("events", format!("events[{i}].{field}: {message}"))
                     }
+                    // Point into the batch body: /events/<i>/payload/...
+                    EngineError::SchemaViolation {
+                        event_type,
+                        schema_version,
+                        errors,
+                    } => EngineError::SchemaViolation {
+                        event_type,
+                        schema_version,
+                        errors: errors
+                            .into_iter()
+                            .map(|issue| SchemaIssue {
+                                instance_path: format!(
+                                    "/events/{i}/payload{}",
+                                    issue.instance_path
+                                ),
+                                message: issue.message,
+                            })
+                            .collect(),
+                    },
                     other => other,
                 })?;
             events.push(event);

@@ -32,10 +32,24 @@ struct Entry {
     validator: Arc<jsonschema::Validator>,
 }
 
-/// Registered schemas by (tenant, event type), then version.
+/// Registered schemas by (tenant, event type), then version, compiled:
+/// what every emit's payload is checked against ([`Catalogue::check`]).
 #[derive(Default)]
-pub(super) struct Catalogue {
+pub struct Catalogue {
     types: RwLock<HashMap<(String, String), BTreeMap<u32, Entry>>>,
+}
+
+/// A schema checked and compiled for registration ([`Catalogue::prepare`]).
+pub struct PreparedSchema {
+    record: EventTypeSchema,
+    validator: jsonschema::Validator,
+}
+
+impl PreparedSchema {
+    /// The schema as it will be stored.
+    pub fn record(&self) -> &EventTypeSchema {
+        &self.record
+    }
 }
 
 fn compile(schema: &serde_json::Value) -> Result<jsonschema::Validator, EngineError> {
@@ -44,7 +58,52 @@ fn compile(schema: &serde_json::Value) -> Result<jsonschema::Validator, EngineEr
 }
 
 impl Catalogue {
-    pub(super) fn load(schemas: Vec<EventTypeSchema>) -> Self {
+    /// Checks a schema a tenant registers — a dotted event type, a version
+    /// from 1, a JSON object of at most 64 KiB that compiles as a JSON
+    /// Schema — and compiles it.
+    pub fn prepare(
+        tenant_id: &str,
+        event_type: &str,
+        schema_version: u32,
+        schema: serde_json::Value,
+    ) -> Result<PreparedSchema, EngineError> {
+        validate_event_type_name(event_type)?;
+        if schema_version == 0 {
+            return Err(EngineError::invalid("schema_version", "must be at least 1"));
+        }
+        if !schema.is_object() {
+            return Err(EngineError::invalid(
+                "schema",
+                "must be a JSON Schema object, e.g. {\"type\": \"object\"}",
+            ));
+        }
+        if serde_json::to_vec(&schema).map_or(usize::MAX, |v| v.len()) > MAX_SCHEMA_BYTES {
+            return Err(EngineError::invalid(
+                "schema",
+                format!("at most {MAX_SCHEMA_BYTES} bytes of JSON"),
+            ));
+        }
+        let validator = compile(&schema)?;
+        Ok(PreparedSchema {
+            record: EventTypeSchema {
+                tenant_id: tenant_id.to_string(),
+                event_type: event_type.to_string(),
+                schema_version,
+                schema,
+                created_at: OffsetDateTime::now_utc(),
+            },
+            validator,
+        })
+    }
+
+    /// Adds a prepared schema (replacing that version, if any).
+    pub fn add(&self, prepared: PreparedSchema) {
+        self.insert(prepared.record, prepared.validator);
+    }
+
+    /// The catalogue of stored schemas; one that no longer compiles is
+    /// logged and left out.
+    pub fn load(schemas: Vec<EventTypeSchema>) -> Self {
         let catalogue = Self::default();
         for s in schemas {
             match compile(&s.schema) {
@@ -71,8 +130,11 @@ impl Catalogue {
             );
     }
 
-    /// Checks a payload; `Ok` for unregistered types.
-    pub(super) fn check(
+    /// Checks a payload against the schema of its tenant, type and
+    /// version: `Ok` for unregistered types, `Invalid` on `schema_version`
+    /// for an unregistered version of a registered type, `SchemaViolation`
+    /// listing (at most 20) violations otherwise.
+    pub fn check(
         &self,
         tenant: &str,
         event_type: &str,
@@ -159,30 +221,8 @@ impl Engine {
         schema_version: u32,
         schema: serde_json::Value,
     ) -> Result<(EventTypeSchema, bool), EngineError> {
-        validate_event_type_name(event_type)?;
-        if schema_version == 0 {
-            return Err(EngineError::invalid("schema_version", "must be at least 1"));
-        }
-        if !schema.is_object() {
-            return Err(EngineError::invalid(
-                "schema",
-                "must be a JSON Schema object, e.g. {\"type\": \"object\"}",
-            ));
-        }
-        if serde_json::to_vec(&schema).map_or(usize::MAX, |v| v.len()) > MAX_SCHEMA_BYTES {
-            return Err(EngineError::invalid(
-                "schema",
-                format!("at most {MAX_SCHEMA_BYTES} bytes of JSON"),
-            ));
-        }
-        let validator = compile(&schema)?;
-        let record = EventTypeSchema {
-            tenant_id: tenant_id.to_string(),
-            event_type: event_type.to_string(),
-            schema_version,
-            schema,
-            created_at: OffsetDateTime::now_utc(),
-        };
+        let PreparedSchema { record, validator } =
+            Catalogue::prepare(tenant_id, event_type, schema_version, schema)?;
         let created = self.store.put_event_type(&record).await?;
         if created {
             self.catalogue.insert(record.clone(), validator);
@@ -267,4 +307,148 @@ fn validate_event_type_name(event_type: &str) -> Result<(), EngineError> {
                 ),
             )
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::{
+        engine::{build_event, MAX_PAYLOAD_BYTES},
+        model::EventSource,
+        NewEvent,
+    };
+
+    fn emit(event_type: &str, payload: serde_json::Value) -> NewEvent {
+        NewEvent {
+            event_type: event_type.into(),
+            payload,
+            ..Default::default()
+        }
+    }
+
+    fn field(e: EngineError) -> &'static str {
+        match e {
+            EngineError::Invalid { field, .. } => field,
+            other => panic!("expected Invalid, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn build_event_refuses_each_bad_field() {
+        let ok = build_event("acme", emit("order.created", json!({})), EventSource::Api).unwrap();
+        assert_eq!(ok.schema_version, 1);
+        for (new, expected) in [
+            (emit("order created", json!({})), "event_type"),
+            (emit("order.*", json!({})), "event_type"),
+            (emit("*", json!({})), "event_type"),
+            (emit("", json!({})), "event_type"),
+            (emit("herald.delivery.dead", json!({})), "event_type"),
+            (emit("a.b", json!([1])), "payload"),
+            (emit("a.b", json!("text")), "payload"),
+            (
+                emit("a.b", json!({ "big": "x".repeat(MAX_PAYLOAD_BYTES) })),
+                "payload",
+            ),
+            (
+                NewEvent {
+                    dedupe_key: Some(String::new()),
+                    ..emit("a.b", json!({}))
+                },
+                "dedupe_key",
+            ),
+            (
+                NewEvent {
+                    dedupe_key: Some("k\n".into()),
+                    ..emit("a.b", json!({}))
+                },
+                "dedupe_key",
+            ),
+            (
+                NewEvent {
+                    trace_id: Some("t".repeat(257)),
+                    ..emit("a.b", json!({}))
+                },
+                "trace_id",
+            ),
+            (
+                NewEvent {
+                    trace_id: Some("t\u{0}".into()),
+                    ..emit("a.b", json!({}))
+                },
+                "trace_id",
+            ),
+            (
+                NewEvent {
+                    schema_version: Some(0),
+                    ..emit("a.b", json!({}))
+                },
+                "schema_version",
+            ),
+        ] {
+            let label = format!("{:?}", new.event_type);
+            let err = build_event("acme", new, EventSource::Api).unwrap_err();
+            assert_eq!(field(err), expected, "{label}");
+        }
+        // Herald's own operational events may use the reserved prefix.
+        build_event(
+            "acme",
+            emit("herald.delivery.dead", json!({})),
+            EventSource::Herald,
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn prepare_refuses_bad_registrations() {
+        for (event_type, version, schema, expected) in [
+            ("a.*", 1, json!({}), "event_type"),
+            ("a.b", 0, json!({}), "schema_version"),
+            ("a.b", 1, json!("text"), "schema"),
+            ("a.b", 1, json!({"type": 12}), "schema"),
+            ("a.b", 1, json!({"pattern": "("}), "schema"),
+            (
+                "a.b",
+                1,
+                json!({ "description": "x".repeat(MAX_SCHEMA_BYTES) }),
+                "schema",
+            ),
+        ] {
+            let err = Catalogue::prepare("acme", event_type, version, schema)
+                .err()
+                .expect("refused");
+            assert_eq!(field(err), expected);
+        }
+    }
+
+    #[test]
+    fn check_validates_per_tenant_type_and_version_and_caps_the_issues() {
+        let catalogue = Catalogue::default();
+        let schema = json!({
+            "type": "object",
+            "properties": {"n": {"type": "integer"}},
+            "additionalProperties": {"type": "integer"}
+        });
+        catalogue.add(Catalogue::prepare("acme", "a.b", 1, schema).unwrap());
+        assert!(catalogue.check("acme", "a.b", 1, &json!({"n": 1})).is_ok());
+        assert!(catalogue
+            .check("globex", "a.b", 1, &json!({"n": "x"}))
+            .is_ok());
+        assert!(catalogue
+            .check("acme", "c.d", 1, &json!({"n": "x"}))
+            .is_ok());
+        assert_eq!(
+            field(catalogue.check("acme", "a.b", 2, &json!({})).unwrap_err()),
+            "schema_version"
+        );
+        let many: serde_json::Map<String, serde_json::Value> =
+            (0..100).map(|i| (format!("k{i}"), json!("x"))).collect();
+        match catalogue.check("acme", "a.b", 1, &serde_json::Value::Object(many)) {
+            Err(EngineError::SchemaViolation { errors, .. }) => {
+                assert_eq!(errors.len(), MAX_ISSUES)
+            }
+            other => panic!("expected a violation, got {other:?}"),
+        }
+    }
 }
