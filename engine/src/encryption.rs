@@ -400,32 +400,40 @@ pub fn load_or_create_key_file(path: &Path) -> io::Result<(EncryptionKey, bool)>
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
+    // Written whole to a private temporary file, then linked into place:
+    // another process sharing the data dir sees no key file or a complete
+    // one, and if two race, the first link wins and both use its key.
     let key = EncryptionKey::generate();
-    let mut file = match std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-    {
-        Ok(f) => f,
-        // Another process sharing the data dir made it first: use theirs.
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok((read(path)?, false)),
-        Err(e) => return Err(e),
-    };
-    let written = (|| {
+    let mut nonce = [0u8; 8];
+    OsRng.fill_bytes(&mut nonce);
+    let tmp = path.with_extension(format!(
+        "tmp-{}",
+        nonce.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    ));
+    let result = (|| {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
         file.write_all(format!("{}\n", key.to_base64()).as_bytes())?;
         file.sync_all()?;
+        let created = match std::fs::hard_link(&tmp, path) {
+            Ok(()) => true,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
+            Err(e) => return Err(e),
+        };
         if let Some(dir) = path.parent() {
             std::fs::File::open(dir)?.sync_all()?;
         }
-        Ok(())
+        Ok(created)
     })();
-    if let Err(e) = written {
-        // Leave no half-written key behind for the next start to trip on.
-        let _ = std::fs::remove_file(path);
-        return Err(e);
+    let _ = std::fs::remove_file(&tmp);
+    if result? {
+        Ok((key, true))
+    } else {
+        Ok((read(path)?, false))
     }
-    Ok((key, true))
 }
 
 #[cfg(test)]
@@ -586,5 +594,21 @@ mod tests {
         std::fs::write(&path, "not a key").unwrap();
         let err = load_or_create_key_file(&path).unwrap_err().to_string();
         assert!(err.contains("does not hold a key"), "{err}");
+    }
+
+    #[test]
+    fn racing_creators_agree_on_one_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret.key");
+        let keys: Vec<(EncryptionKey, bool)> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| scope.spawn(|| load_or_create_key_file(&path).unwrap()))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert_eq!(keys.iter().filter(|(_, created)| *created).count(), 1);
+        assert!(keys.iter().all(|(k, _)| *k == keys[0].0));
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(leftovers.len(), 1, "no temporary files left behind");
     }
 }
