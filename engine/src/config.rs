@@ -26,6 +26,9 @@ pub struct EngineConfig {
     pub kafka: Option<KafkaConfig>,
     /// Which tasks this process runs.
     pub role: Role,
+    /// Replays a second that recovery jobs schedule at most (all jobs of
+    /// this process together), so a recovering endpoint is not flooded.
+    pub recovery_rate: u32,
 }
 
 /// Which parts of the engine a process runs (DESIGN §1).
@@ -199,6 +202,7 @@ impl Default for EngineConfig {
             scylla: None,
             kafka: None,
             role: Role::All,
+            recovery_rate: 1000,
         }
     }
 }
