@@ -144,6 +144,9 @@ pub struct ServeArgs {
     /// How long an open circuit waits before probing the endpoint again.
     #[arg(long, env = "HERALD_BREAKER_OPEN_FOR", default_value = "30s", value_parser = humantime::parse_duration)]
     pub breaker_open_for: std::time::Duration,
+    /// Replays a second that recovery jobs schedule at most (per process).
+    #[arg(long, env = "HERALD_RECOVERY_RATE", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub recovery_rate: u32,
     /// Extra lease time of a claimed delivery beyond four request timeouts;
     /// after a worker dies, its claimed deliveries are due again after the lease.
     #[arg(long, env = "HERALD_LEASE_MARGIN", default_value = "30s", value_parser = humantime::parse_duration)]
@@ -206,6 +209,7 @@ impl ServeArgs {
                 Role::Relay => config::Role::Relay,
                 Role::All => config::Role::All,
             },
+            recovery_rate: self.recovery_rate,
             ..EngineConfig::default()
         };
         config.delivery.lease_margin = self.lease_margin;

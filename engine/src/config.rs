@@ -32,6 +32,9 @@ pub struct EngineConfig {
     /// sealing key first. `None`: the embedded store keeps a generated key
     /// in `<data_dir>/secret.key`; the CQL store refuses to start.
     pub secret_keys: Option<KeyRing>,
+    /// Replays a second that recovery jobs schedule at most (all jobs of
+    /// this process together), so a recovering endpoint is not flooded.
+    pub recovery_rate: u32,
 }
 
 /// Which parts of the engine a process runs (DESIGN §1).
@@ -206,6 +209,7 @@ impl Default for EngineConfig {
             kafka: None,
             role: Role::All,
             secret_keys: None,
+            recovery_rate: 1000,
         }
     }
 }

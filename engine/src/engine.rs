@@ -186,6 +186,10 @@ pub struct Engine {
     /// Serialise read-modify-write changes of one subscription (striped by id),
     /// so a concurrent delete is never undone by an update.
     subscription_locks: Vec<AsyncMutex<()>>,
+    /// Cancels the background tasks when the engine is dropped without a
+    /// [`Engine::shutdown`] (a panicking caller): the relay's blocking loop
+    /// would otherwise keep its runtime from ever shutting down.
+    _stop_on_drop: tokio_util::sync::DropGuard,
 }
 
 impl Engine {
@@ -326,6 +330,8 @@ impl Engine {
         let recovery_wake = Arc::new(Notify::new());
         tasks.push(tokio::spawn(recovery::run(
             store.clone(),
+            log.clone(),
+            config.recovery_rate,
             wake.clone(),
             recovery_wake.clone(),
             cancel.clone(),
@@ -366,7 +372,7 @@ impl Engine {
             guard,
             shards,
             wake,
-            cancel,
+            cancel: cancel.clone(),
             relay,
             tasks: parking_lot::Mutex::new(tasks),
             emit_locks: (0..64).map(|_| AsyncMutex::new(())).collect(),
@@ -374,6 +380,7 @@ impl Engine {
             catalogue,
             recovery_wake,
             subscription_locks: (0..64).map(|_| AsyncMutex::new(())).collect(),
+            _stop_on_drop: cancel.drop_guard(),
         }))
     }
 
@@ -775,13 +782,12 @@ async fn follow_subscriptions(
     index: Arc<SubscriptionIndex>,
     cancel: CancellationToken,
 ) {
-    let mut follower = fanout::SubscriptionFollower::default();
     loop {
         tokio::select! {
             () = tokio::time::sleep(SUBSCRIPTION_REFRESH) => {}
             () = cancel.cancelled() => return,
         }
-        follower.refresh(store.as_ref(), &index).await;
+        fanout::refresh_subscriptions(store.as_ref(), &index).await;
     }
 }
 

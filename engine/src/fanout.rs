@@ -58,7 +58,6 @@ pub async fn run(
         dedupe_window,
         follow_store,
     } = settings;
-    let mut follower = SubscriptionFollower::default();
     let mut consumer = loop {
         match log.consumer(&group).await {
             Ok(c) => break c,
@@ -86,7 +85,7 @@ pub async fn run(
             }
         };
         if follow_store {
-            follower.refresh(store.as_ref(), &subscriptions).await;
+            refresh_subscriptions(store.as_ref(), &subscriptions).await;
         }
         let now = now_ms();
         let mut next: BTreeMap<u32, u64> = BTreeMap::new();
@@ -150,32 +149,29 @@ pub async fn run(
     }
 }
 
-/// Keeps a subscription index equal to a shared store's subscriptions.
-#[derive(Default)]
-pub struct SubscriptionFollower {
-    seen: Option<u64>,
-}
-
-impl SubscriptionFollower {
-    /// Reloads `index` if the store's subscriptions changed since the last
-    /// call. A store error leaves the index as it was (and is logged).
-    pub async fn refresh(&mut self, store: &dyn Store, index: &SubscriptionIndex) {
-        let version = match store.subscriptions_version().await {
-            Ok(v) => v,
-            Err(e) => {
-                tracing::warn!(error = %e, "could not check the subscriptions' version");
-                return;
-            }
-        };
-        if self.seen == Some(version) {
+/// Reloads `index` if a shared store's subscriptions changed since the
+/// index's snapshot. A store error leaves the index as it was (and is
+/// logged).
+///
+/// The version the index reflects is kept in the index, so any number of
+/// callers (the fan-out before each batch, a periodic task) share it, and
+/// a snapshot never replaces a newer one.
+pub async fn refresh_subscriptions(store: &dyn Store, index: &SubscriptionIndex) {
+    let version = match store.subscriptions_version().await {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not check the subscriptions' version");
             return;
         }
-        match store.all_subscriptions().await {
-            Ok(subs) => {
-                index.replace_all(subs);
-                self.seen = Some(version);
-            }
-            Err(e) => tracing::warn!(error = %e, "could not reload subscriptions"),
+    };
+    if index.version().is_some_and(|seen| seen >= version) {
+        return;
+    }
+    // Read after the version: the snapshot holds at least that version.
+    match store.all_subscriptions().await {
+        Ok(subs) => {
+            index.replace_if_newer(version, subs);
         }
+        Err(e) => tracing::warn!(error = %e, "could not reload subscriptions"),
     }
 }

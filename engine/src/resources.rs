@@ -56,6 +56,21 @@ pub enum RecoveryStatus {
     Completed,
 }
 
+/// Where a recovery finds the events it re-delivers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum RecoverySource {
+    /// The subscription's delivery history: events it was delivered (or
+    /// attempted) in the range.
+    #[default]
+    Deliveries,
+    /// The event log: every event of the tenant appended in the range that
+    /// the subscription matches, read by timestamp a page at a time (also
+    /// events the subscription never saw, e.g. from before it existed).
+    Log,
+}
+
 /// A bulk recovery: re-delivers, as replays, what one subscription had in a
 /// time range. Durable: after a restart it resumes where it stopped.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -73,11 +88,17 @@ pub struct RecoveryJob {
     /// End of the range (events received before).
     #[serde(with = "time::serde::rfc3339")]
     pub until: OffsetDateTime,
-    /// Only events whose latest delivery outcome is `failed` or `dead`.
+    /// Only events whose latest delivery outcome is `failed` or `dead`
+    /// (with the `deliveries` source).
     pub only_failed: bool,
+    /// Where the events come from.
+    #[serde(default)]
+    pub source: RecoverySource,
     /// Lifecycle state.
     pub status: RecoveryStatus,
-    /// Events to re-deliver, counted when the job was created.
+    /// Events to re-deliver, counted when the job was created (with the
+    /// `log` source: the records of the range in the tenant's partition, an
+    /// upper bound; other tenants' records there are skipped).
     pub total: u64,
     /// Replays scheduled so far.
     pub scheduled: u64,

@@ -53,6 +53,8 @@ struct Inner {
     by_id: HashMap<String, Arc<WebhookSubscription>>,
     /// (tenant, exact type or `prefix.`) → subscription ids.
     keyed: HashMap<(String, String), Vec<String>>,
+    /// The store's subscriptions version of the last [`SubscriptionIndex::replace_if_newer`].
+    version: Option<u64>,
 }
 
 /// Subscriptions by id and by what they match.
@@ -86,12 +88,31 @@ impl SubscriptionIndex {
         inner.by_id.insert(sub.id.clone(), Arc::new(sub));
     }
 
-    /// Replaces the whole index with `subs` (a process that is not the only
-    /// writer of subscriptions follows the store this way).
-    pub fn replace_all(&self, subs: impl IntoIterator<Item = WebhookSubscription>) {
+    /// Replaces the whole index with `subs`, a snapshot of the store read
+    /// after it was at `version`, unless the index already holds a snapshot
+    /// of that version or a later one. A process that is not the only
+    /// writer of subscriptions follows the store this way; the check keeps
+    /// two followers racing (one delayed between its read and its replace)
+    /// from ever putting an older snapshot over a newer one.
+    pub fn replace_if_newer(
+        &self,
+        version: u64,
+        subs: impl IntoIterator<Item = WebhookSubscription>,
+    ) -> bool {
         let fresh = Self::new(subs);
-        let inner = std::mem::take(&mut *fresh.inner.write());
-        *self.inner.write() = inner;
+        let mut next = std::mem::take(&mut *fresh.inner.write());
+        let mut inner = self.inner.write();
+        if inner.version.is_some_and(|v| v >= version) {
+            return false;
+        }
+        next.version = Some(version);
+        *inner = next;
+        true
+    }
+
+    /// The store version of the snapshot the index was last replaced with.
+    pub fn version(&self) -> Option<u64> {
+        self.inner.read().version
     }
 
     /// Removes a subscription.
@@ -192,6 +213,25 @@ mod tests {
 
     fn ids(v: Vec<Arc<WebhookSubscription>>) -> Vec<String> {
         v.iter().map(|s| s.id.clone()).collect()
+    }
+
+    #[test]
+    fn an_older_snapshot_never_replaces_a_newer_one() {
+        let index = SubscriptionIndex::default();
+        let old = vec![sub("a", "t", &["x.*"])];
+        let new = vec![sub("a", "t", &["x.*"]), sub("b", "t", &["x.*"])];
+        // A follower delayed between its read (version 1) and its replace
+        // loses against one that read version 2.
+        assert!(index.replace_if_newer(2, new));
+        assert!(!index.replace_if_newer(1, old.clone()));
+        assert_eq!(ids(index.matching("t", "x.y")).len(), 2);
+        assert!(
+            !index.replace_if_newer(2, old.clone()),
+            "same version: kept"
+        );
+        assert!(index.replace_if_newer(3, old));
+        assert_eq!(ids(index.matching("t", "x.y")), ["a"]);
+        assert_eq!(index.version(), Some(3));
     }
 
     #[test]

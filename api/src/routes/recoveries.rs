@@ -7,7 +7,7 @@ use axum::{
     response::{IntoResponse, Response},
     Json,
 };
-use herald_engine::resources::RecoveryJob;
+use herald_engine::resources::{RecoveryJob, RecoverySource};
 use serde::Deserialize;
 use time::OffsetDateTime;
 
@@ -29,9 +29,16 @@ pub struct Recover {
     #[serde(with = "time::serde::rfc3339")]
     #[schema(value_type = String, format = DateTime)]
     pub until: OffsetDateTime,
-    /// Only events whose latest delivery there failed or is dead (default false).
+    /// Only events whose latest delivery there failed or is dead (default
+    /// false; with the `deliveries` source only).
     #[serde(default)]
     pub only_failed: bool,
+    /// `deliveries` (default): what the subscription was delivered or
+    /// attempted in the range. `log`: every event of the tenant the event
+    /// log holds for the range that the subscription matches, including
+    /// events from before the subscription existed.
+    #[serde(default)]
+    pub source: RecoverySource,
 }
 
 /// Starts re-delivering (as replays) what the subscription had in the range.
@@ -48,7 +55,14 @@ pub async fn recover(
 ) -> Result<Response, ApiError> {
     let job = state
         .engine
-        .start_recovery(&tenant, &id, body.since, body.until, body.only_failed)
+        .start_recovery(
+            &tenant,
+            &id,
+            body.since,
+            body.until,
+            body.only_failed,
+            body.source,
+        )
         .await?;
     let location = format!("/api/v1/portal/recoveries/{}", job.id);
     let mut response = (StatusCode::ACCEPTED, Json(job)).into_response();

@@ -59,8 +59,14 @@ async fn kafka_broker_restart_and_outage_lose_nothing() {
     let acked_set = acked.lock().await.clone();
     let refused_n = refused.load(std::sync::atomic::Ordering::Relaxed);
     assert_eq!(acked_set.len() + refused_n, 1500);
-    let (delivered, duplicates) =
-        all_delivered(&receiver, &acked_set, &secrets, Duration::from_secs(180)).await;
+    let (delivered, duplicates) = all_delivered(
+        &receiver,
+        &acked_set,
+        &secrets,
+        &dir,
+        Duration::from_secs(180),
+    )
+    .await;
     println!(
         "kafka broker restart: {} acknowledged, {refused_n} refused with 503 during the restart, \
          {delivered} delivered, 0 lost, {duplicates} duplicate deliveries",

@@ -10,6 +10,7 @@ mod cql;
 mod cql_crash;
 mod cql_store;
 mod crash;
+mod distributed;
 mod errors;
 mod flow;
 mod isolation;

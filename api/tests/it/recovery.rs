@@ -150,6 +150,7 @@ async fn an_unfinished_recovery_job_resumes_after_a_restart() {
         since: now - Duration::from_secs(3600),
         until: now,
         only_failed: false,
+        source: Default::default(),
         status: RecoveryStatus::Running,
         total: 3,
         scheduled: 0,

@@ -145,6 +145,9 @@ enum Signal {
     Finished(Finished),
     /// A rate-limited endpoint has a token again.
     Wake(String),
+    /// A job whose subscription this process's index did not know yet, but
+    /// the store does (created by another process): take it again.
+    Retry(Job),
 }
 
 struct Shard {
@@ -159,7 +162,7 @@ impl Shard {
         let ctx = &self.ctx;
         let Some(sub) = ctx.subscriptions.get(&job.delivery.subscription_id) else {
             self.attempts
-                .spawn(super::attempt::drop_orphan(ctx.clone(), job));
+                .spawn(resolve_unknown(ctx.clone(), job, self.signals.clone()));
             return;
         };
         if sub.status != SubscriptionStatus::Active {
@@ -310,6 +313,40 @@ impl Shard {
     }
 }
 
+/// A job whose subscription the index does not hold: another process may
+/// have created it after this one's last look at the shared store (the
+/// fan-out that scheduled it may run elsewhere). Ask the store: if it is
+/// there, refresh the index and hand the job back to its shard; only if it
+/// is gone is the delivery dead.
+async fn resolve_unknown(
+    ctx: Arc<WorkerContext>,
+    job: Job,
+    signals: mpsc::UnboundedSender<Signal>,
+) {
+    let d = &job.delivery;
+    match ctx
+        .store
+        .get_subscription(&d.tenant_id, &d.subscription_id)
+        .await
+    {
+        Ok(Some(_)) => {
+            crate::fanout::refresh_subscriptions(ctx.store.as_ref(), &ctx.subscriptions).await;
+            if ctx.subscriptions.get(&d.subscription_id).is_some() {
+                let _ = signals.send(Signal::Retry(job));
+            } else {
+                // The index could not catch up (store error): the lease
+                // brings the delivery back later.
+                ctx.in_flight.lock().remove(&d.delivery_id);
+            }
+        }
+        Ok(None) => super::attempt::drop_orphan(ctx, job).await,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not look up a delivery's subscription; it stays leased");
+            ctx.in_flight.lock().remove(&d.delivery_id);
+        }
+    }
+}
+
 async fn run_shard(
     ctx: Arc<WorkerContext>,
     mut jobs: mpsc::Receiver<Job>,
@@ -327,6 +364,7 @@ async fn run_shard(
             biased;
             Some(signal) = signal_rx.recv() => match signal {
                 Signal::Finished(done) => shard.finished(done),
+                Signal::Retry(job) => shard.accept(job),
                 Signal::Wake(id) => {
                     if let Some(ep) = shard.endpoints.get_mut(&id) {
                         ep.wakeup_pending = false;

@@ -1,13 +1,16 @@
 //! Bulk recovery: re-deliver, as replays, what one subscription had in a time
 //! range — every event delivered (or attempted) there, or only those whose
-//! latest outcome is `failed` or `dead`.
+//! latest outcome is `failed` or `dead` (source `deliveries`), or every
+//! matching event the log holds for the range (source `log`, see
+//! [`crate::log_recovery`]).
 //!
 //! A job is a row in the store. One background task works through the
 //! unfinished jobs a page at a time: each page's replays are scheduled, and
-//! the job's cursor and counts moved, in one store transaction, so a crash
-//! neither loses nor repeats a page, and a restart resumes where it stopped.
-//! Pages are paced (at most [`PAGE`] events per [`PACE`]) so a large recovery
-//! never floods the schedule ahead of live traffic.
+//! the job's cursor and counts moved, in one store write, so a crash never
+//! skips a page, and a restart resumes where it stopped. Pages are paced
+//! to the configured rate (`--recovery-rate`, replays a second for all jobs
+//! of the process) so a large recovery never floods an endpoint or the
+//! schedule ahead of live traffic.
 
 use std::{sync::Arc, time::Duration};
 
@@ -19,17 +22,17 @@ use super::Engine;
 use crate::{
     error::EngineError,
     ids,
+    log::EventLog,
+    log_recovery,
     model::ScheduledDelivery,
-    resources::{RecoveryJob, RecoveryStatus},
+    resources::{RecoveryJob, RecoverySource, RecoveryStatus},
     store::{embedded::now_ms, RecoveryScope, Store},
 };
 
 /// Prefix of recovery job ids.
 pub const RECOVERY: &str = "rcv";
-/// Events handled per step of a job.
+/// Events handled per step of a job (fewer when the rate is lower).
 const PAGE: usize = 100;
-/// Pause between steps.
-const PACE: Duration = Duration::from_millis(100);
 
 /// The smallest event id created at `t` (UUIDv7 ids start with their time).
 fn event_id_at(t: OffsetDateTime) -> String {
@@ -58,6 +61,7 @@ impl Engine {
         since: OffsetDateTime,
         until: OffsetDateTime,
         only_failed: bool,
+        source: RecoverySource,
     ) -> Result<RecoveryJob, EngineError> {
         let now = OffsetDateTime::now_utc();
         let until = until.min(now);
@@ -65,6 +69,13 @@ impl Engine {
             return Err(EngineError::invalid(
                 "since",
                 "since must be before until (and before now)",
+            ));
+        }
+        if only_failed && source == RecoverySource::Log {
+            return Err(EngineError::invalid(
+                "only_failed",
+                "only_failed needs the delivery history: use source \"deliveries\" (the default) \
+                 or drop only_failed",
             ));
         }
         self.subscription(tenant_id, subscription_id).await?;
@@ -75,6 +86,7 @@ impl Engine {
             since,
             until,
             only_failed,
+            source,
             status: RecoveryStatus::Running,
             total: 0,
             scheduled: 0,
@@ -82,10 +94,15 @@ impl Engine {
             created_at: now,
             updated_at: now,
         };
-        job.total = self.store.count_recovery_candidates(&scope(&job)).await?;
+        job.total = match source {
+            RecoverySource::Deliveries => {
+                self.store.count_recovery_candidates(&scope(&job)).await?
+            }
+            RecoverySource::Log => log_recovery::records_in_range(self.log.as_ref(), &job).await?,
+        };
         self.store.create_recovery(&job).await?;
         self.recovery_wake.notify_one();
-        tracing::info!(tenant_id, subscription_id, recovery_id = %job.id, total = job.total, "recovery started");
+        tracing::info!(tenant_id, subscription_id, recovery_id = %job.id, ?source, total = job.total, "recovery started");
         Ok(job)
     }
 
@@ -98,13 +115,19 @@ impl Engine {
     }
 }
 
-/// Works through unfinished recovery jobs until cancelled.
+/// Works through unfinished recovery jobs until cancelled, `rate` replays
+/// a second at most.
 pub(super) async fn run(
     store: Arc<dyn Store>,
+    log: Arc<dyn EventLog>,
+    rate: u32,
     wake_scheduler: Arc<Notify>,
     wake: Arc<Notify>,
     cancel: CancellationToken,
 ) {
+    let page = PAGE.min(rate.max(1) as usize);
+    // One page per pause keeps the process at `rate` replays a second.
+    let pace = Duration::from_secs_f64(page as f64 / f64::from(rate.max(1)));
     loop {
         let jobs = match store.unfinished_recoveries().await {
             Ok(jobs) => jobs,
@@ -121,12 +144,26 @@ pub(super) async fn run(
             }
         }
         for (job, cursor) in jobs {
-            if let Err(e) = step(store.as_ref(), &job, cursor).await {
+            let stepped = match job.source {
+                RecoverySource::Deliveries => step(store.as_ref(), &job, cursor, page)
+                    .await
+                    .map_err(EngineError::from),
+                RecoverySource::Log => log_recovery::log_step(
+                    store.as_ref(),
+                    log.as_ref(),
+                    &job,
+                    cursor.as_deref(),
+                    page,
+                )
+                .await
+                .map(|_| ()),
+            };
+            if let Err(e) = stepped {
                 tracing::warn!(recovery_id = %job.id, error = %e, "recovery step failed; retrying");
             }
             wake_scheduler.notify_one();
             tokio::select! {
-                _ = tokio::time::sleep(PACE) => {}
+                _ = tokio::time::sleep(pace) => {}
                 _ = cancel.cancelled() => return,
             }
         }
@@ -137,6 +174,7 @@ async fn step(
     store: &dyn Store,
     job: &RecoveryJob,
     cursor: Option<String>,
+    page_size: usize,
 ) -> Result<(), crate::store::StoreError> {
     let subscription = store
         .get_subscription(&job.tenant_id, &job.subscription_id)
@@ -146,9 +184,9 @@ async fn step(
         return store.advance_recovery(job, Vec::new(), cursor, true).await;
     }
     let page = store
-        .recovery_candidates(&scope(job), cursor.as_deref(), PAGE)
+        .recovery_candidates(&scope(job), cursor.as_deref(), page_size)
         .await?;
-    let finished = page.len() < PAGE;
+    let finished = page.len() < page_size;
     let next_cursor = page.last().map(|c| c.event_id.clone()).or(cursor);
     let now = now_ms();
     let ordered = subscription.is_some_and(|s| s.ordering == crate::model::Ordering::Strict);

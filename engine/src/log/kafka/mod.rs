@@ -49,13 +49,20 @@ use crate::{config::KafkaConfig, model::DomainEvent};
 /// broker being unavailable.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Idle readers kept for the next [`EventLog::read`].
+const IDLE_READERS: usize = 4;
+
 /// The event log on a Kafka topic.
 pub struct KafkaLog {
     config: KafkaConfig,
     topic: String,
     partitions: u32,
-    producer: FutureProducer,
+    /// Replaced when librdkafka reports a fatal error (an idempotent
+    /// producer that lost its sequence state refuses every later record).
+    producer: parking_lot::RwLock<FutureProducer>,
     lookups: Arc<BaseConsumer>,
+    /// Reader clients reused across reads (each assigns by hand).
+    readers: Arc<parking_lot::Mutex<Vec<BaseConsumer>>>,
 }
 
 impl KafkaLog {
@@ -132,25 +139,33 @@ impl KafkaLog {
                 "the events topic exists with another partition count; using the topic's"
             );
         }
-        let producer: FutureProducer = base_config(&config)
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set(
-                "message.timeout.ms",
-                config.append_timeout.as_millis().max(1).to_string(),
-            )
-            .set("linger.ms", "2")
-            .set("compression.type", "lz4")
-            .create()
-            .map_err(|e| unavailable("creating the Kafka producer", e))?;
+        let producer = new_producer(&config)?;
         tracing::info!(brokers = %config.brokers, topic, partitions, "Kafka event log ready");
         Ok(Self {
             config,
             topic,
             partitions,
-            producer,
+            producer: parking_lot::RwLock::new(producer),
             lookups,
+            readers: Default::default(),
         })
+    }
+
+    /// After a failed append: if the producer is in a fatal state, replace
+    /// it (once, whoever notices first) so the next emits succeed again.
+    fn heal(&self, failed: &FutureProducer) {
+        let Some((code, reason)) = failed.client().fatal_error() else {
+            return;
+        };
+        let mut current = self.producer.write();
+        if current.client().native_ptr() != failed.client().native_ptr() {
+            return; // Already replaced.
+        }
+        tracing::error!(%code, %reason, "the Kafka producer hit a fatal error; replacing it");
+        match new_producer(&self.config) {
+            Ok(p) => *current = p,
+            Err(e) => tracing::error!(error = %e, "could not create a new Kafka producer"),
+        }
     }
 
     /// The topic events go to.
@@ -166,39 +181,13 @@ impl EventLog for KafkaLog {
     }
 
     async fn append(&self, events: &[DomainEvent]) -> Result<Vec<LogPosition>, LogError> {
-        // Enqueue everything first so the records travel in as few requests as
-        // possible, then wait for every acknowledgement.
-        let mut pending = Vec::with_capacity(events.len());
-        for e in events {
-            let value = record::encode(e);
-            let rec = FutureRecord::to(&self.topic)
-                .partition(self.partition_for(&e.tenant_id) as i32)
-                .key(e.tenant_id.as_bytes())
-                .payload(&value)
-                .headers(record::headers(e));
-            match self.producer.send_result(rec) {
-                Ok(delivery) => pending.push(delivery),
-                Err((err, _)) => return Err(produce_error(err)),
-            }
+        let producer = self.producer.read().clone();
+        let result = append_with(&producer, &self.topic, self.partitions, events).await;
+        if result.is_err() {
+            self.heal(&producer);
         }
-        let mut positions = Vec::with_capacity(pending.len());
-        let mut failure = None;
-        for delivery in pending {
-            match delivery.await {
-                Ok(Ok(d)) => positions.push(LogPosition {
-                    partition: d.partition as u32,
-                    offset: d.offset as u64,
-                }),
-                Ok(Err((err, _))) => failure = failure.or(Some(produce_error(err))),
-                Err(_) => failure = failure.or(Some(LogError::Closed)),
-            }
-        }
-        match failure {
-            Some(e) => Err(e),
-            None => Ok(positions),
-        }
+        result
     }
-
     async fn read(
         &self,
         partition: u32,
@@ -206,8 +195,29 @@ impl EventLog for KafkaLog {
         max: usize,
     ) -> Result<Vec<LogRecord>, LogError> {
         self.check_partition(partition, offset)?;
-        let (config, topic) = (self.config.clone(), self.topic.clone());
-        blocking(move || read_range(&config, &topic, partition, offset, max)).await
+        let (config, topic, readers) = (
+            self.config.clone(),
+            self.topic.clone(),
+            self.readers.clone(),
+        );
+        blocking(move || {
+            let reader = match readers.lock().pop() {
+                Some(r) => r,
+                None => reader_config(&config)
+                    .create()
+                    .map_err(|e| unavailable("creating a Kafka reader", e))?,
+            };
+            let out = read_range(&reader, &topic, partition, offset, max);
+            // Back to the pool only when it ended clean and unassigned.
+            if out.is_ok() && reader.unassign().is_ok() {
+                let mut idle = readers.lock();
+                if idle.len() < IDLE_READERS {
+                    idle.push(reader);
+                }
+            }
+            out
+        })
+        .await
     }
 
     async fn end_offset(&self, partition: u32) -> Result<u64, LogError> {
@@ -271,21 +281,72 @@ impl KafkaLog {
 impl Drop for KafkaLog {
     fn drop(&mut self) {
         // Everything appended was awaited already; this only drains stragglers.
-        let _ = self.producer.flush(Duration::from_secs(1));
+        let _ = self.producer.read().flush(Duration::from_secs(1));
     }
+}
+
+/// Enqueues every record first, so they travel in as few requests as
+/// possible, then waits for every acknowledgement.
+async fn append_with(
+    producer: &FutureProducer,
+    topic: &str,
+    partitions: u32,
+    events: &[DomainEvent],
+) -> Result<Vec<LogPosition>, LogError> {
+    let mut pending = Vec::with_capacity(events.len());
+    for e in events {
+        let value = record::encode(e);
+        let rec = FutureRecord::to(topic)
+            .partition(super::partition_for(&e.tenant_id, partitions) as i32)
+            .key(e.tenant_id.as_bytes())
+            .payload(&value)
+            .headers(record::headers(e));
+        match producer.send_result(rec) {
+            Ok(delivery) => pending.push(delivery),
+            Err((err, _)) => return Err(produce_error(err)),
+        }
+    }
+    let mut positions = Vec::with_capacity(pending.len());
+    let mut failure = None;
+    for delivery in pending {
+        match delivery.await {
+            Ok(Ok(d)) => positions.push(LogPosition {
+                partition: d.partition as u32,
+                offset: d.offset as u64,
+            }),
+            Ok(Err((err, _))) => failure = failure.or(Some(produce_error(err))),
+            Err(_) => failure = failure.or(Some(LogError::Closed)),
+        }
+    }
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(positions),
+    }
+}
+
+/// The idempotent, `acks=all` producer of the events topic.
+fn new_producer(config: &KafkaConfig) -> Result<FutureProducer, LogError> {
+    base_config(config)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set(
+            "message.timeout.ms",
+            config.append_timeout.as_millis().max(1).to_string(),
+        )
+        .set("linger.ms", "2")
+        .set("compression.type", "lz4")
+        .create()
+        .map_err(|e| unavailable("creating the Kafka producer", e))
 }
 
 /// Reads `[offset, offset + max)` of one partition, stopping at its end.
 fn read_range(
-    config: &KafkaConfig,
+    c: &BaseConsumer,
     topic: &str,
     partition: u32,
     offset: u64,
     max: usize,
 ) -> Result<Vec<LogRecord>, LogError> {
-    let c: BaseConsumer = reader_config(config)
-        .create()
-        .map_err(|e| unavailable("creating a Kafka reader", e))?;
     let (low, high) = c
         .fetch_watermarks(topic, partition as i32, LOOKUP_TIMEOUT)
         .map_err(|e| unavailable("reading the partition's offsets", e))?;

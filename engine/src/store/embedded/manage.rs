@@ -362,14 +362,16 @@ impl EmbeddedStore {
                 )
                 .map_err(db_err)?;
             }
-            // Count from the stored row: the caller's copy may be stale.
-            let stored: String = conn
-                .query_row("SELECT body FROM recoveries WHERE id = ?1", [&job.id], |r| {
-                    r.get(0)
-                })
+            // Counted from the job's delivery set: a page scheduled twice
+            // (a log replay repeated after a crash) with the same ids counts once.
+            let scheduled: i64 = conn
+                .query_row(
+                    "SELECT COUNT(*) FROM recovery_deliveries WHERE recovery_id = ?1",
+                    [&job.id],
+                    |r| r.get(0),
+                )
                 .map_err(db_err)?;
-            let stored: RecoveryJob = decode(&stored)?;
-            job.scheduled = stored.scheduled + deliveries.len() as u64;
+            job.scheduled = scheduled.max(0) as u64;
             job.updated_at = OffsetDateTime::now_utc();
             if finished {
                 job.status = RecoveryStatus::Completed;

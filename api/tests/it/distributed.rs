@@ -1,0 +1,357 @@
+//! Distributed mode end to end: `herald` processes on a real Kafka broker
+//! (the event log) and a real Cassandra (the CQL store), and nothing on the
+//! node's local disk that a restart on a fresh disk would miss.
+
+use std::{
+    collections::{HashMap, HashSet},
+    path::Path,
+    time::Duration,
+};
+
+use serde_json::{json, Value};
+use time::{format_description::well_known::Rfc3339, OffsetDateTime};
+
+use crate::{
+    kafka::{all_delivered, prefix, require_kafka, tenant, Proc, BROKER},
+    support::{eventually, Receiver},
+};
+
+/// Kafka + Cassandra flags for a process of this test (the CQL store needs
+/// the secret-encryption key, the same for every process).
+fn cql_flags(keyspace: &str) -> Vec<String> {
+    let nodes = crate::cql::nodes().join(",");
+    [
+        "--scylla-nodes",
+        &nodes,
+        "--scylla-keyspace",
+        keyspace,
+        "--secret-encryption-key",
+        crate::cql::TEST_KEY,
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+async fn start(dir: &Path, prefix: &str, flags: &[String], extra: &[&str]) -> Proc {
+    let mut args: Vec<&str> = flags.iter().map(String::as_str).collect();
+    args.extend_from_slice(extra);
+    Proc::start("all", dir, prefix, &args).await
+}
+
+async fn get(base: &str, key: &str, path: &str) -> Value {
+    let r = reqwest::Client::new()
+        .get(format!("{base}{path}"))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "GET {path}");
+    r.json().await.unwrap()
+}
+
+async fn post(base: &str, key: &str, path: &str, body: Value) -> (u16, Value) {
+    let r = reqwest::Client::new()
+        .post(format!("{base}{path}"))
+        .bearer_auth(key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+}
+
+/// Every page of a list endpoint (`data` + `next_cursor`).
+async fn all_pages(base: &str, key: &str, path: &str) -> Vec<Value> {
+    let mut out = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let sep = if path.contains('?') { '&' } else { '?' };
+        let page_path = match &cursor {
+            Some(c) => format!("{path}{sep}limit=500&cursor={c}"),
+            None => format!("{path}{sep}limit=500"),
+        };
+        let page = get(base, key, &page_path).await;
+        out.extend(page["data"].as_array().unwrap().iter().cloned());
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => return out,
+        }
+    }
+}
+
+/// Emits `n` events in batches of 1,000; returns their ids.
+async fn emit_batches(base: &str, key: &str, n: usize) -> Vec<String> {
+    let mut ids = Vec::with_capacity(n);
+    for start in (0..n).step_by(1000) {
+        let events: Vec<Value> = (start..n.min(start + 1000))
+            .map(|i| json!({ "event_type": "work_order.completed", "payload": { "i": i } }))
+            .collect();
+        let (status, body) = post(
+            base,
+            key,
+            "/api/v1/integrations/events/batch",
+            json!({ "events": events }),
+        )
+        .await;
+        assert_eq!(status, 202, "{body}");
+        ids.extend(
+            body["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["id"].as_str().unwrap().to_string()),
+        );
+    }
+    ids
+}
+
+fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&Rfc3339).unwrap()
+}
+
+/// How often the receiver got each event, counting from its `from`-th request.
+fn received_since(receiver: &Receiver, from: usize) -> HashMap<String, usize> {
+    let mut per_event = HashMap::new();
+    for r in receiver.received().iter().skip(from) {
+        *per_event
+            .entry(r.header("webhook-id").to_string())
+            .or_default() += 1;
+    }
+    per_event
+}
+
+/// A process on Kafka + Cassandra is killed; a new one on an empty data dir
+/// finds the tenant, subscription, events and delivery logs, delivers new
+/// events signed with the same secret, and replays a time range from the
+/// Kafka log through the API (`"source": "log"`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn distributed_restart_on_a_fresh_data_dir_keeps_everything() {
+    let _broker = BROKER.read().await;
+    require_kafka().await;
+    let cql = crate::cql::config("fresh");
+    let flags = cql_flags(&cql.keyspace);
+    let prefix = prefix("fresh");
+    let tmp = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start(200).await;
+    let since = OffsetDateTime::now_utc() - Duration::from_secs(1);
+
+    let first = start(&tmp.path().join("disk-1"), &prefix, &flags, &[]).await;
+    let (key, secret) = tenant(&first.base, "acme", &receiver).await;
+    let ids: HashSet<String> = emit_batches(&first.base, &key, 50)
+        .await
+        .into_iter()
+        .collect();
+    let secrets = [secret];
+    all_delivered(
+        &receiver,
+        &ids,
+        &secrets,
+        &tmp.path().join("disk-1"),
+        Duration::from_secs(120),
+    )
+    .await;
+    // Every attempt is logged before the process goes.
+    eventually("50 delivery logs", Duration::from_secs(30), || async {
+        let logs = all_pages(&first.base, &key, "/api/v1/integrations/webhooks").await;
+        (logs.len() >= 50).then_some(())
+    })
+    .await;
+    first.kill9().await;
+
+    // A new node: same Kafka topic and group, same keyspace, an empty disk.
+    let second = start(&tmp.path().join("disk-2"), &prefix, &flags, &[]).await;
+    let subs = all_pages(&second.base, &key, "/api/v1/portal/webhooks").await;
+    assert_eq!(subs.len(), 1, "the subscription is in Cassandra");
+    assert_eq!(subs[0]["url"], receiver.url.as_str());
+    let events = all_pages(&second.base, &key, "/api/v1/integrations/events").await;
+    let listed: HashSet<String> = events
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(listed, ids, "every event is listed from Cassandra");
+    let logs = all_pages(&second.base, &key, "/api/v1/integrations/webhooks").await;
+    let logged: HashSet<String> = logs
+        .iter()
+        .filter(|l| l["outcome"] == "delivered")
+        .map(|l| l["event_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(logged, ids, "every delivery log is in Cassandra");
+
+    // New events reach the old subscription, signed with its secret.
+    let before = receiver.received().len();
+    let more: HashSet<String> = emit_batches(&second.base, &key, 20)
+        .await
+        .into_iter()
+        .collect();
+    all_delivered(
+        &receiver,
+        &more,
+        &secrets,
+        &tmp.path().join("disk-2"),
+        Duration::from_secs(120),
+    )
+    .await;
+    let emitted: HashSet<String> = ids.union(&more).cloned().collect();
+
+    // Replay the range from the Kafka log: every event of both nodes again.
+    let replayed_from = receiver.received().len();
+    let sub_id = subs[0]["id"].as_str().unwrap();
+    let (status, job) = post(
+        &second.base,
+        &key,
+        &format!("/api/v1/portal/webhooks/{sub_id}/recover"),
+        json!({
+            "since": rfc3339(since),
+            "until": rfc3339(OffsetDateTime::now_utc() + Duration::from_secs(60)),
+            "source": "log",
+        }),
+    )
+    .await;
+    assert_eq!(status, 202, "{job}");
+    assert_eq!(job["source"], "log");
+    assert!(
+        job["total"].as_u64().unwrap() >= 70,
+        "total counts the range's records: {job}"
+    );
+    let job_id = job["id"].as_str().unwrap();
+    let job = eventually(
+        "the log replay finishes",
+        Duration::from_secs(120),
+        || async {
+            let job = get(
+                &second.base,
+                &key,
+                &format!("/api/v1/portal/recoveries/{job_id}"),
+            )
+            .await;
+            (job["status"] == "completed" && job["done"] == job["scheduled"]).then_some(job)
+        },
+    )
+    .await;
+    assert_eq!(
+        job["scheduled"], 70,
+        "one replay per event of the range: {job}"
+    );
+    eventually("every event replayed", Duration::from_secs(120), || async {
+        let again = received_since(&receiver, replayed_from);
+        emitted
+            .iter()
+            .all(|id| again.contains_key(id))
+            .then_some(())
+    })
+    .await;
+    let again = received_since(&receiver, before);
+    assert!(
+        again.keys().all(|id| emitted.contains(id)),
+        "nothing outside the range is replayed"
+    );
+    // A bad request changes nothing: `only_failed` needs the delivery history.
+    let (status, problem) = post(
+        &second.base,
+        &key,
+        &format!("/api/v1/portal/webhooks/{sub_id}/recover"),
+        json!({ "since": rfc3339(since), "until": rfc3339(OffsetDateTime::now_utc()),
+                "source": "log", "only_failed": true }),
+    )
+    .await;
+    assert_eq!(status, 422, "{problem}");
+    assert!(problem.to_string().contains("only_failed"), "{problem}");
+    second.kill9().await;
+}
+
+/// Recover 10,000 deliveries of one subscription on Kafka + Cassandra,
+/// kill -9 the process midway, start a new one on a fresh disk: the job
+/// completes and every event arrives again at least once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn distributed_recovery_of_10000_deliveries_survives_kill_9() {
+    const N: usize = 10_000;
+    let _broker = BROKER.read().await;
+    require_kafka().await;
+    let cql = crate::cql::config("recover");
+    let flags = cql_flags(&cql.keyspace);
+    let prefix = prefix("recover");
+    let tmp = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start(200).await;
+    // Slow enough to be killed midway, fast enough for a test.
+    let rate = [
+        "--recovery-rate",
+        "400",
+        "--max-in-flight-per-endpoint",
+        "64",
+    ];
+    let since = OffsetDateTime::now_utc() - Duration::from_secs(1);
+
+    let first = start(&tmp.path().join("disk-1"), &prefix, &flags, &rate).await;
+    let (key, secret) = tenant(&first.base, "acme", &receiver).await;
+    let ids: HashSet<String> = emit_batches(&first.base, &key, N)
+        .await
+        .into_iter()
+        .collect();
+    assert_eq!(ids.len(), N);
+    let secrets = [secret];
+    all_delivered(
+        &receiver,
+        &ids,
+        &secrets,
+        &tmp.path().join("disk-1"),
+        Duration::from_secs(240),
+    )
+    .await;
+    let sub_id = all_pages(&first.base, &key, "/api/v1/portal/webhooks").await[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Recovery counts the latest attempt of each event: wait until all are logged.
+    eventually("every attempt logged", Duration::from_secs(120), || async {
+        let logs = all_pages(&first.base, &key, "/api/v1/integrations/webhooks").await;
+        (logs.len() >= N).then_some(())
+    })
+    .await;
+    let until = OffsetDateTime::now_utc() + Duration::from_secs(60);
+    let body = json!({ "since": rfc3339(since), "until": rfc3339(until) });
+    let from = receiver.received().len();
+    let (status, job) = post(
+        &first.base,
+        &key,
+        &format!("/api/v1/portal/webhooks/{sub_id}/recover"),
+        body,
+    )
+    .await;
+    assert_eq!(status, 202, "{job}");
+    assert_eq!(
+        job["total"], N,
+        "every delivered event is a candidate: {job}"
+    );
+    let job_id = job["id"].as_str().unwrap().to_string();
+    eventually("recovery under way", Duration::from_secs(120), || async {
+        (received_since(&receiver, from).len() >= N / 5).then_some(())
+    })
+    .await;
+    first.kill9().await;
+    let at_kill = received_since(&receiver, from).len();
+    assert!(at_kill < N, "killed midway ({at_kill} of {N} replayed)");
+
+    let second = start(&tmp.path().join("disk-2"), &prefix, &flags, &rate).await;
+    let job = eventually("the job completes", Duration::from_secs(300), || async {
+        let job = get(
+            &second.base,
+            &key,
+            &format!("/api/v1/portal/recoveries/{job_id}"),
+        )
+        .await;
+        (job["status"] == "completed" && job["done"] == job["scheduled"]).then_some(job)
+    })
+    .await;
+    assert!(job["scheduled"].as_u64().unwrap() >= N as u64, "{job}");
+    let replayed = eventually("every event replayed", Duration::from_secs(240), || async {
+        let again = received_since(&receiver, from);
+        (ids.iter().all(|id| again.contains_key(id))).then_some(again)
+    })
+    .await;
+    let duplicates: usize = replayed.values().map(|n| n - 1).sum();
+    println!(
+        "distributed recovery: {N} deliveries recovered, kill -9 after {at_kill} replays, \
+         every event arrived again, {duplicates} duplicate replays"
+    );
+    second.kill9().await;
+}
