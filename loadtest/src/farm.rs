@@ -11,7 +11,7 @@ use std::{
     collections::HashMap,
     net::SocketAddr,
     sync::{
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicU64, AtomicU8, Ordering},
         Arc, OnceLock,
     },
     time::Duration,
@@ -30,7 +30,7 @@ use parking_lot::Mutex;
 use rand::Rng;
 use time::OffsetDateTime;
 
-use crate::receiver::verify;
+use crate::{faults::Kind, receiver::verify};
 
 /// What one subscription's receiver saw: deliveries per event id.
 pub type SubTally = Mutex<HashMap<Box<str>, u32>>;
@@ -58,6 +58,20 @@ pub struct FarmState {
     pub latency: Vec<Mutex<Histogram<u64>>>,
     latency_delay: Duration,
     failure_rate: f64,
+    /// An injected receiver fault: 0 none, 1 outage (503), 2 hang.
+    fault: AtomicU8,
+}
+
+impl FarmState {
+    /// Starts (`Some`) or ends (`None`) a receiver fault.
+    pub fn set_fault(&self, fault: Option<Kind>) {
+        let v = match fault {
+            Some(Kind::Outage) => 1,
+            Some(Kind::Hang) => 2,
+            _ => 0,
+        };
+        self.fault.store(v, Ordering::SeqCst);
+    }
 }
 
 /// The running farm.
@@ -94,6 +108,7 @@ impl Farm {
             latency: (0..endpoints).map(|_| Mutex::new(histogram())).collect(),
             latency_delay,
             failure_rate,
+            fault: AtomicU8::new(0),
         });
         let mut addrs = Vec::with_capacity(endpoints);
         for n in 0..endpoints {
@@ -134,6 +149,18 @@ impl Farm {
 type Shared = (Arc<FarmState>, usize);
 
 async fn behave(s: &FarmState) -> Option<StatusCode> {
+    match s.fault.load(Ordering::SeqCst) {
+        1 => {
+            s.injected_failures.fetch_add(1, Ordering::Relaxed);
+            return Some(StatusCode::SERVICE_UNAVAILABLE);
+        }
+        // Never answer: Herald's request timeout ends the attempt.
+        2 => {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            return Some(StatusCode::SERVICE_UNAVAILABLE);
+        }
+        _ => {}
+    }
     if !s.latency_delay.is_zero() {
         tokio::time::sleep(s.latency_delay).await;
     }

@@ -14,6 +14,7 @@
 mod accounting;
 mod emitter;
 mod farm;
+mod faults;
 mod raw;
 mod receiver;
 mod report;

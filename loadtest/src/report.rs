@@ -6,7 +6,7 @@ use std::path::Path;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use crate::{accounting::Accounts, raw::RawResult, server::Sample};
+use crate::{accounting::Accounts, faults::Injected, raw::RawResult, server::Sample};
 
 /// Latency percentiles, milliseconds.
 #[derive(Debug, Clone, Serialize)]
@@ -144,6 +144,8 @@ pub struct Report {
     pub server_samples: Vec<Sample>,
     /// First failure reasons.
     pub failures: Vec<String>,
+    /// Faults injected during the run (`--fault`).
+    pub faults: Vec<Injected>,
 }
 
 impl Report {
@@ -203,7 +205,23 @@ impl Report {
             rss = opt(self.server_peak_rss_mib, " MiB"),
             bad = self.bad_signatures,
             inj = self.injected_failures,
-        )
+        ) + &self.faults_markdown()
+    }
+
+    fn faults_markdown(&self) -> String {
+        self.faults
+            .iter()
+            .map(|f| {
+                format!(
+                    "| fault {kind} at {at:.1} s | {detail}, {lasted:.1} s{bad} |\n",
+                    kind = f.kind,
+                    at = f.at_s,
+                    detail = f.detail,
+                    lasted = f.lasted_s,
+                    bad = if f.ok { "" } else { " — NOT AS REQUIRED" },
+                )
+            })
+            .collect()
     }
 
     /// Writes `<stem>.json` and `<stem>.md`.

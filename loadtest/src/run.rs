@@ -17,6 +17,7 @@ use crate::{
     accounting::{account, group_subscriptions},
     emitter::{self, Plan},
     farm::Farm,
+    faults::{self, Fault},
     raw,
     report::{Machine, Percentiles, Report},
     server::{Sampler, Server, Spawn},
@@ -96,6 +97,12 @@ pub struct Args {
     /// Exit 0 even when pairs are lost (e.g. when measuring a dead endpoint's backlog).
     #[arg(long)]
     allow_loss: bool,
+    /// A fault to inject, from the start of the emit (repeatable):
+    /// `kill9@5s` and `sigterm@5s` (the server this run started, which is
+    /// then started again on the same data dir), `outage@5s+30s` (receivers
+    /// answer 503), `hang@5s+20s` (receivers never answer).
+    #[arg(long = "fault")]
+    faults: Vec<Fault>,
 }
 
 /// Runs the load, prints and writes the report; fails on a lost pair or a
@@ -114,7 +121,15 @@ pub async fn main(args: Args) -> anyhow::Result<()> {
         );
     }
     let groups = args.subscriptions / args.fanout;
-    let mut server = match &args.target {
+    if args.target.is_some()
+        && args
+            .faults
+            .iter()
+            .any(|f| matches!(f.kind, faults::Kind::Kill9 | faults::Kind::Sigterm))
+    {
+        bail!("kill9 and sigterm faults need a server this run starts (drop --target)");
+    }
+    let server = match &args.target {
         Some(t) => Server::running(
             t.clone(),
             args.admin_token
@@ -131,8 +146,9 @@ pub async fn main(args: Args) -> anyhow::Result<()> {
             .await?
         }
     };
-    let result = drive(&args, &server, groups).await;
-    server.stop().await;
+    let server = Arc::new(tokio::sync::Mutex::new(server));
+    let result = drive(&args, server.clone(), groups).await;
+    server.lock().await.stop().await;
     let report = result?;
     println!("\n{}", report.markdown());
     report.write(&args.report)?;
@@ -142,9 +158,10 @@ pub async fn main(args: Args) -> anyhow::Result<()> {
         args.report.with_extension("md").display()
     );
     let a = &report.accounts;
-    if (a.lost > 0 && !args.allow_loss) || report.bad_signatures > 0 {
+    let bad_faults = report.faults.iter().filter(|f| !f.ok).count();
+    if (a.lost > 0 && !args.allow_loss) || report.bad_signatures > 0 || bad_faults > 0 {
         bail!(
-            "{} pairs lost, {} bad signatures",
+            "{} pairs lost, {} bad signatures, {bad_faults} faults not handled as required",
             a.lost,
             report.bad_signatures
         );
@@ -152,7 +169,16 @@ pub async fn main(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn drive(args: &Args, server: &Server, groups: usize) -> anyhow::Result<Report> {
+async fn drive(
+    args: &Args,
+    server_handle: Arc<tokio::sync::Mutex<Server>>,
+    groups: usize,
+) -> anyhow::Result<Report> {
+    // The address and token stay the same across fault restarts.
+    let server = &{
+        let s = server_handle.lock().await;
+        Server::running(s.base.clone(), s.admin_token.clone(), s.pid)
+    };
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(1024)
         .build()?;
@@ -215,6 +241,11 @@ async fn drive(args: &Args, server: &Server, groups: usize) -> anyhow::Result<Re
     );
     let started = Instant::now();
     let (emitted, emitting) = emitter::start(client, plan.clone());
+    let injecting = tokio::spawn(faults::inject(
+        args.faults.clone(),
+        server_handle.clone(),
+        farm.state.clone(),
+    ));
     let state = farm.state.clone();
     let mut per_second: Vec<u64> = Vec::new();
     let mut last_second = (Instant::now(), 0u64);
@@ -252,7 +283,7 @@ async fn drive(args: &Args, server: &Server, groups: usize) -> anyhow::Result<Re
             emit_seconds = Some(started.elapsed().as_secs_f64());
             last_change = (now, delivered);
         }
-        if emit_seconds.is_some() {
+        if emit_seconds.is_some() && injecting.is_finished() {
             if first >= acked * fanout {
                 let a = account(&emitted, &state, args.fanout);
                 if a.lost == 0 {
@@ -265,6 +296,12 @@ async fn drive(args: &Args, server: &Server, groups: usize) -> anyhow::Result<Re
         }
     };
     bar.finish_and_clear();
+    let injected = if injecting.is_finished() {
+        injecting.await??
+    } else {
+        injecting.abort();
+        bail!("stopped before every fault was injected");
+    };
     let emit_seconds = emit_seconds.unwrap_or_default();
     let (samples, cpu) = sampler.map_or((Vec::new(), None), Sampler::finish);
     let accounts = account(&emitted, &state, args.fanout);
@@ -321,6 +358,7 @@ async fn drive(args: &Args, server: &Server, groups: usize) -> anyhow::Result<Re
         deliveries_per_second: per_second,
         server_samples: samples,
         failures,
+        faults: injected,
     })
 }
 

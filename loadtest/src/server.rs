@@ -27,6 +27,8 @@ pub struct Server {
     pub pid: Option<u32>,
     child: Option<Child>,
     _dir: Option<tempfile::TempDir>,
+    /// How to start it again (a server this run started).
+    command: Option<std::sync::Arc<dyn Fn() -> Command + Send + Sync>>,
 }
 
 /// How to start an embedded Herald.
@@ -48,6 +50,7 @@ impl Server {
             pid,
             child: None,
             _dir: None,
+            command: None,
         }
     }
 
@@ -65,39 +68,55 @@ impl Server {
             .local_addr()?
             .port();
         let admin_token = format!("loadtest-{}", uuid_like());
-        let child = Command::new(&bin)
-            .arg("serve")
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .arg("--data-dir")
-            .arg(dir.path())
-            .args(["--admin-token", &admin_token])
-            .args(["--allow-target", "127.0.0.0/8"])
-            .args(["--retry-schedule", &spec.retry_schedule])
-            .args(&spec.extra)
-            .env("HERALD_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
-        let pid = child.id();
+        let (data_dir, token) = (dir.path().to_path_buf(), admin_token.clone());
+        let command = std::sync::Arc::new(move || {
+            let mut c = Command::new(&bin);
+            c.arg("serve")
+                .args(["--listen", &format!("127.0.0.1:{port}")])
+                .arg("--data-dir")
+                .arg(&data_dir)
+                .args(["--admin-token", &token])
+                .args(["--allow-target", "127.0.0.0/8"])
+                .args(["--retry-schedule", &spec.retry_schedule])
+                .args(&spec.extra)
+                .env("HERALD_LOG", "warn")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                .kill_on_drop(true);
+            c
+        });
         let mut server = Self {
             base: format!("http://127.0.0.1:{port}"),
             admin_token,
-            pid,
-            child: Some(child),
+            pid: None,
+            child: None,
             _dir: Some(dir),
+            command: Some(command),
         };
+        server.restart().await?;
+        Ok(server)
+    }
+
+    /// Starts the server this run started (again: same data dir and port),
+    /// and waits until it answers `/healthz`.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        let command = self
+            .command
+            .clone()
+            .context("not a server this run started")?;
+        let child = command().spawn().context("starting herald")?;
+        self.pid = child.id();
+        self.child = Some(child);
         let http = reqwest::Client::new();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Ok(r) = http.get(format!("{}/healthz", server.base)).send().await {
+            if let Ok(r) = http.get(format!("{}/healthz", self.base)).send().await {
                 if r.status().is_success() {
-                    return Ok(server);
+                    return Ok(());
                 }
             }
-            if let Some(status) = server
+            if let Some(status) = self
                 .child
                 .as_mut()
                 .and_then(|c| c.try_wait().ok().flatten())
@@ -108,6 +127,35 @@ impl Server {
                 bail!("herald did not answer /healthz within 30 s");
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGKILLs a server this run started; returns its exit status.
+    pub async fn kill9(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        let mut child = self.child.take().context("no server process to kill")?;
+        child.start_kill()?;
+        Ok(child.wait().await?)
+    }
+
+    /// SIGTERMs a server this run started and waits up to `limit` for it to
+    /// drain and exit; returns its exit status.
+    pub async fn terminate(&mut self, limit: Duration) -> anyhow::Result<std::process::ExitStatus> {
+        let mut child = self.child.take().context("no server process to stop")?;
+        let pid = child.id().context("the server already exited")?;
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .await
+            .context("running kill -TERM")?;
+        if !sent.success() {
+            bail!("kill -TERM {pid} failed: {sent}");
+        }
+        match tokio::time::timeout(limit, child.wait()).await {
+            Ok(status) => Ok(status?),
+            Err(_) => {
+                child.start_kill()?;
+                bail!("herald did not exit within {limit:?} of SIGTERM");
+            }
         }
     }
 

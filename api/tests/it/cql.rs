@@ -17,6 +17,15 @@ use time::OffsetDateTime;
 
 use crate::support::{eventually, Herald, Receiver};
 
+/// Held shared by every test on Cassandra, exclusively by the one that
+/// restarts it.
+pub static CASSANDRA: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
+/// A shared hold on Cassandra for one test (see [`CASSANDRA`]).
+pub(crate) async fn shared() -> tokio::sync::RwLockReadGuard<'static, ()> {
+    CASSANDRA.read().await
+}
+
 pub(crate) fn nodes() -> Vec<String> {
     let raw = std::env::var("HERALD_TEST_SCYLLA_NODES").unwrap_or_else(|_| "127.0.0.1:9042".into());
     let nodes: Vec<String> = raw.split(',').map(|s| s.trim().to_string()).collect();
@@ -89,6 +98,7 @@ async fn page(h: &Herald, key: &str, query: &str, limit: usize) -> Vec<Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cql_store_writes_pages_and_filters_delivery_logs() {
+    let _cassandra = crate::cql::shared().await;
     let cql = config("logs");
     let h = herald_on(&cql).await;
     let key = h.tenant("acme").await;
@@ -174,6 +184,7 @@ async fn cql_store_writes_pages_and_filters_delivery_logs() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cql_state_survives_a_restart_on_a_fresh_data_dir() {
+    let _cassandra = crate::cql::shared().await;
     let cql = config("restart");
     let receiver = Receiver::start(200).await;
     let (key, sub_id, event_id) = {
@@ -307,6 +318,7 @@ async fn cql_signing_secrets_are_sealed_and_legacy_rows_resealed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cql_retention_is_the_tables_ttl() {
+    let _cassandra = crate::cql::shared().await;
     let mut cql = config("ttl");
     cql.retention = Duration::from_secs(2 * 24 * 3600);
     let store = ScyllaStore::connect(&cql, cipher()).await.unwrap();

@@ -53,6 +53,7 @@ async fn start(dir: &std::path::Path, keyspace: &str, nodes: &str) -> (Child, St
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cql_kill_9_leases_expire_and_every_event_arrives() {
+    let _cassandra = crate::cql::shared().await;
     let cql = crate::cql::config("crash");
     let nodes = cql.nodes.join(",");
     let tmp = tempfile::tempdir().unwrap();
@@ -124,4 +125,86 @@ async fn cql_kill_9_leases_expire_and_every_event_arrives() {
         },
     )
     .await;
+}
+
+/// Restart Cassandra while clients emit to a `herald` on the CQL store:
+/// emits it cannot make durable are refused with 503 + Retry-After (never
+/// half-accepted), and every event it acknowledged is delivered once the
+/// store is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cql_restart_under_load_loses_no_acknowledged_event() {
+    use std::sync::{atomic::AtomicUsize, Arc};
+
+    use crate::kafka::{all_delivered, emit_many, services, tenant};
+
+    let _cassandra = crate::cql::CASSANDRA.write().await;
+    let cql = crate::cql::config("restart_under_load");
+    let nodes = cql.nodes.join(",");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let receiver = Receiver::start(200).await;
+    let (_child, base) = start(&dir, &cql.keyspace, &nodes).await;
+    let mut keys = Vec::new();
+    let mut secrets = Vec::new();
+    for t in 0..3 {
+        let (k, s) = tenant(&base, &format!("tenant-{t}"), &receiver).await;
+        keys.push(k);
+        secrets.push(s);
+    }
+    let acked = Arc::new(tokio::sync::Mutex::new(HashSet::new()));
+    let refused = Arc::new(AtomicUsize::new(0));
+    emit_many(
+        base.clone(),
+        keys.clone(),
+        200,
+        acked.clone(),
+        refused.clone(),
+    )
+    .await;
+    eventually("deliveries under way", Duration::from_secs(60), || async {
+        (receiver.received().len() >= 100).then_some(())
+    })
+    .await;
+    // Emit in rounds while Cassandra restarts, then until Herald acknowledges
+    // again (100 more events): the emit path heals by itself.
+    let restart = tokio::spawn(services(&["restart", "cassandra"]));
+    let mut emitted = 200;
+    let mut back: Option<(usize, tokio::time::Instant)> = None;
+    loop {
+        emit_many(
+            base.clone(),
+            keys.clone(),
+            40,
+            acked.clone(),
+            refused.clone(),
+        )
+        .await;
+        emitted += 40;
+        let n = acked.lock().await.len();
+        match back {
+            None if restart.is_finished() => back = Some((n, tokio::time::Instant::now())),
+            Some((at, _)) if n >= at + 100 => break,
+            Some((_, since)) => assert!(
+                since.elapsed() < Duration::from_secs(180),
+                "emits still refused 180 s after Cassandra was back"
+            ),
+            None => {}
+        }
+        if back.is_none() || acked.lock().await.len() == n {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    restart.await.unwrap();
+    let acked = acked.lock().await.clone();
+    let refused = refused.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(acked.len() + refused, emitted);
+    assert!(refused > 0, "some emits met the store away");
+    let (delivered, duplicates) =
+        all_delivered(&receiver, &acked, &secrets, &dir, Duration::from_secs(240)).await;
+    println!(
+        "cassandra restart: {} acknowledged, {refused} refused with 503 while it was away, \
+         {delivered} delivered, 0 lost, {duplicates} duplicate deliveries",
+        acked.len()
+    );
+    assert_eq!(delivered, acked.len());
 }

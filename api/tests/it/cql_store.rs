@@ -19,6 +19,7 @@ use crate::cql::{attempt, cipher, config, delivery, event, now_ms};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cql_claims_are_exclusive_across_processes() {
+    let _cassandra = crate::cql::shared().await;
     let cql = config("claims");
     // Two stores = two worker processes sharing one schedule.
     let a = Arc::new(ScyllaStore::connect(&cql, cipher()).await.unwrap());
@@ -100,6 +101,7 @@ async fn cql_claims_are_exclusive_across_processes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cql_recovery_pages_through_a_time_range_and_resumes() {
+    let _cassandra = crate::cql::shared().await;
     let cql = config("recovery");
     let store = ScyllaStore::connect(&cql, cipher()).await.unwrap();
     let (tenant, sub) = ("acme", "sub_r");
@@ -306,6 +308,7 @@ async fn cql_recovery_pages_through_a_time_range_and_resumes() {
 /// on this machine (`cargo test -p herald-api --test it cql_throughput -- --nocapture`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cql_throughput_figures() {
+    let _cassandra = crate::cql::shared().await;
     let cql = config("bench");
     let store = Arc::new(ScyllaStore::connect(&cql, cipher()).await.unwrap());
     let n = 2000usize;
@@ -409,6 +412,7 @@ async fn cql_log_range_replay_is_throttled_resumable_and_counted() {
         log_recovery::run_log_recovery,
         model::{SubscriptionStatus, WebhookSubscription},
     };
+    let _cassandra = crate::cql::shared().await;
     let cql = config("range");
     let dir = tempfile::tempdir().unwrap();
     let log = EmbeddedLog::open(dir.path(), 2).unwrap();
@@ -572,6 +576,7 @@ async fn cql_log_range_replay_is_throttled_resumable_and_counted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cql_management_resources() {
     use herald_engine::resources::{ApiKey, EventTypeSchema};
+    let _cassandra = crate::cql::shared().await;
     let cql = config("manage");
     let store = ScyllaStore::connect(&cql, cipher()).await.unwrap();
     let now = OffsetDateTime::now_utc();

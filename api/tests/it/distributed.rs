@@ -128,6 +128,7 @@ fn received_since(receiver: &Receiver, from: usize) -> HashMap<String, usize> {
 async fn distributed_restart_on_a_fresh_data_dir_keeps_everything() {
     let _broker = BROKER.read().await;
     require_kafka().await;
+    let _cassandra = crate::cql::shared().await;
     let cql = crate::cql::config("fresh");
     let flags = cql_flags(&cql.keyspace);
     let prefix = prefix("fresh");
@@ -267,6 +268,7 @@ async fn distributed_recovery_of_10000_deliveries_survives_kill_9() {
     const N: usize = 10_000;
     let _broker = BROKER.read().await;
     require_kafka().await;
+    let _cassandra = crate::cql::shared().await;
     let cql = crate::cql::config("recover");
     let flags = cql_flags(&cql.keyspace);
     let prefix = prefix("recover");

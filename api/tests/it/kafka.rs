@@ -458,3 +458,56 @@ async fn kafka_kill_9_one_of_two_workers_loses_nothing() {
     api.kill9().await;
     w2.kill9().await;
 }
+
+/// kill -9 the API process while clients emit, start another: every event
+/// it acknowledged before dying is delivered (the 202 came only after Kafka
+/// had the record), and the emits it could not answer are not acknowledged.
+#[tokio::test]
+async fn kafka_kill_9_of_the_api_loses_no_acknowledged_event() {
+    let _broker = BROKER.read().await;
+    require_kafka().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let prefix = prefix("apikill");
+    let receiver = Receiver::start(200).await;
+    let api = Proc::start("api", &dir, &prefix, &[]).await;
+    let worker = Proc::start("worker", &dir, &prefix, &[]).await;
+    let mut keys = Vec::new();
+    let mut secrets = Vec::new();
+    for t in 0..3 {
+        let (k, s) = tenant(&api.base, &format!("tenant-{t}"), &receiver).await;
+        keys.push(k);
+        secrets.push(s);
+    }
+    let acked = Arc::new(Mutex::new(HashSet::new()));
+    let refused = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let emitting = tokio::spawn(emit_many(
+        api.base.clone(),
+        keys.clone(),
+        600,
+        acked.clone(),
+        refused.clone(),
+    ));
+    eventually("deliveries under way", Duration::from_secs(60), || async {
+        (receiver.received().len() >= 100).then_some(())
+    })
+    .await;
+    api.kill9().await;
+    emitting.await.unwrap();
+    let refused_n = refused.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(refused_n > 0, "emits after the kill were refused");
+    // A new API process; the clients go on there.
+    let api = Proc::start("api", &dir, &prefix, &[]).await;
+    emit_many(api.base.clone(), keys, 200, acked.clone(), refused.clone()).await;
+    let acked = acked.lock().await.clone();
+    let (delivered, duplicates) =
+        all_delivered(&receiver, &acked, &secrets, &dir, Duration::from_secs(240)).await;
+    println!(
+        "kafka kill -9 of the api: {} acknowledged, {refused_n} refused while it was down, \
+         {delivered} delivered, 0 lost, {duplicates} duplicate deliveries",
+        acked.len()
+    );
+    assert_eq!(delivered, acked.len());
+    api.kill9().await;
+    worker.kill9().await;
+}
