@@ -14,11 +14,16 @@ fuzz_target!(|data: &[u8]| {
         .iter()
         .take(8)
         .map(|p| match p.iter().position(|&b| b == b'=') {
-            Some(i) => (String::from_utf8_lossy(&p[..i]).into_owned(), Some(p[i + 1..].to_vec())),
+            Some(i) => (
+                String::from_utf8_lossy(&p[..i]).into_owned(),
+                Some(p[i + 1..].to_vec()),
+            ),
             None => (String::from_utf8_lossy(p).into_owned(), None),
         })
         .collect();
-    let borrowed: Vec<(&str, Option<&[u8]>)> =
-        headers.iter().map(|(k, v)| (k.as_str(), v.as_deref())).collect();
+    let borrowed: Vec<(&str, Option<&[u8]>)> = headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_deref()))
+        .collect();
     let _ = parse(value, &borrowed);
 });

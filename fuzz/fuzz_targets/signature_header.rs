@@ -7,7 +7,8 @@ use herald_engine::signing::{signature_header, verify, SigningSecret};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let secret = SigningSecret::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").expect("test secret");
+    let secret =
+        SigningSecret::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").expect("test secret");
     let (header, body) = match data.iter().position(|&b| b == 0) {
         Some(i) => (&data[..i], &data[i + 1..]),
         None => (data, &b""[..]),
@@ -17,9 +18,18 @@ fuzz_target!(|data: &[u8]| {
     let accepted = verify(&secret, "msg_fuzz", 1_700_000_000, body, &header);
     // Accepting means the header really contains the genuine signature.
     if accepted {
-        assert!(header.split(' ').any(|part| part == genuine), "accepted a forged header {header:?}");
+        assert!(
+            header.split(' ').any(|part| part == genuine),
+            "accepted a forged header {header:?}"
+        );
     }
     // What we produce always verifies, also next to arbitrary garbage.
     let ours = signature_header([&secret], "msg_fuzz", 1_700_000_000, body);
-    assert!(verify(&secret, "msg_fuzz", 1_700_000_000, body, &format!("{header} {ours}")));
+    assert!(verify(
+        &secret,
+        "msg_fuzz",
+        1_700_000_000,
+        body,
+        &format!("{header} {ours}")
+    ));
 });

@@ -11,11 +11,19 @@ fuzz_target!(|data: &[u8]| {
     };
     let guard = TargetGuard::default();
     if let Ok(url) = guard.check_url(raw) {
-        assert!(matches!(url.scheme(), "http" | "https"), "accepted scheme {}", url.scheme());
+        assert!(
+            matches!(url.scheme(), "http" | "https"),
+            "accepted scheme {}",
+            url.scheme()
+        );
         assert!(url.username().is_empty() && url.password().is_none());
         match url.host() {
-            Some(url::Host::Ipv4(ip)) => assert!(guard.check_ip(ip.into()).is_ok(), "accepted {ip}"),
-            Some(url::Host::Ipv6(ip)) => assert!(guard.check_ip(ip.into()).is_ok(), "accepted {ip}"),
+            Some(url::Host::Ipv4(ip)) => {
+                assert!(guard.check_ip(ip.into()).is_ok(), "accepted {ip}")
+            }
+            Some(url::Host::Ipv6(ip)) => {
+                assert!(guard.check_ip(ip.into()).is_ok(), "accepted {ip}")
+            }
             Some(url::Host::Domain(d)) => assert!(!d.eq_ignore_ascii_case("localhost")),
             None => panic!("accepted a URL without a host: {raw:?}"),
         }
