@@ -143,7 +143,9 @@ async fn cql_restart_under_load_loses_no_acknowledged_event() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("data");
     let receiver = Receiver::start(200).await;
-    let (_child, base) = start(&dir, &cql.keyspace, &nodes).await;
+    let (child, base) = start(&dir, &cql.keyspace, &nodes).await;
+    let pid = child.id().unwrap();
+    let mut peak_rss_mib = 0u64;
     let mut keys = Vec::new();
     let mut secrets = Vec::new();
     for t in 0..3 {
@@ -180,6 +182,7 @@ async fn cql_restart_under_load_loses_no_acknowledged_event() {
         )
         .await;
         emitted += 40;
+        peak_rss_mib = peak_rss_mib.max(rss_mib(pid));
         let n = acked.lock().await.len();
         match back {
             None if restart.is_finished() => back = Some((n, tokio::time::Instant::now())),
@@ -202,9 +205,28 @@ async fn cql_restart_under_load_loses_no_acknowledged_event() {
     let (delivered, duplicates) =
         all_delivered(&receiver, &acked, &secrets, &dir, Duration::from_secs(240)).await;
     println!(
-        "cassandra restart: {} acknowledged, {refused} refused with 503 while it was away, \
+        "cassandra restart: {} acknowledged, {refused} refused with 503 while it was away \
+         (server peak RSS {peak_rss_mib} MiB), \
          {delivered} delivered, 0 lost, {duplicates} duplicate deliveries",
         acked.len()
     );
     assert_eq!(delivered, acked.len());
+    // Refused emits leave nothing behind: memory stays bounded while the
+    // store is away (a generous bound; the figure is printed above).
+    assert!(peak_rss_mib < 512, "peak RSS {peak_rss_mib} MiB");
+}
+
+/// Resident set size of `pid`, MiB (0 when unreadable).
+fn rss_mib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))?
+                .split_whitespace()
+                .nth(1)?
+                .parse::<u64>()
+                .ok()
+        })
+        .map_or(0, |kib| kib / 1024)
 }

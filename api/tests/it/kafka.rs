@@ -132,6 +132,22 @@ impl Proc {
         self.child.start_kill().unwrap(); // SIGKILL
         self.child.wait().await.unwrap();
     }
+
+    /// SIGTERM; returns the exit status (the process must drain and exit
+    /// within 60 s).
+    pub async fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().unwrap().to_string();
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .await
+            .unwrap();
+        assert!(sent.success(), "kill -TERM {pid}");
+        tokio::time::timeout(Duration::from_secs(60), self.child.wait())
+            .await
+            .expect("herald exits within 60 s of SIGTERM")
+            .unwrap()
+    }
 }
 
 /// A tenant and its subscription to `receiver`; returns (api key, secret).
@@ -510,4 +526,58 @@ async fn kafka_kill_9_of_the_api_loses_no_acknowledged_event() {
     assert_eq!(delivered, acked.len());
     api.kill9().await;
     worker.kill9().await;
+}
+
+/// SIGTERM one of two workers under load: it drains (deliveries in flight
+/// finish and are recorded, its last fan-out offsets are committed) and
+/// exits 0; the other worker takes over and nothing acknowledged is lost.
+#[tokio::test]
+async fn kafka_sigterm_of_a_worker_drains_and_loses_nothing() {
+    let _broker = BROKER.read().await;
+    require_kafka().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let prefix = prefix("term");
+    let receiver = Receiver::start(200).await;
+    let api = Proc::start("api", &dir, &prefix, &[]).await;
+    let w1 = Proc::start("worker", &dir, &prefix, &[]).await;
+    let w2 = Proc::start("worker", &dir, &prefix, &[]).await;
+    let mut keys = Vec::new();
+    let mut secrets = Vec::new();
+    for t in 0..6 {
+        let (k, s) = tenant(&api.base, &format!("tenant-{t}"), &receiver).await;
+        keys.push(k);
+        secrets.push(s);
+    }
+    let acked = Arc::new(Mutex::new(HashSet::new()));
+    let refused = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let emitting = tokio::spawn(emit_many(
+        api.base.clone(),
+        keys,
+        1000,
+        acked.clone(),
+        refused.clone(),
+    ));
+    eventually("deliveries under way", Duration::from_secs(60), || async {
+        (receiver.received().len() >= 150).then_some(())
+    })
+    .await;
+    let status = w1.terminate().await;
+    assert!(
+        status.success(),
+        "a worker drains and exits 0 on SIGTERM: {status}"
+    );
+    emitting.await.unwrap();
+    let acked = acked.lock().await.clone();
+    assert_eq!(acked.len(), 1000, "the API kept acknowledging");
+    let (delivered, duplicates) =
+        all_delivered(&receiver, &acked, &secrets, &dir, Duration::from_secs(240)).await;
+    println!(
+        "kafka SIGTERM of a worker: exit 0, {} acknowledged, {delivered} delivered, 0 lost, \
+         {duplicates} duplicate deliveries",
+        acked.len()
+    );
+    assert_eq!(delivered, acked.len());
+    api.kill9().await;
+    w2.kill9().await;
 }
