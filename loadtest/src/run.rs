@@ -418,12 +418,24 @@ async fn setup(
         );
         pending.spawn(async move {
             for (i, filter) in chunk {
-                let r = http
-                    .post(format!("{base}/api/v1/portal/webhooks/subscribe"))
-                    .bearer_auth(&key)
-                    .json(&json!({ "url": urls[i], "event_types": [filter] }))
-                    .send()
-                    .await?;
+                let r = loop {
+                    let r = http
+                        .post(format!("{base}/api/v1/portal/webhooks/subscribe"))
+                        .bearer_auth(&key)
+                        .json(&json!({ "url": urls[i], "event_types": [filter] }))
+                        .send()
+                        .await?;
+                    if r.status() != 429 {
+                        break r;
+                    }
+                    // The tenant's rate limit: wait as told, then go on.
+                    let wait = r
+                        .headers()
+                        .get("retry-after")
+                        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+                        .unwrap_or(1);
+                    tokio::time::sleep(Duration::from_secs(wait)).await;
+                };
                 if r.status() != 201 {
                     bail!(
                         "subscribing {}: {} {}",
