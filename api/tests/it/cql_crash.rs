@@ -204,13 +204,15 @@ async fn cql_restart_under_load_loses_no_acknowledged_event() {
     assert!(refused > 0, "some emits met the store away");
     let (delivered, duplicates) =
         all_delivered(&receiver, &acked, &secrets, &dir, Duration::from_secs(240)).await;
+    // `all_delivered` returned: every acknowledged event arrived (an emit
+    // whose answer was lost may arrive too, and is counted apart).
     println!(
         "cassandra restart: {} acknowledged, {refused} refused with 503 while it was away \
-         (server peak RSS {peak_rss_mib} MiB), \
-         {delivered} delivered, 0 lost, {duplicates} duplicate deliveries",
-        acked.len()
+         (server peak RSS {peak_rss_mib} MiB), all delivered, 0 lost, {duplicates} duplicate \
+         deliveries, {} delivered without a 202",
+        acked.len(),
+        delivered - acked.len()
     );
-    assert_eq!(delivered, acked.len());
     // Refused emits leave nothing behind: memory stays bounded while the
     // store is away (a generous bound; the figure is printed above).
     assert!(peak_rss_mib < 512, "peak RSS {peak_rss_mib} MiB");

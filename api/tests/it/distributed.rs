@@ -120,6 +120,31 @@ fn received_since(receiver: &Receiver, from: usize) -> HashMap<String, usize> {
     per_event
 }
 
+/// Waits until recovery job `id` is completed and every replay it
+/// scheduled is done; returns the job.
+async fn job_completed(base: &str, key: &str, id: &str, limit: Duration) -> Value {
+    eventually("the recovery job completes", limit, || async {
+        let job = get(base, key, &format!("/api/v1/portal/recoveries/{id}")).await;
+        (job["status"] == "completed" && job["done"] == job["scheduled"]).then_some(job)
+    })
+    .await
+}
+
+/// Waits until every event of `ids` arrived again after the receiver's
+/// `from`-th request; returns the counts since then.
+async fn all_again(
+    receiver: &Receiver,
+    from: usize,
+    ids: &HashSet<String>,
+    limit: Duration,
+) -> HashMap<String, usize> {
+    eventually("every event replayed", limit, || async {
+        let again = received_since(receiver, from);
+        ids.iter().all(|id| again.contains_key(id)).then_some(again)
+    })
+    .await
+}
+
 /// A process on Kafka + Cassandra is killed; a new one on an empty data dir
 /// finds the tenant, subscription, events and delivery logs, delivers new
 /// events signed with the same secret, and replays a time range from the
@@ -215,32 +240,12 @@ async fn distributed_restart_on_a_fresh_data_dir_keeps_everything() {
         "total counts the range's records: {job}"
     );
     let job_id = job["id"].as_str().unwrap();
-    let job = eventually(
-        "the log replay finishes",
-        Duration::from_secs(120),
-        || async {
-            let job = get(
-                &second.base,
-                &key,
-                &format!("/api/v1/portal/recoveries/{job_id}"),
-            )
-            .await;
-            (job["status"] == "completed" && job["done"] == job["scheduled"]).then_some(job)
-        },
-    )
-    .await;
+    let job = job_completed(&second.base, &key, job_id, Duration::from_secs(120)).await;
     assert_eq!(
         job["scheduled"], 70,
         "one replay per event of the range: {job}"
     );
-    eventually("every event replayed", Duration::from_secs(120), || async {
-        let again = received_since(&receiver, replayed_from);
-        emitted
-            .iter()
-            .all(|id| again.contains_key(id))
-            .then_some(())
-    })
-    .await;
+    all_again(&receiver, replayed_from, &emitted, Duration::from_secs(120)).await;
     let again = received_since(&receiver, before);
     assert!(
         again.keys().all(|id| emitted.contains(id)),
@@ -334,22 +339,9 @@ async fn distributed_recovery_of_10000_deliveries_survives_kill_9() {
     assert!(at_kill < N, "killed midway ({at_kill} of {N} replayed)");
 
     let second = start(&tmp.path().join("disk-2"), &prefix, &flags, &rate).await;
-    let job = eventually("the job completes", Duration::from_secs(300), || async {
-        let job = get(
-            &second.base,
-            &key,
-            &format!("/api/v1/portal/recoveries/{job_id}"),
-        )
-        .await;
-        (job["status"] == "completed" && job["done"] == job["scheduled"]).then_some(job)
-    })
-    .await;
+    let job = job_completed(&second.base, &key, &job_id, Duration::from_secs(300)).await;
     assert!(job["scheduled"].as_u64().unwrap() >= N as u64, "{job}");
-    let replayed = eventually("every event replayed", Duration::from_secs(240), || async {
-        let again = received_since(&receiver, from);
-        (ids.iter().all(|id| again.contains_key(id))).then_some(again)
-    })
-    .await;
+    let replayed = all_again(&receiver, from, &ids, Duration::from_secs(240)).await;
     let duplicates: usize = replayed.values().map(|n| n - 1).sum();
     println!(
         "distributed recovery: {N} deliveries recovered, kill -9 after {at_kill} replays, \

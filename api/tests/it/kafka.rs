@@ -418,61 +418,102 @@ async fn kafka_end_to_end_api_and_two_workers() {
     w2.kill9().await;
 }
 
+/// An api and two workers on one topic, six tenants, and 1,000 events on
+/// their way from 8 clients; started once 150 deliveries arrived.
+struct TwoWorkersUnderLoad {
+    api: Proc,
+    receiver: Receiver,
+    secrets: Vec<String>,
+    acked: Arc<Mutex<HashSet<String>>>,
+    emitting: tokio::task::JoinHandle<()>,
+    dir: PathBuf,
+    _tmp: tempfile::TempDir,
+}
+
+const UNDER_LOAD_EVENTS: usize = 1000;
+
+impl TwoWorkersUnderLoad {
+    /// The running setup and its two workers.
+    async fn start(name: &str) -> (Self, Proc, Proc) {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("data");
+        let prefix = prefix(name);
+        let receiver = Receiver::start(200).await;
+        let api = Proc::start("api", &dir, &prefix, &[]).await;
+        let w1 = Proc::start("worker", &dir, &prefix, &[]).await;
+        let w2 = Proc::start("worker", &dir, &prefix, &[]).await;
+        let mut keys = Vec::new();
+        let mut secrets = Vec::new();
+        for t in 0..6 {
+            let (k, s) = tenant(&api.base, &format!("tenant-{t}"), &receiver).await;
+            keys.push(k);
+            secrets.push(s);
+        }
+        let acked = Arc::new(Mutex::new(HashSet::new()));
+        let refused = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let emitting = tokio::spawn(emit_many(
+            api.base.clone(),
+            keys,
+            UNDER_LOAD_EVENTS,
+            acked.clone(),
+            refused,
+        ));
+        eventually("deliveries under way", Duration::from_secs(60), || async {
+            (receiver.received().len() >= 150).then_some(())
+        })
+        .await;
+        let run = Self {
+            api,
+            receiver,
+            secrets,
+            acked,
+            emitting,
+            dir,
+            _tmp: tmp,
+        };
+        (run, w1, w2)
+    }
+
+    /// Waits for the emit and every delivery (the API kept acknowledging
+    /// all events); returns (acknowledged, delivered, duplicates).
+    async fn finish(self, survivor: Proc) -> (usize, usize, usize) {
+        self.emitting.await.unwrap();
+        let acked = self.acked.lock().await.clone();
+        assert_eq!(acked.len(), UNDER_LOAD_EVENTS, "the API kept acknowledging");
+        let (delivered, duplicates) = all_delivered(
+            &self.receiver,
+            &acked,
+            &self.secrets,
+            &self.dir,
+            Duration::from_secs(240),
+        )
+        .await;
+        assert_eq!(delivered, acked.len());
+        self.api.kill9().await;
+        survivor.kill9().await;
+        (acked.len(), delivered, duplicates)
+    }
+}
+
 /// kill -9 one of two workers while events flow: nothing acknowledged is lost.
 ///
-/// This test once failed under full-suite load (4 and 17 of 1000 events
-/// never delivered). The cause was a race between the worker's two
-/// subscription followers: one delayed between reading the store and
-/// replacing the index could put a snapshot without the newest
-/// subscription over a newer one, and the fan-out then matched that
-/// tenant's events against nothing. Snapshots are now versioned
-/// (`SubscriptionIndex::replace_if_newer`); on a stall the failure message
-/// shows what the shared store holds for each missing event.
+/// This test once failed under full-suite load (4 to 17 of 1000 events
+/// never delivered): a worker claimed a delivery the other worker's fan-out
+/// had scheduled for a subscription its own index had not loaded yet, and
+/// recorded it dead as orphaned. A worker now asks the store before giving
+/// up on a subscription; on a stall the failure message shows what the
+/// shared store holds for each missing event.
 #[tokio::test]
 async fn kafka_kill_9_one_of_two_workers_loses_nothing() {
     let _broker = BROKER.read().await;
     require_kafka().await;
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("data");
-    let prefix = prefix("kill");
-    let receiver = Receiver::start(200).await;
-
-    let api = Proc::start("api", &dir, &prefix, &[]).await;
-    let w1 = Proc::start("worker", &dir, &prefix, &[]).await;
-    let w2 = Proc::start("worker", &dir, &prefix, &[]).await;
-    let mut keys = Vec::new();
-    let mut secrets = Vec::new();
-    for t in 0..6 {
-        let (k, s) = tenant(&api.base, &format!("tenant-{t}"), &receiver).await;
-        keys.push(k);
-        secrets.push(s);
-    }
-    let acked = Arc::new(Mutex::new(HashSet::new()));
-    let refused = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let emitting = tokio::spawn(emit_many(
-        api.base.clone(),
-        keys,
-        1000,
-        acked.clone(),
-        refused.clone(),
-    ));
-    eventually("deliveries under way", Duration::from_secs(60), || async {
-        (receiver.received().len() >= 150).then_some(())
-    })
-    .await;
+    let (run, w1, w2) = TwoWorkersUnderLoad::start("kill").await;
     w1.kill9().await;
-    emitting.await.unwrap();
-    let acked = acked.lock().await.clone();
-    assert_eq!(acked.len(), 1000, "the API kept acknowledging");
-    let (delivered, duplicates) =
-        all_delivered(&receiver, &acked, &secrets, &dir, Duration::from_secs(240)).await;
+    let (acked, delivered, duplicates) = run.finish(w2).await;
     println!(
-        "kafka kill -9 of a worker: {} acknowledged, {delivered} delivered, 0 lost, {duplicates} duplicate deliveries",
-        acked.len()
+        "kafka kill -9 of a worker: {acked} acknowledged, {delivered} delivered, 0 lost, \
+         {duplicates} duplicate deliveries"
     );
-    assert_eq!(delivered, acked.len());
-    api.kill9().await;
-    w2.kill9().await;
 }
 
 /// kill -9 the API process while clients emit, start another: every event
@@ -518,12 +559,15 @@ async fn kafka_kill_9_of_the_api_loses_no_acknowledged_event() {
     let acked = acked.lock().await.clone();
     let (delivered, duplicates) =
         all_delivered(&receiver, &acked, &secrets, &dir, Duration::from_secs(240)).await;
+    // `all_delivered` returned: every acknowledged event arrived. Events
+    // whose 202 the kill cut off (Kafka had them) may arrive too.
+    let unacknowledged = delivered - acked.len();
     println!(
         "kafka kill -9 of the api: {} acknowledged, {refused_n} refused while it was down, \
-         {delivered} delivered, 0 lost, {duplicates} duplicate deliveries",
+         all delivered, 0 lost, {duplicates} duplicate deliveries, {unacknowledged} delivered \
+         whose 202 the kill cut off",
         acked.len()
     );
-    assert_eq!(delivered, acked.len());
     api.kill9().await;
     worker.kill9().await;
 }
@@ -535,49 +579,15 @@ async fn kafka_kill_9_of_the_api_loses_no_acknowledged_event() {
 async fn kafka_sigterm_of_a_worker_drains_and_loses_nothing() {
     let _broker = BROKER.read().await;
     require_kafka().await;
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("data");
-    let prefix = prefix("term");
-    let receiver = Receiver::start(200).await;
-    let api = Proc::start("api", &dir, &prefix, &[]).await;
-    let w1 = Proc::start("worker", &dir, &prefix, &[]).await;
-    let w2 = Proc::start("worker", &dir, &prefix, &[]).await;
-    let mut keys = Vec::new();
-    let mut secrets = Vec::new();
-    for t in 0..6 {
-        let (k, s) = tenant(&api.base, &format!("tenant-{t}"), &receiver).await;
-        keys.push(k);
-        secrets.push(s);
-    }
-    let acked = Arc::new(Mutex::new(HashSet::new()));
-    let refused = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let emitting = tokio::spawn(emit_many(
-        api.base.clone(),
-        keys,
-        1000,
-        acked.clone(),
-        refused.clone(),
-    ));
-    eventually("deliveries under way", Duration::from_secs(60), || async {
-        (receiver.received().len() >= 150).then_some(())
-    })
-    .await;
+    let (run, w1, w2) = TwoWorkersUnderLoad::start("term").await;
     let status = w1.terminate().await;
     assert!(
         status.success(),
         "a worker drains and exits 0 on SIGTERM: {status}"
     );
-    emitting.await.unwrap();
-    let acked = acked.lock().await.clone();
-    assert_eq!(acked.len(), 1000, "the API kept acknowledging");
-    let (delivered, duplicates) =
-        all_delivered(&receiver, &acked, &secrets, &dir, Duration::from_secs(240)).await;
+    let (acked, delivered, duplicates) = run.finish(w2).await;
     println!(
-        "kafka SIGTERM of a worker: exit 0, {} acknowledged, {delivered} delivered, 0 lost, \
-         {duplicates} duplicate deliveries",
-        acked.len()
+        "kafka SIGTERM of a worker: exit 0, {acked} acknowledged, {delivered} delivered, 0 lost, \
+         {duplicates} duplicate deliveries"
     );
-    assert_eq!(delivered, acked.len());
-    api.kill9().await;
-    w2.kill9().await;
 }
