@@ -57,11 +57,6 @@ pub async fn log_step(
     cursor: Option<&str>,
     page: usize,
 ) -> Result<LogStep, EngineError> {
-    let partition = log.partition_for(&job.tenant_id);
-    let mut offset = match cursor.map(str::parse::<u64>) {
-        Some(Ok(o)) => o,
-        _ => log.offset_for_time(partition, job.since).await?,
-    };
     let Some(sub) = store
         .get_subscription(&job.tenant_id, &job.subscription_id)
         .await?
@@ -72,9 +67,14 @@ pub async fn log_step(
             .await?;
         return Ok(LogStep {
             scheduled: 0,
-            cursor: offset.to_string(),
+            cursor: cursor.unwrap_or_default().to_string(),
             finished: true,
         });
+    };
+    let partition = log.partition_for(&job.tenant_id);
+    let mut offset = match cursor.map(str::parse::<u64>) {
+        Some(Ok(o)) => o,
+        _ => log.offset_for_time(partition, job.since).await?,
     };
     let end = log.end_offset(partition).await?;
     // The log stamps records to the millisecond: compare at that grain, so

@@ -100,12 +100,11 @@ pub struct Injected {
 
 /// Runs `faults` in order, each at its time from now.
 pub async fn inject(
-    faults: Vec<Fault>,
+    mut faults: Vec<Fault>,
     server: Arc<Mutex<Server>>,
     farm: Arc<FarmState>,
 ) -> anyhow::Result<Vec<Injected>> {
     let start = tokio::time::Instant::now();
-    let mut faults = faults;
     faults.sort_by_key(|f| f.at);
     let mut out = Vec::new();
     for f in faults {

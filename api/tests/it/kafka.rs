@@ -180,6 +180,19 @@ pub async fn tenant(base: &str, id: &str, receiver: &Receiver) -> (String, Strin
     (key, secret)
 }
 
+/// `n` tenants (`tenant-0`…) each subscribed to `receiver`; returns their
+/// (api keys, secrets).
+pub async fn tenants(base: &str, n: usize, receiver: &Receiver) -> (Vec<String>, Vec<String>) {
+    let mut keys = Vec::with_capacity(n);
+    let mut secrets = Vec::with_capacity(n);
+    for t in 0..n {
+        let (k, s) = tenant(base, &format!("tenant-{t}"), receiver).await;
+        keys.push(k);
+        secrets.push(s);
+    }
+    (keys, secrets)
+}
+
 /// Emits `n` events spread over `keys` from 8 concurrent clients; records
 /// the ids acknowledged with 202. A refused emit (503 while the broker is
 /// away, or a dead server) is not acknowledged, and the client goes on.
@@ -367,13 +380,7 @@ async fn kafka_end_to_end_api_and_two_workers() {
         .unwrap();
     assert_eq!(r.status(), 404);
 
-    let mut keys = Vec::new();
-    let mut secrets = Vec::new();
-    for t in 0..6 {
-        let (k, s) = tenant(&api.base, &format!("tenant-{t}"), &receiver).await;
-        keys.push(k);
-        secrets.push(s);
-    }
+    let (keys, secrets) = tenants(&api.base, 6, &receiver).await;
     let acked = Arc::new(Mutex::new(HashSet::new()));
     let refused = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     emit_many(api.base.clone(), keys, 400, acked.clone(), refused.clone()).await;
@@ -442,13 +449,7 @@ impl TwoWorkersUnderLoad {
         let api = Proc::start("api", &dir, &prefix, &[]).await;
         let w1 = Proc::start("worker", &dir, &prefix, &[]).await;
         let w2 = Proc::start("worker", &dir, &prefix, &[]).await;
-        let mut keys = Vec::new();
-        let mut secrets = Vec::new();
-        for t in 0..6 {
-            let (k, s) = tenant(&api.base, &format!("tenant-{t}"), &receiver).await;
-            keys.push(k);
-            secrets.push(s);
-        }
+        let (keys, secrets) = tenants(&api.base, 6, &receiver).await;
         let acked = Arc::new(Mutex::new(HashSet::new()));
         let refused = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let emitting = tokio::spawn(emit_many(
@@ -529,13 +530,7 @@ async fn kafka_kill_9_of_the_api_loses_no_acknowledged_event() {
     let receiver = Receiver::start(200).await;
     let api = Proc::start("api", &dir, &prefix, &[]).await;
     let worker = Proc::start("worker", &dir, &prefix, &[]).await;
-    let mut keys = Vec::new();
-    let mut secrets = Vec::new();
-    for t in 0..3 {
-        let (k, s) = tenant(&api.base, &format!("tenant-{t}"), &receiver).await;
-        keys.push(k);
-        secrets.push(s);
-    }
+    let (keys, secrets) = tenants(&api.base, 3, &receiver).await;
     let acked = Arc::new(Mutex::new(HashSet::new()));
     let refused = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let emitting = tokio::spawn(emit_many(

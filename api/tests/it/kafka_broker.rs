@@ -13,8 +13,8 @@ use tokio::sync::Mutex;
 
 use crate::{
     kafka::{
-        all_delivered, emit_many, prefix, repo_root, require_kafka, services, tenant, Proc, BROKER,
-        BROKERS,
+        all_delivered, emit_many, prefix, repo_root, require_kafka, services, tenants, Proc,
+        BROKER, BROKERS,
     },
     support::{eventually, Herald, Receiver},
 };
@@ -31,13 +31,7 @@ async fn kafka_broker_restart_and_outage_lose_nothing() {
     let receiver = Receiver::start(200).await;
     let api = Proc::start("api", &dir, &prefix, &["--kafka-append-timeout", "3s"]).await;
     let worker = Proc::start("worker", &dir, &prefix, &[]).await;
-    let mut keys = Vec::new();
-    let mut secrets = Vec::new();
-    for t in 0..4 {
-        let (k, s) = tenant(&api.base, &format!("tenant-{t}"), &receiver).await;
-        keys.push(k);
-        secrets.push(s);
-    }
+    let (keys, secrets) = tenants(&api.base, 4, &receiver).await;
     let http = reqwest::Client::new();
 
     // 1. Restart the broker under load.
