@@ -121,13 +121,24 @@ fn received_since(receiver: &Receiver, from: usize) -> HashMap<String, usize> {
 }
 
 /// Waits until recovery job `id` is completed and every replay it
-/// scheduled is done; returns the job.
+/// scheduled is done; returns the job. Progress-aware: a loaded machine
+/// gets time as long as the job's counts keep moving; a stall of `limit`
+/// fails, showing the job.
 async fn job_completed(base: &str, key: &str, id: &str, limit: Duration) -> Value {
-    eventually("the recovery job completes", limit, || async {
+    let mut last = (Value::Null, tokio::time::Instant::now());
+    loop {
         let job = get(base, key, &format!("/api/v1/portal/recoveries/{id}")).await;
-        (job["status"] == "completed" && job["done"] == job["scheduled"]).then_some(job)
-    })
-    .await
+        if job["status"] == "completed" && job["done"] == job["scheduled"] {
+            return job;
+        }
+        let progress = json!([job["status"], job["scheduled"], job["done"]]);
+        if progress != last.0 {
+            last = (progress, tokio::time::Instant::now());
+        } else if last.1.elapsed() > limit {
+            panic!("the recovery job made no progress for {limit:?}: {job}");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 /// Waits until every event of `ids` arrived again after the receiver's
