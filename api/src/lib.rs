@@ -206,6 +206,7 @@ fn health(state: &AppState) -> Health {
             "transactions": r.transactions.load(Relaxed),
             "aborted": r.aborted.load(Relaxed),
             "in_transaction": r.in_transaction.load(Relaxed),
+            "uncommitted": r.uncommitted.load(Relaxed),
         })
     });
     Health {

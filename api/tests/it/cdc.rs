@@ -688,9 +688,9 @@ async fn cdc_relay_kill9_while_streaming_neither_loses_nor_duplicates() {
     for t in tenants {
         secrets.push(tenant(&api.base, t, &receiver).await.1);
     }
-    // Each relay transaction stays open 300 ms, its records produced, so a
-    // kill lands inside one.
-    let relay_args = ["--relay-commit-delay", "300ms"];
+    // Each relay transaction stays open 800 ms, its records flushed to the
+    // broker, so a kill lands inside one.
+    let relay_args = ["--relay-commit-delay", "800ms"];
     let mut relay = Proc::start("relay", &dir, &prefix, &relay_args).await;
     assert_eq!(health(&relay.base).await["role"], "relay");
 
@@ -718,13 +718,13 @@ async fn cdc_relay_kill9_while_streaming_neither_loses_nor_duplicates() {
     for at in [2_000u64, 5_000] {
         let base = relay.base.clone();
         eventually(
-            &format!("the relay past {at} rows, in a transaction"),
+            &format!("the relay past {at} rows, records in an open transaction"),
             Duration::from_secs(120),
             || {
                 let base = base.clone();
                 async move {
                     let r = &health(&base).await["relay"];
-                    (r["relayed"].as_u64()? >= at && r["in_transaction"] == true).then_some(())
+                    (r["relayed"].as_u64()? >= at && r["uncommitted"].as_u64()? > 0).then_some(())
                 }
             },
         )

@@ -206,10 +206,31 @@ async fn replay_creates_linked_deliveries_with_the_same_webhook_id() {
         .emit(&key, "quality.gate_cleared", json!({ "gate": 3 }))
         .await;
     let event_id = event["id"].as_str().unwrap();
-    eventually("both deliveries", WAIT, || async {
-        (a.received().len() == 1 && b.received().len() == 1).then_some(())
-    })
-    .await;
+    // Waits for at least the expected counts, then asserts them exactly: a
+    // failure shows what each receiver got.
+    let expect = |what: &'static str, want_a: usize, want_b: usize| {
+        let (a, b) = (&a, &b);
+        async move {
+            eventually(what, WAIT, || async {
+                (a.received().len() >= want_a && b.received().len() >= want_b).then_some(())
+            })
+            .await;
+            let ids = |r: &Receiver| {
+                r.received()
+                    .iter()
+                    .map(|m| m.header("webhook-id").to_string())
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(
+                (a.received().len(), b.received().len()),
+                (want_a, want_b),
+                "{what}: a got {:?}, b got {:?}",
+                ids(a),
+                ids(b)
+            );
+        }
+    };
+    expect("both deliveries", 1, 1).await;
 
     // Replay to one subscription only.
     let (status, replay) = herald
@@ -226,12 +247,8 @@ async fn replay_creates_linked_deliveries_with_the_same_webhook_id() {
         .as_str()
         .unwrap()
         .starts_with("dlv_"));
-    eventually("the replayed delivery", WAIT, || async {
-        (a.received().len() == 2).then_some(())
-    })
-    .await;
+    expect("the replayed delivery", 2, 1).await;
     assert_eq!(a.received()[1].header("webhook-id"), event_id);
-    assert_eq!(b.received().len(), 1);
 
     let logs = eventually("the replay's log record", WAIT, || async {
         let logs = herald.logs(&key, &format!("event_id={event_id}")).await;
@@ -252,20 +269,17 @@ async fn replay_creates_linked_deliveries_with_the_same_webhook_id() {
             json!({}),
         )
         .await;
-    assert_eq!(status, 202);
-    assert_eq!(all["data"].as_array().unwrap().len(), 2);
-    eventually("both replays", WAIT, || async {
-        (a.received().len() == 3 && b.received().len() == 2).then_some(())
-    })
-    .await;
+    assert_eq!(status, 202, "{all}");
+    assert_eq!(all["data"].as_array().unwrap().len(), 2, "{all}");
+    expect("both replays", 3, 2).await;
 
     // The event with its deliveries.
     let (status, one) = herald
         .get(&key, &format!("/api/v1/integrations/events/{event_id}"))
         .await;
-    assert_eq!(status, 200);
+    assert_eq!(status, 200, "{one}");
     assert_eq!(one["id"], event_id);
-    assert!(one["deliveries"].as_array().unwrap().len() >= 4);
+    assert!(one["deliveries"].as_array().unwrap().len() >= 4, "{one}");
 }
 
 #[tokio::test]

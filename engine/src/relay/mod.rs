@@ -82,6 +82,9 @@ pub struct RelayStats {
     pub aborted: AtomicU64,
     /// Whether a transaction is open right now (begun, not yet committed).
     pub in_transaction: AtomicBool,
+    /// Records the open transaction has produced and handed to the broker,
+    /// not yet committed (0 outside that window).
+    pub uncommitted: AtomicU64,
 }
 
 /// Where the relay reads and writes.
@@ -249,6 +252,7 @@ impl Session {
                 let _ = self.producer.abort_transaction(TXN_TIMEOUT);
             }
             self.stats.in_transaction.store(false, Ordering::SeqCst);
+            self.stats.uncommitted.store(0, Ordering::SeqCst);
             outcome?;
         }
         Ok(())
@@ -372,10 +376,16 @@ impl Session {
         self.producer
             .send_offsets_to_transaction(&offsets, &group, TXN_TIMEOUT)
             .map_err(|e| format!("adding the offsets to the transaction: {e}"))?;
-        if !self.settings.kafka.relay_commit_delay.is_zero() {
+        let delay = self.settings.kafka.relay_commit_delay;
+        if !delay.is_zero() {
             // Crash tests: let the records reach the broker, uncommitted.
             let _ = self.producer.flush(TXN_TIMEOUT);
-            std::thread::sleep(self.settings.kafka.relay_commit_delay);
+        }
+        self.stats
+            .uncommitted
+            .store(relayed + dead, Ordering::SeqCst);
+        if !delay.is_zero() {
+            std::thread::sleep(delay);
         }
         self.producer
             .commit_transaction(TXN_TIMEOUT)
