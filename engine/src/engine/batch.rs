@@ -11,8 +11,6 @@
 
 use std::collections::HashMap;
 
-use tokio::task::JoinSet;
-
 use super::{Engine, NewEvent};
 use crate::{
     error::{EngineError, SchemaIssue},
@@ -126,18 +124,11 @@ impl Engine {
         if !fresh.is_empty() {
             let positions = self.log.append(&fresh).await?;
             let until = now_ms() + self.config.dedupe_window.as_millis() as i64;
-            // Indexed concurrently: the store group-commits them together.
-            let mut index = JoinSet::new();
-            for (event, position) in fresh.iter().zip(positions) {
-                let (store, event) = (self.store.clone(), event.clone());
-                index.spawn(async move {
-                    if let Err(e) = store.record_event(&event, position, until).await {
-                        // The event is durable in the log; fan-out will index it.
-                        tracing::warn!(error = %e, event_id = %event.id, "could not index an emitted event yet");
-                    }
-                });
+            let indexed: Vec<_> = fresh.iter().cloned().zip(positions).collect();
+            if let Err(e) = self.store.record_events(&indexed, until).await {
+                // The events are durable in the log; fan-out will index them.
+                tracing::warn!(error = %e, events = indexed.len(), "could not index emitted events yet");
             }
-            while index.join_next().await.is_some() {}
         }
 
         Ok(slots

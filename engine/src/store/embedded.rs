@@ -79,8 +79,10 @@ impl EmbeddedStore {
             // a group commit of ~1000 writes must not spill dirty pages to the WAL
             // mid-transaction (the 2 MiB default cache did, writing pages many
             // times), nor checkpoint after nearly every commit (1000-page default).
+            // temp_store=MEMORY keeps each job's savepoint journal off the disk
+            // (it was a pwrite per page per job; the WAL alone makes a commit durable).
             "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON; PRAGMA busy_timeout=5000;
-             PRAGMA cache_size=-65536; PRAGMA wal_autocheckpoint=16384;",
+             PRAGMA cache_size=-65536; PRAGMA wal_autocheckpoint=16384; PRAGMA temp_store=MEMORY;",
         )
         .map_err(db_err)?;
         migrate(&conn)?;
@@ -561,6 +563,24 @@ impl Store for EmbeddedStore {
         .await
     }
 
+    async fn record_events(
+        &self,
+        events: &[(DomainEvent, LogPosition)],
+        dedupe_until_ms: i64,
+    ) -> Result<(), StoreError> {
+        let events = events.to_vec();
+        self.write(move |conn| {
+            for (event, position) in &events {
+                insert_event(conn, event, *position)?;
+                if let Some(key) = &event.dedupe_key {
+                    claim_dedupe(conn, event, key, dedupe_until_ms, now_ms())?;
+                }
+            }
+            Ok(())
+        })
+        .await
+    }
+
     async fn event_by_dedupe_key(
         &self,
         tenant_id: &str,
@@ -640,11 +660,18 @@ impl Store for EmbeddedStore {
         self.write(move |conn| {
             let mut results = Vec::with_capacity(batch.len());
             for item in &batch {
-                insert_event(conn, &item.event, item.position)?;
-                let state: i64 = conn
+                // Usually indexed at emit already: encode the body only if not.
+                let state: i64 = match conn
                     .prepare_cached("SELECT state FROM events WHERE id = ?1")
-                    .and_then(|mut st| st.query_row([&item.event.id], |r| r.get(0)))
-                    .map_err(db_err)?;
+                    .and_then(|mut st| st.query_row([&item.event.id], |r| r.get(0)).optional())
+                    .map_err(db_err)?
+                {
+                    Some(state) => state,
+                    None => {
+                        insert_event(conn, &item.event, item.position)?;
+                        0
+                    }
+                };
                 if state != 0 {
                     results.push(FanOutResult::AlreadyDone);
                     continue;

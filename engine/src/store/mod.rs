@@ -161,6 +161,20 @@ pub trait Store: Send + Sync + 'static {
         dedupe_until_ms: i64,
     ) -> Result<(), StoreError>;
 
+    /// [`record_event`](Store::record_event) for a batch just appended to
+    /// the log, in one write where the store can; a failure leaves the
+    /// batch to be indexed by fan-out.
+    async fn record_events(
+        &self,
+        events: &[(DomainEvent, LogPosition)],
+        dedupe_until_ms: i64,
+    ) -> Result<(), StoreError> {
+        let writes = events
+            .iter()
+            .map(|(event, position)| self.record_event(event, *position, dedupe_until_ms));
+        futures::future::try_join_all(writes).await.map(|_| ())
+    }
+
     /// The live event holding `(tenant, dedupe_key)`, if any.
     async fn event_by_dedupe_key(
         &self,
