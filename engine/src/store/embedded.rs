@@ -85,6 +85,9 @@ impl EmbeddedStore {
              PRAGMA cache_size=-65536; PRAGMA wal_autocheckpoint=16384; PRAGMA temp_store=MEMORY;",
         )
         .map_err(db_err)?;
+        // Room for every statement the writer prepares (rusqlite keeps 16 by
+        // default, fewer than the writer uses, so some were parsed again).
+        conn.set_prepared_statement_cache_capacity(128);
         migrate(&conn)?;
         reseal_subscriptions(&conn, &codec)?;
         let (tx, rx) = mpsc::channel::<Job>(8192);
@@ -245,14 +248,14 @@ fn savepoint<T>(
     conn: &Connection,
     f: impl FnOnce(&Connection) -> Result<T, StoreError>,
 ) -> Result<T, StoreError> {
-    conn.execute_batch("SAVEPOINT job").map_err(db_err)?;
+    // Prepared once: a group commit runs these around every one of its jobs.
+    let run = |sql: &str| conn.prepare_cached(sql).and_then(|mut st| st.execute([]));
+    run("SAVEPOINT job").map_err(db_err)?;
     let out = f(conn);
-    let end = if out.is_ok() {
-        "RELEASE job"
-    } else {
-        "ROLLBACK TO job; RELEASE job"
-    };
-    conn.execute_batch(end).map_err(db_err)?;
+    if out.is_err() {
+        run("ROLLBACK TO job").map_err(db_err)?;
+    }
+    run("RELEASE job").map_err(db_err)?;
     out
 }
 
