@@ -49,6 +49,7 @@ fn store_write(c: &mut Criterion) {
                                     partition: 0,
                                     offset,
                                 },
+                                lease_until_ms: None,
                             }
                         })
                         .collect::<Vec<_>>()
@@ -78,6 +79,7 @@ fn store_write(c: &mut Criterion) {
                                     partition: 0,
                                     offset,
                                 },
+                                lease_until_ms: None,
                             }
                         })
                         .collect();

@@ -294,10 +294,12 @@ impl Engine {
                 log.clone(),
                 store.clone(),
                 subscriptions.clone(),
+                shards.clone(),
                 fanout::Settings {
                     group: config.fanout_group(),
                     dedupe_window: config.dedupe_window,
                     follow_store: config.kafka.is_some(),
+                    lease: d.lease(),
                 },
                 wake.clone(),
                 cancel.clone(),

@@ -7,6 +7,13 @@
 //! the batch's log positions: an event is never past the committed offset
 //! before its deliveries are durable (at-least-once end to end).
 //!
+//! The batch's unordered deliveries are scheduled already leased and handed
+//! to this process's shards right after the commit, so a first attempt
+//! costs no scheduler claim (no second store write, no re-read of the
+//! event). Strictly ordered deliveries wait for the scheduler, which
+//! releases each subscription's head only. If the process dies, the leases
+//! end and the scheduler claims them like any other.
+//!
 //! When other processes (`--role api`) write subscriptions to a shared store,
 //! the fan-out checks the store's subscription version before each batch and
 //! reloads its index when it moved. A subscription is committed before the
@@ -19,10 +26,11 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    delivery::worker::{Job, Shards},
     ids,
     log::{EventLog, LogPosition},
     model::{Ordering, ScheduledDelivery},
-    store::{embedded::now_ms, FanOut, Store},
+    store::{embedded::now_ms, FanOut, FanOutResult, Store},
     subscriptions::SubscriptionIndex,
 };
 
@@ -42,13 +50,17 @@ pub struct Settings {
     /// Whether other processes write subscriptions to the store (then the
     /// index is checked against the store before every batch).
     pub follow_store: bool,
+    /// How long a delivery handed to the shards stays leased.
+    pub lease: Duration,
 }
 
-/// Runs until `cancel`, ringing `wake` whenever new deliveries are scheduled.
+/// Runs until `cancel`: hands new unordered deliveries to `shards`, rings
+/// `wake` when ordered ones are scheduled.
 pub async fn run(
     log: Arc<dyn EventLog>,
     store: Arc<dyn Store>,
     subscriptions: Arc<SubscriptionIndex>,
+    shards: Arc<Shards>,
     settings: Settings,
     wake: Arc<Notify>,
     cancel: CancellationToken,
@@ -57,6 +69,7 @@ pub async fn run(
         group,
         dedupe_window,
         follow_store,
+        lease,
     } = settings;
     let mut consumer = loop {
         match log.consumer(&group).await {
@@ -88,6 +101,7 @@ pub async fn run(
             refresh_subscriptions(store.as_ref(), &subscriptions).await;
         }
         let now = now_ms();
+        let lease_until = now + lease.as_millis() as i64;
         let mut next: BTreeMap<u32, u64> = BTreeMap::new();
         let batch: Vec<FanOut> = records
             .into_iter()
@@ -115,17 +129,18 @@ pub async fn run(
                     event: r.event,
                     position: r.position,
                     deliveries,
+                    lease_until_ms: Some(lease_until),
                 }
             })
             .collect();
         let dedupe_until = now + dedupe_window.as_millis() as i64;
         // The batch must become durable before its offsets move: retry until it does.
         let mut backoff = Duration::from_millis(50);
-        loop {
+        let results = loop {
             match store.fan_out(batch.clone(), dedupe_until, now).await {
                 Ok(results) => {
                     tracing::debug!(events = results.len(), "fanned out");
-                    break;
+                    break results;
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "fan-out could not schedule deliveries; retrying");
@@ -136,8 +151,10 @@ pub async fn run(
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
             }
+        };
+        if hand_off(batch, &results, &shards).await {
+            wake.notify_one();
         }
-        wake.notify_one();
         let positions: Vec<LogPosition> = next
             .into_iter()
             .map(|(partition, offset)| LogPosition { partition, offset })
@@ -147,6 +164,27 @@ pub async fn run(
             tracing::warn!(error = %e, "fan-out could not commit its log positions");
         }
     }
+}
+
+/// Dispatches the leased deliveries of the events just scheduled; returns
+/// whether any ordered delivery was left for the scheduler.
+async fn hand_off(batch: Vec<FanOut>, results: &[FanOutResult], shards: &Shards) -> bool {
+    let mut ordered = false;
+    for (item, result) in batch.into_iter().zip(results) {
+        if *result != FanOutResult::Scheduled {
+            continue;
+        }
+        let event = Arc::new(item.event);
+        for delivery in item.deliveries {
+            if delivery.ordered {
+                ordered = true;
+                continue;
+            }
+            let event = event.clone();
+            shards.dispatch(Job { delivery, event }).await;
+        }
+    }
+    ordered
 }
 
 /// Reloads `index` if a shared store's subscriptions changed since the

@@ -346,11 +346,17 @@ fn claim_dedupe(
         .map_err(db_err)
 }
 
-fn insert_schedule(conn: &Connection, d: &ScheduledDelivery) -> Result<(), StoreError> {
+/// Adds a delivery to the schedule, due at its time, or leased until
+/// `lease_until_ms` (handed to a shard by the caller).
+fn insert_schedule(
+    conn: &Connection,
+    d: &ScheduledDelivery,
+    lease_until_ms: Option<i64>,
+) -> Result<(), StoreError> {
     conn.prepare_cached(
         "INSERT OR IGNORE INTO schedule
-         (delivery_id, tenant_id, event_id, subscription_id, attempt, is_replay, replay_of, due_at, seq, ordered)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+         (delivery_id, tenant_id, event_id, subscription_id, attempt, is_replay, replay_of, due_at, seq, ordered, leased)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
     )
     .and_then(|mut st| {
         st.execute(params![
@@ -361,9 +367,10 @@ fn insert_schedule(conn: &Connection, d: &ScheduledDelivery) -> Result<(), Store
             d.attempt,
             d.is_replay,
             d.replay_of,
-            d.due_at_ms,
+            lease_until_ms.unwrap_or(d.due_at_ms),
             d.seq,
-            d.ordered
+            d.ordered,
+            lease_until_ms.is_some()
         ])
     })
     .map_err(db_err)?;
@@ -690,7 +697,7 @@ impl Store for EmbeddedStore {
                     }
                 }
                 for d in &item.deliveries {
-                    insert_schedule(conn, d)?;
+                    insert_schedule(conn, d, item.lease_until_ms.filter(|_| !d.ordered))?;
                 }
                 conn.prepare_cached("UPDATE events SET state = 1 WHERE id = ?1")
                     .and_then(|mut st| st.execute([&item.event.id]))
@@ -703,7 +710,7 @@ impl Store for EmbeddedStore {
     }
 
     async fn schedule(&self, deliveries: Vec<ScheduledDelivery>) -> Result<(), StoreError> {
-        self.write(move |conn| deliveries.iter().try_for_each(|d| insert_schedule(conn, d)))
+        self.write(move |conn| deliveries.iter().try_for_each(|d| insert_schedule(conn, d, None)))
             .await
     }
 

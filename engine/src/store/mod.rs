@@ -78,6 +78,11 @@ pub struct FanOut {
     pub position: LogPosition,
     /// One delivery per matching subscription.
     pub deliveries: Vec<ScheduledDelivery>,
+    /// When set, the unordered deliveries are scheduled already leased until
+    /// then: the caller hands them to its shards right after the commit,
+    /// instead of a scheduler claiming them (a crash makes them due again
+    /// like any other lease).
+    pub lease_until_ms: Option<i64>,
 }
 
 /// What [`Store::fan_out`] did with one event.

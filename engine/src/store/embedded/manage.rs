@@ -355,7 +355,7 @@ impl EmbeddedStore {
         let mut job = job.clone();
         self.write(move |conn| {
             for d in &deliveries {
-                insert_schedule(conn, d)?;
+                insert_schedule(conn, d, None)?;
                 conn.execute(
                     "INSERT OR IGNORE INTO recovery_deliveries (recovery_id, delivery_id) VALUES (?1, ?2)",
                     params![job.id, d.delivery_id],

@@ -12,7 +12,7 @@ use ::scylla::value::CqlValue;
 use super::{decode, encode, id_day, ScyllaStore};
 use crate::{
     log::LogPosition,
-    model::DomainEvent,
+    model::{DomainEvent, ScheduledDelivery},
     store::{EventFilter, FanOut, FanOutResult, StoreError},
 };
 
@@ -182,10 +182,19 @@ impl ScyllaStore {
                 return Ok(FanOutResult::Duplicate);
             }
         }
-        let work = item
+        // A lease is a due time in the future (see `schedule`).
+        let leased: Vec<ScheduledDelivery> = item
             .deliveries
             .iter()
-            .map(|d| self.insert_schedule(d, None));
+            .map(|d| match item.lease_until_ms.filter(|_| !d.ordered) {
+                Some(until) => ScheduledDelivery {
+                    due_at_ms: until,
+                    ..d.clone()
+                },
+                None => d.clone(),
+            })
+            .collect();
+        let work = leased.iter().map(|d| self.insert_schedule(d, None));
         futures::future::try_join_all(work).await?;
         self.exec(
             "UPDATE events SET state = ? WHERE id = ?",
