@@ -500,21 +500,27 @@ impl LogConsumer for EmbeddedConsumer {
         loop {
             self.appended.borrow_and_update();
             let n = self.next.len();
-            let mut out = Vec::new();
-            // Round-robin from a moving start, so a busy partition can't starve the others.
-            for i in 0..n {
-                let p = (self.cursor + i) % n;
-                if out.len() >= max {
-                    break;
+            let (shared, next, cursor) = (self.shared.clone(), self.next.clone(), self.cursor);
+            // All partitions in one blocking call; round-robin from a moving
+            // start, so a busy partition can't starve the others.
+            let (out, counts) = tokio::task::spawn_blocking(move || {
+                let mut out = Vec::new();
+                let mut counts = vec![0u64; n];
+                for i in 0..n {
+                    let p = (cursor + i) % n;
+                    if out.len() >= max {
+                        break;
+                    }
+                    let records = shared.read(p as u32, next[p], max - out.len())?;
+                    counts[p] = records.len() as u64;
+                    out.extend(records);
                 }
-                let shared = self.shared.clone();
-                let (from, room) = (self.next[p], max - out.len());
-                let records =
-                    tokio::task::spawn_blocking(move || shared.read(p as u32, from, room))
-                        .await
-                        .map_err(|_| LogError::Closed)??;
-                self.next[p] += records.len() as u64;
-                out.extend(records);
+                Ok::<_, LogError>((out, counts))
+            })
+            .await
+            .map_err(|_| LogError::Closed)??;
+            for (next, count) in self.next.iter_mut().zip(counts) {
+                *next += count;
             }
             self.cursor = (self.cursor + 1) % n.max(1);
             if !out.is_empty() {

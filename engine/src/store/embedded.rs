@@ -35,6 +35,8 @@ type Job = Box<dyn FnOnce(&Connection) -> Reply + Send>;
 
 /// The SQLite-backed [`Store`].
 pub struct EmbeddedStore {
+    /// Dropped with the store: ends the checkpoint thread.
+    _stop_checkpoints: std::sync::mpsc::Sender<()>,
     writer: mpsc::Sender<Job>,
     readers: Arc<Mutex<Vec<Connection>>>,
     path: std::path::PathBuf,
@@ -78,11 +80,13 @@ impl EmbeddedStore {
             // cache_size and wal_autocheckpoint are for speed only (docs/performance.md):
             // a group commit of ~1000 writes must not spill dirty pages to the WAL
             // mid-transaction (the 2 MiB default cache did, writing pages many
-            // times), nor checkpoint after nearly every commit (1000-page default).
+            // times). Checkpoints run on their own thread (`run_checkpointer`), not
+            // inside a commit that callers wait for; the writer checkpoints only
+            // if that thread falls 256 MiB behind.
             // temp_store=MEMORY keeps each job's savepoint journal off the disk
             // (it was a pwrite per page per job; the WAL alone makes a commit durable).
             "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON; PRAGMA busy_timeout=5000;
-             PRAGMA cache_size=-65536; PRAGMA wal_autocheckpoint=16384; PRAGMA temp_store=MEMORY;",
+             PRAGMA cache_size=-65536; PRAGMA wal_autocheckpoint=65536; PRAGMA temp_store=MEMORY;",
         )
         .map_err(db_err)?;
         // Room for every statement the writer prepares (rusqlite keeps 16 by
@@ -90,12 +94,19 @@ impl EmbeddedStore {
         conn.set_prepared_statement_cache_capacity(128);
         migrate(&conn)?;
         reseal_subscriptions(&conn, &codec)?;
+        let checkpoints = Connection::open(&path).map_err(db_err)?;
+        let (stop_checkpoints, stopped) = std::sync::mpsc::channel::<()>();
+        std::thread::Builder::new()
+            .name("herald-store-checkpoint".into())
+            .spawn(move || run_checkpointer(checkpoints, stopped))
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
         let (tx, rx) = mpsc::channel::<Job>(8192);
         std::thread::Builder::new()
             .name("herald-store-writer".into())
             .spawn(move || run_writer(conn, rx))
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
         Ok(Self {
+            _stop_checkpoints: stop_checkpoints,
             writer: tx,
             readers: Arc::new(Mutex::new(Vec::new())),
             path,
@@ -257,6 +268,21 @@ fn savepoint<T>(
     }
     run("RELEASE job").map_err(db_err)?;
     out
+}
+
+/// How often the WAL is copied into the database file.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Copies committed WAL frames into the database file beside the writer
+/// (a passive checkpoint never blocks it), so no commit waits for a
+/// checkpoint; ends when the store is dropped.
+fn run_checkpointer(conn: Connection, stop: std::sync::mpsc::Receiver<()>) {
+    use std::sync::mpsc::RecvTimeoutError;
+    while let Err(RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_EVERY) {
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::warn!(error = %e, "WAL checkpoint failed; the writer checkpoints if the WAL grows");
+        }
+    }
 }
 
 fn run_writer(conn: Connection, mut rx: mpsc::Receiver<Job>) {
