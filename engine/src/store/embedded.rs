@@ -736,8 +736,12 @@ impl Store for EmbeddedStore {
     }
 
     async fn schedule(&self, deliveries: Vec<ScheduledDelivery>) -> Result<(), StoreError> {
-        self.write(move |conn| deliveries.iter().try_for_each(|d| insert_schedule(conn, d, None)))
-            .await
+        self.write(move |conn| {
+            deliveries
+                .iter()
+                .try_for_each(|d| insert_schedule(conn, d, None))
+        })
+        .await
     }
 
     async fn claim_due(

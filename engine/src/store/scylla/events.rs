@@ -47,7 +47,10 @@ impl ScyllaStore {
                 &body,
             ),
         );
-        futures::try_join!(by_id, by_day)?;
+        // The `events` row last: fan-out takes it as the sign the event is
+        // fully indexed and does not write it again.
+        by_day.await?;
+        by_id.await?;
         Ok(())
     }
 
@@ -157,12 +160,14 @@ impl ScyllaStore {
         now_ms: i64,
     ) -> Result<FanOutResult, StoreError> {
         let event = &item.event;
-        self.index_event(event, item.position).await?;
         let state: Option<(Option<i32>,)> = self
             .row("SELECT state FROM events WHERE id = ?", (&event.id,))
             .await?;
-        if state.and_then(|(s,)| s).is_some() {
-            return Ok(FanOutResult::AlreadyDone);
+        match state {
+            // Usually indexed at emit already: written again only if not.
+            None => self.index_event(event, item.position).await?,
+            Some((Some(_),)) => return Ok(FanOutResult::AlreadyDone),
+            Some((None,)) => {}
         }
         if let Some(key) = &event.dedupe_key {
             let holder = self
