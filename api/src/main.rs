@@ -5,12 +5,6 @@ use clap::Parser;
 use herald_api::cli::{serve, Cli, Command};
 use tracing_subscriber::EnvFilter;
 
-/// mimalloc: the many small, short-lived buffers of the pipeline (JSON,
-/// headers, bodies) cost a quarter of the CPU in glibc's malloc, which also
-/// contended on its arena locks (docs/performance.md).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()

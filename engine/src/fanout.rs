@@ -11,8 +11,10 @@
 //! to this process's shards right after the commit, so a first attempt
 //! costs no scheduler claim (no second store write, no re-read of the
 //! event). Strictly ordered deliveries wait for the scheduler, which
-//! releases each subscription's head only. If the process dies, the leases
-//! end and the scheduler claims them like any other.
+//! releases each subscription's head only, and so do all of an event's
+//! deliveries while the shards already hold `HANDOFF_LIMIT` (memory stays
+//! bounded when fan-out outruns the endpoints). If the process dies, the
+//! leases end and the scheduler claims them like any other.
 //!
 //! When other processes (`--role api`) write subscriptions to a shared store,
 //! the fan-out checks the store's subscription version before each batch and
@@ -39,6 +41,10 @@ use crate::{
 pub const GROUP: &str = "herald-fanout";
 /// Records read per batch.
 const BATCH: usize = 512;
+/// Deliveries the shards may hold before fan-out stops handing new ones to
+/// them: past it, deliveries wait in the schedule for the scheduler's
+/// claims, so a fan-out outrunning the endpoints never grows the heap.
+const HANDOFF_LIMIT: usize = 16_384;
 
 /// How a fan-out runs.
 #[derive(Debug, Clone)]
@@ -102,12 +108,13 @@ pub async fn run(
         }
         let now = now_ms();
         let lease_until = now + lease.as_millis() as i64;
+        let mut budget = HANDOFF_LIMIT.saturating_sub(shards.in_flight());
         let mut next: BTreeMap<u32, u64> = BTreeMap::new();
         let batch: Vec<FanOut> = records
             .into_iter()
             .map(|r| {
                 let e = &r.event;
-                let deliveries = subscriptions
+                let deliveries: Vec<ScheduledDelivery> = subscriptions
                     .matching(&e.tenant_id, &e.event_type)
                     .iter()
                     .map(|sub| ScheduledDelivery {
@@ -125,11 +132,16 @@ pub async fn run(
                     .collect();
                 let entry = next.entry(r.position.partition).or_default();
                 *entry = (*entry).max(r.position.offset + 1);
+                let handed = deliveries.len();
+                let lease_until_ms = (handed <= budget).then(|| {
+                    budget -= handed;
+                    lease_until
+                });
                 FanOut {
                     event: r.event,
                     position: r.position,
                     deliveries,
-                    lease_until_ms: Some(lease_until),
+                    lease_until_ms,
                 }
             })
             .collect();
@@ -167,24 +179,29 @@ pub async fn run(
 }
 
 /// Dispatches the leased deliveries of the events just scheduled; returns
-/// whether any ordered delivery was left for the scheduler.
+/// whether any delivery was left for the scheduler (ordered, or past the
+/// hand-off limit).
 async fn hand_off(batch: Vec<FanOut>, results: &[FanOutResult], shards: &Shards) -> bool {
-    let mut ordered = false;
+    let mut left = false;
     for (item, result) in batch.into_iter().zip(results) {
-        if *result != FanOutResult::Scheduled {
+        if *result != FanOutResult::Scheduled || item.deliveries.is_empty() {
+            continue;
+        }
+        if item.lease_until_ms.is_none() {
+            left = true;
             continue;
         }
         let event = Arc::new(item.event);
         for delivery in item.deliveries {
             if delivery.ordered {
-                ordered = true;
+                left = true;
                 continue;
             }
             let event = event.clone();
             shards.dispatch(Job { delivery, event }).await;
         }
     }
-    ordered
+    left
 }
 
 /// Reloads `index` if a shared store's subscriptions changed since the
