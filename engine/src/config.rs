@@ -247,6 +247,10 @@ pub struct DeliveryConfig {
     pub response_body_limit: usize,
     /// Added to four request timeouts to make a claim's lease.
     pub lease_margin: Duration,
+    /// Deliveries the shards may hold before fan-out stops handing new ones
+    /// to them directly (past it they wait in the schedule for the
+    /// scheduler's claims): bounds memory when fan-out outruns the endpoints.
+    pub handoff_limit: usize,
 }
 
 impl Default for DeliveryConfig {
@@ -267,6 +271,7 @@ impl Default for DeliveryConfig {
             retry_jitter: 0.1,
             response_body_limit: 4096,
             lease_margin: Duration::from_secs(30),
+            handoff_limit: 16_384,
         }
     }
 }

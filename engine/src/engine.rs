@@ -300,6 +300,7 @@ impl Engine {
                     dedupe_window: config.dedupe_window,
                     follow_store: config.kafka.is_some(),
                     lease: d.lease(),
+                    handoff_limit: d.handoff_limit,
                 },
                 wake.clone(),
                 cancel.clone(),

@@ -12,7 +12,7 @@
 //! costs no scheduler claim (no second store write, no re-read of the
 //! event). Strictly ordered deliveries wait for the scheduler, which
 //! releases each subscription's head only, and so do all of an event's
-//! deliveries while the shards already hold `HANDOFF_LIMIT` (memory stays
+//! deliveries while the shards already hold `handoff_limit` (memory stays
 //! bounded when fan-out outruns the endpoints). If the process dies, the
 //! leases end and the scheduler claims them like any other.
 //!
@@ -41,10 +41,6 @@ use crate::{
 pub const GROUP: &str = "herald-fanout";
 /// Records read per batch.
 const BATCH: usize = 512;
-/// Deliveries the shards may hold before fan-out stops handing new ones to
-/// them: past it, deliveries wait in the schedule for the scheduler's
-/// claims, so a fan-out outrunning the endpoints never grows the heap.
-const HANDOFF_LIMIT: usize = 16_384;
 
 /// How a fan-out runs.
 #[derive(Debug, Clone)]
@@ -58,6 +54,8 @@ pub struct Settings {
     pub follow_store: bool,
     /// How long a delivery handed to the shards stays leased.
     pub lease: Duration,
+    /// Deliveries the shards may hold, past which fan-out hands none over.
+    pub handoff_limit: usize,
 }
 
 /// Runs until `cancel`: hands new unordered deliveries to `shards`, rings
@@ -76,6 +74,7 @@ pub async fn run(
         dedupe_window,
         follow_store,
         lease,
+        handoff_limit,
     } = settings;
     let mut consumer = loop {
         match log.consumer(&group).await {
@@ -108,7 +107,7 @@ pub async fn run(
         }
         let now = now_ms();
         let lease_until = now + lease.as_millis() as i64;
-        let mut budget = HANDOFF_LIMIT.saturating_sub(shards.in_flight());
+        let mut budget = handoff_limit.saturating_sub(shards.in_flight());
         let mut next: BTreeMap<u32, u64> = BTreeMap::new();
         let batch: Vec<FanOut> = records
             .into_iter()

@@ -207,3 +207,49 @@ async fn over_the_limits_is_refused() {
         .unwrap();
     assert_eq!(r.status(), 401);
 }
+
+/// Past the hand-off limit, fan-out leaves deliveries to the scheduler's
+/// claims: with a limit smaller than one batch's deliveries, both paths run
+/// in the same batch, and every (event, subscription) pair arrives once.
+#[tokio::test]
+async fn deliveries_past_the_handoff_limit_go_through_the_scheduler() {
+    let herald = Herald::start_with(|c| c.delivery.handoff_limit = 30).await;
+    let key = herald.tenant("acme").await;
+    let receivers = [
+        Receiver::start(200).await,
+        Receiver::start(200).await,
+        Receiver::start(200).await,
+    ];
+    for r in &receivers {
+        herald.subscribe(&key, &r.url, &["handoff.*"]).await;
+    }
+    let events: Vec<Value> = (0..200)
+        .map(|i| json!({ "event_type": "handoff.item", "payload": { "i": i } }))
+        .collect();
+    let (status, body) = herald.post(&key, BATCH, json!({ "events": events })).await;
+    assert_eq!(status, 202, "{body}");
+    let want: Vec<String> = body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_string())
+        .collect();
+    eventually("600 deliveries", WAIT, || async {
+        receivers
+            .iter()
+            .all(|r| r.received().len() >= want.len())
+            .then_some(())
+    })
+    .await;
+    for r in &receivers {
+        let mut got: Vec<String> = r
+            .received()
+            .iter()
+            .map(|m| m.header("webhook-id").to_string())
+            .collect();
+        got.sort();
+        let mut expected = want.clone();
+        expected.sort();
+        assert_eq!(got, expected, "each event exactly once per subscription");
+    }
+}
