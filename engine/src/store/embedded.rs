@@ -14,6 +14,7 @@ use parking_lot::Mutex;
 use rusqlite::{params, params_from_iter, types::Value, Connection, OpenFlags, OptionalExtension};
 use tokio::sync::{mpsc, oneshot};
 
+mod attempts;
 mod manage;
 
 use super::{
@@ -38,6 +39,7 @@ pub struct EmbeddedStore {
     /// Dropped with the store: ends the checkpoint thread.
     _stop_checkpoints: std::sync::mpsc::Sender<()>,
     writer: mpsc::Sender<Job>,
+    attempts: attempts::AttemptQueue,
     readers: Arc<Mutex<Vec<Connection>>>,
     path: std::path::PathBuf,
     codec: SubscriptionCodec,
@@ -108,6 +110,7 @@ impl EmbeddedStore {
         Ok(Self {
             _stop_checkpoints: stop_checkpoints,
             writer: tx,
+            attempts: attempts::AttemptQueue::default(),
             readers: Arc::new(Mutex::new(Vec::new())),
             path,
             codec,
@@ -809,35 +812,19 @@ impl Store for EmbeddedStore {
         next: Option<ScheduledDelivery>,
     ) -> Result<(), StoreError> {
         let body = serde_json::to_string(&attempt).map_err(json_err)?;
-        self.write(move |conn| {
-            conn.prepare_cached(
-                "INSERT OR IGNORE INTO delivery_logs (id, tenant_id, delivery_id, event_id, subscription_id, outcome, body)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            )
-            .and_then(|mut st| {
-                st.execute(params![
-                    attempt.id,
-                    attempt.tenant_id,
-                    attempt.delivery_id,
-                    attempt.event_id,
-                    attempt.subscription_id,
-                    attempt.outcome.as_str(),
-                    body
-                ])
-            })
-            .map_err(db_err)?;
-            match next {
-                Some(n) => conn
-                    .prepare_cached("UPDATE schedule SET attempt = ?1, due_at = ?2, leased = 0 WHERE delivery_id = ?3")
-                    .and_then(|mut st| st.execute(params![n.attempt, n.due_at_ms, n.delivery_id])),
-                None => conn
-                    .prepare_cached("DELETE FROM schedule WHERE delivery_id = ?1")
-                    .and_then(|mut st| st.execute([&attempt.delivery_id])),
-            }
-            .map_err(db_err)?;
-            Ok(())
-        })
-        .await
+        let (reply, answer) = oneshot::channel();
+        let first = self.attempts.push(attempts::Pending {
+            attempt,
+            body,
+            next,
+            reply,
+        });
+        if first && self.writer.send(self.attempts.job()).await.is_err() {
+            self.attempts.refuse("store is shutting down");
+        }
+        answer
+            .await
+            .map_err(|_| StoreError::Unavailable("store writer stopped".into()))?
     }
 
     async fn release_leases(&self, now_ms: i64) -> Result<u64, StoreError> {
