@@ -59,7 +59,7 @@ pub struct Settings {
 }
 
 /// Runs until `cancel`: hands new unordered deliveries to `shards`, rings
-/// `wake` when ordered ones are scheduled.
+/// `wake` when some are left to the scheduler (ordered, or past the limit).
 pub async fn run(
     log: Arc<dyn EventLog>,
     store: Arc<dyn Store>,
