@@ -125,9 +125,9 @@ impl Engine {
             let positions = self.log.append(&fresh).await?;
             let until = now_ms() + self.config.dedupe_window.as_millis() as i64;
             let indexed: Vec<_> = fresh.iter().cloned().zip(positions).collect();
-            if let Err(e) = self.store.record_events(&indexed, until).await {
+            if let Err(e) = self.store.record_events(indexed, until).await {
                 // The events are durable in the log; fan-out will index them.
-                tracing::warn!(error = %e, events = indexed.len(), "could not index emitted events yet");
+                tracing::warn!(error = %e, events = fresh.len(), "could not index emitted events yet");
             }
         }
 

@@ -591,23 +591,15 @@ impl Store for EmbeddedStore {
         position: LogPosition,
         dedupe_until_ms: i64,
     ) -> Result<(), StoreError> {
-        let event = event.clone();
-        self.write(move |conn| {
-            insert_event(conn, &event, position)?;
-            if let Some(key) = &event.dedupe_key {
-                claim_dedupe(conn, &event, key, dedupe_until_ms, now_ms())?;
-            }
-            Ok(())
-        })
-        .await
+        self.record_events(vec![(event.clone(), position)], dedupe_until_ms)
+            .await
     }
 
     async fn record_events(
         &self,
-        events: &[(DomainEvent, LogPosition)],
+        events: Vec<(DomainEvent, LogPosition)>,
         dedupe_until_ms: i64,
     ) -> Result<(), StoreError> {
-        let events = events.to_vec();
         self.write(move |conn| {
             for (event, position) in &events {
                 insert_event(conn, event, *position)?;

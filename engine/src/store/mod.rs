@@ -171,7 +171,7 @@ pub trait Store: Send + Sync + 'static {
     /// batch to be indexed by fan-out.
     async fn record_events(
         &self,
-        events: &[(DomainEvent, LogPosition)],
+        events: Vec<(DomainEvent, LogPosition)>,
         dedupe_until_ms: i64,
     ) -> Result<(), StoreError> {
         let writes = events
