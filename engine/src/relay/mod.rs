@@ -82,8 +82,9 @@ pub struct RelayStats {
     pub aborted: AtomicU64,
     /// Whether a transaction is open right now (begun, not yet committed).
     pub in_transaction: AtomicBool,
-    /// Records the open transaction has produced and handed to the broker,
-    /// not yet committed (0 outside that window).
+    /// Records the open transaction has produced, not yet committed (0
+    /// outside that window); with `relay_commit_delay` they are flushed to
+    /// the broker before this is set.
     pub uncommitted: AtomicU64,
 }
 
