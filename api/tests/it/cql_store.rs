@@ -99,6 +99,17 @@ async fn cql_claims_are_exclusive_across_processes() {
         .is_empty());
 }
 
+/// Two processes on one keyspace step a recovery job one at a time
+/// (conditional writes on `recovery_leases`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cql_recovery_leases_hold_across_processes() {
+    let _cassandra = crate::cql::shared().await;
+    let cql = config("leases");
+    let a = ScyllaStore::connect(&cql, cipher()).await.unwrap();
+    let b = ScyllaStore::connect(&cql, cipher()).await.unwrap();
+    crate::support::recovery_lease_contract(&a, &b, "rcv_lease").await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cql_recovery_pages_through_a_time_range_and_resumes() {
     let _cassandra = crate::cql::shared().await;

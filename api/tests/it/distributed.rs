@@ -360,3 +360,83 @@ async fn distributed_recovery_of_10000_deliveries_survives_kill_9() {
     );
     second.kill9().await;
 }
+
+/// Two processes on one Kafka + Cassandra: a recovery job created on the
+/// first is still running when the second starts (and finds it among the
+/// unfinished jobs at once); the job is stepped under one lease at a time,
+/// so every event is replayed exactly once, not once per process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn distributed_recovery_is_stepped_by_one_process_at_a_time() {
+    const N: usize = 3_000;
+    let _broker = BROKER.read().await;
+    require_kafka().await;
+    let _cassandra = crate::cql::shared().await;
+    let cql = crate::cql::config("onelease");
+    let flags = cql_flags(&cql.keyspace);
+    let prefix = prefix("onelease");
+    let tmp = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start(200).await;
+    // 3,000 replays at 150/s: about 20 s, long enough for a second process to join.
+    let rate = ["--recovery-rate", "150"];
+    let since = OffsetDateTime::now_utc() - Duration::from_secs(1);
+
+    let first = start(&tmp.path().join("disk-1"), &prefix, &flags, &rate).await;
+    let (key, secret) = tenant(&first.base, "acme", &receiver).await;
+    let ids: HashSet<String> = emit_batches(&first.base, &key, N)
+        .await
+        .into_iter()
+        .collect();
+    all_delivered(
+        &receiver,
+        &ids,
+        &[secret],
+        &tmp.path().join("disk-1"),
+        Duration::from_secs(240),
+    )
+    .await;
+    let sub_id = all_pages(&first.base, &key, "/api/v1/portal/webhooks").await[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    eventually("every attempt logged", Duration::from_secs(120), || async {
+        let logs = all_pages(&first.base, &key, "/api/v1/integrations/webhooks").await;
+        (logs.len() >= N).then_some(())
+    })
+    .await;
+    let from = receiver.received().len();
+    let until = OffsetDateTime::now_utc() + Duration::from_secs(60);
+    let (status, job) = post(
+        &first.base,
+        &key,
+        &format!("/api/v1/portal/webhooks/{sub_id}/recover"),
+        json!({ "since": rfc3339(since), "until": rfc3339(until) }),
+    )
+    .await;
+    assert_eq!(status, 202, "{job}");
+    let job_id = job["id"].as_str().unwrap().to_string();
+
+    let second = start(&tmp.path().join("disk-2"), &prefix, &flags, &rate).await;
+    let seen = get(
+        &second.base,
+        &key,
+        &format!("/api/v1/portal/recoveries/{job_id}"),
+    )
+    .await;
+    assert_eq!(
+        seen["status"], "running",
+        "the second process must join while the job runs (else this test shows nothing): {seen}"
+    );
+    let job = job_completed(&second.base, &key, &job_id, Duration::from_secs(120)).await;
+    assert_eq!(job["scheduled"], N, "each event scheduled once: {job}");
+    let replayed = all_again(&receiver, from, &ids, Duration::from_secs(240)).await;
+    let twice: Vec<_> = replayed.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        twice.is_empty(),
+        "{} of {N} events replayed more than once, e.g. {:?}",
+        twice.len(),
+        twice.iter().take(5).collect::<Vec<_>>()
+    );
+    println!("recovery with two processes: {N} events replayed, each exactly once");
+    first.kill9().await;
+    second.kill9().await;
+}

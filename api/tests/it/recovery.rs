@@ -177,3 +177,15 @@ async fn an_unfinished_recovery_job_resumes_after_a_restart() {
         .collect();
     assert_eq!(replays.len(), 3);
 }
+
+/// Two processes sharing one SQLite store (Kafka mode on one machine) step a
+/// recovery job one at a time.
+#[tokio::test]
+async fn embedded_recovery_leases_hold_across_store_handles() {
+    use herald_engine::store::embedded::EmbeddedStore;
+    let dir = tempfile::tempdir().unwrap();
+    let cipher = || crate::support::data_dir_cipher(dir.path());
+    let a = EmbeddedStore::open(&dir.path().join("store"), cipher()).unwrap();
+    let b = EmbeddedStore::open(&dir.path().join("store"), cipher()).unwrap();
+    crate::support::recovery_lease_contract(&a, &b, "rcv_lease").await;
+}

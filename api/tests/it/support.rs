@@ -450,3 +450,52 @@ pub fn files_containing(dir: &std::path::Path, needle: &[u8]) -> Vec<std::path::
     }
     hits
 }
+
+/// The recovery-lease contract every store keeps: `a` and `b` are two
+/// processes' handles on one store; `job` is a job id new to it.
+pub async fn recovery_lease_contract(
+    a: &dyn herald_engine::store::Store,
+    b: &dyn herald_engine::store::Store,
+    job: &str,
+) {
+    let t = herald_engine::store::embedded::now_ms();
+    assert!(
+        a.lease_recovery(job, "p1", t, t + 1_000).await.unwrap(),
+        "a free job is leased"
+    );
+    assert!(
+        !b.lease_recovery(job, "p2", t + 10, t + 1_010)
+            .await
+            .unwrap(),
+        "a held job is not leased by another process"
+    );
+    assert!(
+        a.lease_recovery(job, "p1", t + 500, t + 2_000)
+            .await
+            .unwrap(),
+        "the holder renews its lease"
+    );
+    assert!(
+        !b.lease_recovery(job, "p2", t + 1_500, t + 2_500)
+            .await
+            .unwrap(),
+        "a renewed lease holds past its first end"
+    );
+    assert!(
+        b.lease_recovery(job, "p2", t + 2_001, t + 5_000)
+            .await
+            .unwrap(),
+        "an ended lease is taken over"
+    );
+    assert!(
+        !a.lease_recovery(job, "p1", t + 2_002, t + 6_000)
+            .await
+            .unwrap(),
+        "the old holder lost it"
+    );
+    let other = format!("{job}-other");
+    assert!(
+        a.lease_recovery(&other, "p1", t, t + 1_000).await.unwrap(),
+        "leases are per job"
+    );
+}

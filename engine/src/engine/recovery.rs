@@ -33,6 +33,11 @@ use crate::{
 pub const RECOVERY: &str = "rcv";
 /// Events handled per step of a job (fewer when the rate is lower).
 const PAGE: usize = 100;
+/// How long a process holds a job it steps; renewed at every step. A killed
+/// holder's job is taken over this long after its last step.
+const LEASE: Duration = Duration::from_secs(15);
+/// How often a process looks again for jobs other processes hold.
+const LOOK_AGAIN: Duration = Duration::from_secs(2);
 
 /// The smallest event id created at `t` (UUIDv7 ids start with their time).
 fn event_id_at(t: OffsetDateTime) -> String {
@@ -116,7 +121,9 @@ impl Engine {
 }
 
 /// Works through unfinished recovery jobs until cancelled, `rate` replays
-/// a second at most.
+/// a second at most. A job is stepped only under this process's lease on it
+/// ([`Store::lease_recovery`]): with several processes on one store, each
+/// job moves at its rate, and a page is never scheduled by two at once.
 pub(super) async fn run(
     store: Arc<dyn Store>,
     log: Arc<dyn EventLog>,
@@ -128,6 +135,7 @@ pub(super) async fn run(
     let page = PAGE.min(rate.max(1) as usize);
     // One page per pause keeps the process at `rate` replays a second.
     let pace = Duration::from_secs_f64(page as f64 / f64::from(rate.max(1)));
+    let owner = ids::new_id("prc");
     loop {
         let jobs = match store.unfinished_recoveries().await {
             Ok(jobs) => jobs,
@@ -143,7 +151,18 @@ pub(super) async fn run(
                 _ = cancel.cancelled() => return,
             }
         }
+        let mut stepped_any = false;
         for (job, cursor) in jobs {
+            let now = now_ms();
+            let until = now + LEASE.as_millis() as i64;
+            match store.lease_recovery(&job.id, &owner, now, until).await {
+                Ok(true) => stepped_any = true,
+                Ok(false) => continue,
+                Err(e) => {
+                    tracing::warn!(recovery_id = %job.id, error = %e, "cannot lease recovery job; retrying");
+                    continue;
+                }
+            }
             let stepped = match job.source {
                 RecoverySource::Deliveries => step(store.as_ref(), &job, cursor, page)
                     .await
@@ -164,6 +183,13 @@ pub(super) async fn run(
             wake_scheduler.notify_one();
             tokio::select! {
                 _ = tokio::time::sleep(pace) => {}
+                _ = cancel.cancelled() => return,
+            }
+        }
+        if !stepped_any {
+            // Every open job is another process's for now.
+            tokio::select! {
+                _ = tokio::time::sleep(LOOK_AGAIN) => {}
                 _ = cancel.cancelled() => return,
             }
         }

@@ -186,12 +186,14 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
         conn.execute_batch(include_str!("schema.sql"))
             .map_err(db_err)?;
     }
-    if version < 2 {
-        conn.execute_batch(&format!(
-            "BEGIN IMMEDIATE; {} COMMIT;",
-            include_str!("schema_v2.sql")
-        ))
-        .map_err(db_err)?;
+    for (step, sql) in [
+        (2, include_str!("schema_v2.sql")),
+        (3, include_str!("schema_v3.sql")),
+    ] {
+        if version < step {
+            conn.execute_batch(&format!("BEGIN IMMEDIATE; {sql} COMMIT;"))
+                .map_err(db_err)?;
+        }
     }
     Ok(())
 }
@@ -944,6 +946,16 @@ impl Store for EmbeddedStore {
         &self,
     ) -> Result<Vec<(RecoveryJob, Option<String>)>, StoreError> {
         self.m_unfinished_recoveries().await
+    }
+
+    async fn lease_recovery(
+        &self,
+        id: &str,
+        owner: &str,
+        now_ms: i64,
+        until_ms: i64,
+    ) -> Result<bool, StoreError> {
+        self.m_lease_recovery(id, owner, now_ms, until_ms).await
     }
 
     async fn count_recovery_candidates(&self, scope: &RecoveryScope) -> Result<u64, StoreError> {

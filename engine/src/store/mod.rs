@@ -312,6 +312,19 @@ pub trait Store: Send + Sync + 'static {
     async fn unfinished_recoveries(&self)
         -> Result<Vec<(RecoveryJob, Option<String>)>, StoreError>;
 
+    /// Takes or renews, for `owner`, the lease on stepping recovery job `id`
+    /// until `until_ms`: granted when nobody holds it, `owner` already does,
+    /// or the holder's lease ended before `now_ms`. Processes sharing a store
+    /// step a job one at a time, so its rate holds and no page is scheduled
+    /// twice; a dead holder's job is taken over once its lease ends.
+    async fn lease_recovery(
+        &self,
+        id: &str,
+        owner: &str,
+        now_ms: i64,
+        until_ms: i64,
+    ) -> Result<bool, StoreError>;
+
     /// Counts the events in scope.
     async fn count_recovery_candidates(&self, scope: &RecoveryScope) -> Result<u64, StoreError>;
 

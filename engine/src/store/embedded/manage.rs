@@ -304,6 +304,28 @@ impl EmbeddedStore {
         .await
     }
 
+    pub(super) async fn m_lease_recovery(
+        &self,
+        id: &str,
+        owner: &str,
+        now_ms: i64,
+        until_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let (id, owner) = (id.to_string(), owner.to_string());
+        self.write(move |conn| {
+            let changed = conn
+                .prepare_cached(
+                    "INSERT INTO recovery_leases (id, owner, until_ms) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (id) DO UPDATE SET owner = excluded.owner, until_ms = excluded.until_ms
+                     WHERE owner = excluded.owner OR until_ms < ?4",
+                )
+                .and_then(|mut st| st.execute(params![id, owner, until_ms, now_ms]))
+                .map_err(db_err)?;
+            Ok(changed == 1)
+        })
+        .await
+    }
+
     pub(super) async fn m_count_recovery_candidates(
         &self,
         scope: &RecoveryScope,
@@ -385,6 +407,10 @@ impl EmbeddedStore {
                 params![job.id, body.to_string(), finished],
             )
             .map_err(db_err)?;
+            if finished {
+                conn.execute("DELETE FROM recovery_leases WHERE id = ?1", [&job.id])
+                    .map_err(db_err)?;
+            }
             Ok(())
         })
         .await

@@ -437,6 +437,16 @@ impl Store for ScyllaStore {
         ScyllaStore::unfinished_recoveries(self).await
     }
 
+    async fn lease_recovery(
+        &self,
+        id: &str,
+        owner: &str,
+        now_ms: i64,
+        until_ms: i64,
+    ) -> Result<bool, StoreError> {
+        ScyllaStore::lease_recovery(self, id, owner, now_ms, until_ms).await
+    }
+
     async fn count_recovery_candidates(&self, scope: &RecoveryScope) -> Result<u64, StoreError> {
         ScyllaStore::count_recovery_candidates(self, scope).await
     }

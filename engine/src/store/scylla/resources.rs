@@ -130,6 +130,44 @@ impl ScyllaStore {
         Ok(out)
     }
 
+    /// Takes or renews the lease on stepping job `id` (see
+    /// [`crate::store::Store::lease_recovery`]): a conditional insert for a
+    /// job nobody held, else a compare-and-set on the holder and end read.
+    pub async fn lease_recovery(
+        &self,
+        id: &str,
+        owner: &str,
+        now_ms: i64,
+        until_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let (applied, current) = self
+            .lwt(
+                "INSERT INTO recovery_leases (id, owner, until_ms) VALUES (?, ?, ?) IF NOT EXISTS USING TTL 86400",
+                (id, owner, until_ms),
+            )
+            .await?;
+        if applied {
+            return Ok(true);
+        }
+        let (Some(CqlValue::Text(holder)), Some(CqlValue::BigInt(until))) =
+            (current.get("owner"), current.get("until_ms"))
+        else {
+            return Err(StoreError::Corrupt(format!(
+                "recovery lease {id} has no holder or end"
+            )));
+        };
+        if holder != owner && *until >= now_ms {
+            return Ok(false);
+        }
+        let (applied, _) = self
+            .lwt(
+                "UPDATE recovery_leases USING TTL 86400 SET owner = ?, until_ms = ? WHERE id = ? IF owner = ? AND until_ms = ?",
+                (owner, until_ms, id, holder, until),
+            )
+            .await?;
+        Ok(applied)
+    }
+
     /// Counts the events in scope (a paged walk, nothing held in memory).
     pub async fn count_recovery_candidates(
         &self,
