@@ -411,7 +411,7 @@ impl Engine {
     pub async fn ready(&self) -> Result<(), EngineError> {
         let partition = self.log.partition_for("readyz");
         self.log.end_offset(partition).await?;
-        self.store.schedule_backlog().await?;
+        self.store.ping().await?;
         Ok(())
     }
 

@@ -843,6 +843,11 @@ impl Store for EmbeddedStore {
         .await
     }
 
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.read(|conn| conn.query_row("SELECT 1", [], |_| Ok(())).map_err(db_err))
+            .await
+    }
+
     async fn schedule_backlog(&self) -> Result<u64, StoreError> {
         self.read(|conn| {
             conn.query_row("SELECT count(*) FROM schedule", [], |r| r.get::<_, i64>(0))

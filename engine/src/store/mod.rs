@@ -239,8 +239,12 @@ pub trait Store: Send + Sync + 'static {
     /// The earliest due time in the schedule (unix ms), if any.
     async fn next_due(&self) -> Result<Option<i64>, StoreError>;
 
-    /// Deliveries waiting in the schedule.
+    /// Deliveries waiting in the schedule. Reads every waiting delivery's
+    /// index entry: for a gauge refreshed now and then, not for a probe.
     async fn schedule_backlog(&self) -> Result<u64, StoreError>;
+
+    /// Whether the store answers: one cheap round trip (for `/readyz`).
+    async fn ping(&self) -> Result<(), StoreError>;
 
     /// A tenant's delivery attempts, newest first.
     async fn list_delivery_logs(

@@ -596,8 +596,14 @@ impl Store for ScyllaStore {
     }
 
     async fn schedule_backlog(&self) -> Result<u64, StoreError> {
-        let n: Option<(i64,)> = self.row("SELECT COUNT(*) FROM schedule", ()).await?;
-        Ok(n.map_or(0, |(n,)| n.max(0) as u64))
+        self.backlog().await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let _: Option<(String,)> = self
+            .row("SELECT release_version FROM system.local", ())
+            .await?;
+        Ok(())
     }
 
     async fn list_delivery_logs(

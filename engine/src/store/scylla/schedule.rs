@@ -20,6 +20,8 @@
 //! grace period, so a row whose schedule write is still in flight is not
 //! mistaken for stale). A delivery is never left without an index row.
 
+use futures::{StreamExt, TryStreamExt};
+
 use super::ScyllaStore;
 use crate::{
     model::{DomainEvent, ScheduledDelivery},
@@ -299,6 +301,38 @@ impl ScyllaStore {
 
     /// The earliest due time in the index (stale rows may make it early,
     /// which only wakes the scheduler sooner).
+    /// Deliveries in the schedule, counted in the due index one
+    /// `(bucket, shard)` partition at a time (every row has one entry there):
+    /// bounded single-partition reads, a few at once, never a scan of the
+    /// whole `schedule` table.
+    pub(super) async fn backlog(&self) -> Result<u64, StoreError> {
+        let mut partitions = Vec::new();
+        for s in 0..SHARDS {
+            self.scan(
+                "SELECT bucket FROM schedule_buckets WHERE shard = ?",
+                (s,),
+                |(b,): (i64,)| {
+                    partitions.push((b, s));
+                    Ok(())
+                },
+            )
+            .await?;
+        }
+        futures::stream::iter(partitions)
+            .map(|(b, s)| async move {
+                let n: Option<(i64,)> = self
+                    .row(
+                        "SELECT COUNT(*) FROM schedule_due WHERE bucket = ? AND shard = ?",
+                        (b, s),
+                    )
+                    .await?;
+                Ok::<_, StoreError>(n.map_or(0, |(n,)| n.max(0) as u64))
+            })
+            .buffer_unordered(8)
+            .try_fold(0u64, |sum, n| async move { Ok(sum + n) })
+            .await
+    }
+
     pub(super) async fn earliest_due(&self) -> Result<Option<i64>, StoreError> {
         let mut best: Option<i64> = None;
         for s in 0..SHARDS {
