@@ -27,7 +27,7 @@ use standardwebhooks::Webhook;
 use tokio::process::Command;
 
 use crate::{
-    kafka::{prefix, repo_root, require_kafka, tenant, Proc, BROKER, BROKERS},
+    kafka::{prefix, repo_root, require_kafka, start_role, tenant, BROKER, BROKERS},
     support::{eventually, Receiver},
 };
 
@@ -207,7 +207,7 @@ impl Outbox {
     }
 }
 
-/// Creates `<prefix>.events` (6 partitions, as `Proc` asks) before Herald
+/// Creates `<prefix>.events` (6 partitions, as `start_role` asks) before Herald
 /// starts, so a start never races the broker's metadata of a topic it has just
 /// created (`KafkaLog::connect` reads the partition count right after).
 async fn precreate_events_topic(prefix: &str) {
@@ -372,7 +372,7 @@ async fn cdc_outbox_commit_delivers_rollback_does_not_and_bad_rows_are_dead_lett
     let outbox = Outbox::start(&prefix, true).await;
     let tmp = tempfile::tempdir().unwrap();
     let receiver = Receiver::start(200).await;
-    let herald = Proc::start("all", &tmp.path().join("data"), &prefix, &[]).await;
+    let herald = start_role("all", &tmp.path().join("data"), &prefix, &[]).await;
     let (key, secret) = tenant(&herald.base, "acme-cdc", &receiver).await;
 
     // Committed: the business row and the outbox row together.
@@ -591,7 +591,7 @@ async fn cdc_plain_change_envelope_is_relayed_updates_dead_lettered_deletes_skip
     let outbox = Outbox::start(&prefix, false).await;
     let tmp = tempfile::tempdir().unwrap();
     let receiver = Receiver::start(200).await;
-    let herald = Proc::start(
+    let herald = start_role(
         "all",
         &tmp.path().join("data"),
         &prefix,
@@ -681,8 +681,8 @@ async fn cdc_relay_kill9_while_streaming_neither_loses_nor_duplicates() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("data");
     let receiver = Receiver::start(200).await;
-    let api = Proc::start("api", &dir, &prefix, &[]).await;
-    let _worker = Proc::start("worker", &dir, &prefix, &[]).await;
+    let api = start_role("api", &dir, &prefix, &[]).await;
+    let _worker = start_role("worker", &dir, &prefix, &[]).await;
     let tenants = ["kill-0", "kill-1", "kill-2", "kill-3"];
     let mut secrets = Vec::new();
     for t in tenants {
@@ -691,7 +691,7 @@ async fn cdc_relay_kill9_while_streaming_neither_loses_nor_duplicates() {
     // Each relay transaction stays open 800 ms, its records flushed to the
     // broker, so a kill lands inside one.
     let relay_args = ["--relay-commit-delay", "800ms"];
-    let mut relay = Proc::start("relay", &dir, &prefix, &relay_args).await;
+    let mut relay = start_role("relay", &dir, &prefix, &relay_args).await;
     assert_eq!(health(&relay.base).await["role"], "relay");
 
     // The application inserts rows in transactions of PER_TXN, all along.
@@ -730,7 +730,7 @@ async fn cdc_relay_kill9_while_streaming_neither_loses_nor_duplicates() {
         )
         .await;
         relay.kill9().await;
-        relay = Proc::start("relay", &dir, &prefix, &relay_args).await;
+        relay = start_role("relay", &dir, &prefix, &relay_args).await;
     }
     writer.await.unwrap();
     assert!(done.load(Ordering::SeqCst));

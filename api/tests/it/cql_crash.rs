@@ -3,52 +3,31 @@
 //! released by anybody, they fall due when their lease ends, and every
 //! acknowledged event arrives at least once.
 
-use std::{collections::HashSet, process::Stdio, time::Duration};
+use std::{collections::HashSet, time::Duration};
 
 use serde_json::{json, Value};
-use tokio::{
-    io::{AsyncBufReadExt, BufReader},
-    process::{Child, Command},
-};
 
-use crate::support::{eventually, Receiver, ADMIN};
+use crate::support::{eventually, HeraldProcess, Receiver, ADMIN};
 
-async fn start(dir: &std::path::Path, keyspace: &str, nodes: &str) -> (Child, String) {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.with_extension("log"))
-        .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--admin-token", ADMIN])
-        .args(["--allow-target", "127.0.0.0/8", "--breaker-open-for", "1s"])
-        .args(["--retry-schedule", &["1s"; 30].join(",")])
+async fn start(dir: &std::path::Path, keyspace: &str, nodes: &str) -> HeraldProcess {
+    let retries = ["1s"; 30].join(",");
+    let args = [
+        "--breaker-open-for",
+        "1s",
+        "--retry-schedule",
+        &retries,
         // Lease = 4 x the request timeout + 30 s.
-        .args(["--request-timeout", "1s"])
-        .args(["--scylla-nodes", nodes, "--scylla-keyspace", keyspace])
-        .env("HERALD_SECRET_ENCRYPTION_KEY", crate::cql::TEST_KEY)
-        .arg("--data-dir")
-        .arg(dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::from(log))
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let base = tokio::time::timeout(Duration::from_secs(90), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if let Some(url) = line.strip_prefix("herald listening on ") {
-                return url.to_string();
-            }
-        }
-        panic!(
-            "herald exited before listening (log: {})",
-            dir.with_extension("log").display()
-        );
-    })
-    .await
-    .expect("herald starts");
-    (child, base)
+        "--request-timeout",
+        "1s",
+        "--scylla-nodes",
+        nodes,
+        "--scylla-keyspace",
+        keyspace,
+    ];
+    let env = [("HERALD_SECRET_ENCRYPTION_KEY", crate::cql::TEST_KEY)];
+    HeraldProcess::spawn(dir, &dir.with_extension("log"), &args, &env)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -60,7 +39,8 @@ async fn cql_kill_9_leases_expire_and_every_event_arrives() {
     let dir = tmp.path().join("data");
     let receiver = Receiver::start(500).await;
     let http = reqwest::Client::new();
-    let (mut child, base) = start(&dir, &cql.keyspace, &nodes).await;
+    let herald = start(&dir, &cql.keyspace, &nodes).await;
+    let base = herald.base.clone();
     let r = http
         .post(format!("{base}/api/v1/admin/tenants"))
         .bearer_auth(ADMIN)
@@ -107,11 +87,10 @@ async fn cql_kill_9_leases_expire_and_every_event_arrives() {
         || async { (hits.load(std::sync::atomic::Ordering::SeqCst) >= 5).then_some(()) },
     )
     .await;
-    child.start_kill().unwrap(); // SIGKILL, claims held
-    child.wait().await.unwrap();
+    herald.kill9().await; // claims held
 
     receiver.set_status(200);
-    let (_child, _base) = start(&dir, &cql.keyspace, &nodes).await;
+    let _herald = start(&dir, &cql.keyspace, &nodes).await;
     eventually(
         "every acknowledged event delivered",
         Duration::from_secs(150),
@@ -143,8 +122,8 @@ async fn cql_restart_under_load_loses_no_acknowledged_event() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("data");
     let receiver = Receiver::start(200).await;
-    let (child, base) = start(&dir, &cql.keyspace, &nodes).await;
-    let pid = child.id().unwrap();
+    let herald = start(&dir, &cql.keyspace, &nodes).await;
+    let (base, pid) = (herald.base.clone(), herald.pid());
     let mut peak_rss_mib = 0u64;
     let (keys, secrets) = tenants(&base, 3, &receiver).await;
     let acked = Arc::new(tokio::sync::Mutex::new(HashSet::new()));

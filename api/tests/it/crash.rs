@@ -3,74 +3,22 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    process::Stdio,
     sync::Arc,
     time::Duration,
 };
 
 use serde_json::{json, Value};
 use standardwebhooks::Webhook;
-use tokio::{
-    io::{AsyncBufReadExt, BufReader},
-    process::{Child, Command},
-    sync::Mutex,
-};
+use tokio::sync::Mutex;
 
-use crate::support::{eventually, Receiver, ADMIN};
+use crate::support::{eventually, HeraldProcess, Receiver, ADMIN};
 
-struct Server {
-    child: Child,
-    base: String,
-}
-
-async fn start_server(dir: &std::path::Path) -> Server {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.with_extension("log"))
-        .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-token",
-            ADMIN,
-            "--allow-target",
-            "127.0.0.0/8",
-        ])
-        .args([
-            "--retry-schedule",
-            &["1s"; 30].join(","),
-            "--breaker-open-for",
-            "1s",
-        ])
-        .arg("--data-dir")
-        .arg(dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::from(log))
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let base = tokio::time::timeout(Duration::from_secs(60), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if let Some(url) = line.strip_prefix("herald listening on ") {
-                return url.to_string();
-            }
-        }
-        panic!("herald exited before listening");
-    })
-    .await
-    .expect("herald starts");
-    Server { child, base }
-}
-
-impl Server {
-    async fn kill9(mut self) {
-        self.child.start_kill().unwrap(); // SIGKILL
-        self.child.wait().await.unwrap();
-    }
+async fn start_server(dir: &std::path::Path) -> HeraldProcess {
+    let retries = ["1s"; 30].join(",");
+    let args = ["--retry-schedule", &retries, "--breaker-open-for", "1s"];
+    HeraldProcess::spawn(dir, &dir.with_extension("log"), &args, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Emits `n` events from 8 concurrent clients; returns the ids acknowledged

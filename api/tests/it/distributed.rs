@@ -12,8 +12,8 @@ use serde_json::{json, Value};
 use time::{format_description::well_known::Rfc3339, OffsetDateTime};
 
 use crate::{
-    kafka::{all_delivered, prefix, require_kafka, tenant, Proc, BROKER},
-    support::{eventually, Receiver},
+    kafka::{all_delivered, prefix, require_kafka, start_role, tenant, BROKER},
+    support::{eventually, HeraldProcess, Receiver},
 };
 
 /// Kafka + Cassandra flags for a process of this test (the CQL store needs
@@ -32,10 +32,10 @@ fn cql_flags(keyspace: &str) -> Vec<String> {
     .to_vec()
 }
 
-async fn start(dir: &Path, prefix: &str, flags: &[String], extra: &[&str]) -> Proc {
+async fn start(dir: &Path, prefix: &str, flags: &[String], extra: &[&str]) -> HeraldProcess {
     let mut args: Vec<&str> = flags.iter().map(String::as_str).collect();
     args.extend_from_slice(extra);
-    Proc::start("all", dir, prefix, &args).await
+    start_role("all", dir, prefix, &args).await
 }
 
 async fn get(base: &str, key: &str, path: &str) -> Value {

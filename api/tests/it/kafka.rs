@@ -8,7 +8,6 @@
 use std::{
     collections::{HashMap, HashSet},
     path::{Path, PathBuf},
-    process::Stdio,
     sync::Arc,
     time::Duration,
 };
@@ -16,12 +15,11 @@ use std::{
 use serde_json::{json, Value};
 use standardwebhooks::Webhook;
 use tokio::{
-    io::{AsyncBufReadExt, BufReader},
-    process::{Child, Command},
+    process::Command,
     sync::{Mutex, RwLock},
 };
 
-use crate::support::{eventually, Receiver, ADMIN};
+use crate::support::{eventually, HeraldProcess, Receiver, ADMIN};
 
 pub const BROKERS: &str = "127.0.0.1:9092";
 
@@ -64,90 +62,35 @@ pub async fn services(args: &[&str]) {
     assert!(status.success(), "scripts/services {args:?} failed");
 }
 
-/// A `herald serve` process.
-pub struct Proc {
-    pub child: Child,
-    pub base: String,
-}
-
-impl Proc {
-    /// Starts `herald serve --role ROLE` on Kafka, sharing the store in `dir`;
-    /// `extra` flags are added, and replace the defaults of the same name.
-    pub async fn start(role: &str, dir: &Path, prefix: &str, extra: &[&str]) -> Self {
-        let retries = ["1s"; 30].join(",");
-        let defaults = [
-            ("--kafka-partitions", "6"),
-            ("--kafka-session-timeout", "6s"),
-            ("--retry-schedule", retries.as_str()),
-            ("--breaker-open-for", "1s"),
-            ("--request-timeout", "5s"),
-            // This suite tests loss, not the breaker: on a loaded machine timeouts
-            // would otherwise grow the open period (doubling) past the test's wait.
-            ("--breaker-max-open-for", "2s"),
-            ("--lease-margin", "2s"),
-        ];
-        let defaults = defaults
+/// Starts `herald serve --role ROLE` on Kafka, sharing the store in `dir`
+/// (its log in `dir/ROLE.log`); `extra` flags are added, and replace the
+/// defaults of the same name.
+pub async fn start_role(role: &str, dir: &Path, prefix: &str, extra: &[&str]) -> HeraldProcess {
+    let retries = ["1s"; 30].join(",");
+    let defaults = [
+        ("--kafka-partitions", "6"),
+        ("--kafka-session-timeout", "6s"),
+        ("--retry-schedule", retries.as_str()),
+        ("--breaker-open-for", "1s"),
+        ("--request-timeout", "5s"),
+        // This suite tests loss, not the breaker: on a loaded machine timeouts
+        // would otherwise grow the open period (doubling) past the test's wait.
+        ("--breaker-max-open-for", "2s"),
+        ("--lease-margin", "2s"),
+    ];
+    let mut args = vec!["--role", role, "--kafka-brokers", BROKERS];
+    args.extend(["--kafka-topic-prefix", prefix]);
+    args.extend(
+        defaults
             .into_iter()
             .filter(|(flag, _)| !extra.contains(flag))
-            .flat_map(|(flag, value)| [flag, value]);
-        std::fs::create_dir_all(dir).unwrap();
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join(format!("{role}.log")))
-            .unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
-            .args(["serve", "--role", role, "--listen", "127.0.0.1:0"])
-            .args(["--admin-token", ADMIN, "--allow-target", "127.0.0.0/8"])
-            .args(["--kafka-brokers", BROKERS, "--kafka-topic-prefix", prefix])
-            .args(defaults)
-            .args(extra)
-            .arg("--data-dir")
-            .arg(dir)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log))
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let log_path = dir.join(format!("{role}.log"));
-        let base = tokio::time::timeout(Duration::from_secs(60), async {
-            while let Some(line) = lines.next_line().await.unwrap() {
-                if let Some(url) = line.strip_prefix("herald listening on ") {
-                    return url.to_string();
-                }
-            }
-            panic!(
-                "herald --role {role} exited before listening:\n{}",
-                std::fs::read_to_string(&log_path).unwrap_or_default()
-            );
-        })
+            .flat_map(|(flag, value)| [flag, value]),
+    );
+    args.extend_from_slice(extra);
+    let log = dir.join(format!("{role}.log"));
+    HeraldProcess::spawn(dir, &log, &args, &[("RUST_LOG", "info")])
         .await
-        .expect("herald starts");
-        Self { child, base }
-    }
-
-    pub async fn kill9(mut self) {
-        self.child.start_kill().unwrap(); // SIGKILL
-        self.child.wait().await.unwrap();
-    }
-
-    /// SIGTERM; returns the exit status (the process must drain and exit
-    /// within 60 s).
-    pub async fn terminate(mut self) -> std::process::ExitStatus {
-        let pid = self.child.id().unwrap().to_string();
-        let sent = Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .await
-            .unwrap();
-        assert!(sent.success(), "kill -TERM {pid}");
-        tokio::time::timeout(Duration::from_secs(60), self.child.wait())
-            .await
-            .expect("herald exits within 60 s of SIGTERM")
-            .unwrap()
-    }
+        .unwrap_or_else(|e| panic!("herald --role {role}: {e}"))
 }
 
 /// A tenant and its subscription to `receiver`; returns (api key, secret).
@@ -357,9 +300,9 @@ async fn kafka_end_to_end_api_and_two_workers() {
     let prefix = prefix("e2e");
     let receiver = Receiver::start(200).await;
 
-    let api = Proc::start("api", &dir, &prefix, &[]).await;
-    let w1 = Proc::start("worker", &dir, &prefix, &[]).await;
-    let w2 = Proc::start("worker", &dir, &prefix, &[]).await;
+    let api = start_role("api", &dir, &prefix, &[]).await;
+    let w1 = start_role("worker", &dir, &prefix, &[]).await;
+    let w2 = start_role("worker", &dir, &prefix, &[]).await;
     // A worker serves health only, never the API.
     let http = reqwest::Client::new();
     let health: Value = http
@@ -428,7 +371,7 @@ async fn kafka_end_to_end_api_and_two_workers() {
 /// An api and two workers on one topic, six tenants, and 1,000 events on
 /// their way from 8 clients; started once 150 deliveries arrived.
 struct TwoWorkersUnderLoad {
-    api: Proc,
+    api: HeraldProcess,
     receiver: Receiver,
     secrets: Vec<String>,
     acked: Arc<Mutex<HashSet<String>>>,
@@ -441,14 +384,14 @@ const UNDER_LOAD_EVENTS: usize = 1000;
 
 impl TwoWorkersUnderLoad {
     /// The running setup and its two workers.
-    async fn start(name: &str) -> (Self, Proc, Proc) {
+    async fn start(name: &str) -> (Self, HeraldProcess, HeraldProcess) {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("data");
         let prefix = prefix(name);
         let receiver = Receiver::start(200).await;
-        let api = Proc::start("api", &dir, &prefix, &[]).await;
-        let w1 = Proc::start("worker", &dir, &prefix, &[]).await;
-        let w2 = Proc::start("worker", &dir, &prefix, &[]).await;
+        let api = start_role("api", &dir, &prefix, &[]).await;
+        let w1 = start_role("worker", &dir, &prefix, &[]).await;
+        let w2 = start_role("worker", &dir, &prefix, &[]).await;
         let (keys, secrets) = tenants(&api.base, 6, &receiver).await;
         let acked = Arc::new(Mutex::new(HashSet::new()));
         let refused = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -477,7 +420,7 @@ impl TwoWorkersUnderLoad {
 
     /// Waits for the emit and every delivery (the API kept acknowledging
     /// all events); returns (acknowledged, delivered, duplicates).
-    async fn finish(self, survivor: Proc) -> (usize, usize, usize) {
+    async fn finish(self, survivor: HeraldProcess) -> (usize, usize, usize) {
         self.emitting.await.unwrap();
         let acked = self.acked.lock().await.clone();
         assert_eq!(acked.len(), UNDER_LOAD_EVENTS, "the API kept acknowledging");
@@ -528,8 +471,8 @@ async fn kafka_kill_9_of_the_api_loses_no_acknowledged_event() {
     let dir = tmp.path().join("data");
     let prefix = prefix("apikill");
     let receiver = Receiver::start(200).await;
-    let api = Proc::start("api", &dir, &prefix, &[]).await;
-    let worker = Proc::start("worker", &dir, &prefix, &[]).await;
+    let api = start_role("api", &dir, &prefix, &[]).await;
+    let worker = start_role("worker", &dir, &prefix, &[]).await;
     let (keys, secrets) = tenants(&api.base, 3, &receiver).await;
     let acked = Arc::new(Mutex::new(HashSet::new()));
     let refused = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -549,7 +492,7 @@ async fn kafka_kill_9_of_the_api_loses_no_acknowledged_event() {
     let refused_n = refused.load(std::sync::atomic::Ordering::Relaxed);
     assert!(refused_n > 0, "emits after the kill were refused");
     // A new API process; the clients go on there.
-    let api = Proc::start("api", &dir, &prefix, &[]).await;
+    let api = start_role("api", &dir, &prefix, &[]).await;
     emit_many(api.base.clone(), keys, 200, acked.clone(), refused.clone()).await;
     let acked = acked.lock().await.clone();
     let (delivered, duplicates) =

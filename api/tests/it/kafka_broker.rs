@@ -13,7 +13,7 @@ use tokio::sync::Mutex;
 
 use crate::{
     kafka::{
-        all_delivered, emit_many, prefix, repo_root, require_kafka, services, tenants, Proc,
+        all_delivered, emit_many, prefix, repo_root, require_kafka, services, start_role, tenants,
         BROKER, BROKERS,
     },
     support::{eventually, Herald, Receiver},
@@ -29,8 +29,8 @@ async fn kafka_broker_restart_and_outage_lose_nothing() {
     let dir = tmp.path().join("data");
     let prefix = prefix("restart");
     let receiver = Receiver::start(200).await;
-    let api = Proc::start("api", &dir, &prefix, &["--kafka-append-timeout", "3s"]).await;
-    let worker = Proc::start("worker", &dir, &prefix, &[]).await;
+    let api = start_role("api", &dir, &prefix, &["--kafka-append-timeout", "3s"]).await;
+    let worker = start_role("worker", &dir, &prefix, &[]).await;
     let (keys, secrets) = tenants(&api.base, 4, &receiver).await;
     let http = reqwest::Client::new();
 

@@ -6,15 +6,11 @@
 //! `.cache/schemathesis` (or `HERALD_SCHEMATHESIS`); without it this test
 //! fails, saying how to get it.
 
-use std::{
-    io::{BufRead, BufReader},
-    path::PathBuf,
-    process::{Command, Stdio},
-};
+use std::{path::PathBuf, process::Command};
 
 use serde_json::{json, Value};
 
-const ADMIN: &str = "schemathesis-admin-token-0123456789";
+use crate::support::{HeraldProcess, ADMIN};
 
 fn schemathesis() -> PathBuf {
     if let Ok(p) = std::env::var("HERALD_SCHEMATHESIS") {
@@ -32,25 +28,16 @@ async fn the_live_server_matches_its_openapi_document() {
         st.display()
     );
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--admin-token", ADMIN])
-        .args(["--allow-target", "127.0.0.0/8"])
-        .arg("--data-dir")
-        .arg(dir.path())
-        .env("HERALD_TENANT_RATE_LIMIT", "0")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("herald starts");
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
-    let base = loop {
-        let line = lines.next().expect("herald prints its address").unwrap();
-        if let Some(url) = line.strip_prefix("herald listening on ") {
-            break url.trim().to_string();
-        }
-    };
+    let env = [("HERALD_TENANT_RATE_LIMIT", "0"), ("RUST_LOG", "warn")];
+    let herald = HeraldProcess::spawn(
+        &dir.path().join("data"),
+        &dir.path().join("herald.log"),
+        &[],
+        &env,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let base = herald.base.clone();
     let http = reqwest::Client::new();
     let created: Value = http
         .post(format!("{base}/api/v1/admin/tenants"))
@@ -164,8 +151,7 @@ parameters = {{ job_id = "{rcv}" }}
         let v: Value = seeded.json().await.unwrap();
         v["updated_at"] != v["created_at"]
     };
-    let _ = child.kill();
-    let _ = child.wait();
+    herald.kill9().await;
     assert!(
         touched,
         "schemathesis never reached the seeded subscription"

@@ -307,18 +307,22 @@ where
     }
 }
 
-/// A real `herald serve` process whose stdout and stderr both go, whole,
-/// to one log file (for tests that inspect everything it printed).
+/// A real `herald serve` process (the binary this test run built) whose
+/// stdout and stderr both go, whole, to one log file. Every test that runs
+/// the binary starts it through [`HeraldProcess::spawn`].
 pub struct HeraldProcess {
     pub child: tokio::process::Child,
     pub base: String,
 }
 
 impl HeraldProcess {
-    /// Starts `herald serve` on `data_dir` with loopback allowed, the admin
-    /// token [`ADMIN`], quick retries, `args` and `env`; appends its output to
-    /// `log`. `Err` with the log's text when it exits before listening.
-    pub async fn start(
+    /// Starts `herald serve` listening on a free loopback port, with the
+    /// admin token [`ADMIN`], loopback targets allowed, `--data-dir
+    /// data_dir`, then `args`, and the environment `env` (the encryption key
+    /// of the test's own environment is never passed on). Its output is
+    /// appended to `log`. `Err` with the log's text when it exits before
+    /// listening.
+    pub async fn spawn(
         data_dir: &std::path::Path,
         log: &std::path::Path,
         args: &[&str],
@@ -327,6 +331,7 @@ impl HeraldProcess {
         use std::process::Stdio;
         use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
+        std::fs::create_dir_all(data_dir).unwrap();
         let append = || {
             std::fs::OpenOptions::new()
                 .create(true)
@@ -336,12 +341,7 @@ impl HeraldProcess {
         };
         let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald"))
             .args(["serve", "--listen", "127.0.0.1:0", "--admin-token", ADMIN])
-            .args([
-                "--allow-target",
-                "127.0.0.0/8",
-                "--retry-schedule",
-                "1s,1s,1s",
-            ])
+            .args(["--allow-target", "127.0.0.0/8"])
             .arg("--data-dir")
             .arg(data_dir)
             .args(args)
@@ -363,7 +363,7 @@ impl HeraldProcess {
                 let _ = out.flush().await;
                 if let Some(url) = line.strip_prefix("herald listening on ") {
                     if let Some(tx) = tx.take() {
-                        let _ = tx.send(url.to_string());
+                        let _ = tx.send(url.trim().to_string());
                     }
                 }
             }
@@ -379,23 +379,52 @@ impl HeraldProcess {
                     std::fs::read_to_string(log).unwrap_or_default()
                 ))
             }
-            Err(_) => panic!("herald did not start within 90 s"),
+            Err(_) => panic!("herald did not start within 90 s (log: {})", log.display()),
         }
     }
 
-    /// SIGTERM, then waits for a clean exit.
-    pub async fn stop(mut self) {
-        let pid = self.child.id().unwrap().to_string();
+    /// [`Self::spawn`] with quick retries (`--retry-schedule 1s,1s,1s`).
+    pub async fn start(
+        data_dir: &std::path::Path,
+        log: &std::path::Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Self, String> {
+        let mut all = vec!["--retry-schedule", "1s,1s,1s"];
+        all.extend_from_slice(args);
+        Self::spawn(data_dir, log, &all, env).await
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("herald is running")
+    }
+
+    /// SIGKILL, and waits for the process to go.
+    pub async fn kill9(mut self) {
+        self.child.start_kill().unwrap();
+        self.child.wait().await.unwrap();
+    }
+
+    /// SIGTERM; returns the exit status (the process must drain and exit
+    /// within 60 s).
+    pub async fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.pid().to_string();
         let sent = tokio::process::Command::new("kill")
             .args(["-TERM", &pid])
             .status()
             .await
             .unwrap();
-        assert!(sent.success());
-        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+        assert!(sent.success(), "kill -TERM {pid}");
+        tokio::time::timeout(Duration::from_secs(60), self.child.wait())
             .await
-            .expect("herald stops within 30 s of SIGTERM")
-            .unwrap();
+            .expect("herald exits within 60 s of SIGTERM")
+            .unwrap()
+    }
+
+    /// SIGTERM, then asserts a clean exit.
+    pub async fn stop(self) {
+        let status = self.terminate().await;
         assert!(status.success(), "herald exited with {status}");
     }
 
