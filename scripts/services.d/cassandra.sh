@@ -37,6 +37,8 @@ concurrent_writes: 8
 concurrent_counter_writes: 8
 memtable_heap_space: 128MiB
 memtable_offheap_space: 128MiB
+# Test keyspaces are dropped by the next test run: no snapshot of each.
+auto_snapshot: false
 YAML
   cat >"$dir/logback.xml" <<'XML'
 <configuration>
@@ -48,7 +50,7 @@ YAML
 XML
   jamm=$(ls "$jars"/jamm-*.jar | head -n 1)
   say "cassandra: starting"
-  spawn cassandra java -Xms1G -Xmx1G -Xss512k -XX:+UseG1GC -XX:+HeapDumpOnOutOfMemoryError \
+  spawn cassandra java -Xms1G -Xmx1G -Xss512k -XX:+UseG1GC -XX:+HeapDumpOnOutOfMemoryError -XX:HeapDumpPath="$dir" \
     "@$ROOT/scripts/services.d/cassandra.jvm17.options" \
     -javaagent:"$jamm" \
     -Dcassandra-foreground=yes \

@@ -21,9 +21,54 @@ use crate::support::{eventually, Herald, Receiver};
 /// restarts it.
 pub static CASSANDRA: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
 
-/// A shared hold on Cassandra for one test (see [`CASSANDRA`]).
+/// A shared hold on Cassandra for one test (see [`CASSANDRA`]); the first
+/// one of a test run drops the keyspaces earlier runs left behind.
 pub(crate) async fn shared() -> tokio::sync::RwLockReadGuard<'static, ()> {
-    CASSANDRA.read().await
+    let guard = CASSANDRA.read().await;
+    sweep_earlier_runs().await;
+    guard
+}
+
+/// This test run's mark in its keyspace names.
+fn run_id() -> &'static str {
+    static RUN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    RUN.get_or_init(|| uuid::Uuid::new_v4().simple().to_string()[..6].to_string())
+}
+
+/// Drops, once per test run, every test keyspace of an earlier run: each
+/// test makes a keyspace of ~25 tables, and a single node with a small heap
+/// runs out of memory after a few dozen runs' worth of them.
+async fn sweep_earlier_runs() {
+    static SWEPT: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+    SWEPT
+        .get_or_init(|| async {
+            let session = scylla::client::session_builder::SessionBuilder::new()
+                .known_nodes(nodes())
+                .build()
+                .await
+                .expect("connect to Cassandra");
+            let rows = session
+                .query_unpaged("SELECT keyspace_name FROM system_schema.keyspaces", ())
+                .await
+                .expect("list keyspaces")
+                .into_rows_result()
+                .expect("rows");
+            let mine = format!("herald_t_{}_", run_id());
+            let stale: Vec<String> = rows
+                .rows::<(String,)>()
+                .expect("keyspace names")
+                .filter_map(Result::ok)
+                .map(|(ks,)| ks)
+                .filter(|ks| ks.starts_with("herald_t_") && !ks.starts_with(&mine))
+                .collect();
+            for ks in &stale {
+                drop_keyspace(&session, ks).await;
+            }
+            if !stale.is_empty() {
+                println!("dropped {} test keyspaces of earlier runs", stale.len());
+            }
+        })
+        .await;
 }
 
 pub(crate) fn nodes() -> Vec<String> {
@@ -57,7 +102,8 @@ pub(crate) fn cipher() -> SecretCipher {
 pub(crate) fn config(tag: &str) -> ScyllaConfig {
     let mut c = ScyllaConfig::new(nodes());
     c.keyspace = format!(
-        "herald_t_{tag}_{}",
+        "herald_t_{}_{tag}_{}",
+        run_id(),
         &uuid::Uuid::new_v4().simple().to_string()[..8]
     );
     c

@@ -20,6 +20,7 @@
 //! grace period, so a row whose schedule write is still in flight is not
 //! mistaken for stale). A delivery is never left without an index row.
 
+use ::scylla::value::CqlValue;
 use futures::{StreamExt, TryStreamExt};
 
 use super::ScyllaStore;
@@ -201,13 +202,18 @@ impl ScyllaStore {
             }
         }
         self.index_due(&delivery_id, lease_until).await?;
-        let (applied, _) = self
+        let (applied, current) = self
             .lwt(
                 "UPDATE schedule SET due_at = ?, leased = true WHERE delivery_id = ? IF due_at = ?",
                 (lease_until, &delivery_id, due),
             )
             .await?;
         if !applied {
+            // Another process claimed (or moved) it first: the entry written
+            // for our lease is not its due time, unless theirs is the same.
+            if current.get("due_at") != Some(&CqlValue::BigInt(lease_until)) {
+                self.unindex_due(&delivery_id, lease_until).await?;
+            }
             return Ok(None);
         }
         self.unindex_due(&delivery_id, due).await?;
@@ -299,12 +305,11 @@ impl ScyllaStore {
         Ok(leased.len() as u64)
     }
 
-    /// The earliest due time in the index (stale rows may make it early,
-    /// which only wakes the scheduler sooner).
     /// Deliveries in the schedule, counted in the due index one
-    /// `(bucket, shard)` partition at a time (every row has one entry there):
-    /// bounded single-partition reads, a few at once, never a scan of the
-    /// whole `schedule` table.
+    /// `(bucket, shard)` partition at a time (every row has one entry there;
+    /// an entry a crash left between two writes counts until a claim meets
+    /// and drops it): bounded single-partition reads, a few at once, never a
+    /// scan of the whole `schedule` table.
     pub(super) async fn backlog(&self) -> Result<u64, StoreError> {
         let mut partitions = Vec::new();
         for s in 0..SHARDS {
@@ -333,6 +338,8 @@ impl ScyllaStore {
             .await
     }
 
+    /// The earliest due time in the index (stale rows may make it early,
+    /// which only wakes the scheduler sooner).
     pub(super) async fn earliest_due(&self) -> Result<Option<i64>, StoreError> {
         let mut best: Option<i64> = None;
         for s in 0..SHARDS {
