@@ -99,6 +99,73 @@ async fn cql_claims_are_exclusive_across_processes() {
         .is_empty());
 }
 
+/// Claims read the due index from this process's marks, past the rows
+/// they already took; a row a claim saw but could not take (an ordered
+/// subscription's next delivery, waiting for its head) is read again
+/// however old its due time, and the backlog counts only live rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cql_claims_skip_what_they_took_but_not_what_waits() {
+    let _cassandra = crate::cql::shared().await;
+    let cql = config("marks");
+    let store = ScyllaStore::connect(&cql, cipher()).await.unwrap();
+    let mut ev = event("acme");
+    ev.dedupe_key = None;
+    store
+        .record_event(
+            &ev,
+            LogPosition {
+                partition: 0,
+                offset: 0,
+            },
+            0,
+        )
+        .await
+        .unwrap();
+    // Due two minutes ago: older than any slack a read mark leaves.
+    let old = now_ms() - 120_000;
+    let ordered: Vec<ScheduledDelivery> = (1..=3)
+        .map(|seq| ScheduledDelivery {
+            seq,
+            ordered: true,
+            ..delivery(&ev, "sub_ordered", old + seq)
+        })
+        .collect();
+    let unordered: Vec<ScheduledDelivery> =
+        (0..50).map(|_| delivery(&ev, "sub_plain", old)).collect();
+    store.schedule(ordered.clone()).await.unwrap();
+    store.schedule(unordered).await.unwrap();
+    assert_eq!(store.schedule_backlog().await.unwrap(), 53);
+    for expected in &ordered {
+        let lease = now_ms() + 600_000;
+        let claimed = store.claim_due(now_ms(), lease, 500).await.unwrap();
+        let heads: Vec<&ScheduledDelivery> = claimed
+            .iter()
+            .map(|(d, _)| d)
+            .filter(|d| d.ordered)
+            .collect();
+        assert_eq!(
+            heads.iter().map(|d| d.seq).collect::<Vec<_>>(),
+            vec![expected.seq],
+            "only the head of the ordered subscription is taken"
+        );
+        for (d, _) in claimed {
+            store
+                .record_attempt(
+                    attempt(&ev, &d.subscription_id, &d.delivery_id, Outcome::Delivered),
+                    None,
+                )
+                .await
+                .unwrap();
+        }
+    }
+    assert!(store
+        .claim_due(now_ms(), now_ms() + 600_000, 500)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(store.schedule_backlog().await.unwrap(), 0);
+}
+
 /// Two processes on one keyspace step a recovery job one at a time
 /// (conditional writes on `recovery_leases`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

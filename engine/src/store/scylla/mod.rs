@@ -30,6 +30,7 @@
 
 mod events;
 mod logs;
+mod marks;
 mod resources;
 mod schedule;
 mod subscriptions;
@@ -69,6 +70,7 @@ pub struct ScyllaStore {
     session: Arc<CachingSession>,
     retention_days: i32,
     codec: SubscriptionCodec,
+    marks: marks::ReadMarks,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
@@ -170,6 +172,7 @@ impl ScyllaStore {
             session: Arc::new(CachingSession::from(session, 256)),
             retention_days: (retention / 86_400).max(1) as i32,
             codec: SubscriptionCodec::new(cipher),
+            marks: marks::ReadMarks::default(),
         };
         store.reseal_subs().await?;
         Ok(store)

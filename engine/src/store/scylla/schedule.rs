@@ -13,6 +13,12 @@
 //! the winner dies the delivery falls due again when the lease ends: no
 //! coordinator, no lease table, nothing to release at start.
 //!
+//! **Reads skip tombstones.** Claims and settles delete index rows, and a
+//! CQL read steps over every deleted row in its range; each process keeps
+//! read marks (`marks.rs`: the oldest live bucket per shard, and per bucket
+//! the due time up to which it read everything) and starts its reads there.
+//! A bucket is delisted only after a read of the whole of it found nothing.
+//!
 //! **Moves are new-index-first.** Before a schedule row's due time changes
 //! (claim, retry), the index row for the new time is written; the old one
 //! is deleted after. A crash leaves at worst a stale index row, which a
@@ -125,45 +131,75 @@ impl ScyllaStore {
     ) -> Result<Vec<(ScheduledDelivery, DomainEvent)>, StoreError> {
         let now_bucket = bucket(now);
         let mut candidates: Vec<(i64, String)> = Vec::new();
+        // Partitions whose every row due by `now` was read.
+        let mut read_whole: Vec<(i64, i32)> = Vec::new();
         // Start at a random shard so concurrent workers spread out.
         let first = rand::random::<u32>() % SHARDS as u32;
         for k in 0..SHARDS {
             let s = ((first as i32) + k) % SHARDS;
             let buckets: Vec<(i64,)> = self
                 .rows(
-                    "SELECT bucket FROM schedule_buckets WHERE shard = ? AND bucket <= ?",
-                    (s, now_bucket),
+                    "SELECT bucket FROM schedule_buckets WHERE shard = ? AND bucket >= ? AND bucket <= ?",
+                    (s, self.marks.first_bucket(s), now_bucket),
                 )
                 .await?;
+            let mut oldest_kept = None;
             for (b,) in buckets {
                 if candidates.len() >= limit {
+                    oldest_kept = oldest_kept.or(Some(b));
                     break;
                 }
+                let from = self.marks.first_due(b, s);
+                let want = limit - candidates.len();
                 let rows: Vec<(i64, String)> = self
                     .rows(
-                        "SELECT due_at, delivery_id FROM schedule_due WHERE bucket = ? AND shard = ? AND due_at <= ? LIMIT ?",
-                        (b, s, now, (limit - candidates.len()) as i32),
+                        "SELECT due_at, delivery_id FROM schedule_due WHERE bucket = ? AND shard = ? AND due_at >= ? AND due_at <= ? LIMIT ?",
+                        (b, s, from, now, want as i32),
                     )
                     .await?;
-                if rows.is_empty() && b < now_bucket - 1 {
-                    // Nothing is ever indexed that far in the past again.
+                if rows.len() < want {
+                    read_whole.push((b, s));
+                }
+                if rows.is_empty() && b < now_bucket - 1 && from == i64::MIN {
+                    // Read whole and empty; nothing is ever indexed that far
+                    // in the past again.
                     self.exec(
                         "DELETE FROM schedule_buckets WHERE shard = ? AND bucket = ?",
                         (s, b),
                     )
                     .await?;
+                } else {
+                    oldest_kept = oldest_kept.or(Some(b));
                 }
                 candidates.extend(rows);
             }
+            let first_live = oldest_kept.unwrap_or(now_bucket - 1).min(now_bucket - 1);
+            self.marks.set_first_bucket(s, first_live);
         }
         let mut out = Vec::new();
         let attempts = candidates
-            .into_iter()
-            .map(|(due, id)| self.try_claim(id, due, now, lease_until));
-        for claimed in futures::future::join_all(attempts).await {
+            .iter()
+            .map(|(due, id)| self.try_claim(id.clone(), *due, now, lease_until));
+        let results = futures::future::join_all(attempts).await;
+        // A partition read whole is marked read up to `now`, or up to the
+        // first row it still holds (not taken: another's ordered head, or
+        // claimed elsewhere), which the next claim must see again.
+        let mut upto: std::collections::HashMap<(i64, i32), i64> =
+            read_whole.into_iter().map(|p| (p, now)).collect();
+        for ((due, id), result) in candidates.iter().zip(&results) {
+            if matches!(result, Ok(None)) {
+                if let Some(u) = upto.get_mut(&(bucket(*due), shard(id))) {
+                    *u = (*u).min(due + super::marks::LATE_MS);
+                }
+            }
+        }
+        for claimed in results {
             if let Some(pair) = claimed? {
                 out.push(pair);
             }
+        }
+        for ((b, s), u) in upto {
+            self.marks.read_through(b, s, u);
         }
         out.sort_by_key(|(d, _)| d.due_at_ms);
         Ok(out)
@@ -314,8 +350,8 @@ impl ScyllaStore {
         let mut partitions = Vec::new();
         for s in 0..SHARDS {
             self.scan(
-                "SELECT bucket FROM schedule_buckets WHERE shard = ?",
-                (s,),
+                "SELECT bucket FROM schedule_buckets WHERE shard = ? AND bucket >= ?",
+                (s, self.marks.first_bucket(s)),
                 |(b,): (i64,)| {
                     partitions.push((b, s));
                     Ok(())
@@ -345,15 +381,15 @@ impl ScyllaStore {
         for s in 0..SHARDS {
             let buckets: Vec<(i64,)> = self
                 .rows(
-                    "SELECT bucket FROM schedule_buckets WHERE shard = ? LIMIT 4",
-                    (s,),
+                    "SELECT bucket FROM schedule_buckets WHERE shard = ? AND bucket >= ? LIMIT 4",
+                    (s, self.marks.first_bucket(s)),
                 )
                 .await?;
             for (b,) in buckets {
                 let first: Option<(i64,)> = self
                     .row(
-                        "SELECT due_at FROM schedule_due WHERE bucket = ? AND shard = ? LIMIT 1",
-                        (b, s),
+                        "SELECT due_at FROM schedule_due WHERE bucket = ? AND shard = ? AND due_at >= ? LIMIT 1",
+                        (b, s, self.marks.first_due(b, s)),
                     )
                     .await?;
                 if let Some((due,)) = first {

@@ -1,0 +1,112 @@
+//! Where this process's reads of the due index start, so that they skip the
+//! tombstones claimed and settled deliveries leave behind. Cassandra and
+//! ScyllaDB read past every deleted row in a range: on a busy schedule a
+//! read from the start of a bucket meets thousands of them (and fails past
+//! 100,000), and a read of a shard's bucket list from its start meets one
+//! per minute that ever held a delivery.
+//!
+//! Two marks, both forgotten every [`FORGET_EVERY`], so a full read now and
+//! then sees any row written behind them (a straggler waits at most that
+//! long; nothing is skipped for good):
+//! - per shard, the oldest bucket still listed: older ones were found empty
+//!   and delisted;
+//! - per `(bucket, shard)`, the due time up to which the last claim read
+//!   every row, less [`LATE_MS`] for rows written with a due time computed
+//!   a little earlier (by this process or another).
+
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
+
+use parking_lot::{Mutex, MutexGuard};
+
+/// Slack below a due mark for rows written late.
+pub(super) const LATE_MS: i64 = 10_000;
+/// How long marks are kept before a full read.
+const FORGET_EVERY: Duration = Duration::from_secs(60);
+
+/// Read marks of one process (see the module doc).
+#[derive(Default)]
+pub(super) struct ReadMarks {
+    inner: Mutex<Marks>,
+}
+
+#[derive(Default)]
+struct Marks {
+    since: Option<Instant>,
+    buckets: HashMap<i32, i64>,
+    due: HashMap<(i64, i32), i64>,
+}
+
+impl ReadMarks {
+    fn marks(&self) -> MutexGuard<'_, Marks> {
+        let mut m = self.inner.lock();
+        if m.since.is_none_or(|t| t.elapsed() > FORGET_EVERY) {
+            *m = Marks {
+                since: Some(Instant::now()),
+                ..Marks::default()
+            };
+        }
+        m
+    }
+
+    /// The oldest bucket of `shard` worth reading (`i64::MIN`: all).
+    pub(super) fn first_bucket(&self, shard: i32) -> i64 {
+        self.marks()
+            .buckets
+            .get(&shard)
+            .copied()
+            .unwrap_or(i64::MIN)
+    }
+
+    /// `bucket` is the oldest of `shard` still listed after a read.
+    pub(super) fn set_first_bucket(&self, shard: i32, bucket: i64) {
+        self.marks().buckets.insert(shard, bucket);
+    }
+
+    /// The due time from which `(bucket, shard)` is worth reading
+    /// (`i64::MIN`: the whole partition).
+    pub(super) fn first_due(&self, bucket: i64, shard: i32) -> i64 {
+        self.marks()
+            .due
+            .get(&(bucket, shard))
+            .copied()
+            .unwrap_or(i64::MIN)
+    }
+
+    /// Every row of `(bucket, shard)` due at or before `upto` was read.
+    pub(super) fn read_through(&self, bucket: i64, shard: i32, upto: i64) {
+        let mark = upto - LATE_MS;
+        let mut m = self.marks();
+        let slot = m.due.entry((bucket, shard)).or_insert(mark);
+        *slot = (*slot).max(mark);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn marks_start_open_and_only_move_forward() {
+        let marks = ReadMarks::default();
+        assert_eq!(marks.first_bucket(3), i64::MIN);
+        assert_eq!(marks.first_due(7, 3), i64::MIN);
+        marks.set_first_bucket(3, 7);
+        marks.read_through(7, 3, 100_000);
+        marks.read_through(7, 3, 50_000);
+        assert_eq!(marks.first_bucket(3), 7);
+        assert_eq!(marks.first_due(7, 3), 100_000 - LATE_MS);
+        assert_eq!(marks.first_due(8, 3), i64::MIN, "per partition");
+        assert_eq!(marks.first_bucket(4), i64::MIN, "per shard");
+    }
+
+    #[test]
+    fn marks_are_forgotten() {
+        let marks = ReadMarks::default();
+        marks.set_first_bucket(1, 9);
+        marks.inner.lock().since = Instant::now().checked_sub(FORGET_EVERY * 2);
+        assert_eq!(marks.first_bucket(1), i64::MIN);
+    }
+}
