@@ -5,14 +5,20 @@
 //! 100,000), and a read of a shard's bucket list from its start meets one
 //! per minute that ever held a delivery.
 //!
-//! Two marks, both forgotten every [`FORGET_EVERY`], so a full read now and
-//! then sees any row written behind them (a straggler waits at most that
-//! long; nothing is skipped for good):
+//! Two marks:
 //! - per shard, the oldest bucket still listed: older ones were found empty
 //!   and delisted;
 //! - per `(bucket, shard)`, the due time up to which the last claim read
 //!   every row, less [`LATE_MS`] for rows written with a due time computed
 //!   a little earlier (by this process or another).
+//!
+//! Rows are written due now or later, so nothing lands behind a mark but a
+//! straggler (a write that took longer than [`LATE_MS`], or a node whose
+//! clock is behind). Every [`PULL_BACK_EVERY`] the marks are pulled back by
+//! [`PULL_BACK_MS`], so a straggler waits at most that long; marks of
+//! buckets older than that are dropped (the next read of such a bucket, if
+//! it is still listed, is a whole read, after which it is delisted when
+//! empty). A process starts without marks: its first reads are whole.
 
 use std::{
     collections::HashMap,
@@ -22,9 +28,11 @@ use std::{
 use parking_lot::{Mutex, MutexGuard};
 
 /// Slack below a due mark for rows written late.
-pub(super) const LATE_MS: i64 = 10_000;
-/// How long marks are kept before a full read.
-const FORGET_EVERY: Duration = Duration::from_secs(60);
+pub(super) const LATE_MS: i64 = 3_000;
+/// How often marks are pulled back.
+const PULL_BACK_EVERY: Duration = Duration::from_secs(60);
+/// How far marks are pulled back.
+const PULL_BACK_MS: i64 = 120_000;
 
 /// Read marks of one process (see the module doc).
 #[derive(Default)]
@@ -42,11 +50,17 @@ struct Marks {
 impl ReadMarks {
     fn marks(&self) -> MutexGuard<'_, Marks> {
         let mut m = self.inner.lock();
-        if m.since.is_none_or(|t| t.elapsed() > FORGET_EVERY) {
-            *m = Marks {
-                since: Some(Instant::now()),
-                ..Marks::default()
-            };
+        if m.since.is_none_or(|t| t.elapsed() > PULL_BACK_EVERY) {
+            m.since = Some(Instant::now());
+            let floor = crate::store::embedded::now_ms() - PULL_BACK_MS;
+            let floor_bucket = super::schedule::bucket(floor) - 1;
+            for b in m.buckets.values_mut() {
+                *b = (*b).min(floor_bucket);
+            }
+            m.due.retain(|(b, _), _| *b >= floor_bucket);
+            for due in m.due.values_mut() {
+                *due = (*due).min(floor);
+            }
         }
         m
     }
@@ -103,10 +117,24 @@ mod tests {
     }
 
     #[test]
-    fn marks_are_forgotten() {
+    fn marks_are_pulled_back() {
         let marks = ReadMarks::default();
-        marks.set_first_bucket(1, 9);
-        marks.inner.lock().since = Instant::now().checked_sub(FORGET_EVERY * 2);
-        assert_eq!(marks.first_bucket(1), i64::MIN);
+        let now = crate::store::embedded::now_ms();
+        let this = super::super::schedule::bucket(now);
+        marks.set_first_bucket(1, this);
+        marks.read_through(this, 1, now);
+        marks.read_through(this - 10, 1, now);
+        marks.inner.lock().since = Instant::now().checked_sub(PULL_BACK_EVERY * 2);
+        assert!(marks.first_bucket(1) < super::super::schedule::bucket(now - PULL_BACK_MS));
+        assert!(marks.first_due(this, 1) <= now - PULL_BACK_MS);
+        assert!(
+            marks.first_due(this, 1) > i64::MIN,
+            "a recent bucket keeps a mark"
+        );
+        assert_eq!(
+            marks.first_due(this - 10, 1),
+            i64::MIN,
+            "an old bucket's mark is dropped"
+        );
     }
 }

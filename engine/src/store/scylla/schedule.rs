@@ -16,8 +16,9 @@
 //! **Reads skip tombstones.** Claims and settles delete index rows, and a
 //! CQL read steps over every deleted row in its range; each process keeps
 //! read marks (`marks.rs`: the oldest live bucket per shard, and per bucket
-//! the due time up to which it read everything) and starts its reads there.
-//! A bucket is delisted only after a read of the whole of it found nothing.
+//! the due time up to which it read everything) and starts its reads there,
+//! pulled back now and then for rows written late. A bucket is delisted only
+//! after a read of the whole of it found nothing.
 //!
 //! **Moves are new-index-first.** Before a schedule row's due time changes
 //! (claim, retry), the index row for the new time is written; the old one
@@ -42,7 +43,7 @@ const BUCKET_MS: i64 = 60_000;
 /// Age after which an index row that disagrees with its schedule row is stale.
 const STALE_GRACE_MS: i64 = 5 * 60_000;
 
-fn bucket(due_ms: i64) -> i64 {
+pub(super) fn bucket(due_ms: i64) -> i64 {
     due_ms.div_euclid(BUCKET_MS)
 }
 
@@ -160,7 +161,7 @@ impl ScyllaStore {
                 if rows.len() < want {
                     read_whole.push((b, s));
                 }
-                if rows.is_empty() && b < now_bucket - 1 && from == i64::MIN {
+                if rows.is_empty() && b < now_bucket - 1 && from <= b * BUCKET_MS {
                     // Read whole and empty; nothing is ever indexed that far
                     // in the past again.
                     self.exec(
