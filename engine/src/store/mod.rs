@@ -236,7 +236,8 @@ pub trait Store: Send + Sync + 'static {
     /// a crashed predecessor end at once instead of when they expire.
     async fn release_leases(&self, now_ms: i64) -> Result<u64, StoreError>;
 
-    /// The earliest due time in the schedule (unix ms), if any.
+    /// The earliest due time in the schedule (unix ms), if any; a store may
+    /// leave out due times more than a second away (the scheduler naps less).
     async fn next_due(&self) -> Result<Option<i64>, StoreError>;
 
     /// Deliveries waiting in the schedule. Reads every waiting delivery's

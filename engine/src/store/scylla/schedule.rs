@@ -40,6 +40,8 @@ use crate::{
 pub(super) const SHARDS: i32 = 8;
 /// Width of a due-index bucket.
 const BUCKET_MS: i64 = 60_000;
+/// How far ahead [`ScyllaStore::earliest_due`] looks.
+const SOON_MS: i64 = 1_000;
 /// Age after which an index row that disagrees with its schedule row is stale.
 const STALE_GRACE_MS: i64 = 5 * 60_000;
 
@@ -375,22 +377,26 @@ impl ScyllaStore {
             .await
     }
 
-    /// The earliest due time in the index (stale rows may make it early,
-    /// which only wakes the scheduler sooner).
+    /// The earliest due time in the index up to [`SOON_MS`] from now (stale
+    /// rows may make it early, which only wakes the scheduler sooner). Rows
+    /// due later are not looked for: the scheduler naps less than that, and
+    /// a read of a future bucket would step over the tombstones of every
+    /// lease that ended early there.
     pub(super) async fn earliest_due(&self) -> Result<Option<i64>, StoreError> {
+        let horizon = crate::store::embedded::now_ms() + SOON_MS;
         let mut best: Option<i64> = None;
         for s in 0..SHARDS {
             let buckets: Vec<(i64,)> = self
                 .rows(
-                    "SELECT bucket FROM schedule_buckets WHERE shard = ? AND bucket >= ? LIMIT 4",
-                    (s, self.marks.first_bucket(s)),
+                    "SELECT bucket FROM schedule_buckets WHERE shard = ? AND bucket >= ? AND bucket <= ? LIMIT 4",
+                    (s, self.marks.first_bucket(s), bucket(horizon)),
                 )
                 .await?;
             for (b,) in buckets {
                 let first: Option<(i64,)> = self
                     .row(
-                        "SELECT due_at FROM schedule_due WHERE bucket = ? AND shard = ? AND due_at >= ? LIMIT 1",
-                        (b, s, self.marks.first_due(b, s)),
+                        "SELECT due_at FROM schedule_due WHERE bucket = ? AND shard = ? AND due_at >= ? AND due_at <= ? LIMIT 1",
+                        (b, s, self.marks.first_due(b, s), horizon),
                     )
                     .await?;
                 if let Some((due,)) = first {
