@@ -276,6 +276,35 @@ async fn distributed_restart_on_a_fresh_data_dir_keeps_everything() {
     second.kill9().await;
 }
 
+/// What a recovery test starts from: tenant `acme` on `herald` subscribed to
+/// `receiver`, `n` events emitted, every one delivered and its attempt
+/// logged (a recovery counts the latest attempt of each event). Returns the
+/// API key, the event ids and the subscription id.
+async fn delivered_and_logged(
+    herald: &HeraldProcess,
+    receiver: &Receiver,
+    disk: &Path,
+    n: usize,
+) -> (String, HashSet<String>, String) {
+    let (key, secret) = tenant(&herald.base, "acme", receiver).await;
+    let ids: HashSet<String> = emit_batches(&herald.base, &key, n)
+        .await
+        .into_iter()
+        .collect();
+    assert_eq!(ids.len(), n);
+    all_delivered(receiver, &ids, &[secret], disk, Duration::from_secs(240)).await;
+    let sub_id = all_pages(&herald.base, &key, "/api/v1/portal/webhooks").await[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    eventually("every attempt logged", Duration::from_secs(120), || async {
+        let logs = all_pages(&herald.base, &key, "/api/v1/integrations/webhooks").await;
+        (logs.len() >= n).then_some(())
+    })
+    .await;
+    (key, ids, sub_id)
+}
+
 /// Recover 10,000 deliveries of one subscription on Kafka + Cassandra,
 /// kill -9 the process midway, start a new one on a fresh disk: the job
 /// completes and every event arrives again at least once.
@@ -300,31 +329,8 @@ async fn distributed_recovery_of_10000_deliveries_survives_kill_9() {
     let since = OffsetDateTime::now_utc() - Duration::from_secs(1);
 
     let first = start(&tmp.path().join("disk-1"), &prefix, &flags, &rate).await;
-    let (key, secret) = tenant(&first.base, "acme", &receiver).await;
-    let ids: HashSet<String> = emit_batches(&first.base, &key, N)
-        .await
-        .into_iter()
-        .collect();
-    assert_eq!(ids.len(), N);
-    let secrets = [secret];
-    all_delivered(
-        &receiver,
-        &ids,
-        &secrets,
-        &tmp.path().join("disk-1"),
-        Duration::from_secs(240),
-    )
-    .await;
-    let sub_id = all_pages(&first.base, &key, "/api/v1/portal/webhooks").await[0]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    // Recovery counts the latest attempt of each event: wait until all are logged.
-    eventually("every attempt logged", Duration::from_secs(120), || async {
-        let logs = all_pages(&first.base, &key, "/api/v1/integrations/webhooks").await;
-        (logs.len() >= N).then_some(())
-    })
-    .await;
+    let (key, ids, sub_id) =
+        delivered_and_logged(&first, &receiver, &tmp.path().join("disk-1"), N).await;
     let until = OffsetDateTime::now_utc() + Duration::from_secs(60);
     let body = json!({ "since": rfc3339(since), "until": rfc3339(until) });
     let from = receiver.received().len();
@@ -381,28 +387,8 @@ async fn distributed_recovery_is_stepped_by_one_process_at_a_time() {
     let since = OffsetDateTime::now_utc() - Duration::from_secs(1);
 
     let first = start(&tmp.path().join("disk-1"), &prefix, &flags, &rate).await;
-    let (key, secret) = tenant(&first.base, "acme", &receiver).await;
-    let ids: HashSet<String> = emit_batches(&first.base, &key, N)
-        .await
-        .into_iter()
-        .collect();
-    all_delivered(
-        &receiver,
-        &ids,
-        &[secret],
-        &tmp.path().join("disk-1"),
-        Duration::from_secs(240),
-    )
-    .await;
-    let sub_id = all_pages(&first.base, &key, "/api/v1/portal/webhooks").await[0]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    eventually("every attempt logged", Duration::from_secs(120), || async {
-        let logs = all_pages(&first.base, &key, "/api/v1/integrations/webhooks").await;
-        (logs.len() >= N).then_some(())
-    })
-    .await;
+    let (key, ids, sub_id) =
+        delivered_and_logged(&first, &receiver, &tmp.path().join("disk-1"), N).await;
     let from = receiver.received().len();
     let until = OffsetDateTime::now_utc() + Duration::from_secs(60);
     let (status, job) = post(
