@@ -80,8 +80,8 @@ impl ScyllaStore {
         Ok(())
     }
 
-    /// One recovery job of a tenant, with `done` counted now.
-    pub async fn get_recovery(
+    /// One recovery job as stored (its `done` as of its last step).
+    async fn stored_recovery(
         &self,
         tenant_id: &str,
         id: &str,
@@ -92,10 +92,18 @@ impl ScyllaStore {
                 (tenant_id, id),
             )
             .await?;
-        let Some((body,)) = row else {
+        row.map(|(body,)| decode(&body)).transpose()
+    }
+
+    /// One recovery job of a tenant, with `done` counted now.
+    pub async fn get_recovery(
+        &self,
+        tenant_id: &str,
+        id: &str,
+    ) -> Result<Option<RecoveryJob>, StoreError> {
+        let Some(mut job) = self.stored_recovery(tenant_id, id).await? else {
             return Ok(None);
         };
-        let mut job: RecoveryJob = decode(&body)?;
         let done: Option<(i64,)> = self
             .row(
                 "SELECT COUNT(*) FROM recovery_done WHERE recovery_id = ?",
@@ -122,7 +130,9 @@ impl ScyllaStore {
         .await?;
         let mut out = Vec::new();
         for (id, tenant, cursor) in open {
-            if let Some(job) = self.get_recovery(&tenant, &id).await? {
+            // Not `get_recovery`: stepping needs no `done`, and counting it
+            // reads the job's whole delivery set.
+            if let Some(job) = self.stored_recovery(&tenant, &id).await? {
                 out.push((job, cursor));
             }
         }
