@@ -277,13 +277,15 @@ async fn cql_recovery_pages_through_a_time_range_and_resumes() {
         job: &RecoveryJob,
         out: &mut Vec<String>,
     ) -> bool {
-        let (_, cursor) = store
+        // As the engine steps it: the job as stored now, with its cursor.
+        let (job, cursor) = &store
             .unfinished_recoveries()
             .await
             .unwrap()
             .into_iter()
             .find(|(j, _)| j.id == job.id)
             .expect("the job is unfinished");
+        let cursor = cursor.clone();
         let page = store
             .recovery_candidates(scope, cursor.as_deref(), 30)
             .await

@@ -71,6 +71,8 @@ pub struct ScyllaStore {
     retention_days: i32,
     codec: SubscriptionCodec,
     marks: marks::ReadMarks,
+    /// Recovery jobs this process stepped last: `scheduled` as it wrote it.
+    recovery_tally: parking_lot::Mutex<HashMap<String, u64>>,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
@@ -173,6 +175,7 @@ impl ScyllaStore {
             retention_days: (retention / 86_400).max(1) as i32,
             codec: SubscriptionCodec::new(cipher),
             marks: marks::ReadMarks::default(),
+            recovery_tally: Default::default(),
         };
         store.reseal_subs().await?;
         Ok(store)

@@ -273,6 +273,14 @@ impl ScyllaStore {
         cursor: Option<String>,
         finished: bool,
     ) -> Result<(), StoreError> {
+        // What this process last recorded for the job, if the stored job
+        // still says so: nobody stepped it since and no step of ours failed
+        // half-way, so this page's count adds to it. Otherwise the job's
+        // delivery set is counted (a page scheduled twice after a crash,
+        // with the same ids, counts once) — a read of the whole set, which
+        // a process that keeps the job pays once, not at every page.
+        let tallied = self.recovery_tally.lock().remove(&job.id);
+        let base = tallied.filter(|n| *n == job.scheduled);
         let work = deliveries.iter().map(|d| async move {
             self.exec(
                 "INSERT INTO recovery_deliveries (recovery_id, delivery_id) VALUES (?, ?)",
@@ -282,16 +290,20 @@ impl ScyllaStore {
             self.insert_schedule(d, Some(&job.id)).await
         });
         futures::future::try_join_all(work).await?;
-        // Counted from the job's delivery set: a page scheduled twice (a
-        // crash before the cursor moved) with the same ids counts once.
-        let scheduled: Option<(i64,)> = self
-            .row(
-                "SELECT COUNT(*) FROM recovery_deliveries WHERE recovery_id = ?",
-                (&job.id,),
-            )
-            .await?;
+        let scheduled = match base {
+            Some(n) => n + deliveries.len() as u64,
+            None => {
+                let counted: Option<(i64,)> = self
+                    .row(
+                        "SELECT COUNT(*) FROM recovery_deliveries WHERE recovery_id = ?",
+                        (&job.id,),
+                    )
+                    .await?;
+                counted.map_or(0, |(n,)| n.max(0) as u64)
+            }
+        };
         let mut updated = job.clone();
-        updated.scheduled = scheduled.map_or(0, |(n,)| n.max(0) as u64);
+        updated.scheduled = scheduled;
         updated.done = 0;
         updated.updated_at = time::OffsetDateTime::now_utc();
         if finished {
@@ -310,7 +322,9 @@ impl ScyllaStore {
                 "UPDATE recoveries_unfinished SET cursor = ?, tenant_id = ? WHERE id = ?",
                 (cursor, &job.tenant_id, &job.id),
             )
-            .await
+            .await?;
+            self.recovery_tally.lock().insert(job.id.clone(), scheduled);
+            Ok(())
         }
     }
 }
