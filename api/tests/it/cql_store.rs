@@ -17,6 +17,25 @@ use time::OffsetDateTime;
 
 use crate::cql::{attempt, cipher, config, delivery, event, now_ms};
 
+/// A new event of tenant `acme` without a dedupe key, indexed by `store`
+/// at the log's first position.
+async fn recorded_event(store: &ScyllaStore) -> DomainEvent {
+    let mut ev = event("acme");
+    ev.dedupe_key = None;
+    store
+        .record_event(
+            &ev,
+            LogPosition {
+                partition: 0,
+                offset: 0,
+            },
+            0,
+        )
+        .await
+        .unwrap();
+    ev
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cql_claims_are_exclusive_across_processes() {
     let _cassandra = crate::cql::shared().await;
@@ -24,18 +43,7 @@ async fn cql_claims_are_exclusive_across_processes() {
     // Two stores = two worker processes sharing one schedule.
     let a = Arc::new(ScyllaStore::connect(&cql, cipher()).await.unwrap());
     let b = Arc::new(ScyllaStore::connect(&cql, cipher()).await.unwrap());
-    let mut ev = event("acme");
-    ev.dedupe_key = None;
-    a.record_event(
-        &ev,
-        LogPosition {
-            partition: 0,
-            offset: 0,
-        },
-        0,
-    )
-    .await
-    .unwrap();
+    let ev = recorded_event(&a).await;
     let now = now_ms();
     let all: Vec<ScheduledDelivery> = (0..120)
         .map(|_| delivery(&ev, "sub_a", now - 1000))
@@ -108,19 +116,7 @@ async fn cql_claims_skip_what_they_took_but_not_what_waits() {
     let _cassandra = crate::cql::shared().await;
     let cql = config("marks");
     let store = ScyllaStore::connect(&cql, cipher()).await.unwrap();
-    let mut ev = event("acme");
-    ev.dedupe_key = None;
-    store
-        .record_event(
-            &ev,
-            LogPosition {
-                partition: 0,
-                offset: 0,
-            },
-            0,
-        )
-        .await
-        .unwrap();
+    let ev = recorded_event(&store).await;
     // Due two minutes ago: older than any slack a read mark leaves.
     let old = now_ms() - 120_000;
     let ordered: Vec<ScheduledDelivery> = (1..=3)
@@ -392,19 +388,7 @@ async fn cql_throughput_figures() {
     let cql = config("bench");
     let store = Arc::new(ScyllaStore::connect(&cql, cipher()).await.unwrap());
     let n = 2000usize;
-    let mut ev = event("acme");
-    ev.dedupe_key = None;
-    store
-        .record_event(
-            &ev,
-            LogPosition {
-                partition: 0,
-                offset: 0,
-            },
-            0,
-        )
-        .await
-        .unwrap();
+    let ev = recorded_event(&store).await;
     let attempts: Vec<WebhookDeliveryLog> = (0..n)
         .map(|i| {
             attempt(
