@@ -80,7 +80,7 @@ impl ScyllaStore {
         Ok(())
     }
 
-    /// One recovery job as stored (its `done` as of its last step).
+    /// One recovery job as stored (`done` not counted: the steps store 0).
     async fn stored_recovery(
         &self,
         tenant_id: &str,
@@ -131,7 +131,7 @@ impl ScyllaStore {
         let mut out = Vec::new();
         for (id, tenant, cursor) in open {
             // Not `get_recovery`: stepping needs no `done`, and counting it
-            // reads the job's whole delivery set.
+            // reads every delivery of the job that is done.
             if let Some(job) = self.stored_recovery(&tenant, &id).await? {
                 out.push((job, cursor));
             }
