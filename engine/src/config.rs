@@ -7,6 +7,10 @@ use ipnet::IpNet;
 
 use crate::encryption::KeyRing;
 
+/// The consumer group of the fan-out workers (with Kafka, `<prefix>-fanout`,
+/// which is this name for the default prefix).
+pub const FANOUT_GROUP: &str = "herald-fanout";
+
 /// Everything the engine needs to start.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -129,7 +133,7 @@ impl EngineConfig {
     pub fn fanout_group(&self) -> String {
         match &self.kafka {
             Some(k) => format!("{}-fanout", k.topic_prefix),
-            None => crate::fanout::GROUP.to_string(),
+            None => FANOUT_GROUP.to_string(),
         }
     }
 }

@@ -24,6 +24,7 @@ mod batch;
 pub use batch::MAX_BATCH_EVENTS;
 
 use crate::{
+    clock::now_ms,
     config::{EngineConfig, Role},
     delivery::{
         client::DeliveryClient,
@@ -38,15 +39,12 @@ use crate::{
     metrics::{self, Metrics},
     model::{
         DomainEvent, EventSource, Ordering, ScheduledDelivery, SecretEntry, SubscriptionStatus,
-        WebhookDeliveryLog, WebhookSubscription,
+        WebhookDeliveryLog, WebhookSubscription, OPERATIONAL_PREFIX,
     },
     operational::OperationalEvents,
     signing::SigningSecret,
     ssrf::TargetGuard,
-    store::{
-        embedded::now_ms, embedded::EmbeddedStore, scylla::ScyllaStore, EventFilter, LogFilter,
-        Store,
-    },
+    store::{embedded::EmbeddedStore, scylla::ScyllaStore, EventFilter, LogFilter, Store},
     subscriptions::{validate_filter, SubscriptionIndex},
 };
 
@@ -109,8 +107,6 @@ pub const MAX_IN_FLIGHT_LIMIT: u32 = 256;
 pub const MAX_TIMEOUT_SECONDS: u32 = 60;
 /// Largest per-subscription rate limit, deliveries per second.
 pub const MAX_RATE_LIMIT: u32 = 10_000;
-/// Event types starting with this are Herald's own operational events.
-pub const OPERATIONAL_PREFIX: &str = "herald.";
 
 /// A new event, as emitted.
 #[derive(Debug, Clone, Default)]
@@ -328,6 +324,7 @@ impl Engine {
             metrics.clone(),
             log.clone(),
             store.clone(),
+            config.fanout_group(),
             cancel.clone(),
         )));
         let recovery_wake = Arc::new(Notify::new());

@@ -28,17 +28,15 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    clock::now_ms,
     delivery::worker::{Job, Shards},
     ids,
     log::{EventLog, LogPosition},
     model::{Ordering, ScheduledDelivery},
-    store::{embedded::now_ms, FanOut, FanOutResult, Store},
+    store::{FanOut, FanOutResult, Store},
     subscriptions::SubscriptionIndex,
 };
 
-/// The consumer group of the fan-out workers (with Kafka, `<prefix>-fanout`,
-/// which is this name for the default prefix).
-pub const GROUP: &str = "herald-fanout";
 /// Records read per batch.
 const BATCH: usize = 512;
 

@@ -11,6 +11,7 @@
 //! backends (Kafka, ScyllaDB) slot in behind the same traits.
 #![warn(missing_docs)]
 
+pub mod clock;
 pub mod config;
 pub mod delivery;
 pub mod encryption;
@@ -35,6 +36,7 @@ pub use engine::{
     build_event, decode_cursor, encode_cursor, validate_limits, Catalogue, Engine, EventPage,
     EventTypePage, LogPage, NewEvent, NewSubscription, PreparedSchema, ReplayedDelivery, Rotation,
     StreamBatch, StreamFrame, SubscriptionPage, SubscriptionUpdate, API_KEY, MAX_BATCH_EVENTS,
-    MAX_IN_FLIGHT_LIMIT, MAX_RATE_LIMIT, MAX_TIMEOUT_SECONDS, OPERATIONAL_PREFIX, RECOVERY,
+    MAX_IN_FLIGHT_LIMIT, MAX_RATE_LIMIT, MAX_TIMEOUT_SECONDS, RECOVERY,
 };
 pub use error::EngineError;
+pub use model::OPERATIONAL_PREFIX;

@@ -29,12 +29,8 @@ use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    error::EngineError,
-    ids,
-    log::EventLog,
-    model::ScheduledDelivery,
-    resources::RecoveryJob,
-    store::{embedded::now_ms, Store},
+    clock::now_ms, error::EngineError, ids, log::EventLog, model::ScheduledDelivery,
+    resources::RecoveryJob, store::Store,
 };
 
 /// Records read from the log per page.

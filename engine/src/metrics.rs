@@ -301,8 +301,8 @@ impl Metrics {
     }
 
     /// Re-reads the fan-out consumer's lag per partition from the log.
-    pub async fn refresh_lag(&self, log: &dyn EventLog) {
-        match log.committed(crate::fanout::GROUP).await {
+    pub async fn refresh_lag(&self, log: &dyn EventLog, group: &str) {
+        match log.committed(group).await {
             Ok(Some(committed)) => {
                 for partition in 0..log.partitions() {
                     let Ok(end) = log.end_offset(partition).await else {
@@ -328,6 +328,7 @@ pub async fn run_refresher(
     metrics: Arc<Metrics>,
     log: Arc<dyn EventLog>,
     store: Arc<dyn Store>,
+    group: String,
     cancel: CancellationToken,
 ) {
     let mut backlog_due = tokio::time::Instant::now();
@@ -337,7 +338,7 @@ pub async fn run_refresher(
             metrics.refresh_backlog(store.as_ref()).await;
             backlog_due = now + REFRESH_EVERY.max(now.elapsed() * 10);
         }
-        metrics.refresh_lag(log.as_ref()).await;
+        metrics.refresh_lag(log.as_ref(), &group).await;
         tokio::select! {
             () = tokio::time::sleep(REFRESH_EVERY) => {}
             () = cancel.cancelled() => return,

@@ -11,6 +11,9 @@ use time::OffsetDateTime;
 
 use crate::signing::SigningSecret;
 
+/// Event types starting with this are Herald's own operational events.
+pub const OPERATIONAL_PREFIX: &str = "herald.";
+
 /// Where an event entered Herald.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

@@ -16,7 +16,7 @@ use crate::model::{SubscriptionStatus, WebhookSubscription};
 /// (`herald.…`), which a subscription must name (`herald.*` or exactly).
 pub fn filter_matches(filter: &str, event_type: &str) -> bool {
     if filter == "*" {
-        return !event_type.starts_with(crate::engine::OPERATIONAL_PREFIX);
+        return !event_type.starts_with(crate::model::OPERATIONAL_PREFIX);
     }
     match filter.strip_suffix('*') {
         Some(prefix) if prefix.ends_with('.') => event_type.starts_with(prefix),
@@ -137,7 +137,7 @@ impl SubscriptionIndex {
             }
         };
         look(event_type);
-        if !event_type.starts_with(crate::engine::OPERATIONAL_PREFIX) {
+        if !event_type.starts_with(crate::model::OPERATIONAL_PREFIX) {
             look("");
         }
         for (i, b) in event_type.bytes().enumerate() {

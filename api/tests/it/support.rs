@@ -487,7 +487,7 @@ pub async fn recovery_lease_contract(
     b: &dyn herald_engine::store::Store,
     job: &str,
 ) {
-    let t = herald_engine::store::embedded::now_ms();
+    let t = herald_engine::clock::now_ms();
     assert!(
         a.lease_recovery(job, "p1", t, t + 1_000).await.unwrap(),
         "a free job is leased"

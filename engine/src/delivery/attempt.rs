@@ -28,11 +28,10 @@ use super::{
     worker::{Finished, Job, WorkerContext, USER_AGENT},
 };
 use crate::{
-    engine::OPERATIONAL_PREFIX,
     ids,
     model::{
         ErrorClass, Outcome, ScheduledDelivery, SubscriptionStatus, WebhookDeliveryLog,
-        WebhookSubscription,
+        WebhookSubscription, OPERATIONAL_PREFIX,
     },
     operational, signing,
 };

@@ -13,7 +13,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::worker::{Job, Shards};
-use crate::store::{embedded::now_ms, Store};
+use crate::{clock::now_ms, store::Store};
 
 /// Deliveries claimed per round.
 const CLAIM_BATCH: usize = 512;

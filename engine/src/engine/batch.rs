@@ -13,9 +13,9 @@ use std::collections::HashMap;
 
 use super::{Engine, NewEvent};
 use crate::{
+    clock::now_ms,
     error::{EngineError, SchemaIssue},
     model::{DomainEvent, EventSource},
-    store::embedded::now_ms,
 };
 
 /// Most events in one batch.

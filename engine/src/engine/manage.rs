@@ -13,11 +13,11 @@ use time::OffsetDateTime;
 
 use super::{hash_key, validate_cursor, validate_event_types, validate_headers, Engine};
 use crate::{
+    clock::now_ms,
     error::EngineError,
     ids,
     model::{SubscriptionStatus, WebhookSubscription},
     resources::ApiKey,
-    store::embedded::now_ms,
 };
 
 /// Prefix of API key ids.

@@ -20,13 +20,14 @@ use tokio_util::sync::CancellationToken;
 
 use super::Engine;
 use crate::{
+    clock::now_ms,
     error::EngineError,
     ids,
     log::EventLog,
     log_recovery,
     model::ScheduledDelivery,
     resources::{RecoveryJob, RecoverySource, RecoveryStatus},
-    store::{embedded::now_ms, RecoveryScope, Store},
+    store::{RecoveryScope, Store},
 };
 
 /// Prefix of recovery job ids.

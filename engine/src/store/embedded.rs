@@ -462,7 +462,7 @@ impl Store for EmbeddedStore {
             let inserted = conn
                 .execute(
                     "INSERT OR IGNORE INTO tenants (id, created_at) VALUES (?1, ?2)",
-                    params![tenant, now_ms()],
+                    params![tenant, crate::clock::now_ms()],
                 )
                 .map_err(db_err)?;
             if inserted == 0 {
@@ -606,7 +606,7 @@ impl Store for EmbeddedStore {
             for (event, position) in &events {
                 insert_event(conn, event, *position)?;
                 if let Some(key) = &event.dedupe_key {
-                    claim_dedupe(conn, event, key, dedupe_until_ms, now_ms())?;
+                    claim_dedupe(conn, event, key, dedupe_until_ms, crate::clock::now_ms())?;
                 }
             }
             Ok(())
@@ -986,9 +986,4 @@ impl Store for EmbeddedStore {
         self.m_advance_recovery(job, deliveries, cursor, finished)
             .await
     }
-}
-
-/// Now, in unix milliseconds.
-pub fn now_ms() -> i64 {
-    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
 }

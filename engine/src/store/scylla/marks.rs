@@ -52,7 +52,7 @@ impl ReadMarks {
         let mut m = self.inner.lock();
         if m.since.is_none_or(|t| t.elapsed() > PULL_BACK_EVERY) {
             m.since = Some(Instant::now());
-            let floor = crate::store::embedded::now_ms() - PULL_BACK_MS;
+            let floor = crate::clock::now_ms() - PULL_BACK_MS;
             let floor_bucket = super::schedule::bucket(floor) - 1;
             for b in m.buckets.values_mut() {
                 *b = (*b).min(floor_bucket);
@@ -119,7 +119,7 @@ mod tests {
     #[test]
     fn marks_are_pulled_back() {
         let marks = ReadMarks::default();
-        let now = crate::store::embedded::now_ms();
+        let now = crate::clock::now_ms();
         let this = super::super::schedule::bucket(now);
         marks.set_first_bucket(1, this);
         marks.read_through(this, 1, now);

@@ -104,7 +104,7 @@ pub(crate) fn day_of_ms(ms: i64) -> i32 {
 
 /// The day bucket of an id (today's for ids without a time).
 fn id_day(id: &str) -> i32 {
-    day_of_ms(id_ms(id).unwrap_or_else(super::embedded::now_ms))
+    day_of_ms(id_ms(id).unwrap_or_else(crate::clock::now_ms))
 }
 
 /// Sorts after every id (`~` is above hex digits), the cursor of a first page.
@@ -296,7 +296,7 @@ impl ScyllaStore {
         limit: usize,
         keep: impl Fn(&str, &str) -> bool,
     ) -> Result<Vec<String>, StoreError> {
-        let today = day_of_ms(super::embedded::now_ms());
+        let today = day_of_ms(crate::clock::now_ms());
         let mut day = before.map_or(today, id_day).min(today);
         let oldest = today - self.retention_days - 1;
         let mut cursor = before.unwrap_or(TOP).to_string();
@@ -525,7 +525,7 @@ impl Store for ScyllaStore {
     ) -> Result<(), StoreError> {
         self.index_event(event, position).await?;
         if let Some(key) = &event.dedupe_key {
-            self.claim_dedupe(event, key, dedupe_until_ms, super::embedded::now_ms())
+            self.claim_dedupe(event, key, dedupe_until_ms, crate::clock::now_ms())
                 .await?;
         }
         Ok(())
@@ -635,7 +635,7 @@ mod tests {
     fn ids_give_their_day() {
         let id = crate::ids::new_id(crate::ids::EVENT);
         let ms = id_ms(&id).unwrap();
-        let now = super::super::embedded::now_ms();
+        let now = crate::clock::now_ms();
         assert!((now - ms).abs() < 5_000, "{ms} vs {now}");
         assert_eq!(id_day(&id), day_of_ms(now));
         assert_eq!(day_of_ms(-1), -1);

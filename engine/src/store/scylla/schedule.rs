@@ -383,7 +383,7 @@ impl ScyllaStore {
     /// a read of a future bucket would step over the tombstones of every
     /// lease that ended early there.
     pub(super) async fn earliest_due(&self) -> Result<Option<i64>, StoreError> {
-        let horizon = crate::store::embedded::now_ms() + SOON_MS;
+        let horizon = crate::clock::now_ms() + SOON_MS;
         let mut best: Option<i64> = None;
         for s in 0..SHARDS {
             let buckets: Vec<(i64,)> = self

@@ -4,7 +4,7 @@
 //! so two concurrent creations cannot both succeed.
 
 use super::{decode, encode, ScyllaStore};
-use crate::{resources::ApiKey, store::embedded::now_ms, store::StoreError};
+use crate::{clock::now_ms, resources::ApiKey, store::StoreError};
 
 impl ScyllaStore {
     /// Creates the tenant (`Conflict` if it exists) with its first key.
