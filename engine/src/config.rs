@@ -281,18 +281,6 @@ impl Default for DeliveryConfig {
 }
 
 impl DeliveryConfig {
-    /// The circuit breaker thresholds.
-    pub fn breaker(&self) -> crate::delivery::breaker::BreakerConfig {
-        crate::delivery::breaker::BreakerConfig {
-            consecutive_failures: self.breaker_failure_threshold,
-            failure_ratio: self.breaker_failure_ratio,
-            window: self.breaker_window,
-            min_requests: self.breaker_min_requests,
-            open_for: self.breaker_open_for,
-            max_open_for: self.breaker_max_open_for.max(self.breaker_open_for),
-        }
-    }
-
     /// How long a claimed delivery stays leased: longer than the longest
     /// attempt, including time queued for a permit. After a crash, what the
     /// dead process had claimed falls due again when its lease ends.

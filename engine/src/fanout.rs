@@ -101,7 +101,7 @@ pub async fn run(
             }
         };
         if follow_store {
-            refresh_subscriptions(store.as_ref(), &subscriptions).await;
+            crate::subscriptions::refresh(store.as_ref(), &subscriptions).await;
         }
         let now = now_ms();
         let lease_until = now + lease.as_millis() as i64;
@@ -199,31 +199,4 @@ async fn hand_off(batch: Vec<FanOut>, results: &[FanOutResult], shards: &Shards)
         }
     }
     left
-}
-
-/// Reloads `index` if a shared store's subscriptions changed since the
-/// index's snapshot. A store error leaves the index as it was (and is
-/// logged).
-///
-/// The version the index reflects is kept in the index, so any number of
-/// callers (the fan-out before each batch, a periodic task) share it, and
-/// a snapshot never replaces a newer one.
-pub async fn refresh_subscriptions(store: &dyn Store, index: &SubscriptionIndex) {
-    let version = match store.subscriptions_version().await {
-        Ok(v) => v,
-        Err(e) => {
-            tracing::warn!(error = %e, "could not check the subscriptions' version");
-            return;
-        }
-    };
-    if index.version().is_some_and(|seen| seen >= version) {
-        return;
-    }
-    // Read after the version: the snapshot holds at least that version.
-    match store.all_subscriptions().await {
-        Ok(subs) => {
-            index.replace_if_newer(version, subs);
-        }
-        Err(e) => tracing::warn!(error = %e, "could not reload subscriptions"),
-    }
 }

@@ -18,7 +18,9 @@ pub mod encryption;
 mod engine;
 pub mod error;
 pub mod fanout;
+pub mod filters;
 pub mod ids;
+pub mod input;
 pub mod log;
 pub mod log_recovery;
 pub mod metrics;
@@ -33,10 +35,13 @@ pub mod subscriptions;
 
 pub use config::EngineConfig;
 pub use engine::{
-    build_event, decode_cursor, encode_cursor, validate_limits, Catalogue, Engine, EventPage,
-    EventTypePage, LogPage, NewEvent, NewSubscription, PreparedSchema, ReplayedDelivery, Rotation,
-    StreamBatch, StreamFrame, SubscriptionPage, SubscriptionUpdate, API_KEY, MAX_BATCH_EVENTS,
-    MAX_IN_FLIGHT_LIMIT, MAX_RATE_LIMIT, MAX_TIMEOUT_SECONDS, RECOVERY,
+    decode_cursor, encode_cursor, Catalogue, Engine, EventPage, EventTypePage, LogPage,
+    PreparedSchema, ReplayedDelivery, Rotation, StreamBatch, StreamFrame, SubscriptionPage,
+    SubscriptionUpdate, API_KEY, MAX_BATCH_EVENTS, RECOVERY,
 };
 pub use error::EngineError;
-pub use model::OPERATIONAL_PREFIX;
+pub use filters::OPERATIONAL_PREFIX;
+pub use input::{
+    build_event, validate_limits, NewEvent, NewSubscription, MAX_IN_FLIGHT_LIMIT, MAX_RATE_LIMIT,
+    MAX_TIMEOUT_SECONDS,
+};

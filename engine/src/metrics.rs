@@ -252,6 +252,18 @@ impl Metrics {
         }
     }
 
+    /// The CDC relay's committed totals so far: `herald_relay_*` and
+    /// `herald_events_ingested_total{source="cdc"}` catch up to them.
+    pub fn relay_progress(&self, relayed: u64, dead_lettered: u64) {
+        let new = relayed.saturating_sub(self.relay_records.get());
+        self.relay_records.inc_by(new);
+        self.events_ingested
+            .with_label_values(&[source_name(EventSource::Cdc)])
+            .inc_by(new);
+        self.relay_dead_letters
+            .inc_by(dead_lettered.saturating_sub(self.relay_dead_letters.get()));
+    }
+
     /// An endpoint's breaker moved from `from` (`None`: the shard just took
     /// the endpoint up) to `to` (`None`: the shard forgot it).
     pub fn breaker_moved(&self, from: Option<BreakerState>, to: Option<BreakerState>) {
@@ -341,33 +353,6 @@ pub async fn run_refresher(
         metrics.refresh_lag(log.as_ref(), &group).await;
         tokio::select! {
             () = tokio::time::sleep(REFRESH_EVERY) => {}
-            () = cancel.cancelled() => return,
-        }
-    }
-}
-
-/// Copies the CDC relay's committed counters into `herald_relay_*` and
-/// `herald_events_ingested_total{source="cdc"}`, once a second, until `cancel`.
-pub async fn follow_relay(
-    metrics: Arc<Metrics>,
-    stats: Arc<crate::relay::RelayStats>,
-    cancel: CancellationToken,
-) {
-    use std::sync::atomic::Ordering::Relaxed;
-    loop {
-        let relayed = stats.relayed.load(Relaxed);
-        let new = relayed.saturating_sub(metrics.relay_records.get());
-        metrics.relay_records.inc_by(new);
-        metrics
-            .events_ingested
-            .with_label_values(&[source_name(EventSource::Cdc)])
-            .inc_by(new);
-        let dead = stats.dead_lettered.load(Relaxed);
-        metrics
-            .relay_dead_letters
-            .inc_by(dead.saturating_sub(metrics.relay_dead_letters.get()));
-        tokio::select! {
-            () = tokio::time::sleep(Duration::from_secs(1)) => {}
             () = cancel.cancelled() => return,
         }
     }

@@ -11,9 +11,6 @@ use time::OffsetDateTime;
 
 use crate::signing::SigningSecret;
 
-/// Event types starting with this are Herald's own operational events.
-pub const OPERATIONAL_PREFIX: &str = "herald.";
-
 /// Where an event entered Herald.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -220,7 +217,7 @@ impl WebhookSubscription {
     pub fn matches(&self, event_type: &str) -> bool {
         self.event_types
             .iter()
-            .any(|f| crate::subscriptions::filter_matches(f, event_type))
+            .any(|f| crate::filters::filter_matches(f, event_type))
     }
 }
 

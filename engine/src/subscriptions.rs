@@ -9,42 +9,36 @@ use std::{collections::HashMap, sync::Arc};
 
 use parking_lot::RwLock;
 
-use crate::model::{SubscriptionStatus, WebhookSubscription};
+pub use crate::filters::{filter_matches, validate_filter};
+use crate::{
+    model::{SubscriptionStatus, WebhookSubscription},
+    store::Store,
+};
 
-/// Whether the filter `filter` (exact, `prefix.*`, or `*`) matches `event_type`.
-/// `*` matches every event type except Herald's operational events
-/// (`herald.…`), which a subscription must name (`herald.*` or exactly).
-pub fn filter_matches(filter: &str, event_type: &str) -> bool {
-    if filter == "*" {
-        return !event_type.starts_with(crate::model::OPERATIONAL_PREFIX);
+/// Reloads `index` if a shared store's subscriptions changed since the
+/// index's snapshot. A store error leaves the index as it was (and is
+/// logged).
+///
+/// The version the index reflects is kept in the index, so any number of
+/// callers (the fan-out before each batch, a periodic task) share it, and
+/// a snapshot never replaces a newer one.
+pub async fn refresh(store: &dyn Store, index: &SubscriptionIndex) {
+    let version = match store.subscriptions_version().await {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not check the subscriptions' version");
+            return;
+        }
+    };
+    if index.version().is_some_and(|seen| seen >= version) {
+        return;
     }
-    match filter.strip_suffix('*') {
-        Some(prefix) if prefix.ends_with('.') => event_type.starts_with(prefix),
-        _ => filter == event_type,
-    }
-}
-
-/// Checks one filter's syntax: dotted names of `[A-Za-z0-9_-]`, optionally
-/// ending in `.*`, or `*` alone.
-pub fn validate_filter(filter: &str) -> Result<(), String> {
-    if filter == "*" {
-        return Ok(());
-    }
-    let name = filter.strip_suffix(".*").unwrap_or(filter);
-    let ok = !name.is_empty()
-        && name.len() <= 200
-        && name.split('.').all(|part| {
-            !part.is_empty()
-                && part
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-        });
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "{filter:?} is not an event type filter; use dotted names like work_order.completed, a family like work_order.*, or *"
-        ))
+    // Read after the version: the snapshot holds at least that version.
+    match store.all_subscriptions().await {
+        Ok(subs) => {
+            index.replace_if_newer(version, subs);
+        }
+        Err(e) => tracing::warn!(error = %e, "could not reload subscriptions"),
     }
 }
 
@@ -137,7 +131,7 @@ impl SubscriptionIndex {
             }
         };
         look(event_type);
-        if !event_type.starts_with(crate::model::OPERATIONAL_PREFIX) {
+        if !event_type.starts_with(crate::filters::OPERATIONAL_PREFIX) {
             look("");
         }
         for (i, b) in event_type.bytes().enumerate() {

@@ -24,14 +24,15 @@ use time::OffsetDateTime;
 
 use super::{
     client::{Answer, SendError},
+    context::{Finished, Job, WorkerContext, USER_AGENT},
     retry::RetryAction,
-    worker::{Finished, Job, WorkerContext, USER_AGENT},
 };
 use crate::{
+    filters::OPERATIONAL_PREFIX,
     ids,
     model::{
         ErrorClass, Outcome, ScheduledDelivery, SubscriptionStatus, WebhookDeliveryLog,
-        WebhookSubscription, OPERATIONAL_PREFIX,
+        WebhookSubscription,
     },
     operational, signing,
 };

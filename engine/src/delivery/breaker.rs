@@ -51,6 +51,20 @@ pub struct BreakerConfig {
     pub max_open_for: Duration,
 }
 
+impl BreakerConfig {
+    /// The thresholds a delivery configuration sets.
+    pub fn of(d: &crate::config::DeliveryConfig) -> Self {
+        Self {
+            consecutive_failures: d.breaker_failure_threshold,
+            failure_ratio: d.breaker_failure_ratio,
+            window: d.breaker_window,
+            min_requests: d.breaker_min_requests,
+            open_for: d.breaker_open_for,
+            max_open_for: d.breaker_max_open_for.max(d.breaker_open_for),
+        }
+    }
+}
+
 impl Default for BreakerConfig {
     fn default() -> Self {
         Self {

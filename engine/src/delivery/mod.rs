@@ -10,6 +10,7 @@
 pub mod attempt;
 pub mod breaker;
 pub mod client;
+pub mod context;
 pub mod limit;
 pub mod retry;
 pub mod scheduler;

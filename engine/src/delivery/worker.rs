@@ -8,65 +8,26 @@
 //! comes back to the shard to drive the breaker and the limits.
 
 use std::{
-    collections::{HashMap, HashSet, VecDeque},
+    collections::{HashMap, VecDeque},
     sync::Arc,
     time::Duration,
 };
 
-use parking_lot::Mutex;
 use serde_json::json;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+pub use super::context::{Job, WorkerContext, USER_AGENT};
 use super::{
     attempt::{deferred, send_and_finish},
-    breaker::{Admission, Breaker, BreakerState},
-    client::DeliveryClient,
+    breaker::{Admission, Breaker, BreakerConfig, BreakerState},
+    context::Finished,
     limit::{Concurrency, TokenBucket},
-    retry::RetryPolicy,
 };
 use crate::{
-    config::DeliveryConfig,
-    metrics::Metrics,
-    model::{DomainEvent, ScheduledDelivery, SubscriptionStatus, WebhookSubscription},
-    operational::{self, OperationalEvents},
-    store::Store,
-    subscriptions::SubscriptionIndex,
+    model::{SubscriptionStatus, WebhookSubscription},
+    operational,
 };
-
-/// The `user-agent` of every delivery.
-pub const USER_AGENT: &str = concat!("Herald-Webhooks/", env!("CARGO_PKG_VERSION"));
-
-/// A delivery handed to a shard.
-#[derive(Debug)]
-pub struct Job {
-    /// What to deliver.
-    pub delivery: ScheduledDelivery,
-    /// The event it carries.
-    pub event: Arc<DomainEvent>,
-}
-
-/// Everything the shards share (read-only or internally synchronised).
-pub struct WorkerContext {
-    /// Durable state.
-    pub store: Arc<dyn Store>,
-    /// Subscriptions by id.
-    pub subscriptions: Arc<SubscriptionIndex>,
-    /// The HTTP client.
-    pub client: DeliveryClient,
-    /// Retry decisions.
-    pub retry: RetryPolicy,
-    /// Tuning.
-    pub config: DeliveryConfig,
-    /// Deliveries currently in a shard (so a re-claim after a lease does not double-send).
-    pub in_flight: Mutex<HashSet<String>>,
-    /// Rings the scheduler (an ordered subscription's next delivery may go).
-    pub wake: Arc<Notify>,
-    /// Herald's own events to tenants.
-    pub operational: OperationalEvents,
-    /// Where attempts and breaker states are counted.
-    pub metrics: Arc<Metrics>,
-}
 
 /// The set of shards.
 pub struct Shards {
@@ -133,14 +94,6 @@ struct Endpoint {
     shown: Option<BreakerState>,
 }
 
-/// What an attempt tells its shard.
-pub(super) struct Finished {
-    pub(super) subscription_id: String,
-    pub(super) success: bool,
-    pub(super) throttled: bool,
-    pub(super) probe: bool,
-}
-
 enum Signal {
     Finished(Finished),
     /// A rate-limited endpoint has a token again.
@@ -176,7 +129,7 @@ impl Shard {
             .endpoints
             .entry(sub.id.clone())
             .or_insert_with(|| Endpoint {
-                breaker: Breaker::new(ctx.config.breaker(), now),
+                breaker: Breaker::new(BreakerConfig::of(&ctx.config), now),
                 concurrency: Concurrency::new(max_in_flight),
                 bucket: None,
                 in_flight: 0,
@@ -330,7 +283,7 @@ async fn resolve_unknown(
         .await
     {
         Ok(Some(_)) => {
-            crate::fanout::refresh_subscriptions(ctx.store.as_ref(), &ctx.subscriptions).await;
+            crate::subscriptions::refresh(ctx.store.as_ref(), &ctx.subscriptions).await;
             if ctx.subscriptions.get(&d.subscription_id).is_some() {
                 let _ = signals.send(Signal::Retry(job));
             } else {

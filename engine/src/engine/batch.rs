@@ -11,7 +11,8 @@
 
 use std::collections::HashMap;
 
-use super::{Engine, NewEvent};
+use super::Engine;
+use crate::input::{build_event, NewEvent};
 use crate::{
     clock::now_ms,
     error::{EngineError, SchemaIssue},
@@ -48,7 +49,7 @@ impl Engine {
         }
         let mut events = Vec::with_capacity(items.len());
         for (i, item) in items.into_iter().enumerate() {
-            let event = super::build_event(tenant_id, item, EventSource::Api)
+            let event = build_event(tenant_id, item, EventSource::Api)
                 .and_then(|event| {
                     self.check_payload(
                         tenant_id,

@@ -315,7 +315,7 @@ mod tests {
 
     use super::*;
     use crate::{
-        engine::{build_event, MAX_PAYLOAD_BYTES},
+        input::{build_event, MAX_PAYLOAD_BYTES},
         model::EventSource,
         NewEvent,
     };

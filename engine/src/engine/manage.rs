@@ -11,7 +11,11 @@ use std::collections::BTreeMap;
 use base64::Engine as _;
 use time::OffsetDateTime;
 
-use super::{hash_key, validate_cursor, validate_event_types, validate_headers, Engine};
+use super::{
+    query::{page_cursor, validate_cursor},
+    Engine,
+};
+use crate::input::{hash_key, validate_event_types, validate_headers, validate_limits};
 use crate::{
     clock::now_ms,
     error::EngineError,
@@ -66,7 +70,7 @@ impl Engine {
             .store
             .list_subscriptions(tenant_id, cursor.as_deref(), limit + 1)
             .await?;
-        let next_cursor = super::page_cursor(&mut data, limit, |s| s.id.clone());
+        let next_cursor = page_cursor(&mut data, limit, |s| s.id.clone());
         Ok(SubscriptionPage { data, next_cursor })
     }
 
@@ -92,7 +96,7 @@ impl Engine {
         if let Some(h) = &update.headers {
             validate_headers(h)?;
         }
-        crate::engine::validate_limits(
+        validate_limits(
             update.rate_limit.flatten(),
             update.max_in_flight.flatten(),
             update.timeout_seconds.flatten(),
@@ -224,7 +228,7 @@ impl Engine {
             .filter(|k| cursor.as_ref().is_none_or(|c| &k.id > c))
             .take(limit + 1)
             .collect();
-        let next = super::page_cursor(&mut keys, limit, |k| k.id.clone());
+        let next = page_cursor(&mut keys, limit, |k| k.id.clone());
         Ok((keys, next))
     }
 

@@ -40,7 +40,7 @@ pub fn event_id(row_id: uuid::Uuid) -> String {
 
 /// The DomainEvent for `row`, received at `now`.
 pub fn to_event(row: OutboxRow, now: OffsetDateTime) -> Result<DomainEvent, MapError> {
-    crate::engine::validate_tenant_id(&row.tenant_id)
+    crate::input::validate_tenant_id(&row.tenant_id)
         .map_err(|_| bad("tenant_id", format!("{:?}: 1 to 64 characters of a-z, 0-9, '-' and '_', starting with a letter or digit", row.tenant_id)))?;
     if validate_filter(&row.event_type).is_err() || row.event_type.contains('*') {
         return Err(bad(
@@ -55,12 +55,12 @@ pub fn to_event(row: OutboxRow, now: OffsetDateTime) -> Result<DomainEvent, MapE
         return Err(bad("payload", "must be a JSON object"));
     }
     let size = serde_json::to_vec(&row.payload).map_or(usize::MAX, |v| v.len());
-    if size > crate::engine::MAX_PAYLOAD_BYTES {
+    if size > crate::input::MAX_PAYLOAD_BYTES {
         return Err(bad(
             "payload",
             format!(
                 "is {size} bytes; the limit is {}",
-                crate::engine::MAX_PAYLOAD_BYTES
+                crate::input::MAX_PAYLOAD_BYTES
             ),
         ));
     }

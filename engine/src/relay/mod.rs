@@ -422,3 +422,23 @@ impl Session {
         }
     }
 }
+
+/// Copies the relay's committed counters into `metrics`, once a second,
+/// until `cancel`.
+pub async fn report(
+    stats: Arc<RelayStats>,
+    metrics: Arc<crate::metrics::Metrics>,
+    cancel: CancellationToken,
+) {
+    use std::sync::atomic::Ordering::Relaxed;
+    loop {
+        metrics.relay_progress(
+            stats.relayed.load(Relaxed),
+            stats.dead_lettered.load(Relaxed),
+        );
+        tokio::select! {
+            () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+            () = cancel.cancelled() => return,
+        }
+    }
+}

@@ -27,6 +27,14 @@ use std::{
 
 use parking_lot::{Mutex, MutexGuard};
 
+/// Width of a due-index bucket.
+pub(super) const BUCKET_MS: i64 = 60_000;
+
+/// The due-index bucket of a due time.
+pub(super) fn bucket(due_ms: i64) -> i64 {
+    due_ms.div_euclid(BUCKET_MS)
+}
+
 /// Slack below a due mark for rows written late.
 pub(super) const LATE_MS: i64 = 3_000;
 /// How often marks are pulled back.
@@ -53,7 +61,7 @@ impl ReadMarks {
         if m.since.is_none_or(|t| t.elapsed() > PULL_BACK_EVERY) {
             m.since = Some(Instant::now());
             let floor = crate::clock::now_ms() - PULL_BACK_MS;
-            let floor_bucket = super::schedule::bucket(floor) - 1;
+            let floor_bucket = bucket(floor) - 1;
             for b in m.buckets.values_mut() {
                 *b = (*b).min(floor_bucket);
             }
@@ -120,12 +128,12 @@ mod tests {
     fn marks_are_pulled_back() {
         let marks = ReadMarks::default();
         let now = crate::clock::now_ms();
-        let this = super::super::schedule::bucket(now);
+        let this = bucket(now);
         marks.set_first_bucket(1, this);
         marks.read_through(this, 1, now);
         marks.read_through(this - 10, 1, now);
         marks.inner.lock().since = Instant::now().checked_sub(PULL_BACK_EVERY * 2);
-        assert!(marks.first_bucket(1) < super::super::schedule::bucket(now - PULL_BACK_MS));
+        assert!(marks.first_bucket(1) < bucket(now - PULL_BACK_MS));
         assert!(marks.first_due(this, 1) <= now - PULL_BACK_MS);
         assert!(
             marks.first_due(this, 1) > i64::MIN,

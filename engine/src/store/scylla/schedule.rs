@@ -30,7 +30,10 @@
 use ::scylla::value::CqlValue;
 use futures::{StreamExt, TryStreamExt};
 
-use super::ScyllaStore;
+use super::{
+    marks::{bucket, BUCKET_MS},
+    ScyllaStore,
+};
 use crate::{
     model::{DomainEvent, ScheduledDelivery},
     store::StoreError,
@@ -38,16 +41,10 @@ use crate::{
 
 /// Partitions per due-index bucket.
 pub(super) const SHARDS: i32 = 8;
-/// Width of a due-index bucket.
-const BUCKET_MS: i64 = 60_000;
 /// How far ahead [`ScyllaStore::earliest_due`] looks.
 const SOON_MS: i64 = 1_000;
 /// Age after which an index row that disagrees with its schedule row is stale.
 const STALE_GRACE_MS: i64 = 5 * 60_000;
-
-pub(super) fn bucket(due_ms: i64) -> i64 {
-    due_ms.div_euclid(BUCKET_MS)
-}
 
 fn shard(delivery_id: &str) -> i32 {
     (crc32fast::hash(delivery_id.as_bytes()) % SHARDS as u32) as i32

@@ -1,0 +1,64 @@
+//! What the delivery shards and the attempts they send share: the job a
+//! shard is handed, the context every shard reads, and what an attempt
+//! reports back.
+
+use std::{collections::HashSet, sync::Arc};
+
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+use super::{client::DeliveryClient, retry::RetryPolicy};
+use crate::{
+    config::DeliveryConfig,
+    metrics::Metrics,
+    model::{DomainEvent, ScheduledDelivery},
+    operational::OperationalEvents,
+    store::Store,
+    subscriptions::SubscriptionIndex,
+};
+
+/// The `user-agent` of every delivery.
+pub const USER_AGENT: &str = concat!("Herald-Webhooks/", env!("CARGO_PKG_VERSION"));
+
+/// A delivery handed to a shard.
+#[derive(Debug)]
+pub struct Job {
+    /// What to deliver.
+    pub delivery: ScheduledDelivery,
+    /// The event it carries.
+    pub event: Arc<DomainEvent>,
+}
+
+/// Everything the shards share (read-only or internally synchronised).
+pub struct WorkerContext {
+    /// Durable state.
+    pub store: Arc<dyn Store>,
+    /// Subscriptions by id.
+    pub subscriptions: Arc<SubscriptionIndex>,
+    /// The HTTP client.
+    pub client: DeliveryClient,
+    /// Retry decisions.
+    pub retry: RetryPolicy,
+    /// Tuning.
+    pub config: DeliveryConfig,
+    /// Deliveries currently in a shard (so a re-claim after a lease does not double-send).
+    pub in_flight: Mutex<HashSet<String>>,
+    /// Rings the scheduler (an ordered subscription's next delivery may go).
+    pub wake: Arc<Notify>,
+    /// Herald's own events to tenants.
+    pub operational: OperationalEvents,
+    /// Where attempts and breaker states are counted.
+    pub metrics: Arc<Metrics>,
+}
+
+/// What an attempt tells its shard.
+pub struct Finished {
+    /// The subscription (endpoint) attempted.
+    pub subscription_id: String,
+    /// Whether the endpoint took it (2xx).
+    pub success: bool,
+    /// Whether the endpoint asked to slow down (429 or 503).
+    pub throttled: bool,
+    /// Whether it was the half-open breaker's probe.
+    pub probe: bool,
+}

@@ -1,0 +1,29 @@
+//! Tenants and the API keys that authenticate them.
+
+use crate::{
+    error::EngineError,
+    input::{hash_key, validate_tenant_id},
+};
+
+use super::{manage, Engine};
+
+impl Engine {
+    /// Creates a tenant and returns its first API key (shown once; stored hashed).
+    pub async fn create_tenant(&self, tenant_id: &str) -> Result<String, EngineError> {
+        validate_tenant_id(tenant_id)?;
+        let (record, key) = manage::new_key(tenant_id, Some("initial".into()));
+        self.store
+            .create_tenant(tenant_id, &record, hash_key(&key))
+            .await?;
+        tracing::info!(tenant_id, "tenant created");
+        Ok(key)
+    }
+
+    /// The tenant an API key belongs to.
+    pub async fn authenticate(&self, api_key: &str) -> Result<Option<String>, EngineError> {
+        if api_key.is_empty() || api_key.len() > 256 {
+            return Ok(None);
+        }
+        Ok(self.store.tenant_for_key(hash_key(api_key)).await?)
+    }
+}
