@@ -126,18 +126,6 @@ impl KafkaConfig {
     }
 }
 
-impl EngineConfig {
-    /// The fan-out's consumer group: `herald-fanout`, or `<prefix>-fanout`
-    /// for another Kafka topic prefix (so deployments sharing a cluster
-    /// don't share a group).
-    pub fn fanout_group(&self) -> String {
-        match &self.kafka {
-            Some(k) => format!("{}-fanout", k.topic_prefix),
-            None => FANOUT_GROUP.to_string(),
-        }
-    }
-}
-
 /// Where and how the CQL store keeps its tables.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ScyllaConfig {

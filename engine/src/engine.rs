@@ -1,9 +1,10 @@
 //! The engine facade: the operations the API exposes, over the log, the
 //! store, fan-out, the scheduler and the shards. Each responsibility has a
-//! file of its own: [`wiring`] starts it, then `tenants`, `subscribe`,
+//! file of its own: `backends` chooses the log and store once, `wiring` starts the tasks, then `tenants`, `subscribe`,
 //! `manage`, `emit`, `batch`, `query`, `replay`, `recovery`, `catalogue`
 //! and `stream` serve the API. Input rules live in [`crate::input`].
 
+mod backends;
 mod batch;
 mod catalogue;
 mod emit;
@@ -16,6 +17,7 @@ mod subscribe;
 mod tenants;
 mod wiring;
 
+pub use backends::{Backends, LogBackend, StoreBackend};
 pub use batch::MAX_BATCH_EVENTS;
 pub use catalogue::{Catalogue, EventTypePage, PreparedSchema};
 pub use manage::{SubscriptionPage, SubscriptionUpdate, API_KEY};

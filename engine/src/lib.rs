@@ -35,9 +35,9 @@ pub mod subscriptions;
 
 pub use config::EngineConfig;
 pub use engine::{
-    decode_cursor, encode_cursor, Catalogue, Engine, EventPage, EventTypePage, LogPage,
-    PreparedSchema, ReplayedDelivery, Rotation, StreamBatch, StreamFrame, SubscriptionPage,
-    SubscriptionUpdate, API_KEY, MAX_BATCH_EVENTS, RECOVERY,
+    decode_cursor, encode_cursor, Backends, Catalogue, Engine, EventPage, EventTypePage,
+    LogBackend, LogPage, PreparedSchema, ReplayedDelivery, Rotation, StoreBackend, StreamBatch,
+    StreamFrame, SubscriptionPage, SubscriptionUpdate, API_KEY, MAX_BATCH_EVENTS, RECOVERY,
 };
 pub use error::EngineError;
 pub use filters::OPERATIONAL_PREFIX;
