@@ -46,6 +46,21 @@ impl Engine {
         if let Err(e) = self.store.record_event(&event, position, until).await {
             // The event is durable in the log; fan-out will index it.
             tracing::warn!(error = %e, event_id = %event.id, "could not index an emitted event yet");
+            return Ok((event, true));
+        }
+        if let Some(key) = &event.dedupe_key {
+            // The key may have been claimed between the check above and the
+            // claim just made: by fan-out, for an earlier append of this same
+            // emit whose acknowledgement was lost. That event is the one
+            // delivered (this one is dropped as its duplicate): answer it.
+            if let Some(holder) = self
+                .store
+                .event_by_dedupe_key(tenant_id, key, now_ms())
+                .await?
+                .filter(|holder| holder.id != event.id)
+            {
+                return Ok((holder, false));
+            }
         }
         Ok((event, true))
     }
