@@ -10,7 +10,10 @@ use herald_benches::{attempt, delivery, event, subscription};
 use herald_engine::{
     encryption::SecretCipher,
     log::LogPosition,
-    store::{embedded::EmbeddedStore, FanOut, Store},
+    store::{
+        embedded::EmbeddedStore, DeliveryLogStore, FanOut, ScheduleStore, SubscriptionStore,
+        TenantStore,
+    },
 };
 
 fn store_write(c: &mut Criterion) {
@@ -28,7 +31,7 @@ fn store_write(c: &mut Criterion) {
             revoked_at: None,
         };
         store.create_tenant("acme", &key, [7; 32]).await.unwrap();
-        store.put_subscription(&sub).await.unwrap();
+        store.create_subscription(&sub).await.unwrap();
     });
     let mut offset = 0u64;
     let mut group = c.benchmark_group("store_fan_out");

@@ -10,7 +10,7 @@ use herald_engine::{
     ids,
     log::LogPosition,
     model::{DomainEvent, EventSource, Outcome, ScheduledDelivery, Trigger, WebhookDeliveryLog},
-    store::{scylla::ScyllaStore, Store},
+    store::{scylla::ScyllaStore, DeliveryLogStore, EventStore, SubscriptionStore},
 };
 use serde_json::{json, Value};
 use time::OffsetDateTime;

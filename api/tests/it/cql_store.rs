@@ -1,6 +1,7 @@
 //! Store-level tests of the CQL store against a real Apache Cassandra 5.0:
 //! claims shared by several processes, recovery jobs, time-range replay from
-//! the event log, issue 3's resources, and throughput figures.
+//! the event log, and throughput figures. What every store must do alike is
+//! in the contract suite (`engine/tests/contract`), run on both backends.
 
 use std::{collections::HashSet, sync::Arc, time::Duration};
 
@@ -10,9 +11,11 @@ use herald_engine::{
     log::LogPosition,
     model::{DomainEvent, Outcome, ScheduledDelivery, WebhookDeliveryLog},
     resources::{RecoveryJob, RecoveryStatus},
-    store::{scylla::ScyllaStore, LogFilter, RecoveryScope, Store},
+    store::{
+        scylla::ScyllaStore, DeliveryLogStore, EventStore, LogFilter, RecoveryScope, RecoveryStore,
+        ScheduleStore, SubscriptionStore,
+    },
 };
-use serde_json::{json, Value};
 use time::OffsetDateTime;
 
 use crate::cql::{attempt, cipher, config, delivery, event, now_ms};
@@ -160,17 +163,6 @@ async fn cql_claims_skip_what_they_took_but_not_what_waits() {
         .unwrap()
         .is_empty());
     assert_eq!(store.schedule_backlog().await.unwrap(), 0);
-}
-
-/// Two processes on one keyspace step a recovery job one at a time
-/// (conditional writes on `recovery_leases`).
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn cql_recovery_leases_hold_across_processes() {
-    let _cassandra = crate::cql::shared().await;
-    let cql = config("leases");
-    let a = ScyllaStore::connect(&cql, cipher()).await.unwrap();
-    let b = ScyllaStore::connect(&cql, cipher()).await.unwrap();
-    crate::support::recovery_lease_contract(&a, &b, "rcv_lease").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -500,7 +492,7 @@ async fn cql_log_range_replay_is_throttled_resumable_and_counted() {
         created_at: now,
         updated_at: now,
     };
-    store.put_subscription(&sub).await.unwrap();
+    store.create_subscription(&sub).await.unwrap();
     let make = |tenant: &str, t: &str| {
         let mut e = event(tenant);
         e.dedupe_key = None;
@@ -633,178 +625,4 @@ async fn cql_log_range_replay_is_throttled_resumable_and_counted() {
             .done,
         300
     );
-}
-
-/// Issue 3's store methods (subscriptions list/delete, API keys, the
-/// event-type catalogue) on the CQL store.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn cql_management_resources() {
-    use herald_engine::resources::{ApiKey, EventTypeSchema};
-    let _cassandra = crate::cql::shared().await;
-    let cql = config("manage");
-    let store = ScyllaStore::connect(&cql, cipher()).await.unwrap();
-    let now = OffsetDateTime::now_utc();
-    let key = |id: &str, tenant: &str| ApiKey {
-        id: id.into(),
-        tenant_id: tenant.into(),
-        name: Some("ci".into()),
-        prefix: "hk_abcd".into(),
-        created_at: now,
-        revoked_at: None,
-    };
-    store
-        .create_tenant_with_key("acme", &key("key_01", "acme"), [1; 32])
-        .await
-        .unwrap();
-    assert!(matches!(
-        store
-            .create_tenant_with_key("acme", &key("key_02", "acme"), [2; 32])
-            .await,
-        Err(herald_engine::store::StoreError::Conflict(_))
-    ));
-    assert!(store.tenant_exists("acme").await.unwrap());
-    assert!(!store.tenant_exists("globex").await.unwrap());
-    assert!(matches!(
-        store
-            .create_api_key(&key("key_09", "globex"), [9; 32])
-            .await,
-        Err(herald_engine::store::StoreError::NotFound(_))
-    ));
-    store
-        .create_api_key(&key("key_03", "acme"), [3; 32])
-        .await
-        .unwrap();
-    let keys = store.list_api_keys("acme").await.unwrap();
-    assert_eq!(
-        keys.iter().map(|k| k.id.as_str()).collect::<Vec<_>>(),
-        ["key_01", "key_03"]
-    );
-    assert_eq!(
-        store.tenant_for_key([3; 32]).await.unwrap().as_deref(),
-        Some("acme")
-    );
-    let revoked = store
-        .revoke_api_key("acme", "key_03", now_ms())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(revoked.revoked_at.is_some());
-    assert_eq!(store.tenant_for_key([3; 32]).await.unwrap(), None);
-    assert_eq!(
-        store.tenant_for_key([1; 32]).await.unwrap().as_deref(),
-        Some("acme")
-    );
-    assert!(store
-        .revoke_api_key("globex", "key_01", now_ms())
-        .await
-        .unwrap()
-        .is_none());
-
-    // Subscriptions: newest first, paged by id, deleted once.
-    let mut ids_made = Vec::new();
-    for _ in 0..5 {
-        let mut sub: herald_engine::model::WebhookSubscription = serde_json::from_value(json!({
-            "id": ids::new_id(ids::SUBSCRIPTION), "tenant_id": "acme", "url": "https://example.com/h",
-            "event_types": ["a.*"], "status": "active", "secrets": [],
-            "created_at": "2026-01-01T00:00:00Z", "updated_at": "2026-01-01T00:00:00Z"
-        }))
-        .unwrap();
-        sub.description = Some("x".into());
-        store.put_subscription(&sub).await.unwrap();
-        ids_made.push(sub.id);
-    }
-    let first = store.list_subscriptions("acme", None, 3).await.unwrap();
-    let rest = store
-        .list_subscriptions("acme", Some(&first[2].id), 3)
-        .await
-        .unwrap();
-    let listed: Vec<String> = first.iter().chain(&rest).map(|s| s.id.clone()).collect();
-    ids_made.reverse();
-    assert_eq!(listed, ids_made);
-    assert!(store
-        .list_subscriptions("globex", None, 10)
-        .await
-        .unwrap()
-        .is_empty());
-    assert!(!store
-        .delete_subscription("globex", &ids_made[0])
-        .await
-        .unwrap());
-    assert!(store
-        .delete_subscription("acme", &ids_made[0])
-        .await
-        .unwrap());
-    assert!(!store
-        .delete_subscription("acme", &ids_made[0])
-        .await
-        .unwrap());
-    // A concurrent change of a deleted subscription does not bring it back.
-    let gone = store
-        .modify_subscription(
-            "acme",
-            &ids_made[0],
-            Box::new(|s| {
-                s.description = Some("late".into());
-                true
-            }),
-        )
-        .await
-        .unwrap();
-    assert!(gone.is_none());
-    assert!(store
-        .get_subscription("acme", &ids_made[0])
-        .await
-        .unwrap()
-        .is_none());
-    let changed = store
-        .modify_subscription(
-            "acme",
-            &ids_made[1],
-            Box::new(|s| {
-                s.description = Some("changed".into());
-                true
-            }),
-        )
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(changed.1);
-    assert_eq!(
-        store
-            .get_subscription("acme", &ids_made[1])
-            .await
-            .unwrap()
-            .unwrap()
-            .description
-            .as_deref(),
-        Some("changed")
-    );
-
-    // The event-type catalogue.
-    let schema = |v: u32, s: Value| EventTypeSchema {
-        tenant_id: "acme".into(),
-        event_type: "order.created".into(),
-        schema_version: v,
-        schema: s,
-        created_at: now,
-    };
-    assert!(store
-        .put_event_type(&schema(1, json!({"type": "object"})))
-        .await
-        .unwrap());
-    assert!(!store
-        .put_event_type(&schema(1, json!({"type": "object"})))
-        .await
-        .unwrap());
-    assert!(matches!(
-        store
-            .put_event_type(&schema(1, json!({"type": "array"})))
-            .await,
-        Err(herald_engine::store::StoreError::Conflict(_))
-    ));
-    assert!(store
-        .put_event_type(&schema(2, json!({"type": "array"})))
-        .await
-        .unwrap());
-    assert_eq!(store.all_event_types().await.unwrap().len(), 2);
 }

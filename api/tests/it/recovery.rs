@@ -125,7 +125,7 @@ async fn recover_redelivers_failed_or_all_deliveries_of_a_range() {
 async fn an_unfinished_recovery_job_resumes_after_a_restart() {
     use herald_engine::{
         resources::{RecoveryJob, RecoveryStatus},
-        store::{embedded::EmbeddedStore, Store},
+        store::{embedded::EmbeddedStore, RecoveryStore},
     };
     let h = Herald::start_with(|c| c.delivery.breaker_failure_threshold = 1000).await;
     let key = h.tenant("acme").await;
@@ -176,16 +176,4 @@ async fn an_unfinished_recovery_job_resumes_after_a_restart() {
         .filter(|l| l["trigger"] == "replay")
         .collect();
     assert_eq!(replays.len(), 3);
-}
-
-/// Two processes sharing one SQLite store (Kafka mode on one machine) step a
-/// recovery job one at a time.
-#[tokio::test]
-async fn embedded_recovery_leases_hold_across_store_handles() {
-    use herald_engine::store::embedded::EmbeddedStore;
-    let dir = tempfile::tempdir().unwrap();
-    let cipher = || crate::support::data_dir_cipher(dir.path());
-    let a = EmbeddedStore::open(&dir.path().join("store"), cipher()).unwrap();
-    let b = EmbeddedStore::open(&dir.path().join("store"), cipher()).unwrap();
-    crate::support::recovery_lease_contract(&a, &b, "rcv_lease").await;
 }

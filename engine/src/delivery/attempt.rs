@@ -292,7 +292,7 @@ async fn disable(ctx: &WorkerContext, sub: &WebhookSubscription, reason: String)
                 return false;
             }
             s.status = SubscriptionStatus::Disabled;
-            s.disabled_reason = Some(why);
+            s.disabled_reason = Some(why.clone());
             s.updated_at = OffsetDateTime::now_utc();
             true
         }),

@@ -12,7 +12,7 @@ use crate::{
     encryption::{self, KeyRing, SecretCipher},
     error::EngineError,
     log::{embedded::EmbeddedLog, kafka::KafkaLog, EventLog},
-    store::{embedded::EmbeddedStore, scylla::ScyllaStore, Store, StoreError},
+    store::{embedded::EmbeddedStore, scylla::ScyllaStore, ScheduleStore, Store, StoreError},
 };
 
 /// The event log of a deployment.

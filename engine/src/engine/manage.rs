@@ -102,32 +102,34 @@ impl Engine {
             update.timeout_seconds.flatten(),
         )?;
         let _guard = self.lock_subscription(id).await;
-        let mut sub = self.subscription(tenant_id, id).await?;
-        if let Some(url) = update.url {
-            sub.url = url;
-        }
-        if let Some(types) = update.event_types {
-            sub.event_types = types;
-        }
-        if let Some(d) = update.description {
-            sub.description = d;
-        }
-        if let Some(h) = update.headers {
-            sub.headers = h;
-        }
-        if let Some(r) = update.rate_limit {
-            sub.rate_limit = r;
-        }
-        if let Some(o) = update.ordering {
-            sub.ordering = o;
-        }
-        if let Some(m) = update.max_in_flight {
-            sub.max_in_flight = m;
-        }
-        if let Some(t) = update.timeout_seconds {
-            sub.timeout_seconds = t;
-        }
-        self.save_subscription(sub, "subscription updated").await
+        self.change_subscription(tenant_id, id, "subscription updated", move |sub| {
+            let update = update.clone();
+            if let Some(url) = update.url {
+                sub.url = url;
+            }
+            if let Some(types) = update.event_types {
+                sub.event_types = types;
+            }
+            if let Some(d) = update.description {
+                sub.description = d;
+            }
+            if let Some(h) = update.headers {
+                sub.headers = h;
+            }
+            if let Some(r) = update.rate_limit {
+                sub.rate_limit = r;
+            }
+            if let Some(o) = update.ordering {
+                sub.ordering = o;
+            }
+            if let Some(m) = update.max_in_flight {
+                sub.max_in_flight = m;
+            }
+            if let Some(t) = update.timeout_seconds {
+                sub.timeout_seconds = t;
+            }
+        })
+        .await
     }
 
     /// Pauses deliveries to a subscription: new events still create
@@ -138,9 +140,10 @@ impl Engine {
         id: &str,
     ) -> Result<WebhookSubscription, EngineError> {
         let _guard = self.lock_subscription(id).await;
-        let mut sub = self.subscription(tenant_id, id).await?;
-        sub.status = SubscriptionStatus::Paused;
-        self.save_subscription(sub, "subscription paused").await
+        self.change_subscription(tenant_id, id, "subscription paused", |sub| {
+            sub.status = SubscriptionStatus::Paused;
+        })
+        .await
     }
 
     /// Resumes a paused (or disabled) subscription.
@@ -151,11 +154,12 @@ impl Engine {
     ) -> Result<WebhookSubscription, EngineError> {
         let sub = {
             let _guard = self.lock_subscription(id).await;
-            let mut sub = self.subscription(tenant_id, id).await?;
-            sub.status = SubscriptionStatus::Active;
-            sub.disabled_reason = None;
-            sub.failing_since = None;
-            self.save_subscription(sub, "subscription resumed").await?
+            self.change_subscription(tenant_id, id, "subscription resumed", |sub| {
+                sub.status = SubscriptionStatus::Active;
+                sub.disabled_reason = None;
+                sub.failing_since = None;
+            })
+            .await?
         };
         self.wake.notify_one();
         Ok(sub)
@@ -172,15 +176,32 @@ impl Engine {
         Ok(())
     }
 
-    async fn save_subscription(
+    /// Applies `change` to the stored subscription through the store's
+    /// compare-and-set (it runs on the stored value, again if a concurrent
+    /// writer got there first, so it never undoes a worker's auto-disable),
+    /// then to the matching index. `NotFound` if there is no such subscription.
+    pub(super) async fn change_subscription(
         &self,
-        mut sub: WebhookSubscription,
+        tenant_id: &str,
+        id: &str,
         what: &'static str,
+        mut change: impl FnMut(&mut WebhookSubscription) + Send + 'static,
     ) -> Result<WebhookSubscription, EngineError> {
-        sub.updated_at = OffsetDateTime::now_utc();
-        self.store.put_subscription(&sub).await?;
+        let (sub, _) = self
+            .store
+            .modify_subscription(
+                tenant_id,
+                id,
+                Box::new(move |sub| {
+                    change(sub);
+                    sub.updated_at = OffsetDateTime::now_utc();
+                    true
+                }),
+            )
+            .await?
+            .ok_or(EngineError::NotFound("subscription"))?;
         self.subscriptions.upsert(sub.clone());
-        tracing::info!(tenant_id = %sub.tenant_id, subscription_id = %sub.id, "{what}");
+        tracing::info!(tenant_id, subscription_id = id, "{what}");
         Ok(sub)
     }
 

@@ -67,7 +67,7 @@ impl Engine {
             created_at: now,
             updated_at: now,
         };
-        self.store.put_subscription(&sub).await?;
+        self.store.create_subscription(&sub).await?;
         self.subscriptions.upsert(sub.clone());
         tracing::info!(tenant_id, subscription_id = %sub.id, "subscription created");
         Ok(sub)
@@ -113,22 +113,29 @@ impl Engine {
             None => SigningSecret::generate(),
         };
         let _guard = self.lock_subscription(id).await;
-        let mut sub = self.subscription(tenant_id, id).await?;
         let now = OffsetDateTime::now_utc();
         let expires = now + grace;
-        let mut secrets = vec![SecretEntry {
-            secret: new_secret.clone(),
-            expires_at: None,
-        }];
-        for mut old in sub.secrets.drain(..) {
-            old.expires_at = Some(old.expires_at.map_or(expires, |t| t.min(expires)));
-            if old.expires_at.is_some_and(|t| t > now) {
-                secrets.push(old);
+        let current = new_secret.clone();
+        let rotate = move |sub: &mut WebhookSubscription| {
+            let mut secrets = vec![SecretEntry {
+                secret: current.clone(),
+                expires_at: None,
+            }];
+            for mut old in sub.secrets.drain(..) {
+                old.expires_at = Some(old.expires_at.map_or(expires, |t| t.min(expires)));
+                if old.expires_at.is_some_and(|t| t > now) {
+                    secrets.push(old);
+                }
             }
-        }
-        sub.secrets = secrets;
-        sub.updated_at = now;
-        self.store.put_subscription(&sub).await?;
+            sub.secrets = secrets;
+            sub.updated_at = now;
+            true
+        };
+        let (sub, _) = self
+            .store
+            .modify_subscription(tenant_id, id, Box::new(rotate))
+            .await?
+            .ok_or(EngineError::NotFound("subscription"))?;
         self.subscriptions.upsert(sub);
         tracing::info!(
             tenant_id,

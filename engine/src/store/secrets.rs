@@ -274,7 +274,7 @@ mod tests {
 
     #[tokio::test]
     async fn embedded_store_reseals_legacy_plaintext_rows_and_leaves_no_copy_in_its_files() {
-        use crate::store::{embedded::EmbeddedStore, Store};
+        use crate::store::{embedded::EmbeddedStore, SubscriptionStore};
 
         let dir = tempfile::tempdir().unwrap();
         let cipher = SecretCipher::random();
@@ -282,7 +282,7 @@ mod tests {
         let s = sub("sub_1", &[&current, &previous]);
         {
             let store = EmbeddedStore::open(dir.path(), cipher.clone()).unwrap();
-            store.put_subscription(&s).await.unwrap();
+            store.create_subscription(&s).await.unwrap();
         }
         for secret in [&current, &previous] {
             assert!(files_contain(dir.path(), &base64_part(secret)).is_empty());

@@ -8,12 +8,13 @@
 //! repeats the fan-out (duplicates possible) instead of losing deliveries.
 
 use ::scylla::value::CqlValue;
+use async_trait::async_trait;
 
 use super::{decode, encode, id_day, ScyllaStore};
 use crate::{
     log::LogPosition,
     model::{DomainEvent, ScheduledDelivery},
-    store::{EventFilter, FanOut, FanOutResult, StoreError},
+    store::{EventFilter, EventStore, FanOut, FanOutResult, StoreError},
 };
 
 const STATE_FANNED_OUT: i32 = 1;
@@ -79,46 +80,6 @@ impl ScyllaStore {
         }
     }
 
-    pub(super) async fn dedupe_holder(
-        &self,
-        tenant_id: &str,
-        key: &str,
-        now_ms: i64,
-    ) -> Result<Option<DomainEvent>, StoreError> {
-        let row: Option<(String, i64)> = self
-            .row(
-                "SELECT event_id, expires_at FROM dedupe WHERE tenant_id = ? AND dedupe_key = ?",
-                (tenant_id, key),
-            )
-            .await?;
-        match row {
-            Some((event_id, expires)) if expires > now_ms => self.event(tenant_id, &event_id).await,
-            _ => Ok(None),
-        }
-    }
-
-    /// The event by id if it belongs to the tenant and is not a dropped duplicate.
-    pub(super) async fn event(
-        &self,
-        tenant_id: &str,
-        id: &str,
-    ) -> Result<Option<DomainEvent>, StoreError> {
-        let row: Option<(String, Option<i32>, String)> = self
-            .row(
-                "SELECT tenant_id, state, body FROM events WHERE id = ?",
-                (id,),
-            )
-            .await?;
-        match row {
-            Some((tenant, state, body))
-                if tenant == tenant_id && state != Some(STATE_DUPLICATE) =>
-            {
-                decode(&body).map(Some)
-            }
-            _ => Ok(None),
-        }
-    }
-
     /// The event by id, whatever its tenant (the scheduler's read).
     pub(super) async fn event_any(&self, id: &str) -> Result<Option<DomainEvent>, StoreError> {
         let row: Option<(String,)> = self
@@ -127,32 +88,7 @@ impl ScyllaStore {
         row.map(|(b,)| decode(&b)).transpose()
     }
 
-    pub(super) async fn events_page(
-        &self,
-        tenant_id: &str,
-        filter: &EventFilter,
-        limit: usize,
-    ) -> Result<Vec<DomainEvent>, StoreError> {
-        let wanted = filter.event_type.clone();
-        let bodies = self
-            .walk_days(
-                "SELECT id, event_type, tenant_id, body FROM events_by_day WHERE tenant_id = ? AND day = ? AND id < ? LIMIT ?",
-                &[tenant_id],
-                filter.before.as_deref(),
-                limit,
-                |event_type, _| match &wanted {
-                    None => true,
-                    Some(t) => match t.strip_suffix('*') {
-                        Some(prefix) => event_type.starts_with(prefix),
-                        None => event_type == t,
-                    },
-                },
-            )
-            .await?;
-        bodies.iter().map(|b| decode(b)).collect()
-    }
-
-    /// One event's fan-out (see `Store::fan_out`).
+    /// One event's fan-out (see `ScheduleStore::fan_out`).
     pub(super) async fn fan_out_one(
         &self,
         item: &FanOut,
@@ -207,5 +143,93 @@ impl ScyllaStore {
         )
         .await?;
         Ok(FanOutResult::Scheduled)
+    }
+}
+
+#[async_trait]
+impl EventStore for ScyllaStore {
+    async fn record_event(
+        &self,
+        event: &DomainEvent,
+        position: LogPosition,
+        dedupe_until_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.index_event(event, position).await?;
+        if let Some(key) = &event.dedupe_key {
+            self.claim_dedupe(event, key, dedupe_until_ms, crate::clock::now_ms())
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn event_by_dedupe_key(
+        &self,
+        tenant_id: &str,
+        key: &str,
+        now_ms: i64,
+    ) -> Result<Option<DomainEvent>, StoreError> {
+        let row: Option<(String, i64)> = self
+            .row(
+                "SELECT event_id, expires_at FROM dedupe WHERE tenant_id = ? AND dedupe_key = ?",
+                (tenant_id, key),
+            )
+            .await?;
+        match row {
+            Some((event_id, expires)) if expires > now_ms => {
+                self.get_event(tenant_id, &event_id).await
+            }
+            _ => Ok(None),
+        }
+    }
+
+    async fn get_event(
+        &self,
+        tenant_id: &str,
+        id: &str,
+    ) -> Result<Option<DomainEvent>, StoreError> {
+        let row: Option<(String, Option<i32>, String)> = self
+            .row(
+                "SELECT tenant_id, state, body FROM events WHERE id = ?",
+                (id,),
+            )
+            .await?;
+        match row {
+            Some((tenant, state, body))
+                if tenant == tenant_id && state != Some(STATE_DUPLICATE) =>
+            {
+                decode(&body).map(Some)
+            }
+            _ => Ok(None),
+        }
+    }
+
+    async fn list_events(
+        &self,
+        tenant_id: &str,
+        filter: &EventFilter,
+        limit: usize,
+    ) -> Result<Vec<DomainEvent>, StoreError> {
+        let wanted = filter.event_type.clone();
+        let bodies = self
+            .walk_days(
+                "SELECT id, event_type, tenant_id, body FROM events_by_day WHERE tenant_id = ? AND day = ? AND id < ? LIMIT ?",
+                &[tenant_id],
+                filter.before.as_deref(),
+                limit,
+                |event_type, _| match &wanted {
+                    None => true,
+                    Some(t) => match t.strip_suffix('*') {
+                        Some(prefix) => event_type.starts_with(prefix),
+                        None => event_type == t,
+                    },
+                },
+            )
+            .await?;
+        bodies.iter().map(|b| decode(b)).collect()
+    }
+
+    async fn purge_expired(&self, _now_ms: i64) -> Result<u64, StoreError> {
+        // Dedupe claims carry a TTL: the database drops them itself.
+        Ok(0)
     }
 }

@@ -4,10 +4,12 @@
 //! `(subscription, event)` in `sub_event_state`, which a recovery reads.
 //! Rows expire with the tables' default TTL (the retention).
 
+use async_trait::async_trait;
+
 use super::{decode, encode, id_day, ScyllaStore};
 use crate::{
-    model::WebhookDeliveryLog,
-    store::{LogFilter, StoreError},
+    model::{ScheduledDelivery, WebhookDeliveryLog},
+    store::{DeliveryLogStore, LogFilter, StoreError},
 };
 
 impl ScyllaStore {
@@ -42,8 +44,20 @@ impl ScyllaStore {
         futures::try_join!(by_tenant, by_subscription, by_event, latest)?;
         Ok(())
     }
+}
 
-    pub(super) async fn logs_page(
+#[async_trait]
+impl DeliveryLogStore for ScyllaStore {
+    async fn record_attempt(
+        &self,
+        attempt: WebhookDeliveryLog,
+        next: Option<ScheduledDelivery>,
+    ) -> Result<(), StoreError> {
+        self.write_log(&attempt).await?;
+        self.settle(&attempt.delivery_id, next).await
+    }
+
+    async fn list_delivery_logs(
         &self,
         tenant_id: &str,
         filter: &LogFilter,

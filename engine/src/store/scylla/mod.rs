@@ -28,10 +28,11 @@
 //! driver's default load balancing is token-aware, so each statement goes to
 //! a replica of its partition.
 
+mod catalogue;
 mod events;
 mod logs;
 mod marks;
-mod resources;
+mod recovery;
 mod schedule;
 mod subscriptions;
 mod tenants;
@@ -48,24 +49,14 @@ use ::scylla::{
     statement::Consistency,
     value::{CqlValue, Row},
 };
-use async_trait::async_trait;
 use futures::TryStreamExt;
 
-use super::{
-    secrets::SubscriptionCodec, EventFilter, FanOut, FanOutResult, LogFilter, RecoveryScope, Store,
-    StoreError, SubscriptionChange,
-};
-use crate::{
-    config::ScyllaConfig,
-    encryption::SecretCipher,
-    log::LogPosition,
-    model::{DomainEvent, ScheduledDelivery, WebhookDeliveryLog, WebhookSubscription},
-    resources::{ApiKey, EventTypeSchema, RecoveryCandidate, RecoveryJob},
-};
+use super::{secrets::SubscriptionCodec, StoreError};
+use crate::{config::ScyllaConfig, encryption::SecretCipher};
 
 const DAY_MS: i64 = 86_400_000;
 
-/// The CQL store.
+/// The CQL store; one file per role.
 pub struct ScyllaStore {
     session: Arc<CachingSession>,
     retention_days: i32,
@@ -155,6 +146,28 @@ impl ScyllaStore {
                 .query_unpaged(statement, ())
                 .await
                 .map_err(unavailable)?;
+        }
+        // Columns added since a table was first created.
+        for (table, column, kind) in ADDED_COLUMNS {
+            let present: Vec<(String,)> = session
+                .query_unpaged(
+                    "SELECT column_name FROM system_schema.columns WHERE keyspace_name = ? AND table_name = ? AND column_name = ?",
+                    (ks, table, column),
+                )
+                .await
+                .map_err(unavailable)?
+                .into_rows_result()
+                .map_err(corrupt)?
+                .rows::<(String,)>()
+                .map_err(corrupt)?
+                .collect::<Result<_, _>>()
+                .map_err(corrupt)?;
+            if present.is_empty() {
+                session
+                    .query_unpaged(format!("ALTER TABLE {table} ADD {column} {kind}"), ())
+                    .await
+                    .map_err(unavailable)?;
+            }
         }
         // Tables created by an earlier run keep the retention configured now.
         for table in HISTORY_TABLES {
@@ -331,6 +344,10 @@ impl ScyllaStore {
     }
 }
 
+/// Columns `schema.cql` has that tables created by an older version lack:
+/// `(table, column, type)`.
+const ADDED_COLUMNS: [(&str, &str, &str); 1] = [("subscriptions", "revision", "bigint")];
+
 /// Tables whose rows expire after the retention.
 const HISTORY_TABLES: [&str; 6] = [
     "events",
@@ -352,279 +369,6 @@ fn schema_statements() -> Vec<String> {
         .map(|s| s.trim().to_string())
         .filter(|s| !s.is_empty())
         .collect()
-}
-
-impl ScyllaStore {
-    /// Marks that a subscription changed (microseconds since the epoch: a new
-    /// value on every write, whichever process makes it).
-    async fn bump_subscriptions_version(&self) -> Result<(), StoreError> {
-        let now_us = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000) as i64;
-        self.exec("UPDATE meta SET v = ? WHERE k = 'subscriptions'", (now_us,))
-            .await
-    }
-}
-
-#[async_trait]
-impl Store for ScyllaStore {
-    async fn create_tenant(
-        &self,
-        tenant_id: &str,
-        first_key: &ApiKey,
-        key_hash: [u8; 32],
-    ) -> Result<(), StoreError> {
-        self.create_tenant_with_key(tenant_id, first_key, key_hash)
-            .await
-    }
-
-    // The management methods live in `tenants.rs`, `subscriptions.rs` and
-    // `resources.rs` as inherent methods; the trait delegates to them.
-
-    async fn list_subscriptions(
-        &self,
-        tenant_id: &str,
-        before: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<WebhookSubscription>, StoreError> {
-        ScyllaStore::list_subscriptions(self, tenant_id, before, limit).await
-    }
-
-    async fn delete_subscription(&self, tenant_id: &str, id: &str) -> Result<bool, StoreError> {
-        let deleted = ScyllaStore::delete_subscription(self, tenant_id, id).await?;
-        if deleted {
-            self.bump_subscriptions_version().await?;
-        }
-        Ok(deleted)
-    }
-
-    async fn tenant_exists(&self, tenant_id: &str) -> Result<bool, StoreError> {
-        ScyllaStore::tenant_exists(self, tenant_id).await
-    }
-
-    async fn create_api_key(&self, key: &ApiKey, key_hash: [u8; 32]) -> Result<(), StoreError> {
-        ScyllaStore::create_api_key(self, key, key_hash).await
-    }
-
-    async fn list_api_keys(&self, tenant_id: &str) -> Result<Vec<ApiKey>, StoreError> {
-        ScyllaStore::list_api_keys(self, tenant_id).await
-    }
-
-    async fn revoke_api_key(
-        &self,
-        tenant_id: &str,
-        key_id: &str,
-        at_ms: i64,
-    ) -> Result<Option<ApiKey>, StoreError> {
-        ScyllaStore::revoke_api_key(self, tenant_id, key_id, at_ms).await
-    }
-
-    async fn put_event_type(&self, schema: &EventTypeSchema) -> Result<bool, StoreError> {
-        ScyllaStore::put_event_type(self, schema).await
-    }
-
-    async fn all_event_types(&self) -> Result<Vec<EventTypeSchema>, StoreError> {
-        ScyllaStore::all_event_types(self).await
-    }
-
-    async fn create_recovery(&self, job: &RecoveryJob) -> Result<(), StoreError> {
-        ScyllaStore::create_recovery(self, job).await
-    }
-
-    async fn get_recovery(
-        &self,
-        tenant_id: &str,
-        id: &str,
-    ) -> Result<Option<RecoveryJob>, StoreError> {
-        ScyllaStore::get_recovery(self, tenant_id, id).await
-    }
-
-    async fn unfinished_recoveries(
-        &self,
-    ) -> Result<Vec<(RecoveryJob, Option<String>)>, StoreError> {
-        ScyllaStore::unfinished_recoveries(self).await
-    }
-
-    async fn lease_recovery(
-        &self,
-        id: &str,
-        owner: &str,
-        now_ms: i64,
-        until_ms: i64,
-    ) -> Result<bool, StoreError> {
-        ScyllaStore::lease_recovery(self, id, owner, now_ms, until_ms).await
-    }
-
-    async fn count_recovery_candidates(&self, scope: &RecoveryScope) -> Result<u64, StoreError> {
-        ScyllaStore::count_recovery_candidates(self, scope).await
-    }
-
-    async fn recovery_candidates(
-        &self,
-        scope: &RecoveryScope,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<RecoveryCandidate>, StoreError> {
-        ScyllaStore::recovery_candidates(self, scope, after, limit).await
-    }
-
-    async fn advance_recovery(
-        &self,
-        job: &RecoveryJob,
-        deliveries: Vec<ScheduledDelivery>,
-        cursor: Option<String>,
-        finished: bool,
-    ) -> Result<(), StoreError> {
-        ScyllaStore::advance_recovery(self, job, deliveries, cursor, finished).await
-    }
-
-    async fn tenant_for_key(&self, key_hash: [u8; 32]) -> Result<Option<String>, StoreError> {
-        self.tenant_by_key(key_hash).await
-    }
-
-    async fn put_subscription(&self, sub: &WebhookSubscription) -> Result<(), StoreError> {
-        self.put_sub(sub).await?;
-        self.bump_subscriptions_version().await
-    }
-
-    async fn modify_subscription(
-        &self,
-        tenant_id: &str,
-        id: &str,
-        change: SubscriptionChange,
-    ) -> Result<Option<(WebhookSubscription, bool)>, StoreError> {
-        let out = self.modify_sub(tenant_id, id, change).await?;
-        if matches!(out, Some((_, true))) {
-            self.bump_subscriptions_version().await?;
-        }
-        Ok(out)
-    }
-
-    async fn subscriptions_version(&self) -> Result<u64, StoreError> {
-        let row: Option<(Option<i64>,)> = self
-            .row("SELECT v FROM meta WHERE k = 'subscriptions'", ())
-            .await?;
-        Ok(row.and_then(|(v,)| v).unwrap_or(0) as u64)
-    }
-
-    async fn get_subscription(
-        &self,
-        tenant_id: &str,
-        id: &str,
-    ) -> Result<Option<WebhookSubscription>, StoreError> {
-        self.get_sub(tenant_id, id).await
-    }
-
-    async fn all_subscriptions(&self) -> Result<Vec<WebhookSubscription>, StoreError> {
-        self.all_subs().await
-    }
-
-    async fn record_event(
-        &self,
-        event: &DomainEvent,
-        position: LogPosition,
-        dedupe_until_ms: i64,
-    ) -> Result<(), StoreError> {
-        self.index_event(event, position).await?;
-        if let Some(key) = &event.dedupe_key {
-            self.claim_dedupe(event, key, dedupe_until_ms, crate::clock::now_ms())
-                .await?;
-        }
-        Ok(())
-    }
-
-    async fn event_by_dedupe_key(
-        &self,
-        tenant_id: &str,
-        dedupe_key: &str,
-        now_ms: i64,
-    ) -> Result<Option<DomainEvent>, StoreError> {
-        self.dedupe_holder(tenant_id, dedupe_key, now_ms).await
-    }
-
-    async fn get_event(
-        &self,
-        tenant_id: &str,
-        id: &str,
-    ) -> Result<Option<DomainEvent>, StoreError> {
-        self.event(tenant_id, id).await
-    }
-
-    async fn list_events(
-        &self,
-        tenant_id: &str,
-        filter: &EventFilter,
-        limit: usize,
-    ) -> Result<Vec<DomainEvent>, StoreError> {
-        self.events_page(tenant_id, filter, limit).await
-    }
-
-    async fn fan_out(
-        &self,
-        batch: Vec<FanOut>,
-        dedupe_until_ms: i64,
-        now_ms: i64,
-    ) -> Result<Vec<FanOutResult>, StoreError> {
-        let work = batch
-            .iter()
-            .map(|item| self.fan_out_one(item, dedupe_until_ms, now_ms));
-        futures::future::try_join_all(work).await
-    }
-
-    async fn schedule(&self, deliveries: Vec<ScheduledDelivery>) -> Result<(), StoreError> {
-        let work = deliveries.iter().map(|d| self.insert_schedule(d, None));
-        futures::future::try_join_all(work).await?;
-        Ok(())
-    }
-
-    async fn claim_due(
-        &self,
-        now_ms: i64,
-        lease_until_ms: i64,
-        limit: usize,
-    ) -> Result<Vec<(ScheduledDelivery, DomainEvent)>, StoreError> {
-        self.claim(now_ms, lease_until_ms, limit).await
-    }
-
-    async fn record_attempt(
-        &self,
-        attempt: WebhookDeliveryLog,
-        next: Option<ScheduledDelivery>,
-    ) -> Result<(), StoreError> {
-        self.write_log(&attempt).await?;
-        self.settle(&attempt.delivery_id, next).await
-    }
-
-    async fn release_leases(&self, now_ms: i64) -> Result<u64, StoreError> {
-        self.release(now_ms).await
-    }
-
-    async fn next_due(&self) -> Result<Option<i64>, StoreError> {
-        self.earliest_due().await
-    }
-
-    async fn schedule_backlog(&self) -> Result<u64, StoreError> {
-        self.backlog().await
-    }
-
-    async fn ping(&self) -> Result<(), StoreError> {
-        let _: Option<(String,)> = self
-            .row("SELECT release_version FROM system.local", ())
-            .await?;
-        Ok(())
-    }
-
-    async fn list_delivery_logs(
-        &self,
-        tenant_id: &str,
-        filter: &LogFilter,
-        limit: usize,
-    ) -> Result<Vec<WebhookDeliveryLog>, StoreError> {
-        self.logs_page(tenant_id, filter, limit).await
-    }
-
-    async fn purge_expired(&self, _now_ms: i64) -> Result<u64, StoreError> {
-        // Dedupe claims carry a TTL: the database drops them itself.
-        Ok(0)
-    }
 }
 
 #[cfg(test)]

@@ -28,6 +28,7 @@
 //! mistaken for stale). A delivery is never left without an index row.
 
 use ::scylla::value::CqlValue;
+use async_trait::async_trait;
 use futures::{StreamExt, TryStreamExt};
 
 use super::{
@@ -36,7 +37,7 @@ use super::{
 };
 use crate::{
     model::{DomainEvent, ScheduledDelivery},
-    store::StoreError,
+    store::{FanOut, FanOutResult, ScheduleStore, StoreError},
 };
 
 /// Partitions per due-index bucket.
@@ -120,89 +121,6 @@ impl ScyllaStore {
             ),
         )
         .await
-    }
-
-    /// Takes up to `limit` due deliveries (see the module doc).
-    pub(super) async fn claim(
-        &self,
-        now: i64,
-        lease_until: i64,
-        limit: usize,
-    ) -> Result<Vec<(ScheduledDelivery, DomainEvent)>, StoreError> {
-        let now_bucket = bucket(now);
-        let mut candidates: Vec<(i64, String)> = Vec::new();
-        // Partitions whose every row due by `now` was read.
-        let mut read_whole: Vec<(i64, i32)> = Vec::new();
-        // Start at a random shard so concurrent workers spread out.
-        let first = rand::random::<u32>() % SHARDS as u32;
-        for k in 0..SHARDS {
-            let s = ((first as i32) + k) % SHARDS;
-            let buckets: Vec<(i64,)> = self
-                .rows(
-                    "SELECT bucket FROM schedule_buckets WHERE shard = ? AND bucket >= ? AND bucket <= ?",
-                    (s, self.marks.first_bucket(s), now_bucket),
-                )
-                .await?;
-            let mut oldest_kept = None;
-            for (b,) in buckets {
-                if candidates.len() >= limit {
-                    oldest_kept = oldest_kept.or(Some(b));
-                    break;
-                }
-                let from = self.marks.first_due(b, s);
-                let want = limit - candidates.len();
-                let rows: Vec<(i64, String)> = self
-                    .rows(
-                        "SELECT due_at, delivery_id FROM schedule_due WHERE bucket = ? AND shard = ? AND due_at >= ? AND due_at <= ? LIMIT ?",
-                        (b, s, from, now, want as i32),
-                    )
-                    .await?;
-                if rows.len() < want {
-                    read_whole.push((b, s));
-                }
-                if rows.is_empty() && b < now_bucket - 1 && from <= b * BUCKET_MS {
-                    // Read whole and empty; nothing is ever indexed that far
-                    // in the past again.
-                    self.exec(
-                        "DELETE FROM schedule_buckets WHERE shard = ? AND bucket = ?",
-                        (s, b),
-                    )
-                    .await?;
-                } else {
-                    oldest_kept = oldest_kept.or(Some(b));
-                }
-                candidates.extend(rows);
-            }
-            let first_live = oldest_kept.unwrap_or(now_bucket - 1).min(now_bucket - 1);
-            self.marks.set_first_bucket(s, first_live);
-        }
-        let mut out = Vec::new();
-        let attempts = candidates
-            .iter()
-            .map(|(due, id)| self.try_claim(id.clone(), *due, now, lease_until));
-        let results = futures::future::join_all(attempts).await;
-        // A partition read whole is marked read up to `now`, or up to the
-        // first row it still holds (not taken: another's ordered head, or
-        // claimed elsewhere), which the next claim must see again.
-        let mut upto: std::collections::HashMap<(i64, i32), i64> =
-            read_whole.into_iter().map(|p| (p, now)).collect();
-        for ((due, id), result) in candidates.iter().zip(&results) {
-            if matches!(result, Ok(None)) {
-                if let Some(u) = upto.get_mut(&(bucket(*due), shard(id))) {
-                    *u = (*u).min(due + super::marks::LATE_MS);
-                }
-            }
-        }
-        for claimed in results {
-            if let Some(pair) = claimed? {
-                out.push(pair);
-            }
-        }
-        for ((b, s), u) in upto {
-            self.marks.read_through(b, s, u);
-        }
-        out.sort_by_key(|(d, _)| d.due_at_ms);
-        Ok(out)
     }
 
     async fn try_claim(
@@ -314,9 +232,128 @@ impl ScyllaStore {
         }
         Ok(())
     }
+}
+
+fn delivery_of(delivery_id: &str, row: &ScheduleRow) -> ScheduledDelivery {
+    ScheduledDelivery {
+        delivery_id: delivery_id.to_string(),
+        tenant_id: row.0.clone(),
+        event_id: row.1.clone(),
+        subscription_id: row.2.clone(),
+        attempt: row.3.max(1) as u32,
+        is_replay: row.4,
+        replay_of: row.5.clone(),
+        due_at_ms: row.6,
+        seq: row.7.unwrap_or(0),
+        ordered: row.8.unwrap_or(false),
+    }
+}
+
+#[async_trait]
+impl ScheduleStore for ScyllaStore {
+    async fn fan_out(
+        &self,
+        batch: Vec<FanOut>,
+        dedupe_until_ms: i64,
+        now_ms: i64,
+    ) -> Result<Vec<FanOutResult>, StoreError> {
+        let work = batch
+            .iter()
+            .map(|item| self.fan_out_one(item, dedupe_until_ms, now_ms));
+        futures::future::try_join_all(work).await
+    }
+
+    async fn schedule(&self, deliveries: Vec<ScheduledDelivery>) -> Result<(), StoreError> {
+        let work = deliveries.iter().map(|d| self.insert_schedule(d, None));
+        futures::future::try_join_all(work).await?;
+        Ok(())
+    }
+
+    /// Takes up to `limit` due deliveries (see the module doc).
+    async fn claim_due(
+        &self,
+        now: i64,
+        lease_until: i64,
+        limit: usize,
+    ) -> Result<Vec<(ScheduledDelivery, DomainEvent)>, StoreError> {
+        let now_bucket = bucket(now);
+        let mut candidates: Vec<(i64, String)> = Vec::new();
+        // Partitions whose every row due by `now` was read.
+        let mut read_whole: Vec<(i64, i32)> = Vec::new();
+        // Start at a random shard so concurrent workers spread out.
+        let first = rand::random::<u32>() % SHARDS as u32;
+        for k in 0..SHARDS {
+            let s = ((first as i32) + k) % SHARDS;
+            let buckets: Vec<(i64,)> = self
+                .rows(
+                    "SELECT bucket FROM schedule_buckets WHERE shard = ? AND bucket >= ? AND bucket <= ?",
+                    (s, self.marks.first_bucket(s), now_bucket),
+                )
+                .await?;
+            let mut oldest_kept = None;
+            for (b,) in buckets {
+                if candidates.len() >= limit {
+                    oldest_kept = oldest_kept.or(Some(b));
+                    break;
+                }
+                let from = self.marks.first_due(b, s);
+                let want = limit - candidates.len();
+                let rows: Vec<(i64, String)> = self
+                    .rows(
+                        "SELECT due_at, delivery_id FROM schedule_due WHERE bucket = ? AND shard = ? AND due_at >= ? AND due_at <= ? LIMIT ?",
+                        (b, s, from, now, want as i32),
+                    )
+                    .await?;
+                if rows.len() < want {
+                    read_whole.push((b, s));
+                }
+                if rows.is_empty() && b < now_bucket - 1 && from <= b * BUCKET_MS {
+                    // Read whole and empty; nothing is ever indexed that far
+                    // in the past again.
+                    self.exec(
+                        "DELETE FROM schedule_buckets WHERE shard = ? AND bucket = ?",
+                        (s, b),
+                    )
+                    .await?;
+                } else {
+                    oldest_kept = oldest_kept.or(Some(b));
+                }
+                candidates.extend(rows);
+            }
+            let first_live = oldest_kept.unwrap_or(now_bucket - 1).min(now_bucket - 1);
+            self.marks.set_first_bucket(s, first_live);
+        }
+        let mut out = Vec::new();
+        let attempts = candidates
+            .iter()
+            .map(|(due, id)| self.try_claim(id.clone(), *due, now, lease_until));
+        let results = futures::future::join_all(attempts).await;
+        // A partition read whole is marked read up to `now`, or up to the
+        // first row it still holds (not taken: another's ordered head, or
+        // claimed elsewhere), which the next claim must see again.
+        let mut upto: std::collections::HashMap<(i64, i32), i64> =
+            read_whole.into_iter().map(|p| (p, now)).collect();
+        for ((due, id), result) in candidates.iter().zip(&results) {
+            if matches!(result, Ok(None)) {
+                if let Some(u) = upto.get_mut(&(bucket(*due), shard(id))) {
+                    *u = (*u).min(due + super::marks::LATE_MS);
+                }
+            }
+        }
+        for claimed in results {
+            if let Some(pair) = claimed? {
+                out.push(pair);
+            }
+        }
+        for ((b, s), u) in upto {
+            self.marks.read_through(b, s, u);
+        }
+        out.sort_by_key(|(d, _)| d.due_at_ms);
+        Ok(out)
+    }
 
     /// Makes every leased delivery due at `now` (single-process use only).
-    pub(super) async fn release(&self, now: i64) -> Result<u64, StoreError> {
+    async fn release_leases(&self, now: i64) -> Result<u64, StoreError> {
         let mut leased = Vec::new();
         self.scan(
             "SELECT delivery_id, due_at, leased FROM schedule",
@@ -346,7 +383,7 @@ impl ScyllaStore {
     /// an entry a crash left between two writes counts until a claim meets
     /// and drops it): bounded single-partition reads, a few at once, never a
     /// scan of the whole `schedule` table.
-    pub(super) async fn backlog(&self) -> Result<u64, StoreError> {
+    async fn schedule_backlog(&self) -> Result<u64, StoreError> {
         let mut partitions = Vec::new();
         for s in 0..SHARDS {
             self.scan(
@@ -379,7 +416,7 @@ impl ScyllaStore {
     /// due later are not looked for: the scheduler naps less than that, and
     /// a read of a future bucket would step over the tombstones of every
     /// lease that ended early there.
-    pub(super) async fn earliest_due(&self) -> Result<Option<i64>, StoreError> {
+    async fn next_due(&self) -> Result<Option<i64>, StoreError> {
         let horizon = crate::clock::now_ms() + SOON_MS;
         let mut best: Option<i64> = None;
         for s in 0..SHARDS {
@@ -404,19 +441,11 @@ impl ScyllaStore {
         }
         Ok(best)
     }
-}
 
-fn delivery_of(delivery_id: &str, row: &ScheduleRow) -> ScheduledDelivery {
-    ScheduledDelivery {
-        delivery_id: delivery_id.to_string(),
-        tenant_id: row.0.clone(),
-        event_id: row.1.clone(),
-        subscription_id: row.2.clone(),
-        attempt: row.3.max(1) as u32,
-        is_replay: row.4,
-        replay_of: row.5.clone(),
-        due_at_ms: row.6,
-        seq: row.7.unwrap_or(0),
-        ordered: row.8.unwrap_or(false),
+    async fn ping(&self) -> Result<(), StoreError> {
+        let _: Option<(String,)> = self
+            .row("SELECT release_version FROM system.local", ())
+            .await?;
+        Ok(())
     }
 }

@@ -1,117 +1,74 @@
-//! Subscriptions, one partition per tenant, newest first. Changes made by
-//! the engine while it runs (`modify_subscription`) are compare-and-set
-//! lightweight transactions on the stored body, retried on a race, so no
-//! concurrent change is lost.
+//! Subscriptions, one partition per tenant, newest first. Every change is
+//! a lightweight transaction: a create is `IF NOT EXISTS`, and a change
+//! (`modify_subscription`) reads the row, applies the change and writes it
+//! back `IF revision = <read>`, running the change again on the newer value
+//! when another writer got there first, so no concurrent change is lost (a
+//! worker's auto-disable survives an API update made at the same time).
+//! Rows written before revisions existed are matched on their body instead.
+//! Every create, change and delete moves the `subscriptions` version in
+//! `meta` (microseconds since the epoch: a new value on every write,
+//! whichever process makes it).
+
+use async_trait::async_trait;
 
 use super::{ScyllaStore, TOP};
 use crate::{
     model::WebhookSubscription,
-    store::{StoreError, SubscriptionChange},
+    store::{StoreError, SubscriptionChange, SubscriptionStore},
 };
 
 /// Attempts of a compare-and-set before giving up.
 const CAS_ATTEMPTS: usize = 16;
 
 impl ScyllaStore {
-    pub(super) async fn put_sub(&self, sub: &WebhookSubscription) -> Result<(), StoreError> {
-        self.exec(
-            "INSERT INTO subscriptions (tenant_id, id, body) VALUES (?, ?, ?)",
-            (&sub.tenant_id, &sub.id, self.codec.encode(sub)?),
+    /// Marks that a subscription changed.
+    async fn bump_subscriptions_version(&self) -> Result<(), StoreError> {
+        let now_us = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000) as i64;
+        self.exec("UPDATE meta SET v = ? WHERE k = 'subscriptions'", (now_us,))
+            .await
+    }
+
+    /// The stored body and revision of a subscription.
+    async fn stored_sub(
+        &self,
+        tenant_id: &str,
+        id: &str,
+    ) -> Result<Option<(String, Option<i64>)>, StoreError> {
+        self.row(
+            "SELECT body, revision FROM subscriptions WHERE tenant_id = ? AND id = ?",
+            (tenant_id, id),
         )
         .await
     }
 
-    async fn sub_body(&self, tenant_id: &str, id: &str) -> Result<Option<String>, StoreError> {
-        let row: Option<(String,)> = self
-            .row(
-                "SELECT body FROM subscriptions WHERE tenant_id = ? AND id = ?",
-                (tenant_id, id),
-            )
-            .await?;
-        Ok(row.map(|(b,)| b))
-    }
-
-    pub(super) async fn get_sub(
+    /// Writes `body` as revision `read + 1` if the row is still at revision
+    /// `read` (or, for a row without one, still holds `old_body`).
+    async fn write_sub_if(
         &self,
         tenant_id: &str,
         id: &str,
-    ) -> Result<Option<WebhookSubscription>, StoreError> {
-        self.sub_body(tenant_id, id)
-            .await?
-            .map(|b| self.codec.decode(&b))
-            .transpose()
-    }
-
-    pub(super) async fn modify_sub(
-        &self,
-        tenant_id: &str,
-        id: &str,
-        change: SubscriptionChange,
-    ) -> Result<Option<(WebhookSubscription, bool)>, StoreError> {
-        let Some(mut body) = self.sub_body(tenant_id, id).await? else {
-            return Ok(None);
-        };
-        let mut sub = self.codec.decode(&body)?;
-        let before = sub.clone();
-        if !change(&mut sub) {
-            return Ok(Some((sub, false)));
-        }
-        let after = sub.clone();
-        for _ in 0..CAS_ATTEMPTS {
-            let (applied, current) = self
-                .lwt(
-                    "UPDATE subscriptions SET body = ? WHERE tenant_id = ? AND id = ? IF body = ?",
-                    (self.codec.encode(&sub)?, tenant_id, id, &body),
+        body: String,
+        read: Option<i64>,
+        old_body: &str,
+    ) -> Result<bool, StoreError> {
+        let next = read.unwrap_or(0) + 1;
+        let (applied, _) = match read {
+            Some(rev) => {
+                self.lwt(
+                    "UPDATE subscriptions SET body = ?, revision = ? WHERE tenant_id = ? AND id = ? IF revision = ?",
+                    (body, next, tenant_id, id, rev),
                 )
-                .await?;
-            if applied {
-                return Ok(Some((sub, true)));
+                .await?
             }
-            // Somebody changed it meanwhile: redo the change on their version
-            // (the change ran once; its effect is replayed field by field).
-            match current.get("body") {
-                Some(::scylla::value::CqlValue::Text(b)) => body = b.clone(),
-                _ => return Ok(None),
+            None => {
+                self.lwt(
+                    "UPDATE subscriptions SET body = ?, revision = ? WHERE tenant_id = ? AND id = ? IF body = ?",
+                    (body, next, tenant_id, id, old_body),
+                )
+                .await?
             }
-            sub = self.codec.decode(&body)?;
-            if !redo(&before, &after, &mut sub) {
-                return Ok(Some((sub, false)));
-            }
-        }
-        Err(StoreError::Unavailable(format!(
-            "subscription {id} kept changing under a concurrent writer"
-        )))
-    }
-
-    pub(super) async fn all_subs(&self) -> Result<Vec<WebhookSubscription>, StoreError> {
-        let mut subs = Vec::new();
-        self.scan("SELECT body FROM subscriptions", (), |(body,): (String,)| {
-            subs.push(self.codec.decode(&body)?);
-            Ok(())
-        })
-        .await?;
-        subs.sort_by(|a: &WebhookSubscription, b| a.id.cmp(&b.id));
-        Ok(subs)
-    }
-
-    /// A tenant's subscriptions, newest first, with ids before `before`.
-    pub async fn list_subscriptions(
-        &self,
-        tenant_id: &str,
-        before: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<WebhookSubscription>, StoreError> {
-        let rows: Vec<(String,)> = self
-            .rows(
-                "SELECT body FROM subscriptions WHERE tenant_id = ? AND id < ? LIMIT ?",
-                (
-                    tenant_id,
-                    before.unwrap_or(TOP),
-                    limit.clamp(1, 10_000) as i32,
-                ),
-            )
-            .await?;
-        rows.iter().map(|(b,)| self.codec.decode(b)).collect()
+        };
+        Ok(applied)
     }
 
     /// Re-seals every subscription holding a plaintext secret or one
@@ -149,48 +106,114 @@ impl ScyllaStore {
         }
         Ok(())
     }
+}
 
-    /// Deletes a subscription of a tenant; `false` if there was none.
-    pub async fn delete_subscription(&self, tenant_id: &str, id: &str) -> Result<bool, StoreError> {
+#[async_trait]
+impl SubscriptionStore for ScyllaStore {
+    async fn create_subscription(&self, sub: &WebhookSubscription) -> Result<(), StoreError> {
+        let (applied, _) = self
+            .lwt(
+                "INSERT INTO subscriptions (tenant_id, id, body, revision) VALUES (?, ?, ?, 1) IF NOT EXISTS",
+                (&sub.tenant_id, &sub.id, self.codec.encode(sub)?),
+            )
+            .await?;
+        if !applied {
+            return Err(StoreError::Conflict(format!(
+                "subscription {:?} already exists",
+                sub.id
+            )));
+        }
+        self.bump_subscriptions_version().await
+    }
+
+    async fn modify_subscription(
+        &self,
+        tenant_id: &str,
+        id: &str,
+        mut change: SubscriptionChange,
+    ) -> Result<Option<(WebhookSubscription, bool)>, StoreError> {
+        for _ in 0..CAS_ATTEMPTS {
+            let Some((body, revision)) = self.stored_sub(tenant_id, id).await? else {
+                return Ok(None);
+            };
+            let mut sub = self.codec.decode(&body)?;
+            if !change(&mut sub) {
+                return Ok(Some((sub, false)));
+            }
+            let new_body = self.codec.encode(&sub)?;
+            if self
+                .write_sub_if(tenant_id, id, new_body, revision, &body)
+                .await?
+            {
+                self.bump_subscriptions_version().await?;
+                return Ok(Some((sub, true)));
+            }
+            // Somebody changed (or deleted) it meanwhile: read it again and
+            // apply the change to what they wrote.
+        }
+        Err(StoreError::Unavailable(format!(
+            "subscription {id} kept changing under a concurrent writer"
+        )))
+    }
+
+    async fn delete_subscription(&self, tenant_id: &str, id: &str) -> Result<bool, StoreError> {
         let (applied, _) = self
             .lwt(
                 "DELETE FROM subscriptions WHERE tenant_id = ? AND id = ? IF EXISTS",
                 (tenant_id, id),
             )
             .await?;
+        if applied {
+            self.bump_subscriptions_version().await?;
+        }
         Ok(applied)
     }
-}
 
-/// Re-applies to `target` the fields a change moved from `before` to `after`
-/// (the change itself ran once and cannot run again).
-fn redo(
-    before: &WebhookSubscription,
-    after: &WebhookSubscription,
-    target: &mut WebhookSubscription,
-) -> bool {
-    let (Ok(b), Ok(a), Ok(mut t)) = (
-        serde_json::to_value(before),
-        serde_json::to_value(after),
-        serde_json::to_value(&*target),
-    ) else {
-        return false;
-    };
-    let (Some(b), Some(a), Some(tm)) = (b.as_object(), a.as_object(), t.as_object_mut()) else {
-        return false;
-    };
-    let mut changed = false;
-    for (k, v) in a {
-        if b.get(k) != Some(v) && tm.get(k) != Some(v) {
-            tm.insert(k.clone(), v.clone());
-            changed = true;
-        }
+    async fn get_subscription(
+        &self,
+        tenant_id: &str,
+        id: &str,
+    ) -> Result<Option<WebhookSubscription>, StoreError> {
+        self.stored_sub(tenant_id, id)
+            .await?
+            .map(|(b, _)| self.codec.decode(&b))
+            .transpose()
     }
-    match serde_json::from_value(t) {
-        Ok(s) if changed => {
-            *target = s;
-            true
-        }
-        _ => false,
+
+    async fn list_subscriptions(
+        &self,
+        tenant_id: &str,
+        before: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<WebhookSubscription>, StoreError> {
+        let rows: Vec<(String,)> = self
+            .rows(
+                "SELECT body FROM subscriptions WHERE tenant_id = ? AND id < ? LIMIT ?",
+                (
+                    tenant_id,
+                    before.unwrap_or(TOP),
+                    limit.clamp(1, 10_000) as i32,
+                ),
+            )
+            .await?;
+        rows.iter().map(|(b,)| self.codec.decode(b)).collect()
+    }
+
+    async fn all_subscriptions(&self) -> Result<Vec<WebhookSubscription>, StoreError> {
+        let mut subs = Vec::new();
+        self.scan("SELECT body FROM subscriptions", (), |(body,): (String,)| {
+            subs.push(self.codec.decode(&body)?);
+            Ok(())
+        })
+        .await?;
+        subs.sort_by(|a: &WebhookSubscription, b| a.id.cmp(&b.id));
+        Ok(subs)
+    }
+
+    async fn subscriptions_version(&self) -> Result<u64, StoreError> {
+        let row: Option<(Option<i64>,)> = self
+            .row("SELECT v FROM meta WHERE k = 'subscriptions'", ())
+            .await?;
+        Ok(row.and_then(|(v,)| v).unwrap_or(0) as u64)
     }
 }

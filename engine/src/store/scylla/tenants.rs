@@ -3,57 +3,17 @@
 //! tenant (`api_keys_by_tenant`). A tenant is created with `IF NOT EXISTS`,
 //! so two concurrent creations cannot both succeed.
 
+use async_trait::async_trait;
+
 use super::{decode, encode, ScyllaStore};
-use crate::{clock::now_ms, resources::ApiKey, store::StoreError};
+use crate::{
+    clock::now_ms,
+    resources::ApiKey,
+    store::{StoreError, TenantStore},
+};
 
 impl ScyllaStore {
-    /// Creates the tenant (`Conflict` if it exists) with its first key.
-    pub(super) async fn insert_tenant(
-        &self,
-        tenant_id: &str,
-        key_hash: [u8; 32],
-        first_key: Option<&ApiKey>,
-    ) -> Result<(), StoreError> {
-        let (applied, _) = self
-            .lwt(
-                "INSERT INTO tenants (tenant_id, created_at) VALUES (?, ?) IF NOT EXISTS",
-                (tenant_id, now_ms()),
-            )
-            .await?;
-        if !applied {
-            return Err(StoreError::Conflict(format!(
-                "tenant {tenant_id:?} already exists"
-            )));
-        }
-        match first_key {
-            Some(key) => self.insert_key(key, key_hash).await,
-            None => {
-                self.exec(
-                    "INSERT INTO api_keys (key_hash, tenant_id) VALUES (?, ?)",
-                    (key_hash.to_vec(), tenant_id),
-                )
-                .await
-            }
-        }
-    }
-
-    /// The tenant of a live (not revoked) key.
-    pub(super) async fn tenant_by_key(
-        &self,
-        key_hash: [u8; 32],
-    ) -> Result<Option<String>, StoreError> {
-        let row: Option<(Option<String>, Option<i64>)> = self
-            .row(
-                "SELECT tenant_id, revoked_at FROM api_keys WHERE key_hash = ?",
-                (key_hash.to_vec(),),
-            )
-            .await?;
-        Ok(match row {
-            Some((Some(tenant), None)) => Some(tenant),
-            _ => None,
-        })
-    }
-
+    /// Writes a key: its listing row, then its authentication row.
     async fn insert_key(&self, key: &ApiKey, key_hash: [u8; 32]) -> Result<(), StoreError> {
         // The listing row first: a key that authenticates is always listed (and revocable).
         self.exec(
@@ -67,20 +27,31 @@ impl ScyllaStore {
         )
         .await
     }
+}
 
-    /// Creates a tenant with its first key described (issue 3's signature).
-    pub async fn create_tenant_with_key(
+#[async_trait]
+impl TenantStore for ScyllaStore {
+    async fn create_tenant(
         &self,
         tenant_id: &str,
         first_key: &ApiKey,
         key_hash: [u8; 32],
     ) -> Result<(), StoreError> {
-        self.insert_tenant(tenant_id, key_hash, Some(first_key))
-            .await
+        let (applied, _) = self
+            .lwt(
+                "INSERT INTO tenants (tenant_id, created_at) VALUES (?, ?) IF NOT EXISTS",
+                (tenant_id, now_ms()),
+            )
+            .await?;
+        if !applied {
+            return Err(StoreError::Conflict(format!(
+                "tenant {tenant_id:?} already exists"
+            )));
+        }
+        self.insert_key(first_key, key_hash).await
     }
 
-    /// Whether the tenant exists.
-    pub async fn tenant_exists(&self, tenant_id: &str) -> Result<bool, StoreError> {
+    async fn tenant_exists(&self, tenant_id: &str) -> Result<bool, StoreError> {
         let row: Option<(String,)> = self
             .row(
                 "SELECT tenant_id FROM tenants WHERE tenant_id = ?",
@@ -90,16 +61,27 @@ impl ScyllaStore {
         Ok(row.is_some())
     }
 
-    /// Adds an API key to an existing tenant (`NotFound` otherwise).
-    pub async fn create_api_key(&self, key: &ApiKey, key_hash: [u8; 32]) -> Result<(), StoreError> {
+    async fn tenant_for_key(&self, key_hash: [u8; 32]) -> Result<Option<String>, StoreError> {
+        let row: Option<(Option<String>, Option<i64>)> = self
+            .row(
+                "SELECT tenant_id, revoked_at FROM api_keys WHERE key_hash = ?",
+                (key_hash.to_vec(),),
+            )
+            .await?;
+        Ok(match row {
+            Some((Some(tenant), None)) => Some(tenant),
+            _ => None,
+        })
+    }
+
+    async fn create_api_key(&self, key: &ApiKey, key_hash: [u8; 32]) -> Result<(), StoreError> {
         if !self.tenant_exists(&key.tenant_id).await? {
             return Err(StoreError::NotFound("tenant"));
         }
         self.insert_key(key, key_hash).await
     }
 
-    /// A tenant's API keys, oldest first.
-    pub async fn list_api_keys(&self, tenant_id: &str) -> Result<Vec<ApiKey>, StoreError> {
+    async fn list_api_keys(&self, tenant_id: &str) -> Result<Vec<ApiKey>, StoreError> {
         let mut keys = Vec::new();
         self.scan(
             "SELECT body FROM api_keys_by_tenant WHERE tenant_id = ?",
@@ -113,8 +95,7 @@ impl ScyllaStore {
         Ok(keys)
     }
 
-    /// Revokes a key of a tenant; `None` if there is no such key.
-    pub async fn revoke_api_key(
+    async fn revoke_api_key(
         &self,
         tenant_id: &str,
         key_id: &str,

@@ -1,4 +1,4 @@
-//! The event-type catalogue and recovery jobs (issue 3's resources) on CQL.
+//! Recovery jobs (issue 3's resources) on CQL.
 //!
 //! A recovery walks `sub_event_state` — the latest delivery of each event
 //! to the subscription, partitioned by the event's day — over the job's
@@ -12,59 +12,45 @@
 //! delivery from the schedule).
 
 use ::scylla::value::CqlValue;
+use async_trait::async_trait;
 
 use super::{decode, encode, id_day, ScyllaStore};
 use crate::{
     model::{Outcome, ScheduledDelivery},
-    resources::{EventTypeSchema, RecoveryCandidate, RecoveryJob, RecoveryStatus},
-    store::{RecoveryScope, StoreError},
+    resources::{RecoveryCandidate, RecoveryJob, RecoveryStatus},
+    store::{RecoveryScope, RecoveryStore, StoreError},
 };
 
 impl ScyllaStore {
-    /// Registers a schema version: `Ok(false)` when it exists with the same
-    /// schema, `Conflict` when it exists with another.
-    pub async fn put_event_type(&self, schema: &EventTypeSchema) -> Result<bool, StoreError> {
-        let (applied, current) = self
-            .lwt(
-                "INSERT INTO event_types (tenant_id, event_type, schema_version, body) VALUES (?, ?, ?, ?) IF NOT EXISTS",
-                (
-                    &schema.tenant_id,
-                    &schema.event_type,
-                    schema.schema_version as i32,
-                    encode(schema)?,
-                ),
+    /// One recovery job as stored (`done` not counted: the steps store 0).
+    async fn stored_recovery(
+        &self,
+        tenant_id: &str,
+        id: &str,
+    ) -> Result<Option<RecoveryJob>, StoreError> {
+        let row: Option<(String,)> = self
+            .row(
+                "SELECT body FROM recoveries WHERE tenant_id = ? AND id = ?",
+                (tenant_id, id),
             )
             .await?;
-        if applied {
-            return Ok(true);
-        }
-        let existing: EventTypeSchema = match current.get("body") {
-            Some(CqlValue::Text(b)) => decode(b)?,
-            _ => return Err(super::corrupt("event type without a body")),
-        };
-        if existing.schema == schema.schema {
-            Ok(false)
-        } else {
-            Err(StoreError::Conflict(format!(
-                "{} version {} is registered with another schema; register a new version",
-                schema.event_type, schema.schema_version
-            )))
-        }
+        row.map(|(body,)| decode(&body)).transpose()
     }
+}
 
-    /// Every registered schema of every tenant.
-    pub async fn all_event_types(&self) -> Result<Vec<EventTypeSchema>, StoreError> {
-        let mut out = Vec::new();
-        self.scan("SELECT body FROM event_types", (), |(b,): (String,)| {
-            out.push(decode(&b)?);
-            Ok(())
-        })
-        .await?;
-        Ok(out)
-    }
+/// The day partitions a scope covers, oldest first.
+fn days(scope: &RecoveryScope) -> impl Iterator<Item = i32> {
+    id_day(&scope.from_event_id)..=id_day(&scope.to_event_id)
+}
 
+fn wanted(scope: &RecoveryScope, outcome: Option<&str>) -> bool {
+    !scope.only_failed || outcome.and_then(Outcome::parse) != Some(Outcome::Delivered)
+}
+
+#[async_trait]
+impl RecoveryStore for ScyllaStore {
     /// Stores a new recovery job (unfinished, no cursor yet).
-    pub async fn create_recovery(&self, job: &RecoveryJob) -> Result<(), StoreError> {
+    async fn create_recovery(&self, job: &RecoveryJob) -> Result<(), StoreError> {
         self.exec(
             "INSERT INTO recoveries (tenant_id, id, body) VALUES (?, ?, ?)",
             (&job.tenant_id, &job.id, encode(job)?),
@@ -80,23 +66,8 @@ impl ScyllaStore {
         Ok(())
     }
 
-    /// One recovery job as stored (`done` not counted: the steps store 0).
-    async fn stored_recovery(
-        &self,
-        tenant_id: &str,
-        id: &str,
-    ) -> Result<Option<RecoveryJob>, StoreError> {
-        let row: Option<(String,)> = self
-            .row(
-                "SELECT body FROM recoveries WHERE tenant_id = ? AND id = ?",
-                (tenant_id, id),
-            )
-            .await?;
-        row.map(|(body,)| decode(&body)).transpose()
-    }
-
     /// One recovery job of a tenant, with `done` counted now.
-    pub async fn get_recovery(
+    async fn get_recovery(
         &self,
         tenant_id: &str,
         id: &str,
@@ -115,7 +86,7 @@ impl ScyllaStore {
     }
 
     /// Jobs still scheduling, each with the last event id it handled.
-    pub async fn unfinished_recoveries(
+    async fn unfinished_recoveries(
         &self,
     ) -> Result<Vec<(RecoveryJob, Option<String>)>, StoreError> {
         let mut open = Vec::new();
@@ -143,7 +114,7 @@ impl ScyllaStore {
     /// Takes or renews the lease on stepping job `id` (see
     /// [`crate::store::Store::lease_recovery`]): a conditional insert for a
     /// job nobody held, else a compare-and-set on the holder and end read.
-    pub async fn lease_recovery(
+    async fn lease_recovery(
         &self,
         id: &str,
         owner: &str,
@@ -179,10 +150,7 @@ impl ScyllaStore {
     }
 
     /// Counts the events in scope (a paged walk, nothing held in memory).
-    pub async fn count_recovery_candidates(
-        &self,
-        scope: &RecoveryScope,
-    ) -> Result<u64, StoreError> {
+    async fn count_recovery_candidates(&self, scope: &RecoveryScope) -> Result<u64, StoreError> {
         let mut n = 0u64;
         for day in days(scope) {
             self.scan(
@@ -208,7 +176,7 @@ impl ScyllaStore {
 
     /// Up to `limit` events in scope with ids after `after`, in id order,
     /// each with its latest delivery to the subscription.
-    pub async fn recovery_candidates(
+    async fn recovery_candidates(
         &self,
         scope: &RecoveryScope,
         after: Option<&str>,
@@ -266,7 +234,7 @@ impl ScyllaStore {
     /// moves its cursor and counts, and marks it completed when `finished`.
     /// Ordered for at-least-once: deliveries first, cursor last (a crash in
     /// between schedules the page again rather than skipping it).
-    pub async fn advance_recovery(
+    async fn advance_recovery(
         &self,
         job: &RecoveryJob,
         deliveries: Vec<ScheduledDelivery>,
@@ -327,13 +295,4 @@ impl ScyllaStore {
             Ok(())
         }
     }
-}
-
-/// The day partitions a scope covers, oldest first.
-fn days(scope: &RecoveryScope) -> impl Iterator<Item = i32> {
-    id_day(&scope.from_event_id)..=id_day(&scope.to_event_id)
-}
-
-fn wanted(scope: &RecoveryScope, outcome: Option<&str>) -> bool {
-    !scope.only_failed || outcome.and_then(Outcome::parse) != Some(Outcome::Delivered)
 }

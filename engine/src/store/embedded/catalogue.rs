@@ -1,0 +1,57 @@
+//! The event-type catalogue in SQLite.
+
+use async_trait::async_trait;
+use rusqlite::{params, OptionalExtension};
+
+use super::{db_err, decode, json_err, query_bodies, EmbeddedStore};
+use crate::{
+    resources::EventTypeSchema,
+    store::{CatalogueStore, StoreError},
+};
+
+#[async_trait]
+impl CatalogueStore for EmbeddedStore {
+    async fn put_event_type(&self, schema: &EventTypeSchema) -> Result<bool, StoreError> {
+        let body = serde_json::to_string(schema).map_err(json_err)?;
+        let schema = schema.clone();
+        self.write(move |conn| {
+            let existing: Option<String> = conn
+                .query_row(
+                    "SELECT body FROM event_types WHERE tenant_id = ?1 AND event_type = ?2 AND schema_version = ?3",
+                    params![schema.tenant_id, schema.event_type, schema.schema_version],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(db_err)?;
+            if let Some(existing) = existing {
+                let existing: EventTypeSchema = decode(&existing)?;
+                return if existing.schema == schema.schema {
+                    Ok(false)
+                } else {
+                    Err(StoreError::Conflict(format!(
+                        "schema_version {} of {} is registered with another schema; versions are immutable, register a new schema_version",
+                        schema.schema_version, schema.event_type
+                    )))
+                };
+            }
+            conn.execute(
+                "INSERT INTO event_types (tenant_id, event_type, schema_version, body) VALUES (?1, ?2, ?3, ?4)",
+                params![schema.tenant_id, schema.event_type, schema.schema_version, body],
+            )
+            .map_err(db_err)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn all_event_types(&self) -> Result<Vec<EventTypeSchema>, StoreError> {
+        self.read(|conn| {
+            query_bodies(
+                conn,
+                "SELECT body FROM event_types ORDER BY tenant_id, event_type, schema_version",
+                Vec::new(),
+            )
+        })
+        .await
+    }
+}

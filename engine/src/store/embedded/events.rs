@@ -1,0 +1,171 @@
+//! The event index and the dedupe window in SQLite. An event's `state` is
+//! 0 while it waits for fan-out, 1 once fanned out, 2 when dropped as a
+//! duplicate (hidden from reads).
+
+use async_trait::async_trait;
+use rusqlite::{params, types::Value, Connection};
+
+use super::{db_err, json_err, query_bodies, EmbeddedStore};
+use crate::{
+    log::LogPosition,
+    model::DomainEvent,
+    store::{EventFilter, EventStore, StoreError},
+};
+
+/// Indexes an event (state 0: not fanned out yet) unless it is indexed.
+pub(super) fn insert_event(
+    conn: &Connection,
+    event: &DomainEvent,
+    position: LogPosition,
+) -> Result<(), StoreError> {
+    let body = serde_json::to_string(event).map_err(json_err)?;
+    conn.prepare_cached(
+        "INSERT OR IGNORE INTO events (id, tenant_id, event_type, state, partition, log_offset, body)
+         VALUES (?1, ?2, ?3, 0, ?4, ?5, ?6)",
+    )
+    .and_then(|mut st| {
+        st.execute(params![
+            event.id,
+            event.tenant_id,
+            event.event_type,
+            position.partition,
+            position.offset as i64,
+            body
+        ])
+    })
+    .map_err(db_err)?;
+    Ok(())
+}
+
+/// Claims `(tenant, dedupe_key)` for the event unless a live claim exists;
+/// returns the event id holding it afterwards.
+pub(super) fn claim_dedupe(
+    conn: &Connection,
+    event: &DomainEvent,
+    key: &str,
+    until_ms: i64,
+    now_ms: i64,
+) -> Result<String, StoreError> {
+    conn.prepare_cached(
+        "DELETE FROM dedupe WHERE tenant_id = ?1 AND dedupe_key = ?2 AND expires_at <= ?3",
+    )
+    .and_then(|mut st| st.execute(params![event.tenant_id, key, now_ms]))
+    .map_err(db_err)?;
+    conn.prepare_cached(
+        "INSERT OR IGNORE INTO dedupe (tenant_id, dedupe_key, event_id, expires_at) VALUES (?1, ?2, ?3, ?4)",
+    )
+    .and_then(|mut st| st.execute(params![event.tenant_id, key, event.id, until_ms]))
+    .map_err(db_err)?;
+    conn.prepare_cached("SELECT event_id FROM dedupe WHERE tenant_id = ?1 AND dedupe_key = ?2")
+        .and_then(|mut st| st.query_row(params![event.tenant_id, key], |r| r.get(0)))
+        .map_err(db_err)
+}
+
+#[async_trait]
+impl EventStore for EmbeddedStore {
+    async fn record_event(
+        &self,
+        event: &DomainEvent,
+        position: LogPosition,
+        dedupe_until_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.record_events(vec![(event.clone(), position)], dedupe_until_ms)
+            .await
+    }
+
+    async fn record_events(
+        &self,
+        events: Vec<(DomainEvent, LogPosition)>,
+        dedupe_until_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.write(move |conn| {
+            for (event, position) in &events {
+                insert_event(conn, event, *position)?;
+                if let Some(key) = &event.dedupe_key {
+                    claim_dedupe(conn, event, key, dedupe_until_ms, crate::clock::now_ms())?;
+                }
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn event_by_dedupe_key(
+        &self,
+        tenant_id: &str,
+        dedupe_key: &str,
+        now_ms: i64,
+    ) -> Result<Option<DomainEvent>, StoreError> {
+        let args = vec![
+            Value::from(tenant_id.to_string()),
+            Value::from(dedupe_key.to_string()),
+            Value::from(now_ms),
+        ];
+        self.read(move |conn| {
+            query_bodies(
+                conn,
+                "SELECT e.body FROM dedupe d JOIN events e ON e.id = d.event_id
+                 WHERE d.tenant_id = ?1 AND d.dedupe_key = ?2 AND d.expires_at > ?3",
+                args,
+            )
+            .map(|mut v| v.pop())
+        })
+        .await
+    }
+
+    async fn get_event(
+        &self,
+        tenant_id: &str,
+        id: &str,
+    ) -> Result<Option<DomainEvent>, StoreError> {
+        let args = vec![
+            Value::from(tenant_id.to_string()),
+            Value::from(id.to_string()),
+        ];
+        self.read(move |conn| {
+            query_bodies(
+                conn,
+                "SELECT body FROM events WHERE tenant_id = ?1 AND id = ?2 AND state != 2",
+                args,
+            )
+            .map(|mut v| v.pop())
+        })
+        .await
+    }
+
+    async fn list_events(
+        &self,
+        tenant_id: &str,
+        filter: &EventFilter,
+        limit: usize,
+    ) -> Result<Vec<DomainEvent>, StoreError> {
+        let mut sql = String::from("SELECT body FROM events WHERE tenant_id = ? AND state != 2");
+        let mut args = vec![Value::from(tenant_id.to_string())];
+        if let Some(before) = &filter.before {
+            sql.push_str(" AND id < ?");
+            args.push(Value::from(before.clone()));
+        }
+        if let Some(t) = &filter.event_type {
+            if let Some(prefix) = t.strip_suffix('*') {
+                sql.push_str(" AND substr(event_type, 1, ?) = ?");
+                args.push(Value::from(prefix.len() as i64));
+                args.push(Value::from(prefix.to_string()));
+            } else {
+                sql.push_str(" AND event_type = ?");
+                args.push(Value::from(t.clone()));
+            }
+        }
+        sql.push_str(" ORDER BY id DESC LIMIT ?");
+        args.push(Value::from(limit as i64));
+        self.read(move |conn| query_bodies(conn, &sql, args)).await
+    }
+
+    async fn purge_expired(&self, now_ms: i64) -> Result<u64, StoreError> {
+        self.write(move |conn| {
+            conn.execute("DELETE FROM dedupe WHERE expires_at <= ?1", [now_ms])
+                .map(|n| n as u64)
+                .map_err(db_err)
+        })
+        .await
+    }
+}

@@ -1,0 +1,201 @@
+//! The delivery schedule in SQLite: a row per pending delivery, its due
+//! time moved forward by a lease while a worker holds it.
+
+use async_trait::async_trait;
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::{
+    db_err, decode,
+    events::{claim_dedupe, insert_event},
+    EmbeddedStore,
+};
+use crate::{
+    model::{DomainEvent, ScheduledDelivery},
+    store::{FanOut, FanOutResult, ScheduleStore, StoreError},
+};
+
+/// Adds a delivery to the schedule, due at its time, or leased until
+/// `lease_until_ms` (handed to a shard by the caller).
+pub(super) fn insert_schedule(
+    conn: &Connection,
+    d: &ScheduledDelivery,
+    lease_until_ms: Option<i64>,
+) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT OR IGNORE INTO schedule
+         (delivery_id, tenant_id, event_id, subscription_id, attempt, is_replay, replay_of, due_at, seq, ordered, leased)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+    )
+    .and_then(|mut st| {
+        st.execute(params![
+            d.delivery_id,
+            d.tenant_id,
+            d.event_id,
+            d.subscription_id,
+            d.attempt,
+            d.is_replay,
+            d.replay_of,
+            lease_until_ms.unwrap_or(d.due_at_ms),
+            d.seq,
+            d.ordered,
+            lease_until_ms.is_some()
+        ])
+    })
+    .map_err(db_err)?;
+    Ok(())
+}
+
+#[async_trait]
+impl ScheduleStore for EmbeddedStore {
+    async fn fan_out(
+        &self,
+        batch: Vec<FanOut>,
+        dedupe_until_ms: i64,
+        now_ms: i64,
+    ) -> Result<Vec<FanOutResult>, StoreError> {
+        self.write(move |conn| {
+            let mut results = Vec::with_capacity(batch.len());
+            for item in &batch {
+                // Usually indexed at emit already: encode the body only if not.
+                let state: i64 = match conn
+                    .prepare_cached("SELECT state FROM events WHERE id = ?1")
+                    .and_then(|mut st| st.query_row([&item.event.id], |r| r.get(0)).optional())
+                    .map_err(db_err)?
+                {
+                    Some(state) => state,
+                    None => {
+                        insert_event(conn, &item.event, item.position)?;
+                        0
+                    }
+                };
+                if state != 0 {
+                    results.push(FanOutResult::AlreadyDone);
+                    continue;
+                }
+                if let Some(key) = &item.event.dedupe_key {
+                    let holder = claim_dedupe(conn, &item.event, key, dedupe_until_ms, now_ms)?;
+                    if holder != item.event.id {
+                        conn.prepare_cached("UPDATE events SET state = 2 WHERE id = ?1")
+                            .and_then(|mut st| st.execute([&item.event.id]))
+                            .map_err(db_err)?;
+                        results.push(FanOutResult::Duplicate);
+                        continue;
+                    }
+                }
+                for d in &item.deliveries {
+                    insert_schedule(conn, d, item.lease_until_ms.filter(|_| !d.ordered))?;
+                }
+                conn.prepare_cached("UPDATE events SET state = 1 WHERE id = ?1")
+                    .and_then(|mut st| st.execute([&item.event.id]))
+                    .map_err(db_err)?;
+                results.push(FanOutResult::Scheduled);
+            }
+            Ok(results)
+        })
+        .await
+    }
+
+    async fn schedule(&self, deliveries: Vec<ScheduledDelivery>) -> Result<(), StoreError> {
+        self.write(move |conn| {
+            deliveries
+                .iter()
+                .try_for_each(|d| insert_schedule(conn, d, None))
+        })
+        .await
+    }
+
+    async fn claim_due(
+        &self,
+        now_ms: i64,
+        lease_until_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<(ScheduledDelivery, DomainEvent)>, StoreError> {
+        self.write(move |conn| {
+            let mut st = conn
+                .prepare_cached(
+                    "SELECT s.delivery_id, s.tenant_id, s.event_id, s.subscription_id, s.attempt,
+                            s.is_replay, s.replay_of, s.due_at, s.seq, s.ordered, e.body
+                     FROM schedule s JOIN events e ON e.id = s.event_id
+                     WHERE s.due_at <= ?1
+                       AND (s.ordered = 0 OR NOT EXISTS (
+                             SELECT 1 FROM schedule o
+                             WHERE o.subscription_id = s.subscription_id
+                               AND (o.seq < s.seq OR (o.seq = s.seq AND o.delivery_id < s.delivery_id))))
+                     ORDER BY s.due_at LIMIT ?2",
+                )
+                .map_err(db_err)?;
+            let rows = st
+                .query_map(params![now_ms, limit as i64], |r| {
+                    Ok((
+                        ScheduledDelivery {
+                            delivery_id: r.get(0)?,
+                            tenant_id: r.get(1)?,
+                            event_id: r.get(2)?,
+                            subscription_id: r.get(3)?,
+                            attempt: r.get(4)?,
+                            is_replay: r.get(5)?,
+                            replay_of: r.get(6)?,
+                            due_at_ms: r.get(7)?,
+                            seq: r.get(8)?,
+                            ordered: r.get(9)?,
+                        },
+                        r.get::<_, String>(10)?,
+                    ))
+                })
+                .map_err(db_err)?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (d, body) = row.map_err(db_err)?;
+                out.push((d, decode::<DomainEvent>(&body)?));
+            }
+            let mut lease = conn
+                .prepare_cached(
+                    "UPDATE schedule SET due_at = ?1, leased = 1 WHERE delivery_id = ?2",
+                )
+                .map_err(db_err)?;
+            for (d, _) in &out {
+                lease
+                    .execute(params![lease_until_ms, d.delivery_id])
+                    .map_err(db_err)?;
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn release_leases(&self, now_ms: i64) -> Result<u64, StoreError> {
+        self.write(move |conn| {
+            conn.execute(
+                "UPDATE schedule SET due_at = ?1, leased = 0 WHERE leased = 1",
+                [now_ms],
+            )
+            .map(|n| n as u64)
+            .map_err(db_err)
+        })
+        .await
+    }
+
+    async fn next_due(&self) -> Result<Option<i64>, StoreError> {
+        self.read(|conn| {
+            conn.query_row("SELECT min(due_at) FROM schedule", [], |r| {
+                r.get::<_, Option<i64>>(0)
+            })
+            .map_err(db_err)
+        })
+        .await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.read(|conn| conn.query_row("SELECT 1", [], |_| Ok(())).map_err(db_err))
+            .await
+    }
+
+    async fn schedule_backlog(&self) -> Result<u64, StoreError> {
+        self.read(|conn| {
+            conn.query_row("SELECT count(*) FROM schedule", [], |r| r.get::<_, i64>(0))
+                .map(|n| n as u64)
+                .map_err(db_err)
+        })
+        .await
+    }
+}

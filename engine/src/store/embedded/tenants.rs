@@ -1,0 +1,156 @@
+//! Tenants and API keys in SQLite (keys as their SHA-256 hashes).
+
+use async_trait::async_trait;
+use rusqlite::{params, Connection, OptionalExtension};
+use time::OffsetDateTime;
+
+use super::{db_err, EmbeddedStore};
+use crate::{
+    resources::ApiKey,
+    store::{StoreError, TenantStore},
+};
+
+fn ms_to_time(ms: i64) -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH)
+}
+
+fn time_to_ms(t: OffsetDateTime) -> i64 {
+    (t.unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+fn key_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ApiKey> {
+    Ok(ApiKey {
+        id: r.get(0)?,
+        tenant_id: r.get(1)?,
+        name: r.get(2)?,
+        prefix: r.get::<_, Option<String>>(3)?.unwrap_or_default(),
+        created_at: ms_to_time(r.get(4)?),
+        revoked_at: r.get::<_, Option<i64>>(5)?.map(ms_to_time),
+    })
+}
+
+const KEY_COLUMNS: &str = "id, tenant_id, name, prefix, created_at, revoked_at";
+
+fn insert_key(conn: &Connection, key: &ApiKey, hash: [u8; 32]) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO api_keys (hash, tenant_id, created_at, id, name, prefix) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![
+            hash.as_slice(),
+            key.tenant_id,
+            time_to_ms(key.created_at),
+            key.id,
+            key.name,
+            key.prefix
+        ],
+    )
+    .map_err(db_err)?;
+    Ok(())
+}
+
+#[async_trait]
+impl TenantStore for EmbeddedStore {
+    async fn create_tenant(
+        &self,
+        tenant_id: &str,
+        first_key: &ApiKey,
+        key_hash: [u8; 32],
+    ) -> Result<(), StoreError> {
+        let tenant = tenant_id.to_string();
+        let key = first_key.clone();
+        self.write(move |conn| {
+            let inserted = conn
+                .execute(
+                    "INSERT OR IGNORE INTO tenants (id, created_at) VALUES (?1, ?2)",
+                    params![tenant, crate::clock::now_ms()],
+                )
+                .map_err(db_err)?;
+            if inserted == 0 {
+                return Err(StoreError::Conflict(format!(
+                    "tenant {tenant:?} already exists"
+                )));
+            }
+            insert_key(conn, &key, key_hash)
+        })
+        .await
+    }
+
+    async fn tenant_for_key(&self, key_hash: [u8; 32]) -> Result<Option<String>, StoreError> {
+        self.read(move |conn| {
+            conn.prepare_cached(
+                "SELECT tenant_id FROM api_keys WHERE hash = ?1 AND revoked_at IS NULL",
+            )
+            .and_then(|mut st| st.query_row([key_hash.as_slice()], |r| r.get(0)).optional())
+            .map_err(db_err)
+        })
+        .await
+    }
+
+    async fn tenant_exists(&self, tenant_id: &str) -> Result<bool, StoreError> {
+        let tenant = tenant_id.to_string();
+        self.read(move |conn| {
+            conn.query_row("SELECT 1 FROM tenants WHERE id = ?1", [tenant], |_| Ok(()))
+                .optional()
+                .map(|r| r.is_some())
+                .map_err(db_err)
+        })
+        .await
+    }
+
+    async fn create_api_key(&self, key: &ApiKey, hash: [u8; 32]) -> Result<(), StoreError> {
+        let key = key.clone();
+        self.write(move |conn| {
+            let exists = conn
+                .query_row(
+                    "SELECT 1 FROM tenants WHERE id = ?1",
+                    [&key.tenant_id],
+                    |_| Ok(()),
+                )
+                .optional()
+                .map_err(db_err)?;
+            if exists.is_none() {
+                return Err(StoreError::NotFound("tenant"));
+            }
+            insert_key(conn, &key, hash)
+        })
+        .await
+    }
+
+    async fn list_api_keys(&self, tenant_id: &str) -> Result<Vec<ApiKey>, StoreError> {
+        let tenant = tenant_id.to_string();
+        self.read(move |conn| {
+            let mut st = conn
+                .prepare_cached(&format!(
+                    "SELECT {KEY_COLUMNS} FROM api_keys WHERE tenant_id = ?1 ORDER BY id"
+                ))
+                .map_err(db_err)?;
+            let rows = st.query_map([tenant], key_row).map_err(db_err)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(db_err)
+        })
+        .await
+    }
+
+    async fn revoke_api_key(
+        &self,
+        tenant_id: &str,
+        key_id: &str,
+        at_ms: i64,
+    ) -> Result<Option<ApiKey>, StoreError> {
+        let (tenant, id) = (tenant_id.to_string(), key_id.to_string());
+        self.write(move |conn| {
+            conn.execute(
+                "UPDATE api_keys SET revoked_at = ?3 WHERE tenant_id = ?1 AND id = ?2 AND revoked_at IS NULL",
+                params![tenant, id, at_ms],
+            )
+            .map_err(db_err)?;
+            conn.query_row(
+                &format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE tenant_id = ?1 AND id = ?2"),
+                params![tenant, id],
+                key_row,
+            )
+            .optional()
+            .map_err(db_err)
+        })
+        .await
+    }
+}

@@ -1,0 +1,84 @@
+//! The durable delivery schedule: fan-out writes it, schedulers claim from
+//! it under leases, and a delivery leaves it only when its final attempt is
+//! recorded ([`DeliveryLogStore::record_attempt`](super::DeliveryLogStore::record_attempt)).
+
+use async_trait::async_trait;
+
+use super::StoreError;
+use crate::{
+    log::LogPosition,
+    model::{DomainEvent, ScheduledDelivery},
+};
+
+/// One event's fan-out: the event, where it sits in the log, and the
+/// deliveries its matching subscriptions need.
+#[derive(Debug, Clone)]
+pub struct FanOut {
+    /// The event.
+    pub event: DomainEvent,
+    /// Its log position.
+    pub position: LogPosition,
+    /// One delivery per matching subscription.
+    pub deliveries: Vec<ScheduledDelivery>,
+    /// When set, the unordered deliveries are scheduled already leased until
+    /// then: the caller hands them to its shards right after the commit,
+    /// instead of a scheduler claiming them (a crash makes them due again
+    /// like any other lease).
+    pub lease_until_ms: Option<i64>,
+}
+
+/// What [`ScheduleStore::fan_out`] did with one event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FanOutResult {
+    /// Its deliveries are scheduled.
+    Scheduled,
+    /// It was fanned out before (a re-read after a crash): nothing new.
+    AlreadyDone,
+    /// Another event holds its dedupe key: dropped.
+    Duplicate,
+}
+
+/// The delivery schedule.
+#[async_trait]
+pub trait ScheduleStore: Send + Sync + 'static {
+    /// Atomically, per event: index it, drop it if another event holds its
+    /// dedupe key, skip it if it was fanned out before, else schedule its
+    /// deliveries and mark it fanned out.
+    async fn fan_out(
+        &self,
+        batch: Vec<FanOut>,
+        dedupe_until_ms: i64,
+        now_ms: i64,
+    ) -> Result<Vec<FanOutResult>, StoreError>;
+
+    /// Adds deliveries to the schedule (replays); a delivery id already
+    /// scheduled is left as it is.
+    async fn schedule(&self, deliveries: Vec<ScheduledDelivery>) -> Result<(), StoreError>;
+
+    /// Takes up to `limit` deliveries due at `now_ms` and leases them until
+    /// `lease_until_ms` (after a crash they fall due again then), each with
+    /// its event. A leased delivery is not claimed again before its lease
+    /// ends; of a strictly ordered subscription only the head is claimed.
+    async fn claim_due(
+        &self,
+        now_ms: i64,
+        lease_until_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<(ScheduledDelivery, DomainEvent)>, StoreError>;
+
+    /// Makes every leased delivery due at `now_ms`. Called at start-up by the
+    /// only process that uses this schedule (embedded mode): leases held by
+    /// a crashed predecessor end at once instead of when they expire.
+    async fn release_leases(&self, now_ms: i64) -> Result<u64, StoreError>;
+
+    /// The earliest due time in the schedule (unix ms), if any; a store may
+    /// leave out due times more than a second away (the scheduler naps less).
+    async fn next_due(&self) -> Result<Option<i64>, StoreError>;
+
+    /// Deliveries waiting in the schedule. Reads every waiting delivery's
+    /// index entry: for a gauge refreshed now and then, not for a probe.
+    async fn schedule_backlog(&self) -> Result<u64, StoreError>;
+
+    /// Whether the store answers: one cheap round trip (for `/readyz`).
+    async fn ping(&self) -> Result<(), StoreError>;
+}

@@ -1,0 +1,56 @@
+//! The event-type catalogue on CQL: one row per schema version, written
+//! with `IF NOT EXISTS` so a version is registered once.
+
+use ::scylla::value::CqlValue;
+use async_trait::async_trait;
+
+use super::{decode, encode, ScyllaStore};
+use crate::{
+    resources::EventTypeSchema,
+    store::{CatalogueStore, StoreError},
+};
+
+#[async_trait]
+impl CatalogueStore for ScyllaStore {
+    /// Registers a schema version: `Ok(false)` when it exists with the same
+    /// schema, `Conflict` when it exists with another.
+    async fn put_event_type(&self, schema: &EventTypeSchema) -> Result<bool, StoreError> {
+        let (applied, current) = self
+            .lwt(
+                "INSERT INTO event_types (tenant_id, event_type, schema_version, body) VALUES (?, ?, ?, ?) IF NOT EXISTS",
+                (
+                    &schema.tenant_id,
+                    &schema.event_type,
+                    schema.schema_version as i32,
+                    encode(schema)?,
+                ),
+            )
+            .await?;
+        if applied {
+            return Ok(true);
+        }
+        let existing: EventTypeSchema = match current.get("body") {
+            Some(CqlValue::Text(b)) => decode(b)?,
+            _ => return Err(super::corrupt("event type without a body")),
+        };
+        if existing.schema == schema.schema {
+            Ok(false)
+        } else {
+            Err(StoreError::Conflict(format!(
+                "{} version {} is registered with another schema; register a new version",
+                schema.event_type, schema.schema_version
+            )))
+        }
+    }
+
+    /// Every registered schema of every tenant.
+    async fn all_event_types(&self) -> Result<Vec<EventTypeSchema>, StoreError> {
+        let mut out = Vec::new();
+        self.scan("SELECT body FROM event_types", (), |(b,): (String,)| {
+            out.push(decode(&b)?);
+            Ok(())
+        })
+        .await?;
+        Ok(out)
+    }
+}
