@@ -10,7 +10,6 @@
 use std::{
     collections::{HashMap, HashSet, VecDeque},
     sync::Arc,
-    time::Duration,
 };
 
 use parking_lot::Mutex;
@@ -22,6 +21,7 @@ use super::{
     attempt::{deferred, send_and_finish},
     breaker::{Admission, Breaker, BreakerState},
     client::DeliveryClient,
+    decide::{deferral, record_on_breaker, BreakerChange, Sent},
     limit::{Concurrency, TokenBucket},
     retry::RetryPolicy,
 };
@@ -29,7 +29,7 @@ use crate::{
     config::DeliveryConfig,
     metrics::Metrics,
     model::{DomainEvent, ScheduledDelivery, SubscriptionStatus, WebhookSubscription},
-    operational::{self, OperationalEvents},
+    operational::OperationalEvents,
     store::Store,
     subscriptions::SubscriptionIndex,
 };
@@ -136,8 +136,7 @@ struct Endpoint {
 /// What an attempt tells its shard.
 pub(super) struct Finished {
     pub(super) subscription_id: String,
-    pub(super) success: bool,
-    pub(super) throttled: bool,
+    pub(super) sent: Sent,
     pub(super) probe: bool,
 }
 
@@ -211,21 +210,20 @@ impl Shard {
         };
         let now = tokio::time::Instant::now();
         ep.in_flight = ep.in_flight.saturating_sub(1);
-        if done.throttled {
+        if done.sent.throttled {
             ep.concurrency.throttled();
-        } else if done.success {
+        } else if done.sent.success {
             ep.concurrency.succeeded();
         }
-        let before = ep.breaker.state(now);
-        if let Some(state) = ep.breaker.record(done.success, now) {
-            tracing::info!(subscription_id = %done.subscription_id, ?state, probe = done.probe, "circuit breaker changed state");
-            self.announce(&done.subscription_id, before, state);
+        if let Some(change) = record_on_breaker(&mut ep.breaker, done.sent, now) {
+            tracing::info!(subscription_id = %done.subscription_id, state = ?change.after, probe = done.probe, "circuit breaker changed state");
+            self.announce(&done.subscription_id, change);
         }
         self.pump(&done.subscription_id);
         // An idle, healthy endpoint has nothing worth remembering: forget it.
         if let Some(ep) = self.endpoints.get(&done.subscription_id) {
             let closed = ep.breaker.state(now) == BreakerState::Closed;
-            if done.success
+            if done.sent.success
                 && closed
                 && ep.in_flight == 0
                 && ep.queue.is_empty()
@@ -241,11 +239,9 @@ impl Shard {
     }
 
     /// Tells the tenant its endpoint's circuit opened or closed.
-    fn announce(&mut self, subscription_id: &str, before: BreakerState, after: BreakerState) {
-        let event_type = match (before, after) {
-            (BreakerState::Closed, BreakerState::Open) => operational::CIRCUIT_OPENED,
-            (_, BreakerState::Closed) => operational::CIRCUIT_CLOSED,
-            _ => return,
+    fn announce(&mut self, subscription_id: &str, change: BreakerChange) {
+        let Some(event_type) = change.announcement() else {
+            return;
         };
         let Some(sub) = self.ctx.subscriptions.get(subscription_id) else {
             return;
@@ -289,13 +285,9 @@ impl Shard {
             if admission == Admission::Reject {
                 // Not sent, so it costs no attempt: the delivery waits for the
                 // breaker's next probe, spread out so the backlog doesn't land at once.
-                let wait = ep
-                    .breaker
-                    .remaining_open(now)
-                    .max(Duration::from_millis(500));
-                let spread = wait.mul_f64(rand::random::<f64>() * 0.2);
+                let wait = deferral(ep.breaker.remaining_open(now), rand::random::<f64>());
                 self.attempts
-                    .spawn(async move { deferred(&ctx, &sub, job, wait + spread).await });
+                    .spawn(async move { deferred(&ctx, &sub, job, wait).await });
                 continue;
             }
             ep.in_flight += 1;
