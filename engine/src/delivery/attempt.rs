@@ -1,19 +1,6 @@
-//! One attempt: sign and send, read the answer the way the best peers do,
-//! decide what follows, keep the endpoint's health, and record it all.
-//!
-//! How answers are read:
-//! - 2xx: delivered.
-//! - 410 Gone: the endpoint is gone for good: the subscription is disabled
-//!   at once and the delivery is dead (replayable once re-enabled).
-//! - 429, 502, 503, 504: throttling. The endpoint's in-flight limit halves,
-//!   and the retry waits twice the scheduled delay — or what `Retry-After`
-//!   asks, within bounds.
-//! - Any other failure (other 4xx, 5xx, redirects — never followed —,
-//!   timeouts, connection errors) is retried per the schedule, honouring
-//!   `Retry-After` when the endpoint sends one.
-//!
-//! A subscription that has failed without a single success for the
-//! configured period (default 5 days) is disabled with the reason.
+//! One attempt: sign and send, hand the result to [`decide`](super::decide)
+//! (how answers are read is written there), then carry the decision out:
+//! tell the shard, keep the subscription's health, and record it all.
 
 use std::{sync::Arc, time::Duration};
 
@@ -25,7 +12,7 @@ use time::OffsetDateTime;
 use super::{
     client::{Answer, SendError},
     context::{Finished, Job, WorkerContext, USER_AGENT},
-    retry::RetryAction,
+    decide::{decide, Attempt, Decision, Health, Policy, Response},
 };
 use crate::{
     filters::OPERATIONAL_PREFIX,
@@ -37,29 +24,6 @@ use crate::{
     operational, signing,
 };
 
-/// How an answer (or its absence) is read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
-    /// 2xx.
-    Delivered,
-    /// 410: disable the subscription.
-    Gone,
-    /// 429/502/503/504: slow down.
-    Throttled,
-    /// Anything else: retry per the schedule.
-    Failed,
-}
-
-/// Reads an attempt's result.
-pub fn verdict(result: &Result<Answer, SendError>) -> Verdict {
-    match result {
-        Ok(a) if a.is_success() => Verdict::Delivered,
-        Ok(a) if a.status == 410 => Verdict::Gone,
-        Ok(a) if matches!(a.status, 429 | 502 | 503 | 504) => Verdict::Throttled,
-        _ => Verdict::Failed,
-    }
-}
-
 /// Signs and sends a job, tells the shard how it went, then records it.
 pub(super) async fn send_and_finish(
     ctx: &WorkerContext,
@@ -69,14 +33,16 @@ pub(super) async fn send_and_finish(
     report: impl FnOnce(Finished),
 ) {
     let result = send(ctx, sub, &job).await;
-    let v = verdict(&result);
-    report(Finished {
-        subscription_id: sub.id.clone(),
-        success: v == Verdict::Delivered,
-        throttled: v == Verdict::Throttled,
-        probe,
-    });
-    finish(ctx, sub, job, result, None).await;
+    let now = OffsetDateTime::now_utc();
+    let decision = decide_at(ctx, sub, &job, Response::of(&result), now);
+    if let Some(sent) = decision.sent {
+        report(Finished {
+            subscription_id: sub.id.clone(),
+            sent,
+            probe,
+        });
+    }
+    finish(ctx, sub, job, result, decision, now).await;
 }
 
 /// Records a job the open circuit refused: not sent, no attempt used, due
@@ -92,7 +58,32 @@ pub(super) async fn deferred(
         message: "circuit open: the endpoint failed repeatedly; not sent".into(),
         latency: Duration::ZERO,
     });
-    finish(ctx, sub, job, refused, Some(wait)).await;
+    let now = OffsetDateTime::now_utc();
+    let decision = decide_at(ctx, sub, &job, Response::Refused { wait }, now);
+    finish(ctx, sub, job, refused, decision, now).await;
+}
+
+/// The decision about a job's attempt, with the subscription's health as
+/// this process's index knows it and a fresh jitter draw.
+fn decide_at(
+    ctx: &WorkerContext,
+    sub: &WebhookSubscription,
+    job: &Job,
+    response: Response,
+    now: OffsetDateTime,
+) -> Decision {
+    let attempt = Attempt {
+        delivery: &job.delivery,
+        response,
+        failing_since: ctx.subscriptions.get(&sub.id).and_then(|s| s.failing_since),
+        jitter: ctx.retry.draw(&mut rand::thread_rng()),
+    };
+    let policy = Policy {
+        retry: &ctx.retry,
+        max_retry_after: ctx.config.max_retry_after,
+        disable_after: ctx.config.disable_after,
+    };
+    decide(&attempt, &policy, now)
 }
 
 /// Builds the signed request and sends it.
@@ -137,46 +128,17 @@ async fn send(
     ctx.client.post(&sub.url, headers, body, timeout).await
 }
 
-/// Records the attempt and schedules what follows, retrying the write until
-/// it is durable (the delivery stays in flight meanwhile). `deferred` is set
-/// when nothing was sent (open circuit): the same attempt is due again then.
+/// Records the attempt and schedules what the decision says, retrying the
+/// write until it is durable (the delivery stays in flight meanwhile).
 async fn finish(
     ctx: &WorkerContext,
     sub: &WebhookSubscription,
     job: Job,
     result: Result<Answer, SendError>,
-    deferred: Option<Duration>,
+    decision: Decision,
+    now: OffsetDateTime,
 ) {
     let d = &job.delivery;
-    let v = verdict(&result);
-    let now = OffsetDateTime::now_utc();
-    let due_in = |delay: Duration, attempt: u32| {
-        let mut next = d.clone();
-        next.attempt = attempt;
-        next.due_at_ms = ((now + delay).unix_timestamp_nanos() / 1_000_000) as i64;
-        next
-    };
-    let retry_after = result.as_ref().ok().and_then(|a| a.retry_after);
-    let (outcome, next) = match (deferred, v) {
-        (Some(wait), _) => (Outcome::Failed, Some(due_in(wait, d.attempt))),
-        (None, Verdict::Delivered) => (Outcome::Delivered, None),
-        (None, Verdict::Gone) => (Outcome::Dead, None),
-        (None, Verdict::Throttled | Verdict::Failed) => {
-            match ctx.retry.decide(d.attempt, false, &mut rand::thread_rng()) {
-                RetryAction::Done | RetryAction::Dead => (Outcome::Dead, None),
-                RetryAction::RetryAfter(scheduled) => {
-                    let delay = match retry_after {
-                        Some(asked) => {
-                            asked.clamp(Duration::from_secs(1), ctx.config.max_retry_after)
-                        }
-                        None if v == Verdict::Throttled => scheduled * 2,
-                        None => scheduled,
-                    };
-                    (Outcome::Failed, Some(due_in(delay, d.attempt + 1)))
-                }
-            }
-        }
-    };
     let mut record = WebhookDeliveryLog {
         id: ids::new_id(ids::ATTEMPT),
         delivery_id: d.delivery_id.clone(),
@@ -192,12 +154,10 @@ async fn finish(
         latency_ms: None,
         response_body: None,
         location: None,
-        error: None,
+        error: decision.error,
         error_message: None,
-        outcome,
-        next_attempt_at: next.as_ref().and_then(|n| {
-            OffsetDateTime::from_unix_timestamp_nanos(i128::from(n.due_at_ms) * 1_000_000).ok()
-        }),
+        outcome: decision.outcome,
+        next_attempt_at: decision.next_attempt_at(),
     };
     match &result {
         Ok(answer) => {
@@ -205,7 +165,6 @@ async fn finish(
             record.status_code = Some(answer.status);
             record.latency_ms = Some(answer.latency.as_millis() as u64);
             if !answer.is_success() {
-                record.error = Some(ErrorClass::HttpStatus);
                 record.location = answer.location.clone();
             }
             record.response_body = Some(answer.body.clone());
@@ -213,14 +172,11 @@ async fn finish(
         Err(e) => {
             record.created_at = now - e.latency;
             record.latency_ms = Some(e.latency.as_millis() as u64);
-            record.error = Some(e.class);
             record.error_message = Some(e.message.clone());
         }
     }
-    if deferred.is_none() {
-        track_health(ctx, sub, v).await;
-    }
-    if outcome == Outcome::Dead {
+    apply_health(ctx, sub, &decision.health).await;
+    if decision.is_dead() {
         tracing::warn!(delivery_id = %d.delivery_id, event_id = %d.event_id, subscription_id = %d.subscription_id, "delivery is dead; it can be replayed");
         if !job.event.event_type.starts_with(OPERATIONAL_PREFIX) {
             let payload = json!({
@@ -238,8 +194,8 @@ async fn finish(
         }
     }
     ctx.metrics
-        .attempt(&record, deferred.is_none(), job.event.received_at);
-    persist(ctx, record, next).await;
+        .attempt(&record, decision.sent.is_some(), job.event.received_at);
+    persist(ctx, record, decision.next).await;
     ctx.in_flight.lock().remove(&d.delivery_id);
     if d.ordered {
         // The next delivery of this ordered subscription may go now.
@@ -247,38 +203,25 @@ async fn finish(
     }
 }
 
-/// Keeps `failing_since`, and disables a subscription that is gone (410) or
-/// has failed without a success for longer than the configured period.
-async fn track_health(ctx: &WorkerContext, sub: &WebhookSubscription, v: Verdict) {
-    let now = OffsetDateTime::now_utc();
-    let current = ctx.subscriptions.get(&sub.id);
-    let failing_since = current.as_ref().and_then(|s| s.failing_since);
-    match v {
-        Verdict::Delivered if failing_since.is_some() => {
+/// Carries out a health change: keeps `failing_since`, disables a
+/// subscription that is gone (410) or has failed for too long.
+async fn apply_health(ctx: &WorkerContext, sub: &WebhookSubscription, health: &Health) {
+    match health {
+        Health::Unchanged => {}
+        Health::Recovered => {
             modify(ctx, sub, Box::new(|s| s.failing_since.take().is_some())).await;
         }
-        Verdict::Delivered => {}
-        Verdict::Gone => disable(ctx, sub, "the endpoint answered 410 Gone".into()).await,
-        Verdict::Throttled | Verdict::Failed => match failing_since {
-            None => {
-                modify(
-                    ctx,
-                    sub,
-                    Box::new(move |s| {
-                        s.failing_since.is_none() && s.failing_since.replace(now).is_none()
-                    }),
-                )
-                .await;
-            }
-            Some(since) if now - since >= ctx.config.disable_after => {
-                let reason = format!(
-                    "every delivery failed since {since} ({} without a success)",
-                    humantime::format_duration(Duration::try_from(now - since).unwrap_or_default())
-                );
-                disable(ctx, sub, reason).await;
-            }
-            Some(_) => {}
-        },
+        &Health::FailingFrom(since) => {
+            modify(
+                ctx,
+                sub,
+                Box::new(move |s| {
+                    s.failing_since.is_none() && s.failing_since.replace(since).is_none()
+                }),
+            )
+            .await;
+        }
+        Health::Disable(reason) => disable(ctx, sub, reason.clone()).await,
     }
 }
 
@@ -372,39 +315,5 @@ pub(super) async fn drop_orphan(ctx: Arc<WorkerContext>, job: Job) {
     ctx.in_flight.lock().remove(&d.delivery_id);
     if d.ordered {
         ctx.wake.notify_one();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn answer(status: u16) -> Result<Answer, SendError> {
-        Ok(Answer {
-            status,
-            body: String::new(),
-            location: None,
-            retry_after: None,
-            latency: Duration::ZERO,
-        })
-    }
-
-    #[test]
-    fn answers_are_read_like_the_best_peers_do() {
-        assert_eq!(verdict(&answer(200)), Verdict::Delivered);
-        assert_eq!(verdict(&answer(204)), Verdict::Delivered);
-        assert_eq!(verdict(&answer(410)), Verdict::Gone);
-        for s in [429, 502, 503, 504] {
-            assert_eq!(verdict(&answer(s)), Verdict::Throttled, "{s}");
-        }
-        for s in [301, 400, 404, 500] {
-            assert_eq!(verdict(&answer(s)), Verdict::Failed, "{s}");
-        }
-        let timeout = Err(SendError {
-            class: ErrorClass::Timeout,
-            message: String::new(),
-            latency: Duration::ZERO,
-        });
-        assert_eq!(verdict(&timeout), Verdict::Failed);
     }
 }

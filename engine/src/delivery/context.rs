@@ -7,7 +7,7 @@ use std::{collections::HashSet, sync::Arc};
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
-use super::{client::DeliveryClient, retry::RetryPolicy};
+use super::{client::DeliveryClient, decide::Sent, retry::RetryPolicy};
 use crate::{
     config::DeliveryConfig,
     metrics::Metrics,
@@ -55,10 +55,8 @@ pub struct WorkerContext {
 pub struct Finished {
     /// The subscription (endpoint) attempted.
     pub subscription_id: String,
-    /// Whether the endpoint took it (2xx).
-    pub success: bool,
-    /// Whether the endpoint asked to slow down (429 or 503).
-    pub throttled: bool,
+    /// How the endpoint answered, as the shard's breaker and limits read it.
+    pub sent: Sent,
     /// Whether it was the half-open breaker's probe.
     pub probe: bool,
 }

@@ -1,9 +1,10 @@
 //! Delivery: from a scheduled delivery to a signed HTTP request and a
 //! recorded attempt.
 //!
-//! The pieces are small and separately tested: [`retry`] decides what a
-//! failure leads to, [`breaker`] gates each endpoint, [`client`] sends with
-//! timeouts and the SSRF guard, [`scheduler`] takes due deliveries from the
+//! The pieces are small and separately tested: [`decide`] is the one pure
+//! function deciding what an attempt leads to (record, retry, dead, disable,
+//! breaker), [`retry`] gives the schedule's delays, [`breaker`] gates each
+//! endpoint, [`client`] sends with timeouts and the SSRF guard, [`scheduler`] takes due deliveries from the
 //! durable schedule, and [`worker`] shards them by endpoint so each
 //! endpoint's state has one owner and a dead endpoint delays no other.
 
@@ -11,6 +12,7 @@ pub mod attempt;
 pub mod breaker;
 pub mod client;
 pub mod context;
+pub mod decide;
 pub mod limit;
 pub mod retry;
 pub mod scheduler;

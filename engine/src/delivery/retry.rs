@@ -40,17 +40,38 @@ impl RetryPolicy {
         if success {
             return RetryAction::Done;
         }
-        match self.schedule.0.get(attempt.saturating_sub(1) as usize) {
+        match self.delay(attempt, self.draw(rng)) {
             None => RetryAction::Dead,
-            Some(base) => {
-                let factor = if self.jitter > 0.0 {
-                    rng.gen_range(1.0 - self.jitter..=1.0 + self.jitter)
-                } else {
-                    1.0
-                };
-                RetryAction::RetryAfter(base.mul_f64(factor))
-            }
+            Some(delay) => RetryAction::RetryAfter(delay),
         }
+    }
+
+    /// A random jitter draw for [`delay`](Self::delay), uniform in [-1, 1]
+    /// (0 when the policy has no jitter, so no randomness is used).
+    pub fn draw(&self, rng: &mut impl Rng) -> f64 {
+        if self.jitter > 0.0 {
+            rng.gen_range(-1.0..=1.0)
+        } else {
+            0.0
+        }
+    }
+
+    /// The delay after attempt number `attempt` (1-based) failed, `None` once
+    /// the schedule is spent. `draw` (in [-1, 1], clamped) picks the point in
+    /// the jitter range: the delay is the schedule's times `1 + jitter × draw`.
+    pub fn delay(&self, attempt: u32, draw: f64) -> Option<Duration> {
+        let base = self.schedule.0.get(attempt.saturating_sub(1) as usize)?;
+        let draw = if draw.is_nan() {
+            0.0
+        } else {
+            draw.clamp(-1.0, 1.0)
+        };
+        Some(base.mul_f64(1.0 + self.jitter * draw))
+    }
+
+    /// The jitter fraction in force (clamped to [0, 0.5]).
+    pub fn jitter(&self) -> f64 {
+        self.jitter
     }
 
     /// How many attempts a delivery gets in all.

@@ -10,7 +10,6 @@
 use std::{
     collections::{HashMap, VecDeque},
     sync::Arc,
-    time::Duration,
 };
 
 use serde_json::json;
@@ -22,12 +21,10 @@ use super::{
     attempt::{deferred, send_and_finish},
     breaker::{Admission, Breaker, BreakerConfig, BreakerState},
     context::Finished,
+    decide::{deferral, record_on_breaker, BreakerChange},
     limit::{Concurrency, TokenBucket},
 };
-use crate::{
-    model::{SubscriptionStatus, WebhookSubscription},
-    operational,
-};
+use crate::model::{SubscriptionStatus, WebhookSubscription};
 
 /// The set of shards.
 pub struct Shards {
@@ -164,21 +161,20 @@ impl Shard {
         };
         let now = tokio::time::Instant::now();
         ep.in_flight = ep.in_flight.saturating_sub(1);
-        if done.throttled {
+        if done.sent.throttled {
             ep.concurrency.throttled();
-        } else if done.success {
+        } else if done.sent.success {
             ep.concurrency.succeeded();
         }
-        let before = ep.breaker.state(now);
-        if let Some(state) = ep.breaker.record(done.success, now) {
-            tracing::info!(subscription_id = %done.subscription_id, ?state, probe = done.probe, "circuit breaker changed state");
-            self.announce(&done.subscription_id, before, state);
+        if let Some(change) = record_on_breaker(&mut ep.breaker, done.sent, now) {
+            tracing::info!(subscription_id = %done.subscription_id, state = ?change.after, probe = done.probe, "circuit breaker changed state");
+            self.announce(&done.subscription_id, change);
         }
         self.pump(&done.subscription_id);
         // An idle, healthy endpoint has nothing worth remembering: forget it.
         if let Some(ep) = self.endpoints.get(&done.subscription_id) {
             let closed = ep.breaker.state(now) == BreakerState::Closed;
-            if done.success
+            if done.sent.success
                 && closed
                 && ep.in_flight == 0
                 && ep.queue.is_empty()
@@ -194,11 +190,9 @@ impl Shard {
     }
 
     /// Tells the tenant its endpoint's circuit opened or closed.
-    fn announce(&mut self, subscription_id: &str, before: BreakerState, after: BreakerState) {
-        let event_type = match (before, after) {
-            (BreakerState::Closed, BreakerState::Open) => operational::CIRCUIT_OPENED,
-            (_, BreakerState::Closed) => operational::CIRCUIT_CLOSED,
-            _ => return,
+    fn announce(&mut self, subscription_id: &str, change: BreakerChange) {
+        let Some(event_type) = change.announcement() else {
+            return;
         };
         let Some(sub) = self.ctx.subscriptions.get(subscription_id) else {
             return;
@@ -242,13 +236,9 @@ impl Shard {
             if admission == Admission::Reject {
                 // Not sent, so it costs no attempt: the delivery waits for the
                 // breaker's next probe, spread out so the backlog doesn't land at once.
-                let wait = ep
-                    .breaker
-                    .remaining_open(now)
-                    .max(Duration::from_millis(500));
-                let spread = wait.mul_f64(rand::random::<f64>() * 0.2);
+                let wait = deferral(ep.breaker.remaining_open(now), rand::random::<f64>());
                 self.attempts
-                    .spawn(async move { deferred(&ctx, &sub, job, wait + spread).await });
+                    .spawn(async move { deferred(&ctx, &sub, job, wait).await });
                 continue;
             }
             ep.in_flight += 1;
