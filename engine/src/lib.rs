@@ -28,6 +28,7 @@ pub mod model;
 pub mod operational;
 pub mod relay;
 pub mod resources;
+pub mod sealing;
 pub mod signing;
 pub mod ssrf;
 pub mod store;

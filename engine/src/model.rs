@@ -132,27 +132,13 @@ pub enum Ordering {
 /// One signing secret of a subscription.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SecretEntry {
-    /// The secret, `whsec_…` on the wire.
-    #[serde(with = "secret_serde")]
+    /// The secret: sealed (`enc:v1:…`) in a stored body, which the store's
+    /// codec writes and reads (see [`crate::sealing`]); `whsec_…` elsewhere.
+    #[serde(with = "crate::sealing::secret")]
     pub secret: SigningSecret,
     /// When it stops signing; `None` for the current secret.
     #[serde(default, with = "time::serde::rfc3339::option")]
     pub expires_at: Option<OffsetDateTime>,
-}
-
-mod secret_serde {
-    use serde::{de::Error, Deserialize, Deserializer, Serializer};
-
-    use crate::signing::SigningSecret;
-
-    pub fn serialize<S: Serializer>(s: &SigningSecret, ser: S) -> Result<S::Ok, S::Error> {
-        ser.serialize_str(&s.to_whsec())
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(de: D) -> Result<SigningSecret, D::Error> {
-        let raw = String::deserialize(de)?;
-        SigningSecret::parse(&raw).map_err(D::Error::custom)
-    }
 }
 
 /// A tenant's webhook subscription (an endpoint plus what it wants).

@@ -1,18 +1,19 @@
 //! The one place a subscription becomes a stored body and back, for every
-//! store: its signing secrets are sealed with the [`SecretCipher`] on the
-//! way in and opened on the way out, so no store ever writes a plaintext
-//! secret. Each secret is bound (GCM associated data) to its tenant and
-//! subscription id.
+//! store: its signing secrets are typed fields that serde seals with the
+//! [`SecretCipher`] on the way in and opens on the way out (see
+//! [`crate::sealing`]), so no store ever writes a plaintext secret and
+//! nothing looks for secrets by field name. Each secret is bound (GCM
+//! associated data) to its tenant and subscription id.
 //!
 //! Bodies written before encryption existed hold `whsec_…` plaintext; they
 //! still load, and [`SubscriptionCodec::reseal`] (run by each store when it
 //! opens) rewrites them — and values sealed under an older key — under the
 //! current key.
 
-use serde_json::Value;
+use serde::Deserialize;
 
 use super::StoreError;
-use crate::{encryption::SecretCipher, model::WebhookSubscription};
+use crate::{encryption::SecretCipher, model::WebhookSubscription, sealing};
 
 /// Encodes and decodes stored subscription bodies, sealing their secrets.
 #[derive(Debug, Clone)]
@@ -21,27 +22,15 @@ pub struct SubscriptionCodec {
 }
 
 /// The associated data binding a sealed secret to its subscription.
-fn aad(body: &Value) -> Result<Vec<u8>, StoreError> {
-    let field = |name: &str| {
-        body.get(name)
-            .and_then(Value::as_str)
-            .ok_or_else(|| StoreError::Corrupt(format!("subscription body without {name}")))
-    };
-    Ok(format!(
-        "herald/subscription/{}/{}",
-        field("tenant_id")?,
-        field("id")?
-    )
-    .into_bytes())
+fn aad(tenant_id: &str, id: &str) -> Vec<u8> {
+    format!("herald/subscription/{tenant_id}/{id}").into_bytes()
 }
 
-/// The `secret` strings of a body's `secrets` entries.
-fn secret_fields(body: &mut Value) -> impl Iterator<Item = &mut Value> {
-    body.get_mut("secrets")
-        .and_then(Value::as_array_mut)
-        .into_iter()
-        .flatten()
-        .filter_map(|entry| entry.get_mut("secret"))
+/// Whose body it is: read first, as the secrets are bound to it.
+#[derive(Deserialize)]
+struct Owner {
+    id: String,
+    tenant_id: String,
 }
 
 impl SubscriptionCodec {
@@ -57,15 +46,10 @@ impl SubscriptionCodec {
 
     /// The stored body of `sub`, its secrets sealed.
     pub fn encode(&self, sub: &WebhookSubscription) -> Result<String, StoreError> {
-        let mut body = serde_json::to_value(sub).map_err(corrupt)?;
-        let aad = aad(&body)?;
-        for field in secret_fields(&mut body) {
-            let plain = field
-                .as_str()
-                .ok_or_else(|| StoreError::Corrupt("a secret is not a string".into()))?;
-            *field = Value::String(self.cipher.seal(plain, &aad));
-        }
-        serde_json::to_string(&body).map_err(corrupt)
+        let (body, _) = sealing::within(&self.cipher, aad(&sub.tenant_id, &sub.id), || {
+            serde_json::to_string(sub)
+        });
+        body.map_err(corrupt)
     }
 
     /// Decodes a stored body, opening its secrets (plaintext ones from
@@ -78,31 +62,27 @@ impl SubscriptionCodec {
     /// Decodes a stored body; also says whether any secret in it is stale
     /// (plaintext, or sealed under a key other than the current one).
     pub fn decode_checked(&self, raw: &str) -> Result<(WebhookSubscription, bool), StoreError> {
-        let mut body: Value = serde_json::from_str(raw).map_err(corrupt)?;
-        let aad = aad(&body)?;
-        let id = body.get("id").and_then(Value::as_str).unwrap_or("?");
-        let id = id.to_string();
-        let mut stale = false;
-        for field in secret_fields(&mut body) {
-            let stored = field
-                .as_str()
-                .ok_or_else(|| StoreError::Corrupt("a secret is not a string".into()))?;
-            let opened = self.cipher.open(stored, &aad).map_err(|e| {
-                StoreError::Secrets(format!(
-                    "cannot decrypt the signing secret of subscription {id}: {e}"
-                ))
-            })?;
-            stale |= opened.stale;
-            *field = Value::String(opened.plaintext);
-        }
-        let sub = serde_json::from_value(body).map_err(|e| {
-            // serde's message may quote the value: never let it carry a secret.
+        let owner: Owner = serde_json::from_str(raw).map_err(|e| {
             StoreError::Corrupt(format!(
-                "subscription {id} does not decode: {}",
+                "subscription body without its id and tenant: {}",
                 redact_whsec(&e.to_string())
             ))
         })?;
-        Ok((sub, stale))
+        let (sub, report) = sealing::within(&self.cipher, aad(&owner.tenant_id, &owner.id), || {
+            serde_json::from_str::<WebhookSubscription>(raw)
+        });
+        let id = &owner.id;
+        match (sub, report.failure) {
+            (Ok(sub), _) => Ok((sub, report.stale)),
+            (Err(_), Some(e)) => Err(StoreError::Secrets(format!(
+                "cannot decrypt the signing secret of subscription {id}: {e}"
+            ))),
+            // serde's message may quote the value: never let it carry a secret.
+            (Err(e), None) => Err(StoreError::Corrupt(format!(
+                "subscription {id} does not decode: {}",
+                redact_whsec(&e.to_string())
+            ))),
+        }
     }
 
     /// The body again with every secret sealed under the current key, when
@@ -197,6 +177,31 @@ mod tests {
         assert_eq!(back, s);
         assert!(!stale);
         assert_eq!(codec.reseal(&body).unwrap(), None);
+    }
+
+    #[test]
+    fn a_subscription_never_prints_its_secrets() {
+        let secret = SigningSecret::generate();
+        let s = sub("sub_1", &[&secret]);
+        let printed = format!("{s:?} {s:#?}");
+        assert!(!printed.contains(&base64_part(&secret)), "{printed}");
+        assert!(printed.contains("SigningSecret(<redacted>)"), "{printed}");
+    }
+
+    #[test]
+    fn a_sealed_body_decodes_only_through_the_codec() {
+        let codec = SubscriptionCodec::new(SecretCipher::random());
+        let body = codec
+            .encode(&sub("sub_1", &[&SigningSecret::generate()]))
+            .unwrap();
+        let err = serde_json::from_str::<WebhookSubscription>(&body)
+            .expect_err("no secret without the key")
+            .to_string();
+        assert!(err.contains("through the store's codec"), "{err}");
+        let err = codec
+            .decode("{\"url\": \"https://example.com\"}")
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt(_)), "{err}");
     }
 
     #[test]
