@@ -28,6 +28,8 @@ const LAYERS: &[&[&str]] = &[
         "resources",
         "filters",
     ],
+    // Signing secrets sealed as the model is (de)serialized.
+    &["sealing"],
     // The data model and the configuration.
     &["model", "config"],
     // Pure delivery policies (no I/O).
@@ -358,7 +360,7 @@ fn the_reader_resolves_groups_and_relative_paths() {
     assert_eq!(names, want);
     assert_eq!(
         component("store::scylla::marks"),
-        Some(("store::scylla", 5))
+        Some(("store::scylla", 6))
     );
-    assert_eq!(component("store::FanOut"), Some(("store", 4)));
+    assert_eq!(component("store::FanOut"), Some(("store", 5)));
 }
