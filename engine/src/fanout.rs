@@ -145,6 +145,9 @@ pub async fn run(
         let dedupe_until = now + dedupe_window.as_millis() as i64;
         // The batch must become durable before its offsets move: retry until it does.
         let mut backoff = Duration::from_millis(50);
+        // Whether an earlier try of this batch failed: it may have committed
+        // all the same (a lost acknowledgement).
+        let mut retried = false;
         let results = loop {
             match store.fan_out(batch.clone(), dedupe_until, now).await {
                 Ok(results) => {
@@ -158,10 +161,11 @@ pub async fn run(
                         () = cancel.cancelled() => return,
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(5));
+                    retried = true;
                 }
             }
         };
-        if hand_off(batch, &results, &shards).await {
+        if hand_off(batch, &results, retried, &shards).await {
             wake.notify_one();
         }
         let positions: Vec<LogPosition> = next
@@ -178,10 +182,26 @@ pub async fn run(
 /// Dispatches the leased deliveries of the events just scheduled; returns
 /// whether any delivery was left for the scheduler (ordered, or past the
 /// hand-off limit).
-async fn hand_off(batch: Vec<FanOut>, results: &[FanOutResult], shards: &Shards) -> bool {
+///
+/// After a `retried` batch an event found `AlreadyDone` was most likely
+/// scheduled, leased under these very delivery ids, by the try whose
+/// acknowledgement was lost: those are dispatched too, or they would wait
+/// out their lease in a live process. (Should the event have been fanned
+/// out by an earlier run instead, the attempt is a duplicate, never a loss.)
+async fn hand_off(
+    batch: Vec<FanOut>,
+    results: &[FanOutResult],
+    retried: bool,
+    shards: &Shards,
+) -> bool {
     let mut left = false;
     for (item, result) in batch.into_iter().zip(results) {
-        if *result != FanOutResult::Scheduled || item.deliveries.is_empty() {
+        let ours = match result {
+            FanOutResult::Scheduled => true,
+            FanOutResult::AlreadyDone => retried,
+            FanOutResult::Duplicate => false,
+        };
+        if !ours || item.deliveries.is_empty() {
             continue;
         }
         if item.lease_until_ms.is_none() {

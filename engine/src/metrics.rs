@@ -61,6 +61,9 @@ pub struct Metrics {
     pub relay_records: IntCounter,
     /// `herald_relay_dead_letters_total`: CDC rows the relay sent to the dead-letter topic.
     pub relay_dead_letters: IntCounter,
+    /// `herald_attempt_records_abandoned_total`: attempt records the store
+    /// refused on every try (those deliveries go again when their lease ends).
+    pub attempt_records_abandoned: IntCounter,
     /// `herald_http_requests_total{route,method,status}`: API requests by matched route and status class.
     pub http_requests: IntCounterVec,
     /// `herald_http_request_duration_seconds{route,method}`: API request handling time.
@@ -176,6 +179,10 @@ impl Metrics {
             relay_dead_letters: single(
                 "herald_relay_dead_letters_total",
                 "CDC rows the relay could not parse and sent to the dead-letter topic.",
+            ),
+            attempt_records_abandoned: single(
+                "herald_attempt_records_abandoned_total",
+                "Attempt records the store refused on every retry; each such delivery is sent again when its lease ends.",
             ),
             http_requests: counter(
                 r,

@@ -176,31 +176,47 @@ async fn finish(
         }
     }
     apply_health(ctx, sub, &decision.health).await;
-    if decision.is_dead() {
-        tracing::warn!(delivery_id = %d.delivery_id, event_id = %d.event_id, subscription_id = %d.subscription_id, "delivery is dead; it can be replayed");
-        if !job.event.event_type.starts_with(OPERATIONAL_PREFIX) {
-            let payload = json!({
-                "delivery_id": d.delivery_id,
-                "event_id": d.event_id,
-                "event_type": job.event.event_type,
-                "subscription_id": d.subscription_id,
-                "attempts": d.attempt,
-                "last_status_code": record.status_code,
-                "last_error": record.error,
-            });
-            ctx.operational
-                .emit(&d.tenant_id, operational::DELIVERY_DEAD, payload)
-                .await;
-        }
-    }
     ctx.metrics
         .attempt(&record, decision.sent.is_some(), job.event.received_at);
-    persist(ctx, record, decision.next).await;
+    let dead = decision
+        .is_dead()
+        .then_some((record.status_code, record.error));
+    let recorded = persist(ctx, record, decision.next).await;
+    if let Some((last_status_code, last_error)) = dead.filter(|_| recorded) {
+        announce_dead(ctx, &job, last_status_code, last_error).await;
+    }
     ctx.in_flight.lock().remove(&d.delivery_id);
     if d.ordered {
         // The next delivery of this ordered subscription may go now.
         ctx.wake.notify_one();
     }
+}
+
+/// Tells the tenant a delivery is dead (after its record is stored, so the
+/// announcement never precedes the log it points to).
+async fn announce_dead(
+    ctx: &WorkerContext,
+    job: &Job,
+    last_status_code: Option<u16>,
+    last_error: Option<ErrorClass>,
+) {
+    let d = &job.delivery;
+    tracing::warn!(delivery_id = %d.delivery_id, event_id = %d.event_id, subscription_id = %d.subscription_id, "delivery is dead; it can be replayed");
+    if job.event.event_type.starts_with(OPERATIONAL_PREFIX) {
+        return;
+    }
+    let payload = json!({
+        "delivery_id": d.delivery_id,
+        "event_id": d.event_id,
+        "event_type": job.event.event_type,
+        "subscription_id": d.subscription_id,
+        "attempts": d.attempt,
+        "last_status_code": last_status_code,
+        "last_error": last_error,
+    });
+    ctx.operational
+        .emit(&d.tenant_id, operational::DELIVERY_DEAD, payload)
+        .await;
 }
 
 /// Carries out a health change: keeps `failing_since`, disables a
@@ -273,18 +289,41 @@ async fn modify(
     }
 }
 
-async fn persist(ctx: &WorkerContext, record: WebhookDeliveryLog, next: Option<ScheduledDelivery>) {
+/// Times a failed attempt record is written again before it is given up.
+const PERSIST_TRIES: u32 = 8;
+
+/// Records the attempt (and the delivery's next state) in the store,
+/// retrying a failed write [`PERSIST_TRIES`] times with backoff (about 15 s
+/// in all). Then it gives up, counts it and says so: the delivery is still
+/// leased in the schedule, so it falls due again when its lease ends and is
+/// sent again (a duplicate at worst, never a loss), and the shard's slot is
+/// not held by a store that stays down. Returns whether it was recorded.
+async fn persist(
+    ctx: &WorkerContext,
+    record: WebhookDeliveryLog,
+    next: Option<ScheduledDelivery>,
+) -> bool {
     let mut backoff = Duration::from_millis(50);
-    loop {
+    for tries in 1..=PERSIST_TRIES {
         match ctx.store.record_attempt(record.clone(), next.clone()).await {
-            Ok(()) => return,
-            Err(e) => {
-                tracing::error!(error = %e, delivery_id = %record.delivery_id, "could not record an attempt; retrying");
+            Ok(()) => return true,
+            Err(e) if tries < PERSIST_TRIES => {
+                tracing::warn!(error = %e, delivery_id = %record.delivery_id, tries, "could not record an attempt; retrying");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
+            Err(e) => {
+                tracing::error!(
+                    error = %e,
+                    delivery_id = %record.delivery_id,
+                    tries,
+                    "could not record an attempt; giving up: the delivery is sent again when its lease ends"
+                );
+            }
         }
     }
+    ctx.metrics.attempt_records_abandoned.inc();
+    false
 }
 
 /// A delivery whose subscription no longer exists: recorded dead and removed.

@@ -1,11 +1,14 @@
 //! The engine's guarantees under injected faults (issue 17, item 6): a log
-//! whose calls fail, lose their acknowledgement or stall. Each test asserts
+//! and a store whose calls fail, lose their acknowledgement or stall (one
+//! plan drives both: `append`, `poll`, `commit` are the log's; `fan_out`,
+//! `record_attempt`, `record_event`, `claim_due` the store's). Each test asserts
 //! what must arrive (waiting for it, or for a barrier event sent after it),
 //! then counts: no acknowledged event lost, none delivered twice.
 
 mod log;
 mod plan;
 mod receiver;
+mod store;
 
 use std::{path::Path, sync::Arc, time::Duration};
 
@@ -18,6 +21,7 @@ use serde_json::json;
 use log::FaultyLog;
 use plan::{Effect, Plan};
 use receiver::Receiver;
+use store::FaultyStore;
 
 /// Long enough for any delivery on a loaded machine; only a guard against a hang.
 const PATIENCE: Duration = Duration::from_secs(30);
@@ -35,12 +39,22 @@ fn config(dir: &Path) -> EngineConfig {
     config
 }
 
-/// An engine on the configured backends, its log wrapped by `plan`.
+/// An engine on the configured backends, its log and store wrapped by `plan`.
 async fn start(dir: &Path, plan: Arc<Plan>) -> Arc<Engine> {
-    let config = config(dir);
+    start_tuned(dir, plan, |_| {}).await
+}
+
+async fn start_tuned(
+    dir: &Path,
+    plan: Arc<Plan>,
+    tune: impl FnOnce(&mut EngineConfig),
+) -> Arc<Engine> {
+    let mut config = config(dir);
+    tune(&mut config);
     let (log, store): (Arc<dyn EventLog>, Arc<dyn Store>) =
         Backends::choose(&config).open(&config).await.unwrap();
-    let log: Arc<dyn EventLog> = Arc::new(FaultyLog::new(log, plan));
+    let log: Arc<dyn EventLog> = Arc::new(FaultyLog::new(log, plan.clone()));
+    let store: Arc<dyn Store> = Arc::new(FaultyStore::new(store, plan));
     Engine::start_with(config, log, store).await.unwrap()
 }
 
@@ -217,5 +231,100 @@ async fn a_stalled_append_holds_back_only_its_own_emit() {
     let (stalled, _) = slow.await.unwrap().unwrap();
     rx.wait_for(&stalled.id, PATIENCE).await;
     assert_eq!(rx.counts().len(), 2);
+    engine.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_store_outage_at_fan_out_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = Arc::new(Plan::default());
+    plan.on("fan_out", 1..=3, Effect::Fail);
+    let engine = start(dir.path(), plan.clone()).await;
+    let rx = Receiver::start().await;
+    subscribe(&engine, &rx).await;
+
+    let mut ids = Vec::new();
+    for n in 0..10 {
+        ids.push(engine.emit(TENANT, event(n, None)).await.unwrap().0.id);
+    }
+    for id in &ids {
+        rx.wait_for(id, PATIENCE).await;
+    }
+    assert!(
+        plan.calls("fan_out") > 3,
+        "the failed fan-outs were retried"
+    );
+    let counts = rx.counts();
+    assert!(ids.iter().all(|id| counts[id] == 1), "{counts:?}");
+    engine.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_lost_fan_out_acknowledgement_neither_delays_nor_doubles_a_delivery() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = Arc::new(Plan::default());
+    // The first fan-out commits, but fan-out hears a failure and tries again.
+    plan.on("fan_out", 1..=1, Effect::FailAfter);
+    // A lease far longer than the test's patience: a delivery left to wait
+    // for its own lease would fail the test instead of arriving.
+    let engine = start_tuned(dir.path(), plan.clone(), |c| {
+        c.delivery.lease_margin = Duration::from_secs(3600);
+    })
+    .await;
+    let rx = Receiver::start().await;
+    subscribe(&engine, &rx).await;
+
+    let (first, _) = engine.emit(TENANT, event(1, None)).await.unwrap();
+    rx.wait_for(&first.id, PATIENCE).await;
+    let (barrier, _) = engine.emit(TENANT, event(2, None)).await.unwrap();
+    rx.wait_for(&barrier.id, PATIENCE).await;
+    assert!(plan.calls("fan_out") >= 2, "the batch was tried again");
+    let counts = rx.counts();
+    assert_eq!(
+        (counts[&first.id], counts[&barrier.id]),
+        (1, 1),
+        "{counts:?}"
+    );
+    engine.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_attempt_record_the_store_keeps_refusing_is_given_up_counted_and_sent_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = Arc::new(Plan::default());
+    // Every try of the first record fails (eight), then the store is back.
+    plan.on("record_attempt", 1..=8, Effect::Fail);
+    // A short lease, so the given-up delivery falls due again soon.
+    let engine = start_tuned(dir.path(), plan.clone(), |c| {
+        c.delivery.request_timeout = Duration::from_millis(500);
+        c.delivery.lease_margin = Duration::from_secs(1);
+    })
+    .await;
+    let rx = Receiver::start().await;
+    subscribe(&engine, &rx).await;
+
+    let (sent, _) = engine.emit(TENANT, event(1, None)).await.unwrap();
+    // The first send, whose record is given up, then the send after its
+    // lease ended, whose record is stored.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while rx.counts().get(&sent.id).copied().unwrap_or(0) < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the delivery was not sent again after its record was given up"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(engine.metrics().attempt_records_abandoned.get(), 1);
+    let logged = loop {
+        let (_, logs) = engine.event(TENANT, &sent.id).await.unwrap();
+        if !logs.is_empty() {
+            break logs;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never recorded");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(logged.len(), 1, "only the recorded attempt is logged");
+    assert_eq!(logged[0].outcome.as_str(), "delivered");
+    assert!(plan.calls("record_attempt") > 8);
     engine.shutdown().await;
 }
