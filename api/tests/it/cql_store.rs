@@ -626,3 +626,96 @@ async fn cql_log_range_replay_is_throttled_resumable_and_counted() {
         300
     );
 }
+
+/// A keyspace made by an older Herald (subscriptions without `revision`):
+/// connecting adds the column, and a row written before it is changed by
+/// compare-and-set on its body, then carries a revision; a deleted row is
+/// not brought back by a late change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cql_subscriptions_of_an_older_schema_gain_revisions() {
+    let _cassandra = crate::cql::shared().await;
+    let cql = config("revision");
+    let session = scylla::client::session_builder::SessionBuilder::new()
+        .known_nodes(&cql.nodes)
+        .build()
+        .await
+        .unwrap();
+    let ks = &cql.keyspace;
+    for statement in [
+        format!("CREATE KEYSPACE {ks} WITH replication = {{'class': 'SimpleStrategy', 'replication_factor': 1}}"),
+        format!("CREATE TABLE {ks}.subscriptions (tenant_id text, id text, body text, PRIMARY KEY ((tenant_id), id)) WITH CLUSTERING ORDER BY (id DESC)"),
+    ] {
+        session.query_unpaged(statement, ()).await.unwrap();
+    }
+    let body = |id: &str| {
+        serde_json::json!({
+            "id": id, "tenant_id": "acme", "url": "https://example.com/h",
+            "event_types": ["a.*"], "status": "active", "secrets": [],
+            "created_at": "2026-01-01T00:00:00Z", "updated_at": "2026-01-01T00:00:00Z"
+        })
+        .to_string()
+    };
+    for id in ["sub_old1", "sub_old2"] {
+        session
+            .query_unpaged(
+                format!(
+                    "INSERT INTO {ks}.subscriptions (tenant_id, id, body) VALUES ('acme', ?, ?)"
+                ),
+                (id, body(id)),
+            )
+            .await
+            .unwrap();
+    }
+    let store = ScyllaStore::connect(&cql, cipher()).await.unwrap();
+    let revision = |id: &'static str| {
+        let session = &session;
+        async move {
+            session
+                .query_unpaged(
+                    format!("SELECT revision FROM {ks}.subscriptions WHERE tenant_id = 'acme' AND id = ?"),
+                    (id,),
+                )
+                .await
+                .unwrap()
+                .into_rows_result()
+                .unwrap()
+                .maybe_first_row::<(Option<i64>,)>()
+                .unwrap()
+                .map(|(r,)| r)
+        }
+    };
+    assert_eq!(
+        revision("sub_old1").await,
+        Some(None),
+        "a row from before revisions"
+    );
+    let describe = |text: &'static str| -> herald_engine::store::SubscriptionChange {
+        Box::new(move |s| {
+            s.description = Some(text.into());
+            true
+        })
+    };
+    let (changed, did) = store
+        .modify_subscription("acme", "sub_old1", describe("first"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(did);
+    assert_eq!(changed.description.as_deref(), Some("first"));
+    assert_eq!(revision("sub_old1").await, Some(Some(1)));
+    store
+        .modify_subscription("acme", "sub_old1", describe("second"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(revision("sub_old1").await, Some(Some(2)));
+
+    assert!(store.delete_subscription("acme", "sub_old2").await.unwrap());
+    assert!(store
+        .modify_subscription("acme", "sub_old2", describe("late"))
+        .await
+        .unwrap()
+        .is_none());
+    assert_eq!(revision("sub_old2").await, None, "not brought back");
+    crate::cql::drop_keyspace(&session, ks).await;
+}

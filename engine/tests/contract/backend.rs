@@ -1,0 +1,142 @@
+//! The stores under test: an embedded store in a temporary directory, or a
+//! CQL store in a keyspace of its own (dropped when the test ends; keyspaces
+//! an earlier run left behind, after a failure, are dropped by the first
+//! test of the next run).
+
+use std::{sync::Arc, time::Duration};
+
+use herald_engine::{
+    config::ScyllaConfig,
+    encryption::{KeyRing, SecretCipher},
+    store::{embedded::EmbeddedStore, scylla::ScyllaStore, Store},
+};
+
+/// Prefix of this suite's keyspaces (the API tests use `herald_t_`).
+const KEYSPACE_PREFIX: &str = "herald_c_";
+
+/// The secret-encryption key of every store the suite opens.
+const TEST_KEY: &str = "aGVyYWxkLWNxbC10ZXN0cy1lbmNyeXB0aW9uLWtleSE=";
+
+fn cipher() -> SecretCipher {
+    SecretCipher::new(KeyRing::parse(TEST_KEY).unwrap(), "TEST_KEY")
+}
+
+enum Backing {
+    Embedded(tempfile::TempDir),
+    Cql(ScyllaConfig),
+}
+
+/// One store under test, and the means to open a second handle on it (a
+/// second process sharing it).
+pub struct Harness {
+    /// The store.
+    pub store: Arc<dyn Store>,
+    backing: Backing,
+}
+
+impl Harness {
+    /// An embedded store in a new temporary directory.
+    pub async fn embedded() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path(), cipher()).unwrap();
+        Self {
+            store: Arc::new(store),
+            backing: Backing::Embedded(dir),
+        }
+    }
+
+    /// A CQL store in a new keyspace named after `tag`.
+    pub async fn cql(tag: &str) -> Self {
+        sweep_earlier_runs().await;
+        let mut config = ScyllaConfig::new(nodes());
+        config.keyspace = format!(
+            "{KEYSPACE_PREFIX}{}_{}_{}",
+            run_id(),
+            &tag[..tag.len().min(20)],
+            &uuid::Uuid::new_v4().simple().to_string()[..6]
+        );
+        let store = ScyllaStore::connect(&config, cipher()).await.unwrap();
+        Self {
+            store: Arc::new(store),
+            backing: Backing::Cql(config),
+        }
+    }
+
+    /// Another handle on the same store, as a second process would open it.
+    pub async fn other(&self) -> Arc<dyn Store> {
+        match &self.backing {
+            Backing::Embedded(dir) => Arc::new(EmbeddedStore::open(dir.path(), cipher()).unwrap()),
+            Backing::Cql(config) => Arc::new(ScyllaStore::connect(config, cipher()).await.unwrap()),
+        }
+    }
+
+    /// Ends the test: drops the keyspace (the directory goes with `self`).
+    pub async fn finish(self) {
+        if let Backing::Cql(config) = &self.backing {
+            let session = session().await;
+            let _ = session
+                .query_unpaged(format!("DROP KEYSPACE IF EXISTS {}", config.keyspace), ())
+                .await;
+        }
+    }
+}
+
+fn nodes() -> Vec<String> {
+    let raw = std::env::var("HERALD_TEST_SCYLLA_NODES").unwrap_or_else(|_| "127.0.0.1:9042".into());
+    let nodes: Vec<String> = raw.split(',').map(|s| s.trim().to_string()).collect();
+    let first = nodes[0]
+        .parse()
+        .expect("HERALD_TEST_SCYLLA_NODES: host:port");
+    if std::net::TcpStream::connect_timeout(&first, Duration::from_secs(3)).is_err() {
+        panic!(
+            "no CQL node at {}: start Cassandra with `scripts/services up cassandra` (scripts/test does)",
+            nodes[0]
+        );
+    }
+    nodes
+}
+
+async fn session() -> scylla::client::session::Session {
+    scylla::client::session_builder::SessionBuilder::new()
+        .known_nodes(nodes())
+        .build()
+        .await
+        .expect("connect to Cassandra")
+}
+
+/// This test run's mark in its keyspace names.
+fn run_id() -> &'static str {
+    static RUN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    RUN.get_or_init(|| uuid::Uuid::new_v4().simple().to_string()[..6].to_string())
+}
+
+/// Drops, once per run, this suite's keyspaces left by earlier runs (a test
+/// that failed did not drop its own): a single small node runs out of heap
+/// after a few dozen keyspaces.
+async fn sweep_earlier_runs() {
+    static SWEPT: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+    SWEPT
+        .get_or_init(|| async {
+            let session = session().await;
+            let rows = session
+                .query_unpaged("SELECT keyspace_name FROM system_schema.keyspaces", ())
+                .await
+                .expect("list keyspaces")
+                .into_rows_result()
+                .expect("rows");
+            let mine = format!("{KEYSPACE_PREFIX}{}_", run_id());
+            let stale: Vec<String> = rows
+                .rows::<(String,)>()
+                .expect("keyspace names")
+                .filter_map(Result::ok)
+                .map(|(ks,)| ks)
+                .filter(|ks| ks.starts_with(KEYSPACE_PREFIX) && !ks.starts_with(&mine))
+                .collect();
+            for ks in &stale {
+                let _ = session
+                    .query_unpaged(format!("DROP KEYSPACE IF EXISTS {ks}"), ())
+                    .await;
+            }
+        })
+        .await;
+}

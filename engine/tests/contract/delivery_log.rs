@@ -1,0 +1,154 @@
+//! [`DeliveryLogStore`]: an attempt's record and its schedule change are
+//! one step; the log lists newest first, paged and filtered.
+
+use herald_engine::{
+    model::{Outcome, WebhookDeliveryLog},
+    store::LogFilter,
+};
+
+use crate::{
+    backend::Harness,
+    fixtures::{attempt, delivery, event, now, POSITION},
+};
+
+contract!(
+    an_attempt_reschedules_or_settles_its_delivery,
+    logs_page_newest_first_with_filters,
+);
+
+fn ids(logs: &[WebhookDeliveryLog]) -> Vec<String> {
+    logs.iter().map(|l| l.id.clone()).collect()
+}
+
+async fn an_attempt_reschedules_or_settles_its_delivery(h: &Harness) {
+    let s = &h.store;
+    let e = event("acme", "order.created");
+    s.record_event(&e, POSITION, 0).await.unwrap();
+    let t = now();
+    let d = delivery(&e, "sub_a", t - 1_000);
+    s.schedule(vec![d.clone()]).await.unwrap();
+    let (first, _) = s.claim_due(t, t + 60_000, 10).await.unwrap().remove(0);
+    assert_eq!(first.attempt, 1);
+
+    let mut retry = d.clone();
+    retry.attempt = 2;
+    retry.due_at_ms = t - 500;
+    let failed = attempt(&d, Outcome::Failed);
+    s.record_attempt(failed.clone(), Some(retry.clone()))
+        .await
+        .unwrap();
+    assert_eq!(s.schedule_backlog().await.unwrap(), 1);
+    let claimed = s.claim_due(now(), now() + 60_000, 10).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(
+        (claimed[0].0.delivery_id.as_str(), claimed[0].0.attempt),
+        (d.delivery_id.as_str(), 2)
+    );
+
+    let dead = attempt(&retry, Outcome::Dead);
+    s.record_attempt(dead.clone(), None).await.unwrap();
+    assert_eq!(s.schedule_backlog().await.unwrap(), 0);
+    assert!(s
+        .claim_due(now() + 120_000, now() + 180_000, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    let filter = LogFilter {
+        event_id: Some(e.id.clone()),
+        ..LogFilter::default()
+    };
+    let logs = s.list_delivery_logs("acme", &filter, 10).await.unwrap();
+    assert_eq!(ids(&logs), [dead.id, failed.id]);
+    assert_eq!(logs[0].outcome, Outcome::Dead);
+}
+
+async fn logs_page_newest_first_with_filters(h: &Harness) {
+    let s = &h.store;
+    let t = now();
+    let mut made = Vec::new();
+    let outcomes = [Outcome::Delivered, Outcome::Failed, Outcome::Dead];
+    for n in 0..6 {
+        let e = event("acme", "order.created");
+        s.record_event(&e, POSITION, 0).await.unwrap();
+        let sub = if n % 2 == 0 { "sub_even" } else { "sub_odd" };
+        let a = attempt(&delivery(&e, sub, t), outcomes[n % 3]);
+        s.record_attempt(a.clone(), None).await.unwrap();
+        made.push(a);
+    }
+    let other = event("globex", "order.created");
+    s.record_attempt(
+        attempt(&delivery(&other, "sub_g", t), Outcome::Delivered),
+        None,
+    )
+    .await
+    .unwrap();
+    let newest_first: Vec<String> = made.iter().rev().map(|a| a.id.clone()).collect();
+
+    let list = |filter: LogFilter, limit| {
+        let s = s.clone();
+        async move { ids(&s.list_delivery_logs("acme", &filter, limit).await.unwrap()) }
+    };
+    assert_eq!(list(LogFilter::default(), 10).await, newest_first);
+    let first = list(LogFilter::default(), 4).await;
+    let rest = list(
+        LogFilter {
+            before: Some(first[3].clone()),
+            ..LogFilter::default()
+        },
+        4,
+    )
+    .await;
+    assert_eq!(
+        first.iter().chain(&rest).cloned().collect::<Vec<_>>(),
+        newest_first
+    );
+
+    let pick = |keep: &dyn Fn(&WebhookDeliveryLog) -> bool| -> Vec<String> {
+        made.iter()
+            .rev()
+            .filter(|a| keep(a))
+            .map(|a| a.id.clone())
+            .collect()
+    };
+    let by_sub = LogFilter {
+        subscription_id: Some("sub_even".into()),
+        ..LogFilter::default()
+    };
+    assert_eq!(
+        list(by_sub.clone(), 10).await,
+        pick(&|a| a.subscription_id == "sub_even")
+    );
+    let failed = LogFilter {
+        outcome: Some("failed".into()),
+        ..LogFilter::default()
+    };
+    assert_eq!(
+        list(failed, 10).await,
+        pick(&|a| a.outcome == Outcome::Failed)
+    );
+    let both = LogFilter {
+        outcome: Some("dead".into()),
+        ..by_sub
+    };
+    assert_eq!(
+        list(both, 10).await,
+        pick(&|a| a.subscription_id == "sub_even" && a.outcome == Outcome::Dead)
+    );
+    let by_event = LogFilter {
+        event_id: Some(made[4].event_id.clone()),
+        ..LogFilter::default()
+    };
+    assert_eq!(list(by_event, 10).await, [made[4].id.clone()]);
+    assert!(s
+        .list_delivery_logs(
+            "globex",
+            &LogFilter {
+                subscription_id: Some("sub_even".into()),
+                ..LogFilter::default()
+            },
+            10
+        )
+        .await
+        .unwrap()
+        .is_empty());
+}

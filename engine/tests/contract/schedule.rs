@@ -1,0 +1,216 @@
+//! [`ScheduleStore`]: fan-out, claims under leases, the backlog.
+
+use std::collections::HashSet;
+
+use herald_engine::{
+    model::{Outcome, ScheduledDelivery},
+    store::{FanOut, FanOutResult},
+};
+
+use crate::{
+    backend::Harness,
+    fixtures::{attempt, delivery, event, now, POSITION},
+};
+
+contract!(
+    fan_out_is_idempotent_and_drops_duplicates,
+    fan_out_leases_what_the_caller_hands_out,
+    a_leased_delivery_is_not_claimed_twice,
+    ordered_deliveries_are_claimed_head_first,
+    released_leases_fall_due_at_once,
+    backlog_and_next_due_follow_the_schedule,
+);
+
+fn ids<'a>(claimed: impl IntoIterator<Item = &'a ScheduledDelivery>) -> HashSet<String> {
+    claimed.into_iter().map(|d| d.delivery_id.clone()).collect()
+}
+
+async fn fan_out_is_idempotent_and_drops_duplicates(h: &Harness) {
+    let s = &h.store;
+    let t = now();
+    let mut first = event("acme", "order.created");
+    first.dedupe_key = Some("k1".into());
+    let deliveries = vec![
+        delivery(&first, "sub_a", t - 1_000),
+        delivery(&first, "sub_b", t - 1_000),
+    ];
+    let item = |e: &herald_engine::model::DomainEvent, d: Vec<ScheduledDelivery>| FanOut {
+        event: e.clone(),
+        position: POSITION,
+        deliveries: d,
+        lease_until_ms: None,
+    };
+    let done = s
+        .fan_out(vec![item(&first, deliveries.clone())], t + 60_000, t)
+        .await
+        .unwrap();
+    assert_eq!(done, [FanOutResult::Scheduled]);
+    assert_eq!(s.schedule_backlog().await.unwrap(), 2);
+    // A re-read of the log after a crash: nothing new.
+    let again = s
+        .fan_out(vec![item(&first, deliveries.clone())], t + 60_000, t)
+        .await
+        .unwrap();
+    assert_eq!(again, [FanOutResult::AlreadyDone]);
+    assert_eq!(s.schedule_backlog().await.unwrap(), 2);
+    // Another event with the same dedupe key is dropped, and hidden.
+    let mut dup = event("acme", "order.created");
+    dup.dedupe_key = Some("k1".into());
+    let dropped = s
+        .fan_out(
+            vec![item(&dup, vec![delivery(&dup, "sub_a", t - 1_000)])],
+            t + 60_000,
+            t,
+        )
+        .await
+        .unwrap();
+    assert_eq!(dropped, [FanOutResult::Duplicate]);
+    assert_eq!(s.schedule_backlog().await.unwrap(), 2);
+    assert!(s.get_event("acme", &dup.id).await.unwrap().is_none());
+    assert!(s.get_event("acme", &first.id).await.unwrap().is_some());
+
+    let claimed = s.claim_due(now(), now() + 60_000, 10).await.unwrap();
+    assert_eq!(ids(claimed.iter().map(|(d, _)| d)), ids(&deliveries));
+    assert!(claimed.iter().all(|(_, e)| e.id == first.id));
+}
+
+async fn fan_out_leases_what_the_caller_hands_out(h: &Harness) {
+    let s = &h.store;
+    let t = now();
+    let e = event("acme", "order.created");
+    let handed = delivery(&e, "sub_a", t - 1_000);
+    let lease_end = t + 2_000;
+    s.fan_out(
+        vec![FanOut {
+            event: e.clone(),
+            position: POSITION,
+            deliveries: vec![handed.clone()],
+            lease_until_ms: Some(lease_end),
+        }],
+        0,
+        t,
+    )
+    .await
+    .unwrap();
+    assert_eq!(s.schedule_backlog().await.unwrap(), 1);
+    assert!(
+        s.claim_due(t, t + 60_000, 10).await.unwrap().is_empty(),
+        "handed to a shard: not claimable while leased"
+    );
+    // The caller crashed: once the lease ends it is due again.
+    let claimed = s
+        .claim_due(lease_end + 1, lease_end + 60_000, 10)
+        .await
+        .unwrap();
+    assert_eq!(ids(claimed.iter().map(|(d, _)| d)), ids([&handed]));
+}
+
+/// Two processes claim at once, and again: every delivery is taken once.
+async fn a_leased_delivery_is_not_claimed_twice(h: &Harness) {
+    let (a, b) = (h.store.clone(), h.other().await);
+    let e = event("acme", "order.created");
+    a.record_event(&e, POSITION, 0).await.unwrap();
+    let t = now();
+    let all: Vec<ScheduledDelivery> = (0..30).map(|_| delivery(&e, "sub_a", t - 1_000)).collect();
+    a.schedule(all.clone()).await.unwrap();
+    assert_eq!(a.schedule_backlog().await.unwrap(), 30);
+    let lease = t + 60_000;
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        let (x, y) = tokio::join!(a.claim_due(t, lease, 10), b.claim_due(t, lease, 10));
+        seen.extend(x.unwrap().into_iter().map(|(d, _)| d.delivery_id));
+        seen.extend(y.unwrap().into_iter().map(|(d, _)| d.delivery_id));
+    }
+    let unique: HashSet<&String> = seen.iter().collect();
+    assert_eq!(unique.len(), seen.len(), "a delivery was claimed twice");
+    assert_eq!(ids(&all), seen.iter().cloned().collect());
+    assert!(a.claim_due(t + 1_000, lease, 10).await.unwrap().is_empty());
+    // Claims do not shrink the backlog: only settled deliveries leave.
+    assert_eq!(a.schedule_backlog().await.unwrap(), 30);
+}
+
+async fn ordered_deliveries_are_claimed_head_first(h: &Harness) {
+    let s = &h.store;
+    let t = now();
+    let chain: Vec<ScheduledDelivery> = (1..=3)
+        .map(|seq| {
+            let e = event("acme", "order.created");
+            let mut d = delivery(&e, "sub_ordered", t - 1_000);
+            d.ordered = true;
+            d.seq = seq;
+            d
+        })
+        .collect();
+    for d in &chain {
+        let e = herald_engine::model::DomainEvent {
+            id: d.event_id.clone(),
+            ..event("acme", "order.created")
+        };
+        s.record_event(&e, POSITION, 0).await.unwrap();
+    }
+    // Scheduled last to first: the order is the sequence, not the writes.
+    s.schedule(chain.iter().rev().cloned().collect())
+        .await
+        .unwrap();
+    for d in &chain {
+        let claimed = s.claim_due(now(), now() + 60_000, 10).await.unwrap();
+        assert_eq!(
+            ids(claimed.iter().map(|(c, _)| c)),
+            ids([d]),
+            "seq {}",
+            d.seq
+        );
+        assert!(
+            s.claim_due(now(), now() + 60_000, 10)
+                .await
+                .unwrap()
+                .is_empty(),
+            "the next waits for its head"
+        );
+        s.record_attempt(attempt(d, Outcome::Delivered), None)
+            .await
+            .unwrap();
+    }
+    assert_eq!(s.schedule_backlog().await.unwrap(), 0);
+}
+
+async fn released_leases_fall_due_at_once(h: &Harness) {
+    let s = &h.store;
+    let e = event("acme", "order.created");
+    s.record_event(&e, POSITION, 0).await.unwrap();
+    let t = now();
+    let d = delivery(&e, "sub_a", t - 1_000);
+    s.schedule(vec![d.clone()]).await.unwrap();
+    assert_eq!(s.claim_due(t, t + 3_600_000, 10).await.unwrap().len(), 1);
+    assert!(s.claim_due(t, t + 3_600_000, 10).await.unwrap().is_empty());
+    assert_eq!(s.release_leases(t).await.unwrap(), 1);
+    let again = s.claim_due(t, t + 60_000, 10).await.unwrap();
+    assert_eq!(ids(again.iter().map(|(c, _)| c)), ids([&d]));
+}
+
+async fn backlog_and_next_due_follow_the_schedule(h: &Harness) {
+    let s = &h.store;
+    assert_eq!(s.schedule_backlog().await.unwrap(), 0);
+    assert_eq!(s.next_due().await.unwrap(), None);
+    s.ping().await.unwrap();
+    let e = event("acme", "order.created");
+    s.record_event(&e, POSITION, 0).await.unwrap();
+    let t = now();
+    let (early, late) = (
+        delivery(&e, "sub_a", t - 2_000),
+        delivery(&e, "sub_b", t - 1_000),
+    );
+    s.schedule(vec![late.clone(), early.clone()]).await.unwrap();
+    // Scheduling the same delivery again adds nothing.
+    s.schedule(vec![early.clone()]).await.unwrap();
+    assert_eq!(s.schedule_backlog().await.unwrap(), 2);
+    assert_eq!(s.next_due().await.unwrap(), Some(t - 2_000));
+    s.claim_due(t, t + 60_000, 10).await.unwrap();
+    for d in [&early, &late] {
+        s.record_attempt(attempt(d, Outcome::Delivered), None)
+            .await
+            .unwrap();
+    }
+    assert_eq!(s.schedule_backlog().await.unwrap(), 0);
+    assert_eq!(s.next_due().await.unwrap(), None);
+}
