@@ -4,12 +4,14 @@
 //! The pieces are small and separately tested: [`retry`] decides what a
 //! failure leads to, [`breaker`] gates each endpoint, [`client`] sends with
 //! timeouts and the SSRF guard, [`scheduler`] takes due deliveries from the
-//! durable schedule, and [`worker`] shards them by endpoint so each
-//! endpoint's state has one owner and a dead endpoint delays no other.
+//! durable schedule, [`worker`] shards them by endpoint so each
+//! endpoint's state has one owner and a dead endpoint delays no other, and
+//! [`hold`] parks a paused subscription's deliveries until it is resumed.
 
 pub mod attempt;
 pub mod breaker;
 pub mod client;
+pub mod hold;
 pub mod limit;
 pub mod retry;
 pub mod scheduler;

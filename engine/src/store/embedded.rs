@@ -15,6 +15,7 @@ use rusqlite::{params, params_from_iter, types::Value, Connection, OpenFlags, Op
 use tokio::sync::{mpsc, oneshot};
 
 mod attempts;
+mod held;
 mod manage;
 
 use super::{
@@ -189,6 +190,7 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
     for (step, sql) in [
         (2, include_str!("schema_v2.sql")),
         (3, include_str!("schema_v3.sql")),
+        (4, include_str!("schema_v4.sql")),
     ] {
         if version < step {
             conn.execute_batch(&format!("BEGIN IMMEDIATE; {sql} COMMIT;"))
@@ -787,7 +789,7 @@ impl Store for EmbeddedStore {
             }
             let mut lease = conn
                 .prepare_cached(
-                    "UPDATE schedule SET due_at = ?1, leased = 1 WHERE delivery_id = ?2",
+                    "UPDATE schedule SET due_at = ?1, leased = 1, held = 0 WHERE delivery_id = ?2",
                 )
                 .map_err(db_err)?;
             for (d, _) in &out {
@@ -831,6 +833,18 @@ impl Store for EmbeddedStore {
             .map_err(db_err)
         })
         .await
+    }
+
+    async fn hold(
+        &self,
+        delivery: &ScheduledDelivery,
+        recheck_at_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.h_hold(delivery, recheck_at_ms).await
+    }
+
+    async fn release_held(&self, subscription_id: &str, now_ms: i64) -> Result<u64, StoreError> {
+        self.h_release_held(subscription_id, now_ms).await
     }
 
     async fn next_due(&self) -> Result<Option<i64>, StoreError> {

@@ -29,6 +29,7 @@
 //! a replica of its partition.
 
 mod events;
+mod held;
 mod logs;
 mod marks;
 mod resources;
@@ -595,6 +596,18 @@ impl Store for ScyllaStore {
 
     async fn release_leases(&self, now_ms: i64) -> Result<u64, StoreError> {
         self.release(now_ms).await
+    }
+
+    async fn hold(
+        &self,
+        delivery: &ScheduledDelivery,
+        recheck_at_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.hold_delivery(delivery, recheck_at_ms).await
+    }
+
+    async fn release_held(&self, subscription_id: &str, now_ms: i64) -> Result<u64, StoreError> {
+        self.release_held_of(subscription_id, now_ms).await
     }
 
     async fn next_due(&self) -> Result<Option<i64>, StoreError> {

@@ -70,7 +70,7 @@ const SELECT_ROW: &str = "SELECT tenant_id, event_id, subscription_id, attempt, 
 
 impl ScyllaStore {
     /// Adds an index row for `(delivery, due)` and makes its bucket visible.
-    async fn index_due(&self, delivery_id: &str, due_ms: i64) -> Result<(), StoreError> {
+    pub(super) async fn index_due(&self, delivery_id: &str, due_ms: i64) -> Result<(), StoreError> {
         let (b, s) = (bucket(due_ms), shard(delivery_id));
         let listed = self.exec(
             "INSERT INTO schedule_buckets (shard, bucket) VALUES (?, ?)",
@@ -84,7 +84,11 @@ impl ScyllaStore {
         Ok(())
     }
 
-    async fn unindex_due(&self, delivery_id: &str, due_ms: i64) -> Result<(), StoreError> {
+    pub(super) async fn unindex_due(
+        &self,
+        delivery_id: &str,
+        due_ms: i64,
+    ) -> Result<(), StoreError> {
         self.exec(
             "DELETE FROM schedule_due WHERE bucket = ? AND shard = ? AND due_at = ? AND delivery_id = ?",
             (bucket(due_ms), shard(delivery_id), due_ms, delivery_id),
@@ -204,7 +208,8 @@ impl ScyllaStore {
         for ((b, s), u) in upto {
             self.marks.read_through(b, s, u);
         }
-        out.sort_by_key(|(d, _)| d.due_at_ms);
+        // Same due time (a resumed subscription's held deliveries): event order.
+        out.sort_by_key(|(d, _)| (d.due_at_ms, d.seq));
         Ok(out)
     }
 
