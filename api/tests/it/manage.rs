@@ -377,6 +377,57 @@ async fn held_events_survive_a_restart_and_go_out_on_resume() {
 }
 
 #[tokio::test]
+async fn a_disabled_subscriptions_pending_delivery_is_recorded_dead() {
+    let h = Herald::start_with(|c| c.delivery.lease_margin = LONG_LEASE).await;
+    let key = h.tenant("acme").await;
+    let gone = Receiver::start(410).await;
+    let (s, sub) = h
+        .post(
+            &key,
+            "/api/v1/portal/webhooks/subscribe",
+            json!({ "url": gone.url, "event_types": ["order.*"], "ordering": "strict" }),
+        )
+        .await;
+    assert_eq!(s, 201, "{sub}");
+    let id = sub["id"].as_str().unwrap();
+    h.emit(&key, "order.placed", json!({ "n": 0 })).await;
+    let second = h.emit(&key, "order.placed", json!({ "n": 1 })).await;
+    // The first delivery's 410 disables the subscription; the second, next
+    // in order, then falls due and is recorded dead without being sent
+    // (before, it stayed leased and came back at every lease's end).
+    let record = eventually(
+        "the second delivery settled",
+        Duration::from_secs(20),
+        || async {
+            h.logs(
+                &key,
+                &format!(
+                    "subscription_id={id}&event_id={}",
+                    second["id"].as_str().unwrap()
+                ),
+            )
+            .await
+            .into_iter()
+            .next()
+        },
+    )
+    .await;
+    assert_eq!(record["outcome"], "dead", "{record}");
+    assert!(
+        record["error_message"]
+            .as_str()
+            .is_some_and(|m| m.contains("disabled")),
+        "{record}"
+    );
+    assert!(record["status_code"].is_null(), "not sent: {record}");
+    assert_eq!(
+        gone.hits.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "only the first delivery was sent"
+    );
+}
+
+#[tokio::test]
 async fn api_keys_are_shown_once_listed_without_the_key_and_revocable() {
     let h = Herald::start().await;
     let first = h.tenant("acme").await;
