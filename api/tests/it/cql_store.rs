@@ -165,6 +165,15 @@ async fn cql_claims_skip_what_they_took_but_not_what_waits() {
 /// Two processes on one keyspace step a recovery job one at a time
 /// (conditional writes on `recovery_leases`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cql_store_holds_and_releases_in_event_order() {
+    let _cassandra = crate::cql::shared().await;
+    let store = ScyllaStore::connect(&config("held"), cipher())
+        .await
+        .unwrap();
+    crate::support::held_contract(&store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cql_recovery_leases_hold_across_processes() {
     let _cassandra = crate::cql::shared().await;
     let cql = config("leases");

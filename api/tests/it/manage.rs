@@ -428,6 +428,17 @@ async fn a_disabled_subscriptions_pending_delivery_is_recorded_dead() {
 }
 
 #[tokio::test]
+async fn embedded_store_holds_and_releases_in_event_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = herald_engine::store::embedded::EmbeddedStore::open(
+        dir.path(),
+        herald_engine::encryption::SecretCipher::random(),
+    )
+    .unwrap();
+    crate::support::held_contract(&store).await;
+}
+
+#[tokio::test]
 async fn api_keys_are_shown_once_listed_without_the_key_and_revocable() {
     let h = Herald::start().await;
     let first = h.tenant("acme").await;

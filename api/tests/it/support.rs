@@ -528,3 +528,58 @@ pub async fn recovery_lease_contract(
         "leases are per job"
     );
 }
+
+/// The held-deliveries contract every store keeps: held deliveries are not
+/// due, a release makes one subscription's held deliveries due, in event
+/// order, once.
+pub async fn held_contract(store: &dyn herald_engine::store::Store) {
+    use herald_engine::{clock::now_ms, log::LogPosition};
+    let ev = crate::cql::event("acme");
+    let at = LogPosition {
+        partition: 0,
+        offset: 0,
+    };
+    store.record_event(&ev, at, 0).await.unwrap();
+    let due = |sub: &str, seq: i64| {
+        let mut d = crate::cql::delivery(&ev, sub, now_ms() - 1_000);
+        d.seq = seq;
+        d
+    };
+    // Scheduled out of event order; one of another subscription.
+    let all = vec![
+        due("sub_p", 2),
+        due("sub_p", 0),
+        due("sub_p", 1),
+        due("sub_q", 0),
+    ];
+    store.schedule(all).await.unwrap();
+    let far = || now_ms() + 600_000;
+    let claimed = store.claim_due(now_ms(), far(), 10).await.unwrap();
+    assert_eq!(claimed.len(), 4);
+    for (d, _) in &claimed {
+        store.hold(d, far()).await.unwrap();
+    }
+    let none = store.claim_due(now_ms(), far(), 10).await.unwrap();
+    assert!(none.is_empty(), "held deliveries are not due: {none:?}");
+
+    assert_eq!(store.release_held("sub_p", now_ms()).await.unwrap(), 3);
+    let again = store.claim_due(now_ms(), far(), 10).await.unwrap();
+    let got: Vec<(&str, i64)> = again
+        .iter()
+        .map(|(d, _)| (d.subscription_id.as_str(), d.seq))
+        .collect();
+    assert_eq!(
+        got,
+        [("sub_p", 0), ("sub_p", 1), ("sub_p", 2)],
+        "only the released subscription's, in event order"
+    );
+    assert_eq!(
+        store.release_held("sub_p", now_ms()).await.unwrap(),
+        0,
+        "released once"
+    );
+    assert_eq!(store.release_held("sub_q", now_ms()).await.unwrap(), 1);
+    let q = store.claim_due(now_ms(), far(), 10).await.unwrap();
+    assert_eq!(q.len(), 1);
+    assert_eq!(q[0].0.subscription_id, "sub_q");
+}
