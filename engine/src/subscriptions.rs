@@ -121,7 +121,10 @@ impl SubscriptionIndex {
         self.inner.read().by_id.get(id).cloned()
     }
 
-    /// The active subscriptions of `tenant` that want `event_type`, each once.
+    /// The subscriptions of `tenant` that want `event_type` and take new
+    /// deliveries, each once: active ones and paused ones (a paused
+    /// subscription's deliveries are held until it is resumed), never
+    /// disabled ones.
     pub fn matching(&self, tenant: &str, event_type: &str) -> Vec<Arc<WebhookSubscription>> {
         let inner = self.inner.read();
         let mut ids: Vec<&String> = Vec::new();
@@ -143,7 +146,7 @@ impl SubscriptionIndex {
         ids.dedup();
         ids.into_iter()
             .filter_map(|id| inner.by_id.get(id))
-            .filter(|s| s.status == SubscriptionStatus::Active)
+            .filter(|s| takes_deliveries(s.status))
             .cloned()
             .collect()
     }
@@ -156,6 +159,15 @@ impl SubscriptionIndex {
     /// Whether the index is empty.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// Whether a subscription in `status` gets deliveries of new events: active
+/// and paused ones do (paused ones hold them), disabled ones do not.
+pub fn takes_deliveries(status: SubscriptionStatus) -> bool {
+    match status {
+        SubscriptionStatus::Active | SubscriptionStatus::Paused => true,
+        SubscriptionStatus::Disabled => false,
     }
 }
 
@@ -268,13 +280,38 @@ mod tests {
             "* excludes operational events"
         );
 
-        let mut paused = sub("s1", "t", &["invoice.paid"]);
-        paused.status = SubscriptionStatus::Paused;
-        index.upsert(paused);
+        index.upsert(sub("s1", "t", &["invoice.paid"]));
         assert_eq!(ids(index.matching("t", "order.created")), ["s2", "s3"]);
-        assert!(ids(index.matching("t", "invoice.paid")) == ["s3"]);
+        assert!(ids(index.matching("t", "invoice.paid")) == ["s1", "s3"]);
         index.remove("s3");
-        assert!(index.matching("t", "invoice.paid").is_empty());
+        assert_eq!(ids(index.matching("t", "invoice.paid")), ["s1"]);
         assert_eq!(index.len(), 4);
+    }
+
+    #[test]
+    fn paused_subscriptions_are_matched_and_disabled_ones_are_not() {
+        let with = |id: &str, status| {
+            let mut s = sub(id, "t", &["order.*"]);
+            s.status = status;
+            s
+        };
+        let index = SubscriptionIndex::new([
+            with("active", SubscriptionStatus::Active),
+            with("disabled", SubscriptionStatus::Disabled),
+            with("paused", SubscriptionStatus::Paused),
+        ]);
+        // Fan-out schedules what `matching` returns: a paused subscription's
+        // deliveries are held, a disabled one gets none.
+        assert_eq!(
+            ids(index.matching("t", "order.created")),
+            ["active", "paused"]
+        );
+        index.upsert(with("paused", SubscriptionStatus::Disabled));
+        index.upsert(with("disabled", SubscriptionStatus::Paused));
+        assert_eq!(
+            ids(index.matching("t", "order.created")),
+            ["active", "disabled"],
+            "the index follows status changes"
+        );
     }
 }

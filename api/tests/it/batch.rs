@@ -17,6 +17,25 @@ async fn event_count(herald: &Herald, key: &str) -> usize {
     page["data"].as_array().unwrap().len()
 }
 
+/// Emits a barrier event of `event_type` (which `receiver`'s subscription
+/// takes), emitted after everything the test sent, and waits until it
+/// arrived; returns its id. What has not arrived by then never will.
+async fn barrier(herald: &Herald, key: &str, receiver: &Receiver, event_type: &str) -> String {
+    let event = herald
+        .emit(key, event_type, json!({ "barrier": true }))
+        .await;
+    let id = event["id"].as_str().unwrap().to_string();
+    eventually("the barrier", WAIT, || async {
+        receiver
+            .received()
+            .iter()
+            .any(|r| r.header("webhook-id") == id)
+            .then_some(())
+    })
+    .await;
+    id
+}
+
 #[tokio::test]
 async fn batch_is_delivered_in_order_and_every_item_once() {
     let herald = Herald::start().await;
@@ -40,11 +59,12 @@ async fn batch_is_delivered_in_order_and_every_item_once() {
         (receiver.received().len() >= 50).then_some(())
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let barrier = barrier(&herald, &key, &receiver, "batch.barrier").await;
     let mut got: Vec<String> = receiver
         .received()
         .iter()
         .map(|r| r.header("webhook-id").to_string())
+        .filter(|id| *id != barrier)
         .collect();
     got.sort();
     ids.sort_unstable();
@@ -164,13 +184,17 @@ async fn dedupe_keys_hold_inside_a_batch_and_across_batches() {
         (receiver.received().len() >= 4).then_some(())
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    barrier(&herald, &key, &receiver, "d.barrier").await;
     assert_eq!(
         receiver.received().len(),
-        4,
-        "duplicates delivered nothing new"
+        5,
+        "duplicates delivered nothing new (4 events and the barrier)"
     );
-    assert_eq!(event_count(&herald, &key).await, 4);
+    assert_eq!(
+        event_count(&herald, &key).await,
+        5,
+        "4 events and the barrier"
+    );
 }
 
 #[tokio::test]

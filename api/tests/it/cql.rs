@@ -229,6 +229,20 @@ async fn cql_store_writes_pages_and_filters_delivery_logs() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cql_paused_subscriptions_hold_events_until_resumed() {
+    let _cassandra = crate::cql::shared().await;
+    let cql = config("held");
+    let h = Herald::start_with(move |c| {
+        c.scylla = Some(cql);
+        c.secret_keys = Some(KeyRing::parse(TEST_KEY).unwrap());
+        c.delivery.lease_margin = crate::manage::LONG_LEASE;
+    })
+    .await;
+    crate::manage::held_until_resumed(&h, "acme", Duration::from_secs(30)).await;
+    h.engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cql_state_survives_a_restart_on_a_fresh_data_dir() {
     let _cassandra = crate::cql::shared().await;
     let cql = config("restart");

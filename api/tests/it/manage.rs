@@ -2,13 +2,28 @@
 
 use std::time::Duration;
 
-use serde_json::json;
+use serde_json::{json, Value};
 
-use crate::support::{eventually, Herald, Receiver, ADMIN};
+use crate::support::{eventually, Herald, HeraldProcess, Receiver, ADMIN};
+
+/// The `n` of every event `rx` received, in arrival order.
+pub(crate) fn numbers(rx: &Receiver) -> Vec<i64> {
+    rx.received()
+        .iter()
+        .map(|r| {
+            let body: Value = serde_json::from_slice(&r.body).unwrap();
+            body["data"]["n"].as_i64().unwrap()
+        })
+        .collect()
+}
+
+/// A lease margin so long that a delivery waiting for its lease to end
+/// would time out every `eventually` of these tests.
+pub(crate) const LONG_LEASE: Duration = Duration::from_secs(900);
 
 #[tokio::test]
 async fn subscriptions_list_update_pause_resume_delete() {
-    let h = Herald::start().await;
+    let h = Herald::start_with(|c| c.delivery.lease_margin = LONG_LEASE).await;
     let key = h.tenant("acme").await;
     let rx = Receiver::start(200).await;
     let other = Receiver::start(200).await;
@@ -102,7 +117,8 @@ async fn subscriptions_list_update_pause_resume_delete() {
     )
     .await;
 
-    // Pause: deliveries wait; resume: they go out.
+    // Pause: deliveries are held (the thorough check is
+    // `paused_subscriptions_hold_events_until_resumed`); resume: they go out.
     let (s, p) = h
         .post(
             &key,
@@ -112,7 +128,12 @@ async fn subscriptions_list_update_pause_resume_delete() {
         .await;
     assert_eq!((s, p["status"].as_str()), (200, Some("paused")));
     h.emit(&key, "order.shipped", json!({"n": 2})).await;
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // Barrier: emitted after, to the active subscription `a`.
+    h.emit(&key, "invoice.paid", json!({"n": 20})).await;
+    eventually("the barrier", Duration::from_secs(10), || async {
+        (other.received().len() == 2).then_some(())
+    })
+    .await;
     assert_eq!(
         rx.received().len(),
         0,
@@ -126,14 +147,16 @@ async fn subscriptions_list_update_pause_resume_delete() {
         )
         .await;
     assert_eq!((s, p["status"].as_str()), (200, Some("active")));
-    // Events emitted after the resume go out at once.
+    // The held event goes out, and events emitted after the resume too.
     h.emit(&key, "order.created", json!({"n": 3})).await;
-    eventually("delivery after resume", Duration::from_secs(10), || async {
-        rx.received()
-            .iter()
-            .any(|r| r.body.windows(5).any(|w| w == b"\"n\":3"))
-            .then_some(())
-    })
+    eventually(
+        "deliveries after resume",
+        Duration::from_secs(10),
+        || async {
+            let got = numbers(&rx);
+            (got.contains(&2) && got.contains(&3)).then_some(())
+        },
+    )
     .await;
 
     // Delete: gone, and nothing more is delivered there.
@@ -158,10 +181,16 @@ async fn subscriptions_list_update_pause_resume_delete() {
         .await;
     assert_eq!(s, 404);
     h.emit(&key, "invoice.paid", json!({"n": 4})).await;
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // Barrier: an event after it, to a new subscription on the same receiver.
+    h.subscribe(&key, &other.url, &["barrier.sent"]).await;
+    h.emit(&key, "barrier.sent", json!({"n": 5})).await;
+    eventually("the barrier", Duration::from_secs(10), || async {
+        numbers(&other).contains(&5).then_some(())
+    })
+    .await;
     assert_eq!(
-        other.received().len(),
-        1,
+        numbers(&other),
+        [1, 20, 5],
         "a deleted subscription gets nothing"
     );
     for path in ["pause", "resume", "rotate-secret"] {
@@ -174,6 +203,228 @@ async fn subscriptions_list_update_pause_resume_delete() {
             .await;
         assert_eq!(s, 404, "{path}");
     }
+}
+
+/// Events held for a paused subscription: `N` events emitted while it is
+/// paused, then a barrier event to another, active subscription. Once the
+/// barrier arrived, the paused one has received nothing; after the resume
+/// every held event arrives once, in emit order (one in flight at a time),
+/// within `wait`, which is far shorter than the server's lease.
+pub(crate) async fn held_until_resumed(h: &Herald, tenant: &str, wait: Duration) {
+    const N: i64 = 6;
+    let key = h.tenant(tenant).await;
+    let held = Receiver::start(200).await;
+    let barrier = Receiver::start(200).await;
+    let (s, sub) = h
+        .post(
+            &key,
+            "/api/v1/portal/webhooks/subscribe",
+            json!({ "url": held.url, "event_types": ["order.*"], "max_in_flight": 1 }),
+        )
+        .await;
+    assert_eq!(s, 201, "{sub}");
+    let id = sub["id"].as_str().unwrap();
+    h.subscribe(&key, &barrier.url, &["barrier.sent"]).await;
+    let (s, p) = h
+        .post(
+            &key,
+            &format!("/api/v1/portal/webhooks/{id}/pause"),
+            json!({}),
+        )
+        .await;
+    assert_eq!((s, p["status"].as_str()), (200, Some("paused")));
+    for n in 0..N {
+        h.emit(&key, "order.placed", json!({ "n": n })).await;
+    }
+    h.emit(&key, "barrier.sent", json!({ "n": -1 })).await;
+    eventually("the barrier", wait, || async {
+        (barrier.received().len() == 1).then_some(())
+    })
+    .await;
+    assert_eq!(held.received().len(), 0, "nothing goes out while paused");
+    let logs = h.logs(&key, &format!("subscription_id={id}")).await;
+    assert!(logs.is_empty(), "no attempt while paused: {logs:?}");
+
+    let (s, p) = h
+        .post(
+            &key,
+            &format!("/api/v1/portal/webhooks/{id}/resume"),
+            json!({}),
+        )
+        .await;
+    assert_eq!((s, p["status"].as_str()), (200, Some("active")));
+    eventually("every held event after the resume", wait, || async {
+        (held.received().len() >= N as usize).then_some(())
+    })
+    .await;
+    // A last event, after them all: once it is in, nothing else is coming.
+    h.emit(&key, "order.placed", json!({ "n": N })).await;
+    eventually("the last event", wait, || async {
+        numbers(&held).contains(&N).then_some(())
+    })
+    .await;
+    assert_eq!(
+        numbers(&held),
+        (0..=N).collect::<Vec<_>>(),
+        "held events arrive once each, in emit order"
+    );
+}
+
+#[tokio::test]
+async fn paused_subscriptions_hold_events_until_resumed() {
+    let h = Herald::start_with(|c| c.delivery.lease_margin = LONG_LEASE).await;
+    held_until_resumed(&h, "acme", Duration::from_secs(20)).await;
+}
+
+#[tokio::test]
+async fn held_events_survive_a_restart_and_go_out_on_resume() {
+    const N: i64 = 5;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let log = tmp.path().join("herald.log");
+    let args = ["--lease-margin", "15m"];
+    let start = || async {
+        HeraldProcess::start(&dir, &log, &args, &[])
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+    };
+    let held = Receiver::start(200).await;
+    let barrier = Receiver::start(200).await;
+    let server = start().await;
+    let key = server.tenant("acme").await;
+    let subscribe = |body: Value| {
+        let (server, key) = (&server, &key);
+        async move {
+            let (s, sub) = server
+                .post(key, "/api/v1/portal/webhooks/subscribe", body)
+                .await;
+            assert_eq!(s, 201, "{sub}");
+            sub["id"].as_str().unwrap().to_string()
+        }
+    };
+    let id =
+        subscribe(json!({ "url": held.url, "event_types": ["order.*"], "ordering": "strict" }))
+            .await;
+    subscribe(json!({ "url": barrier.url, "event_types": ["barrier.sent"] })).await;
+    let (s, _) = server
+        .post(
+            &key,
+            &format!("/api/v1/portal/webhooks/{id}/pause"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, 200);
+    for n in 0..N {
+        let (s, _) = server
+            .post(
+                &key,
+                "/api/v1/integrations/events",
+                json!({ "event_type": "order.placed", "payload": { "n": n } }),
+            )
+            .await;
+        assert_eq!(s, 202);
+    }
+    let (s, _) = server
+        .post(
+            &key,
+            "/api/v1/integrations/events",
+            json!({ "event_type": "barrier.sent", "payload": { "n": -1 } }),
+        )
+        .await;
+    assert_eq!(s, 202);
+    let wait = Duration::from_secs(30);
+    eventually("the barrier", wait, || async {
+        (barrier.received().len() == 1).then_some(())
+    })
+    .await;
+    assert_eq!(held.received().len(), 0, "nothing goes out while paused");
+    server.kill9().await;
+
+    let server = start().await;
+    let (s, p) = server
+        .post(
+            &key,
+            &format!("/api/v1/portal/webhooks/{id}/resume"),
+            json!({}),
+        )
+        .await;
+    assert_eq!((s, p["status"].as_str()), (200, Some("active")), "{p}");
+    eventually(
+        "every held event after the restart and resume",
+        wait,
+        || async { (held.received().len() >= N as usize).then_some(()) },
+    )
+    .await;
+    // A last event, after them all: once it is in, nothing else is coming.
+    let (s, _) = server
+        .post(
+            &key,
+            "/api/v1/integrations/events",
+            json!({ "event_type": "order.placed", "payload": { "n": N } }),
+        )
+        .await;
+    assert_eq!(s, 202);
+    eventually("the last event", wait, || async {
+        numbers(&held).contains(&N).then_some(())
+    })
+    .await;
+    assert_eq!(
+        numbers(&held),
+        (0..=N).collect::<Vec<_>>(),
+        "held events arrive once each, in emit order"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_disabled_subscriptions_pending_delivery_is_recorded_dead() {
+    let h = Herald::start_with(|c| c.delivery.lease_margin = LONG_LEASE).await;
+    let key = h.tenant("acme").await;
+    let gone = Receiver::start(410).await;
+    let (s, sub) = h
+        .post(
+            &key,
+            "/api/v1/portal/webhooks/subscribe",
+            json!({ "url": gone.url, "event_types": ["order.*"], "ordering": "strict" }),
+        )
+        .await;
+    assert_eq!(s, 201, "{sub}");
+    let id = sub["id"].as_str().unwrap();
+    h.emit(&key, "order.placed", json!({ "n": 0 })).await;
+    let second = h.emit(&key, "order.placed", json!({ "n": 1 })).await;
+    // The first delivery's 410 disables the subscription; the second, next
+    // in order, then falls due and is recorded dead without being sent
+    // (before, it stayed leased and came back at every lease's end).
+    let record = eventually(
+        "the second delivery settled",
+        Duration::from_secs(20),
+        || async {
+            h.logs(
+                &key,
+                &format!(
+                    "subscription_id={id}&event_id={}",
+                    second["id"].as_str().unwrap()
+                ),
+            )
+            .await
+            .into_iter()
+            .next()
+        },
+    )
+    .await;
+    assert_eq!(record["outcome"], "dead", "{record}");
+    assert!(
+        record["error_message"]
+            .as_str()
+            .is_some_and(|m| m.contains("disabled")),
+        "{record}"
+    );
+    assert!(record["status_code"].is_null(), "not sent: {record}");
+    assert_eq!(
+        gone.hits.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "only the first delivery was sent"
+    );
 }
 
 #[tokio::test]

@@ -42,12 +42,16 @@ async fn next_frame(ws: &mut Ws) -> Value {
     }
 }
 
-async fn nothing_more(ws: &mut Ws) {
-    match tokio::time::timeout(Duration::from_millis(500), ws.next()).await {
-        Err(_) => {}
-        Ok(Some(Ok(Message::Ping(_)))) => {}
-        Ok(other) => panic!("expected nothing, got {other:?}"),
-    }
+/// Emits a barrier event (`n` = `mark`) that the stream's filter passes and
+/// asserts that it is the next frame: nothing else was on its way before it.
+async fn next_is_barrier(h: &Herald, key: &str, ws: &mut Ws, event_type: &str, mark: i64) {
+    h.emit(key, event_type, json!({ "n": mark })).await;
+    let frame = next_frame(ws).await;
+    assert_eq!(
+        frame["data"]["n"].as_i64(),
+        Some(mark),
+        "nothing but the barrier was due; got {frame}"
+    );
 }
 
 #[tokio::test]
@@ -65,7 +69,7 @@ async fn stream_filters_by_tenant_and_type_and_resumes_from_a_cursor() {
     for _ in 0..3 {
         got.push(next_frame(&mut ws).await);
     }
-    nothing_more(&mut ws).await;
+    next_is_barrier(&h, &key, &mut ws, "invoice.paid", -1).await;
     let ns: Vec<i64> = got
         .iter()
         .map(|f| f["data"]["n"].as_i64().unwrap())
@@ -88,11 +92,11 @@ async fn stream_filters_by_tenant_and_type_and_resumes_from_a_cursor() {
     )
     .await;
     let mut resumed = Vec::new();
-    for _ in 0..3 {
+    for _ in 0..4 {
         resumed.push(next_frame(&mut ws).await["data"]["n"].as_i64().unwrap());
     }
-    assert_eq!(resumed, [4, 5, 6]);
-    nothing_more(&mut ws).await;
+    assert_eq!(resumed, [4, 5, -1, 6]);
+    next_is_barrier(&h, &key, &mut ws, "invoice.paid", -2).await;
 
     // Bad parameters are refused before the upgrade.
     let (s, body) = h.get(&key, "/api/v1/webhooks/stream?cursor=garbage").await;
@@ -132,7 +136,7 @@ async fn stream_resumes_from_a_cursor_after_a_restart() {
         (a["data"]["n"].as_i64(), b["data"]["n"].as_i64()),
         (Some(2), Some(3))
     );
-    nothing_more(&mut ws).await;
+    next_is_barrier(&h, &key, &mut ws, "a.b", -1).await;
 }
 
 #[tokio::test]

@@ -328,6 +328,12 @@ async fn persist(
 
 /// A delivery whose subscription no longer exists: recorded dead and removed.
 pub(super) async fn drop_orphan(ctx: Arc<WorkerContext>, job: Job) {
+    drop_dead(ctx, job, "the subscription no longer exists").await;
+}
+
+/// A delivery that is not sent: recorded dead with `why`, no attempt used,
+/// and removed from the schedule.
+pub(super) async fn drop_dead(ctx: Arc<WorkerContext>, job: Job, why: &str) {
     let d = &job.delivery;
     let record = WebhookDeliveryLog {
         id: ids::new_id(ids::ATTEMPT),
@@ -345,7 +351,7 @@ pub(super) async fn drop_orphan(ctx: Arc<WorkerContext>, job: Job) {
         response_body: None,
         location: None,
         error: None,
-        error_message: Some("the subscription no longer exists".into()),
+        error_message: Some(why.into()),
         outcome: Outcome::Dead,
         next_attempt_at: None,
     };

@@ -5,14 +5,16 @@
 //! function deciding what an attempt leads to (record, retry, dead, disable,
 //! breaker), [`retry`] gives the schedule's delays, [`breaker`] gates each
 //! endpoint, [`client`] sends with timeouts and the SSRF guard, [`scheduler`] takes due deliveries from the
-//! durable schedule, and [`worker`] shards them by endpoint so each
-//! endpoint's state has one owner and a dead endpoint delays no other.
+//! durable schedule, [`worker`] shards them by endpoint so each
+//! endpoint's state has one owner and a dead endpoint delays no other, and
+//! [`hold`] parks a paused subscription's deliveries until it is resumed.
 
 pub mod attempt;
 pub mod breaker;
 pub mod client;
 pub mod context;
 pub mod decide;
+pub mod hold;
 pub mod limit;
 pub mod retry;
 pub mod scheduler;

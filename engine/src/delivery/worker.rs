@@ -115,10 +115,17 @@ impl Shard {
                 .spawn(resolve_unknown(ctx.clone(), job, self.signals.clone()));
             return;
         };
-        if sub.status != SubscriptionStatus::Active {
-            // Paused or disabled: leave it leased; it falls due again later.
-            ctx.in_flight.lock().remove(&job.delivery.delivery_id);
-            return;
+        match sub.status {
+            SubscriptionStatus::Active => {}
+            SubscriptionStatus::Paused => {
+                self.attempts.spawn(super::hold::hold(ctx.clone(), job));
+                return;
+            }
+            SubscriptionStatus::Disabled => {
+                let drop = super::attempt::drop_dead(ctx.clone(), job, super::hold::DISABLED);
+                self.attempts.spawn(drop);
+                return;
+            }
         }
         let now = tokio::time::Instant::now();
         let max_in_flight = self.max_in_flight(&sub);

@@ -2,9 +2,10 @@
 //! subscriptions, and create, list and revoke API keys.
 //!
 //! Every subscription change is written to the store first and then applied
-//! to the in-memory matching index, so fan-out follows it at once. Deliveries
-//! of a paused subscription wait in the schedule; those of a deleted one are
-//! dropped by the workers when they fall due.
+//! to the in-memory matching index, so fan-out follows it at once. A paused
+//! subscription still gets deliveries; the workers hold them in the schedule
+//! and a resume makes them due at once, in event order. Those of a disabled
+//! or deleted one are recorded dead by the workers when they fall due.
 
 use std::collections::BTreeMap;
 
@@ -146,7 +147,9 @@ impl Engine {
         .await
     }
 
-    /// Resumes a paused (or disabled) subscription.
+    /// Resumes a paused (or disabled) subscription: its held deliveries are
+    /// due at once. A failure to release them is returned (the subscription
+    /// is active already; resume again, or they go at their re-check time).
     pub async fn resume_subscription(
         &self,
         tenant_id: &str,
@@ -161,6 +164,8 @@ impl Engine {
             })
             .await?
         };
+        let released = self.store.release_held(id, now_ms()).await?;
+        tracing::info!(subscription_id = id, released, "held deliveries released");
         self.wake.notify_one();
         Ok(sub)
     }

@@ -23,7 +23,8 @@ pub struct ReplayedDelivery {
 
 impl Engine {
     /// Delivers an event again: to one subscription of the tenant, or to
-    /// every active subscription that matches it now. Each replay is a new
+    /// every subscription that matches it now and takes deliveries (active,
+    /// or paused: held until resumed). Each replay is a new
     /// delivery (same `webhook-id`) whose attempts link to the one it replays.
     pub async fn replay(
         &self,

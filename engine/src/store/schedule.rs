@@ -71,6 +71,23 @@ pub trait ScheduleStore: Send + Sync + 'static {
     /// a crashed predecessor end at once instead of when they expire.
     async fn release_leases(&self, now_ms: i64) -> Result<u64, StoreError>;
 
+    /// Holds a claimed delivery of a paused subscription: its lease ends,
+    /// it is due again only at `recheck_at_ms` (in case a resume is missed:
+    /// a crash between the resume and
+    /// [`release_held`](ScheduleStore::release_held), or a process that
+    /// still saw the subscription paused), and it is listed as held for its
+    /// subscription. No attempt is recorded.
+    async fn hold(
+        &self,
+        delivery: &ScheduledDelivery,
+        recheck_at_ms: i64,
+    ) -> Result<(), StoreError>;
+
+    /// Makes every held delivery of `subscription_id` that is not leased due
+    /// at `now_ms`, in event order (`seq`), and unlists it; returns how many
+    /// it moved. Called when the subscription is resumed.
+    async fn release_held(&self, subscription_id: &str, now_ms: i64) -> Result<u64, StoreError>;
+
     /// The earliest due time in the schedule (unix ms), if any; a store may
     /// leave out due times more than a second away (the scheduler naps less).
     async fn next_due(&self) -> Result<Option<i64>, StoreError>;

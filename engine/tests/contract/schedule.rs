@@ -19,6 +19,7 @@ contract!(
     ordered_deliveries_are_claimed_head_first,
     released_leases_fall_due_at_once,
     backlog_and_next_due_follow_the_schedule,
+    held_deliveries_wait_for_their_release_in_event_order,
 );
 
 fn ids<'a>(claimed: impl IntoIterator<Item = &'a ScheduledDelivery>) -> HashSet<String> {
@@ -213,4 +214,54 @@ async fn backlog_and_next_due_follow_the_schedule(h: &Harness) {
     }
     assert_eq!(s.schedule_backlog().await.unwrap(), 0);
     assert_eq!(s.next_due().await.unwrap(), None);
+}
+
+/// A paused subscription's held deliveries are not due; a release makes one
+/// subscription's held deliveries due, in event order, once.
+async fn held_deliveries_wait_for_their_release_in_event_order(h: &Harness) {
+    let s = &h.store;
+    let ev = event("acme", "order.created");
+    s.record_event(&ev, POSITION, 0).await.unwrap();
+    let due = |sub: &str, seq: i64| {
+        let mut d = delivery(&ev, sub, now() - 1_000);
+        d.seq = seq;
+        d
+    };
+    // Scheduled out of event order; one of another subscription.
+    let all = vec![
+        due("sub_p", 2),
+        due("sub_p", 0),
+        due("sub_p", 1),
+        due("sub_q", 0),
+    ];
+    s.schedule(all).await.unwrap();
+    let far = || now() + 600_000;
+    let claimed = s.claim_due(now(), far(), 10).await.unwrap();
+    assert_eq!(claimed.len(), 4);
+    for (d, _) in &claimed {
+        s.hold(d, far()).await.unwrap();
+    }
+    let none = s.claim_due(now(), far(), 10).await.unwrap();
+    assert!(none.is_empty(), "held deliveries are not due: {none:?}");
+
+    assert_eq!(s.release_held("sub_p", now()).await.unwrap(), 3);
+    let again = s.claim_due(now(), far(), 10).await.unwrap();
+    let got: Vec<(&str, i64)> = again
+        .iter()
+        .map(|(d, _)| (d.subscription_id.as_str(), d.seq))
+        .collect();
+    assert_eq!(
+        got,
+        [("sub_p", 0), ("sub_p", 1), ("sub_p", 2)],
+        "only the released subscription's, in event order"
+    );
+    assert_eq!(
+        s.release_held("sub_p", now()).await.unwrap(),
+        0,
+        "released once"
+    );
+    assert_eq!(s.release_held("sub_q", now()).await.unwrap(), 1);
+    let q = s.claim_due(now(), far(), 10).await.unwrap();
+    assert_eq!(q.len(), 1);
+    assert_eq!(q[0].0.subscription_id, "sub_q");
 }

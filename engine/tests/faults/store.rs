@@ -80,6 +80,16 @@ impl ScheduleStore for FaultyStore {
     async fn release_leases(&self, now_ms: i64) -> Result<u64, StoreError> {
         self.inner.release_leases(now_ms).await
     }
+    async fn hold(
+        &self,
+        delivery: &ScheduledDelivery,
+        recheck_at_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.inner.hold(delivery, recheck_at_ms).await
+    }
+    async fn release_held(&self, subscription_id: &str, now_ms: i64) -> Result<u64, StoreError> {
+        self.inner.release_held(subscription_id, now_ms).await
+    }
     async fn next_due(&self) -> Result<Option<i64>, StoreError> {
         self.inner.next_due().await
     }

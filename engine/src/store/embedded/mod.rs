@@ -17,6 +17,7 @@ mod attempts;
 mod catalogue;
 mod delivery_log;
 mod events;
+mod held;
 mod recovery;
 mod schedule;
 mod subscriptions;
@@ -186,6 +187,7 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
     for (step, sql) in [
         (2, include_str!("schema_v2.sql")),
         (3, include_str!("schema_v3.sql")),
+        (4, include_str!("schema_v4.sql")),
     ] {
         if version < step {
             conn.execute_batch(&format!("BEGIN IMMEDIATE; {sql} COMMIT;"))

@@ -150,7 +150,7 @@ impl ScheduleStore for EmbeddedStore {
             }
             let mut lease = conn
                 .prepare_cached(
-                    "UPDATE schedule SET due_at = ?1, leased = 1 WHERE delivery_id = ?2",
+                    "UPDATE schedule SET due_at = ?1, leased = 1, held = 0 WHERE delivery_id = ?2",
                 )
                 .map_err(db_err)?;
             for (d, _) in &out {
@@ -161,6 +161,18 @@ impl ScheduleStore for EmbeddedStore {
             Ok(out)
         })
         .await
+    }
+
+    async fn hold(
+        &self,
+        delivery: &ScheduledDelivery,
+        recheck_at_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.h_hold(delivery, recheck_at_ms).await
+    }
+
+    async fn release_held(&self, subscription_id: &str, now_ms: i64) -> Result<u64, StoreError> {
+        self.h_release_held(subscription_id, now_ms).await
     }
 
     async fn release_leases(&self, now_ms: i64) -> Result<u64, StoreError> {

@@ -30,6 +30,7 @@
 
 mod catalogue;
 mod events;
+mod held;
 mod logs;
 mod marks;
 mod recovery;

@@ -68,7 +68,7 @@ const SELECT_ROW: &str = "SELECT tenant_id, event_id, subscription_id, attempt, 
 
 impl ScyllaStore {
     /// Adds an index row for `(delivery, due)` and makes its bucket visible.
-    async fn index_due(&self, delivery_id: &str, due_ms: i64) -> Result<(), StoreError> {
+    pub(super) async fn index_due(&self, delivery_id: &str, due_ms: i64) -> Result<(), StoreError> {
         let (b, s) = (bucket(due_ms), shard(delivery_id));
         let listed = self.exec(
             "INSERT INTO schedule_buckets (shard, bucket) VALUES (?, ?)",
@@ -82,7 +82,11 @@ impl ScyllaStore {
         Ok(())
     }
 
-    async fn unindex_due(&self, delivery_id: &str, due_ms: i64) -> Result<(), StoreError> {
+    pub(super) async fn unindex_due(
+        &self,
+        delivery_id: &str,
+        due_ms: i64,
+    ) -> Result<(), StoreError> {
         self.exec(
             "DELETE FROM schedule_due WHERE bucket = ? AND shard = ? AND due_at = ? AND delivery_id = ?",
             (bucket(due_ms), shard(delivery_id), due_ms, delivery_id),
@@ -348,11 +352,24 @@ impl ScheduleStore for ScyllaStore {
         for ((b, s), u) in upto {
             self.marks.read_through(b, s, u);
         }
-        out.sort_by_key(|(d, _)| d.due_at_ms);
+        // Same due time (a resumed subscription's held deliveries): event order.
+        out.sort_by_key(|(d, _)| (d.due_at_ms, d.seq));
         Ok(out)
     }
 
     /// Makes every leased delivery due at `now` (single-process use only).
+    async fn hold(
+        &self,
+        delivery: &ScheduledDelivery,
+        recheck_at_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.hold_delivery(delivery, recheck_at_ms).await
+    }
+
+    async fn release_held(&self, subscription_id: &str, now_ms: i64) -> Result<u64, StoreError> {
+        self.release_held_of(subscription_id, now_ms).await
+    }
+
     async fn release_leases(&self, now: i64) -> Result<u64, StoreError> {
         let mut leased = Vec::new();
         self.scan(

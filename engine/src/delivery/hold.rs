@@ -1,0 +1,44 @@
+//! Deliveries a worker meets for a subscription that takes none right now.
+//!
+//! A paused subscription's delivery is held: parked in the schedule until
+//! the subscription is resumed (which makes it due at once), or until
+//! [`HOLD_RECHECK`] has passed, whichever comes first; the re-check only
+//! matters when a resume was missed (a crash right after it, or another
+//! process whose index still showed the subscription paused). A disabled
+//! subscription's delivery is recorded dead, once, so it never comes back
+//! by itself; the recover endpoint re-delivers it.
+
+use std::{sync::Arc, time::Duration};
+
+use super::context::{Job, WorkerContext};
+use crate::{clock::now_ms, model::SubscriptionStatus};
+
+/// How long a held delivery stays parked when no resume releases it.
+pub const HOLD_RECHECK: Duration = Duration::from_secs(300);
+
+/// What a disabled subscription's pending delivery is recorded dead with.
+pub const DISABLED: &str = "the subscription is disabled; recover it to deliver this event";
+
+/// Parks a paused subscription's delivery (see the module doc). If the
+/// subscription was resumed while this ran, releases it again at once.
+pub(super) async fn hold(ctx: Arc<WorkerContext>, job: Job) {
+    let d = &job.delivery;
+    let recheck = now_ms() + HOLD_RECHECK.as_millis() as i64;
+    if let Err(e) = ctx.store.hold(d, recheck).await {
+        // It stays leased and comes back when the lease ends.
+        tracing::warn!(error = %e, delivery_id = %d.delivery_id, "could not hold a paused subscription's delivery");
+    }
+    ctx.in_flight.lock().remove(&d.delivery_id);
+    let resumed = ctx
+        .subscriptions
+        .get(&d.subscription_id)
+        .is_some_and(|s| s.status == SubscriptionStatus::Active);
+    if resumed {
+        match ctx.store.release_held(&d.subscription_id, now_ms()).await {
+            Ok(_) => ctx.wake.notify_one(),
+            Err(e) => {
+                tracing::warn!(error = %e, subscription_id = %d.subscription_id, "could not release held deliveries; they go at their re-check")
+            }
+        }
+    }
+}
