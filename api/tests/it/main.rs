@@ -19,6 +19,7 @@ mod kafka_broker;
 mod limits;
 mod manage;
 mod metrics;
+mod openapi_routes;
 mod policies;
 mod portal;
 mod recovery;
