@@ -15,6 +15,7 @@ mod errors;
 mod flow;
 mod isolation;
 mod kafka;
+mod kafka_batch;
 mod kafka_broker;
 mod limits;
 mod manage;
