@@ -26,23 +26,25 @@ struct Hooks {
 
 fn read() -> &'static Result<Hooks, String> {
     static HOOKS: OnceLock<Result<Hooks, String>> = OnceLock::new();
-    HOOKS.get_or_init(|| {
-        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-        let relay_commit_delay = match var(RELAY_COMMIT_DELAY) {
-            None => Duration::ZERO,
-            Some(v) => humantime::parse_duration(&v)
-                .map_err(|e| format!("{RELAY_COMMIT_DELAY}={v:?}: {e} (write e.g. 800ms)"))?,
-        };
-        let kafka_batch_fail_after = match var(KAFKA_BATCH_FAIL_AFTER) {
-            None => None,
-            Some(v) => Some(v.parse().map_err(|e| {
-                format!("{KAFKA_BATCH_FAIL_AFTER}={v:?}: {e} (write a number of events)")
-            })?),
-        };
-        Ok(Hooks {
-            relay_commit_delay,
-            kafka_batch_fail_after,
-        })
+    HOOKS.get_or_init(|| parse(|name| std::env::var(name).ok()))
+}
+
+fn parse(var: impl Fn(&str) -> Option<String>) -> Result<Hooks, String> {
+    let var = |name: &str| var(name).filter(|v| !v.is_empty());
+    let relay_commit_delay = match var(RELAY_COMMIT_DELAY) {
+        None => Duration::ZERO,
+        Some(v) => humantime::parse_duration(&v)
+            .map_err(|e| format!("{RELAY_COMMIT_DELAY}={v:?}: {e} (write e.g. 800ms)"))?,
+    };
+    let kafka_batch_fail_after = match var(KAFKA_BATCH_FAIL_AFTER) {
+        None => None,
+        Some(v) => Some(v.parse().map_err(|e| {
+            format!("{KAFKA_BATCH_FAIL_AFTER}={v:?}: {e} (write a number of events)")
+        })?),
+    };
+    Ok(Hooks {
+        relay_commit_delay,
+        kafka_batch_fail_after,
     })
 }
 
@@ -61,4 +63,43 @@ pub fn relay_commit_delay() -> Duration {
 /// After how many events a Kafka batch append fails (`None`: never).
 pub fn kafka_batch_fail_after() -> Option<usize> {
     read().as_ref().ok().and_then(|h| h.kafka_batch_fail_after)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn from(pairs: &[(&str, &str)]) -> Result<Hooks, String> {
+        parse(|name| {
+            pairs
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.to_string())
+        })
+    }
+
+    #[test]
+    fn unset_or_empty_hooks_change_nothing() {
+        for hooks in [
+            from(&[]),
+            from(&[(RELAY_COMMIT_DELAY, ""), (KAFKA_BATCH_FAIL_AFTER, "")]),
+        ] {
+            let h = hooks.unwrap();
+            assert_eq!(
+                (h.relay_commit_delay, h.kafka_batch_fail_after),
+                (Duration::ZERO, None)
+            );
+        }
+    }
+
+    #[test]
+    fn set_hooks_are_read_and_malformed_ones_name_their_variable() {
+        let h = from(&[(RELAY_COMMIT_DELAY, "800ms"), (KAFKA_BATCH_FAIL_AFTER, "3")]).unwrap();
+        assert_eq!(h.relay_commit_delay, Duration::from_millis(800));
+        assert_eq!(h.kafka_batch_fail_after, Some(3));
+        let err = from(&[(RELAY_COMMIT_DELAY, "soon")]).err().unwrap();
+        assert!(err.starts_with(RELAY_COMMIT_DELAY), "{err}");
+        let err = from(&[(KAFKA_BATCH_FAIL_AFTER, "-1")]).err().unwrap();
+        assert!(err.starts_with(KAFKA_BATCH_FAIL_AFTER), "{err}");
+    }
 }
