@@ -95,9 +95,6 @@ pub struct ServeArgs {
     /// `<prefix>-relay-<id>`); every relay running at once needs its own.
     #[arg(long, env = "HERALD_RELAY_ID", default_value = "0")]
     pub relay_id: String,
-    /// Crash testing only: hold each relay transaction open this long before committing.
-    #[arg(long, env = "HERALD_RELAY_COMMIT_DELAY", default_value = "0s", value_parser = humantime::parse_duration, hide = true)]
-    pub relay_commit_delay: std::time::Duration,
     /// ScyllaDB/Cassandra contact points (`host:port,...`): keep the store in CQL.
     #[arg(long, env = "HERALD_SCYLLA_NODES")]
     pub scylla_nodes: Option<String>,
@@ -201,7 +198,6 @@ impl ServeArgs {
                 session_timeout: self.kafka_session_timeout,
                 cdc_topic: self.cdc_topic.clone(),
                 relay_id: self.relay_id.clone(),
-                relay_commit_delay: self.relay_commit_delay,
             }),
             role: match self.role {
                 Role::Api => config::Role::Api,
@@ -338,6 +334,7 @@ fn validate(args: &ServeArgs) -> anyhow::Result<()> {
 /// Runs `herald serve` until SIGINT or SIGTERM, then drains.
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     validate(&args)?;
+    herald_engine::test_hooks::check().map_err(anyhow::Error::msg)?;
     // Workers and relays serve no API, so they need no admin token.
     let admin_token = if matches!(args.role, Role::Worker | Role::Relay) {
         String::new()

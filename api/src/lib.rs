@@ -15,17 +15,13 @@ pub mod error;
 pub mod extract;
 pub mod openapi;
 pub mod portal;
+pub mod route_table;
 pub mod routes;
 pub mod server;
 
 use std::{num::NonZeroU32, sync::Arc, time::Duration};
 
-use axum::{
-    extract::DefaultBodyLimit,
-    middleware,
-    routing::{delete, get, post, put},
-    Json, Router,
-};
+use axum::{extract::DefaultBodyLimit, middleware, routing::get, Json, Router};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use herald_engine::Engine;
 
@@ -94,59 +90,12 @@ impl AppState {
     }
 }
 
-/// The router, ready to serve.
+/// The router, ready to serve: the API of [`route_table::api_routes`] (every
+/// API route goes through that table, which the OpenAPI test compares with
+/// the document) and the portal's static files.
 pub fn app(state: AppState) -> Router {
-    use routes::{
-        admin, api_keys, deliveries, event_types, events, recoveries, stream, subscriptions,
-    };
-    let api = Router::new()
-        .route("/admin/tenants", post(admin::create_tenant))
-        .route(
-            "/admin/tenants/{tenant}/api-keys",
-            post(api_keys::admin_create).get(api_keys::admin_list),
-        )
-        .route(
-            "/admin/tenants/{tenant}/api-keys/{key_id}",
-            delete(api_keys::admin_revoke),
-        )
-        .route(
-            "/portal/api-keys",
-            post(api_keys::create).get(api_keys::list),
-        )
-        .route("/portal/api-keys/{key_id}", delete(api_keys::revoke))
-        .route("/portal/webhooks", get(subscriptions::list))
-        .route("/portal/webhooks/subscribe", post(subscriptions::subscribe))
-        .route(
-            "/portal/webhooks/{id}",
-            get(subscriptions::get)
-                .patch(subscriptions::update)
-                .delete(subscriptions::remove),
-        )
-        .route(
-            "/portal/webhooks/{id}/rotate-secret",
-            post(subscriptions::rotate_secret),
-        )
-        .route("/portal/webhooks/{id}/pause", post(subscriptions::pause))
-        .route("/portal/webhooks/{id}/resume", post(subscriptions::resume))
-        .route("/portal/webhooks/{id}/recover", post(recoveries::recover))
-        .route("/portal/recoveries/{job_id}", get(recoveries::get))
-        .route("/integrations/events", post(events::emit).get(events::list))
-        .route("/integrations/events/{id}", get(events::get))
-        .route("/integrations/events/{id}/replay", post(events::replay))
-        .route("/integrations/webhooks", get(deliveries::list))
-        .route("/integrations/event-types", get(event_types::list))
-        .route(
-            "/integrations/event-types/{event_type}",
-            put(event_types::register).get(event_types::get),
-        )
-        .route("/integrations/events/batch", post(events::emit_batch))
-        .route("/webhooks/stream", get(stream::stream))
-        .route("/openapi.json", get(openapi::document));
-    Router::new()
-        .nest("/api/v1", api)
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(routes::metrics::export))
-        .route("/readyz", get(readyz))
+    route_table::api_routes()
+        .into_router()
         .merge(portal::routes())
         .fallback(|| async { error::ApiError::not_found("route") })
         .method_not_allowed_fallback(|| async { error::ApiError::method_not_allowed() })

@@ -28,6 +28,7 @@ use crate::{error::Problem, routes};
         crate::healthz,
         crate::readyz,
         document,
+        routes::metrics::export,
         routes::admin::create_tenant,
         routes::api_keys::admin_create,
         routes::api_keys::admin_list,
@@ -46,6 +47,7 @@ use crate::{error::Problem, routes};
         routes::recoveries::recover,
         routes::recoveries::get,
         routes::events::emit,
+        routes::events::emit_batch,
         routes::events::list,
         routes::events::get,
         routes::events::replay,
@@ -65,7 +67,7 @@ use crate::{error::Problem, routes};
         (name = "deliveries", description = "The delivery log: every attempt"),
         (name = "event-types", description = "The event-type catalogue (JSON Schema per version)"),
         (name = "stream", description = "The WebSocket event stream"),
-        (name = "operations", description = "Health, readiness, this document"),
+        (name = "operations", description = "Health, readiness, metrics, this document"),
     )
 )]
 pub struct ApiDoc;

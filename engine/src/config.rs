@@ -88,9 +88,6 @@ pub struct KafkaConfig {
     /// `<prefix>-relay-<relay_id>`, so a restarted relay fences its crashed
     /// predecessor at once. Each concurrently running relay needs its own.
     pub relay_id: String,
-    /// Crash testing only: how long the relay holds each transaction open,
-    /// its records produced, before committing (zero in production).
-    pub relay_commit_delay: Duration,
 }
 
 impl KafkaConfig {
@@ -104,7 +101,6 @@ impl KafkaConfig {
             session_timeout: Duration::from_secs(10),
             cdc_topic: None,
             relay_id: "0".into(),
-            relay_commit_delay: Duration::ZERO,
         }
     }
 

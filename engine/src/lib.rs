@@ -33,6 +33,7 @@ pub mod signing;
 pub mod ssrf;
 pub mod store;
 pub mod subscriptions;
+pub mod test_hooks;
 
 pub use config::EngineConfig;
 pub use engine::{

@@ -27,6 +27,7 @@ const LAYERS: &[&[&str]] = &[
         "ssrf",
         "resources",
         "filters",
+        "test_hooks",
     ],
     // Signing secrets sealed as the model is (de)serialized.
     &["sealing"],

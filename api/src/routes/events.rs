@@ -206,16 +206,17 @@ pub async fn replay(
 /// `POST /api/v1/integrations/events/batch` body: up to
 /// [`herald_engine::MAX_BATCH_EVENTS`] items shaped like a single emit, in
 /// at most [`crate::MAX_BODY_BYTES`] of JSON.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EmitBatch {
-    /// The events, each as in a single emit.
+    /// The events, each as in a single emit (1 to 1,000).
+    #[schema(value_type = Vec<Emit>, min_items = 1, max_items = 1000)]
     pub events: Vec<serde_json::Value>,
 }
 
 /// One item of a batch answer: the stored event and whether this item was
 /// answered by an earlier event with the same `dedupe_key`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct BatchItem {
     /// The stored event (the original one for a repeated `dedupe_key`).
     #[serde(flatten)]
@@ -226,6 +227,9 @@ pub struct BatchItem {
 
 /// Emits a batch atomically: 202 with one item per event, in order, once
 /// all are durable; any invalid item → 422 naming its index, nothing stored.
+#[utoipa::path(post, path = "/api/v1/integrations/events/batch", tag = "events",
+    request_body = EmitBatch, security(("api_key" = [])),
+    responses((status = 202, description = "Every event durable, one item per event in the order given", body = List<BatchItem>)))]
 pub async fn emit_batch(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,

@@ -18,6 +18,9 @@ use crate::AppState;
 pub const UNMATCHED: &str = "unmatched";
 
 /// `GET /metrics`.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text exposition format",
+        content_type = "text/plain; version=0.0.4; charset=utf-8", body = String)))]
 pub async fn export(State(state): State<AppState>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, CONTENT_TYPE)],

@@ -17,6 +17,7 @@ use std::{
     time::Duration,
 };
 
+use herald_engine::test_hooks;
 use rdkafka::{
     consumer::{BaseConsumer, Consumer},
     message::Headers,
@@ -27,7 +28,9 @@ use standardwebhooks::Webhook;
 use tokio::process::Command;
 
 use crate::{
-    kafka::{prefix, repo_root, require_kafka, start_role, tenant, BROKER, BROKERS},
+    kafka::{
+        prefix, repo_root, require_kafka, start_role, start_role_env, tenant, BROKER, BROKERS,
+    },
     support::{eventually, Receiver},
 };
 
@@ -690,8 +693,8 @@ async fn cdc_relay_kill9_while_streaming_neither_loses_nor_duplicates() {
     }
     // Each relay transaction stays open 800 ms, its records flushed to the
     // broker, so a kill lands inside one.
-    let relay_args = ["--relay-commit-delay", "800ms"];
-    let mut relay = start_role("relay", &dir, &prefix, &relay_args).await;
+    let relay_env = [(test_hooks::RELAY_COMMIT_DELAY, "800ms")];
+    let mut relay = start_role_env("relay", &dir, &prefix, &[], &relay_env).await;
     assert_eq!(health(&relay.base).await["role"], "relay");
 
     // The application inserts rows in transactions of PER_TXN, all along.
@@ -730,7 +733,7 @@ async fn cdc_relay_kill9_while_streaming_neither_loses_nor_duplicates() {
         )
         .await;
         relay.kill9().await;
-        relay = start_role("relay", &dir, &prefix, &relay_args).await;
+        relay = start_role_env("relay", &dir, &prefix, &[], &relay_env).await;
     }
     writer.await.unwrap();
     assert!(done.load(Ordering::SeqCst));

@@ -148,6 +148,7 @@ async fn readyz_and_the_openapi_document() {
         ("/api/v1/portal/webhooks/{id}/recover", &["post"]),
         ("/api/v1/portal/recoveries/{job_id}", &["get"]),
         ("/api/v1/integrations/events", &["post", "get"]),
+        ("/api/v1/integrations/events/batch", &["post"]),
         ("/api/v1/integrations/events/{id}", &["get"]),
         ("/api/v1/integrations/events/{id}/replay", &["post"]),
         ("/api/v1/integrations/webhooks", &["get"]),
@@ -159,6 +160,7 @@ async fn readyz_and_the_openapi_document() {
         ("/api/v1/webhooks/stream", &["get"]),
         ("/healthz", &["get"]),
         ("/readyz", &["get"]),
+        ("/metrics", &["get"]),
         ("/api/v1/openapi.json", &["get"]),
     ] {
         for m in methods {
@@ -177,7 +179,7 @@ async fn readyz_and_the_openapi_document() {
     }
     assert_eq!(
         paths.len(),
-        23,
+        25,
         "no undocumented extras: {:?}",
         paths.keys()
     );

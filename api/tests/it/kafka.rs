@@ -66,6 +66,18 @@ pub async fn services(args: &[&str]) {
 /// (its log in `dir/ROLE.log`); `extra` flags are added, and replace the
 /// defaults of the same name.
 pub async fn start_role(role: &str, dir: &Path, prefix: &str, extra: &[&str]) -> HeraldProcess {
+    start_role_env(role, dir, prefix, extra, &[]).await
+}
+
+/// [`start_role`] with extra environment variables (test hooks:
+/// `herald_engine::test_hooks`).
+pub async fn start_role_env(
+    role: &str,
+    dir: &Path,
+    prefix: &str,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> HeraldProcess {
     let retries = ["1s"; 30].join(",");
     let defaults = [
         ("--kafka-partitions", "6"),
@@ -88,7 +100,9 @@ pub async fn start_role(role: &str, dir: &Path, prefix: &str, extra: &[&str]) ->
     );
     args.extend_from_slice(extra);
     let log = dir.join(format!("{role}.log"));
-    HeraldProcess::spawn(dir, &log, &args, &[("RUST_LOG", "info")])
+    let mut env = env.to_vec();
+    env.push(("RUST_LOG", "info"));
+    HeraldProcess::spawn(dir, &log, &args, &env)
         .await
         .unwrap_or_else(|e| panic!("herald --role {role}: {e}"))
 }

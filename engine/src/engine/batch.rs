@@ -4,8 +4,10 @@
 //! its payload against the catalogue's schema, as a single emit's — and one
 //! invalid item refuses the whole batch and names its index (schema
 //! violations point into the batch body: `/events/<i>/payload/...`). The new events go to the
-//! log in one `append` call, so the batch is one durable group commit, and
-//! the call returns only after it. Dedupe keys are honoured per item: a key
+//! log in one [`EventLog::append_all`](crate::log::EventLog::append_all): on
+//! the embedded log one durable group commit, on Kafka one transaction, so a
+//! failure midway (503) leaves none of them readable or delivered. The call
+//! returns only once all are durable. Dedupe keys are honoured per item: a key
 //! already live in the window, or used by an earlier item of the same batch,
 //! answers the original event and nothing new is delivered for it.
 
@@ -123,7 +125,7 @@ impl Engine {
         }
 
         if !fresh.is_empty() {
-            let positions = self.log.append(&fresh).await?;
+            let positions = self.log.append_all(&fresh).await?;
             let until = now_ms() + self.config.dedupe_window.as_millis() as i64;
             let indexed: Vec<_> = fresh.iter().cloned().zip(positions).collect();
             if let Err(e) = self.store.record_events(indexed, until).await {

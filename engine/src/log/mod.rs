@@ -100,6 +100,14 @@ pub trait EventLog: Send + Sync + 'static {
     /// repeat: consumers deduplicate by event id).
     async fn append(&self, events: &[DomainEvent]) -> Result<Vec<LogPosition>, LogError>;
 
+    /// Appends events all or nothing: on error none of them is ever read
+    /// (the batch emit's contract). By default one [`append`](Self::append)
+    /// (the embedded log writes a tenant's batch in one write to one
+    /// partition file, a torn tail cut at restart); Kafka uses a transaction.
+    async fn append_all(&self, events: &[DomainEvent]) -> Result<Vec<LogPosition>, LogError> {
+        self.append(events).await
+    }
+
     /// Reads up to `max` records of `partition` starting at `offset`.
     async fn read(
         &self,

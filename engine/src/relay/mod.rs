@@ -83,8 +83,9 @@ pub struct RelayStats {
     /// Whether a transaction is open right now (begun, not yet committed).
     pub in_transaction: AtomicBool,
     /// Records the open transaction has produced, not yet committed (0
-    /// outside that window); with `relay_commit_delay` they are flushed to
-    /// the broker before this is set.
+    /// outside that window); with the commit-delay test hook
+    /// ([`crate::test_hooks::RELAY_COMMIT_DELAY`]) they are flushed to the
+    /// broker before this is set.
     pub uncommitted: AtomicU64,
 }
 
@@ -377,7 +378,7 @@ impl Session {
         self.producer
             .send_offsets_to_transaction(&offsets, &group, TXN_TIMEOUT)
             .map_err(|e| format!("adding the offsets to the transaction: {e}"))?;
-        let delay = self.settings.kafka.relay_commit_delay;
+        let delay = crate::test_hooks::relay_commit_delay();
         if !delay.is_zero() {
             // Crash tests: let the records reach the broker, uncommitted.
             let _ = self.producer.flush(TXN_TIMEOUT);

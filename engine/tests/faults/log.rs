@@ -44,6 +44,17 @@ impl EventLog for FaultyLog {
         }
     }
 
+    async fn append_all(&self, events: &[DomainEvent]) -> Result<Vec<LogPosition>, LogError> {
+        match self.plan.next("append").await {
+            Effect::Pass => self.inner.append_all(events).await,
+            Effect::Fail => Err(injected("append_all")),
+            Effect::FailAfter => {
+                self.inner.append_all(events).await?;
+                Err(injected("append_all (after writing)"))
+            }
+        }
+    }
+
     async fn read(
         &self,
         partition: u32,

@@ -41,6 +41,8 @@ impl KafkaConsumer {
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
             .set("enable.partition.eof", "false")
+            // Never the records of an aborted batch (the default, said).
+            .set("isolation.level", "read_committed")
             .set(
                 "session.timeout.ms",
                 config.session_timeout.as_millis().to_string(),

@@ -11,6 +11,9 @@
 //!   some records (the acknowledgement can be lost after the write); the
 //!   fan-out's per-event and `(tenant, dedupe_key)` checks make a retried
 //!   emit safe.
+//! - **A batch is all or nothing** ([`transaction`]): [`EventLog::append_all`]
+//!   appends it in one Kafka transaction, aborted on any failure, and every
+//!   reader here and the fan-out consumer read `read_committed`.
 //! - **Same partition as the embedded log.** Records go to the partition
 //!   [`partition_for`](super::partition_for) names (CRC-32 of the tenant id),
 //!   so a tenant's events keep their order; the key is the tenant id for
@@ -28,6 +31,7 @@
 
 pub mod consumer;
 pub mod record;
+mod transaction;
 
 use std::{sync::Arc, time::Duration};
 
@@ -63,6 +67,8 @@ pub struct KafkaLog {
     lookups: Arc<BaseConsumer>,
     /// Reader clients reused across reads (each assigns by hand).
     readers: Arc<parking_lot::Mutex<Vec<BaseConsumer>>>,
+    /// Transactional producers of atomic batches.
+    transactions: transaction::Transactions,
 }
 
 impl KafkaLog {
@@ -142,6 +148,7 @@ impl KafkaLog {
         let producer = new_producer(&config)?;
         tracing::info!(brokers = %config.brokers, topic, partitions, "Kafka event log ready");
         Ok(Self {
+            transactions: transaction::Transactions::new(&config),
             config,
             topic,
             partitions,
@@ -188,6 +195,17 @@ impl EventLog for KafkaLog {
         }
         result
     }
+
+    async fn append_all(&self, events: &[DomainEvent]) -> Result<Vec<LogPosition>, LogError> {
+        if events.len() == 1 && crate::test_hooks::kafka_batch_fail_after().is_none() {
+            // One record is all or nothing already.
+            return self.append(events).await;
+        }
+        self.transactions
+            .append(&self.config, &self.topic, self.partitions, events)
+            .await
+    }
+
     async fn read(
         &self,
         partition: u32,
@@ -374,8 +392,13 @@ fn read_range(
                 "reading partition {partition} from {offset} timed out at {next}"
             )));
         }
-        let Some(m) = c.poll(left) else { continue };
-        let m = m.map_err(|e| unavailable("reading records", e))?;
+        let m = match c.poll(left) {
+            None => continue,
+            // The readable end: transaction markers and aborted records
+            // take offsets no message is read at.
+            Some(Err(KafkaError::PartitionEOF(_))) => break,
+            Some(m) => m.map_err(|e| unavailable("reading records", e))?,
+        };
         let at = m.offset() as u64;
         if at < next {
             continue;
@@ -426,7 +449,8 @@ fn reader_config(config: &KafkaConfig) -> ClientConfig {
     c.set("group.id", "herald-reader")
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
-        .set("enable.partition.eof", "false");
+        .set("isolation.level", "read_committed")
+        .set("enable.partition.eof", "true");
     c
 }
 

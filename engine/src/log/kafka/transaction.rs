@@ -1,0 +1,177 @@
+//! Batches appended all or nothing, each in one Kafka transaction.
+//!
+//! A batch's records are produced inside a transaction and committed
+//! together; on any failure (a record not acknowledged, the commit refused
+//! or timed out) the transaction is aborted, so a `read_committed` reader —
+//! the fan-out consumer and every reader of [`KafkaLog`](super::KafkaLog)
+//! are — never sees any of them, even those the broker had written. The
+//! caller answers 503 and the client retries the whole batch.
+//!
+//! A transactional producer runs one transaction at a time, so the log keeps
+//! a small pool of them; each has its own `transactional.id`
+//! (`<prefix>-batch-<process>-<slot>`). A process killed inside a
+//! transaction leaves it open until the broker aborts it after
+//! `transaction.timeout.ms` (twice the append timeout); until then
+//! `read_committed` readers of that partition wait at its first record.
+
+use std::time::Duration;
+
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+
+use super::{base_config, blocking, produce_error, record, unavailable};
+use crate::{
+    config::KafkaConfig,
+    log::{partition_for, LogError, LogPosition},
+    model::DomainEvent,
+};
+
+/// Transactional producers kept per log: batches in flight at once.
+pub(super) const POOL: usize = 4;
+
+/// The pool of transactional producers, created on first use.
+pub(super) struct Transactions {
+    slots: Vec<tokio::sync::Mutex<Option<FutureProducer>>>,
+    id_prefix: String,
+    next: std::sync::atomic::AtomicUsize,
+}
+
+impl Transactions {
+    pub(super) fn new(config: &KafkaConfig) -> Self {
+        Self {
+            slots: (0..POOL).map(|_| tokio::sync::Mutex::new(None)).collect(),
+            id_prefix: format!(
+                "{}-batch-{}",
+                config.topic_prefix,
+                uuid::Uuid::new_v4().simple()
+            ),
+            next: Default::default(),
+        }
+    }
+
+    /// Appends `events` in one transaction: every one committed, or none
+    /// visible to `read_committed` readers.
+    pub(super) async fn append(
+        &self,
+        config: &KafkaConfig,
+        topic: &str,
+        partitions: u32,
+        events: &[DomainEvent],
+    ) -> Result<Vec<LogPosition>, LogError> {
+        let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % POOL;
+        let mut slot = self.slots[i].lock().await;
+        let producer = match slot.take() {
+            Some(p) => p,
+            None => {
+                let (config, id) = (config.clone(), format!("{}-{i}", self.id_prefix));
+                blocking(move || new_transactional(&config, &id)).await?
+            }
+        };
+        let timeout = config.append_timeout;
+        let p = producer.clone();
+        blocking(move || {
+            p.begin_transaction()
+                .map_err(|e| unavailable("beginning a transaction", e))
+        })
+        .await?;
+        let result = match produce(&producer, topic, partitions, events).await {
+            Ok(positions) => {
+                let p = producer.clone();
+                blocking(move || {
+                    p.commit_transaction(timeout)
+                        .map_err(|e| unavailable("committing the batch's transaction", e))
+                })
+                .await
+                .map(|()| positions)
+            }
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(positions) => {
+                *slot = Some(producer);
+                Ok(positions)
+            }
+            Err(e) => {
+                let p = producer.clone();
+                let aborted = blocking(move || {
+                    p.abort_transaction(timeout)
+                        .map_err(|e| unavailable("aborting the batch's transaction", e))
+                })
+                .await;
+                match aborted {
+                    // Clean: the producer takes the next batch.
+                    Ok(()) => *slot = Some(producer),
+                    // Dropped: the next batch of this slot starts a new one,
+                    // whose init fences this one and aborts what it left open.
+                    Err(abort) => {
+                        tracing::warn!(error = %abort, "dropping a transactional producer")
+                    }
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Produces the batch's records and waits for each acknowledgement.
+async fn produce(
+    producer: &FutureProducer,
+    topic: &str,
+    partitions: u32,
+    events: &[DomainEvent],
+) -> Result<Vec<LogPosition>, LogError> {
+    let fail_after = crate::test_hooks::kafka_batch_fail_after().filter(|&n| n < events.len());
+    let sent = &events[..fail_after.unwrap_or(events.len())];
+    let mut pending = Vec::with_capacity(sent.len());
+    for e in sent {
+        let value = record::encode(e);
+        let rec = FutureRecord::to(topic)
+            .partition(partition_for(&e.tenant_id, partitions) as i32)
+            .key(e.tenant_id.as_bytes())
+            .payload(&value)
+            .headers(record::headers(e));
+        match producer.send_result(rec) {
+            Ok(delivery) => pending.push(delivery),
+            Err((err, _)) => return Err(produce_error(err)),
+        }
+    }
+    let mut positions = Vec::with_capacity(pending.len());
+    for delivery in pending {
+        match delivery.await {
+            Ok(Ok(d)) => positions.push(LogPosition {
+                partition: d.partition as u32,
+                offset: d.offset as u64,
+            }),
+            Ok(Err((err, _))) => return Err(produce_error(err)),
+            Err(_) => return Err(LogError::Closed),
+        }
+    }
+    if let Some(n) = fail_after {
+        return Err(LogError::Unavailable(format!(
+            "test hook: the batch failed after {n} of {} events",
+            events.len()
+        )));
+    }
+    Ok(positions)
+}
+
+/// A transactional producer of the events topic, its transactions initialised.
+fn new_transactional(config: &KafkaConfig, id: &str) -> Result<FutureProducer, LogError> {
+    let timeout = config.append_timeout.max(Duration::from_secs(1));
+    let producer: FutureProducer = base_config(config)
+        .set("transactional.id", id)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("message.timeout.ms", timeout.as_millis().to_string())
+        .set(
+            "transaction.timeout.ms",
+            (2 * timeout).as_millis().to_string(),
+        )
+        .set("linger.ms", "2")
+        .set("compression.type", "lz4")
+        .create()
+        .map_err(|e| unavailable("creating a transactional Kafka producer", e))?;
+    producer
+        .init_transactions(timeout)
+        .map_err(|e| unavailable("initialising Kafka transactions", e))?;
+    Ok(producer)
+}

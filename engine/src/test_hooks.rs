@@ -1,0 +1,105 @@
+//! Hooks for crash and fault tests, set only through `HERALD_TEST_HOOK_*`
+//! environment variables and read only here: they are not part of
+//! [`EngineConfig`](crate::config::EngineConfig) or the command line, and
+//! unset (production) they change nothing.
+//!
+//! - [`RELAY_COMMIT_DELAY`]: how long the CDC relay holds each transaction
+//!   open, its records flushed to the broker, before committing (so a
+//!   `kill -9` lands inside one).
+//! - [`KAFKA_BATCH_FAIL_AFTER`]: a Kafka batch append of more than N events
+//!   fails after writing N of them (uncommitted), as a broker failure midway
+//!   would.
+//!
+//! Values are read once per process; [`check`] reports a malformed one.
+
+use std::{sync::OnceLock, time::Duration};
+
+/// Env var: the relay's commit delay, e.g. `800ms` (humantime).
+pub const RELAY_COMMIT_DELAY: &str = "HERALD_TEST_HOOK_RELAY_COMMIT_DELAY";
+/// Env var: the number of events a Kafka batch append writes before failing.
+pub const KAFKA_BATCH_FAIL_AFTER: &str = "HERALD_TEST_HOOK_KAFKA_BATCH_FAIL_AFTER";
+
+struct Hooks {
+    relay_commit_delay: Duration,
+    kafka_batch_fail_after: Option<usize>,
+}
+
+fn read() -> &'static Result<Hooks, String> {
+    static HOOKS: OnceLock<Result<Hooks, String>> = OnceLock::new();
+    HOOKS.get_or_init(|| parse(|name| std::env::var(name).ok()))
+}
+
+fn parse(var: impl Fn(&str) -> Option<String>) -> Result<Hooks, String> {
+    let var = |name: &str| var(name).filter(|v| !v.is_empty());
+    let relay_commit_delay = match var(RELAY_COMMIT_DELAY) {
+        None => Duration::ZERO,
+        Some(v) => humantime::parse_duration(&v)
+            .map_err(|e| format!("{RELAY_COMMIT_DELAY}={v:?}: {e} (write e.g. 800ms)"))?,
+    };
+    let kafka_batch_fail_after = match var(KAFKA_BATCH_FAIL_AFTER) {
+        None => None,
+        Some(v) => Some(v.parse().map_err(|e| {
+            format!("{KAFKA_BATCH_FAIL_AFTER}={v:?}: {e} (write a number of events)")
+        })?),
+    };
+    Ok(Hooks {
+        relay_commit_delay,
+        kafka_batch_fail_after,
+    })
+}
+
+/// Fails with a message naming the variable when a hook is malformed.
+pub fn check() -> Result<(), String> {
+    read().as_ref().map(|_| ()).map_err(Clone::clone)
+}
+
+/// The relay's commit delay (zero unless the hook is set).
+pub fn relay_commit_delay() -> Duration {
+    read()
+        .as_ref()
+        .map_or(Duration::ZERO, |h| h.relay_commit_delay)
+}
+
+/// After how many events a Kafka batch append fails (`None`: never).
+pub fn kafka_batch_fail_after() -> Option<usize> {
+    read().as_ref().ok().and_then(|h| h.kafka_batch_fail_after)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn from(pairs: &[(&str, &str)]) -> Result<Hooks, String> {
+        parse(|name| {
+            pairs
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.to_string())
+        })
+    }
+
+    #[test]
+    fn unset_or_empty_hooks_change_nothing() {
+        for hooks in [
+            from(&[]),
+            from(&[(RELAY_COMMIT_DELAY, ""), (KAFKA_BATCH_FAIL_AFTER, "")]),
+        ] {
+            let h = hooks.unwrap();
+            assert_eq!(
+                (h.relay_commit_delay, h.kafka_batch_fail_after),
+                (Duration::ZERO, None)
+            );
+        }
+    }
+
+    #[test]
+    fn set_hooks_are_read_and_malformed_ones_name_their_variable() {
+        let h = from(&[(RELAY_COMMIT_DELAY, "800ms"), (KAFKA_BATCH_FAIL_AFTER, "3")]).unwrap();
+        assert_eq!(h.relay_commit_delay, Duration::from_millis(800));
+        assert_eq!(h.kafka_batch_fail_after, Some(3));
+        let err = from(&[(RELAY_COMMIT_DELAY, "soon")]).err().unwrap();
+        assert!(err.starts_with(RELAY_COMMIT_DELAY), "{err}");
+        let err = from(&[(KAFKA_BATCH_FAIL_AFTER, "-1")]).err().unwrap();
+        assert!(err.starts_with(KAFKA_BATCH_FAIL_AFTER), "{err}");
+    }
+}
