@@ -136,6 +136,63 @@ async fn delivery_is_signed_logged_and_rotation_dual_signs() {
     assert!(read.get("secret").is_none());
 }
 
+/// A rotation's grace window ends: inside it both secrets sign, after it
+/// only the new one does (the old one is not sent, and does not verify).
+#[tokio::test]
+async fn the_old_secret_stops_signing_when_its_grace_window_ends() {
+    let herald = Herald::start().await;
+    let key = herald.tenant("acme").await;
+    let receiver = Receiver::start(200).await;
+    let sub = herald
+        .subscribe(&key, &receiver.url, &["work_order.*"])
+        .await;
+    let old = sub["secret"].as_str().unwrap().to_string();
+    let sub_id = sub["id"].as_str().unwrap();
+    let (status, rotated) = herald
+        .post(
+            &key,
+            &format!("/api/v1/portal/webhooks/{sub_id}/rotate-secret"),
+            json!({ "grace_period_seconds": 2 }),
+        )
+        .await;
+    assert_eq!(status, 200, "{rotated}");
+    let new = rotated["secret"].as_str().unwrap().to_string();
+    let expires = time::OffsetDateTime::parse(
+        rotated["previous_secret_expires_at"].as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+
+    herald.emit(&key, "work_order.started", json!({})).await;
+    let inside = eventually("a delivery inside the window", WAIT, || async {
+        receiver.received().first().cloned()
+    })
+    .await;
+    let signed_at: i64 = inside.header("webhook-timestamp").parse().unwrap();
+    if signed_at < expires.unix_timestamp() {
+        assert_eq!(inside.header("webhook-signature").split(' ').count(), 2);
+        assert!(verifies(&old, &inside) && verifies(&new, &inside));
+    }
+
+    // Wait for the window to end (on the clock, not for a fixed time).
+    while time::OffsetDateTime::now_utc() <= expires {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    herald.emit(&key, "work_order.paused", json!({})).await;
+    let after = eventually("a delivery after the window", WAIT, || async {
+        receiver.received().get(1).cloned()
+    })
+    .await;
+    assert_eq!(
+        after.header("webhook-signature").split(' ').count(),
+        1,
+        "one signature: {}",
+        after.header("webhook-signature")
+    );
+    assert!(verifies(&new, &after), "the new secret signs");
+    assert!(!verifies(&old, &after), "the expired secret no longer does");
+}
+
 #[tokio::test]
 async fn dedupe_key_returns_the_original_and_delivers_once() {
     let herald = Herald::start().await;
