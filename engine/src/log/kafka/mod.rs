@@ -303,14 +303,14 @@ impl Drop for KafkaLog {
     }
 }
 
-/// Enqueues every record first, so they travel in as few requests as
-/// possible, then waits for every acknowledgement.
-async fn append_with(
+/// Hands each event's record (keyed by tenant, to the tenant's partition)
+/// to the producer; returns the acknowledgements to wait for.
+fn enqueue(
     producer: &FutureProducer,
     topic: &str,
     partitions: u32,
     events: &[DomainEvent],
-) -> Result<Vec<LogPosition>, LogError> {
+) -> Result<Vec<rdkafka::producer::DeliveryFuture>, LogError> {
     let mut pending = Vec::with_capacity(events.len());
     for e in events {
         let value = record::encode(e);
@@ -324,6 +324,18 @@ async fn append_with(
             Err((err, _)) => return Err(produce_error(err)),
         }
     }
+    Ok(pending)
+}
+
+/// Enqueues every record first, so they travel in as few requests as
+/// possible, then waits for every acknowledgement.
+async fn append_with(
+    producer: &FutureProducer,
+    topic: &str,
+    partitions: u32,
+    events: &[DomainEvent],
+) -> Result<Vec<LogPosition>, LogError> {
+    let pending = enqueue(producer, topic, partitions, events)?;
     let mut positions = Vec::with_capacity(pending.len());
     let mut failure = None;
     for delivery in pending {

@@ -16,12 +16,12 @@
 
 use std::time::Duration;
 
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{FutureProducer, Producer};
 
-use super::{base_config, blocking, produce_error, record, unavailable};
+use super::{base_config, blocking, enqueue, produce_error, unavailable};
 use crate::{
     config::KafkaConfig,
-    log::{partition_for, LogError, LogPosition},
+    log::{LogError, LogPosition},
     model::DomainEvent,
 };
 
@@ -121,19 +121,7 @@ async fn produce(
 ) -> Result<Vec<LogPosition>, LogError> {
     let fail_after = crate::test_hooks::kafka_batch_fail_after().filter(|&n| n < events.len());
     let sent = &events[..fail_after.unwrap_or(events.len())];
-    let mut pending = Vec::with_capacity(sent.len());
-    for e in sent {
-        let value = record::encode(e);
-        let rec = FutureRecord::to(topic)
-            .partition(partition_for(&e.tenant_id, partitions) as i32)
-            .key(e.tenant_id.as_bytes())
-            .payload(&value)
-            .headers(record::headers(e));
-        match producer.send_result(rec) {
-            Ok(delivery) => pending.push(delivery),
-            Err((err, _)) => return Err(produce_error(err)),
-        }
-    }
+    let pending = enqueue(producer, topic, partitions, sent)?;
     let mut positions = Vec::with_capacity(pending.len());
     for delivery in pending {
         match delivery.await {

@@ -340,15 +340,7 @@ fn query_subs(
     sql: &str,
     args: Vec<Value>,
 ) -> Result<Vec<WebhookSubscription>, StoreError> {
-    let mut st = conn.prepare_cached(sql).map_err(db_err)?;
-    let rows = st
-        .query_map(params_from_iter(args), |r| r.get::<_, String>(0))
-        .map_err(db_err)?;
-    let mut out = Vec::new();
-    for row in rows {
-        out.push(codec.decode(&row.map_err(db_err)?)?);
-    }
-    Ok(out)
+    query_text(conn, sql, args, |raw| codec.decode(raw))
 }
 
 /// Runs a query whose single column is a JSON body and decodes each row.
@@ -356,6 +348,16 @@ fn query_bodies<T: serde::de::DeserializeOwned>(
     conn: &Connection,
     sql: &str,
     args: Vec<Value>,
+) -> Result<Vec<T>, StoreError> {
+    query_text(conn, sql, args, decode)
+}
+
+/// Runs a query whose single column is text and decodes each row with `decode`.
+fn query_text<T>(
+    conn: &Connection,
+    sql: &str,
+    args: Vec<Value>,
+    decode: impl Fn(&str) -> Result<T, StoreError>,
 ) -> Result<Vec<T>, StoreError> {
     let mut st = conn.prepare_cached(sql).map_err(db_err)?;
     let rows = st
