@@ -11,8 +11,8 @@ use crate::{
     config::{EngineConfig, KafkaConfig, Role, ScyllaConfig, FANOUT_GROUP},
     encryption::{self, KeyRing, SecretCipher},
     error::EngineError,
-    log::{embedded::EmbeddedLog, kafka::KafkaLog, EventLog},
-    store::{embedded::EmbeddedStore, scylla::ScyllaStore, ScheduleStore, Store, StoreError},
+    log::{embedded::EmbeddedLog, EventLog},
+    store::{embedded::EmbeddedStore, ScheduleStore, Store, StoreError},
 };
 
 /// The event log of a deployment.
@@ -135,7 +135,12 @@ impl Backends {
         config: &EngineConfig,
     ) -> Result<(Arc<dyn EventLog>, Arc<dyn Store>), EngineError> {
         let log: Arc<dyn EventLog> = match &self.log {
-            LogBackend::Kafka(k) => Arc::new(KafkaLog::connect(k.clone()).await?),
+            #[cfg(feature = "kafka")]
+            LogBackend::Kafka(k) => {
+                Arc::new(crate::log::kafka::KafkaLog::connect(k.clone()).await?)
+            }
+            #[cfg(not(feature = "kafka"))]
+            LogBackend::Kafka(_) => return Err(not_built("HERALD_KAFKA_BROKERS", "kafka")),
             LogBackend::Embedded { dir, partitions } => {
                 Arc::new(EmbeddedLog::open(dir, *partitions)?)
             }
@@ -150,8 +155,11 @@ impl Backends {
         let store: Arc<dyn Store> = match &self.store {
             // Several processes may share a CQL schedule: a crashed run's
             // claims are not released here, they fall due when their lease ends.
+            #[cfg(not(feature = "cql"))]
+            StoreBackend::Cql(_) => return Err(not_built("HERALD_SCYLLA_NODES", "cql")),
+            #[cfg(feature = "cql")]
             StoreBackend::Cql(scylla) => {
-                let store = ScyllaStore::connect(scylla, cipher)
+                let store = crate::store::scylla::ScyllaStore::connect(scylla, cipher)
                     .await
                     .map_err(key_error)?;
                 tracing::info!(nodes = ?scylla.nodes, keyspace = %scylla.keyspace, "store: CQL");
@@ -181,6 +189,18 @@ impl Backends {
         };
         Ok((log, store))
     }
+}
+
+/// A backend this build was compiled without.
+#[cfg(not(all(feature = "kafka", feature = "cql")))]
+fn not_built(setting: &'static str, feature: &str) -> EngineError {
+    EngineError::invalid(
+        setting,
+        format!(
+            "is set, but this herald was built without the `{feature}` feature; \
+             rebuild with default features (or `--features {feature}`), or unset it"
+        ),
+    )
 }
 
 /// A store that cannot open for want of the right key is a configuration

@@ -131,6 +131,7 @@ impl Engine {
             recovery_wake.clone(),
             cancel.clone(),
         )));
+        #[cfg(feature = "kafka")]
         let relay = match backends.relay(config.role) {
             Some(kafka) => {
                 let stats = Arc::new(crate::relay::RelayStats::default());
@@ -151,6 +152,9 @@ impl Engine {
             }
             _ => None,
         };
+        // Without Kafka support there is no relay (and no Kafka log to start with).
+        #[cfg(not(feature = "kafka"))]
+        let relay: Option<Arc<crate::relay::RelayStats>> = None;
         tracing::info!(
             data_dir = %config.data_dir.display(),
             role = ?config.role,

@@ -10,6 +10,7 @@
 //! this module asks which one is running.
 
 pub mod embedded;
+#[cfg(feature = "kafka")]
 pub mod kafka;
 
 use async_trait::async_trait;

@@ -22,6 +22,7 @@ pub mod embedded;
 mod events;
 mod recovery;
 mod schedule;
+#[cfg(feature = "cql")]
 pub mod scylla;
 pub mod secrets;
 mod subscriptions;

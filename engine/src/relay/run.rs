@@ -1,0 +1,364 @@
+//! The relay's loop: the CDC topic in, the events topic out, one Kafka
+//! transaction per batch with the consumed offsets (see the module above).
+
+use std::{
+    sync::{atomic::Ordering, Arc},
+    time::{Duration, Instant},
+};
+
+use rdkafka::{
+    admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
+    client::DefaultClientContext,
+    consumer::{BaseConsumer, Consumer},
+    message::{BorrowedMessage, Header, Headers, OwnedHeaders},
+    producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer},
+    types::RDKafkaErrorCode,
+    ClientConfig, Message, Offset, TopicPartitionList,
+};
+use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
+
+use super::{map, parse, RelayStats};
+use crate::{config::KafkaConfig, log::kafka::record};
+
+/// Records per transaction, at most.
+const BATCH: usize = 500;
+/// How long a batch waits for more records after the first one.
+const LINGER: Duration = Duration::from_millis(50);
+/// Timeout of the transactional calls.
+const TXN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Where the relay reads and writes.
+#[derive(Debug, Clone)]
+pub struct RelaySettings {
+    /// The Kafka settings shared with the event log.
+    pub kafka: KafkaConfig,
+    /// Partitions of the events topic (the event log's count).
+    pub partitions: u32,
+}
+
+impl RelaySettings {
+    fn group(&self) -> String {
+        format!("{}-relay", self.kafka.topic_prefix)
+    }
+
+    fn transactional_id(&self) -> String {
+        format!("{}-relay-{}", self.kafka.topic_prefix, self.kafka.relay_id)
+    }
+}
+
+/// Runs the relay until `cancel` fires, restarting its Kafka clients after
+/// any error. Returns once the current batch is committed or aborted.
+pub async fn run(settings: RelaySettings, stats: Arc<RelayStats>, cancel: CancellationToken) {
+    if let Err(e) = ensure_topics(&settings).await {
+        tracing::warn!(error = %e, "could not create the CDC topics; the relay will wait for them");
+    }
+    let task = tokio::task::spawn_blocking(move || {
+        let mut pause = Duration::from_millis(200);
+        while !cancel.is_cancelled() {
+            match Session::open(&settings, stats.clone()) {
+                Ok(mut session) => {
+                    tracing::info!(
+                        topic = %settings.kafka.cdc_topic(),
+                        group = %settings.group(),
+                        transactional_id = %settings.transactional_id(),
+                        "CDC relay running"
+                    );
+                    match session.run(&cancel) {
+                        Ok(()) => return,
+                        Err(e) => {
+                            stats.aborted.fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!(error = %e, "CDC relay batch aborted; restarting from the committed offsets");
+                            pause = Duration::from_millis(200);
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "CDC relay cannot start yet");
+                    pause = (pause * 2).min(Duration::from_secs(5));
+                }
+            }
+            let until = Instant::now() + pause;
+            while Instant::now() < until && !cancel.is_cancelled() {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    });
+    let _ = task.await;
+}
+
+/// Creates the CDC and dead-letter topics when missing (an existing topic
+/// is left as it is).
+async fn ensure_topics(settings: &RelaySettings) -> Result<(), String> {
+    let admin: AdminClient<DefaultClientContext> = client_config(&settings.kafka)
+        .create()
+        .map_err(|e| e.to_string())?;
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let (cdc, dlq) = (
+        settings.kafka.cdc_topic(),
+        settings.kafka.dead_letter_topic(),
+    );
+    let topics = [
+        NewTopic::new(
+            &cdc,
+            settings.partitions as i32,
+            TopicReplication::Fixed(-1),
+        ),
+        NewTopic::new(&dlq, 1, TopicReplication::Fixed(-1)),
+    ];
+    for r in admin
+        .create_topics(&topics, &opts)
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        match r {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => return Err(format!("creating {name}: {code}")),
+        }
+    }
+    Ok(())
+}
+
+fn client_config(kafka: &KafkaConfig) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &kafka.brokers)
+        .set("client.id", "herald-relay")
+        .set("log_level", "4");
+    c
+}
+
+/// One consumer and one transactional producer; dropped on any error.
+struct Session {
+    settings: RelaySettings,
+    consumer: BaseConsumer,
+    producer: ThreadedProducer<DefaultProducerContext>,
+    stats: Arc<RelayStats>,
+    events_topic: String,
+    dlq_topic: String,
+}
+
+type Failure = String;
+
+impl Session {
+    fn open(settings: &RelaySettings, stats: Arc<RelayStats>) -> Result<Self, Failure> {
+        let consumer: BaseConsumer = client_config(&settings.kafka)
+            .set("group.id", settings.group())
+            .set("isolation.level", "read_committed")
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("enable.partition.eof", "false")
+            .set(
+                "session.timeout.ms",
+                settings
+                    .kafka
+                    .session_timeout
+                    .as_millis()
+                    .max(1)
+                    .to_string(),
+            )
+            .create()
+            .map_err(|e| format!("creating the relay consumer: {e}"))?;
+        let producer: ThreadedProducer<DefaultProducerContext> = client_config(&settings.kafka)
+            .set("transactional.id", settings.transactional_id())
+            .set("transaction.timeout.ms", "30000")
+            .set("linger.ms", "5")
+            .set("compression.type", "lz4")
+            .create()
+            .map_err(|e| format!("creating the relay producer: {e}"))?;
+        // Fences a previous incarnation with the same id and aborts its open transaction.
+        producer
+            .init_transactions(TXN_TIMEOUT)
+            .map_err(|e| format!("initialising transactions: {e}"))?;
+        consumer
+            .subscribe(&[&settings.kafka.cdc_topic()])
+            .map_err(|e| format!("subscribing to the CDC topic: {e}"))?;
+        Ok(Self {
+            settings: settings.clone(),
+            consumer,
+            producer,
+            stats,
+            events_topic: settings.kafka.events_topic(),
+            dlq_topic: settings.kafka.dead_letter_topic(),
+        })
+    }
+
+    fn run(&mut self, cancel: &CancellationToken) -> Result<(), Failure> {
+        while !cancel.is_cancelled() {
+            let batch = self.poll_batch()?;
+            if batch.is_empty() {
+                continue;
+            }
+            let outcome = self.relay(&batch);
+            if outcome.is_err() {
+                let _ = self.producer.abort_transaction(TXN_TIMEOUT);
+            }
+            self.stats.in_transaction.store(false, Ordering::SeqCst);
+            self.stats.uncommitted.store(0, Ordering::SeqCst);
+            outcome?;
+        }
+        Ok(())
+    }
+
+    fn poll_batch(&self) -> Result<Vec<BorrowedMessage<'_>>, Failure> {
+        let mut batch = Vec::new();
+        let mut deadline = Instant::now() + Duration::from_millis(500);
+        while batch.len() < BATCH {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            match self.consumer.poll(left) {
+                None => break,
+                Some(Ok(m)) => {
+                    if batch.is_empty() {
+                        deadline = Instant::now() + LINGER;
+                    }
+                    batch.push(m);
+                }
+                // Unknown topic before Debezium's first record, a broker hiccup:
+                // librdkafka retries; a batch in hand is still committed.
+                Some(Err(e)) => {
+                    tracing::debug!(error = %e, "CDC consumer");
+                    if batch.is_empty() {
+                        // Don't spin on an error that repeats at once.
+                        std::thread::sleep(Duration::from_millis(100));
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(batch)
+    }
+
+    /// One transaction: the events, the dead letters and the offsets.
+    fn relay(&self, batch: &[BorrowedMessage<'_>]) -> Result<(), Failure> {
+        self.producer
+            .begin_transaction()
+            .map_err(|e| format!("beginning a transaction: {e}"))?;
+        self.stats.in_transaction.store(true, Ordering::SeqCst);
+        let now = OffsetDateTime::now_utc();
+        let (mut relayed, mut skipped, mut dead) = (0u64, 0u64, 0u64);
+        let mut offsets = TopicPartitionList::new();
+        for m in batch {
+            let headers: Vec<(&str, Option<&[u8]>)> = m
+                .headers()
+                .map(|h| h.iter().map(|h| (h.key, h.value)).collect())
+                .unwrap_or_default();
+            let outcome = match parse::parse(m.payload(), &headers) {
+                Ok(parse::Parsed::Row(row)) => map::to_event(*row, now)
+                    .map(Some)
+                    .map_err(|e| e.to_string()),
+                Ok(parse::Parsed::Skip(_)) => Ok(None),
+                Err(e) => Err(e.to_string()),
+            };
+            match outcome {
+                Ok(Some(event)) => {
+                    let value = record::encode(&event);
+                    let partition =
+                        crate::log::partition_for(&event.tenant_id, self.settings.partitions);
+                    self.send(
+                        BaseRecord::to(&self.events_topic)
+                            .partition(partition as i32)
+                            .key(event.tenant_id.as_bytes())
+                            .payload(&value)
+                            .headers(record::headers(&event)),
+                    )?;
+                    relayed += 1;
+                }
+                Ok(None) => skipped += 1,
+                Err(reason) => {
+                    tracing::warn!(
+                        topic = m.topic(),
+                        partition = m.partition(),
+                        offset = m.offset(),
+                        reason,
+                        "CDC record dead-lettered"
+                    );
+                    let mut h = OwnedHeaders::new();
+                    for (k, v) in &headers {
+                        h = h.insert(Header { key: k, value: *v });
+                    }
+                    let (p, o) = (m.partition().to_string(), m.offset().to_string());
+                    for (k, v) in [
+                        ("herald-dlq-reason", reason.as_str()),
+                        ("herald-dlq-topic", m.topic()),
+                        ("herald-dlq-partition", p.as_str()),
+                        ("herald-dlq-offset", o.as_str()),
+                    ] {
+                        h = h.insert(Header {
+                            key: k,
+                            value: Some(v.as_bytes()),
+                        });
+                    }
+                    let mut rec: BaseRecord<'_, [u8], [u8]> =
+                        BaseRecord::to(&self.dlq_topic).headers(h);
+                    if let Some(k) = m.key() {
+                        rec = rec.key(k);
+                    }
+                    if let Some(v) = m.payload() {
+                        rec = rec.payload(v);
+                    }
+                    self.send(rec)?;
+                    dead += 1;
+                }
+            }
+            let next = Offset::Offset(m.offset() + 1);
+            match offsets.find_partition(m.topic(), m.partition()) {
+                Some(mut p) => p.set_offset(next).map_err(|e| e.to_string())?,
+                None => offsets
+                    .add_partition_offset(m.topic(), m.partition(), next)
+                    .map_err(|e| e.to_string())?,
+            }
+        }
+        let group = self
+            .consumer
+            .group_metadata()
+            .ok_or_else(|| "the relay consumer has no group metadata".to_string())?;
+        self.producer
+            .send_offsets_to_transaction(&offsets, &group, TXN_TIMEOUT)
+            .map_err(|e| format!("adding the offsets to the transaction: {e}"))?;
+        let delay = crate::test_hooks::relay_commit_delay();
+        if !delay.is_zero() {
+            // Crash tests: let the records reach the broker, uncommitted.
+            let _ = self.producer.flush(TXN_TIMEOUT);
+        }
+        self.stats
+            .uncommitted
+            .store(relayed + dead, Ordering::SeqCst);
+        if !delay.is_zero() {
+            std::thread::sleep(delay);
+        }
+        self.producer
+            .commit_transaction(TXN_TIMEOUT)
+            .map_err(|e| format!("committing the transaction: {e}"))?;
+        let s = &self.stats;
+        s.relayed.fetch_add(relayed, Ordering::Relaxed);
+        s.skipped.fetch_add(skipped, Ordering::Relaxed);
+        s.dead_lettered.fetch_add(dead, Ordering::Relaxed);
+        s.transactions.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(
+            relayed,
+            skipped,
+            dead_lettered = dead,
+            "CDC batch committed"
+        );
+        Ok(())
+    }
+
+    /// Enqueues a record, waiting while the producer's queue is full.
+    fn send<K: rdkafka::message::ToBytes + ?Sized, P: rdkafka::message::ToBytes + ?Sized>(
+        &self,
+        mut rec: BaseRecord<'_, K, P>,
+    ) -> Result<(), Failure> {
+        loop {
+            match self.producer.send(rec) {
+                Ok(()) => return Ok(()),
+                Err((e, back)) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull) => {
+                    rec = back;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err((e, _)) => return Err(format!("producing: {e}")),
+            }
+        }
+    }
+}
