@@ -8,16 +8,8 @@
 //! connector built from the shipped `deploy/debezium/herald-outbox-connector.json`
 //! (own slot, publication and topics) and its own Herald topic prefix.
 
-use std::{
-    collections::{HashMap, HashSet},
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc,
-    },
-    time::Duration,
-};
+use std::{collections::HashMap, time::Duration};
 
-use herald_engine::test_hooks;
 use rdkafka::{
     consumer::{BaseConsumer, Consumer},
     message::Headers,
@@ -28,15 +20,13 @@ use standardwebhooks::Webhook;
 use tokio::process::Command;
 
 use crate::{
-    kafka::{
-        prefix, repo_root, require_kafka, start_role, start_role_env, tenant, BROKER, BROKERS,
-    },
+    kafka::{prefix, repo_root, require_kafka, start_role, tenant, BROKER, BROKERS},
     support::{eventually, Receiver},
 };
 
-const CONNECT: &str = "http://127.0.0.1:8083";
+pub(crate) const CONNECT: &str = "http://127.0.0.1:8083";
 
-async fn require_port(port: u16, what: &str) {
+pub(crate) async fn require_port(port: u16, what: &str) {
     let up = tokio::time::timeout(
         Duration::from_secs(3),
         tokio::net::TcpStream::connect(("127.0.0.1", port)),
@@ -49,22 +39,22 @@ async fn require_port(port: u16, what: &str) {
     );
 }
 
-async fn require_cdc() {
+pub(crate) async fn require_cdc() {
     require_kafka().await;
     require_port(5432, "PostgreSQL").await;
     require_port(8083, "Kafka Connect").await;
 }
 
 /// A database with the outbox table and a Debezium connector streaming it.
-struct Outbox {
+pub(crate) struct Outbox {
     db: String,
     connector: String,
     /// The topic the connector writes to.
-    topic: String,
+    pub(crate) topic: String,
 }
 
 /// Runs SQL on `db` with psql; panics with psql's message on error.
-async fn psql(db: &str, sql: &str) -> String {
+pub(crate) async fn psql(db: &str, sql: &str) -> String {
     let out = Command::new("psql")
         .args(["-h", "127.0.0.1", "-U", "postgres", "-v", "ON_ERROR_STOP=1"])
         .args(["-qtA", "-d", db, "-c", sql])
@@ -82,7 +72,7 @@ async fn psql(db: &str, sql: &str) -> String {
 impl Outbox {
     /// `router`: the shipped configuration (Outbox Event Router); otherwise
     /// the plain change envelope as JSON with schemas.
-    async fn start(prefix: &str, router: bool) -> Self {
+    pub(crate) async fn start(prefix: &str, router: bool) -> Self {
         precreate_events_topic(prefix).await;
         let db = format!(
             "herald_cdc_{}",
@@ -171,12 +161,12 @@ impl Outbox {
         }
     }
 
-    async fn sql(&self, sql: &str) -> String {
+    pub(crate) async fn sql(&self, sql: &str) -> String {
         psql(&self.db, sql).await
     }
 
     /// Removes the connector (its slot goes with it) and the database.
-    async fn stop(self) {
+    pub(crate) async fn stop(self) {
         let http = reqwest::Client::new();
         let _ = http
             .delete(format!("{CONNECT}/connectors/{}", self.connector))
@@ -213,7 +203,7 @@ impl Outbox {
 /// Creates `<prefix>.events` (6 partitions, as `start_role` asks) before Herald
 /// starts, so a start never races the broker's metadata of a topic it has just
 /// created (`KafkaLog::connect` reads the partition count right after).
-async fn precreate_events_topic(prefix: &str) {
+pub(crate) async fn precreate_events_topic(prefix: &str) {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     let admin: AdminClient<rdkafka::client::DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", BROKERS)
@@ -254,7 +244,7 @@ async fn precreate_events_topic(prefix: &str) {
 }
 
 /// An INSERT of one outbox row.
-fn outbox_row(
+pub(crate) fn outbox_row(
     id: uuid::Uuid,
     tenant: &str,
     event_type: &str,
@@ -268,11 +258,11 @@ fn outbox_row(
     )
 }
 
-fn event_id(row: uuid::Uuid) -> String {
+pub(crate) fn event_id(row: uuid::Uuid) -> String {
     format!("evt_{}", row.simple())
 }
 
-fn delivered_ids(receiver: &Receiver) -> Vec<String> {
+pub(crate) fn delivered_ids(receiver: &Receiver) -> Vec<String> {
     receiver
         .received()
         .iter()
@@ -280,7 +270,7 @@ fn delivered_ids(receiver: &Receiver) -> Vec<String> {
         .collect()
 }
 
-async fn wait_delivered(receiver: &Receiver, id: &str) {
+pub(crate) async fn wait_delivered(receiver: &Receiver, id: &str) {
     eventually(
         &format!("{id} delivered"),
         Duration::from_secs(60),
@@ -298,11 +288,11 @@ type Rec = (Option<Vec<u8>>, HashMap<String, String>);
 
 /// Every committed record of `topic` (read_committed), read until `quiet`
 /// passes with nothing new once at least `min` records are in.
-fn read_committed(topic: &str, min: usize, quiet: Duration) -> Vec<Rec> {
+pub(crate) fn read_committed(topic: &str, min: usize, quiet: Duration) -> Vec<Rec> {
     read_topic(topic, "read_committed", min, quiet)
 }
 
-fn read_topic(topic: &str, isolation: &str, min: usize, quiet: Duration) -> Vec<Rec> {
+pub(crate) fn read_topic(topic: &str, isolation: &str, min: usize, quiet: Duration) -> Vec<Rec> {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", BROKERS)
         .set(
@@ -354,7 +344,7 @@ fn read_topic(topic: &str, isolation: &str, min: usize, quiet: Duration) -> Vec<
     out
 }
 
-async fn health(base: &str) -> Value {
+pub(crate) async fn health(base: &str) -> Value {
     reqwest::get(format!("{base}/healthz"))
         .await
         .unwrap()
@@ -581,224 +571,4 @@ async fn cdc_outbox_commit_delivers_rollback_does_not_and_bad_rows_are_dead_lett
 
     herald.kill9().await;
     outbox.stop().await;
-}
-
-/// The plain Debezium change envelope (JsonConverter with schemas, no
-/// router): inserts are relayed, an UPDATE is dead-lettered, a DELETE is
-/// skipped.
-#[tokio::test]
-async fn cdc_plain_change_envelope_is_relayed_updates_dead_lettered_deletes_skipped() {
-    let _broker = BROKER.read().await;
-    require_cdc().await;
-    let prefix = prefix("cdcplain");
-    let outbox = Outbox::start(&prefix, false).await;
-    let tmp = tempfile::tempdir().unwrap();
-    let receiver = Receiver::start(200).await;
-    let herald = start_role(
-        "all",
-        &tmp.path().join("data"),
-        &prefix,
-        &["--cdc-topic", &outbox.topic],
-    )
-    .await;
-    let (_key, secret) = tenant(&herald.base, "plain", &receiver).await;
-
-    let row = uuid::Uuid::now_v7();
-    outbox
-        .sql(&format!(
-            "BEGIN; INSERT INTO work_orders VALUES ('wo-9', 'open'); {} COMMIT;",
-            outbox_row(row, "plain", "work_order.opened", None, r#"{"n": 9}"#)
-        ))
-        .await;
-    wait_delivered(&receiver, &event_id(row)).await;
-    let got = receiver
-        .received()
-        .into_iter()
-        .find(|r| r.header("webhook-id") == event_id(row))
-        .unwrap();
-    Webhook::new(&secret)
-        .unwrap()
-        .verify(&got.body, &got.headers)
-        .expect("a valid signature");
-    assert_eq!(
-        serde_json::from_slice::<Value>(&got.body).unwrap()["data"],
-        json!({"n": 9})
-    );
-
-    outbox
-        .sql(&format!(
-            "UPDATE herald_outbox SET type = 'work_order.changed' WHERE id = '{row}'"
-        ))
-        .await;
-    outbox
-        .sql(&format!("DELETE FROM herald_outbox WHERE id = '{row}'"))
-        .await;
-    let marker = uuid::Uuid::now_v7();
-    outbox
-        .sql(&outbox_row(
-            marker,
-            "plain",
-            "work_order.marker",
-            None,
-            "{}",
-        ))
-        .await;
-    wait_delivered(&receiver, &event_id(marker)).await;
-    assert_eq!(
-        delivered_ids(&receiver).len(),
-        2,
-        "only the two inserts are delivered"
-    );
-    let dlq = format!("{prefix}.cdc.dead-letter");
-    let letters =
-        tokio::task::spawn_blocking(move || read_committed(&dlq, 1, Duration::from_secs(2)))
-            .await
-            .unwrap();
-    assert_eq!(letters.len(), 1, "{letters:?}");
-    assert!(
-        letters[0].1["herald-dlq-reason"].contains("UPDATE"),
-        "{:?}",
-        letters[0].1
-    );
-    let h = health(&herald.base).await;
-    assert_eq!(h["relay"]["dead_lettered"], 1, "{h}");
-    assert!(
-        h["relay"]["skipped"].as_u64().unwrap() >= 1,
-        "the delete is skipped: {h}"
-    );
-
-    herald.kill9().await;
-    outbox.stop().await;
-}
-
-/// kill -9 of the relay while 10,000 outbox rows stream: every row is in the
-/// events topic exactly once (read_committed) and is delivered.
-#[tokio::test]
-async fn cdc_relay_kill9_while_streaming_neither_loses_nor_duplicates() {
-    const ROWS: usize = 10_000;
-    const PER_TXN: usize = 250;
-    let _broker = BROKER.read().await;
-    require_cdc().await;
-    let prefix = prefix("cdckill");
-    let outbox = Arc::new(Outbox::start(&prefix, true).await);
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("data");
-    let receiver = Receiver::start(200).await;
-    let api = start_role("api", &dir, &prefix, &[]).await;
-    let _worker = start_role("worker", &dir, &prefix, &[]).await;
-    let tenants = ["kill-0", "kill-1", "kill-2", "kill-3"];
-    let mut secrets = Vec::new();
-    for t in tenants {
-        secrets.push(tenant(&api.base, t, &receiver).await.1);
-    }
-    // Each relay transaction stays open 800 ms, its records flushed to the
-    // broker, so a kill lands inside one.
-    let relay_env = [(test_hooks::RELAY_COMMIT_DELAY, "800ms")];
-    let mut relay = start_role_env("relay", &dir, &prefix, &[], &relay_env).await;
-    assert_eq!(health(&relay.base).await["role"], "relay");
-
-    // The application inserts rows in transactions of PER_TXN, all along.
-    let done = Arc::new(AtomicBool::new(false));
-    let writer = {
-        let (outbox, done) = (outbox.clone(), done.clone());
-        tokio::spawn(async move {
-            for start in (0..ROWS).step_by(PER_TXN) {
-                outbox
-                    .sql(&format!(
-                        "INSERT INTO herald_outbox (id, tenant_id, aggregatetype, aggregateid, type, payload) \
-                         SELECT gen_random_uuid(), 'kill-' || (g % 4), 'work_order', g::text, \
-                         'work_order.completed', jsonb_build_object('g', g) \
-                         FROM generate_series({start}, {}) g",
-                        start + PER_TXN - 1
-                    ))
-                    .await;
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            done.store(true, Ordering::SeqCst);
-        })
-    };
-    // Kill the relay mid-stream, inside an open transaction, twice.
-    for at in [2_000u64, 5_000] {
-        let base = relay.base.clone();
-        eventually(
-            &format!("the relay past {at} rows, records in an open transaction"),
-            Duration::from_secs(120),
-            || {
-                let base = base.clone();
-                async move {
-                    let r = &health(&base).await["relay"];
-                    (r["relayed"].as_u64()? >= at && r["uncommitted"].as_u64()? > 0).then_some(())
-                }
-            },
-        )
-        .await;
-        relay.kill9().await;
-        relay = start_role_env("relay", &dir, &prefix, &[], &relay_env).await;
-    }
-    writer.await.unwrap();
-    assert!(done.load(Ordering::SeqCst));
-    assert_eq!(
-        outbox.sql("SELECT count(*) FROM herald_outbox").await,
-        ROWS.to_string()
-    );
-
-    // Exactly once in the events topic.
-    let topic = format!("{prefix}.events");
-    let records =
-        tokio::task::spawn_blocking(move || read_committed(&topic, ROWS, Duration::from_secs(3)))
-            .await
-            .unwrap();
-    let mut per_id: HashMap<String, usize> = HashMap::new();
-    for (value, _) in &records {
-        let v: Value = serde_json::from_slice(value.as_ref().unwrap()).unwrap();
-        assert_eq!(v["source"], "cdc");
-        *per_id
-            .entry(v["id"].as_str().unwrap().to_string())
-            .or_default() += 1;
-    }
-    let duplicates: usize = per_id.values().map(|n| n - 1).sum();
-    // Records of the transactions the kills cut short are in the log, aborted.
-    let topic = format!("{prefix}.events");
-    let uncommitted = tokio::task::spawn_blocking(move || {
-        read_topic(&topic, "read_uncommitted", ROWS, Duration::from_secs(2)).len()
-    })
-    .await
-    .unwrap();
-    println!(
-        "cdc kill -9: {ROWS} rows, {} committed events in the topic, {} distinct, {duplicates} duplicates; \
-         {} records read_uncommitted (aborted by the kills: {})",
-        records.len(),
-        per_id.len(),
-        uncommitted,
-        uncommitted.saturating_sub(records.len())
-    );
-    assert_eq!(per_id.len(), ROWS, "every row is in the events topic");
-    assert!(
-        uncommitted > records.len(),
-        "the kills interrupted transactions whose records reached the log (then aborted)"
-    );
-    assert_eq!(duplicates, 0, "no row is in the events topic twice");
-
-    // And every one is delivered, signed.
-    let want: HashSet<String> = per_id.into_keys().collect();
-    eventually(
-        "every relayed event delivered",
-        Duration::from_secs(300),
-        || async {
-            (receiver.hits.load(Ordering::SeqCst) >= ROWS
-                && delivered_ids(&receiver)
-                    .into_iter()
-                    .collect::<HashSet<_>>()
-                    .is_superset(&want))
-            .then_some(())
-        },
-    )
-    .await;
-    let hooks: Vec<Webhook> = secrets.iter().map(|s| Webhook::new(s).unwrap()).collect();
-    for r in receiver.received().iter().take(200) {
-        assert!(hooks.iter().any(|h| h.verify(&r.body, &r.headers).is_ok()));
-    }
-    relay.kill9().await;
-    drop((api, _worker));
-    Arc::try_unwrap(outbox).ok().unwrap().stop().await;
 }
