@@ -13,7 +13,7 @@ use std::{collections::HashMap, time::Duration};
 use rdkafka::{
     consumer::{BaseConsumer, Consumer},
     message::Headers,
-    ClientConfig, Message, Offset, TopicPartitionList,
+    ClientConfig, Message,
 };
 use serde_json::{json, Map, Value};
 use standardwebhooks::Webhook;
@@ -293,25 +293,7 @@ pub(crate) fn read_committed(topic: &str, min: usize, quiet: Duration) -> Vec<Re
 }
 
 pub(crate) fn read_topic(topic: &str, isolation: &str, min: usize, quiet: Duration) -> Vec<Rec> {
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", BROKERS)
-        .set(
-            "group.id",
-            format!("herald-test-reader-{}", uuid::Uuid::new_v4().simple()),
-        )
-        .set("isolation.level", isolation)
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let md = c
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    for p in md.topics()[0].partitions() {
-        tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
-            .unwrap();
-    }
-    c.assign(&tpl).unwrap();
+    let c = crate::kafka::reader_from_start(topic, isolation);
     let mut out = Vec::new();
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     let mut last = std::time::Instant::now();

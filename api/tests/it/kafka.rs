@@ -543,3 +543,33 @@ async fn kafka_sigterm_of_a_worker_drains_and_loses_nothing() {
          {duplicates} duplicate deliveries"
     );
 }
+
+/// A consumer in a group of its own, assigned every partition of `topic`
+/// from the beginning, reading with `isolation` (`read_committed` or
+/// `read_uncommitted`).
+pub fn reader_from_start(topic: &str, isolation: &str) -> rdkafka::consumer::BaseConsumer {
+    use rdkafka::{
+        consumer::{BaseConsumer, Consumer},
+        ClientConfig, Offset, TopicPartitionList,
+    };
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", BROKERS)
+        .set(
+            "group.id",
+            format!("herald-test-reader-{}", uuid::Uuid::new_v4().simple()),
+        )
+        .set("isolation.level", isolation)
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let md = c
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in md.topics()[0].partitions() {
+        tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
+            .unwrap();
+    }
+    c.assign(&tpl).unwrap();
+    c
+}

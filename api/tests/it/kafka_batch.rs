@@ -6,10 +6,7 @@
 use std::time::{Duration, Instant};
 
 use herald_engine::test_hooks;
-use rdkafka::{
-    consumer::{BaseConsumer, Consumer},
-    ClientConfig, Message, Offset, TopicPartitionList,
-};
+use rdkafka::Message;
 use serde_json::{json, Value};
 
 use crate::{
@@ -20,25 +17,7 @@ use crate::{
 /// The payloads of `topic`'s records as `isolation` shows them, read from
 /// the start until `enough` holds for them (panics after 60 s).
 fn read_until(topic: &str, isolation: &str, enough: fn(&[String]) -> bool) -> Vec<String> {
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", BROKERS)
-        .set(
-            "group.id",
-            format!("herald-test-{}", uuid::Uuid::new_v4().simple()),
-        )
-        .set("isolation.level", isolation)
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let md = c
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    for p in md.topics()[0].partitions() {
-        tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
-            .unwrap();
-    }
-    c.assign(&tpl).unwrap();
+    let c = crate::kafka::reader_from_start(topic, isolation);
     let mut seen = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(60);
     while !enough(&seen) {
