@@ -120,6 +120,11 @@ pub struct ServeArgs {
     /// Concurrent requests per endpoint.
     #[arg(long, env = "HERALD_MAX_IN_FLIGHT_PER_ENDPOINT", default_value_t = 32)]
     pub max_in_flight_per_endpoint: usize,
+    /// Deliveries one endpoint's queue holds in memory; past it they are
+    /// parked in the schedule and released as the queue drains.
+    #[arg(long, env = "HERALD_MAX_QUEUED_PER_ENDPOINT", default_value_t = 2048,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub max_queued_per_endpoint: usize,
     /// Total timeout of one delivery attempt.
     #[arg(long, env = "HERALD_REQUEST_TIMEOUT", default_value = "15s", value_parser = humantime::parse_duration)]
     pub request_timeout: std::time::Duration,
@@ -210,6 +215,7 @@ impl ServeArgs {
         };
         config.delivery.lease_margin = self.lease_margin;
         config.delivery.max_in_flight_per_endpoint = self.max_in_flight_per_endpoint;
+        config.delivery.max_queued_per_endpoint = self.max_queued_per_endpoint;
         config.delivery.request_timeout = self.request_timeout;
         config.delivery.breaker_open_for = self.breaker_open_for;
         config.delivery.breaker_failure_threshold = self.breaker_failures;

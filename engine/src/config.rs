@@ -239,6 +239,11 @@ pub struct DeliveryConfig {
     /// to them directly (past it they wait in the schedule for the
     /// scheduler's claims): bounds memory when fan-out outruns the endpoints.
     pub handoff_limit: usize,
+    /// Deliveries one endpoint's queue holds in memory; past it a worker
+    /// parks them in the schedule and releases them a chunk at a time as
+    /// the queue drains, so a slow endpoint never holds the whole
+    /// hand-off budget and no delivery waits for a lease to end.
+    pub max_queued_per_endpoint: usize,
 }
 
 impl Default for DeliveryConfig {
@@ -260,6 +265,7 @@ impl Default for DeliveryConfig {
             response_body_limit: 4096,
             lease_margin: Duration::from_secs(30),
             handoff_limit: 16_384,
+            max_queued_per_endpoint: 2_048,
         }
     }
 }

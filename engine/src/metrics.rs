@@ -64,6 +64,9 @@ pub struct Metrics {
     /// `herald_attempt_records_abandoned_total`: attempt records the store
     /// refused on every try (those deliveries go again when their lease ends).
     pub attempt_records_abandoned: IntCounter,
+    /// `herald_deliveries_parked_total`: deliveries a worker parked in the
+    /// schedule because their endpoint's queue was full.
+    pub deliveries_parked: IntCounter,
     /// `herald_http_requests_total{route,method,status}`: API requests by matched route and status class.
     pub http_requests: IntCounterVec,
     /// `herald_http_request_duration_seconds{route,method}`: API request handling time.
@@ -183,6 +186,10 @@ impl Metrics {
             attempt_records_abandoned: single(
                 "herald_attempt_records_abandoned_total",
                 "Attempt records the store refused on every retry; each such delivery is sent again when its lease ends.",
+            ),
+            deliveries_parked: single(
+                "herald_deliveries_parked_total",
+                "Deliveries a worker parked in the schedule because their endpoint's queue was full; they are released a chunk at a time as it drains.",
             ),
             http_requests: counter(
                 r,

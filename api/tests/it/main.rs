@@ -4,6 +4,7 @@
 mod bad_input;
 mod batch;
 mod breaker;
+mod burst;
 mod catalogue;
 mod cdc;
 mod cdc_relay;

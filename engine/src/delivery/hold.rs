@@ -7,11 +7,22 @@
 //! process whose index still showed the subscription paused). A disabled
 //! subscription's delivery is recorded dead, once, so it never comes back
 //! by itself; the recover endpoint re-delivers it.
+//!
+//! An active subscription's delivery that finds its endpoint's queue full
+//! is parked the same way (held, in batches), and released a chunk at a
+//! time as the queue drains (see `worker.rs`): the queue stays bounded and
+//! no delivery waits for a lease to end in a live process. Its re-check is
+//! the lease: should the release be lost with the process, it falls due
+//! as a crashed process's lease would (an embedded restart releases it at
+//! once).
 
 use std::{sync::Arc, time::Duration};
 
 use super::context::{Job, WorkerContext};
-use crate::{clock::now_ms, model::SubscriptionStatus};
+use crate::{
+    clock::now_ms,
+    model::{ScheduledDelivery, SubscriptionStatus},
+};
 
 /// How long a held delivery stays parked when no resume releases it.
 pub const HOLD_RECHECK: Duration = Duration::from_secs(300);
@@ -34,11 +45,56 @@ pub(super) async fn hold(ctx: Arc<WorkerContext>, job: Job) {
         .get(&d.subscription_id)
         .is_some_and(|s| s.status == SubscriptionStatus::Active);
     if resumed {
-        match ctx.store.release_held(&d.subscription_id, now_ms()).await {
+        match ctx
+            .store
+            .release_held(&d.subscription_id, now_ms(), usize::MAX)
+            .await
+        {
             Ok(_) => ctx.wake.notify_one(),
             Err(e) => {
                 tracing::warn!(error = %e, subscription_id = %d.subscription_id, "could not release held deliveries; they go at their re-check")
             }
+        }
+    }
+}
+
+/// Parks deliveries that found their endpoint's queue full (see the module
+/// doc). They leave the shard either way: parked, or, if the write failed,
+/// leased until their lease ends.
+pub(super) async fn park(ctx: &WorkerContext, deliveries: Vec<ScheduledDelivery>) {
+    let recheck = now_ms() + ctx.config.lease().as_millis() as i64;
+    match ctx.store.hold_all(&deliveries, recheck).await {
+        Ok(()) => ctx
+            .metrics
+            .deliveries_parked
+            .inc_by(deliveries.len() as u64),
+        Err(e) => {
+            tracing::warn!(error = %e, deliveries = deliveries.len(), "could not park deliveries for a full endpoint queue; they go when their lease ends")
+        }
+    }
+    let mut in_flight = ctx.in_flight.lock();
+    for d in &deliveries {
+        in_flight.remove(&d.delivery_id);
+    }
+}
+
+/// Makes the next `limit` parked deliveries of a subscription due and rings
+/// the scheduler; `None` (after a pause) if the store failed.
+pub(super) async fn release_chunk(
+    ctx: &WorkerContext,
+    subscription_id: &str,
+    limit: usize,
+) -> Option<u64> {
+    match ctx
+        .store
+        .release_held(subscription_id, now_ms(), limit)
+        .await
+    {
+        Ok(n) => Some(n),
+        Err(e) => {
+            tracing::warn!(error = %e, subscription_id, "could not release parked deliveries; trying again");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            None
         }
     }
 }

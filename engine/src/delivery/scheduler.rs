@@ -6,6 +6,8 @@
 //! falls due again: nothing is lost, at the price of a possible duplicate.
 //! Due order is by time across all endpoints, and a dead endpoint's retries
 //! sit in the future, so it never holds up anybody else's deliveries.
+//! It claims no more than the shards have room for (the hand-off limit), so
+//! nothing it claims waits in a live process for its lease to end.
 
 use std::{sync::Arc, time::Duration};
 
@@ -19,6 +21,8 @@ use crate::{clock::now_ms, store::Store};
 const CLAIM_BATCH: usize = 512;
 /// How often the schedule is checked when nobody rings.
 const IDLE_TICK: Duration = Duration::from_millis(200);
+/// How often the shards' room is checked while they are full.
+const FULL_TICK: Duration = Duration::from_millis(5);
 /// How often expired dedupe claims are purged.
 const PURGE_EVERY: Duration = Duration::from_secs(60);
 
@@ -37,9 +41,20 @@ pub async fn run(
         if cancel.is_cancelled() {
             return;
         }
+        // Claim no more than the shards have room for: a claimed delivery
+        // that no shard takes would wait for its lease to end.
+        let room = shards.room().min(CLAIM_BATCH);
+        if room < CLAIM_BATCH.min(shards.capacity() / 4).max(1) {
+            tokio::select! {
+                () = wake.notified() => {}
+                () = tokio::time::sleep(FULL_TICK) => {}
+                () = cancel.cancelled() => return,
+            }
+            continue;
+        }
         let now = now_ms();
         let claimed = match store
-            .claim_due(now, now + lease.as_millis() as i64, CLAIM_BATCH)
+            .claim_due(now, now + lease.as_millis() as i64, room)
             .await
         {
             Ok(c) => {
@@ -56,7 +71,7 @@ pub async fn run(
                 continue;
             }
         };
-        let full = claimed.len() == CLAIM_BATCH;
+        let full = claimed.len() == room;
         for (delivery, event) in claimed {
             tokio::select! {
                 () = shards.dispatch(Job { delivery, event: Arc::new(event) }) => {}

@@ -10,6 +10,7 @@
 use std::{
     collections::{HashMap, VecDeque},
     sync::Arc,
+    time::Duration,
 };
 
 use serde_json::json;
@@ -24,7 +25,7 @@ use super::{
     decide::{deferral, record_on_breaker, BreakerChange},
     limit::{Concurrency, TokenBucket},
 };
-use crate::model::{SubscriptionStatus, WebhookSubscription};
+use crate::model::{ScheduledDelivery, SubscriptionStatus, WebhookSubscription};
 
 /// The set of shards.
 pub struct Shards {
@@ -72,12 +73,27 @@ impl Shards {
     pub fn in_flight(&self) -> usize {
         self.ctx.in_flight.lock().len()
     }
+
+    /// How many more deliveries the shards may be handed (the hand-off limit
+    /// less what they hold).
+    pub fn room(&self) -> usize {
+        self.ctx
+            .config
+            .handoff_limit
+            .saturating_sub(self.in_flight())
+    }
+
+    /// The hand-off limit: deliveries the shards hold at most.
+    pub fn capacity(&self) -> usize {
+        self.ctx.config.handoff_limit
+    }
 }
 
-/// Jobs an endpoint holds in memory at most; beyond that a job is let go
-/// (it stays leased in the schedule and comes back when the lease ends), so
-/// a slow endpoint's backlog never grows the heap.
-const MAX_QUEUED_PER_ENDPOINT: usize = 2048;
+/// Deliveries parked in one store write at most.
+const PARK_BATCH: usize = 512;
+/// How long a shard waits for a released chunk to come back from the
+/// scheduler before it releases the next one regardless.
+const RELEASE_PATIENCE: Duration = Duration::from_secs(1);
 
 /// One endpoint's state, owned by its shard task.
 struct Endpoint {
@@ -89,6 +105,29 @@ struct Endpoint {
     wakeup_pending: bool,
     /// The breaker state this endpoint counts under in the metrics.
     shown: Option<BreakerState>,
+    /// Deliveries parked in the schedule for want of queue room and not
+    /// released yet (an estimate: a release that finds none resets it).
+    parked: u64,
+    /// Park writes under way.
+    parking: usize,
+    /// Whether a release is under way.
+    releasing: bool,
+    /// Released deliveries not yet back from the scheduler, and when the
+    /// last release ended.
+    awaiting: u64,
+    released_at: Option<tokio::time::Instant>,
+}
+
+impl Endpoint {
+    /// Whether the shard may forget it: nothing queued, parked or pending.
+    fn idle(&self) -> bool {
+        self.in_flight == 0
+            && self.queue.is_empty()
+            && self.bucket.is_none()
+            && self.parked == 0
+            && self.parking == 0
+            && !self.releasing
+    }
 }
 
 enum Signal {
@@ -98,6 +137,10 @@ enum Signal {
     /// A job whose subscription this process's index did not know yet, but
     /// the store does (created by another process): take it again.
     Retry(Job),
+    /// A park write ended (for these subscriptions, one entry per write).
+    Parked(Vec<String>),
+    /// A release ended: how many deliveries it made due (`None`: it failed).
+    Released(String, Option<u64>),
 }
 
 struct Shard {
@@ -105,6 +148,8 @@ struct Shard {
     endpoints: HashMap<String, Endpoint>,
     signals: mpsc::UnboundedSender<Signal>,
     attempts: tokio::task::JoinSet<()>,
+    /// Deliveries to park, written in one go by [`Shard::park`].
+    to_park: Vec<ScheduledDelivery>,
 }
 
 impl Shard {
@@ -140,7 +185,13 @@ impl Shard {
                 queue: VecDeque::new(),
                 wakeup_pending: false,
                 shown: None,
+                parked: 0,
+                parking: 0,
+                releasing: false,
+                awaiting: 0,
+                released_at: None,
             });
+        ep.awaiting = ep.awaiting.saturating_sub(1);
         // Follow changes to the subscription's limits.
         ep.concurrency.set_max(max_in_flight);
         match (sub.rate_limit, &ep.bucket) {
@@ -148,12 +199,96 @@ impl Shard {
             (Some(r), Some(b)) if b.rate() == r => {}
             (Some(r), _) => ep.bucket = Some(TokenBucket::new(r, now)),
         }
-        if ep.queue.len() >= MAX_QUEUED_PER_ENDPOINT {
-            ctx.in_flight.lock().remove(&job.delivery.delivery_id);
+        if ep.queue.len() >= ctx.config.max_queued_per_endpoint.max(1) {
+            // No room: park it in the schedule; it is released as the queue drains.
+            ep.parked += 1;
+            self.to_park.push(job.delivery);
             return;
         }
         ep.queue.push_back((job, sub.clone()));
         self.pump(&sub.id);
+    }
+
+    /// Writes the deliveries waiting to be parked, in one store write.
+    fn park(&mut self) {
+        if self.to_park.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.to_park);
+        let mut subs: Vec<String> = batch.iter().map(|d| d.subscription_id.clone()).collect();
+        subs.sort_unstable();
+        subs.dedup();
+        for id in &subs {
+            if let Some(ep) = self.endpoints.get_mut(id) {
+                ep.parking += 1;
+            }
+        }
+        let (ctx, signals) = (self.ctx.clone(), self.signals.clone());
+        self.attempts.spawn(async move {
+            super::hold::park(&ctx, batch).await;
+            let _ = signals.send(Signal::Parked(subs));
+        });
+    }
+
+    /// Releases the next chunk of an endpoint's parked deliveries once its
+    /// queue has drained to a quarter.
+    fn release_parked(&mut self, subscription_id: &str) {
+        let cap = self.ctx.config.max_queued_per_endpoint.max(1);
+        let Some(ep) = self.endpoints.get_mut(subscription_id) else {
+            return;
+        };
+        if ep.parked == 0 || ep.releasing || ep.parking > 0 || ep.queue.len() > cap / 4 {
+            return;
+        }
+        let patient = ep
+            .released_at
+            .is_some_and(|at| at.elapsed() < RELEASE_PATIENCE);
+        if ep.awaiting > 0 && patient {
+            return;
+        }
+        ep.releasing = true;
+        let (ctx, signals) = (self.ctx.clone(), self.signals.clone());
+        let id = subscription_id.to_string();
+        self.attempts.spawn(async move {
+            let released = super::hold::release_chunk(&ctx, &id, (cap / 2).max(1)).await;
+            let _ = signals.send(Signal::Released(id, released));
+        });
+    }
+
+    fn parked(&mut self, subscription_ids: Vec<String>) {
+        for id in subscription_ids {
+            if let Some(ep) = self.endpoints.get_mut(&id) {
+                ep.parking = ep.parking.saturating_sub(1);
+            }
+            self.release_parked(&id);
+        }
+    }
+
+    fn released(&mut self, subscription_id: &str, released: Option<u64>) {
+        let Some(ep) = self.endpoints.get_mut(subscription_id) else {
+            return;
+        };
+        ep.releasing = false;
+        match released {
+            // None left (or they went another way): done, unless a park write is under way.
+            Some(0) if ep.parking == 0 => ep.parked = 0,
+            Some(0) => {}
+            Some(n) => {
+                // Keep going (one more release finds none) once these come back.
+                ep.parked = ep.parked.saturating_sub(n).max(1);
+                ep.awaiting = n;
+                ep.released_at = Some(tokio::time::Instant::now());
+                self.ctx.wake.notify_one();
+                let (signals, id) = (self.signals.clone(), subscription_id.to_string());
+                self.attempts.spawn(async move {
+                    tokio::time::sleep(RELEASE_PATIENCE).await;
+                    let _ = signals.send(Signal::Wake(id));
+                });
+                return;
+            }
+            None => {}
+        }
+        self.release_parked(subscription_id);
     }
 
     fn max_in_flight(&self, sub: &WebhookSubscription) -> usize {
@@ -181,12 +316,7 @@ impl Shard {
         // An idle, healthy endpoint has nothing worth remembering: forget it.
         if let Some(ep) = self.endpoints.get(&done.subscription_id) {
             let closed = ep.breaker.state(now) == BreakerState::Closed;
-            if done.sent.success
-                && closed
-                && ep.in_flight == 0
-                && ep.queue.is_empty()
-                && ep.bucket.is_none()
-            {
+            if done.sent.success && closed && ep.idle() {
                 let shown = self
                     .endpoints
                     .remove(&done.subscription_id)
@@ -260,6 +390,7 @@ impl Shard {
         }
         let shown = ep.shown.replace(ep.breaker.current());
         self.ctx.metrics.breaker_moved(shown, ep.shown);
+        self.release_parked(subscription_id);
     }
 }
 
@@ -308,6 +439,7 @@ async fn run_shard(
         endpoints: HashMap::new(),
         signals,
         attempts: tokio::task::JoinSet::new(),
+        to_park: Vec::new(),
     };
     loop {
         tokio::select! {
@@ -315,6 +447,8 @@ async fn run_shard(
             Some(signal) = signal_rx.recv() => match signal {
                 Signal::Finished(done) => shard.finished(done),
                 Signal::Retry(job) => shard.accept(job),
+                Signal::Parked(ids) => shard.parked(ids),
+                Signal::Released(id, n) => shard.released(&id, n),
                 Signal::Wake(id) => {
                     if let Some(ep) = shard.endpoints.get_mut(&id) {
                         ep.wakeup_pending = false;
@@ -329,7 +463,11 @@ async fn run_shard(
             Some(_) = shard.attempts.join_next(), if !shard.attempts.is_empty() => {}
             () = cancel.cancelled() => break,
         }
+        if shard.to_park.len() >= PARK_BATCH || (!shard.to_park.is_empty() && jobs.is_empty()) {
+            shard.park();
+        }
     }
+    shard.park();
     // Drain: attempts already sent finish and are recorded; queued ones stay
     // leased in the schedule and are picked up after a restart.
     for ep in shard.endpoints.values() {

@@ -164,7 +164,7 @@ impl Engine {
             })
             .await?
         };
-        let released = self.store.release_held(id, now_ms()).await?;
+        let released = self.store.release_held(id, now_ms(), usize::MAX).await?;
         tracing::info!(subscription_id = id, released, "held deliveries released");
         self.wake.notify_one();
         Ok(sub)

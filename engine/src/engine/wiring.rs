@@ -6,6 +6,7 @@ use tokio::sync::{Mutex as AsyncMutex, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    clock::now_ms,
     config::EngineConfig,
     delivery::{
         client::DeliveryClient,
@@ -17,6 +18,7 @@ use crate::{
     fanout,
     log::EventLog,
     metrics::{self, Metrics},
+    model::{SubscriptionStatus, WebhookSubscription},
     operational::OperationalEvents,
     ssrf::TargetGuard,
     store::Store,
@@ -52,7 +54,11 @@ impl Engine {
         log: Arc<dyn EventLog>,
         store: Arc<dyn Store>,
     ) -> Result<Arc<Self>, EngineError> {
-        let subscriptions = Arc::new(SubscriptionIndex::new(store.all_subscriptions().await?));
+        let all = store.all_subscriptions().await?;
+        if backends.owns_schedule() {
+            release_parked(store.as_ref(), &all).await?;
+        }
+        let subscriptions = Arc::new(SubscriptionIndex::new(all));
         let catalogue = catalogue::Catalogue::load(store.all_event_types().await?);
         let guard = TargetGuard::new(config.allow_targets.clone());
         let cancel = CancellationToken::new();
@@ -189,6 +195,26 @@ impl Engine {
 /// changed subscriptions between batches (a rotated secret reaches its
 /// deliveries within this; fan-out checks before every batch anyway).
 const SUBSCRIPTION_REFRESH: Duration = Duration::from_secs(1);
+
+/// At start-up of the schedule's only user: deliveries a previous run parked
+/// for an active subscription whose queue was full are due again at once
+/// (a paused subscription's stay held until its resume).
+async fn release_parked(
+    store: &dyn Store,
+    subscriptions: &[WebhookSubscription],
+) -> Result<(), EngineError> {
+    let now = now_ms();
+    let mut released = 0;
+    for sub in subscriptions {
+        if sub.status == SubscriptionStatus::Active {
+            released += store.release_held(&sub.id, now, usize::MAX).await?;
+        }
+    }
+    if released > 0 {
+        tracing::info!(released, "deliveries parked before a restart are due again");
+    }
+    Ok(())
+}
 
 /// Keeps `index` equal to the store's subscriptions until `cancel`.
 async fn follow_subscriptions(

@@ -83,10 +83,30 @@ pub trait ScheduleStore: Send + Sync + 'static {
         recheck_at_ms: i64,
     ) -> Result<(), StoreError>;
 
-    /// Makes every held delivery of `subscription_id` that is not leased due
-    /// at `now_ms`, in event order (`seq`), and unlists it; returns how many
-    /// it moved. Called when the subscription is resumed.
-    async fn release_held(&self, subscription_id: &str, now_ms: i64) -> Result<u64, StoreError>;
+    /// Holds several claimed deliveries at once, as [`hold`](ScheduleStore::hold)
+    /// does each: a worker parks what its endpoint's queue has no room for.
+    async fn hold_all(
+        &self,
+        deliveries: &[ScheduledDelivery],
+        recheck_at_ms: i64,
+    ) -> Result<(), StoreError> {
+        for d in deliveries {
+            self.hold(d, recheck_at_ms).await?;
+        }
+        Ok(())
+    }
+
+    /// Makes the first `limit` (in event order, `seq`) held deliveries of
+    /// `subscription_id` that are not leased due at `now_ms`, and unlists
+    /// them; returns how many it moved. Called with no limit
+    /// (`usize::MAX`) when the subscription is resumed, and a chunk at a
+    /// time as a worker's endpoint queue drains.
+    async fn release_held(
+        &self,
+        subscription_id: &str,
+        now_ms: i64,
+        limit: usize,
+    ) -> Result<u64, StoreError>;
 
     /// The earliest due time in the schedule (unix ms), if any; a store may
     /// leave out due times more than a second away (the scheduler naps less).

@@ -87,8 +87,22 @@ impl ScheduleStore for FaultyStore {
     ) -> Result<(), StoreError> {
         self.inner.hold(delivery, recheck_at_ms).await
     }
-    async fn release_held(&self, subscription_id: &str, now_ms: i64) -> Result<u64, StoreError> {
-        self.inner.release_held(subscription_id, now_ms).await
+    async fn hold_all(
+        &self,
+        deliveries: &[ScheduledDelivery],
+        recheck_at_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.inner.hold_all(deliveries, recheck_at_ms).await
+    }
+    async fn release_held(
+        &self,
+        subscription_id: &str,
+        now_ms: i64,
+        limit: usize,
+    ) -> Result<u64, StoreError> {
+        self.inner
+            .release_held(subscription_id, now_ms, limit)
+            .await
     }
     async fn next_due(&self) -> Result<Option<i64>, StoreError> {
         self.inner.next_due().await

@@ -8,19 +8,23 @@ use super::{db_err, EmbeddedStore};
 use crate::{model::ScheduledDelivery, store::StoreError};
 
 impl EmbeddedStore {
-    pub(super) async fn h_hold(
+    /// One transaction for all of `deliveries`.
+    pub(super) async fn h_hold_all(
         &self,
-        d: &ScheduledDelivery,
+        deliveries: &[ScheduledDelivery],
         recheck_at_ms: i64,
     ) -> Result<(), StoreError> {
-        let id = d.delivery_id.clone();
+        let ids: Vec<String> = deliveries.iter().map(|d| d.delivery_id.clone()).collect();
         self.write(move |conn| {
-            conn.prepare_cached(
-                "UPDATE schedule SET due_at = ?1, leased = 0, held = 1 WHERE delivery_id = ?2",
-            )
-            .and_then(|mut st| st.execute(params![recheck_at_ms, id]))
-            .map(|_| ())
-            .map_err(db_err)
+            let mut st = conn
+                .prepare_cached(
+                    "UPDATE schedule SET due_at = ?1, leased = 0, held = 1 WHERE delivery_id = ?2",
+                )
+                .map_err(db_err)?;
+            for id in &ids {
+                st.execute(params![recheck_at_ms, id]).map_err(db_err)?;
+            }
+            Ok(())
         })
         .await
     }
@@ -31,17 +35,19 @@ impl EmbeddedStore {
         &self,
         subscription_id: &str,
         now_ms: i64,
+        limit: usize,
     ) -> Result<u64, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let sub = subscription_id.to_string();
         self.write(move |conn| {
             let ids: Vec<String> = conn
                 .prepare_cached(
                     "SELECT delivery_id FROM schedule
                      WHERE subscription_id = ?1 AND held = 1 AND leased = 0
-                     ORDER BY seq, delivery_id",
+                     ORDER BY seq, delivery_id LIMIT ?2",
                 )
                 .and_then(|mut st| {
-                    st.query_map([&sub], |r| r.get(0))?
+                    st.query_map(params![&sub, limit], |r| r.get(0))?
                         .collect::<Result<_, _>>()
                 })
                 .map_err(db_err)?;

@@ -168,11 +168,25 @@ impl ScheduleStore for EmbeddedStore {
         delivery: &ScheduledDelivery,
         recheck_at_ms: i64,
     ) -> Result<(), StoreError> {
-        self.h_hold(delivery, recheck_at_ms).await
+        self.h_hold_all(std::slice::from_ref(delivery), recheck_at_ms)
+            .await
     }
 
-    async fn release_held(&self, subscription_id: &str, now_ms: i64) -> Result<u64, StoreError> {
-        self.h_release_held(subscription_id, now_ms).await
+    async fn hold_all(
+        &self,
+        deliveries: &[ScheduledDelivery],
+        recheck_at_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.h_hold_all(deliveries, recheck_at_ms).await
+    }
+
+    async fn release_held(
+        &self,
+        subscription_id: &str,
+        now_ms: i64,
+        limit: usize,
+    ) -> Result<u64, StoreError> {
+        self.h_release_held(subscription_id, now_ms, limit).await
     }
 
     async fn release_leases(&self, now_ms: i64) -> Result<u64, StoreError> {

@@ -55,11 +55,13 @@ impl ScyllaStore {
         &self,
         subscription_id: &str,
         now: i64,
+        limit: usize,
     ) -> Result<u64, StoreError> {
+        let limit = i32::try_from(limit).unwrap_or(i32::MAX);
         let mut listed: Vec<(i64, String)> = Vec::new();
         self.scan(
-            "SELECT seq, delivery_id FROM schedule_held WHERE subscription_id = ?",
-            (subscription_id,),
+            "SELECT seq, delivery_id FROM schedule_held WHERE subscription_id = ? LIMIT ?",
+            (subscription_id, limit),
             |row: (i64, String)| {
                 listed.push(row);
                 Ok(())

@@ -366,8 +366,13 @@ impl ScheduleStore for ScyllaStore {
         self.hold_delivery(delivery, recheck_at_ms).await
     }
 
-    async fn release_held(&self, subscription_id: &str, now_ms: i64) -> Result<u64, StoreError> {
-        self.release_held_of(subscription_id, now_ms).await
+    async fn release_held(
+        &self,
+        subscription_id: &str,
+        now_ms: i64,
+        limit: usize,
+    ) -> Result<u64, StoreError> {
+        self.release_held_of(subscription_id, now_ms, limit).await
     }
 
     async fn release_leases(&self, now: i64) -> Result<u64, StoreError> {

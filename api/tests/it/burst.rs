@@ -1,0 +1,211 @@
+//! Bursts larger than an endpoint's queue: what does not fit is parked in
+//! the schedule and released as the queue drains, so every delivery goes
+//! out while the process lives, never after a lease runs out (the leases
+//! here last ten minutes, far longer than the tests wait).
+
+use std::{
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, Mutex,
+    },
+    time::Duration,
+};
+
+use axum::{extract::State, http::HeaderMap, routing::post, Router};
+use serde_json::{json, Value};
+use tokio::sync::watch;
+
+use crate::support::{eventually, Herald, Receiver};
+
+const BATCH: &str = "/api/v1/integrations/events/batch";
+const LONG_LEASE: Duration = Duration::from_secs(600);
+/// Far shorter than [`LONG_LEASE`]: a delivery that waited for its lease fails the test.
+const WAIT: Duration = Duration::from_secs(120);
+
+/// Emits `batches` × 100 events of `event_type`; returns their ids.
+async fn emit_burst(herald: &Herald, key: &str, event_type: &str, batches: usize) -> Vec<String> {
+    let mut ids = Vec::new();
+    for b in 0..batches {
+        let events: Vec<Value> = (0..100)
+            .map(|i| json!({ "event_type": event_type, "payload": { "b": b, "i": i } }))
+            .collect();
+        let (status, body) = herald.post(key, BATCH, json!({ "events": events })).await;
+        assert_eq!(status, 202, "{body}");
+        ids.extend(
+            body["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["id"].as_str().unwrap().to_string()),
+        );
+    }
+    ids
+}
+
+/// The value of an unlabelled counter in Herald's `/metrics`.
+async fn counter(herald: &Herald, name: &str) -> f64 {
+    let text = reqwest::get(herald.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("{name} is not in /metrics"))
+}
+
+fn ids_received(receiver: &Receiver) -> Vec<String> {
+    let mut got: Vec<String> = receiver
+        .received()
+        .iter()
+        .map(|r| r.header("webhook-id").to_string())
+        .collect();
+    got.sort();
+    got
+}
+
+/// A burst fifty times an endpoint's queue and five times the hand-off
+/// limit, then a barrier: every event arrives exactly once, the barrier
+/// included, long before any lease could end; and the parking path ran.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_past_the_endpoint_queue_is_delivered_without_waiting_for_leases() {
+    let herald = Herald::start_with(|c| {
+        c.delivery.max_queued_per_endpoint = 20;
+        c.delivery.handoff_limit = 200;
+        c.delivery.max_in_flight_per_endpoint = 4;
+        c.delivery.lease_margin = LONG_LEASE;
+    })
+    .await;
+    let key = herald.tenant("acme").await;
+    let receiver = Receiver::start(200).await;
+    herald.subscribe(&key, &receiver.url, &["burst.*"]).await;
+
+    let mut want = emit_burst(&herald, &key, "burst.item", 10).await;
+    let barrier = herald
+        .emit(&key, "burst.barrier", json!({ "barrier": true }))
+        .await;
+    want.push(barrier["id"].as_str().unwrap().to_string());
+    want.sort();
+
+    eventually("every event of the burst and the barrier", WAIT, || async {
+        (receiver.received().len() >= want.len()).then_some(())
+    })
+    .await;
+    assert_eq!(ids_received(&receiver), want, "each event exactly once");
+    let parked = counter(&herald, "herald_deliveries_parked_total").await;
+    assert!(
+        parked > 0.0,
+        "the burst overflowed the endpoint queue, so some deliveries were parked"
+    );
+}
+
+/// An endpoint that answers only once its gate is open, and records the
+/// `webhook-id` of each request it answered.
+struct Gate {
+    url: String,
+    open: watch::Sender<bool>,
+    hits: Arc<AtomicUsize>,
+    answered: Arc<Mutex<Vec<String>>>,
+}
+
+type GateState = (
+    watch::Receiver<bool>,
+    Arc<AtomicUsize>,
+    Arc<Mutex<Vec<String>>>,
+);
+
+async fn gated(
+    State((mut open, hits, answered)): State<GateState>,
+    headers: HeaderMap,
+) -> &'static str {
+    hits.fetch_add(1, Ordering::SeqCst);
+    let _ = open.wait_for(|o| *o).await;
+    let id = headers.get("webhook-id").and_then(|v| v.to_str().ok());
+    answered
+        .lock()
+        .unwrap()
+        .push(id.unwrap_or_default().to_string());
+    "ok"
+}
+
+impl Gate {
+    async fn start() -> Self {
+        let (open, rx) = watch::channel(false);
+        let hits = Arc::new(AtomicUsize::new(0));
+        let answered = Arc::new(Mutex::new(Vec::new()));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let router = Router::new().route("/hook", post(gated)).with_state((
+            rx,
+            hits.clone(),
+            answered.clone(),
+        ));
+        tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+        Self {
+            url: format!("http://{addr}/hook"),
+            open,
+            hits,
+            answered,
+        }
+    }
+
+    /// The distinct ids answered (a request cut off by a timeout may be
+    /// answered and then retried: at least once, not exactly once).
+    fn distinct(&self) -> Vec<String> {
+        let mut ids = self.answered.lock().unwrap().clone();
+        ids.sort();
+        ids.dedup();
+        ids
+    }
+}
+
+/// A slow endpoint's queue fills and the rest is parked; the other
+/// subscription's deliveries are not held up by it; deliveries still
+/// parked when the process stops are due at once after a restart (not when
+/// a lease or a re-check ends), and every one arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parked_deliveries_wait_for_no_one_and_survive_a_restart() {
+    let tune = |c: &mut herald_engine::config::EngineConfig| {
+        c.delivery.max_queued_per_endpoint = 10;
+        c.delivery.max_in_flight_per_endpoint = 2;
+        c.delivery.request_timeout = Duration::from_secs(1);
+        c.delivery.lease_margin = LONG_LEASE;
+    };
+    let herald = Herald::start_with(tune).await;
+    let key = herald.tenant("acme").await;
+    let gate = Gate::start().await;
+    herald.subscribe(&key, &gate.url, &["slow.*"]).await;
+    let fast = Receiver::start(200).await;
+    herald.subscribe(&key, &fast.url, &["fast.*"]).await;
+
+    let mut want = emit_burst(&herald, &key, "slow.item", 1).await;
+    want.sort();
+    eventually("the slow endpoint's queue overflowing", WAIT, || async {
+        (counter(&herald, "herald_deliveries_parked_total").await >= 80.0).then_some(())
+    })
+    .await;
+    // The slow endpoint holds no one else up.
+    let fast_ids = emit_burst(&herald, &key, "fast.item", 1).await;
+    eventually("the other subscription's deliveries", WAIT, || async {
+        (fast.received().len() >= fast_ids.len()).then_some(())
+    })
+    .await;
+    assert!(
+        gate.hits.load(Ordering::SeqCst) >= 2,
+        "the slow endpoint was tried"
+    );
+    assert!(gate.distinct().is_empty(), "the gate answered nothing yet");
+
+    let dir = herald.stop().await;
+    let herald = Herald::start_in(dir, tune, |s| s).await;
+    gate.open.send_replace(true);
+    eventually(
+        "every parked, queued and retried delivery",
+        WAIT,
+        || async { (gate.distinct().len() >= want.len()).then_some(()) },
+    )
+    .await;
+    assert_eq!(gate.distinct(), want, "every event of the burst");
+    herald.stop().await;
+}
