@@ -26,6 +26,7 @@ mod openapi_routes;
 mod policies;
 mod portal;
 mod recovery;
+mod relay_scale;
 mod role_metrics;
 mod schemathesis;
 mod secrets;

@@ -49,9 +49,8 @@ fn sum(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
         .sum()
 }
 
-/// Creates the CDC topic (when missing) and writes one good outbox row (Outbox Event Router
-/// shape) and one record that is not JSON; returns the good row's event id.
-async fn cdc_rows(prefix: &str, tenant: &str) -> String {
+/// Creates the CDC topic with `partitions` partitions when it is missing.
+pub(crate) async fn cdc_topic(prefix: &str, partitions: i32) -> String {
     let topic = format!("{prefix}.cdc.outbox");
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", BROKERS)
@@ -59,12 +58,16 @@ async fn cdc_rows(prefix: &str, tenant: &str) -> String {
         .unwrap();
     let created = admin
         .create_topics(
-            [&NewTopic::new(&topic, 1, TopicReplication::Fixed(-1))],
+            [&NewTopic::new(
+                &topic,
+                partitions,
+                TopicReplication::Fixed(-1),
+            )],
             &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
         )
         .await
         .unwrap();
-    // The relay's subscription may have created it already.
+    // A relay's subscription may have created it already.
     assert!(
         matches!(
             created[0],
@@ -72,39 +75,62 @@ async fn cdc_rows(prefix: &str, tenant: &str) -> String {
         ),
         "creating {topic}: {created:?}"
     );
+    topic
+}
+
+/// Writes one outbox row per payload to the CDC topic, in the Outbox Event
+/// Router's shape (row id in header `id`), keyed by row; returns the
+/// events' ids.
+pub(crate) async fn outbox_rows(topic: &str, tenant: &str, payloads: &[String]) -> Vec<String> {
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", BROKERS)
         .create()
         .unwrap();
-    let row = uuid::Uuid::now_v7();
-    let id = row.to_string();
-    let headers = rdkafka::message::OwnedHeaders::new()
-        .insert(rdkafka::message::Header {
-            key: "id",
-            value: Some(id.as_str()),
-        })
-        .insert(rdkafka::message::Header {
-            key: "tenant_id",
-            value: Some(tenant),
-        })
-        .insert(rdkafka::message::Header {
-            key: "type",
-            value: Some("work_order.relayed"),
-        });
-    let good = FutureRecord::to(&topic)
-        .key("wo-1")
-        .payload(r#"{"relayed": true}"#)
-        .headers(headers);
-    producer
-        .send(good, Duration::from_secs(10))
-        .await
-        .expect("the good row is written");
+    let mut ids = Vec::with_capacity(payloads.len());
+    for payload in payloads {
+        let row = uuid::Uuid::now_v7();
+        let id = row.to_string();
+        let headers = rdkafka::message::OwnedHeaders::new()
+            .insert(rdkafka::message::Header {
+                key: "id",
+                value: Some(id.as_str()),
+            })
+            .insert(rdkafka::message::Header {
+                key: "tenant_id",
+                value: Some(tenant),
+            })
+            .insert(rdkafka::message::Header {
+                key: "type",
+                value: Some("work_order.relayed"),
+            });
+        let record = FutureRecord::to(topic)
+            .key(id.as_str())
+            .payload(payload.as_str())
+            .headers(headers);
+        producer
+            .send(record, Duration::from_secs(10))
+            .await
+            .expect("the outbox row is written");
+        ids.push(event_id(row));
+    }
+    ids
+}
+
+/// Writes one good outbox row and one record that is not JSON to the CDC
+/// topic; returns the good row's event id.
+async fn cdc_rows(prefix: &str, tenant: &str) -> String {
+    let topic = cdc_topic(prefix, 1).await;
+    let id = outbox_rows(&topic, tenant, &[r#"{"relayed": true}"#.to_string()]).await;
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", BROKERS)
+        .create()
+        .unwrap();
     let bad = FutureRecord::<str, str>::to(&topic).payload("this is not JSON");
     producer
         .send(bad, Duration::from_secs(10))
         .await
         .expect("the bad row is written");
-    event_id(row)
+    id.into_iter().next().unwrap()
 }
 
 /// Which role must produce each metric the alerts use; a new alert on a
