@@ -13,6 +13,10 @@ Usage: check_manifests.py HELP_TEXT RULES_OUT RENDERED.yaml...
 - Every pod is locked down: non-root, read-only root filesystem, no privilege
   escalation, all capabilities dropped, seccomp RuntimeDefault, probes on
   /healthz and /readyz, resources set.
+- Every workload's pods are behind a Service labelled herald.io/metrics
+  that the ServiceMonitor (when rendered) scrapes on port http, /metrics;
+  the relay is a StatefulSet with HERALD_RELAY_ID from its pod's name; every
+  HPA targets a rendered workload.
 - The PrometheusRule's groups are written to RULES_OUT for `promtool check rules`.
 """
 
@@ -66,11 +70,51 @@ def main():
             if doc["kind"] in ("Deployment", "StatefulSet"):
                 check_pod(where, doc["spec"]["template"]["spec"], configmaps, known_vars)
                 checked_pods += 1
+        check_scrapes_and_targets(f, docs)
     if checked_pods == 0:
         fail("no Deployment or StatefulSet rendered")
     if rule_groups:
         pathlib.Path(rules_out).write_text(yaml.safe_dump({"groups": rule_groups}))
     print(f"check_manifests: {len(files)} files, {checked_pods} workloads: ok")
+
+
+def selects(selector, labels):
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+def check_scrapes_and_targets(f, docs):
+    """Every role's pods are behind a Service labelled herald.io/metrics whose
+    `http` port the ServiceMonitor (when rendered) scrapes on /metrics; the
+    relay is a StatefulSet whose pods take their relay id (their Kafka
+    transactional id) from their own name; every HPA targets a rendered
+    workload of its kind."""
+    workloads = {(d["kind"], d["metadata"]["name"]): d for d in docs if d["kind"] in ("Deployment", "StatefulSet")}
+    services = [d for d in docs if d["kind"] == "Service" and d["metadata"]["labels"].get("herald.io/metrics") == "true"]
+    monitors = [d for d in docs if d["kind"] == "ServiceMonitor"]
+    for (kind, name), w in workloads.items():
+        where = f"{f}: {kind}/{name}"
+        pod_labels = w["spec"]["template"]["metadata"]["labels"]
+        scraped = [s for s in services if selects(s["spec"]["selector"], pod_labels)
+                   and any(p.get("targetPort") == "http" for p in s["spec"]["ports"])]
+        if len(scraped) != 1:
+            fail(f"{where}: its pods must be behind exactly one Service labelled herald.io/metrics with port http, found {len(scraped)}")
+        for m in monitors:
+            if not selects(m["spec"]["selector"]["matchLabels"], scraped[0]["metadata"]["labels"]):
+                fail(f"{where}: ServiceMonitor {m['metadata']['name']} does not select Service {scraped[0]['metadata']['name']}")
+            if not any(e.get("port") == "http" and e.get("path") == "/metrics" for e in m["spec"]["endpoints"]):
+                fail(f"{where}: ServiceMonitor {m['metadata']['name']} does not scrape port http on /metrics")
+        container = w["spec"]["template"]["spec"]["containers"][0]
+        env = {e["name"]: e for e in container.get("env", [])}
+        if env.get("HERALD_ROLE", {}).get("value") == "relay":
+            if kind != "StatefulSet":
+                fail(f"{where}: the relay must be a StatefulSet (a stable, unique name per pod)")
+            ref = env.get("HERALD_RELAY_ID", {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
+            if ref != "metadata.name":
+                fail(f"{where}: HERALD_RELAY_ID must come from the pod's name (downward API metadata.name)")
+    for hpa in (d for d in docs if d["kind"] == "HorizontalPodAutoscaler"):
+        ref = hpa["spec"]["scaleTargetRef"]
+        if (ref["kind"], ref["name"]) not in workloads:
+            fail(f"{f}: HPA {hpa['metadata']['name']} targets {ref['kind']}/{ref['name']}, which is not rendered")
 
 
 def check_pod(where, pod, configmaps, known_vars):

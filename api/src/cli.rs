@@ -92,7 +92,9 @@ pub struct ServeArgs {
     #[arg(long, env = "HERALD_CDC_TOPIC")]
     pub cdc_topic: Option<String>,
     /// This relay's stable instance name (its Kafka transactional id is
-    /// `<prefix>-relay-<id>`); every relay running at once needs its own.
+    /// `<prefix>-relay-<id>`); every relay running at once needs its own, and
+    /// a restarted relay must reuse it to fence its predecessor (the Helm
+    /// chart passes the relay StatefulSet's pod name, e.g. `herald-relay-0`).
     #[arg(long, env = "HERALD_RELAY_ID", default_value = "0")]
     pub relay_id: String,
     /// ScyllaDB/Cassandra contact points (`host:port,...`): keep the store in CQL.
@@ -426,6 +428,25 @@ mod tests {
             custom.engine_config().unwrap().kafka.unwrap().cdc_topic(),
             "app.public.herald_outbox"
         );
+        // Kubernetes pod names (the chart's relay ids): DNS labels of up to
+        // 63 characters, a StatefulSet's ending in its ordinal.
+        let longest_pod = format!("{}-12", "r".repeat(60));
+        for pod in [
+            "herald-relay-0",
+            "prod.herald-relay-11",
+            longest_pod.as_str(),
+        ] {
+            let a = args(&[
+                "--role",
+                "relay",
+                "--kafka-brokers",
+                "k:9092",
+                "--relay-id",
+                pod,
+            ]);
+            validate(&a).unwrap_or_else(|e| panic!("{pod}: {e}"));
+            assert_eq!(a.engine_config().unwrap().kafka.unwrap().relay_id, pod);
+        }
         let bad = args(&[
             "--role",
             "relay",

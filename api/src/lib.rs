@@ -110,11 +110,14 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// The router of a `--role worker` process: health only, no API.
+/// The router of a `--role worker` or `--role relay` process: health and
+/// the process's own metrics ([`routes::metrics::export`]: the delivery,
+/// breaker, backlog and lag series of a worker, the relay's counters), no API.
 pub fn worker_app(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(routes::metrics::export))
         .fallback(|| async { error::ApiError::not_found("route") })
         .with_state(state)
 }

@@ -9,10 +9,13 @@
 //! zero, so `rate()` and alerts see a series from the first scrape.
 //!
 //! Each engine owns its own [`Registry`] (tests run several engines in one
-//! process); the API serves it on `/metrics` with [`Metrics::render`].
-//! Gauges that mirror durable state (retry backlog, consumer lag) are
-//! refreshed by [`run_refresher`]; the circuit-breaker gauges are kept by
-//! the shards that own the breakers.
+//! process); every role serves it on `/metrics` with [`Metrics::render`],
+//! and each series comes from the role that does the work: deliveries,
+//! breakers, backlog and lag from processes that run workers, the relay's
+//! counters from the relay, requests from the API. Gauges that mirror
+//! durable state (retry backlog, consumer lag) are refreshed by
+//! [`run_refresher`] in the processes that run workers; the circuit-breaker
+//! gauges are kept by the shards that own the breakers.
 
 use std::{sync::Arc, time::Duration};
 

@@ -91,6 +91,14 @@ spec:
       env:
         - name: HERALD_ROLE
           value: {{ .role | quote }}
+        {{- if eq .role "relay" }}
+        # The relay's stable name (its Kafka transactional id is
+        # <prefix>-relay-<pod name>): the StatefulSet's pod name.
+        - name: HERALD_RELAY_ID
+          valueFrom:
+            fieldRef:
+              fieldPath: metadata.name
+        {{- end }}
         - name: HERALD_ADMIN_TOKEN
           valueFrom:
             secretKeyRef:

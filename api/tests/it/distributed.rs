@@ -18,7 +18,7 @@ use crate::{
 
 /// Kafka + Cassandra flags for a process of this test (the CQL store needs
 /// the secret-encryption key, the same for every process).
-fn cql_flags(keyspace: &str) -> Vec<String> {
+pub(crate) fn cql_flags(keyspace: &str) -> Vec<String> {
     let nodes = crate::cql::nodes().join(",");
     [
         "--scylla-nodes",

@@ -27,6 +27,8 @@ mod openapi_routes;
 mod policies;
 mod portal;
 mod recovery;
+mod relay_scale;
+mod role_metrics;
 mod schemathesis;
 mod secrets;
 mod stream;

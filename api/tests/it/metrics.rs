@@ -11,13 +11,13 @@ use crate::support::{eventually, Herald, Receiver};
 
 /// One sample of the text exposition.
 #[derive(Debug)]
-struct Sample {
-    name: String,
-    labels: BTreeMap<String, String>,
-    value: f64,
+pub(crate) struct Sample {
+    pub(crate) name: String,
+    pub(crate) labels: BTreeMap<String, String>,
+    pub(crate) value: f64,
 }
 
-fn parse(text: &str) -> Vec<Sample> {
+pub(crate) fn parse(text: &str) -> Vec<Sample> {
     text.lines()
         .filter(|l| !l.starts_with('#') && !l.is_empty())
         .map(|line| {
@@ -44,7 +44,7 @@ fn parse(text: &str) -> Vec<Sample> {
 }
 
 /// The value of the one series `name` whose labels include `labels`.
-fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+pub(crate) fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     let found: Vec<_> = samples
         .iter()
         .filter(|s| s.name == name)
@@ -376,7 +376,7 @@ async fn a_real_prometheus_scrapes_herald_and_counts_every_delivery() {
 }
 
 /// `herald_*` names in a text, histogram suffixes kept.
-fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
+pub(crate) fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
     let mut names = std::collections::BTreeSet::new();
     let bytes = text.as_bytes();
     let mut i = 0;

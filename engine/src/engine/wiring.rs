@@ -109,6 +109,17 @@ impl Engine {
                 d.lease(),
                 cancel.clone(),
             )));
+            // The backlog and lag gauges describe the fan-out and the
+            // schedule, so the processes that run them export them (an API
+            // or relay process would only repeat the same numbers, and scan
+            // the schedule for nothing).
+            tasks.push(tokio::spawn(metrics::run_refresher(
+                metrics.clone(),
+                log.clone(),
+                store.clone(),
+                backends.fanout_group(),
+                cancel.clone(),
+            )));
             if backends.shared() {
                 // API processes change subscriptions in the shared store.
                 tasks.push(tokio::spawn(follow_subscriptions(
@@ -121,13 +132,6 @@ impl Engine {
         } else {
             None
         };
-        tasks.push(tokio::spawn(metrics::run_refresher(
-            metrics.clone(),
-            log.clone(),
-            store.clone(),
-            backends.fanout_group(),
-            cancel.clone(),
-        )));
         let recovery_wake = Arc::new(Notify::new());
         tasks.push(tokio::spawn(recovery::run(
             store.clone(),

@@ -33,7 +33,11 @@ pub mod consumer;
 pub mod record;
 mod transaction;
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+    time::Duration,
+};
 
 use async_trait::async_trait;
 use rdkafka::{
@@ -69,6 +73,10 @@ pub struct KafkaLog {
     readers: Arc<parking_lot::Mutex<Vec<BaseConsumer>>>,
     /// Transactional producers of atomic batches.
     transactions: transaction::Transactions,
+    /// One client per consumer group whose committed offsets are asked for
+    /// ([`EventLog::committed`], the consumer-lag metric); it never joins
+    /// the group, it only fetches the group's offsets.
+    offset_readers: Arc<parking_lot::Mutex<HashMap<String, Arc<BaseConsumer>>>>,
 }
 
 impl KafkaLog {
@@ -155,6 +163,7 @@ impl KafkaLog {
             producer: parking_lot::RwLock::new(producer),
             lookups,
             readers: Default::default(),
+            offset_readers: Default::default(),
         })
     }
 
@@ -274,6 +283,56 @@ impl EventLog for KafkaLog {
                     Ok(high.max(0) as u64)
                 }
             }
+        })
+        .await
+    }
+
+    /// The group's committed offsets, fetched from the group coordinator
+    /// without joining the group. A partition the group never committed
+    /// counts from its low watermark (a new group starts at the earliest
+    /// record). Transaction markers take offsets too, so a group that is
+    /// done may show a lag of a record or two on partitions written in
+    /// batches.
+    async fn committed(&self, group: &str) -> Result<Option<BTreeMap<u32, u64>>, LogError> {
+        let reader = {
+            let mut readers = self.offset_readers.lock();
+            match readers.get(group) {
+                Some(r) => r.clone(),
+                None => {
+                    let r: Arc<BaseConsumer> = Arc::new(
+                        reader_config(&self.config)
+                            .set("group.id", group)
+                            .create()
+                            .map_err(|e| unavailable("creating a Kafka offset reader", e))?,
+                    );
+                    readers.insert(group.to_string(), r.clone());
+                    r
+                }
+            }
+        };
+        let (topic, partitions) = (self.topic.clone(), self.partitions);
+        blocking(move || {
+            let mut tpl = TopicPartitionList::new();
+            for p in 0..partitions {
+                tpl.add_partition(&topic, p as i32);
+            }
+            let found = reader
+                .committed_offsets(tpl, LOOKUP_TIMEOUT)
+                .map_err(|e| unavailable("reading the group's committed offsets", e))?;
+            let mut out = BTreeMap::new();
+            for p in 0..partitions {
+                let at = match found.find_partition(&topic, p as i32).map(|e| e.offset()) {
+                    Some(Offset::Offset(o)) if o >= 0 => o as u64,
+                    _ => {
+                        let (low, _) = reader
+                            .fetch_watermarks(&topic, p as i32, LOOKUP_TIMEOUT)
+                            .map_err(|e| unavailable("reading the start offset", e))?;
+                        low.max(0) as u64
+                    }
+                };
+                out.insert(p, at);
+            }
+            Ok(Some(out))
         })
         .await
     }
