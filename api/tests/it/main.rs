@@ -26,6 +26,7 @@ mod openapi_routes;
 mod policies;
 mod portal;
 mod recovery;
+mod replicas;
 mod schemathesis;
 mod secrets;
 mod stream;
