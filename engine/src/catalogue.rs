@@ -379,4 +379,25 @@ mod tests {
         assert!(catalogue.check("acme", "a.b", 2, &json!({"n": 1})).is_ok());
         assert_eq!(catalogue.of_type("acme", "a.b").len(), 2);
     }
+
+    #[tokio::test]
+    async fn refresh_follows_another_process_registrations() {
+        use crate::{encryption::SecretCipher, store::embedded::EmbeddedStore};
+        let dir = tempfile::tempdir().unwrap();
+        let cipher = SecretCipher::random();
+        let ours = EmbeddedStore::open(dir.path(), cipher.clone()).unwrap();
+        let theirs = EmbeddedStore::open(dir.path(), cipher).unwrap();
+        let catalogue = Catalogue::load(ours.all_event_types().await.unwrap());
+        refresh(&ours, &catalogue).await;
+        assert_eq!(catalogue.version(), Some(0));
+        let prepared = Catalogue::prepare("acme", "a.b", 1, json!({"required": ["n"]})).unwrap();
+        assert!(theirs.put_event_type(prepared.record()).await.unwrap());
+        assert!(
+            catalogue.check("acme", "a.b", 1, &json!({})).is_ok(),
+            "not yet"
+        );
+        refresh(&ours, &catalogue).await;
+        assert!(catalogue.check("acme", "a.b", 1, &json!({})).is_err());
+        assert_eq!(catalogue.version(), Some(1));
+    }
 }
