@@ -17,9 +17,10 @@ mod subscribe;
 mod tenants;
 mod wiring;
 
+pub use crate::catalogue::{Catalogue, PreparedSchema};
 pub use backends::{Backends, LogBackend, StoreBackend};
 pub use batch::MAX_BATCH_EVENTS;
-pub use catalogue::{Catalogue, EventTypePage, PreparedSchema};
+pub use catalogue::EventTypePage;
 pub use manage::{SubscriptionPage, SubscriptionUpdate, API_KEY};
 pub use query::{EventPage, LogPage};
 pub use recovery::RECOVERY;
@@ -51,7 +52,7 @@ pub struct Engine {
     tasks: parking_lot::Mutex<Vec<tokio::task::JoinHandle<()>>>,
     emit_locks: Vec<AsyncMutex<()>>,
     metrics: Arc<Metrics>,
-    catalogue: catalogue::Catalogue,
+    catalogue: Arc<crate::catalogue::Catalogue>,
     recovery_wake: Arc<Notify>,
     /// Serialise read-modify-write changes of one subscription (striped by id),
     /// so a concurrent delete is never undone by an update.

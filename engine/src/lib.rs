@@ -11,6 +11,7 @@
 //! backends (Kafka, ScyllaDB) slot in behind the same traits.
 #![warn(missing_docs)]
 
+pub mod catalogue;
 pub mod clock;
 pub mod config;
 pub mod delivery;

@@ -15,14 +15,18 @@ use crate::{
     store::Store,
 };
 
-/// Reloads `index` if a shared store's subscriptions changed since the
-/// index's snapshot. A store error leaves the index as it was (and is
-/// logged).
+/// Reloads `index` if a shared store's subscriptions version is not the
+/// one of the index's snapshot. A store error leaves the index as it was
+/// (and is logged).
 ///
-/// The version the index reflects is kept in the index, so any number of
-/// callers (the fan-out before each batch, a periodic task) share it, and
-/// a snapshot never replaces a newer one.
+/// Any number of callers (the fan-out before each batch, a periodic task)
+/// share the index; they take turns (one reload at a time, each reading the
+/// version, then the snapshot), so a snapshot never replaces one read after
+/// it. The check is "moved", not "grew": the CQL store's version is the
+/// writer's clock, and a writer whose clock is behind another's still
+/// makes every process reload.
 pub async fn refresh(store: &dyn Store, index: &SubscriptionIndex) {
+    let _turn = index.reloading.lock().await;
     let version = match store.subscriptions_version().await {
         Ok(v) => v,
         Err(e) => {
@@ -30,14 +34,12 @@ pub async fn refresh(store: &dyn Store, index: &SubscriptionIndex) {
             return;
         }
     };
-    if index.version().is_some_and(|seen| seen >= version) {
+    if index.version() == Some(version) {
         return;
     }
     // Read after the version: the snapshot holds at least that version.
     match store.all_subscriptions().await {
-        Ok(subs) => {
-            index.replace_if_newer(version, subs);
-        }
+        Ok(subs) => index.replace(version, subs),
         Err(e) => tracing::warn!(error = %e, "could not reload subscriptions"),
     }
 }
@@ -47,7 +49,7 @@ struct Inner {
     by_id: HashMap<String, Arc<WebhookSubscription>>,
     /// (tenant, exact type or `prefix.`) → subscription ids.
     keyed: HashMap<(String, String), Vec<String>>,
-    /// The store's subscriptions version of the last [`SubscriptionIndex::replace_if_newer`].
+    /// The store's subscriptions version of the last [`SubscriptionIndex::replace`].
     version: Option<u64>,
 }
 
@@ -55,6 +57,8 @@ struct Inner {
 #[derive(Default)]
 pub struct SubscriptionIndex {
     inner: RwLock<Inner>,
+    /// Held by [`refresh`] while it reloads.
+    reloading: tokio::sync::Mutex<()>,
 }
 
 impl SubscriptionIndex {
@@ -83,25 +87,12 @@ impl SubscriptionIndex {
     }
 
     /// Replaces the whole index with `subs`, a snapshot of the store read
-    /// after it was at `version`, unless the index already holds a snapshot
-    /// of that version or a later one. A process that is not the only
-    /// writer of subscriptions follows the store this way; the check keeps
-    /// two followers racing (one delayed between its read and its replace)
-    /// from ever putting an older snapshot over a newer one.
-    pub fn replace_if_newer(
-        &self,
-        version: u64,
-        subs: impl IntoIterator<Item = WebhookSubscription>,
-    ) -> bool {
+    /// after it was at `version`.
+    pub fn replace(&self, version: u64, subs: impl IntoIterator<Item = WebhookSubscription>) {
         let fresh = Self::new(subs);
         let mut next = std::mem::take(&mut *fresh.inner.write());
-        let mut inner = self.inner.write();
-        if inner.version.is_some_and(|v| v >= version) {
-            return false;
-        }
         next.version = Some(version);
-        *inner = next;
-        true
+        *self.inner.write() = next;
     }
 
     /// The store version of the snapshot the index was last replaced with.
@@ -221,23 +212,34 @@ mod tests {
         v.iter().map(|s| s.id.clone()).collect()
     }
 
-    #[test]
-    fn an_older_snapshot_never_replaces_a_newer_one() {
+    #[tokio::test]
+    async fn refresh_reloads_when_the_version_moved_either_way() {
+        use crate::{
+            encryption::SecretCipher,
+            store::{embedded::EmbeddedStore, SubscriptionStore},
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path(), SecretCipher::random()).unwrap();
+        store
+            .create_subscription(&sub("a", "t", &["x.*"]))
+            .await
+            .unwrap();
         let index = SubscriptionIndex::default();
-        let old = vec![sub("a", "t", &["x.*"])];
-        let new = vec![sub("a", "t", &["x.*"]), sub("b", "t", &["x.*"])];
-        // A follower delayed between its read (version 1) and its replace
-        // loses against one that read version 2.
-        assert!(index.replace_if_newer(2, new));
-        assert!(!index.replace_if_newer(1, old.clone()));
-        assert_eq!(ids(index.matching("t", "x.y")).len(), 2);
-        assert!(
-            !index.replace_if_newer(2, old.clone()),
-            "same version: kept"
-        );
-        assert!(index.replace_if_newer(3, old));
+        refresh(&store, &index).await;
         assert_eq!(ids(index.matching("t", "x.y")), ["a"]);
-        assert_eq!(index.version(), Some(3));
+        let seen = index.version();
+        refresh(&store, &index).await;
+        assert_eq!(index.version(), seen, "nothing moved: no reload");
+        // A snapshot at a higher version than the store's (a CQL writer
+        // whose clock ran ahead of the next one's): still reloaded.
+        index.replace(u64::MAX, []);
+        store
+            .create_subscription(&sub("b", "t", &["x.*"]))
+            .await
+            .unwrap();
+        refresh(&store, &index).await;
+        assert_eq!(ids(index.matching("t", "x.y")), ["a", "b"]);
+        assert_ne!(index.version(), Some(u64::MAX));
     }
 
     #[test]

@@ -47,8 +47,15 @@ const LAYERS: &[&[&str]] = &[
         "error",
         "metrics",
     ],
-    // Input rules, the subscription index, Herald's own events, log replay.
-    &["input", "subscriptions", "operational", "log_recovery"],
+    // Input rules, the subscription index, the event-type catalogue,
+    // Herald's own events, log replay.
+    &[
+        "input",
+        "subscriptions",
+        "catalogue",
+        "operational",
+        "log_recovery",
+    ],
     // Delivery and the CDC relay.
     &["delivery", "relay"],
     // Fan-out (hands deliveries to the delivery shards).

@@ -38,7 +38,7 @@ async fn start(dir: &Path, prefix: &str, flags: &[String], extra: &[&str]) -> He
     start_role("all", dir, prefix, &args).await
 }
 
-async fn get(base: &str, key: &str, path: &str) -> Value {
+pub(crate) async fn get(base: &str, key: &str, path: &str) -> Value {
     let r = reqwest::Client::new()
         .get(format!("{base}{path}"))
         .bearer_auth(key)
@@ -49,7 +49,7 @@ async fn get(base: &str, key: &str, path: &str) -> Value {
     r.json().await.unwrap()
 }
 
-async fn post(base: &str, key: &str, path: &str, body: Value) -> (u16, Value) {
+pub(crate) async fn post(base: &str, key: &str, path: &str, body: Value) -> (u16, Value) {
     let r = reqwest::Client::new()
         .post(format!("{base}{path}"))
         .bearer_auth(key)

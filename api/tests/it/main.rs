@@ -28,6 +28,7 @@ mod policies;
 mod portal;
 mod recovery;
 mod relay_scale;
+mod replicas;
 mod role_metrics;
 mod schemathesis;
 mod secrets;

@@ -6,6 +6,7 @@ use tokio::sync::{Mutex as AsyncMutex, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    catalogue::{self, Catalogue},
     clock::now_ms,
     config::EngineConfig,
     delivery::{
@@ -25,7 +26,7 @@ use crate::{
     subscriptions::SubscriptionIndex,
 };
 
-use super::{backends::Backends, catalogue, recovery, Engine};
+use super::{backends::Backends, recovery, Engine};
 
 impl Engine {
     /// Opens the backends the configuration chooses ([`Backends`]) and
@@ -59,7 +60,7 @@ impl Engine {
             release_parked(store.as_ref(), &all).await?;
         }
         let subscriptions = Arc::new(SubscriptionIndex::new(all));
-        let catalogue = catalogue::Catalogue::load(store.all_event_types().await?);
+        let catalogue = Arc::new(Catalogue::load(store.all_event_types().await?));
         let guard = TargetGuard::new(config.allow_targets.clone());
         let cancel = CancellationToken::new();
         let wake = Arc::new(Notify::new());
@@ -120,18 +121,20 @@ impl Engine {
                 backends.fanout_group(),
                 cancel.clone(),
             )));
-            if backends.shared() {
-                // API processes change subscriptions in the shared store.
-                tasks.push(tokio::spawn(follow_subscriptions(
-                    store.clone(),
-                    subscriptions.clone(),
-                    cancel.clone(),
-                )));
-            }
             Some(shards)
         } else {
             None
         };
+        if backends.shared() {
+            // Other processes change subscriptions and register schemas in
+            // the shared store: every role follows them.
+            tasks.push(tokio::spawn(follow_store(
+                store.clone(),
+                subscriptions.clone(),
+                catalogue.clone(),
+                cancel.clone(),
+            )));
+        }
         let recovery_wake = Arc::new(Notify::new());
         tasks.push(tokio::spawn(recovery::run(
             store.clone(),
@@ -149,6 +152,7 @@ impl Engine {
                     crate::relay::RelaySettings {
                         kafka: kafka.clone(),
                         partitions: log.partitions(),
+                        catalogue: catalogue.clone(),
                     },
                     stats.clone(),
                     cancel.clone(),
@@ -195,10 +199,13 @@ impl Engine {
     }
 }
 
-/// How often a worker sharing the store with API processes checks for
-/// changed subscriptions between batches (a rotated secret reaches its
-/// deliveries within this; fan-out checks before every batch anyway).
-const SUBSCRIPTION_REFRESH: Duration = Duration::from_secs(1);
+/// How often a process sharing the store checks the store's subscription
+/// and catalogue versions (two one-row reads), reloading what moved: a
+/// change made through any process reaches every other one within this
+/// plus the reload (a rotated secret reaches a worker's deliveries, a new
+/// schema an API replica's validation, a new subscription an API replica's
+/// reads of the index). Fan-out checks before every batch anyway.
+const FOLLOW_INTERVAL: Duration = Duration::from_millis(500);
 
 /// At start-up of the schedule's only user: deliveries a previous run parked
 /// for an active subscription whose queue was full are due again at once
@@ -220,17 +227,19 @@ async fn release_parked(
     Ok(())
 }
 
-/// Keeps `index` equal to the store's subscriptions until `cancel`.
-async fn follow_subscriptions(
+/// Keeps `index` and `catalogue` equal to the store's until `cancel`.
+async fn follow_store(
     store: Arc<dyn Store>,
     index: Arc<SubscriptionIndex>,
+    catalogue: Arc<Catalogue>,
     cancel: CancellationToken,
 ) {
     loop {
+        crate::subscriptions::refresh(store.as_ref(), &index).await;
+        catalogue::refresh(store.as_ref(), &catalogue).await;
         tokio::select! {
-            () = tokio::time::sleep(SUBSCRIPTION_REFRESH) => {}
+            () = tokio::time::sleep(FOLLOW_INTERVAL) => {}
             () = cancel.cancelled() => return,
         }
-        crate::subscriptions::refresh(store.as_ref(), &index).await;
     }
 }

@@ -1,6 +1,7 @@
 //! Mapping an outbox row to a [`DomainEvent`], with the same checks a REST
 //! emit gets (tenant id, event type, payload object and size, dedupe key,
-//! schema version), so both paths refuse the same input.
+//! schema version, then [`check_schema`]: the payload against the registered
+//! schema of its type and version), so both paths refuse the same input.
 //!
 //! The event id is derived from the outbox row's id (`evt_` + its 32 hex
 //! digits): the connector re-reading a row (a snapshot after a lost offset,
@@ -11,6 +12,8 @@ use time::OffsetDateTime;
 
 use super::parse::OutboxRow;
 use crate::{
+    catalogue::Catalogue,
+    error::EngineError,
     ids,
     model::{DomainEvent, EventSource},
     subscriptions::validate_filter,
@@ -102,6 +105,41 @@ pub fn to_event(row: OutboxRow, now: OffsetDateTime) -> Result<DomainEvent, MapE
     })
 }
 
+/// Checks `event` against the catalogue as a REST emit is checked
+/// ([`Catalogue::check`]): an unregistered version of a registered type is
+/// refused on `schema_version`, a payload that violates the schema on
+/// `payload` (listing the violations).
+pub fn check_schema(event: &DomainEvent, catalogue: &Catalogue) -> Result<(), MapError> {
+    let checked = catalogue.check(
+        &event.tenant_id,
+        &event.event_type,
+        event.schema_version,
+        &event.payload,
+    );
+    match checked {
+        Ok(()) => Ok(()),
+        Err(EngineError::Invalid { message, .. }) => Err(bad("schema_version", message)),
+        Err(EngineError::SchemaViolation {
+            event_type,
+            schema_version,
+            errors,
+        }) => {
+            let issues: Vec<String> = errors
+                .iter()
+                .map(|i| format!("{:?}: {}", i.instance_path, i.message))
+                .collect();
+            Err(bad(
+                "payload",
+                format!(
+                    "does not match the schema of {event_type} v{schema_version}: {}",
+                    issues.join("; ")
+                ),
+            ))
+        }
+        Err(other) => Err(bad("payload", other.to_string())),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -182,5 +220,38 @@ mod tests {
             let err = to_event(r, now).unwrap_err();
             assert_eq!(err.column, column, "{err}");
         }
+    }
+
+    #[test]
+    fn refuses_what_the_catalogue_refuses() {
+        let catalogue = Catalogue::default();
+        catalogue.add(
+            Catalogue::prepare(
+                "acme",
+                "work_order.completed",
+                2,
+                json!({"type": "object", "required": ["wo"]}),
+            )
+            .unwrap(),
+        );
+        let now = OffsetDateTime::now_utc();
+        let ok = to_event(row(), now).unwrap();
+        assert!(check_schema(&ok, &catalogue).is_ok());
+        let mut r = row();
+        r.payload = json!({"other": 1});
+        let err = check_schema(&to_event(r, now).unwrap(), &catalogue).unwrap_err();
+        assert_eq!(err.column, "payload", "{err}");
+        assert!(err.reason.contains("wo"), "{err}");
+        let mut r = row();
+        r.schema_version = 3;
+        let err = check_schema(&to_event(r, now).unwrap(), &catalogue).unwrap_err();
+        assert_eq!(err.column, "schema_version", "{err}");
+        let mut r = row();
+        r.tenant_id = "globex".into();
+        r.payload = json!({});
+        assert!(
+            check_schema(&to_event(r, now).unwrap(), &catalogue).is_ok(),
+            "schemas are per tenant"
+        );
     }
 }

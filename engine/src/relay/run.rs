@@ -19,7 +19,7 @@ use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
 use super::{map, parse, RelayStats};
-use crate::{config::KafkaConfig, log::kafka::record};
+use crate::{catalogue::Catalogue, config::KafkaConfig, log::kafka::record};
 
 /// Records per transaction, at most.
 const BATCH: usize = 500;
@@ -35,6 +35,9 @@ pub struct RelaySettings {
     pub kafka: KafkaConfig,
     /// Partitions of the events topic (the event log's count).
     pub partitions: u32,
+    /// The event-type catalogue rows are validated against (the process's
+    /// own, which follows the shared store).
+    pub catalogue: Arc<Catalogue>,
 }
 
 impl RelaySettings {
@@ -246,7 +249,10 @@ impl Session {
                 .unwrap_or_default();
             let outcome = match parse::parse(m.payload(), &headers) {
                 Ok(parse::Parsed::Row(row)) => map::to_event(*row, now)
-                    .map(Some)
+                    .and_then(|event| {
+                        map::check_schema(&event, &self.settings.catalogue)?;
+                        Ok(Some(event))
+                    })
                     .map_err(|e| e.to_string()),
                 Ok(parse::Parsed::Skip(_)) => Ok(None),
                 Err(e) => Err(e.to_string()),

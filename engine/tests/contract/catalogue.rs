@@ -1,4 +1,5 @@
-//! [`CatalogueStore`]: schema versions are registered once and immutable.
+//! [`CatalogueStore`]: schema versions are registered once and immutable,
+//! and every new registration moves the catalogue's version.
 
 use herald_engine::{resources::EventTypeSchema, store::StoreError};
 use serde_json::{json, Value};
@@ -6,7 +7,10 @@ use time::OffsetDateTime;
 
 use crate::backend::Harness;
 
-contract!(schema_versions_are_immutable);
+contract!(
+    schema_versions_are_immutable,
+    a_new_registration_moves_the_version
+);
 
 fn schema(tenant: &str, version: u32, s: Value) -> EventTypeSchema {
     EventTypeSchema {
@@ -62,4 +66,37 @@ async fn schema_versions_are_immutable(h: &Harness) {
             ("globex".to_string(), 1, json!({ "type": "array" })),
         ]
     );
+}
+
+async fn a_new_registration_moves_the_version(h: &Harness) {
+    let s = &h.store;
+    let v0 = s.catalogue_version().await.unwrap();
+    assert_eq!(v0, 0, "no registration yet");
+    let object = json!({ "type": "object" });
+    assert!(s
+        .put_event_type(&schema("acme", 1, object.clone()))
+        .await
+        .unwrap());
+    let v1 = s.catalogue_version().await.unwrap();
+    assert_ne!(v1, v0, "a new version moves it");
+    let refused = s
+        .put_event_type(&schema("acme", 1, json!({ "type": "array" })))
+        .await;
+    assert!(matches!(refused, Err(StoreError::Conflict(_))));
+    assert_eq!(
+        s.catalogue_version().await.unwrap(),
+        v1,
+        "a refused registration changes nothing"
+    );
+    assert!(s
+        .put_event_type(&schema("globex", 1, object))
+        .await
+        .unwrap());
+    let v2 = s.catalogue_version().await.unwrap();
+    assert!(
+        v2 != v1 && v2 != v0,
+        "another tenant's registration: {v1} -> {v2}"
+    );
+    // Another process sharing the store sees the same version.
+    assert_eq!(h.other().await.catalogue_version().await.unwrap(), v2);
 }

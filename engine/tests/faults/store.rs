@@ -275,6 +275,9 @@ impl CatalogueStore for FaultyStore {
     async fn all_event_types(&self) -> Result<Vec<EventTypeSchema>, StoreError> {
         self.inner.all_event_types().await
     }
+    async fn catalogue_version(&self) -> Result<u64, StoreError> {
+        self.inner.catalogue_version().await
+    }
 }
 
 #[async_trait]

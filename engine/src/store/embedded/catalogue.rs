@@ -1,4 +1,5 @@
-//! The event-type catalogue in SQLite.
+//! The event-type catalogue in SQLite. A new registration bumps the
+//! `event_types` version in the same transaction.
 
 use async_trait::async_trait;
 use rusqlite::{params, OptionalExtension};
@@ -39,6 +40,12 @@ impl CatalogueStore for EmbeddedStore {
                 params![schema.tenant_id, schema.event_type, schema.schema_version, body],
             )
             .map_err(db_err)?;
+            conn.prepare_cached(
+                "INSERT INTO versions (name, value) VALUES ('event_types', 1)
+                 ON CONFLICT(name) DO UPDATE SET value = value + 1",
+            )
+            .and_then(|mut st| st.execute([]))
+            .map_err(db_err)?;
             Ok(true)
         })
         .await
@@ -51,6 +58,16 @@ impl CatalogueStore for EmbeddedStore {
                 "SELECT body FROM event_types ORDER BY tenant_id, event_type, schema_version",
                 Vec::new(),
             )
+        })
+        .await
+    }
+
+    async fn catalogue_version(&self) -> Result<u64, StoreError> {
+        self.read(|conn| {
+            conn.prepare_cached("SELECT value FROM versions WHERE name = 'event_types'")
+                .and_then(|mut st| st.query_row([], |r| r.get::<_, i64>(0)).optional())
+                .map(|v| v.unwrap_or(0) as u64)
+                .map_err(db_err)
         })
         .await
     }

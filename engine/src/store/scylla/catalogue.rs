@@ -1,5 +1,7 @@
 //! The event-type catalogue on CQL: one row per schema version, written
-//! with `IF NOT EXISTS` so a version is registered once.
+//! with `IF NOT EXISTS` so a version is registered once. A new
+//! registration then moves the `event_types` version in `meta` (like the
+//! subscriptions' version: microseconds since the epoch of the writer).
 
 use ::scylla::value::CqlValue;
 use async_trait::async_trait;
@@ -9,6 +11,15 @@ use crate::{
     resources::EventTypeSchema,
     store::{CatalogueStore, StoreError},
 };
+
+impl ScyllaStore {
+    /// Marks that the catalogue changed.
+    async fn bump_catalogue_version(&self) -> Result<(), StoreError> {
+        let now_us = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000) as i64;
+        self.exec("UPDATE meta SET v = ? WHERE k = 'event_types'", (now_us,))
+            .await
+    }
+}
 
 #[async_trait]
 impl CatalogueStore for ScyllaStore {
@@ -27,6 +38,7 @@ impl CatalogueStore for ScyllaStore {
             )
             .await?;
         if applied {
+            self.bump_catalogue_version().await?;
             return Ok(true);
         }
         let existing: EventTypeSchema = match current.get("body") {
@@ -34,6 +46,9 @@ impl CatalogueStore for ScyllaStore {
             _ => return Err(super::corrupt("event type without a body")),
         };
         if existing.schema == schema.schema {
+            // A retry after a registration whose version bump failed: bump
+            // now, so other processes do not miss it.
+            self.bump_catalogue_version().await?;
             Ok(false)
         } else {
             Err(StoreError::Conflict(format!(
@@ -52,5 +67,12 @@ impl CatalogueStore for ScyllaStore {
         })
         .await?;
         Ok(out)
+    }
+
+    async fn catalogue_version(&self) -> Result<u64, StoreError> {
+        let row: Option<(Option<i64>,)> = self
+            .row("SELECT v FROM meta WHERE k = 'event_types'", ())
+            .await?;
+        Ok(row.and_then(|(v,)| v).unwrap_or(0) as u64)
     }
 }
