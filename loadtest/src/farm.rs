@@ -54,6 +54,8 @@ pub struct FarmState {
     pub first_deliveries: AtomicU64,
     /// All successful deliveries, duplicates included.
     pub deliveries: AtomicU64,
+    /// When the last successful delivery arrived, unix ms (0: none yet).
+    pub last_delivery_ms: AtomicU64,
     /// Emit-to-delivery latency in microseconds, one histogram per endpoint.
     pub latency: Vec<Mutex<Histogram<u64>>>,
     latency_delay: Duration,
@@ -63,6 +65,36 @@ pub struct FarmState {
 }
 
 impl FarmState {
+    fn new(
+        endpoints: usize,
+        subscriptions: usize,
+        latency_delay: Duration,
+        failure_rate: f64,
+    ) -> Self {
+        Self {
+            secrets: (0..subscriptions).map(|_| OnceLock::new()).collect(),
+            tallies: (0..subscriptions).map(|_| Mutex::default()).collect(),
+            raw_secret: SigningSecret::generate(),
+            raw_received: AtomicU64::new(0),
+            raw_tally: Mutex::default(),
+            bad_signatures: AtomicU64::new(0),
+            injected_failures: AtomicU64::new(0),
+            first_deliveries: AtomicU64::new(0),
+            deliveries: AtomicU64::new(0),
+            last_delivery_ms: AtomicU64::new(0),
+            latency: (0..endpoints).map(|_| Mutex::new(histogram())).collect(),
+            latency_delay,
+            failure_rate,
+            fault: AtomicU8::new(0),
+        }
+    }
+
+    /// The tallies of an external receiver's `subscriptions`.
+    #[cfg(test)]
+    pub fn for_external(subscriptions: usize) -> Self {
+        Self::new(1, subscriptions, Duration::ZERO, 0.0)
+    }
+
     /// Starts (`Some`) or ends (`None`) a receiver fault.
     pub fn set_fault(&self, fault: Option<Kind>) {
         let v = match fault {
@@ -80,6 +112,9 @@ pub struct Farm {
     pub endpoints: Vec<SocketAddr>,
     /// Counters and tallies.
     pub state: Arc<FarmState>,
+    /// An independent receiver's base URL that takes the deliveries and the
+    /// raw baseline instead of the endpoints (see [`crate::external`]).
+    pub external: Option<String>,
 }
 
 /// A new histogram for microseconds from 1 µs to 1 h.
@@ -95,21 +130,12 @@ impl Farm {
         latency_delay: Duration,
         failure_rate: f64,
     ) -> anyhow::Result<Self> {
-        let state = Arc::new(FarmState {
-            secrets: (0..subscriptions).map(|_| OnceLock::new()).collect(),
-            tallies: (0..subscriptions).map(|_| Mutex::default()).collect(),
-            raw_secret: SigningSecret::generate(),
-            raw_received: AtomicU64::new(0),
-            raw_tally: Mutex::default(),
-            bad_signatures: AtomicU64::new(0),
-            injected_failures: AtomicU64::new(0),
-            first_deliveries: AtomicU64::new(0),
-            deliveries: AtomicU64::new(0),
-            latency: (0..endpoints).map(|_| Mutex::new(histogram())).collect(),
+        let state = Arc::new(FarmState::new(
+            endpoints,
+            subscriptions,
             latency_delay,
             failure_rate,
-            fault: AtomicU8::new(0),
-        });
+        ));
         let mut addrs = Vec::with_capacity(endpoints);
         for n in 0..endpoints {
             let app = Router::new()
@@ -123,16 +149,23 @@ impl Farm {
         Ok(Self {
             endpoints: addrs,
             state,
+            external: None,
         })
     }
 
     /// The URL subscription `i` is created with.
     pub fn url(&self, i: usize) -> String {
+        if let Some(base) = &self.external {
+            return format!("{base}/s/{i}");
+        }
         format!("http://{}/s/{i}", self.endpoints[i % self.endpoints.len()])
     }
 
     /// The raw-baseline URL of endpoint `n`.
     pub fn raw_url(&self, n: usize) -> String {
+        if let Some(base) = &self.external {
+            return format!("{base}/raw");
+        }
         format!("http://{}/raw", self.endpoints[n % self.endpoints.len()])
     }
 
@@ -199,6 +232,8 @@ async fn delivery(
         *n == 1
     };
     s.deliveries.fetch_add(1, Ordering::Relaxed);
+    let at_ms = (now.unix_timestamp_nanos() / 1_000_000) as u64;
+    s.last_delivery_ms.fetch_max(at_ms, Ordering::Relaxed);
     if first {
         s.first_deliveries.fetch_add(1, Ordering::Relaxed);
         if let Some(at) = occurred_at(&body) {

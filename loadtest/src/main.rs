@@ -13,6 +13,7 @@
 
 mod accounting;
 mod emitter;
+mod external;
 mod farm;
 mod faults;
 mod raw;

@@ -95,3 +95,81 @@ pub async fn measure(
         concurrency,
     }
 }
+
+/// The same baseline measured by `wrk` (an independent load generator):
+/// `connections` connections on two threads POST an envelope-sized body to
+/// `url` for `duration`. `None` with the reason when wrk is not installed
+/// or its output cannot be read.
+pub fn measure_wrk(
+    url: &str,
+    payload_bytes: usize,
+    connections: usize,
+    duration: Duration,
+) -> Result<RawResult, String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let script = dir.path().join("post.lua");
+    let body = serde_json::json!({
+        "id": "raw_wrk", "type": "loadtest.raw", "schema_version": 1, "tenant_id": "raw",
+        "occurred_at": "2026-01-01T00:00:00Z",
+        "data": { "pad": "x".repeat(payload_bytes.saturating_sub(40)) },
+    })
+    .to_string();
+    let lua = format!(
+        "wrk.method = \"POST\"\nwrk.headers[\"Content-Type\"] = \"application/json\"\nwrk.body = {}\n",
+        serde_json::Value::String(body)
+    );
+    std::fs::write(&script, lua).map_err(|e| e.to_string())?;
+    let out = std::process::Command::new("wrk")
+        .args(["-t2", &format!("-c{}", connections.max(2))])
+        .arg(format!("-d{}s", duration.as_secs().max(1)))
+        .arg("-s")
+        .arg(&script)
+        .arg(url)
+        .output()
+        .map_err(|e| format!("wrk: {e} (install it: apt-get install wrk)"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    parse_wrk(&text, connections).ok_or_else(|| format!("unreadable wrk output: {text}"))
+}
+
+/// Reads `N requests in S s` and the non-2xx count from wrk's summary.
+fn parse_wrk(text: &str, concurrency: usize) -> Option<RawResult> {
+    let line = text.lines().find(|l| l.contains(" requests in "))?;
+    let mut words = line.split_whitespace();
+    let total: u64 = words.next()?.parse().ok()?;
+    let seconds_word = line.split(" requests in ").nth(1)?.split(',').next()?.trim();
+    let seconds = humantime::parse_duration(seconds_word)
+        .ok()?
+        .as_secs_f64()
+        .max(1e-9);
+    let errors: u64 = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Non-2xx or 3xx responses:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    let requests = total.saturating_sub(errors);
+    Some(RawResult {
+        requests,
+        errors,
+        seconds,
+        per_second: requests as f64 / seconds,
+        concurrency,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_wrk_summaries() {
+        let out = "Running 5s test @ http://127.0.0.1:8088/raw\n  2 threads and 64 connections\n  \
+                   Thread Stats   Avg      Stdev     Max   +/- Stdev\n  \
+                   500000 requests in 5.00s, 80.00MB read\n  Non-2xx or 3xx responses: 10\n\
+                   Requests/sec: 100000.00\n";
+        let r = parse_wrk(out, 64).unwrap();
+        assert_eq!(r.requests, 499_990);
+        assert_eq!(r.errors, 10);
+        assert!((r.per_second - 99_998.0).abs() < 1.0);
+        assert!(parse_wrk("nothing", 64).is_none());
+    }
+}

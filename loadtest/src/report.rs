@@ -130,10 +130,16 @@ pub struct Report {
     pub bad_signatures: u64,
     /// Requests the farm failed on purpose.
     pub injected_failures: u64,
+    /// Who received and counted the deliveries.
+    pub receiver: String,
     /// The raw-client baseline, if measured.
     pub raw: Option<RawResult>,
-    /// `delivery_rate` (or sustained, whichever is higher) / raw rate.
+    /// `delivery_rate` / raw rate.
     pub ratio_to_raw: Option<f64>,
+    /// The raw baseline measured by `wrk`, if measured.
+    pub raw_wrk: Option<RawResult>,
+    /// `delivery_rate` / wrk's raw rate.
+    pub ratio_to_wrk: Option<f64>,
     /// Server CPU in cores, averaged over the load.
     pub server_cpu_cores: Option<f64>,
     /// Server peak RSS, MiB.
@@ -160,6 +166,12 @@ impl Report {
                 r.per_second, r.concurrency, r.seconds
             )
         });
+        let wrk = self.raw_wrk.as_ref().map_or("not measured".into(), |r| {
+            format!(
+                "{:.0}/s ({} connections, {:.0} s)",
+                r.per_second, r.concurrency, r.seconds
+            )
+        });
         format!(
             "### {label}\n\n`{command}`\n\n\
              | figure | value |\n|---|---|\n\
@@ -171,8 +183,11 @@ impl Report {
              | sustained delivery rate (emit window) | {sus:.0}/s |\n\
              | emit→delivery p50 / p90 / p99 / p99.9 / max | {p50:.1} / {p90:.1} / {p99:.1} / {p999:.1} / {max:.1} ms |\n\
              | emit request p50 / p99 | {rq50:.1} / {rq99:.1} ms |\n\
+             | receiver | {receiver} |\n\
              | raw client POST rate (same receivers) | {raw} |\n\
              | Herald / raw | {ratio} |\n\
+             | raw wrk POST rate (same receivers) | {wrk} |\n\
+             | Herald / raw wrk | {ratio_wrk} |\n\
              | server CPU (cores) / peak RSS | {cpu_use} / {rss} |\n\
              | bad signatures / injected failures | {bad} / {inj} |\n",
             label = self.label,
@@ -201,6 +216,8 @@ impl Report {
             rq50 = self.emit_request_ms.p50,
             rq99 = self.emit_request_ms.p99,
             ratio = self.ratio_to_raw.map_or("—".into(), |r| format!("{:.0}%", r * 100.0)),
+            receiver = self.receiver,
+            ratio_wrk = self.ratio_to_wrk.map_or("—".into(), |r| format!("{:.0}%", r * 100.0)),
             cpu_use = opt(self.server_cpu_cores, ""),
             rss = opt(self.server_peak_rss_mib, " MiB"),
             bad = self.bad_signatures,

@@ -45,6 +45,20 @@ pub struct Args {
     /// Extra argument for the started `herald serve` (repeatable).
     #[arg(long = "server-arg", allow_hyphen_values = true)]
     server_args: Vec<String>,
+    /// An independent receiver's base URL (nginx, say) that takes every
+    /// delivery instead of the built-in farm: subscription `i` is created at
+    /// `<URL>/s/<i>`, the raw baseline goes to `<URL>/raw`. Needs
+    /// --receiver-log. See `scripts/nginx-receiver`.
+    #[arg(long, requires = "receiver_log")]
+    external_receiver: Option<String>,
+    /// The independent receiver's access log, one line per request:
+    /// `$msec $status $uri $http_webhook_id`; deliveries are counted from it.
+    #[arg(long, requires = "external_receiver")]
+    receiver_log: Option<PathBuf>,
+    /// Also measure the raw baseline with `wrk` (on by default with
+    /// --external-receiver; needs wrk on the PATH).
+    #[arg(long)]
+    raw_wrk: bool,
     /// Receiver endpoints (ports) in the farm.
     #[arg(long, default_value_t = 4)]
     endpoints: usize,
@@ -182,13 +196,21 @@ async fn drive(
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(1024)
         .build()?;
-    let farm = Farm::start(
+    let mut farm = Farm::start(
         args.endpoints,
         args.subscriptions,
         args.latency,
         args.failure_rate,
     )
     .await?;
+    farm.external = args
+        .external_receiver
+        .as_ref()
+        .map(|u| u.trim_end_matches('/').to_string());
+    let follower = match &args.receiver_log {
+        Some(path) => Some(crate::external::LogFollower::open(path)?.spawn(farm.state.clone())),
+        None => None,
+    };
     let key = setup(&http, server, &farm, args, groups).await?;
 
     let raw = if args.raw_duration.is_zero() {
@@ -208,6 +230,22 @@ async fn drive(
         .await;
         println!("raw baseline: {:.0} requests/s", r.per_second);
         Some(r)
+    };
+    let raw_wrk = if args.raw_duration.is_zero() || !(args.raw_wrk || farm.external.is_some()) {
+        None
+    } else {
+        let url = farm.raw_url(0);
+        println!("raw baseline: wrk POSTing to {url} for {:?}…", args.raw_duration);
+        match raw::measure_wrk(&url, args.payload_bytes, args.raw_concurrency, args.raw_duration) {
+            Ok(r) => {
+                println!("raw baseline (wrk): {:.0} requests/s", r.per_second);
+                Some(r)
+            }
+            Err(e) => {
+                println!("raw baseline (wrk) not measured: {e}");
+                None
+            }
+        }
     };
 
     let plan = Plan {
@@ -240,6 +278,7 @@ async fn drive(
         .progress_chars("=> "),
     );
     let started = Instant::now();
+    let started_unix_ms = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as u64;
     let (emitted, emitting) = emitter::start(client, plan.clone());
     let injecting = tokio::spawn(faults::inject(
         args.faults.clone(),
@@ -296,6 +335,9 @@ async fn drive(
         }
     };
     bar.finish_and_clear();
+    if let Some(f) = follower {
+        f.abort();
+    }
     let injected = if injecting.is_finished() {
         injecting.await??
     } else {
@@ -306,7 +348,15 @@ async fn drive(
     let (samples, cpu) = sampler.map_or((Vec::new(), None), Sampler::finish);
     let accounts = account(&emitted, &state, args.fanout);
     let acked = emitted.acked_count.load(Ordering::Relaxed);
-    let total = done_at.duration_since(started).as_secs_f64().max(1e-9);
+    // From the first emit to the last delivery as the receiver timed it
+    // (the poll loop sees it up to a tick later).
+    let last_ms = state.last_delivery_ms.load(Ordering::Relaxed);
+    let total = if last_ms > started_unix_ms {
+        (last_ms - started_unix_ms) as f64 / 1000.0
+    } else {
+        done_at.duration_since(started).as_secs_f64()
+    }
+    .max(1e-9);
     let delivery_rate = accounts.delivered as f64 / total;
     let window: Vec<u64> = per_second
         .iter()
@@ -322,7 +372,11 @@ async fn drive(
     let ratio = raw
         .as_ref()
         .filter(|r| r.per_second > 0.0)
-        .map(|r| delivery_rate.max(sustained) / r.per_second);
+        .map(|r| delivery_rate / r.per_second);
+    let ratio_to_wrk = raw_wrk
+        .as_ref()
+        .filter(|r| r.per_second > 0.0)
+        .map(|r| delivery_rate / r.per_second);
     let failures = emitted.failures.lock().clone();
     let emit_request_ms = Percentiles::of(&emitted.request_latency.lock());
     Ok(Report {
@@ -351,8 +405,14 @@ async fn drive(
         latency_ms: Percentiles::of(&farm.latency()),
         bad_signatures: state.bad_signatures.load(Ordering::Relaxed),
         injected_failures: state.injected_failures.load(Ordering::Relaxed),
+        receiver: farm.external.as_ref().map_or_else(
+            || "built-in farm (signatures verified)".to_string(),
+            |u| format!("independent: {u} (counted from its access log; signatures and latency not checked)"),
+        ),
         raw,
         ratio_to_raw: ratio,
+        raw_wrk,
+        ratio_to_wrk,
         server_cpu_cores: cpu,
         server_peak_rss_mib: samples.iter().map(|s| s.rss_mib).reduce(f64::max),
         deliveries_per_second: per_second,
