@@ -126,6 +126,24 @@ async fn every_route_answers_every_scope_as_the_table_says() {
         }
     }
     assert_eq!(checked, routes.len() * Scope::ALL.len());
+    // The admin routes take the admin token (a handler behind the wrong
+    // access would answer 500 here).
+    for (method, path, access) in &routes {
+        if *access == Access::AdminToken {
+            let (status, body) = h
+                .call(
+                    method.as_str(),
+                    ADMIN,
+                    &concrete(path),
+                    body_for(method.as_str()),
+                )
+                .await;
+            assert!(
+                ![401, 403, 500].contains(&status),
+                "{method} {path} as admin: {status} {body}"
+            );
+        }
+    }
     // A key with two scopes has both, and nothing else.
     let both = scoped_key(&h, "acme", &["events:read", "webhooks:read"]).await;
     assert_eq!(h.get(&both, "/api/v1/integrations/events").await.0, 200);
@@ -300,4 +318,50 @@ async fn a_key_stored_before_scopes_keeps_full_access() {
         )
         .await;
     assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn the_stream_needs_events_read_by_header_and_by_subprotocol() {
+    use tokio_tungstenite::{connect_async, tungstenite::client::IntoClientRequest};
+    let h = Herald::start().await;
+    h.tenant("acme").await;
+    let reader = scoped_key(&h, "acme", &["events:read"]).await;
+    let writer = scoped_key(&h, "acme", &["events:write", "webhooks:read"]).await;
+    let url = format!(
+        "{}/api/v1/webhooks/stream",
+        h.base.replace("http://", "ws://")
+    );
+    let open = |header: &'static str, value: String| {
+        let mut req = url.clone().into_client_request().unwrap();
+        req.headers_mut().insert(header, value.parse().unwrap());
+        connect_async(req)
+    };
+    for (header, value) in [
+        ("authorization", format!("Bearer {reader}")),
+        (
+            "sec-websocket-protocol",
+            format!("herald.v1, herald.bearer.{reader}"),
+        ),
+    ] {
+        let (ws, _) = open(header, value)
+            .await
+            .expect("events:read opens the stream");
+        drop(ws);
+    }
+    for (header, value) in [
+        ("authorization", format!("Bearer {writer}")),
+        (
+            "sec-websocket-protocol",
+            format!("herald.v1, herald.bearer.{writer}"),
+        ),
+    ] {
+        match open(header, value).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(res)) => {
+                assert_eq!(res.status(), 403, "{header}");
+                let body: Value = serde_json::from_slice(res.body().as_deref().unwrap()).unwrap();
+                assert_eq!(body["required_scope"], "events:read");
+            }
+            other => panic!("{header}: expected 403, got {:?}", other.map(|_| ())),
+        }
+    }
 }
