@@ -7,7 +7,7 @@ use axum::{
     http::{header, StatusCode},
     response::{IntoResponse, Response},
 };
-use herald_engine::EngineError;
+use herald_engine::{resources::Scope, EngineError};
 use serde_json::json;
 
 /// Base of every problem `type`.
@@ -23,6 +23,7 @@ pub struct ApiError {
     field: Option<&'static str>,
     errors: Option<Box<serde_json::Value>>,
     retry_after: Option<u64>,
+    required_scope: Option<&'static str>,
 }
 
 /// The problem+json body (RFC 9457) of every error answer.
@@ -43,6 +44,9 @@ pub struct Problem {
     /// Schema violations of an emitted payload (`schema-violation`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub errors: Option<Vec<herald_engine::error::SchemaIssue>>,
+    /// The API-key scope the call needs and the key lacks (`insufficient-scope`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub required_scope: Option<String>,
 }
 
 impl ApiError {
@@ -60,7 +64,35 @@ impl ApiError {
             field: None,
             errors: None,
             retry_after: None,
+            required_scope: None,
         }
+    }
+
+    /// 403: the API key lacks the scope this call needs.
+    pub fn insufficient_scope(needed: Scope, granted: &[Scope]) -> Self {
+        let mut e = Self::new(
+            StatusCode::FORBIDDEN,
+            "insufficient-scope",
+            "Insufficient scope",
+            format!(
+                "this call needs an API key with the scope {needed} (or admin); this key has: {}",
+                Scope::join(granted).replace(' ', ", ")
+            ),
+        );
+        e.required_scope = Some(needed.as_str());
+        e
+    }
+
+    /// 500: a route serves a handler that needs an API key but declares no
+    /// scope (a programming error, caught by the route-matrix test).
+    pub fn undeclared_scope() -> Self {
+        tracing::error!("a route needs an API key but declares no scope");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "Internal error",
+            "an unexpected error happened; it has been logged",
+        )
     }
 
     /// 405: the path exists but not with this method.
@@ -248,6 +280,9 @@ impl IntoResponse for ApiError {
         if let Some(errors) = self.errors {
             body["errors"] = *errors;
         }
+        if let Some(scope) = self.required_scope {
+            body["required_scope"] = json!(scope);
+        }
         let mut response = (self.status, body.to_string()).into_response();
         response.headers_mut().insert(
             header::CONTENT_TYPE,
@@ -268,6 +303,14 @@ impl IntoResponse for ApiError {
                 header::WWW_AUTHENTICATE,
                 header::HeaderValue::from_static("Bearer"),
             );
+        }
+        if let Some(scope) = self.required_scope {
+            // RFC 6750 §3.1.
+            if let Ok(v) = header::HeaderValue::from_str(&format!(
+                "Bearer error=\"insufficient_scope\", scope=\"{scope}\""
+            )) {
+                response.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+            }
         }
         response
     }

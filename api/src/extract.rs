@@ -1,16 +1,23 @@
-//! Extractors: the authenticated tenant, the admin token, and JSON bodies
-//! and query strings whose rejections become problem+json errors.
+//! Authentication and authorization: the guard every route runs first (its
+//! declared [`Access`]: public, the admin token, or an API key with a
+//! scope), the extractors of the authenticated tenant and the admin token,
+//! and JSON bodies and query strings whose rejections become problem+json
+//! errors.
 
 use axum::{
-    extract::{FromRef, FromRequest, FromRequestParts, Request},
+    extract::{FromRef, FromRequest, FromRequestParts, Request, State},
     http::{header, request::Parts},
+    middleware::Next,
+    response::Response,
 };
+use herald_engine::resources::Scope;
 use serde::de::DeserializeOwned;
 use subtle::ConstantTimeEq;
 
 use crate::{error::ApiError, AppState};
 
-/// The tenant of the bearer API key.
+/// The tenant of the bearer API key, authenticated (and its scope checked)
+/// by the route's guard ([`guard`]) before any extractor runs.
 pub struct Tenant(pub String);
 
 /// The bearer token of a request.
@@ -30,34 +37,115 @@ pub fn bearer(parts: &Parts) -> Result<&str, ApiError> {
         .ok_or_else(|| ApiError::unauthorized("the Authorization header must be 'Bearer <key>'"))
 }
 
-impl<S> FromRequestParts<S> for Tenant
-where
-    AppState: FromRef<S>,
-    S: Send + Sync,
-{
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let state = AppState::from_ref(state);
-        let key = bearer(parts)?;
-        Ok(Tenant(tenant_of(&state, key).await?))
-    }
+/// What a route needs of its caller; every route of
+/// [`crate::route_table::api_routes`] declares one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone (health, readiness, metrics, the OpenAPI document).
+    Public,
+    /// The admin token.
+    AdminToken,
+    /// A live, unexpired tenant API key with this scope (or `admin`).
+    Key(Scope),
 }
 
-/// Authenticates `key` and applies the tenant's rate limit.
-async fn tenant_of(state: &AppState, key: &str) -> Result<String, ApiError> {
-    let tenant = match state.engine.authenticate(key).await? {
-        Some(tenant) => tenant,
+/// A route's guard: its [`Access`], and whether (the WebSocket stream) a
+/// browser may send the key as a subprotocol.
+#[derive(Clone)]
+pub struct Guard {
+    /// The app.
+    pub state: AppState,
+    /// What the route needs.
+    pub access: Access,
+    /// The key may come as the subprotocol `herald.bearer.<key>`.
+    pub subprotocol: bool,
+}
+
+/// The authenticated key, left in the request's extensions by [`guard`].
+#[derive(Clone)]
+struct Authenticated {
+    tenant: String,
+    key: String,
+    via_subprotocol: bool,
+}
+
+/// Runs before a route's handler (and its extractors): checks the admin
+/// token, or authenticates the API key (401 unknown, revoked or expired),
+/// applies the tenant's rate limit (429) and checks the route's scope
+/// (403 naming it).
+pub async fn guard(
+    State(guard): State<Guard>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let (mut parts, body) = request.into_parts();
+    match guard.access {
+        Access::Public => {}
+        Access::AdminToken => {
+            let given = bearer(&parts)?;
+            if !bool::from(given.as_bytes().ct_eq(guard.state.admin_token.as_bytes())) {
+                return Err(ApiError::unauthorized("this call needs the admin token"));
+            }
+        }
+        Access::Key(needed) => {
+            let (key, via_subprotocol) =
+                if parts.headers.contains_key(header::AUTHORIZATION) || !guard.subprotocol {
+                    (bearer(&parts)?, false)
+                } else if let Some(key) = subprotocol_key(&parts) {
+                    (key, true)
+                } else {
+                    return Err(ApiError::unauthorized(
+                        "send the API key as Authorization: Bearer <key>, or (browsers) as the \
+                     WebSocket subprotocol herald.bearer.<key> next to herald.v1",
+                    ));
+                };
+            let key = key.to_string();
+            let tenant = authorize(&guard.state, &key, needed).await?;
+            parts.extensions.insert(Authenticated {
+                tenant,
+                key,
+                via_subprotocol,
+            });
+        }
+    }
+    Ok(next.run(Request::from_parts(parts, body)).await)
+}
+
+/// Authenticates `key`, applies the tenant's rate limit and checks `needed`.
+async fn authorize(state: &AppState, key: &str, needed: Scope) -> Result<String, ApiError> {
+    let grant = match state.engine.authenticate(key).await? {
+        Some(grant) => grant,
         None => return Err(ApiError::unauthorized("unknown or revoked API key")),
     };
+    if grant.expired_at(herald_engine::clock::now_ms()) {
+        return Err(ApiError::unauthorized(format!(
+            "this API key ({}) has expired; create a new one",
+            grant.key_id
+        )));
+    }
     if let Some(limiter) = &state.limiter {
-        if let Err(not_until) = limiter.check_key(&tenant) {
+        if let Err(not_until) = limiter.check_key(&grant.tenant_id) {
             use governor::clock::{Clock, DefaultClock};
             let wait = not_until.wait_time_from(DefaultClock::default().now());
             return Err(ApiError::too_many_requests(wait.as_secs().max(1)));
         }
     }
-    Ok(tenant)
+    if !needed.granted_by(&grant.scopes) {
+        return Err(ApiError::insufficient_scope(needed, &grant.scopes));
+    }
+    Ok(grant.tenant_id)
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Tenant {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        parts
+            .extensions
+            .get::<Authenticated>()
+            .map(|a| Tenant(a.tenant.clone()))
+            .ok_or_else(ApiError::undeclared_scope)
+    }
 }
 
 /// WebSocket subprotocol that names Herald's stream; a browser offers it
@@ -92,29 +180,18 @@ fn subprotocol_key(parts: &Parts) -> Option<&str> {
         .filter(|k| !k.is_empty())
 }
 
-impl<S> FromRequestParts<S> for StreamTenant
-where
-    AppState: FromRef<S>,
-    S: Send + Sync,
-{
+impl<S: Send + Sync> FromRequestParts<S> for StreamTenant {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let state = AppState::from_ref(state);
-        let (key, via_subprotocol) = if parts.headers.contains_key(header::AUTHORIZATION) {
-            (bearer(parts)?, false)
-        } else if let Some(key) = subprotocol_key(parts) {
-            (key, true)
-        } else {
-            return Err(ApiError::unauthorized(
-                "send the API key as Authorization: Bearer <key>, or (browsers) as the \
-                 WebSocket subprotocol herald.bearer.<key> next to herald.v1",
-            ));
-        };
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let a = parts
+            .extensions
+            .get::<Authenticated>()
+            .ok_or_else(ApiError::undeclared_scope)?;
         Ok(StreamTenant {
-            tenant: tenant_of(&state, key).await?,
-            key: key.to_string(),
-            via_subprotocol,
+            tenant: a.tenant.clone(),
+            key: a.key.clone(),
+            via_subprotocol: a.via_subprotocol,
         })
     }
 }

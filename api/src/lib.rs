@@ -95,7 +95,7 @@ impl AppState {
 /// the document) and the portal's static files.
 pub fn app(state: AppState) -> Router {
     route_table::api_routes()
-        .into_router()
+        .into_router(&state)
         .merge(portal::routes())
         .fallback(|| async { error::ApiError::not_found("route") })
         .method_not_allowed_fallback(|| async { error::ApiError::method_not_allowed() })

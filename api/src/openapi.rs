@@ -21,7 +21,7 @@ use crate::{error::Problem, routes};
 #[openapi(
     info(
         title = "Herald",
-        description = "Webhook and domain-event delivery: emit events, subscribe endpoints, follow every delivery, replay and recover, stream events over WebSocket. Every call but /healthz, /readyz and this document needs `Authorization: Bearer <key>` (a tenant API key, or the admin token for /api/v1/admin). Errors are application/problem+json with a stable `type`.",
+        description = "Webhook and domain-event delivery: emit events, subscribe endpoints, follow every delivery, replay and recover, stream events over WebSocket. Every call but /healthz, /readyz, /metrics and this document needs `Authorization: Bearer <key>` (a tenant API key, or the admin token for /api/v1/admin). Each tenant operation lists the one API-key scope it needs under `security` (`events:write`, `events:read`, `events:replay`, `webhooks:read`, `webhooks:write`, `admin`; `admin` grants every scope); a key without it gets 403 `insufficient-scope`, an expired key 401. Errors are application/problem+json with a stable `type`.",
         license(name = "Apache-2.0")
     ),
     paths(
@@ -102,6 +102,16 @@ fn problem(description: &str) -> RefOr<Response> {
     )
 }
 
+/// Whether the operation takes a tenant API key (and so names its scope).
+fn takes_api_key(op: &Operation) -> bool {
+    serde_json::to_value(&op.security)
+        .ok()
+        .and_then(|v| v.as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .any(|req| req.get("api_key").is_some())
+}
+
 fn add_errors(op: &mut Operation, authenticated: bool, has_body: bool) {
     let mut errors = vec![
         ("400", "Malformed request (bad JSON, bad query string)"),
@@ -118,12 +128,18 @@ fn add_errors(op: &mut Operation, authenticated: bool, has_body: bool) {
         ),
     ];
     if authenticated {
-        errors.push(("401", "Missing, unknown or revoked credentials"));
+        errors.push(("401", "Missing, unknown, revoked or expired credentials"));
         errors.push((
             "429",
             "The tenant's request rate limit is exhausted; retry after `Retry-After`",
         ));
         errors.push(("409", "Conflict with an existing resource"));
+    }
+    if takes_api_key(op) {
+        errors.push((
+            "403",
+            "The API key lacks the scope listed under `security` (`required_scope` names it; `admin` grants every scope)",
+        ));
     }
     if has_body {
         errors.push(("413", "The body is larger than 1 MiB"));

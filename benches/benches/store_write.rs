@@ -29,6 +29,8 @@ fn store_write(c: &mut Criterion) {
             prefix: "hk_bench".into(),
             created_at: time::OffsetDateTime::now_utc(),
             revoked_at: None,
+            scopes: herald_engine::resources::Scope::full(),
+            expires_at: None,
         };
         store.create_tenant("acme", &key, [7; 32]).await.unwrap();
         store.create_subscription(&sub).await.unwrap();

@@ -21,7 +21,7 @@ pub use crate::catalogue::{Catalogue, PreparedSchema};
 pub use backends::{Backends, LogBackend, StoreBackend};
 pub use batch::MAX_BATCH_EVENTS;
 pub use catalogue::EventTypePage;
-pub use manage::{SubscriptionPage, SubscriptionUpdate, API_KEY};
+pub use manage::{NewApiKey, SubscriptionPage, SubscriptionUpdate, API_KEY};
 pub use query::{EventPage, LogPage};
 pub use recovery::RECOVERY;
 pub use replay::ReplayedDelivery;

@@ -39,8 +39,9 @@ pub mod test_hooks;
 pub use config::EngineConfig;
 pub use engine::{
     decode_cursor, encode_cursor, Backends, Catalogue, Engine, EventPage, EventTypePage,
-    LogBackend, LogPage, PreparedSchema, ReplayedDelivery, Rotation, StoreBackend, StreamBatch,
-    StreamFrame, SubscriptionPage, SubscriptionUpdate, API_KEY, MAX_BATCH_EVENTS, RECOVERY,
+    LogBackend, LogPage, NewApiKey, PreparedSchema, ReplayedDelivery, Rotation, StoreBackend,
+    StreamBatch, StreamFrame, SubscriptionPage, SubscriptionUpdate, API_KEY, MAX_BATCH_EVENTS,
+    RECOVERY,
 };
 pub use error::EngineError;
 pub use filters::OPERATIONAL_PREFIX;

@@ -25,6 +25,122 @@ pub struct ApiKey {
     /// When it was revoked; a revoked key no longer authenticates.
     #[serde(with = "time::serde::rfc3339::option")]
     pub revoked_at: Option<OffsetDateTime>,
+    /// What the key may do. A key stored before keys had scopes has
+    /// `["admin"]`: full access, as it had.
+    #[serde(default = "Scope::full")]
+    pub scopes: Vec<Scope>,
+    /// When it stops authenticating (401 from then on); `null`: never.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub expires_at: Option<OffsetDateTime>,
+}
+
+/// What an API key may do. Every tenant route needs one scope; `admin`
+/// grants every scope (it manages keys, so it could mint any of them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub enum Scope {
+    /// Emit events (single and batch); register event-type schemas.
+    #[serde(rename = "events:write")]
+    EventsWrite,
+    /// Read events, event types, recovery jobs; follow the event stream.
+    #[serde(rename = "events:read")]
+    EventsRead,
+    /// Re-deliver: replay an event, recover a time range.
+    #[serde(rename = "events:replay")]
+    EventsReplay,
+    /// Read subscriptions and the delivery log.
+    #[serde(rename = "webhooks:read")]
+    WebhooksRead,
+    /// Create, change, pause, resume, delete subscriptions; rotate secrets.
+    #[serde(rename = "webhooks:write")]
+    WebhooksWrite,
+    /// Everything, including the tenant's API keys.
+    #[serde(rename = "admin")]
+    Admin,
+}
+
+impl Scope {
+    /// Every scope, in a stable order.
+    pub const ALL: [Scope; 6] = [
+        Scope::EventsWrite,
+        Scope::EventsRead,
+        Scope::EventsReplay,
+        Scope::WebhooksRead,
+        Scope::WebhooksWrite,
+        Scope::Admin,
+    ];
+
+    /// The wire name (`events:write`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::EventsWrite => "events:write",
+            Scope::EventsRead => "events:read",
+            Scope::EventsReplay => "events:replay",
+            Scope::WebhooksRead => "webhooks:read",
+            Scope::WebhooksWrite => "webhooks:write",
+            Scope::Admin => "admin",
+        }
+    }
+
+    /// The scope of a wire name.
+    pub fn parse(name: &str) -> Option<Scope> {
+        Scope::ALL.into_iter().find(|s| s.as_str() == name)
+    }
+
+    /// The scopes of a key with full access: `["admin"]`.
+    pub fn full() -> Vec<Scope> {
+        vec![Scope::Admin]
+    }
+
+    /// Whether `granted` allows what `self` guards.
+    pub fn granted_by(self, granted: &[Scope]) -> bool {
+        granted.iter().any(|g| *g == self || *g == Scope::Admin)
+    }
+
+    /// The stored form: wire names separated by spaces.
+    pub fn join(scopes: &[Scope]) -> String {
+        scopes
+            .iter()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    /// Reads the stored form; `None` (a key stored before scopes existed)
+    /// is full access. Names this version does not know are dropped (they
+    /// grant nothing here).
+    pub fn split(stored: Option<&str>) -> Vec<Scope> {
+        match stored {
+            None => Scope::full(),
+            Some(s) => s.split_whitespace().filter_map(Scope::parse).collect(),
+        }
+    }
+}
+
+impl std::fmt::Display for Scope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What authenticating a live (not revoked) key yields.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeyGrant {
+    /// The key's tenant.
+    pub tenant_id: String,
+    /// The key's id.
+    pub key_id: String,
+    /// Its scopes.
+    pub scopes: Vec<Scope>,
+    /// When it expires (unix ms), if ever.
+    pub expires_at_ms: Option<i64>,
+}
+
+impl KeyGrant {
+    /// Whether the key has expired at `now_ms`.
+    pub fn expired_at(&self, now_ms: i64) -> bool {
+        self.expires_at_ms.is_some_and(|e| e <= now_ms)
+    }
 }
 
 /// One registered version of an event type: the JSON Schema its payloads

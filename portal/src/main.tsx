@@ -23,7 +23,13 @@ function SignIn({ onSignedIn }: { onSignedIn: () => void }) {
     setError(null);
     try {
       // Any tenant call proves the key; nothing is stored until it works.
-      await api('GET', '/portal/webhooks?limit=1', undefined, key.trim());
+      // A 403 proves it too: the key is valid but lacks webhooks:read (a
+      // scoped key); the pages it cannot read say which scope they need.
+      try {
+        await api('GET', '/portal/webhooks?limit=1', undefined, key.trim());
+      } catch (err) {
+        if (!(err instanceof ApiError && err.status === 403)) throw err;
+      }
       storeKey(key.trim());
       setKey('');
       onSignedIn();

@@ -9,8 +9,12 @@ use axum::{
     http::StatusCode,
     Json,
 };
-use herald_engine::resources::ApiKey;
+use herald_engine::{
+    resources::{ApiKey, Scope},
+    NewApiKey,
+};
 use serde::{Deserialize, Serialize};
+use time::{format_description::well_known::Rfc3339, OffsetDateTime};
 
 use super::{events::List, non_empty, Page, PageQuery};
 use crate::{
@@ -35,12 +39,23 @@ async fn list_for(
     Ok(Json(List { data, next_cursor }))
 }
 
-/// `POST …/api-keys` body (optional).
+/// `POST …/api-keys` body (optional: no body makes an unnamed key with
+/// full access that never expires).
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateKey {
     /// A name for humans (1 to 200 printable characters).
     pub name: Option<String>,
+    /// What the key may do: one or more of `events:write`, `events:read`,
+    /// `events:replay`, `webhooks:read`, `webhooks:write`, `admin` (which
+    /// grants all). Omitted: `["admin"]`, full access. An unknown scope or
+    /// an empty list is 422 and creates nothing.
+    #[schema(value_type = Option<Vec<Scope>>)]
+    pub scopes: Option<Vec<String>>,
+    /// When the key stops authenticating (RFC 3339; 401 from then on).
+    /// Omitted: never. A time not in the future is 422 and creates nothing.
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub expires_at: Option<String>,
 }
 
 /// A new key: its listing record plus the key itself (shown only here).
@@ -67,7 +82,23 @@ async fn create_for(
     body: &[u8],
 ) -> Result<(StatusCode, Json<KeyCreated>), ApiError> {
     let body = optional_body(body)?;
-    let (key, api_key) = state.engine.create_api_key(tenant, body.name).await?;
+    let expires_at = body
+        .expires_at
+        .map(|t| {
+            OffsetDateTime::parse(&t, &Rfc3339).map_err(|_| {
+                ApiError::invalid(
+                    "expires_at",
+                    format!("expires_at: {t:?} is not an RFC 3339 time"),
+                )
+            })
+        })
+        .transpose()?;
+    let request = NewApiKey {
+        name: body.name,
+        scopes: body.scopes,
+        expires_at,
+    };
+    let (key, api_key) = state.engine.create_api_key(tenant, request).await?;
     Ok((StatusCode::CREATED, Json(KeyCreated { key, api_key })))
 }
 
@@ -113,7 +144,7 @@ pub async fn admin_revoke(
 
 /// Creates another API key for the caller's tenant.
 #[utoipa::path(post, path = "/api/v1/portal/api-keys", tag = "api-keys",
-    security(("api_key" = [])),
+    security(("api_key" = ["admin"])),
     request_body(content = Option<CreateKey>, description = "Optional"),
     responses((status = 201, description = "Created; `api_key` is shown only here", body = KeyCreated)))]
 pub async fn create(
@@ -126,7 +157,7 @@ pub async fn create(
 
 /// Lists the caller's tenant's API keys, oldest first.
 #[utoipa::path(get, path = "/api/v1/portal/api-keys", tag = "api-keys",
-    params(PageQuery), security(("api_key" = [])),
+    params(PageQuery), security(("api_key" = ["admin"])),
     responses((status = 200, description = "The keys, without the keys themselves", body = List<ApiKey>)))]
 pub async fn list(
     State(state): State<AppState>,
@@ -138,7 +169,7 @@ pub async fn list(
 
 /// Revokes one of the caller's tenant's API keys (possibly the one in use).
 #[utoipa::path(delete, path = "/api/v1/portal/api-keys/{key_id}", tag = "api-keys",
-    params(("key_id" = String, Path, description = "Key id")), security(("api_key" = [])),
+    params(("key_id" = String, Path, description = "Key id")), security(("api_key" = ["admin"])),
     responses((status = 200, description = "Revoked", body = ApiKey)))]
 pub async fn revoke(
     State(state): State<AppState>,

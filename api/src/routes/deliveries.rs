@@ -31,7 +31,7 @@ pub struct ListLogs {
 
 /// Lists delivery attempts, newest first.
 #[utoipa::path(get, path = "/api/v1/integrations/webhooks", tag = "deliveries",
-    params(ListLogs), security(("api_key" = [])),
+    params(ListLogs), security(("api_key" = ["webhooks:read"])),
     responses((status = 200, description = "A page of delivery attempts", body = List<WebhookDeliveryLog>)))]
 pub async fn list(
     State(state): State<AppState>,

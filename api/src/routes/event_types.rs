@@ -70,7 +70,7 @@ fn view(event_type: String, versions: Vec<EventTypeSchema>) -> EventTypeView {
 /// Registers the schema of one version of an event type. Registered
 /// versions are immutable: the same schema again answers 200, another 409.
 #[utoipa::path(put, path = "/api/v1/integrations/event-types/{event_type}", tag = "event-types",
-    params(("event_type" = String, Path, description = "Dotted event type")), security(("api_key" = [])),
+    params(("event_type" = String, Path, description = "Dotted event type")), security(("api_key" = ["events:write"])),
     request_body = RegisterEventType,
     responses(
         (status = 201, description = "Registered", body = EventTypeView),
@@ -97,7 +97,7 @@ pub async fn register(
 
 /// Reads an event type with all its versions.
 #[utoipa::path(get, path = "/api/v1/integrations/event-types/{event_type}", tag = "event-types",
-    params(("event_type" = String, Path, description = "Dotted event type")), security(("api_key" = [])),
+    params(("event_type" = String, Path, description = "Dotted event type")), security(("api_key" = ["events:read"])),
     responses((status = 200, description = "The event type", body = EventTypeView)))]
 pub async fn get(
     State(state): State<AppState>,
@@ -110,7 +110,7 @@ pub async fn get(
 
 /// Lists the registered event types by name.
 #[utoipa::path(get, path = "/api/v1/integrations/event-types", tag = "event-types",
-    params(PageQuery), security(("api_key" = [])),
+    params(PageQuery), security(("api_key" = ["events:read"])),
     responses((status = 200, description = "A page of event types", body = List<EventTypeView>)))]
 pub async fn list(
     State(state): State<AppState>,

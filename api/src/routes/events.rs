@@ -54,7 +54,7 @@ impl From<Emit> for NewEvent {
 /// Emits an event: 202 once it is durable. A repeated `dedupe_key` answers
 /// the original event, with `herald-deduplicated: true`.
 #[utoipa::path(post, path = "/api/v1/integrations/events", tag = "events",
-    request_body = Emit, security(("api_key" = [])),
+    request_body = Emit, security(("api_key" = ["events:write"])),
     responses((status = 202, description = "Durable in the event log (or the original event of this dedupe_key)", body = DomainEvent,
         headers(("herald-deduplicated" = String, description = "`true` when the dedupe_key was seen before")))))]
 pub async fn emit(
@@ -97,7 +97,7 @@ pub struct List<T> {
 
 /// Lists the tenant's events, newest first.
 #[utoipa::path(get, path = "/api/v1/integrations/events", tag = "events",
-    params(ListEvents), security(("api_key" = [])),
+    params(ListEvents), security(("api_key" = ["events:read"])),
     responses((status = 200, description = "A page of events", body = List<DomainEvent>)))]
 pub async fn list(
     State(state): State<AppState>,
@@ -135,7 +135,7 @@ pub struct EventWithDeliveries {
 
 /// Reads one event with its deliveries.
 #[utoipa::path(get, path = "/api/v1/integrations/events/{id}", tag = "events",
-    params(("id" = String, Path, description = "Event id")), security(("api_key" = [])),
+    params(("id" = String, Path, description = "Event id")), security(("api_key" = ["events:read"])),
     responses((status = 200, description = "The event and its delivery attempts", body = EventWithDeliveries)))]
 pub async fn get(
     State(state): State<AppState>,
@@ -167,7 +167,7 @@ pub struct Replayed {
 
 /// Replays one event; 202 with the new deliveries.
 #[utoipa::path(post, path = "/api/v1/integrations/events/{id}/replay", tag = "events",
-    params(("id" = String, Path, description = "Event id")), security(("api_key" = [])),
+    params(("id" = String, Path, description = "Event id")), security(("api_key" = ["events:replay"])),
     request_body(content = Option<Replay>, description = "Optional; empty replays to every matching subscription"),
     responses((status = 202, description = "The new deliveries", body = List<Replayed>)))]
 pub async fn replay(
@@ -228,7 +228,7 @@ pub struct BatchItem {
 /// Emits a batch atomically: 202 with one item per event, in order, once
 /// all are durable; any invalid item → 422 naming its index, nothing stored.
 #[utoipa::path(post, path = "/api/v1/integrations/events/batch", tag = "events",
-    request_body = EmitBatch, security(("api_key" = [])),
+    request_body = EmitBatch, security(("api_key" = ["events:write"])),
     responses((status = 202, description = "Every event durable, one item per event in the order given", body = List<BatchItem>)))]
 pub async fn emit_batch(
     State(state): State<AppState>,

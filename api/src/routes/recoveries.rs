@@ -43,7 +43,7 @@ pub struct Recover {
 
 /// Starts re-delivering (as replays) what the subscription had in the range.
 #[utoipa::path(post, path = "/api/v1/portal/webhooks/{id}/recover", tag = "subscriptions",
-    params(("id" = String, Path, description = "Subscription id")), security(("api_key" = [])),
+    params(("id" = String, Path, description = "Subscription id")), security(("api_key" = ["events:replay"])),
     request_body = Recover,
     responses((status = 202, description = "The recovery job; follow it at `Location`", body = RecoveryJob,
         headers(("location" = String, description = "The job's URL")))))]
@@ -74,7 +74,7 @@ pub async fn recover(
 
 /// Reads a recovery job and its progress.
 #[utoipa::path(get, path = "/api/v1/portal/recoveries/{job_id}", tag = "subscriptions",
-    params(("job_id" = String, Path, description = "Recovery job id")), security(("api_key" = [])),
+    params(("job_id" = String, Path, description = "Recovery job id")), security(("api_key" = ["events:read"])),
     responses((status = 200, description = "The job", body = RecoveryJob)))]
 pub async fn get(
     State(state): State<AppState>,

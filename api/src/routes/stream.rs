@@ -74,9 +74,9 @@ pub struct StreamQuery {
 /// the subprotocols `herald.v1` and `herald.bearer.<key>`; the server then
 /// selects `herald.v1`. Keys in the query string are never accepted.
 #[utoipa::path(get, path = "/api/v1/webhooks/stream", tag = "stream",
-    params(StreamQuery), security(("api_key" = [])),
+    params(StreamQuery), security(("api_key" = ["events:read"])),
     responses(
-        (status = 101, description = "Switching to WebSocket: one text frame per event, the envelope plus `cursor`. Close codes: 4008 slow consumer (the reason names the cursor to resume from), 4009 no pong, 4001 API key revoked, 1011 log unavailable."),
+        (status = 101, description = "Switching to WebSocket: one text frame per event, the envelope plus `cursor`. Close codes: 4008 slow consumer (the reason names the cursor to resume from), 4009 no pong, 4001 API key revoked or expired, 1011 log unavailable."),
         (status = 426, description = "Not a WebSocket upgrade request", body = crate::error::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn stream(
@@ -259,7 +259,10 @@ async fn run(
             _ = ping.tick() => {
                 // A key revoked while the stream is open ends it.
                 match engine.authenticate(&auth.key).await {
-                    Ok(Some(t)) if t == auth.tenant => {}
+                    Ok(Some(g)) if g.expired_at(herald_engine::clock::now_ms()) => {
+                        break Some((CLOSE_REVOKED, "API key expired".to_string()))
+                    }
+                    Ok(Some(g)) if g.tenant_id == auth.tenant => {}
                     Ok(_) => break Some((CLOSE_REVOKED, "API key revoked".to_string())),
                     Err(_) => {}
                 }

@@ -189,7 +189,7 @@ impl SubscriptionView {
 
 /// Creates a subscription; the answer carries its secret.
 #[utoipa::path(post, path = "/api/v1/portal/webhooks/subscribe", tag = "subscriptions",
-    request_body = Subscribe, security(("api_key" = [])),
+    request_body = Subscribe, security(("api_key" = ["webhooks:write"])),
     responses((status = 201, description = "Created; `secret` is shown here and on rotation only", body = SubscriptionView)))]
 pub async fn subscribe(
     State(state): State<AppState>,
@@ -218,7 +218,7 @@ pub async fn subscribe(
 
 /// Reads a subscription (without its secret).
 #[utoipa::path(get, path = "/api/v1/portal/webhooks/{id}", tag = "subscriptions",
-    params(("id" = String, Path, description = "Subscription id")), security(("api_key" = [])),
+    params(("id" = String, Path, description = "Subscription id")), security(("api_key" = ["webhooks:read"])),
     responses((status = 200, description = "The subscription", body = SubscriptionView)))]
 pub async fn get(
     State(state): State<AppState>,
@@ -252,7 +252,7 @@ pub struct Rotated {
 
 /// Rotates the signing secret with a grace window (dual signing).
 #[utoipa::path(post, path = "/api/v1/portal/webhooks/{id}/rotate-secret", tag = "subscriptions",
-    params(("id" = String, Path, description = "Subscription id")), security(("api_key" = [])),
+    params(("id" = String, Path, description = "Subscription id")), security(("api_key" = ["webhooks:write"])),
     request_body(content = Option<Rotate>, description = "Optional; empty means defaults"),
     responses((status = 200, description = "Rotated", body = Rotated)))]
 pub async fn rotate_secret(
@@ -285,7 +285,7 @@ pub async fn rotate_secret(
 
 /// Lists the tenant's subscriptions, newest first.
 #[utoipa::path(get, path = "/api/v1/portal/webhooks", tag = "subscriptions",
-    params(PageQuery), security(("api_key" = [])),
+    params(PageQuery), security(("api_key" = ["webhooks:read"])),
     responses((status = 200, description = "A page of subscriptions", body = List<SubscriptionView>)))]
 pub async fn list(
     State(state): State<AppState>,
@@ -351,7 +351,7 @@ where
 
 /// Changes a subscription.
 #[utoipa::path(patch, path = "/api/v1/portal/webhooks/{id}", tag = "subscriptions",
-    params(("id" = String, Path, description = "Subscription id")), security(("api_key" = [])),
+    params(("id" = String, Path, description = "Subscription id")), security(("api_key" = ["webhooks:write"])),
     request_body = UpdateSubscription,
     responses((status = 200, description = "The updated subscription", body = SubscriptionView)))]
 pub async fn update(
@@ -382,7 +382,7 @@ pub async fn update(
 
 /// Pauses deliveries; they wait in the schedule until resumed.
 #[utoipa::path(post, path = "/api/v1/portal/webhooks/{id}/pause", tag = "subscriptions",
-    params(("id" = String, Path, description = "Subscription id")), security(("api_key" = [])),
+    params(("id" = String, Path, description = "Subscription id")), security(("api_key" = ["webhooks:write"])),
     responses((status = 200, description = "Paused", body = SubscriptionView)))]
 pub async fn pause(
     State(state): State<AppState>,
@@ -417,7 +417,7 @@ pub struct RecoverOffer {
 /// Resumes a paused or disabled subscription; a disabled one is offered the
 /// recovery of what it missed.
 #[utoipa::path(post, path = "/api/v1/portal/webhooks/{id}/resume", tag = "subscriptions",
-    params(("id" = String, Path, description = "Subscription id")), security(("api_key" = [])),
+    params(("id" = String, Path, description = "Subscription id")), security(("api_key" = ["webhooks:write"])),
     responses((status = 200, description = "Active again", body = Resumed)))]
 pub async fn resume(
     State(state): State<AppState>,
@@ -442,7 +442,7 @@ pub async fn resume(
 
 /// Deletes a subscription; its pending deliveries are dropped.
 #[utoipa::path(delete, path = "/api/v1/portal/webhooks/{id}", tag = "subscriptions",
-    params(("id" = String, Path, description = "Subscription id")), security(("api_key" = [])),
+    params(("id" = String, Path, description = "Subscription id")), security(("api_key" = ["webhooks:write"])),
     responses((status = 204, description = "Deleted")))]
 pub async fn remove(
     State(state): State<AppState>,

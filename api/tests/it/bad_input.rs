@@ -306,7 +306,12 @@ async fn delivery_time_guard_blocks_targets_no_longer_allowed() {
     config.allow_targets.clear();
     let engine = herald_engine::Engine::start(config).await.unwrap();
     assert_eq!(
-        engine.authenticate(&key).await.unwrap().as_deref(),
+        engine
+            .authenticate(&key)
+            .await
+            .unwrap()
+            .map(|g| g.tenant_id)
+            .as_deref(),
         Some("acme")
     );
     engine

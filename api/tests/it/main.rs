@@ -31,6 +31,7 @@ mod relay_scale;
 mod replicas;
 mod role_metrics;
 mod schemathesis;
+mod scopes;
 mod secrets;
 mod stream;
 mod support;

@@ -22,11 +22,78 @@ use crate::{
     error::EngineError,
     ids,
     model::{SubscriptionStatus, WebhookSubscription},
-    resources::ApiKey,
+    resources::{ApiKey, Scope},
 };
 
 /// Prefix of API key ids.
 pub const API_KEY: &str = "key";
+
+/// What a new API key is to be: every field optional.
+#[derive(Debug, Clone, Default)]
+pub struct NewApiKey {
+    /// A name for humans (1 to 200 printable characters).
+    pub name: Option<String>,
+    /// Scope names (`events:write`, …; see [`Scope`]); `None`: full access
+    /// (`["admin"]`). Given, it must list at least one known scope.
+    pub scopes: Option<Vec<String>>,
+    /// When the key stops authenticating; must be in the future.
+    pub expires_at: Option<OffsetDateTime>,
+}
+
+impl NewApiKey {
+    /// The validated scopes (sorted, without repeats) and expiry.
+    fn validate(&self) -> Result<Vec<Scope>, EngineError> {
+        if self
+            .name
+            .as_ref()
+            .is_some_and(|n| n.is_empty() || n.len() > 200 || n.chars().any(char::is_control))
+        {
+            return Err(EngineError::invalid(
+                "name",
+                "1 to 200 printable characters",
+            ));
+        }
+        let scopes = match &self.scopes {
+            None => Scope::full(),
+            Some(names) => {
+                let known = || Scope::join(&Scope::ALL).replace(' ', ", ");
+                if names.is_empty() {
+                    return Err(EngineError::invalid(
+                        "scopes",
+                        format!(
+                            "list at least one scope ({}), or omit it for full access",
+                            known()
+                        ),
+                    ));
+                }
+                let mut scopes = names
+                    .iter()
+                    .map(|n| {
+                        Scope::parse(n).ok_or_else(|| {
+                            EngineError::invalid(
+                                "scopes",
+                                format!("unknown scope {n:?}; known scopes: {}", known()),
+                            )
+                        })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                scopes.sort();
+                scopes.dedup();
+                scopes
+            }
+        };
+        if self
+            .expires_at
+            .is_some_and(|t| t <= OffsetDateTime::now_utc())
+        {
+            return Err(EngineError::invalid(
+                "expires_at",
+                "must be in the future (RFC 3339), or omitted for a key that does not expire",
+            ));
+        }
+        Ok(scopes)
+    }
+}
 
 /// A change to a subscription; `None` leaves a field as it is.
 #[derive(Debug, Clone, Default)]
@@ -214,21 +281,17 @@ impl Engine {
 
     /// Adds an API key to a tenant; returns it with the key itself, which is
     /// shown only here (Herald keeps its SHA-256 hash).
+    /// Bad input (a bad name, an unknown scope, an expiry not in the
+    /// future) is `Invalid` and creates nothing.
     pub async fn create_api_key(
         &self,
         tenant_id: &str,
-        name: Option<String>,
+        request: NewApiKey,
     ) -> Result<(ApiKey, String), EngineError> {
-        if name
-            .as_ref()
-            .is_some_and(|n| n.is_empty() || n.len() > 200 || n.chars().any(char::is_control))
-        {
-            return Err(EngineError::invalid(
-                "name",
-                "1 to 200 printable characters",
-            ));
-        }
-        let (record, key) = new_key(tenant_id, name);
+        let scopes = request.validate()?;
+        let (mut record, key) = new_key(tenant_id, request.name);
+        record.scopes = scopes;
+        record.expires_at = request.expires_at;
         self.store.create_api_key(&record, hash_key(&key)).await?;
         tracing::info!(tenant_id, key_id = %record.id, "API key created");
         Ok((record, key))
@@ -289,6 +352,8 @@ pub(super) fn new_key(tenant_id: &str, name: Option<String>) -> (ApiKey, String)
         prefix: key[..10].to_string(),
         created_at: OffsetDateTime::now_utc(),
         revoked_at: None,
+        scopes: Scope::full(),
+        expires_at: None,
     };
     (record, key)
 }

@@ -3,6 +3,7 @@
 use crate::{
     error::EngineError,
     input::{hash_key, validate_tenant_id},
+    resources::KeyGrant,
 };
 
 use super::{manage, Engine};
@@ -19,11 +20,13 @@ impl Engine {
         Ok(key)
     }
 
-    /// The tenant an API key belongs to.
-    pub async fn authenticate(&self, api_key: &str) -> Result<Option<String>, EngineError> {
+    /// The tenant, scopes and expiry of an API key; `None` for an unknown
+    /// or revoked key. An expired key is returned (see
+    /// [`KeyGrant::expired_at`]): the caller tells it apart.
+    pub async fn authenticate(&self, api_key: &str) -> Result<Option<KeyGrant>, EngineError> {
         if api_key.is_empty() || api_key.len() > 256 {
             return Ok(None);
         }
-        Ok(self.store.tenant_for_key(hash_key(api_key)).await?)
+        Ok(self.store.grant_for_key(hash_key(api_key)).await?)
     }
 }

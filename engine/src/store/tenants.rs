@@ -3,7 +3,7 @@
 use async_trait::async_trait;
 
 use super::StoreError;
-use crate::resources::ApiKey;
+use crate::resources::{ApiKey, KeyGrant};
 
 /// Tenants and API keys.
 #[async_trait]
@@ -20,8 +20,10 @@ pub trait TenantStore: Send + Sync + 'static {
     /// Whether the tenant exists.
     async fn tenant_exists(&self, tenant_id: &str) -> Result<bool, StoreError>;
 
-    /// The tenant an API key hash belongs to, unless the key is revoked.
-    async fn tenant_for_key(&self, key_hash: [u8; 32]) -> Result<Option<String>, StoreError>;
+    /// The tenant, id, scopes and expiry of the key with this hash, unless
+    /// it is revoked (an expired key is returned: the caller answers it
+    /// apart). A key stored before keys had scopes has full access.
+    async fn grant_for_key(&self, key_hash: [u8; 32]) -> Result<Option<KeyGrant>, StoreError>;
 
     /// Adds an API key (stored as its SHA-256 hash) to an existing tenant;
     /// `NotFound` if there is no such tenant.

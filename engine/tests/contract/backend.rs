@@ -12,12 +12,12 @@ use herald_engine::{
 };
 
 /// Prefix of this suite's keyspaces (the API tests use `herald_t_`).
-const KEYSPACE_PREFIX: &str = "herald_c_";
+pub const KEYSPACE_PREFIX: &str = "herald_c_";
 
 /// The secret-encryption key of every store the suite opens.
 const TEST_KEY: &str = "aGVyYWxkLWNxbC10ZXN0cy1lbmNyeXB0aW9uLWtleSE=";
 
-fn cipher() -> SecretCipher {
+pub fn cipher() -> SecretCipher {
     SecretCipher::new(KeyRing::parse(TEST_KEY).unwrap(), "TEST_KEY")
 }
 
@@ -70,6 +70,48 @@ impl Harness {
         }
     }
 
+    /// Writes an API key the way Herald did before keys had scopes and an
+    /// expiry (no `scopes`, no `expires_at`): the row an upgraded store
+    /// finds.
+    pub async fn write_key_from_before_scopes(&self, tenant: &str, key_id: &str, hash: [u8; 32]) {
+        match &self.backing {
+            Backing::Embedded(dir) => {
+                let conn = rusqlite::Connection::open(dir.path().join("herald.db")).unwrap();
+                conn.busy_timeout(Duration::from_secs(5)).unwrap();
+                conn.execute(
+                    "INSERT INTO api_keys (hash, tenant_id, created_at, id, name, prefix) \
+                     VALUES (?1, ?2, ?3, ?4, 'old', 'hk_old')",
+                    rusqlite::params![hash.as_slice(), tenant, crate::fixtures::now(), key_id],
+                )
+                .unwrap();
+            }
+            Backing::Cql(config) => {
+                let session = session().await;
+                let ks = &config.keyspace;
+                // The listing body as the old `ApiKey` serialised it.
+                let body = serde_json::json!({
+                    "id": key_id, "tenant_id": tenant, "name": "old", "prefix": "hk_old",
+                    "created_at": "2026-01-02T03:04:05Z", "revoked_at": null,
+                })
+                .to_string();
+                session
+                    .query_unpaged(
+                        format!("INSERT INTO {ks}.api_keys_by_tenant (tenant_id, key_id, key_hash, body) VALUES (?, ?, ?, ?)"),
+                        (tenant, key_id, hash.to_vec(), body),
+                    )
+                    .await
+                    .unwrap();
+                session
+                    .query_unpaged(
+                        format!("INSERT INTO {ks}.api_keys (key_hash, tenant_id, key_id) VALUES (?, ?, ?)"),
+                        (hash.to_vec(), tenant, key_id),
+                    )
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+
     /// Ends the test: drops the keyspace (the directory goes with `self`).
     pub async fn finish(self) {
         if let Backing::Cql(config) = &self.backing {
@@ -81,7 +123,7 @@ impl Harness {
     }
 }
 
-fn nodes() -> Vec<String> {
+pub fn nodes() -> Vec<String> {
     let raw = std::env::var("HERALD_TEST_SCYLLA_NODES").unwrap_or_else(|_| "127.0.0.1:9042".into());
     let nodes: Vec<String> = raw.split(',').map(|s| s.trim().to_string()).collect();
     let first = nodes[0]
@@ -96,7 +138,7 @@ fn nodes() -> Vec<String> {
     nodes
 }
 
-async fn session() -> scylla::client::session::Session {
+pub async fn session() -> scylla::client::session::Session {
     scylla::client::session_builder::SessionBuilder::new()
         .known_nodes(nodes())
         .build()
@@ -105,7 +147,7 @@ async fn session() -> scylla::client::session::Session {
 }
 
 /// This test run's mark in its keyspace names.
-fn run_id() -> &'static str {
+pub fn run_id() -> &'static str {
     static RUN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     RUN.get_or_init(|| uuid::Uuid::new_v4().simple().to_string()[..6].to_string())
 }

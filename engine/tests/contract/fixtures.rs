@@ -114,6 +114,8 @@ pub fn key(id: &str, tenant: &str) -> ApiKey {
         prefix: "hk_abcd".into(),
         created_at: OffsetDateTime::now_utc(),
         revoked_at: None,
+        scopes: herald_engine::resources::Scope::full(),
+        expires_at: None,
     }
 }
 

@@ -46,3 +46,4 @@ mod recovery;
 mod schedule;
 mod subscriptions;
 mod tenants;
+mod upgrade;

@@ -207,8 +207,11 @@ impl TenantStore for FaultyStore {
     async fn tenant_exists(&self, tenant_id: &str) -> Result<bool, StoreError> {
         self.inner.tenant_exists(tenant_id).await
     }
-    async fn tenant_for_key(&self, key_hash: [u8; 32]) -> Result<Option<String>, StoreError> {
-        self.inner.tenant_for_key(key_hash).await
+    async fn grant_for_key(
+        &self,
+        key_hash: [u8; 32],
+    ) -> Result<Option<herald_engine::resources::KeyGrant>, StoreError> {
+        self.inner.grant_for_key(key_hash).await
     }
     async fn create_api_key(&self, key: &ApiKey, key_hash: [u8; 32]) -> Result<(), StoreError> {
         self.inner.create_api_key(key, key_hash).await

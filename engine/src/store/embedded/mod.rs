@@ -188,6 +188,7 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
         (2, include_str!("schema_v2.sql")),
         (3, include_str!("schema_v3.sql")),
         (4, include_str!("schema_v4.sql")),
+        (5, include_str!("schema_v5.sql")),
     ] {
         if version < step {
             conn.execute_batch(&format!("BEGIN IMMEDIATE; {sql} COMMIT;"))

@@ -6,7 +6,7 @@ use time::OffsetDateTime;
 
 use super::{db_err, EmbeddedStore};
 use crate::{
-    resources::ApiKey,
+    resources::{ApiKey, KeyGrant, Scope},
     store::{StoreError, TenantStore},
 };
 
@@ -27,21 +27,26 @@ fn key_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ApiKey> {
         prefix: r.get::<_, Option<String>>(3)?.unwrap_or_default(),
         created_at: ms_to_time(r.get(4)?),
         revoked_at: r.get::<_, Option<i64>>(5)?.map(ms_to_time),
+        scopes: Scope::split(r.get::<_, Option<String>>(6)?.as_deref()),
+        expires_at: r.get::<_, Option<i64>>(7)?.map(ms_to_time),
     })
 }
 
-const KEY_COLUMNS: &str = "id, tenant_id, name, prefix, created_at, revoked_at";
+const KEY_COLUMNS: &str = "id, tenant_id, name, prefix, created_at, revoked_at, scopes, expires_at";
 
 fn insert_key(conn: &Connection, key: &ApiKey, hash: [u8; 32]) -> Result<(), StoreError> {
     conn.execute(
-        "INSERT INTO api_keys (hash, tenant_id, created_at, id, name, prefix) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        "INSERT INTO api_keys (hash, tenant_id, created_at, id, name, prefix, scopes, expires_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         params![
             hash.as_slice(),
             key.tenant_id,
             time_to_ms(key.created_at),
             key.id,
             key.name,
-            key.prefix
+            key.prefix,
+            Scope::join(&key.scopes),
+            key.expires_at.map(time_to_ms),
         ],
     )
     .map_err(db_err)?;
@@ -75,12 +80,23 @@ impl TenantStore for EmbeddedStore {
         .await
     }
 
-    async fn tenant_for_key(&self, key_hash: [u8; 32]) -> Result<Option<String>, StoreError> {
+    async fn grant_for_key(&self, key_hash: [u8; 32]) -> Result<Option<KeyGrant>, StoreError> {
         self.read(move |conn| {
             conn.prepare_cached(
-                "SELECT tenant_id FROM api_keys WHERE hash = ?1 AND revoked_at IS NULL",
+                "SELECT tenant_id, id, scopes, expires_at FROM api_keys \
+                 WHERE hash = ?1 AND revoked_at IS NULL",
             )
-            .and_then(|mut st| st.query_row([key_hash.as_slice()], |r| r.get(0)).optional())
+            .and_then(|mut st| {
+                st.query_row([key_hash.as_slice()], |r| {
+                    Ok(KeyGrant {
+                        tenant_id: r.get(0)?,
+                        key_id: r.get(1)?,
+                        scopes: Scope::split(r.get::<_, Option<String>>(2)?.as_deref()),
+                        expires_at_ms: r.get(3)?,
+                    })
+                })
+                .optional()
+            })
             .map_err(db_err)
         })
         .await

@@ -347,7 +347,11 @@ impl ScyllaStore {
 
 /// Columns `schema.cql` has that tables created by an older version lack:
 /// `(table, column, type)`.
-const ADDED_COLUMNS: [(&str, &str, &str); 1] = [("subscriptions", "revision", "bigint")];
+const ADDED_COLUMNS: [(&str, &str, &str); 3] = [
+    ("subscriptions", "revision", "bigint"),
+    ("api_keys", "scopes", "text"),
+    ("api_keys", "expires_at", "bigint"),
+];
 
 /// Tables whose rows expire after the retention.
 const HISTORY_TABLES: [&str; 6] = [

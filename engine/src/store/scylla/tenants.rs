@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use super::{decode, encode, ScyllaStore};
 use crate::{
     clock::now_ms,
-    resources::ApiKey,
+    resources::{ApiKey, KeyGrant, Scope},
     store::{StoreError, TenantStore},
 };
 
@@ -21,9 +21,18 @@ impl ScyllaStore {
             (&key.tenant_id, &key.id, key_hash.to_vec(), encode(key)?),
         )
         .await?;
+        let expires_at_ms = key
+            .expires_at
+            .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64);
         self.exec(
-            "INSERT INTO api_keys (key_hash, tenant_id, key_id) VALUES (?, ?, ?)",
-            (key_hash.to_vec(), &key.tenant_id, &key.id),
+            "INSERT INTO api_keys (key_hash, tenant_id, key_id, scopes, expires_at) VALUES (?, ?, ?, ?, ?)",
+            (
+                key_hash.to_vec(),
+                &key.tenant_id,
+                &key.id,
+                Scope::join(&key.scopes),
+                expires_at_ms,
+            ),
         )
         .await
     }
@@ -61,15 +70,28 @@ impl TenantStore for ScyllaStore {
         Ok(row.is_some())
     }
 
-    async fn tenant_for_key(&self, key_hash: [u8; 32]) -> Result<Option<String>, StoreError> {
-        let row: Option<(Option<String>, Option<i64>)> = self
+    async fn grant_for_key(&self, key_hash: [u8; 32]) -> Result<Option<KeyGrant>, StoreError> {
+        type Row = (
+            Option<String>,
+            Option<String>,
+            Option<i64>,
+            Option<String>,
+            Option<i64>,
+        );
+        let row: Option<Row> = self
             .row(
-                "SELECT tenant_id, revoked_at FROM api_keys WHERE key_hash = ?",
+                "SELECT tenant_id, key_id, revoked_at, scopes, expires_at FROM api_keys WHERE key_hash = ?",
                 (key_hash.to_vec(),),
             )
             .await?;
         Ok(match row {
-            Some((Some(tenant), None)) => Some(tenant),
+            Some((Some(tenant_id), key_id, None, scopes, expires_at_ms)) => Some(KeyGrant {
+                tenant_id,
+                key_id: key_id.unwrap_or_default(),
+                // Null: a key written before keys had scopes (full access).
+                scopes: Scope::split(scopes.as_deref()),
+                expires_at_ms,
+            }),
             _ => None,
         })
     }

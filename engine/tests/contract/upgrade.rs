@@ -1,0 +1,122 @@
+//! Stores written by the Herald before keys had scopes open and keep their
+//! keys working with full access: a SQLite database at schema v4 migrates
+//! to v5, and a CQL keyspace whose `api_keys` table lacks `scopes` and
+//! `expires_at` gets them by `ALTER TABLE`.
+
+use herald_engine::{
+    config::ScyllaConfig,
+    resources::Scope,
+    store::{embedded::EmbeddedStore, scylla::ScyllaStore, Store, TenantStore},
+};
+
+use crate::backend::{cipher, nodes, run_id, session, KEYSPACE_PREFIX};
+
+async fn old_key_has_full_access(store: &dyn Store) {
+    let grant = store
+        .grant_for_key([7; 32])
+        .await
+        .unwrap()
+        .expect("old key");
+    assert_eq!(grant.tenant_id, "acme");
+    assert_eq!(grant.key_id, "key_old");
+    assert_eq!(grant.scopes, [Scope::Admin]);
+    assert_eq!(grant.expires_at_ms, None);
+    let listed = store.list_api_keys("acme").await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].scopes, [Scope::Admin]);
+}
+
+#[tokio::test]
+async fn an_embedded_store_at_schema_v4_migrates_and_old_keys_keep_full_access() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let conn = rusqlite::Connection::open(dir.path().join("herald.db")).unwrap();
+        let sql = |f: &str| {
+            std::fs::read_to_string(
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("src/store/embedded")
+                    .join(f),
+            )
+            .unwrap()
+        };
+        conn.execute_batch(&sql("schema.sql")).unwrap();
+        for f in ["schema_v2.sql", "schema_v3.sql", "schema_v4.sql"] {
+            conn.execute_batch(&sql(f)).unwrap();
+        }
+        conn.execute(
+            "INSERT INTO tenants (id, created_at) VALUES ('acme', 0)",
+            [],
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO api_keys (hash, tenant_id, created_at, id, name, prefix) VALUES (?1, 'acme', 0, 'key_old', 'old', 'hk_old')",
+            [[7u8; 32].as_slice()],
+        )
+        .unwrap();
+        let v: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, 4);
+    }
+    let store = EmbeddedStore::open(dir.path(), cipher()).unwrap();
+    old_key_has_full_access(&store).await;
+    let conn = rusqlite::Connection::open(dir.path().join("herald.db")).unwrap();
+    let v: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(v, 5);
+}
+
+#[tokio::test]
+async fn a_cql_keyspace_from_before_scopes_gets_the_columns_and_old_keys_keep_full_access() {
+    let mut config = ScyllaConfig::new(nodes());
+    config.keyspace = format!(
+        "{KEYSPACE_PREFIX}{}_upgrade_{}",
+        run_id(),
+        &uuid::Uuid::new_v4().simple().to_string()[..6]
+    );
+    let ks = config.keyspace.clone();
+    let session = session().await;
+    for cql in [
+        format!("CREATE KEYSPACE {ks} WITH replication = {{'class': 'SimpleStrategy', 'replication_factor': 1}}"),
+        // The tables as the previous schema.cql created them.
+        format!("CREATE TABLE {ks}.tenants (tenant_id text PRIMARY KEY, created_at bigint)"),
+        format!("CREATE TABLE {ks}.api_keys (key_hash blob PRIMARY KEY, tenant_id text, key_id text, revoked_at bigint)"),
+        format!("CREATE TABLE {ks}.api_keys_by_tenant (tenant_id text, key_id text, key_hash blob, body text, PRIMARY KEY ((tenant_id), key_id))"),
+        format!("INSERT INTO {ks}.tenants (tenant_id, created_at) VALUES ('acme', 0)"),
+    ] {
+        session.query_unpaged(cql, ()).await.unwrap();
+    }
+    let body = r#"{"id":"key_old","tenant_id":"acme","name":"old","prefix":"hk_old","created_at":"2026-01-02T03:04:05Z","revoked_at":null}"#;
+    session
+        .query_unpaged(
+            format!("INSERT INTO {ks}.api_keys_by_tenant (tenant_id, key_id, key_hash, body) VALUES ('acme', 'key_old', ?, ?)"),
+            (vec![7u8; 32], body),
+        )
+        .await
+        .unwrap();
+    session
+        .query_unpaged(
+            format!("INSERT INTO {ks}.api_keys (key_hash, tenant_id, key_id) VALUES (?, 'acme', 'key_old')"),
+            (vec![7u8; 32],),
+        )
+        .await
+        .unwrap();
+
+    let result = async move {
+        let store = ScyllaStore::connect(&config, cipher()).await.unwrap();
+        old_key_has_full_access(&store).await;
+        // New keys with scopes go into the altered table.
+        let mut key = crate::fixtures::key("key_new", "acme");
+        key.scopes = vec![Scope::EventsRead];
+        store.create_api_key(&key, [8; 32]).await.unwrap();
+        let grant = store.grant_for_key([8; 32]).await.unwrap().unwrap();
+        assert_eq!(grant.scopes, [Scope::EventsRead]);
+    };
+    // Drop the keyspace whatever happened.
+    let outcome = tokio::spawn(result).await;
+    let _ = session
+        .query_unpaged(format!("DROP KEYSPACE IF EXISTS {ks}"), ())
+        .await;
+    outcome.unwrap();
+}
