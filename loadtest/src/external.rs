@@ -143,14 +143,21 @@ mod tests {
         let farm = crate::farm::FarmState::for_external(2);
         let mut follower = LogFollower::open(&path).unwrap();
         use std::io::Write;
-        let mut f = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
         write!(f, "2.0 200 /s/0 evt_a\n2.5 200 /s/1 evt_a\n3.0 503 /s/0 evt_b\n3.5 200 /s/0 evt_a\n4.0 200 /s/1 evt_").unwrap();
         follower.poll(&farm).unwrap();
         assert_eq!(farm.deliveries.load(Ordering::Relaxed), 3);
         assert_eq!(farm.first_deliveries.load(Ordering::Relaxed), 2);
-        write!(f, "c\n").unwrap();
+        writeln!(f, "c").unwrap();
         follower.poll(&farm).unwrap();
-        assert_eq!(farm.first_deliveries.load(Ordering::Relaxed), 3, "a line split across reads counts once");
+        assert_eq!(
+            farm.first_deliveries.load(Ordering::Relaxed),
+            3,
+            "a line split across reads counts once"
+        );
         assert_eq!(farm.last_delivery_ms.load(Ordering::Relaxed), 4_000);
         assert_eq!(farm.tallies[0].lock().get("evt_a"), Some(&2));
     }

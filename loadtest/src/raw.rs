@@ -136,7 +136,12 @@ fn parse_wrk(text: &str, concurrency: usize) -> Option<RawResult> {
     let line = text.lines().find(|l| l.contains(" requests in "))?;
     let mut words = line.split_whitespace();
     let total: u64 = words.next()?.parse().ok()?;
-    let seconds_word = line.split(" requests in ").nth(1)?.split(',').next()?.trim();
+    let seconds_word = line
+        .split(" requests in ")
+        .nth(1)?
+        .split(',')
+        .next()?
+        .trim();
     let seconds = humantime::parse_duration(seconds_word)
         .ok()?
         .as_secs_f64()

@@ -235,8 +235,16 @@ async fn drive(
         None
     } else {
         let url = farm.raw_url(0);
-        println!("raw baseline: wrk POSTing to {url} for {:?}…", args.raw_duration);
-        match raw::measure_wrk(&url, args.payload_bytes, args.raw_concurrency, args.raw_duration) {
+        println!(
+            "raw baseline: wrk POSTing to {url} for {:?}…",
+            args.raw_duration
+        );
+        match raw::measure_wrk(
+            &url,
+            args.payload_bytes,
+            args.raw_concurrency,
+            args.raw_duration,
+        ) {
             Ok(r) => {
                 println!("raw baseline (wrk): {:.0} requests/s", r.per_second);
                 Some(r)
@@ -278,7 +286,8 @@ async fn drive(
         .progress_chars("=> "),
     );
     let started = Instant::now();
-    let started_unix_ms = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as u64;
+    let started_unix_ms =
+        (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as u64;
     let (emitted, emitting) = emitter::start(client, plan.clone());
     let injecting = tokio::spawn(faults::inject(
         args.faults.clone(),
