@@ -80,7 +80,7 @@ impl RouteTable {
 /// the paths as the OpenAPI document writes them.
 pub fn api_routes() -> RouteTable {
     use crate::routes::{
-        admin, api_keys, deliveries, event_types, events, metrics, recoveries, stream,
+        admin, api_keys, deliveries, event_types, events, jwks, metrics, recoveries, stream,
         subscriptions,
     };
     macro_rules! v1 {
@@ -114,6 +114,8 @@ pub fn api_routes() -> RouteTable {
             v1!("/portal/webhooks/{id}/rotate-secret"),
             subscriptions::rotate_secret,
         )
+        .get(v1!("/portal/webhooks/{id}/jwks"), jwks::subscription)
+        .get(v1!("/portal/jwks"), jwks::tenant)
         .post(v1!("/portal/webhooks/{id}/pause"), subscriptions::pause)
         .post(v1!("/portal/webhooks/{id}/resume"), subscriptions::resume)
         .post(v1!("/portal/webhooks/{id}/recover"), recoveries::recover)
