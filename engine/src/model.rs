@@ -174,6 +174,13 @@ impl SignatureScheme {
             Self::Both => "both",
         }
     }
+
+    /// Parses the wire name.
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Hmac, Self::Ed25519, Self::Both]
+            .into_iter()
+            .find(|k| k.as_str() == s)
+    }
 }
 
 /// One Ed25519 signing key of a subscription.

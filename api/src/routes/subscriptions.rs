@@ -38,8 +38,8 @@ pub struct Subscribe {
     /// Signatures on every delivery: `hmac` (default; `v1`, HMAC-SHA256),
     /// `ed25519` (`v1a`; receivers verify with the `whpk_` public key) or
     /// `both`.
-    #[serde(default)]
-    pub signature: SignatureScheme,
+    #[schema(value_type = Option<SignatureScheme>)]
+    pub signature: Option<String>,
     /// Extra request headers.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
@@ -222,6 +222,15 @@ pub async fn subscribe(
     Tenant(tenant): Tenant,
     ApiJson(body): ApiJson<Subscribe>,
 ) -> Result<(StatusCode, Json<SubscriptionView>), ApiError> {
+    let signature = match body.signature.as_deref() {
+        None => SignatureScheme::default(),
+        Some(s) => SignatureScheme::parse(s).ok_or_else(|| {
+            ApiError::invalid(
+                "signature",
+                format!("signature: {s:?} is not one of \"hmac\", \"ed25519\", \"both\""),
+            )
+        })?,
+    };
     let sub = state
         .engine
         .subscribe(
@@ -231,7 +240,7 @@ pub async fn subscribe(
                 event_types: body.event_types,
                 description: body.description,
                 secret: body.secret,
-                signature: body.signature,
+                signature,
                 headers: body.headers,
                 rate_limit: body.rate_limit,
                 ordering: body.ordering,
