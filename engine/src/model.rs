@@ -453,3 +453,46 @@ impl ScheduledDelivery {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{ed25519, signing};
+
+    #[test]
+    fn the_header_carries_one_entry_per_live_secret_and_key_of_the_scheme() {
+        let now = OffsetDateTime::now_utc();
+        let (secret, key) = (SigningSecret::generate(), SigningKey::generate());
+        let (old_key, dead_key) = (SigningKey::generate(), SigningKey::generate());
+        let mut sub: WebhookSubscription = serde_json::from_value(serde_json::json!({
+            "id": "sub_1", "tenant_id": "acme", "url": "https://example.com/h",
+            "event_types": ["*"], "status": "active",
+            "secrets": [{ "secret": secret.to_whsec(), "expires_at": null }],
+            "created_at": "2026-01-01T00:00:00Z", "updated_at": "2026-01-01T00:00:00Z",
+        }))
+        .unwrap();
+        assert_eq!(sub.signature, SignatureScheme::Hmac, "the default");
+        sub.signing_keys = [(&key, None), (&old_key, Some(60)), (&dead_key, Some(-1))]
+            .into_iter()
+            .map(|(k, secs)| KeyEntry {
+                key: k.clone(),
+                expires_at: secs.map(|s| now + time::Duration::seconds(s)),
+            })
+            .collect();
+        let header = |sub: &WebhookSubscription| sub.signature_header(now, "m", 7, b"b");
+        let count = |h: &str, v: &str| h.split(' ').filter(|e| e.starts_with(v)).count();
+
+        let h = header(&sub);
+        assert_eq!((count(&h, "v1,"), count(&h, "v1a,")), (1, 0), "{h}");
+        sub.signature = SignatureScheme::Ed25519;
+        let h = header(&sub);
+        assert_eq!((count(&h, "v1,"), count(&h, "v1a,")), (0, 2), "{h}");
+        for (k, live) in [(&key, true), (&old_key, true), (&dead_key, false)] {
+            assert_eq!(ed25519::verify(&k.public_key(), "m", 7, b"b", &h), live);
+        }
+        sub.signature = SignatureScheme::Both;
+        let h = header(&sub);
+        assert_eq!((count(&h, "v1,"), count(&h, "v1a,")), (1, 2), "{h}");
+        assert!(signing::verify(&secret, "m", 7, b"b", &h));
+    }
+}
