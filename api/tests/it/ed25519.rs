@@ -12,7 +12,7 @@ use base64::{engine::general_purpose::STANDARD, Engine as _};
 use serde_json::{json, Value};
 use standardwebhooks::Webhook;
 
-use crate::support::{eventually, Herald, Received, Receiver};
+use crate::support::{eventually, files_containing, Herald, Received, Receiver};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -269,7 +269,17 @@ async fn both_carries_v1_and_v1a_and_hmac_stays_the_default() {
         .get(&key, &format!("/api/v1/portal/webhooks/{plain_id}/jwks"))
         .await;
     assert_eq!(jwks, json!({ "keys": [] }));
-    h.engine.shutdown().await;
+    // The private key is sealed: no byte of the data dir holds it (the
+    // SQLite database and whatever WAL is left) once stopped.
+    let stored = h.engine.subscription("acme", &both_id).await.unwrap();
+    let whsk = stored.signing_keys[0].key.to_whsk();
+    let seed = whsk.trim_start_matches("whsk_").to_string();
+    assert_eq!(stored.signing_keys[0].key.public_key().to_whpk(), whpk);
+    let dir = h.stop().await;
+    for needle in [&whsk, &seed] {
+        let hits = files_containing(dir.path(), needle.as_bytes());
+        assert!(hits.is_empty(), "the private key is stored in {hits:?}");
+    }
 }
 
 #[tokio::test]
