@@ -222,15 +222,7 @@ pub async fn subscribe(
     Tenant(tenant): Tenant,
     ApiJson(body): ApiJson<Subscribe>,
 ) -> Result<(StatusCode, Json<SubscriptionView>), ApiError> {
-    let signature = match body.signature.as_deref() {
-        None => SignatureScheme::default(),
-        Some(s) => SignatureScheme::parse(s).ok_or_else(|| {
-            ApiError::invalid(
-                "signature",
-                format!("signature: {s:?} is not one of \"hmac\", \"ed25519\", \"both\""),
-            )
-        })?,
-    };
+    let signature = scheme(body.signature.as_deref())?.unwrap_or_default();
     let sub = state
         .engine
         .subscribe(
@@ -250,6 +242,20 @@ pub async fn subscribe(
         )
         .await?;
     Ok((StatusCode::CREATED, Json(SubscriptionView::new(sub, true))))
+}
+
+/// The signature scheme asked for, if any; an unknown one is a 422.
+fn scheme(asked: Option<&str>) -> Result<Option<SignatureScheme>, ApiError> {
+    asked
+        .map(|s| {
+            SignatureScheme::parse(s).ok_or_else(|| {
+                ApiError::invalid(
+                    "signature",
+                    format!("signature: {s:?} is not one of \"hmac\", \"ed25519\", \"both\""),
+                )
+            })
+        })
+        .transpose()
 }
 
 /// Reads a subscription (without its secret).
@@ -386,6 +392,10 @@ pub struct UpdateSubscription {
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<u32>, minimum = 1, maximum = 60)]
     pub timeout_seconds: Option<Option<u32>>,
+    /// New signature scheme: `hmac`, `ed25519` or `both` (a key is made for
+    /// a subscription that had none; its `public_key` is in the answer).
+    #[schema(value_type = Option<SignatureScheme>)]
+    pub signature: Option<String>,
 }
 
 /// A field that is present (even as `null`) becomes `Some`.
@@ -408,6 +418,7 @@ pub async fn update(
     Path(id): Path<String>,
     ApiJson(body): ApiJson<UpdateSubscription>,
 ) -> Result<Json<SubscriptionView>, ApiError> {
+    let signature = scheme(body.signature.as_deref())?;
     let sub = state
         .engine
         .update_subscription(
@@ -422,6 +433,7 @@ pub async fn update(
                 ordering: body.ordering,
                 max_in_flight: body.max_in_flight,
                 timeout_seconds: body.timeout_seconds,
+                signature,
             },
         )
         .await?;

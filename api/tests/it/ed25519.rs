@@ -239,7 +239,7 @@ async fn ed25519_deliveries_verify_independently_and_rotation_dual_signs() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn both_carries_v1_and_v1a_and_hmac_stays_the_default() {
+async fn both_carries_v1_and_v1a_hmac_stays_the_default_and_a_patch_opts_in() {
     let h = Herald::start().await;
     let key = h.tenant("acme").await;
     let receiver = Receiver::start(200).await;
@@ -269,6 +269,28 @@ async fn both_carries_v1_and_v1a_and_hmac_stays_the_default() {
         .get(&key, &format!("/api/v1/portal/webhooks/{plain_id}/jwks"))
         .await;
     assert_eq!(jwks, json!({ "keys": [] }));
+
+    // An existing HMAC subscription opts in with a PATCH: it gets a key.
+    let path = format!("/api/v1/portal/webhooks/{plain_id}");
+    let (status, bad) = h
+        .call("PATCH", &key, &path, Some(json!({ "signature": "rsa" })))
+        .await;
+    assert_eq!(status, 422, "{bad}");
+    let (status, patched) = h
+        .call(
+            "PATCH",
+            &key,
+            &path,
+            Some(json!({ "signature": "ed25519" })),
+        )
+        .await;
+    assert_eq!(status, 200, "{patched}");
+    assert_eq!(patched["signature"], "ed25519");
+    let patched_whpk = patched["public_key"].as_str().unwrap().to_string();
+    let r = deliver(&h, &key, &receiver, &plain_id, 3).await;
+    assert!(entries(&r, "v1").is_empty(), "{:?}", r.headers);
+    let result = verify(json!([patched_whpk]), &[(r, None)], None).await;
+    assert_eq!(result[0]["valid"], true, "{}", result[0]);
     // The private key is sealed: no byte of the data dir holds it (the
     // SQLite database and whatever WAL is left) once stopped.
     let stored = h.engine.subscription("acme", &both_id).await.unwrap();
