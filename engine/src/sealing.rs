@@ -9,6 +9,9 @@
 //! plaintext `whsec_…` or a value under an older key opens too, and is
 //! reported stale so the store seals it again).
 //!
+//! Ed25519 private keys ([`crate::ed25519::SigningKey`], `whsk_…`) are
+//! sealed the same way (`#[serde(with = "crate::sealing::signing_key")]`).
+//!
 //! Outside a scope a secret serializes as `whsec_…` (in-memory copies and
 //! comparisons only: every store writes through the codec) and a sealed value
 //! refuses to deserialize: it cannot turn into a secret without the key.
