@@ -44,6 +44,8 @@ use crate::{error::Problem, routes};
         routes::subscriptions::pause,
         routes::subscriptions::resume,
         routes::subscriptions::rotate_secret,
+        routes::jwks::subscription,
+        routes::jwks::tenant,
         routes::recoveries::recover,
         routes::recoveries::get,
         routes::events::emit,

@@ -165,7 +165,7 @@ impl RouteTable {
 /// the paths as the OpenAPI document writes them.
 pub fn api_routes() -> RouteTable {
     use crate::routes::{
-        admin, api_keys, deliveries, event_types, events, metrics, recoveries, stream,
+        admin, api_keys, deliveries, event_types, events, jwks, metrics, recoveries, stream,
         subscriptions,
     };
     macro_rules! v1 {
@@ -229,6 +229,12 @@ pub fn api_routes() -> RouteTable {
             Key(WebhooksWrite),
             subscriptions::rotate_secret,
         )
+        .get(
+            v1!("/portal/webhooks/{id}/jwks"),
+            Key(WebhooksRead),
+            jwks::subscription,
+        )
+        .get(v1!("/portal/jwks"), Key(WebhooksRead), jwks::tenant)
         .post(
             v1!("/portal/webhooks/{id}/pause"),
             Key(WebhooksWrite),

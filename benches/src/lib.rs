@@ -51,6 +51,8 @@ pub fn subscription(tenant: &str, url: &str, filters: &[String]) -> WebhookSubsc
             secret: SigningSecret::generate(),
             expires_at: None,
         }],
+        signature: Default::default(),
+        signing_keys: Vec::new(),
         headers: BTreeMap::new(),
         rate_limit: None,
         ordering: Default::default(),

@@ -11,7 +11,7 @@ use crate::{
     error::EngineError,
     filters::{validate_filter, OPERATIONAL_PREFIX},
     ids,
-    model::{DomainEvent, EventSource, Ordering},
+    model::{DomainEvent, EventSource, Ordering, SignatureScheme},
 };
 
 /// Largest accepted payload, in bytes of JSON.
@@ -38,6 +38,9 @@ pub struct NewSubscription {
     pub description: Option<String>,
     /// A chosen secret (`whsec_…`); generated when absent.
     pub secret: Option<String>,
+    /// Which signatures deliveries carry; an Ed25519 key is generated when
+    /// the scheme uses one.
+    pub signature: SignatureScheme,
     /// Extra request headers.
     pub headers: BTreeMap<String, String>,
     /// Deliveries per second.
@@ -57,6 +60,7 @@ impl std::fmt::Debug for NewSubscription {
             .field("event_types", &self.event_types)
             .field("description", &self.description)
             .field("secret", &crate::signing::redacted(&self.secret))
+            .field("signature", &self.signature)
             .field("headers", &self.headers)
             .field("rate_limit", &self.rate_limit)
             .field("ordering", &self.ordering)

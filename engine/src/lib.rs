@@ -15,6 +15,7 @@ pub mod catalogue;
 pub mod clock;
 pub mod config;
 pub mod delivery;
+pub mod ed25519;
 pub mod encryption;
 mod engine;
 pub mod error;

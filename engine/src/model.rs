@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::signing::SigningSecret;
+use crate::{ed25519::SigningKey, signing::SigningSecret};
 
 /// Where an event entered Herald.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -141,6 +141,60 @@ pub struct SecretEntry {
     pub expires_at: Option<OffsetDateTime>,
 }
 
+/// Which Standard Webhooks signatures a subscription's deliveries carry.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SignatureScheme {
+    /// `v1`: HMAC-SHA256 with the shared `whsec_` secret.
+    #[default]
+    Hmac,
+    /// `v1a`: Ed25519; receivers verify with the `whpk_` public key.
+    Ed25519,
+    /// Both a `v1` and a `v1a` signature on every delivery.
+    Both,
+}
+
+impl SignatureScheme {
+    /// Whether deliveries carry HMAC (`v1`) signatures.
+    pub fn hmac(self) -> bool {
+        matches!(self, Self::Hmac | Self::Both)
+    }
+
+    /// Whether deliveries carry Ed25519 (`v1a`) signatures.
+    pub fn ed25519(self) -> bool {
+        matches!(self, Self::Ed25519 | Self::Both)
+    }
+
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Hmac => "hmac",
+            Self::Ed25519 => "ed25519",
+            Self::Both => "both",
+        }
+    }
+
+    /// Parses the wire name.
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Hmac, Self::Ed25519, Self::Both]
+            .into_iter()
+            .find(|k| k.as_str() == s)
+    }
+}
+
+/// One Ed25519 signing key of a subscription.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeyEntry {
+    /// The private key: sealed (`enc:v1:…`) in a stored body, like a
+    /// [`SecretEntry`]'s secret; `whsk_…` elsewhere.
+    #[serde(with = "crate::sealing::signing_key")]
+    pub key: SigningKey,
+    /// When it stops signing; `None` for the current key.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub expires_at: Option<OffsetDateTime>,
+}
+
 /// A tenant's webhook subscription (an endpoint plus what it wants).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WebhookSubscription {
@@ -162,6 +216,13 @@ pub struct WebhookSubscription {
     pub disabled_reason: Option<String>,
     /// Signing secrets: the current one first, then older ones until they expire.
     pub secrets: Vec<SecretEntry>,
+    /// Which signatures deliveries carry (bodies from before Ed25519 read as `hmac`).
+    #[serde(default)]
+    pub signature: SignatureScheme,
+    /// Ed25519 keys, when the scheme uses them: the current one first, then
+    /// older ones until they expire.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub signing_keys: Vec<KeyEntry>,
     /// Extra request headers sent with every delivery.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
@@ -197,6 +258,38 @@ impl WebhookSubscription {
             .iter()
             .filter(move |s| s.expires_at.is_none_or(|t| t > now))
             .map(|s| &s.secret)
+    }
+
+    /// The Ed25519 keys that sign at `now` (none unless the scheme uses Ed25519).
+    pub fn live_keys(&self, now: OffsetDateTime) -> impl Iterator<Item = &KeyEntry> {
+        let on = self.signature.ed25519();
+        self.signing_keys
+            .iter()
+            .filter(move |k| on && k.expires_at.is_none_or(|t| t > now))
+    }
+
+    /// The `webhook-signature` header of one delivery at `now`: one `v1`
+    /// entry per live secret (when the scheme uses HMAC), then one `v1a`
+    /// entry per live key (when it uses Ed25519), space separated.
+    pub fn signature_header(
+        &self,
+        now: OffsetDateTime,
+        msg_id: &str,
+        timestamp: i64,
+        body: &[u8],
+    ) -> String {
+        let mut entries = Vec::with_capacity(2);
+        if self.signature.hmac() {
+            entries.extend(
+                self.live_secrets(now)
+                    .map(|s| s.sign(msg_id, timestamp, body)),
+            );
+        }
+        entries.extend(
+            self.live_keys(now)
+                .map(|k| k.key.sign(msg_id, timestamp, body)),
+        );
+        entries.join(" ")
     }
 
     /// Whether this subscription wants events of `event_type`.
@@ -358,5 +451,48 @@ impl ScheduledDelivery {
             (1, true) => Trigger::Replay,
             _ => Trigger::Retry,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{ed25519, signing};
+
+    #[test]
+    fn the_header_carries_one_entry_per_live_secret_and_key_of_the_scheme() {
+        let now = OffsetDateTime::now_utc();
+        let (secret, key) = (SigningSecret::generate(), SigningKey::generate());
+        let (old_key, dead_key) = (SigningKey::generate(), SigningKey::generate());
+        let mut sub: WebhookSubscription = serde_json::from_value(serde_json::json!({
+            "id": "sub_1", "tenant_id": "acme", "url": "https://example.com/h",
+            "event_types": ["*"], "status": "active",
+            "secrets": [{ "secret": secret.to_whsec(), "expires_at": null }],
+            "created_at": "2026-01-01T00:00:00Z", "updated_at": "2026-01-01T00:00:00Z",
+        }))
+        .unwrap();
+        assert_eq!(sub.signature, SignatureScheme::Hmac, "the default");
+        sub.signing_keys = [(&key, None), (&old_key, Some(60)), (&dead_key, Some(-1))]
+            .into_iter()
+            .map(|(k, secs)| KeyEntry {
+                key: k.clone(),
+                expires_at: secs.map(|s| now + time::Duration::seconds(s)),
+            })
+            .collect();
+        let header = |sub: &WebhookSubscription| sub.signature_header(now, "m", 7, b"b");
+        let count = |h: &str, v: &str| h.split(' ').filter(|e| e.starts_with(v)).count();
+
+        let h = header(&sub);
+        assert_eq!((count(&h, "v1,"), count(&h, "v1a,")), (1, 0), "{h}");
+        sub.signature = SignatureScheme::Ed25519;
+        let h = header(&sub);
+        assert_eq!((count(&h, "v1,"), count(&h, "v1a,")), (0, 2), "{h}");
+        for (k, live) in [(&key, true), (&old_key, true), (&dead_key, false)] {
+            assert_eq!(ed25519::verify(&k.public_key(), "m", 7, b"b", &h), live);
+        }
+        sub.signature = SignatureScheme::Both;
+        let h = header(&sub);
+        assert_eq!((count(&h, "v1,"), count(&h, "v1a,")), (1, 2), "{h}");
+        assert!(signing::verify(&secret, "m", 7, b"b", &h));
     }
 }

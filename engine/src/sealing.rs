@@ -9,6 +9,9 @@
 //! plaintext `whsec_…` or a value under an older key opens too, and is
 //! reported stale so the store seals it again).
 //!
+//! Ed25519 private keys ([`crate::ed25519::SigningKey`], `whsk_…`) are
+//! sealed the same way (`#[serde(with = "crate::sealing::signing_key")]`).
+//!
 //! Outside a scope a secret serializes as `whsec_…` (in-memory copies and
 //! comparisons only: every store writes through the codec) and a sealed value
 //! refuses to deserialize: it cannot turn into a secret without the key.
@@ -71,45 +74,72 @@ pub fn within<T>(cipher: &SecretCipher, aad: Vec<u8>, f: impl FnOnce() -> T) -> 
     (out, report)
 }
 
+/// Seals `plain` inside a scope; outside one, returns it as it is.
+fn seal(plain: &str) -> String {
+    SCOPE
+        .with(|scope| {
+            scope
+                .borrow()
+                .as_ref()
+                .map(|scope| scope.cipher.seal(plain, &scope.aad))
+        })
+        .unwrap_or_else(|| plain.to_string())
+}
+
+/// Opens a stored value inside a scope; outside one, only plaintext reads.
+fn open<E: serde::de::Error>(stored: String) -> Result<String, E> {
+    SCOPE.with(|scope| match scope.borrow_mut().as_mut() {
+        Some(scope) => match scope.cipher.open(&stored, &scope.aad) {
+            Ok(opened) => {
+                scope.stale |= opened.stale;
+                Ok(opened.plaintext)
+            }
+            Err(e) => {
+                scope.failure = Some(e);
+                Err(E::custom("a sealed signing secret does not open"))
+            }
+        },
+        None if crate::encryption::SecretCipher::is_sealed(&stored) => Err(E::custom(
+            "a sealed signing secret reads only through the store's codec",
+        )),
+        None => Ok(stored),
+    })
+}
+
 /// The serde of a stored signing secret (`#[serde(with = "crate::sealing::secret")]`).
 pub mod secret {
     use serde::{de::Error, Deserialize, Deserializer, Serializer};
 
-    use super::SCOPE;
-    use crate::{encryption::SecretCipher, signing::SigningSecret};
+    use crate::signing::SigningSecret;
 
     /// Sealed inside a scope, `whsec_…` outside.
     pub fn serialize<S: Serializer>(s: &SigningSecret, ser: S) -> Result<S::Ok, S::Error> {
-        let whsec = s.to_whsec();
-        let sealed = SCOPE.with(|scope| {
-            scope
-                .borrow()
-                .as_ref()
-                .map(|scope| scope.cipher.seal(&whsec, &scope.aad))
-        });
-        ser.serialize_str(sealed.as_deref().unwrap_or(&whsec))
+        ser.serialize_str(&super::seal(&s.to_whsec()))
     }
 
     /// Opened inside a scope; outside, only a plaintext `whsec_…` reads.
     pub fn deserialize<'de, D: Deserializer<'de>>(de: D) -> Result<SigningSecret, D::Error> {
-        let stored = String::deserialize(de)?;
-        let plain = SCOPE.with(|scope| match scope.borrow_mut().as_mut() {
-            Some(scope) => match scope.cipher.open(&stored, &scope.aad) {
-                Ok(opened) => {
-                    scope.stale |= opened.stale;
-                    Ok(opened.plaintext)
-                }
-                Err(e) => {
-                    scope.failure = Some(e);
-                    Err(D::Error::custom("a sealed signing secret does not open"))
-                }
-            },
-            None if SecretCipher::is_sealed(&stored) => Err(D::Error::custom(
-                "a sealed signing secret reads only through the store's codec",
-            )),
-            None => Ok(stored),
-        })?;
+        let plain = super::open::<D::Error>(String::deserialize(de)?)?;
         SigningSecret::parse(&plain).map_err(D::Error::custom)
+    }
+}
+
+/// The serde of a stored Ed25519 private key
+/// (`#[serde(with = "crate::sealing::signing_key")]`), sealed like a secret.
+pub mod signing_key {
+    use serde::{de::Error, Deserialize, Deserializer, Serializer};
+
+    use crate::ed25519::SigningKey;
+
+    /// Sealed inside a scope, `whsk_…` outside.
+    pub fn serialize<S: Serializer>(k: &SigningKey, ser: S) -> Result<S::Ok, S::Error> {
+        ser.serialize_str(&super::seal(&k.to_whsk()))
+    }
+
+    /// Opened inside a scope; outside, only a plaintext `whsk_…` reads.
+    pub fn deserialize<'de, D: Deserializer<'de>>(de: D) -> Result<SigningKey, D::Error> {
+        let plain = super::open::<D::Error>(String::deserialize(de)?)?;
+        SigningKey::parse(&plain).map_err(D::Error::custom)
     }
 }
 

@@ -197,6 +197,8 @@ mod tests {
             status: SubscriptionStatus::Active,
             disabled_reason: None,
             secrets: Vec::new(),
+            signature: Default::default(),
+            signing_keys: Vec::new(),
             headers: Default::default(),
             rate_limit: None,
             ordering: Default::default(),

@@ -18,11 +18,12 @@ use std::{
 /// Components from the bottom up; a component may use its own layer's
 /// code only within itself, and any layer below.
 const LAYERS: &[&[&str]] = &[
-    // Ids, time, signing, encryption, the SSRF rules, event-type filters.
+    // Ids, time, signing (HMAC and Ed25519), encryption, the SSRF rules, event-type filters.
     &[
         "clock",
         "ids",
         "signing",
+        "ed25519",
         "encryption",
         "ssrf",
         "resources",

@@ -9,7 +9,7 @@ use axum::{
     Json,
 };
 use herald_engine::{
-    model::{Ordering, SubscriptionStatus, WebhookSubscription},
+    model::{Ordering, SignatureScheme, SubscriptionStatus, WebhookSubscription},
     signing::redacted,
     NewSubscription, SubscriptionUpdate,
 };
@@ -35,6 +35,11 @@ pub struct Subscribe {
     pub description: Option<String>,
     /// A chosen `whsec_…` secret; generated when absent.
     pub secret: Option<String>,
+    /// Signatures on every delivery: `hmac` (default; `v1`, HMAC-SHA256),
+    /// `ed25519` (`v1a`; receivers verify with the `whpk_` public key) or
+    /// `both`.
+    #[schema(value_type = Option<SignatureScheme>)]
+    pub signature: Option<String>,
     /// Extra request headers.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
@@ -65,13 +70,20 @@ pub struct SubscriptionView {
     pub status: SubscriptionStatus,
     /// Why it is disabled.
     pub disabled_reason: Option<String>,
-    /// The current secret; only in the answers that create or rotate it.
+    /// The current secret; only in the answers that create or rotate it,
+    /// and only when the subscription signs with HMAC.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub secret: Option<String>,
-    /// Until when an older secret still signs.
+    /// Until when an older secret (or Ed25519 key) still signs.
     #[schema(value_type = Option<String>, format = DateTime)]
     #[serde(with = "time::serde::rfc3339::option")]
     pub previous_secret_expires_at: Option<OffsetDateTime>,
+    /// hmac | ed25519 | both.
+    pub signature: SignatureScheme,
+    /// The current Ed25519 public key (`whpk_…`) receivers verify `v1a`
+    /// signatures with; `null` for HMAC only. All live keys:
+    /// `GET /api/v1/portal/webhooks/{id}/jwks`.
+    pub public_key: Option<String>,
     /// Extra request headers.
     pub headers: BTreeMap<String, String>,
     /// Deliveries per second.
@@ -100,6 +112,7 @@ impl fmt::Debug for Subscribe {
             .field("event_types", &self.event_types)
             .field("description", &self.description)
             .field("secret", &redacted(&self.secret))
+            .field("signature", &self.signature)
             .field("headers", &self.headers)
             .field("rate_limit", &self.rate_limit)
             .field("ordering", &self.ordering)
@@ -123,6 +136,8 @@ impl fmt::Debug for SubscriptionView {
                 "previous_secret_expires_at",
                 &self.previous_secret_expires_at,
             )
+            .field("signature", &self.signature)
+            .field("public_key", &self.public_key)
             .field("headers", &self.headers)
             .field("rate_limit", &self.rate_limit)
             .field("ordering", &self.ordering)
@@ -147,11 +162,12 @@ impl fmt::Debug for Rotate {
 impl fmt::Debug for Rotated {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Rotated")
-            .field("secret", &"<redacted>")
+            .field("secret", &redacted(&self.secret))
             .field(
                 "previous_secret_expires_at",
                 &self.previous_secret_expires_at,
             )
+            .field("public_key", &self.public_key)
             .finish()
     }
 }
@@ -164,11 +180,19 @@ impl SubscriptionView {
             .iter()
             .skip(1)
             .filter_map(|s| s.expires_at)
+            .chain(sub.signing_keys.iter().skip(1).filter_map(|k| k.expires_at))
             .filter(|t| *t > now)
             .max();
+        let public_key = sub
+            .signing_keys
+            .first()
+            .filter(|_| sub.signature.ed25519())
+            .map(|k| k.key.public_key().to_whpk());
         Self {
-            secret: with_secret.then(|| sub.secrets[0].secret.to_whsec()),
+            secret: (with_secret && sub.signature.hmac()).then(|| sub.secrets[0].secret.to_whsec()),
             previous_secret_expires_at: previous,
+            signature: sub.signature,
+            public_key,
             id: sub.id,
             url: sub.url,
             event_types: sub.event_types,
@@ -187,15 +211,18 @@ impl SubscriptionView {
     }
 }
 
-/// Creates a subscription; the answer carries its secret.
+/// Creates a subscription; the answer carries its secret (HMAC) and its
+/// public key (Ed25519).
 #[utoipa::path(post, path = "/api/v1/portal/webhooks/subscribe", tag = "subscriptions",
     request_body = Subscribe, security(("api_key" = ["webhooks:write"])),
-    responses((status = 201, description = "Created; `secret` is shown here and on rotation only", body = SubscriptionView)))]
+    responses((status = 201, description = "Created; `secret` is shown here and on rotation only; `public_key` is shown on every read", body = SubscriptionView),
+        (status = 422, description = "Invalid input, e.g. an unknown `signature`", body = crate::error::Problem, content_type = "application/problem+json")))]
 pub async fn subscribe(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
     ApiJson(body): ApiJson<Subscribe>,
 ) -> Result<(StatusCode, Json<SubscriptionView>), ApiError> {
+    let signature = scheme(body.signature.as_deref())?.unwrap_or_default();
     let sub = state
         .engine
         .subscribe(
@@ -205,6 +232,7 @@ pub async fn subscribe(
                 event_types: body.event_types,
                 description: body.description,
                 secret: body.secret,
+                signature,
                 headers: body.headers,
                 rate_limit: body.rate_limit,
                 ordering: body.ordering,
@@ -214,6 +242,20 @@ pub async fn subscribe(
         )
         .await?;
     Ok((StatusCode::CREATED, Json(SubscriptionView::new(sub, true))))
+}
+
+/// The signature scheme asked for, if any; an unknown one is a 422.
+fn scheme(asked: Option<&str>) -> Result<Option<SignatureScheme>, ApiError> {
+    asked
+        .map(|s| {
+            SignatureScheme::parse(s).ok_or_else(|| {
+                ApiError::invalid(
+                    "signature",
+                    format!("signature: {s:?} is not one of \"hmac\", \"ed25519\", \"both\""),
+                )
+            })
+        })
+        .transpose()
 }
 
 /// Reads a subscription (without its secret).
@@ -242,15 +284,23 @@ pub struct Rotate {
 /// The rotation's answer. `Debug` redacts the secret.
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct Rotated {
-    /// The new current secret.
-    pub secret: String,
-    /// Until when the previous secret keeps signing (`null` when it stopped at once).
+    /// The new current secret (absent when the subscription signs with Ed25519 only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    /// Until when the previous secret (and Ed25519 key) keeps signing
+    /// (`null` when it stopped at once).
     #[schema(value_type = Option<String>, format = DateTime)]
     #[serde(with = "time::serde::rfc3339::option")]
     pub previous_secret_expires_at: Option<OffsetDateTime>,
+    /// The new current Ed25519 public key (`whpk_…`), when the subscription
+    /// signs with Ed25519: its previous key signs too until
+    /// `previous_secret_expires_at`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<String>,
 }
 
-/// Rotates the signing secret with a grace window (dual signing).
+/// Rotates the signing secret (and the Ed25519 key, for a subscription that
+/// signs with one) with a grace window: one signature per live secret or key.
 #[utoipa::path(post, path = "/api/v1/portal/webhooks/{id}/rotate-secret", tag = "subscriptions",
     params(("id" = String, Path, description = "Subscription id")), security(("api_key" = ["webhooks:write"])),
     request_body(content = Option<Rotate>, description = "Optional; empty means defaults"),
@@ -278,8 +328,12 @@ pub async fn rotate_secret(
         )
         .await?;
     Ok(Json(Rotated {
-        secret: rotation.secret.to_whsec(),
+        secret: rotation
+            .signature
+            .hmac()
+            .then(|| rotation.secret.to_whsec()),
         previous_secret_expires_at: rotation.previous_secret_expires_at,
+        public_key: rotation.public_key.map(|k| k.to_whpk()),
     }))
 }
 
@@ -338,6 +392,10 @@ pub struct UpdateSubscription {
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<u32>, minimum = 1, maximum = 60)]
     pub timeout_seconds: Option<Option<u32>>,
+    /// New signature scheme: `hmac`, `ed25519` or `both` (a key is made for
+    /// a subscription that had none; its `public_key` is in the answer).
+    #[schema(value_type = Option<SignatureScheme>)]
+    pub signature: Option<String>,
 }
 
 /// A field that is present (even as `null`) becomes `Some`.
@@ -360,6 +418,7 @@ pub async fn update(
     Path(id): Path<String>,
     ApiJson(body): ApiJson<UpdateSubscription>,
 ) -> Result<Json<SubscriptionView>, ApiError> {
+    let signature = scheme(body.signature.as_deref())?;
     let sub = state
         .engine
         .update_subscription(
@@ -374,6 +433,7 @@ pub async fn update(
                 ordering: body.ordering,
                 max_in_flight: body.max_in_flight,
                 timeout_seconds: body.timeout_seconds,
+                signature,
             },
         )
         .await?;
@@ -469,8 +529,9 @@ mod tests {
         let rotate: Rotate =
             serde_json::from_value(serde_json::json!({ "secret": secret })).unwrap();
         let rotated = Rotated {
-            secret: secret.into(),
+            secret: Some(secret.into()),
             previous_secret_expires_at: None,
+            public_key: None,
         };
         let new = NewSubscription {
             secret: Some(secret.into()),

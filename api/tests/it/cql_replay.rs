@@ -38,6 +38,8 @@ async fn cql_log_range_replay_is_throttled_resumable_and_counted() {
         status: SubscriptionStatus::Active,
         disabled_reason: None,
         secrets: Vec::new(),
+        signature: Default::default(),
+        signing_keys: Vec::new(),
         headers: Default::default(),
         rate_limit: None,
         ordering: Default::default(),

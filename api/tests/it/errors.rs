@@ -143,6 +143,8 @@ async fn readyz_and_the_openapi_document() {
         ("/api/v1/portal/webhooks/subscribe", &["post"]),
         ("/api/v1/portal/webhooks/{id}", &["get", "patch", "delete"]),
         ("/api/v1/portal/webhooks/{id}/rotate-secret", &["post"]),
+        ("/api/v1/portal/webhooks/{id}/jwks", &["get"]),
+        ("/api/v1/portal/jwks", &["get"]),
         ("/api/v1/portal/webhooks/{id}/pause", &["post"]),
         ("/api/v1/portal/webhooks/{id}/resume", &["post"]),
         ("/api/v1/portal/webhooks/{id}/recover", &["post"]),
@@ -179,7 +181,7 @@ async fn readyz_and_the_openapi_document() {
     }
     assert_eq!(
         paths.len(),
-        25,
+        27,
         "no undocumented extras: {:?}",
         paths.keys()
     );

@@ -14,6 +14,7 @@ mod cql_replay;
 mod cql_store;
 mod crash;
 mod distributed;
+mod ed25519;
 mod errors;
 mod flow;
 mod isolation;

@@ -21,7 +21,7 @@ use crate::{
         ErrorClass, Outcome, ScheduledDelivery, SubscriptionStatus, WebhookDeliveryLog,
         WebhookSubscription,
     },
-    operational, signing,
+    operational,
 };
 
 /// Signs and sends a job, tells the shard how it went, then records it.
@@ -96,7 +96,7 @@ async fn send(
     let body = Bytes::from(event.envelope_bytes());
     let now = OffsetDateTime::now_utc();
     let ts = now.unix_timestamp();
-    let signature = signing::signature_header(sub.live_secrets(now), &event.id, ts, &body);
+    let signature = sub.signature_header(now, &event.id, ts, &body);
     let mut headers = HeaderMap::with_capacity(12);
     for (name, value) in &sub.headers {
         if let (Ok(n), Ok(v)) = (

@@ -114,6 +114,9 @@ pub struct SubscriptionUpdate {
     pub max_in_flight: Option<Option<u32>>,
     /// New attempt timeout in seconds (`Some(None)` removes it).
     pub timeout_seconds: Option<Option<u32>>,
+    /// New signature scheme; moving to one that uses Ed25519 gives the
+    /// subscription a key if it has none.
+    pub signature: Option<crate::model::SignatureScheme>,
 }
 
 /// A page of subscriptions.
@@ -170,8 +173,18 @@ impl Engine {
             update.timeout_seconds.flatten(),
         )?;
         let _guard = self.lock_subscription(id).await;
+        let new_key = crate::ed25519::SigningKey::generate();
         self.change_subscription(tenant_id, id, "subscription updated", move |sub| {
             let update = update.clone();
+            if let Some(scheme) = update.signature {
+                sub.signature = scheme;
+                if scheme.ed25519() && sub.signing_keys.is_empty() {
+                    sub.signing_keys.push(crate::model::KeyEntry {
+                        key: new_key.clone(),
+                        expires_at: None,
+                    });
+                }
+            }
             if let Some(url) = update.url {
                 sub.url = url;
             }

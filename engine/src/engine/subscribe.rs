@@ -5,10 +5,11 @@ use std::time::Duration;
 use time::OffsetDateTime;
 
 use crate::{
+    ed25519::{PublicKey, SigningKey},
     error::EngineError,
     ids,
     input::{validate_event_types, validate_headers, validate_limits, NewSubscription},
-    model::{SecretEntry, SubscriptionStatus, WebhookSubscription},
+    model::{KeyEntry, SecretEntry, SignatureScheme, SubscriptionStatus, WebhookSubscription},
     signing::SigningSecret,
 };
 
@@ -24,6 +25,11 @@ pub struct Rotation {
     pub secret: SigningSecret,
     /// Until when the previous secret keeps signing.
     pub previous_secret_expires_at: Option<OffsetDateTime>,
+    /// The public half of the new current Ed25519 key, when the subscription
+    /// signs with Ed25519 (its previous key signs until the same time).
+    pub public_key: Option<PublicKey>,
+    /// Which signatures the subscription's deliveries carry.
+    pub signature: SignatureScheme,
 }
 
 impl Engine {
@@ -58,6 +64,15 @@ impl Engine {
                 secret,
                 expires_at: None,
             }],
+            signature: new.signature,
+            signing_keys: if new.signature.ed25519() {
+                vec![KeyEntry {
+                    key: SigningKey::generate(),
+                    expires_at: None,
+                }]
+            } else {
+                Vec::new()
+            },
             headers: new.headers,
             rate_limit: new.rate_limit,
             ordering: new.ordering,
@@ -93,6 +108,7 @@ impl Engine {
 
     /// Makes `secret` (or a new one) current; the previous current secret
     /// keeps signing for `grace`, then stops. Expired secrets are dropped.
+    /// A subscription that signs with Ed25519 gets a new key the same way.
     pub async fn rotate_secret(
         &self,
         tenant_id: &str,
@@ -116,6 +132,7 @@ impl Engine {
         let now = OffsetDateTime::now_utc();
         let expires = now + grace;
         let current = new_secret.clone();
+        let new_key = SigningKey::generate();
         let rotate = move |sub: &mut WebhookSubscription| {
             let mut secrets = vec![SecretEntry {
                 secret: current.clone(),
@@ -128,6 +145,19 @@ impl Engine {
                 }
             }
             sub.secrets = secrets;
+            if sub.signature.ed25519() {
+                let mut keys = vec![KeyEntry {
+                    key: new_key.clone(),
+                    expires_at: None,
+                }];
+                for mut old in sub.signing_keys.drain(..) {
+                    old.expires_at = Some(old.expires_at.map_or(expires, |t| t.min(expires)));
+                    if old.expires_at.is_some_and(|t| t > now) {
+                        keys.push(old);
+                    }
+                }
+                sub.signing_keys = keys;
+            }
             sub.updated_at = now;
             true
         };
@@ -136,6 +166,12 @@ impl Engine {
             .modify_subscription(tenant_id, id, Box::new(rotate))
             .await?
             .ok_or(EngineError::NotFound("subscription"))?;
+        let public_key = sub
+            .signing_keys
+            .first()
+            .filter(|_| sub.signature.ed25519())
+            .map(|k| k.key.public_key());
+        let signature = sub.signature;
         self.subscriptions.upsert(sub);
         tracing::info!(
             tenant_id,
@@ -146,6 +182,8 @@ impl Engine {
         Ok(Rotation {
             secret: new_secret,
             previous_secret_expires_at: (!grace.is_zero()).then_some(expires),
+            public_key,
+            signature,
         })
     }
 

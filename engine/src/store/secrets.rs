@@ -101,14 +101,22 @@ fn corrupt(e: serde_json::Error) -> StoreError {
     StoreError::Corrupt(redact_whsec(&e.to_string()))
 }
 
-/// `text` with anything that looks like a `whsec_` secret cut out.
+/// `text` with anything that looks like a `whsec_` secret or a `whsk_`
+/// private key cut out.
 fn redact_whsec(text: &str) -> String {
+    ["whsec_", "whsk_"]
+        .into_iter()
+        .fold(text.to_string(), |text, prefix| redact(&text, prefix))
+}
+
+fn redact(text: &str, prefix: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
-    while let Some(at) = rest.find("whsec_") {
+    while let Some(at) = rest.find(prefix) {
         out.push_str(&rest[..at]);
-        out.push_str("whsec_<redacted>");
-        rest = rest[at + 6..].trim_start_matches(|c: char| {
+        out.push_str(prefix);
+        out.push_str("<redacted>");
+        rest = rest[at + prefix.len()..].trim_start_matches(|c: char| {
             c.is_ascii_alphanumeric() || c == '+' || c == '/' || c == '='
         });
     }
@@ -147,6 +155,8 @@ mod tests {
                     expires_at: (i > 0).then_some(now),
                 })
                 .collect(),
+            signature: Default::default(),
+            signing_keys: Vec::new(),
             headers: BTreeMap::new(),
             rate_limit: None,
             ordering: Ordering::Unordered,
@@ -177,6 +187,48 @@ mod tests {
         assert_eq!(back, s);
         assert!(!stale);
         assert_eq!(codec.reseal(&body).unwrap(), None);
+    }
+
+    #[test]
+    fn ed25519_keys_are_sealed_too_and_old_bodies_default_to_hmac() {
+        use crate::{
+            ed25519::SigningKey,
+            model::{KeyEntry, SignatureScheme},
+        };
+        let codec = SubscriptionCodec::new(SecretCipher::random());
+        let mut s = sub("sub_1", &[&SigningSecret::generate()]);
+        let (current, previous) = (SigningKey::generate(), SigningKey::generate());
+        s.signature = SignatureScheme::Both;
+        s.signing_keys = vec![
+            KeyEntry {
+                key: current.clone(),
+                expires_at: None,
+            },
+            KeyEntry {
+                key: previous.clone(),
+                expires_at: Some(s.created_at),
+            },
+        ];
+        let body = codec.encode(&s).unwrap();
+        for key in [&current, &previous] {
+            let whsk = key.to_whsk();
+            assert!(!body.contains(whsk.trim_start_matches("whsk_")), "{body}");
+        }
+        assert_eq!(body.matches("enc:v1:").count(), 3, "{body}");
+        assert!(body.contains(r#""signature":"both""#), "{body}");
+        assert_eq!(codec.decode(&body).unwrap(), s);
+        let printed = format!("{s:?}");
+        assert!(!printed.contains(current.to_whsk().trim_start_matches("whsk_")));
+
+        // A body from before Ed25519: no scheme, no keys.
+        let old = codec
+            .encode(&sub("sub_2", &[&SigningSecret::generate()]))
+            .unwrap();
+        let old = old.replace(r#","signature":"hmac""#, "");
+        assert!(!old.contains("signature"), "{old}");
+        let back = codec.decode(&old).unwrap();
+        assert_eq!(back.signature, SignatureScheme::Hmac);
+        assert!(back.signing_keys.is_empty());
     }
 
     #[test]
@@ -259,6 +311,10 @@ mod tests {
         assert_eq!(
             redact_whsec("invalid value: string \"whsec_AAAA+/==\", expected x whsec_"),
             "invalid value: string \"whsec_<redacted>\", expected x whsec_<redacted>"
+        );
+        assert_eq!(
+            redact_whsec("key whsk_AB+/== end"),
+            "key whsk_<redacted> end"
         );
     }
 

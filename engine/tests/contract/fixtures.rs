@@ -50,6 +50,8 @@ pub fn subscription(tenant: &str) -> WebhookSubscription {
         status: SubscriptionStatus::Active,
         disabled_reason: None,
         secrets: Vec::new(),
+        signature: Default::default(),
+        signing_keys: Vec::new(),
         headers: Default::default(),
         rate_limit: None,
         ordering: Default::default(),

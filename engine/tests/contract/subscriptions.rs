@@ -4,7 +4,8 @@
 use std::sync::Arc;
 
 use herald_engine::{
-    model::{SubscriptionStatus, WebhookSubscription},
+    ed25519::SigningKey,
+    model::{KeyEntry, SignatureScheme, SubscriptionStatus, WebhookSubscription},
     store::{Store, StoreError, SubscriptionChange},
 };
 
@@ -17,6 +18,7 @@ contract!(
     a_deleted_subscription_stays_deleted,
     cas_loses_no_concurrent_update,
     cas_disable_wins,
+    signature_scheme_and_ed25519_keys_persist,
 );
 
 /// A change that sets the description.
@@ -234,4 +236,66 @@ async fn cas_disable_wins(h: &Harness) {
             assert_eq!(now.url, url, "round {round}");
         }
     }
+}
+
+/// The signature scheme and the (sealed) Ed25519 keys come back as written,
+/// through a create and a compare-and-set rotation; a subscription that
+/// never chose a scheme reads as `hmac` with no keys.
+async fn signature_scheme_and_ed25519_keys_persist(h: &Harness) {
+    let s = &h.store;
+    let plain = subscription("acme");
+    s.create_subscription(&plain).await.unwrap();
+    let back = stored(s.as_ref(), &plain).await;
+    assert_eq!(back.signature, SignatureScheme::Hmac);
+    assert!(back.signing_keys.is_empty());
+
+    let mut sub = subscription("acme");
+    sub.signature = SignatureScheme::Ed25519;
+    let first = SigningKey::generate();
+    sub.signing_keys = vec![KeyEntry {
+        key: first.clone(),
+        expires_at: None,
+    }];
+    s.create_subscription(&sub).await.unwrap();
+    assert_eq!(stored(s.as_ref(), &sub).await, sub);
+
+    let second = SigningKey::generate();
+    let expires = sub.created_at + time::Duration::hours(1);
+    let rotated = second.clone();
+    let (after, changed) = s
+        .modify_subscription(
+            "acme",
+            &sub.id,
+            Box::new(move |s| {
+                s.signature = SignatureScheme::Both;
+                let mut old = s.signing_keys.remove(0);
+                old.expires_at = Some(expires);
+                s.signing_keys = vec![
+                    KeyEntry {
+                        key: rotated.clone(),
+                        expires_at: None,
+                    },
+                    old,
+                ];
+                true
+            }),
+        )
+        .await
+        .unwrap()
+        .expect("exists");
+    assert!(changed);
+    let back = stored(s.as_ref(), &sub).await;
+    assert_eq!(back, after);
+    assert_eq!(back.signature, SignatureScheme::Both);
+    assert_eq!(back.signing_keys.len(), 2);
+    assert!(back.signing_keys[0].key == second);
+    assert!(back.signing_keys[1].key == first);
+    assert_eq!(
+        back.signing_keys[1].expires_at.map(|t| t.unix_timestamp()),
+        Some(expires.unix_timestamp())
+    );
+    let listed = s.list_subscriptions("acme", None, 10).await.unwrap();
+    assert!(listed
+        .iter()
+        .any(|l| l.id == sub.id && l.signing_keys.len() == 2));
 }
