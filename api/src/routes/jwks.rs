@@ -63,7 +63,7 @@ fn keys_of(sub: &WebhookSubscription, now: OffsetDateTime) -> impl Iterator<Item
 
 /// One subscription's live Ed25519 public keys (empty when it signs with HMAC only).
 #[utoipa::path(get, path = "/api/v1/portal/webhooks/{id}/jwks", tag = "subscriptions",
-    params(("id" = String, Path, description = "Subscription id")), security(("api_key" = [])),
+    params(("id" = String, Path, description = "Subscription id")), security(("api_key" = ["webhooks:read"])),
     responses((status = 200, description = "The subscription's live public keys", body = Jwks)))]
 pub async fn subscription(
     State(state): State<AppState>,
@@ -79,7 +79,7 @@ pub async fn subscription(
 
 /// Every live Ed25519 public key of the tenant's subscriptions.
 #[utoipa::path(get, path = "/api/v1/portal/jwks", tag = "subscriptions",
-    security(("api_key" = [])),
+    security(("api_key" = ["webhooks:read"])),
     responses((status = 200, description = "The tenant's live public keys", body = Jwks)))]
 pub async fn tenant(
     State(state): State<AppState>,
