@@ -50,8 +50,7 @@ async fn counter(herald: &Herald, name: &str) -> f64 {
         .text()
         .await
         .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+    crate::metrics::value(&crate::metrics::parse(&text), name, &[])
         .unwrap_or_else(|| panic!("{name} is not in /metrics"))
 }
 
