@@ -37,10 +37,25 @@ pub async fn refresh(store: &dyn Store, index: &SubscriptionIndex) {
     if index.version() == Some(version) {
         return;
     }
+    let edits = index.edits();
     // Read after the version: the snapshot holds at least that version.
-    match store.all_subscriptions().await {
-        Ok(subs) => index.replace(version, subs),
-        Err(e) => tracing::warn!(error = %e, "could not reload subscriptions"),
+    let resumed = match store.all_subscriptions().await {
+        Ok(subs) => index.replace(version, edits, subs),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not reload subscriptions");
+            return;
+        }
+    };
+    // Resumed through another process, whose release may have come before
+    // this one's workers saw the resume and held a delivery again: release
+    // once more, rather than leave it to its re-check time.
+    for id in resumed {
+        if let Err(e) = store
+            .release_held(&id, crate::clock::now_ms(), usize::MAX)
+            .await
+        {
+            tracing::warn!(error = %e, subscription_id = %id, "could not release a resumed subscription's held deliveries; they go at their re-check");
+        }
     }
 }
 
@@ -51,6 +66,8 @@ struct Inner {
     keyed: HashMap<(String, String), Vec<String>>,
     /// The store's subscriptions version of the last [`SubscriptionIndex::replace`].
     version: Option<u64>,
+    /// Local changes ([`SubscriptionIndex::upsert`], [`SubscriptionIndex::remove`]) so far.
+    edits: u64,
 }
 
 /// Subscriptions by id and by what they match.
@@ -74,6 +91,7 @@ impl SubscriptionIndex {
     /// Adds or replaces a subscription.
     pub fn upsert(&self, sub: WebhookSubscription) {
         let mut inner = self.inner.write();
+        inner.edits += 1;
         remove_keys(&mut inner, &sub.id);
         for filter in &sub.event_types {
             let key = filter.strip_suffix('*').unwrap_or(filter).to_string();
@@ -87,12 +105,45 @@ impl SubscriptionIndex {
     }
 
     /// Replaces the whole index with `subs`, a snapshot of the store read
-    /// after it was at `version`.
-    pub fn replace(&self, version: u64, subs: impl IntoIterator<Item = WebhookSubscription>) {
+    /// after it was at `version` and after the index had seen `edits` local
+    /// changes ([`SubscriptionIndex::edits`]). If a local change came in
+    /// since, the snapshot may predate it (a resume would read as paused
+    /// again): it is dropped, and the next refresh reloads. Returns the
+    /// subscriptions the snapshot shows active that the index held as not.
+    pub fn replace(
+        &self,
+        version: u64,
+        edits: u64,
+        subs: impl IntoIterator<Item = WebhookSubscription>,
+    ) -> Vec<String> {
         let fresh = Self::new(subs);
         let mut next = std::mem::take(&mut *fresh.inner.write());
+        let mut inner = self.inner.write();
+        if inner.edits != edits {
+            inner.version = None;
+            return Vec::new();
+        }
+        let resumed = next
+            .by_id
+            .values()
+            .filter(|s| s.status == SubscriptionStatus::Active)
+            .filter(|s| {
+                inner
+                    .by_id
+                    .get(&s.id)
+                    .is_some_and(|old| old.status != SubscriptionStatus::Active)
+            })
+            .map(|s| s.id.clone())
+            .collect();
         next.version = Some(version);
-        *self.inner.write() = next;
+        next.edits = edits;
+        *inner = next;
+        resumed
+    }
+
+    /// How many local changes the index has seen (read before a snapshot).
+    pub fn edits(&self) -> u64 {
+        self.inner.read().edits
     }
 
     /// The store version of the snapshot the index was last replaced with.
@@ -103,6 +154,7 @@ impl SubscriptionIndex {
     /// Removes a subscription.
     pub fn remove(&self, id: &str) {
         let mut inner = self.inner.write();
+        inner.edits += 1;
         remove_keys(&mut inner, id);
         inner.by_id.remove(id);
     }
@@ -234,7 +286,7 @@ mod tests {
         assert_eq!(index.version(), seen, "nothing moved: no reload");
         // A snapshot at a higher version than the store's (a CQL writer
         // whose clock ran ahead of the next one's): still reloaded.
-        index.replace(u64::MAX, []);
+        index.replace(u64::MAX, index.edits(), []);
         store
             .create_subscription(&sub("b", "t", &["x.*"]))
             .await
@@ -242,6 +294,30 @@ mod tests {
         refresh(&store, &index).await;
         assert_eq!(ids(index.matching("t", "x.y")), ["a", "b"]);
         assert_ne!(index.version(), Some(u64::MAX));
+    }
+
+    #[test]
+    fn a_snapshot_read_before_a_local_change_does_not_undo_it() {
+        let index = SubscriptionIndex::default();
+        let mut paused = sub("a", "t", &["x.*"]);
+        paused.status = SubscriptionStatus::Paused;
+        assert!(index.replace(1, index.edits(), [paused.clone()]).is_empty());
+        // A reload starts (reads the edit count, then the store, which
+        // still shows the subscription paused); meanwhile it is resumed here.
+        let edits = index.edits();
+        index.upsert(sub("a", "t", &["x.*"]));
+        index.replace(2, edits, [paused.clone()]);
+        let a = index.get("a").unwrap();
+        assert_eq!(a.status, SubscriptionStatus::Active, "the resume stands");
+        assert_eq!(index.version(), None, "the next refresh reloads");
+        // A snapshot read after the change is taken; one that shows a
+        // paused subscription active names it (its held deliveries go).
+        index.replace(3, index.edits(), [paused]);
+        assert_eq!(index.version(), Some(3));
+        let resumed = index.replace(4, index.edits(), [sub("a", "t", &["x.*"])]);
+        assert_eq!(resumed, ["a"]);
+        assert!(index.replace(5, index.edits(), []).is_empty());
+        assert!(index.get("a").is_none());
     }
 
     #[test]
