@@ -214,6 +214,36 @@ impl From<EngineError> for ApiError {
                 e
             }
             EngineError::Conflict(m) => Self::new(StatusCode::CONFLICT, "conflict", "Conflict", m),
+            EngineError::QuotaExceeded {
+                field,
+                message,
+                retry_after: Some(wait),
+            } => {
+                let mut e = Self::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate-limited",
+                    "Rate limited",
+                    message,
+                );
+                e.field = Some(field);
+                // Whole seconds, rounded up: a client that waits this long is let in.
+                e.retry_after = Some(wait.as_millis().div_ceil(1000).max(1) as u64);
+                e
+            }
+            EngineError::QuotaExceeded {
+                field,
+                message,
+                retry_after: None,
+            } => {
+                let mut e = Self::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "quota-exceeded",
+                    "Quota exceeded",
+                    message,
+                );
+                e.field = Some(field);
+                e
+            }
             EngineError::Unavailable(m) => {
                 tracing::warn!(reason = %m, "answering 503");
                 Self::new(

@@ -30,6 +30,8 @@ use crate::{error::Problem, routes};
         document,
         routes::metrics::export,
         routes::admin::create_tenant,
+        routes::admin::get_quotas,
+        routes::admin::put_quotas,
         routes::api_keys::admin_create,
         routes::api_keys::admin_list,
         routes::api_keys::admin_revoke,
@@ -62,7 +64,7 @@ use crate::{error::Problem, routes};
     components(schemas(Problem, herald_engine::error::SchemaIssue)),
     modifiers(&Security, &StandardErrors),
     tags(
-        (name = "admin", description = "Tenants and their API keys (admin token)"),
+        (name = "admin", description = "Tenants, their API keys and quotas (admin token)"),
         (name = "api-keys", description = "The caller's own API keys"),
         (name = "subscriptions", description = "Webhook subscriptions, secret rotation, bulk recovery"),
         (name = "events", description = "Emit, list, read and replay domain events"),
@@ -121,7 +123,7 @@ fn add_errors(op: &mut Operation, authenticated: bool, has_body: bool) {
         ("405", "Method not allowed on this path"),
         (
             "422",
-            "A field's value is not acceptable (`field` names it)",
+            "A field's value is not acceptable (`field` names it), or a tenant quota refuses it (`quota-exceeded`)",
         ),
         ("500", "Unexpected error (logged)"),
         (
@@ -133,7 +135,7 @@ fn add_errors(op: &mut Operation, authenticated: bool, has_body: bool) {
         errors.push(("401", "Missing, unknown, revoked or expired credentials"));
         errors.push((
             "429",
-            "The tenant's request rate limit is exhausted; retry after `Retry-After`",
+            "The tenant's request rate limit or events-per-second quota is exhausted; retry after `Retry-After`",
         ));
         errors.push(("409", "Conflict with an existing resource"));
     }

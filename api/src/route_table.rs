@@ -177,6 +177,16 @@ pub fn api_routes() -> RouteTable {
     use Scope::{Admin, EventsRead, EventsReplay, EventsWrite, WebhooksRead, WebhooksWrite};
     RouteTable::new()
         .post(v1!("/admin/tenants"), AdminToken, admin::create_tenant)
+        .get(
+            v1!("/admin/tenants/{tenant}/quotas"),
+            AdminToken,
+            admin::get_quotas,
+        )
+        .put(
+            v1!("/admin/tenants/{tenant}/quotas"),
+            AdminToken,
+            admin::put_quotas,
+        )
         .post(
             v1!("/admin/tenants/{tenant}/api-keys"),
             AdminToken,

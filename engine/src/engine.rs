@@ -1,7 +1,7 @@
 //! The engine facade: the operations the API exposes, over the log, the
 //! store, fan-out, the scheduler and the shards. Each responsibility has a
 //! file of its own: `backends` chooses the log and store once, `wiring` starts the tasks, then `tenants`, `subscribe`,
-//! `manage`, `emit`, `batch`, `query`, `replay`, `recovery`, `catalogue`
+//! `manage`, `emit`, `batch`, `quotas`, `query`, `replay`, `recovery`, `catalogue`
 //! and `stream` serve the API. Input rules live in [`crate::input`].
 
 mod backends;
@@ -10,6 +10,7 @@ mod catalogue;
 mod emit;
 mod manage;
 mod query;
+mod quotas;
 mod recovery;
 mod replay;
 mod stream;
@@ -57,6 +58,8 @@ pub struct Engine {
     /// Serialise read-modify-write changes of one subscription (striped by id),
     /// so a concurrent delete is never undone by an update.
     subscription_locks: Vec<AsyncMutex<()>>,
+    /// Tenants' quotas as enforced, and their rate limiters.
+    quotas: quotas::QuotaCache,
     /// Cancels the background tasks when the engine is dropped without a
     /// [`Engine::shutdown`] (a panicking caller): the relay's blocking loop
     /// would otherwise keep its runtime from ever shutting down.

@@ -34,6 +34,17 @@ pub enum EngineError {
     /// The resource already exists.
     #[error("{0}")]
     Conflict(String),
+    /// A tenant quota refuses the call: with `retry_after`, a rate that
+    /// frees up (429); without, a limit the call exceeds as it is (422).
+    #[error("quota exceeded: {message}")]
+    QuotaExceeded {
+        /// The request field (or `tenant`) the limit applies to.
+        field: &'static str,
+        /// Which limit, its value, and what to do.
+        message: String,
+        /// When the rate allows the call again.
+        retry_after: Option<std::time::Duration>,
+    },
     /// A dependency (log or store) cannot make the change durable right now.
     #[error("temporarily unavailable: {0}")]
     Unavailable(String),

@@ -237,3 +237,24 @@ pub struct RecoveryCandidate {
     /// Its latest delivery to the subscription.
     pub delivery_id: String,
 }
+
+/// A tenant's limits, set by the Herald admin; an absent limit is none
+/// (beyond the server's own, such as the 256 KiB payload limit).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct TenantQuotas {
+    /// Subscriptions the tenant may have at once; creating one more is
+    /// refused (422 `quota-exceeded`).
+    #[serde(default)]
+    pub max_subscriptions: Option<u32>,
+    /// Largest event payload, in bytes of JSON, when below the server's
+    /// limit; a larger one is refused (422 `quota-exceeded`).
+    #[serde(default)]
+    pub max_event_bytes: Option<u32>,
+    /// Events per second the tenant may emit, counted per API process
+    /// over one second (a batch counts each event); past it emits are
+    /// refused with 429 and `Retry-After`, and nothing of them is accepted.
+    #[serde(default)]
+    pub events_per_second: Option<u32>,
+}

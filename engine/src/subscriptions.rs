@@ -159,6 +159,16 @@ impl SubscriptionIndex {
         inner.by_id.remove(id);
     }
 
+    /// How many subscriptions `tenant` has (a scan of the index).
+    pub fn count_of(&self, tenant: &str) -> usize {
+        let inner = self.inner.read();
+        inner
+            .by_id
+            .values()
+            .filter(|s| s.tenant_id == tenant)
+            .count()
+    }
+
     /// One subscription by id.
     pub fn get(&self, id: &str) -> Option<Arc<WebhookSubscription>> {
         self.inner.read().by_id.get(id).cloned()

@@ -1,6 +1,11 @@
-//! Admin calls (admin token): tenants.
+//! Admin calls (admin token): tenants and their quotas.
 
-use axum::{extract::State, http::StatusCode, Json};
+use axum::{
+    extract::{Path, State},
+    http::StatusCode,
+    Json,
+};
+use herald_engine::resources::TenantQuotas;
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -43,4 +48,31 @@ pub async fn create_tenant(
             api_key,
         }),
     ))
+}
+
+/// A tenant's quotas (admin); a limit that is `null` is none.
+#[utoipa::path(get, path = "/api/v1/admin/tenants/{tenant}/quotas", tag = "admin",
+    params(("tenant" = String, Path, description = "Tenant id")), security(("admin_token" = [])),
+    responses((status = 200, description = "The tenant's quotas", body = TenantQuotas)))]
+pub async fn get_quotas(
+    State(state): State<AppState>,
+    _admin: Admin,
+    Path(tenant): Path<String>,
+) -> Result<Json<TenantQuotas>, ApiError> {
+    Ok(Json(state.engine.tenant_quotas(&tenant).await?))
+}
+
+/// Replaces a tenant's quotas (admin): a limit left out or `null` is lifted.
+/// Applies at once in this process and within a second in the others.
+#[utoipa::path(put, path = "/api/v1/admin/tenants/{tenant}/quotas", tag = "admin",
+    params(("tenant" = String, Path, description = "Tenant id")),
+    request_body = TenantQuotas, security(("admin_token" = [])),
+    responses((status = 200, description = "The quotas now in force", body = TenantQuotas)))]
+pub async fn put_quotas(
+    State(state): State<AppState>,
+    _admin: Admin,
+    Path(tenant): Path<String>,
+    ApiJson(body): ApiJson<TenantQuotas>,
+) -> Result<Json<TenantQuotas>, ApiError> {
+    Ok(Json(state.engine.set_tenant_quotas(&tenant, body).await?))
 }

@@ -149,6 +149,7 @@ async fn readyz_and_the_openapi_document() {
         ("/api/v1/portal/webhooks/{id}/resume", &["post"]),
         ("/api/v1/portal/webhooks/{id}/recover", &["post"]),
         ("/api/v1/portal/recoveries/{job_id}", &["get"]),
+        ("/api/v1/admin/tenants/{tenant}/quotas", &["get", "put"]),
         ("/api/v1/integrations/events", &["post", "get"]),
         ("/api/v1/integrations/events/batch", &["post"]),
         ("/api/v1/integrations/events/{id}", &["get"]),
@@ -181,7 +182,7 @@ async fn readyz_and_the_openapi_document() {
     }
     assert_eq!(
         paths.len(),
-        27,
+        28,
         "no undocumented extras: {:?}",
         paths.keys()
     );

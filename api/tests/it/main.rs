@@ -27,6 +27,7 @@ mod metrics;
 mod openapi_routes;
 mod policies;
 mod portal;
+mod quotas;
 mod recovery;
 mod relay_scale;
 mod replicas;

@@ -88,6 +88,7 @@ impl Engine {
                 })?;
             events.push(event);
         }
+        self.admit_events(tenant_id, &events).await?;
 
         // Hold the dedupe stripes of every key of the batch, in stripe order
         // (no deadlock with other batches), for the check-then-append.

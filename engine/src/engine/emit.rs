@@ -25,6 +25,8 @@ impl Engine {
             event.schema_version,
             &event.payload,
         )?;
+        self.admit_events(tenant_id, std::slice::from_ref(&event))
+            .await?;
         let _guard = match &event.dedupe_key {
             Some(key) => {
                 let stripe = self.dedupe_stripe(tenant_id, key);

@@ -46,6 +46,7 @@ impl Engine {
         }
         validate_headers(&new.headers)?;
         validate_limits(new.rate_limit, new.max_in_flight, new.timeout_seconds)?;
+        self.admit_subscription(tenant_id).await?;
         let secret = match &new.secret {
             Some(s) => SigningSecret::parse(s)
                 .map_err(|e| EngineError::invalid("secret", e.to_string()))?,

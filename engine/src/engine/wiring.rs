@@ -194,6 +194,7 @@ impl Engine {
             catalogue,
             recovery_wake,
             subscription_locks: (0..64).map(|_| AsyncMutex::new(())).collect(),
+            quotas: Default::default(),
             _stop_on_drop: cancel.drop_guard(),
         }))
     }

@@ -3,7 +3,7 @@
 use async_trait::async_trait;
 
 use super::StoreError;
-use crate::resources::{ApiKey, KeyGrant};
+use crate::resources::{ApiKey, KeyGrant, TenantQuotas};
 
 /// Tenants and API keys.
 #[async_trait]
@@ -40,4 +40,15 @@ pub trait TenantStore: Send + Sync + 'static {
         key_id: &str,
         at_ms: i64,
     ) -> Result<Option<ApiKey>, StoreError>;
+
+    /// A tenant's quotas (none set: the default, no limits); `None` if
+    /// there is no such tenant.
+    async fn tenant_quotas(&self, tenant_id: &str) -> Result<Option<TenantQuotas>, StoreError>;
+
+    /// Replaces a tenant's quotas; `NotFound` if there is no such tenant.
+    async fn set_tenant_quotas(
+        &self,
+        tenant_id: &str,
+        quotas: &TenantQuotas,
+    ) -> Result<(), StoreError>;
 }

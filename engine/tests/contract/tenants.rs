@@ -1,7 +1,10 @@
 //! [`TenantStore`]: tenants, API keys by hash, revocation, scopes and
 //! expiry, and keys stored before keys had scopes (full access).
 
-use herald_engine::{resources::Scope, store::StoreError};
+use herald_engine::{
+    resources::{Scope, TenantQuotas},
+    store::StoreError,
+};
 use time::OffsetDateTime;
 
 use crate::{backend::Harness, fixtures::key};
@@ -11,6 +14,7 @@ contract!(
     keys_authenticate_until_revoked,
     scopes_and_expiry_are_kept,
     keys_from_before_scopes_have_full_access,
+    quotas_are_kept_per_tenant,
 );
 
 /// The tenant of a live key hash.
@@ -168,4 +172,44 @@ async fn keys_from_before_scopes_have_full_access(h: &Harness) {
         .unwrap()
         .unwrap();
     assert_eq!(s.grant_for_key([5; 32]).await.unwrap(), None);
+}
+
+async fn quotas_are_kept_per_tenant(h: &Harness) {
+    let s = &h.store;
+    assert_eq!(s.tenant_quotas("acme").await.unwrap(), None, "no tenant");
+    let orphan = s.set_tenant_quotas("acme", &TenantQuotas::default()).await;
+    assert!(matches!(orphan, Err(StoreError::NotFound(_))), "{orphan:?}");
+    assert!(
+        !s.tenant_exists("acme").await.unwrap(),
+        "setting quotas creates no tenant"
+    );
+    for (t, k) in [("acme", 1), ("globex", 2)] {
+        s.create_tenant(t, &key(&format!("key_0{k}"), t), [k; 32])
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        s.tenant_quotas("acme").await.unwrap(),
+        Some(TenantQuotas::default()),
+        "a new tenant has none"
+    );
+    let q = TenantQuotas {
+        max_subscriptions: Some(3),
+        max_event_bytes: Some(1024),
+        events_per_second: Some(50),
+    };
+    s.set_tenant_quotas("acme", &q).await.unwrap();
+    assert_eq!(s.tenant_quotas("acme").await.unwrap(), Some(q));
+    assert_eq!(
+        s.tenant_quotas("globex").await.unwrap(),
+        Some(TenantQuotas::default()),
+        "another tenant's are its own"
+    );
+    // Replaced as a whole: a limit left out is lifted.
+    let fewer = TenantQuotas {
+        events_per_second: Some(5),
+        ..TenantQuotas::default()
+    };
+    s.set_tenant_quotas("acme", &fewer).await.unwrap();
+    assert_eq!(s.tenant_quotas("acme").await.unwrap(), Some(fewer));
 }

@@ -1,11 +1,13 @@
 //! Stores written by the Herald before keys had scopes open and keep their
 //! keys working with full access: a SQLite database at schema v4 migrates
-//! to v5, and a CQL keyspace whose `api_keys` table lacks `scopes` and
-//! `expires_at` gets them by `ALTER TABLE`.
+//! to v6 (scopes, then tenant quotas), and a CQL keyspace whose `api_keys`
+//! table lacks `scopes` and `expires_at` and whose `tenants` table lacks
+//! `quotas` gets them by `ALTER TABLE`. Old tenants have no quotas, and
+//! quotas can be set on them.
 
 use herald_engine::{
     config::ScyllaConfig,
-    resources::Scope,
+    resources::{Scope, TenantQuotas},
     store::{embedded::EmbeddedStore, scylla::ScyllaStore, Store, TenantStore},
 };
 
@@ -24,6 +26,16 @@ async fn old_key_has_full_access(store: &dyn Store) {
     let listed = store.list_api_keys("acme").await.unwrap();
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].scopes, [Scope::Admin]);
+    assert_eq!(
+        store.tenant_quotas("acme").await.unwrap(),
+        Some(TenantQuotas::default())
+    );
+    let q = TenantQuotas {
+        max_subscriptions: Some(1),
+        ..TenantQuotas::default()
+    };
+    store.set_tenant_quotas("acme", &q).await.unwrap();
+    assert_eq!(store.tenant_quotas("acme").await.unwrap(), Some(q));
 }
 
 #[tokio::test]
@@ -64,7 +76,7 @@ async fn an_embedded_store_at_schema_v4_migrates_and_old_keys_keep_full_access()
     let v: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(v, 5);
+    assert_eq!(v, 6);
 }
 
 #[tokio::test]

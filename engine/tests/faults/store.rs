@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use herald_engine::{
     log::LogPosition,
     model::{DomainEvent, ScheduledDelivery, WebhookDeliveryLog, WebhookSubscription},
-    resources::{ApiKey, EventTypeSchema, RecoveryCandidate, RecoveryJob},
+    resources::{ApiKey, EventTypeSchema, RecoveryCandidate, RecoveryJob, TenantQuotas},
     store::{
         CatalogueStore, DeliveryLogStore, EventFilter, EventStore, FanOut, FanOutResult, LogFilter,
         RecoveryScope, RecoveryStore, ScheduleStore, Store, StoreError, SubscriptionChange,
@@ -226,6 +226,16 @@ impl TenantStore for FaultyStore {
         at_ms: i64,
     ) -> Result<Option<ApiKey>, StoreError> {
         self.inner.revoke_api_key(tenant_id, key_id, at_ms).await
+    }
+    async fn tenant_quotas(&self, tenant_id: &str) -> Result<Option<TenantQuotas>, StoreError> {
+        self.inner.tenant_quotas(tenant_id).await
+    }
+    async fn set_tenant_quotas(
+        &self,
+        tenant_id: &str,
+        quotas: &TenantQuotas,
+    ) -> Result<(), StoreError> {
+        self.inner.set_tenant_quotas(tenant_id, quotas).await
     }
 }
 

@@ -189,6 +189,7 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
         (3, include_str!("schema_v3.sql")),
         (4, include_str!("schema_v4.sql")),
         (5, include_str!("schema_v5.sql")),
+        (6, include_str!("schema_v6.sql")),
     ] {
         if version < step {
             conn.execute_batch(&format!("BEGIN IMMEDIATE; {sql} COMMIT;"))

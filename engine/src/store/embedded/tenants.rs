@@ -6,7 +6,7 @@ use time::OffsetDateTime;
 
 use super::{db_err, EmbeddedStore};
 use crate::{
-    resources::{ApiKey, KeyGrant, Scope},
+    resources::{ApiKey, KeyGrant, Scope, TenantQuotas},
     store::{StoreError, TenantStore},
 };
 
@@ -98,6 +98,47 @@ impl TenantStore for EmbeddedStore {
                 .optional()
             })
             .map_err(db_err)
+        })
+        .await
+    }
+
+    async fn tenant_quotas(&self, tenant_id: &str) -> Result<Option<TenantQuotas>, StoreError> {
+        let tenant = tenant_id.to_string();
+        let row: Option<Option<String>> = self
+            .read(move |conn| {
+                conn.query_row("SELECT quotas FROM tenants WHERE id = ?1", [tenant], |r| {
+                    r.get(0)
+                })
+                .optional()
+                .map_err(db_err)
+            })
+            .await?;
+        row.map(|json| {
+            json.map_or(Ok(TenantQuotas::default()), |j| {
+                serde_json::from_str(&j).map_err(|e| StoreError::Corrupt(e.to_string()))
+            })
+        })
+        .transpose()
+    }
+
+    async fn set_tenant_quotas(
+        &self,
+        tenant_id: &str,
+        quotas: &TenantQuotas,
+    ) -> Result<(), StoreError> {
+        let tenant = tenant_id.to_string();
+        let json = serde_json::to_string(quotas).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        self.write(move |conn| {
+            let n = conn
+                .execute(
+                    "UPDATE tenants SET quotas = ?1 WHERE id = ?2",
+                    params![json, tenant],
+                )
+                .map_err(db_err)?;
+            if n == 0 {
+                return Err(StoreError::NotFound("tenant"));
+            }
+            Ok(())
         })
         .await
     }

@@ -347,10 +347,11 @@ impl ScyllaStore {
 
 /// Columns `schema.cql` has that tables created by an older version lack:
 /// `(table, column, type)`.
-const ADDED_COLUMNS: [(&str, &str, &str); 3] = [
+const ADDED_COLUMNS: [(&str, &str, &str); 4] = [
     ("subscriptions", "revision", "bigint"),
     ("api_keys", "scopes", "text"),
     ("api_keys", "expires_at", "bigint"),
+    ("tenants", "quotas", "text"),
 ];
 
 /// Tables whose rows expire after the retention.

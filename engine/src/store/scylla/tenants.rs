@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use super::{decode, encode, ScyllaStore};
 use crate::{
     clock::now_ms,
-    resources::{ApiKey, KeyGrant, Scope},
+    resources::{ApiKey, KeyGrant, Scope, TenantQuotas},
     store::{StoreError, TenantStore},
 };
 
@@ -58,6 +58,35 @@ impl TenantStore for ScyllaStore {
             )));
         }
         self.insert_key(first_key, key_hash).await
+    }
+
+    async fn tenant_quotas(&self, tenant_id: &str) -> Result<Option<TenantQuotas>, StoreError> {
+        let row: Option<(Option<String>,)> = self
+            .row(
+                "SELECT quotas FROM tenants WHERE tenant_id = ?",
+                (tenant_id,),
+            )
+            .await?;
+        row.map(|(json,)| json.map_or(Ok(TenantQuotas::default()), |j| decode(&j)))
+            .transpose()
+    }
+
+    async fn set_tenant_quotas(
+        &self,
+        tenant_id: &str,
+        quotas: &TenantQuotas,
+    ) -> Result<(), StoreError> {
+        // A conditional update, so that it never creates a tenant row.
+        let (applied, _) = self
+            .lwt(
+                "UPDATE tenants SET quotas = ? WHERE tenant_id = ? IF EXISTS",
+                (encode(quotas)?, tenant_id),
+            )
+            .await?;
+        if !applied {
+            return Err(StoreError::NotFound("tenant"));
+        }
+        Ok(())
     }
 
     async fn tenant_exists(&self, tenant_id: &str) -> Result<bool, StoreError> {
