@@ -233,6 +233,26 @@ impl Metrics {
         &self.registry
     }
 
+    /// Exports `herald_store_operations_total{kind}` from `store`'s own
+    /// counts, read at each scrape, if the store counts (the CQL store).
+    pub fn watch_store(&self, store: Arc<dyn Store>) {
+        if store.op_counts().is_none() {
+            return;
+        }
+        let proto = IntCounterVec::new(
+            Opts::new(
+                "herald_store_operations_total",
+                "Statements this process sent to the CQL store, by kind (read, write, conditional_write)",
+            ),
+            &["kind"],
+        )
+        .expect("valid metric");
+        let collector = StoreOps { store, proto };
+        self.registry
+            .register(Box::new(collector))
+            .expect("unique metric");
+    }
+
     /// Every metric in the Prometheus text format ([`CONTENT_TYPE`]).
     pub fn render(&self) -> String {
         let mut out = Vec::with_capacity(16 * 1024);
@@ -372,6 +392,29 @@ pub async fn run_refresher(
             () = tokio::time::sleep(REFRESH_EVERY) => {}
             () = cancel.cancelled() => return,
         }
+    }
+}
+
+/// Reads a store's operation counts at scrape time.
+struct StoreOps {
+    store: Arc<dyn Store>,
+    proto: IntCounterVec,
+}
+
+impl prometheus::core::Collector for StoreOps {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        self.proto.desc()
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        if let Some(counts) = self.store.op_counts() {
+            for (kind, n) in counts.snapshot() {
+                let c = self.proto.with_label_values(&[kind]);
+                c.reset();
+                c.inc_by(n);
+            }
+        }
+        self.proto.collect()
     }
 }
 

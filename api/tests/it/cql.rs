@@ -537,3 +537,44 @@ pub(crate) async fn drop_keyspace(session: &scylla::client::session::Session, ks
         .query_unpaged(format!("DROP KEYSPACE IF EXISTS {ks}"), ())
         .await;
 }
+
+/// The CQL store counts the statements it sends (`herald_store_operations_total`):
+/// delivering events adds reads and writes, so the operations per delivery
+/// can be measured; the embedded store exports no such series.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cql_statements_are_counted_per_kind() {
+    use crate::metrics::{parse, value};
+    let _cassandra = crate::cql::shared().await;
+    let h = herald_on(&config("ops")).await;
+    let ops = |kind: &'static str| {
+        let text = h.engine.metrics().render();
+        value(
+            &parse(&text),
+            "herald_store_operations_total",
+            &[("kind", kind)],
+        )
+        .unwrap_or(0.0)
+    };
+    let key = h.tenant("acme").await;
+    let receiver = Receiver::start(200).await;
+    h.subscribe(&key, &receiver.url, &["order.*"]).await;
+    let (reads, writes) = (ops("read"), ops("write"));
+    assert!(writes > 0.0, "creating a tenant and a subscription wrote");
+    for n in 0..5 {
+        h.emit(&key, "order.placed", json!({ "n": n })).await;
+    }
+    eventually("5 deliveries", Duration::from_secs(30), || async {
+        (receiver.received().len() >= 5).then_some(())
+    })
+    .await;
+    assert!(ops("write") >= writes + 5.0, "each delivery wrote");
+    assert!(ops("read") > reads);
+    h.engine.shutdown().await;
+
+    let embedded = Herald::start().await;
+    let text = embedded.engine.metrics().render();
+    assert!(
+        !text.contains("herald_store_operations_total"),
+        "SQLite counts none"
+    );
+}

@@ -65,6 +65,7 @@ impl Engine {
         let cancel = CancellationToken::new();
         let wake = Arc::new(Notify::new());
         let metrics = Arc::new(Metrics::new());
+        metrics.watch_store(store.clone());
         let mut tasks = Vec::new();
         let shards = if config.role.runs_workers() {
             let d = &config.delivery;

@@ -60,6 +60,49 @@ pub enum StoreError {
     Database(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
+/// Statements a store sent to its database since it opened, by kind. The
+/// CQL store counts them (`herald_store_operations_total{kind}`), so the
+/// cost of a delivery in round trips can be measured; SQLite does not.
+#[derive(Debug, Default)]
+pub struct OpCounts {
+    reads: std::sync::atomic::AtomicU64,
+    writes: std::sync::atomic::AtomicU64,
+    conditional: std::sync::atomic::AtomicU64,
+}
+
+impl OpCounts {
+    /// Kinds, as [`OpCounts::snapshot`] names them.
+    pub const KINDS: [&'static str; 3] = ["read", "write", "conditional_write"];
+
+    /// Counts one read (a query or one paged scan).
+    pub fn read(&self) {
+        self.reads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Counts one plain write (insert, update or delete).
+    pub fn write(&self) {
+        self.writes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Counts one conditional write (a lightweight transaction).
+    pub fn conditional(&self) {
+        self.conditional
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The counts so far, by kind.
+    pub fn snapshot(&self) -> [(&'static str, u64); 3] {
+        use std::sync::atomic::Ordering::Relaxed;
+        [
+            (Self::KINDS[0], self.reads.load(Relaxed)),
+            (Self::KINDS[1], self.writes.load(Relaxed)),
+            (Self::KINDS[2], self.conditional.load(Relaxed)),
+        ]
+    }
+}
+
 /// The durable state of the engine: every role of the store. Implemented
 /// for every type that implements all the role traits.
 pub trait Store:

@@ -118,4 +118,9 @@ pub trait ScheduleStore: Send + Sync + 'static {
 
     /// Whether the store answers: one cheap round trip (for `/readyz`).
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// The statements this store sent to its database, when it counts them.
+    fn op_counts(&self) -> Option<&super::OpCounts> {
+        None
+    }
 }

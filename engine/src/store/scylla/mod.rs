@@ -65,6 +65,8 @@ pub struct ScyllaStore {
     marks: marks::ReadMarks,
     /// Recovery jobs this process stepped last: `scheduled` as it wrote it.
     recovery_tally: parking_lot::Mutex<HashMap<String, u64>>,
+    /// Statements sent, by kind.
+    ops: super::OpCounts,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
@@ -190,6 +192,7 @@ impl ScyllaStore {
             codec: SubscriptionCodec::new(cipher),
             marks: marks::ReadMarks::default(),
             recovery_tally: Default::default(),
+            ops: Default::default(),
         };
         store.reseal_subs().await?;
         Ok(store)
@@ -197,6 +200,7 @@ impl ScyllaStore {
 
     /// Runs a statement, ignoring any rows.
     async fn exec(&self, cql: &'static str, values: impl SerializeRow) -> Result<(), StoreError> {
+        self.ops.write();
         self.session
             .execute_unpaged(cql, values)
             .await
@@ -213,6 +217,7 @@ impl ScyllaStore {
     where
         R: for<'f, 'm> DeserializeRow<'f, 'm>,
     {
+        self.ops.read();
         let result = self
             .session
             .execute_unpaged(cql, values)
@@ -250,6 +255,7 @@ impl ScyllaStore {
     where
         R: for<'f, 'm> DeserializeRow<'f, 'm>,
     {
+        self.ops.read();
         let mut stream = self
             .session
             .execute_iter(cql, values)
@@ -270,6 +276,7 @@ impl ScyllaStore {
         cql: &'static str,
         values: impl SerializeRow,
     ) -> Result<(bool, HashMap<String, CqlValue>), StoreError> {
+        self.ops.conditional();
         let result = self
             .session
             .execute_unpaged(cql, values)

@@ -470,4 +470,8 @@ impl ScheduleStore for ScyllaStore {
             .await?;
         Ok(())
     }
+
+    fn op_counts(&self) -> Option<&crate::store::OpCounts> {
+        Some(&self.ops)
+    }
 }
