@@ -54,6 +54,16 @@ async fn batch_is_delivered_in_order_and_every_item_once() {
         assert_eq!(item["deduplicated"], false);
         assert!(item["id"].as_str().unwrap().starts_with("evt_"));
     }
+    let samples = crate::metrics::parse(&herald.engine.metrics().render());
+    assert_eq!(
+        crate::metrics::value(
+            &samples,
+            "herald_events_ingested_total",
+            &[("source", "api")]
+        ),
+        Some(50.0),
+        "each event of the batch is counted as ingested"
+    );
     let mut ids: Vec<&str> = data.iter().map(|e| e["id"].as_str().unwrap()).collect();
     eventually("50 deliveries", WAIT, || async {
         (receiver.received().len() >= 50).then_some(())

@@ -127,6 +127,9 @@ impl Engine {
 
         if !fresh.is_empty() {
             let positions = self.log.append_all(&fresh).await?;
+            for e in &fresh {
+                self.metrics.event_ingested(e.source);
+            }
             let until = now_ms() + self.config.dedupe_window.as_millis() as i64;
             let indexed: Vec<_> = fresh.iter().cloned().zip(positions).collect();
             if let Err(e) = self.store.record_events(indexed, until).await {
