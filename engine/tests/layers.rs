@@ -32,6 +32,8 @@ const LAYERS: &[&[&str]] = &[
     ],
     // Signing secrets sealed as the model is (de)serialized.
     &["sealing"],
+    // Kafka destinations: their URL, settings (password sealed) and SSRF check.
+    &["kafka_target"],
     // The data model and the configuration.
     &["model", "config"],
     // Pure delivery policies (no I/O).
