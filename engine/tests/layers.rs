@@ -371,7 +371,7 @@ fn the_reader_resolves_groups_and_relative_paths() {
     assert_eq!(names, want);
     assert_eq!(
         component("store::scylla::marks"),
-        Some(("store::scylla", 6))
+        Some(("store::scylla", 7))
     );
-    assert_eq!(component("store::FanOut"), Some(("store", 5)));
+    assert_eq!(component("store::FanOut"), Some(("store", 6)));
 }
