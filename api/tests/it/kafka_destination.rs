@@ -396,3 +396,39 @@ async fn bad_kafka_urls_and_settings_get_422_and_the_password_is_never_shown() {
         "the password is sealed at rest"
     );
 }
+
+#[tokio::test]
+async fn the_openapi_document_describes_the_kafka_settings() {
+    let herald = Herald::start().await;
+    let key = herald.tenant("acme").await;
+    let (status, doc) = herald.get(&key, "/api/v1/openapi.json").await;
+    assert_eq!(status, 200);
+    let schemas = &doc["components"]["schemas"];
+    let input = &schemas["KafkaSettingsInput"]["properties"];
+    for field in [
+        "security_protocol",
+        "sasl_mechanism",
+        "username",
+        "password",
+    ] {
+        assert!(input[field].is_object(), "{field}: {input}");
+    }
+    assert_eq!(
+        schemas["SecurityProtocol"]["enum"],
+        json!(["plaintext", "ssl", "sasl_plaintext", "sasl_ssl"])
+    );
+    assert_eq!(
+        schemas["SaslMechanism"]["enum"],
+        json!(["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"])
+    );
+    assert!(schemas["Subscribe"]["properties"]["kafka"].is_object());
+    assert!(schemas["UpdateSubscription"]["properties"]["kafka"].is_object());
+    let view = &schemas["SubscriptionView"]["properties"]["kafka"];
+    assert!(view.is_object(), "{view}");
+    let shown = &schemas["KafkaSettingsView"]["properties"];
+    assert!(
+        shown["password_set"].is_object() && shown["password"].is_null(),
+        "{shown}"
+    );
+    herald.stop().await;
+}

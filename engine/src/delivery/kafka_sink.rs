@@ -278,6 +278,54 @@ mod tests {
         assert_eq!(check_settings(&sasl), Ok(()));
     }
 
+    /// The workspace builds librdkafka without OpenSSL (no `ssl` feature of
+    /// rdkafka): TLS settings are refused up front, saying why.
+    #[test]
+    fn tls_settings_are_refused_by_a_client_built_without_openssl() {
+        for protocol in [SecurityProtocol::Ssl, SecurityProtocol::SaslSsl] {
+            let settings = KafkaSettings {
+                security_protocol: protocol,
+                sasl_mechanism: None,
+                username: protocol.sasl().then(|| "u".into()),
+                password: protocol.sasl().then(|| KafkaPassword::new("p")),
+            };
+            let err = check_settings(&settings).expect_err(protocol.as_str());
+            assert!(
+                err.contains("security.protocol") && err.contains("OpenSSL"),
+                "{err}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn producers_are_pooled_per_brokers_and_settings() {
+        let loopback = TargetGuard::new(vec!["127.0.0.0/8".parse().unwrap()]);
+        let sinks = KafkaSinks::new(loopback, Duration::from_secs(5));
+        let body = Bytes::from_static(b"{}");
+        let headers = HeaderMap::new();
+        let sasl = KafkaSettings {
+            security_protocol: SecurityProtocol::SaslPlaintext,
+            sasl_mechanism: None,
+            username: Some("u".into()),
+            password: Some(KafkaPassword::new("p")),
+        };
+        // Nothing listens on port 1: every produce times out.
+        for (settings, pooled) in [(None, 1), (None, 1), (Some(&sasl), 2), (Some(&sasl), 2)] {
+            let record = Record {
+                key: "k",
+                headers: &headers,
+                body: &body,
+            };
+            let wait = Some(Duration::from_millis(200));
+            let err = sinks
+                .produce("kafka://127.0.0.1:1/t", settings, record, wait)
+                .await
+                .expect_err("no broker");
+            assert_eq!(err.class, ErrorClass::Timeout, "{err}");
+            assert_eq!(sinks.producers(), pooled);
+        }
+    }
+
     #[tokio::test]
     async fn a_blocked_broker_is_refused_before_any_producer_is_made() {
         let sinks = KafkaSinks::new(TargetGuard::default(), Duration::from_secs(1));
