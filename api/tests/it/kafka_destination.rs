@@ -225,6 +225,37 @@ async fn records_carry_the_webhook_body_key_and_signed_headers_and_replay_again(
 }
 
 #[tokio::test]
+async fn a_strict_subscription_produces_records_in_event_order() {
+    let _shared = BROKER.read().await;
+    let topic = topic("strict").await;
+    let herald = Herald::start().await;
+    let key = herald.tenant("acme").await;
+    let (status, sub) = herald
+        .post(
+            &key,
+            "/api/v1/portal/webhooks/subscribe",
+            json!({
+                "url": format!("kafka://{BROKERS}/{topic}"),
+                "event_types": ["inventory.moved"],
+                "ordering": "strict",
+            }),
+        )
+        .await;
+    assert_eq!(status, 201, "{sub}");
+    let mut ids = Vec::new();
+    for n in 0..8 {
+        ids.push(emit(&herald, &key, None, n).await["id"].clone());
+    }
+    let records = read(&topic, 8).await;
+    let got: Vec<Value> = records
+        .iter()
+        .map(|r| serde_json::from_slice::<Value>(&r.value).unwrap()["id"].clone())
+        .collect();
+    assert_eq!(got, ids, "one record per event, in event order");
+    herald.stop().await;
+}
+
+#[tokio::test]
 async fn a_dead_broker_records_failed_attempts_and_schedules_retries() {
     let herald = Herald::start().await;
     let key = herald.tenant("acme").await;
