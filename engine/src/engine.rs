@@ -7,6 +7,7 @@
 mod backends;
 mod batch;
 mod catalogue;
+mod destination;
 mod emit;
 mod manage;
 mod query;

@@ -51,6 +51,8 @@ pub struct NewSubscription {
     pub max_in_flight: Option<u32>,
     /// Attempt timeout in seconds, 1 to [`MAX_TIMEOUT_SECONDS`].
     pub timeout_seconds: Option<u32>,
+    /// Connection settings of a `kafka://` destination.
+    pub kafka: Option<crate::kafka_target::KafkaSettings>,
 }
 
 impl std::fmt::Debug for NewSubscription {
@@ -66,6 +68,7 @@ impl std::fmt::Debug for NewSubscription {
             .field("ordering", &self.ordering)
             .field("max_in_flight", &self.max_in_flight)
             .field("timeout_seconds", &self.timeout_seconds)
+            .field("kafka", &self.kafka)
             .finish()
     }
 }

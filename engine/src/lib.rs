@@ -23,6 +23,7 @@ pub mod fanout;
 pub mod filters;
 pub mod ids;
 pub mod input;
+pub mod kafka_target;
 pub mod log;
 pub mod log_recovery;
 pub mod metrics;

@@ -239,6 +239,10 @@ pub struct WebhookSubscription {
     /// Total timeout of one attempt, in seconds, when not the server's default.
     #[serde(default)]
     pub timeout_seconds: Option<u32>,
+    /// Connection settings of a `kafka://` destination (password sealed at
+    /// rest); `None` for HTTP and for a plaintext broker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kafka: Option<crate::kafka_target::KafkaSettings>,
     /// Since when every attempt failed (cleared by a success); a subscription
     /// failing for longer than the configured period is disabled.
     #[serde(default, with = "time::serde::rfc3339::option")]

@@ -143,6 +143,23 @@ pub mod signing_key {
     }
 }
 
+/// The serde of any other stored credential kept as text, such as a Kafka
+/// destination's SASL password (`#[serde(with = "crate::sealing::text")]`),
+/// sealed like a secret.
+pub mod text {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Sealed inside a scope, plain outside.
+    pub fn serialize<S: Serializer>(s: &str, ser: S) -> Result<S::Ok, S::Error> {
+        ser.serialize_str(&super::seal(s))
+    }
+
+    /// Opened inside a scope; outside, only a plaintext value reads.
+    pub fn deserialize<'de, D: Deserializer<'de>>(de: D) -> Result<String, D::Error> {
+        super::open::<D::Error>(String::deserialize(de)?)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -266,6 +266,7 @@ mod tests {
             ordering: Default::default(),
             max_in_flight: None,
             timeout_seconds: None,
+            kafka: None,
             failing_since: None,
             created_at: now,
             updated_at: now,

@@ -32,6 +32,8 @@ const LAYERS: &[&[&str]] = &[
     ],
     // Signing secrets sealed as the model is (de)serialized.
     &["sealing"],
+    // Kafka destinations: their URL, settings (password sealed) and SSRF check.
+    &["kafka_target"],
     // The data model and the configuration.
     &["model", "config"],
     // Pure delivery policies (no I/O).
@@ -369,7 +371,7 @@ fn the_reader_resolves_groups_and_relative_paths() {
     assert_eq!(names, want);
     assert_eq!(
         component("store::scylla::marks"),
-        Some(("store::scylla", 6))
+        Some(("store::scylla", 7))
     );
-    assert_eq!(component("store::FanOut"), Some(("store", 5)));
+    assert_eq!(component("store::FanOut"), Some(("store", 6)));
 }

@@ -16,7 +16,11 @@ use herald_engine::{
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use super::{events::List, non_empty, Page, PageQuery};
+use super::{
+    events::List,
+    kafka_settings::{KafkaSettingsInput, KafkaSettingsView},
+    non_empty, Page, PageQuery,
+};
 use crate::{
     error::ApiError,
     extract::{ApiJson, ApiQuery, Tenant},
@@ -53,6 +57,8 @@ pub struct Subscribe {
     pub max_in_flight: Option<u32>,
     /// Timeout of one attempt in seconds (1–60).
     pub timeout_seconds: Option<u32>,
+    /// Connection settings of a `kafka://host:port/topic` url.
+    pub kafka: Option<KafkaSettingsInput>,
 }
 
 /// A subscription as the API shows it. `Debug` redacts the secret.
@@ -94,6 +100,9 @@ pub struct SubscriptionView {
     pub max_in_flight: Option<u32>,
     /// Timeout of one attempt in seconds.
     pub timeout_seconds: Option<u32>,
+    /// Connection settings of a Kafka destination (never the password).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kafka: Option<KafkaSettingsView>,
     /// Since when every attempt has failed (`null` when healthy).
     #[serde(with = "time::serde::rfc3339::option")]
     pub failing_since: Option<OffsetDateTime>,
@@ -118,6 +127,7 @@ impl fmt::Debug for Subscribe {
             .field("ordering", &self.ordering)
             .field("max_in_flight", &self.max_in_flight)
             .field("timeout_seconds", &self.timeout_seconds)
+            .field("kafka", &self.kafka)
             .finish()
     }
 }
@@ -143,6 +153,7 @@ impl fmt::Debug for SubscriptionView {
             .field("ordering", &self.ordering)
             .field("max_in_flight", &self.max_in_flight)
             .field("timeout_seconds", &self.timeout_seconds)
+            .field("kafka", &self.kafka)
             .field("failing_since", &self.failing_since)
             .field("created_at", &self.created_at)
             .field("updated_at", &self.updated_at)
@@ -204,6 +215,7 @@ impl SubscriptionView {
             ordering: sub.ordering,
             max_in_flight: sub.max_in_flight,
             timeout_seconds: sub.timeout_seconds,
+            kafka: sub.kafka.map(KafkaSettingsView::from),
             failing_since: sub.failing_since,
             created_at: sub.created_at,
             updated_at: sub.updated_at,
@@ -238,6 +250,7 @@ pub async fn subscribe(
                 ordering: body.ordering,
                 max_in_flight: body.max_in_flight,
                 timeout_seconds: body.timeout_seconds,
+                kafka: body.kafka.map(Into::into),
             },
         )
         .await?;
@@ -396,6 +409,10 @@ pub struct UpdateSubscription {
     /// a subscription that had none; its `public_key` is in the answer).
     #[schema(value_type = Option<SignatureScheme>)]
     pub signature: Option<String>,
+    /// New Kafka destination settings (replace the old ones); `null` removes them.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<KafkaSettingsInput>)]
+    pub kafka: Option<Option<KafkaSettingsInput>>,
 }
 
 /// A field that is present (even as `null`) becomes `Some`.
@@ -434,6 +451,7 @@ pub async fn update(
                 max_in_flight: body.max_in_flight,
                 timeout_seconds: body.timeout_seconds,
                 signature,
+                kafka: body.kafka.map(|k| k.map(Into::into)),
             },
         )
         .await?;

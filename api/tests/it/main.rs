@@ -21,6 +21,7 @@ mod isolation;
 mod kafka;
 mod kafka_batch;
 mod kafka_broker;
+mod kafka_destination;
 mod limits;
 mod manage;
 mod metrics;

@@ -13,6 +13,7 @@ use super::{
     client::{Answer, SendError},
     context::{Finished, Job, WorkerContext, USER_AGENT},
     decide::{decide, Attempt, Decision, Health, Policy, Response},
+    destination::{Destination, Outbound},
 };
 use crate::{
     filters::OPERATIONAL_PREFIX,
@@ -125,7 +126,14 @@ async fn send(
     let timeout = sub
         .timeout_seconds
         .map(|s| Duration::from_secs(u64::from(s)));
-    ctx.client.post(&sub.url, headers, body, timeout).await
+    let key = event.dedupe_key.as_ref().unwrap_or(&event.id).clone();
+    let out = Outbound {
+        key,
+        headers,
+        body,
+        timeout,
+    };
+    ctx.destinations.send(sub, out).await
 }
 
 /// Records the attempt and schedules what the decision says, retrying the
@@ -162,7 +170,9 @@ async fn finish(
     match &result {
         Ok(answer) => {
             record.created_at = now - answer.latency;
-            record.status_code = Some(answer.status);
+            // A Kafka acknowledgement has no HTTP status.
+            record.status_code =
+                (Destination::of(&sub.url) == Destination::Http).then_some(answer.status);
             record.latency_ms = Some(answer.latency.as_millis() as u64);
             if !answer.is_success() {
                 record.location = answer.location.clone();

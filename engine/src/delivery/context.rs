@@ -7,7 +7,7 @@ use std::{collections::HashSet, sync::Arc};
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
-use super::{client::DeliveryClient, decide::Sent, retry::RetryPolicy};
+use super::{decide::Sent, destination::Destinations, retry::RetryPolicy};
 use crate::{
     config::DeliveryConfig,
     metrics::Metrics,
@@ -35,8 +35,8 @@ pub struct WorkerContext {
     pub store: Arc<dyn Store>,
     /// Subscriptions by id.
     pub subscriptions: Arc<SubscriptionIndex>,
-    /// The HTTP client.
-    pub client: DeliveryClient,
+    /// The HTTP client and the Kafka producers.
+    pub destinations: Destinations,
     /// Retry decisions.
     pub retry: RetryPolicy,
     /// Tuning.

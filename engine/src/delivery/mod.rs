@@ -6,7 +6,9 @@
 //! breaker), [`retry`] gives the schedule's delays, [`breaker`] gates each
 //! endpoint, [`client`] sends with timeouts and the SSRF guard, [`scheduler`] takes due deliveries from the
 //! durable schedule, [`worker`] shards them by endpoint so each
-//! endpoint's state has one owner and a dead endpoint delays no other, and
+//! endpoint's state has one owner and a dead endpoint delays no other,
+//! [`destination`] sends a `kafka://` subscription's deliveries as Kafka
+//! records instead of POSTs (through `kafka_sink`), and
 //! [`hold`] parks a paused subscription's deliveries until it is resumed.
 
 pub mod attempt;
@@ -14,7 +16,10 @@ pub mod breaker;
 pub mod client;
 pub mod context;
 pub mod decide;
+pub mod destination;
 pub mod hold;
+#[cfg(feature = "kafka")]
+pub mod kafka_sink;
 pub mod limit;
 pub mod retry;
 pub mod scheduler;

@@ -117,6 +117,8 @@ pub struct SubscriptionUpdate {
     /// New signature scheme; moving to one that uses Ed25519 gives the
     /// subscription a key if it has none.
     pub signature: Option<crate::model::SignatureScheme>,
+    /// New Kafka destination settings (`Some(None)` removes them).
+    pub kafka: Option<Option<crate::kafka_target::KafkaSettings>>,
 }
 
 /// A page of subscriptions.
@@ -158,6 +160,9 @@ impl Engine {
         }
         if let Some(types) = &update.event_types {
             validate_event_types(types)?;
+        }
+        if let Some(kafka) = &update.kafka {
+            super::destination::validate_kafka_settings(update.url.as_deref(), kafka.as_ref())?;
         }
         if let Some(Some(d)) = &update.description {
             if d.len() > 1024 {
@@ -208,6 +213,9 @@ impl Engine {
             }
             if let Some(t) = update.timeout_seconds {
                 sub.timeout_seconds = t;
+            }
+            if let Some(k) = update.kafka {
+                sub.kafka = k;
             }
         })
         .await

@@ -40,6 +40,7 @@ impl Engine {
         new: NewSubscription,
     ) -> Result<WebhookSubscription, EngineError> {
         self.validate_url(&new.url).await?;
+        super::destination::validate_kafka_settings(Some(&new.url), new.kafka.as_ref())?;
         validate_event_types(&new.event_types)?;
         if new.description.as_ref().is_some_and(|d| d.len() > 1024) {
             return Err(EngineError::invalid("description", "at most 1024 bytes"));
@@ -79,6 +80,7 @@ impl Engine {
             ordering: new.ordering,
             max_in_flight: new.max_in_flight,
             timeout_seconds: new.timeout_seconds,
+            kafka: new.kafka,
             failing_since: None,
             created_at: now,
             updated_at: now,
@@ -189,6 +191,9 @@ impl Engine {
     }
 
     pub(super) async fn validate_url(&self, raw: &str) -> Result<(), EngineError> {
+        if crate::kafka_target::is_kafka_url(raw) {
+            return self.validate_kafka_url(raw).await;
+        }
         let url = self
             .guard
             .check_url(raw)

@@ -11,6 +11,7 @@ use crate::{
     config::EngineConfig,
     delivery::{
         client::DeliveryClient,
+        destination::Destinations,
         retry::RetryPolicy,
         scheduler,
         worker::{Shards, WorkerContext},
@@ -75,10 +76,18 @@ impl Engine {
                 d.request_timeout,
                 d.response_body_limit,
             );
+            let destinations = Destinations {
+                http: client,
+                #[cfg(feature = "kafka")]
+                kafka: crate::delivery::kafka_sink::KafkaSinks::new(
+                    guard.clone(),
+                    d.request_timeout,
+                ),
+            };
             let ctx = Arc::new(WorkerContext {
                 store: store.clone(),
                 subscriptions: subscriptions.clone(),
-                client,
+                destinations,
                 retry: RetryPolicy::new(config.retry_schedule.clone(), d.retry_jitter),
                 config: d.clone(),
                 in_flight: Default::default(),

@@ -162,6 +162,7 @@ mod tests {
             ordering: Ordering::Unordered,
             max_in_flight: None,
             timeout_seconds: None,
+            kafka: None,
             failing_since: None,
             created_at: now,
             updated_at: now,
@@ -187,6 +188,26 @@ mod tests {
         assert_eq!(back, s);
         assert!(!stale);
         assert_eq!(codec.reseal(&body).unwrap(), None);
+    }
+
+    #[test]
+    fn a_kafka_password_is_sealed_and_decodes_back() {
+        use crate::kafka_target::{KafkaPassword, KafkaSettings, SecurityProtocol};
+        let codec = SubscriptionCodec::new(SecretCipher::random());
+        let mut s = sub("sub_1", &[&SigningSecret::generate()]);
+        s.url = "kafka://broker.example.com:9092/orders".into();
+        s.kafka = Some(KafkaSettings {
+            security_protocol: SecurityProtocol::SaslSsl,
+            sasl_mechanism: None,
+            username: Some("herald".into()),
+            password: Some(KafkaPassword::new("kafka-pass-5Jq7")),
+        });
+        let body = codec.encode(&s).unwrap();
+        assert!(!body.contains("kafka-pass-5Jq7"), "{body}");
+        assert_eq!(body.matches("enc:v1:").count(), 2, "{body}");
+        let (back, stale) = codec.decode_checked(&body).unwrap();
+        assert_eq!(back, s);
+        assert!(!stale);
     }
 
     #[test]
