@@ -56,6 +56,7 @@ pub fn subscription(tenant: &str, url: &str, filters: &[String]) -> WebhookSubsc
         headers: BTreeMap::new(),
         rate_limit: None,
         ordering: Default::default(),
+        payload: Default::default(),
         max_in_flight: None,
         timeout_seconds: None,
         kafka: None,

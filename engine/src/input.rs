@@ -47,6 +47,8 @@ pub struct NewSubscription {
     pub rate_limit: Option<u32>,
     /// Delivery order.
     pub ordering: Ordering,
+    /// What each delivery's body carries.
+    pub payload: crate::model::PayloadForm,
     /// Concurrent requests, 1 to [`MAX_IN_FLIGHT_LIMIT`].
     pub max_in_flight: Option<u32>,
     /// Attempt timeout in seconds, 1 to [`MAX_TIMEOUT_SECONDS`].
@@ -66,6 +68,7 @@ impl std::fmt::Debug for NewSubscription {
             .field("headers", &self.headers)
             .field("rate_limit", &self.rate_limit)
             .field("ordering", &self.ordering)
+            .field("payload", &self.payload)
             .field("max_in_flight", &self.max_in_flight)
             .field("timeout_seconds", &self.timeout_seconds)
             .field("kafka", &self.kafka)

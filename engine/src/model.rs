@@ -101,6 +101,54 @@ impl DomainEvent {
     pub fn envelope_bytes(&self) -> Vec<u8> {
         serde_json::to_vec(&self.envelope()).expect("an envelope always serialises")
     }
+
+    /// The request body a subscription with `form` receives: the whole
+    /// envelope, or the thin one (no `data`).
+    pub fn body(&self, form: PayloadForm) -> Vec<u8> {
+        match form {
+            PayloadForm::Full => self.envelope_bytes(),
+            PayloadForm::Thin => serde_json::to_vec(&ThinEnvelope {
+                id: &self.id,
+                event_type: &self.event_type,
+                schema_version: self.schema_version,
+                tenant_id: &self.tenant_id,
+                dedupe_key: self.dedupe_key.as_deref(),
+                occurred_at: self.occurred_at,
+                received_at: self.received_at,
+            })
+            .expect("an envelope always serialises"),
+        }
+    }
+}
+
+/// The body of a thin delivery: the envelope without `data`, so sensitive
+/// data never travels in a webhook; the receiver fetches the event by id
+/// (`GET /api/v1/integrations/events/{id}`).
+#[derive(Debug, Serialize)]
+struct ThinEnvelope<'a> {
+    id: &'a str,
+    #[serde(rename = "type")]
+    event_type: &'a str,
+    schema_version: u32,
+    tenant_id: &'a str,
+    dedupe_key: Option<&'a str>,
+    #[serde(with = "time::serde::rfc3339")]
+    occurred_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    received_at: OffsetDateTime,
+}
+
+/// What a delivery's body carries.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PayloadForm {
+    /// The whole envelope, `data` included.
+    #[default]
+    Full,
+    /// Id, type, schema version, tenant, dedupe key and times only; the
+    /// receiver fetches the event with its API key.
+    Thin,
 }
 
 /// Lifecycle state of a subscription.
@@ -233,6 +281,10 @@ pub struct WebhookSubscription {
     /// time, in event-log order).
     #[serde(default)]
     pub ordering: Ordering,
+    /// What each delivery's body carries (subscriptions stored before this
+    /// read as `full`).
+    #[serde(default)]
+    pub payload: PayloadForm,
     /// Concurrent requests to this endpoint, when lower than the server's limit.
     #[serde(default)]
     pub max_in_flight: Option<u32>,

@@ -264,6 +264,7 @@ mod tests {
             headers: Default::default(),
             rate_limit: None,
             ordering: Default::default(),
+            payload: Default::default(),
             max_in_flight: None,
             timeout_seconds: None,
             kafka: None,

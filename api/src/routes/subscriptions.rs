@@ -9,7 +9,7 @@ use axum::{
     Json,
 };
 use herald_engine::{
-    model::{Ordering, SignatureScheme, SubscriptionStatus, WebhookSubscription},
+    model::{Ordering, PayloadForm, SignatureScheme, SubscriptionStatus, WebhookSubscription},
     signing::redacted,
     NewSubscription, SubscriptionUpdate,
 };
@@ -53,6 +53,11 @@ pub struct Subscribe {
     /// `unordered` (default) or `strict`: one at a time, in event-log order.
     #[serde(default)]
     pub ordering: Ordering,
+    /// `full` (default): each request carries the event; `thin`: only its
+    /// id, type, tenant and times, and the receiver fetches the event with
+    /// `GET /api/v1/integrations/events/{id}`.
+    #[serde(default)]
+    pub payload: PayloadForm,
     /// Concurrent requests to the endpoint (1–256).
     pub max_in_flight: Option<u32>,
     /// Timeout of one attempt in seconds (1–60).
@@ -96,6 +101,8 @@ pub struct SubscriptionView {
     pub rate_limit: Option<u32>,
     /// Delivery order.
     pub ordering: Ordering,
+    /// full | thin.
+    pub payload: PayloadForm,
     /// Concurrent requests to the endpoint.
     pub max_in_flight: Option<u32>,
     /// Timeout of one attempt in seconds.
@@ -125,6 +132,7 @@ impl fmt::Debug for Subscribe {
             .field("headers", &self.headers)
             .field("rate_limit", &self.rate_limit)
             .field("ordering", &self.ordering)
+            .field("payload", &self.payload)
             .field("max_in_flight", &self.max_in_flight)
             .field("timeout_seconds", &self.timeout_seconds)
             .field("kafka", &self.kafka)
@@ -151,6 +159,7 @@ impl fmt::Debug for SubscriptionView {
             .field("headers", &self.headers)
             .field("rate_limit", &self.rate_limit)
             .field("ordering", &self.ordering)
+            .field("payload", &self.payload)
             .field("max_in_flight", &self.max_in_flight)
             .field("timeout_seconds", &self.timeout_seconds)
             .field("kafka", &self.kafka)
@@ -213,6 +222,7 @@ impl SubscriptionView {
             headers: sub.headers,
             rate_limit: sub.rate_limit,
             ordering: sub.ordering,
+            payload: sub.payload,
             max_in_flight: sub.max_in_flight,
             timeout_seconds: sub.timeout_seconds,
             kafka: sub.kafka.map(KafkaSettingsView::from),
@@ -248,6 +258,7 @@ pub async fn subscribe(
                 headers: body.headers,
                 rate_limit: body.rate_limit,
                 ordering: body.ordering,
+                payload: body.payload,
                 max_in_flight: body.max_in_flight,
                 timeout_seconds: body.timeout_seconds,
                 kafka: body.kafka.map(Into::into),
@@ -397,6 +408,8 @@ pub struct UpdateSubscription {
     pub rate_limit: Option<Option<u32>>,
     /// New delivery order (for deliveries created from now on).
     pub ordering: Option<Ordering>,
+    /// New payload form: `full` or `thin` (for attempts made from now on).
+    pub payload: Option<PayloadForm>,
     /// New in-flight limit; `null` removes it.
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<u32>, minimum = 1, maximum = 256)]
@@ -448,6 +461,7 @@ pub async fn update(
                 headers: body.headers,
                 rate_limit: body.rate_limit,
                 ordering: body.ordering,
+                payload: body.payload,
                 max_in_flight: body.max_in_flight,
                 timeout_seconds: body.timeout_seconds,
                 signature,

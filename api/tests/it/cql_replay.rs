@@ -43,6 +43,7 @@ async fn cql_log_range_replay_is_throttled_resumable_and_counted() {
         headers: Default::default(),
         rate_limit: None,
         ordering: Default::default(),
+        payload: Default::default(),
         max_in_flight: None,
         timeout_seconds: None,
         kafka: None,

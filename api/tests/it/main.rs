@@ -38,3 +38,4 @@ mod scopes;
 mod secrets;
 mod stream;
 mod support;
+mod thin_payloads;

@@ -94,7 +94,7 @@ async fn send(
     job: &Job,
 ) -> Result<Answer, SendError> {
     let event = &job.event;
-    let body = Bytes::from(event.envelope_bytes());
+    let body = Bytes::from(event.body(sub.payload));
     let now = OffsetDateTime::now_utc();
     let ts = now.unix_timestamp();
     let signature = sub.signature_header(now, &event.id, ts, &body);

@@ -110,6 +110,8 @@ pub struct SubscriptionUpdate {
     pub rate_limit: Option<Option<u32>>,
     /// New delivery order (applies to deliveries created from now on).
     pub ordering: Option<crate::model::Ordering>,
+    /// New payload form (applies to attempts made from now on).
+    pub payload: Option<crate::model::PayloadForm>,
     /// New in-flight limit (`Some(None)` removes it).
     pub max_in_flight: Option<Option<u32>>,
     /// New attempt timeout in seconds (`Some(None)` removes it).
@@ -204,6 +206,9 @@ impl Engine {
             }
             if let Some(r) = update.rate_limit {
                 sub.rate_limit = r;
+            }
+            if let Some(p) = update.payload {
+                sub.payload = p;
             }
             if let Some(o) = update.ordering {
                 sub.ordering = o;

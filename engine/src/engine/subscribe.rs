@@ -78,6 +78,7 @@ impl Engine {
             headers: new.headers,
             rate_limit: new.rate_limit,
             ordering: new.ordering,
+            payload: new.payload,
             max_in_flight: new.max_in_flight,
             timeout_seconds: new.timeout_seconds,
             kafka: new.kafka,

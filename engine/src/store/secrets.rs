@@ -160,6 +160,7 @@ mod tests {
             headers: BTreeMap::new(),
             rate_limit: None,
             ordering: Ordering::Unordered,
+            payload: Default::default(),
             max_in_flight: None,
             timeout_seconds: None,
             kafka: None,

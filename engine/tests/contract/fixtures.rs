@@ -55,6 +55,7 @@ pub fn subscription(tenant: &str) -> WebhookSubscription {
         headers: Default::default(),
         rate_limit: None,
         ordering: Default::default(),
+        payload: Default::default(),
         max_in_flight: None,
         timeout_seconds: None,
         kafka: None,
