@@ -30,8 +30,9 @@ const LAYERS: &[&[&str]] = &[
         "filters",
         "test_hooks",
     ],
-    // Signing secrets sealed as the model is (de)serialized.
-    &["sealing"],
+    // Signing secrets sealed as the model is (de)serialized; the audit
+    // trail's records and the task-locals that carry them to the store.
+    &["sealing", "audit"],
     // The data model and the configuration.
     &["model", "config"],
     // Pure delivery policies (no I/O).
