@@ -28,6 +28,7 @@ pub const PREFIX: &str = "aud";
 
 /// Who made a change.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Actor {
     /// A tenant API key (its id, never the key).
@@ -90,13 +91,15 @@ pub mod action {
 
 /// One audit record.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AuditRecord {
     /// `aud_…`, time-ordered.
     pub id: String,
     /// The tenant whose configuration changed.
     pub tenant_id: String,
-    /// When.
+    /// When (RFC 3339).
     #[serde(with = "time::serde::rfc3339")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub at: OffsetDateTime,
     /// Who.
     pub actor: Actor,
@@ -110,6 +113,7 @@ pub struct AuditRecord {
     pub target: Option<String>,
     /// Non-secret details (field names, a reason, a version).
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub details: Value,
 }
 

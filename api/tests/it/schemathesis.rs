@@ -163,7 +163,7 @@ parameters = {{ job_id = "{rcv}" }}
         String::from_utf8_lossy(&run.stderr)
     );
     assert!(
-        out.contains("Tested: 29"),
+        out.contains("Tested: 30"),
         "every operation was exercised:\n{out}"
     );
 }
