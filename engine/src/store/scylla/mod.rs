@@ -19,6 +19,10 @@
 //!   stale index row (cleaned lazily) but never a delivery without one.
 //!   `release_leases` exists for the embedded mode's single process; with
 //!   CQL, leases simply expire (the engine does not call it).
+//! - **Audit records written ahead**: a change's audit record cannot share
+//!   a lightweight transaction with it, so it is written before the change
+//!   and deleted if the change is refused (`audit.rs`): a crash may leave a
+//!   record of a change that did not happen, never a change without one.
 //! - **At least once, never lost**: writes spanning partitions are not
 //!   atomic (batches are used only within one partition); each sequence is
 //!   ordered so that a crash between two writes repeats work (a possible
