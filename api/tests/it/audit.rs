@@ -214,7 +214,9 @@ async fn every_change_is_recorded_with_its_actor(h: &Herald) {
         "a changed value in the audit trail"
     );
     all.reverse();
+    let admin = json!({"kind": "admin"});
     let expected = [
+        ("api_key.created", &admin),
         ("api_key.created", &a),
         ("subscription.created", &a),
         ("subscription.updated", &b),
@@ -224,8 +226,8 @@ async fn every_change_is_recorded_with_its_actor(h: &Herald) {
         ("event_type.registered", &b),
         ("replay.requested", &a),
         ("recovery.requested", &a),
-        ("tenant.quotas_set", &json!({"kind": "admin"})),
-        ("api_key.revoked", &json!({"kind": "admin"})),
+        ("tenant.quotas_set", &admin),
+        ("api_key.revoked", &admin),
         ("subscription.created", &a),
         ("subscription.disabled", &json!({"kind": "herald"})),
         ("subscription.deleted", &a),
@@ -243,9 +245,10 @@ async fn every_change_is_recorded_with_its_actor(h: &Herald) {
     assert!(all
         .iter()
         .all(|r| r["tenant_id"] == "acme" && r["id"].as_str().unwrap().starts_with("aud_")));
-    assert_eq!(all[0]["target"], key_b_id.as_str());
-    assert_eq!(all[2]["details"]["fields"], json!(["description"]));
-    assert_eq!(all[10]["target"], key_b_id.as_str());
+    assert_eq!(all[0]["target"], key_a_id.as_str());
+    assert_eq!(all[1]["target"], key_b_id.as_str());
+    assert_eq!(all[3]["details"]["fields"], json!(["description"]));
+    assert_eq!(all[11]["target"], key_b_id.as_str());
     all.reverse();
 
     // Paging by 3 gives the same list; filters.
@@ -259,7 +262,7 @@ async fn every_change_is_recorded_with_its_actor(h: &Herald) {
     assert!(about_sub
         .iter()
         .all(|r| r["subscription_id"] == sub_id.as_str()));
-    let middle = &all[7];
+    let middle = &all[8];
     let at = middle["at"].as_str().unwrap();
     let at_time = parse(at);
     let after = audit(h, &key_a, &format!("since={}", at.replace('+', "%2B")), 100).await;
@@ -311,7 +314,10 @@ async fn every_change_is_recorded_with_its_actor(h: &Herald) {
     let (s, p) = h.get(reader["api_key"].as_str().unwrap(), AUDIT).await;
     assert_eq!(s, 403, "{p}");
     let theirs = audit(h, &other, "", 100).await;
-    assert_eq!(actions(&theirs), ["subscription.created"]);
+    assert_eq!(
+        actions(&theirs),
+        ["subscription.created", "api_key.created"]
+    );
     assert_eq!(theirs[0]["tenant_id"], "globex");
 }
 

@@ -63,6 +63,7 @@ impl TenantStore for EmbeddedStore {
     ) -> Result<(), StoreError> {
         let tenant = tenant_id.to_string();
         let key = first_key.clone();
+        let audit = crate::audit::take_pending();
         self.write(move |conn| {
             let inserted = conn
                 .execute(
@@ -75,7 +76,8 @@ impl TenantStore for EmbeddedStore {
                     "tenant {tenant:?} already exists"
                 )));
             }
-            insert_key(conn, &key, key_hash)
+            insert_key(conn, &key, key_hash)?;
+            insert_pending(conn, &audit)
         })
         .await
     }

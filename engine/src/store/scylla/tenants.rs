@@ -46,17 +46,22 @@ impl TenantStore for ScyllaStore {
         first_key: &ApiKey,
         key_hash: [u8; 32],
     ) -> Result<(), StoreError> {
-        let (applied, _) = self
-            .lwt(
-                "INSERT INTO tenants (tenant_id, created_at) VALUES (?, ?) IF NOT EXISTS",
-                (tenant_id, now_ms()),
-            )
+        let create = async {
+            let (applied, _) = self
+                .lwt(
+                    "INSERT INTO tenants (tenant_id, created_at) VALUES (?, ?) IF NOT EXISTS",
+                    (tenant_id, now_ms()),
+                )
+                .await?;
+            if !applied {
+                return Err(StoreError::Conflict(format!(
+                    "tenant {tenant_id:?} already exists"
+                )));
+            }
+            Ok(())
+        };
+        self.audited(crate::audit::take_pending(), create, |_| true)
             .await?;
-        if !applied {
-            return Err(StoreError::Conflict(format!(
-                "tenant {tenant_id:?} already exists"
-            )));
-        }
         self.insert_key(first_key, key_hash).await
     }
 
