@@ -471,6 +471,24 @@ mod tests {
     }
 
     #[test]
+    fn audit_retention_is_days_for_both_stores() {
+        let day = std::time::Duration::from_secs(86_400);
+        assert_eq!(
+            args(&[]).engine_config().unwrap().audit_retention,
+            day * 365
+        );
+        let config = args(&["--audit-retention-days", "30", "--scylla-nodes", "n:9042"])
+            .engine_config()
+            .unwrap();
+        assert_eq!(config.audit_retention, day * 30);
+        assert_eq!(config.scylla.unwrap().audit_retention, day * 30);
+        for bad in ["0", "3651", "x"] {
+            let argv = ["herald", "serve", "--audit-retention-days", bad];
+            assert!(Cli::try_parse_from(argv).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn secret_encryption_key_is_parsed_without_echoing_it_and_required_with_cql() {
         let key = "aGVyYWxkLWNxbC10ZXN0cy1lbmNyeXB0aW9uLWtleSE=";
         let config = args(&["--secret-encryption-key", key])
