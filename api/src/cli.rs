@@ -113,6 +113,11 @@ pub struct ServeArgs {
     /// How long the CQL store keeps events and delivery logs (tables' TTL).
     #[arg(long, env = "HERALD_SCYLLA_RETENTION", default_value = "30days", value_parser = humantime::parse_duration)]
     pub scylla_retention: std::time::Duration,
+    /// Days audit records are kept (1 to 3650): pruned in SQLite, a per-row
+    /// TTL in the CQL store.
+    #[arg(long, env = "HERALD_AUDIT_RETENTION_DAYS", default_value_t = 365,
+          value_parser = clap::value_parser!(u32).range(1..=3650))]
+    pub audit_retention_days: u32,
     /// Partitions of a new embedded event log.
     #[arg(long, env = "HERALD_LOG_PARTITIONS", default_value_t = 8)]
     pub log_partitions: u32,
@@ -213,6 +218,9 @@ impl ServeArgs {
                 Role::All => config::Role::All,
             },
             recovery_rate: self.recovery_rate,
+            audit_retention: std::time::Duration::from_secs(
+                u64::from(self.audit_retention_days) * 86_400,
+            ),
             ..EngineConfig::default()
         };
         config.delivery.lease_margin = self.lease_margin;
@@ -234,6 +242,7 @@ impl ServeArgs {
             keyspace: self.scylla_keyspace.clone(),
             replication: self.scylla_replication.clone(),
             retention: self.scylla_retention,
+            audit_retention: config.audit_retention,
         });
         Ok(config)
     }
@@ -459,6 +468,24 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("--relay-id"));
+    }
+
+    #[test]
+    fn audit_retention_is_days_for_both_stores() {
+        let day = std::time::Duration::from_secs(86_400);
+        assert_eq!(
+            args(&[]).engine_config().unwrap().audit_retention,
+            day * 365
+        );
+        let config = args(&["--audit-retention-days", "30", "--scylla-nodes", "n:9042"])
+            .engine_config()
+            .unwrap();
+        assert_eq!(config.audit_retention, day * 30);
+        assert_eq!(config.scylla.unwrap().audit_retention, day * 30);
+        for bad in ["0", "3651", "x"] {
+            let argv = ["herald", "serve", "--audit-retention-days", bad];
+            assert!(Cli::try_parse_from(argv).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -10,7 +10,10 @@ use axum::{
     middleware::Next,
     response::Response,
 };
-use herald_engine::resources::Scope;
+use herald_engine::{
+    audit::{self, Actor},
+    resources::Scope,
+};
 use serde::de::DeserializeOwned;
 use subtle::ConstantTimeEq;
 
@@ -72,20 +75,22 @@ struct Authenticated {
 /// Runs before a route's handler (and its extractors): checks the admin
 /// token, or authenticates the API key (401 unknown, revoked or expired),
 /// applies the tenant's rate limit (429) and checks the route's scope
-/// (403 naming it).
+/// (403 naming it). The handler runs as the caller's audit [`Actor`]: the
+/// admin, or the key (by id), so every change it makes is recorded as theirs.
 pub async fn guard(
     State(guard): State<Guard>,
     request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
     let (mut parts, body) = request.into_parts();
-    match guard.access {
-        Access::Public => {}
+    let actor = match guard.access {
+        Access::Public => Actor::Herald,
         Access::AdminToken => {
             let given = bearer(&parts)?;
             if !bool::from(given.as_bytes().ct_eq(guard.state.admin_token.as_bytes())) {
                 return Err(ApiError::unauthorized("this call needs the admin token"));
             }
+            Actor::Admin
         }
         Access::Key(needed) => {
             let (key, via_subprotocol) =
@@ -100,19 +105,26 @@ pub async fn guard(
                     ));
                 };
             let key = key.to_string();
-            let tenant = authorize(&guard.state, &key, needed).await?;
+            let (tenant, key_id) = authorize(&guard.state, &key, needed).await?;
             parts.extensions.insert(Authenticated {
                 tenant,
                 key,
                 via_subprotocol,
             });
+            Actor::ApiKey { id: key_id }
         }
-    }
-    Ok(next.run(Request::from_parts(parts, body)).await)
+    };
+    let request = Request::from_parts(parts, body);
+    Ok(audit::as_actor(actor, next.run(request)).await)
 }
 
-/// Authenticates `key`, applies the tenant's rate limit and checks `needed`.
-async fn authorize(state: &AppState, key: &str, needed: Scope) -> Result<String, ApiError> {
+/// Authenticates `key`, applies the tenant's rate limit and checks
+/// `needed`; the key's tenant and id.
+async fn authorize(
+    state: &AppState,
+    key: &str,
+    needed: Scope,
+) -> Result<(String, String), ApiError> {
     let grant = match state.engine.authenticate(key).await? {
         Some(grant) => grant,
         None => return Err(ApiError::unauthorized("unknown or revoked API key")),
@@ -133,7 +145,7 @@ async fn authorize(state: &AppState, key: &str, needed: Scope) -> Result<String,
     if !needed.granted_by(&grant.scopes) {
         return Err(ApiError::insufficient_scope(needed, &grant.scopes));
     }
-    Ok(grant.tenant_id)
+    Ok((grant.tenant_id, grant.key_id))
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Tenant {

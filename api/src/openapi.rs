@@ -38,6 +38,7 @@ use crate::{error::Problem, routes};
         routes::api_keys::create,
         routes::api_keys::list,
         routes::api_keys::revoke,
+        routes::audit::list,
         routes::subscriptions::subscribe,
         routes::subscriptions::list,
         routes::subscriptions::get,
@@ -66,6 +67,7 @@ use crate::{error::Problem, routes};
     tags(
         (name = "admin", description = "Tenants, their API keys and quotas (admin token)"),
         (name = "api-keys", description = "The caller's own API keys"),
+        (name = "audit", description = "The audit trail: who changed the tenant's configuration, and when"),
         (name = "subscriptions", description = "Webhook subscriptions, secret rotation, bulk recovery"),
         (name = "events", description = "Emit, list, read and replay domain events"),
         (name = "deliveries", description = "The delivery log: every attempt"),

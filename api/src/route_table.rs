@@ -165,7 +165,7 @@ impl RouteTable {
 /// the paths as the OpenAPI document writes them.
 pub fn api_routes() -> RouteTable {
     use crate::routes::{
-        admin, api_keys, deliveries, event_types, events, jwks, metrics, recoveries, stream,
+        admin, api_keys, audit, deliveries, event_types, events, jwks, metrics, recoveries, stream,
         subscriptions,
     };
     macro_rules! v1 {
@@ -203,6 +203,7 @@ pub fn api_routes() -> RouteTable {
             api_keys::admin_revoke,
         )
         .post(v1!("/portal/api-keys"), Key(Admin), api_keys::create)
+        .get(v1!("/portal/audit"), Key(Admin), audit::list)
         .get(v1!("/portal/api-keys"), Key(Admin), api_keys::list)
         .delete(
             v1!("/portal/api-keys/{key_id}"),

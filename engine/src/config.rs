@@ -39,6 +39,8 @@ pub struct EngineConfig {
     /// Replays a second that recovery jobs schedule at most (all jobs of
     /// this process together), so a recovering endpoint is not flooded.
     pub recovery_rate: u32,
+    /// How long audit records are kept (pruned in SQLite, a TTL in CQL).
+    pub audit_retention: Duration,
 }
 
 /// Which parts of the engine a process runs (DESIGN §1).
@@ -134,6 +136,9 @@ pub struct ScyllaConfig {
     pub replication: String,
     /// How long events and delivery logs are kept (the tables' default TTL).
     pub retention: Duration,
+    /// How long audit records are kept (their per-row TTL); the engine sets
+    /// it from [`EngineConfig::audit_retention`].
+    pub audit_retention: Duration,
 }
 
 impl ScyllaConfig {
@@ -144,6 +149,7 @@ impl ScyllaConfig {
             keyspace: "herald".into(),
             replication: "{'class': 'SimpleStrategy', 'replication_factor': 1}".into(),
             retention: Duration::from_secs(30 * 24 * 3600),
+            audit_retention: Duration::from_secs(365 * 24 * 3600),
         }
     }
 
@@ -198,6 +204,7 @@ impl Default for EngineConfig {
             role: Role::All,
             secret_keys: None,
             recovery_rate: 1000,
+            audit_retention: Duration::from_secs(365 * 24 * 3600),
         }
     }
 }

@@ -4,6 +4,7 @@
 //! `manage`, `emit`, `batch`, `quotas`, `query`, `replay`, `recovery`, `catalogue`
 //! and `stream` serve the API. Input rules live in [`crate::input`].
 
+mod audit;
 mod backends;
 mod batch;
 mod catalogue;
@@ -20,6 +21,7 @@ mod tenants;
 mod wiring;
 
 pub use crate::catalogue::{Catalogue, PreparedSchema};
+pub use audit::AuditPage;
 pub use backends::{Backends, LogBackend, StoreBackend};
 pub use batch::MAX_BATCH_EVENTS;
 pub use catalogue::EventTypePage;

@@ -11,6 +11,7 @@
 //! backends (Kafka, ScyllaDB) slot in behind the same traits.
 #![warn(missing_docs)]
 
+pub mod audit;
 pub mod catalogue;
 pub mod clock;
 pub mod config;
@@ -40,7 +41,7 @@ pub mod test_hooks;
 
 pub use config::EngineConfig;
 pub use engine::{
-    decode_cursor, encode_cursor, Backends, Catalogue, Engine, EventPage, EventTypePage,
+    decode_cursor, encode_cursor, AuditPage, Backends, Catalogue, Engine, EventPage, EventTypePage,
     LogBackend, LogPage, NewApiKey, PreparedSchema, ReplayedDelivery, Rotation, StoreBackend,
     StreamBatch, StreamFrame, SubscriptionPage, SubscriptionUpdate, API_KEY, MAX_BATCH_EVENTS,
     RECOVERY,

@@ -30,8 +30,9 @@ const LAYERS: &[&[&str]] = &[
         "filters",
         "test_hooks",
     ],
-    // Signing secrets sealed as the model is (de)serialized.
-    &["sealing"],
+    // Signing secrets sealed as the model is (de)serialized; the audit
+    // trail's records and the task-locals that carry them to the store.
+    &["sealing", "audit"],
     // Kafka destinations: their URL, settings (password sealed) and SSRF check.
     &["kafka_target"],
     // The data model and the configuration.

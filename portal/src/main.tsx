@@ -4,13 +4,15 @@ import { api, ApiError, forgetKey, storedKey, storeKey } from './api';
 import { Subscriptions } from './subscriptions';
 import { Events } from './events';
 import { Charts } from './charts';
+import { Audit } from './audit';
 import './style.css';
 
-type Tab = 'subscriptions' | 'events' | 'charts';
+type Tab = 'subscriptions' | 'events' | 'charts' | 'audit';
 const TABS: [Tab, string][] = [
   ['subscriptions', 'Subscriptions'],
   ['events', 'Events'],
   ['charts', 'Delivery charts'],
+  ['audit', 'Audit'],
 ];
 
 function SignIn({ onSignedIn }: { onSignedIn: () => void }) {
@@ -119,6 +121,7 @@ function App() {
         )}
         {tab === 'events' && <Events openEvent={openEvent} setOpenEvent={setOpenEvent} />}
         {tab === 'charts' && <Charts />}
+        {tab === 'audit' && <Audit />}
       </main>
     </>
   );

@@ -290,6 +290,14 @@ test('sign in, subscribe, watch an event live, open its delivery, replay it, rec
   assert.equal((await call('GET', `/portal/webhooks/${gone}`, key)).status, 404);
   assert.equal((await call('GET', `/portal/webhooks/${subId}`, key)).status, 200);
 
+  // The audit trail lists the changes newest first: that deletion on top.
+  await page.getByRole('tab', { name: 'Audit' }).click();
+  const audit = page.getByTestId('audit-list');
+  await audit.getByText(gone).first().waitFor({ timeout: WAIT });
+  const top = audit.locator('tbody tr').first();
+  assert.equal((await top.locator('td').nth(1).textContent()).trim(), 'subscription.deleted');
+  assert.equal((await top.locator('td code').first().textContent()).trim(), gone);
+
   // Keyboard: the tabs move with the arrow keys.
   await page.getByRole('tab', { name: 'Delivery charts' }).focus();
   await page.keyboard.press('ArrowLeft');

@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod api_keys;
+pub mod audit;
 pub mod deliveries;
 pub mod event_types;
 pub mod events;

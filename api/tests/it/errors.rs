@@ -139,6 +139,7 @@ async fn readyz_and_the_openapi_document() {
         ),
         ("/api/v1/portal/api-keys", &["post", "get"]),
         ("/api/v1/portal/api-keys/{key_id}", &["delete"]),
+        ("/api/v1/portal/audit", &["get"]),
         ("/api/v1/portal/webhooks", &["get"]),
         ("/api/v1/portal/webhooks/subscribe", &["post"]),
         ("/api/v1/portal/webhooks/{id}", &["get", "patch", "delete"]),
@@ -182,7 +183,7 @@ async fn readyz_and_the_openapi_document() {
     }
     assert_eq!(
         paths.len(),
-        28,
+        29,
         "no undocumented extras: {:?}",
         paths.keys()
     );

@@ -1,6 +1,7 @@
 //! Integration tests of the `herald` server: the API in process, the
 //! binary for crash tests, real HTTP receivers on loopback.
 
+mod audit;
 mod bad_input;
 mod batch;
 mod breaker;

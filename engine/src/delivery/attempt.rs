@@ -15,6 +15,7 @@ use super::{
     decide::{decide, Attempt, Decision, Health, Policy, Response},
     destination::{Destination, Outbound},
 };
+use crate::audit::{self, action, Actor, AuditRecord};
 use crate::{
     filters::OPERATIONAL_PREFIX,
     ids,
@@ -253,18 +254,25 @@ async fn apply_health(ctx: &WorkerContext, sub: &WebhookSubscription, health: &H
 
 async fn disable(ctx: &WorkerContext, sub: &WebhookSubscription, reason: String) {
     let why = reason.clone();
-    let changed = modify(
-        ctx,
-        sub,
-        Box::new(move |s| {
-            if s.status == SubscriptionStatus::Disabled {
-                return false;
-            }
-            s.status = SubscriptionStatus::Disabled;
-            s.disabled_reason = Some(why.clone());
-            s.updated_at = OffsetDateTime::now_utc();
-            true
-        }),
+    let mut record = AuditRecord::new(&sub.tenant_id, action::SUBSCRIPTION_DISABLED)
+        .subscription(&sub.id)
+        .detail("reason", reason.clone());
+    record.actor = Actor::Herald;
+    let changed = audit::recorded(
+        record,
+        modify(
+            ctx,
+            sub,
+            Box::new(move |s| {
+                if s.status == SubscriptionStatus::Disabled {
+                    return false;
+                }
+                s.status = SubscriptionStatus::Disabled;
+                s.disabled_reason = Some(why.clone());
+                s.updated_at = OffsetDateTime::now_utc();
+                true
+            }),
+        ),
     )
     .await;
     if changed {

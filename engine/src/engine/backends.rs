@@ -159,6 +159,10 @@ impl Backends {
             StoreBackend::Cql(_) => return Err(not_built("HERALD_SCYLLA_NODES", "cql")),
             #[cfg(feature = "cql")]
             StoreBackend::Cql(scylla) => {
+                let scylla = &crate::config::ScyllaConfig {
+                    audit_retention: config.audit_retention,
+                    ..scylla.clone()
+                };
                 let store = crate::store::scylla::ScyllaStore::connect(scylla, cipher)
                     .await
                     .map_err(key_error)?;

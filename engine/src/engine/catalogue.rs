@@ -3,6 +3,7 @@
 //! sharing a store follow each other's registrations, are in
 //! [`crate::catalogue`].
 
+use crate::audit::{self, action, AuditRecord};
 use crate::{
     catalogue::{Catalogue, PreparedSchema},
     error::EngineError,
@@ -34,7 +35,10 @@ impl Engine {
     ) -> Result<(EventTypeSchema, bool), EngineError> {
         let PreparedSchema { record, validator } =
             Catalogue::prepare(tenant_id, event_type, schema_version, schema)?;
-        let created = self.store.put_event_type(&record).await?;
+        let audited = AuditRecord::new(tenant_id, action::EVENT_TYPE_REGISTERED)
+            .target(event_type)
+            .detail("schema_version", schema_version);
+        let created = audit::recorded(audited, self.store.put_event_type(&record)).await?;
         if created {
             self.catalogue.insert(record.clone(), validator);
             tracing::info!(

@@ -16,6 +16,7 @@ use super::{
     query::{page_cursor, validate_cursor},
     Engine,
 };
+use crate::audit::{self, action, AuditRecord};
 use crate::input::{hash_key, validate_event_types, validate_headers, validate_limits};
 use crate::{
     clock::now_ms,
@@ -181,7 +182,7 @@ impl Engine {
         )?;
         let _guard = self.lock_subscription(id).await;
         let new_key = crate::ed25519::SigningKey::generate();
-        self.change_subscription(tenant_id, id, "subscription updated", move |sub| {
+        self.change_subscription(tenant_id, id, action::SUBSCRIPTION_UPDATED, move |sub| {
             let update = update.clone();
             if let Some(scheme) = update.signature {
                 sub.signature = scheme;
@@ -234,7 +235,7 @@ impl Engine {
         id: &str,
     ) -> Result<WebhookSubscription, EngineError> {
         let _guard = self.lock_subscription(id).await;
-        self.change_subscription(tenant_id, id, "subscription paused", |sub| {
+        self.change_subscription(tenant_id, id, action::SUBSCRIPTION_PAUSED, |sub| {
             sub.status = SubscriptionStatus::Paused;
         })
         .await
@@ -250,7 +251,7 @@ impl Engine {
     ) -> Result<WebhookSubscription, EngineError> {
         let sub = {
             let _guard = self.lock_subscription(id).await;
-            self.change_subscription(tenant_id, id, "subscription resumed", |sub| {
+            self.change_subscription(tenant_id, id, action::SUBSCRIPTION_RESUMED, |sub| {
                 sub.status = SubscriptionStatus::Active;
                 sub.disabled_reason = None;
                 sub.failing_since = None;
@@ -266,7 +267,8 @@ impl Engine {
     /// Deletes a subscription; its pending deliveries are dropped.
     pub async fn delete_subscription(&self, tenant_id: &str, id: &str) -> Result<(), EngineError> {
         let _guard = self.lock_subscription(id).await;
-        if !self.store.delete_subscription(tenant_id, id).await? {
+        let record = AuditRecord::new(tenant_id, action::SUBSCRIPTION_DELETED).subscription(id);
+        if !audit::recorded(record, self.store.delete_subscription(tenant_id, id)).await? {
             return Err(EngineError::NotFound("subscription"));
         }
         self.subscriptions.remove(id);
@@ -277,7 +279,8 @@ impl Engine {
     /// Applies `change` to the stored subscription through the store's
     /// compare-and-set (it runs on the stored value, again if a concurrent
     /// writer got there first, so it never undoes a worker's auto-disable),
-    /// then to the matching index. `NotFound` if there is no such subscription.
+    /// then to the matching index, recording `what` (an [`action`]) in the
+    /// audit trail. `NotFound` if there is no such subscription.
     pub(super) async fn change_subscription(
         &self,
         tenant_id: &str,
@@ -285,9 +288,10 @@ impl Engine {
         what: &'static str,
         mut change: impl FnMut(&mut WebhookSubscription) + Send + 'static,
     ) -> Result<WebhookSubscription, EngineError> {
-        let (sub, _) = self
-            .store
-            .modify_subscription(
+        let record = AuditRecord::new(tenant_id, what).subscription(id);
+        let (sub, _) = audit::recorded(
+            record,
+            self.store.modify_subscription(
                 tenant_id,
                 id,
                 Box::new(move |sub| {
@@ -295,9 +299,10 @@ impl Engine {
                     sub.updated_at = OffsetDateTime::now_utc();
                     true
                 }),
-            )
-            .await?
-            .ok_or(EngineError::NotFound("subscription"))?;
+            ),
+        )
+        .await?
+        .ok_or(EngineError::NotFound("subscription"))?;
         self.subscriptions.upsert(sub.clone());
         tracing::info!(tenant_id, subscription_id = id, "{what}");
         Ok(sub)
@@ -318,7 +323,13 @@ impl Engine {
         let (mut record, key) = new_key(tenant_id, request.name);
         record.scopes = scopes;
         record.expires_at = request.expires_at;
-        self.store.create_api_key(&record, hash_key(&key)).await?;
+        let audited = AuditRecord::new(tenant_id, action::API_KEY_CREATED)
+            .target(&record.id)
+            .detail(
+                "scopes",
+                serde_json::to_value(&record.scopes).unwrap_or_default(),
+            );
+        audit::recorded(audited, self.store.create_api_key(&record, hash_key(&key))).await?;
         tracing::info!(tenant_id, key_id = %record.id, "API key created");
         Ok((record, key))
     }
@@ -353,9 +364,9 @@ impl Engine {
         tenant_id: &str,
         key_id: &str,
     ) -> Result<ApiKey, EngineError> {
-        let key = self
-            .store
-            .revoke_api_key(tenant_id, key_id, now_ms())
+        let record = AuditRecord::new(tenant_id, action::API_KEY_REVOKED).target(key_id);
+        let revoke = self.store.revoke_api_key(tenant_id, key_id, now_ms());
+        let key = audit::recorded(record, revoke)
             .await?
             .ok_or(EngineError::NotFound("API key"))?;
         tracing::info!(tenant_id, key_id, "API key revoked");

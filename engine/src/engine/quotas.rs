@@ -23,6 +23,7 @@ use governor::{
 use parking_lot::Mutex;
 
 use super::Engine;
+use crate::audit::{self, action, AuditRecord};
 use crate::{
     error::EngineError, input::MAX_PAYLOAD_BYTES, model::DomainEvent, resources::TenantQuotas,
 };
@@ -103,7 +104,9 @@ impl Engine {
         quotas: TenantQuotas,
     ) -> Result<TenantQuotas, EngineError> {
         validate(&quotas)?;
-        self.store.set_tenant_quotas(tenant_id, &quotas).await?;
+        let record = AuditRecord::new(tenant_id, action::TENANT_QUOTAS_SET)
+            .detail("quotas", serde_json::to_value(&quotas).unwrap_or_default());
+        audit::recorded(record, self.store.set_tenant_quotas(tenant_id, &quotas)).await?;
         self.quotas.put(tenant_id, quotas.clone());
         tracing::info!(tenant_id, ?quotas, "tenant quotas set");
         Ok(quotas)

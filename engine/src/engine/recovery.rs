@@ -19,6 +19,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::Engine;
+use crate::audit::{self, action, AuditRecord};
 use crate::{
     clock::now_ms,
     error::EngineError,
@@ -106,7 +107,11 @@ impl Engine {
             }
             RecoverySource::Log => log_recovery::records_in_range(self.log.as_ref(), &job).await?,
         };
-        self.store.create_recovery(&job).await?;
+        let record = AuditRecord::new(tenant_id, action::RECOVERY_REQUESTED)
+            .subscription(subscription_id)
+            .target(&job.id)
+            .detail("source", format!("{source:?}").to_lowercase());
+        audit::recorded(record, self.store.create_recovery(&job)).await?;
         self.recovery_wake.notify_one();
         tracing::info!(tenant_id, subscription_id, recovery_id = %job.id, ?source, total = job.total, "recovery started");
         Ok(job)

@@ -1,5 +1,6 @@
 //! Replaying one event: new deliveries linked to the ones they replay.
 
+use crate::audit::{self, action, AuditRecord};
 use crate::{
     clock::now_ms,
     error::EngineError,
@@ -77,7 +78,13 @@ impl Engine {
                 replay_of,
             });
         }
-        self.store.schedule(scheduled).await?;
+        let mut record = AuditRecord::new(tenant_id, action::REPLAY_REQUESTED)
+            .target(event_id)
+            .detail("deliveries", scheduled.len());
+        if let Some(id) = subscription_id {
+            record = record.subscription(id);
+        }
+        audit::recorded(record, self.store.schedule(scheduled)).await?;
         self.wake.notify_one();
         Ok(replayed)
     }

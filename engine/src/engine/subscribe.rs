@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use time::OffsetDateTime;
 
+use crate::audit::{self, action, AuditRecord};
 use crate::{
     ed25519::{PublicKey, SigningKey},
     error::EngineError,
@@ -86,7 +87,9 @@ impl Engine {
             created_at: now,
             updated_at: now,
         };
-        self.store.create_subscription(&sub).await?;
+        let record =
+            AuditRecord::new(tenant_id, action::SUBSCRIPTION_CREATED).subscription(&sub.id);
+        audit::recorded(record, self.store.create_subscription(&sub)).await?;
         self.subscriptions.upsert(sub.clone());
         tracing::info!(tenant_id, subscription_id = %sub.id, "subscription created");
         Ok(sub)
@@ -165,9 +168,13 @@ impl Engine {
             sub.updated_at = now;
             true
         };
-        let (sub, _) = self
+        let record = AuditRecord::new(tenant_id, action::SUBSCRIPTION_SECRET_ROTATED)
+            .subscription(id)
+            .detail("grace_seconds", grace.as_secs());
+        let modify = self
             .store
-            .modify_subscription(tenant_id, id, Box::new(rotate))
+            .modify_subscription(tenant_id, id, Box::new(rotate));
+        let (sub, _) = audit::recorded(record, modify)
             .await?
             .ok_or(EngineError::NotFound("subscription"))?;
         let public_key = sub

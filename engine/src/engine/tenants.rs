@@ -1,5 +1,6 @@
 //! Tenants and the API keys that authenticate them.
 
+use crate::audit::{self, action, AuditRecord};
 use crate::{
     error::EngineError,
     input::{hash_key, validate_tenant_id},
@@ -13,9 +14,12 @@ impl Engine {
     pub async fn create_tenant(&self, tenant_id: &str) -> Result<String, EngineError> {
         validate_tenant_id(tenant_id)?;
         let (record, key) = manage::new_key(tenant_id, Some("initial".into()));
-        self.store
-            .create_tenant(tenant_id, &record, hash_key(&key))
-            .await?;
+        // The tenant's first key is its first audit record.
+        let audited = AuditRecord::new(tenant_id, action::API_KEY_CREATED)
+            .target(&record.id)
+            .detail("initial", true);
+        let create = self.store.create_tenant(tenant_id, &record, hash_key(&key));
+        audit::recorded(audited, create).await?;
         tracing::info!(tenant_id, "tenant created");
         Ok(key)
     }

@@ -145,6 +145,11 @@ impl Engine {
                 cancel.clone(),
             )));
         }
+        tasks.push(tokio::spawn(super::audit::run_pruner(
+            store.clone(),
+            config.audit_retention,
+            cancel.clone(),
+        )));
         let recovery_wake = Arc::new(Notify::new());
         tasks.push(tokio::spawn(recovery::run(
             store.clone(),

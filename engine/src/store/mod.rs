@@ -10,12 +10,14 @@
 //!
 //! The contract is split by role, one trait per file: [`TenantStore`],
 //! [`SubscriptionStore`], [`EventStore`], [`ScheduleStore`],
-//! [`DeliveryLogStore`], [`CatalogueStore`] and [`RecoveryStore`]. [`Store`]
+//! [`DeliveryLogStore`], [`CatalogueStore`], [`RecoveryStore`] and
+//! [`AuditStore`]. [`Store`]
 //! is all of them; a part of the engine that needs one role can hold just
 //! that trait. [`embedded`] keeps all of it in SQLite; [`scylla`] keeps it
 //! in ScyllaDB (or Cassandra) for the distributed deployment. The contract
 //! tests in `engine/tests/contract` run the same assertions on both.
 
+mod audit;
 mod catalogue;
 mod delivery_log;
 pub mod embedded;
@@ -28,6 +30,7 @@ pub mod secrets;
 mod subscriptions;
 mod tenants;
 
+pub use audit::AuditStore;
 pub use catalogue::CatalogueStore;
 pub use delivery_log::{DeliveryLogStore, LogFilter};
 pub use events::{EventFilter, EventStore};
@@ -113,6 +116,7 @@ pub trait Store:
     + DeliveryLogStore
     + CatalogueStore
     + RecoveryStore
+    + AuditStore
 {
 }
 
@@ -124,5 +128,6 @@ impl<T> Store for T where
         + DeliveryLogStore
         + CatalogueStore
         + RecoveryStore
+        + AuditStore
 {
 }

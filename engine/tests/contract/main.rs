@@ -37,6 +37,7 @@ macro_rules! contract {
     };
 }
 
+mod audit;
 mod backend;
 mod catalogue;
 mod delivery_log;

@@ -1,6 +1,6 @@
 //! Stores written by the Herald before keys had scopes open and keep their
 //! keys working with full access: a SQLite database at schema v4 migrates
-//! to v6 (scopes, then tenant quotas), and a CQL keyspace whose `api_keys`
+//! to v7 (scopes, tenant quotas, then the audit trail), and a CQL keyspace whose `api_keys`
 //! table lacks `scopes` and `expires_at` and whose `tenants` table lacks
 //! `quotas` gets them by `ALTER TABLE`. Old tenants have no quotas, and
 //! quotas can be set on them.
@@ -76,7 +76,7 @@ async fn an_embedded_store_at_schema_v4_migrates_and_old_keys_keep_full_access()
     let v: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(v, 6);
+    assert_eq!(v, 7);
 }
 
 #[tokio::test]

@@ -6,13 +6,14 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use herald_engine::{
+    audit::{AuditFilter, AuditRecord},
     log::LogPosition,
     model::{DomainEvent, ScheduledDelivery, WebhookDeliveryLog, WebhookSubscription},
     resources::{ApiKey, EventTypeSchema, RecoveryCandidate, RecoveryJob, TenantQuotas},
     store::{
-        CatalogueStore, DeliveryLogStore, EventFilter, EventStore, FanOut, FanOutResult, LogFilter,
-        RecoveryScope, RecoveryStore, ScheduleStore, Store, StoreError, SubscriptionChange,
-        SubscriptionStore, TenantStore,
+        AuditStore, CatalogueStore, DeliveryLogStore, EventFilter, EventStore, FanOut,
+        FanOutResult, LogFilter, RecoveryScope, RecoveryStore, ScheduleStore, Store, StoreError,
+        SubscriptionChange, SubscriptionStore, TenantStore,
     },
 };
 
@@ -340,5 +341,26 @@ impl RecoveryStore for FaultyStore {
         self.inner
             .advance_recovery(job, deliveries, cursor, finished)
             .await
+    }
+}
+
+#[async_trait]
+impl AuditStore for FaultyStore {
+    async fn append_audit(&self, record: &AuditRecord) -> Result<(), StoreError> {
+        self.inner.append_audit(record).await
+    }
+    async fn list_audit(
+        &self,
+        tenant_id: &str,
+        filter: &AuditFilter,
+        before: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<AuditRecord>, StoreError> {
+        self.inner
+            .list_audit(tenant_id, filter, before, limit)
+            .await
+    }
+    async fn prune_audit(&self, before_ms: i64, limit: usize) -> Result<usize, StoreError> {
+        self.inner.prune_audit(before_ms, limit).await
     }
 }

@@ -15,6 +15,7 @@ impl CatalogueStore for EmbeddedStore {
     async fn put_event_type(&self, schema: &EventTypeSchema) -> Result<bool, StoreError> {
         let body = serde_json::to_string(schema).map_err(json_err)?;
         let schema = schema.clone();
+        let audit = crate::audit::take_pending();
         self.write(move |conn| {
             let existing: Option<String> = conn
                 .query_row(
@@ -40,6 +41,7 @@ impl CatalogueStore for EmbeddedStore {
                 params![schema.tenant_id, schema.event_type, schema.schema_version, body],
             )
             .map_err(db_err)?;
+            super::audit::insert_pending(conn, &audit)?;
             conn.prepare_cached(
                 "INSERT INTO versions (name, value) VALUES ('event_types', 1)
                  ON CONFLICT(name) DO UPDATE SET value = value + 1",

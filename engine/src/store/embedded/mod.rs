@@ -14,6 +14,7 @@ use rusqlite::{params, params_from_iter, types::Value, Connection, OpenFlags};
 use tokio::sync::{mpsc, oneshot};
 
 mod attempts;
+mod audit;
 mod catalogue;
 mod delivery_log;
 mod events;
@@ -190,6 +191,7 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
         (4, include_str!("schema_v4.sql")),
         (5, include_str!("schema_v5.sql")),
         (6, include_str!("schema_v6.sql")),
+        (7, include_str!("schema_v7.sql")),
     ] {
         if version < step {
             conn.execute_batch(&format!("BEGIN IMMEDIATE; {sql} COMMIT;"))

@@ -41,13 +41,14 @@ impl RecoveryStore for EmbeddedStore {
     async fn create_recovery(&self, job: &RecoveryJob) -> Result<(), StoreError> {
         let body = serde_json::to_string(job).map_err(json_err)?;
         let (id, tenant) = (job.id.clone(), job.tenant_id.clone());
+        let audit = crate::audit::take_pending();
         self.write(move |conn| {
             conn.execute(
                 "INSERT INTO recoveries (id, tenant_id, finished, body) VALUES (?1, ?2, 0, ?3)",
                 params![id, tenant, body],
             )
             .map_err(db_err)?;
-            Ok(())
+            super::audit::insert_pending(conn, &audit)
         })
         .await
     }

@@ -96,10 +96,13 @@ impl ScheduleStore for EmbeddedStore {
     }
 
     async fn schedule(&self, deliveries: Vec<ScheduledDelivery>) -> Result<(), StoreError> {
+        // A replay's record (the only pending record a schedule call has).
+        let audit = crate::audit::take_pending();
         self.write(move |conn| {
             deliveries
                 .iter()
-                .try_for_each(|d| insert_schedule(conn, d, None))
+                .try_for_each(|d| insert_schedule(conn, d, None))?;
+            super::audit::insert_pending(conn, &audit)
         })
         .await
     }

@@ -6,7 +6,7 @@
 use async_trait::async_trait;
 use rusqlite::{params, types::Value, Connection, OptionalExtension};
 
-use super::{db_err, query_subs, EmbeddedStore};
+use super::{audit::insert_pending, db_err, query_subs, EmbeddedStore};
 use crate::{
     model::WebhookSubscription,
     store::{StoreError, SubscriptionChange, SubscriptionStore},
@@ -30,6 +30,7 @@ impl SubscriptionStore for EmbeddedStore {
     async fn create_subscription(&self, sub: &WebhookSubscription) -> Result<(), StoreError> {
         let body = self.codec.encode(sub)?;
         let (id, tenant) = (sub.id.clone(), sub.tenant_id.clone());
+        let audit = crate::audit::take_pending();
         self.write(move |conn| {
             let inserted = conn
                 .execute(
@@ -42,6 +43,7 @@ impl SubscriptionStore for EmbeddedStore {
                     "subscription {id:?} already exists"
                 )));
             }
+            insert_pending(conn, &audit)?;
             bump_version(conn)
         })
         .await
@@ -58,12 +60,18 @@ impl SubscriptionStore for EmbeddedStore {
             Value::from(id.to_string()),
         ];
         let codec = self.codec.clone();
+        let audit = crate::audit::take_pending();
         self.write(move |conn| {
             let Some(mut sub) = query_subs(conn, &codec, SELECT_ONE, args)?.pop() else {
                 return Ok(None);
             };
+            let before = audit.as_ref().map(|_| serde_json::to_value(&sub));
             let changed = change(&mut sub);
             if changed {
+                if let Some(record) = audit {
+                    let record = crate::audit::with_changed_fields(record, before, &sub);
+                    super::audit::insert(conn, &record)?;
+                }
                 let body = codec.encode(&sub)?;
                 conn.execute(
                     "UPDATE subscriptions SET body = ?1 WHERE id = ?2",
@@ -79,6 +87,7 @@ impl SubscriptionStore for EmbeddedStore {
 
     async fn delete_subscription(&self, tenant_id: &str, id: &str) -> Result<bool, StoreError> {
         let (tenant, id) = (tenant_id.to_string(), id.to_string());
+        let audit = crate::audit::take_pending();
         self.write(move |conn| {
             let deleted = conn
                 .execute(
@@ -87,6 +96,7 @@ impl SubscriptionStore for EmbeddedStore {
                 )
                 .map_err(db_err)?;
             if deleted > 0 {
+                insert_pending(conn, &audit)?;
                 bump_version(conn)?;
             }
             Ok(deleted > 0)

@@ -4,7 +4,7 @@ use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension};
 use time::OffsetDateTime;
 
-use super::{db_err, EmbeddedStore};
+use super::{audit::insert_pending, db_err, EmbeddedStore};
 use crate::{
     resources::{ApiKey, KeyGrant, Scope, TenantQuotas},
     store::{StoreError, TenantStore},
@@ -63,6 +63,7 @@ impl TenantStore for EmbeddedStore {
     ) -> Result<(), StoreError> {
         let tenant = tenant_id.to_string();
         let key = first_key.clone();
+        let audit = crate::audit::take_pending();
         self.write(move |conn| {
             let inserted = conn
                 .execute(
@@ -75,7 +76,8 @@ impl TenantStore for EmbeddedStore {
                     "tenant {tenant:?} already exists"
                 )));
             }
-            insert_key(conn, &key, key_hash)
+            insert_key(conn, &key, key_hash)?;
+            insert_pending(conn, &audit)
         })
         .await
     }
@@ -128,6 +130,7 @@ impl TenantStore for EmbeddedStore {
     ) -> Result<(), StoreError> {
         let tenant = tenant_id.to_string();
         let json = serde_json::to_string(quotas).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let audit = crate::audit::take_pending();
         self.write(move |conn| {
             let n = conn
                 .execute(
@@ -138,7 +141,7 @@ impl TenantStore for EmbeddedStore {
             if n == 0 {
                 return Err(StoreError::NotFound("tenant"));
             }
-            Ok(())
+            insert_pending(conn, &audit)
         })
         .await
     }
@@ -156,6 +159,7 @@ impl TenantStore for EmbeddedStore {
 
     async fn create_api_key(&self, key: &ApiKey, hash: [u8; 32]) -> Result<(), StoreError> {
         let key = key.clone();
+        let audit = crate::audit::take_pending();
         self.write(move |conn| {
             let exists = conn
                 .query_row(
@@ -168,7 +172,8 @@ impl TenantStore for EmbeddedStore {
             if exists.is_none() {
                 return Err(StoreError::NotFound("tenant"));
             }
-            insert_key(conn, &key, hash)
+            insert_key(conn, &key, hash)?;
+            insert_pending(conn, &audit)
         })
         .await
     }
@@ -194,12 +199,16 @@ impl TenantStore for EmbeddedStore {
         at_ms: i64,
     ) -> Result<Option<ApiKey>, StoreError> {
         let (tenant, id) = (tenant_id.to_string(), key_id.to_string());
+        let audit = crate::audit::take_pending();
         self.write(move |conn| {
-            conn.execute(
+            let revoked = conn.execute(
                 "UPDATE api_keys SET revoked_at = ?3 WHERE tenant_id = ?1 AND id = ?2 AND revoked_at IS NULL",
                 params![tenant, id, at_ms],
             )
             .map_err(db_err)?;
+            if revoked > 0 {
+                insert_pending(conn, &audit)?;
+            }
             conn.query_row(
                 &format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE tenant_id = ?1 AND id = ?2"),
                 params![tenant, id],

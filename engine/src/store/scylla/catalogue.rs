@@ -26,6 +26,33 @@ impl CatalogueStore for ScyllaStore {
     /// Registers a schema version: `Ok(false)` when it exists with the same
     /// schema, `Conflict` when it exists with another.
     async fn put_event_type(&self, schema: &EventTypeSchema) -> Result<bool, StoreError> {
+        let put = self.put_event_type_unaudited(schema);
+        self.audited(crate::audit::take_pending(), put, |created| *created)
+            .await
+    }
+
+    /// Every registered schema of every tenant.
+    async fn all_event_types(&self) -> Result<Vec<EventTypeSchema>, StoreError> {
+        let mut out = Vec::new();
+        self.scan("SELECT body FROM event_types", (), |(b,): (String,)| {
+            out.push(decode(&b)?);
+            Ok(())
+        })
+        .await?;
+        Ok(out)
+    }
+
+    async fn catalogue_version(&self) -> Result<u64, StoreError> {
+        let row: Option<(Option<i64>,)> = self
+            .row("SELECT v FROM meta WHERE k = 'event_types'", ())
+            .await?;
+        Ok(row.and_then(|(v,)| v).unwrap_or(0) as u64)
+    }
+}
+
+impl ScyllaStore {
+    /// Registers a schema version (see [`CatalogueStore::put_event_type`]).
+    async fn put_event_type_unaudited(&self, schema: &EventTypeSchema) -> Result<bool, StoreError> {
         let (applied, current) = self
             .lwt(
                 "INSERT INTO event_types (tenant_id, event_type, schema_version, body) VALUES (?, ?, ?, ?) IF NOT EXISTS",
@@ -56,23 +83,5 @@ impl CatalogueStore for ScyllaStore {
                 schema.event_type, schema.schema_version
             )))
         }
-    }
-
-    /// Every registered schema of every tenant.
-    async fn all_event_types(&self) -> Result<Vec<EventTypeSchema>, StoreError> {
-        let mut out = Vec::new();
-        self.scan("SELECT body FROM event_types", (), |(b,): (String,)| {
-            out.push(decode(&b)?);
-            Ok(())
-        })
-        .await?;
-        Ok(out)
-    }
-
-    async fn catalogue_version(&self) -> Result<u64, StoreError> {
-        let row: Option<(Option<i64>,)> = self
-            .row("SELECT v FROM meta WHERE k = 'event_types'", ())
-            .await?;
-        Ok(row.and_then(|(v,)| v).unwrap_or(0) as u64)
     }
 }

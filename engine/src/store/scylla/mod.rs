@@ -19,6 +19,10 @@
 //!   stale index row (cleaned lazily) but never a delivery without one.
 //!   `release_leases` exists for the embedded mode's single process; with
 //!   CQL, leases simply expire (the engine does not call it).
+//! - **Audit records written ahead**: a change's audit record cannot share
+//!   a lightweight transaction with it, so it is written before the change
+//!   and deleted if the change is refused (`audit.rs`): a crash may leave a
+//!   record of a change that did not happen, never a change without one.
 //! - **At least once, never lost**: writes spanning partitions are not
 //!   atomic (batches are used only within one partition); each sequence is
 //!   ordered so that a crash between two writes repeats work (a possible
@@ -28,6 +32,7 @@
 //! driver's default load balancing is token-aware, so each statement goes to
 //! a replica of its partition.
 
+mod audit;
 mod catalogue;
 mod events;
 mod held;
@@ -61,6 +66,8 @@ const DAY_MS: i64 = 86_400_000;
 pub struct ScyllaStore {
     session: Arc<CachingSession>,
     retention_days: i32,
+    /// Audit records' TTL in seconds.
+    audit_ttl: i32,
     codec: SubscriptionCodec,
     marks: marks::ReadMarks,
     /// Recovery jobs this process stepped last: `scheduled` as it wrote it.
@@ -189,6 +196,10 @@ impl ScyllaStore {
         let store = Self {
             session: Arc::new(CachingSession::from(session, 256)),
             retention_days: (retention / 86_400).max(1) as i32,
+            audit_ttl: config
+                .audit_retention
+                .as_secs()
+                .clamp(3600, 20 * 365 * 86_400) as i32,
             codec: SubscriptionCodec::new(cipher),
             marks: marks::ReadMarks::default(),
             recovery_tally: Default::default(),
@@ -318,8 +329,23 @@ impl ScyllaStore {
         keep: impl Fn(&str, &str) -> bool,
     ) -> Result<Vec<String>, StoreError> {
         let today = day_of_ms(crate::clock::now_ms());
-        let mut day = before.map_or(today, id_day).min(today);
-        let oldest = today - self.retention_days - 1;
+        let days = (today, today - self.retention_days - 1);
+        self.walk_days_between(cql, prefix, before, limit, days, |_, a, b| keep(a, b))
+            .await
+    }
+
+    /// [`walk_days`](Self::walk_days) from day `newest` back to day
+    /// `oldest` (both included); `keep` also sees each row's id.
+    async fn walk_days_between(
+        &self,
+        cql: &'static str,
+        prefix: &[&str],
+        before: Option<&str>,
+        limit: usize,
+        (newest, oldest): (i32, i32),
+        keep: impl Fn(&str, &str, &str) -> bool,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut day = before.map_or(newest, id_day).min(newest);
         let mut cursor = before.unwrap_or(TOP).to_string();
         let page = (limit.max(1) * 2).clamp(20, 1000) as i32;
         let mut out = Vec::new();
@@ -335,7 +361,7 @@ impl ScyllaStore {
                 self.rows(cql, values).await?;
             let full = rows.len() == page as usize;
             for (id, a, b, body) in rows {
-                if keep(a.as_deref().unwrap_or(""), b.as_deref().unwrap_or("")) {
+                if keep(&id, a.as_deref().unwrap_or(""), b.as_deref().unwrap_or("")) {
                     out.push(body);
                     if out.len() == limit {
                         break;

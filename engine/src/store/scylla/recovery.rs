@@ -51,6 +51,10 @@ fn wanted(scope: &RecoveryScope, outcome: Option<&str>) -> bool {
 impl RecoveryStore for ScyllaStore {
     /// Stores a new recovery job (unfinished, no cursor yet).
     async fn create_recovery(&self, job: &RecoveryJob) -> Result<(), StoreError> {
+        // Write-ahead; kept if the job's insert fails (its outcome is unknown).
+        if let Some(record) = crate::audit::take_pending() {
+            self.audit_ahead(&record).await?;
+        }
         self.exec(
             "INSERT INTO recoveries (tenant_id, id, body) VALUES (?, ?, ?)",
             (&job.tenant_id, &job.id, encode(job)?),

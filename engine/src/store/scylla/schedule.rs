@@ -268,6 +268,10 @@ impl ScheduleStore for ScyllaStore {
     }
 
     async fn schedule(&self, deliveries: Vec<ScheduledDelivery>) -> Result<(), StoreError> {
+        // A replay's record (the only pending record a schedule call has), write-ahead.
+        if let Some(record) = crate::audit::take_pending() {
+            self.audit_ahead(&record).await?;
+        }
         let work = deliveries.iter().map(|d| self.insert_schedule(d, None));
         futures::future::try_join_all(work).await?;
         Ok(())

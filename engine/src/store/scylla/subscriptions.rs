@@ -111,18 +111,24 @@ impl ScyllaStore {
 #[async_trait]
 impl SubscriptionStore for ScyllaStore {
     async fn create_subscription(&self, sub: &WebhookSubscription) -> Result<(), StoreError> {
-        let (applied, _) = self
-            .lwt(
-                "INSERT INTO subscriptions (tenant_id, id, body, revision) VALUES (?, ?, ?, 1) IF NOT EXISTS",
-                (&sub.tenant_id, &sub.id, self.codec.encode(sub)?),
-            )
+        let body = self.codec.encode(sub)?;
+        let create = async {
+            let (applied, _) = self
+                .lwt(
+                    "INSERT INTO subscriptions (tenant_id, id, body, revision) VALUES (?, ?, ?, 1) IF NOT EXISTS",
+                    (&sub.tenant_id, &sub.id, body),
+                )
+                .await?;
+            if !applied {
+                return Err(StoreError::Conflict(format!(
+                    "subscription {:?} already exists",
+                    sub.id
+                )));
+            }
+            Ok(())
+        };
+        self.audited(crate::audit::take_pending(), create, |_| true)
             .await?;
-        if !applied {
-            return Err(StoreError::Conflict(format!(
-                "subscription {:?} already exists",
-                sub.id
-            )));
-        }
         self.bump_subscriptions_version().await
     }
 
@@ -132,19 +138,23 @@ impl SubscriptionStore for ScyllaStore {
         id: &str,
         mut change: SubscriptionChange,
     ) -> Result<Option<(WebhookSubscription, bool)>, StoreError> {
+        let audit = crate::audit::take_pending();
         for _ in 0..CAS_ATTEMPTS {
             let Some((body, revision)) = self.stored_sub(tenant_id, id).await? else {
                 return Ok(None);
             };
             let mut sub = self.codec.decode(&body)?;
+            let before = audit.as_ref().map(|_| serde_json::to_value(&sub));
             if !change(&mut sub) {
                 return Ok(Some((sub, false)));
             }
             let new_body = self.codec.encode(&sub)?;
-            if self
-                .write_sub_if(tenant_id, id, new_body, revision, &body)
-                .await?
-            {
+            // Write-ahead, with the fields this attempt changes.
+            let record = audit
+                .clone()
+                .map(|r| crate::audit::with_changed_fields(r, before, &sub));
+            let write = self.write_sub_if(tenant_id, id, new_body, revision, &body);
+            if self.audited(record, write, |applied| *applied).await? {
                 self.bump_subscriptions_version().await?;
                 return Ok(Some((sub, true)));
             }
@@ -157,11 +167,17 @@ impl SubscriptionStore for ScyllaStore {
     }
 
     async fn delete_subscription(&self, tenant_id: &str, id: &str) -> Result<bool, StoreError> {
-        let (applied, _) = self
-            .lwt(
-                "DELETE FROM subscriptions WHERE tenant_id = ? AND id = ? IF EXISTS",
-                (tenant_id, id),
-            )
+        let delete = async {
+            let (applied, _) = self
+                .lwt(
+                    "DELETE FROM subscriptions WHERE tenant_id = ? AND id = ? IF EXISTS",
+                    (tenant_id, id),
+                )
+                .await?;
+            Ok(applied)
+        };
+        let applied = self
+            .audited(crate::audit::take_pending(), delete, |applied| *applied)
             .await?;
         if applied {
             self.bump_subscriptions_version().await?;

@@ -46,17 +46,22 @@ impl TenantStore for ScyllaStore {
         first_key: &ApiKey,
         key_hash: [u8; 32],
     ) -> Result<(), StoreError> {
-        let (applied, _) = self
-            .lwt(
-                "INSERT INTO tenants (tenant_id, created_at) VALUES (?, ?) IF NOT EXISTS",
-                (tenant_id, now_ms()),
-            )
+        let create = async {
+            let (applied, _) = self
+                .lwt(
+                    "INSERT INTO tenants (tenant_id, created_at) VALUES (?, ?) IF NOT EXISTS",
+                    (tenant_id, now_ms()),
+                )
+                .await?;
+            if !applied {
+                return Err(StoreError::Conflict(format!(
+                    "tenant {tenant_id:?} already exists"
+                )));
+            }
+            Ok(())
+        };
+        self.audited(crate::audit::take_pending(), create, |_| true)
             .await?;
-        if !applied {
-            return Err(StoreError::Conflict(format!(
-                "tenant {tenant_id:?} already exists"
-            )));
-        }
         self.insert_key(first_key, key_hash).await
     }
 
@@ -77,16 +82,21 @@ impl TenantStore for ScyllaStore {
         quotas: &TenantQuotas,
     ) -> Result<(), StoreError> {
         // A conditional update, so that it never creates a tenant row.
-        let (applied, _) = self
-            .lwt(
-                "UPDATE tenants SET quotas = ? WHERE tenant_id = ? IF EXISTS",
-                (encode(quotas)?, tenant_id),
-            )
-            .await?;
-        if !applied {
-            return Err(StoreError::NotFound("tenant"));
-        }
-        Ok(())
+        let body = encode(quotas)?;
+        let change = async {
+            let (applied, _) = self
+                .lwt(
+                    "UPDATE tenants SET quotas = ? WHERE tenant_id = ? IF EXISTS",
+                    (body, tenant_id),
+                )
+                .await?;
+            if !applied {
+                return Err(StoreError::NotFound("tenant"));
+            }
+            Ok(())
+        };
+        self.audited(crate::audit::take_pending(), change, |_| true)
+            .await
     }
 
     async fn tenant_exists(&self, tenant_id: &str) -> Result<bool, StoreError> {
@@ -126,10 +136,12 @@ impl TenantStore for ScyllaStore {
     }
 
     async fn create_api_key(&self, key: &ApiKey, key_hash: [u8; 32]) -> Result<(), StoreError> {
+        let audit = crate::audit::take_pending();
         if !self.tenant_exists(&key.tenant_id).await? {
             return Err(StoreError::NotFound("tenant"));
         }
-        self.insert_key(key, key_hash).await
+        self.audited(audit, self.insert_key(key, key_hash), |_| true)
+            .await
     }
 
     async fn list_api_keys(&self, tenant_id: &str) -> Result<Vec<ApiKey>, StoreError> {
@@ -152,6 +164,7 @@ impl TenantStore for ScyllaStore {
         key_id: &str,
         at_ms: i64,
     ) -> Result<Option<ApiKey>, StoreError> {
+        let audit = crate::audit::take_pending();
         let row: Option<(Vec<u8>, String)> = self
             .row(
                 "SELECT key_hash, body FROM api_keys_by_tenant WHERE tenant_id = ? AND key_id = ?",
@@ -163,6 +176,9 @@ impl TenantStore for ScyllaStore {
         };
         let mut key: ApiKey = decode(&body)?;
         if key.revoked_at.is_none() {
+            if let Some(record) = audit {
+                self.audit_ahead(&record).await?;
+            }
             key.revoked_at = Some(
                 time::OffsetDateTime::from_unix_timestamp_nanos(at_ms as i128 * 1_000_000)
                     .map_err(super::corrupt)?,
