@@ -378,9 +378,15 @@ async fn held_events_survive_a_restart_and_go_out_on_resume() {
 
 #[tokio::test]
 async fn a_disabled_subscriptions_pending_delivery_is_recorded_dead() {
-    let h = Herald::start_with(|c| c.delivery.lease_margin = LONG_LEASE).await;
+    let h = Herald::start_with(|c| {
+        c.delivery.lease_margin = LONG_LEASE;
+        c.retry_schedule = "1s,1s,1s,1s,1s,1s,1s,1s".parse().unwrap();
+    })
+    .await;
     let key = h.tenant("acme").await;
-    let gone = Receiver::start(410).await;
+    // Fails (503) until the second event is scheduled behind the first, then is gone (410).
+    let gone = Receiver::start(503).await;
+    let barrier = Receiver::start(200).await;
     let (s, sub) = h
         .post(
             &key,
@@ -390,26 +396,31 @@ async fn a_disabled_subscriptions_pending_delivery_is_recorded_dead() {
         .await;
     assert_eq!(s, 201, "{sub}");
     let id = sub["id"].as_str().unwrap();
-    h.emit(&key, "order.placed", json!({ "n": 0 })).await;
+    h.subscribe(&key, &barrier.url, &["order.*"]).await;
+    let first = h.emit(&key, "order.placed", json!({ "n": 0 })).await;
     let second = h.emit(&key, "order.placed", json!({ "n": 1 })).await;
-    // The first delivery's 410 disables the subscription; the second, next
-    // in order, then falls due and is recorded dead without being sent
-    // (before, it stayed leased and came back at every lease's end).
+    // Fan-out schedules an event for every subscription at once: when the
+    // barrier has the second event, it waits behind the first one's retry.
+    eventually(
+        "the barrier received the second event",
+        Duration::from_secs(20),
+        || async { numbers(&barrier).contains(&1).then_some(()) },
+    )
+    .await;
+    gone.set_status(410);
+    // The first delivery's retry gets 410 and disables the subscription; the
+    // second, next in order, then falls due and is recorded dead without
+    // being sent (before, it stayed leased and came back at every lease's end).
+    let logs_of = |event: &Value| {
+        format!(
+            "subscription_id={id}&event_id={}",
+            event["id"].as_str().unwrap()
+        )
+    };
     let record = eventually(
         "the second delivery settled",
-        Duration::from_secs(20),
-        || async {
-            h.logs(
-                &key,
-                &format!(
-                    "subscription_id={id}&event_id={}",
-                    second["id"].as_str().unwrap()
-                ),
-            )
-            .await
-            .into_iter()
-            .next()
-        },
+        Duration::from_secs(30),
+        || async { h.logs(&key, &logs_of(&second)).await.into_iter().next() },
     )
     .await;
     assert_eq!(record["outcome"], "dead", "{record}");
@@ -420,10 +431,15 @@ async fn a_disabled_subscriptions_pending_delivery_is_recorded_dead() {
         "{record}"
     );
     assert!(record["status_code"].is_null(), "not sent: {record}");
+    let attempts_of_first = h.logs(&key, &logs_of(&first)).await;
+    assert!(
+        attempts_of_first.iter().any(|r| r["status_code"] == 410),
+        "{attempts_of_first:?}"
+    );
     assert_eq!(
         gone.hits.load(std::sync::atomic::Ordering::SeqCst),
-        1,
-        "only the first delivery was sent"
+        attempts_of_first.len(),
+        "only the first event was sent"
     );
 }
 
