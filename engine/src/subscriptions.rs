@@ -11,7 +11,8 @@ use parking_lot::RwLock;
 
 pub use crate::filters::{filter_matches, validate_filter};
 use crate::{
-    model::{SubscriptionStatus, WebhookSubscription},
+    model::{DomainEvent, SubscriptionStatus, WebhookSubscription},
+    payload_filter::{FilterVars, PayloadFilter},
     store::Store,
 };
 
@@ -64,6 +65,8 @@ struct Inner {
     by_id: HashMap<String, Arc<WebhookSubscription>>,
     /// (tenant, exact type or `prefix.`) → subscription ids.
     keyed: HashMap<(String, String), Vec<String>>,
+    /// Compiled payload filters by subscription id (`None`: it did not compile).
+    filters: HashMap<String, Option<Arc<PayloadFilter>>>,
     /// The store's subscriptions version of the last [`SubscriptionIndex::replace`].
     version: Option<u64>,
     /// Local changes ([`SubscriptionIndex::upsert`], [`SubscriptionIndex::remove`]) so far.
@@ -100,6 +103,16 @@ impl SubscriptionIndex {
                 .entry((sub.tenant_id.clone(), key))
                 .or_default()
                 .push(sub.id.clone());
+        }
+        if let Some(source) = &sub.filter {
+            let compiled = PayloadFilter::compile(source)
+                .inspect_err(|e| {
+                    tracing::warn!(subscription = %sub.id, error = %e,
+                        "stored payload filter does not compile: it matches nothing");
+                })
+                .ok()
+                .map(Arc::new);
+            inner.filters.insert(sub.id.clone(), compiled);
         }
         inner.by_id.insert(sub.id.clone(), Arc::new(sub));
     }
@@ -204,6 +217,27 @@ impl SubscriptionIndex {
             .collect()
     }
 
+    /// [`SubscriptionIndex::matching`] for `event`, less the subscriptions
+    /// whose payload filter does not match it (an evaluation error is no
+    /// match). Filters were compiled when their subscription came in.
+    pub fn matching_event(&self, event: &DomainEvent) -> Vec<Arc<WebhookSubscription>> {
+        let mut subs = self.matching(&event.tenant_id, &event.event_type);
+        if subs.iter().all(|s| s.filter.is_none()) {
+            return subs;
+        }
+        let vars = FilterVars::of_event(event);
+        let inner = self.inner.read();
+        subs.retain(|s| {
+            s.filter.is_none()
+                || inner
+                    .filters
+                    .get(&s.id)
+                    .and_then(|f| f.as_ref())
+                    .is_some_and(|f| f.matches(&vars))
+        });
+        subs
+    }
+
     /// Number of subscriptions held.
     pub fn len(&self) -> usize {
         self.inner.read().by_id.len()
@@ -225,6 +259,7 @@ pub fn takes_deliveries(status: SubscriptionStatus) -> bool {
 }
 
 fn remove_keys(inner: &mut Inner, id: &str) {
+    inner.filters.remove(id);
     let Some(old) = inner.by_id.get(id).cloned() else {
         return;
     };
@@ -266,6 +301,7 @@ mod tests {
             ordering: Default::default(),
             max_in_flight: None,
             timeout_seconds: None,
+            filter: None,
             kafka: None,
             failing_since: None,
             created_at: now,

@@ -36,6 +36,8 @@ const LAYERS: &[&[&str]] = &[
     &["kafka_target"],
     // The data model and the configuration.
     &["model", "config"],
+    // Payload filters: CEL expressions over an event (uses the model only).
+    &["payload_filter"],
     // Pure delivery policies (no I/O).
     &["delivery::breaker", "delivery::retry", "delivery::limit"],
     // The event log contract, then the store contract (which names log positions).

@@ -162,6 +162,7 @@ mod tests {
             ordering: Ordering::Unordered,
             max_in_flight: None,
             timeout_seconds: None,
+            filter: None,
             kafka: None,
             failing_since: None,
             created_at: now,

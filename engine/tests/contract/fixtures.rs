@@ -57,6 +57,7 @@ pub fn subscription(tenant: &str) -> WebhookSubscription {
         ordering: Default::default(),
         max_in_flight: None,
         timeout_seconds: None,
+        filter: None,
         kafka: None,
         failing_since: None,
         created_at: now,
