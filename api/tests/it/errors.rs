@@ -143,6 +143,7 @@ async fn readyz_and_the_openapi_document() {
         ("/api/v1/portal/webhooks/subscribe", &["post"]),
         ("/api/v1/portal/webhooks/{id}", &["get", "patch", "delete"]),
         ("/api/v1/portal/webhooks/{id}/rotate-secret", &["post"]),
+        ("/api/v1/portal/filters/test", &["post"]),
         ("/api/v1/portal/webhooks/{id}/jwks", &["get"]),
         ("/api/v1/portal/jwks", &["get"]),
         ("/api/v1/portal/webhooks/{id}/pause", &["post"]),
@@ -182,7 +183,7 @@ async fn readyz_and_the_openapi_document() {
     }
     assert_eq!(
         paths.len(),
-        28,
+        29,
         "no undocumented extras: {:?}",
         paths.keys()
     );

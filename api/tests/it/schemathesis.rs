@@ -166,7 +166,7 @@ parameters = {{ job_id = "{rcv}" }}
         String::from_utf8_lossy(&run.stderr)
     );
     assert!(
-        out.contains("Tested: 27"),
+        out.contains("Tested: 28"),
         "every operation was exercised:\n{out}"
     );
 }
