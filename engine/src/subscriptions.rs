@@ -441,4 +441,42 @@ mod tests {
             "the index follows status changes"
         );
     }
+
+    #[test]
+    fn matching_event_applies_compiled_filters_and_follows_changes() {
+        let mut big = sub("a", "t", &["inv.*"]);
+        big.filter = Some("data.quantity > 100".into());
+        let mut broken = sub("b", "t", &["inv.*"]);
+        broken.filter = Some("data.quantity >".into());
+        let index = SubscriptionIndex::new([big.clone(), broken, sub("c", "t", &["inv.*"])]);
+        let now = OffsetDateTime::now_utc();
+        let mut e = DomainEvent {
+            id: "evt_1".into(),
+            tenant_id: "t".into(),
+            event_type: "inv.adjusted".into(),
+            schema_version: 1,
+            dedupe_key: None,
+            occurred_at: now,
+            received_at: now,
+            payload: serde_json::json!({"quantity": 150}),
+            source: crate::model::EventSource::Api,
+            aggregate_type: None,
+            aggregate_id: None,
+            trace_id: None,
+        };
+        assert_eq!(
+            ids(index.matching_event(&e)),
+            ["a", "c"],
+            "a stored filter that does not compile matches nothing"
+        );
+        e.payload = serde_json::json!({"quantity": 5});
+        assert_eq!(ids(index.matching_event(&e)), ["c"]);
+        big.filter = None;
+        index.upsert(big);
+        assert_eq!(
+            ids(index.matching_event(&e)),
+            ["a", "c"],
+            "upsert recompiles"
+        );
+    }
 }
