@@ -167,5 +167,4 @@ fn to_cel(v: &serde_json::Value) -> Value {
 }
 
 #[cfg(test)]
-#[path = "payload_filter_tests.rs"]
 mod tests;

@@ -373,7 +373,7 @@ fn the_reader_resolves_groups_and_relative_paths() {
     assert_eq!(names, want);
     assert_eq!(
         component("store::scylla::marks"),
-        Some(("store::scylla", 7))
+        Some(("store::scylla", 8))
     );
-    assert_eq!(component("store::FanOut"), Some(("store", 6)));
+    assert_eq!(component("store::FanOut"), Some(("store", 7)));
 }
