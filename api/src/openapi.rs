@@ -47,6 +47,7 @@ use crate::{error::Problem, routes};
         routes::subscriptions::pause,
         routes::subscriptions::resume,
         routes::subscriptions::rotate_secret,
+        routes::payload_filters::test,
         routes::jwks::subscription,
         routes::jwks::tenant,
         routes::recoveries::recover,

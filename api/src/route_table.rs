@@ -165,8 +165,8 @@ impl RouteTable {
 /// the paths as the OpenAPI document writes them.
 pub fn api_routes() -> RouteTable {
     use crate::routes::{
-        admin, api_keys, audit, deliveries, event_types, events, jwks, metrics, recoveries, stream,
-        subscriptions,
+        admin, api_keys, audit, deliveries, event_types, events, jwks, metrics, payload_filters,
+        recoveries, stream, subscriptions,
     };
     macro_rules! v1 {
         ($p:literal) => {
@@ -224,6 +224,11 @@ pub fn api_routes() -> RouteTable {
             v1!("/portal/webhooks/{id}"),
             Key(WebhooksRead),
             subscriptions::get,
+        )
+        .post(
+            v1!("/portal/filters/test"),
+            Key(WebhooksRead),
+            payload_filters::test,
         )
         .patch(
             v1!("/portal/webhooks/{id}"),

@@ -112,7 +112,7 @@ pub async fn run(
             .map(|r| {
                 let e = &r.event;
                 let deliveries: Vec<ScheduledDelivery> = subscriptions
-                    .matching(&e.tenant_id, &e.event_type)
+                    .matching_event(e)
                     .iter()
                     .map(|sub| ScheduledDelivery {
                         delivery_id: ids::new_id(ids::DELIVERY),

@@ -53,6 +53,8 @@ pub struct NewSubscription {
     pub max_in_flight: Option<u32>,
     /// Attempt timeout in seconds, 1 to [`MAX_TIMEOUT_SECONDS`].
     pub timeout_seconds: Option<u32>,
+    /// A CEL payload filter ([`crate::payload_filter`]).
+    pub filter: Option<String>,
     /// Connection settings of a `kafka://` destination.
     pub kafka: Option<crate::kafka_target::KafkaSettings>,
 }
@@ -71,6 +73,7 @@ impl std::fmt::Debug for NewSubscription {
             .field("payload", &self.payload)
             .field("max_in_flight", &self.max_in_flight)
             .field("timeout_seconds", &self.timeout_seconds)
+            .field("filter", &self.filter)
             .field("kafka", &self.kafka)
             .finish()
     }
@@ -122,6 +125,16 @@ pub fn validate_tenant_id(id: &str) -> Result<(), EngineError> {
             "id",
             "1 to 64 characters of a-z, 0-9, '-' and '_', starting with a letter or digit",
         ))
+    }
+}
+
+/// Checks that a payload filter compiles within its limits.
+pub fn validate_payload_filter(filter: Option<&str>) -> Result<(), EngineError> {
+    match filter {
+        Some(f) => crate::payload_filter::PayloadFilter::compile(f)
+            .map(|_| ())
+            .map_err(|e| EngineError::invalid("filter", e.to_string())),
+        None => Ok(()),
     }
 }
 

@@ -291,6 +291,10 @@ pub struct WebhookSubscription {
     /// Total timeout of one attempt, in seconds, when not the server's default.
     #[serde(default)]
     pub timeout_seconds: Option<u32>,
+    /// A CEL expression over the event (`crate::payload_filter`): only the
+    /// events it matches are delivered; `None` delivers all.
+    #[serde(default)]
+    pub filter: Option<String>,
     /// Connection settings of a `kafka://` destination (password sealed at
     /// rest); `None` for HTTP and for a plaintext broker.
     #[serde(default, skip_serializing_if = "Option::is_none")]

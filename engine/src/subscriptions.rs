@@ -11,7 +11,8 @@ use parking_lot::RwLock;
 
 pub use crate::filters::{filter_matches, validate_filter};
 use crate::{
-    model::{SubscriptionStatus, WebhookSubscription},
+    model::{DomainEvent, SubscriptionStatus, WebhookSubscription},
+    payload_filter::{FilterVars, PayloadFilter},
     store::Store,
 };
 
@@ -64,6 +65,8 @@ struct Inner {
     by_id: HashMap<String, Arc<WebhookSubscription>>,
     /// (tenant, exact type or `prefix.`) → subscription ids.
     keyed: HashMap<(String, String), Vec<String>>,
+    /// Compiled payload filters by subscription id (`None`: it did not compile).
+    filters: HashMap<String, Option<Arc<PayloadFilter>>>,
     /// The store's subscriptions version of the last [`SubscriptionIndex::replace`].
     version: Option<u64>,
     /// Local changes ([`SubscriptionIndex::upsert`], [`SubscriptionIndex::remove`]) so far.
@@ -100,6 +103,16 @@ impl SubscriptionIndex {
                 .entry((sub.tenant_id.clone(), key))
                 .or_default()
                 .push(sub.id.clone());
+        }
+        if let Some(source) = &sub.filter {
+            let compiled = PayloadFilter::compile(source)
+                .inspect_err(|e| {
+                    tracing::warn!(subscription = %sub.id, error = %e,
+                        "stored payload filter does not compile: it matches nothing");
+                })
+                .ok()
+                .map(Arc::new);
+            inner.filters.insert(sub.id.clone(), compiled);
         }
         inner.by_id.insert(sub.id.clone(), Arc::new(sub));
     }
@@ -204,6 +217,27 @@ impl SubscriptionIndex {
             .collect()
     }
 
+    /// [`SubscriptionIndex::matching`] for `event`, less the subscriptions
+    /// whose payload filter does not match it (an evaluation error is no
+    /// match). Filters were compiled when their subscription came in.
+    pub fn matching_event(&self, event: &DomainEvent) -> Vec<Arc<WebhookSubscription>> {
+        let mut subs = self.matching(&event.tenant_id, &event.event_type);
+        if subs.iter().all(|s| s.filter.is_none()) {
+            return subs;
+        }
+        let vars = FilterVars::of_event(event);
+        let inner = self.inner.read();
+        subs.retain(|s| {
+            s.filter.is_none()
+                || inner
+                    .filters
+                    .get(&s.id)
+                    .and_then(|f| f.as_ref())
+                    .is_some_and(|f| f.matches(&vars))
+        });
+        subs
+    }
+
     /// Number of subscriptions held.
     pub fn len(&self) -> usize {
         self.inner.read().by_id.len()
@@ -225,6 +259,7 @@ pub fn takes_deliveries(status: SubscriptionStatus) -> bool {
 }
 
 fn remove_keys(inner: &mut Inner, id: &str) {
+    inner.filters.remove(id);
     let Some(old) = inner.by_id.get(id).cloned() else {
         return;
     };
@@ -267,6 +302,7 @@ mod tests {
             payload: Default::default(),
             max_in_flight: None,
             timeout_seconds: None,
+            filter: None,
             kafka: None,
             failing_since: None,
             created_at: now,
@@ -404,6 +440,44 @@ mod tests {
             ids(index.matching("t", "order.created")),
             ["active", "disabled"],
             "the index follows status changes"
+        );
+    }
+
+    #[test]
+    fn matching_event_applies_compiled_filters_and_follows_changes() {
+        let mut big = sub("a", "t", &["inv.*"]);
+        big.filter = Some("data.quantity > 100".into());
+        let mut broken = sub("b", "t", &["inv.*"]);
+        broken.filter = Some("data.quantity >".into());
+        let index = SubscriptionIndex::new([big.clone(), broken, sub("c", "t", &["inv.*"])]);
+        let now = OffsetDateTime::now_utc();
+        let mut e = DomainEvent {
+            id: "evt_1".into(),
+            tenant_id: "t".into(),
+            event_type: "inv.adjusted".into(),
+            schema_version: 1,
+            dedupe_key: None,
+            occurred_at: now,
+            received_at: now,
+            payload: serde_json::json!({"quantity": 150}),
+            source: crate::model::EventSource::Api,
+            aggregate_type: None,
+            aggregate_id: None,
+            trace_id: None,
+        };
+        assert_eq!(
+            ids(index.matching_event(&e)),
+            ["a", "c"],
+            "a stored filter that does not compile matches nothing"
+        );
+        e.payload = serde_json::json!({"quantity": 5});
+        assert_eq!(ids(index.matching_event(&e)), ["c"]);
+        big.filter = None;
+        index.upsert(big);
+        assert_eq!(
+            ids(index.matching_event(&e)),
+            ["a", "c"],
+            "upsert recompiles"
         );
     }
 }

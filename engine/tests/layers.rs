@@ -37,6 +37,8 @@ const LAYERS: &[&[&str]] = &[
     &["kafka_target"],
     // The data model and the configuration.
     &["model", "config"],
+    // Payload filters: CEL expressions over an event (uses the model only).
+    &["payload_filter"],
     // Pure delivery policies (no I/O).
     &["delivery::breaker", "delivery::retry", "delivery::limit"],
     // The event log contract, then the store contract (which names log positions).
@@ -372,7 +374,7 @@ fn the_reader_resolves_groups_and_relative_paths() {
     assert_eq!(names, want);
     assert_eq!(
         component("store::scylla::marks"),
-        Some(("store::scylla", 7))
+        Some(("store::scylla", 8))
     );
-    assert_eq!(component("store::FanOut"), Some(("store", 6)));
+    assert_eq!(component("store::FanOut"), Some(("store", 7)));
 }

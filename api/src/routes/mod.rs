@@ -9,6 +9,7 @@ pub mod events;
 pub mod jwks;
 pub mod kafka_settings;
 pub mod metrics;
+pub mod payload_filters;
 pub mod recoveries;
 pub mod stream;
 pub mod subscriptions;

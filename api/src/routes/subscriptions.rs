@@ -62,6 +62,8 @@ pub struct Subscribe {
     pub max_in_flight: Option<u32>,
     /// Timeout of one attempt in seconds (1–60).
     pub timeout_seconds: Option<u32>,
+    /// CEL payload filter (at most 4 KiB); only matching events are delivered.
+    pub filter: Option<String>,
     /// Connection settings of a `kafka://host:port/topic` url.
     pub kafka: Option<KafkaSettingsInput>,
 }
@@ -107,6 +109,8 @@ pub struct SubscriptionView {
     pub max_in_flight: Option<u32>,
     /// Timeout of one attempt in seconds.
     pub timeout_seconds: Option<u32>,
+    /// CEL payload filter, `null` when none.
+    pub filter: Option<String>,
     /// Connection settings of a Kafka destination (never the password).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kafka: Option<KafkaSettingsView>,
@@ -135,6 +139,7 @@ impl fmt::Debug for Subscribe {
             .field("payload", &self.payload)
             .field("max_in_flight", &self.max_in_flight)
             .field("timeout_seconds", &self.timeout_seconds)
+            .field("filter", &self.filter)
             .field("kafka", &self.kafka)
             .finish()
     }
@@ -162,6 +167,7 @@ impl fmt::Debug for SubscriptionView {
             .field("payload", &self.payload)
             .field("max_in_flight", &self.max_in_flight)
             .field("timeout_seconds", &self.timeout_seconds)
+            .field("filter", &self.filter)
             .field("kafka", &self.kafka)
             .field("failing_since", &self.failing_since)
             .field("created_at", &self.created_at)
@@ -225,6 +231,7 @@ impl SubscriptionView {
             payload: sub.payload,
             max_in_flight: sub.max_in_flight,
             timeout_seconds: sub.timeout_seconds,
+            filter: sub.filter,
             kafka: sub.kafka.map(KafkaSettingsView::from),
             failing_since: sub.failing_since,
             created_at: sub.created_at,
@@ -261,6 +268,7 @@ pub async fn subscribe(
                 payload: body.payload,
                 max_in_flight: body.max_in_flight,
                 timeout_seconds: body.timeout_seconds,
+                filter: body.filter,
                 kafka: body.kafka.map(Into::into),
             },
         )
@@ -418,6 +426,10 @@ pub struct UpdateSubscription {
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<u32>, minimum = 1, maximum = 60)]
     pub timeout_seconds: Option<Option<u32>>,
+    /// New CEL payload filter; `null` removes it.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    pub filter: Option<Option<String>>,
     /// New signature scheme: `hmac`, `ed25519` or `both` (a key is made for
     /// a subscription that had none; its `public_key` is in the answer).
     #[schema(value_type = Option<SignatureScheme>)]
@@ -464,6 +476,7 @@ pub async fn update(
                 payload: body.payload,
                 max_in_flight: body.max_in_flight,
                 timeout_seconds: body.timeout_seconds,
+                filter: body.filter,
                 signature,
                 kafka: body.kafka.map(|k| k.map(Into::into)),
             },

@@ -46,6 +46,7 @@ async fn cql_log_range_replay_is_throttled_resumable_and_counted() {
         payload: Default::default(),
         max_in_flight: None,
         timeout_seconds: None,
+        filter: None,
         kafka: None,
         failing_since: None,
         created_at: now,

@@ -144,6 +144,7 @@ async fn readyz_and_the_openapi_document() {
         ("/api/v1/portal/webhooks/subscribe", &["post"]),
         ("/api/v1/portal/webhooks/{id}", &["get", "patch", "delete"]),
         ("/api/v1/portal/webhooks/{id}/rotate-secret", &["post"]),
+        ("/api/v1/portal/filters/test", &["post"]),
         ("/api/v1/portal/webhooks/{id}/jwks", &["get"]),
         ("/api/v1/portal/jwks", &["get"]),
         ("/api/v1/portal/webhooks/{id}/pause", &["post"]),
@@ -183,7 +184,7 @@ async fn readyz_and_the_openapi_document() {
     }
     assert_eq!(
         paths.len(),
-        29,
+        30,
         "no undocumented extras: {:?}",
         paths.keys()
     );

@@ -27,6 +27,7 @@ mod limits;
 mod manage;
 mod metrics;
 mod openapi_routes;
+mod payload_filters;
 mod policies;
 mod portal;
 mod quotas;

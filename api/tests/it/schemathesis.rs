@@ -166,7 +166,7 @@ parameters = {{ job_id = "{rcv}" }}
         String::from_utf8_lossy(&run.stderr)
     );
     assert!(
-        out.contains("Tested: 28"),
+        out.contains("Tested: 29"),
         "every operation was exercised:\n{out}"
     );
 }

@@ -117,6 +117,8 @@ pub struct SubscriptionUpdate {
     pub max_in_flight: Option<Option<u32>>,
     /// New attempt timeout in seconds (`Some(None)` removes it).
     pub timeout_seconds: Option<Option<u32>>,
+    /// New payload filter (`Some(None)` removes it).
+    pub filter: Option<Option<String>>,
     /// New signature scheme; moving to one that uses Ed25519 gives the
     /// subscription a key if it has none.
     pub signature: Option<crate::model::SignatureScheme>,
@@ -180,6 +182,7 @@ impl Engine {
             update.max_in_flight.flatten(),
             update.timeout_seconds.flatten(),
         )?;
+        crate::input::validate_payload_filter(update.filter.as_ref().and_then(|f| f.as_deref()))?;
         let _guard = self.lock_subscription(id).await;
         let new_key = crate::ed25519::SigningKey::generate();
         self.change_subscription(tenant_id, id, action::SUBSCRIPTION_UPDATED, move |sub| {
@@ -219,6 +222,9 @@ impl Engine {
             }
             if let Some(t) = update.timeout_seconds {
                 sub.timeout_seconds = t;
+            }
+            if let Some(f) = update.filter {
+                sub.filter = f;
             }
             if let Some(k) = update.kafka {
                 sub.kafka = k;

@@ -42,7 +42,7 @@ impl Engine {
             Some(id) => vec![self.subscription(tenant_id, id).await?],
             None => self
                 .subscriptions
-                .matching(tenant_id, &event.event_type)
+                .matching_event(&event)
                 .iter()
                 .map(|s| (**s).clone())
                 .collect(),

@@ -48,6 +48,7 @@ impl Engine {
         }
         validate_headers(&new.headers)?;
         validate_limits(new.rate_limit, new.max_in_flight, new.timeout_seconds)?;
+        crate::input::validate_payload_filter(new.filter.as_deref())?;
         self.admit_subscription(tenant_id).await?;
         let secret = match &new.secret {
             Some(s) => SigningSecret::parse(s)
@@ -82,6 +83,7 @@ impl Engine {
             payload: new.payload,
             max_in_flight: new.max_in_flight,
             timeout_seconds: new.timeout_seconds,
+            filter: new.filter,
             kafka: new.kafka,
             failing_since: None,
             created_at: now,

@@ -163,6 +163,7 @@ mod tests {
             payload: Default::default(),
             max_in_flight: None,
             timeout_seconds: None,
+            filter: None,
             kafka: None,
             failing_since: None,
             created_at: now,

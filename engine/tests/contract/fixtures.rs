@@ -58,6 +58,7 @@ pub fn subscription(tenant: &str) -> WebhookSubscription {
         payload: Default::default(),
         max_in_flight: None,
         timeout_seconds: None,
+        filter: None,
         kafka: None,
         failing_since: None,
         created_at: now,
