@@ -76,6 +76,8 @@ export type Subscription = {
   previous_secret_expires_at: string | null;
   headers: Record<string, string>;
   rate_limit: number | null;
+  filter?: string | null;
+  payload?: 'full' | 'thin';
   created_at: string;
   updated_at: string;
   secret?: string;

@@ -1,5 +1,6 @@
 import { useEffect, useState } from 'preact/hooks';
 import { api, Attempt, fmtTime, Page, qs, Subscription } from './api';
+import { Routing, RoutingFields, routingBody } from './routing';
 
 function errText(e: unknown): string {
   return (e as Error).message;
@@ -33,16 +34,18 @@ function CreateForm({ onCreated }: { onCreated: (s: Subscription) => void }) {
   const [url, setUrl] = useState('');
   const [types, setTypes] = useState('*');
   const [description, setDescription] = useState('');
+  const [routing, setRouting] = useState<Routing>({ filter: '', payload: 'full' });
   const [error, setError] = useState<string | null>(null);
   async function submit(e: Event) {
     e.preventDefault();
     setError(null);
     try {
-      const body: any = { url: url.trim(), event_types: splitTypes(types) };
+      const body: any = { url: url.trim(), event_types: splitTypes(types), ...routingBody(routing) };
       if (description.trim()) body.description = description.trim();
       const s = await api<Subscription>('POST', '/portal/webhooks/subscribe', body);
       setUrl('');
       setDescription('');
+      setRouting({ filter: '', payload: 'full' });
       onCreated(s);
     } catch (err) {
       setError(errText(err));
@@ -57,6 +60,7 @@ function CreateForm({ onCreated }: { onCreated: (s: Subscription) => void }) {
       <input id="new-types" required value={types} onInput={(e) => setTypes((e.target as HTMLInputElement).value)} />
       <label for="new-description">Description</label>
       <input id="new-description" value={description} onInput={(e) => setDescription((e.target as HTMLInputElement).value)} />
+      <RoutingFields id="new" value={routing} onChange={setRouting} />
       <div><button type="submit">Create subscription</button></div>
       {error && <p class="error" role="alert">{error}</p>}
     </form>
@@ -174,6 +178,7 @@ function Detail({ sub, onChanged, onDeleted, onOpenEvent }: { sub: Subscription;
   const [url, setUrl] = useState(sub.url);
   const [types, setTypes] = useState(sub.event_types.join(', '));
   const [description, setDescription] = useState(sub.description ?? '');
+  const [routing, setRouting] = useState<Routing>({ filter: sub.filter ?? '', payload: sub.payload ?? 'full' });
   const [grace, setGrace] = useState(86400);
   const [secret, setSecret] = useState<string | null>(sub.secret ?? null);
   const [error, setError] = useState<string | null>(null);
@@ -185,6 +190,7 @@ function Detail({ sub, onChanged, onDeleted, onOpenEvent }: { sub: Subscription;
     setUrl(sub.url);
     setTypes(sub.event_types.join(', '));
     setDescription(sub.description ?? '');
+    setRouting({ filter: sub.filter ?? '', payload: sub.payload ?? 'full' });
     api<Page<Attempt>>('GET', `/integrations/webhooks${qs({ subscription_id: sub.id, limit: 10 })}`)
       .then((p) => {
         setLast(p.data[0] ?? null);
@@ -211,6 +217,7 @@ function Detail({ sub, onChanged, onDeleted, onOpenEvent }: { sub: Subscription;
           url: url.trim(),
           event_types: splitTypes(types),
           description: description.trim() ? description.trim() : null,
+          ...routingBody(routing),
         }),
       );
     });
@@ -260,6 +267,7 @@ function Detail({ sub, onChanged, onDeleted, onOpenEvent }: { sub: Subscription;
         <input id={`types-${id}`} required value={types} onInput={(e) => setTypes((e.target as HTMLInputElement).value)} />
         <label for={`desc-${id}`}>Description</label>
         <input id={`desc-${id}`} value={description} onInput={(e) => setDescription((e.target as HTMLInputElement).value)} />
+        <RoutingFields id={id} value={routing} onChange={setRouting} />
         <div><button type="submit">Save changes</button></div>
       </form>
       <form class="grid" onSubmit={rotate} aria-labelledby={`rotate-${id}`}>

@@ -90,7 +90,7 @@ before(async () => {
     if (herald.exitCode !== null || Date.now() > deadline) throw new Error(`herald did not start:\n${stderr}`);
     await new Promise((r) => setTimeout(r, 100));
   }
-  for (const t of ['acme', 'globex']) {
+  for (const t of ['acme', 'globex', 'initech']) {
     const r = await fetch(`${base}/api/v1/admin/tenants`, {
       method: 'POST',
       headers: { authorization: `Bearer ${ADMIN}`, 'content-type': 'application/json' },
@@ -367,5 +367,59 @@ test("tenant B never sees tenant A's data", async () => {
   const all = seen.join('\n');
   for (const id of ids.a) assert.ok(!all.includes(id), `tenant A's ${id} shown to tenant B`);
   assert.ok(!all.includes('acme'), "tenant A's name shown to tenant B");
+  await page.context().close();
+});
+
+test('routing: a filter tested against a sample event, then a thin, filtered subscription gets only what matches', async () => {
+  const page = await newPage();
+  const key = keys.initech;
+  await signIn(page, key);
+  await page.getByRole('heading', { name: 'Subscriptions' }).waitFor({ timeout: WAIT });
+  const form = page.locator('form').filter({ has: page.getByRole('heading', { name: 'New subscription' }) });
+  const result = form.getByTestId('filter-result-new');
+  const test = form.getByRole('button', { name: 'Test against the sample event' });
+
+  // The sample (warehouse EU-2, quantity 120) against three filters.
+  await form.getByLabel(/^Filter/).fill('data.warehouse == "EU-2" && data.quantity > 100');
+  await test.click();
+  await result.filter({ hasText: 'Matches' }).waitFor({ timeout: WAIT });
+  await form.getByLabel(/^Filter/).fill('data.warehouse == "EU-1"');
+  await test.click();
+  await result.filter({ hasText: 'Does not match' }).waitFor({ timeout: WAIT });
+  await form.getByLabel(/^Filter/).fill('data.warehouse == ');
+  await test.click();
+  await result.and(page.locator('.error')).waitFor({ timeout: WAIT });
+  assert.doesNotMatch(await result.textContent(), /match/i, 'an invalid filter is an error, not a verdict');
+  await shot(page, '12-filter-editor');
+
+  // Create it: EU-2 only, thin payloads.
+  const url = `http://127.0.0.1:${receiver.address().port}/routing`;
+  await form.getByLabel(/^Filter/).fill('data.warehouse == "EU-2"');
+  await form.getByLabel('Endpoint URL').fill(url);
+  await form.getByLabel(/Event types/).fill('inventory.*');
+  await form.getByLabel('Payload').selectOption('thin');
+  await form.getByRole('button', { name: 'Create subscription' }).click();
+  await page.getByTestId('sub-detail').waitFor({ timeout: WAIT });
+  const subId = (await page.getByTestId('sub-detail').locator('h3 code').textContent()).trim();
+  const sub = (await call('GET', `/portal/webhooks/${subId}`, key)).body;
+  assert.equal(sub.filter, 'data.warehouse == "EU-2"');
+  assert.equal(sub.payload, 'thin');
+  assert.equal(await page.getByTestId('sub-detail').getByLabel(/^Filter/).inputValue(), 'data.warehouse == "EU-2"');
+
+  // EU-1 first, then EU-2 (same tenant, same partition, fanned out in order):
+  // once EU-2 is in, EU-1 was skipped for good.
+  const skipped = await emit(key, 'inventory.moved', { warehouse: 'EU-1', quantity: 5 });
+  const wanted = await emit(key, 'inventory.moved', { warehouse: 'EU-2', quantity: 7 });
+  const deadline = Date.now() + WAIT;
+  while (!received.some((r) => r.headers['webhook-id'] && r.body.id === wanted) && Date.now() < deadline) {
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  const got = received.filter((r) => r.body.id === wanted || r.body.id === skipped);
+  assert.deepEqual(got.map((r) => r.body.id), [wanted], 'only the matching event is delivered');
+  assert.equal(got[0].body.data, undefined, 'a thin payload carries no data');
+  const full = await call('GET', `/integrations/events/${wanted}`, key);
+  assert.equal(full.status, 200);
+  assert.equal(JSON.stringify(full.body).includes('EU-2'), true, 'the receiver fetches the full event');
+  assert.deepEqual(page.problems, []);
   await page.context().close();
 });
