@@ -389,7 +389,9 @@ test('routing: a filter tested against a sample event, then a thin, filtered sub
   await form.getByLabel(/^Filter/).fill('data.warehouse == ');
   await test.click();
   await result.and(page.locator('.error')).waitFor({ timeout: WAIT });
-  assert.doesNotMatch(await result.textContent(), /match/i, 'an invalid filter is an error, not a verdict');
+  const refusal = await result.textContent();
+  assert.doesNotMatch(refusal, /^(Matches|Does not match)/, 'an invalid filter is an error, not a verdict');
+  assert.match(refusal, /not a valid CEL expression/, 'the error says what is wrong');
   await shot(page, '12-filter-editor');
 
   // Create it: EU-2 only, thin payloads.
