@@ -13,9 +13,10 @@ use crate::model::DomainEvent;
 pub const MAX_FILTER_BYTES: usize = 4096;
 /// Deepest accepted nesting of `(`, `[` and `{`.
 pub const MAX_FILTER_DEPTH: usize = 8;
-/// Most operator characters (`!-+*/%&|<>=?.`, outside nothing: a
-/// conservative count): the parser and evaluator recurse once per operator.
-pub const MAX_FILTER_OPERATORS: usize = 24;
+/// Most operator characters (`!-+*/%&|<>=?.`) outside string literals: the
+/// parser and evaluator recurse once per operator (in a debug build, a chain
+/// of 96 `+` overflows a 2 MiB stack; 48 do not).
+pub const MAX_FILTER_OPERATORS: usize = 32;
 
 /// Why a filter was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -30,7 +31,7 @@ pub enum FilterError {
     #[error("the filter nests brackets deeper than {MAX_FILTER_DEPTH}")]
     TooDeep,
     /// More than [`MAX_FILTER_OPERATORS`] operator characters.
-    #[error("the filter has more than {MAX_FILTER_OPERATORS} operator characters")]
+    #[error("the filter has more than {MAX_FILTER_OPERATORS} operator characters (`!-+*/%&|<>=?.`) outside string literals")]
     TooManyOperators,
     /// Not a CEL expression.
     #[error("the filter is not a valid CEL expression: {0}")]
@@ -70,11 +71,7 @@ impl PayloadFilter {
                 _ => {}
             }
         }
-        let operators = source
-            .bytes()
-            .filter(|b| b"!-+*/%&|<>=?.".contains(b))
-            .count();
-        if operators > MAX_FILTER_OPERATORS {
+        if operators_outside_strings(source) > MAX_FILTER_OPERATORS {
             return Err(FilterError::TooManyOperators);
         }
         // The parser is third-party code: a panic in it is a refusal, not a crash.
@@ -104,6 +101,40 @@ impl PayloadFilter {
             false
         })
     }
+}
+
+/// The operator characters of `source` outside its string literals (`"…"`,
+/// `'…'`, triple-quoted, raw `r"…"`), so `"EU-2"` or `"inventory."` cost
+/// nothing. An unterminated literal ends the count: the parser refuses it.
+fn operators_outside_strings(source: &str) -> usize {
+    let b = source.as_bytes();
+    let (mut i, mut count) = (0, 0);
+    while i < b.len() {
+        let c = b[i];
+        if c == b'"' || c == b'\'' {
+            let raw = i > 0 && matches!(b[i - 1], b'r' | b'R');
+            let triple = b[i..].starts_with(&[c, c, c]);
+            let close: &[u8] = if triple { &b[i..i + 3] } else { &b[i..=i] };
+            i += close.len();
+            loop {
+                match b.get(i) {
+                    None => return count,
+                    Some(b'\\') if !raw => i += 2,
+                    Some(_) if b[i..].starts_with(close) => {
+                        i += close.len();
+                        break;
+                    }
+                    Some(_) => i += 1,
+                }
+            }
+            continue;
+        }
+        if b"!-+*/%&|<>=?.".contains(&c) {
+            count += 1;
+        }
+        i += 1;
+    }
+    count
 }
 
 /// The variables a filter sees, built once per event: the envelope's fields

@@ -77,6 +77,11 @@ pub struct Args {
     /// Open-loop target, events per second (default: flat out).
     #[arg(long)]
     rate: Option<f64>,
+    /// A payload filter (CEL) every subscription carries; it must match
+    /// every event the run emits (`data.seq` and `data.pad`, type
+    /// `loadtest.g<N>.tick`), or the run reports the events it drops as lost.
+    #[arg(long)]
+    payload_filter: Option<String>,
     /// Events per request; above 1 uses the batch endpoint.
     #[arg(long, default_value_t = 1)]
     batch: usize,
@@ -476,22 +481,28 @@ async fn setup(
     let urls: Vec<String> = (0..args.subscriptions).map(|i| farm.url(i)).collect();
     let urls = Arc::new(urls);
     let mut pending = tokio::task::JoinSet::new();
+    let payload_filter = args.payload_filter.clone();
     for chunk in subs.chunks(subs.len().div_ceil(16).max(1)) {
-        let (chunk, http, base, key, urls, state) = (
+        let (chunk, http, base, key, urls, state, payload_filter) = (
             chunk.to_vec(),
             http.clone(),
             server.base.clone(),
             key.clone(),
             urls.clone(),
             farm_state.clone(),
+            payload_filter.clone(),
         );
         pending.spawn(async move {
             for (i, filter) in chunk {
+                let mut body = json!({ "url": urls[i], "event_types": [filter] });
+                if let Some(f) = &payload_filter {
+                    body["filter"] = json!(f);
+                }
                 let r = loop {
                     let r = http
                         .post(format!("{base}/api/v1/portal/webhooks/subscribe"))
                         .bearer_auth(&key)
-                        .json(&json!({ "url": urls[i], "event_types": [filter] }))
+                        .json(&body)
                         .send()
                         .await?;
                     if r.status() != 429 {

@@ -108,6 +108,31 @@ fn long_operator_chains_do_not_overflow_the_stack() {
     }
 }
 
+#[test]
+fn operators_inside_string_literals_are_not_counted() {
+    let dashes = "-".repeat(MAX_FILTER_OPERATORS * 2);
+    for literal in [
+        format!(r#""{dashes}""#),
+        format!("'{dashes}'"),
+        format!(r#""""{dashes}""""#),
+        format!(r#"r"\{dashes}""#),
+        format!(r#""a\"{dashes}""#),
+    ] {
+        let source = format!("data.sku == {literal}");
+        assert_eq!(operators_outside_strings(&source), 3, "{source}");
+        assert!(PayloadFilter::compile(&source).is_ok(), "{source}");
+    }
+    // Operators after a literal still count, escapes and all.
+    let after = format!(r#"data.sku == "a\"" || {}1"#, "1 + ".repeat(40));
+    assert_eq!(
+        PayloadFilter::compile(&after).unwrap_err(),
+        FilterError::TooManyOperators
+    );
+    let vars = FilterVars::of_envelope(&json!({"type": "t", "data": {"sku": "EU-2.x"}}));
+    let f = PayloadFilter::compile(r#"data.sku == "EU-2.x""#).unwrap();
+    assert_eq!(f.evaluate(&vars), Ok(true));
+}
+
 fn arb_json() -> impl Strategy<Value = serde_json::Value> {
     let leaf = prop_oneof![
         Just(serde_json::Value::Null),
