@@ -32,7 +32,27 @@ pub(crate) async fn shared() -> tokio::sync::RwLockReadGuard<'static, ()> {
 /// This test run's mark in its keyspace names.
 fn run_id() -> &'static str {
     static RUN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    RUN.get_or_init(|| uuid::Uuid::new_v4().simple().to_string()[..6].to_string())
+    RUN.get_or_init(|| {
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        format!("{secs:08x}{:03x}", rand::random::<u16>() & 0xfff)
+    })
+}
+
+/// Whether a test keyspace (named `<prefix><run id>_…`) belongs to another
+/// run that is over: one started more than two hours ago, or named before
+/// run ids carried their start time. A run still going on the same node (a
+/// second test command) keeps its keyspaces.
+fn is_stale(rest: &str) -> bool {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    rest.get(..8)
+        .and_then(|h| u64::from_str_radix(h, 16).ok())
+        .is_none_or(|started| now.saturating_sub(started) > 2 * 3600)
 }
 
 /// Drops, once per test run, every test keyspace of an earlier run: each
@@ -59,7 +79,9 @@ async fn sweep_earlier_runs() {
                 .expect("keyspace names")
                 .filter_map(Result::ok)
                 .map(|(ks,)| ks)
-                .filter(|ks| ks.starts_with("herald_t_") && !ks.starts_with(&mine))
+                .filter(|ks| {
+                    !ks.starts_with(&mine) && ks.strip_prefix("herald_t_").is_some_and(is_stale)
+                })
                 .collect();
             for ks in &stale {
                 drop_keyspace(&session, ks).await;
