@@ -6,13 +6,14 @@
 //! idempotent: a deletion that fails half-way is finished by the next
 //! `DELETE`, or at the next start ([`resume`]).
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use tokio_util::sync::CancellationToken;
 
 use super::Engine;
 use crate::{
     catalogue::Catalogue,
+    delivery::worker::Shards,
     error::EngineError,
     store::{Store, TenantState},
     subscriptions::SubscriptionIndex,
@@ -38,6 +39,7 @@ impl Engine {
             self.store.as_ref(),
             &self.subscriptions,
             &self.catalogue,
+            self.shards.as_deref(),
             tenant_id,
         )
         .await?;
@@ -51,21 +53,46 @@ impl Engine {
     }
 }
 
-/// Purges a tenant marked `deleting`, then marks it `deleted`.
-async fn purge(
+/// How long a deletion waits for the attempts this process had under way
+/// when it started (an attempt's own timeout bounds them).
+const DRAIN_FOR: Duration = Duration::from_secs(60);
+
+/// Deletes the tenant's rows until none is left.
+async fn purge_rows(
     store: &dyn Store,
     index: &SubscriptionIndex,
-    catalogue: &Catalogue,
     tenant_id: &str,
 ) -> Result<(), EngineError> {
-    index.remove_tenant(tenant_id);
     loop {
         let deleted = store.purge_tenant(tenant_id, PURGE_BATCH).await?;
         // A reload from the store between two steps may have brought some back.
         index.remove_tenant(tenant_id);
         if deleted == 0 {
-            break;
+            return Ok(());
         }
+    }
+}
+
+/// Purges a tenant marked `deleting`, then marks it `deleted`. Deliveries
+/// this process's shards held when its subscriptions left the index may
+/// still record an attempt (or, dropped as orphans, a dead record): the
+/// purge waits for them to finish, then runs once more.
+async fn purge(
+    store: &dyn Store,
+    index: &SubscriptionIndex,
+    catalogue: &Catalogue,
+    shards: Option<&Shards>,
+    tenant_id: &str,
+) -> Result<(), EngineError> {
+    index.remove_tenant(tenant_id);
+    let held = shards.map(Shards::held_ids).unwrap_or_default();
+    purge_rows(store, index, tenant_id).await?;
+    if let Some(shards) = shards {
+        let deadline = tokio::time::Instant::now() + DRAIN_FOR;
+        while shards.holds_any(&held) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        purge_rows(store, index, tenant_id).await?;
     }
     catalogue.forget_tenant(tenant_id);
     store.finish_tenant_deletion(tenant_id).await?;
@@ -79,6 +106,7 @@ pub(super) async fn resume(
     store: Arc<dyn Store>,
     index: Arc<SubscriptionIndex>,
     catalogue: Arc<Catalogue>,
+    shards: Option<Arc<Shards>>,
     cancel: CancellationToken,
 ) {
     let tenants = match store.tenants_deleting().await {
@@ -93,7 +121,15 @@ pub(super) async fn resume(
             return;
         }
         tracing::info!(tenant_id = %tenant, "finishing a tenant deletion left by a previous run");
-        if let Err(e) = purge(store.as_ref(), &index, &catalogue, &tenant).await {
+        if let Err(e) = purge(
+            store.as_ref(),
+            &index,
+            &catalogue,
+            shards.as_deref(),
+            &tenant,
+        )
+        .await
+        {
             tracing::error!(tenant_id = %tenant, error = %e, "tenant deletion failed; it finishes on its next DELETE or start");
         }
     }

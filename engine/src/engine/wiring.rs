@@ -154,6 +154,7 @@ impl Engine {
             store.clone(),
             subscriptions.clone(),
             catalogue.clone(),
+            shards.clone(),
             cancel.clone(),
         )));
         let recovery_wake = Arc::new(Notify::new());
