@@ -30,6 +30,8 @@ use crate::{error::Problem, routes};
         document,
         routes::metrics::export,
         routes::admin::create_tenant,
+        routes::admin::delete_tenant,
+        routes::export::export,
         routes::admin::get_quotas,
         routes::admin::put_quotas,
         routes::api_keys::admin_create,
@@ -66,7 +68,7 @@ use crate::{error::Problem, routes};
     components(schemas(Problem, herald_engine::error::SchemaIssue)),
     modifiers(&Security, &StandardErrors),
     tags(
-        (name = "admin", description = "Tenants, their API keys and quotas (admin token)"),
+        (name = "admin", description = "Tenants, their API keys and quotas, their export and deletion (admin token)"),
         (name = "api-keys", description = "The caller's own API keys"),
         (name = "audit", description = "The audit trail: who changed the tenant's configuration, and when"),
         (name = "subscriptions", description = "Webhook subscriptions, secret rotation, bulk recovery"),

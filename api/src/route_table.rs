@@ -165,8 +165,8 @@ impl RouteTable {
 /// the paths as the OpenAPI document writes them.
 pub fn api_routes() -> RouteTable {
     use crate::routes::{
-        admin, api_keys, audit, deliveries, event_types, events, jwks, metrics, payload_filters,
-        recoveries, stream, subscriptions,
+        admin, api_keys, audit, deliveries, event_types, events, export, jwks, metrics,
+        payload_filters, recoveries, stream, subscriptions,
     };
     macro_rules! v1 {
         ($p:literal) => {
@@ -177,6 +177,16 @@ pub fn api_routes() -> RouteTable {
     use Scope::{Admin, EventsRead, EventsReplay, EventsWrite, WebhooksRead, WebhooksWrite};
     RouteTable::new()
         .post(v1!("/admin/tenants"), AdminToken, admin::create_tenant)
+        .delete(
+            v1!("/admin/tenants/{tenant}"),
+            AdminToken,
+            admin::delete_tenant,
+        )
+        .get(
+            v1!("/admin/tenants/{tenant}/export"),
+            AdminToken,
+            export::export,
+        )
         .get(
             v1!("/admin/tenants/{tenant}/quotas"),
             AdminToken,

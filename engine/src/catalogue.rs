@@ -262,6 +262,11 @@ impl Catalogue {
             .unwrap_or_default()
     }
 
+    /// Drops every schema of `tenant` (a deleted tenant).
+    pub fn forget_tenant(&self, tenant: &str) {
+        self.types.write().retain(|(t, _), _| t != tenant);
+    }
+
     /// The tenant's registered event types, in name order.
     pub fn types_of(&self, tenant: &str) -> Vec<String> {
         let mut out: Vec<String> = self

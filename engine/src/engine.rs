@@ -1,6 +1,6 @@
 //! The engine facade: the operations the API exposes, over the log, the
 //! store, fan-out, the scheduler and the shards. Each responsibility has a
-//! file of its own: `backends` chooses the log and store once, `wiring` starts the tasks, then `tenants`, `subscribe`,
+//! file of its own: `backends` chooses the log and store once, `wiring` starts the tasks, then `tenants`, `deletion`, `subscribe`,
 //! `manage`, `emit`, `batch`, `quotas`, `query`, `replay`, `recovery`, `catalogue`
 //! and `stream` serve the API. Input rules live in [`crate::input`].
 
@@ -8,6 +8,7 @@ mod audit;
 mod backends;
 mod batch;
 mod catalogue;
+mod deletion;
 mod destination;
 mod emit;
 mod manage;

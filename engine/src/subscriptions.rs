@@ -172,6 +172,24 @@ impl SubscriptionIndex {
         inner.by_id.remove(id);
     }
 
+    /// Removes every subscription of `tenant` (a scan of the index);
+    /// returns how many.
+    pub fn remove_tenant(&self, tenant: &str) -> usize {
+        let ids: Vec<String> = {
+            let inner = self.inner.read();
+            inner
+                .by_id
+                .values()
+                .filter(|s| s.tenant_id == tenant)
+                .map(|s| s.id.clone())
+                .collect()
+        };
+        for id in &ids {
+            self.remove(id);
+        }
+        ids.len()
+    }
+
     /// How many subscriptions `tenant` has (a scan of the index).
     pub fn count_of(&self, tenant: &str) -> usize {
         let inner = self.inner.read();

@@ -1,4 +1,4 @@
-//! Admin calls (admin token): tenants and their quotas.
+//! Admin calls (admin token): tenants, their deletion and their quotas.
 
 use axum::{
     extract::{Path, State},
@@ -75,4 +75,22 @@ pub async fn put_quotas(
     ApiJson(body): ApiJson<TenantQuotas>,
 ) -> Result<Json<TenantQuotas>, ApiError> {
     Ok(Json(state.engine.set_tenant_quotas(&tenant, body).await?))
+}
+
+/// Deletes a tenant (admin): its keys stop authenticating at once, its
+/// subscriptions stop receiving, and every row it owns is purged (events,
+/// delivery logs, subscriptions, event types, keys, quotas, audit). Answers
+/// once nothing of it is left; deleting a deleted tenant answers the same
+/// and does nothing more. A deletion cut short (503, a crash) finishes on
+/// the next `DELETE` or at the next start.
+#[utoipa::path(delete, path = "/api/v1/admin/tenants/{tenant}", tag = "admin",
+    params(("tenant" = String, Path, description = "Tenant id")), security(("admin_token" = [])),
+    responses((status = 204, description = "Deleted (or already deleted)")))]
+pub async fn delete_tenant(
+    State(state): State<AppState>,
+    _admin: Admin,
+    Path(tenant): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    state.engine.delete_tenant(&tenant).await?;
+    Ok(StatusCode::NO_CONTENT)
 }

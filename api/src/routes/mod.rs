@@ -6,6 +6,7 @@ pub mod audit;
 pub mod deliveries;
 pub mod event_types;
 pub mod events;
+pub mod export;
 pub mod jwks;
 pub mod kafka_settings;
 pub mod metrics;

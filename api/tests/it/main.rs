@@ -40,4 +40,5 @@ mod scopes;
 mod secrets;
 mod stream;
 mod support;
+mod tenant_deletion;
 mod thin_payloads;

@@ -74,6 +74,17 @@ impl Shards {
         self.ctx.in_flight.lock().len()
     }
 
+    /// The ids of the deliveries the shards hold now.
+    pub fn held_ids(&self) -> std::collections::HashSet<String> {
+        self.ctx.in_flight.lock().clone()
+    }
+
+    /// Whether the shards still hold any of `ids`.
+    pub fn holds_any(&self, ids: &std::collections::HashSet<String>) -> bool {
+        let held = self.ctx.in_flight.lock();
+        ids.iter().any(|id| held.contains(id))
+    }
+
     /// How many more deliveries the shards may be handed (the hand-off limit
     /// less what they hold).
     pub fn room(&self) -> usize {

@@ -45,6 +45,11 @@ struct Cached {
 }
 
 impl QuotaCache {
+    /// Forgets a tenant (deleted).
+    pub(super) fn forget(&self, tenant: &str) {
+        self.tenants.lock().remove(tenant);
+    }
+
     fn fresh(&self, tenant: &str) -> Option<Arc<TenantQuotas>> {
         let tenants = self.tenants.lock();
         let c = tenants.get(tenant)?;

@@ -150,6 +150,13 @@ impl Engine {
             config.audit_retention,
             cancel.clone(),
         )));
+        tasks.push(tokio::spawn(super::deletion::resume(
+            store.clone(),
+            subscriptions.clone(),
+            catalogue.clone(),
+            shards.clone(),
+            cancel.clone(),
+        )));
         let recovery_wake = Arc::new(Notify::new());
         tasks.push(tokio::spawn(recovery::run(
             store.clone(),

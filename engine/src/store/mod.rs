@@ -10,8 +10,8 @@
 //!
 //! The contract is split by role, one trait per file: [`TenantStore`],
 //! [`SubscriptionStore`], [`EventStore`], [`ScheduleStore`],
-//! [`DeliveryLogStore`], [`CatalogueStore`], [`RecoveryStore`] and
-//! [`AuditStore`]. [`Store`]
+//! [`DeliveryLogStore`], [`CatalogueStore`], [`RecoveryStore`],
+//! [`AuditStore`] and [`TenantPurgeStore`]. [`Store`]
 //! is all of them; a part of the engine that needs one role can hold just
 //! that trait. [`embedded`] keeps all of it in SQLite; [`scylla`] keeps it
 //! in ScyllaDB (or Cassandra) for the distributed deployment. The contract
@@ -22,6 +22,7 @@ mod catalogue;
 mod delivery_log;
 pub mod embedded;
 mod events;
+mod purge;
 mod recovery;
 mod schedule;
 #[cfg(feature = "cql")]
@@ -34,6 +35,7 @@ pub use audit::AuditStore;
 pub use catalogue::CatalogueStore;
 pub use delivery_log::{DeliveryLogStore, LogFilter};
 pub use events::{EventFilter, EventStore};
+pub use purge::{TenantPurgeStore, TenantState};
 pub use recovery::{RecoveryScope, RecoveryStore};
 pub use schedule::{FanOut, FanOutResult, ScheduleStore};
 pub use subscriptions::{SubscriptionChange, SubscriptionStore};
@@ -117,6 +119,7 @@ pub trait Store:
     + CatalogueStore
     + RecoveryStore
     + AuditStore
+    + TenantPurgeStore
 {
 }
 
@@ -129,5 +132,6 @@ impl<T> Store for T where
         + CatalogueStore
         + RecoveryStore
         + AuditStore
+        + TenantPurgeStore
 {
 }

@@ -43,6 +43,7 @@ mod catalogue;
 mod delivery_log;
 mod events;
 mod fixtures;
+mod purge;
 mod recovery;
 mod schedule;
 mod subscriptions;

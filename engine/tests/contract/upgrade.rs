@@ -76,7 +76,7 @@ async fn an_embedded_store_at_schema_v4_migrates_and_old_keys_keep_full_access()
     let v: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(v, 7);
+    assert_eq!(v, 8);
 }
 
 #[tokio::test]

@@ -13,7 +13,7 @@ use herald_engine::{
     store::{
         AuditStore, CatalogueStore, DeliveryLogStore, EventFilter, EventStore, FanOut,
         FanOutResult, LogFilter, RecoveryScope, RecoveryStore, ScheduleStore, Store, StoreError,
-        SubscriptionChange, SubscriptionStore, TenantStore,
+        SubscriptionChange, SubscriptionStore, TenantPurgeStore, TenantState, TenantStore,
     },
 };
 
@@ -362,5 +362,27 @@ impl AuditStore for FaultyStore {
     }
     async fn prune_audit(&self, before_ms: i64, limit: usize) -> Result<usize, StoreError> {
         self.inner.prune_audit(before_ms, limit).await
+    }
+}
+
+#[async_trait]
+impl TenantPurgeStore for FaultyStore {
+    async fn tenant_state(&self, tenant_id: &str) -> Result<Option<TenantState>, StoreError> {
+        self.inner.tenant_state(tenant_id).await
+    }
+    async fn begin_tenant_deletion(
+        &self,
+        tenant_id: &str,
+    ) -> Result<Option<TenantState>, StoreError> {
+        self.inner.begin_tenant_deletion(tenant_id).await
+    }
+    async fn purge_tenant(&self, tenant_id: &str, limit: usize) -> Result<usize, StoreError> {
+        self.inner.purge_tenant(tenant_id, limit).await
+    }
+    async fn finish_tenant_deletion(&self, tenant_id: &str) -> Result<(), StoreError> {
+        self.inner.finish_tenant_deletion(tenant_id).await
+    }
+    async fn tenants_deleting(&self) -> Result<Vec<String>, StoreError> {
+        self.inner.tenants_deleting().await
     }
 }

@@ -19,6 +19,7 @@ mod catalogue;
 mod delivery_log;
 mod events;
 mod held;
+mod purge;
 mod recovery;
 mod schedule;
 mod subscriptions;
@@ -192,6 +193,7 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
         (5, include_str!("schema_v5.sql")),
         (6, include_str!("schema_v6.sql")),
         (7, include_str!("schema_v7.sql")),
+        (8, include_str!("schema_v8.sql")),
     ] {
         if version < step {
             conn.execute_batch(&format!("BEGIN IMMEDIATE; {sql} COMMIT;"))

@@ -13,7 +13,7 @@ use crate::{
 };
 
 /// Moves the version readers compare to know when to reload.
-fn bump_version(conn: &Connection) -> Result<(), StoreError> {
+pub(super) fn bump_version(conn: &Connection) -> Result<(), StoreError> {
     conn.prepare_cached(
         "INSERT INTO versions (name, value) VALUES ('subscriptions', 1)
          ON CONFLICT(name) DO UPDATE SET value = value + 1",

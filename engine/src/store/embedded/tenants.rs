@@ -108,9 +108,11 @@ impl TenantStore for EmbeddedStore {
         let tenant = tenant_id.to_string();
         let row: Option<Option<String>> = self
             .read(move |conn| {
-                conn.query_row("SELECT quotas FROM tenants WHERE id = ?1", [tenant], |r| {
-                    r.get(0)
-                })
+                conn.query_row(
+                    "SELECT quotas FROM tenants WHERE id = ?1 AND state IS NULL",
+                    [tenant],
+                    |r| r.get(0),
+                )
                 .optional()
                 .map_err(db_err)
             })
@@ -134,7 +136,7 @@ impl TenantStore for EmbeddedStore {
         self.write(move |conn| {
             let n = conn
                 .execute(
-                    "UPDATE tenants SET quotas = ?1 WHERE id = ?2",
+                    "UPDATE tenants SET quotas = ?1 WHERE id = ?2 AND state IS NULL",
                     params![json, tenant],
                 )
                 .map_err(db_err)?;
@@ -149,10 +151,14 @@ impl TenantStore for EmbeddedStore {
     async fn tenant_exists(&self, tenant_id: &str) -> Result<bool, StoreError> {
         let tenant = tenant_id.to_string();
         self.read(move |conn| {
-            conn.query_row("SELECT 1 FROM tenants WHERE id = ?1", [tenant], |_| Ok(()))
-                .optional()
-                .map(|r| r.is_some())
-                .map_err(db_err)
+            conn.query_row(
+                "SELECT 1 FROM tenants WHERE id = ?1 AND state IS NULL",
+                [tenant],
+                |_| Ok(()),
+            )
+            .optional()
+            .map(|r| r.is_some())
+            .map_err(db_err)
         })
         .await
     }
@@ -163,7 +169,7 @@ impl TenantStore for EmbeddedStore {
         self.write(move |conn| {
             let exists = conn
                 .query_row(
-                    "SELECT 1 FROM tenants WHERE id = ?1",
+                    "SELECT 1 FROM tenants WHERE id = ?1 AND state IS NULL",
                     [&key.tenant_id],
                     |_| Ok(()),
                 )

@@ -38,6 +38,7 @@ mod events;
 mod held;
 mod logs;
 mod marks;
+mod purge;
 mod recovery;
 mod schedule;
 mod subscriptions;
@@ -380,11 +381,12 @@ impl ScyllaStore {
 
 /// Columns `schema.cql` has that tables created by an older version lack:
 /// `(table, column, type)`.
-const ADDED_COLUMNS: [(&str, &str, &str); 4] = [
+const ADDED_COLUMNS: [(&str, &str, &str); 5] = [
     ("subscriptions", "revision", "bigint"),
     ("api_keys", "scopes", "text"),
     ("api_keys", "expires_at", "bigint"),
     ("tenants", "quotas", "text"),
+    ("tenants", "state", "text"),
 ];
 
 /// Tables whose rows expire after the retention.

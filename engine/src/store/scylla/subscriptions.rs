@@ -22,7 +22,7 @@ const CAS_ATTEMPTS: usize = 16;
 
 impl ScyllaStore {
     /// Marks that a subscription changed.
-    async fn bump_subscriptions_version(&self) -> Result<(), StoreError> {
+    pub(super) async fn bump_subscriptions_version(&self) -> Result<(), StoreError> {
         let now_us = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000) as i64;
         self.exec("UPDATE meta SET v = ? WHERE k = 'subscriptions'", (now_us,))
             .await

@@ -66,13 +66,14 @@ impl TenantStore for ScyllaStore {
     }
 
     async fn tenant_quotas(&self, tenant_id: &str) -> Result<Option<TenantQuotas>, StoreError> {
-        let row: Option<(Option<String>,)> = self
+        let row: Option<(Option<String>, Option<String>)> = self
             .row(
-                "SELECT quotas FROM tenants WHERE tenant_id = ?",
+                "SELECT quotas, state FROM tenants WHERE tenant_id = ?",
                 (tenant_id,),
             )
             .await?;
-        row.map(|(json,)| json.map_or(Ok(TenantQuotas::default()), |j| decode(&j)))
+        row.filter(|(_, state)| state.is_none())
+            .map(|(json, _)| json.map_or(Ok(TenantQuotas::default()), |j| decode(&j)))
             .transpose()
     }
 
@@ -84,6 +85,9 @@ impl TenantStore for ScyllaStore {
         // A conditional update, so that it never creates a tenant row.
         let body = encode(quotas)?;
         let change = async {
+            if !self.tenant_exists(tenant_id).await? {
+                return Err(StoreError::NotFound("tenant"));
+            }
             let (applied, _) = self
                 .lwt(
                     "UPDATE tenants SET quotas = ? WHERE tenant_id = ? IF EXISTS",
@@ -100,13 +104,13 @@ impl TenantStore for ScyllaStore {
     }
 
     async fn tenant_exists(&self, tenant_id: &str) -> Result<bool, StoreError> {
-        let row: Option<(String,)> = self
+        let row: Option<(String, Option<String>)> = self
             .row(
-                "SELECT tenant_id FROM tenants WHERE tenant_id = ?",
+                "SELECT tenant_id, state FROM tenants WHERE tenant_id = ?",
                 (tenant_id,),
             )
             .await?;
-        Ok(row.is_some())
+        Ok(row.is_some_and(|(_, state)| state.is_none()))
     }
 
     async fn grant_for_key(&self, key_hash: [u8; 32]) -> Result<Option<KeyGrant>, StoreError> {
