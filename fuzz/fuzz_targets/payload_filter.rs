@@ -2,7 +2,7 @@
 //! is refused, and a compiled filter evaluates on a fixed event without
 //! crashing (an evaluation error is no match).
 //!
-//! The `cel` crate still has `todo!()`s: Herald catches their panics and
+//! The `cel` crate panics on operations it does not implement yet: Herald catches those panics and
 //! refuses the filter (or counts no match). libFuzzer's panic hook aborts
 //! on any panic, caught or not, so this target lets panics raised inside
 //! `cel` unwind to Herald's `catch_unwind`; a panic anywhere else (Herald's
