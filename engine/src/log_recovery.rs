@@ -25,7 +25,6 @@
 
 use std::time::Duration;
 
-use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -35,13 +34,6 @@ use crate::{
 
 /// Records read from the log per page.
 const PAGE: usize = 200;
-
-/// The delivery id of `event_id`'s replay in job `job_id` (stable across repeats).
-pub fn replay_delivery_id(job_id: &str, event_id: &str) -> String {
-    let digest = Sha256::digest(format!("{job_id}/{event_id}").as_bytes());
-    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
-    format!("{}_{hex}", ids::DELIVERY)
-}
 
 /// One page of job `job` from `cursor` (a log offset; `None` = from
 /// `since`): schedules the replays of at most `page` records and moves the
@@ -95,7 +87,8 @@ pub async fn log_step(
             continue;
         }
         deliveries.push(ScheduledDelivery {
-            delivery_id: replay_delivery_id(&job.id, &event.id),
+            // Stable across repeats of the page.
+            delivery_id: ids::derived(ids::DELIVERY, &event.id, &job.id),
             tenant_id: job.tenant_id.clone(),
             event_id: event.id.clone(),
             subscription_id: job.subscription_id.clone(),

@@ -27,7 +27,7 @@ use crate::{
     log::EventLog,
     log_recovery,
     model::ScheduledDelivery,
-    resources::{RecoveryJob, RecoverySource, RecoveryStatus},
+    resources::{RecoveryCandidate, RecoveryJob, RecoverySource, RecoveryStatus},
     store::{RecoveryScope, Store},
 };
 
@@ -220,12 +220,26 @@ async fn step(
         .await?;
     let finished = page.len() < page_size;
     let next_cursor = page.last().map(|c| c.event_id.clone()).or(cursor);
-    let now = now_ms();
     let ordered = subscription.is_some_and(|s| s.ordering == crate::model::Ordering::Strict);
-    let deliveries = page
-        .into_iter()
+    let deliveries = replays(job, page, now_ms(), ordered);
+    store
+        .advance_recovery(job, deliveries, next_cursor, finished)
+        .await
+}
+
+/// The deliveries that replay a page of candidates. Their ids derive from
+/// the job and the event, so a page stepped again — after the process that
+/// stepped it died before saving its cursor — schedules the same deliveries,
+/// and the job counts them once; they sort in event order.
+fn replays(
+    job: &RecoveryJob,
+    page: Vec<RecoveryCandidate>,
+    now: i64,
+    ordered: bool,
+) -> Vec<ScheduledDelivery> {
+    page.into_iter()
         .map(|c| ScheduledDelivery {
-            delivery_id: ids::new_id(ids::DELIVERY),
+            delivery_id: ids::derived(ids::DELIVERY, &c.event_id, &job.id),
             tenant_id: job.tenant_id.clone(),
             event_id: c.event_id,
             subscription_id: job.subscription_id.clone(),
@@ -237,10 +251,7 @@ async fn step(
             seq: i64::MAX,
             ordered,
         })
-        .collect();
-    store
-        .advance_recovery(job, deliveries, next_cursor, finished)
-        .await
+        .collect()
 }
 
 #[cfg(test)]
@@ -254,5 +265,40 @@ mod tests {
         let after = event_id_at(OffsetDateTime::now_utc() + Duration::from_secs(1));
         assert!(ids::is_valid(ids::EVENT, &before), "{before}");
         assert!(before < id && id < after, "{before} < {id} < {after}");
+    }
+
+    #[test]
+    fn a_page_stepped_again_replays_with_the_same_deliveries() {
+        let job: RecoveryJob = serde_json::from_value(serde_json::json!({
+            "id": "rcv_1", "tenant_id": "t", "subscription_id": "sub_1",
+            "since": "2026-12-01T00:00:00Z", "until": "2026-12-02T00:00:00Z",
+            "only_failed": false, "source": "deliveries", "status": "running",
+            "total": 2, "scheduled": 0, "done": 0,
+            "created_at": "2026-12-02T00:00:00Z", "updated_at": "2026-12-02T00:00:00Z"
+        }))
+        .unwrap();
+        let page = || {
+            [ids::new_id(ids::EVENT), ids::new_id(ids::EVENT)]
+                .map(|event_id| RecoveryCandidate {
+                    event_id,
+                    delivery_id: ids::new_id(ids::DELIVERY),
+                })
+                .to_vec()
+        };
+        let first = page();
+        let ids_of = |page: Vec<RecoveryCandidate>, now| {
+            replays(&job, page, now, true)
+                .into_iter()
+                .map(|d| d.delivery_id)
+                .collect::<Vec<_>>()
+        };
+        let once = ids_of(first.clone(), 1);
+        assert_eq!(
+            once,
+            ids_of(first, 2),
+            "a re-step must not mint new deliveries"
+        );
+        assert!(once[0] < once[1], "replays keep event order: {once:?}");
+        assert!(once.iter().all(|id| !ids_of(page(), 1).contains(id)));
     }
 }
