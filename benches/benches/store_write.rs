@@ -55,6 +55,7 @@ fn store_write(c: &mut Criterion) {
                                     offset,
                                 },
                                 lease_until_ms: None,
+                                unscheduled: false,
                             }
                         })
                         .collect::<Vec<_>>()
@@ -85,6 +86,7 @@ fn store_write(c: &mut Criterion) {
                                     offset,
                                 },
                                 lease_until_ms: None,
+                                unscheduled: false,
                             }
                         })
                         .collect();

@@ -29,9 +29,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     clock::now_ms,
-    delivery::worker::{Job, Shards},
+    delivery::{
+        handoff::Unsettled,
+        worker::{Job, Shards},
+    },
     ids,
-    log::{EventLog, LogPosition},
+    log::{EventLog, LogConsumer, LogPosition},
     model::{Ordering, ScheduledDelivery},
     store::{FanOut, FanOutResult, Store},
     subscriptions::SubscriptionIndex,
@@ -54,6 +57,11 @@ pub struct Settings {
     pub lease: Duration,
     /// Deliveries the shards may hold, past which fan-out hands none over.
     pub handoff_limit: usize,
+    /// When set, an event whose deliveries are all unordered and handed
+    /// over is not scheduled at all: its log offset stays uncommitted until
+    /// they are settled (see [`crate::delivery::handoff`]). Used on the CQL
+    /// store, where scheduling costs several statements per delivery.
+    pub unscheduled: Option<Arc<Unsettled>>,
 }
 
 /// Runs until `cancel`: hands new unordered deliveries to `shards`, rings
@@ -73,7 +81,12 @@ pub async fn run(
         follow_store,
         lease,
         handoff_limit,
+        unscheduled,
     } = settings;
+    // Per partition: the offset after the last record read, and the offset
+    // last committed.
+    let mut read: BTreeMap<u32, u64> = BTreeMap::new();
+    let mut committed: BTreeMap<u32, u64> = BTreeMap::new();
     let mut consumer = loop {
         match log.consumer(&group).await {
             Ok(c) => break c,
@@ -92,7 +105,17 @@ pub async fn run(
             () = cancel.cancelled() => return,
         };
         let records = match records {
-            Ok(r) if r.is_empty() => continue,
+            Ok(r) if r.is_empty() => {
+                // Deliveries settled since the last batch move the offsets.
+                commit(
+                    &mut *consumer,
+                    &read,
+                    &mut committed,
+                    unscheduled.as_deref(),
+                )
+                .await;
+                continue;
+            }
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(error = %e, "fan-out could not read the event log; retrying");
@@ -134,11 +157,16 @@ pub async fn run(
                     budget -= handed;
                     lease_until
                 });
+                let unscheduled = unscheduled.is_some()
+                    && lease_until_ms.is_some()
+                    && !deliveries.is_empty()
+                    && deliveries.iter().all(|d| !d.ordered);
                 FanOut {
                     event: r.event,
                     position: r.position,
                     deliveries,
                     lease_until_ms,
+                    unscheduled,
                 }
             })
             .collect();
@@ -165,17 +193,45 @@ pub async fn run(
                 }
             }
         };
-        if hand_off(batch, &results, retried, &shards).await {
+        if hand_off(batch, &results, retried, &shards, unscheduled.as_ref()).await {
             wake.notify_one();
         }
-        let positions: Vec<LogPosition> = next
-            .into_iter()
-            .map(|(partition, offset)| LogPosition { partition, offset })
-            .collect();
-        if let Err(e) = consumer.commit(&positions).await {
-            // Harmless for correctness: the batch is re-read and skipped as already fanned out.
-            tracing::warn!(error = %e, "fan-out could not commit its log positions");
-        }
+        read.extend(next);
+        commit(
+            &mut *consumer,
+            &read,
+            &mut committed,
+            unscheduled.as_deref(),
+        )
+        .await;
+    }
+}
+
+/// Commits, per partition read, the offset after the last record read, or
+/// before the first event with a delivery still unsettled; only offsets that
+/// moved.
+async fn commit(
+    consumer: &mut dyn LogConsumer,
+    read: &BTreeMap<u32, u64>,
+    committed: &mut BTreeMap<u32, u64>,
+    unsettled: Option<&Unsettled>,
+) {
+    let positions: Vec<LogPosition> = read
+        .iter()
+        .map(|(&partition, &next)| LogPosition {
+            partition,
+            offset: unsettled.map_or(next, |u| u.committable(partition, next)),
+        })
+        .filter(|p| committed.get(&p.partition) != Some(&p.offset))
+        .collect();
+    if positions.is_empty() {
+        return;
+    }
+    match consumer.commit(&positions).await {
+        Ok(()) => committed.extend(positions.iter().map(|p| (p.partition, p.offset))),
+        // Harmless for correctness: the events are re-read and skipped as
+        // already fanned out (or fanned out again if they were unscheduled).
+        Err(e) => tracing::warn!(error = %e, "fan-out could not commit its log positions"),
     }
 }
 
@@ -193,6 +249,7 @@ async fn hand_off(
     results: &[FanOutResult],
     retried: bool,
     shards: &Shards,
+    unsettled: Option<&Arc<Unsettled>>,
 ) -> bool {
     let mut left = false;
     for (item, result) in batch.into_iter().zip(results) {
@@ -209,13 +266,25 @@ async fn hand_off(
             continue;
         }
         let event = Arc::new(item.event);
+        // Registered before the batch's offsets are committed.
+        let mut settles = match unsettled.filter(|_| item.unscheduled) {
+            Some(u) => u.register(item.position, item.deliveries.len()),
+            None => Vec::new(),
+        };
         for delivery in item.deliveries {
             if delivery.ordered {
                 left = true;
                 continue;
             }
             let event = event.clone();
-            shards.dispatch(Job { delivery, event }).await;
+            let settle = settles.pop();
+            shards
+                .dispatch(Job {
+                    delivery,
+                    event,
+                    settle,
+                })
+                .await;
         }
     }
     left

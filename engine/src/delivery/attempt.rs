@@ -192,7 +192,20 @@ async fn finish(
     let dead = decision
         .is_dead()
         .then_some((record.status_code, record.error));
-    let recorded = persist(ctx, record, decision.next).await;
+    let (recorded, durable) = if job.settle.is_none() {
+        let recorded = persist(ctx, record, decision.next).await;
+        (recorded, recorded)
+    } else {
+        // Not in the schedule: record the attempt, then schedule the retry
+        // (a crash in between re-reads the event: a duplicate, not a loss).
+        let recorded = persist(ctx, record, None).await;
+        let scheduled = match decision.next {
+            Some(next) if recorded => schedule_durably(ctx, vec![next]).await,
+            Some(_) => false,
+            None => true,
+        };
+        (recorded, recorded && scheduled)
+    };
     if let Some((last_status_code, last_error)) = dead.filter(|_| recorded) {
         announce_dead(ctx, &job, last_status_code, last_error).await;
     }
@@ -200,6 +213,9 @@ async fn finish(
     if d.ordered {
         // The next delivery of this ordered subscription may go now.
         ctx.wake.notify_one();
+    }
+    if let Some(settle) = job.settle.filter(|_| durable) {
+        settle.done();
     }
 }
 
@@ -307,7 +323,7 @@ async fn modify(
     }
 }
 
-/// Times a failed attempt record is written again before it is given up.
+/// Times a failed store write of an attempt is tried again before it is given up.
 const PERSIST_TRIES: u32 = 8;
 
 /// Records the attempt (and the delivery's next state) in the store,
@@ -315,27 +331,55 @@ const PERSIST_TRIES: u32 = 8;
 /// in all). Then it gives up, counts it and says so: the delivery is still
 /// leased in the schedule, so it falls due again when its lease ends and is
 /// sent again (a duplicate at worst, never a loss), and the shard's slot is
-/// not held by a store that stays down. Returns whether it was recorded.
+/// not held by a store that stays down; a delivery fan-out did not schedule
+/// stays unsettled, so its event is read again after a restart. Returns
+/// whether it was recorded.
 async fn persist(
     ctx: &WorkerContext,
     record: WebhookDeliveryLog,
     next: Option<ScheduledDelivery>,
 ) -> bool {
+    let id = record.delivery_id.clone();
+    retrying(ctx, &id, "record an attempt", || {
+        ctx.store.record_attempt(record.clone(), next.clone())
+    })
+    .await
+}
+
+/// Writes deliveries to the schedule, retrying like [`persist`].
+pub(super) async fn schedule_durably(
+    ctx: &WorkerContext,
+    deliveries: Vec<ScheduledDelivery>,
+) -> bool {
+    let Some(id) = deliveries.first().map(|d| d.delivery_id.clone()) else {
+        return true;
+    };
+    retrying(ctx, &id, "schedule a delivery", || {
+        ctx.store.schedule(deliveries.clone())
+    })
+    .await
+}
+
+async fn retrying<F, Fut>(ctx: &WorkerContext, delivery_id: &str, what: &str, mut write: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), crate::store::StoreError>>,
+{
     let mut backoff = Duration::from_millis(50);
     for tries in 1..=PERSIST_TRIES {
-        match ctx.store.record_attempt(record.clone(), next.clone()).await {
+        match write().await {
             Ok(()) => return true,
             Err(e) if tries < PERSIST_TRIES => {
-                tracing::warn!(error = %e, delivery_id = %record.delivery_id, tries, "could not record an attempt; retrying");
+                tracing::warn!(error = %e, delivery_id, tries, "could not {what}; retrying");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
             Err(e) => {
                 tracing::error!(
                     error = %e,
-                    delivery_id = %record.delivery_id,
+                    delivery_id,
                     tries,
-                    "could not record an attempt; giving up: the delivery is sent again when its lease ends"
+                    "could not {what}; giving up: the delivery is sent again when its lease ends (or its event is read again)"
                 );
             }
         }
@@ -374,9 +418,12 @@ pub(super) async fn drop_dead(ctx: Arc<WorkerContext>, job: Job, why: &str) {
         next_attempt_at: None,
     };
     ctx.metrics.attempt(&record, false, job.event.received_at);
-    persist(&ctx, record, None).await;
+    let recorded = persist(&ctx, record, None).await;
     ctx.in_flight.lock().remove(&d.delivery_id);
     if d.ordered {
         ctx.wake.notify_one();
+    }
+    if let Some(settle) = job.settle.filter(|_| recorded) {
+        settle.done();
     }
 }

@@ -7,7 +7,7 @@ use std::{collections::HashSet, sync::Arc};
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
-use super::{decide::Sent, destination::Destinations, retry::RetryPolicy};
+use super::{decide::Sent, destination::Destinations, handoff::Settle, retry::RetryPolicy};
 use crate::{
     config::DeliveryConfig,
     metrics::Metrics,
@@ -27,6 +27,20 @@ pub struct Job {
     pub delivery: ScheduledDelivery,
     /// The event it carries.
     pub event: Arc<DomainEvent>,
+    /// Set when fan-out handed it over without scheduling it: settled once
+    /// the delivery is recorded or scheduled (see [`super::handoff`]).
+    pub settle: Option<Settle>,
+}
+
+impl Job {
+    /// A delivery from the schedule (or scheduled already).
+    pub fn scheduled(delivery: ScheduledDelivery, event: Arc<DomainEvent>) -> Self {
+        Self {
+            delivery,
+            event,
+            settle: None,
+        }
+    }
 }
 
 /// Everything the shards share (read-only or internally synchronised).

@@ -32,7 +32,11 @@ pub const DISABLED: &str = "the subscription is disabled; recover it to deliver 
 
 /// Parks a paused subscription's delivery (see the module doc). If the
 /// subscription was resumed while this ran, releases it again at once.
-pub(super) async fn hold(ctx: Arc<WorkerContext>, job: Job) {
+pub(super) async fn hold(ctx: Arc<WorkerContext>, mut job: Job) {
+    if !schedule_unscheduled(&ctx, std::slice::from_mut(&mut job)).await {
+        ctx.in_flight.lock().remove(&job.delivery.delivery_id);
+        return;
+    }
     let d = &job.delivery;
     let recheck = now_ms() + HOLD_RECHECK.as_millis() as i64;
     if let Err(e) = ctx.store.hold(d, recheck).await {
@@ -61,7 +65,16 @@ pub(super) async fn hold(ctx: Arc<WorkerContext>, job: Job) {
 /// Parks deliveries that found their endpoint's queue full (see the module
 /// doc). They leave the shard either way: parked, or, if the write failed,
 /// leased until their lease ends.
-pub(super) async fn park(ctx: &WorkerContext, deliveries: Vec<ScheduledDelivery>) {
+pub(super) async fn park(ctx: &WorkerContext, mut jobs: Vec<Job>) {
+    if !schedule_unscheduled(ctx, &mut jobs).await {
+        // Not in the schedule: they stay unsettled (read again after a restart).
+        let mut in_flight = ctx.in_flight.lock();
+        for j in &jobs {
+            in_flight.remove(&j.delivery.delivery_id);
+        }
+        return;
+    }
+    let deliveries: Vec<ScheduledDelivery> = jobs.into_iter().map(|j| j.delivery).collect();
     let recheck = now_ms() + ctx.config.lease().as_millis() as i64;
     match ctx.store.hold_all(&deliveries, recheck).await {
         Ok(()) => ctx
@@ -97,4 +110,30 @@ pub(super) async fn release_chunk(
             None
         }
     }
+}
+
+/// Writes the jobs fan-out handed over unscheduled to the schedule, due
+/// when a lease would end (as if they had been scheduled leased), and
+/// settles them: from then on the schedule keeps them, not the log. Whether
+/// every job is in the schedule now.
+pub(super) async fn schedule_unscheduled(ctx: &WorkerContext, jobs: &mut [Job]) -> bool {
+    let due = now_ms() + ctx.config.lease().as_millis() as i64;
+    let deliveries: Vec<ScheduledDelivery> = jobs
+        .iter()
+        .filter(|j| j.settle.is_some())
+        .map(|j| ScheduledDelivery {
+            due_at_ms: due,
+            ..j.delivery.clone()
+        })
+        .collect();
+    if deliveries.is_empty() {
+        return true;
+    }
+    if !super::attempt::schedule_durably(ctx, deliveries).await {
+        return false;
+    }
+    for settle in jobs.iter_mut().filter_map(|j| j.settle.take()) {
+        settle.done();
+    }
+    true
 }

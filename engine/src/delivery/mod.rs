@@ -9,7 +9,9 @@
 //! endpoint's state has one owner and a dead endpoint delays no other,
 //! [`destination`] sends a `kafka://` subscription's deliveries as Kafka
 //! records instead of POSTs (through `kafka_sink`), and
-//! [`hold`] parks a paused subscription's deliveries until it is resumed.
+//! [`hold`] parks a paused subscription's deliveries until it is resumed,
+//! and [`handoff`] keeps a delivery fan-out did not schedule uncommitted in
+//! the log until it is recorded or scheduled.
 
 pub mod attempt;
 pub mod breaker;
@@ -17,6 +19,7 @@ pub mod client;
 pub mod context;
 pub mod decide;
 pub mod destination;
+pub mod handoff;
 pub mod hold;
 #[cfg(feature = "kafka")]
 pub mod kafka_sink;

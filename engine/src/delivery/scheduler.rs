@@ -74,7 +74,7 @@ pub async fn run(
         let full = claimed.len() == room;
         for (delivery, event) in claimed {
             tokio::select! {
-                () = shards.dispatch(Job { delivery, event: Arc::new(event) }) => {}
+                () = shards.dispatch(Job::scheduled(delivery, Arc::new(event))) => {}
                 () = cancel.cancelled() => return,
             }
         }

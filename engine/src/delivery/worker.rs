@@ -25,7 +25,7 @@ use super::{
     decide::{deferral, record_on_breaker, BreakerChange},
     limit::{Concurrency, TokenBucket},
 };
-use crate::model::{ScheduledDelivery, SubscriptionStatus, WebhookSubscription};
+use crate::model::{SubscriptionStatus, WebhookSubscription};
 
 /// The set of shards.
 pub struct Shards {
@@ -160,7 +160,7 @@ struct Shard {
     signals: mpsc::UnboundedSender<Signal>,
     attempts: tokio::task::JoinSet<()>,
     /// Deliveries to park, written in one go by [`Shard::park`].
-    to_park: Vec<ScheduledDelivery>,
+    to_park: Vec<Job>,
 }
 
 impl Shard {
@@ -213,7 +213,7 @@ impl Shard {
         if ep.queue.len() >= ctx.config.max_queued_per_endpoint.max(1) {
             // No room: park it in the schedule; it is released as the queue drains.
             ep.parked += 1;
-            self.to_park.push(job.delivery);
+            self.to_park.push(job);
             return;
         }
         ep.queue.push_back((job, sub.clone()));
@@ -226,7 +226,10 @@ impl Shard {
             return;
         }
         let batch = std::mem::take(&mut self.to_park);
-        let mut subs: Vec<String> = batch.iter().map(|d| d.subscription_id.clone()).collect();
+        let mut subs: Vec<String> = batch
+            .iter()
+            .map(|j| j.delivery.subscription_id.clone())
+            .collect();
         subs.sort_unstable();
         subs.dedup();
         for id in &subs {
@@ -428,15 +431,22 @@ async fn resolve_unknown(
             } else {
                 // The index could not catch up (store error): the lease
                 // brings the delivery back later.
-                ctx.in_flight.lock().remove(&d.delivery_id);
+                leave_leased(&ctx, job).await;
             }
         }
         Ok(None) => super::attempt::drop_orphan(ctx, job).await,
         Err(e) => {
             tracing::warn!(error = %e, "could not look up a delivery's subscription; it stays leased");
-            ctx.in_flight.lock().remove(&d.delivery_id);
+            leave_leased(&ctx, job).await;
         }
     }
+}
+
+/// Leaves a job to come back when its lease ends (scheduled first, if fan-out
+/// handed it over unscheduled).
+async fn leave_leased(ctx: &WorkerContext, mut job: Job) {
+    super::hold::schedule_unscheduled(ctx, std::slice::from_mut(&mut job)).await;
+    ctx.in_flight.lock().remove(&job.delivery.delivery_id);
 }
 
 async fn run_shard(

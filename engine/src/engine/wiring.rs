@@ -12,6 +12,7 @@ use crate::{
     delivery::{
         client::DeliveryClient,
         destination::Destinations,
+        handoff::Unsettled,
         retry::RetryPolicy,
         scheduler,
         worker::{Shards, WorkerContext},
@@ -27,7 +28,10 @@ use crate::{
     subscriptions::SubscriptionIndex,
 };
 
-use super::{backends::Backends, recovery, Engine};
+use super::{
+    backends::{Backends, StoreBackend},
+    recovery, Engine,
+};
 
 impl Engine {
     /// Opens the backends the configuration chooses ([`Backends`]) and
@@ -109,6 +113,9 @@ impl Engine {
                     follow_store: backends.shared(),
                     lease: d.lease(),
                     handoff_limit: d.handoff_limit,
+                    // On CQL a first attempt that succeeds writes no schedule rows.
+                    unscheduled: matches!(backends.store, StoreBackend::Cql(_))
+                        .then(|| Arc::new(Unsettled::default())),
                 },
                 wake.clone(),
                 cancel.clone(),

@@ -25,6 +25,13 @@ pub struct FanOut {
     /// instead of a scheduler claiming them (a crash makes them due again
     /// like any other lease).
     pub lease_until_ms: Option<i64>,
+    /// Set (with `lease_until_ms`, all deliveries unordered) when the caller
+    /// hands the deliveries over without scheduling them and keeps the
+    /// event's log offset uncommitted until each is settled
+    /// ([`crate::delivery::handoff`]): a store whose schedule writes are
+    /// costly then only indexes the event and claims its dedupe key. A store
+    /// may schedule them all the same (the embedded one does).
+    pub unscheduled: bool,
 }
 
 /// What [`ScheduleStore::fan_out`] did with one event.

@@ -40,6 +40,7 @@ async fn fan_out_is_idempotent_and_drops_duplicates(h: &Harness) {
         position: POSITION,
         deliveries: d,
         lease_until_ms: None,
+        unscheduled: false,
     };
     let done = s
         .fan_out(vec![item(&first, deliveries.clone())], t + 60_000, t)
@@ -87,6 +88,7 @@ async fn fan_out_leases_what_the_caller_hands_out(h: &Harness) {
             position: POSITION,
             deliveries: vec![handed.clone()],
             lease_until_ms: Some(lease_end),
+            unscheduled: false,
         }],
         0,
         t,

@@ -123,6 +123,11 @@ impl ScyllaStore {
                 return Ok(FanOutResult::Duplicate);
             }
         }
+        if item.unscheduled {
+            // Kept by the log until settled: no schedule rows, and the event
+            // is not marked fanned out, so a re-read fans it out again.
+            return Ok(FanOutResult::Scheduled);
+        }
         // A lease is a due time in the future (see `schedule`).
         let leased: Vec<ScheduledDelivery> = item
             .deliveries
