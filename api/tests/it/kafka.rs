@@ -384,7 +384,7 @@ async fn kafka_end_to_end_api_and_two_workers() {
 
 /// An api and two workers on one topic, six tenants, and 1,000 events on
 /// their way from 8 clients; started once 150 deliveries arrived.
-struct TwoWorkersUnderLoad {
+pub(crate) struct TwoWorkersUnderLoad {
     api: HeraldProcess,
     receiver: Receiver,
     secrets: Vec<String>,
@@ -397,15 +397,20 @@ struct TwoWorkersUnderLoad {
 const UNDER_LOAD_EVENTS: usize = 1000;
 
 impl TwoWorkersUnderLoad {
-    /// The running setup and its two workers.
-    async fn start(name: &str) -> (Self, HeraldProcess, HeraldProcess) {
+    /// The running setup and its two workers, sharing the store in their
+    /// data directory, or the one `flags` name (e.g. a CQL keyspace).
+    pub(crate) async fn start(
+        name: &str,
+        flags: &[String],
+    ) -> (Self, HeraldProcess, HeraldProcess) {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("data");
         let prefix = prefix(name);
         let receiver = Receiver::start(200).await;
-        let api = start_role("api", &dir, &prefix, &[]).await;
-        let w1 = start_role("worker", &dir, &prefix, &[]).await;
-        let w2 = start_role("worker", &dir, &prefix, &[]).await;
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        let api = start_role("api", &dir, &prefix, &flags).await;
+        let w1 = start_role("worker", &dir, &prefix, &flags).await;
+        let w2 = start_role("worker", &dir, &prefix, &flags).await;
         let (keys, secrets) = tenants(&api.base, 6, &receiver).await;
         let acked = Arc::new(Mutex::new(HashSet::new()));
         let refused = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -434,7 +439,7 @@ impl TwoWorkersUnderLoad {
 
     /// Waits for the emit and every delivery (the API kept acknowledging
     /// all events); returns (acknowledged, delivered, duplicates).
-    async fn finish(self, survivor: HeraldProcess) -> (usize, usize, usize) {
+    pub(crate) async fn finish(self, survivor: HeraldProcess) -> (usize, usize, usize) {
         self.emitting.await.unwrap();
         let acked = self.acked.lock().await.clone();
         assert_eq!(acked.len(), UNDER_LOAD_EVENTS, "the API kept acknowledging");
@@ -465,7 +470,7 @@ impl TwoWorkersUnderLoad {
 async fn kafka_kill_9_one_of_two_workers_loses_nothing() {
     let _broker = BROKER.read().await;
     require_kafka().await;
-    let (run, w1, w2) = TwoWorkersUnderLoad::start("kill").await;
+    let (run, w1, w2) = TwoWorkersUnderLoad::start("kill", &[]).await;
     w1.kill9().await;
     let (acked, delivered, duplicates) = run.finish(w2).await;
     println!(
@@ -531,7 +536,7 @@ async fn kafka_kill_9_of_the_api_loses_no_acknowledged_event() {
 async fn kafka_sigterm_of_a_worker_drains_and_loses_nothing() {
     let _broker = BROKER.read().await;
     require_kafka().await;
-    let (run, w1, w2) = TwoWorkersUnderLoad::start("term").await;
+    let (run, w1, w2) = TwoWorkersUnderLoad::start("term", &[]).await;
     let status = w1.terminate().await;
     assert!(
         status.success(),

@@ -193,12 +193,12 @@ async fn finish(
         .is_dead()
         .then_some((record.status_code, record.error));
     let (recorded, durable) = if job.settle.is_none() {
-        let recorded = persist(ctx, record, decision.next).await;
+        let recorded = persist(ctx, record, decision.next, false).await;
         (recorded, recorded)
     } else {
         // Not in the schedule: record the attempt, then schedule the retry
         // (a crash in between re-reads the event: a duplicate, not a loss).
-        let recorded = persist(ctx, record, None).await;
+        let recorded = persist(ctx, record, None, true).await;
         let scheduled = match decision.next {
             Some(next) if recorded => schedule_durably(ctx, vec![next]).await,
             Some(_) => false,
@@ -333,15 +333,24 @@ const PERSIST_TRIES: u32 = 8;
 /// sent again (a duplicate at worst, never a loss), and the shard's slot is
 /// not held by a store that stays down; a delivery fan-out did not schedule
 /// stays unsettled, so its event is read again after a restart. Returns
-/// whether it was recorded.
+/// whether it was recorded. `unscheduled`: the delivery has no schedule
+/// entry (fan-out handed it over without one), and `next` is `None`.
 async fn persist(
     ctx: &WorkerContext,
     record: WebhookDeliveryLog,
     next: Option<ScheduledDelivery>,
+    unscheduled: bool,
 ) -> bool {
     let id = record.delivery_id.clone();
     retrying(ctx, &id, "record an attempt", || {
-        ctx.store.record_attempt(record.clone(), next.clone())
+        let (record, next) = (record.clone(), next.clone());
+        async move {
+            if unscheduled {
+                ctx.store.record_unscheduled_attempt(record).await
+            } else {
+                ctx.store.record_attempt(record, next).await
+            }
+        }
     })
     .await
 }
@@ -418,7 +427,7 @@ pub(super) async fn drop_dead(ctx: Arc<WorkerContext>, job: Job, why: &str) {
         next_attempt_at: None,
     };
     ctx.metrics.attempt(&record, false, job.event.received_at);
-    let recorded = persist(&ctx, record, None).await;
+    let recorded = persist(&ctx, record, None, job.settle.is_some()).await;
     ctx.in_flight.lock().remove(&d.delivery_id);
     if d.ordered {
         ctx.wake.notify_one();

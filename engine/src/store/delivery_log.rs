@@ -30,6 +30,17 @@ pub trait DeliveryLogStore: Send + Sync + 'static {
         next: Option<ScheduledDelivery>,
     ) -> Result<(), StoreError>;
 
+    /// Records an attempt of a delivery fan-out handed over without writing
+    /// it to the schedule ([`crate::delivery::handoff`]): there is no
+    /// schedule entry to read, settle or remove. Stores without such
+    /// hand-offs record it as a final attempt.
+    async fn record_unscheduled_attempt(
+        &self,
+        attempt: WebhookDeliveryLog,
+    ) -> Result<(), StoreError> {
+        self.record_attempt(attempt, None).await
+    }
+
     /// A tenant's delivery attempts, newest first.
     async fn list_delivery_logs(
         &self,

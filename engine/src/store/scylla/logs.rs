@@ -57,6 +57,14 @@ impl DeliveryLogStore for ScyllaStore {
         self.settle(&attempt.delivery_id, next).await
     }
 
+    /// Only the log: the delivery has no schedule row (no read, no delete).
+    async fn record_unscheduled_attempt(
+        &self,
+        attempt: WebhookDeliveryLog,
+    ) -> Result<(), StoreError> {
+        self.write_log(&attempt).await
+    }
+
     async fn list_delivery_logs(
         &self,
         tenant_id: &str,
