@@ -11,6 +11,7 @@ contract!(
     a_dedupe_key_is_held_by_one_event_until_it_expires,
     events_list_newest_first_with_filters,
     recording_again_changes_nothing,
+    a_large_batch_is_indexed_whole_with_its_dedupe_keys,
 );
 
 async fn a_dedupe_key_is_held_by_one_event_until_it_expires(h: &Harness) {
@@ -135,4 +136,36 @@ async fn recording_again_changes_nothing(h: &Harness) {
     assert_eq!(listed.len(), 3);
     assert_eq!(listed[2].id, batch[0].0.id);
     assert_eq!(listed[2].payload, batch[0].0.payload);
+}
+
+/// A batch of 60 events of 2 KiB — several times a CQL batch's size limit
+/// in one `(tenant, day)` partition — is listed whole, and each dedupe key
+/// in it is held by its event.
+async fn a_large_batch_is_indexed_whole_with_its_dedupe_keys(h: &Harness) {
+    let s = &h.store;
+    let batch: Vec<_> = (0..60)
+        .map(|i| {
+            let mut e = event("acme", "order.created");
+            e.payload = serde_json::json!({ "i": i, "pad": "p".repeat(2048) });
+            e.dedupe_key = (i % 20 == 0).then(|| format!("batch-{i}"));
+            (e, POSITION)
+        })
+        .collect();
+    s.record_events(batch.clone(), now() + 60_000)
+        .await
+        .unwrap();
+    let listed = s
+        .list_events("acme", &EventFilter::default(), 100)
+        .await
+        .unwrap();
+    let mut got: Vec<_> = listed.iter().map(|e| e.id.clone()).collect();
+    let mut want: Vec<_> = batch.iter().map(|(e, _)| e.id.clone()).collect();
+    got.sort();
+    want.sort();
+    assert_eq!(got, want);
+    for (e, _) in batch.iter().filter(|(e, _)| e.dedupe_key.is_some()) {
+        let key = e.dedupe_key.as_deref().unwrap();
+        let holder = s.event_by_dedupe_key("acme", key, now()).await.unwrap();
+        assert_eq!(holder.map(|h| h.id), Some(e.id.clone()), "{key}");
+    }
 }

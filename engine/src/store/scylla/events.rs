@@ -17,6 +17,11 @@ use crate::{
     store::{EventFilter, EventStore, FanOut, FanOutResult, StoreError},
 };
 
+const BY_ID: &str =
+    "INSERT INTO events (id, tenant_id, log_partition, log_offset, body) VALUES (?, ?, ?, ?, ?)";
+const BY_DAY: &str =
+    "INSERT INTO events_by_day (tenant_id, day, id, event_type, body) VALUES (?, ?, ?, ?, ?)";
+
 const STATE_FANNED_OUT: i32 = 1;
 const STATE_DUPLICATE: i32 = 2;
 
@@ -29,7 +34,7 @@ impl ScyllaStore {
     ) -> Result<(), StoreError> {
         let body = encode(event)?;
         let by_id = self.exec(
-            "INSERT INTO events (id, tenant_id, log_partition, log_offset, body) VALUES (?, ?, ?, ?, ?)",
+            BY_ID,
             (
                 &event.id,
                 &event.tenant_id,
@@ -39,7 +44,7 @@ impl ScyllaStore {
             ),
         );
         let by_day = self.exec(
-            "INSERT INTO events_by_day (tenant_id, day, id, event_type, body) VALUES (?, ?, ?, ?, ?)",
+            BY_DAY,
             (
                 &event.tenant_id,
                 id_day(&event.id),
@@ -164,6 +169,46 @@ impl EventStore for ScyllaStore {
             self.claim_dedupe(event, key, dedupe_until_ms, crate::clock::now_ms())
                 .await?;
         }
+        Ok(())
+    }
+
+    /// A batch emit's index: the day-index rows as one unlogged batch per
+    /// `(tenant, day)`, then each `events` row (the sign fan-out reads, so
+    /// last), then the dedupe claims.
+    async fn record_events(
+        &self,
+        events: Vec<(DomainEvent, LogPosition)>,
+        dedupe_until_ms: i64,
+    ) -> Result<(), StoreError> {
+        let bodies = events
+            .iter()
+            .map(|(e, _)| encode(e))
+            .collect::<Result<Vec<_>, _>>()?;
+        let by_day = events.iter().zip(&bodies).map(|((e, _), body)| {
+            let day = id_day(&e.id);
+            let row = (&*e.tenant_id, day, &*e.id, &*e.event_type, &**body);
+            ((&*e.tenant_id, day), row, body.len())
+        });
+        super::grouped::write_table(&self.session, &self.ops, BY_DAY, by_day)
+            .await
+            .map_err(super::unavailable)?;
+        let by_id = events.iter().zip(&bodies).map(|((e, position), body)| {
+            let row = (
+                &e.id,
+                &e.tenant_id,
+                position.partition as i32,
+                position.offset as i64,
+                body,
+            );
+            self.exec(BY_ID, row)
+        });
+        futures::future::try_join_all(by_id).await?;
+        let now = crate::clock::now_ms();
+        let claims = events.iter().filter_map(|(e, _)| {
+            let key = e.dedupe_key.as_ref()?;
+            Some(self.claim_dedupe(e, key, dedupe_until_ms, now))
+        });
+        futures::future::try_join_all(claims).await?;
         Ok(())
     }
 

@@ -2,49 +2,16 @@
 //! by tenant and day, by subscription and day, and by event (an event's
 //! attempts are few). Each attempt also moves the latest outcome of its
 //! `(subscription, event)` in `sub_event_state`, which a recovery reads.
-//! Rows expire with the tables' default TTL (the retention).
+//! Rows expire with the tables' default TTL (the retention). Attempts
+//! recorded together are written together (`log_writer`).
 
 use async_trait::async_trait;
 
-use super::{decode, encode, id_day, ScyllaStore};
+use super::{decode, ScyllaStore};
 use crate::{
     model::{ScheduledDelivery, WebhookDeliveryLog},
     store::{DeliveryLogStore, LogFilter, StoreError},
 };
-
-impl ScyllaStore {
-    /// Records one attempt in every log table (concurrently; idempotent by id).
-    pub(super) async fn write_log(&self, a: &WebhookDeliveryLog) -> Result<(), StoreError> {
-        let body = encode(a)?;
-        let outcome = a.outcome.as_str();
-        let day = id_day(&a.id);
-        let by_tenant = self.exec(
-            "INSERT INTO logs_by_tenant (tenant_id, day, id, subscription_id, outcome, body) VALUES (?, ?, ?, ?, ?, ?)",
-            (&a.tenant_id, day, &a.id, &a.subscription_id, outcome, &body),
-        );
-        let by_subscription = self.exec(
-            "INSERT INTO logs_by_subscription (tenant_id, subscription_id, day, id, outcome, body) VALUES (?, ?, ?, ?, ?, ?)",
-            (&a.tenant_id, &a.subscription_id, day, &a.id, outcome, &body),
-        );
-        let by_event = self.exec(
-            "INSERT INTO logs_by_event (tenant_id, event_id, id, subscription_id, outcome, body) VALUES (?, ?, ?, ?, ?, ?)",
-            (&a.tenant_id, &a.event_id, &a.id, &a.subscription_id, outcome, &body),
-        );
-        let latest = self.exec(
-            "INSERT INTO sub_event_state (tenant_id, subscription_id, day, event_id, delivery_id, outcome) VALUES (?, ?, ?, ?, ?, ?)",
-            (
-                &a.tenant_id,
-                &a.subscription_id,
-                id_day(&a.event_id),
-                &a.event_id,
-                &a.delivery_id,
-                outcome,
-            ),
-        );
-        futures::try_join!(by_tenant, by_subscription, by_event, latest)?;
-        Ok(())
-    }
-}
 
 #[async_trait]
 impl DeliveryLogStore for ScyllaStore {
@@ -53,7 +20,7 @@ impl DeliveryLogStore for ScyllaStore {
         attempt: WebhookDeliveryLog,
         next: Option<ScheduledDelivery>,
     ) -> Result<(), StoreError> {
-        self.write_log(&attempt).await?;
+        self.log_writer.write(&attempt).await?;
         self.settle(&attempt.delivery_id, next).await
     }
 
@@ -62,7 +29,7 @@ impl DeliveryLogStore for ScyllaStore {
         &self,
         attempt: WebhookDeliveryLog,
     ) -> Result<(), StoreError> {
-        self.write_log(&attempt).await
+        self.log_writer.write(&attempt).await
     }
 
     async fn list_delivery_logs(

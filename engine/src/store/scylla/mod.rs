@@ -35,7 +35,9 @@
 mod audit;
 mod catalogue;
 mod events;
+mod grouped;
 mod held;
+mod log_writer;
 mod logs;
 mod marks;
 mod purge;
@@ -74,7 +76,9 @@ pub struct ScyllaStore {
     /// Recovery jobs this process stepped last: `scheduled` as it wrote it.
     recovery_tally: parking_lot::Mutex<HashMap<String, u64>>,
     /// Statements sent, by kind.
-    ops: super::OpCounts,
+    ops: Arc<super::OpCounts>,
+    /// Delivery-log rows, written in groups.
+    log_writer: log_writer::LogWriter,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
@@ -194,8 +198,11 @@ impl ScyllaStore {
             .await_schema_agreement()
             .await
             .map_err(unavailable)?;
+        let session = Arc::new(CachingSession::from(session, 256));
+        let ops = Arc::new(super::OpCounts::default());
         let store = Self {
-            session: Arc::new(CachingSession::from(session, 256)),
+            log_writer: log_writer::LogWriter::start(session.clone(), ops.clone()),
+            session,
             retention_days: (retention / 86_400).max(1) as i32,
             audit_ttl: config
                 .audit_retention
@@ -204,7 +211,7 @@ impl ScyllaStore {
             codec: SubscriptionCodec::new(cipher),
             marks: marks::ReadMarks::default(),
             recovery_tally: Default::default(),
-            ops: Default::default(),
+            ops,
         };
         store.reseal_subs().await?;
         Ok(store)

@@ -476,6 +476,6 @@ impl ScheduleStore for ScyllaStore {
     }
 
     fn op_counts(&self) -> Option<&crate::store::OpCounts> {
-        Some(&self.ops)
+        Some(&*self.ops)
     }
 }
