@@ -83,10 +83,11 @@ pub async fn run(
         handoff_limit,
         unscheduled,
     } = settings;
-    // Per partition: the offset after the last record read, and the offset
-    // last committed.
-    let mut read: BTreeMap<u32, u64> = BTreeMap::new();
-    let mut committed: BTreeMap<u32, u64> = BTreeMap::new();
+    let mut offsets = Offsets {
+        read: BTreeMap::new(),
+        committed: BTreeMap::new(),
+        unsettled: unscheduled.clone(),
+    };
     let mut consumer = loop {
         match log.consumer(&group).await {
             Ok(c) => break c,
@@ -107,13 +108,7 @@ pub async fn run(
         let records = match records {
             Ok(r) if r.is_empty() => {
                 // Deliveries settled since the last batch move the offsets.
-                commit(
-                    &mut *consumer,
-                    &read,
-                    &mut committed,
-                    unscheduled.as_deref(),
-                )
-                .await;
+                offsets.commit(&mut *consumer).await;
                 continue;
             }
             Ok(r) => r,
@@ -196,42 +191,49 @@ pub async fn run(
         if hand_off(batch, &results, retried, &shards, unscheduled.as_ref()).await {
             wake.notify_one();
         }
-        read.extend(next);
-        commit(
-            &mut *consumer,
-            &read,
-            &mut committed,
-            unscheduled.as_deref(),
-        )
-        .await;
+        offsets.read.extend(next);
+        offsets.commit(&mut *consumer).await;
     }
 }
 
-/// Commits, per partition read, the offset after the last record read, or
-/// before the first event with a delivery still unsettled; only offsets that
-/// moved.
-async fn commit(
-    consumer: &mut dyn LogConsumer,
-    read: &BTreeMap<u32, u64>,
-    committed: &mut BTreeMap<u32, u64>,
-    unsettled: Option<&Unsettled>,
-) {
-    let positions: Vec<LogPosition> = read
-        .iter()
-        .map(|(&partition, &next)| LogPosition {
-            partition,
-            offset: unsettled.map_or(next, |u| u.committable(partition, next)),
-        })
-        .filter(|p| committed.get(&p.partition) != Some(&p.offset))
-        .collect();
-    if positions.is_empty() {
-        return;
-    }
-    match consumer.commit(&positions).await {
-        Ok(()) => committed.extend(positions.iter().map(|p| (p.partition, p.offset))),
-        // Harmless for correctness: the events are re-read and skipped as
-        // already fanned out (or fanned out again if they were unscheduled).
-        Err(e) => tracing::warn!(error = %e, "fan-out could not commit its log positions"),
+/// Fan-out's log offsets per partition.
+struct Offsets {
+    /// The offset after the last record read.
+    read: BTreeMap<u32, u64>,
+    /// The offset last committed.
+    committed: BTreeMap<u32, u64>,
+    /// Deliveries handed over unscheduled, which hold their offsets back.
+    unsettled: Option<Arc<Unsettled>>,
+}
+
+impl Offsets {
+    /// Commits, per partition read, the offset after the last record read,
+    /// or before the first event with a delivery still unsettled; only
+    /// offsets that moved.
+    async fn commit(&mut self, consumer: &mut dyn LogConsumer) {
+        let positions: Vec<LogPosition> = self
+            .read
+            .iter()
+            .map(|(&partition, &next)| LogPosition {
+                partition,
+                offset: self
+                    .unsettled
+                    .as_ref()
+                    .map_or(next, |u| u.committable(partition, next)),
+            })
+            .filter(|p| self.committed.get(&p.partition) != Some(&p.offset))
+            .collect();
+        if positions.is_empty() {
+            return;
+        }
+        match consumer.commit(&positions).await {
+            Ok(()) => self
+                .committed
+                .extend(positions.iter().map(|p| (p.partition, p.offset))),
+            // Harmless for correctness: the events are re-read and skipped as
+            // already fanned out (or fanned out again if they were unscheduled).
+            Err(e) => tracing::warn!(error = %e, "fan-out could not commit its log positions"),
+        }
     }
 }
 
