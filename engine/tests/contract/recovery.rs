@@ -17,6 +17,7 @@ use crate::{
 contract!(
     a_recovery_lease_is_held_by_one_process,
     a_recovery_pages_its_candidates_and_resumes,
+    attempts_recorded_together_leave_the_later_outcome,
 );
 
 async fn a_recovery_lease_is_held_by_one_process(h: &Harness) {
@@ -203,4 +204,49 @@ async fn a_recovery_pages_its_candidates_and_resumes(h: &Harness) {
     let finished = s.get_recovery("acme", &job.id).await.unwrap().unwrap();
     assert_eq!(finished.status, RecoveryStatus::Completed);
     assert_eq!(finished.scheduled, 1);
+}
+
+/// Two attempts of one subscription and event recorded together (the
+/// stores commit them in one group): the later one is the event's latest
+/// outcome, whichever way round.
+async fn attempts_recorded_together_leave_the_later_outcome(h: &Harness) {
+    let s = &h.store;
+    let t = now();
+    let from = ids::new_id(ids::EVENT);
+    let mut finally_failed = Vec::new();
+    for (first, then) in [
+        (Outcome::Failed, Outcome::Delivered),
+        (Outcome::Delivered, Outcome::Failed),
+        (Outcome::Failed, Outcome::Dead),
+        (Outcome::Dead, Outcome::Delivered),
+    ] {
+        let e = event("acme", "order.created");
+        s.record_event(&e, POSITION, 0).await.unwrap();
+        let (a, b) = (delivery(&e, "sub_t", t), delivery(&e, "sub_t", t));
+        // `join!` polls in order: `a` is queued first.
+        let (ra, rb) = futures::join!(
+            s.record_attempt(attempt(&a, first), None),
+            s.record_attempt(attempt(&b, then), None)
+        );
+        ra.unwrap();
+        rb.unwrap();
+        if then != Outcome::Delivered {
+            finally_failed.push(e.id.clone());
+        }
+    }
+    let scope = RecoveryScope {
+        tenant_id: "acme".into(),
+        subscription_id: "sub_t".into(),
+        from_event_id: from,
+        to_event_id: ids::new_id(ids::EVENT),
+        only_failed: true,
+    };
+    let failed: Vec<String> = s
+        .recovery_candidates(&scope, None, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.event_id)
+        .collect();
+    assert_eq!(failed, finally_failed);
 }

@@ -138,7 +138,18 @@ async fn flush(session: &CachingSession, ops: &OpCounts, group: &[Pending]) -> R
         );
         ((&*a.tenant_id, &*a.event_id), row, p.body.len())
     });
-    let latest = group.iter().map(|p| {
+    // One row per (subscription, event): the rows of a batch share one
+    // write timestamp, so of two for the same key the database would keep
+    // the greater value, not the later attempt. The group is in arrival
+    // order: the last one is the latest.
+    let mut seen = std::collections::HashSet::new();
+    let mut newest: Vec<&Pending> = group
+        .iter()
+        .rev()
+        .filter(|p| seen.insert((&p.attempt.subscription_id, &p.attempt.event_id)))
+        .collect();
+    newest.reverse();
+    let latest = newest.into_iter().map(|p| {
         let a = &p.attempt;
         let day = id_day(&a.event_id);
         let row = (
