@@ -70,8 +70,14 @@ impl ScyllaStore {
         .await?;
         let mut released = 0;
         for (seq, id) in listed {
-            if self.release_one(&id, now).await? {
-                released += 1;
+            match self.release_one(&id, now).await? {
+                Release::Released => released += 1,
+                Release::NotHeld => {}
+                // Its listing stays: the worker holding it may be holding it
+                // again right now (listing first, then the schedule row), and
+                // its own release after that must find it. Were the listing
+                // deleted here, the delivery would wait for its re-check.
+                Release::Leased => continue,
             }
             self.exec(
                 "DELETE FROM schedule_held WHERE subscription_id = ? AND seq = ? AND delivery_id = ?",
@@ -82,9 +88,10 @@ impl ScyllaStore {
         Ok(released)
     }
 
-    /// Makes one listed delivery due at `now` unless it is gone or leased
-    /// (a worker holds it and will send it or hold it again).
-    async fn release_one(&self, id: &str, now: i64) -> Result<bool, StoreError> {
+    /// Makes one listed delivery due at `now` unless it is gone, due
+    /// already, or leased (a worker holds it and will send it or hold it
+    /// again).
+    async fn release_one(&self, id: &str, now: i64) -> Result<Release, StoreError> {
         let row: Option<(i64, Option<bool>)> = self
             .row(
                 "SELECT due_at, leased FROM schedule WHERE delivery_id = ?",
@@ -92,10 +99,13 @@ impl ScyllaStore {
             )
             .await?;
         let Some((due, leased)) = row else {
-            return Ok(false);
+            return Ok(Release::NotHeld);
         };
-        if leased == Some(true) || due <= now {
-            return Ok(false);
+        if leased == Some(true) {
+            return Ok(Release::Leased);
+        }
+        if due <= now {
+            return Ok(Release::NotHeld);
         }
         self.index_due(id, now).await?;
         let (applied, _) = self
@@ -107,12 +117,22 @@ impl ScyllaStore {
         if !applied {
             // Claimed meanwhile: the claim's index row stands, ours goes.
             self.unindex_due(id, now).await?;
-            return Ok(false);
+            return Ok(Release::Leased);
         }
         // A claim that read the new index row before the update above saw it
         // earlier than the schedule row and deleted it as stale: write it again.
         self.index_due(id, now).await?;
         self.unindex_due(id, due).await?;
-        Ok(true)
+        Ok(Release::Released)
     }
+}
+
+/// What [`ScyllaStore::release_one`] did with a listed delivery.
+enum Release {
+    /// Made due now.
+    Released,
+    /// Gone (sent), or due already: nothing to release.
+    NotHeld,
+    /// Under a worker's lease (claimed, maybe being held again).
+    Leased,
 }
