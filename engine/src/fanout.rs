@@ -107,8 +107,11 @@ pub async fn run(
         };
         let records = match records {
             Ok(r) if r.is_empty() => {
-                // Deliveries settled since the last batch move the offsets.
-                offsets.commit(&mut *consumer).await;
+                // Deliveries settled since the last batch move the offsets
+                // (without unscheduled hand-offs nothing moves while idle).
+                if offsets.unsettled.is_some() {
+                    offsets.commit(&mut *consumer).await;
+                }
                 continue;
             }
             Ok(r) => r,
