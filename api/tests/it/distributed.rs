@@ -488,6 +488,25 @@ fn fanout_caught_up(prefix: &str) -> bool {
     })
 }
 
+/// The first logged attempt of `event` with `outcome`, once there is one.
+async fn logged_attempt(
+    base: &str,
+    key: &str,
+    event: &str,
+    outcome: &str,
+    limit: Duration,
+) -> Value {
+    let path = format!("/api/v1/integrations/webhooks?event_id={event}");
+    let what = format!("a {outcome} attempt of {event}");
+    eventually(&what, limit, || async {
+        let logs = get(base, key, &path).await;
+        logs["data"]
+            .as_array()
+            .and_then(|l| l.iter().find(|a| a["outcome"] == outcome).cloned())
+    })
+    .await
+}
+
 /// The payload numbers `rx` received (`{"n": …}`), sorted.
 fn numbers_received(rx: &Receiver) -> Vec<i64> {
     let mut n: Vec<i64> = rx
@@ -574,18 +593,8 @@ async fn retry_and_held_events_outlive_their_worker(resume: bool) {
         (barrier.received().len() == 1).then_some(())
     })
     .await;
-    let logs_of = |event: &str| format!("/api/v1/integrations/webhooks?event_id={event}");
-    let failed = eventually(
-        "the failed first attempt",
-        Duration::from_secs(60),
-        || async {
-            let logs = get(&api.base, &key, &logs_of(&retried)).await;
-            logs["data"]
-                .as_array()
-                .and_then(|l| l.iter().find(|a| a["outcome"] == "failed").cloned())
-        },
-    )
-    .await;
+    let wait = Duration::from_secs(60);
+    let failed = logged_attempt(&api.base, &key, &retried, "failed", wait).await;
     assert!(flaky.received().is_empty());
     assert!(held.received().is_empty(), "nothing goes out while paused");
     // The retry and the held deliveries are in the schedule once fan-out
@@ -611,17 +620,9 @@ async fn retry_and_held_events_outlive_their_worker(resume: bool) {
     flaky.set_status(200);
     // Its own data dir (and log): nothing of the first worker's disk is shared.
     let second = start_role("worker", &tmp.path().join("data-2"), &prefix, &args).await;
-    let delivered = eventually(
-        "the retry, by the next worker",
-        Duration::from_secs(120),
-        || async {
-            let logs = get(&api.base, &key, &logs_of(&retried)).await;
-            logs["data"]
-                .as_array()
-                .and_then(|l| l.iter().find(|a| a["outcome"] == "delivered").cloned())
-        },
-    )
-    .await;
+    // The retry, by the next worker.
+    let wait = Duration::from_secs(120);
+    let delivered = logged_attempt(&api.base, &key, &retried, "delivered", wait).await;
     assert_eq!(
         (&delivered["delivery_id"], &delivered["attempt"]),
         (&failed["delivery_id"], &json!(2)),
