@@ -165,6 +165,57 @@ async fn cql_claims_skip_what_they_took_but_not_what_waits() {
     assert_eq!(store.schedule_backlog().await.unwrap(), 0);
 }
 
+/// A release of held deliveries that began a while ago (a long list, slow
+/// compare-and-sets under load) dates each row when it writes it: a worker
+/// whose read marks have moved past the release's start still claims them
+/// at once, not after its marks' pull-back a minute later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cql_held_deliveries_released_late_are_claimed_at_once() {
+    let _cassandra = crate::cql::shared().await;
+    let cql = config("release");
+    // The API process that resumes, and a worker reading the due index.
+    let api = ScyllaStore::connect(&cql, cipher()).await.unwrap();
+    let worker = ScyllaStore::connect(&cql, cipher()).await.unwrap();
+    let ev = recorded_event(&api).await;
+    // When the release began: 8 s ago, past the marks' 3 s slack.
+    let began = now_ms() - 8_000;
+    let held: Vec<ScheduledDelivery> = (1..=5)
+        .map(|seq| ScheduledDelivery {
+            seq,
+            ..delivery(&ev, "sub_paused", now_ms() + 90_000)
+        })
+        .collect();
+    api.schedule(held.clone()).await.unwrap();
+    for d in &held {
+        api.hold(d, now_ms() + 300_000).await.unwrap();
+    }
+    // Rows due when the release began, in every shard (8; 128 random ids
+    // miss one with odds of 1 in 10^7): the worker claims them and marks
+    // each partition read up to now.
+    let fillers: Vec<ScheduledDelivery> = (0..128)
+        .map(|_| delivery(&ev, "sub_plain", began))
+        .collect();
+    api.schedule(fillers).await.unwrap();
+    let lease = now_ms() + 600_000;
+    let taken = worker.claim_due(now_ms(), lease, 500).await.unwrap();
+    assert_eq!(taken.len(), 128);
+
+    let released = api
+        .release_held("sub_paused", began, usize::MAX)
+        .await
+        .unwrap();
+    assert_eq!(released, 5);
+    let claimed = worker.claim_due(now_ms(), lease, 500).await.unwrap();
+    let mut ids: Vec<&str> = claimed
+        .iter()
+        .map(|(d, _)| d.delivery_id.as_str())
+        .collect();
+    ids.sort_unstable();
+    let mut expected: Vec<&str> = held.iter().map(|d| d.delivery_id.as_str()).collect();
+    expected.sort_unstable();
+    assert_eq!(ids, expected, "every released delivery, claimed at once");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cql_recovery_pages_through_a_time_range_and_resumes() {
     let _cassandra = crate::cql::shared().await;

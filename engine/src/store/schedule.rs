@@ -104,8 +104,9 @@ pub trait ScheduleStore: Send + Sync + 'static {
     }
 
     /// Makes the first `limit` (in event order, `seq`) held deliveries of
-    /// `subscription_id` that are not leased due at `now_ms`, and unlists
-    /// them; returns how many it moved. Called with no limit
+    /// `subscription_id` that are not leased due at `now_ms` (or at the
+    /// time each is written, if later), and unlists them; returns how many
+    /// it moved. Called with no limit
     /// (`usize::MAX`) when the subscription is resumed, and a chunk at a
     /// time as a worker's endpoint queue drains.
     async fn release_held(

@@ -70,6 +70,11 @@ impl ScyllaStore {
         .await?;
         let mut released = 0;
         for (seq, id) in listed {
+            // Due when it is written, not when the release began: a row
+            // written due more than the read marks' slack in the past
+            // (a long list, slow compare-and-sets under load) lands behind
+            // the workers' marks and waits for their pull-back (a minute).
+            let now = now.max(crate::clock::now_ms());
             match self.release_one(&id, now).await? {
                 Release::Released => released += 1,
                 Release::NotHeld => {}
