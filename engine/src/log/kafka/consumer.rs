@@ -13,8 +13,8 @@ use std::{sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use rdkafka::{
-    consumer::{CommitMode, Consumer, StreamConsumer},
-    Message, Offset, TopicPartitionList,
+    consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer},
+    ClientContext, Message, Offset, TopicPartitionList,
 };
 
 use super::{base_config, blocking, to_record, unavailable};
@@ -28,14 +28,37 @@ const DRAIN_WAIT: Duration = Duration::from_millis(2);
 
 /// A group member over every partition of the topic it was given.
 pub struct KafkaConsumer {
-    consumer: Arc<StreamConsumer>,
+    consumer: Arc<StreamConsumer<Rebalances>>,
     topic: String,
+}
+
+/// Logs each change of this member's partitions, so an operator (and the
+/// scale-out figures) can see when a rebalance moved what.
+struct Rebalances;
+
+impl ClientContext for Rebalances {}
+
+impl ConsumerContext for Rebalances {
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let partitions = |list: &TopicPartitionList| -> Vec<i32> {
+            list.elements().iter().map(|e| e.partition()).collect()
+        };
+        match rebalance {
+            Rebalance::Assign(list) => {
+                tracing::info!(partitions = ?partitions(list), "partitions assigned")
+            }
+            Rebalance::Revoke(list) => {
+                tracing::info!(partitions = ?partitions(list), "partitions revoked")
+            }
+            Rebalance::Error(e) => tracing::warn!(error = %e, "consumer group rebalance failed"),
+        }
+    }
 }
 
 impl KafkaConsumer {
     /// Joins `group` on `topic`; a new group starts at the earliest offset.
     pub fn join(config: &KafkaConfig, topic: &str, group: &str) -> Result<Self, LogError> {
-        let consumer: StreamConsumer = base_config(config)
+        let consumer: StreamConsumer<Rebalances> = base_config(config)
             .set("group.id", group)
             .set("partition.assignment.strategy", "cooperative-sticky")
             .set("enable.auto.commit", "false")
@@ -48,7 +71,7 @@ impl KafkaConsumer {
                 config.session_timeout.as_millis().to_string(),
             )
             .set("heartbeat.interval.ms", "1000")
-            .create()
+            .create_with_context(Rebalances)
             .map_err(|e| unavailable("creating the Kafka consumer", e))?;
         consumer
             .subscribe(&[topic])
