@@ -4,8 +4,9 @@
 //! Open loop means requests leave on a fixed schedule whether or not earlier
 //! ones were answered (so a slow server cannot slow the offered load down and
 //! hide its own latency); sends that leave more than 10 ms behind schedule
-//! are counted. Event `n` has type `loadtest.g{n mod groups}.tick`, so it
-//! matches exactly the subscriptions of group `n mod groups`, and carries
+//! are counted. Event `n` has type `loadtest.g{g}.tick` with `g` its group
+//! ([`group_of`]: `n mod groups` for one tenant), so it matches exactly
+//! the subscriptions of group `g`, and carries
 //! `occurred_at` = the moment it was sent, which the farm turns into the
 //! emit-to-delivery latency.
 
@@ -40,8 +41,23 @@ pub struct Plan {
     pub concurrency: usize,
     /// Approximate JSON size of each payload.
     pub payload_bytes: usize,
-    /// Subscription groups (event `n` goes to group `n mod groups`).
+    /// Subscription groups (see [`group_of`]).
     pub groups: usize,
+    /// Tenants; group `g` belongs to tenant `g mod tenants`.
+    pub tenants: usize,
+}
+
+/// The tenant whose key sends the request whose first event is `first`
+/// (requests take turns).
+fn tenant_of(plan: &Plan, first: u64) -> usize {
+    ((first / plan.batch as u64) % plan.tenants as u64) as usize
+}
+
+/// The subscription group of event `seq`: one of its request's tenant's
+/// groups (with one tenant, `seq mod groups`).
+pub fn group_of(plan: &Plan, seq: u64, first: u64) -> usize {
+    let (tenants, per_tenant) = (plan.tenants as u64, (plan.groups / plan.tenants) as u64);
+    (tenant_of(plan, first) as u64 + tenants * (seq % per_tenant)) as usize
 }
 
 /// What was emitted and acknowledged.
@@ -82,15 +98,15 @@ impl Emitted {
     }
 }
 
-/// One emitting client: base URL and tenant key.
+/// One emitting client: base URL and tenant keys.
 #[derive(Clone)]
 pub struct Client {
     /// HTTP client.
     pub http: reqwest::Client,
     /// Herald base URL.
     pub base: String,
-    /// Tenant API key.
-    pub key: String,
+    /// Tenants' API keys (index: tenant).
+    pub keys: Vec<String>,
 }
 
 /// Starts emitting; the returned handle finishes when the plan is done.
@@ -169,9 +185,9 @@ fn take(plan: &Plan, out: &Emitted, started: Instant) -> Option<std::ops::Range<
     Some(first..end)
 }
 
-fn item(plan: &Plan, pad: &str, seq: u64, now: &str) -> Value {
+fn item(plan: &Plan, pad: &str, seq: u64, first: u64, now: &str) -> Value {
     json!({
-        "event_type": format!("loadtest.g{}.tick", seq % plan.groups as u64),
+        "event_type": format!("loadtest.g{}.tick", group_of(plan, seq, first)),
         "occurred_at": now,
         "payload": { "seq": seq, "pad": pad },
     })
@@ -185,10 +201,13 @@ async fn send(client: &Client, plan: &Plan, pad: &str, out: &Emitted, seqs: std:
     let (path, body) = if plan.batch == 1 {
         (
             "/api/v1/integrations/events",
-            item(plan, pad, seqs.start, &now),
+            item(plan, pad, seqs.start, seqs.start, &now),
         )
     } else {
-        let events: Vec<Value> = seqs.clone().map(|s| item(plan, pad, s, &now)).collect();
+        let events: Vec<Value> = seqs
+            .clone()
+            .map(|s| item(plan, pad, s, seqs.start, &now))
+            .collect();
         (
             "/api/v1/integrations/events/batch",
             json!({ "events": events }),
@@ -198,7 +217,7 @@ async fn send(client: &Client, plan: &Plan, pad: &str, out: &Emitted, seqs: std:
     let result = client
         .http
         .post(format!("{}{path}", client.base))
-        .bearer_auth(&client.key)
+        .bearer_auth(&client.keys[tenant_of(plan, seqs.start)])
         .json(&body)
         .send()
         .await;
@@ -233,10 +252,53 @@ async fn send(client: &Client, plan: &Plan, pad: &str, out: &Emitted, seqs: std:
         }
         return;
     }
+    let first = seqs.start;
     for (seq, id) in seqs.zip(ids) {
-        out.acked[(seq % plan.groups as u64) as usize]
+        out.acked[group_of(plan, seq, first)]
             .lock()
             .push(id.into_boxed_str());
     }
     out.acked_count.fetch_add(count, Ordering::Relaxed);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(groups: usize, tenants: usize, batch: usize) -> Plan {
+        Plan {
+            rate: None,
+            duration: None,
+            events: None,
+            batch,
+            concurrency: 1,
+            payload_bytes: 0,
+            groups,
+            tenants,
+        }
+    }
+
+    #[test]
+    fn one_tenant_keeps_events_in_group_n_mod_groups() {
+        let p = plan(4, 1, 10);
+        for seq in 0..100 {
+            assert_eq!(group_of(&p, seq, seq - seq % 10), (seq % 4) as usize);
+        }
+    }
+
+    #[test]
+    fn a_request_carries_its_tenants_groups_and_every_group_gets_events() {
+        let p = plan(24, 12, 50);
+        let mut seen = std::collections::HashSet::new();
+        for first in (0..2_400).step_by(50) {
+            let tenant = tenant_of(&p, first);
+            for seq in first..first + 50 {
+                let g = group_of(&p, seq, first);
+                assert!(g < 24);
+                assert_eq!(g % 12, tenant, "group {g} of request {first}");
+                seen.insert(g);
+            }
+        }
+        assert_eq!(seen.len(), 24);
+    }
 }

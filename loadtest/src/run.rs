@@ -68,6 +68,12 @@ pub struct Args {
     /// Subscriptions each event goes to (divides --subscriptions).
     #[arg(long, default_value_t = 1)]
     fanout: usize,
+    /// Tenants the subscription groups are spread over (group g belongs to
+    /// tenant g mod N; each request carries one tenant's events), so that
+    /// events spread over the event log's partitions (keyed by tenant).
+    /// Divides --subscriptions / --fanout.
+    #[arg(long, default_value_t = 1)]
+    tenants: usize,
     /// Events to emit (default 10000 unless --duration is given).
     #[arg(long)]
     events: Option<u64>,
@@ -140,6 +146,11 @@ pub async fn main(args: Args) -> anyhow::Result<()> {
         );
     }
     let groups = args.subscriptions / args.fanout;
+    if args.tenants == 0 || groups % args.tenants != 0 {
+        bail!(
+            "--tenants must divide the subscription groups (--subscriptions / --fanout = {groups})"
+        );
+    }
     if args.target.is_some()
         && args
             .faults
@@ -216,7 +227,7 @@ async fn drive(
         Some(path) => Some(crate::external::LogFollower::open(path)?.spawn(farm.state.clone())),
         None => None,
     };
-    let key = setup(&http, server, &farm, args, groups).await?;
+    let keys = setup(&http, server, &farm, args, groups).await?;
 
     let raw = if args.raw_duration.is_zero() {
         None
@@ -273,6 +284,7 @@ async fn drive(
         concurrency: args.concurrency,
         payload_bytes: args.payload_bytes,
         groups,
+        tenants: args.tenants,
     };
     let sampler = server
         .pid
@@ -280,7 +292,7 @@ async fn drive(
     let client = emitter::Client {
         http: http.clone(),
         base: server.base.clone(),
-        key,
+        keys,
     };
     let fanout = args.fanout as u64;
     let bar = ProgressBar::new(plan.events.map_or(0, |n| n * fanout));
@@ -403,6 +415,7 @@ async fn drive(
             .unwrap_or_else(|| format!("embedded ({})", server.base)),
         scenario: json!({
             "endpoints": args.endpoints, "subscriptions": args.subscriptions, "fanout": args.fanout,
+            "tenants": args.tenants,
             "batch": args.batch, "rate": args.rate, "concurrency": args.concurrency,
             "payload_bytes": args.payload_bytes, "receiver_latency_ms": args.latency.as_secs_f64() * 1000.0,
             "failure_rate": args.failure_rate,
@@ -436,64 +449,84 @@ async fn drive(
     })
 }
 
-/// Creates the tenant and the subscriptions (subscription `i` listens to
-/// `loadtest.g{i / fanout}.*`); returns the tenant's key.
+/// Creates the tenants and the subscriptions (subscription `i` listens to
+/// `loadtest.g{i / fanout}.*`, as a subscription of tenant `group mod
+/// tenants`); returns the tenants' keys.
 async fn setup(
     http: &reqwest::Client,
     server: &Server,
     farm: &Farm,
     args: &Args,
     groups: usize,
-) -> anyhow::Result<String> {
-    let tenant = format!(
+) -> anyhow::Result<Vec<String>> {
+    let run = format!(
         "loadtest-{}-{}",
         std::process::id(),
         time::OffsetDateTime::now_utc().unix_timestamp()
     );
-    let r = http
-        .post(format!("{}/api/v1/admin/tenants", server.base))
-        .bearer_auth(&server.admin_token)
-        .json(&json!({ "id": tenant }))
-        .send()
-        .await
-        .with_context(|| format!("is Herald running at {}?", server.base))?;
-    if r.status() != 201 {
-        bail!(
-            "creating tenant {tenant}: {} {}",
-            r.status(),
-            r.text().await?
+    let mut keys = Vec::with_capacity(args.tenants);
+    for t in 0..args.tenants {
+        let tenant = if args.tenants == 1 {
+            run.clone()
+        } else {
+            format!("{run}-t{t}")
+        };
+        let r = http
+            .post(format!("{}/api/v1/admin/tenants", server.base))
+            .bearer_auth(&server.admin_token)
+            .json(&json!({ "id": tenant }))
+            .send()
+            .await
+            .with_context(|| format!("is Herald running at {}?", server.base))?;
+        if r.status() != 201 {
+            bail!(
+                "creating tenant {tenant}: {} {}",
+                r.status(),
+                r.text().await?
+            );
+        }
+        keys.push(
+            r.json::<Value>().await?["api_key"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
         );
     }
-    let key = r.json::<Value>().await?["api_key"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
+    let tenant = if args.tenants == 1 {
+        run
+    } else {
+        format!("{run}-t0…{}", args.tenants - 1)
+    };
     println!(
         "tenant {tenant}: creating {} subscriptions on {} endpoints ({groups} groups of {})…",
         args.subscriptions, args.endpoints, args.fanout
     );
-    let subs: Vec<(usize, String)> = (0..groups)
+    let tenants = args.tenants;
+    let subs: Vec<(usize, String, usize)> = (0..groups)
         .flat_map(|g| {
-            group_subscriptions(g, args.fanout).map(move |i| (i, format!("loadtest.g{g}.*")))
+            group_subscriptions(g, args.fanout)
+                .map(move |i| (i, format!("loadtest.g{g}.*"), g % tenants))
         })
         .collect();
+    let keys = Arc::new(keys);
     let farm_state = farm.state.clone();
     let urls: Vec<String> = (0..args.subscriptions).map(|i| farm.url(i)).collect();
     let urls = Arc::new(urls);
     let mut pending = tokio::task::JoinSet::new();
     let payload_filter = args.payload_filter.clone();
     for chunk in subs.chunks(subs.len().div_ceil(16).max(1)) {
-        let (chunk, http, base, key, urls, state, payload_filter) = (
+        let (chunk, http, base, keys, urls, state, payload_filter) = (
             chunk.to_vec(),
             http.clone(),
             server.base.clone(),
-            key.clone(),
+            keys.clone(),
             urls.clone(),
             farm_state.clone(),
             payload_filter.clone(),
         );
         pending.spawn(async move {
-            for (i, filter) in chunk {
+            for (i, filter, tenant) in chunk {
+                let key = &keys[tenant];
                 let mut body = json!({ "url": urls[i], "event_types": [filter] });
                 if let Some(f) = &payload_filter {
                     body["filter"] = json!(f);
@@ -501,7 +534,7 @@ async fn setup(
                 let r = loop {
                     let r = http
                         .post(format!("{base}/api/v1/portal/webhooks/subscribe"))
-                        .bearer_auth(&key)
+                        .bearer_auth(key)
                         .json(&body)
                         .send()
                         .await?;
@@ -536,5 +569,5 @@ async fn setup(
     while let Some(r) = pending.join_next().await {
         r??;
     }
-    Ok(key)
+    Ok(Arc::unwrap_or_clone(keys))
 }
