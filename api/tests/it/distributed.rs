@@ -645,22 +645,31 @@ async fn retry_and_held_events_outlive_their_worker(resume: bool) {
         api.kill9().await;
         return;
     }
+    resume_and_receive_held(&api.base, &key, &paused, &held, HELD).await;
+    println!("held events received: {:?}", numbers_received(&held));
+    second.kill9().await;
+    api.kill9().await;
+}
+
+/// Resumes the paused subscription `paused`, emits one more `order.placed`
+/// (`n` = `count`) and waits until `held` has received events 0 to `count`
+/// (repeats aside).
+async fn resume_and_receive_held(base: &str, key: &str, paused: &str, held: &Receiver, count: i64) {
     let path = format!("/api/v1/portal/webhooks/{paused}/resume");
-    assert_eq!(post(&api.base, &key, &path, json!({})).await.0, 200);
-    emit("order.placed", HELD).await;
+    assert_eq!(post(base, key, &path, json!({})).await.0, 200);
+    let body = json!({ "event_type": "order.placed", "payload": { "n": count } });
+    let (status, e) = post(base, key, "/api/v1/integrations/events", body).await;
+    assert_eq!(status, 202, "{e}");
     eventually(
         "every held event, then the last one",
         Duration::from_secs(120),
         || async {
-            let mut got = numbers_received(&held);
+            let mut got = numbers_received(held);
             got.dedup();
-            (got == (0..=HELD).collect::<Vec<_>>()).then_some(())
+            (got == (0..=count).collect::<Vec<_>>()).then_some(())
         },
     )
     .await;
-    println!("held events received: {:?}", numbers_received(&held));
-    second.kill9().await;
-    api.kill9().await;
 }
 
 /// A receiver that answers 503 to the first attempt of every fifth event
@@ -810,19 +819,7 @@ async fn distributed_a_rebalance_keeps_strict_order_and_held_events() {
     .await;
     assert!(held.received().is_empty(), "nothing goes out while paused");
 
-    let path = format!("/api/v1/portal/webhooks/{paused}/resume");
-    assert_eq!(post(&api.base, &key, &path, json!({})).await.0, 200);
-    emit("order.placed", HELD).await;
-    eventually(
-        "every held event, then the last one",
-        Duration::from_secs(120),
-        || async {
-            let mut got = numbers_received(&held);
-            got.dedup();
-            (got == (0..=HELD).collect::<Vec<_>>()).then_some(())
-        },
-    )
-    .await;
+    resume_and_receive_held(&api.base, &key, &paused, &held, HELD).await;
 
     // One at a time, in log order: no attempt of event n before event n-1
     // succeeded, and first successes in order. (A delivery repeated after
