@@ -575,15 +575,7 @@ async fn retry_and_held_events_outlive_their_worker(resume: bool) {
     let path = format!("/api/v1/portal/webhooks/{paused}/pause");
     assert_eq!(post(&api.base, &key, &path, json!({})).await.0, 200);
 
-    let emit = |event_type: &'static str, n: i64| {
-        let (base, key) = (api.base.clone(), key.clone());
-        async move {
-            let body = json!({ "event_type": event_type, "payload": { "n": n } });
-            let (status, e) = post(&base, &key, "/api/v1/integrations/events", body).await;
-            assert_eq!(status, 202, "{e}");
-            e["id"].as_str().unwrap().to_string()
-        }
-    };
+    let emit = |event_type, n| emit_n(&api.base, &key, event_type, n);
     let retried = emit("work_order.completed", -1).await;
     for n in 0..HELD {
         emit("order.placed", n).await;
@@ -651,15 +643,21 @@ async fn retry_and_held_events_outlive_their_worker(resume: bool) {
     api.kill9().await;
 }
 
+/// Emits `event_type` with the payload `{"n": n}`; returns the event's id.
+async fn emit_n(base: &str, key: &str, event_type: &str, n: i64) -> String {
+    let body = json!({ "event_type": event_type, "payload": { "n": n } });
+    let (status, e) = post(base, key, "/api/v1/integrations/events", body).await;
+    assert_eq!(status, 202, "{e}");
+    e["id"].as_str().unwrap().to_string()
+}
+
 /// Resumes the paused subscription `paused`, emits one more `order.placed`
 /// (`n` = `count`) and waits until `held` has received events 0 to `count`
 /// (repeats aside).
 async fn resume_and_receive_held(base: &str, key: &str, paused: &str, held: &Receiver, count: i64) {
     let path = format!("/api/v1/portal/webhooks/{paused}/resume");
     assert_eq!(post(base, key, &path, json!({})).await.0, 200);
-    let body = json!({ "event_type": "order.placed", "payload": { "n": count } });
-    let (status, e) = post(base, key, "/api/v1/integrations/events", body).await;
-    assert_eq!(status, 202, "{e}");
+    emit_n(base, key, "order.placed", count).await;
     eventually(
         "every held event, then the last one",
         Duration::from_secs(120),
@@ -758,14 +756,7 @@ async fn distributed_a_rebalance_keeps_strict_order_and_held_events() {
     let paused = subscribe(json!({ "url": held.url, "event_types": ["order.*"] })).await;
     let path = format!("/api/v1/portal/webhooks/{paused}/pause");
     assert_eq!(post(&api.base, &key, &path, json!({})).await.0, 200);
-    let emit = |event_type: &'static str, n: i64| {
-        let (base, key) = (api.base.clone(), key.clone());
-        async move {
-            let body = json!({ "event_type": event_type, "payload": { "n": n } });
-            let (status, e) = post(&base, &key, "/api/v1/integrations/events", body).await;
-            assert_eq!(status, 202, "{e}");
-        }
-    };
+    let emit = |event_type, n| emit_n(&api.base, &key, event_type, n);
     let emit_range = |from: i64, to: i64| async move {
         for n in from..to {
             emit("inventory.moved", n).await;
