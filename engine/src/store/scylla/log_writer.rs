@@ -10,7 +10,10 @@
 //! the last one began, so an idle store writes an attempt at once and a
 //! busy one batches as deep as its load.
 
-use std::sync::Arc;
+use std::sync::{
+    atomic::{AtomicI64, Ordering},
+    Arc,
+};
 
 use ::scylla::client::caching_session::CachingSession;
 use tokio::sync::{mpsc, oneshot, Semaphore};
@@ -29,12 +32,16 @@ const FLUSHES: usize = 4;
 const BY_TENANT: &str = "INSERT INTO logs_by_tenant (tenant_id, day, id, subscription_id, outcome, body) VALUES (?, ?, ?, ?, ?, ?)";
 const BY_SUBSCRIPTION: &str = "INSERT INTO logs_by_subscription (tenant_id, subscription_id, day, id, outcome, body) VALUES (?, ?, ?, ?, ?, ?)";
 const BY_EVENT: &str = "INSERT INTO logs_by_event (tenant_id, event_id, id, subscription_id, outcome, body) VALUES (?, ?, ?, ?, ?, ?)";
-const LATEST: &str = "INSERT INTO sub_event_state (tenant_id, subscription_id, day, event_id, delivery_id, outcome) VALUES (?, ?, ?, ?, ?, ?)";
+const LATEST: &str = "INSERT INTO sub_event_state (tenant_id, subscription_id, day, event_id, delivery_id, outcome) VALUES (?, ?, ?, ?, ?, ?) USING TIMESTAMP ?";
 
 /// One attempt waiting for its flush.
 struct Pending {
     attempt: WebhookDeliveryLog,
     body: String,
+    /// Write timestamp of its `sub_event_state` row (µs), taken when it
+    /// was queued: flushes run concurrently and may land in any order, and
+    /// the later attempt must win.
+    queued_at: i64,
     done: oneshot::Sender<Result<(), String>>,
 }
 
@@ -42,6 +49,8 @@ struct Pending {
 /// when the handle is dropped.
 pub(super) struct LogWriter {
     queue: mpsc::UnboundedSender<Pending>,
+    /// The last write timestamp handed out (µs): they only grow.
+    clock: AtomicI64,
 }
 
 impl LogWriter {
@@ -49,15 +58,24 @@ impl LogWriter {
     pub(super) fn start(session: Arc<CachingSession>, ops: Arc<OpCounts>) -> Self {
         let (queue, rx) = mpsc::unbounded_channel();
         tokio::spawn(run(rx, session, ops));
-        Self { queue }
+        Self {
+            queue,
+            clock: AtomicI64::new(0),
+        }
     }
 
     /// Writes one attempt to every log table, with whatever else is queued.
     pub(super) async fn write(&self, attempt: &WebhookDeliveryLog) -> Result<(), StoreError> {
         let (done, result) = oneshot::channel();
+        let now = crate::clock::now_ms() * 1_000;
+        let last = self
+            .clock
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |t| Some(now.max(t + 1)))
+            .unwrap_or(now);
         let pending = Pending {
             attempt: attempt.clone(),
             body: encode(attempt)?,
+            queued_at: now.max(last + 1),
             done,
         };
         let closed = || StoreError::Unavailable("the delivery-log writer stopped".into());
@@ -138,10 +156,9 @@ async fn flush(session: &CachingSession, ops: &OpCounts, group: &[Pending]) -> R
         );
         ((&*a.tenant_id, &*a.event_id), row, p.body.len())
     });
-    // One row per (subscription, event): the rows of a batch share one
-    // write timestamp, so of two for the same key the database would keep
-    // the greater value, not the later attempt. The group is in arrival
-    // order: the last one is the latest.
+    // One row per (subscription, event), written with the timestamp taken
+    // when its attempt was queued, so that the later attempt wins however
+    // the flushes land. Within a group the last one is the latest.
     let mut seen = std::collections::HashSet::new();
     let mut newest: Vec<&Pending> = group
         .iter()
@@ -159,6 +176,7 @@ async fn flush(session: &CachingSession, ops: &OpCounts, group: &[Pending]) -> R
             &*a.event_id,
             &*a.delivery_id,
             a.outcome.as_str(),
+            p.queued_at,
         );
         ((&*a.tenant_id, &*a.subscription_id, day), row, 128)
     });
