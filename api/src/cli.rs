@@ -121,6 +121,16 @@ pub struct ServeArgs {
     /// Partitions of a new embedded event log.
     #[arg(long, env = "HERALD_LOG_PARTITIONS", default_value_t = 8)]
     pub log_partitions: u32,
+    /// How long the embedded log and store keep events and delivery logs
+    /// (never one with a delivery still pending, or a live dedupe key).
+    #[arg(long, env = "HERALD_RETENTION", default_value = "30days",
+          value_parser = parse_retention)]
+    pub retention: std::time::Duration,
+    /// Size of the embedded log's segment files (bytes, at least 4096): the
+    /// unit its retention deletes.
+    #[arg(long, env = "HERALD_LOG_SEGMENT_BYTES", default_value_t = 64 * 1024 * 1024,
+          value_parser = clap::value_parser!(u64).range(4096..))]
+    pub log_segment_bytes: u64,
     /// Requests per second (and burst) each tenant may make; 0 = unlimited.
     #[arg(long, env = "HERALD_TENANT_RATE_LIMIT", default_value_t = crate::DEFAULT_TENANT_RATE_LIMIT)]
     pub tenant_rate_limit: u32,
@@ -218,6 +228,8 @@ impl ServeArgs {
                 Role::All => config::Role::All,
             },
             recovery_rate: self.recovery_rate,
+            retention: self.retention,
+            log_segment_bytes: self.log_segment_bytes,
             audit_retention: std::time::Duration::from_secs(
                 u64::from(self.audit_retention_days) * 86_400,
             ),
@@ -391,6 +403,17 @@ async fn shutdown_signal() {
     }
 }
 
+/// A retention: a duration from 1 s (scaled-time tests) to 10 years.
+fn parse_retention(raw: &str) -> Result<std::time::Duration, String> {
+    let d = humantime::parse_duration(raw).map_err(|e| format!("{e} (e.g. 30days, 12h)"))?;
+    if d < std::time::Duration::from_secs(1)
+        || d > std::time::Duration::from_secs(10 * 365 * 86_400)
+    {
+        return Err("give a duration between 1s and 10 years, e.g. 30days".into());
+    }
+    Ok(d)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -485,6 +508,30 @@ mod tests {
         for bad in ["0", "3651", "x"] {
             let argv = ["herald", "serve", "--audit-retention-days", bad];
             assert!(Cli::try_parse_from(argv).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn retention_and_segment_size_reach_the_engine_and_bad_values_say_what_to_give() {
+        let config = args(&[]).engine_config().unwrap();
+        assert_eq!(
+            config.retention,
+            std::time::Duration::from_secs(30 * 86_400)
+        );
+        assert_eq!(config.log_segment_bytes, 64 * 1024 * 1024);
+        let config = args(&["--retention", "2h", "--log-segment-bytes", "65536"])
+            .engine_config()
+            .unwrap();
+        assert_eq!(config.retention, std::time::Duration::from_secs(7200));
+        assert_eq!(config.log_segment_bytes, 65536);
+        for (flag, bad) in [
+            ("--retention", "0s"),
+            ("--retention", "11years"),
+            ("--retention", "soon"),
+            ("--log-segment-bytes", "100"),
+        ] {
+            let err = Cli::try_parse_from(["herald", "serve", flag, bad]).unwrap_err();
+            assert!(err.to_string().contains(flag), "{flag} {bad}: {err}");
         }
     }
 

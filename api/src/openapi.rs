@@ -41,6 +41,7 @@ use crate::{error::Problem, routes};
         routes::api_keys::list,
         routes::api_keys::revoke,
         routes::audit::list,
+        routes::audit::list_operator,
         routes::subscriptions::subscribe,
         routes::subscriptions::list,
         routes::subscriptions::get,

@@ -177,6 +177,7 @@ pub fn api_routes() -> RouteTable {
     use Scope::{Admin, EventsRead, EventsReplay, EventsWrite, WebhooksRead, WebhooksWrite};
     RouteTable::new()
         .post(v1!("/admin/tenants"), AdminToken, admin::create_tenant)
+        .get(v1!("/admin/audit"), AdminToken, audit::list_operator)
         .delete(
             v1!("/admin/tenants/{tenant}"),
             AdminToken,

@@ -56,6 +56,7 @@ fn store_write(c: &mut Criterion) {
                                 },
                                 lease_until_ms: None,
                                 unscheduled: false,
+                                parked: Vec::new(),
                             }
                         })
                         .collect::<Vec<_>>()
@@ -87,6 +88,7 @@ fn store_write(c: &mut Criterion) {
                                 },
                                 lease_until_ms: None,
                                 unscheduled: false,
+                                parked: Vec::new(),
                             }
                         })
                         .collect();

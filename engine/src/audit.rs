@@ -42,6 +42,12 @@ pub enum Actor {
     Herald,
 }
 
+/// The trail of operations on tenants themselves (a tenant's deletion),
+/// which must outlive the tenant whose own trail goes with it: a reserved
+/// id no tenant can have (tenant ids start with a letter or a digit).
+/// `GET /api/v1/admin/audit` lists it.
+pub const OPERATOR_TRAIL: &str = "_herald";
+
 /// Actions recorded.
 pub mod action {
     /// A subscription was created.
@@ -70,9 +76,12 @@ pub mod action {
     pub const EVENT_TYPE_REGISTERED: &str = "event_type.registered";
     /// The admin set a tenant's quotas.
     pub const TENANT_QUOTAS_SET: &str = "tenant.quotas_set";
+    /// The admin deleted a tenant (`target`: the tenant). Kept in the
+    /// [`OPERATOR_TRAIL`](super::OPERATOR_TRAIL), which outlives the tenant.
+    pub const TENANT_DELETED: &str = "tenant.deleted";
 
     /// Every action, for validating filters.
-    pub const ALL: [&str; 13] = [
+    pub const ALL: [&str; 14] = [
         SUBSCRIPTION_CREATED,
         SUBSCRIPTION_UPDATED,
         SUBSCRIPTION_PAUSED,
@@ -86,6 +95,7 @@ pub mod action {
         REPLAY_REQUESTED,
         EVENT_TYPE_REGISTERED,
         TENANT_QUOTAS_SET,
+        TENANT_DELETED,
     ];
 }
 

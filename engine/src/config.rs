@@ -41,6 +41,13 @@ pub struct EngineConfig {
     pub recovery_rate: u32,
     /// How long audit records are kept (pruned in SQLite, a TTL in CQL).
     pub audit_retention: Duration,
+    /// How long the embedded log and SQLite store keep events and delivery
+    /// logs (never one with a delivery still pending). The CQL store uses
+    /// [`ScyllaConfig::retention`], Kafka the topic's `retention.ms`.
+    pub retention: Duration,
+    /// Size of the embedded log's segment files, the unit its retention
+    /// deletes.
+    pub log_segment_bytes: u64,
 }
 
 /// Which parts of the engine a process runs (DESIGN §1).
@@ -205,6 +212,8 @@ impl Default for EngineConfig {
             secret_keys: None,
             recovery_rate: 1000,
             audit_retention: Duration::from_secs(365 * 24 * 3600),
+            retention: Duration::from_secs(30 * 24 * 3600),
+            log_segment_bytes: crate::log::embedded::LogFiles::default().segment_bytes,
         }
     }
 }

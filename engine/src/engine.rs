@@ -16,6 +16,7 @@ mod query;
 mod quotas;
 mod recovery;
 mod replay;
+mod retention;
 mod stream;
 mod subscribe;
 mod tenants;
@@ -64,6 +65,8 @@ pub struct Engine {
     subscription_locks: Vec<AsyncMutex<()>>,
     /// Tenants' quotas as enforced, and their rate limiters.
     quotas: quotas::QuotaCache,
+    /// Tenants deleted or being deleted: their events are refused.
+    gone: Arc<crate::gone::GoneTenants>,
     /// Cancels the background tasks when the engine is dropped without a
     /// [`Engine::shutdown`] (a panicking caller): the relay's blocking loop
     /// would otherwise keep its runtime from ever shutting down.

@@ -33,6 +33,7 @@ use crate::{
         handoff::Unsettled,
         worker::{Job, Shards},
     },
+    gone::GoneTenants,
     ids,
     log::{EventLog, LogConsumer, LogPosition},
     model::{Ordering, ScheduledDelivery},
@@ -62,6 +63,9 @@ pub struct Settings {
     /// they are settled (see [`crate::delivery::handoff`]). Used on the CQL
     /// store, where scheduling costs several statements per delivery.
     pub unscheduled: Option<Arc<Unsettled>>,
+    /// Tenants deleted or being deleted: their events are dropped, not
+    /// indexed (so a deleted tenant's rows never come back).
+    pub gone: Arc<GoneTenants>,
 }
 
 /// Runs until `cancel`: hands new unordered deliveries to `shards`, rings
@@ -82,6 +86,7 @@ pub async fn run(
         lease,
         handoff_limit,
         unscheduled,
+        gone,
     } = settings;
     let mut offsets = Offsets {
         read: BTreeMap::new(),
@@ -126,10 +131,20 @@ pub async fn run(
         }
         let now = now_ms();
         let lease_until = now + lease.as_millis() as i64;
+        let park_until =
+            now + crate::delivery::hold::park_recheck(shards.config()).as_millis() as i64;
         let mut budget = handoff_limit.saturating_sub(shards.in_flight());
         let mut next: BTreeMap<u32, u64> = BTreeMap::new();
+        let mut dropped = 0;
         let batch: Vec<FanOut> = records
             .into_iter()
+            .filter(|r| {
+                let entry = next.entry(r.position.partition).or_default();
+                *entry = (*entry).max(r.position.offset + 1);
+                let keep = !gone.contains(&r.event.tenant_id);
+                dropped += usize::from(!keep);
+                keep
+            })
             .map(|r| {
                 let e = &r.event;
                 let deliveries: Vec<ScheduledDelivery> = subscriptions
@@ -148,8 +163,18 @@ pub async fn run(
                         ordered: sub.ordering == Ordering::Strict,
                     })
                     .collect();
-                let entry = next.entry(r.position.partition).or_default();
-                *entry = (*entry).max(r.position.offset + 1);
+                // A subscription whose circuit is open here would only have
+                // them refused: parked at once, released when it closes.
+                let (parked, deliveries): (Vec<_>, Vec<_>) = deliveries
+                    .into_iter()
+                    .partition(|d| shards.circuit_open(&d.subscription_id));
+                let parked: Vec<ScheduledDelivery> = parked
+                    .into_iter()
+                    .map(|d| ScheduledDelivery {
+                        due_at_ms: park_until,
+                        ..d
+                    })
+                    .collect();
                 let handed = deliveries.len();
                 let lease_until_ms = (handed <= budget).then(|| {
                     budget -= handed;
@@ -158,6 +183,7 @@ pub async fn run(
                 let unscheduled = unscheduled.is_some()
                     && lease_until_ms.is_some()
                     && !deliveries.is_empty()
+                    && parked.is_empty()
                     && deliveries.iter().all(|d| !d.ordered);
                 FanOut {
                     event: r.event,
@@ -165,9 +191,13 @@ pub async fn run(
                     deliveries,
                     lease_until_ms,
                     unscheduled,
+                    parked,
                 }
             })
             .collect();
+        if dropped > 0 {
+            tracing::info!(dropped, "events of deleted tenants dropped at fan-out");
+        }
         let dedupe_until = now + dedupe_window.as_millis() as i64;
         // The batch must become durable before its offsets move: retry until it does.
         let mut backoff = Duration::from_millis(50);
@@ -257,12 +287,18 @@ async fn hand_off(
     unsettled: Option<&Arc<Unsettled>>,
 ) -> bool {
     let mut left = false;
+    let mut parked: BTreeMap<String, u64> = BTreeMap::new();
     for (item, result) in batch.into_iter().zip(results) {
         let ours = match result {
             FanOutResult::Scheduled => true,
             FanOutResult::AlreadyDone => retried,
             FanOutResult::Duplicate => false,
         };
+        if ours {
+            for d in &item.parked {
+                *parked.entry(d.subscription_id.clone()).or_default() += 1;
+            }
+        }
         if !ours || item.deliveries.is_empty() {
             continue;
         }
@@ -291,6 +327,9 @@ async fn hand_off(
                 })
                 .await;
         }
+    }
+    for (subscription_id, n) in parked {
+        shards.parked(&subscription_id, n).await;
     }
     left
 }

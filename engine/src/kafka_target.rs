@@ -24,6 +24,8 @@ const MAX_TOPIC: usize = 249;
 const MAX_BROKERS: usize = 16;
 /// Longest username or password.
 const MAX_CREDENTIAL: usize = 512;
+/// Longest CA bundle (PEM).
+const MAX_CA_PEM: usize = 64 * 1024;
 
 /// Whether `url` names a Kafka destination (its scheme is `kafka`, in any case).
 pub fn is_kafka_url(url: &str) -> bool {
@@ -216,6 +218,33 @@ impl SecurityProtocol {
     pub fn sasl(self) -> bool {
         matches!(self, Self::SaslPlaintext | Self::SaslSsl)
     }
+
+    /// Whether it connects with TLS.
+    pub fn tls(self) -> bool {
+        matches!(self, Self::Ssl | Self::SaslSsl)
+    }
+}
+
+/// Checks a CA bundle: PEM, at most [`MAX_CA_PEM`] bytes, holding at least
+/// one certificate and nothing that fails to decode.
+fn check_ca_pem(pem: &str) -> Result<(), String> {
+    use rustls::pki_types::{pem::PemObject, CertificateDer};
+    if pem.len() > MAX_CA_PEM {
+        return Err(format!("ca_pem is longer than {MAX_CA_PEM} bytes"));
+    }
+    let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("ca_pem is not valid PEM: {e}"))?;
+    if certs.is_empty() {
+        return Err("ca_pem holds no certificate (-----BEGIN CERTIFICATE-----)".into());
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    for (n, cert) in certs.into_iter().enumerate() {
+        roots
+            .add(cert)
+            .map_err(|e| format!("certificate {} of ca_pem cannot be read: {e}", n + 1))?;
+    }
+    Ok(())
 }
 
 /// The SASL mechanism.
@@ -282,6 +311,10 @@ pub struct KafkaSettings {
     /// SASL password (sealed at rest).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password: Option<KafkaPassword>,
+    /// PEM certificates of the authorities to trust for the brokers' TLS
+    /// certificates (TLS protocols only; default: the system's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_pem: Option<String>,
 }
 
 impl KafkaSettings {
@@ -302,6 +335,12 @@ impl KafkaSettings {
                  \"sasl_plaintext\" or \"sasl_ssl\""
                     .into(),
             );
+        }
+        if let Some(pem) = &self.ca_pem {
+            if !self.security_protocol.tls() {
+                return Err("ca_pem needs security_protocol \"ssl\" or \"sasl_ssl\"".into());
+            }
+            check_ca_pem(pem)?;
         }
         let too_long = |s: &str| s.is_empty() || s.len() > MAX_CREDENTIAL;
         if self.username.as_deref().is_some_and(too_long)
@@ -383,6 +422,7 @@ mod tests {
             sasl_mechanism: Some(SaslMechanism::ScramSha256),
             username: Some("u".into()),
             password: Some(KafkaPassword::new("p")),
+            ca_pem: None,
         };
         assert_eq!(sasl.validate(), Ok(()));
         let no_password = KafkaSettings {
@@ -397,6 +437,48 @@ mod tests {
         assert!(plain_with_user.validate().is_err());
         assert_eq!(KafkaSettings::default().validate(), Ok(()));
         assert!(!format!("{sasl:?}").contains("\"p\""), "{sasl:?}");
+    }
+
+    /// A self-signed test authority (P-256, made with `openssl req -x509`).
+    const TEST_CA: &str = "-----BEGIN CERTIFICATE-----\nMIIBiDCCAS+gAwIBAgIUSekbnv2xy/RFBLgAAT/sII1+QpUwCgYIKoZIzj0EAwIw\nGTEXMBUGA1UEAwwOaGVyYWxkLXRlc3QtY2EwIBcNMjYxMjA1MDI0ODU2WhgPMjEy\nNjExMTEwMjQ4NTZaMBkxFzAVBgNVBAMMDmhlcmFsZC10ZXN0LWNhMFkwEwYHKoZI\nzj0CAQYIKoZIzj0DAQcDQgAE++uMxCiO02K78CMjLgjDYSMbjmKvOeG3NTvd5f8w\nOiSDXukouOZJPdumPlAzyDsHPFYvZS54+J/xUXWNp42XdKNTMFEwHQYDVR0OBBYE\nFKJnlN+s1k6jEsC3dL2pBHNxlnmQMB8GA1UdIwQYMBaAFKJnlN+s1k6jEsC3dL2p\nBHNxlnmQMA8GA1UdEwEB/wQFMAMBAf8wCgYIKoZIzj0EAwIDRwAwRAIgPiXLB/ni\ngQ7rteH/U05p5PdKVKCkr+e4+leVXMQZW/ICIFmEsG44z/vCo/esJGZdO3Dd43BP\nwSqa7L05T2TnPIQ3\n-----END CERTIFICATE-----\n";
+
+    #[test]
+    fn a_ca_bundle_is_checked_and_needs_tls() {
+        let tls = KafkaSettings {
+            security_protocol: SecurityProtocol::Ssl,
+            ca_pem: Some(TEST_CA.into()),
+            ..KafkaSettings::default()
+        };
+        assert_eq!(tls.validate(), Ok(()));
+        let two = format!("{TEST_CA}{TEST_CA}");
+        let bundle = KafkaSettings {
+            ca_pem: Some(two),
+            ..tls.clone()
+        };
+        assert_eq!(bundle.validate(), Ok(()));
+        let plaintext = KafkaSettings {
+            security_protocol: SecurityProtocol::Plaintext,
+            ..tls.clone()
+        };
+        assert!(plaintext.validate().unwrap_err().contains("ssl"));
+        for (bad, says) in [
+            ("not a certificate", "no certificate"),
+            (
+                "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+                "cannot be read",
+            ),
+            (
+                "-----BEGIN CERTIFICATE-----\n%%%\n-----END CERTIFICATE-----\n",
+                "PEM",
+            ),
+        ] {
+            let s = KafkaSettings {
+                ca_pem: Some(bad.into()),
+                ..tls.clone()
+            };
+            let err = s.validate().expect_err(bad);
+            assert!(err.contains(says), "{bad}: {err}");
+        }
     }
 
     #[test]

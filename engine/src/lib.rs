@@ -22,6 +22,7 @@ mod engine;
 pub mod error;
 pub mod fanout;
 pub mod filters;
+pub mod gone;
 pub mod ids;
 pub mod input;
 pub mod kafka_target;

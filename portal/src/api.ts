@@ -78,6 +78,7 @@ export type Subscription = {
   rate_limit: number | null;
   filter?: string | null;
   payload?: 'full' | 'thin';
+  kafka?: import('./kafka').KafkaView | null;
   created_at: string;
   updated_at: string;
   secret?: string;

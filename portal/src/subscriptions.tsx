@@ -1,6 +1,7 @@
 import { useEffect, useState } from 'preact/hooks';
 import { api, Attempt, fmtTime, Page, qs, Subscription } from './api';
 import { Routing, RoutingFields, routingBody } from './routing';
+import { KafkaFields, KafkaForm, isKafka, kafkaBody, kafkaForm } from './kafka';
 
 function errText(e: unknown): string {
   return (e as Error).message;
@@ -35,6 +36,7 @@ function CreateForm({ onCreated }: { onCreated: (s: Subscription) => void }) {
   const [types, setTypes] = useState('*');
   const [description, setDescription] = useState('');
   const [routing, setRouting] = useState<Routing>({ filter: '', payload: 'full' });
+  const [kafka, setKafka] = useState<KafkaForm>(kafkaForm());
   const [error, setError] = useState<string | null>(null);
   async function submit(e: Event) {
     e.preventDefault();
@@ -42,10 +44,13 @@ function CreateForm({ onCreated }: { onCreated: (s: Subscription) => void }) {
     try {
       const body: any = { url: url.trim(), event_types: splitTypes(types), ...routingBody(routing) };
       if (description.trim()) body.description = description.trim();
+      const settings = isKafka(url) ? kafkaBody(kafka) : null;
+      if (settings) body.kafka = settings;
       const s = await api<Subscription>('POST', '/portal/webhooks/subscribe', body);
       setUrl('');
       setDescription('');
       setRouting({ filter: '', payload: 'full' });
+      setKafka(kafkaForm());
       onCreated(s);
     } catch (err) {
       setError(errText(err));
@@ -55,7 +60,8 @@ function CreateForm({ onCreated }: { onCreated: (s: Subscription) => void }) {
     <form class="card grid" onSubmit={submit} aria-labelledby="create-title">
       <h3 id="create-title">New subscription</h3>
       <label for="new-url">Endpoint URL</label>
-      <input id="new-url" type="url" required placeholder="https://example.com/hooks" value={url} onInput={(e) => setUrl((e.target as HTMLInputElement).value)} />
+      <input id="new-url" type="url" required placeholder="https://example.com/hooks or kafka://broker:9092/topic" value={url} onInput={(e) => setUrl((e.target as HTMLInputElement).value)} />
+      {isKafka(url) && <KafkaFields id="new" value={kafka} onChange={setKafka} />}
       <label for="new-types">Event types (comma-separated; <code>prefix.*</code> or <code>*</code>)</label>
       <input id="new-types" required value={types} onInput={(e) => setTypes((e.target as HTMLInputElement).value)} />
       <label for="new-description">Description</label>
@@ -179,6 +185,7 @@ function Detail({ sub, onChanged, onDeleted, onOpenEvent }: { sub: Subscription;
   const [types, setTypes] = useState(sub.event_types.join(', '));
   const [description, setDescription] = useState(sub.description ?? '');
   const [routing, setRouting] = useState<Routing>({ filter: sub.filter ?? '', payload: sub.payload ?? 'full' });
+  const [kafka, setKafka] = useState<KafkaForm>(kafkaForm(sub.kafka));
   const [grace, setGrace] = useState(86400);
   const [secret, setSecret] = useState<string | null>(sub.secret ?? null);
   const [error, setError] = useState<string | null>(null);
@@ -191,6 +198,7 @@ function Detail({ sub, onChanged, onDeleted, onOpenEvent }: { sub: Subscription;
     setTypes(sub.event_types.join(', '));
     setDescription(sub.description ?? '');
     setRouting({ filter: sub.filter ?? '', payload: sub.payload ?? 'full' });
+    setKafka(kafkaForm(sub.kafka));
     api<Page<Attempt>>('GET', `/integrations/webhooks${qs({ subscription_id: sub.id, limit: 10 })}`)
       .then((p) => {
         setLast(p.data[0] ?? null);
@@ -218,6 +226,8 @@ function Detail({ sub, onChanged, onDeleted, onOpenEvent }: { sub: Subscription;
           event_types: splitTypes(types),
           description: description.trim() ? description.trim() : null,
           ...routingBody(routing),
+          // Changed settings replace the stored ones (a SASL password is typed again).
+          ...(isKafka(url) && kafka.touched ? { kafka: kafkaBody(kafka) } : {}),
         }),
       );
     });
@@ -263,6 +273,7 @@ function Detail({ sub, onChanged, onDeleted, onOpenEvent }: { sub: Subscription;
         <h4 id={`edit-${id}`}>Edit</h4>
         <label for={`url-${id}`}>Endpoint URL</label>
         <input id={`url-${id}`} type="url" required value={url} onInput={(e) => setUrl((e.target as HTMLInputElement).value)} />
+        {isKafka(url) && <KafkaFields id={id} value={kafka} onChange={setKafka} />}
         <label for={`types-${id}`}>Event types</label>
         <input id={`types-${id}`} required value={types} onInput={(e) => setTypes((e.target as HTMLInputElement).value)} />
         <label for={`desc-${id}`}>Description</label>

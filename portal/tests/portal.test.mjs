@@ -425,3 +425,71 @@ test('routing: a filter tested against a sample event, then a thin, filtered sub
   assert.deepEqual(page.problems, []);
   await page.context().close();
 });
+
+/// A self-signed test authority (P-256, made with `openssl req -x509`), the
+/// same as the engine's Kafka settings unit test.
+const TEST_CA = `-----BEGIN CERTIFICATE-----
+MIIBiDCCAS+gAwIBAgIUSekbnv2xy/RFBLgAAT/sII1+QpUwCgYIKoZIzj0EAwIw
+GTEXMBUGA1UEAwwOaGVyYWxkLXRlc3QtY2EwIBcNMjYxMjA1MDI0ODU2WhgPMjEy
+NjExMTEwMjQ4NTZaMBkxFzAVBgNVBAMMDmhlcmFsZC10ZXN0LWNhMFkwEwYHKoZI
+zj0CAQYIKoZIzj0DAQcDQgAE++uMxCiO02K78CMjLgjDYSMbjmKvOeG3NTvd5f8w
+OiSDXukouOZJPdumPlAzyDsHPFYvZS54+J/xUXWNp42XdKNTMFEwHQYDVR0OBBYE
+FKJnlN+s1k6jEsC3dL2pBHNxlnmQMB8GA1UdIwQYMBaAFKJnlN+s1k6jEsC3dL2p
+BHNxlnmQMA8GA1UdEwEB/wQFMAMBAf8wCgYIKoZIzj0EAwIDRwAwRAIgPiXLB/ni
+gQ7rteH/U05p5PdKVKCkr+e4+leVXMQZW/ICIFmEsG44z/vCo/esJGZdO3Dd43BP
+wSqa7L05T2TnPIQ3
+-----END CERTIFICATE-----
+`;
+
+test('a Kafka destination: its TLS and SASL settings are set in the form, and the password is never shown', async () => {
+  const page = await newPage();
+  const key = keys.initech;
+  const PASSWORD = 'portal-kafka-pass-Qx7v';
+  await signIn(page, key);
+  await page.getByRole('heading', { name: 'Subscriptions' }).waitFor({ timeout: WAIT });
+  const form = page.locator('form').filter({ has: page.getByRole('heading', { name: 'New subscription' }) });
+  assert.equal(await form.getByTestId('kafka-new').count(), 0, 'no Kafka fields for an HTTP endpoint');
+  await form.getByLabel('Endpoint URL').fill('kafka://127.0.0.1:9095/portal-orders');
+  await form.getByTestId('kafka-new').waitFor({ timeout: WAIT });
+  await form.getByLabel('Security protocol').selectOption('sasl_ssl');
+  await form.getByLabel('SASL mechanism').selectOption('SCRAM-SHA-512');
+  await form.getByLabel('SASL username').fill('herald');
+  await form.getByLabel('SASL password').fill(PASSWORD);
+  await form.getByLabel(/^CA certificates/).fill(TEST_CA);
+  await form.getByLabel(/Event types/).fill('orders.*');
+  await shot(page, '13-kafka-destination');
+  await form.getByRole('button', { name: 'Create subscription' }).click();
+  const detail = page.getByTestId('sub-detail');
+  await detail.waitFor({ timeout: WAIT });
+  const subId = (await detail.locator('h3 code').textContent()).trim();
+  const stored = async () => (await call('GET', `/portal/webhooks/${subId}`, key)).body;
+  let sub = await stored();
+  assert.equal(sub.url, 'kafka://127.0.0.1:9095/portal-orders');
+  assert.deepEqual(
+    { ...sub.kafka, ca_pem: sub.kafka.ca_pem.trim() },
+    { security_protocol: 'sasl_ssl', sasl_mechanism: 'SCRAM-SHA-512', username: 'herald', password_set: true, ca_pem: TEST_CA.trim() },
+  );
+  // The detail shows the stored settings, never the password.
+  assert.equal(await detail.getByLabel('Security protocol').inputValue(), 'sasl_ssl');
+  assert.equal(await detail.getByLabel('SASL password').inputValue(), '');
+  assert.match(await detail.getByLabel('SASL password').getAttribute('placeholder'), /stored/);
+  assert.equal((await page.content()).includes(PASSWORD), false, 'the password is not in the page');
+
+  // An edit that leaves the Kafka settings alone keeps them, password included.
+  await detail.getByLabel('Description').fill('orders to the data team');
+  await detail.getByRole('button', { name: 'Save changes' }).click();
+  await detail.getByText('Saved.').waitFor({ timeout: WAIT });
+  sub = await stored();
+  assert.equal(sub.description, 'orders to the data team');
+  assert.equal(sub.kafka.password_set, true);
+  assert.equal(sub.kafka.security_protocol, 'sasl_ssl');
+
+  // A bad CA is refused by the server, with its reason, and changes nothing.
+  await detail.getByLabel(/^CA certificates/).fill('not a certificate');
+  await detail.getByLabel('SASL password').fill(PASSWORD);
+  await detail.getByRole('button', { name: 'Save changes' }).click();
+  await detail.getByRole('alert').filter({ hasText: 'ca_pem' }).waitFor({ timeout: WAIT });
+  assert.equal((await stored()).kafka.ca_pem.trim(), TEST_CA.trim());
+  assert.deepEqual(page.problems, []);
+  await page.context().close();
+});

@@ -2,14 +2,14 @@
 //! (an API key id, the admin token, or Herald itself) and when, newest first.
 
 use axum::{extract::State, Json};
-use herald_engine::audit::{AuditFilter, AuditRecord};
+use herald_engine::audit::{AuditFilter, AuditRecord, OPERATOR_TRAIL};
 use serde::Deserialize;
 use time::{format_description::well_known::Rfc3339, OffsetDateTime};
 
 use super::{events::List, non_empty, Page};
 use crate::{
     error::ApiError,
-    extract::{ApiQuery, Tenant},
+    extract::{Admin, ApiQuery, Tenant},
     AppState,
 };
 
@@ -55,6 +55,28 @@ pub async fn list(
     Tenant(tenant): Tenant,
     ApiQuery(q): ApiQuery<ListAudit>,
 ) -> Result<Json<List<AuditRecord>>, ApiError> {
+    page_of(&state, &tenant, q).await
+}
+
+/// Lists the operator's audit records (admin): operations on tenants
+/// themselves, such as `tenant.deleted` (its `target` names the tenant),
+/// which outlive the tenant. Newest first, with the same filters.
+#[utoipa::path(get, path = "/api/v1/admin/audit", tag = "admin",
+    params(ListAudit), security(("admin_token" = [])),
+    responses((status = 200, description = "A page of the operator's audit records, newest first", body = List<AuditRecord>)))]
+pub async fn list_operator(
+    State(state): State<AppState>,
+    _admin: Admin,
+    ApiQuery(q): ApiQuery<ListAudit>,
+) -> Result<Json<List<AuditRecord>>, ApiError> {
+    page_of(&state, OPERATOR_TRAIL, q).await
+}
+
+async fn page_of(
+    state: &AppState,
+    tenant: &str,
+    q: ListAudit,
+) -> Result<Json<List<AuditRecord>>, ApiError> {
     let page = Page {
         limit: q.limit,
         cursor: non_empty(q.cursor),
@@ -67,7 +89,7 @@ pub async fn list(
     };
     let found = state
         .engine
-        .audit_trail(&tenant, filter, page.cursor.clone(), page.limit()?)
+        .audit_trail(tenant, filter, page.cursor.clone(), page.limit()?)
         .await?;
     Ok(Json(List {
         data: found.data,

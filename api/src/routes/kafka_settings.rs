@@ -20,6 +20,9 @@ pub struct KafkaSettingsInput {
     /// never shown again.
     #[schema(write_only)]
     pub password: Option<String>,
+    /// PEM certificates of the authorities to trust for the brokers' TLS
+    /// certificates (`ssl` and `sasl_ssl` only; default: the system's).
+    pub ca_pem: Option<String>,
 }
 
 impl std::fmt::Debug for KafkaSettingsInput {
@@ -28,6 +31,7 @@ impl std::fmt::Debug for KafkaSettingsInput {
             .field("security_protocol", &self.security_protocol)
             .field("sasl_mechanism", &self.sasl_mechanism)
             .field("username", &self.username)
+            .field("ca_pem", &self.ca_pem.as_ref().map(|_| "<pem>"))
             .field(
                 "password",
                 &herald_engine::signing::redacted(&self.password),
@@ -43,6 +47,7 @@ impl From<KafkaSettingsInput> for KafkaSettings {
             sasl_mechanism: i.sasl_mechanism,
             username: i.username,
             password: i.password.map(KafkaPassword::new),
+            ca_pem: i.ca_pem,
         }
     }
 }
@@ -59,6 +64,8 @@ pub struct KafkaSettingsView {
     pub username: Option<String>,
     /// Whether a password is stored (it is never returned).
     pub password_set: bool,
+    /// The authorities trusted for the brokers' certificates, if set.
+    pub ca_pem: Option<String>,
 }
 
 impl From<KafkaSettings> for KafkaSettingsView {
@@ -68,6 +75,7 @@ impl From<KafkaSettings> for KafkaSettingsView {
             sasl_mechanism: s.sasl_mechanism,
             username: s.username,
             password_set: s.password.is_some(),
+            ca_pem: s.ca_pem,
         }
     }
 }

@@ -284,7 +284,7 @@ pub(crate) async fn wait_delivered(receiver: &Receiver, id: &str) {
     .await;
 }
 
-type Rec = (Option<Vec<u8>>, HashMap<String, String>);
+pub(crate) type Rec = (Option<Vec<u8>>, HashMap<String, String>);
 
 /// Every committed record of `topic` (read_committed), read until `quiet`
 /// passes with nothing new once at least `min` records are in.

@@ -18,8 +18,50 @@ use standardwebhooks::Webhook;
 use crate::{
     cdc::*,
     kafka::{prefix, start_role, start_role_env, tenant, BROKER},
-    support::{eventually, Receiver},
+    support::{eventually, HeraldProcess, Receiver},
 };
+
+/// A relay on the plain change envelope: its outbox, an `all` process
+/// relaying it, and a receiver.
+struct Plain {
+    prefix: String,
+    outbox: Outbox,
+    _tmp: tempfile::TempDir,
+    receiver: Receiver,
+    herald: HeraldProcess,
+}
+
+impl Plain {
+    async fn start(name: &str) -> Self {
+        require_cdc().await;
+        let prefix = prefix(name);
+        let outbox = Outbox::start(&prefix, false).await;
+        let tmp = tempfile::tempdir().unwrap();
+        let receiver = Receiver::start(200).await;
+        let herald = start_role(
+            "all",
+            &tmp.path().join("data"),
+            &prefix,
+            &["--cdc-topic", &outbox.topic],
+        )
+        .await;
+        Self {
+            prefix,
+            outbox,
+            _tmp: tmp,
+            receiver,
+            herald,
+        }
+    }
+}
+
+/// The records in the run's dead-letter topic.
+async fn dead_letters(prefix: &str) -> Vec<Rec> {
+    let dlq = format!("{prefix}.cdc.dead-letter");
+    tokio::task::spawn_blocking(move || read_committed(&dlq, 1, Duration::from_secs(2)))
+        .await
+        .unwrap()
+}
 
 /// The plain Debezium change envelope (JsonConverter with schemas, no
 /// router): inserts are relayed, an UPDATE is dead-lettered, a DELETE is
@@ -27,18 +69,13 @@ use crate::{
 #[tokio::test]
 async fn cdc_plain_change_envelope_is_relayed_updates_dead_lettered_deletes_skipped() {
     let _broker = BROKER.read().await;
-    require_cdc().await;
-    let prefix = prefix("cdcplain");
-    let outbox = Outbox::start(&prefix, false).await;
-    let tmp = tempfile::tempdir().unwrap();
-    let receiver = Receiver::start(200).await;
-    let herald = start_role(
-        "all",
-        &tmp.path().join("data"),
-        &prefix,
-        &["--cdc-topic", &outbox.topic],
-    )
-    .await;
+    let Plain {
+        prefix,
+        outbox,
+        _tmp,
+        receiver,
+        herald,
+    } = Plain::start("cdcplain").await;
     let (_key, secret) = tenant(&herald.base, "plain", &receiver).await;
 
     let row = uuid::Uuid::now_v7();
@@ -87,11 +124,7 @@ async fn cdc_plain_change_envelope_is_relayed_updates_dead_lettered_deletes_skip
         2,
         "only the two inserts are delivered"
     );
-    let dlq = format!("{prefix}.cdc.dead-letter");
-    let letters =
-        tokio::task::spawn_blocking(move || read_committed(&dlq, 1, Duration::from_secs(2)))
-            .await
-            .unwrap();
+    let letters = dead_letters(&prefix).await;
     assert_eq!(letters.len(), 1, "{letters:?}");
     assert!(
         letters[0].1["herald-dlq-reason"].contains("UPDATE"),
@@ -104,6 +137,76 @@ async fn cdc_plain_change_envelope_is_relayed_updates_dead_lettered_deletes_skip
         h["relay"]["skipped"].as_u64().unwrap() >= 1,
         "the delete is skipped: {h}"
     );
+
+    herald.kill9().await;
+    outbox.stop().await;
+}
+
+/// Outbox rows of a deleted tenant are dead-lettered (reason: the tenant is
+/// deleted), not relayed: nothing of it comes back after its purge. Another
+/// tenant's row written after them is the barrier.
+#[tokio::test]
+async fn cdc_rows_of_a_deleted_tenant_are_dead_lettered() {
+    let _broker = BROKER.read().await;
+    let Plain {
+        prefix,
+        outbox,
+        _tmp,
+        receiver,
+        herald,
+    } = Plain::start("cdcgone").await;
+    tenant(&herald.base, "leaving", &receiver).await;
+    tenant(&herald.base, "staying", &receiver).await;
+    let before = uuid::Uuid::now_v7();
+    outbox
+        .sql(&outbox_row(
+            before,
+            "leaving",
+            "work_order.opened",
+            None,
+            "{}",
+        ))
+        .await;
+    wait_delivered(&receiver, &event_id(before)).await;
+
+    let r = reqwest::Client::new()
+        .delete(format!("{}/api/v1/admin/tenants/leaving", herald.base))
+        .bearer_auth(crate::support::ADMIN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let late = uuid::Uuid::now_v7();
+    outbox
+        .sql(&outbox_row(
+            late,
+            "leaving",
+            "work_order.opened",
+            None,
+            "{}",
+        ))
+        .await;
+    let barrier = uuid::Uuid::now_v7();
+    outbox
+        .sql(&outbox_row(
+            barrier,
+            "staying",
+            "work_order.opened",
+            None,
+            "{}",
+        ))
+        .await;
+    wait_delivered(&receiver, &event_id(barrier)).await;
+    assert!(
+        !delivered_ids(&receiver).contains(&event_id(late)),
+        "a deleted tenant's row was delivered"
+    );
+    let letters = dead_letters(&prefix).await;
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    let reason = &letters[0].1["herald-dlq-reason"];
+    assert!(reason.contains("tenant leaving is deleted"), "{reason}");
+    let h = health(&herald.base).await;
+    assert_eq!(h["relay"]["dead_lettered"], 1, "{h}");
 
     herald.kill9().await;
     outbox.stop().await;

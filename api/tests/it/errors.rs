@@ -132,6 +132,7 @@ async fn readyz_and_the_openapi_document() {
     let paths = doc["paths"].as_object().unwrap();
     for (path, methods) in [
         ("/api/v1/admin/tenants", &["post"][..]),
+        ("/api/v1/admin/audit", &["get"]),
         ("/api/v1/admin/tenants/{tenant}", &["delete"]),
         ("/api/v1/admin/tenants/{tenant}/export", &["get"]),
         ("/api/v1/admin/tenants/{tenant}/api-keys", &["post", "get"]),
@@ -186,7 +187,7 @@ async fn readyz_and_the_openapi_document() {
     }
     assert_eq!(
         paths.len(),
-        32,
+        33,
         "no undocumented extras: {:?}",
         paths.keys()
     );

@@ -2,7 +2,10 @@
 //! `kafka://` subscription gets each event as a record a plain consumer
 //! reads back (key, value, signed headers), with the delivery log, retries
 //! and replay of an HTTP delivery; bad URLs and settings get 422, and the
-//! SASL password is never shown or stored in the clear.
+//! SASL password is never shown or stored in the clear. Over TLS (the
+//! broker's SSL listener on 9094, SASL_SSL on 9095): the broker's
+//! certificate is verified against the subscription's CA, and SASL
+//! credentials are checked by the broker.
 
 use std::time::Duration;
 
@@ -23,6 +26,27 @@ use crate::{
 };
 
 const WAIT: Duration = Duration::from_secs(60);
+
+/// The test broker's TLS listeners (`scripts/services.d/kafka.sh`).
+const SSL_BROKER: &str = "127.0.0.1:9094";
+const SASL_SSL_BROKER: &str = "127.0.0.1:9095";
+/// The SASL user the broker knows on its SASL_SSL listener.
+const SASL_USER: (&str, &str) = ("herald", "herald-kafka-secret");
+
+/// The authority to trust for the test broker's certificate (its
+/// self-signed certificate, made by `scripts/services up kafka`).
+fn broker_ca() -> String {
+    let path = std::env::var_os("HERALD_TEST_KAFKA_CA").map_or_else(
+        || crate::kafka::repo_root().join(".cache/services/kafka/tls/ca.pem"),
+        std::path::PathBuf::from,
+    );
+    std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "the test broker's CA {}: {e} (scripts/services up kafka makes it)",
+            path.display()
+        )
+    })
+}
 
 /// A record as the test reads it.
 #[derive(Debug)]
@@ -255,6 +279,114 @@ async fn a_strict_subscription_produces_records_in_event_order() {
     herald.stop().await;
 }
 
+/// Records reach a topic through the SSL and the SASL_SSL listener, each
+/// with the broker's CA; without the CA (the system's authorities do not
+/// know the broker) and with a wrong SASL password, attempts fail and no
+/// record is written.
+#[tokio::test]
+async fn tls_destinations_verify_the_broker_and_sasl_ssl_authenticates() {
+    let _shared = BROKER.read().await;
+    let ca = broker_ca();
+    let (tls_topic, sasl_topic) = (topic("tls").await, topic("sasl-ssl").await);
+    let refused_topic = topic("tls-refused").await;
+    let herald = Herald::start_with(|c| c.retry_schedule = "1h".parse().unwrap()).await;
+    let key = herald.tenant("acme").await;
+    let subscribe = |broker: &str, topic: &str, kafka: Value| {
+        let body = json!({
+            "url": format!("kafka://{broker}/{topic}"),
+            "event_types": ["inventory.*"],
+            "timeout_seconds": 5,
+            "kafka": kafka,
+        });
+        let herald = &herald;
+        let key = &key;
+        async move {
+            let (status, sub) = herald
+                .post(key, "/api/v1/portal/webhooks/subscribe", body)
+                .await;
+            assert_eq!(status, 201, "{sub}");
+            sub["id"].as_str().unwrap().to_string()
+        }
+    };
+    let (user, password) = SASL_USER;
+    let sasl = |password: &str| {
+        json!({ "security_protocol": "sasl_ssl", "sasl_mechanism": "PLAIN",
+                "username": user, "password": password, "ca_pem": ca })
+    };
+    let tls = subscribe(
+        SSL_BROKER,
+        &tls_topic,
+        json!({ "security_protocol": "ssl", "ca_pem": ca }),
+    )
+    .await;
+    let sasl_ssl = subscribe(SASL_SSL_BROKER, &sasl_topic, sasl(password)).await;
+    let untrusted = subscribe(
+        SSL_BROKER,
+        &refused_topic,
+        json!({ "security_protocol": "ssl" }),
+    )
+    .await;
+    let wrong_password = subscribe(SASL_SSL_BROKER, &refused_topic, sasl("not-the-password")).await;
+    let (status, shown) = herald
+        .get(&key, &format!("/api/v1/portal/webhooks/{tls}"))
+        .await;
+    assert_eq!(status, 200, "{shown}");
+    assert_eq!(shown["kafka"]["ca_pem"], ca.as_str(), "the CA is shown");
+
+    let event = emit(&herald, &key, None, 1).await;
+    let id = event["id"].as_str().unwrap();
+    for topic in [&tls_topic, &sasl_topic] {
+        let records = read(topic, 1).await;
+        assert_eq!(records[0].header("webhook-id"), id, "{topic}");
+    }
+    let logs = logs_until(&herald, &key, id, |l| l.len() >= 4).await;
+    let attempt = |sub: &str| {
+        logs.iter()
+            .find(|l| l["subscription_id"] == sub)
+            .unwrap_or_else(|| panic!("no attempt of {sub}: {logs:?}"))
+    };
+    for sub in [&tls, &sasl_ssl] {
+        assert_eq!(attempt(sub)["outcome"], "delivered", "{logs:?}");
+    }
+    for sub in [&untrusted, &wrong_password] {
+        let a = attempt(sub);
+        println!("{}: {} {}", a["url"], a["error"], a["error_message"]);
+        assert_eq!(a["outcome"], "failed", "{a}");
+    }
+    // Each failure says why, from librdkafka's connection errors.
+    let untrusted = attempt(&untrusted);
+    assert_eq!(untrusted["error"], "tls", "{untrusted}");
+    assert!(
+        untrusted["error_message"]
+            .as_str()
+            .unwrap()
+            .contains("certificate verify failed"),
+        "{untrusted}"
+    );
+    let refused = attempt(&wrong_password);
+    assert!(
+        refused["error_message"]
+            .as_str()
+            .unwrap()
+            .contains("Authentication failed"),
+        "{refused}"
+    );
+    // Both refused attempts are over: nothing reached their topic.
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", BROKERS)
+        .create()
+        .unwrap();
+    let (low, high) = consumer
+        .fetch_watermarks(&refused_topic, 0, Duration::from_secs(10))
+        .unwrap();
+    assert_eq!(
+        high - low,
+        0,
+        "no record through an untrusted or unauthenticated connection"
+    );
+    herald.stop().await;
+}
+
 #[tokio::test]
 async fn a_dead_broker_records_failed_attempts_and_schedules_retries() {
     let herald = Herald::start().await;
@@ -347,6 +479,20 @@ async fn bad_kafka_urls_and_settings_get_422_and_the_password_is_never_shown() {
                 json!({ "security_protocol": "tls" }),
             ),
             "security_protocol",
+        ),
+        (
+            subscribe(
+                "kafka://127.0.0.1:9092/t",
+                json!({ "security_protocol": "ssl", "ca_pem": "not a certificate" }),
+            ),
+            "ca_pem holds no certificate",
+        ),
+        (
+            subscribe(
+                "kafka://127.0.0.1:9092/t",
+                json!({ "ca_pem": "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n" }),
+            ),
+            "ca_pem needs security_protocol",
         ),
     ] {
         let r = herald
@@ -441,6 +587,7 @@ async fn the_openapi_document_describes_the_kafka_settings() {
         "sasl_mechanism",
         "username",
         "password",
+        "ca_pem",
     ] {
         assert!(input[field].is_object(), "{field}: {input}");
     }
@@ -458,7 +605,9 @@ async fn the_openapi_document_describes_the_kafka_settings() {
     assert!(view.is_object(), "{view}");
     let shown = &schemas["KafkaSettingsView"]["properties"];
     assert!(
-        shown["password_set"].is_object() && shown["password"].is_null(),
+        shown["password_set"].is_object()
+            && shown["password"].is_null()
+            && shown["ca_pem"].is_object(),
         "{shown}"
     );
     herald.stop().await;

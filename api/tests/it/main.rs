@@ -34,6 +34,7 @@ mod quotas;
 mod recovery;
 mod relay_scale;
 mod replicas;
+mod retention;
 mod role_metrics;
 mod schemathesis;
 mod scopes;

@@ -86,6 +86,11 @@ impl Herald {
         }
     }
 
+    /// Its data directory.
+    pub fn data_dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
     /// Stops the server and the engine; returns the data directory.
     pub async fn stop(self) -> TempDir {
         self.server.abort();

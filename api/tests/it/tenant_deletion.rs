@@ -121,6 +121,45 @@ async fn export_then_delete(h: &Herald) {
     let (status, body) = delete(h, "nobody").await;
     assert_eq!(status, 404, "{body}");
 
+    // The deletion is in the operator's trail, which outlives the tenant:
+    // once (the repeat changed nothing), by the admin, naming the tenant.
+    let trail = "/api/v1/admin/audit?action=tenant.deleted";
+    let (status, page) = h.call("GET", ADMIN, trail, None).await;
+    assert_eq!(status, 200, "{page}");
+    let records = page["data"].as_array().unwrap();
+    assert_eq!(records.len(), 1, "{page}");
+    assert_eq!(records[0]["target"], "gone");
+    assert_eq!(records[0]["actor"]["kind"], "admin");
+    let (status, body) = h.call("GET", &kept, trail, None).await;
+    assert_eq!(status, 401, "a tenant key cannot read it: {body}");
+
+    // An event of the tenant that reaches the log after its deletion (an
+    // outbox row relayed late, an emit that raced the DELETE) is dropped by
+    // fan-out: its offset is committed past, and nothing of it is indexed.
+    let new = herald_engine::input::NewEvent {
+        event_type: "order.created".into(),
+        payload: json!({"late": true}),
+        ..Default::default()
+    };
+    let source = herald_engine::model::EventSource::Api;
+    let late = herald_engine::input::build_event("gone", new, source).unwrap();
+    let log = h.engine.log();
+    let at = log.append(std::slice::from_ref(&late)).await.unwrap()[0];
+    eventually(
+        "fan-out past the late event",
+        Duration::from_secs(30),
+        || async {
+            let committed = log
+                .committed(herald_engine::config::FANOUT_GROUP)
+                .await
+                .unwrap();
+            committed
+                .and_then(|c| c.get(&at.partition).copied())
+                .filter(|&o| o > at.offset)
+        },
+    )
+    .await;
+
     // The other tenant's retry comes; the deleted one's never does.
     eventually(
         "the other tenant's retry",

@@ -47,22 +47,36 @@ pub(super) async fn send_and_finish(
     finish(ctx, sub, job, result, decision, now).await;
 }
 
-/// Records a job the open circuit refused: not sent, no attempt used, due
-/// again after `wait`.
-pub(super) async fn deferred(
+/// The record of a job the open circuit refused (counted in the metrics):
+/// not sent, no attempt used, its next attempt shown as the breaker's next
+/// probe (`wait` from now). The shard parks the job until the circuit
+/// closes and writes the record with [`log_refusal`].
+pub(super) fn refusal(
     ctx: &WorkerContext,
     sub: &WebhookSubscription,
-    job: Job,
+    job: &Job,
     wait: Duration,
-) {
+) -> WebhookDeliveryLog {
     let refused = Err(SendError {
         class: ErrorClass::CircuitOpen,
         message: "circuit open: the endpoint failed repeatedly; not sent".into(),
         latency: Duration::ZERO,
     });
     let now = OffsetDateTime::now_utc();
-    let decision = decide_at(ctx, sub, &job, Response::Refused { wait }, now);
-    finish(ctx, sub, job, refused, decision, now).await;
+    let decision = decide_at(ctx, sub, job, Response::Refused { wait }, now);
+    let record = record_of(job, sub, &refused, &decision, now);
+    ctx.metrics.attempt(&record, false, job.event.received_at);
+    record
+}
+
+/// Writes a [`refusal`] to the delivery log, leaving the schedule entry to
+/// the park.
+pub(super) async fn log_refusal(ctx: &WorkerContext, record: WebhookDeliveryLog) {
+    let id = record.delivery_id.clone();
+    retrying(ctx, &id, "log a refused delivery", || {
+        ctx.store.log_attempt(record.clone())
+    })
+    .await;
 }
 
 /// The decision about a job's attempt, with the subscription's health as
@@ -148,44 +162,7 @@ async fn finish(
     now: OffsetDateTime,
 ) {
     let d = &job.delivery;
-    let mut record = WebhookDeliveryLog {
-        id: ids::new_id(ids::ATTEMPT),
-        delivery_id: d.delivery_id.clone(),
-        event_id: d.event_id.clone(),
-        subscription_id: d.subscription_id.clone(),
-        tenant_id: d.tenant_id.clone(),
-        attempt: d.attempt,
-        trigger: d.trigger(),
-        replay_of: d.replay_of.clone(),
-        url: sub.url.clone(),
-        created_at: now,
-        status_code: None,
-        latency_ms: None,
-        response_body: None,
-        location: None,
-        error: decision.error,
-        error_message: None,
-        outcome: decision.outcome,
-        next_attempt_at: decision.next_attempt_at(),
-    };
-    match &result {
-        Ok(answer) => {
-            record.created_at = now - answer.latency;
-            // A Kafka acknowledgement has no HTTP status.
-            record.status_code =
-                (Destination::of(&sub.url) == Destination::Http).then_some(answer.status);
-            record.latency_ms = Some(answer.latency.as_millis() as u64);
-            if !answer.is_success() {
-                record.location = answer.location.clone();
-            }
-            record.response_body = Some(answer.body.clone());
-        }
-        Err(e) => {
-            record.created_at = now - e.latency;
-            record.latency_ms = Some(e.latency.as_millis() as u64);
-            record.error_message = Some(e.message.clone());
-        }
-    }
+    let record = record_of(&job, sub, &result, &decision, now);
     apply_health(ctx, sub, &decision.health).await;
     ctx.metrics
         .attempt(&record, decision.sent.is_some(), job.event.received_at);
@@ -217,6 +194,56 @@ async fn finish(
     if let Some(settle) = job.settle.filter(|_| durable) {
         settle.done();
     }
+}
+
+/// The delivery log record of an attempt.
+fn record_of(
+    job: &Job,
+    sub: &WebhookSubscription,
+    result: &Result<Answer, SendError>,
+    decision: &Decision,
+    now: OffsetDateTime,
+) -> WebhookDeliveryLog {
+    let d = &job.delivery;
+    let mut record = WebhookDeliveryLog {
+        id: ids::new_id(ids::ATTEMPT),
+        delivery_id: d.delivery_id.clone(),
+        event_id: d.event_id.clone(),
+        subscription_id: d.subscription_id.clone(),
+        tenant_id: d.tenant_id.clone(),
+        attempt: d.attempt,
+        trigger: d.trigger(),
+        replay_of: d.replay_of.clone(),
+        url: sub.url.clone(),
+        created_at: now,
+        status_code: None,
+        latency_ms: None,
+        response_body: None,
+        location: None,
+        error: decision.error,
+        error_message: None,
+        outcome: decision.outcome,
+        next_attempt_at: decision.next_attempt_at(),
+    };
+    match result {
+        Ok(answer) => {
+            record.created_at = now - answer.latency;
+            // A Kafka acknowledgement has no HTTP status.
+            record.status_code =
+                (Destination::of(&sub.url) == Destination::Http).then_some(answer.status);
+            record.latency_ms = Some(answer.latency.as_millis() as u64);
+            if !answer.is_success() {
+                record.location = answer.location.clone();
+            }
+            record.response_body = Some(answer.body.clone());
+        }
+        Err(e) => {
+            record.created_at = now - e.latency;
+            record.latency_ms = Some(e.latency.as_millis() as u64);
+            record.error_message = Some(e.message.clone());
+        }
+    }
+    record
 }
 
 /// Tells the tenant a delivery is dead (after its record is stored, so the
@@ -346,7 +373,7 @@ async fn persist(
         let (record, next) = (record.clone(), next.clone());
         async move {
             if unscheduled {
-                ctx.store.record_unscheduled_attempt(record).await
+                ctx.store.log_attempt(record).await
             } else {
                 ctx.store.record_attempt(record, next).await
             }

@@ -173,6 +173,11 @@ impl Breaker {
         self.state
     }
 
+    /// Whether the half-open probe is under way.
+    pub fn probing(&self) -> bool {
+        self.probe_in_flight
+    }
+
     /// How long until an open breaker lets a probe through (zero unless open).
     pub fn remaining_open(&self, now: Instant) -> Duration {
         match (self.state, self.opened_at) {

@@ -63,6 +63,9 @@ pub struct WorkerContext {
     pub operational: OperationalEvents,
     /// Where attempts and breaker states are counted.
     pub metrics: Arc<Metrics>,
+    /// Subscriptions whose circuit is open (or half-open) in this process's
+    /// shards: fan-out parks their new deliveries at once.
+    pub open_circuits: Mutex<HashSet<String>>,
 }
 
 /// What an attempt tells its shard.

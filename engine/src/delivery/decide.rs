@@ -23,8 +23,7 @@
 //! A subscription that has failed without a single success for the
 //! configured period (default 5 days) is disabled with the reason.
 //!
-//! Time is `now`, given; randomness (the retry jitter, the deferral spread)
-//! is a draw, given: the same input always decides the same.
+//! Time is `now`, given; randomness (the retry jitter) is a draw, given: the same input always decides the same.
 
 use std::time::Duration;
 
@@ -267,19 +266,6 @@ fn health(
         }
         (Verdict::Throttled | Verdict::Failed, Some(_)) => Health::Unchanged,
     }
-}
-
-/// How long a job refused by an open circuit waits: until the breaker's
-/// next probe (at least half a second), plus up to a fifth more picked by
-/// `draw` (in [0, 1]) so the held-back jobs don't all land at once.
-pub fn deferral(remaining_open: Duration, draw: f64) -> Duration {
-    let wait = remaining_open.max(Duration::from_millis(500));
-    let draw = if draw.is_nan() {
-        0.0
-    } else {
-        draw.clamp(0.0, 1.0)
-    };
-    wait + wait.mul_f64(draw * 0.2)
 }
 
 /// A change of an endpoint's breaker.

@@ -8,13 +8,16 @@
 //! subscription's delivery is recorded dead, once, so it never comes back
 //! by itself; the recover endpoint re-delivers it.
 //!
-//! An active subscription's delivery that finds its endpoint's queue full
-//! is parked the same way (held, in batches), and released a chunk at a
-//! time as the queue drains (see `worker.rs`): the queue stays bounded and
-//! no delivery waits for a lease to end in a live process. Its re-check is
-//! the lease: should the release be lost with the process, it falls due
-//! as a crashed process's lease would (an embedded restart releases it at
-//! once).
+//! An active subscription's delivery that finds its endpoint's queue full,
+//! or its circuit open, is parked the same way (held, in batches), and
+//! released a chunk at a time as the queue drains and once the circuit is
+//! closed (see `worker.rs`): the queue stays bounded, no delivery waits for
+//! a lease to end in a live process, and a dead endpoint's backlog stays
+//! parked. Its re-check is the longest open period (at least
+//! [`HOLD_RECHECK`]): should the release be lost with the process, an
+//! embedded restart releases it at once, and the next process to have a
+//! delivery of the subscription (after a restart or a rebalance) releases
+//! it then; the re-check is the bound when neither happens.
 
 use std::{sync::Arc, time::Duration};
 
@@ -62,10 +65,11 @@ pub(super) async fn hold(ctx: Arc<WorkerContext>, mut job: Job) {
     }
 }
 
-/// Parks deliveries that found their endpoint's queue full (see the module
-/// doc). They leave the shard either way: parked, or, if the write failed,
+/// Parks deliveries that found their endpoint's queue full, or its circuit
+/// open (see the module doc), due again after `recheck` unless released
+/// first. They leave the shard either way: parked, or, if the write failed,
 /// leased until their lease ends.
-pub(super) async fn park(ctx: &WorkerContext, mut jobs: Vec<Job>) {
+pub(super) async fn park(ctx: &WorkerContext, mut jobs: Vec<Job>, recheck: Duration) {
     if !schedule_unscheduled(ctx, &mut jobs).await {
         // Not in the schedule: they stay unsettled (read again after a restart).
         let mut in_flight = ctx.in_flight.lock();
@@ -75,7 +79,7 @@ pub(super) async fn park(ctx: &WorkerContext, mut jobs: Vec<Job>) {
         return;
     }
     let deliveries: Vec<ScheduledDelivery> = jobs.into_iter().map(|j| j.delivery).collect();
-    let recheck = now_ms() + ctx.config.lease().as_millis() as i64;
+    let recheck = now_ms() + recheck.as_millis() as i64;
     match ctx.store.hold_all(&deliveries, recheck).await {
         Ok(()) => ctx
             .metrics
@@ -89,6 +93,12 @@ pub(super) async fn park(ctx: &WorkerContext, mut jobs: Vec<Job>) {
     for d in &deliveries {
         in_flight.remove(&d.delivery_id);
     }
+}
+
+/// How long a parked delivery waits, unless released first: the longest
+/// open period of the breaker, at least [`HOLD_RECHECK`].
+pub fn park_recheck(config: &crate::config::DeliveryConfig) -> Duration {
+    HOLD_RECHECK.max(config.breaker_max_open_for)
 }
 
 /// Makes the next `limit` parked deliveries of a subscription due and rings

@@ -25,6 +25,7 @@ use bytes::Bytes;
 use http::HeaderMap;
 use parking_lot::Mutex;
 use rdkafka::{
+    client::ClientContext,
     config::ClientConfig,
     error::{KafkaError, RDKafkaErrorCode},
     message::{Header, OwnedHeaders},
@@ -49,6 +50,35 @@ pub struct Record<'a> {
     pub body: &'a Bytes,
 }
 
+/// The last connection error librdkafka reported for a producer (a TLS
+/// handshake that failed, a SASL login the broker refused, a broker down):
+/// a produce that times out says why, when it can.
+#[derive(Clone, Default)]
+struct BrokerErrors {
+    last: std::sync::Arc<Mutex<Option<(RDKafkaErrorCode, String, Instant)>>>,
+}
+
+impl ClientContext for BrokerErrors {
+    fn error(&self, error: KafkaError, reason: &str) {
+        let code = error.rdkafka_error_code().unwrap_or(RDKafkaErrorCode::Fail);
+        *self.last.lock() = Some((code, reason.to_string(), Instant::now()));
+    }
+}
+
+impl BrokerErrors {
+    /// The last error reported within `within`, if any.
+    fn recent(&self, within: Duration) -> Option<(RDKafkaErrorCode, String)> {
+        self.last
+            .lock()
+            .as_ref()
+            .filter(|(_, _, at)| at.elapsed() <= within)
+            .map(|(code, reason, _)| (*code, reason.clone()))
+    }
+}
+
+/// A pooled producer and the errors its connections reported.
+type Pooled = (FutureProducer<BrokerErrors>, BrokerErrors);
+
 /// The producers of a pool are keyed by where they connect and how.
 #[derive(Clone, PartialEq, Eq, Hash)]
 struct PoolKey {
@@ -58,7 +88,7 @@ struct PoolKey {
 
 /// The pooled producers of every Kafka destination.
 pub struct KafkaSinks {
-    producers: Mutex<HashMap<PoolKey, FutureProducer>>,
+    producers: Mutex<HashMap<PoolKey, Pooled>>,
     guard: TargetGuard,
     timeout: Duration,
 }
@@ -107,7 +137,7 @@ impl KafkaSinks {
             bootstrap: target.bootstrap(),
             settings: settings.cloned().unwrap_or_default(),
         };
-        let producer = self
+        let (producer, errors) = self
             .producer(&target, &key)
             .await
             .map_err(|(class, m)| fail(class, m))?;
@@ -131,13 +161,20 @@ impl KafkaSinks {
         let timeout = timeout.unwrap_or(self.timeout).min(self.timeout);
         let sent = tokio::time::timeout(timeout, producer.send(rec, Timeout::After(timeout))).await;
         match sent {
-            Err(_) => Err(fail(
-                ErrorClass::Timeout,
-                format!(
+            Err(_) => {
+                let mut message = format!(
                     "the Kafka brokers {} did not acknowledge the record within {timeout:?}",
                     key.bootstrap
-                ),
-            )),
+                );
+                let mut class = ErrorClass::Timeout;
+                if let Some((code, reason)) = errors.recent(timeout) {
+                    message.push_str(&format!("; the last connection error: {reason}"));
+                    if code == RDKafkaErrorCode::SSL {
+                        class = ErrorClass::Tls;
+                    }
+                }
+                Err(fail(class, message))
+            }
             Ok(Err((e, _))) => {
                 if producer.client().fatal_error().is_some() {
                     self.producers.lock().remove(&key);
@@ -166,7 +203,7 @@ impl KafkaSinks {
         &self,
         target: &KafkaTarget,
         key: &PoolKey,
-    ) -> Result<FutureProducer, (ErrorClass, String)> {
+    ) -> Result<Pooled, (ErrorClass, String)> {
         if let Some(p) = self.producers.lock().get(key) {
             return Ok(p.clone());
         }
@@ -175,19 +212,21 @@ impl KafkaSinks {
                 .await
                 .map_err(|e| (ErrorClass::SsrfBlocked, e.to_string()))?;
         }
-        let producer: FutureProducer = producer_config(&key.bootstrap, &key.settings, self.timeout)
-            .create()
-            .map_err(|e| {
-                (
-                    ErrorClass::Connect,
-                    format!("cannot make a Kafka producer: {e}"),
-                )
-            })?;
+        let errors = BrokerErrors::default();
+        let producer: FutureProducer<BrokerErrors> =
+            producer_config(&key.bootstrap, &key.settings, self.timeout)
+                .create_with_context(errors.clone())
+                .map_err(|e| {
+                    (
+                        ErrorClass::Connect,
+                        format!("cannot make a Kafka producer: {e}"),
+                    )
+                })?;
         Ok(self
             .producers
             .lock()
             .entry(key.clone())
-            .or_insert(producer)
+            .or_insert((producer, errors))
             .clone())
     }
 
@@ -233,6 +272,9 @@ fn producer_config(bootstrap: &str, settings: &KafkaSettings, timeout: Duration)
             c.set("sasl.password", password.expose());
         }
     }
+    if let Some(ca) = &settings.ca_pem {
+        c.set("ssl.ca.pem", ca);
+    }
     c
 }
 
@@ -274,26 +316,24 @@ mod tests {
             sasl_mechanism: Some(SaslMechanism::Plain),
             username: Some("u".into()),
             password: Some(KafkaPassword::new("hunter2-secret")),
+            ca_pem: None,
         };
         assert_eq!(check_settings(&sasl), Ok(()));
     }
 
-    /// The workspace builds librdkafka without OpenSSL (no `ssl` feature of
-    /// rdkafka): TLS settings are refused up front, saying why.
+    /// librdkafka is built with OpenSSL (rdkafka's `ssl` feature): TLS
+    /// and SCRAM settings are taken.
     #[test]
-    fn tls_settings_are_refused_by_a_client_built_without_openssl() {
+    fn tls_and_scram_settings_are_taken() {
         for protocol in [SecurityProtocol::Ssl, SecurityProtocol::SaslSsl] {
             let settings = KafkaSettings {
                 security_protocol: protocol,
-                sasl_mechanism: None,
+                sasl_mechanism: protocol.sasl().then_some(SaslMechanism::ScramSha512),
                 username: protocol.sasl().then(|| "u".into()),
                 password: protocol.sasl().then(|| KafkaPassword::new("p")),
+                ca_pem: None,
             };
-            let err = check_settings(&settings).expect_err(protocol.as_str());
-            assert!(
-                err.contains("security.protocol") && err.contains("OpenSSL"),
-                "{err}"
-            );
+            assert_eq!(check_settings(&settings), Ok(()), "{}", protocol.as_str());
         }
     }
 
@@ -308,6 +348,7 @@ mod tests {
             sasl_mechanism: None,
             username: Some("u".into()),
             password: Some(KafkaPassword::new("p")),
+            ca_pem: None,
         };
         // Nothing listens on port 1: every produce times out.
         for (settings, pooled) in [(None, 1), (None, 1), (Some(&sasl), 2), (Some(&sasl), 2)] {

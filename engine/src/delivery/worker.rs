@@ -8,7 +8,7 @@
 //! comes back to the shard to drive the breaker and the limits.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{HashMap, HashSet, VecDeque},
     sync::Arc,
     time::Duration,
 };
@@ -19,17 +19,26 @@ use tokio_util::sync::CancellationToken;
 
 pub use super::context::{Job, WorkerContext, USER_AGENT};
 use super::{
-    attempt::{deferred, send_and_finish},
+    attempt::{log_refusal, refusal, send_and_finish},
     breaker::{Admission, Breaker, BreakerConfig, BreakerState},
     context::Finished,
-    decide::{deferral, record_on_breaker, BreakerChange},
+    decide::{record_on_breaker, BreakerChange},
     limit::{Concurrency, TokenBucket},
 };
 use crate::model::{SubscriptionStatus, WebhookSubscription};
 
+/// What a shard is handed.
+enum Work {
+    /// A delivery to attempt.
+    Job(Job),
+    /// Fan-out parked this many new deliveries of the subscription (its
+    /// circuit was open): they are released with the others.
+    Parked(String, u64),
+}
+
 /// The set of shards.
 pub struct Shards {
-    senders: Vec<mpsc::Sender<Job>>,
+    senders: Vec<mpsc::Sender<Work>>,
     ctx: Arc<WorkerContext>,
 }
 
@@ -61,12 +70,39 @@ impl Shards {
         {
             return;
         }
-        let shard =
-            crc32fast::hash(job.delivery.subscription_id.as_bytes()) as usize % self.senders.len();
-        if let Err(e) = self.senders[shard].send(job).await {
+        let shard = self.shard_of(&job.delivery.subscription_id);
+        if let Err(e) = self.senders[shard].send(Work::Job(job)).await {
             // Shutting down: the lease brings it back after a restart.
-            self.ctx.in_flight.lock().remove(&e.0.delivery.delivery_id);
+            if let Work::Job(job) = e.0 {
+                self.ctx.in_flight.lock().remove(&job.delivery.delivery_id);
+            }
         }
+    }
+
+    fn shard_of(&self, subscription_id: &str) -> usize {
+        crc32fast::hash(subscription_id.as_bytes()) as usize % self.senders.len()
+    }
+
+    /// The delivery configuration the shards run with.
+    pub fn config(&self) -> &crate::config::DeliveryConfig {
+        &self.ctx.config
+    }
+
+    /// Whether the subscription's circuit is open in this process: its new
+    /// deliveries are better parked at once (see [`Shards::parked`]).
+    pub fn circuit_open(&self, subscription_id: &str) -> bool {
+        self.ctx.open_circuits.lock().contains(subscription_id)
+    }
+
+    /// Tells the subscription's shard that `n` new deliveries of it were
+    /// parked in the store, to be released when its circuit closes.
+    pub async fn parked(&self, subscription_id: &str, n: u64) {
+        let shard = self.shard_of(subscription_id);
+        // Shutting down if it fails: parked deliveries wait for their re-check
+        // or the next process's release.
+        let _ = self.senders[shard]
+            .send(Work::Parked(subscription_id.to_string(), n))
+            .await;
     }
 
     /// Deliveries currently held by shards.
@@ -116,13 +152,16 @@ struct Endpoint {
     wakeup_pending: bool,
     /// The breaker state this endpoint counts under in the metrics.
     shown: Option<BreakerState>,
-    /// Deliveries parked in the schedule for want of queue room and not
-    /// released yet (an estimate: a release that finds none resets it).
+    /// Deliveries parked in the schedule (for want of queue room, or
+    /// refused by the open circuit) and not released yet (an estimate: a
+    /// release that finds none resets it).
     parked: u64,
     /// Park writes under way.
     parking: usize,
     /// Whether a release is under way.
     releasing: bool,
+    /// Whether a timer rings when the open circuit lets a probe through.
+    probe_timer: bool,
     /// Released deliveries not yet back from the scheduler, and when the
     /// last release ended.
     awaiting: u64,
@@ -145,6 +184,8 @@ enum Signal {
     Finished(Finished),
     /// A rate-limited endpoint has a token again.
     Wake(String),
+    /// An open circuit lets a probe through now.
+    Probe(String),
     /// A job whose subscription this process's index did not know yet, but
     /// the store does (created by another process): take it again.
     Retry(Job),
@@ -159,8 +200,14 @@ struct Shard {
     endpoints: HashMap<String, Endpoint>,
     signals: mpsc::UnboundedSender<Signal>,
     attempts: tokio::task::JoinSet<()>,
-    /// Deliveries to park, written in one go by [`Shard::park`].
+    /// Deliveries to park (for want of queue room, or refused by the open
+    /// circuit), written in one go by [`Shard::park`].
     to_park: Vec<Job>,
+    /// Subscriptions this shard has had a delivery of since it started, or
+    /// since the process was last assigned partitions.
+    seen: HashSet<String>,
+    /// [`crate::log::assignments`] when `seen` was last cleared.
+    seen_since: u64,
 }
 
 impl Shard {
@@ -185,6 +232,20 @@ impl Shard {
         }
         let now = tokio::time::Instant::now();
         let max_in_flight = self.max_in_flight(&sub);
+        // Another process may have left deliveries of it parked (one that
+        // died with its circuit open or its queue full, whose partitions this
+        // one may have been assigned since): count one, so the first release,
+        // once the queue and circuit allow, finds out rather than leaving
+        // them to their re-check.
+        let assignments = crate::log::assignments();
+        if assignments != self.seen_since {
+            self.seen.clear();
+            self.seen_since = assignments;
+        }
+        let inherited = u64::from(!self.seen.contains(&sub.id));
+        if inherited > 0 {
+            self.seen.insert(sub.id.clone());
+        }
         let ep = self
             .endpoints
             .entry(sub.id.clone())
@@ -196,9 +257,10 @@ impl Shard {
                 queue: VecDeque::new(),
                 wakeup_pending: false,
                 shown: None,
-                parked: 0,
+                parked: inherited,
                 parking: 0,
                 releasing: false,
+                probe_timer: false,
                 awaiting: 0,
                 released_at: None,
             });
@@ -220,12 +282,22 @@ impl Shard {
         self.pump(&sub.id);
     }
 
-    /// Writes the deliveries waiting to be parked, in one store write.
+    /// Writes the deliveries waiting to be parked, in one store write. They
+    /// are released as the queue drains and the circuit closes; their
+    /// re-check, should the release be lost with the process, is the longest
+    /// the circuit stays open, at least
+    /// [`HOLD_RECHECK`](super::hold::HOLD_RECHECK). Not the lease: a dead
+    /// endpoint's backlog, parked in a burst, would come back all at once
+    /// when the lease ended, be refused by the open circuit and parked again,
+    /// and every other endpoint's scheduled deliveries would wait behind
+    /// that wave (measured: a minute and more). Another process that takes
+    /// over finds them sooner (see `inherited` in [`Shard::accept`]).
     fn park(&mut self) {
         if self.to_park.is_empty() {
             return;
         }
         let batch = std::mem::take(&mut self.to_park);
+        let recheck = super::hold::park_recheck(&self.ctx.config);
         let mut subs: Vec<String> = batch
             .iter()
             .map(|j| j.delivery.subscription_id.clone())
@@ -239,21 +311,40 @@ impl Shard {
         }
         let (ctx, signals) = (self.ctx.clone(), self.signals.clone());
         self.attempts.spawn(async move {
-            super::hold::park(&ctx, batch).await;
+            super::hold::park(&ctx, batch, recheck).await;
             let _ = signals.send(Signal::Parked(subs));
         });
     }
 
     /// Releases the next chunk of an endpoint's parked deliveries once its
-    /// queue has drained to a quarter.
+    /// queue has drained to a quarter and its circuit is closed. While the
+    /// circuit is open nothing is released: when it lets a probe through,
+    /// one parked delivery is released to be that probe (unless a queued
+    /// one is), and the rest follow once a probe closes it.
     fn release_parked(&mut self, subscription_id: &str) {
         let cap = self.ctx.config.max_queued_per_endpoint.max(1);
         let Some(ep) = self.endpoints.get_mut(subscription_id) else {
             return;
         };
-        if ep.parked == 0 || ep.releasing || ep.parking > 0 || ep.queue.len() > cap / 4 {
+        if ep.parked == 0 || ep.releasing || ep.parking > 0 {
             return;
         }
+        let now = tokio::time::Instant::now();
+        let limit = match ep.breaker.state(now) {
+            BreakerState::Closed if ep.queue.len() <= cap / 4 => (cap / 2).max(1),
+            BreakerState::HalfOpen if !ep.breaker.probing() && ep.queue.is_empty() => 1,
+            BreakerState::Open if !ep.probe_timer => {
+                ep.probe_timer = true;
+                let wait = ep.breaker.remaining_open(now);
+                let (signals, id) = (self.signals.clone(), subscription_id.to_string());
+                self.attempts.spawn(async move {
+                    tokio::time::sleep(wait).await;
+                    let _ = signals.send(Signal::Probe(id));
+                });
+                return;
+            }
+            _ => return,
+        };
         let patient = ep
             .released_at
             .is_some_and(|at| at.elapsed() < RELEASE_PATIENCE);
@@ -264,9 +355,32 @@ impl Shard {
         let (ctx, signals) = (self.ctx.clone(), self.signals.clone());
         let id = subscription_id.to_string();
         self.attempts.spawn(async move {
-            let released = super::hold::release_chunk(&ctx, &id, (cap / 2).max(1)).await;
+            let released = super::hold::release_chunk(&ctx, &id, limit).await;
             let _ = signals.send(Signal::Released(id, released));
         });
+    }
+
+    /// Fan-out parked `n` new deliveries of the subscription.
+    fn parked_by_fanout(&mut self, subscription_id: String, n: u64) {
+        match self.endpoints.get_mut(&subscription_id) {
+            Some(ep) => {
+                ep.parked += n;
+                self.release_parked(&subscription_id);
+            }
+            None => {
+                // Its circuit closed (and the endpoint was forgotten) since
+                // fan-out looked: release them now.
+                let ctx = self.ctx.clone();
+                self.attempts.spawn(async move {
+                    if super::hold::release_chunk(&ctx, &subscription_id, usize::MAX)
+                        .await
+                        .is_some_and(|n| n > 0)
+                    {
+                        ctx.wake.notify_one();
+                    }
+                });
+            }
+        }
     }
 
     fn parked(&mut self, subscription_ids: Vec<String>) {
@@ -324,6 +438,13 @@ impl Shard {
         }
         if let Some(change) = record_on_breaker(&mut ep.breaker, done.sent, now) {
             tracing::info!(subscription_id = %done.subscription_id, state = ?change.after, probe = done.probe, "circuit breaker changed state");
+            let mut open = self.ctx.open_circuits.lock();
+            if change.after == BreakerState::Closed {
+                open.remove(&done.subscription_id);
+            } else {
+                open.insert(done.subscription_id.clone());
+            }
+            drop(open);
             self.announce(&done.subscription_id, change);
         }
         self.pump(&done.subscription_id);
@@ -385,11 +506,14 @@ impl Shard {
             let admission = ep.breaker.admit(now);
             let ctx = self.ctx.clone();
             if admission == Admission::Reject {
-                // Not sent, so it costs no attempt: the delivery waits for the
-                // breaker's next probe, spread out so the backlog doesn't land at once.
-                let wait = deferral(ep.breaker.remaining_open(now), rand::random::<f64>());
+                // Not sent, so it costs no attempt: logged once and parked
+                // until the circuit closes (see `release_parked`), rather
+                // than due again, and refused again, at every probe.
+                let record = refusal(&ctx, &sub, &job, ep.breaker.remaining_open(now));
                 self.attempts
-                    .spawn(async move { deferred(&ctx, &sub, job, wait).await });
+                    .spawn(async move { log_refusal(&ctx, record).await });
+                ep.parked += 1;
+                self.to_park.push(job);
                 continue;
             }
             ep.in_flight += 1;
@@ -451,7 +575,7 @@ async fn leave_leased(ctx: &WorkerContext, mut job: Job) {
 
 async fn run_shard(
     ctx: Arc<WorkerContext>,
-    mut jobs: mpsc::Receiver<Job>,
+    mut jobs: mpsc::Receiver<Work>,
     cancel: CancellationToken,
 ) {
     let (signals, mut signal_rx) = mpsc::unbounded_channel::<Signal>();
@@ -461,6 +585,8 @@ async fn run_shard(
         signals,
         attempts: tokio::task::JoinSet::new(),
         to_park: Vec::new(),
+        seen: HashSet::new(),
+        seen_since: crate::log::assignments(),
     };
     loop {
         tokio::select! {
@@ -470,6 +596,12 @@ async fn run_shard(
                 Signal::Retry(job) => shard.accept(job),
                 Signal::Parked(ids) => shard.parked(ids),
                 Signal::Released(id, n) => shard.released(&id, n),
+                Signal::Probe(id) => {
+                    if let Some(ep) = shard.endpoints.get_mut(&id) {
+                        ep.probe_timer = false;
+                    }
+                    shard.pump(&id);
+                }
                 Signal::Wake(id) => {
                     if let Some(ep) = shard.endpoints.get_mut(&id) {
                         ep.wakeup_pending = false;
@@ -477,8 +609,9 @@ async fn run_shard(
                     shard.pump(&id);
                 }
             },
-            job = jobs.recv() => match job {
-                Some(job) => shard.accept(job),
+            work = jobs.recv() => match work {
+                Some(Work::Job(job)) => shard.accept(job),
+                Some(Work::Parked(id, n)) => shard.parked_by_fanout(id, n),
                 None => break,
             },
             Some(_) = shard.attempts.join_next(), if !shard.attempts.is_empty() => {}

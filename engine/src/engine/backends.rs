@@ -11,7 +11,10 @@ use crate::{
     config::{EngineConfig, KafkaConfig, Role, ScyllaConfig, FANOUT_GROUP},
     encryption::{self, KeyRing, SecretCipher},
     error::EngineError,
-    log::{embedded::EmbeddedLog, EventLog},
+    log::{
+        embedded::{EmbeddedLog, LogFiles},
+        EventLog,
+    },
     store::{embedded::EmbeddedStore, ScheduleStore, Store, StoreError},
 };
 
@@ -24,6 +27,8 @@ pub enum LogBackend {
         dir: PathBuf,
         /// Its partitions.
         partitions: u32,
+        /// Its segment files.
+        files: LogFiles,
     },
     /// A Kafka topic.
     Kafka(KafkaConfig),
@@ -60,6 +65,9 @@ impl Backends {
             None => LogBackend::Embedded {
                 dir: config.data_dir.join("log"),
                 partitions: config.log_partitions,
+                files: LogFiles {
+                    segment_bytes: config.log_segment_bytes,
+                },
             },
         };
         let store = match &config.scylla {
@@ -141,9 +149,11 @@ impl Backends {
             }
             #[cfg(not(feature = "kafka"))]
             LogBackend::Kafka(_) => return Err(not_built("HERALD_KAFKA_BROKERS", "kafka")),
-            LogBackend::Embedded { dir, partitions } => {
-                Arc::new(EmbeddedLog::open(dir, *partitions)?)
-            }
+            LogBackend::Embedded {
+                dir,
+                partitions,
+                files,
+            } => Arc::new(EmbeddedLog::open_with(dir, *partitions, *files)?),
         };
         let (cipher, key_file) = secret_cipher(config, &self.store)?;
         tracing::info!(

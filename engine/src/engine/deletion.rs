@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Engine;
 use crate::{
+    audit::{action, AuditRecord, OPERATOR_TRAIL},
     catalogue::Catalogue,
     delivery::worker::Shards,
     error::EngineError,
@@ -27,11 +28,19 @@ impl Engine {
     /// existed. Returns once nothing of it is left; deleting a deleted
     /// tenant changes nothing.
     pub async fn delete_tenant(&self, tenant_id: &str) -> Result<(), EngineError> {
+        let state = self.store.tenant_state(tenant_id).await?;
+        if state == Some(TenantState::Active) {
+            // Written ahead, so there is no deletion without its record
+            // (a deletion that then fails keeps it: it was requested).
+            let record = AuditRecord::new(OPERATOR_TRAIL, action::TENANT_DELETED).target(tenant_id);
+            self.store.append_audit(&record).await?;
+        }
         let before = self
             .store
             .begin_tenant_deletion(tenant_id)
             .await?
             .ok_or(EngineError::NotFound("tenant"))?;
+        self.gone.insert(tenant_id);
         if before == TenantState::Deleted {
             return Ok(());
         }

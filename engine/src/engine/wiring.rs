@@ -19,6 +19,7 @@ use crate::{
     },
     error::EngineError,
     fanout,
+    gone::GoneTenants,
     log::EventLog,
     metrics::{self, Metrics},
     model::{SubscriptionStatus, WebhookSubscription},
@@ -66,6 +67,8 @@ impl Engine {
         }
         let subscriptions = Arc::new(SubscriptionIndex::new(all));
         let catalogue = Arc::new(Catalogue::load(store.all_event_types().await?));
+        let gone = Arc::new(GoneTenants::default());
+        gone.refresh(store.as_ref()).await;
         let guard = TargetGuard::new(config.allow_targets.clone());
         let cancel = CancellationToken::new();
         let wake = Arc::new(Notify::new());
@@ -98,6 +101,7 @@ impl Engine {
                 wake: wake.clone(),
                 operational: OperationalEvents::new(log.clone(), store.clone(), metrics.clone()),
                 metrics: metrics.clone(),
+                open_circuits: Default::default(),
             });
             let (shards, shard_tasks) = Shards::start(ctx, cancel.clone());
             tasks.extend(shard_tasks);
@@ -116,6 +120,7 @@ impl Engine {
                     // On CQL a first attempt that succeeds writes no schedule rows.
                     unscheduled: matches!(backends.store, StoreBackend::Cql(_))
                         .then(|| Arc::new(Unsettled::default())),
+                    gone: gone.clone(),
                 },
                 wake.clone(),
                 cancel.clone(),
@@ -149,6 +154,16 @@ impl Engine {
                 store.clone(),
                 subscriptions.clone(),
                 catalogue.clone(),
+                gone.clone(),
+                cancel.clone(),
+            )));
+        }
+        if config.role.runs_workers() {
+            // One process prunes (the one owning the embedded log).
+            tasks.push(tokio::spawn(super::retention::run(
+                log.clone(),
+                store.clone(),
+                config.retention,
                 cancel.clone(),
             )));
         }
@@ -182,6 +197,7 @@ impl Engine {
                         kafka: kafka.clone(),
                         partitions: log.partitions(),
                         catalogue: catalogue.clone(),
+                        gone: gone.clone(),
                     },
                     stats.clone(),
                     cancel.clone(),
@@ -224,6 +240,7 @@ impl Engine {
             recovery_wake,
             subscription_locks: (0..64).map(|_| AsyncMutex::new(())).collect(),
             quotas: Default::default(),
+            gone,
             _stop_on_drop: cancel.drop_guard(),
         }))
     }
@@ -257,16 +274,18 @@ async fn release_parked(
     Ok(())
 }
 
-/// Keeps `index` and `catalogue` equal to the store's until `cancel`.
+/// Keeps `index`, `catalogue` and `gone` equal to the store's until `cancel`.
 async fn follow_store(
     store: Arc<dyn Store>,
     index: Arc<SubscriptionIndex>,
     catalogue: Arc<Catalogue>,
+    gone: Arc<GoneTenants>,
     cancel: CancellationToken,
 ) {
     loop {
         crate::subscriptions::refresh(store.as_ref(), &index).await;
         catalogue::refresh(store.as_ref(), &catalogue).await;
+        gone.refresh(store.as_ref()).await;
         tokio::select! {
             () = tokio::time::sleep(FOLLOW_INTERVAL) => {}
             () = cancel.cancelled() => return,

@@ -15,14 +15,22 @@
 //! - **Consumer positions survive restarts.** Commits are written to
 //!   `consumers/<group>.json` by write-to-temp, fsync, rename, fsync-dir.
 //!
+//! - **Bounded on disk.** A partition is a run of segment files (see
+//!   [`segment`]); the writer starts a new one past
+//!   [`LogFiles::segment_bytes`], and [`EmbeddedLog::drop_before`] deletes
+//!   whole segments once they are past the retention and every consumer
+//!   group has committed past them. A read below the oldest segment starts
+//!   at its first record.
+//!
 //! The in-memory index holds 20 bytes per record (position, length, time),
-//! rebuilt by one sequential scan at start-up. Segment rolling and retention
-//! are left to later work; the distributed deployment uses Kafka.
+//! rebuilt by one sequential scan at start-up, and leaves with its segment.
+
+mod segment;
 
 use std::{
     collections::BTreeMap,
     fs::{self, File, OpenOptions},
-    io::{BufReader, Read, Write},
+    io::Write,
     os::unix::fs::FileExt,
     path::{Path, PathBuf},
     sync::Arc,
@@ -34,6 +42,7 @@ use parking_lot::{Mutex, RwLock};
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use self::segment::{frame_crc, open_partition, segment_path, sync_dir, IndexEntry, Segment};
 use super::{EventLog, LogConsumer, LogError, LogPosition, LogRecord};
 use crate::model::DomainEvent;
 
@@ -43,20 +52,48 @@ const MAX_RECORD: usize = 16 * 1024 * 1024;
 /// Bytes one group commit gathers at most before writing.
 const MAX_BATCH_BYTES: usize = 8 * 1024 * 1024;
 
-#[derive(Debug, Clone, Copy)]
-struct IndexEntry {
-    pos: u64,
-    len: u32,
-    ts_ms: i64,
+/// How the embedded log lays out its files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogFiles {
+    /// Size past which a partition's writer starts a new segment file (the
+    /// unit retention deletes).
+    pub segment_bytes: u64,
 }
 
+impl Default for LogFiles {
+    /// 64 MiB segments.
+    fn default() -> Self {
+        Self {
+            segment_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// A partition's segments, oldest first; never empty.
 struct Partition {
-    file: File,
-    index: RwLock<Vec<IndexEntry>>,
+    segments: RwLock<Vec<Segment>>,
+}
+
+impl Partition {
+    fn end(&self) -> u64 {
+        self.segments.read().last().map_or(0, Segment::end)
+    }
+}
+
+/// What [`EmbeddedLog::drop_before`] deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Dropped {
+    /// Segment files deleted.
+    pub segments: u64,
+    /// Records they held.
+    pub records: u64,
+    /// Bytes they held.
+    pub bytes: u64,
 }
 
 struct Shared {
     dir: PathBuf,
+    files: LogFiles,
     partitions: Vec<Partition>,
     /// Bumped after every group commit; consumers wait on it.
     appended: watch::Sender<u64>,
@@ -81,9 +118,15 @@ struct Meta {
 }
 
 impl EmbeddedLog {
+    /// Opens (or creates) the log under `dir` with the default
+    /// [`LogFiles`] (see [`open_with`](Self::open_with)).
+    pub fn open(dir: &Path, partitions: u32) -> Result<Self, LogError> {
+        Self::open_with(dir, partitions, LogFiles::default())
+    }
+
     /// Opens (or creates) the log under `dir`. `partitions` applies only to a
     /// new log; an existing log keeps the partition count it was created with.
-    pub fn open(dir: &Path, partitions: u32) -> Result<Self, LogError> {
+    pub fn open_with(dir: &Path, partitions: u32, files: LogFiles) -> Result<Self, LogError> {
         fs::create_dir_all(dir.join("consumers"))?;
         let meta_path = dir.join("log.meta.json");
         let partitions = match fs::read(&meta_path) {
@@ -119,30 +162,29 @@ impl EmbeddedLog {
         let mut parts = Vec::new();
         let mut writers = Vec::new();
         for p in 0..partitions {
-            let path = dir.join(format!("partition-{p:03}.log"));
-            let mut file = OpenOptions::new()
-                .create(true)
-                .read(true)
-                .append(true)
-                .open(&path)?;
-            let index = recover(&mut file, &path)?;
-            let end = index
-                .last()
-                .map_or(0, |e| e.pos + HEADER as u64 + u64::from(e.len));
-            let last_ts = index.last().map_or(i64::MIN, |e| e.ts_ms);
+            let segments = open_partition(dir, p)?;
+            let last = segments.last().expect("a partition has a segment");
             writers.push(WriterPartition {
-                file: file.try_clone()?,
-                end,
-                last_ts,
+                file: last.file.clone(),
+                end: last.bytes(),
+                // Times never go back within a partition, even when the
+                // last segment is new and empty.
+                last_ts: segments
+                    .iter()
+                    .rev()
+                    .find_map(|s| s.index.last())
+                    .map_or(i64::MIN, |e| e.ts_ms),
+                base: last.base,
+                records: last.index.len() as u64,
             });
             parts.push(Partition {
-                file,
-                index: RwLock::new(index),
+                segments: RwLock::new(segments),
             });
         }
         let (appended, _) = watch::channel(0);
         let shared = Arc::new(Shared {
             dir: dir.to_path_buf(),
+            files,
             partitions: parts,
             appended,
             commit_lock: Mutex::new(()),
@@ -156,58 +198,97 @@ impl EmbeddedLog {
     }
 }
 
+/// The writer's view of a partition's last segment.
+impl EmbeddedLog {
+    /// Deletes each partition's oldest segments whose every record was
+    /// appended before `before_ms` and which every consumer group has
+    /// committed past; never the segment being written, never past a
+    /// partition a group has not committed. No consumer group: nothing.
+    pub fn drop_segments(&self, before_ms: i64) -> Result<Dropped, LogError> {
+        self.shared.drop_segments(before_ms)
+    }
+}
+
+impl Shared {
+    fn drop_segments(&self, before_ms: i64) -> Result<Dropped, LogError> {
+        let shared = self;
+        let committed = shared.all_committed()?;
+        let mut dropped = Dropped::default();
+        if committed.is_empty() {
+            return Ok(dropped);
+        }
+        for (p, part) in shared.partitions.iter().enumerate() {
+            let floor = committed
+                .iter()
+                .map(|group| group.get(&(p as u32)).copied().unwrap_or(0))
+                .min()
+                .unwrap_or(0);
+            let gone: Vec<Segment> = {
+                let mut segments = part.segments.write();
+                let keep_from = segments[..segments.len() - 1]
+                    .iter()
+                    .position(|s| {
+                        s.end() > floor || s.index.last().is_some_and(|e| e.ts_ms >= before_ms)
+                    })
+                    .unwrap_or(segments.len() - 1);
+                segments.drain(..keep_from).collect()
+            };
+            if gone.is_empty() {
+                continue;
+            }
+            for segment in &gone {
+                // Readers holding the file read on until they drop it.
+                fs::remove_file(&segment.path)?;
+                dropped.segments += 1;
+                dropped.records += segment.index.len() as u64;
+                dropped.bytes += segment.bytes();
+            }
+            sync_dir(&shared.dir)?;
+        }
+        Ok(dropped)
+    }
+}
+
+/// The writer's view of a partition's last segment.
 struct WriterPartition {
-    file: File,
+    file: Arc<File>,
+    /// Its length in bytes.
     end: u64,
     last_ts: i64,
+    /// Offset of its first record.
+    base: u64,
+    /// Records in it.
+    records: u64,
 }
 
-/// Scans a partition file, returning its index and truncating a torn tail.
-fn recover(file: &mut File, path: &Path) -> Result<Vec<IndexEntry>, LogError> {
-    let total = file.metadata()?.len();
-    let mut reader = BufReader::with_capacity(1 << 20, &*file);
-    let mut index = Vec::new();
-    let mut pos = 0u64;
-    let mut header = [0u8; HEADER];
-    let mut payload = Vec::new();
-    while pos + HEADER as u64 <= total {
-        reader.read_exact(&mut header)?;
-        let len = u32::from_le_bytes(header[0..4].try_into().expect("4 bytes")) as usize;
-        let crc = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes"));
-        let ts_ms = i64::from_le_bytes(header[8..16].try_into().expect("8 bytes"));
-        if len > MAX_RECORD || pos + (HEADER + len) as u64 > total {
-            break;
-        }
-        payload.resize(len, 0);
-        reader.read_exact(&mut payload)?;
-        if frame_crc(ts_ms, &payload) != crc {
-            break;
-        }
-        index.push(IndexEntry {
-            pos,
-            len: len as u32,
-            ts_ms,
-        });
-        pos += (HEADER + len) as u64;
-    }
-    if pos < total {
-        tracing::warn!(
-            file = %path.display(),
-            kept = pos,
-            dropped = total - pos,
-            "truncating a torn tail left by an interrupted (never acknowledged) write"
+impl WriterPartition {
+    /// Starts a new segment after this one's last record.
+    fn roll(&mut self, shared: &Shared, p: usize) -> std::io::Result<()> {
+        let base = self.base + self.records;
+        let path = segment_path(&shared.dir, p as u32, base);
+        let file = Arc::new(
+            OpenOptions::new()
+                .create(true)
+                .read(true)
+                .append(true)
+                .open(&path)?,
         );
-        file.set_len(pos)?;
-        file.sync_all()?;
+        sync_dir(&shared.dir)?;
+        shared.partitions[p].segments.write().push(Segment {
+            base,
+            path,
+            file: file.clone(),
+            index: Vec::new(),
+        });
+        *self = WriterPartition {
+            file,
+            end: 0,
+            last_ts: self.last_ts,
+            base,
+            records: 0,
+        };
+        Ok(())
     }
-    Ok(index)
-}
-
-fn frame_crc(ts_ms: i64, payload: &[u8]) -> u32 {
-    let mut h = crc32fast::Hasher::new();
-    h.update(&ts_ms.to_le_bytes());
-    h.update(payload);
-    h.finalize()
 }
 
 fn run_writer(
@@ -232,9 +313,7 @@ fn run_writer(
         let now_ms = (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
         let mut new_entries: Vec<Vec<IndexEntry>> = vec![Vec::new(); n];
         let mut answers: Vec<Vec<LogPosition>> = Vec::with_capacity(batch.len());
-        let base_len: Vec<usize> = (0..n)
-            .map(|p| shared.partitions[p].index.read().len())
-            .collect();
+        let base_len: Vec<u64> = (0..n).map(|p| shared.partitions[p].end()).collect();
         for req in &batch {
             let mut positions = Vec::with_capacity(req.frames.len());
             for (p, payload) in &req.frames {
@@ -249,7 +328,7 @@ fn run_writer(
                 bufs[p].extend_from_slice(payload);
                 positions.push(LogPosition {
                     partition: p as u32,
-                    offset: (base_len[p] + new_entries[p].len()) as u64,
+                    offset: base_len[p] + new_entries[p].len() as u64,
                 });
                 new_entries[p].push(IndexEntry {
                     pos,
@@ -263,8 +342,19 @@ fn run_writer(
         match result {
             Ok(()) => {
                 for (p, entries) in new_entries.into_iter().enumerate() {
-                    if !entries.is_empty() {
-                        shared.partitions[p].index.write().extend(entries);
+                    if entries.is_empty() {
+                        continue;
+                    }
+                    parts[p].records += entries.len() as u64;
+                    let mut segments = shared.partitions[p].segments.write();
+                    let last = segments.last_mut().expect("a partition has a segment");
+                    last.index.extend(entries);
+                    drop(segments);
+                    if parts[p].end >= shared.files.segment_bytes {
+                        if let Err(e) = parts[p].roll(&shared, p) {
+                            // Appends go on into the current segment.
+                            tracing::error!(error = %e, partition = p, "could not start a new log segment");
+                        }
                     }
                 }
                 for (req, positions) in batch.into_iter().zip(answers) {
@@ -293,10 +383,8 @@ fn write_and_sync(parts: &mut [WriterPartition], bufs: &mut [Vec<u8>]) -> std::i
         if buf.is_empty() || outcome.is_err() {
             continue;
         }
-        outcome = part
-            .file
-            .write_all(buf)
-            .and_then(|()| part.file.sync_data());
+        let mut file = &*part.file;
+        outcome = file.write_all(buf).and_then(|()| file.sync_data());
     }
     for (part, buf) in parts.iter_mut().zip(bufs.iter_mut()) {
         if buf.is_empty() {
@@ -327,23 +415,38 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 impl Shared {
+    fn partition(&self, partition: u32) -> Result<&Partition, LogError> {
+        self.partitions
+            .get(partition as usize)
+            .ok_or(LogError::OutOfRange {
+                partition,
+                offset: 0,
+            })
+    }
+
+    /// Up to `max` records from `offset` (from the oldest kept record if
+    /// `offset` is older), within one segment.
     fn read(&self, partition: u32, offset: u64, max: usize) -> Result<Vec<LogRecord>, LogError> {
         let part = self
             .partitions
             .get(partition as usize)
             .ok_or(LogError::OutOfRange { partition, offset })?;
-        let entries: Vec<IndexEntry> = {
-            let index = part.index.read();
-            let start = (offset as usize).min(index.len());
-            let end = start.saturating_add(max).min(index.len());
-            index[start..end].to_vec()
+        let (offset, file, entries) = {
+            let segments = part.segments.read();
+            let offset = offset.max(segments[0].base);
+            let at = segments.partition_point(|s| s.base <= offset) - 1;
+            let segment = &segments[at];
+            let start = ((offset - segment.base) as usize).min(segment.index.len());
+            let end = start.saturating_add(max).min(segment.index.len());
+            let entries: Vec<IndexEntry> = segment.index[start..end].to_vec();
+            (offset, segment.file.clone(), entries)
         };
         let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
             return Ok(Vec::new());
         };
         let span_end = last.pos + HEADER as u64 + u64::from(last.len);
         let mut buf = vec![0u8; (span_end - first.pos) as usize];
-        part.file.read_exact_at(&mut buf, first.pos)?;
+        file.read_exact_at(&mut buf, first.pos)?;
         entries
             .iter()
             .enumerate()
@@ -384,6 +487,24 @@ impl Shared {
             })
             .collect();
         self.dir.join("consumers").join(format!("{safe}.json"))
+    }
+
+    /// The committed positions of every consumer group that committed any.
+    fn all_committed(&self) -> Result<Vec<BTreeMap<u32, u64>>, LogError> {
+        let _guard = self.commit_lock.lock();
+        let mut groups = Vec::new();
+        for entry in fs::read_dir(self.dir.join("consumers"))? {
+            let path = entry?.path();
+            if path.extension().is_some_and(|e| e == "json") {
+                let raw = fs::read(&path)?;
+                groups.push(serde_json::from_slice(&raw).map_err(|e| LogError::Corrupt {
+                    partition: 0,
+                    offset: 0,
+                    reason: format!("{}: {e}", path.display()),
+                })?);
+            }
+        }
+        Ok(groups)
     }
 
     fn load_offsets(&self, group: &str) -> Result<BTreeMap<u32, u64>, LogError> {
@@ -435,33 +556,40 @@ impl EventLog for EmbeddedLog {
     }
 
     async fn end_offset(&self, partition: u32) -> Result<u64, LogError> {
-        let part = self
-            .shared
-            .partitions
-            .get(partition as usize)
-            .ok_or(LogError::OutOfRange {
-                partition,
-                offset: 0,
-            })?;
-        Ok(part.index.read().len() as u64)
+        Ok(self.shared.partition(partition)?.end())
     }
 
     async fn offset_for_time(&self, partition: u32, at: OffsetDateTime) -> Result<u64, LogError> {
-        let part = self
-            .shared
-            .partitions
-            .get(partition as usize)
-            .ok_or(LogError::OutOfRange {
-                partition,
-                offset: 0,
-            })?;
         let at_ms = (at.unix_timestamp_nanos() / 1_000_000) as i64;
-        let index = part.index.read();
-        Ok(index.partition_point(|e| e.ts_ms < at_ms) as u64)
+        let segments = self.shared.partition(partition)?.segments.read();
+        // The first segment whose last record is at or after `at`.
+        let found = segments
+            .iter()
+            .find(|s| s.index.last().is_some_and(|e| e.ts_ms >= at_ms));
+        Ok(match found {
+            Some(s) => s.base + s.index.partition_point(|e| e.ts_ms < at_ms) as u64,
+            None => segments.last().map_or(0, Segment::end),
+        })
     }
 
     async fn committed(&self, group: &str) -> Result<Option<BTreeMap<u32, u64>>, LogError> {
         self.shared.load_offsets(group).map(Some)
+    }
+
+    async fn drop_before(&self, before_ms: i64) -> Result<u64, LogError> {
+        let shared = self.shared.clone();
+        let dropped = tokio::task::spawn_blocking(move || shared.drop_segments(before_ms))
+            .await
+            .map_err(|_| LogError::Closed)??;
+        if dropped.segments > 0 {
+            tracing::info!(
+                segments = dropped.segments,
+                records = dropped.records,
+                bytes = dropped.bytes,
+                "event log segments past the retention deleted"
+            );
+        }
+        Ok(dropped.records)
     }
 
     fn appends(&self) -> Option<watch::Receiver<u64>> {
@@ -503,24 +631,26 @@ impl LogConsumer for EmbeddedConsumer {
             let (shared, next, cursor) = (self.shared.clone(), self.next.clone(), self.cursor);
             // All partitions in one blocking call; round-robin from a moving
             // start, so a busy partition can't starve the others.
-            let (out, counts) = tokio::task::spawn_blocking(move || {
+            let (out, read_to) = tokio::task::spawn_blocking(move || {
                 let mut out = Vec::new();
-                let mut counts = vec![0u64; n];
+                let mut read_to = vec![None; n];
                 for i in 0..n {
                     let p = (cursor + i) % n;
                     if out.len() >= max {
                         break;
                     }
                     let records = shared.read(p as u32, next[p], max - out.len())?;
-                    counts[p] = records.len() as u64;
+                    read_to[p] = records.last().map(|r| r.position.offset + 1);
                     out.extend(records);
                 }
-                Ok::<_, LogError>((out, counts))
+                Ok::<_, LogError>((out, read_to))
             })
             .await
             .map_err(|_| LogError::Closed)??;
-            for (next, count) in self.next.iter_mut().zip(counts) {
-                *next += count;
+            for (next, read_to) in self.next.iter_mut().zip(read_to) {
+                if let Some(to) = read_to {
+                    *next = to;
+                }
             }
             self.cursor = (self.cursor + 1) % n.max(1);
             if !out.is_empty() {

@@ -13,10 +13,29 @@ pub mod embedded;
 #[cfg(feature = "kafka")]
 pub mod kafka;
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use async_trait::async_trait;
 use time::OffsetDateTime;
 
 use crate::model::DomainEvent;
+
+/// Partition assignments this process's consumers were given.
+static ASSIGNMENTS: AtomicU64 = AtomicU64::new(0);
+
+/// How many times this process's consumers were assigned partitions (a
+/// rebalance moved some to it): what another member left behind may be
+/// this one's now. Zero on the embedded log, whose one consumer has every
+/// partition.
+pub fn assignments() -> u64 {
+    ASSIGNMENTS.load(Ordering::Relaxed)
+}
+
+/// Counts an assignment (see [`assignments`]).
+#[cfg_attr(not(feature = "kafka"), allow(dead_code))]
+fn assigned() {
+    ASSIGNMENTS.fetch_add(1, Ordering::Relaxed);
+}
 
 /// Where a record sits in the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -145,6 +164,14 @@ pub trait EventLog: Send + Sync + 'static {
     /// A consumer in group `group` over every partition, starting at the
     /// group's committed positions.
     async fn consumer(&self, group: &str) -> Result<Box<dyn LogConsumer>, LogError>;
+
+    /// Deletes what the log keeps past its retention: records appended
+    /// before `before_ms` that every consumer group has committed past.
+    /// Returns the records deleted. The default deletes nothing (Kafka
+    /// deletes by the topic's `retention.ms`).
+    async fn drop_before(&self, _before_ms: i64) -> Result<u64, LogError> {
+        Ok(0)
+    }
 }
 
 /// A group member reading the log.

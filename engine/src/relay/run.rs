@@ -19,7 +19,7 @@ use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
 use super::{map, parse, RelayStats};
-use crate::{catalogue::Catalogue, config::KafkaConfig, log::kafka::record};
+use crate::{catalogue::Catalogue, config::KafkaConfig, gone::GoneTenants, log::kafka::record};
 
 /// Records per transaction, at most.
 const BATCH: usize = 500;
@@ -38,6 +38,8 @@ pub struct RelaySettings {
     /// The event-type catalogue rows are validated against (the process's
     /// own, which follows the shared store).
     pub catalogue: Arc<Catalogue>,
+    /// Tenants deleted or being deleted: their rows are dead-lettered.
+    pub gone: Arc<GoneTenants>,
 }
 
 impl RelaySettings {
@@ -251,9 +253,18 @@ impl Session {
                 Ok(parse::Parsed::Row(row)) => map::to_event(*row, now)
                     .and_then(|event| {
                         map::check_schema(&event, &self.settings.catalogue)?;
-                        Ok(Some(event))
+                        Ok(event)
                     })
-                    .map_err(|e| e.to_string()),
+                    .map_err(|e| e.to_string())
+                    .and_then(|event| {
+                        if self.settings.gone.contains(&event.tenant_id) {
+                            return Err(format!(
+                                "tenant {} is deleted: its outbox rows are not relayed",
+                                event.tenant_id
+                            ));
+                        }
+                        Ok(Some(event))
+                    }),
                 Ok(parse::Parsed::Skip(_)) => Ok(None),
                 Err(e) => Err(e.to_string()),
             };

@@ -30,16 +30,11 @@ pub trait DeliveryLogStore: Send + Sync + 'static {
         next: Option<ScheduledDelivery>,
     ) -> Result<(), StoreError>;
 
-    /// Records an attempt of a delivery fan-out handed over without writing
-    /// it to the schedule ([`crate::delivery::handoff`]): there is no
-    /// schedule entry to read, settle or remove. Stores without such
-    /// hand-offs record it as a final attempt.
-    async fn record_unscheduled_attempt(
-        &self,
-        attempt: WebhookDeliveryLog,
-    ) -> Result<(), StoreError> {
-        self.record_attempt(attempt, None).await
-    }
+    /// Records an attempt and leaves the schedule as it is: the delivery has
+    /// no entry there (fan-out handed it over unscheduled,
+    /// [`crate::delivery::handoff`]), or another write moves its entry (a
+    /// delivery the open circuit refused is parked next).
+    async fn log_attempt(&self, attempt: WebhookDeliveryLog) -> Result<(), StoreError>;
 
     /// A tenant's delivery attempts, newest first.
     async fn list_delivery_logs(

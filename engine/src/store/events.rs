@@ -15,6 +15,36 @@ pub struct EventFilter {
     pub before: Option<String>,
 }
 
+/// Where a retention pass goes on: the last id of each table that
+/// [`EventStore::prune_before`] examined (`None`: from the start).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PruneCursor {
+    /// The last event id examined.
+    pub events: Option<String>,
+    /// The last delivery-log id examined.
+    pub delivery_logs: Option<String>,
+}
+
+/// What one [`EventStore::prune_before`] call deleted, and where the pass
+/// goes on.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Pruned {
+    /// Events (with their index rows).
+    pub events: usize,
+    /// Delivery-log records (attempts).
+    pub delivery_logs: usize,
+    /// Where the next call goes on; `None` once both tables were examined
+    /// up to the cutoff (the pass is over).
+    pub next: Option<PruneCursor>,
+}
+
+/// The id of kind `prefix` that sorts before every id made at or after
+/// `ms` and after every id made before it (ids are UUIDv7: their first 12
+/// hex digits are the creation time in ms).
+pub fn id_floor(prefix: &str, ms: i64) -> String {
+    format!("{prefix}_{:012x}", ms.max(0))
+}
+
 /// The event index and the dedupe window.
 #[async_trait]
 pub trait EventStore: Send + Sync + 'static {
@@ -64,4 +94,19 @@ pub trait EventStore: Send + Sync + 'static {
     /// Removes dedupe claims that expired before `now_ms`; returns how many
     /// (a store whose claims expire by themselves returns 0).
     async fn purge_expired(&self, now_ms: i64) -> Result<u64, StoreError>;
+
+    /// Examines the next `limit` events and the next `limit` delivery-log
+    /// records after `from` that are older than `before_ms` (by their
+    /// time-ordered ids) and deletes those nothing waits for: kept are an
+    /// event not yet fanned out, one with a delivery still pending
+    /// (scheduled, retrying or held) or holding a live dedupe key, and a
+    /// pending delivery's attempts. Each call's work is bounded by `limit`
+    /// however many rows are kept. A store whose rows expire by TTL
+    /// deletes nothing.
+    async fn prune_before(
+        &self,
+        before_ms: i64,
+        from: &PruneCursor,
+        limit: usize,
+    ) -> Result<Pruned, StoreError>;
 }

@@ -34,7 +34,7 @@ mod tenants;
 pub use audit::AuditStore;
 pub use catalogue::CatalogueStore;
 pub use delivery_log::{DeliveryLogStore, LogFilter};
-pub use events::{EventFilter, EventStore};
+pub use events::{id_floor, EventFilter, EventStore, PruneCursor, Pruned};
 pub use purge::{TenantPurgeStore, TenantState};
 pub use recovery::{RecoveryScope, RecoveryStore};
 pub use schedule::{FanOut, FanOutResult, ScheduleStore};

@@ -46,4 +46,10 @@ pub trait TenantPurgeStore: Send + Sync + 'static {
 
     /// Tenants left `deleting` (by a crash, or a failed purge).
     async fn tenants_deleting(&self) -> Result<Vec<String>, StoreError>;
+
+    /// Every tenant `deleting` or `deleted`: events for them are refused
+    /// wherever they come from (the CDC relay, a fan-out). Beginning a
+    /// deletion moves the subscriptions version, so processes that follow
+    /// the store re-read this list when it moves.
+    async fn tenants_gone(&self) -> Result<Vec<String>, StoreError>;
 }

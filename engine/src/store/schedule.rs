@@ -32,6 +32,12 @@ pub struct FanOut {
     /// costly then only indexes the event and claims its dedupe key. A store
     /// may schedule them all the same (the embedded one does).
     pub unscheduled: bool,
+    /// Deliveries parked from the start, held (as [`ScheduleStore::hold`]
+    /// leaves them) until their `due_at_ms`, the re-check, unless released
+    /// first: the caller's shard has the subscription's circuit open, so
+    /// they would only be refused. Written with the event's other
+    /// deliveries; never set with `unscheduled`.
+    pub parked: Vec<ScheduledDelivery>,
 }
 
 /// What [`ScheduleStore::fan_out`] did with one event.

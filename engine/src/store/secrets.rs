@@ -203,6 +203,7 @@ mod tests {
             sasl_mechanism: None,
             username: Some("herald".into()),
             password: Some(KafkaPassword::new("kafka-pass-5Jq7")),
+            ca_pem: None,
         });
         let body = codec.encode(&s).unwrap();
         assert!(!body.contains("kafka-pass-5Jq7"), "{body}");

@@ -62,6 +62,12 @@ impl Harness {
         }
     }
 
+    /// Whether the store deletes rows past the retention itself (SQLite);
+    /// the CQL store leaves it to the tables' TTL.
+    pub fn prunes(&self) -> bool {
+        matches!(self.backing, Backing::Embedded(_))
+    }
+
     /// Another handle on the same store, as a second process would open it.
     pub async fn other(&self) -> Arc<dyn Store> {
         match &self.backing {

@@ -13,6 +13,7 @@ use crate::{
 
 contract!(
     an_attempt_reschedules_or_settles_its_delivery,
+    a_logged_attempt_leaves_the_schedule_to_a_hold,
     logs_page_newest_first_with_filters,
     attempts_recorded_at_once_are_each_listed_once,
 );
@@ -61,6 +62,39 @@ async fn an_attempt_reschedules_or_settles_its_delivery(h: &Harness) {
     let logs = s.list_delivery_logs("acme", &filter, 10).await.unwrap();
     assert_eq!(ids(&logs), [dead.id, failed.id]);
     assert_eq!(logs[0].outcome, Outcome::Dead);
+}
+
+/// What a refusal by the open circuit does: the attempt is logged, the
+/// schedule entry is left to the hold that parks it, and a release makes
+/// it due again.
+async fn a_logged_attempt_leaves_the_schedule_to_a_hold(h: &Harness) {
+    let s = &h.store;
+    let e = event("acme", "order.created");
+    s.record_event(&e, POSITION, 0).await.unwrap();
+    let t = now();
+    let d = delivery(&e, "sub_a", t - 1_000);
+    s.schedule(vec![d.clone()]).await.unwrap();
+    let (claimed, _) = s.claim_due(t, t + 60_000, 10).await.unwrap().remove(0);
+    let refused = attempt(&claimed, Outcome::Failed);
+    s.log_attempt(refused.clone()).await.unwrap();
+    assert_eq!(s.schedule_backlog().await.unwrap(), 1, "still scheduled");
+    s.hold(&claimed, t + 3_600_000).await.unwrap();
+    let held = s.claim_due(now(), now() + 60_000, 10).await.unwrap();
+    assert!(held.is_empty(), "held until its re-check");
+    assert_eq!(s.release_held("sub_a", now(), 1).await.unwrap(), 1);
+    let again = s.claim_due(now(), now() + 60_000, 10).await.unwrap();
+    assert_eq!(again.len(), 1, "released");
+    assert_eq!(
+        (again[0].0.delivery_id.as_str(), again[0].0.attempt),
+        (d.delivery_id.as_str(), 1),
+        "a refusal uses no attempt"
+    );
+    let filter = LogFilter {
+        event_id: Some(e.id.clone()),
+        ..LogFilter::default()
+    };
+    let logs = s.list_delivery_logs("acme", &filter, 10).await.unwrap();
+    assert_eq!(ids(&logs), [refused.id]);
 }
 
 async fn logs_page_newest_first_with_filters(h: &Harness) {
@@ -183,7 +217,7 @@ async fn attempts_recorded_at_once_are_each_listed_once(h: &Harness) {
         .collect();
     let writes = attempts.iter().enumerate().map(|(i, a)| async move {
         if i % 2 == 0 {
-            s.record_unscheduled_attempt(a.clone()).await
+            s.log_attempt(a.clone()).await
         } else {
             s.record_attempt(a.clone(), None).await
         }

@@ -1,10 +1,13 @@
 //! [`EventStore`]: the event index and the dedupe window.
 
-use herald_engine::store::EventFilter;
+use herald_engine::{
+    model::{DomainEvent, Outcome, ScheduledDelivery},
+    store::{EventFilter, FanOut, LogFilter, PruneCursor, Pruned},
+};
 
 use crate::{
     backend::Harness,
-    fixtures::{event, now, POSITION},
+    fixtures::{attempt, delivery, event, now, POSITION},
 };
 
 contract!(
@@ -12,6 +15,7 @@ contract!(
     events_list_newest_first_with_filters,
     recording_again_changes_nothing,
     a_large_batch_is_indexed_whole_with_its_dedupe_keys,
+    retention_prunes_only_what_nothing_waits_for,
 );
 
 async fn a_dedupe_key_is_held_by_one_event_until_it_expires(h: &Harness) {
@@ -168,4 +172,91 @@ async fn a_large_batch_is_indexed_whole_with_its_dedupe_keys(h: &Harness) {
         let holder = s.event_by_dedupe_key("acme", key, now()).await.unwrap();
         assert_eq!(holder.map(|h| h.id), Some(e.id.clone()), "{key}");
     }
+}
+
+/// Retention: an event past it whose deliveries are done goes with its
+/// attempt logs (on a store that prunes; the CQL store expires rows by
+/// TTL and prunes nothing), and nothing still waited for ever goes: an
+/// event not yet fanned out, one with a delivery pending (and that
+/// delivery's attempts), one whose dedupe key is live.
+async fn retention_prunes_only_what_nothing_waits_for(h: &Harness) {
+    let s = &h.store;
+    let t = now();
+    let day = 86_400_000;
+    let fan_out = |e: &DomainEvent, deliveries: Vec<ScheduledDelivery>| {
+        let item = FanOut {
+            event: e.clone(),
+            position: POSITION,
+            deliveries,
+            lease_until_ms: None,
+            unscheduled: false,
+            parked: Vec::new(),
+        };
+        s.fan_out(vec![item], t + day, t)
+    };
+    let done = event("acme", "order.created");
+    let retrying = event("acme", "order.created");
+    let mut keyed = event("acme", "order.created");
+    keyed.dedupe_key = Some("k1".into());
+    let unfanned = event("acme", "order.created");
+    for e in [&done, &retrying, &keyed, &unfanned] {
+        s.record_event(e, POSITION, t + day).await.unwrap();
+    }
+    let d_done = delivery(&done, "sub_a", t - 1_000);
+    let d_retry = delivery(&retrying, "sub_a", t - 1_000);
+    fan_out(&done, vec![d_done.clone()]).await.unwrap();
+    fan_out(&retrying, vec![d_retry.clone()]).await.unwrap();
+    fan_out(&keyed, Vec::new()).await.unwrap();
+    assert_eq!(s.claim_due(t, t + 60_000, 10).await.unwrap().len(), 2);
+    let delivered = attempt(&d_done, Outcome::Delivered);
+    s.record_attempt(delivered, None).await.unwrap();
+    let failed = attempt(&d_retry, Outcome::Failed);
+    let mut retry = d_retry.clone();
+    retry.attempt = 2;
+    retry.due_at_ms = t + day;
+    s.record_attempt(failed.clone(), Some(retry)).await.unwrap();
+
+    // Everything above is older than the cutoff; a batch of 1 at a time.
+    let cutoff = now() + 1_000;
+    let (mut events, mut delivery_logs, mut steps) = (0, 0, 0);
+    let mut from = PruneCursor::default();
+    loop {
+        let p = s.prune_before(cutoff, &from, 1).await.unwrap();
+        assert!(p.events <= 1 && p.delivery_logs <= 1, "{p:?}");
+        events += p.events;
+        delivery_logs += p.delivery_logs;
+        steps += 1;
+        match p.next {
+            Some(next) => from = next,
+            None => break,
+        }
+    }
+    let logs_of = |e: &DomainEvent| LogFilter {
+        event_id: Some(e.id.clone()),
+        ..LogFilter::default()
+    };
+    if h.prunes() {
+        assert_eq!((events, delivery_logs), (1, 1));
+        // One row of each table examined per step, kept ones included.
+        assert_eq!(steps, 4 + 1, "four events, then the end of the pass");
+        assert!(s.get_event("acme", &done.id).await.unwrap().is_none());
+        let filter = logs_of(&done);
+        let logs = s.list_delivery_logs("acme", &filter, 10).await.unwrap();
+        assert!(logs.is_empty());
+    } else {
+        assert_eq!((events, delivery_logs, steps), (0, 0, 1));
+    }
+    for kept in [&retrying, &keyed, &unfanned] {
+        let found = s.get_event("acme", &kept.id).await.unwrap();
+        assert_eq!(found.as_ref().map(|e| &e.id), Some(&kept.id));
+    }
+    let filter = logs_of(&retrying);
+    let logs = s.list_delivery_logs("acme", &filter, 10).await.unwrap();
+    assert_eq!(logs.len(), 1, "a pending delivery's attempts stay");
+    let holder = s.event_by_dedupe_key("acme", "k1", now()).await.unwrap();
+    assert_eq!(holder.map(|e| e.id), Some(keyed.id.clone()));
+    // Nothing younger than the cutoff goes.
+    let start = PruneCursor::default();
+    let p = s.prune_before(t - day, &start, 100).await.unwrap();
+    assert_eq!(p, Pruned::default());
 }

@@ -110,11 +110,16 @@ async fn a_deleted_tenant_leaves_nothing_readable(h: &Harness) {
     assert_eq!(before, [1, 1, 1, 1, 1, 1, 1]);
     assert_eq!(visible(h, "gone", &gone_event).await, before);
     assert_eq!(s.schedule_backlog().await.unwrap(), 2);
+    assert!(s.tenants_gone().await.unwrap().is_empty());
+    let version = s.subscriptions_version().await.unwrap();
 
     assert_eq!(
         s.begin_tenant_deletion("gone").await.unwrap(),
         Some(TenantState::Active)
     );
+    // Followers learn of it through the subscriptions version.
+    assert!(s.subscriptions_version().await.unwrap() > version);
+    assert_eq!(s.tenants_gone().await.unwrap(), ["gone"]);
     // From here on its key no longer authenticates, and it is gone for the API.
     assert!(s.grant_for_key(gone_hash).await.unwrap().is_none());
     assert!(!s.tenant_exists("gone").await.unwrap());
@@ -141,6 +146,11 @@ async fn a_deleted_tenant_leaves_nothing_readable(h: &Harness) {
         Some(TenantState::Deleted)
     );
     assert!(s.tenants_deleting().await.unwrap().is_empty());
+    assert_eq!(
+        s.tenants_gone().await.unwrap(),
+        ["gone"],
+        "deleted stays gone"
+    );
 
     // The other tenant is untouched.
     assert_eq!(visible(h, "kept", &kept_event).await, before);

@@ -15,6 +15,7 @@ use crate::{
 contract!(
     fan_out_is_idempotent_and_drops_duplicates,
     fan_out_leases_what_the_caller_hands_out,
+    fan_out_parks_what_the_caller_parks,
     a_leased_delivery_is_not_claimed_twice,
     ordered_deliveries_are_claimed_head_first,
     released_leases_fall_due_at_once,
@@ -41,6 +42,7 @@ async fn fan_out_is_idempotent_and_drops_duplicates(h: &Harness) {
         deliveries: d,
         lease_until_ms: None,
         unscheduled: false,
+        parked: Vec::new(),
     };
     let done = s
         .fan_out(vec![item(&first, deliveries.clone())], t + 60_000, t)
@@ -89,6 +91,7 @@ async fn fan_out_leases_what_the_caller_hands_out(h: &Harness) {
             deliveries: vec![handed.clone()],
             lease_until_ms: Some(lease_end),
             unscheduled: false,
+            parked: Vec::new(),
         }],
         0,
         t,
@@ -109,6 +112,40 @@ async fn fan_out_leases_what_the_caller_hands_out(h: &Harness) {
 }
 
 /// Two processes claim at once, and again: every delivery is taken once.
+/// A delivery fan-out parks (its circuit is open) is held from the start:
+/// not claimable, and due once released.
+async fn fan_out_parks_what_the_caller_parks(h: &Harness) {
+    let s = &h.store;
+    let t = now();
+    let e = event("acme", "order.created");
+    let due = delivery(&e, "sub_a", t - 1_000);
+    let parked = delivery(&e, "sub_b", t + 3_600_000);
+    let item = FanOut {
+        event: e.clone(),
+        position: POSITION,
+        deliveries: vec![due.clone()],
+        lease_until_ms: None,
+        unscheduled: false,
+        parked: vec![parked.clone()],
+    };
+    let done = s.fan_out(vec![item.clone()], 0, t).await.unwrap();
+    assert_eq!(done, [FanOutResult::Scheduled]);
+    assert_eq!(s.schedule_backlog().await.unwrap(), 2, "both scheduled");
+    let claimed = s.claim_due(now(), now() + 60_000, 10).await.unwrap();
+    assert_eq!(
+        ids(claimed.iter().map(|(d, _)| d)),
+        ids([&due]),
+        "the parked one waits"
+    );
+    assert_eq!(s.release_held("sub_b", now(), 10).await.unwrap(), 1);
+    let released = s.claim_due(now(), now() + 60_000, 10).await.unwrap();
+    assert_eq!(ids(released.iter().map(|(d, _)| d)), ids([&parked]));
+    // A re-read of the log after a crash parks nothing twice.
+    let again = s.fan_out(vec![item], 0, t).await.unwrap();
+    assert_eq!(again, [FanOutResult::AlreadyDone]);
+    assert_eq!(s.release_held("sub_b", now(), 10).await.unwrap(), 0);
+}
+
 async fn a_leased_delivery_is_not_claimed_twice(h: &Harness) {
     let (a, b) = (h.store.clone(), h.other().await);
     let e = event("acme", "order.created");

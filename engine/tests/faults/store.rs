@@ -126,6 +126,10 @@ impl DeliveryLogStore for FaultyStore {
         self.write("record_attempt", self.inner.record_attempt(attempt, next))
             .await
     }
+    async fn log_attempt(&self, attempt: WebhookDeliveryLog) -> Result<(), StoreError> {
+        self.write("log_attempt", self.inner.log_attempt(attempt))
+            .await
+    }
     async fn list_delivery_logs(
         &self,
         tenant_id: &str,
@@ -190,6 +194,15 @@ impl EventStore for FaultyStore {
     }
     async fn purge_expired(&self, now_ms: i64) -> Result<u64, StoreError> {
         self.inner.purge_expired(now_ms).await
+    }
+
+    async fn prune_before(
+        &self,
+        before_ms: i64,
+        from: &herald_engine::store::PruneCursor,
+        limit: usize,
+    ) -> Result<herald_engine::store::Pruned, StoreError> {
+        self.inner.prune_before(before_ms, from, limit).await
     }
 }
 
@@ -384,5 +397,9 @@ impl TenantPurgeStore for FaultyStore {
     }
     async fn tenants_deleting(&self) -> Result<Vec<String>, StoreError> {
         self.inner.tenants_deleting().await
+    }
+
+    async fn tenants_gone(&self) -> Result<Vec<String>, StoreError> {
+        self.inner.tenants_gone().await
     }
 }

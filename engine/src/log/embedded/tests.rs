@@ -190,3 +190,116 @@ async fn offset_for_time_finds_the_first_record_at_or_after() {
     let later = OffsetDateTime::now_utc() + time::Duration::hours(1);
     assert_eq!(log.offset_for_time(0, later).await.unwrap(), 3);
 }
+
+fn small_segments() -> LogFiles {
+    LogFiles {
+        segment_bytes: 2_000,
+    }
+}
+
+fn segment_files(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter(|e| {
+            let name = e.as_ref().unwrap().file_name();
+            name.to_str().unwrap().starts_with("partition-")
+        })
+        .count()
+}
+
+#[tokio::test]
+async fn segments_roll_and_offsets_run_on_across_them_after_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = EmbeddedLog::open_with(dir.path(), 1, small_segments()).unwrap();
+    let mut events = Vec::new();
+    for n in 0..60 {
+        let batch = [event("t", n)];
+        let pos = log.append(&batch).await.unwrap();
+        assert_eq!(pos[0].offset, n);
+        events.extend(batch);
+    }
+    let files = segment_files(dir.path());
+    assert!(
+        files > 3,
+        "60 records of ~250 bytes in 2 kB segments: {files} files"
+    );
+    drop(log);
+
+    let log = EmbeddedLog::open_with(dir.path(), 1, small_segments()).unwrap();
+    assert_eq!(log.end_offset(0).await.unwrap(), 60);
+    let mut read = Vec::new();
+    let mut next = 0;
+    while next < 60 {
+        let records = log.read(0, next, 100).await.unwrap();
+        assert!(!records.is_empty(), "a read at {next} found nothing");
+        next = records.last().unwrap().position.offset + 1;
+        read.extend(records);
+    }
+    let offsets: Vec<u64> = read.iter().map(|r| r.position.offset).collect();
+    assert_eq!(offsets, (0..60).collect::<Vec<_>>());
+    assert!(read.iter().zip(&events).all(|(r, e)| r.event == *e));
+    assert_eq!(log.append(&[event("t", 60)]).await.unwrap()[0].offset, 60);
+}
+
+#[tokio::test]
+async fn expired_segments_go_only_once_every_group_committed_past_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = EmbeddedLog::open_with(dir.path(), 1, small_segments()).unwrap();
+    for n in 0..40 {
+        log.append(&[event("t", n)]).await.unwrap();
+    }
+    let now = time::OffsetDateTime::now_utc().unix_timestamp() * 1000 + 1000;
+    // No consumer group yet: nothing is known to be done.
+    assert_eq!(log.drop_segments(now).unwrap(), Dropped::default());
+
+    let mut fast = log.consumer("fast").await.unwrap();
+    let mut slow = log.consumer("slow").await.unwrap();
+    let at = |offset| {
+        [LogPosition {
+            partition: 0,
+            offset,
+        }]
+    };
+    fast.commit(&at(40)).await.unwrap();
+    slow.commit(&at(10)).await.unwrap();
+    let before = segment_files(dir.path());
+    // Past the retention but the slow group has read only 10 records.
+    let dropped = log.drop_segments(now).unwrap();
+    assert!(dropped.records <= 10, "{dropped:?}");
+    assert!(
+        dropped.records > 0,
+        "the segments wholly before 10 go: {dropped:?}"
+    );
+    // Not yet past the retention: nothing, whatever was committed.
+    slow.commit(&at(40)).await.unwrap();
+    assert_eq!(log.drop_segments(0).unwrap(), Dropped::default());
+
+    let dropped_all = log.drop_segments(now).unwrap();
+    assert_eq!(
+        dropped.segments + dropped_all.segments,
+        before as u64 - 1,
+        "all but the segment being written"
+    );
+    assert_eq!(segment_files(dir.path()), 1);
+    let first_kept = dropped.records + dropped_all.records;
+    // Appends go on; a read below the oldest kept record starts at it.
+    assert_eq!(log.append(&[event("t", 40)]).await.unwrap()[0].offset, 40);
+    let read = log.read(0, 0, 100).await.unwrap();
+    assert_eq!(read.first().unwrap().position.offset, first_kept);
+    assert_eq!(log.end_offset(0).await.unwrap(), 41);
+    assert_eq!(
+        log.offset_for_time(0, time::OffsetDateTime::UNIX_EPOCH)
+            .await
+            .unwrap(),
+        first_kept
+    );
+
+    // A new group starts at the oldest kept record, and a reopen finds
+    // the same offsets.
+    let mut late = log.consumer("late").await.unwrap();
+    let got = late.poll(100, Duration::from_millis(10)).await.unwrap();
+    assert_eq!(got.last().unwrap().position.offset, 40);
+    drop((fast, slow, late, log));
+    let log = EmbeddedLog::open_with(dir.path(), 1, small_segments()).unwrap();
+    assert_eq!(log.end_offset(0).await.unwrap(), 41);
+}

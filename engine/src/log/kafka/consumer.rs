@@ -45,6 +45,7 @@ impl ConsumerContext for Rebalances {
         };
         match rebalance {
             Rebalance::Assign(list) => {
+                super::super::assigned();
                 tracing::info!(partitions = ?partitions(list), "partitions assigned")
             }
             Rebalance::Revoke(list) => {

@@ -20,9 +20,19 @@ pub(super) struct Pending {
     pub attempt: WebhookDeliveryLog,
     /// The attempt, JSON-encoded (by the caller, off the writer thread).
     pub body: String,
-    /// The delivery's next attempt, or `None` when it is settled.
-    pub next: Option<ScheduledDelivery>,
+    /// What the attempt does to the delivery's schedule entry.
+    pub change: ScheduleChange,
     pub reply: oneshot::Sender<Result<(), StoreError>>,
+}
+
+/// What recording an attempt does to the delivery's schedule entry.
+pub(super) enum ScheduleChange {
+    /// Due again for its next attempt.
+    Reschedule(ScheduledDelivery),
+    /// Settled: removed.
+    Remove,
+    /// Left as it is (another write moves it).
+    Keep,
 }
 
 /// Attempts waiting for the writer; the first one in submits the job.
@@ -84,15 +94,16 @@ fn write(conn: &Connection, p: &Pending) -> Result<(), StoreError> {
         ])
     })
     .map_err(db_err)?;
-    match &p.next {
-        Some(n) => conn
+    match &p.change {
+        ScheduleChange::Reschedule(n) => conn
             .prepare_cached(
                 "UPDATE schedule SET attempt = ?1, due_at = ?2, leased = 0 WHERE delivery_id = ?3",
             )
             .and_then(|mut st| st.execute(params![n.attempt, n.due_at_ms, n.delivery_id])),
-        None => conn
+        ScheduleChange::Remove => conn
             .prepare_cached("DELETE FROM schedule WHERE delivery_id = ?1")
             .and_then(|mut st| st.execute([&a.delivery_id])),
+        ScheduleChange::Keep => Ok(0),
     }
     .map_err(db_err)?;
     Ok(())

@@ -5,7 +5,10 @@ use async_trait::async_trait;
 use rusqlite::types::Value;
 use tokio::sync::oneshot;
 
-use super::{attempts, json_err, query_bodies, EmbeddedStore};
+use super::{
+    attempts::{self, ScheduleChange},
+    json_err, query_bodies, EmbeddedStore,
+};
 use crate::{
     model::{ScheduledDelivery, WebhookDeliveryLog},
     store::{DeliveryLogStore, LogFilter, StoreError},
@@ -18,20 +21,15 @@ impl DeliveryLogStore for EmbeddedStore {
         attempt: WebhookDeliveryLog,
         next: Option<ScheduledDelivery>,
     ) -> Result<(), StoreError> {
-        let body = serde_json::to_string(&attempt).map_err(json_err)?;
-        let (reply, answer) = oneshot::channel();
-        let first = self.attempts.push(attempts::Pending {
-            attempt,
-            body,
-            next,
-            reply,
-        });
-        if first && self.writer.send(self.attempts.job()).await.is_err() {
-            self.attempts.refuse("store is shutting down");
-        }
-        answer
-            .await
-            .map_err(|_| StoreError::Unavailable("store writer stopped".into()))?
+        let change = match next {
+            Some(next) => ScheduleChange::Reschedule(next),
+            None => ScheduleChange::Remove,
+        };
+        self.queue_attempt(attempt, change).await
+    }
+
+    async fn log_attempt(&self, attempt: WebhookDeliveryLog) -> Result<(), StoreError> {
+        self.queue_attempt(attempt, ScheduleChange::Keep).await
     }
 
     async fn list_delivery_logs(
@@ -59,5 +57,30 @@ impl DeliveryLogStore for EmbeddedStore {
         sql.push_str(" ORDER BY id DESC LIMIT ?");
         args.push(Value::from(limit as i64));
         self.read(move |conn| query_bodies(conn, &sql, args)).await
+    }
+}
+
+impl EmbeddedStore {
+    /// Queues an attempt for the writer's next combined job; returns once
+    /// the commit holding it is done.
+    async fn queue_attempt(
+        &self,
+        attempt: WebhookDeliveryLog,
+        change: ScheduleChange,
+    ) -> Result<(), StoreError> {
+        let body = serde_json::to_string(&attempt).map_err(json_err)?;
+        let (reply, answer) = oneshot::channel();
+        let first = self.attempts.push(attempts::Pending {
+            attempt,
+            body,
+            change,
+            reply,
+        });
+        if first && self.writer.send(self.attempts.job()).await.is_err() {
+            self.attempts.refuse("store is shutting down");
+        }
+        answer
+            .await
+            .map_err(|_| StoreError::Unavailable("store writer stopped".into()))?
     }
 }

@@ -7,9 +7,10 @@ use rusqlite::{params, types::Value, Connection};
 
 use super::{db_err, json_err, query_bodies, EmbeddedStore};
 use crate::{
+    ids,
     log::LogPosition,
     model::DomainEvent,
-    store::{EventFilter, EventStore, StoreError},
+    store::{id_floor, EventFilter, EventStore, PruneCursor, Pruned, StoreError},
 };
 
 /// Indexes an event (state 0: not fanned out yet) unless it is indexed.
@@ -59,6 +60,40 @@ pub(super) fn claim_dedupe(
     conn.prepare_cached("SELECT event_id FROM dedupe WHERE tenant_id = ?1 AND dedupe_key = ?2")
         .and_then(|mut st| st.query_row(params![event.tenant_id, key], |r| r.get(0)))
         .map_err(db_err)
+}
+
+/// One retention step over `table`: the next `limit` ids after `from`
+/// below `floor` are examined and `delete` (over the range `?1` exclusive
+/// to `?2` inclusive, `?3` = `now` when given) removes those that may go.
+/// Returns the rows deleted and the last id examined (`None`: nothing was
+/// left to examine).
+fn prune_range(
+    conn: &Connection,
+    table: &str,
+    from: Option<&str>,
+    floor: &str,
+    limit: usize,
+    delete: &str,
+    now: Option<i64>,
+) -> Result<(usize, Option<String>), StoreError> {
+    let from = from.unwrap_or("");
+    let last: Option<String> = conn
+        .prepare_cached(&format!(
+            "SELECT max(id) FROM (SELECT id FROM {table} WHERE id > ?1 AND id < ?2 \
+             ORDER BY id LIMIT ?3)"
+        ))
+        .and_then(|mut st| st.query_row(params![from, floor, limit as i64], |r| r.get(0)))
+        .map_err(db_err)?;
+    let Some(last) = last else {
+        return Ok((0, None));
+    };
+    let mut st = conn.prepare_cached(delete).map_err(db_err)?;
+    let deleted = match now {
+        Some(now) => st.execute(params![from, last, now]),
+        None => st.execute(params![from, last]),
+    }
+    .map_err(db_err)?;
+    Ok((deleted, Some(last)))
 }
 
 #[async_trait]
@@ -158,6 +193,58 @@ impl EventStore for EmbeddedStore {
         sql.push_str(" ORDER BY id DESC LIMIT ?");
         args.push(Value::from(limit as i64));
         self.read(move |conn| query_bodies(conn, &sql, args)).await
+    }
+
+    async fn prune_before(
+        &self,
+        before_ms: i64,
+        from: &PruneCursor,
+        limit: usize,
+    ) -> Result<Pruned, StoreError> {
+        let events_floor = id_floor(ids::EVENT, before_ms);
+        let logs_floor = id_floor(ids::ATTEMPT, before_ms);
+        let from = from.clone();
+        let now = crate::clock::now_ms();
+        self.write(move |conn| {
+            let (events, events_to) = prune_range(
+                conn,
+                "events",
+                from.events.as_deref(),
+                &events_floor,
+                limit,
+                // Kept: not yet fanned out, a delivery pending, a live
+                // dedupe key (a repeat of the key must still find it).
+                "DELETE FROM events WHERE id IN (SELECT e.id FROM events e \
+                 WHERE e.id > ?1 AND e.id <= ?2 AND e.state <> 0 \
+                 AND NOT EXISTS (SELECT 1 FROM schedule s WHERE s.event_id = e.id) \
+                 AND NOT EXISTS (SELECT 1 FROM dedupe d WHERE d.tenant_id = e.tenant_id \
+                     AND d.dedupe_key = json_extract(e.body, '$.dedupe_key') \
+                     AND d.event_id = e.id AND d.expires_at > ?3))",
+                Some(now),
+            )?;
+            let (delivery_logs, logs_to) = prune_range(
+                conn,
+                "delivery_logs",
+                from.delivery_logs.as_deref(),
+                &logs_floor,
+                limit,
+                // Kept: a pending delivery's attempts.
+                "DELETE FROM delivery_logs WHERE id IN (SELECT l.id FROM delivery_logs l \
+                 WHERE l.id > ?1 AND l.id <= ?2 \
+                 AND NOT EXISTS (SELECT 1 FROM schedule s WHERE s.event_id = l.event_id))",
+                None,
+            )?;
+            let next = (events_to.is_some() || logs_to.is_some()).then(|| PruneCursor {
+                events: events_to.or(from.events),
+                delivery_logs: logs_to.or(from.delivery_logs),
+            });
+            Ok(Pruned {
+                events,
+                delivery_logs,
+                next,
+            })
+        })
+        .await
     }
 
     async fn purge_expired(&self, now_ms: i64) -> Result<u64, StoreError> {

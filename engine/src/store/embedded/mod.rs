@@ -194,6 +194,7 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
         (6, include_str!("schema_v6.sql")),
         (7, include_str!("schema_v7.sql")),
         (8, include_str!("schema_v8.sql")),
+        (9, include_str!("schema_v9.sql")),
     ] {
         if version < step {
             conn.execute_batch(&format!("BEGIN IMMEDIATE; {sql} COMMIT;"))

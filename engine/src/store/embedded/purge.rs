@@ -42,6 +42,17 @@ fn delete_some(
     .map_err(db_err)
 }
 
+/// The ids of the tenants whose row passes `condition`, in order.
+fn tenant_ids(conn: &Connection, condition: &str) -> Result<Vec<String>, StoreError> {
+    let mut st = conn
+        .prepare_cached(&format!(
+            "SELECT id FROM tenants WHERE {condition} ORDER BY id"
+        ))
+        .map_err(db_err)?;
+    let rows = st.query_map([], |r| r.get(0)).map_err(db_err)?;
+    rows.collect::<Result<Vec<String>, _>>().map_err(db_err)
+}
+
 #[async_trait]
 impl TenantPurgeStore for EmbeddedStore {
     async fn tenant_state(&self, tenant_id: &str) -> Result<Option<TenantState>, StoreError> {
@@ -64,6 +75,8 @@ impl TenantPurgeStore for EmbeddedStore {
                 .map_err(db_err)?;
                 conn.execute("DELETE FROM api_keys WHERE tenant_id = ?1", [&tenant])
                     .map_err(db_err)?;
+                // Followers re-read the tenants gone (see `tenants_gone`).
+                bump_version(conn)?;
             }
             Ok(before)
         })
@@ -126,13 +139,12 @@ impl TenantPurgeStore for EmbeddedStore {
     }
 
     async fn tenants_deleting(&self) -> Result<Vec<String>, StoreError> {
-        self.read(|conn| {
-            let mut st = conn
-                .prepare_cached("SELECT id FROM tenants WHERE state = 'deleting' ORDER BY id")
-                .map_err(db_err)?;
-            let rows = st.query_map([], |r| r.get(0)).map_err(db_err)?;
-            rows.collect::<Result<Vec<String>, _>>().map_err(db_err)
-        })
-        .await
+        self.read(|conn| tenant_ids(conn, "state = 'deleting'"))
+            .await
+    }
+
+    async fn tenants_gone(&self) -> Result<Vec<String>, StoreError> {
+        self.read(|conn| tenant_ids(conn, "state IS NOT NULL"))
+            .await
     }
 }

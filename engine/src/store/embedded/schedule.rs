@@ -85,6 +85,12 @@ impl ScheduleStore for EmbeddedStore {
                 for d in &item.deliveries {
                     insert_schedule(conn, d, item.lease_until_ms.filter(|_| !d.ordered))?;
                 }
+                for d in &item.parked {
+                    insert_schedule(conn, d, None)?;
+                    conn.prepare_cached("UPDATE schedule SET held = 1 WHERE delivery_id = ?1")
+                        .and_then(|mut st| st.execute([&d.delivery_id]))
+                        .map_err(db_err)?;
+                }
                 conn.prepare_cached("UPDATE events SET state = 1 WHERE id = ?1")
                     .and_then(|mut st| st.execute([&item.event.id]))
                     .map_err(db_err)?;

@@ -14,7 +14,7 @@ use super::{decode, encode, id_day, ScyllaStore};
 use crate::{
     log::LogPosition,
     model::{DomainEvent, ScheduledDelivery},
-    store::{EventFilter, EventStore, FanOut, FanOutResult, StoreError},
+    store::{EventFilter, EventStore, FanOut, FanOutResult, PruneCursor, Pruned, StoreError},
 };
 
 const BY_ID: &str =
@@ -147,6 +147,8 @@ impl ScyllaStore {
             .collect();
         let work = leased.iter().map(|d| self.insert_schedule(d, None));
         futures::future::try_join_all(work).await?;
+        let parked = item.parked.iter().map(|d| self.insert_held(d));
+        futures::future::try_join_all(parked).await?;
         self.exec(
             "UPDATE events SET state = ? WHERE id = ?",
             (STATE_FANNED_OUT, &event.id),
@@ -281,5 +283,15 @@ impl EventStore for ScyllaStore {
     async fn purge_expired(&self, _now_ms: i64) -> Result<u64, StoreError> {
         // Dedupe claims carry a TTL: the database drops them itself.
         Ok(0)
+    }
+
+    async fn prune_before(
+        &self,
+        _before_ms: i64,
+        _from: &PruneCursor,
+        _limit: usize,
+    ) -> Result<Pruned, StoreError> {
+        // Events and delivery logs carry the retention as their TTL.
+        Ok(Pruned::default())
     }
 }

@@ -14,6 +14,18 @@ use super::ScyllaStore;
 use crate::{model::ScheduledDelivery, store::StoreError};
 
 impl ScyllaStore {
+    /// Adds a delivery to the schedule held from the start, due at its
+    /// re-check (`due_at_ms`): listed first, as a hold lists before it moves
+    /// the schedule row.
+    pub(super) async fn insert_held(&self, d: &ScheduledDelivery) -> Result<(), StoreError> {
+        self.exec(
+            "INSERT INTO schedule_held (subscription_id, seq, delivery_id) VALUES (?, ?, ?)",
+            (&d.subscription_id, d.seq, &d.delivery_id),
+        )
+        .await?;
+        self.insert_schedule(d, None).await
+    }
+
     /// See [`crate::store::Store::hold`].
     pub(super) async fn hold_delivery(
         &self,

@@ -24,11 +24,8 @@ impl DeliveryLogStore for ScyllaStore {
         self.settle(&attempt.delivery_id, next).await
     }
 
-    /// Only the log: the delivery has no schedule row (no read, no delete).
-    async fn record_unscheduled_attempt(
-        &self,
-        attempt: WebhookDeliveryLog,
-    ) -> Result<(), StoreError> {
+    /// Only the log: no schedule read, no delete.
+    async fn log_attempt(&self, attempt: WebhookDeliveryLog) -> Result<(), StoreError> {
         self.log_writer.write(&attempt).await
     }
 

@@ -29,6 +29,28 @@ fn state_of(raw: Option<String>) -> TenantState {
 }
 
 impl ScyllaStore {
+    /// The tenants whose state passes `keep` (a scan of the small
+    /// `tenants` table).
+    async fn tenants_where(
+        &self,
+        keep: impl Fn(TenantState) -> bool,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut out = Vec::new();
+        self.scan(
+            "SELECT tenant_id, state FROM tenants",
+            (),
+            |(id, state): (String, Option<String>)| {
+                if keep(state_of(state)) {
+                    out.push(id);
+                }
+                Ok(())
+            },
+        )
+        .await?;
+        out.sort();
+        Ok(out)
+    }
+
     /// Removes the tenant's API keys: authentication rows, then the listing.
     async fn purge_keys(&self, tenant: &str) -> Result<usize, StoreError> {
         let mut hashes = Vec::new();
@@ -303,6 +325,8 @@ impl TenantPurgeStore for ScyllaStore {
             )
             .await?;
             self.purge_keys(tenant_id).await?;
+            // Followers re-read the tenants gone (see `tenants_gone`).
+            self.bump_subscriptions_version().await?;
         }
         Ok(Some(before))
     }
@@ -327,18 +351,12 @@ impl TenantPurgeStore for ScyllaStore {
     }
 
     async fn tenants_deleting(&self) -> Result<Vec<String>, StoreError> {
-        let mut out = Vec::new();
-        self.scan(
-            "SELECT tenant_id, state FROM tenants",
-            (),
-            |(id, state): (String, Option<String>)| {
-                if state.as_deref() == Some("deleting") {
-                    out.push(id);
-                }
-                Ok(())
-            },
-        )
-        .await?;
-        Ok(out)
+        self.tenants_where(|state| state == TenantState::Deleting)
+            .await
+    }
+
+    async fn tenants_gone(&self) -> Result<Vec<String>, StoreError> {
+        self.tenants_where(|state| state != TenantState::Active)
+            .await
     }
 }
