@@ -8,7 +8,11 @@
 use herald_engine::{
     config::ScyllaConfig,
     resources::{Scope, TenantQuotas},
-    store::{embedded::EmbeddedStore, scylla::ScyllaStore, Store, TenantStore},
+    store::{
+        embedded::{EmbeddedStore, SCHEMA_VERSION},
+        scylla::ScyllaStore,
+        Store, TenantStore,
+    },
 };
 
 use crate::backend::{cipher, nodes, run_id, session, KEYSPACE_PREFIX};
@@ -76,7 +80,7 @@ async fn an_embedded_store_at_schema_v4_migrates_and_old_keys_keep_full_access()
     let v: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(v, 8);
+    assert_eq!(v, SCHEMA_VERSION);
 }
 
 #[tokio::test]
