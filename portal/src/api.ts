@@ -79,6 +79,8 @@ export type Subscription = {
   filter?: string | null;
   payload?: 'full' | 'thin';
   kafka?: import('./kafka').KafkaView | null;
+  auth?: import('./endpoint').AuthView | null;
+  tls?: import('./endpoint').TlsView | null;
   created_at: string;
   updated_at: string;
   secret?: string;

@@ -2,6 +2,7 @@ import { useEffect, useState } from 'preact/hooks';
 import { api, Attempt, fmtTime, Page, qs, Subscription } from './api';
 import { Routing, RoutingFields, routingBody } from './routing';
 import { KafkaFields, KafkaForm, isKafka, kafkaBody, kafkaForm } from './kafka';
+import { EndpointFields, EndpointForm, endpointBody, endpointForm } from './endpoint';
 
 function errText(e: unknown): string {
   return (e as Error).message;
@@ -37,6 +38,7 @@ function CreateForm({ onCreated }: { onCreated: (s: Subscription) => void }) {
   const [description, setDescription] = useState('');
   const [routing, setRouting] = useState<Routing>({ filter: '', payload: 'full' });
   const [kafka, setKafka] = useState<KafkaForm>(kafkaForm());
+  const [endpoint, setEndpoint] = useState<EndpointForm>(endpointForm());
   const [error, setError] = useState<string | null>(null);
   async function submit(e: Event) {
     e.preventDefault();
@@ -46,11 +48,17 @@ function CreateForm({ onCreated }: { onCreated: (s: Subscription) => void }) {
       if (description.trim()) body.description = description.trim();
       const settings = isKafka(url) ? kafkaBody(kafka) : null;
       if (settings) body.kafka = settings;
+      if (!isKafka(url)) {
+        const { auth, tls } = endpointBody(endpoint, url);
+        if (auth) body.auth = auth;
+        if (tls) body.tls = tls;
+      }
       const s = await api<Subscription>('POST', '/portal/webhooks/subscribe', body);
       setUrl('');
       setDescription('');
       setRouting({ filter: '', payload: 'full' });
       setKafka(kafkaForm());
+      setEndpoint(endpointForm());
       onCreated(s);
     } catch (err) {
       setError(errText(err));
@@ -62,6 +70,7 @@ function CreateForm({ onCreated }: { onCreated: (s: Subscription) => void }) {
       <label for="new-url">Endpoint URL</label>
       <input id="new-url" type="url" required placeholder="https://example.com/hooks or kafka://broker:9092/topic" value={url} onInput={(e) => setUrl((e.target as HTMLInputElement).value)} />
       {isKafka(url) && <KafkaFields id="new" value={kafka} onChange={setKafka} />}
+      {url.trim() && !isKafka(url) && <EndpointFields id="new" url={url} value={endpoint} onChange={setEndpoint} />}
       <label for="new-types">Event types (comma-separated; <code>prefix.*</code> or <code>*</code>)</label>
       <input id="new-types" required value={types} onInput={(e) => setTypes((e.target as HTMLInputElement).value)} />
       <label for="new-description">Description</label>
@@ -186,6 +195,7 @@ function Detail({ sub, onChanged, onDeleted, onOpenEvent }: { sub: Subscription;
   const [description, setDescription] = useState(sub.description ?? '');
   const [routing, setRouting] = useState<Routing>({ filter: sub.filter ?? '', payload: sub.payload ?? 'full' });
   const [kafka, setKafka] = useState<KafkaForm>(kafkaForm(sub.kafka));
+  const [endpoint, setEndpoint] = useState<EndpointForm>(endpointForm(sub.auth, sub.tls));
   const [grace, setGrace] = useState(86400);
   const [secret, setSecret] = useState<string | null>(sub.secret ?? null);
   const [error, setError] = useState<string | null>(null);
@@ -199,6 +209,7 @@ function Detail({ sub, onChanged, onDeleted, onOpenEvent }: { sub: Subscription;
     setDescription(sub.description ?? '');
     setRouting({ filter: sub.filter ?? '', payload: sub.payload ?? 'full' });
     setKafka(kafkaForm(sub.kafka));
+    setEndpoint(endpointForm(sub.auth, sub.tls));
     api<Page<Attempt>>('GET', `/integrations/webhooks${qs({ subscription_id: sub.id, limit: 10 })}`)
       .then((p) => {
         setLast(p.data[0] ?? null);
@@ -228,6 +239,8 @@ function Detail({ sub, onChanged, onDeleted, onOpenEvent }: { sub: Subscription;
           ...routingBody(routing),
           // Changed settings replace the stored ones (a SASL password is typed again).
           ...(isKafka(url) && kafka.touched ? { kafka: kafkaBody(kafka) } : {}),
+          // Likewise the endpoint's credentials (their secret is typed again).
+          ...(!isKafka(url) && endpoint.touched ? endpointBody(endpoint, url) : {}),
         }),
       );
     });
@@ -274,6 +287,7 @@ function Detail({ sub, onChanged, onDeleted, onOpenEvent }: { sub: Subscription;
         <label for={`url-${id}`}>Endpoint URL</label>
         <input id={`url-${id}`} type="url" required value={url} onInput={(e) => setUrl((e.target as HTMLInputElement).value)} />
         {isKafka(url) && <KafkaFields id={id} value={kafka} onChange={setKafka} />}
+        {!isKafka(url) && <EndpointFields id={id} url={url} value={endpoint} onChange={setEndpoint} />}
         <label for={`types-${id}`}>Event types</label>
         <input id={`types-${id}`} required value={types} onInput={(e) => setTypes((e.target as HTMLInputElement).value)} />
         <label for={`desc-${id}`}>Description</label>

@@ -493,3 +493,50 @@ test('a Kafka destination: its TLS and SASL settings are set in the form, and th
   assert.deepEqual(page.problems, []);
   await page.context().close();
 });
+
+test('endpoint authentication: basic auth set in the form reaches the receiver, and the password is never shown', async () => {
+  const page = await newPage();
+  const key = keys.globex;
+  const PASSWORD = 'portal-basic-pass-9Lw2';
+  await signIn(page, key);
+  await page.getByRole('heading', { name: 'Subscriptions' }).waitFor({ timeout: WAIT });
+  const form = page.locator('form').filter({ has: page.getByRole('heading', { name: 'New subscription' }) });
+  const url = `http://127.0.0.1:${receiver.address().port}/basic`;
+  await form.getByLabel('Endpoint URL').fill(url);
+  await form.getByTestId('endpoint-new').waitFor({ timeout: WAIT });
+  assert.equal(await form.getByLabel(/^Client certificate/).count(), 0, 'no TLS fields for an http:// endpoint');
+  await form.getByLabel('Authorization').selectOption('basic');
+  await form.getByLabel('Username').fill('herald-portal');
+  await form.getByLabel('Password').fill(PASSWORD);
+  await form.getByLabel(/Event types/).fill('gate.*');
+  await shot(page, '14-endpoint-auth');
+  await form.getByRole('button', { name: 'Create subscription' }).click();
+  const detail = page.getByTestId('sub-detail');
+  await detail.waitFor({ timeout: WAIT });
+  const subId = (await detail.locator('h3 code').textContent()).trim();
+  const stored = async () => (await call('GET', `/portal/webhooks/${subId}`, key)).body;
+  assert.deepEqual((await stored()).auth, { type: 'basic', username: 'herald-portal', secret_set: true });
+  assert.equal(await detail.getByLabel('Authorization').inputValue(), 'basic');
+  assert.equal(await detail.getByLabel('Password').inputValue(), '');
+  assert.match(await detail.getByLabel('Password').getAttribute('placeholder'), /stored/);
+  assert.equal((await page.content()).includes(PASSWORD), false, 'the password is not in the page');
+
+  const before = received.length;
+  const id = await emit(key, 'gate.cleared', { gate: 'QA-7' });
+  const deadline = Date.now() + WAIT;
+  let got;
+  while (!(got = received.slice(before).find((r) => r.body.id === id)) && Date.now() < deadline) {
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  assert.ok(got, 'the delivery arrived');
+  const expected = 'Basic ' + Buffer.from(`herald-portal:${PASSWORD}`).toString('base64');
+  assert.equal(got.headers.authorization, expected);
+
+  // An edit that leaves the credentials alone keeps them.
+  await detail.getByLabel('Description').fill('quality gates');
+  await detail.getByRole('button', { name: 'Save changes' }).click();
+  await detail.getByText('Saved.').waitFor({ timeout: WAIT });
+  assert.deepEqual((await stored()).auth, { type: 'basic', username: 'herald-portal', secret_set: true });
+  assert.deepEqual(page.problems, []);
+  await page.context().close();
+});
