@@ -63,6 +63,11 @@ pub struct ServeArgs {
         value_delimiter = ','
     )]
     pub allow_targets: Vec<IpNet>,
+    /// Send every HTTP delivery (and OAuth2 token request) through this HTTP
+    /// CONNECT proxy, e.g. http://user:password@proxy.internal:3128; the SSRF
+    /// rules still apply to each target.
+    #[arg(long, env = "HERALD_EGRESS_PROXY", hide_env_values = true)]
+    pub egress_proxy: Option<herald_engine::delivery::egress::EgressProxy>,
     /// Delays between delivery attempts; a delivery is dead after the last.
     #[arg(
         long,
@@ -210,6 +215,7 @@ impl ServeArgs {
             secret_keys,
             data_dir: self.data_dir.clone(),
             allow_targets: self.allow_targets.clone(),
+            egress_proxy: self.egress_proxy.clone(),
             retry_schedule: self.retry_schedule.clone(),
             log_partitions: self.log_partitions,
             kafka: self.kafka_brokers.as_ref().map(|brokers| KafkaConfig {

@@ -61,6 +61,8 @@ pub fn subscription(tenant: &str, url: &str, filters: &[String]) -> WebhookSubsc
         timeout_seconds: None,
         filter: None,
         kafka: None,
+        auth: None,
+        tls: None,
         failing_since: None,
         created_at: now,
         updated_at: now,

@@ -18,6 +18,8 @@ pub struct EngineConfig {
     pub data_dir: PathBuf,
     /// CIDRs that may receive deliveries despite the SSRF rules.
     pub allow_targets: Vec<IpNet>,
+    /// The HTTP CONNECT proxy every HTTP delivery goes through, if any.
+    pub egress_proxy: Option<crate::delivery::egress::EgressProxy>,
     /// Delays between attempts; a delivery is dead after the last one.
     pub retry_schedule: RetrySchedule,
     /// Number of partitions of the embedded event log.
@@ -202,6 +204,7 @@ impl Default for EngineConfig {
         Self {
             data_dir: PathBuf::from("./herald-data"),
             allow_targets: Vec::new(),
+            egress_proxy: None,
             retry_schedule: RetrySchedule::default(),
             log_partitions: 8,
             dedupe_window: Duration::from_secs(7 * 24 * 3600),

@@ -57,6 +57,10 @@ pub struct NewSubscription {
     pub filter: Option<String>,
     /// Connection settings of a `kafka://` destination.
     pub kafka: Option<crate::kafka_target::KafkaSettings>,
+    /// How deliveries authenticate to an HTTP endpoint.
+    pub auth: Option<crate::endpoint_auth::EndpointAuth>,
+    /// The client certificate and trusted authorities of an `https` endpoint.
+    pub tls: Option<crate::endpoint_auth::ClientTls>,
 }
 
 impl std::fmt::Debug for NewSubscription {
@@ -75,6 +79,8 @@ impl std::fmt::Debug for NewSubscription {
             .field("timeout_seconds", &self.timeout_seconds)
             .field("filter", &self.filter)
             .field("kafka", &self.kafka)
+            .field("auth", &self.auth)
+            .field("tls", &self.tls)
             .finish()
     }
 }

@@ -227,7 +227,7 @@ impl SecurityProtocol {
 
 /// Checks a CA bundle: PEM, at most [`MAX_CA_PEM`] bytes, holding at least
 /// one certificate and nothing that fails to decode.
-fn check_ca_pem(pem: &str) -> Result<(), String> {
+pub(crate) fn check_ca_pem(pem: &str) -> Result<(), String> {
     use rustls::pki_types::{pem::PemObject, CertificateDer};
     if pem.len() > MAX_CA_PEM {
         return Err(format!("ca_pem is longer than {MAX_CA_PEM} bytes"));
@@ -275,26 +275,7 @@ impl SaslMechanism {
 }
 
 /// A SASL password: sealed at rest, `Debug` redacted, never shown by the API.
-#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct KafkaPassword(#[serde(with = "crate::sealing::text")] String);
-
-impl KafkaPassword {
-    /// Wraps a password.
-    pub fn new(password: impl Into<String>) -> Self {
-        Self(password.into())
-    }
-
-    /// The password itself (for the producer's configuration only).
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for KafkaPassword {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("KafkaPassword(<redacted>)")
-    }
-}
+pub type KafkaPassword = crate::sealing::SealedText;
 
 /// A Kafka destination's connection settings, stored on the subscription.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]

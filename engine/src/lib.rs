@@ -18,6 +18,7 @@ pub mod config;
 pub mod delivery;
 pub mod ed25519;
 pub mod encryption;
+pub mod endpoint_auth;
 mod engine;
 pub mod error;
 pub mod fanout;

@@ -436,6 +436,7 @@ fn error_name(class: ErrorClass) -> &'static str {
         ErrorClass::CircuitOpen => "circuit_open",
         ErrorClass::SsrfBlocked => "ssrf_blocked",
         ErrorClass::Transport => "transport",
+        ErrorClass::Auth => "auth",
     }
 }
 

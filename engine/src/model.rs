@@ -299,6 +299,15 @@ pub struct WebhookSubscription {
     /// rest); `None` for HTTP and for a plaintext broker.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kafka: Option<crate::kafka_target::KafkaSettings>,
+    /// The `Authorization` each HTTP delivery carries (secrets sealed at
+    /// rest); `None`: the signature only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<crate::endpoint_auth::EndpointAuth>,
+    /// The TLS client certificate (mutual TLS) and the authorities trusted
+    /// for an `https` endpoint (the key sealed at rest); `None`: the public
+    /// roots, no client certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<crate::endpoint_auth::ClientTls>,
     /// Since when every attempt failed (cleared by a success); a subscription
     /// failing for longer than the configured period is disabled.
     #[serde(default, with = "time::serde::rfc3339::option")]
@@ -426,6 +435,9 @@ pub enum ErrorClass {
     SsrfBlocked,
     /// Anything else on the wire (reset, protocol error).
     Transport,
+    /// The endpoint's credentials could not be had: the OAuth2 token
+    /// endpoint failed or refused them; nothing was sent to the endpoint.
+    Auth,
 }
 
 /// One delivery attempt, as recorded in the delivery log.

@@ -160,6 +160,31 @@ pub mod text {
     }
 }
 
+/// A credential kept as text (a Kafka SASL password, an endpoint's bearer
+/// token or OAuth2 client secret, a client certificate's private key):
+/// sealed at rest like a signing secret ([`text`]), `Debug` redacted, never
+/// shown by the API.
+#[derive(Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct SealedText(#[serde(with = "text")] String);
+
+impl SealedText {
+    /// Wraps a credential.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The credential itself, for the request or client that uses it only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for SealedText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SealedText(<redacted>)")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -322,6 +322,8 @@ mod tests {
             timeout_seconds: None,
             filter: None,
             kafka: None,
+            auth: None,
+            tls: None,
             failing_since: None,
             created_at: now,
             updated_at: now,

@@ -4,6 +4,7 @@ pub mod admin;
 pub mod api_keys;
 pub mod audit;
 pub mod deliveries;
+pub mod endpoint_auth;
 pub mod event_types;
 pub mod events;
 pub mod export;

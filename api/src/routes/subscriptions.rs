@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use super::{
+    endpoint_auth::{ClientTlsInput, ClientTlsView, EndpointAuthInput, EndpointAuthView},
     events::List,
     kafka_settings::{KafkaSettingsInput, KafkaSettingsView},
     non_empty, Page, PageQuery,
@@ -66,6 +67,12 @@ pub struct Subscribe {
     pub filter: Option<String>,
     /// Connection settings of a `kafka://host:port/topic` url.
     pub kafka: Option<KafkaSettingsInput>,
+    /// How deliveries authenticate to an `http(s)` endpoint besides the
+    /// signature: a bearer token, basic auth or OAuth2 client credentials.
+    pub auth: Option<EndpointAuthInput>,
+    /// An `https` endpoint's client certificate (mutual TLS) and trusted
+    /// authorities.
+    pub tls: Option<ClientTlsInput>,
 }
 
 /// A subscription as the API shows it. `Debug` redacts the secret.
@@ -114,6 +121,12 @@ pub struct SubscriptionView {
     /// Connection settings of a Kafka destination (never the password).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kafka: Option<KafkaSettingsView>,
+    /// The endpoint's authentication (never its secret).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth: Option<EndpointAuthView>,
+    /// The endpoint's TLS settings (never the key).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ClientTlsView>,
     /// Since when every attempt has failed (`null` when healthy).
     #[serde(with = "time::serde::rfc3339::option")]
     pub failing_since: Option<OffsetDateTime>,
@@ -141,6 +154,8 @@ impl fmt::Debug for Subscribe {
             .field("timeout_seconds", &self.timeout_seconds)
             .field("filter", &self.filter)
             .field("kafka", &self.kafka)
+            .field("auth", &self.auth)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -169,6 +184,8 @@ impl fmt::Debug for SubscriptionView {
             .field("timeout_seconds", &self.timeout_seconds)
             .field("filter", &self.filter)
             .field("kafka", &self.kafka)
+            .field("auth", &self.auth)
+            .field("tls", &self.tls)
             .field("failing_since", &self.failing_since)
             .field("created_at", &self.created_at)
             .field("updated_at", &self.updated_at)
@@ -233,6 +250,8 @@ impl SubscriptionView {
             timeout_seconds: sub.timeout_seconds,
             filter: sub.filter,
             kafka: sub.kafka.map(KafkaSettingsView::from),
+            auth: sub.auth.map(EndpointAuthView::from),
+            tls: sub.tls.map(ClientTlsView::from),
             failing_since: sub.failing_since,
             created_at: sub.created_at,
             updated_at: sub.updated_at,
@@ -270,6 +289,8 @@ pub async fn subscribe(
                 timeout_seconds: body.timeout_seconds,
                 filter: body.filter,
                 kafka: body.kafka.map(Into::into),
+                auth: body.auth.map(Into::into),
+                tls: body.tls.map(Into::into),
             },
         )
         .await?;
@@ -438,6 +459,14 @@ pub struct UpdateSubscription {
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<KafkaSettingsInput>)]
     pub kafka: Option<Option<KafkaSettingsInput>>,
+    /// New endpoint authentication (replaces the old, secret included); `null` removes it.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<EndpointAuthInput>)]
+    pub auth: Option<Option<EndpointAuthInput>>,
+    /// New TLS settings (replace the old ones, key included); `null` removes them.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<ClientTlsInput>)]
+    pub tls: Option<Option<ClientTlsInput>>,
 }
 
 /// A field that is present (even as `null`) becomes `Some`.
@@ -479,6 +508,8 @@ pub async fn update(
                 filter: body.filter,
                 signature,
                 kafka: body.kafka.map(|k| k.map(Into::into)),
+                auth: body.auth.map(|a| a.map(Into::into)),
+                tls: body.tls.map(|t| t.map(Into::into)),
             },
         )
         .await?;

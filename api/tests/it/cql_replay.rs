@@ -48,6 +48,8 @@ async fn cql_log_range_replay_is_throttled_resumable_and_counted() {
         timeout_seconds: None,
         filter: None,
         kafka: None,
+        auth: None,
+        tls: None,
         failing_since: None,
         created_at: now,
         updated_at: now,

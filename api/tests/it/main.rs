@@ -16,6 +16,7 @@ mod cql_store;
 mod crash;
 mod distributed;
 mod ed25519;
+mod endpoint_auth;
 mod errors;
 mod flow;
 mod isolation;

@@ -1,6 +1,9 @@
 //! The outbound HTTP client: one pooled hyper-util client shared by every
 //! shard (HTTP/1.1 keep-alive, HTTP/2 by ALPN, rustls with the webpki roots,
-//! so certificates are verified by default), behind the SSRF guard.
+//! so certificates are verified by default), behind the SSRF guard, straight
+//! or through the egress proxy ([`super::egress`]). A subscription with TLS
+//! settings (a client certificate, its own authorities) gets a client of its
+//! own built the same way ([`DeliveryClient::with_tls`]).
 //!
 //! The guard runs twice: on the URL (IP literals, in every spelling the URL
 //! parser normalises) and in the DNS resolver on the addresses actually
@@ -13,14 +16,13 @@ use bytes::Bytes;
 use http::{header, HeaderMap, Method, Request};
 use http_body_util::{BodyExt, Full};
 use hyper_rustls::HttpsConnector;
-use hyper_util::{
-    client::legacy::{connect::HttpConnector, Client},
-    rt::TokioExecutor,
-};
+use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 
+use super::egress::{Egress, EgressProxy};
 use crate::{
+    endpoint_auth::ClientTls,
     model::ErrorClass,
-    ssrf::{find_ssrf_error, GuardedResolver, TargetGuard},
+    ssrf::{find_ssrf_error, TargetGuard},
 };
 
 /// What the endpoint answered.
@@ -57,50 +59,71 @@ pub struct SendError {
     pub latency: Duration,
 }
 
-type Connector = HttpsConnector<HttpConnector<GuardedResolver>>;
+type Connector = HttpsConnector<Egress>;
 
 /// The shared, pooled delivery client.
 #[derive(Clone)]
 pub struct DeliveryClient {
     client: Client<Connector, Full<Bytes>>,
+    egress: Egress,
     guard: TargetGuard,
     timeout: Duration,
     body_limit: usize,
 }
 
 impl DeliveryClient {
-    /// Builds the client.
+    /// Builds the client: connections straight to the targets, or through
+    /// `proxy`.
     pub fn new(
         guard: TargetGuard,
         connect_timeout: Duration,
         timeout: Duration,
         body_limit: usize,
+        proxy: Option<EgressProxy>,
     ) -> Self {
-        let mut http = HttpConnector::new_with_resolver(GuardedResolver::new(guard.clone()));
-        http.enforce_http(false);
-        http.set_connect_timeout(Some(connect_timeout));
-        http.set_nodelay(true);
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
+        let egress = Egress::new(guard.clone(), connect_timeout, proxy);
+        let tls = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
             .expect("the ring provider supports the default protocol versions")
-            .https_or_http()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(256)
-            .build(https);
+            .with_root_certificates(public_roots())
+            .with_no_client_auth();
         Self {
-            client,
+            client: pooled(egress.clone(), tls),
+            egress,
             guard,
             timeout,
             body_limit,
         }
     }
 
-    /// POSTs `body` to `url` with `headers`, within `timeout` (or the
-    /// client's default total timeout).
+    /// A client like this one (same egress, guard and limits) with `tls`:
+    /// its client certificate, and its authorities instead of the public
+    /// roots. Its connections are its own, never shared with other
+    /// subscriptions.
+    pub fn with_tls(&self, tls: &ClientTls) -> Result<Self, String> {
+        let roots = tls.roots()?.unwrap_or_else(public_roots);
+        let builder = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots);
+        let config = match (tls.chain()?, tls.key()?) {
+            (Some(chain), Some(key)) => builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| format!("the client certificate and key do not go together: {e}"))?,
+            _ => builder.with_no_client_auth(),
+        };
+        Ok(Self {
+            client: pooled(self.egress.clone(), config),
+            egress: self.egress.clone(),
+            guard: self.guard.clone(),
+            timeout: self.timeout,
+            body_limit: self.body_limit,
+        })
+    }
+
+    /// POSTs `body` to `url` with `headers` (`Content-Type:
+    /// application/json` unless they say otherwise), within `timeout` (or
+    /// the client's default total timeout).
     pub async fn post(
         &self,
         url: &str,
@@ -129,10 +152,10 @@ impl DeliveryClient {
             .body(Full::new(body))
             .map_err(|e| fail(ErrorClass::Connect, format!("invalid request: {e}")))?;
         *request.headers_mut() = headers;
-        request.headers_mut().insert(
-            header::CONTENT_TYPE,
-            header::HeaderValue::from_static("application/json"),
-        );
+        request
+            .headers_mut()
+            .entry(header::CONTENT_TYPE)
+            .or_insert(header::HeaderValue::from_static("application/json"));
 
         let exchange = async {
             let response = self
@@ -188,6 +211,32 @@ impl DeliveryClient {
     }
 }
 
+fn provider() -> std::sync::Arc<rustls::crypto::CryptoProvider> {
+    std::sync::Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The public (webpki) roots, which every endpoint without its own
+/// authorities is checked against.
+fn public_roots() -> rustls::RootCertStore {
+    rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    }
+}
+
+/// A pooled client over `egress` with `tls` (HTTP/1.1, HTTP/2 by ALPN).
+fn pooled(egress: Egress, tls: rustls::ClientConfig) -> Client<Connector, Full<Bytes>> {
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(egress);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(256)
+        .build(https)
+}
+
 /// Parses `Retry-After`: delay-seconds or an HTTP date (a date in the past is 0).
 pub fn parse_retry_after(value: &str) -> Option<Duration> {
     let value = value.trim();
@@ -213,19 +262,26 @@ fn classify(err: &hyper_util::client::legacy::Error) -> (ErrorClass, String) {
     if let Some(ssrf) = find_ssrf_error(err) {
         return (ErrorClass::SsrfBlocked, ssrf.to_string());
     }
+    // An io::Error's source() skips its payload, and hyper-rustls wraps the
+    // TLS stack's io::Error (whose payload is the rustls::Error) in another
+    // one: step into payloads, so a certificate failure is `tls`, not
+    // `connect`. A payload prints as its io::Error did: say it once.
+    let mut last = String::new();
     while let Some(e) = source {
-        message = format!("{message}: {e}");
-        if e.downcast_ref::<rustls::Error>().is_some() {
+        let text = e.to_string();
+        if text != last {
+            message = format!("{message}: {text}");
+        }
+        last = text;
+        if e.is::<rustls::Error>() {
             class = ErrorClass::Tls;
         } else if let Some(io) = e.downcast_ref::<std::io::Error>() {
             if io.kind() == std::io::ErrorKind::TimedOut {
                 class = ErrorClass::Timeout;
             }
-            if io
-                .get_ref()
-                .is_some_and(|inner| inner.is::<rustls::Error>())
-            {
-                class = ErrorClass::Tls;
+            if let Some(inner) = io.get_ref() {
+                source = Some(inner as &(dyn std::error::Error + 'static));
+                continue;
             }
         }
         source = e.source();

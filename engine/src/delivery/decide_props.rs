@@ -14,13 +14,14 @@ use crate::{
     delivery::breaker::{Admission, BreakerConfig},
 };
 
-const ERRORS: [ErrorClass; 6] = [
+const ERRORS: [ErrorClass; 7] = [
     ErrorClass::Timeout,
     ErrorClass::Connect,
     ErrorClass::Tls,
     ErrorClass::HttpStatus,
     ErrorClass::SsrfBlocked,
     ErrorClass::Transport,
+    ErrorClass::Auth,
 ];
 
 fn delivery(id: &str, subscription: &str, seq: i64, attempt: u32) -> ScheduledDelivery {

@@ -9,9 +9,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::HeaderMap;
 
-use super::client::{Answer, DeliveryClient, SendError};
 #[cfg(feature = "kafka")]
 use super::kafka_sink::{KafkaSinks, Record};
+use super::{
+    client::{Answer, DeliveryClient, SendError},
+    credentials::EndpointCredentials,
+};
 use crate::{kafka_target::is_kafka_url, model::WebhookSubscription};
 
 /// Where a subscription's deliveries go.
@@ -51,6 +54,8 @@ pub struct Outbound {
 pub struct Destinations {
     /// The pooled HTTP client.
     pub http: DeliveryClient,
+    /// Per-subscription TLS clients and OAuth2 tokens.
+    pub credentials: EndpointCredentials,
     /// The pooled Kafka producers.
     #[cfg(feature = "kafka")]
     pub kafka: KafkaSinks,
@@ -65,8 +70,8 @@ impl Destinations {
     ) -> Result<Answer, SendError> {
         match Destination::of(&sub.url) {
             Destination::Http => {
-                self.http
-                    .post(&sub.url, out.headers, out.body, out.timeout)
+                self.credentials
+                    .post(&self.http, sub, out.headers, out.body, out.timeout)
                     .await
             }
             #[cfg(feature = "kafka")]

@@ -4,7 +4,9 @@
 //! The pieces are small and separately tested: [`decide`] is the one pure
 //! function deciding what an attempt leads to (record, retry, dead, disable,
 //! breaker), [`retry`] gives the schedule's delays, [`breaker`] gates each
-//! endpoint, [`client`] sends with timeouts and the SSRF guard, [`scheduler`] takes due deliveries from the
+//! endpoint, [`client`] sends with timeouts and the SSRF guard (straight or through
+//! the [`egress`] proxy), [`credentials`] adds a subscription's TLS client
+//! and `Authorization`, [`scheduler`] takes due deliveries from the
 //! durable schedule, [`worker`] shards them by endpoint so each
 //! endpoint's state has one owner and a dead endpoint delays no other,
 //! [`destination`] sends a `kafka://` subscription's deliveries as Kafka
@@ -17,8 +19,10 @@ pub mod attempt;
 pub mod breaker;
 pub mod client;
 pub mod context;
+pub mod credentials;
 pub mod decide;
 pub mod destination;
+pub mod egress;
 pub mod handoff;
 pub mod hold;
 #[cfg(feature = "kafka")]

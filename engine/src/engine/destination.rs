@@ -75,3 +75,54 @@ pub(super) fn validate_kafka_settings(
         .map_err(|e| EngineError::invalid("kafka", e))?;
     Ok(())
 }
+
+/// Checks an HTTP endpoint's authentication and TLS settings against the
+/// URL they go with (the subscription's URL after the change): both only
+/// for `http(s)` URLs, TLS settings only for `https`, an `Authorization`
+/// custom header not beside `auth`, and an OAuth2 token URL the SSRF
+/// policy admits.
+pub(super) fn validate_endpoint_auth(
+    guard: &crate::ssrf::TargetGuard,
+    url: &str,
+    headers: &std::collections::BTreeMap<String, String>,
+    auth: Option<&crate::endpoint_auth::EndpointAuth>,
+    tls: Option<&crate::endpoint_auth::ClientTls>,
+) -> Result<(), EngineError> {
+    if let Some(auth) = auth {
+        if is_kafka_url(url) {
+            return Err(EngineError::invalid(
+                "auth",
+                "auth applies to http(s) endpoints; a kafka:// destination authenticates with its `kafka` settings",
+            ));
+        }
+        auth.validate()
+            .map_err(|e| EngineError::invalid("auth", e))?;
+        if headers
+            .keys()
+            .any(|h| h.eq_ignore_ascii_case("authorization"))
+        {
+            return Err(EngineError::invalid(
+                "auth",
+                "the custom header \"Authorization\" and auth exclude each other: remove the header",
+            ));
+        }
+        if let crate::endpoint_auth::EndpointAuth::Oauth2 { token_url, .. } = auth {
+            guard
+                .check_url(token_url)
+                .map_err(|e| EngineError::invalid("auth", format!("token_url: {e}")))?;
+        }
+    }
+    if let Some(tls) = tls {
+        let https = url
+            .get(..8)
+            .is_some_and(|p| p.eq_ignore_ascii_case("https://"));
+        if !https {
+            return Err(EngineError::invalid(
+                "tls",
+                "tls settings apply to https:// endpoints only",
+            ));
+        }
+        tls.validate().map_err(|e| EngineError::invalid("tls", e))?;
+    }
+    Ok(())
+}

@@ -124,6 +124,10 @@ pub struct SubscriptionUpdate {
     pub signature: Option<crate::model::SignatureScheme>,
     /// New Kafka destination settings (`Some(None)` removes them).
     pub kafka: Option<Option<crate::kafka_target::KafkaSettings>>,
+    /// New endpoint authentication (`Some(None)` removes it).
+    pub auth: Option<Option<crate::endpoint_auth::EndpointAuth>>,
+    /// New TLS settings (`Some(None)` removes them).
+    pub tls: Option<Option<crate::endpoint_auth::ClientTls>>,
 }
 
 /// A page of subscriptions.
@@ -184,6 +188,21 @@ impl Engine {
         )?;
         crate::input::validate_payload_filter(update.filter.as_ref().and_then(|f| f.as_deref()))?;
         let _guard = self.lock_subscription(id).await;
+        if update.auth.is_some()
+            || update.tls.is_some()
+            || update.url.is_some()
+            || update.headers.is_some()
+        {
+            // The settings must fit the subscription as it will be.
+            let current = self.subscription(tenant_id, id).await?;
+            super::destination::validate_endpoint_auth(
+                &self.guard,
+                update.url.as_deref().unwrap_or(&current.url),
+                update.headers.as_ref().unwrap_or(&current.headers),
+                update.auth.clone().unwrap_or(current.auth).as_ref(),
+                update.tls.clone().unwrap_or(current.tls).as_ref(),
+            )?;
+        }
         let new_key = crate::ed25519::SigningKey::generate();
         self.change_subscription(tenant_id, id, action::SUBSCRIPTION_UPDATED, move |sub| {
             let update = update.clone();
@@ -228,6 +247,12 @@ impl Engine {
             }
             if let Some(k) = update.kafka {
                 sub.kafka = k;
+            }
+            if let Some(a) = update.auth {
+                sub.auth = a;
+            }
+            if let Some(t) = update.tls {
+                sub.tls = t;
             }
         })
         .await

@@ -42,6 +42,13 @@ impl Engine {
     ) -> Result<WebhookSubscription, EngineError> {
         self.validate_url(&new.url).await?;
         super::destination::validate_kafka_settings(Some(&new.url), new.kafka.as_ref())?;
+        super::destination::validate_endpoint_auth(
+            &self.guard,
+            &new.url,
+            &new.headers,
+            new.auth.as_ref(),
+            new.tls.as_ref(),
+        )?;
         validate_event_types(&new.event_types)?;
         if new.description.as_ref().is_some_and(|d| d.len() > 1024) {
             return Err(EngineError::invalid("description", "at most 1024 bytes"));
@@ -85,6 +92,8 @@ impl Engine {
             timeout_seconds: new.timeout_seconds,
             filter: new.filter,
             kafka: new.kafka,
+            auth: new.auth,
+            tls: new.tls,
             failing_since: None,
             created_at: now,
             updated_at: now,

@@ -82,9 +82,11 @@ impl Engine {
                 d.connect_timeout,
                 d.request_timeout,
                 d.response_body_limit,
+                config.egress_proxy.clone(),
             );
             let destinations = Destinations {
                 http: client,
+                credentials: Default::default(),
                 #[cfg(feature = "kafka")]
                 kafka: crate::delivery::kafka_sink::KafkaSinks::new(
                     guard.clone(),

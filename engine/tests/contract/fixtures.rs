@@ -60,6 +60,8 @@ pub fn subscription(tenant: &str) -> WebhookSubscription {
         timeout_seconds: None,
         filter: None,
         kafka: None,
+        auth: None,
+        tls: None,
         failing_since: None,
         created_at: now,
         updated_at: now,
