@@ -67,7 +67,7 @@ pub struct ServeArgs {
     /// CONNECT proxy, e.g. http://user:password@proxy.internal:3128; the SSRF
     /// rules still apply to each target.
     #[arg(long, env = "HERALD_EGRESS_PROXY", hide_env_values = true)]
-    pub egress_proxy: Option<herald_engine::delivery::egress::EgressProxy>,
+    pub egress_proxy: Option<herald_engine::egress_proxy::EgressProxy>,
     /// Delays between delivery attempts; a delivery is dead after the last.
     #[arg(
         long,

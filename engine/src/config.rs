@@ -19,7 +19,7 @@ pub struct EngineConfig {
     /// CIDRs that may receive deliveries despite the SSRF rules.
     pub allow_targets: Vec<IpNet>,
     /// The HTTP CONNECT proxy every HTTP delivery goes through, if any.
-    pub egress_proxy: Option<crate::delivery::egress::EgressProxy>,
+    pub egress_proxy: Option<crate::egress_proxy::EgressProxy>,
     /// Delays between attempts; a delivery is dead after the last one.
     pub retry_schedule: RetrySchedule,
     /// Number of partitions of the embedded event log.
@@ -199,6 +199,9 @@ impl ScyllaConfig {
     }
 }
 
+/// The embedded log's default segment size (64 MiB).
+pub const DEFAULT_LOG_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+
 impl Default for EngineConfig {
     fn default() -> Self {
         Self {
@@ -216,7 +219,7 @@ impl Default for EngineConfig {
             recovery_rate: 1000,
             audit_retention: Duration::from_secs(365 * 24 * 3600),
             retention: Duration::from_secs(30 * 24 * 3600),
-            log_segment_bytes: crate::log::embedded::LogFiles::default().segment_bytes,
+            log_segment_bytes: DEFAULT_LOG_SEGMENT_BYTES,
         }
     }
 }

@@ -17,6 +17,7 @@ pub mod clock;
 pub mod config;
 pub mod delivery;
 pub mod ed25519;
+pub mod egress_proxy;
 pub mod encryption;
 pub mod endpoint_auth;
 mod engine;

@@ -33,8 +33,12 @@ const LAYERS: &[&[&str]] = &[
     // Signing secrets sealed as the model is (de)serialized; the audit
     // trail's records and the task-locals that carry them to the store.
     &["sealing", "audit"],
-    // Kafka destinations: their URL, settings (password sealed) and SSRF check.
-    &["kafka_target"],
+    // Kafka destinations: their URL, settings (password sealed) and SSRF
+    // check; the egress proxy's address.
+    &["kafka_target", "egress_proxy"],
+    // HTTP endpoints' credentials (secrets sealed; CA bundles checked as
+    // Kafka destinations' are).
+    &["endpoint_auth"],
     // The data model and the configuration.
     &["model", "config"],
     // Payload filters: CEL expressions over an event (uses the model only).
@@ -61,6 +65,7 @@ const LAYERS: &[&[&str]] = &[
         "catalogue",
         "operational",
         "log_recovery",
+        "gone",
     ],
     // Delivery and the CDC relay.
     &["delivery", "relay"],
@@ -374,7 +379,7 @@ fn the_reader_resolves_groups_and_relative_paths() {
     assert_eq!(names, want);
     assert_eq!(
         component("store::scylla::marks"),
-        Some(("store::scylla", 8))
+        Some(("store::scylla", 9))
     );
-    assert_eq!(component("store::FanOut"), Some(("store", 7)));
+    assert_eq!(component("store::FanOut"), Some(("store", 8)));
 }

@@ -18,8 +18,9 @@ use http_body_util::{BodyExt, Full};
 use hyper_rustls::HttpsConnector;
 use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 
-use super::egress::{Egress, EgressProxy};
+use super::egress::Egress;
 use crate::{
+    egress_proxy::EgressProxy,
     endpoint_auth::ClientTls,
     model::ErrorClass,
     ssrf::{find_ssrf_error, TargetGuard},

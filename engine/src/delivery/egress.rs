@@ -20,7 +20,6 @@ use std::{
     time::Duration,
 };
 
-use base64::Engine as _;
 use http::Uri;
 use hyper_util::{client::legacy::connect::HttpConnector, rt::TokioIo};
 use tokio::{
@@ -28,88 +27,15 @@ use tokio::{
     net::TcpStream,
 };
 
-use crate::ssrf::{GuardedResolver, SsrfError, TargetGuard};
+use crate::{
+    egress_proxy::EgressProxy,
+    ssrf::{GuardedResolver, SsrfError, TargetGuard},
+};
 
 type BoxError = Box<dyn StdError + Send + Sync>;
 
 /// Longest proxy answer head read before giving up.
 const MAX_ANSWER_HEAD: usize = 8 * 1024;
-
-/// An HTTP CONNECT proxy: `http://[user:password@]host:port`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct EgressProxy {
-    host: String,
-    port: u16,
-    /// `Basic …` for `Proxy-Authorization`, from the URL's credentials.
-    authorization: Option<String>,
-}
-
-impl std::fmt::Debug for EgressProxy {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EgressProxy")
-            .field("host", &self.host)
-            .field("port", &self.port)
-            .field(
-                "authorization",
-                &self.authorization.as_ref().map(|_| "<redacted>"),
-            )
-            .finish()
-    }
-}
-
-impl std::fmt::Display for EgressProxy {
-    /// `host:port`, without the credentials.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}:{}", self.host, self.port)
-    }
-}
-
-impl std::str::FromStr for EgressProxy {
-    type Err = String;
-
-    /// Parses `http://[user:password@]host[:port]` (port 3128 by default).
-    fn from_str(raw: &str) -> Result<Self, String> {
-        let url = url::Url::parse(raw).map_err(|e| format!("the egress proxy URL: {e}"))?;
-        if url.scheme() != "http" {
-            return Err(format!(
-                "the egress proxy URL must start with http:// (an HTTP CONNECT proxy), not {}://",
-                url.scheme()
-            ));
-        }
-        if url.path() != "/" || url.query().is_some() || url.fragment().is_some() {
-            return Err(
-                "the egress proxy URL is http://[user:password@]host:port, nothing after".into(),
-            );
-        }
-        let host = match url.host() {
-            Some(url::Host::Domain(d)) => d.to_string(),
-            Some(url::Host::Ipv4(v4)) => v4.to_string(),
-            Some(url::Host::Ipv6(v6)) => v6.to_string(),
-            None => return Err("the egress proxy URL has no host".into()),
-        };
-        let authorization = (!url.username().is_empty()).then(|| {
-            let decode = |s: &str| {
-                percent_encoding::percent_decode_str(s)
-                    .decode_utf8_lossy()
-                    .into_owned()
-            };
-            let pair = format!(
-                "{}:{}",
-                decode(url.username()),
-                decode(url.password().unwrap_or(""))
-            );
-            format!(
-                "Basic {}",
-                base64::engine::general_purpose::STANDARD.encode(pair)
-            )
-        });
-        Ok(Self {
-            host,
-            port: url.port().unwrap_or(3128),
-            authorization,
-        })
-    }
-}
 
 /// The connector under the TLS layer: straight, or through the proxy.
 #[derive(Clone)]
@@ -175,12 +101,12 @@ impl Tunnel {
     async fn open(self: Arc<Self>, target: Uri) -> Result<TokioIo<TcpStream>, BoxError> {
         let address = self.resolve(&target).await?;
         let handshake = async {
-            let mut stream = TcpStream::connect((self.proxy.host.as_str(), self.proxy.port))
+            let mut stream = TcpStream::connect((self.proxy.host(), self.proxy.port()))
                 .await
                 .map_err(|e| format!("egress proxy {}: {e}", self.proxy))?;
             stream.set_nodelay(true)?;
             let mut request = format!("CONNECT {address} HTTP/1.1\r\nHost: {address}\r\n");
-            if let Some(auth) = &self.proxy.authorization {
+            if let Some(auth) = self.proxy.authorization() {
                 request.push_str(&format!("Proxy-Authorization: {auth}\r\n"));
             }
             request.push_str("\r\n");
@@ -325,30 +251,5 @@ mod tests {
             *seen.lock(),
             vec![format!("CONNECT {target_addr} HTTP/1.1")]
         );
-    }
-
-    #[test]
-    fn proxy_urls_parse_and_hide_their_credentials() {
-        let p: EgressProxy = "http://user:p%40ss@proxy.internal:8080".parse().unwrap();
-        assert_eq!(p.to_string(), "proxy.internal:8080");
-        let expected = base64::engine::general_purpose::STANDARD.encode("user:p@ss");
-        assert_eq!(
-            p.authorization.as_deref(),
-            Some(&*format!("Basic {expected}"))
-        );
-        assert!(!format!("{p:?}").contains(&expected));
-        let plain: EgressProxy = "http://10.0.0.5".parse().unwrap();
-        assert_eq!(plain.to_string(), "10.0.0.5:3128");
-        assert!(plain.authorization.is_none());
-        for (raw, says) in [
-            ("https://proxy:3128", "http://"),
-            ("socks5://proxy:1080", "http://"),
-            ("http://proxy:3128/path", "nothing after"),
-            ("proxy:3128", "http://"),
-            ("not a url", "egress proxy URL"),
-        ] {
-            let err = raw.parse::<EgressProxy>().expect_err(raw);
-            assert!(err.contains(says), "{raw}: {err}");
-        }
     }
 }

@@ -64,7 +64,7 @@ impl Default for LogFiles {
     /// 64 MiB segments.
     fn default() -> Self {
         Self {
-            segment_bytes: 64 * 1024 * 1024,
+            segment_bytes: crate::config::DEFAULT_LOG_SEGMENT_BYTES,
         }
     }
 }
