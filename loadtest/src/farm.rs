@@ -30,15 +30,18 @@ use parking_lot::Mutex;
 use rand::Rng;
 use time::OffsetDateTime;
 
-use crate::{faults::Kind, receiver::verify};
+use crate::{
+    faults::Kind,
+    receiver::{verify, Verifier},
+};
 
 /// What one subscription's receiver saw: deliveries per event id.
 pub type SubTally = Mutex<HashMap<Box<str>, u32>>;
 
 /// Shared state of all endpoints.
 pub struct FarmState {
-    /// Secret of each subscription, known once it is created.
-    pub secrets: Vec<OnceLock<SigningSecret>>,
+    /// How each subscription's signatures are checked, known once it is created.
+    pub secrets: Vec<OnceLock<Verifier>>,
     /// Successful deliveries per subscription.
     pub tallies: Vec<SubTally>,
     /// Secret of the raw-client baseline.
@@ -210,10 +213,10 @@ async fn delivery(
     headers: HeaderMap,
     body: Bytes,
 ) -> StatusCode {
-    let Some(secret) = s.secrets.get(sub).and_then(OnceLock::get) else {
+    let Some(verifier) = s.secrets.get(sub).and_then(OnceLock::get) else {
         return StatusCode::NOT_FOUND;
     };
-    if !verify(secret, &headers, &body) {
+    if !verifier.verify(&headers, &body) {
         s.bad_signatures.fetch_add(1, Ordering::Relaxed);
         return StatusCode::UNAUTHORIZED;
     }

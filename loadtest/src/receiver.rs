@@ -4,7 +4,10 @@
 use std::net::SocketAddr;
 
 use axum::{body::Bytes, http::HeaderMap, http::StatusCode, routing::post, Router};
-use herald_engine::signing::{self, SigningSecret};
+use herald_engine::{
+    ed25519::{self, PublicKey},
+    signing::{self, SigningSecret},
+};
 
 /// `receiver` settings.
 #[derive(Debug, clap::Args)]
@@ -17,7 +20,32 @@ pub struct Args {
     secret: Option<String>,
 }
 
-/// Verifies a delivery's Standard Webhooks signature.
+/// What a subscription's deliveries are checked with: its HMAC secret
+/// (`v1`; a subscription signing with `both` is checked by this one, which
+/// costs the receiver least) or, for `ed25519` only, its public key (`v1a`).
+pub enum Verifier {
+    /// The `whsec_` secret.
+    Hmac(SigningSecret),
+    /// The `whpk_` public key.
+    Ed25519(PublicKey),
+}
+
+impl Verifier {
+    /// Verifies a delivery's Standard Webhooks signature.
+    pub fn verify(&self, headers: &HeaderMap, body: &[u8]) -> bool {
+        let get = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or("");
+        let Ok(ts) = get("webhook-timestamp").parse::<i64>() else {
+            return false;
+        };
+        let (id, header) = (get("webhook-id"), get("webhook-signature"));
+        match self {
+            Self::Hmac(secret) => signing::verify(secret, id, ts, body, header),
+            Self::Ed25519(key) => ed25519::verify(key, id, ts, body, header),
+        }
+    }
+}
+
+/// Verifies a delivery's `v1` signature with `secret`.
 pub fn verify(secret: &SigningSecret, headers: &HeaderMap, body: &[u8]) -> bool {
     let get = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or("");
     let Ok(ts) = get("webhook-timestamp").parse::<i64>() else {

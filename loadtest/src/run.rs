@@ -9,7 +9,7 @@ use std::{
 };
 
 use anyhow::{bail, Context};
-use herald_engine::signing::SigningSecret;
+use herald_engine::{ed25519::PublicKey, signing::SigningSecret};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
 
@@ -19,6 +19,7 @@ use crate::{
     farm::Farm,
     faults::{self, Fault},
     raw,
+    receiver::Verifier,
     report::{Machine, Percentiles, Report},
     server::{Sampler, Server, Spawn},
 };
@@ -88,6 +89,11 @@ pub struct Args {
     /// `loadtest.g<N>.tick`), or the run reports the events it drops as lost.
     #[arg(long)]
     payload_filter: Option<String>,
+    /// The signatures every subscription's deliveries carry: `hmac` (`v1`),
+    /// `ed25519` (`v1a`; the farm then verifies with the public key, which
+    /// costs it about twice Herald's signing) or `both` (the farm checks `v1`).
+    #[arg(long, default_value = "hmac", value_parser = ["hmac", "ed25519", "both"])]
+    signature: String,
     /// Events per request; above 1 uses the batch endpoint.
     #[arg(long, default_value_t = 1)]
     batch: usize,
@@ -514,8 +520,9 @@ async fn setup(
     let urls = Arc::new(urls);
     let mut pending = tokio::task::JoinSet::new();
     let payload_filter = args.payload_filter.clone();
+    let signature = args.signature.clone();
     for chunk in subs.chunks(subs.len().div_ceil(16).max(1)) {
-        let (chunk, http, base, keys, urls, state, payload_filter) = (
+        let (chunk, http, base, keys, urls, state, payload_filter, signature) = (
             chunk.to_vec(),
             http.clone(),
             server.base.clone(),
@@ -523,11 +530,13 @@ async fn setup(
             urls.clone(),
             farm_state.clone(),
             payload_filter.clone(),
+            signature.clone(),
         );
         pending.spawn(async move {
             for (i, filter, tenant) in chunk {
                 let key = &keys[tenant];
-                let mut body = json!({ "url": urls[i], "event_types": [filter] });
+                let mut body =
+                    json!({ "url": urls[i], "event_types": [filter], "signature": signature });
                 if let Some(f) = &payload_filter {
                     body["filter"] = json!(f);
                 }
@@ -557,11 +566,16 @@ async fn setup(
                         r.text().await?
                     );
                 }
-                let secret = r.json::<Value>().await?["secret"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string();
-                let _ = state.secrets[i].set(SigningSecret::parse(&secret)?);
+                let sub = r.json::<Value>().await?;
+                let verifier = match (sub["secret"].as_str(), sub["public_key"].as_str()) {
+                    (Some(secret), _) => Verifier::Hmac(SigningSecret::parse(secret)?),
+                    (None, Some(key)) => Verifier::Ed25519(PublicKey::parse(key)?),
+                    (None, None) => bail!(
+                        "subscribing {}: no secret and no public key: {sub}",
+                        urls[i]
+                    ),
+                };
+                let _ = state.secrets[i].set(verifier);
             }
             anyhow::Ok(())
         });
