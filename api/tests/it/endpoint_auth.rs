@@ -254,16 +254,9 @@ async fn protected(
     StatusCode::OK
 }
 
-async fn serve(router: Router) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
-    addr
-}
-
-#[tokio::test]
-async fn oauth2_tokens_are_cached_refreshed_on_401_and_a_failing_token_endpoint_is_an_auth_failure()
-{
+/// The token server and the receiver that takes only its valid tokens:
+/// their state, the bodies accepted, and their addresses.
+async fn oauth_servers() -> (Idp, Arc<Mutex<Vec<String>>>, SocketAddr, SocketAddr) {
     let idp = Idp::default();
     let got = Arc::new(Mutex::new(Vec::new()));
     let idp_addr = serve(
@@ -278,6 +271,20 @@ async fn oauth2_tokens_are_cached_refreshed_on_401_and_a_failing_token_endpoint_
             .with_state((idp.clone(), got.clone())),
     )
     .await;
+    (idp, got, idp_addr, hook_addr)
+}
+
+async fn serve(router: Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    addr
+}
+
+#[tokio::test]
+async fn oauth2_tokens_are_cached_refreshed_on_401_and_a_failing_token_endpoint_is_an_auth_failure()
+{
+    let (idp, got, idp_addr, hook_addr) = oauth_servers().await;
     let h = Herald::start().await;
     let key = h.tenant("auth-oauth").await;
     let oauth = |secret: &str| {
@@ -590,20 +597,7 @@ async fn connect_proxy() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
 #[tokio::test]
 async fn deliveries_and_token_requests_go_through_the_egress_proxy() {
     let (proxy, seen) = connect_proxy().await;
-    let idp = Idp::default();
-    let got = Arc::new(Mutex::new(Vec::new()));
-    let idp_addr = serve(
-        Router::new()
-            .route("/token", post(token))
-            .with_state(idp.clone()),
-    )
-    .await;
-    let hook_addr = serve(
-        Router::new()
-            .route("/hook", post(protected))
-            .with_state((idp.clone(), got.clone())),
-    )
-    .await;
+    let (_, got, idp_addr, hook_addr) = oauth_servers().await;
     let rx = Receiver::start(200).await;
     // The real binary, configured by its environment, logging at debug.
     let dir = tempfile::tempdir().unwrap();
