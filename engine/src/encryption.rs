@@ -211,6 +211,11 @@ impl KeyRing {
         &self.keys[0]
     }
 
+    /// All keys, sealing key first.
+    pub fn keys(&self) -> &[EncryptionKey] {
+        &self.keys
+    }
+
     /// The ids of all keys, sealing key first.
     pub fn ids(&self) -> Vec<&str> {
         self.keys.iter().map(EncryptionKey::id).collect()

@@ -41,6 +41,7 @@ pub mod signing;
 pub mod ssrf;
 pub mod store;
 pub mod subscriptions;
+pub mod tenant_keys;
 pub mod test_hooks;
 
 pub use config::EngineConfig;

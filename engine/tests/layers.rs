@@ -30,9 +30,10 @@ const LAYERS: &[&[&str]] = &[
         "filters",
         "test_hooks",
     ],
-    // Signing secrets sealed as the model is (de)serialized; the audit
-    // trail's records and the task-locals that carry them to the store.
-    &["sealing", "audit"],
+    // Signing secrets sealed as the model is (de)serialized; the per-tenant
+    // keys that seal them; the audit trail's records and the task-locals
+    // that carry them to the store.
+    &["sealing", "tenant_keys", "audit"],
     // Kafka destinations: their URL, settings (password sealed) and SSRF
     // check; the egress proxy's address.
     &["kafka_target", "egress_proxy"],

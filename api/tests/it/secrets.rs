@@ -168,7 +168,7 @@ async fn secrets_are_encrypted_at_rest_never_logged_and_need_their_key() {
         .err()
         .expect("a wrong key must not start");
     for expected in [
-        "cannot decrypt the signing secret",
+        "cannot decrypt the key of tenant acme",
         "HERALD_SECRET_ENCRYPTION_KEY",
         key1.id(),
         key2.id(),

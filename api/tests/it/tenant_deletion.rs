@@ -3,15 +3,18 @@
 //! store lists nothing of it, its pending retry is never sent (the barrier:
 //! another tenant's retry, due later, arrives), another tenant keeps all
 //! its data; a deletion left half-done is finished at the next start. On
-//! the embedded store and on the CQL store.
+//! the embedded store and on the CQL store. Deleting a tenant deletes its
+//! key, so a backup taken before no longer opens its secrets
+//! (crypto-shredding).
 
 use std::time::Duration;
 
 use herald_engine::{
     audit::AuditFilter,
-    encryption::KeyRing,
+    encryption::{KeyRing, SecretCipher},
     store::{
-        embedded::EmbeddedStore, scylla::ScyllaStore, LogFilter, TenantPurgeStore, TenantState,
+        embedded::EmbeddedStore, scylla::ScyllaStore, secrets::SubscriptionCodec, LogFilter,
+        StoreError, TenantPurgeStore, TenantState,
     },
 };
 use serde_json::{json, Value};
@@ -328,4 +331,159 @@ async fn a_deletion_left_deleting_finishes_at_start_on_the_cql_store() {
     let h = Herald::start_in(dir, tune, |s| s).await;
     finished_at_start(&h, "half").await;
     h.engine.shutdown().await;
+}
+
+/// Wrapped tenant keys as `(tenant, wrapped)` rows.
+type KeyRows = Vec<(String, String)>;
+
+/// Crypto-shredding, checked on copies: `gone_body` and `kept_body` are
+/// subscription bodies as a backup taken before `gone` was deleted holds
+/// them; `before` and `after` the tenant keys before and after.
+fn assert_shredded(
+    master: &SecretCipher,
+    before: &KeyRows,
+    after: &KeyRows,
+    gone_body: &str,
+    kept_body: &str,
+) {
+    let codec_with = |keys: &KeyRows| {
+        let codec = SubscriptionCodec::new(master.clone());
+        for (tenant, wrapped) in keys {
+            codec.keys().learn(tenant, wrapped).unwrap();
+        }
+        codec
+    };
+    // Sealed under the tenant's key, not the master key.
+    assert!(gone_body.contains("\"enc:v1:"), "{gone_body}");
+    assert!(!gone_body.contains(&format!("enc:v1:{}:", master.ring().primary().id())));
+    assert!(before.iter().any(|(t, _)| t == "gone"));
+    // The backup opens with the keys it was taken with …
+    codec_with(before)
+        .decode(gone_body)
+        .expect("the backup opens with its keys");
+    // … and after the deletion the tenant has no key: neither the keys left
+    // nor the master key open its secrets.
+    assert!(!after.iter().any(|(t, _)| t == "gone"), "{after:?}");
+    let err = codec_with(after).decode(gone_body).unwrap_err();
+    assert!(matches!(err, StoreError::Secrets(_)), "{err}");
+    assert!(SubscriptionCodec::new(master.clone())
+        .decode(gone_body)
+        .is_err());
+    // The other tenant's secrets still open.
+    codec_with(after)
+        .decode(kept_body)
+        .expect("the kept tenant's secrets open");
+}
+
+fn sqlite_rows(path: &std::path::Path, sql: &str) -> KeyRows {
+    let conn =
+        rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap();
+    let mut st = conn.prepare(sql).unwrap();
+    st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deleting_a_tenant_shreds_its_secrets_on_the_embedded_store() {
+    let h = Herald::start().await;
+    populated(&h, "gone").await;
+    populated(&h, "kept").await;
+    let dir = h.stop().await;
+    let store = dir.path().join("store");
+    let keys_file = store.join(herald_engine::store::embedded::TENANT_KEYS_FILE);
+    let body_of = |tenant: &str| {
+        sqlite_rows(
+            &store.join("herald.db"),
+            &format!("SELECT tenant_id, body FROM subscriptions WHERE tenant_id = '{tenant}'"),
+        )
+        .pop()
+        .unwrap()
+        .1
+    };
+    let (gone_body, kept_body) = (body_of("gone"), body_of("kept"));
+    let select_keys = "SELECT tenant_id, wrapped FROM tenant_keys";
+    let before = sqlite_rows(&keys_file, select_keys);
+
+    let h = Herald::start_in(dir, |_| {}, |s| s).await;
+    assert_eq!(delete(&h, "gone").await.0, 204);
+    finished_at_start(&h, "gone").await;
+    let dir = h.stop().await;
+    let after = sqlite_rows(&keys_file, select_keys);
+    assert_shredded(
+        &data_dir_cipher(dir.path()),
+        &before,
+        &after,
+        &gone_body,
+        &kept_body,
+    );
+    // Overwritten in place (secure_delete), not left in a free page.
+    let wrapped = &before.iter().find(|(t, _)| t == "gone").unwrap().1;
+    let bytes = std::fs::read(&keys_file).unwrap();
+    assert!(!bytes
+        .windows(wrapped.len())
+        .any(|w| w == wrapped.as_bytes()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deleting_a_tenant_shreds_its_secrets_on_the_cql_store() {
+    let _cassandra = crate::cql::shared().await;
+    let cql = crate::cql::config("tenant_shred");
+    let h = Herald::start_with({
+        let cql = cql.clone();
+        move |c| {
+            c.scylla = Some(cql);
+            c.secret_keys = Some(KeyRing::parse(crate::cql::TEST_KEY).unwrap());
+        }
+    })
+    .await;
+    populated(&h, "gone").await;
+    populated(&h, "kept").await;
+    let session = scylla::client::session_builder::SessionBuilder::new()
+        .known_nodes(&cql.nodes)
+        .build()
+        .await
+        .unwrap();
+    let rows = |cql_text: String| {
+        let session = &session;
+        async move {
+            session
+                .query_unpaged(cql_text, ())
+                .await
+                .unwrap()
+                .into_rows_result()
+                .unwrap()
+                .rows::<(String, String)>()
+                .unwrap()
+                .collect::<Result<KeyRows, _>>()
+                .unwrap()
+        }
+    };
+    let ks = &cql.keyspace;
+    let body_of = |tenant: &str| {
+        rows(format!(
+            "SELECT tenant_id, body FROM {ks}.subscriptions WHERE tenant_id = '{tenant}'"
+        ))
+    };
+    let (gone_body, kept_body) = (
+        body_of("gone").await.pop().unwrap().1,
+        body_of("kept").await.pop().unwrap().1,
+    );
+    let select_keys = format!("SELECT tenant_id, wrapped FROM {ks}.tenant_keys");
+    let before = rows(select_keys.clone()).await;
+
+    assert_eq!(delete(&h, "gone").await.0, 204);
+    finished_at_start(&h, "gone").await;
+    let after = rows(select_keys).await;
+    assert_shredded(
+        &crate::cql::cipher(),
+        &before,
+        &after,
+        &gone_body,
+        &kept_body,
+    );
+    h.engine.shutdown().await;
+    crate::cql::drop_keyspace(&session, ks).await;
 }

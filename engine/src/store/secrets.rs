@@ -5,20 +5,27 @@
 //! nothing looks for secrets by field name. Each secret is bound (GCM
 //! associated data) to its tenant and subscription id.
 //!
+//! Secrets are sealed under their tenant's own key ([`TenantKeys`]), which
+//! the store must have made or read before it encodes a subscription of
+//! that tenant (`encode` refuses otherwise); deleting that key
+//! crypto-shreds every copy of the tenant's secrets.
+//!
 //! Bodies written before encryption existed hold `whsec_…` plaintext; they
 //! still load, and [`SubscriptionCodec::reseal`] (run by each store when it
-//! opens) rewrites them — and values sealed under an older key — under the
-//! current key.
+//! opens) rewrites them — and values sealed under the master key or an
+//! older key — under the tenant's key.
 
 use serde::Deserialize;
 
 use super::StoreError;
-use crate::{encryption::SecretCipher, model::WebhookSubscription, sealing};
+use crate::{
+    encryption::SecretCipher, model::WebhookSubscription, sealing, tenant_keys::TenantKeys,
+};
 
 /// Encodes and decodes stored subscription bodies, sealing their secrets.
 #[derive(Debug, Clone)]
 pub struct SubscriptionCodec {
-    cipher: SecretCipher,
+    keys: TenantKeys,
 }
 
 /// The associated data binding a sealed secret to its subscription.
@@ -34,22 +41,49 @@ struct Owner {
 }
 
 impl SubscriptionCodec {
-    /// A codec sealing with `cipher`.
+    /// A codec whose tenant keys are wrapped by the master `cipher`.
     pub fn new(cipher: SecretCipher) -> Self {
-        Self { cipher }
+        Self {
+            keys: TenantKeys::new(cipher),
+        }
     }
 
-    /// The cipher.
+    /// The master cipher (it wraps the tenant keys).
     pub fn cipher(&self) -> &SecretCipher {
-        &self.cipher
+        self.keys.master()
     }
 
-    /// The stored body of `sub`, its secrets sealed.
+    /// The tenant keys this codec seals with.
+    pub fn keys(&self) -> &TenantKeys {
+        &self.keys
+    }
+
+    /// The stored body of `sub`, its secrets sealed under its tenant's key.
+    /// Refused when that key is not known yet: the store makes it first.
     pub fn encode(&self, sub: &WebhookSubscription) -> Result<String, StoreError> {
-        let (body, _) = sealing::within(&self.cipher, aad(&sub.tenant_id, &sub.id), || {
+        if !self.keys.knows(&sub.tenant_id) {
+            return Err(StoreError::Secrets(format!(
+                "no key for tenant {} yet: its secrets are sealed only under its own key",
+                sub.tenant_id
+            )));
+        }
+        let cipher = self.keys.cipher(&sub.tenant_id);
+        let (body, _) = sealing::within(&cipher, aad(&sub.tenant_id, &sub.id), || {
             serde_json::to_string(sub)
         });
         body.map_err(corrupt)
+    }
+
+    /// The tenant a stored body belongs to.
+    pub fn owner(raw: &str) -> Result<String, StoreError> {
+        serde_json::from_str::<Owner>(raw)
+            .map(|o| o.tenant_id)
+            .map_err(|e| {
+                StoreError::Corrupt(format!(
+                    "subscription body without its id and tenant: {}",
+                    redact_whsec(&e.to_string())
+                ))
+            })
     }
 
     /// Decodes a stored body, opening its secrets (plaintext ones from
@@ -60,7 +94,7 @@ impl SubscriptionCodec {
     }
 
     /// Decodes a stored body; also says whether any secret in it is stale
-    /// (plaintext, or sealed under a key other than the current one).
+    /// (plaintext, or sealed under a key other than its tenant's current one).
     pub fn decode_checked(&self, raw: &str) -> Result<(WebhookSubscription, bool), StoreError> {
         let owner: Owner = serde_json::from_str(raw).map_err(|e| {
             StoreError::Corrupt(format!(
@@ -68,7 +102,8 @@ impl SubscriptionCodec {
                 redact_whsec(&e.to_string())
             ))
         })?;
-        let (sub, report) = sealing::within(&self.cipher, aad(&owner.tenant_id, &owner.id), || {
+        let cipher = self.keys.cipher(&owner.tenant_id);
+        let (sub, report) = sealing::within(&cipher, aad(&owner.tenant_id, &owner.id), || {
             serde_json::from_str::<WebhookSubscription>(raw)
         });
         let id = &owner.id;
@@ -173,13 +208,21 @@ mod tests {
         }
     }
 
+    /// A codec that knows tenant `acme`'s key, wrapped by `master`.
+    fn codec_with(master: SecretCipher) -> SubscriptionCodec {
+        let codec = SubscriptionCodec::new(master);
+        let wrapped = codec.keys().wrap_new("acme");
+        codec.keys().learn("acme", &wrapped).unwrap();
+        codec
+    }
+
     fn base64_part(s: &SigningSecret) -> String {
         s.to_whsec().trim_start_matches("whsec_").to_string()
     }
 
     #[test]
     fn bodies_hold_no_plaintext_secret_and_decode_back() {
-        let codec = SubscriptionCodec::new(SecretCipher::random());
+        let codec = codec_with(SecretCipher::random());
         let (current, previous) = (SigningSecret::generate(), SigningSecret::generate());
         let s = sub("sub_1", &[&current, &previous]);
         let body = codec.encode(&s).unwrap();
@@ -197,7 +240,7 @@ mod tests {
     #[test]
     fn a_kafka_password_is_sealed_and_decodes_back() {
         use crate::kafka_target::{KafkaPassword, KafkaSettings, SecurityProtocol};
-        let codec = SubscriptionCodec::new(SecretCipher::random());
+        let codec = codec_with(SecretCipher::random());
         let mut s = sub("sub_1", &[&SigningSecret::generate()]);
         s.url = "kafka://broker.example.com:9092/orders".into();
         s.kafka = Some(KafkaSettings {
@@ -221,7 +264,7 @@ mod tests {
             ed25519::SigningKey,
             model::{KeyEntry, SignatureScheme},
         };
-        let codec = SubscriptionCodec::new(SecretCipher::random());
+        let codec = codec_with(SecretCipher::random());
         let mut s = sub("sub_1", &[&SigningSecret::generate()]);
         let (current, previous) = (SigningKey::generate(), SigningKey::generate());
         s.signature = SignatureScheme::Both;
@@ -268,7 +311,7 @@ mod tests {
 
     #[test]
     fn a_sealed_body_decodes_only_through_the_codec() {
-        let codec = SubscriptionCodec::new(SecretCipher::random());
+        let codec = codec_with(SecretCipher::random());
         let body = codec
             .encode(&sub("sub_1", &[&SigningSecret::generate()]))
             .unwrap();
@@ -284,7 +327,7 @@ mod tests {
 
     #[test]
     fn legacy_plaintext_bodies_load_and_are_resealed() {
-        let codec = SubscriptionCodec::new(SecretCipher::random());
+        let codec = codec_with(SecretCipher::random());
         let secret = SigningSecret::generate();
         let s = sub("sub_1", &[&secret]);
         let legacy = serde_json::to_string(&s).unwrap();
@@ -299,13 +342,14 @@ mod tests {
 
     #[test]
     fn wrong_key_or_moved_value_fails_with_the_subscription_and_keys_named() {
-        let codec = SubscriptionCodec::new(SecretCipher::random());
+        let codec = codec_with(SecretCipher::random());
         let secret = SigningSecret::generate();
         let body = codec.encode(&sub("sub_1", &[&secret])).unwrap();
-        let other = SubscriptionCodec::new(SecretCipher::random());
+        let other = codec_with(SecretCipher::random());
         let err = other.decode(&body).unwrap_err().to_string();
         assert!(err.contains("sub_1"), "{err}");
-        assert!(err.contains(codec.cipher().ring().primary().id()), "{err}");
+        let tenant_key = codec.keys().cipher("acme");
+        assert!(err.contains(tenant_key.ring().primary().id()), "{err}");
         assert!(!err.contains(&base64_part(&secret)), "{err}");
         // The sealed value moved into another subscription's body.
         let moved = body.replace("\"sub_1\"", "\"sub_2\"");
@@ -314,22 +358,57 @@ mod tests {
     }
 
     #[test]
-    fn key_rotation_reseals_under_the_new_key() {
+    fn secrets_sealed_under_the_master_key_move_to_the_tenant_key() {
+        let master = SecretCipher::new(KeyRing::single(EncryptionKey::generate()), "t");
+        let s = sub("sub_1", &[&SigningSecret::generate()]);
+        // As sealed before tenant keys existed: under the master key.
+        let before = SubscriptionCodec::new(master.clone());
+        let (body, _) =
+            sealing::within(&master, aad("acme", "sub_1"), || serde_json::to_string(&s));
+        let body = body.unwrap();
+        assert_eq!(before.decode(&body).unwrap(), s);
+        assert!(
+            matches!(before.encode(&s), Err(StoreError::Secrets(_))),
+            "no sealing before the tenant key is known"
+        );
+        let after = codec_with(master.clone());
+        let resealed = after.reseal(&body).unwrap().expect("stale: the master key");
+        let tenant_key = after.keys().cipher("acme");
+        assert!(resealed.contains(&format!("enc:v1:{}:", tenant_key.ring().primary().id())));
+        assert_eq!(after.decode(&resealed).unwrap(), s);
+        // Without the tenant key (deleted), the master key opens nothing.
+        after.keys().forget("acme");
+        assert!(matches!(
+            after.decode(&resealed),
+            Err(StoreError::Secrets(_))
+        ));
+    }
+
+    #[test]
+    fn master_key_rotation_rewraps_tenant_keys_and_keeps_secrets_sealed() {
         let old = EncryptionKey::generate();
         let new = EncryptionKey::generate();
         let before = SubscriptionCodec::new(SecretCipher::new(KeyRing::single(old.clone()), "t"));
+        let wrapped = before.keys().wrap_new("acme");
+        before.keys().learn("acme", &wrapped).unwrap();
         let s = sub("sub_1", &[&SigningSecret::generate()]);
         let body = before.encode(&s).unwrap();
         let ring = KeyRing::single(new.clone()).with_fallback(old);
         let after = SubscriptionCodec::new(SecretCipher::new(ring, "t"));
-        let resealed = after
-            .reseal(&body)
+        let rewrapped = after
+            .keys()
+            .learn("acme", &wrapped)
             .unwrap()
-            .expect("stale under the old key");
-        assert!(resealed.contains(&format!("enc:v1:{}:", new.id())));
+            .expect("rewrapped");
+        assert_eq!(
+            after.reseal(&body).unwrap(),
+            None,
+            "still under the tenant key"
+        );
         let only_new = SubscriptionCodec::new(SecretCipher::new(KeyRing::single(new), "t"));
-        assert_eq!(only_new.decode(&resealed).unwrap(), s);
-        assert!(only_new.decode(&body).is_err());
+        assert!(only_new.keys().learn("acme", &wrapped).is_err());
+        only_new.keys().learn("acme", &rewrapped).unwrap();
+        assert_eq!(only_new.decode(&body).unwrap(), s);
     }
 
     #[test]
@@ -404,6 +483,6 @@ mod tests {
             .expect("a wrong key fails the open")
             .to_string();
         assert!(err.contains(cipher.ring().primary().id()), "{err}");
-        assert!(err.contains("sub_1"), "{err}");
+        assert!(err.contains("tenant acme"), "{err}");
     }
 }

@@ -23,7 +23,10 @@ mod purge;
 mod recovery;
 mod schedule;
 mod subscriptions;
+mod tenant_keys;
 mod tenants;
+
+pub use tenant_keys::FILE_NAME as TENANT_KEYS_FILE;
 
 use super::{secrets::SubscriptionCodec, StoreError};
 use crate::{encryption::SecretCipher, model::WebhookSubscription};
@@ -43,6 +46,7 @@ pub struct EmbeddedStore {
     readers: Arc<Mutex<Vec<Connection>>>,
     path: std::path::PathBuf,
     codec: SubscriptionCodec,
+    key_file: Arc<tenant_keys::KeyFile>,
 }
 
 fn db_err(e: rusqlite::Error) -> StoreError {
@@ -76,6 +80,7 @@ impl EmbeddedStore {
     pub fn open(dir: &Path, cipher: SecretCipher) -> Result<Self, StoreError> {
         let codec = SubscriptionCodec::new(cipher);
         std::fs::create_dir_all(dir).map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let key_file = tenant_keys::KeyFile::open(dir, codec.keys())?;
         let path = dir.join("herald.db");
         let conn = Connection::open(&path).map_err(db_err)?;
         conn.execute_batch(
@@ -95,7 +100,7 @@ impl EmbeddedStore {
         // default, fewer than the writer uses, so some were parsed again).
         conn.set_prepared_statement_cache_capacity(128);
         migrate(&conn)?;
-        reseal_subscriptions(&conn, &codec)?;
+        reseal_subscriptions(&conn, &codec, &key_file)?;
         let checkpoints = Connection::open(&path).map_err(db_err)?;
         let (stop_checkpoints, stopped) = std::sync::mpsc::channel::<()>();
         std::thread::Builder::new()
@@ -114,6 +119,7 @@ impl EmbeddedStore {
             readers: Arc::new(Mutex::new(Vec::new())),
             path,
             codec,
+            key_file: Arc::new(key_file),
         })
     }
 
@@ -212,7 +218,11 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
 /// secret or one sealed under an older key; returns how many. When
 /// plaintext was replaced, the old bytes are overwritten (`secure_delete`)
 /// and the WAL is truncated, so no copy of it stays in the database files.
-fn reseal_subscriptions(conn: &Connection, codec: &SubscriptionCodec) -> Result<(), StoreError> {
+fn reseal_subscriptions(
+    conn: &Connection,
+    codec: &SubscriptionCodec,
+    key_file: &tenant_keys::KeyFile,
+) -> Result<(), StoreError> {
     conn.execute_batch("BEGIN IMMEDIATE").map_err(db_err)?;
     let result = (|| {
         let mut st = conn
@@ -226,6 +236,7 @@ fn reseal_subscriptions(conn: &Connection, codec: &SubscriptionCodec) -> Result<
         let mut resealed = Vec::new();
         let mut had_plaintext = false;
         for (id, body) in rows {
+            key_file.ensure(codec.keys(), &SubscriptionCodec::owner(&body)?)?;
             if let Some(new_body) = codec.reseal(&body)? {
                 had_plaintext |= body.contains("\"whsec_");
                 resealed.push((id, new_body));

@@ -126,6 +126,10 @@ impl TenantPurgeStore for EmbeddedStore {
     }
 
     async fn finish_tenant_deletion(&self, tenant_id: &str) -> Result<(), StoreError> {
+        // Crypto-shredding: the subscriptions are purged; the key that
+        // sealed their secrets goes before the tenant is marked deleted, so
+        // a crash in between deletes it again on the resumed deletion.
+        self.key_file.delete(self.codec.keys(), tenant_id)?;
         let tenant = tenant_id.to_string();
         self.write(move |conn| {
             conn.execute(

@@ -28,6 +28,7 @@ const SELECT_ONE: &str = "SELECT body FROM subscriptions WHERE tenant_id = ?1 AN
 #[async_trait]
 impl SubscriptionStore for EmbeddedStore {
     async fn create_subscription(&self, sub: &WebhookSubscription) -> Result<(), StoreError> {
+        self.key_file.ensure(self.codec.keys(), &sub.tenant_id)?;
         let body = self.codec.encode(sub)?;
         let (id, tenant) = (sub.id.clone(), sub.tenant_id.clone());
         let audit = crate::audit::take_pending();
@@ -59,6 +60,7 @@ impl SubscriptionStore for EmbeddedStore {
             Value::from(tenant_id.to_string()),
             Value::from(id.to_string()),
         ];
+        self.key_file.ensure(self.codec.keys(), tenant_id)?;
         let codec = self.codec.clone();
         let audit = crate::audit::take_pending();
         self.write(move |conn| {

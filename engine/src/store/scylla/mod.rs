@@ -44,6 +44,7 @@ mod purge;
 mod recovery;
 mod schedule;
 mod subscriptions;
+mod tenant_keys;
 mod tenants;
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
@@ -213,6 +214,7 @@ impl ScyllaStore {
             recovery_tally: Default::default(),
             ops,
         };
+        store.load_tenant_keys().await?;
         store.reseal_subs().await?;
         Ok(store)
     }

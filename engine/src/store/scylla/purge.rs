@@ -342,6 +342,10 @@ impl TenantPurgeStore for ScyllaStore {
     }
 
     async fn finish_tenant_deletion(&self, tenant_id: &str) -> Result<(), StoreError> {
+        // Crypto-shredding: the subscriptions are purged; their key goes
+        // before the tenant is marked deleted (a resumed deletion deletes it
+        // again).
+        self.delete_tenant_key(tenant_id).await?;
         self.lwt(
             "UPDATE tenants SET state = 'deleted', quotas = null WHERE tenant_id = ? IF EXISTS",
             (tenant_id,),

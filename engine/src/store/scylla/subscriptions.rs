@@ -75,18 +75,23 @@ impl ScyllaStore {
     /// sealed under an older key (compare-and-set on the body, so a
     /// concurrent change wins and is already sealed under its writer's key).
     pub(super) async fn reseal_subs(&self) -> Result<(), StoreError> {
-        let mut stale = Vec::new();
+        let mut rows = Vec::new();
         self.scan(
             "SELECT tenant_id, id, body FROM subscriptions",
             (),
-            |(tenant, id, body): (String, String, String)| {
-                if let Some(new_body) = self.codec.reseal(&body)? {
-                    stale.push((tenant, id, body, new_body));
-                }
+            |row: (String, String, String)| {
+                rows.push(row);
                 Ok(())
             },
         )
         .await?;
+        let mut stale = Vec::new();
+        for (tenant, id, body) in rows {
+            self.ensure_tenant_key(&tenant).await?;
+            if let Some(new_body) = self.codec.reseal(&body)? {
+                stale.push((tenant, id, body, new_body));
+            }
+        }
         let mut resealed = 0u64;
         for (tenant, id, old, new) in &stale {
             let (applied, _) = self
@@ -111,6 +116,7 @@ impl ScyllaStore {
 #[async_trait]
 impl SubscriptionStore for ScyllaStore {
     async fn create_subscription(&self, sub: &WebhookSubscription) -> Result<(), StoreError> {
+        self.ensure_tenant_key(&sub.tenant_id).await?;
         let body = self.codec.encode(sub)?;
         let create = async {
             let (applied, _) = self
@@ -139,11 +145,12 @@ impl SubscriptionStore for ScyllaStore {
         mut change: SubscriptionChange,
     ) -> Result<Option<(WebhookSubscription, bool)>, StoreError> {
         let audit = crate::audit::take_pending();
+        self.ensure_tenant_key(tenant_id).await?;
         for _ in 0..CAS_ATTEMPTS {
             let Some((body, revision)) = self.stored_sub(tenant_id, id).await? else {
                 return Ok(None);
             };
-            let mut sub = self.codec.decode(&body)?;
+            let mut sub = self.decode_sub(&body).await?;
             let before = audit.as_ref().map(|_| serde_json::to_value(&sub));
             if !change(&mut sub) {
                 return Ok(Some((sub, false)));
@@ -190,10 +197,10 @@ impl SubscriptionStore for ScyllaStore {
         tenant_id: &str,
         id: &str,
     ) -> Result<Option<WebhookSubscription>, StoreError> {
-        self.stored_sub(tenant_id, id)
-            .await?
-            .map(|(b, _)| self.codec.decode(&b))
-            .transpose()
+        match self.stored_sub(tenant_id, id).await? {
+            Some((body, _)) => self.decode_sub(&body).await.map(Some),
+            None => Ok(None),
+        }
     }
 
     async fn list_subscriptions(
@@ -212,16 +219,24 @@ impl SubscriptionStore for ScyllaStore {
                 ),
             )
             .await?;
-        rows.iter().map(|(b,)| self.codec.decode(b)).collect()
+        let mut subs = Vec::with_capacity(rows.len());
+        for (body,) in &rows {
+            subs.push(self.decode_sub(body).await?);
+        }
+        Ok(subs)
     }
 
     async fn all_subscriptions(&self) -> Result<Vec<WebhookSubscription>, StoreError> {
-        let mut subs = Vec::new();
+        let mut bodies = Vec::new();
         self.scan("SELECT body FROM subscriptions", (), |(body,): (String,)| {
-            subs.push(self.codec.decode(&body)?);
+            bodies.push(body);
             Ok(())
         })
         .await?;
+        let mut subs = Vec::with_capacity(bodies.len());
+        for body in &bodies {
+            subs.push(self.decode_sub(body).await?);
+        }
         subs.sort_by(|a: &WebhookSubscription, b| a.id.cmp(&b.id));
         Ok(subs)
     }
