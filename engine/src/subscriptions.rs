@@ -296,12 +296,13 @@ fn remove_keys(inner: &mut Inner, id: &str) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use time::OffsetDateTime;
 
     use super::*;
 
-    fn sub(id: &str, tenant: &str, filters: &[&str]) -> WebhookSubscription {
+    /// A plain active subscription (other modules' tests use it too).
+    pub(crate) fn sub(id: &str, tenant: &str, filters: &[&str]) -> WebhookSubscription {
         let now = OffsetDateTime::now_utc();
         WebhookSubscription {
             id: id.into(),

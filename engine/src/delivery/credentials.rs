@@ -12,6 +12,10 @@
 //!   subscription. An endpoint that answers 401 gets one more try within the
 //!   attempt with a fresh token. A token endpoint that fails makes the
 //!   attempt fail with [`ErrorClass::Auth`] and says why.
+//!
+//! Whenever a client or a token slot is added, those of subscriptions no
+//! longer in the index (deleted) are dropped: what is cached never outgrows
+//! the live subscriptions by more than one.
 
 use std::{
     collections::HashMap,
@@ -26,7 +30,10 @@ use http::{header, HeaderMap, HeaderValue};
 use parking_lot::Mutex;
 
 use super::client::{Answer, DeliveryClient, SendError};
-use crate::{endpoint_auth::EndpointAuth, model::ErrorClass, model::WebhookSubscription};
+use crate::{
+    endpoint_auth::EndpointAuth, model::ErrorClass, model::WebhookSubscription,
+    subscriptions::SubscriptionIndex,
+};
 
 /// A token is fetched again this long before the token endpoint said it expires.
 pub const EXPIRY_MARGIN: Duration = Duration::from_secs(30);
@@ -54,8 +61,9 @@ struct Token {
 type TokenSlot = Arc<tokio::sync::Mutex<Option<Token>>>;
 
 /// The per-subscription clients and tokens of one process.
-#[derive(Default)]
 pub struct EndpointCredentials {
+    /// The live subscriptions: cached entries of others are dropped.
+    subscriptions: Arc<SubscriptionIndex>,
     /// Subscription id → (fingerprint of its TLS settings, its client).
     clients: Mutex<HashMap<String, (u64, DeliveryClient)>>,
     /// Subscription id → (fingerprint of its auth settings, its token).
@@ -68,7 +76,23 @@ fn fingerprint(value: &impl Hash) -> u64 {
     hasher.finish()
 }
 
+/// Inserts `value` for `id`, first dropping the entries of subscriptions
+/// that are no longer in `live`.
+fn insert_pruned<V>(map: &mut HashMap<String, V>, live: &SubscriptionIndex, id: &str, value: V) {
+    map.retain(|id, _| live.get(id).is_some());
+    map.insert(id.to_string(), value);
+}
+
 impl EndpointCredentials {
+    /// No clients or tokens yet; `subscriptions` says which are live.
+    pub fn new(subscriptions: Arc<SubscriptionIndex>) -> Self {
+        Self {
+            subscriptions,
+            clients: Mutex::default(),
+            tokens: Mutex::default(),
+        }
+    }
+
     /// POSTs to `sub`'s endpoint with its TLS settings and `Authorization`.
     pub async fn post(
         &self,
@@ -144,7 +168,12 @@ impl EndpointCredentials {
             message: format!("the subscription's tls settings: {e}"),
             latency: Duration::ZERO,
         })?;
-        clients.insert(sub.id.clone(), (print, client.clone()));
+        insert_pruned(
+            &mut clients,
+            &self.subscriptions,
+            &sub.id,
+            (print, client.clone()),
+        );
         Ok(client)
     }
 
@@ -155,7 +184,12 @@ impl EndpointCredentials {
             Some((p, slot)) if *p == print => slot.clone(),
             _ => {
                 let slot = TokenSlot::default();
-                tokens.insert(sub.id.clone(), (print, slot.clone()));
+                insert_pruned(
+                    &mut tokens,
+                    &self.subscriptions,
+                    &sub.id,
+                    (print, slot.clone()),
+                );
                 slot
             }
         }
@@ -268,4 +302,38 @@ async fn fetch_token(
         renew_at,
     });
     Ok(grant.access_token)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{sealing::SealedText, subscriptions::tests::sub};
+
+    #[test]
+    fn tokens_of_deleted_subscriptions_are_dropped_when_another_is_cached() {
+        let oauth = |sub: &mut WebhookSubscription| {
+            sub.auth = Some(EndpointAuth::Oauth2 {
+                token_url: "https://auth.example.com/token".into(),
+                client_id: "herald".into(),
+                client_secret: SealedText::new("s3cret-value"),
+                scope: None,
+            });
+        };
+        let (mut a, mut b) = (sub("sub_a", "t", &["*"]), sub("sub_b", "t", &["*"]));
+        oauth(&mut a);
+        oauth(&mut b);
+        let index = Arc::new(SubscriptionIndex::new([a.clone()]));
+        let credentials = EndpointCredentials::new(index.clone());
+        let slot = credentials.token_slot(&a, a.auth.as_ref().unwrap());
+        assert!(Arc::ptr_eq(
+            &slot,
+            &credentials.token_slot(&a, a.auth.as_ref().unwrap())
+        ));
+        // `a` is deleted, `b` created: caching b's slot drops a's.
+        index.remove("sub_a");
+        index.upsert(b.clone());
+        credentials.token_slot(&b, b.auth.as_ref().unwrap());
+        let cached: Vec<String> = credentials.tokens.lock().keys().cloned().collect();
+        assert_eq!(cached, ["sub_b"]);
+    }
 }

@@ -11,6 +11,7 @@ use crate::{
     config::EngineConfig,
     delivery::{
         client::DeliveryClient,
+        credentials::EndpointCredentials,
         destination::Destinations,
         handoff::Unsettled,
         retry::RetryPolicy,
@@ -86,7 +87,7 @@ impl Engine {
             );
             let destinations = Destinations {
                 http: client,
-                credentials: Default::default(),
+                credentials: EndpointCredentials::new(subscriptions.clone()),
                 #[cfg(feature = "kafka")]
                 kafka: crate::delivery::kafka_sink::KafkaSinks::new(
                     guard.clone(),
