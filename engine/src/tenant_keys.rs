@@ -16,11 +16,14 @@
 //! master key) still opens — reported stale, and sealed again under the
 //! tenant key by the store. Persistence is the store's: it calls
 //! [`TenantKeys::wrap_new`] to make a key, [`TenantKeys::learn`] with what
-//! it stored or read, and [`TenantKeys::forget`] when it deletes one.
+//! it stored or read, and [`TenantKeys::forget`] when it deletes one. A
+//! store that several processes share may also give a
+//! [`loader`](TenantKeys::set_loader), asked for a tenant's wrapped key when
+//! this process does not know it (another process made it).
 
 use std::{
     collections::HashMap,
-    sync::{Arc, RwLock},
+    sync::{Arc, OnceLock, RwLock},
 };
 
 use crate::encryption::{EncryptionKey, KeyRing, OpenError, SecretCipher};
@@ -31,11 +34,15 @@ fn aad(tenant_id: &str) -> Vec<u8> {
     format!("herald/tenant-key/{tenant_id}").into_bytes()
 }
 
+/// Reads a tenant's wrapped key from where the store keeps it.
+pub type Loader = Box<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
 /// The tenant keys a process knows, unwrapped. Cheap to clone (shared).
 #[derive(Clone)]
 pub struct TenantKeys {
     master: SecretCipher,
     known: Arc<RwLock<HashMap<String, SecretCipher>>>,
+    loader: Arc<OnceLock<Loader>>,
 }
 
 impl std::fmt::Debug for TenantKeys {
@@ -51,7 +58,14 @@ impl TenantKeys {
         Self {
             master,
             known: Arc::default(),
+            loader: Arc::default(),
         }
+    }
+
+    /// Sets how a key this process does not know is read (once; later
+    /// calls are ignored).
+    pub fn set_loader(&self, loader: Loader) {
+        let _ = self.loader.set(loader);
     }
 
     /// The master cipher, which wraps the tenant keys.
@@ -101,16 +115,27 @@ impl TenantKeys {
             .contains_key(tenant_id)
     }
 
-    /// The cipher for `tenant_id`'s secrets: its key when known (sealing),
-    /// else the master cipher, which opens only what was sealed before
-    /// tenant keys existed.
+    /// The cipher for `tenant_id`'s secrets: its key when known (sealing)
+    /// or loaded now, else the master cipher, which opens only what was
+    /// sealed before tenant keys existed.
     pub fn cipher(&self, tenant_id: &str) -> SecretCipher {
-        self.known
-            .read()
-            .expect("tenant keys lock")
-            .get(tenant_id)
-            .cloned()
-            .unwrap_or_else(|| self.master.clone())
+        let known = |keys: &Self| {
+            keys.known
+                .read()
+                .expect("tenant keys lock")
+                .get(tenant_id)
+                .cloned()
+        };
+        if let Some(cipher) = known(self) {
+            return cipher;
+        }
+        let loaded = self.loader.get().and_then(|load| load(tenant_id));
+        if let Some(wrapped) = loaded {
+            if let Err(e) = self.learn(tenant_id, &wrapped) {
+                tracing::warn!(tenant_id, error = %e, "a tenant key that does not unwrap");
+            }
+        }
+        known(self).unwrap_or_else(|| self.master.clone())
     }
 
     /// Drops `tenant_id`'s key from memory (its stored copy is deleted).
@@ -144,6 +169,27 @@ mod tests {
         assert!(keys.cipher("t1").open(&sealed, b"sub").is_err());
         // Nor does the same wrapped key learned again under another tenant.
         assert!(keys.learn("t2", &wrapped).is_err());
+    }
+
+    #[test]
+    fn a_key_made_by_another_process_is_loaded_on_first_use() {
+        let master = SecretCipher::random();
+        let (maker, other) = (TenantKeys::new(master.clone()), TenantKeys::new(master));
+        let wrapped = maker.wrap_new("t1");
+        maker.learn("t1", &wrapped).unwrap();
+        let sealed = maker.cipher("t1").seal("whsec_z", b"sub");
+        assert!(
+            other.cipher("t1").open(&sealed, b"sub").is_err(),
+            "no loader yet"
+        );
+        let stored = wrapped.clone();
+        other.set_loader(Box::new(move |t| (t == "t1").then(|| stored.clone())));
+        assert_eq!(
+            other.cipher("t1").open(&sealed, b"sub").unwrap().plaintext,
+            "whsec_z"
+        );
+        assert!(other.knows("t1"));
+        assert!(!other.knows("t2") && !other.cipher("t2").ring().ids().is_empty());
     }
 
     #[test]

@@ -80,7 +80,8 @@ impl EmbeddedStore {
     pub fn open(dir: &Path, cipher: SecretCipher) -> Result<Self, StoreError> {
         let codec = SubscriptionCodec::new(cipher);
         std::fs::create_dir_all(dir).map_err(|e| StoreError::Unavailable(e.to_string()))?;
-        let key_file = tenant_keys::KeyFile::open(dir, codec.keys())?;
+        let key_file = Arc::new(tenant_keys::KeyFile::open(dir, codec.keys())?);
+        key_file.load_for(codec.keys());
         let path = dir.join("herald.db");
         let conn = Connection::open(&path).map_err(db_err)?;
         conn.execute_batch(
@@ -119,7 +120,7 @@ impl EmbeddedStore {
             readers: Arc::new(Mutex::new(Vec::new())),
             path,
             codec,
-            key_file: Arc::new(key_file),
+            key_file,
         })
     }
 

@@ -9,7 +9,7 @@
 //! under it is written to the store, and deleted only after the tenant's
 //! subscriptions are gone from it.
 
-use std::path::Path;
+use std::{path::Path, sync::Arc};
 
 use parking_lot::Mutex;
 use rusqlite::{params, Connection, OptionalExtension};
@@ -66,6 +66,25 @@ impl KeyFile {
         Ok(Self {
             conn: Mutex::new(conn),
         })
+    }
+
+    /// Lets `keys` read a key another process sharing the file made.
+    pub(super) fn load_for(self: &Arc<Self>, keys: &TenantKeys) {
+        let file = Arc::downgrade(self);
+        keys.set_loader(Box::new(move |tenant| {
+            let file = file.upgrade()?;
+            let conn = file.conn.lock();
+            conn.query_row(
+                "SELECT wrapped FROM tenant_keys WHERE tenant_id = ?1",
+                [tenant],
+                |r| r.get(0),
+            )
+            .optional()
+            .unwrap_or_else(|e| {
+                tracing::warn!(tenant, error = %e, "reading a tenant key");
+                None
+            })
+        }));
     }
 
     /// Makes `tenant`'s key unless `keys` knows it already; durable when
