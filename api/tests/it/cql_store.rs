@@ -12,8 +12,8 @@ use herald_engine::{
     model::{DomainEvent, Outcome, ScheduledDelivery, WebhookDeliveryLog},
     resources::{RecoveryJob, RecoveryStatus},
     store::{
-        scylla::ScyllaStore, DeliveryLogStore, EventStore, LogFilter, RecoveryScope, RecoveryStore,
-        ScheduleStore, SubscriptionStore,
+        scylla::ScyllaStore, DeliveryLogStore, EventFilter, EventStore, FanOut, FanOutResult,
+        LogFilter, RecoveryScope, RecoveryStore, ScheduleStore, SubscriptionStore,
     },
 };
 use time::OffsetDateTime;
@@ -37,6 +37,102 @@ async fn recorded_event(store: &ScyllaStore) -> DomainEvent {
         .await
         .unwrap();
     ev
+}
+
+/// Reads the CQL store has sent so far.
+fn reads(store: &ScyllaStore) -> u64 {
+    store.op_counts().unwrap().snapshot()[0].1
+}
+
+/// Fan-out of events whose deliveries it hands over unscheduled reads
+/// nothing: it writes their day index (here the emitter died after its
+/// append and wrote none), and a dedupe key's loser is still found and kept
+/// out of the list and of gets. An event it schedules costs one read of its
+/// state, so that a re-read of the log schedules nothing twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cql_fan_out_that_schedules_nothing_reads_nothing() {
+    let _cassandra = crate::cql::shared().await;
+    let store = ScyllaStore::connect(&config("blind"), cipher())
+        .await
+        .unwrap();
+    let mut events: Vec<DomainEvent> = (0..20).map(|_| event("acme")).collect();
+    for e in &mut events[..18] {
+        e.dedupe_key = None;
+    }
+    let now = now_ms();
+    let item = |e: &DomainEvent, unscheduled: bool| FanOut {
+        event: e.clone(),
+        position: LogPosition {
+            partition: 0,
+            offset: 0,
+        },
+        deliveries: vec![delivery(e, "sub_a", now)],
+        lease_until_ms: unscheduled.then_some(now + 60_000),
+        unscheduled,
+        parked: vec![],
+    };
+    let before = reads(&store);
+    let results = store
+        .fan_out(
+            events.iter().map(|e| item(e, true)).collect(),
+            now + 60_000,
+            now,
+        )
+        .await
+        .unwrap();
+    assert_eq!(reads(&store), before, "fan-out read the store");
+    // The two events sharing a key claim it at once: either may win.
+    assert_eq!(results[..18], [FanOutResult::Scheduled; 18]);
+    let loser = match results[18..] {
+        [FanOutResult::Scheduled, FanOutResult::Duplicate] => 19,
+        [FanOutResult::Duplicate, FanOutResult::Scheduled] => 18,
+        ref other => panic!("{other:?}"),
+    };
+    let kept: Vec<&DomainEvent> = (0..20)
+        .filter(|&i| i != loser)
+        .map(|i| &events[i])
+        .collect();
+    let listed: Vec<String> = store
+        .list_events("acme", &EventFilter::default(), 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+    let mut want: Vec<String> = kept.iter().map(|e| e.id.clone()).collect();
+    want.sort_unstable_by(|a, b| b.cmp(a));
+    assert_eq!(listed, want, "every event listed but the duplicate");
+    let got = store.get_event("acme", &events[0].id).await.unwrap();
+    assert_eq!(got.as_ref(), Some(&events[0]));
+    let duplicate = store.get_event("acme", &events[loser].id).await.unwrap();
+    assert!(duplicate.is_none());
+    assert!(store
+        .get_event("globex", &events[0].id)
+        .await
+        .unwrap()
+        .is_none());
+
+    // Scheduled: one read, the event indexed; read again, nothing new.
+    let mut scheduled = event("acme");
+    scheduled.dedupe_key = None;
+    let before = reads(&store);
+    let first = store
+        .fan_out(vec![item(&scheduled, false)], now + 60_000, now)
+        .await
+        .unwrap();
+    assert_eq!(first, vec![FanOutResult::Scheduled]);
+    assert_eq!(reads(&store), before + 1);
+    assert!(store
+        .get_event("acme", &scheduled.id)
+        .await
+        .unwrap()
+        .is_some());
+    let again = store
+        .fan_out(vec![item(&scheduled, false)], now + 60_000, now)
+        .await
+        .unwrap();
+    assert_eq!(again, vec![FanOutResult::AlreadyDone]);
+    assert_eq!(store.schedule_backlog().await.unwrap(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -1,9 +1,24 @@
-//! The event index (by id, and by tenant and day), the dedupe window and
-//! fan-out's per-event state.
+//! The event index (by tenant and day), the dedupe window and fan-out's
+//! per-event state.
+//!
+//! **Append-only on the hot path.** An event's index is its
+//! `events_by_day` row, keyed `(tenant, day of its id)`: lists walk it, and
+//! a get by id reads the row by its full key (the day is in the UUIDv7 id).
+//! It is written blind and grouped, one unlogged batch per `(tenant, day)`:
+//! by the emitter after its append, and again by fan-out (the emitter may
+//! have died between the two, or never written it: the CDC relay). Nothing
+//! is read before it is written.
+//!
+//! `events` (by id) holds fan-out's state only, for the events fan-out
+//! writes schedule rows for (`fanned out`) and for duplicates. Fan-out
+//! reads it only before it schedules, so that an event re-read after a
+//! crash is not scheduled twice; an event whose deliveries it hands over
+//! unscheduled (`delivery::handoff`), or that has none, reads nothing.
 //!
 //! The dedupe key is claimed with `INSERT .. IF NOT EXISTS USING TTL
 //! <window>`: exactly one event wins a key while the claim lives, and the
-//! database forgets it when the window ends. Fan-out writes an event's
+//! database forgets it when the window ends. The loser is marked a
+//! duplicate and leaves the day index. Fan-out writes an event's
 //! deliveries before it marks the event fanned out, so a crash in between
 //! repeats the fan-out (duplicates possible) instead of losing deliveries.
 
@@ -17,8 +32,6 @@ use crate::{
     store::{EventFilter, EventStore, FanOut, FanOutResult, PruneCursor, Pruned, StoreError},
 };
 
-const BY_ID: &str =
-    "INSERT INTO events (id, tenant_id, log_partition, log_offset, body) VALUES (?, ?, ?, ?, ?)";
 const BY_DAY: &str =
     "INSERT INTO events_by_day (tenant_id, day, id, event_type, body) VALUES (?, ?, ?, ?, ?)";
 
@@ -26,40 +39,6 @@ const STATE_FANNED_OUT: i32 = 1;
 const STATE_DUPLICATE: i32 = 2;
 
 impl ScyllaStore {
-    /// Writes the event to both indexes (idempotent; keeps its fan-out state).
-    pub(super) async fn index_event(
-        &self,
-        event: &DomainEvent,
-        position: LogPosition,
-    ) -> Result<(), StoreError> {
-        let body = encode(event)?;
-        let by_id = self.exec(
-            BY_ID,
-            (
-                &event.id,
-                &event.tenant_id,
-                position.partition as i32,
-                position.offset as i64,
-                &body,
-            ),
-        );
-        let by_day = self.exec(
-            BY_DAY,
-            (
-                &event.tenant_id,
-                id_day(&event.id),
-                &event.id,
-                &event.event_type,
-                &body,
-            ),
-        );
-        // The `events` row last: fan-out takes it as the sign the event is
-        // fully indexed and does not write it again.
-        by_day.await?;
-        by_id.await?;
-        Ok(())
-    }
-
     /// Claims `(tenant, key)` for the event until `until_ms` unless a live
     /// claim exists; returns the holder's event id.
     pub(super) async fn claim_dedupe(
@@ -85,12 +64,83 @@ impl ScyllaStore {
         }
     }
 
-    /// The event by id, whatever its tenant (the scheduler's read).
-    pub(super) async fn event_any(&self, id: &str) -> Result<Option<DomainEvent>, StoreError> {
-        let row: Option<(String,)> = self
-            .row("SELECT body FROM events WHERE id = ?", (id,))
-            .await?;
-        row.map(|(b,)| decode(&b)).transpose()
+    /// Marks an event the duplicate of the holder of its dedupe key.
+    async fn mark_duplicate(&self, event: &DomainEvent) -> Result<FanOutResult, StoreError> {
+        self.exec(
+            "UPDATE events SET state = ? WHERE id = ?",
+            (STATE_DUPLICATE, &event.id),
+        )
+        .await?;
+        self.exec(
+            "DELETE FROM events_by_day WHERE tenant_id = ? AND day = ? AND id = ?",
+            (&event.tenant_id, id_day(&event.id), &event.id),
+        )
+        .await?;
+        Ok(FanOutResult::Duplicate)
+    }
+
+    /// Whether fan-out of `item` reads nothing (see the module doc): it
+    /// leaves no schedule rows.
+    pub(super) fn fans_out_blind(item: &FanOut) -> bool {
+        item.unscheduled || (item.deliveries.is_empty() && item.parked.is_empty())
+    }
+
+    /// The fan-out of events that leave no schedule rows
+    /// ([`Self::fans_out_blind`]): their day-index rows grouped, then their
+    /// dedupe claims.
+    pub(super) async fn fan_out_blind(
+        &self,
+        items: &[&FanOut],
+        dedupe_until_ms: i64,
+        now_ms: i64,
+    ) -> Result<Vec<FanOutResult>, StoreError> {
+        let events: Vec<&DomainEvent> = items.iter().map(|item| &item.event).collect();
+        self.index_by_day(&events).await?;
+        let claims = events.iter().map(|event| async move {
+            let Some(key) = &event.dedupe_key else {
+                return Ok(FanOutResult::Scheduled);
+            };
+            let holder = self
+                .claim_dedupe(event, key, dedupe_until_ms, now_ms)
+                .await?;
+            if holder == event.id {
+                Ok(FanOutResult::Scheduled)
+            } else {
+                self.mark_duplicate(event).await
+            }
+        });
+        futures::future::try_join_all(claims).await
+    }
+
+    /// The day-index rows of `events`: one unlogged batch per `(tenant, day)`.
+    async fn index_by_day(&self, events: &[&DomainEvent]) -> Result<(), StoreError> {
+        let bodies = events
+            .iter()
+            .map(encode)
+            .collect::<Result<Vec<_>, _>>()?;
+        let rows = events.iter().zip(&bodies).map(|(e, body)| {
+            let day = id_day(&e.id);
+            let row = (&*e.tenant_id, day, &*e.id, &*e.event_type, &**body);
+            ((&*e.tenant_id, day), row, body.len())
+        });
+        super::grouped::write_table(&self.session, &self.ops, BY_DAY, rows)
+            .await
+            .map_err(super::unavailable)
+    }
+
+    /// The dedupe claims of a batch of events just appended.
+    async fn claim_all(
+        &self,
+        events: &[(DomainEvent, LogPosition)],
+        dedupe_until_ms: i64,
+    ) -> Result<(), StoreError> {
+        let now = crate::clock::now_ms();
+        let claims = events.iter().filter_map(|(e, _)| {
+            let key = e.dedupe_key.as_ref()?;
+            Some(self.claim_dedupe(e, key, dedupe_until_ms, now))
+        });
+        futures::future::try_join_all(claims).await?;
+        Ok(())
     }
 
     /// One event's fan-out (see `ScheduleStore::fan_out`).
@@ -104,28 +154,16 @@ impl ScyllaStore {
         let state: Option<(Option<i32>,)> = self
             .row("SELECT state FROM events WHERE id = ?", (&event.id,))
             .await?;
-        match state {
-            // Usually indexed at emit already: written again only if not.
-            None => self.index_event(event, item.position).await?,
-            Some((Some(_),)) => return Ok(FanOutResult::AlreadyDone),
-            Some((None,)) => {}
+        if let Some((Some(_),)) = state {
+            return Ok(FanOutResult::AlreadyDone);
         }
+        self.index_by_day(&[event]).await?;
         if let Some(key) = &event.dedupe_key {
             let holder = self
                 .claim_dedupe(event, key, dedupe_until_ms, now_ms)
                 .await?;
             if holder != event.id {
-                self.exec(
-                    "UPDATE events SET state = ? WHERE id = ?",
-                    (STATE_DUPLICATE, &event.id),
-                )
-                .await?;
-                self.exec(
-                    "DELETE FROM events_by_day WHERE tenant_id = ? AND day = ? AND id = ?",
-                    (&event.tenant_id, id_day(&event.id), &event.id),
-                )
-                .await?;
-                return Ok(FanOutResult::Duplicate);
+                return self.mark_duplicate(event).await;
             }
         }
         if item.unscheduled {
@@ -166,52 +204,20 @@ impl EventStore for ScyllaStore {
         position: LogPosition,
         dedupe_until_ms: i64,
     ) -> Result<(), StoreError> {
-        self.index_event(event, position).await?;
-        if let Some(key) = &event.dedupe_key {
-            self.claim_dedupe(event, key, dedupe_until_ms, crate::clock::now_ms())
-                .await?;
-        }
-        Ok(())
+        self.record_events(vec![(event.clone(), position)], dedupe_until_ms)
+            .await
     }
 
-    /// A batch emit's index: the day-index rows as one unlogged batch per
-    /// `(tenant, day)`, then each `events` row (the sign fan-out reads, so
-    /// last), then the dedupe claims.
+    /// The day-index rows, one unlogged batch per `(tenant, day)`, then the
+    /// dedupe claims.
     async fn record_events(
         &self,
         events: Vec<(DomainEvent, LogPosition)>,
         dedupe_until_ms: i64,
     ) -> Result<(), StoreError> {
-        let bodies = events
-            .iter()
-            .map(|(e, _)| encode(e))
-            .collect::<Result<Vec<_>, _>>()?;
-        let by_day = events.iter().zip(&bodies).map(|((e, _), body)| {
-            let day = id_day(&e.id);
-            let row = (&*e.tenant_id, day, &*e.id, &*e.event_type, &**body);
-            ((&*e.tenant_id, day), row, body.len())
-        });
-        super::grouped::write_table(&self.session, &self.ops, BY_DAY, by_day)
-            .await
-            .map_err(super::unavailable)?;
-        let by_id = events.iter().zip(&bodies).map(|((e, position), body)| {
-            let row = (
-                &e.id,
-                &e.tenant_id,
-                position.partition as i32,
-                position.offset as i64,
-                body,
-            );
-            self.exec(BY_ID, row)
-        });
-        futures::future::try_join_all(by_id).await?;
-        let now = crate::clock::now_ms();
-        let claims = events.iter().filter_map(|(e, _)| {
-            let key = e.dedupe_key.as_ref()?;
-            Some(self.claim_dedupe(e, key, dedupe_until_ms, now))
-        });
-        futures::future::try_join_all(claims).await?;
-        Ok(())
+        let all: Vec<&DomainEvent> = events.iter().map(|(e, _)| e).collect();
+        self.index_by_day(&all).await?;
+        self.claim_all(&events, dedupe_until_ms).await
     }
 
     async fn event_by_dedupe_key(
@@ -239,20 +245,13 @@ impl EventStore for ScyllaStore {
         tenant_id: &str,
         id: &str,
     ) -> Result<Option<DomainEvent>, StoreError> {
-        let row: Option<(String, Option<i32>, String)> = self
+        let row: Option<(String,)> = self
             .row(
-                "SELECT tenant_id, state, body FROM events WHERE id = ?",
-                (id,),
+                "SELECT body FROM events_by_day WHERE tenant_id = ? AND day = ? AND id = ?",
+                (tenant_id, id_day(id), id),
             )
             .await?;
-        match row {
-            Some((tenant, state, body))
-                if tenant == tenant_id && state != Some(STATE_DUPLICATE) =>
-            {
-                decode(&body).map(Some)
-            }
-            _ => Ok(None),
-        }
+        row.map(|(body,)| decode(&body)).transpose()
     }
 
     async fn list_events(

@@ -37,7 +37,7 @@ use super::{
 };
 use crate::{
     model::{DomainEvent, ScheduledDelivery},
-    store::{FanOut, FanOutResult, ScheduleStore, StoreError},
+    store::{EventStore, FanOut, FanOutResult, ScheduleStore, StoreError},
 };
 
 /// Partitions per due-index bucket.
@@ -175,7 +175,7 @@ impl ScyllaStore {
             return Ok(None);
         }
         self.unindex_due(&delivery_id, due).await?;
-        let Some(event) = self.event_any(&d.event_id).await? else {
+        let Some(event) = EventStore::get_event(self, &d.tenant_id, &d.event_id).await? else {
             // The event expired from the index (retention): nothing to deliver.
             tracing::warn!(delivery_id, event_id = %d.event_id, "scheduled delivery without its event; dropped");
             self.remove_schedule(&d, lease_until).await?;
@@ -261,10 +261,32 @@ impl ScheduleStore for ScyllaStore {
         dedupe_until_ms: i64,
         now_ms: i64,
     ) -> Result<Vec<FanOutResult>, StoreError> {
-        let work = batch
+        // Events that leave no schedule rows go together, reading nothing.
+        let (blind, read): (Vec<_>, Vec<_>) =
+            (0..batch.len()).partition(|&i| ScyllaStore::fans_out_blind(&batch[i]));
+        let blind_items: Vec<&FanOut> = blind.iter().map(|&i| &batch[i]).collect();
+        let read_work = read
             .iter()
-            .map(|item| self.fan_out_one(item, dedupe_until_ms, now_ms));
-        futures::future::try_join_all(work).await
+            .map(|&i| self.fan_out_one(&batch[i], dedupe_until_ms, now_ms));
+        let (blind_results, read_results) = futures::future::try_join(
+            async {
+                if blind_items.is_empty() {
+                    return Ok(Vec::new());
+                }
+                self.fan_out_blind(&blind_items, dedupe_until_ms, now_ms)
+                    .await
+            },
+            futures::future::try_join_all(read_work),
+        )
+        .await?;
+        let mut results = vec![FanOutResult::Scheduled; batch.len()];
+        for (i, r) in blind.into_iter().zip(blind_results) {
+            results[i] = r;
+        }
+        for (i, r) in read.into_iter().zip(read_results) {
+            results[i] = r;
+        }
+        Ok(results)
     }
 
     async fn schedule(&self, deliveries: Vec<ScheduledDelivery>) -> Result<(), StoreError> {
