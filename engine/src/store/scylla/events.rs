@@ -114,10 +114,7 @@ impl ScyllaStore {
 
     /// The day-index rows of `events`: one unlogged batch per `(tenant, day)`.
     async fn index_by_day(&self, events: &[&DomainEvent]) -> Result<(), StoreError> {
-        let bodies = events
-            .iter()
-            .map(encode)
-            .collect::<Result<Vec<_>, _>>()?;
+        let bodies = events.iter().map(encode).collect::<Result<Vec<_>, _>>()?;
         let rows = events.iter().zip(&bodies).map(|(e, body)| {
             let day = id_day(&e.id);
             let row = (&*e.tenant_id, day, &*e.id, &*e.event_type, &**body);
