@@ -120,6 +120,12 @@ impl KafkaConfig {
         format!("{}.events", self.topic_prefix)
     }
 
+    /// The schedule changelog, `<prefix>.schedule`: the retries workers
+    /// keep in memory, compacted, co-partitioned with the events topic.
+    pub fn schedule_topic(&self) -> String {
+        format!("{}.schedule", self.topic_prefix)
+    }
+
     /// The CDC topic Debezium writes the outbox to.
     pub fn cdc_topic(&self) -> String {
         self.cdc_topic

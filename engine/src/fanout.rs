@@ -31,6 +31,7 @@ use crate::{
     clock::now_ms,
     delivery::{
         handoff::Unsettled,
+        retries::Retries,
         worker::{Job, Shards},
     },
     gone::GoneTenants,
@@ -63,6 +64,10 @@ pub struct Settings {
     /// they are settled (see [`crate::delivery::handoff`]). Used on the CQL
     /// store, where scheduling costs several statements per delivery.
     pub unscheduled: Option<Arc<Unsettled>>,
+    /// Where the retries of such deliveries are kept when the log has a
+    /// schedule changelog ([`EventLog::consumer_keeping`]): the consumer
+    /// restores its partitions' retries into it.
+    pub retries: Option<Arc<Retries>>,
     /// Tenants deleted or being deleted: their events are dropped, not
     /// indexed (so a deleted tenant's rows never come back).
     pub gone: Arc<GoneTenants>,
@@ -86,6 +91,7 @@ pub async fn run(
         lease,
         handoff_limit,
         unscheduled,
+        retries,
         gone,
     } = settings;
     let mut offsets = Offsets {
@@ -94,7 +100,20 @@ pub async fn run(
         unsettled: unscheduled.clone(),
     };
     let mut consumer = loop {
-        match log.consumer(&group).await {
+        let opened = match &retries {
+            Some(r) => {
+                log.consumer_keeping(&group, r.clone())
+                    .await
+                    .map(|(consumer, changelog)| {
+                        if let Some(changelog) = changelog {
+                            r.keep_in(changelog);
+                        }
+                        consumer
+                    })
+            }
+            None => log.consumer(&group).await,
+        };
+        match opened {
             Ok(c) => break c,
             Err(e) => {
                 tracing::error!(error = %e, "fan-out cannot open its log consumer; retrying");
@@ -324,6 +343,7 @@ async fn hand_off(
                     delivery,
                     event,
                     settle,
+                    kept: false,
                 })
                 .await;
         }

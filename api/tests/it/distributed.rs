@@ -488,6 +488,58 @@ fn fanout_caught_up(prefix: &str) -> bool {
     })
 }
 
+/// What the schedule changelog of the topics under `prefix` keeps: the
+/// last record per delivery id (`None`: a tombstone), read from the broker
+/// from each partition's start to its end (blocking).
+fn changelog(prefix: &str) -> HashMap<String, Option<Value>> {
+    use rdkafka::{
+        consumer::{BaseConsumer, Consumer},
+        ClientConfig, Message, Offset, TopicPartitionList,
+    };
+    let wait = Duration::from_secs(5);
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", crate::kafka::BROKERS)
+        .set("group.id", format!("{prefix}-test-reader"))
+        .set("isolation.level", "read_committed")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let topic = format!("{prefix}.schedule");
+    let metadata = consumer.fetch_metadata(Some(&topic), wait).unwrap();
+    let mut kept = HashMap::new();
+    for p in metadata.topics().iter().flat_map(|t| t.partitions()) {
+        let (low, high) = consumer.fetch_watermarks(&topic, p.id(), wait).unwrap();
+        if high <= low {
+            continue;
+        }
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&topic, p.id(), Offset::Beginning)
+            .unwrap();
+        consumer.assign(&tpl).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while std::time::Instant::now() < deadline {
+            match consumer.poll(Duration::from_millis(200)) {
+                Some(Ok(m)) => {
+                    let key = String::from_utf8_lossy(m.key().unwrap()).into_owned();
+                    let value = m.payload().map(|v| serde_json::from_slice(v).unwrap());
+                    kept.insert(key, value);
+                    if m.offset() + 1 >= high {
+                        break;
+                    }
+                }
+                Some(Err(e)) => panic!("reading the changelog: {e}"),
+                None => {
+                    let at = consumer.position().unwrap().elements()[0].offset();
+                    if matches!(at, Offset::Offset(o) if o >= high) {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    kept
+}
+
 /// The first logged attempt of `event` with `outcome`, once there is one.
 async fn logged_attempt(
     base: &str,
@@ -520,9 +572,10 @@ fn numbers_received(rx: &Receiver) -> Vec<i64> {
 
 /// A worker on Kafka + Cassandra schedules a retry and holds a paused
 /// subscription's events, then dies (kill -9). The worker started after it
-/// delivers the retry as the same delivery, no earlier than it was due.
-/// (On the CQL store a first attempt is not in the schedule: this is the
-/// path where a failed one is written to it.)
+/// restores the retry from the schedule changelog and delivers it as the
+/// same delivery, no earlier than it was due; delivered, it leaves a
+/// tombstone. (On the CQL store a first attempt is not in the schedule:
+/// its retry is kept in the changelog, with its event.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn distributed_a_retry_outlives_its_worker() {
     retry_and_held_events_outlive_their_worker(false).await;
@@ -608,6 +661,24 @@ async fn retry_and_held_events_outlive_their_worker(resume: bool) {
     )
     .await;
 
+    // The retry is kept in the schedule changelog, with its event (the
+    // store's schedule has no row of it: fan-out handed the first attempt
+    // over unscheduled).
+    let id = failed["delivery_id"].as_str().unwrap().to_string();
+    let kept = {
+        let prefix = prefix.clone();
+        tokio::task::spawn_blocking(move || changelog(&prefix))
+            .await
+            .unwrap()
+    };
+    let retry = kept[&id]
+        .as_ref()
+        .expect("the retry is kept, not a tombstone");
+    assert_eq!(
+        (&retry["attempt"], &retry["event"]["id"]),
+        (&json!(2), &json!(retried))
+    );
+
     first.kill9().await;
     flaky.set_status(200);
     // Its own data dir (and log): nothing of the first worker's disk is shared.
@@ -632,6 +703,21 @@ async fn retry_and_held_events_outlive_their_worker(resume: bool) {
         "retry by the next worker {} ms after it was due",
         (at - due).whole_milliseconds()
     );
+    // Delivered, it leaves a tombstone: a later owner restores nothing.
+    eventually(
+        "the delivered retry's tombstone",
+        Duration::from_secs(30),
+        || {
+            let (prefix, id) = (prefix.clone(), id.clone());
+            async move {
+                tokio::task::spawn_blocking(move || changelog(&prefix)[&id].is_none())
+                    .await
+                    .unwrap()
+                    .then_some(())
+            }
+        },
+    )
+    .await;
     if !resume {
         second.kill9().await;
         api.kill9().await;

@@ -19,9 +19,10 @@ use crate::audit::{self, action, Actor, AuditRecord};
 use crate::{
     filters::OPERATIONAL_PREFIX,
     ids,
+    log::Pending,
     model::{
-        ErrorClass, Outcome, ScheduledDelivery, SubscriptionStatus, WebhookDeliveryLog,
-        WebhookSubscription,
+        DomainEvent, ErrorClass, Outcome, ScheduledDelivery, SubscriptionStatus,
+        WebhookDeliveryLog, WebhookSubscription,
     },
     operational,
 };
@@ -169,19 +170,21 @@ async fn finish(
     let dead = decision
         .is_dead()
         .then_some((record.status_code, record.error));
-    let (recorded, durable) = if job.settle.is_none() {
+    let (recorded, durable) = if !job.unscheduled() {
         let recorded = persist(ctx, record, decision.next, false).await;
         (recorded, recorded)
     } else {
-        // Not in the schedule: record the attempt, then schedule the retry
-        // (a crash in between re-reads the event: a duplicate, not a loss).
+        // Not in the schedule: record the attempt, then keep the retry (a
+        // crash in between re-reads the event or restores the retry: a
+        // duplicate, not a loss).
         let recorded = persist(ctx, record, None, true).await;
-        let scheduled = match decision.next {
-            Some(next) if recorded => schedule_durably(ctx, vec![next]).await,
+        let kept = match decision.next {
+            Some(next) if recorded => keep_retry(ctx, next, &job.event).await,
             Some(_) => false,
-            None => true,
+            None if recorded => forget_kept(ctx, &job).await,
+            None => false,
         };
-        (recorded, recorded && scheduled)
+        (recorded, recorded && kept)
     };
     if let Some((last_status_code, last_error)) = dead.filter(|_| recorded) {
         announce_dead(ctx, &job, last_status_code, last_error).await;
@@ -382,6 +385,60 @@ async fn persist(
     .await
 }
 
+/// Keeps the retry of a delivery the store's schedule does not have: in
+/// the schedule changelog and in memory when the log keeps one (see
+/// [`super::retries`]), else in the store's schedule. Whether it is
+/// durable; a retry the changelog refused still goes from memory (its
+/// earlier state, or its event, is read again after a restart).
+async fn keep_retry(
+    ctx: &WorkerContext,
+    next: ScheduledDelivery,
+    event: &Arc<DomainEvent>,
+) -> bool {
+    let Some(log) = ctx.retries.log() else {
+        return schedule_durably(ctx, vec![next]).await;
+    };
+    let pending = Pending {
+        delivery: next,
+        event: DomainEvent::clone(event),
+    };
+    let id = pending.delivery.delivery_id.clone();
+    let kept = retrying(
+        ctx,
+        &id,
+        "keep a retry in the schedule changelog",
+        || async { log.keep(&pending).await.map_err(changelog_error) },
+    )
+    .await;
+    ctx.retries.add(pending);
+    kept
+}
+
+/// Forgets a delivery the changelog keeps (it is recorded, or now in the
+/// store's schedule); true for any other. Whether that is durable: if not,
+/// a restore brings it back (a duplicate, never a loss).
+pub(super) async fn forget_kept(ctx: &WorkerContext, job: &Job) -> bool {
+    let (true, Some(log)) = (job.kept, ctx.retries.log()) else {
+        return true;
+    };
+    let d = &job.delivery;
+    retrying(
+        ctx,
+        &d.delivery_id,
+        "forget a retry in the schedule changelog",
+        || async {
+            log.forget(&d.tenant_id, &d.delivery_id)
+                .await
+                .map_err(changelog_error)
+        },
+    )
+    .await
+}
+
+fn changelog_error(e: crate::log::LogError) -> crate::store::StoreError {
+    crate::store::StoreError::Unavailable(e.to_string())
+}
+
 /// Writes deliveries to the schedule, retrying like [`persist`].
 pub(super) async fn schedule_durably(
     ctx: &WorkerContext,
@@ -454,7 +511,8 @@ pub(super) async fn drop_dead(ctx: Arc<WorkerContext>, job: Job, why: &str) {
         next_attempt_at: None,
     };
     ctx.metrics.attempt(&record, false, job.event.received_at);
-    let recorded = persist(&ctx, record, None, job.settle.is_some()).await;
+    let recorded = persist(&ctx, record, None, job.unscheduled()).await;
+    let recorded = recorded && forget_kept(&ctx, &job).await;
     ctx.in_flight.lock().remove(&d.delivery_id);
     if d.ordered {
         ctx.wake.notify_one();

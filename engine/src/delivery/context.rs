@@ -7,7 +7,9 @@ use std::{collections::HashSet, sync::Arc};
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
-use super::{decide::Sent, destination::Destinations, handoff::Settle, retry::RetryPolicy};
+use super::{
+    decide::Sent, destination::Destinations, handoff::Settle, retries::Retries, retry::RetryPolicy,
+};
 use crate::{
     config::DeliveryConfig,
     metrics::Metrics,
@@ -30,6 +32,10 @@ pub struct Job {
     /// Set when fan-out handed it over without scheduling it: settled once
     /// the delivery is recorded or scheduled (see [`super::handoff`]).
     pub settle: Option<Settle>,
+    /// Set when the schedule changelog keeps it (a retry, see
+    /// [`super::retries`]) rather than the store's schedule: forgotten
+    /// there once it is recorded or moved to the store.
+    pub kept: bool,
 }
 
 impl Job {
@@ -39,7 +45,24 @@ impl Job {
             delivery,
             event,
             settle: None,
+            kept: false,
         }
+    }
+
+    /// A retry the schedule changelog keeps.
+    pub fn kept(delivery: ScheduledDelivery, event: Arc<DomainEvent>) -> Self {
+        Self {
+            delivery,
+            event,
+            settle: None,
+            kept: true,
+        }
+    }
+
+    /// Whether the store's schedule has no row of it (fan-out handed it
+    /// over unscheduled, or the changelog keeps it).
+    pub fn unscheduled(&self) -> bool {
+        self.settle.is_some() || self.kept
     }
 }
 
@@ -66,6 +89,8 @@ pub struct WorkerContext {
     /// Subscriptions whose circuit is open (or half-open) in this process's
     /// shards: fan-out parks their new deliveries at once.
     pub open_circuits: Mutex<HashSet<String>>,
+    /// Retries kept in the schedule changelog, when the log keeps one.
+    pub retries: Arc<Retries>,
 }
 
 /// What an attempt tells its shard.

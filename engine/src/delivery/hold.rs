@@ -122,15 +122,16 @@ pub(super) async fn release_chunk(
     }
 }
 
-/// Writes the jobs fan-out handed over unscheduled to the schedule, due
-/// when a lease would end (as if they had been scheduled leased), and
-/// settles them: from then on the schedule keeps them, not the log. Whether
+/// Writes the jobs fan-out handed over unscheduled (and the retries the
+/// changelog keeps) to the schedule, due when a lease would end (as if they
+/// had been scheduled leased), and settles them: from then on the schedule
+/// keeps them, not the log (a retry is forgotten in the changelog). Whether
 /// every job is in the schedule now.
 pub(super) async fn schedule_unscheduled(ctx: &WorkerContext, jobs: &mut [Job]) -> bool {
     let due = now_ms() + ctx.config.lease().as_millis() as i64;
     let deliveries: Vec<ScheduledDelivery> = jobs
         .iter()
-        .filter(|j| j.settle.is_some())
+        .filter(|j| j.unscheduled())
         .map(|j| ScheduledDelivery {
             due_at_ms: due,
             ..j.delivery.clone()
@@ -142,8 +143,16 @@ pub(super) async fn schedule_unscheduled(ctx: &WorkerContext, jobs: &mut [Job]) 
     if !super::attempt::schedule_durably(ctx, deliveries).await {
         return false;
     }
-    for settle in jobs.iter_mut().filter_map(|j| j.settle.take()) {
-        settle.done();
+    for job in jobs.iter_mut() {
+        if let Some(settle) = job.settle.take() {
+            settle.done();
+        }
+        if job.kept {
+            // Not forgotten (the changelog is down): a restore brings it
+            // back as well, a duplicate at worst.
+            super::attempt::forget_kept(ctx, job).await;
+            job.kept = false;
+        }
     }
     true
 }

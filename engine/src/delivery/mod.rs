@@ -12,8 +12,9 @@
 //! [`destination`] sends a `kafka://` subscription's deliveries as Kafka
 //! records instead of POSTs (through `kafka_sink`), and
 //! [`hold`] parks a paused subscription's deliveries until it is resumed,
-//! and [`handoff`] keeps a delivery fan-out did not schedule uncommitted in
-//! the log until it is recorded or scheduled.
+//! [`handoff`] keeps a delivery fan-out did not schedule uncommitted in
+//! the log until it is recorded or scheduled, and [`retries`] keeps such
+//! a delivery's retries in memory, durable in the schedule changelog.
 
 pub mod attempt;
 pub mod breaker;
@@ -28,6 +29,7 @@ pub mod hold;
 #[cfg(feature = "kafka")]
 pub mod kafka_sink;
 pub mod limit;
+pub mod retries;
 pub mod retry;
 pub mod scheduler;
 pub mod worker;

@@ -14,6 +14,7 @@ use crate::{
         credentials::EndpointCredentials,
         destination::Destinations,
         handoff::Unsettled,
+        retries::Retries,
         retry::RetryPolicy,
         scheduler,
         worker::{Shards, WorkerContext},
@@ -94,6 +95,11 @@ impl Engine {
                     d.request_timeout,
                 ),
             };
+            // On CQL a first attempt that succeeds writes no schedule rows,
+            // and a retry of it is kept in the log's schedule changelog
+            // when it has one (Kafka).
+            let unscheduled = matches!(backends.store, StoreBackend::Cql(_));
+            let retries = Arc::new(Retries::new(log.partitions()));
             let ctx = Arc::new(WorkerContext {
                 store: store.clone(),
                 subscriptions: subscriptions.clone(),
@@ -105,6 +111,7 @@ impl Engine {
                 operational: OperationalEvents::new(log.clone(), store.clone(), metrics.clone()),
                 metrics: metrics.clone(),
                 open_circuits: Default::default(),
+                retries: retries.clone(),
             });
             let (shards, shard_tasks) = Shards::start(ctx, cancel.clone());
             tasks.extend(shard_tasks);
@@ -120,12 +127,16 @@ impl Engine {
                     follow_store: backends.shared(),
                     lease: d.lease(),
                     handoff_limit: d.handoff_limit,
-                    // On CQL a first attempt that succeeds writes no schedule rows.
-                    unscheduled: matches!(backends.store, StoreBackend::Cql(_))
-                        .then(|| Arc::new(Unsettled::default())),
+                    unscheduled: unscheduled.then(|| Arc::new(Unsettled::default())),
+                    retries: unscheduled.then(|| retries.clone()),
                     gone: gone.clone(),
                 },
                 wake.clone(),
+                cancel.clone(),
+            )));
+            tasks.push(tokio::spawn(crate::delivery::retries::run(
+                retries,
+                shards.clone(),
                 cancel.clone(),
             )));
             tasks.push(tokio::spawn(scheduler::run(

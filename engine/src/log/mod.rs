@@ -13,12 +13,15 @@ pub mod embedded;
 #[cfg(feature = "kafka")]
 pub mod kafka;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{
+    atomic::{AtomicU64, Ordering},
+    Arc,
+};
 
 use async_trait::async_trait;
 use time::OffsetDateTime;
 
-use crate::model::DomainEvent;
+use crate::model::{DomainEvent, ScheduledDelivery};
 
 /// Partition assignments this process's consumers were given.
 static ASSIGNMENTS: AtomicU64 = AtomicU64::new(0);
@@ -165,6 +168,20 @@ pub trait EventLog: Send + Sync + 'static {
     /// group's committed positions.
     async fn consumer(&self, group: &str) -> Result<Box<dyn LogConsumer>, LogError>;
 
+    /// A consumer in group `group` that also keeps its partitions' pending
+    /// deliveries in a schedule changelog, when the backend has one: each
+    /// partition assigned to it is restored into `sink` before any of its
+    /// records is read, and its offsets are committed atomically with what
+    /// the returned [`ScheduleLog`] kept since the last commit. The default
+    /// has no changelog: a plain [`consumer`](Self::consumer) and `None`.
+    async fn consumer_keeping(
+        &self,
+        group: &str,
+        _sink: Arc<dyn PendingSink>,
+    ) -> Result<(Box<dyn LogConsumer>, Option<Arc<dyn ScheduleLog>>), LogError> {
+        Ok((self.consumer(group).await?, None))
+    }
+
     /// Deletes what the log keeps past its retention: records appended
     /// before `before_ms` that every consumer group has committed past.
     /// Returns the records deleted. The default deletes nothing (Kafka
@@ -188,6 +205,42 @@ pub trait LogConsumer: Send {
     /// Durably records that every record before `positions` (exclusive, per
     /// partition) is processed. After a restart the group resumes there.
     async fn commit(&mut self, positions: &[LogPosition]) -> Result<(), LogError>;
+}
+
+/// A delivery kept by a schedule changelog: a retry waiting for its due
+/// time, with the event it carries (so restoring it reads nothing else).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pending {
+    /// The delivery, its next attempt and due time.
+    pub delivery: ScheduledDelivery,
+    /// Its event.
+    pub event: DomainEvent,
+}
+
+/// The schedule changelog of a [`EventLog::consumer_keeping`] consumer: a
+/// compacted log, co-partitioned with the events, of the deliveries the
+/// consumer's process keeps in memory. What it is given becomes durable
+/// with the consumer's offsets, in one transaction.
+#[async_trait]
+pub trait ScheduleLog: Send + Sync + 'static {
+    /// Keeps `pending` (replacing what the delivery's id kept before);
+    /// returns once it is durable (its transaction committed).
+    async fn keep(&self, pending: &Pending) -> Result<(), LogError>;
+
+    /// Forgets a delivery (finished, or moved to the store's schedule);
+    /// returns once that is durable.
+    async fn forget(&self, tenant_id: &str, delivery_id: &str) -> Result<(), LogError>;
+}
+
+/// Where a [`EventLog::consumer_keeping`] consumer restores its partitions'
+/// pending deliveries.
+pub trait PendingSink: Send + Sync + 'static {
+    /// `partition` was assigned to this process: what its changelog keeps.
+    fn restored(&self, partition: u32, pending: Vec<Pending>);
+
+    /// `partition` went to another process, which restores it from the
+    /// changelog: forget its pending deliveries here.
+    fn revoked(&self, partition: u32);
 }
 
 /// The partition of a tenant: a stable hash (CRC-32 of the id) modulo the

@@ -8,8 +8,12 @@
 //! partitions go to another member after the session timeout, which resumes
 //! at the last committed offset (re-reading, and skipping as already fanned
 //! out, what the dead member had finished but not committed).
+//!
+//! A member that keeps a schedule changelog ([`super::changelog`]) pauses
+//! each partition it is assigned until it restored the partition's pending
+//! deliveries, and commits its offsets in the changelog's transaction.
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::BTreeSet, sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use rdkafka::{
@@ -17,10 +21,10 @@ use rdkafka::{
     ClientContext, Message, Offset, TopicPartitionList,
 };
 
-use super::{base_config, blocking, to_record, unavailable};
+use super::{base_config, blocking, changelog::Changelog, to_record, unavailable};
 use crate::{
     config::KafkaConfig,
-    log::{LogConsumer, LogError, LogPosition, LogRecord},
+    log::{LogConsumer, LogError, LogPosition, LogRecord, PendingSink},
 };
 
 /// How long the drain of an already-fetched batch waits for the next record.
@@ -30,26 +34,55 @@ const DRAIN_WAIT: Duration = Duration::from_millis(2);
 pub struct KafkaConsumer {
     consumer: Arc<StreamConsumer<Rebalances>>,
     topic: String,
+    keeping: Option<Keeping>,
+}
+
+/// A member's schedule changelog and where it restores it.
+struct Keeping {
+    changelog: Arc<Changelog>,
+    sink: Arc<dyn PendingSink>,
+    config: KafkaConfig,
+    /// Stops the changelog's flusher with the consumer.
+    _flusher: tokio_util::sync::DropGuard,
 }
 
 /// Logs each change of this member's partitions, so an operator (and the
-/// scale-out figures) can see when a rebalance moved what.
-struct Rebalances;
+/// scale-out figures) can see when a rebalance moved what; with a
+/// changelog, pauses what it was assigned until it is restored and tells
+/// the sink what it lost.
+struct Rebalances {
+    to_restore: Arc<parking_lot::Mutex<BTreeSet<i32>>>,
+    sink: Option<Arc<dyn PendingSink>>,
+}
 
 impl ClientContext for Rebalances {}
 
 impl ConsumerContext for Rebalances {
-    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         let partitions = |list: &TopicPartitionList| -> Vec<i32> {
             list.elements().iter().map(|e| e.partition()).collect()
         };
         match rebalance {
             Rebalance::Assign(list) => {
                 super::super::assigned();
-                tracing::info!(partitions = ?partitions(list), "partitions assigned")
+                tracing::info!(partitions = ?partitions(list), "partitions assigned");
+                if self.sink.is_some() && list.count() > 0 {
+                    // Nothing of them is read before their schedule is restored.
+                    if let Err(e) = consumer.pause(list) {
+                        tracing::error!(error = %e, "could not pause partitions to restore");
+                    }
+                    self.to_restore.lock().extend(partitions(list));
+                }
             }
             Rebalance::Revoke(list) => {
-                tracing::info!(partitions = ?partitions(list), "partitions revoked")
+                tracing::info!(partitions = ?partitions(list), "partitions revoked");
+                if let Some(sink) = &self.sink {
+                    let mut to_restore = self.to_restore.lock();
+                    for p in partitions(list) {
+                        to_restore.remove(&p);
+                        sink.revoked(p.max(0) as u32);
+                    }
+                }
             }
             Rebalance::Error(e) => tracing::warn!(error = %e, "consumer group rebalance failed"),
         }
@@ -59,6 +92,21 @@ impl ConsumerContext for Rebalances {
 impl KafkaConsumer {
     /// Joins `group` on `topic`; a new group starts at the earliest offset.
     pub fn join(config: &KafkaConfig, topic: &str, group: &str) -> Result<Self, LogError> {
+        Self::join_keeping(config, topic, group, None)
+    }
+
+    /// Joins `group` on `topic`, keeping the schedule in `keeping`'s
+    /// changelog and restoring it into its sink, when given.
+    pub(super) fn join_keeping(
+        config: &KafkaConfig,
+        topic: &str,
+        group: &str,
+        keeping: Option<(Arc<Changelog>, Arc<dyn PendingSink>)>,
+    ) -> Result<Self, LogError> {
+        let context = Rebalances {
+            to_restore: Default::default(),
+            sink: keeping.as_ref().map(|(_, sink)| sink.clone()),
+        };
         let consumer: StreamConsumer<Rebalances> = base_config(config)
             .set("group.id", group)
             .set("partition.assignment.strategy", "cooperative-sticky")
@@ -72,16 +120,59 @@ impl KafkaConsumer {
                 config.session_timeout.as_millis().to_string(),
             )
             .set("heartbeat.interval.ms", "1000")
-            .create_with_context(Rebalances)
+            .create_with_context(context)
             .map_err(|e| unavailable("creating the Kafka consumer", e))?;
         consumer
             .subscribe(&[topic])
             .map_err(|e| unavailable("subscribing to the events topic", e))?;
         tracing::info!(topic, group, "joined the consumer group");
+        let keeping = keeping.map(|(changelog, sink)| {
+            let cancel = tokio_util::sync::CancellationToken::new();
+            tokio::spawn(changelog.clone().flush_until(cancel.clone()));
+            Keeping {
+                changelog,
+                sink,
+                config: config.clone(),
+                _flusher: cancel.drop_guard(),
+            }
+        });
         Ok(Self {
             consumer: Arc::new(consumer),
             topic: topic.to_string(),
+            keeping,
         })
+    }
+
+    /// Restores the changelog of every partition assigned and not restored
+    /// yet into the sink, then lets the partition be read.
+    async fn restore_assigned(&self, k: &Keeping) -> Result<(), LogError> {
+        let to_restore = self.consumer.context().to_restore.clone();
+        loop {
+            let Some(p) = to_restore.lock().first().copied() else {
+                return Ok(());
+            };
+            let started = std::time::Instant::now();
+            let (config, topic) = (k.config.clone(), k.changelog.topic().to_string());
+            let pending =
+                blocking(move || super::changelog::restore(&config, &topic, p.max(0) as u32))
+                    .await?;
+            // Revoked meanwhile: its next owner restores it.
+            if !to_restore.lock().remove(&p) {
+                continue;
+            }
+            tracing::info!(
+                partition = p,
+                pending = pending.len(),
+                took_ms = started.elapsed().as_millis() as u64,
+                "restored the partition's schedule from the changelog"
+            );
+            k.sink.restored(p.max(0) as u32, pending);
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition(&self.topic, p);
+            if let Err(e) = self.consumer.resume(&tpl) {
+                tracing::warn!(error = %e, partition = p, "could not resume a restored partition");
+            }
+        }
     }
 
     fn push(&self, out: &mut Vec<LogRecord>, m: &impl Message) {
@@ -100,6 +191,9 @@ impl KafkaConsumer {
 #[async_trait]
 impl LogConsumer for KafkaConsumer {
     async fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<LogRecord>, LogError> {
+        if let Some(k) = &self.keeping {
+            self.restore_assigned(k).await?;
+        }
         let mut out = Vec::new();
         match tokio::time::timeout(wait, self.consumer.recv()).await {
             Err(_) => return Ok(out),
@@ -131,6 +225,12 @@ impl LogConsumer for KafkaConsumer {
                 Offset::Offset(p.offset as i64),
             )
             .map_err(|e| unavailable("building a commit", e))?;
+        }
+        if let Some(k) = &self.keeping {
+            let group = self.consumer.group_metadata().ok_or_else(|| {
+                LogError::Unavailable("the consumer has no group metadata".into())
+            })?;
+            return k.changelog.commit(Some((tpl, group))).await;
         }
         let consumer = self.consumer.clone();
         blocking(move || {

@@ -29,6 +29,7 @@
 //! configuration, replication factor the broker's default); an existing
 //! topic's partition count wins.
 
+pub mod changelog;
 pub mod consumer;
 pub mod record;
 mod transaction;
@@ -50,7 +51,7 @@ use rdkafka::{
 };
 use time::OffsetDateTime;
 
-use super::{EventLog, LogConsumer, LogError, LogPosition, LogRecord};
+use super::{EventLog, LogConsumer, LogError, LogPosition, LogRecord, PendingSink, ScheduleLog};
 use crate::{config::KafkaConfig, model::DomainEvent};
 
 /// How long metadata and offset look-ups may take before they count as the
@@ -343,6 +344,21 @@ impl EventLog for KafkaLog {
             &self.topic,
             group,
         )?))
+    }
+
+    async fn consumer_keeping(
+        &self,
+        group: &str,
+        sink: Arc<dyn PendingSink>,
+    ) -> Result<(Box<dyn LogConsumer>, Option<Arc<dyn ScheduleLog>>), LogError> {
+        let changelog = changelog::Changelog::open(&self.config, self.partitions).await?;
+        let consumer = consumer::KafkaConsumer::join_keeping(
+            &self.config,
+            &self.topic,
+            group,
+            Some((changelog.clone(), sink)),
+        )?;
+        Ok((Box::new(consumer), Some(changelog)))
     }
 }
 

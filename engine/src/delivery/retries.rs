@@ -1,0 +1,244 @@
+//! Retries kept in memory by the worker that owns their partition, durable
+//! in the schedule changelog ([`crate::log::ScheduleLog`]) instead of the
+//! store's schedule: on Kafka + CQL a retry of a delivery that fan-out
+//! handed over unscheduled costs one changelog record (and a tombstone when
+//! it is finished), no schedule rows, no claim.
+//!
+//! The worker's consumer restores a partition's retries here when it is
+//! assigned the partition (before reading its events) and drops them when
+//! the partition goes to another worker, which restores them in turn.
+//! [`run`] hands each retry to the shards at its due time.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
+
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::{context::Job, worker::Shards};
+use crate::{
+    clock::now_ms,
+    log::{partition_for, Pending, PendingSink, ScheduleLog},
+};
+
+/// How many due retries are handed over at a time.
+const TAKE: usize = 256;
+
+/// The in-memory schedule of the retries this worker keeps in its changelog.
+pub struct Retries {
+    partitions: u32,
+    due: Mutex<Due>,
+    wake: Notify,
+    log: OnceLock<Arc<dyn ScheduleLog>>,
+}
+
+#[derive(Default)]
+struct Due {
+    /// (due time, delivery id) → the retry.
+    by_time: BTreeMap<(i64, String), Pending>,
+    /// delivery id → its due time.
+    by_id: HashMap<String, i64>,
+}
+
+impl Due {
+    fn insert(&mut self, p: Pending) {
+        let id = p.delivery.delivery_id.clone();
+        if let Some(old) = self.by_id.insert(id.clone(), p.delivery.due_at_ms) {
+            self.by_time.remove(&(old, id.clone()));
+        }
+        self.by_time.insert((p.delivery.due_at_ms, id), p);
+    }
+}
+
+impl std::fmt::Debug for Retries {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Retries")
+            .field("waiting", &self.len())
+            .field("changelog", &self.log.get().is_some())
+            .finish()
+    }
+}
+
+impl Retries {
+    /// An empty schedule for a log of `partitions` partitions.
+    pub fn new(partitions: u32) -> Self {
+        Self {
+            partitions,
+            due: Default::default(),
+            wake: Notify::new(),
+            log: OnceLock::new(),
+        }
+    }
+
+    /// Sets the changelog the retries are kept in (once, by fan-out, when
+    /// its consumer keeps one).
+    pub fn keep_in(&self, log: Arc<dyn ScheduleLog>) {
+        let _ = self.log.set(log);
+    }
+
+    /// The changelog, when there is one: without it retries go to the
+    /// store's schedule.
+    pub fn log(&self) -> Option<&Arc<dyn ScheduleLog>> {
+        self.log.get()
+    }
+
+    /// Adds (or moves) a retry.
+    pub fn add(&self, pending: Pending) {
+        self.due.lock().insert(pending);
+        self.wake.notify_one();
+    }
+
+    /// Retries waiting, over every partition this worker owns.
+    pub fn len(&self) -> usize {
+        self.due.lock().by_id.len()
+    }
+
+    /// Whether no retry waits.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Takes up to `limit` retries due at `now_ms`, earliest first.
+    fn take_due(&self, now_ms: i64, limit: usize) -> Vec<Pending> {
+        let mut due = self.due.lock();
+        let mut out = Vec::new();
+        while out.len() < limit {
+            let Some(entry) = due.by_time.first_entry() else {
+                break;
+            };
+            if entry.key().0 > now_ms {
+                break;
+            }
+            let p = entry.remove();
+            due.by_id.remove(&p.delivery.delivery_id);
+            out.push(p);
+        }
+        out
+    }
+
+    fn next_due(&self) -> Option<i64> {
+        self.due.lock().by_time.first_key_value().map(|(k, _)| k.0)
+    }
+}
+
+impl PendingSink for Retries {
+    fn restored(&self, _partition: u32, pending: Vec<Pending>) {
+        let mut due = self.due.lock();
+        for p in pending {
+            due.insert(p);
+        }
+        drop(due);
+        self.wake.notify_one();
+    }
+
+    fn revoked(&self, partition: u32) {
+        let mut due = self.due.lock();
+        let partitions = self.partitions;
+        due.by_time
+            .retain(|_, p| partition_for(&p.delivery.tenant_id, partitions) != partition);
+        let Due { by_time, by_id } = &mut *due;
+        by_id.retain(|id, at| by_time.contains_key(&(*at, id.clone())));
+    }
+}
+
+/// Hands each retry to the shards when it is due, until `cancel`.
+pub async fn run(retries: Arc<Retries>, shards: Arc<Shards>, cancel: CancellationToken) {
+    loop {
+        let due = retries.take_due(now_ms(), TAKE);
+        if due.len() == TAKE {
+            tokio::task::yield_now().await;
+        }
+        let idle = due.is_empty();
+        for p in due {
+            shards
+                .dispatch(Job::kept(p.delivery, Arc::new(p.event)))
+                .await;
+        }
+        if !idle {
+            continue;
+        }
+        let nap = retries.next_due().map_or(Duration::from_secs(1), |at| {
+            Duration::from_millis((at - now_ms()).clamp(0, 1_000) as u64)
+        });
+        tokio::select! {
+            () = tokio::time::sleep(nap) => {}
+            () = retries.wake.notified() => {}
+            () = cancel.cancelled() => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ScheduledDelivery;
+
+    fn pending(id: &str, tenant: &str, due_at_ms: i64) -> Pending {
+        let event: crate::model::DomainEvent = serde_json::from_value(serde_json::json!({
+            "id": "evt_1", "tenant_id": tenant, "type": "t.x", "occurred_at": "2026-12-05T00:00:00Z",
+            "received_at": "2026-12-05T00:00:00Z", "data": {}
+        }))
+        .expect("event");
+        Pending {
+            delivery: ScheduledDelivery {
+                delivery_id: id.into(),
+                tenant_id: tenant.into(),
+                event_id: "evt_1".into(),
+                subscription_id: "sub_1".into(),
+                attempt: 2,
+                replay_of: None,
+                is_replay: false,
+                due_at_ms,
+                seq: 0,
+                ordered: false,
+            },
+            event,
+        }
+    }
+
+    #[test]
+    fn retries_come_due_in_time_order_once_and_a_move_replaces_the_old_time() {
+        let r = Retries::new(4);
+        r.add(pending("b", "t1", 20));
+        r.add(pending("a", "t1", 10));
+        r.add(pending("c", "t1", 30));
+        r.add(pending("c", "t1", 5));
+        assert_eq!(r.len(), 3);
+        assert_eq!(r.next_due(), Some(5));
+        let ids = |v: Vec<Pending>| -> Vec<String> {
+            v.into_iter().map(|p| p.delivery.delivery_id).collect()
+        };
+        assert_eq!(ids(r.take_due(15, 10)), ["c", "a"]);
+        assert!(r.take_due(15, 10).is_empty(), "taken once");
+        assert_eq!(ids(r.take_due(100, 10)), ["b"]);
+        assert!(r.is_empty());
+    }
+
+    #[test]
+    fn a_revoked_partition_takes_its_retries_and_only_them() {
+        let r = Retries::new(8);
+        let tenants: Vec<String> = (0..40).map(|i| format!("tenant-{i}")).collect();
+        for (i, t) in tenants.iter().enumerate() {
+            r.add(pending(&format!("d{i}"), t, i as i64));
+        }
+        let lost = partition_for(&tenants[0], 8);
+        let kept = tenants
+            .iter()
+            .filter(|t| partition_for(t, 8) != lost)
+            .count();
+        assert!(kept < 40 && kept > 0);
+        r.revoked(lost);
+        assert_eq!(r.len(), kept);
+        let left = r.take_due(i64::MAX, 100);
+        assert_eq!(left.len(), kept);
+        assert!(left
+            .iter()
+            .all(|p| partition_for(&p.delivery.tenant_id, 8) != lost));
+        r.restored(lost, vec![pending("back", &tenants[0], 1)]);
+        assert_eq!(r.len(), 1);
+    }
+}

@@ -1,0 +1,434 @@
+//! The schedule changelog: `<prefix>.schedule`, a compacted topic
+//! co-partitioned with the events topic, keyed by delivery id, holding the
+//! deliveries a worker keeps in memory for the partitions it owns (retries
+//! waiting for their due time), each with its event. A delivery that is
+//! finished, or moved to the store's schedule, leaves a tombstone.
+//!
+//! Its records and the fan-out's consumer offsets are written in one Kafka
+//! transaction (consume–transform–produce, as Kafka Streams' state stores
+//! do): [`Changelog::commit`] sends the offsets into the open transaction
+//! and commits it; a flusher commits every [`FLUSH_EVERY`] when records
+//! wait. A write returns only once its transaction committed, so a retry
+//! settles its event's offset only when it is durable, and an aborted
+//! transaction takes its records and its offsets away together. The offsets
+//! carry the consumer's group generation, so a worker that lost its
+//! partitions (a zombie) cannot commit them, nor the records of its
+//! transaction.
+//!
+//! On assignment a worker reads each new partition of the changelog from its
+//! start to its end, `read_committed`, and keeps the last record per key
+//! ([`restore`]), before it reads a record of the events partition.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use rdkafka::{
+    admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
+    client::DefaultClientContext,
+    consumer::{BaseConsumer, Consumer, ConsumerGroupMetadata},
+    error::{KafkaError, RDKafkaErrorCode},
+    producer::{FutureProducer, FutureRecord, Producer},
+    Message, Offset, TopicPartitionList,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{watch, RwLock};
+
+use super::{base_config, blocking, reader_config, unavailable, LOOKUP_TIMEOUT};
+use crate::{
+    config::KafkaConfig,
+    log::{partition_for, LogError, Pending, ScheduleLog},
+    model::{DomainEvent, ScheduledDelivery},
+};
+
+/// How often waiting changelog records are committed when the fan-out does
+/// not commit first.
+pub(super) const FLUSH_EVERY: Duration = Duration::from_millis(100);
+
+/// How long a transaction of a dead worker keeps the changelog's readers
+/// waiting before the broker aborts it (a restore reads `read_committed`).
+const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a restore of one partition may take.
+const RESTORE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The changelog's value: the delivery and its event.
+#[derive(Serialize, Deserialize)]
+struct Entry {
+    delivery_id: String,
+    tenant_id: String,
+    event_id: String,
+    subscription_id: String,
+    attempt: u32,
+    replay_of: Option<String>,
+    is_replay: bool,
+    due_at_ms: i64,
+    seq: i64,
+    ordered: bool,
+    event: DomainEvent,
+}
+
+impl Entry {
+    fn of(p: &Pending) -> Self {
+        let d = &p.delivery;
+        Self {
+            delivery_id: d.delivery_id.clone(),
+            tenant_id: d.tenant_id.clone(),
+            event_id: d.event_id.clone(),
+            subscription_id: d.subscription_id.clone(),
+            attempt: d.attempt,
+            replay_of: d.replay_of.clone(),
+            is_replay: d.is_replay,
+            due_at_ms: d.due_at_ms,
+            seq: d.seq,
+            ordered: d.ordered,
+            event: p.event.clone(),
+        }
+    }
+
+    fn into_pending(self) -> Pending {
+        Pending {
+            delivery: ScheduledDelivery {
+                delivery_id: self.delivery_id,
+                tenant_id: self.tenant_id,
+                event_id: self.event_id,
+                subscription_id: self.subscription_id,
+                attempt: self.attempt,
+                replay_of: self.replay_of,
+                is_replay: self.is_replay,
+                due_at_ms: self.due_at_ms,
+                seq: self.seq,
+                ordered: self.ordered,
+            },
+            event: self.event,
+        }
+    }
+}
+
+/// The open transaction: whether records wait in it, and where its writers
+/// learn how it ended (`Some(true)`: committed).
+struct Open {
+    dirty: bool,
+    outcome: watch::Sender<Option<bool>>,
+}
+
+impl Open {
+    fn new() -> Self {
+        Self {
+            dirty: false,
+            outcome: watch::channel(None).0,
+        }
+    }
+}
+
+/// One worker's changelog writer: a transactional producer with one
+/// transaction always open.
+pub struct Changelog {
+    producer: FutureProducer,
+    topic: String,
+    partitions: u32,
+    open: RwLock<Open>,
+    /// Set when the producer was fenced or failed for good: nothing more is
+    /// committed by this process (its partitions' next owner restores them).
+    broken: std::sync::atomic::AtomicBool,
+}
+
+impl Changelog {
+    /// Creates the topic when missing (compacted, one partition per events
+    /// partition) and a transactional producer with a transaction open.
+    pub(super) async fn open(config: &KafkaConfig, partitions: u32) -> Result<Arc<Self>, LogError> {
+        let topic = config.schedule_topic();
+        create_topic(config, &topic, partitions).await?;
+        let (c, id) = (
+            config.clone(),
+            format!(
+                "{}-schedule-{}",
+                config.topic_prefix,
+                uuid::Uuid::new_v4().simple()
+            ),
+        );
+        let producer = blocking(move || {
+            let p: FutureProducer = base_config(&c)
+                .set("transactional.id", &id)
+                .set("enable.idempotence", "true")
+                .set("acks", "all")
+                .set(
+                    "transaction.timeout.ms",
+                    TRANSACTION_TIMEOUT.as_millis().to_string(),
+                )
+                .set("message.timeout.ms", "9000")
+                .set("linger.ms", "5")
+                .set("compression.type", "lz4")
+                .create()
+                .map_err(|e| unavailable("creating the schedule changelog's producer", e))?;
+            p.init_transactions(LOOKUP_TIMEOUT)
+                .map_err(|e| unavailable("initialising the changelog's transactions", e))?;
+            p.begin_transaction()
+                .map_err(|e| unavailable("beginning a changelog transaction", e))?;
+            Ok(p)
+        })
+        .await?;
+        tracing::info!(topic, partitions, "schedule changelog ready");
+        Ok(Arc::new(Self {
+            producer,
+            topic,
+            partitions,
+            open: RwLock::new(Open::new()),
+            broken: Default::default(),
+        }))
+    }
+
+    /// Commits the open transaction, with `offsets` (the consumer's
+    /// positions and group) when given, and opens the next one. Writers
+    /// waiting on it learn the outcome. Does nothing when there is nothing
+    /// to commit.
+    pub(super) async fn commit(
+        &self,
+        offsets: Option<(TopicPartitionList, ConsumerGroupMetadata)>,
+    ) -> Result<(), LogError> {
+        let mut open = self.open.write().await;
+        if offsets.is_none() && !open.dirty {
+            return Ok(());
+        }
+        if self.broken.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(LogError::Unavailable(
+                "the schedule changelog's producer failed for good; restart the worker".into(),
+            ));
+        }
+        let p = self.producer.clone();
+        let outcome = blocking(move || Ok(end_transaction(&p, offsets))).await?;
+        let committed = outcome.is_ok();
+        if let Err(e) = &outcome {
+            tracing::warn!(error = %e, "a schedule changelog transaction was aborted");
+        }
+        let p = self.producer.clone();
+        let begun = blocking(move || {
+            p.begin_transaction()
+                .map_err(|e| unavailable("beginning a changelog transaction", e))
+        })
+        .await;
+        if let Err(e) = &begun {
+            self.broken
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            tracing::error!(error = %e, "the schedule changelog cannot open a transaction; this worker commits nothing more");
+        }
+        let done = std::mem::replace(&mut *open, Open::new());
+        done.outcome.send_replace(Some(committed));
+        outcome.and(begun)
+    }
+
+    /// Writes one record (a value, or a tombstone) into the open transaction
+    /// and waits until that transaction committed.
+    async fn write(
+        &self,
+        tenant_id: &str,
+        key: &str,
+        value: Option<Vec<u8>>,
+    ) -> Result<(), LogError> {
+        let partition = partition_for(tenant_id, self.partitions) as i32;
+        let (ack, mut outcome) = {
+            let mut open = self.open.write().await;
+            if self.broken.load(std::sync::atomic::Ordering::Relaxed) {
+                return Err(LogError::Unavailable(
+                    "the schedule changelog's producer failed for good".into(),
+                ));
+            }
+            let mut record = FutureRecord::<str, [u8]>::to(&self.topic)
+                .partition(partition)
+                .key(key);
+            if let Some(v) = &value {
+                record = record.payload(v);
+            }
+            let ack = self
+                .producer
+                .send_result(record)
+                .map_err(|(e, _)| unavailable("writing to the schedule changelog", e))?;
+            open.dirty = true;
+            (ack, open.outcome.subscribe())
+        };
+        match ack.await {
+            Ok(Ok(_)) => {}
+            Ok(Err((e, _))) => return Err(unavailable("writing to the schedule changelog", e)),
+            Err(_) => return Err(LogError::Closed),
+        }
+        let ended = outcome
+            .wait_for(Option::is_some)
+            .await
+            .map_err(|_| LogError::Closed)?;
+        match *ended {
+            Some(true) => Ok(()),
+            _ => Err(LogError::Unavailable(
+                "the schedule changelog's transaction was aborted".into(),
+            )),
+        }
+    }
+
+    /// Commits waiting records every [`FLUSH_EVERY`] until `cancel`.
+    pub(super) async fn flush_until(self: Arc<Self>, cancel: tokio_util::sync::CancellationToken) {
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(FLUSH_EVERY) => {}
+                () = cancel.cancelled() => return,
+            }
+            if let Err(e) = self.commit(None).await {
+                tracing::warn!(error = %e, "could not commit the schedule changelog");
+            }
+        }
+    }
+
+    /// The topic.
+    pub(super) fn topic(&self) -> &str {
+        &self.topic
+    }
+}
+
+#[async_trait::async_trait]
+impl ScheduleLog for Changelog {
+    async fn keep(&self, pending: &Pending) -> Result<(), LogError> {
+        let value = serde_json::to_vec(&Entry::of(pending))
+            .map_err(|e| LogError::Rejected(format!("encoding a changelog record: {e}")))?;
+        self.write(
+            &pending.delivery.tenant_id,
+            &pending.delivery.delivery_id,
+            Some(value),
+        )
+        .await
+    }
+
+    async fn forget(&self, tenant_id: &str, delivery_id: &str) -> Result<(), LogError> {
+        self.write(tenant_id, delivery_id, None).await
+    }
+}
+
+/// Sends the offsets and commits; on failure aborts (when it can) and says why.
+fn end_transaction(
+    p: &FutureProducer,
+    offsets: Option<(TopicPartitionList, ConsumerGroupMetadata)>,
+) -> Result<(), LogError> {
+    let result = offsets
+        .map_or(Ok(()), |(tpl, group)| {
+            p.send_offsets_to_transaction(&tpl, &group, LOOKUP_TIMEOUT)
+        })
+        .and_then(|()| {
+            // A timeout may be retried; anything else ends in an abort.
+            let mut tries = 0;
+            loop {
+                match p.commit_transaction(LOOKUP_TIMEOUT) {
+                    Err(KafkaError::Transaction(e)) if e.is_retriable() && tries < 3 => tries += 1,
+                    other => break other,
+                }
+            }
+        });
+    match result {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            if let Err(abort) = p.abort_transaction(LOOKUP_TIMEOUT) {
+                tracing::error!(error = %abort, "could not abort a schedule changelog transaction");
+            }
+            Err(unavailable(
+                "committing a schedule changelog transaction",
+                e,
+            ))
+        }
+    }
+}
+
+/// Creates the compacted changelog topic when it is missing.
+async fn create_topic(config: &KafkaConfig, topic: &str, partitions: u32) -> Result<(), LogError> {
+    let admin: AdminClient<DefaultClientContext> = base_config(config)
+        .create()
+        .map_err(|e| unavailable("creating the Kafka admin client", e))?;
+    let opts = AdminOptions::new()
+        .request_timeout(Some(LOOKUP_TIMEOUT))
+        .operation_timeout(Some(LOOKUP_TIMEOUT));
+    let new = NewTopic::new(topic, partitions as i32, TopicReplication::Fixed(-1))
+        .set("cleanup.policy", "compact")
+        .set("min.compaction.lag.ms", "0")
+        .set("segment.ms", "600000");
+    for r in admin
+        .create_topics([&new], &opts)
+        .await
+        .map_err(|e| unavailable("creating the schedule changelog topic", e))?
+    {
+        match r {
+            Ok(name) => {
+                tracing::info!(topic = %name, partitions, "created the schedule changelog topic")
+            }
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => {
+                return Err(LogError::Unavailable(format!(
+                    "creating topic {name}: {code}"
+                )))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Reads one partition of the changelog from its start to its end,
+/// `read_committed`, keeping the last record per delivery id: the
+/// deliveries it keeps. Blocking.
+pub(super) fn restore(
+    config: &KafkaConfig,
+    topic: &str,
+    partition: u32,
+) -> Result<Vec<Pending>, LogError> {
+    let c: BaseConsumer = reader_config(config)
+        .set("enable.partition.eof", "false")
+        .create()
+        .map_err(|e| unavailable("creating a changelog reader", e))?;
+    let (low, high) = c
+        .fetch_watermarks(topic, partition as i32, LOOKUP_TIMEOUT)
+        .map_err(|e| unavailable("reading the changelog's offsets", e))?;
+    let mut kept: HashMap<String, Pending> = HashMap::new();
+    if high <= low {
+        return Ok(Vec::new());
+    }
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition as i32, Offset::Beginning)
+        .map_err(|e| unavailable("building a changelog assignment", e))?;
+    c.assign(&tpl)
+        .map_err(|e| unavailable("assigning a changelog partition", e))?;
+    let deadline = std::time::Instant::now() + RESTORE_TIMEOUT;
+    loop {
+        match c.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => {
+                let Some(key) = m.key().map(|k| String::from_utf8_lossy(k).into_owned()) else {
+                    continue;
+                };
+                match m.payload() {
+                    None => {
+                        kept.remove(&key);
+                    }
+                    Some(v) => match serde_json::from_slice::<Entry>(v) {
+                        Ok(e) => {
+                            kept.insert(key, e.into_pending());
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, partition, offset = m.offset(), "skipping an unreadable changelog record")
+                        }
+                    },
+                }
+                if m.offset() + 1 >= high {
+                    break;
+                }
+            }
+            Some(Err(e)) => return Err(unavailable("reading the schedule changelog", e)),
+            None => {
+                // Transaction markers and aborted records take offsets no
+                // message is read at: the position says where reading is.
+                let at = c.position().ok().and_then(|p| {
+                    p.find_partition(topic, partition as i32)
+                        .and_then(|e| e.offset().to_raw())
+                });
+                if at.is_some_and(|at| at >= high) {
+                    break;
+                }
+                if std::time::Instant::now() > deadline {
+                    return Err(LogError::Unavailable(format!(
+                        "restoring changelog partition {partition} did not reach offset {high} in {RESTORE_TIMEOUT:?}"
+                    )));
+                }
+            }
+        }
+    }
+    Ok(kept.into_values().collect())
+}
