@@ -178,11 +178,21 @@ mod tests {
     use crate::model::ScheduledDelivery;
 
     fn pending(id: &str, tenant: &str, due_at_ms: i64) -> Pending {
-        let event: crate::model::DomainEvent = serde_json::from_value(serde_json::json!({
-            "id": "evt_1", "tenant_id": tenant, "type": "t.x", "occurred_at": "2026-12-05T00:00:00Z",
-            "received_at": "2026-12-05T00:00:00Z", "data": {}
-        }))
-        .expect("event");
+        let now = time::OffsetDateTime::now_utc();
+        let event = crate::model::DomainEvent {
+            id: "evt_1".into(),
+            tenant_id: tenant.into(),
+            event_type: "work_order.completed".into(),
+            schema_version: 1,
+            dedupe_key: None,
+            occurred_at: now,
+            received_at: now,
+            payload: serde_json::json!({}),
+            source: crate::model::EventSource::Api,
+            aggregate_type: None,
+            aggregate_id: None,
+            trace_id: None,
+        };
         Pending {
             delivery: ScheduledDelivery {
                 delivery_id: id.into(),
