@@ -125,7 +125,7 @@ impl Metrics {
         };
         let retry_backlog = IntGauge::new(
             "herald_retry_backlog_deliveries",
-            "Deliveries waiting in the durable schedule (first attempts due now and retries).",
+            "Deliveries waiting in the durable schedule (first attempts due now and retries), and the retries this worker keeps in the schedule changelog.",
         )
         .expect("valid metric");
         r.register(Box::new(retry_backlog.clone()))
@@ -341,10 +341,11 @@ impl Metrics {
             .observe(elapsed.as_secs_f64());
     }
 
-    /// Re-reads the retry backlog gauge from the store.
-    pub async fn refresh_backlog(&self, store: &dyn Store) {
+    /// Re-reads the retry backlog gauge from the store, adding the `kept`
+    /// retries this process keeps in the schedule changelog.
+    pub async fn refresh_backlog(&self, store: &dyn Store, kept: usize) {
         match store.schedule_backlog().await {
-            Ok(n) => self.retry_backlog.set(n as i64),
+            Ok(n) => self.retry_backlog.set((n as usize + kept) as i64),
             Err(e) => tracing::debug!(error = %e, "metrics: could not read the retry backlog"),
         }
     }
@@ -378,13 +379,14 @@ pub async fn run_refresher(
     log: Arc<dyn EventLog>,
     store: Arc<dyn Store>,
     group: String,
+    retries: Arc<crate::delivery::retries::Retries>,
     cancel: CancellationToken,
 ) {
     let mut backlog_due = tokio::time::Instant::now();
     loop {
         let now = tokio::time::Instant::now();
         if now >= backlog_due {
-            metrics.refresh_backlog(store.as_ref()).await;
+            metrics.refresh_backlog(store.as_ref(), retries.len()).await;
             backlog_due = now + REFRESH_EVERY.max(now.elapsed() * 10);
         }
         metrics.refresh_lag(log.as_ref(), &group).await;

@@ -9,6 +9,7 @@ mod burst;
 mod catalogue;
 mod cdc;
 mod cdc_relay;
+mod changelog;
 mod cql;
 mod cql_crash;
 mod cql_replay;

@@ -135,7 +135,7 @@ impl Engine {
                 cancel.clone(),
             )));
             tasks.push(tokio::spawn(crate::delivery::retries::run(
-                retries,
+                retries.clone(),
                 shards.clone(),
                 cancel.clone(),
             )));
@@ -155,6 +155,7 @@ impl Engine {
                 log.clone(),
                 store.clone(),
                 backends.fanout_group(),
+                retries.clone(),
                 cancel.clone(),
             )));
             Some(shards)

@@ -1,0 +1,220 @@
+//! The schedule changelog on a real broker: a consumer that keeps one
+//! restores each partition it is assigned before it reads the partition's
+//! events, gets the last record per delivery (tombstones remove), loses
+//! what a rebalance moves to another member, which restores the same; its
+//! offsets are committed in the changelog's transaction.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use herald_engine::{
+    config::KafkaConfig,
+    log::{
+        kafka::KafkaLog, partition_for, EventLog, LogConsumer, LogPosition, Pending, PendingSink,
+    },
+    model::{DomainEvent, EventSource, ScheduledDelivery},
+};
+use time::OffsetDateTime;
+
+use crate::kafka::{prefix, require_kafka, BROKER, BROKERS};
+
+const PARTITIONS: u32 = 4;
+
+/// What a consumer restored and lost.
+#[derive(Default)]
+struct Sink {
+    restored: Mutex<BTreeMap<u32, Vec<Pending>>>,
+    revoked: Mutex<BTreeSet<u32>>,
+}
+
+impl PendingSink for Sink {
+    fn restored(&self, partition: u32, pending: Vec<Pending>) {
+        self.restored.lock().unwrap().insert(partition, pending);
+    }
+
+    fn revoked(&self, partition: u32) {
+        self.revoked.lock().unwrap().insert(partition);
+    }
+}
+
+fn event(tenant: &str, n: u64) -> DomainEvent {
+    let now = OffsetDateTime::now_utc();
+    DomainEvent {
+        id: herald_engine::ids::new_id("evt"),
+        tenant_id: tenant.into(),
+        event_type: "work_order.completed".into(),
+        schema_version: 1,
+        dedupe_key: None,
+        occurred_at: now,
+        received_at: now,
+        payload: serde_json::json!({ "n": n }),
+        source: EventSource::Api,
+        aggregate_type: None,
+        aggregate_id: None,
+        trace_id: None,
+    }
+}
+
+fn retry(id: &str, event: &DomainEvent, attempt: u32) -> Pending {
+    Pending {
+        delivery: ScheduledDelivery {
+            delivery_id: id.into(),
+            tenant_id: event.tenant_id.clone(),
+            event_id: event.id.clone(),
+            subscription_id: "sub_1".into(),
+            attempt,
+            replay_of: None,
+            is_replay: false,
+            due_at_ms: 1_000 * i64::from(attempt),
+            seq: 0,
+            ordered: false,
+        },
+        event: event.clone(),
+    }
+}
+
+/// Polls `consumers` in turn (a rebalance needs every member to poll) until
+/// `done`, panicking after a minute.
+async fn poll_until(
+    consumers: &mut [&mut Box<dyn LogConsumer>],
+    what: &str,
+    done: impl Fn() -> bool,
+) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !done() {
+        assert!(Instant::now() < deadline, "waited a minute for {what}");
+        for c in consumers.iter_mut() {
+            c.poll(100, Duration::from_millis(100)).await.unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn changelog_restores_on_assignment_and_moves_with_a_rebalance() {
+    require_kafka().await;
+    let _broker = BROKER.read().await;
+    let prefix = prefix("changelog");
+    let mut config = KafkaConfig::new(BROKERS);
+    config.topic_prefix = prefix.clone();
+    config.partitions = PARTITIONS;
+    let log = KafkaLog::connect(config).await.unwrap();
+    let group = format!("{prefix}-fanout");
+
+    // One member: every partition is restored (empty) before it is read.
+    let first = Arc::new(Sink::default());
+    let (mut a, kept) = log.consumer_keeping(&group, first.clone()).await.unwrap();
+    let kept = kept.expect("the Kafka log keeps a schedule changelog");
+    let tenants: Vec<String> = (0..12).map(|i| format!("tenant-{i}")).collect();
+    let events: Vec<DomainEvent> = tenants.iter().map(|t| event(t, 1)).collect();
+    let positions = log.append(&events).await.unwrap();
+    let mut read = 0;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while read < events.len() {
+        assert!(Instant::now() < deadline, "read {read} of the events");
+        let records = a.poll(100, Duration::from_millis(200)).await.unwrap();
+        let restored = first.restored.lock().unwrap();
+        for r in &records {
+            assert!(
+                restored.contains_key(&r.position.partition),
+                "partition {} was read before it was restored",
+                r.position.partition
+            );
+        }
+        read += records.len();
+    }
+    assert_eq!(
+        first
+            .restored
+            .lock()
+            .unwrap()
+            .keys()
+            .copied()
+            .collect::<Vec<_>>(),
+        (0..PARTITIONS).collect::<Vec<_>>(),
+        "every partition was restored before its events were read"
+    );
+    assert!(first.restored.lock().unwrap().values().all(Vec::is_empty));
+
+    // Retries: two per tenant, one forgotten, one moved to attempt 3.
+    let mut expected: BTreeMap<u32, BTreeMap<String, u32>> = BTreeMap::new();
+    for (i, e) in events.iter().enumerate() {
+        let (gone, moved) = (format!("dlv_gone_{i}"), format!("dlv_kept_{i}"));
+        kept.keep(&retry(&gone, e, 2)).await.unwrap();
+        kept.keep(&retry(&moved, e, 2)).await.unwrap();
+        kept.forget(&e.tenant_id, &gone).await.unwrap();
+        kept.keep(&retry(&moved, e, 3)).await.unwrap();
+        expected
+            .entry(partition_for(&e.tenant_id, PARTITIONS))
+            .or_default()
+            .insert(moved, 3);
+    }
+    // Offsets go through the changelog's transaction.
+    let next: Vec<LogPosition> = positions
+        .iter()
+        .map(|p| LogPosition {
+            partition: p.partition,
+            offset: p.offset + 1,
+        })
+        .collect();
+    a.commit(&next).await.unwrap();
+    let committed = log.committed(&group).await.unwrap().unwrap();
+    for p in &next {
+        assert!(
+            committed
+                .get(&p.partition)
+                .is_some_and(|&at| at >= p.offset),
+            "partition {} committed at {:?}, not past {}",
+            p.partition,
+            committed.get(&p.partition),
+            p.offset
+        );
+    }
+
+    // A second member: what moves to it is restored there and lost here.
+    let second = Arc::new(Sink::default());
+    let (mut b, _) = log.consumer_keeping(&group, second.clone()).await.unwrap();
+    poll_until(
+        &mut [&mut a, &mut b],
+        "a rebalance to move partitions",
+        || {
+            let (moved, lost) = (
+                second.restored.lock().unwrap(),
+                first.revoked.lock().unwrap(),
+            );
+            !moved.is_empty() && moved.keys().copied().collect::<BTreeSet<_>>() == *lost
+        },
+    )
+    .await;
+    let moved = second.restored.lock().unwrap();
+    assert!(
+        moved.len() < PARTITIONS as usize,
+        "both members hold partitions"
+    );
+    for (partition, pending) in moved.iter() {
+        let got: BTreeMap<String, u32> = pending
+            .iter()
+            .map(|p| (p.delivery.delivery_id.clone(), p.delivery.attempt))
+            .collect();
+        let want = expected.get(partition).cloned().unwrap_or_default();
+        assert_eq!(
+            got, want,
+            "partition {partition}: the last record per delivery"
+        );
+        for p in pending {
+            assert_eq!(p.event.tenant_id, p.delivery.tenant_id);
+            assert_eq!(
+                p.event.payload,
+                serde_json::json!({ "n": 1 }),
+                "the event travels along"
+            );
+        }
+    }
+    println!(
+        "changelog: {} partitions moved, {} retries restored there",
+        moved.len(),
+        moved.values().map(Vec::len).sum::<usize>()
+    );
+}
