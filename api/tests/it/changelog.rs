@@ -218,3 +218,65 @@ async fn changelog_restores_on_assignment_and_moves_with_a_rebalance() {
         moved.values().map(Vec::len).sum::<usize>()
     );
 }
+
+/// A measurement, not a check (no test asserts a time): how long a worker
+/// taking over partitions waits for their changelog. Keeps `HERALD_RETRIES`
+/// (default 100,000) retries of 1 KiB events over the topic's partitions,
+/// then times a new member's restore of all of them.
+///
+/// `cargo test -p herald-api --test it changelog_restore_rate -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "a measurement: run it by name"]
+async fn changelog_restore_rate() {
+    require_kafka().await;
+    let _broker = BROKER.read().await;
+    let n: usize = std::env::var("HERALD_RETRIES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    let prefix = prefix("changelog-rate");
+    let mut config = KafkaConfig::new(BROKERS);
+    config.topic_prefix = prefix.clone();
+    config.partitions = PARTITIONS;
+    let log = KafkaLog::connect(config).await.unwrap();
+    let group = format!("{prefix}-fanout");
+    let (a, kept) = log
+        .consumer_keeping(&group, Arc::new(Sink::default()))
+        .await
+        .unwrap();
+    let kept = kept.unwrap();
+    let mut e = event("tenant-0", 1);
+    e.payload = serde_json::json!({ "pad": "x".repeat(1000) });
+    let started = Instant::now();
+    let mut writes = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let (kept, mut e) = (kept.clone(), e.clone());
+        e.tenant_id = format!("tenant-{}", i % 64);
+        writes.spawn(async move { kept.keep(&retry(&format!("dlv_{i}"), &e, 2)).await });
+        if writes.len() >= 5_000 {
+            writes.join_next().await.unwrap().unwrap().unwrap();
+        }
+    }
+    while let Some(w) = writes.join_next().await {
+        w.unwrap().unwrap();
+    }
+    let kept_in = started.elapsed();
+    drop(a);
+    let sink = Arc::new(Sink::default());
+    let started = Instant::now();
+    let (mut b, _) = log.consumer_keeping(&group, sink.clone()).await.unwrap();
+    poll_until(&mut [&mut b], "the restore", || {
+        sink.restored.lock().unwrap().len() == PARTITIONS as usize
+    })
+    .await;
+    let took = started.elapsed();
+    let restored: usize = sink.restored.lock().unwrap().values().map(Vec::len).sum();
+    assert_eq!(restored, n);
+    println!(
+        "changelog: {n} retries kept in {:.1} s ({:.0}/s); a new member joined and restored them in {:.1} s ({:.0}/s)",
+        kept_in.as_secs_f64(),
+        n as f64 / kept_in.as_secs_f64(),
+        took.as_secs_f64(),
+        n as f64 / took.as_secs_f64()
+    );
+}

@@ -363,18 +363,25 @@ async fn create_topic(config: &KafkaConfig, topic: &str, partitions: u32) -> Res
     Ok(())
 }
 
-/// Reads one partition of the changelog from its start to its end,
+/// Reads each of `partitions` of the changelog from its start to its end,
 /// `read_committed`, keeping the last record per delivery id: the
-/// deliveries it keeps. Blocking.
+/// deliveries each keeps, in the order asked. Blocking.
 pub(super) fn restore(
     config: &KafkaConfig,
     topic: &str,
-    partition: u32,
-) -> Result<Vec<Pending>, LogError> {
+    partitions: &[u32],
+) -> Result<Vec<(u32, Vec<Pending>)>, LogError> {
     let c: BaseConsumer = reader_config(config)
         .set("enable.partition.eof", "false")
         .create()
         .map_err(|e| unavailable("creating a changelog reader", e))?;
+    partitions
+        .iter()
+        .map(|&p| restore_one(&c, topic, p).map(|pending| (p, pending)))
+        .collect()
+}
+
+fn restore_one(c: &BaseConsumer, topic: &str, partition: u32) -> Result<Vec<Pending>, LogError> {
     let (low, high) = c
         .fetch_watermarks(topic, partition as i32, LOOKUP_TIMEOUT)
         .map_err(|e| unavailable("reading the changelog's offsets", e))?;

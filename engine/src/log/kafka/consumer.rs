@@ -144,35 +144,37 @@ impl KafkaConsumer {
     }
 
     /// Restores the changelog of every partition assigned and not restored
-    /// yet into the sink, then lets the partition be read.
+    /// yet into the sink, then lets the partitions be read.
     async fn restore_assigned(&self, k: &Keeping) -> Result<(), LogError> {
         let to_restore = self.consumer.context().to_restore.clone();
-        loop {
-            let Some(p) = to_restore.lock().first().copied() else {
-                return Ok(());
-            };
-            let started = std::time::Instant::now();
-            let (config, topic) = (k.config.clone(), k.changelog.topic().to_string());
-            let pending =
-                blocking(move || super::changelog::restore(&config, &topic, p.max(0) as u32))
-                    .await?;
+        let asked: Vec<u32> = to_restore.lock().iter().map(|&p| p.max(0) as u32).collect();
+        if asked.is_empty() {
+            return Ok(());
+        }
+        let started = std::time::Instant::now();
+        let (config, topic) = (k.config.clone(), k.changelog.topic().to_string());
+        let restored = blocking(move || super::changelog::restore(&config, &topic, &asked)).await?;
+        let mut tpl = TopicPartitionList::new();
+        let mut pending = 0;
+        for (p, kept) in restored {
             // Revoked meanwhile: its next owner restores it.
-            if !to_restore.lock().remove(&p) {
+            if !to_restore.lock().remove(&(p as i32)) {
                 continue;
             }
-            tracing::info!(
-                partition = p,
-                pending = pending.len(),
-                took_ms = started.elapsed().as_millis() as u64,
-                "restored the partition's schedule from the changelog"
-            );
-            k.sink.restored(p.max(0) as u32, pending);
-            let mut tpl = TopicPartitionList::new();
-            tpl.add_partition(&self.topic, p);
-            if let Err(e) = self.consumer.resume(&tpl) {
-                tracing::warn!(error = %e, partition = p, "could not resume a restored partition");
-            }
+            pending += kept.len();
+            k.sink.restored(p, kept);
+            tpl.add_partition(&self.topic, p as i32);
         }
+        tracing::info!(
+            partitions = tpl.count(),
+            pending,
+            took_ms = started.elapsed().as_millis() as u64,
+            "restored the partitions' schedule from the changelog"
+        );
+        if let Err(e) = self.consumer.resume(&tpl) {
+            tracing::warn!(error = %e, "could not resume restored partitions");
+        }
+        Ok(())
     }
 
     fn push(&self, out: &mut Vec<LogRecord>, m: &impl Message) {

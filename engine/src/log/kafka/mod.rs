@@ -24,6 +24,9 @@
 //!   consumer group `herald-fanout` uses cooperative-sticky assignment and no
 //!   auto-commit, so a rebalance or a kill -9 re-reads at most the batches
 //!   whose deliveries were not yet durable.
+//! - **A worker's retries live in a changelog** ([`changelog`]):
+//!   `<prefix>.schedule`, compacted and co-partitioned, written in one
+//!   transaction with the fan-out's offsets and restored on assignment.
 //!
 //! The topic is created at start when missing (partition count from the
 //! configuration, replication factor the broker's default); an existing
