@@ -308,8 +308,10 @@ pub struct WebhookSubscription {
     /// roots, no client certificate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<crate::endpoint_auth::ClientTls>,
-    /// Since when every attempt failed (cleared by a success); a subscription
-    /// failing for longer than the configured period is disabled.
+    /// Since when every attempt failed (stored once the failures lasted
+    /// [`failing_grace`](crate::delivery::decide::failing_grace), cleared by
+    /// a success); a subscription failing for longer than the configured
+    /// period is disabled.
     #[serde(default, with = "time::serde::rfc3339::option")]
     pub failing_since: Option<OffsetDateTime>,
     /// Creation time.

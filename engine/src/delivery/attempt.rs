@@ -93,6 +93,7 @@ fn decide_at(
         delivery: &job.delivery,
         response,
         failing_since: ctx.subscriptions.get(&sub.id).and_then(|s| s.failing_since),
+        failing_here_since: ctx.failing_here.lock().get(&sub.id).copied(),
         jitter: ctx.retry.draw(&mut rand::thread_rng()),
     };
     let policy = Policy {
@@ -164,6 +165,15 @@ async fn finish(
 ) {
     let d = &job.delivery;
     let record = record_of(&job, sub, &result, &decision, now);
+    match decision.sent {
+        Some(sent) if sent.success => {
+            ctx.failing_here.lock().remove(&sub.id);
+        }
+        Some(_) => {
+            ctx.failing_here.lock().entry(sub.id.clone()).or_insert(now);
+        }
+        None => {}
+    }
     apply_health(ctx, sub, &decision.health).await;
     ctx.metrics
         .attempt(&record, decision.sent.is_some(), job.event.received_at);
@@ -300,6 +310,12 @@ async fn apply_health(ctx: &WorkerContext, sub: &WebhookSubscription, health: &H
 
 async fn disable(ctx: &WorkerContext, sub: &WebhookSubscription, reason: String) {
     let why = reason.clone();
+    let since = ctx
+        .failing_here
+        .lock()
+        .get(&sub.id)
+        .copied()
+        .unwrap_or_else(OffsetDateTime::now_utc);
     let mut record = AuditRecord::new(&sub.tenant_id, action::SUBSCRIPTION_DISABLED)
         .subscription(&sub.id)
         .detail("reason", reason.clone());
@@ -315,6 +331,9 @@ async fn disable(ctx: &WorkerContext, sub: &WebhookSubscription, reason: String)
                 }
                 s.status = SubscriptionStatus::Disabled;
                 s.disabled_reason = Some(why.clone());
+                // Disabled before the streak was stored (attempts further
+                // apart than the grace): since when it failed.
+                s.failing_since.get_or_insert(since);
                 s.updated_at = OffsetDateTime::now_utc();
                 true
             }),

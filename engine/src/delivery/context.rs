@@ -91,6 +91,9 @@ pub struct WorkerContext {
     pub open_circuits: Mutex<HashSet<String>>,
     /// Retries kept in the schedule changelog, when the log keeps one.
     pub retries: Arc<Retries>,
+    /// Per subscription, this process's first failure since its last
+    /// success (see [`super::decide::failing_grace`]).
+    pub failing_here: Mutex<std::collections::HashMap<String, time::OffsetDateTime>>,
 }
 
 /// What an attempt tells its shard.

@@ -110,8 +110,14 @@ pub struct Attempt<'a> {
     pub delivery: &'a ScheduledDelivery,
     /// What came of it.
     pub response: Response,
-    /// Since when the subscription has failed without a success, if it has.
+    /// Since when the subscription has failed without a success, as stored
+    /// (its `failing_since`), if it has.
     pub failing_since: Option<OffsetDateTime>,
+    /// Since when this process has seen the subscription fail without a
+    /// success (its first failure after its last success here), if it has:
+    /// the streak that becomes `failing_since` once it lasts
+    /// [`failing_grace`].
+    pub failing_here_since: Option<OffsetDateTime>,
     /// The retry jitter draw, in [-1, 1] (see [`RetryPolicy::delay`]).
     pub jitter: f64,
 }
@@ -225,7 +231,13 @@ pub fn decide(attempt: &Attempt<'_>, policy: &Policy<'_>, now: OffsetDateTime) -
     let (health, sent) = match attempt.response {
         Response::Refused { .. } => (Health::Unchanged, None),
         _ => (
-            health(verdict, attempt.failing_since, policy, now),
+            health(
+                verdict,
+                attempt.failing_since,
+                attempt.failing_here_since,
+                policy,
+                now,
+            ),
             Some(Sent {
                 success: verdict == Verdict::Delivered,
                 throttled: verdict == Verdict::Throttled,
@@ -242,29 +254,46 @@ pub fn decide(attempt: &Attempt<'_>, policy: &Policy<'_>, now: OffsetDateTime) -
     }
 }
 
+/// How long failures must go on without a success before the subscription
+/// is stored as failing: a minute, or half the disable period if that is
+/// shorter. A failure among successes (a flaky endpoint under load) then
+/// writes nothing, where it once flipped the subscription's row (a read
+/// and a compare-and-set on the CQL store) at every failure and the next
+/// success.
+pub fn failing_grace(policy: &Policy<'_>) -> Duration {
+    Duration::from_secs(60).min(policy.disable_after / 2)
+}
+
 /// The health change an answer makes, given since when the subscription has
-/// failed without a success.
+/// failed without a success, as stored and as this process saw it.
 fn health(
     verdict: Verdict,
-    failing_since: Option<OffsetDateTime>,
+    stored: Option<OffsetDateTime>,
+    here: Option<OffsetDateTime>,
     policy: &Policy<'_>,
     now: OffsetDateTime,
 ) -> Health {
-    match (verdict, failing_since) {
-        (Verdict::Delivered, Some(_)) => Health::Recovered,
-        (Verdict::Delivered, None) => Health::Unchanged,
-        (Verdict::Gone, _) => Health::Disable("the endpoint answered 410 Gone".into()),
-        (Verdict::Throttled | Verdict::Failed, None) => Health::FailingFrom(now),
-        (Verdict::Throttled | Verdict::Failed, Some(since))
-            if now - since >= policy.disable_after =>
-        {
+    match verdict {
+        Verdict::Delivered if stored.is_some() => Health::Recovered,
+        Verdict::Delivered => Health::Unchanged,
+        Verdict::Gone => Health::Disable("the endpoint answered 410 Gone".into()),
+        Verdict::Throttled | Verdict::Failed => {
+            let since = match (stored, here) {
+                (Some(a), Some(b)) => a.min(b),
+                (a, b) => a.or(b).unwrap_or(now),
+            };
             let failing = Duration::try_from(now - since).unwrap_or_default();
-            Health::Disable(format!(
-                "every delivery failed since {since} ({} without a success)",
-                humantime::format_duration(failing)
-            ))
+            if failing >= policy.disable_after {
+                Health::Disable(format!(
+                    "every delivery failed since {since} ({} without a success)",
+                    humantime::format_duration(failing)
+                ))
+            } else if stored.is_none() && failing >= failing_grace(policy) {
+                Health::FailingFrom(since)
+            } else {
+                Health::Unchanged
+            }
         }
-        (Verdict::Throttled | Verdict::Failed, Some(_)) => Health::Unchanged,
     }
 }
 

@@ -112,6 +112,7 @@ fn decide_one(
         delivery: d,
         response,
         failing_since: None,
+        failing_here_since: None,
         jitter,
     };
     decide(&attempt, policy, now)
@@ -208,6 +209,7 @@ proptest! {
             delivery: &d,
             response: Response::Answered { status, retry_after: retry_after.map(Duration::from_secs) },
             failing_since: failing_for.map(|s| now - time::Duration::seconds(s)),
+            failing_here_since: None,
             jitter: 0.0,
         };
         let decision = decide(&attempt, &policy(&retry), now);
@@ -232,6 +234,7 @@ proptest! {
             delivery: &d,
             response: Response::Answered { status: 410, retry_after: retry_after.map(Duration::from_secs) },
             failing_since: failing_for.map(|s| now - time::Duration::seconds(s)),
+            failing_here_since: None,
             jitter: 0.0,
         };
         let decision = decide(&attempt, &policy(&retry), now);
@@ -258,11 +261,13 @@ proptest! {
             delivery: &d,
             response,
             failing_since: failing_for.map(|s| now - time::Duration::seconds(s)),
+            failing_here_since: None,
             jitter: 0.0,
         };
         let decision = decide(&attempt, &policy, now);
         match failing_for {
-            None => prop_assert_eq!(decision.health, Health::FailingFrom(now)),
+            // A first failure is not stored: a streak is, once it lasts.
+            None => prop_assert_eq!(decision.health, Health::Unchanged),
             Some(s) if s as u64 >= disable_after => {
                 prop_assert!(matches!(decision.health, Health::Disable(ref why) if why.contains("without a success")));
             }
@@ -270,6 +275,42 @@ proptest! {
         }
         // Disabling does not kill the delivery: it keeps its retry.
         prop_assert_eq!(decision.outcome, Outcome::Failed);
+    }
+
+    #[test]
+    fn a_failing_streak_is_stored_once_it_lasts_the_grace_and_disables_at_the_period(
+        response in failure(),
+        streak_s in 0i64..1_000,
+        disable_after in 1u64..2_000,
+        now in now(),
+    ) {
+        let retry = RetryPolicy::new(RetrySchedule::default(), 0.1);
+        let policy = Policy { disable_after: Duration::from_secs(disable_after), ..policy(&retry) };
+        let d = delivery("dlv_1", "sub_1", 1, 1);
+        let here = now - time::Duration::seconds(streak_s);
+        let attempt = Attempt {
+            delivery: &d,
+            response,
+            failing_since: None,
+            failing_here_since: Some(here),
+            jitter: 0.0,
+        };
+        let decision = decide(&attempt, &policy, now);
+        let streak = Duration::from_secs(streak_s as u64);
+        if streak >= policy.disable_after {
+            prop_assert!(matches!(decision.health, Health::Disable(ref why) if why.contains("without a success")));
+        } else if streak >= failing_grace(&policy) {
+            prop_assert_eq!(decision.health, Health::FailingFrom(here), "stored from the streak's first failure");
+        } else {
+            prop_assert_eq!(decision.health, Health::Unchanged);
+        }
+        prop_assert!(failing_grace(&policy) <= Duration::from_secs(60));
+        // Once stored, the stored time counts, and a success clears it.
+        let stored = Attempt { failing_since: Some(here), ..attempt };
+        let again = decide(&stored, &policy, now).health;
+        prop_assert!(!matches!(again, Health::FailingFrom(_)), "stored once");
+        let delivered = Attempt { response: Response::Answered { status: 200, retry_after: None }, ..stored };
+        prop_assert_eq!(decide(&delivered, &policy, now).health, Health::Recovered);
     }
 
     #[test]
@@ -286,6 +327,7 @@ proptest! {
             delivery: &d,
             response: Response::Refused { wait },
             failing_since: failing_for.map(|s| now - time::Duration::seconds(s)),
+            failing_here_since: None,
             jitter: 0.0,
         }, &policy(&retry), now);
         let next = decision.next.expect("deferred");

@@ -112,6 +112,7 @@ impl Engine {
                 metrics: metrics.clone(),
                 open_circuits: Default::default(),
                 retries: retries.clone(),
+                failing_here: Default::default(),
             });
             let (shards, shard_tasks) = Shards::start(ctx, cancel.clone());
             tasks.extend(shard_tasks);
