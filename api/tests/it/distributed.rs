@@ -929,3 +929,89 @@ async fn distributed_a_rebalance_keeps_strict_order_and_held_events() {
     second.kill9().await;
     api.kill9().await;
 }
+
+/// A deleted tenant's retry, kept in a worker's memory and changelog, is
+/// forgotten when it falls due: not sent, nothing of the tenant written
+/// after its purge (no dead record, which dropping it as an orphan would
+/// write), and a tombstone in the changelog. A barrier of another tenant,
+/// emitted once the retry was due, shows the worker went past it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn distributed_a_deleted_tenants_kept_retry_is_forgotten_not_sent() {
+    let _broker = BROKER.read().await;
+    require_kafka().await;
+    let _cassandra = crate::cql::shared().await;
+    let cql = crate::cql::config("gone_retry");
+    let mut flags = cql_flags(&cql.keyspace);
+    flags.extend(["--retry-schedule", "3s,3s"].map(String::from));
+    let prefix = prefix("gone-retry");
+    let tmp = tempfile::tempdir().unwrap();
+    let flaky = Receiver::start(503).await;
+    let barrier = Receiver::start(200).await;
+    let args: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let herald = start_role("all", &tmp.path().join("data"), &prefix, &args).await;
+    let (leaving, _) = tenant(&herald.base, "leaving", &flaky).await;
+    let (staying, _) = tenant(&herald.base, "staying", &barrier).await;
+    let event = emit_n(&herald.base, &leaving, "work_order.completed", 1).await;
+    let failed = logged_attempt(
+        &herald.base,
+        &leaving,
+        &event,
+        "failed",
+        Duration::from_secs(60),
+    )
+    .await;
+    let id = failed["delivery_id"].as_str().unwrap().to_string();
+    let read_changelog = || {
+        let prefix = prefix.clone();
+        async move {
+            tokio::task::spawn_blocking(move || changelog(&prefix))
+                .await
+                .unwrap()
+        }
+    };
+    assert!(
+        read_changelog().await.get(&id).is_some_and(Option::is_some),
+        "the retry is kept in the changelog"
+    );
+
+    let r = reqwest::Client::new()
+        .delete(format!("{}/api/v1/admin/tenants/leaving", herald.base))
+        .bearer_auth(crate::support::ADMIN)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    // A retry sent now would be received.
+    flaky.set_status(200);
+    let due = OffsetDateTime::parse(failed["next_attempt_at"].as_str().unwrap(), &Rfc3339).unwrap();
+    while OffsetDateTime::now_utc() < due + Duration::from_secs(1) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    emit_n(&herald.base, &staying, "work_order.completed", 2).await;
+    eventually("the barrier", Duration::from_secs(60), || async {
+        (barrier.received().len() == 1).then_some(())
+    })
+    .await;
+    eventually("the retry's tombstone", Duration::from_secs(30), || async {
+        read_changelog()
+            .await
+            .get(&id)
+            .is_some_and(Option::is_none)
+            .then_some(())
+    })
+    .await;
+    assert!(flaky.received().is_empty(), "the retry was not sent");
+    let store = herald_engine::store::scylla::ScyllaStore::connect(&cql, crate::cql::cipher())
+        .await
+        .unwrap();
+    let logs = herald_engine::store::DeliveryLogStore::list_delivery_logs(
+        &store,
+        "leaving",
+        &herald_engine::store::LogFilter::default(),
+        10,
+    )
+    .await
+    .unwrap();
+    assert!(logs.is_empty(), "written after the purge: {logs:?}");
+    herald.kill9().await;
+}

@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use super::{context::Job, worker::Shards};
 use crate::{
     clock::now_ms,
+    gone::GoneTenants,
     log::{partition_for, Pending, PendingSink, ScheduleLog},
 };
 
@@ -145,8 +146,15 @@ impl PendingSink for Retries {
     }
 }
 
-/// Hands each retry to the shards when it is due, until `cancel`.
-pub async fn run(retries: Arc<Retries>, shards: Arc<Shards>, cancel: CancellationToken) {
+/// Hands each retry to the shards when it is due, until `cancel`. A retry
+/// of a deleted tenant is forgotten instead: nothing of the tenant is
+/// written after its purge (the purge cannot reach a worker's memory).
+pub async fn run(
+    retries: Arc<Retries>,
+    shards: Arc<Shards>,
+    gone: Arc<GoneTenants>,
+    cancel: CancellationToken,
+) {
     loop {
         let due = retries.take_due(now_ms(), TAKE);
         if due.len() == TAKE {
@@ -154,6 +162,18 @@ pub async fn run(retries: Arc<Retries>, shards: Arc<Shards>, cancel: Cancellatio
         }
         let idle = due.is_empty();
         for p in due {
+            let d = &p.delivery;
+            if gone.contains(&d.tenant_id) {
+                if let Some(log) = retries.log().cloned() {
+                    let (tenant, id) = (d.tenant_id.clone(), d.delivery_id.clone());
+                    tokio::spawn(async move {
+                        if let Err(e) = log.forget(&tenant, &id).await {
+                            tracing::debug!(error = %e, "could not forget a deleted tenant's retry; a restore drops it again");
+                        }
+                    });
+                }
+                continue;
+            }
             shards
                 .dispatch(Job::kept(p.delivery, Arc::new(p.event)))
                 .await;

@@ -138,6 +138,7 @@ impl Engine {
             tasks.push(tokio::spawn(crate::delivery::retries::run(
                 retries.clone(),
                 shards.clone(),
+                gone.clone(),
                 cancel.clone(),
             )));
             tasks.push(tokio::spawn(scheduler::run(
