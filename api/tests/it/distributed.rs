@@ -969,10 +969,19 @@ async fn distributed_a_deleted_tenants_kept_retry_is_forgotten_not_sent() {
                 .unwrap()
         }
     };
-    assert!(
-        read_changelog().await.get(&id).is_some_and(Option::is_some),
-        "the retry is kept in the changelog"
-    );
+    // Recorded first, then kept (durable once its transaction commits).
+    eventually(
+        "the retry kept in the changelog",
+        Duration::from_secs(30),
+        || async {
+            read_changelog()
+                .await
+                .get(&id)
+                .is_some_and(Option::is_some)
+                .then_some(())
+        },
+    )
+    .await;
 
     let r = reqwest::Client::new()
         .delete(format!("{}/api/v1/admin/tenants/leaving", herald.base))
@@ -1013,5 +1022,86 @@ async fn distributed_a_deleted_tenants_kept_retry_is_forgotten_not_sent() {
     .await
     .unwrap();
     assert!(logs.is_empty(), "written after the purge: {logs:?}");
+    herald.kill9().await;
+}
+
+/// A retry due further off than a worker keeps in memory goes to the
+/// store's schedule: the first retry (3 s) is kept in the changelog; when
+/// it fails too, the next one (20 min) is written to the CQL schedule and
+/// forgotten in the changelog (a tombstone), and the worker's backlog gauge
+/// counts it there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn distributed_a_far_retry_moves_from_the_changelog_to_the_store() {
+    let _broker = BROKER.read().await;
+    require_kafka().await;
+    let _cassandra = crate::cql::shared().await;
+    let cql = crate::cql::config("far_retry");
+    let mut flags = cql_flags(&cql.keyspace);
+    flags.extend(["--retry-schedule", "3s,20m"].map(String::from));
+    let prefix = prefix("far-retry");
+    let tmp = tempfile::tempdir().unwrap();
+    let flaky = Receiver::start(503).await;
+    let args: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let herald = start_role("all", &tmp.path().join("data"), &prefix, &args).await;
+    let (key, _) = tenant(&herald.base, "acme", &flaky).await;
+    let event = emit_n(&herald.base, &key, "work_order.completed", 1).await;
+    let wait = Duration::from_secs(60);
+    let first = logged_attempt(&herald.base, &key, &event, "failed", wait).await;
+    let id = first["delivery_id"].as_str().unwrap().to_string();
+    let read_changelog = || {
+        let prefix = prefix.clone();
+        async move {
+            tokio::task::spawn_blocking(move || changelog(&prefix))
+                .await
+                .unwrap()
+        }
+    };
+    let kept = eventually("the retry kept in the changelog", wait, || async {
+        read_changelog().await.get(&id).cloned().flatten()
+    })
+    .await;
+    assert_eq!(kept["attempt"], json!(2));
+
+    let second = eventually("the second failure", wait, || async {
+        let path = format!("/api/v1/integrations/webhooks?event_id={event}");
+        let logs = get(&herald.base, &key, &path).await;
+        logs["data"]
+            .as_array()
+            .and_then(|l| l.iter().find(|a| a["attempt"] == 2).cloned())
+    })
+    .await;
+    assert_eq!(second["outcome"], "failed");
+    let next =
+        OffsetDateTime::parse(second["next_attempt_at"].as_str().unwrap(), &Rfc3339).unwrap();
+    assert!(next - OffsetDateTime::now_utc() > Duration::from_secs(15 * 60));
+    eventually(
+        "the changelog forgets it",
+        Duration::from_secs(30),
+        || async {
+            read_changelog()
+                .await
+                .get(&id)
+                .is_some_and(Option::is_none)
+                .then_some(())
+        },
+    )
+    .await;
+    eventually(
+        "the store's schedule holds it",
+        Duration::from_secs(30),
+        || async {
+            let metrics = reqwest::get(format!("{}/metrics", herald.base))
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            metrics
+                .lines()
+                .any(|l| l == "herald_retry_backlog_deliveries 1")
+                .then_some(())
+        },
+    )
+    .await;
     herald.kill9().await;
 }

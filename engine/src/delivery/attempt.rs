@@ -17,6 +17,7 @@ use super::{
 };
 use crate::audit::{self, action, Actor, AuditRecord};
 use crate::{
+    clock::now_ms,
     filters::OPERATIONAL_PREFIX,
     ids,
     log::Pending,
@@ -189,7 +190,7 @@ async fn finish(
         // duplicate, not a loss).
         let recorded = persist(ctx, record, None, true).await;
         let kept = match decision.next {
-            Some(next) if recorded => keep_retry(ctx, next, &job.event).await,
+            Some(next) if recorded => keep_retry(ctx, next, &job).await,
             Some(_) => false,
             None if recorded => forget_kept(ctx, &job).await,
             None => false,
@@ -405,21 +406,26 @@ async fn persist(
 }
 
 /// Keeps the retry of a delivery the store's schedule does not have: in
-/// the schedule changelog and in memory when the log keeps one (see
-/// [`super::retries`]), else in the store's schedule. Whether it is
-/// durable; a retry the changelog refused still goes from memory (its
+/// the schedule changelog and in memory when the log keeps one and the
+/// retry is near enough (see [`super::retries::Retries::takes`]), else in
+/// the store's schedule (and then forgotten in the changelog). Whether it
+/// is durable; a retry the changelog refused still goes from memory (its
 /// earlier state, or its event, is read again after a restart).
-async fn keep_retry(
-    ctx: &WorkerContext,
-    next: ScheduledDelivery,
-    event: &Arc<DomainEvent>,
-) -> bool {
-    let Some(log) = ctx.retries.log() else {
-        return schedule_durably(ctx, vec![next]).await;
+async fn keep_retry(ctx: &WorkerContext, next: ScheduledDelivery, job: &Job) -> bool {
+    let log = ctx
+        .retries
+        .log()
+        .filter(|_| ctx.retries.takes(next.due_at_ms, now_ms()));
+    let Some(log) = log else {
+        let scheduled = schedule_durably(ctx, vec![next]).await;
+        if scheduled {
+            forget_kept(ctx, job).await;
+        }
+        return scheduled;
     };
     let pending = Pending {
         delivery: next,
-        event: DomainEvent::clone(event),
+        event: DomainEvent::clone(&job.event),
     };
     let id = pending.delivery.delivery_id.clone();
     let kept = retrying(

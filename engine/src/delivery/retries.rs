@@ -29,6 +29,15 @@ use crate::{
 /// How many due retries are handed over at a time.
 const TAKE: usize = 256;
 
+/// Retries due further off than this go to the store's schedule: memory
+/// keeps the short backoffs (the default schedule's first two, 5 s and
+/// 5 min), the store the waits of hours.
+pub const KEEP_WITHIN: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// The most retries one worker keeps in memory (about 1.5 KiB each with a
+/// 1 KiB event); past it, retries go to the store's schedule.
+pub const KEEP_AT_MOST: usize = 50_000;
+
 /// The in-memory schedule of the retries this worker keeps in its changelog.
 pub struct Retries {
     partitions: u32,
@@ -85,6 +94,12 @@ impl Retries {
     /// store's schedule.
     pub fn log(&self) -> Option<&Arc<dyn ScheduleLog>> {
         self.log.get()
+    }
+
+    /// Whether a retry due at `due_at_ms` is kept here (near enough, and
+    /// room left), rather than in the store's schedule.
+    pub fn takes(&self, due_at_ms: i64, now_ms: i64) -> bool {
+        due_at_ms - now_ms <= KEEP_WITHIN.as_millis() as i64 && self.len() < KEEP_AT_MOST
     }
 
     /// Adds (or moves) a retry.
@@ -246,6 +261,23 @@ mod tests {
         assert!(r.take_due(15, 10).is_empty(), "taken once");
         assert_eq!(ids(r.take_due(100, 10)), ["b"]);
         assert!(r.is_empty());
+    }
+
+    #[test]
+    fn only_near_retries_are_kept_and_only_up_to_the_limit() {
+        let r = Retries::new(4);
+        let within = KEEP_WITHIN.as_millis() as i64;
+        assert!(r.takes(1_000 + within, 1_000));
+        assert!(
+            !r.takes(1_001 + within, 1_000),
+            "hours off: the store's schedule"
+        );
+        for i in 0..KEEP_AT_MOST {
+            r.due.lock().insert(pending(&format!("d{i}"), "t1", 0));
+        }
+        assert!(!r.takes(1_000, 1_000), "full");
+        r.take_due(0, 1);
+        assert!(r.takes(1_000, 1_000));
     }
 
     #[test]
