@@ -156,6 +156,10 @@ pub struct ServeArgs {
     /// Failure ratio over the breaker window that opens a circuit (0–1).
     #[arg(long, env = "HERALD_BREAKER_FAILURE_RATIO", default_value_t = 0.5)]
     pub breaker_failure_ratio: f64,
+    /// Requests the window must hold before the failure ratio can open a circuit.
+    #[arg(long, env = "HERALD_BREAKER_MIN_REQUESTS", default_value_t = 20,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub breaker_min_requests: u32,
     /// Sliding window of the failure ratio.
     #[arg(long, env = "HERALD_BREAKER_WINDOW", default_value = "60s", value_parser = humantime::parse_duration)]
     pub breaker_window: std::time::Duration,
@@ -248,6 +252,7 @@ impl ServeArgs {
         config.delivery.breaker_open_for = self.breaker_open_for;
         config.delivery.breaker_failure_threshold = self.breaker_failures;
         config.delivery.breaker_failure_ratio = self.breaker_failure_ratio;
+        config.delivery.breaker_min_requests = self.breaker_min_requests;
         config.delivery.breaker_window = self.breaker_window;
         config.delivery.breaker_max_open_for = self.breaker_max_open_for;
         config.delivery.disable_after = self.disable_after;

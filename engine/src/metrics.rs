@@ -373,20 +373,20 @@ impl Metrics {
 /// Refreshes the state gauges every [`REFRESH_EVERY`] until `cancel`; the
 /// backlog, whose count reads the whole schedule index, no more often than
 /// ten times the last count took (at most a tenth of the store's time on a
-/// large backlog).
+/// large backlog); `kept` counts the retries this process keeps in memory.
 pub async fn run_refresher(
     metrics: Arc<Metrics>,
     log: Arc<dyn EventLog>,
     store: Arc<dyn Store>,
     group: String,
-    retries: Arc<crate::delivery::retries::Retries>,
+    kept: impl Fn() -> usize + Send + 'static,
     cancel: CancellationToken,
 ) {
     let mut backlog_due = tokio::time::Instant::now();
     loop {
         let now = tokio::time::Instant::now();
         if now >= backlog_due {
-            metrics.refresh_backlog(store.as_ref(), retries.len()).await;
+            metrics.refresh_backlog(store.as_ref(), kept()).await;
             backlog_due = now + REFRESH_EVERY.max(now.elapsed() * 10);
         }
         metrics.refresh_lag(log.as_ref(), &group).await;

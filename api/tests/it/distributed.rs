@@ -1105,3 +1105,65 @@ async fn distributed_a_far_retry_moves_from_the_changelog_to_the_store() {
     .await;
     herald.kill9().await;
 }
+
+/// SIGTERM of a worker while it keeps retries in the changelog: it drains
+/// and exits 0 (a retry kept during the shutdown still learns how its
+/// transaction ended: the changelog's flusher outlives the fan-out), and
+/// the next process restores the retries and delivers every event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn distributed_sigterm_while_keeping_retries_exits_and_the_next_worker_delivers_them() {
+    const EVENTS: i64 = 100;
+    let _broker = BROKER.read().await;
+    require_kafka().await;
+    let _cassandra = crate::cql::shared().await;
+    let cql = crate::cql::config("term_retry");
+    let mut flags = cql_flags(&cql.keyspace);
+    let schedule = vec!["2s"; 30].join(",");
+    flags.extend(
+        [
+            "--retry-schedule",
+            &schedule,
+            // The breaker stays closed: every failure is a kept retry.
+            "--breaker-failures",
+            "1000000",
+            "--breaker-min-requests",
+            "1000000",
+        ]
+        .map(String::from),
+    );
+    let prefix = prefix("term-retry");
+    let tmp = tempfile::tempdir().unwrap();
+    let flaky = Receiver::start(503).await;
+    let args: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let first = start_role("all", &tmp.path().join("data"), &prefix, &args).await;
+    let (key, _) = tenant(&first.base, "acme", &flaky).await;
+    for n in 0..EVENTS {
+        emit_n(&first.base, &key, "work_order.completed", n).await;
+    }
+    eventually("retries kept", Duration::from_secs(60), || {
+        let prefix = prefix.clone();
+        async move {
+            let kept = tokio::task::spawn_blocking(move || changelog(&prefix))
+                .await
+                .unwrap();
+            (kept.values().filter(|v| v.is_some()).count() >= EVENTS as usize / 2).then_some(())
+        }
+    })
+    .await;
+    let status = first.terminate().await;
+    assert!(status.success(), "exit 0 on SIGTERM: {status}");
+
+    flaky.set_status(200);
+    let next = start_role("all", &tmp.path().join("data-2"), &prefix, &args).await;
+    eventually(
+        "every event delivered",
+        Duration::from_secs(120),
+        || async {
+            let mut got = numbers_received(&flaky);
+            got.dedup();
+            (got == (0..EVENTS).collect::<Vec<_>>()).then_some(())
+        },
+    )
+    .await;
+    next.kill9().await;
+}

@@ -7,27 +7,18 @@
 //! The worker's consumer restores a partition's retries here when it is
 //! assigned the partition (before reading its events) and drops them when
 //! the partition goes to another worker, which restores them in turn.
-//! [`run`] hands each retry to the shards at its due time.
+//! [`super::scheduler::run_kept`] hands each retry to the shards at its
+//! due time.
 
 use std::{
     collections::{BTreeMap, HashMap},
     sync::{Arc, OnceLock},
-    time::Duration,
 };
 
 use parking_lot::Mutex;
 use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 
-use super::{context::Job, worker::Shards};
-use crate::{
-    clock::now_ms,
-    gone::GoneTenants,
-    log::{partition_for, Pending, PendingSink, ScheduleLog},
-};
-
-/// How many due retries are handed over at a time.
-const TAKE: usize = 256;
+use crate::log::{partition_for, Pending, PendingSink, ScheduleLog};
 
 /// Retries due further off than this go to the store's schedule: memory
 /// keeps the short backoffs (the default schedule's first two, 5 s and
@@ -42,7 +33,7 @@ pub const KEEP_AT_MOST: usize = 50_000;
 pub struct Retries {
     partitions: u32,
     due: Mutex<Due>,
-    wake: Notify,
+    pub(super) wake: Notify,
     log: OnceLock<Arc<dyn ScheduleLog>>,
 }
 
@@ -119,7 +110,7 @@ impl Retries {
     }
 
     /// Takes up to `limit` retries due at `now_ms`, earliest first.
-    fn take_due(&self, now_ms: i64, limit: usize) -> Vec<Pending> {
+    pub(super) fn take_due(&self, now_ms: i64, limit: usize) -> Vec<Pending> {
         let mut due = self.due.lock();
         let mut out = Vec::new();
         while out.len() < limit {
@@ -136,7 +127,7 @@ impl Retries {
         out
     }
 
-    fn next_due(&self) -> Option<i64> {
+    pub(super) fn next_due(&self) -> Option<i64> {
         self.due.lock().by_time.first_key_value().map(|(k, _)| k.0)
     }
 }
@@ -158,52 +149,6 @@ impl PendingSink for Retries {
             .retain(|_, p| partition_for(&p.delivery.tenant_id, partitions) != partition);
         let Due { by_time, by_id } = &mut *due;
         by_id.retain(|id, at| by_time.contains_key(&(*at, id.clone())));
-    }
-}
-
-/// Hands each retry to the shards when it is due, until `cancel`. A retry
-/// of a deleted tenant is forgotten instead: nothing of the tenant is
-/// written after its purge (the purge cannot reach a worker's memory).
-pub async fn run(
-    retries: Arc<Retries>,
-    shards: Arc<Shards>,
-    gone: Arc<GoneTenants>,
-    cancel: CancellationToken,
-) {
-    loop {
-        let due = retries.take_due(now_ms(), TAKE);
-        if due.len() == TAKE {
-            tokio::task::yield_now().await;
-        }
-        let idle = due.is_empty();
-        for p in due {
-            let d = &p.delivery;
-            if gone.contains(&d.tenant_id) {
-                if let Some(log) = retries.log().cloned() {
-                    let (tenant, id) = (d.tenant_id.clone(), d.delivery_id.clone());
-                    tokio::spawn(async move {
-                        if let Err(e) = log.forget(&tenant, &id).await {
-                            tracing::debug!(error = %e, "could not forget a deleted tenant's retry; a restore drops it again");
-                        }
-                    });
-                }
-                continue;
-            }
-            shards
-                .dispatch(Job::kept(p.delivery, Arc::new(p.event)))
-                .await;
-        }
-        if !idle {
-            continue;
-        }
-        let nap = retries.next_due().map_or(Duration::from_secs(1), |at| {
-            Duration::from_millis((at - now_ms()).clamp(0, 1_000) as u64)
-        });
-        tokio::select! {
-            () = tokio::time::sleep(nap) => {}
-            () = retries.wake.notified() => {}
-            () = cancel.cancelled() => return,
-        }
     }
 }
 

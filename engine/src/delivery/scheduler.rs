@@ -1,5 +1,6 @@
-//! The scheduler: takes due deliveries from the durable schedule and hands
-//! them to the shards.
+//! The scheduler: takes due deliveries from the durable schedule, and the
+//! retries the changelog keeps in memory ([`run_kept`]), and hands them to
+//! the shards.
 //!
 //! Claiming a delivery leases it (its due time moves past the longest an
 //! attempt can take), so after a crash every claimed-but-unrecorded delivery
@@ -14,8 +15,11 @@ use std::{sync::Arc, time::Duration};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::worker::{Job, Shards};
-use crate::{clock::now_ms, store::Store};
+use super::{
+    retries::Retries,
+    worker::{Job, Shards},
+};
+use crate::{clock::now_ms, gone::GoneTenants, store::Store};
 
 /// Deliveries claimed per round.
 const CLAIM_BATCH: usize = 512;
@@ -100,6 +104,55 @@ pub async fn run(
         tokio::select! {
             () = wake.notified() => {}
             () = tokio::time::sleep(nap) => {}
+            () = cancel.cancelled() => return,
+        }
+    }
+}
+
+/// Kept retries handed over at a time.
+const KEPT_BATCH: usize = 256;
+
+/// Hands each retry the changelog keeps ([`super::retries`]) to the
+/// shards when it is due, until `cancel`. A retry of a deleted tenant is forgotten instead: nothing of the tenant is
+/// written after its purge (the purge cannot reach a worker's memory).
+pub async fn run_kept(
+    retries: Arc<Retries>,
+    shards: Arc<Shards>,
+    gone: Arc<GoneTenants>,
+    cancel: CancellationToken,
+) {
+    loop {
+        let due = retries.take_due(now_ms(), KEPT_BATCH);
+        if due.len() == KEPT_BATCH {
+            tokio::task::yield_now().await;
+        }
+        let idle = due.is_empty();
+        for p in due {
+            let d = &p.delivery;
+            if gone.contains(&d.tenant_id) {
+                if let Some(log) = retries.log().cloned() {
+                    let (tenant, id) = (d.tenant_id.clone(), d.delivery_id.clone());
+                    tokio::spawn(async move {
+                        if let Err(e) = log.forget(&tenant, &id).await {
+                            tracing::debug!(error = %e, "could not forget a deleted tenant's retry; a restore drops it again");
+                        }
+                    });
+                }
+                continue;
+            }
+            shards
+                .dispatch(Job::kept(p.delivery, Arc::new(p.event)))
+                .await;
+        }
+        if !idle {
+            continue;
+        }
+        let nap = retries.next_due().map_or(Duration::from_secs(1), |at| {
+            Duration::from_millis((at - now_ms()).clamp(0, 1_000) as u64)
+        });
+        tokio::select! {
+            () = tokio::time::sleep(nap) => {}
+            () = retries.wake.notified() => {}
             () = cancel.cancelled() => return,
         }
     }

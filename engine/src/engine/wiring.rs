@@ -135,7 +135,7 @@ impl Engine {
                 wake.clone(),
                 cancel.clone(),
             )));
-            tasks.push(tokio::spawn(crate::delivery::retries::run(
+            tasks.push(tokio::spawn(scheduler::run_kept(
                 retries.clone(),
                 shards.clone(),
                 gone.clone(),
@@ -157,7 +157,10 @@ impl Engine {
                 log.clone(),
                 store.clone(),
                 backends.fanout_group(),
-                retries.clone(),
+                {
+                    let retries = retries.clone();
+                    move || retries.len()
+                },
                 cancel.clone(),
             )));
             Some(shards)

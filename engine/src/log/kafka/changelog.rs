@@ -8,7 +8,7 @@
 //! transaction (consume–transform–produce, as Kafka Streams' state stores
 //! do): [`Changelog::commit`] sends the offsets into the open transaction
 //! and commits it; a flusher commits every [`FLUSH_EVERY`] when records
-//! wait. A write returns only once its transaction committed, so a retry
+//! wait, for as long as the changelog is in use. A write returns only once its transaction committed, so a retry
 //! settles its event's offset only when it is durable, and an aborted
 //! transaction takes its records and its offsets away together. The offsets
 //! carry the consumer's group generation, so a worker that lost its
@@ -46,6 +46,10 @@ pub(super) const FLUSH_EVERY: Duration = Duration::from_millis(100);
 /// How long a transaction of a dead worker keeps the changelog's readers
 /// waiting before the broker aborts it (a restore reads `read_committed`).
 const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a write waits for its transaction to end before it counts as
+/// failed (the caller tries again, or leaves the delivery to a restore).
+const OUTCOME_WAIT: Duration = Duration::from_secs(30);
 
 /// How long a restore of one partition may take.
 const RESTORE_TIMEOUT: Duration = Duration::from_secs(120);
@@ -167,13 +171,15 @@ impl Changelog {
         })
         .await?;
         tracing::info!(topic, partitions, "schedule changelog ready");
-        Ok(Arc::new(Self {
+        let changelog = Arc::new(Self {
             producer,
             topic,
             partitions,
             open: RwLock::new(Open::new()),
             broken: Default::default(),
-        }))
+        });
+        tokio::spawn(flush(Arc::downgrade(&changelog)));
+        Ok(changelog)
     }
 
     /// Commits the open transaction, with `offsets` (the consumer's
@@ -249,28 +255,19 @@ impl Changelog {
             Ok(Err((e, _))) => return Err(unavailable("writing to the schedule changelog", e)),
             Err(_) => return Err(LogError::Closed),
         }
-        let ended = outcome
-            .wait_for(Option::is_some)
+        let ended = tokio::time::timeout(OUTCOME_WAIT, outcome.wait_for(Option::is_some))
             .await
+            .map_err(|_| {
+                LogError::Unavailable(
+                    "the schedule changelog's transaction did not end in time".into(),
+                )
+            })?
             .map_err(|_| LogError::Closed)?;
         match *ended {
             Some(true) => Ok(()),
             _ => Err(LogError::Unavailable(
                 "the schedule changelog's transaction was aborted".into(),
             )),
-        }
-    }
-
-    /// Commits waiting records every [`FLUSH_EVERY`] until `cancel`.
-    pub(super) async fn flush_until(self: Arc<Self>, cancel: tokio_util::sync::CancellationToken) {
-        loop {
-            tokio::select! {
-                () = tokio::time::sleep(FLUSH_EVERY) => {}
-                () = cancel.cancelled() => return,
-            }
-            if let Err(e) = self.commit(None).await {
-                tracing::warn!(error = %e, "could not commit the schedule changelog");
-            }
         }
     }
 
@@ -295,6 +292,21 @@ impl ScheduleLog for Changelog {
 
     async fn forget(&self, tenant_id: &str, delivery_id: &str) -> Result<(), LogError> {
         self.write(tenant_id, delivery_id, None).await
+    }
+}
+
+/// Commits waiting records every [`FLUSH_EVERY`] for as long as the
+/// changelog is in use: past the fan-out's end too, so a retry kept while a
+/// worker shuts down still learns its outcome.
+async fn flush(changelog: std::sync::Weak<Changelog>) {
+    loop {
+        tokio::time::sleep(FLUSH_EVERY).await;
+        let Some(changelog) = changelog.upgrade() else {
+            return;
+        };
+        if let Err(e) = changelog.commit(None).await {
+            tracing::warn!(error = %e, "could not commit the schedule changelog");
+        }
     }
 }
 

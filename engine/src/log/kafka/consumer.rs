@@ -42,8 +42,6 @@ struct Keeping {
     changelog: Arc<Changelog>,
     sink: Arc<dyn PendingSink>,
     config: KafkaConfig,
-    /// Stops the changelog's flusher with the consumer.
-    _flusher: tokio_util::sync::DropGuard,
 }
 
 /// Logs each change of this member's partitions, so an operator (and the
@@ -126,15 +124,10 @@ impl KafkaConsumer {
             .subscribe(&[topic])
             .map_err(|e| unavailable("subscribing to the events topic", e))?;
         tracing::info!(topic, group, "joined the consumer group");
-        let keeping = keeping.map(|(changelog, sink)| {
-            let cancel = tokio_util::sync::CancellationToken::new();
-            tokio::spawn(changelog.clone().flush_until(cancel.clone()));
-            Keeping {
-                changelog,
-                sink,
-                config: config.clone(),
-                _flusher: cancel.drop_guard(),
-            }
+        let keeping = keeping.map(|(changelog, sink)| Keeping {
+            changelog,
+            sink,
+            config: config.clone(),
         });
         Ok(Self {
             consumer: Arc::new(consumer),
