@@ -113,8 +113,9 @@ pub async fn run(
 const KEPT_BATCH: usize = 256;
 
 /// Hands each retry the changelog keeps ([`super::retries`]) to the
-/// shards when it is due, until `cancel`. A retry of a deleted tenant is forgotten instead: nothing of the tenant is
-/// written after its purge (the purge cannot reach a worker's memory).
+/// shards when it is due, until `cancel`. A retry of a deleted tenant is
+/// forgotten instead: nothing of the tenant is written after its purge
+/// (the purge cannot reach a worker's memory).
 pub async fn run_kept(
     retries: Arc<Retries>,
     shards: Arc<Shards>,
