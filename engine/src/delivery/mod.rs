@@ -29,6 +29,7 @@ pub mod hold;
 #[cfg(feature = "kafka")]
 pub mod kafka_sink;
 pub mod limit;
+mod parking;
 pub mod retries;
 pub mod retry;
 pub mod scheduler;

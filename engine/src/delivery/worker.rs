@@ -8,9 +8,8 @@
 //! comes back to the shard to drive the breaker and the limits.
 
 use std::{
-    collections::{HashMap, HashSet, VecDeque},
+    collections::{BTreeMap, HashMap, HashSet, VecDeque},
     sync::Arc,
-    time::Duration,
 };
 
 use serde_json::json;
@@ -24,6 +23,7 @@ use super::{
     context::Finished,
     decide::{record_on_breaker, BreakerChange},
     limit::{Concurrency, TokenBucket},
+    parking::{Parking, RELEASE_PATIENCE},
 };
 use crate::model::{SubscriptionStatus, WebhookSubscription};
 
@@ -138,9 +138,6 @@ impl Shards {
 
 /// Deliveries parked in one store write at most.
 const PARK_BATCH: usize = 512;
-/// How long a shard waits for a released chunk to come back from the
-/// scheduler before it releases the next one regardless.
-const RELEASE_PATIENCE: Duration = Duration::from_secs(1);
 
 /// One endpoint's state, owned by its shard task.
 struct Endpoint {
@@ -153,30 +150,16 @@ struct Endpoint {
     /// The breaker state this endpoint counts under in the metrics.
     shown: Option<BreakerState>,
     /// Deliveries parked in the schedule (for want of queue room, or
-    /// refused by the open circuit) and not released yet (an estimate: a
-    /// release that finds none resets it).
-    parked: u64,
-    /// Park writes under way.
-    parking: usize,
-    /// Whether a release is under way.
-    releasing: bool,
+    /// refused by the open circuit) and not released yet.
+    parking: Parking,
     /// Whether a timer rings when the open circuit lets a probe through.
     probe_timer: bool,
-    /// Released deliveries not yet back from the scheduler, and when the
-    /// last release ended.
-    awaiting: u64,
-    released_at: Option<tokio::time::Instant>,
 }
 
 impl Endpoint {
     /// Whether the shard may forget it: nothing queued, parked or pending.
     fn idle(&self) -> bool {
-        self.in_flight == 0
-            && self.queue.is_empty()
-            && self.bucket.is_none()
-            && self.parked == 0
-            && self.parking == 0
-            && !self.releasing
+        self.in_flight == 0 && self.queue.is_empty() && self.bucket.is_none() && self.parking.idle()
     }
 }
 
@@ -189,8 +172,8 @@ enum Signal {
     /// A job whose subscription this process's index did not know yet, but
     /// the store does (created by another process): take it again.
     Retry(Job),
-    /// A park write ended (for these subscriptions, one entry per write).
-    Parked(Vec<String>),
+    /// A park write ended: how many deliveries of each subscription it wrote.
+    Parked(Vec<(String, u64)>),
     /// A release ended: how many deliveries it made due (`None`: it failed).
     Released(String, Option<u64>),
 }
@@ -257,14 +240,10 @@ impl Shard {
                 queue: VecDeque::new(),
                 wakeup_pending: false,
                 shown: None,
-                parked: inherited,
-                parking: 0,
-                releasing: false,
+                parking: Parking::new(inherited),
                 probe_timer: false,
-                awaiting: 0,
-                released_at: None,
             });
-        ep.awaiting = ep.awaiting.saturating_sub(1);
+        ep.parking.arrived();
         // Follow changes to the subscription's limits.
         ep.concurrency.set_max(max_in_flight);
         match (sub.rate_limit, &ep.bucket) {
@@ -274,7 +253,7 @@ impl Shard {
         }
         if ep.queue.len() >= ctx.config.max_queued_per_endpoint.max(1) {
             // No room: park it in the schedule; it is released as the queue drains.
-            ep.parked += 1;
+            ep.parking.queue();
             self.to_park.push(job);
             return;
         }
@@ -298,17 +277,11 @@ impl Shard {
         }
         let batch = std::mem::take(&mut self.to_park);
         let recheck = super::hold::park_recheck(&self.ctx.config);
-        let mut subs: Vec<String> = batch
-            .iter()
-            .map(|j| j.delivery.subscription_id.clone())
-            .collect();
-        subs.sort_unstable();
-        subs.dedup();
-        for id in &subs {
-            if let Some(ep) = self.endpoints.get_mut(id) {
-                ep.parking += 1;
-            }
+        let mut subs: BTreeMap<String, u64> = BTreeMap::new();
+        for j in &batch {
+            *subs.entry(j.delivery.subscription_id.clone()).or_default() += 1;
         }
+        let subs: Vec<(String, u64)> = subs.into_iter().collect();
         let (ctx, signals) = (self.ctx.clone(), self.signals.clone());
         self.attempts.spawn(async move {
             super::hold::park(&ctx, batch, recheck).await;
@@ -326,7 +299,7 @@ impl Shard {
         let Some(ep) = self.endpoints.get_mut(subscription_id) else {
             return;
         };
-        if ep.parked == 0 || ep.releasing || ep.parking > 0 {
+        if !ep.parking.releasable() {
             return;
         }
         let now = tokio::time::Instant::now();
@@ -345,13 +318,10 @@ impl Shard {
             }
             _ => return,
         };
-        let patient = ep
-            .released_at
-            .is_some_and(|at| at.elapsed() < RELEASE_PATIENCE);
-        if ep.awaiting > 0 && patient {
+        if ep.parking.awaiting_chunk(now) {
             return;
         }
-        ep.releasing = true;
+        ep.parking.releasing();
         let (ctx, signals) = (self.ctx.clone(), self.signals.clone());
         let id = subscription_id.to_string();
         self.attempts.spawn(async move {
@@ -364,7 +334,7 @@ impl Shard {
     fn parked_by_fanout(&mut self, subscription_id: String, n: u64) {
         match self.endpoints.get_mut(&subscription_id) {
             Some(ep) => {
-                ep.parked += n;
+                ep.parking.add_written(n);
                 self.release_parked(&subscription_id);
             }
             None => {
@@ -383,10 +353,10 @@ impl Shard {
         }
     }
 
-    fn parked(&mut self, subscription_ids: Vec<String>) {
-        for id in subscription_ids {
+    fn parked(&mut self, written: Vec<(String, u64)>) {
+        for (id, n) in written {
             if let Some(ep) = self.endpoints.get_mut(&id) {
-                ep.parking = ep.parking.saturating_sub(1);
+                ep.parking.written(n);
             }
             self.release_parked(&id);
         }
@@ -396,25 +366,14 @@ impl Shard {
         let Some(ep) = self.endpoints.get_mut(subscription_id) else {
             return;
         };
-        ep.releasing = false;
-        match released {
-            // None left (or they went another way): done, unless a park write is under way.
-            Some(0) if ep.parking == 0 => ep.parked = 0,
-            Some(0) => {}
-            Some(n) => {
-                // Keep going (one more release finds none) once these come back.
-                ep.parked = ep.parked.saturating_sub(n).max(1);
-                ep.awaiting = n;
-                ep.released_at = Some(tokio::time::Instant::now());
-                self.ctx.wake.notify_one();
-                let (signals, id) = (self.signals.clone(), subscription_id.to_string());
-                self.attempts.spawn(async move {
-                    tokio::time::sleep(RELEASE_PATIENCE).await;
-                    let _ = signals.send(Signal::Wake(id));
-                });
-                return;
-            }
-            None => {}
+        if ep.parking.released(released, tokio::time::Instant::now()) {
+            self.ctx.wake.notify_one();
+            let (signals, id) = (self.signals.clone(), subscription_id.to_string());
+            self.attempts.spawn(async move {
+                tokio::time::sleep(RELEASE_PATIENCE).await;
+                let _ = signals.send(Signal::Wake(id));
+            });
+            return;
         }
         self.release_parked(subscription_id);
     }
@@ -512,7 +471,7 @@ impl Shard {
                 let record = refusal(&ctx, &sub, &job, ep.breaker.remaining_open(now));
                 self.attempts
                     .spawn(async move { log_refusal(&ctx, record).await });
-                ep.parked += 1;
+                ep.parking.queue();
                 self.to_park.push(job);
                 continue;
             }

@@ -1,7 +1,8 @@
 //! The engine's guarantees under injected faults (issue 17, item 6): a log
 //! and a store whose calls fail, lose their acknowledgement or stall (one
 //! plan drives both: `append`, `poll`, `commit` are the log's; `fan_out`,
-//! `record_attempt`, `record_event`, `claim_due` the store's). Each test asserts
+//! `record_attempt`, `record_event`, `claim_due`, `release_held` the
+//! store's). Each test asserts
 //! what must arrive (waiting for it, or for a barrier event sent after it),
 //! then counts: no acknowledged event lost, none delivered twice.
 
@@ -326,5 +327,46 @@ async fn an_attempt_record_the_store_keeps_refusing_is_given_up_counted_and_sent
     assert_eq!(logged.len(), 1, "only the recorded attempt is logged");
     assert_eq!(logged[0].outcome.as_str(), "delivered");
     assert!(plan.calls("record_attempt") > 8);
+    engine.shutdown().await;
+}
+
+/// A burst to a new endpoint, twenty times its queue, while the shard's
+/// first release (its look for deliveries an earlier process parked) is
+/// slow: what the full queue parked meanwhile is released as the queue
+/// drains, not left to its re-check (five minutes, far past the patience
+/// here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_parked_while_a_release_is_slow_are_released_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = Arc::new(Plan::default());
+    plan.stall("release_held", 1..=1, Duration::from_millis(100));
+    let engine = start_tuned(dir.path(), plan.clone(), |c| {
+        c.delivery.max_queued_per_endpoint = 10;
+        c.delivery.max_in_flight_per_endpoint = 2;
+        c.delivery.lease_margin = Duration::from_secs(3600);
+    })
+    .await;
+    let rx = Receiver::start().await;
+    subscribe(&engine, &rx).await;
+
+    let mut ids = Vec::new();
+    for b in 0..20 {
+        let batch = (0..100).map(|i| event(b * 100 + i, None)).collect();
+        let emitted = engine.emit_batch(TENANT, batch).await.unwrap();
+        ids.extend(emitted.into_iter().map(|(e, _)| e.id));
+    }
+    for id in &ids {
+        rx.wait_for(id, PATIENCE).await;
+    }
+    assert!(
+        engine.metrics().deliveries_parked.get() > 0,
+        "the queue overflowed into the schedule"
+    );
+    assert!(
+        plan.calls("release_held") > 1,
+        "parked deliveries were released"
+    );
+    let counts = rx.counts();
+    assert!(ids.iter().all(|id| counts[id] == 1), "{counts:?}");
     engine.shutdown().await;
 }

@@ -1,6 +1,6 @@
 //! A store that fails, stalls or loses acknowledgements on chosen calls of
 //! its write paths (`fan_out`, `record_attempt`, `record_event`,
-//! `claim_due`); every other call goes straight through.
+//! `claim_due`, `release_held`); every other call goes straight through.
 
 use std::sync::Arc;
 
@@ -101,9 +101,11 @@ impl ScheduleStore for FaultyStore {
         now_ms: i64,
         limit: usize,
     ) -> Result<u64, StoreError> {
-        self.inner
-            .release_held(subscription_id, now_ms, limit)
-            .await
+        self.write(
+            "release_held",
+            self.inner.release_held(subscription_id, now_ms, limit),
+        )
+        .await
     }
     async fn next_due(&self) -> Result<Option<i64>, StoreError> {
         self.inner.next_due().await
