@@ -102,6 +102,13 @@ pub struct ServeArgs {
     /// chart passes the relay StatefulSet's pod name, e.g. `herald-relay-0`).
     #[arg(long, env = "HERALD_RELAY_ID", default_value = "0")]
     pub relay_id: String,
+    /// This worker's stable name, e.g. its pod's name (Kafka only): a worker
+    /// restarted under the same name takes its partitions back at once
+    /// instead of after --kafka-session-timeout (Kafka static membership).
+    /// Every worker running at once needs its own; a stopped one's
+    /// partitions move only when its session times out.
+    #[arg(long, env = "HERALD_WORKER_ID")]
+    pub worker_id: Option<String>,
     /// ScyllaDB/Cassandra contact points (`host:port,...`): keep the store in CQL.
     #[arg(long, env = "HERALD_SCYLLA_NODES")]
     pub scylla_nodes: Option<String>,
@@ -230,6 +237,7 @@ impl ServeArgs {
                 session_timeout: self.kafka_session_timeout,
                 cdc_topic: self.cdc_topic.clone(),
                 relay_id: self.relay_id.clone(),
+                worker_id: self.worker_id.clone(),
             }),
             role: match self.role {
                 Role::Api => config::Role::Api,
@@ -347,14 +355,15 @@ fn validate(args: &ServeArgs) -> anyhow::Result<()> {
         }
         _ => {}
     }
-    if args.relay_id.is_empty()
-        || args.relay_id.len() > 100
-        || !args
-            .relay_id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
-    {
+    if !instance_name(&args.relay_id) {
         bail!("--relay-id: 1 to 100 characters of a-z, A-Z, 0-9, '.', '_' and '-'");
+    }
+    if args
+        .worker_id
+        .as_deref()
+        .is_some_and(|id| !instance_name(id))
+    {
+        bail!("--worker-id: 1 to 100 characters of a-z, A-Z, 0-9, '.', '_' and '-'");
     }
     if args.kafka_partitions == 0 || args.kafka_partitions > 10_000 {
         bail!("--kafka-partitions must be between 1 and 10000");
@@ -369,6 +378,14 @@ fn validate(args: &ServeArgs) -> anyhow::Result<()> {
         bail!("--kafka-topic-prefix: 1 to 200 characters of a-z, A-Z, 0-9, '.', '_' and '-'");
     }
     Ok(())
+}
+
+/// Whether `name` can name a relay or worker instance in Kafka ids.
+fn instance_name(name: &str) -> bool {
+    (1..=100).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
 }
 
 /// Runs `herald serve` until SIGINT or SIGTERM, then drains.
@@ -434,6 +451,43 @@ mod tests {
         argv.extend_from_slice(extra);
         match Cli::try_parse_from(argv).unwrap().command {
             Command::Serve(a) => a,
+        }
+    }
+
+    #[test]
+    fn a_worker_id_is_optional_and_named_like_a_pod() {
+        let plain = args(&["--role", "worker", "--kafka-brokers", "k:9092"]);
+        validate(&plain).unwrap();
+        assert_eq!(
+            plain.engine_config().unwrap().kafka.unwrap().worker_id,
+            None
+        );
+        let named = args(&[
+            "--role",
+            "worker",
+            "--kafka-brokers",
+            "k:9092",
+            "--worker-id",
+            "herald-worker-7d9f-x2k4",
+        ]);
+        validate(&named).unwrap();
+        assert_eq!(
+            named
+                .engine_config()
+                .unwrap()
+                .kafka
+                .unwrap()
+                .worker_id
+                .as_deref(),
+            Some("herald-worker-7d9f-x2k4")
+        );
+        for bad in ["", "has space", "slash/y"] {
+            let a = args(&["--kafka-brokers", "k:9092", "--worker-id", bad]);
+            let err = validate(&a).unwrap_err().to_string();
+            assert!(
+                err.starts_with("--worker-id: 1 to 100 characters"),
+                "{bad}: {err}"
+            );
         }
     }
 

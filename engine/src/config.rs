@@ -99,6 +99,17 @@ pub struct KafkaConfig {
     /// `<prefix>-relay-<relay_id>`, so a restarted relay fences its crashed
     /// predecessor at once. Each concurrently running relay needs its own.
     pub relay_id: String,
+    /// This worker's stable name (a pod's name), if it has one. Set, its
+    /// fan-out is a static member of the consumer group
+    /// (`group.instance.id`) and its schedule changelog's transactional id
+    /// is `<prefix>-schedule-<worker_id>`: restarted under the same name
+    /// after a crash, it takes its partitions back at once rather than
+    /// after the dead process's session timeout, and aborts that process's
+    /// open changelog transaction at once rather than after its timeout. A
+    /// static member that stops does not leave the group, so its partitions
+    /// move only when its session times out. Each running worker needs its
+    /// own: a second process with the same name fences the first.
+    pub worker_id: Option<String>,
 }
 
 impl KafkaConfig {
@@ -112,6 +123,7 @@ impl KafkaConfig {
             session_timeout: Duration::from_secs(10),
             cdc_topic: None,
             relay_id: "0".into(),
+            worker_id: None,
         }
     }
 

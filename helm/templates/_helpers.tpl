@@ -99,6 +99,14 @@ spec:
             fieldRef:
               fieldPath: metadata.name
         {{- end }}
+        {{- if and (eq .role "worker") .ctx.Values.roles.worker.stableId }}
+        # The pod's name as the worker's stable name (--worker-id): a
+        # container restarted in its pod takes its partitions back at once.
+        - name: HERALD_WORKER_ID
+          valueFrom:
+            fieldRef:
+              fieldPath: metadata.name
+        {{- end }}
         - name: HERALD_ADMIN_TOKEN
           valueFrom:
             secretKeyRef:

@@ -1167,3 +1167,107 @@ async fn distributed_sigterm_while_keeping_retries_exits_and_the_next_worker_del
     .await;
     next.kill9().await;
 }
+
+/// A worker started with `--worker-id w1` on `args`, its data dir (and
+/// log) under `dir`.
+async fn start_named_worker(dir: &Path, prefix: &str, args: &[&str]) -> HeraldProcess {
+    let mut args = args.to_vec();
+    args.extend(["--worker-id", "w1"]);
+    start_role("worker", dir, prefix, &args).await
+}
+
+/// A worker with a stable name (`--worker-id`), killed -9 and started
+/// again under it, takes its partitions back at once: the session timeout
+/// here (120 s) is twice what the test waits, so a delivery after the
+/// restart shows that no partition waited for the dead process's session
+/// to end; the retry the first process kept in the changelog is delivered
+/// by the second, as the same delivery. A third process started under the
+/// same name fences the second, which says so in its log, and delivers in
+/// its place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn distributed_a_worker_restarted_under_its_id_takes_its_partitions_back_at_once() {
+    let _broker = BROKER.read().await;
+    require_kafka().await;
+    let _cassandra = crate::cql::shared().await;
+    let cql = crate::cql::config("static_member");
+    let mut flags = cql_flags(&cql.keyspace);
+    flags.extend(
+        [
+            "--retry-schedule",
+            "3s,3s",
+            "--kafka-session-timeout",
+            "120s",
+        ]
+        .map(String::from),
+    );
+    let prefix = prefix("static-member");
+    let tmp = tempfile::tempdir().unwrap();
+    let flaky = Receiver::start(503).await;
+    let steady = Receiver::start(200).await;
+    let args: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let api = start_role("api", &tmp.path().join("api"), &prefix, &args).await;
+    let first = start_named_worker(&tmp.path().join("w-1"), &prefix, &args).await;
+    let (flaky_key, _) = tenant(&api.base, "flaky", &flaky).await;
+    let (key, _) = tenant(&api.base, "steady", &steady).await;
+    let wait = Duration::from_secs(60);
+
+    let retried = emit_n(&api.base, &flaky_key, "work_order.completed", -1).await;
+    let failed = logged_attempt(&api.base, &flaky_key, &retried, "failed", wait).await;
+    let id = failed["delivery_id"].as_str().unwrap().to_string();
+    eventually("the retry kept in the changelog", wait, || {
+        let (prefix, id) = (prefix.clone(), id.clone());
+        async move {
+            let kept = tokio::task::spawn_blocking(move || changelog(&prefix))
+                .await
+                .unwrap();
+            kept.get(&id).is_some_and(Option::is_some).then_some(())
+        }
+    })
+    .await;
+    emit_n(&api.base, &key, "work_order.completed", 1).await;
+    let delivered = |n: i64| {
+        let steady = steady.clone();
+        move || {
+            let got = numbers_received(&steady).contains(&n);
+            async move { got.then_some(()) }
+        }
+    };
+    eventually("event 1", wait, delivered(1)).await;
+
+    first.kill9().await;
+    flaky.set_status(200);
+    let second_dir = tmp.path().join("w-2");
+    let second = start_named_worker(&second_dir, &prefix, &args).await;
+    emit_n(&api.base, &key, "work_order.completed", 2).await;
+    eventually(
+        "event 2, from the restarted worker, before the dead one's session could end",
+        wait,
+        delivered(2),
+    )
+    .await;
+    let retry = logged_attempt(&api.base, &flaky_key, &retried, "delivered", wait).await;
+    assert_eq!(
+        (&retry["delivery_id"], &retry["attempt"]),
+        (&failed["delivery_id"], &json!(2)),
+        "the kept retry, delivered by the restarted worker"
+    );
+
+    let third = start_named_worker(&tmp.path().join("w-3"), &prefix, &args).await;
+    eventually("the fenced worker saying what to fix", wait, || {
+        let log = std::fs::read_to_string(second_dir.join("worker.log")).unwrap_or_default();
+        async move {
+            log.contains("another worker runs with the same id")
+                .then_some(())
+        }
+    })
+    .await;
+    emit_n(&api.base, &key, "work_order.completed", 3).await;
+    eventually(
+        "event 3, from the worker that fenced it",
+        wait,
+        delivered(3),
+    )
+    .await;
+    assert_eq!(numbers_received(&flaky), [-1], "the retry, once");
+    drop((second, third, api));
+}

@@ -141,13 +141,15 @@ impl Changelog {
     pub(super) async fn open(config: &KafkaConfig, partitions: u32) -> Result<Arc<Self>, LogError> {
         let topic = config.schedule_topic();
         create_topic(config, &topic, partitions).await?;
+        // A worker's stable name fences its crashed predecessor (and aborts
+        // its open transaction) at once; without one, the id is new per process.
+        let instance = config
+            .worker_id
+            .clone()
+            .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
         let (c, id) = (
             config.clone(),
-            format!(
-                "{}-schedule-{}",
-                config.topic_prefix,
-                uuid::Uuid::new_v4().simple()
-            ),
+            format!("{}-schedule-{instance}", config.topic_prefix),
         );
         let producer = blocking(move || {
             let p: FutureProducer = base_config(&c)

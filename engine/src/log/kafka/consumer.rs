@@ -105,7 +105,13 @@ impl KafkaConsumer {
             to_restore: Default::default(),
             sink: keeping.as_ref().map(|(_, sink)| sink.clone()),
         };
-        let consumer: StreamConsumer<Rebalances> = base_config(config)
+        let mut settings = base_config(config);
+        if let Some(id) = &config.worker_id {
+            // A static member: restarted under the same id, it takes its
+            // partitions back without waiting for its old session to end.
+            settings.set("group.instance.id", id);
+        }
+        let consumer: StreamConsumer<Rebalances> = settings
             .set("group.id", group)
             .set("partition.assignment.strategy", "cooperative-sticky")
             .set("enable.auto.commit", "false")
@@ -170,6 +176,18 @@ impl KafkaConsumer {
         Ok(())
     }
 
+    /// The error a failed receive is reported as: a fatal one (the group
+    /// fenced this static member) says what to fix.
+    fn failed(&self, e: rdkafka::error::KafkaError) -> LogError {
+        match self.consumer.client().fatal_error() {
+            Some((code, reason)) => LogError::Unavailable(format!(
+                "the Kafka consumer stopped for good ({code}: {reason}); with --worker-id \
+                 set, another worker runs with the same id: give each its own and restart this one"
+            )),
+            None => unavailable("consuming the events topic", e),
+        }
+    }
+
     fn push(&self, out: &mut Vec<LogRecord>, m: &impl Message) {
         let partition = m.partition().max(0) as u32;
         match to_record(m, partition) {
@@ -192,7 +210,7 @@ impl LogConsumer for KafkaConsumer {
         let mut out = Vec::new();
         match tokio::time::timeout(wait, self.consumer.recv()).await {
             Err(_) => return Ok(out),
-            Ok(Err(e)) => return Err(unavailable("consuming the events topic", e)),
+            Ok(Err(e)) => return Err(self.failed(e)),
             Ok(Ok(m)) => self.push(&mut out, &m),
         }
         while out.len() < max {
