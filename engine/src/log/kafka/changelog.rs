@@ -389,67 +389,84 @@ pub(super) fn restore(
         .set("enable.partition.eof", "false")
         .create()
         .map_err(|e| unavailable("creating a changelog reader", e))?;
-    partitions
-        .iter()
-        .map(|&p| restore_one(&c, topic, p).map(|pending| (p, pending)))
-        .collect()
-}
-
-fn restore_one(c: &BaseConsumer, topic: &str, partition: u32) -> Result<Vec<Pending>, LogError> {
-    let (low, high) = c
-        .fetch_watermarks(topic, partition as i32, LOOKUP_TIMEOUT)
-        .map_err(|e| unavailable("reading the changelog's offsets", e))?;
-    let mut kept: HashMap<String, Pending> = HashMap::new();
-    if high <= low {
-        return Ok(Vec::new());
-    }
+    let mut kept: HashMap<i32, HashMap<String, Pending>> = HashMap::new();
+    // Where each partition ends now: all of them are read at once, from one
+    // assignment (read one after another, each partition's last offset, a
+    // transaction marker that is never returned as a record, cost a poll's
+    // wait before the position showed it passed).
+    let mut ends: HashMap<i32, i64> = HashMap::new();
     let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, partition as i32, Offset::Beginning)
-        .map_err(|e| unavailable("building a changelog assignment", e))?;
-    c.assign(&tpl)
-        .map_err(|e| unavailable("assigning a changelog partition", e))?;
+    for &p in partitions {
+        let p = p as i32;
+        kept.insert(p, HashMap::new());
+        let (low, high) = c
+            .fetch_watermarks(topic, p, LOOKUP_TIMEOUT)
+            .map_err(|e| unavailable("reading the changelog's offsets", e))?;
+        if high > low {
+            ends.insert(p, high);
+            tpl.add_partition_offset(topic, p, Offset::Beginning)
+                .map_err(|e| unavailable("building a changelog assignment", e))?;
+        }
+    }
+    if !ends.is_empty() {
+        c.assign(&tpl)
+            .map_err(|e| unavailable("assigning the changelog partitions", e))?;
+    }
     let deadline = std::time::Instant::now() + RESTORE_TIMEOUT;
-    loop {
-        match c.poll(Duration::from_millis(200)) {
+    while !ends.is_empty() {
+        match c.poll(Duration::from_millis(50)) {
             Some(Ok(m)) => {
-                let Some(key) = m.key().map(|k| String::from_utf8_lossy(k).into_owned()) else {
+                let p = m.partition();
+                // Past its end (written after the restore began): not ours.
+                let Some(&high) = ends.get(&p) else {
                     continue;
                 };
-                match m.payload() {
-                    None => {
-                        kept.remove(&key);
+                if let (Some(key), Some(partition)) = (m.key(), kept.get_mut(&p)) {
+                    let key = String::from_utf8_lossy(key).into_owned();
+                    match m.payload() {
+                        None => {
+                            partition.remove(&key);
+                        }
+                        Some(v) => match serde_json::from_slice::<Entry>(v) {
+                            Ok(e) => {
+                                partition.insert(key, e.into_pending());
+                            }
+                            Err(e) => {
+                                tracing::error!(error = %e, partition = p, offset = m.offset(), "skipping an unreadable changelog record")
+                            }
+                        },
                     }
-                    Some(v) => match serde_json::from_slice::<Entry>(v) {
-                        Ok(e) => {
-                            kept.insert(key, e.into_pending());
-                        }
-                        Err(e) => {
-                            tracing::error!(error = %e, partition, offset = m.offset(), "skipping an unreadable changelog record")
-                        }
-                    },
                 }
                 if m.offset() + 1 >= high {
-                    break;
+                    ends.remove(&p);
                 }
             }
             Some(Err(e)) => return Err(unavailable("reading the schedule changelog", e)),
             None => {
                 // Transaction markers and aborted records take offsets no
-                // message is read at: the position says where reading is.
-                let at = c.position().ok().and_then(|p| {
-                    p.find_partition(topic, partition as i32)
-                        .and_then(|e| e.offset().to_raw())
-                });
-                if at.is_some_and(|at| at >= high) {
-                    break;
+                // record is read at: the position says where reading is.
+                if let Ok(at) = c.position() {
+                    ends.retain(|&p, &mut high| {
+                        at.find_partition(topic, p)
+                            .and_then(|e| e.offset().to_raw())
+                            .is_none_or(|at| at < high)
+                    });
                 }
-                if std::time::Instant::now() > deadline {
+                if !ends.is_empty() && std::time::Instant::now() > deadline {
+                    let mut left: Vec<_> = ends.into_iter().collect();
+                    left.sort_unstable();
                     return Err(LogError::Unavailable(format!(
-                        "restoring changelog partition {partition} did not reach offset {high} in {RESTORE_TIMEOUT:?}"
+                        "restoring the changelog did not reach the end of (partition, offset) {left:?} in {RESTORE_TIMEOUT:?}"
                     )));
                 }
             }
         }
     }
-    Ok(kept.into_values().collect())
+    Ok(partitions
+        .iter()
+        .map(|&p| {
+            let pending = kept.remove(&(p as i32)).unwrap_or_default();
+            (p, pending.into_values().collect())
+        })
+        .collect())
 }
