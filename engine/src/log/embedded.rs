@@ -22,9 +22,12 @@
 //!   group has committed past them. A read below the oldest segment starts
 //!   at its first record.
 //!
-//! The in-memory index holds 20 bytes per record (position, length, time),
-//! rebuilt by one sequential scan at start-up, and leaves with its segment.
+//! The in-memory index holds an entry per record (position, length, time)
+//! for the segment being written, and one per 64 KiB of file for a sealed
+//! one (see [`index`]), so its size follows the partitions, not the
+//! retention. It is rebuilt by one sequential scan at start-up.
 
+mod index;
 mod segment;
 
 use std::{
@@ -42,7 +45,10 @@ use parking_lot::{Mutex, RwLock};
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use self::segment::{frame_crc, open_partition, segment_path, sync_dir, IndexEntry, Segment};
+use self::{
+    index::{frames, IndexEntry, SegmentIndex, Span, Walk, SPARSE_BYTES},
+    segment::{frame_crc, open_partition, segment_path, sync_dir, Segment},
+};
 use super::{EventLog, LogConsumer, LogError, LogPosition, LogRecord};
 use crate::model::DomainEvent;
 
@@ -175,7 +181,7 @@ impl EmbeddedLog {
                     .find_map(|s| s.index.last())
                     .map_or(i64::MIN, |e| e.ts_ms),
                 base: last.base,
-                records: last.index.len() as u64,
+                records: last.index.len(),
             });
             parts.push(Partition {
                 segments: RwLock::new(segments),
@@ -240,7 +246,7 @@ impl Shared {
                 // Readers holding the file read on until they drop it.
                 fs::remove_file(&segment.path)?;
                 dropped.segments += 1;
-                dropped.records += segment.index.len() as u64;
+                dropped.records += segment.index.len();
                 dropped.bytes += segment.bytes();
             }
             sync_dir(&shared.dir)?;
@@ -274,12 +280,17 @@ impl WriterPartition {
                 .open(&path)?,
         );
         sync_dir(&shared.dir)?;
-        shared.partitions[p].segments.write().push(Segment {
+        let mut segments = shared.partitions[p].segments.write();
+        if let Some(done) = segments.last_mut() {
+            done.index.seal(SPARSE_BYTES);
+        }
+        segments.push(Segment {
             base,
             path,
             file: file.clone(),
-            index: Vec::new(),
+            index: SegmentIndex::Dense(Vec::new()),
         });
+        drop(segments);
         *self = WriterPartition {
             file,
             end: 0,
@@ -400,6 +411,13 @@ fn write_and_sync(parts: &mut [WriterPartition], bufs: &mut [Vec<u8>]) -> std::i
     outcome
 }
 
+/// File bytes `from..to`.
+fn read_at(file: &File, from: u64, to: u64) -> std::io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; (to - from) as usize];
+    file.read_exact_at(&mut buf, from)?;
+    Ok(buf)
+}
+
 fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
     {
@@ -431,27 +449,42 @@ impl Shared {
             .partitions
             .get(partition as usize)
             .ok_or(LogError::OutOfRange { partition, offset })?;
-        let (offset, file, entries) = {
+        let (offset, base, file, span) = {
             let segments = part.segments.read();
             let offset = offset.max(segments[0].base);
             let at = segments.partition_point(|s| s.base <= offset) - 1;
             let segment = &segments[at];
-            let start = ((offset - segment.base) as usize).min(segment.index.len());
-            let end = start.saturating_add(max).min(segment.index.len());
-            let entries: Vec<IndexEntry> = segment.index[start..end].to_vec();
-            (offset, segment.file.clone(), entries)
+            let span = segment.index.span(offset - segment.base, max);
+            (offset, segment.base, segment.file.clone(), span)
         };
-        let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
-            return Ok(Vec::new());
+        let (buf, from, entries) = match span {
+            None => return Ok(Vec::new()),
+            Some(Span::Records(entries)) => {
+                let (first, last) = (entries[0], entries[entries.len() - 1]);
+                let buf = read_at(&file, first.pos, last.end())?;
+                (buf, first.pos, entries)
+            }
+            Some(Span::Walk(Walk {
+                first_rel,
+                from,
+                to,
+            })) => {
+                let buf = read_at(&file, from, to)?;
+                let walked = frames(&buf, from).map_err(|reason| LogError::Corrupt {
+                    partition,
+                    offset,
+                    reason,
+                })?;
+                let skip = (offset - base - first_rel) as usize;
+                let entries = walked.into_iter().skip(skip).take(max).collect();
+                (buf, from, entries)
+            }
         };
-        let span_end = last.pos + HEADER as u64 + u64::from(last.len);
-        let mut buf = vec![0u8; (span_end - first.pos) as usize];
-        file.read_exact_at(&mut buf, first.pos)?;
         entries
             .iter()
             .enumerate()
             .map(|(i, e)| {
-                let at = (e.pos - first.pos) as usize + HEADER;
+                let at = (e.pos - from) as usize + HEADER;
                 let payload = &buf[at..at + e.len as usize];
                 let off = offset + i as u64;
                 let event: DomainEvent =
@@ -473,6 +506,40 @@ impl Shared {
                 })
             })
             .collect()
+    }
+
+    /// The offset of `partition`'s first record appended at or after
+    /// `at_ms`, or its end if there is none.
+    fn offset_for_time(&self, partition: u32, at_ms: i64) -> Result<u64, LogError> {
+        let (base, file, found) = {
+            let segments = self.partition(partition)?.segments.read();
+            // The first segment whose last record is at or after `at`.
+            let Some(s) = segments
+                .iter()
+                .find(|s| s.index.last().is_some_and(|e| e.ts_ms >= at_ms))
+            else {
+                return Ok(segments.last().map_or(0, Segment::end));
+            };
+            (s.base, s.file.clone(), s.index.first_at(at_ms))
+        };
+        match found {
+            Ok(rel) => Ok(base + rel),
+            Err(Walk {
+                first_rel,
+                from,
+                to,
+            }) => {
+                let walked = frames(&read_at(&file, from, to)?, from).map_err(|reason| {
+                    LogError::Corrupt {
+                        partition,
+                        offset: base + first_rel,
+                        reason,
+                    }
+                })?;
+                let before = walked.iter().take_while(|e| e.ts_ms < at_ms).count();
+                Ok(base + first_rel + before as u64)
+            }
+        }
     }
 
     fn offsets_path(&self, group: &str) -> PathBuf {
@@ -561,15 +628,10 @@ impl EventLog for EmbeddedLog {
 
     async fn offset_for_time(&self, partition: u32, at: OffsetDateTime) -> Result<u64, LogError> {
         let at_ms = (at.unix_timestamp_nanos() / 1_000_000) as i64;
-        let segments = self.shared.partition(partition)?.segments.read();
-        // The first segment whose last record is at or after `at`.
-        let found = segments
-            .iter()
-            .find(|s| s.index.last().is_some_and(|e| e.ts_ms >= at_ms));
-        Ok(match found {
-            Some(s) => s.base + s.index.partition_point(|e| e.ts_ms < at_ms) as u64,
-            None => segments.last().map_or(0, Segment::end),
-        })
+        let shared = self.shared.clone();
+        tokio::task::spawn_blocking(move || shared.offset_for_time(partition, at_ms))
+            .await
+            .map_err(|_| LogError::Closed)?
     }
 
     async fn committed(&self, group: &str) -> Result<Option<BTreeMap<u32, u64>>, LogError> {

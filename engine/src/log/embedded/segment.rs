@@ -15,15 +15,10 @@ use std::{
     sync::Arc,
 };
 
-use super::{LogError, HEADER, MAX_RECORD};
-
-/// Where one record sits in its segment file.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct IndexEntry {
-    pub pos: u64,
-    pub len: u32,
-    pub ts_ms: i64,
-}
+use super::{
+    index::{IndexEntry, SegmentIndex, SPARSE_BYTES},
+    LogError, HEADER, MAX_RECORD,
+};
 
 /// One segment file and the index of its records.
 pub(super) struct Segment {
@@ -31,20 +26,18 @@ pub(super) struct Segment {
     pub base: u64,
     pub path: PathBuf,
     pub file: Arc<File>,
-    pub index: Vec<IndexEntry>,
+    pub index: SegmentIndex,
 }
 
 impl Segment {
     /// The offset after its last record.
     pub fn end(&self) -> u64 {
-        self.base + self.index.len() as u64
+        self.base + self.index.len()
     }
 
     /// Its size in bytes.
     pub fn bytes(&self) -> u64 {
-        self.index
-            .last()
-            .map_or(0, |e| e.pos + HEADER as u64 + u64::from(e.len))
+        self.index.last().map_or(0, |e| e.end())
     }
 }
 
@@ -58,8 +51,8 @@ pub(super) fn segment_path(dir: &Path, p: u32, base: u64) -> PathBuf {
 }
 
 /// Opens partition `p`'s segments (creating the first if there is none),
-/// oldest first, truncating a torn tail. Segments whose offsets do not
-/// follow each other are `Corrupt`.
+/// oldest first, truncating a torn tail; every segment but the last is
+/// sealed. Segments whose offsets do not follow each other are `Corrupt`.
 pub(super) fn open_partition(dir: &Path, p: u32) -> Result<Vec<Segment>, LogError> {
     let first = format!("partition-{p:03}.log");
     let prefix = format!("partition-{p:03}-");
@@ -89,8 +82,9 @@ pub(super) fn open_partition(dir: &Path, p: u32) -> Result<Vec<Segment>, LogErro
             .read(true)
             .append(true)
             .open(&path)?;
-        let index = recover(&mut file, &path)?;
-        if let Some(prev) = segments.last() {
+        let index = SegmentIndex::Dense(recover(&mut file, &path)?);
+        if let Some(prev) = segments.last_mut() {
+            prev.index.seal(SPARSE_BYTES);
             if prev.end() != base {
                 return Err(LogError::Corrupt {
                     partition: p,

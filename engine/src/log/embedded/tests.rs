@@ -241,6 +241,81 @@ async fn segments_roll_and_offsets_run_on_across_them_after_reopen() {
     assert_eq!(log.append(&[event("t", 60)]).await.unwrap()[0].offset, 60);
 }
 
+/// The partition's sealed segments, the entries their indexes hold, and
+/// the entries of the one being written.
+fn index_entries(log: &EmbeddedLog, p: usize) -> (usize, usize, usize) {
+    let segments = log.shared.partitions[p].segments.read();
+    let (sealed, open) = segments.split_at(segments.len() - 1);
+    (
+        sealed.len(),
+        sealed.iter().map(|s| s.index.entries()).sum(),
+        open[0].index.entries(),
+    )
+}
+
+#[tokio::test]
+async fn sealed_segments_index_sparsely_and_read_every_record_from_any_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    // ~1.1 kB records in 512 kB segments: ~460 records and 8 marks a segment.
+    let files = LogFiles {
+        segment_bytes: 512 * 1024,
+    };
+    let log = EmbeddedLog::open_with(dir.path(), 1, files).unwrap();
+    let pad = "x".repeat(1000);
+    let mut events = Vec::new();
+    for chunk in 0..40 {
+        let batch: Vec<DomainEvent> = (0..50)
+            .map(|i| {
+                let mut e = event("t", chunk * 50 + i);
+                e.payload["pad"] = serde_json::json!(pad);
+                e
+            })
+            .collect();
+        log.append(&batch).await.unwrap();
+        events.extend(batch);
+    }
+    // Sealed as the writer rolled them, then as the log opened them again.
+    read_every_range(&log, dir.path(), &events).await;
+    drop(log);
+    let log = EmbeddedLog::open_with(dir.path(), 1, files).unwrap();
+    read_every_range(&log, dir.path(), &events).await;
+}
+
+/// Reads of the 2,000 records of the test above, from offsets within and
+/// across sealed segments, return each record once and in order, and the
+/// index stays sparse.
+async fn read_every_range(log: &EmbeddedLog, dir: &Path, events: &[DomainEvent]) {
+    let (segments, sealed, open) = index_entries(log, 0);
+    assert!(
+        segments >= 3 && segment_files(dir) == segments + 1,
+        "2,000 records of ~1.1 kB in 512 kB segments: {segments} sealed"
+    );
+    // Each sealed segment: one entry per 64 kB and its last (not ~460).
+    assert!(
+        sealed <= segments * (512 / 64 + 2),
+        "{sealed} entries for {segments} sealed segments"
+    );
+    assert!(open < 470, "{open} entries for the segment being written");
+    for (from, max) in [(0, 2000), (1, 7), (459, 3), (460, 1), (777, 100), (1999, 5)] {
+        let mut next = from;
+        let mut got = Vec::new();
+        while got.len() < max && next < 2000 {
+            let records = log.read(0, next, max - got.len()).await.unwrap();
+            assert!(!records.is_empty(), "a read at {next} found nothing");
+            next = records.last().unwrap().position.offset + 1;
+            got.extend(records);
+        }
+        let offsets: Vec<u64> = got.iter().map(|r| r.position.offset).collect();
+        let want: Vec<u64> = (from..(from + max as u64).min(2000)).collect();
+        assert_eq!(offsets, want, "read {max} from {from}");
+        assert!(got
+            .iter()
+            .all(|r| r.event == events[r.position.offset as usize]));
+    }
+    let earlier = OffsetDateTime::now_utc() - time::Duration::hours(1);
+    assert_eq!(log.offset_for_time(0, earlier).await.unwrap(), 0);
+}
+
 #[tokio::test]
 async fn expired_segments_go_only_once_every_group_committed_past_them() {
     let dir = tempfile::tempdir().unwrap();
