@@ -146,6 +146,12 @@ pub struct ServeArgs {
     /// Requests per second (and burst) each tenant may make; 0 = unlimited.
     #[arg(long, env = "HERALD_TENANT_RATE_LIMIT", default_value_t = crate::DEFAULT_TENANT_RATE_LIMIT)]
     pub tenant_rate_limit: u32,
+    /// Bytes of emit request bodies served at once; an emit beyond them is
+    /// answered 503 with Retry-After (backpressure before memory runs
+    /// out). 0 = unbounded.
+    #[arg(long, env = "HERALD_MAX_EMIT_BYTES_IN_FLIGHT",
+          default_value_t = crate::admission::DEFAULT_EMIT_BUDGET_BYTES)]
+    pub max_emit_bytes_in_flight: usize,
     /// Concurrent requests per endpoint.
     #[arg(long, env = "HERALD_MAX_IN_FLIGHT_PER_ENDPOINT", default_value_t = 32)]
     pub max_in_flight_per_endpoint: usize,
@@ -407,7 +413,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let local = listener.local_addr()?;
     tracing::info!(listen = %local, role = ?args.role, "herald is serving");
     println!("herald listening on http://{local}");
-    let state = AppState::new(engine.clone(), admin_token).with_rate_limit(args.tenant_rate_limit);
+    let state = AppState::new(engine.clone(), admin_token)
+        .with_rate_limit(args.tenant_rate_limit)
+        .with_emit_budget(args.max_emit_bytes_in_flight);
     let router = if matches!(args.role, Role::Worker | Role::Relay) {
         worker_app(state)
     } else {

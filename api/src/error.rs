@@ -127,6 +127,21 @@ impl ApiError {
         e
     }
 
+    /// 503: the emits in flight hold the whole emit budget.
+    pub fn overloaded(budget_bytes: usize) -> Self {
+        let mut e = Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "Too many events in flight",
+            format!(
+                "the emits being served hold the {budget_bytes} bytes of bodies this server takes \
+                 at once (--max-emit-bytes-in-flight); nothing was accepted, retry after Retry-After"
+            ),
+        );
+        e.retry_after = Some(1);
+        e
+    }
+
     /// 413: the body is larger than allowed.
     pub fn payload_too_large() -> Self {
         Self::new(

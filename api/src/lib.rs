@@ -10,6 +10,7 @@
 //! own 404, 405 and 413 answers.
 #![warn(missing_docs)]
 
+pub mod admission;
 pub mod cli;
 pub mod error;
 pub mod extract;
@@ -67,6 +68,8 @@ pub struct AppState {
     pub limiter: Option<Arc<DefaultKeyedRateLimiter<String>>>,
     /// WebSocket stream settings.
     pub stream: StreamConfig,
+    /// The bytes of emit bodies served at once; `None` leaves them unbounded.
+    pub emit_budget: Option<Arc<admission::EmitBudget>>,
 }
 
 impl AppState {
@@ -77,8 +80,17 @@ impl AppState {
             admin_token: admin_token.into(),
             limiter: None,
             stream: StreamConfig::default(),
+            emit_budget: None,
         }
         .with_rate_limit(DEFAULT_TENANT_RATE_LIMIT)
+        .with_emit_budget(admission::DEFAULT_EMIT_BUDGET_BYTES)
+    }
+
+    /// Bounds the bytes of emit bodies served at once (beyond them an emit
+    /// is answered 503 with `Retry-After`); 0 leaves them unbounded.
+    pub fn with_emit_budget(mut self, bytes: usize) -> Self {
+        self.emit_budget = (bytes > 0).then(|| Arc::new(admission::EmitBudget::new(bytes)));
+        self
     }
 
     /// Limits each tenant to `per_second` requests per second, with bursts

@@ -12,6 +12,7 @@ use time::OffsetDateTime;
 
 use super::{non_empty, Page};
 use crate::{
+    admission::Admitted,
     error::ApiError,
     extract::{ApiJson, ApiQuery, Tenant},
     AppState,
@@ -60,6 +61,7 @@ impl From<Emit> for NewEvent {
 pub async fn emit(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
+    _admitted: Admitted,
     ApiJson(body): ApiJson<Emit>,
 ) -> Result<Response, ApiError> {
     let (event, created) = state.engine.emit(&tenant, body.into()).await?;
@@ -233,6 +235,7 @@ pub struct BatchItem {
 pub async fn emit_batch(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
+    _admitted: Admitted,
     ApiJson(body): ApiJson<EmitBatch>,
 ) -> Result<(StatusCode, Json<List<BatchItem>>), ApiError> {
     let max = herald_engine::MAX_BATCH_EVENTS;

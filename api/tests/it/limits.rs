@@ -139,3 +139,151 @@ async fn oversized_and_too_many_headers_get_431_and_the_server_keeps_serving() {
     }
     h.stop().await;
 }
+
+/// An emit request held open after its head, `length` bytes announced and
+/// `body`'s first half sent; the rest is sent by [`HeldEmit::finish`].
+struct HeldEmit {
+    stream: TcpStream,
+    rest: Vec<u8>,
+}
+
+impl HeldEmit {
+    async fn start(addr: &str, key: &str, body: &[u8]) -> Self {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let head = format!(
+            "POST /api/v1/integrations/events HTTP/1.1\r\nhost: {addr}\r\n\
+             authorization: Bearer {key}\r\ncontent-type: application/json\r\n\
+             content-length: {}\r\n\r\n",
+            body.len()
+        );
+        let half = body.len() / 2;
+        stream.write_all(head.as_bytes()).await.unwrap();
+        stream.write_all(&body[..half]).await.unwrap();
+        Self {
+            stream,
+            rest: body[half..].to_vec(),
+        }
+    }
+
+    /// Sends the rest of the body; returns the answer's status line.
+    async fn finish(mut self) -> String {
+        self.stream.write_all(&self.rest).await.unwrap();
+        let mut answer = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&answer).contains("\r\n\r\n") {
+            let n = tokio::time::timeout(Duration::from_secs(30), self.stream.read(&mut buf))
+                .await
+                .expect("an answer to the held emit")
+                .unwrap();
+            assert!(n > 0, "the connection closed without an answer");
+            answer.extend_from_slice(&buf[..n]);
+        }
+        let text = String::from_utf8_lossy(&answer).to_string();
+        text.lines().next().unwrap_or("").to_string()
+    }
+}
+
+/// An emit body of about `bytes` bytes.
+fn emit_body(n: u64, bytes: usize) -> Vec<u8> {
+    let body = serde_json::json!({
+        "event_type": "work_order.completed",
+        "payload": { "n": n, "pad": "x".repeat(bytes.saturating_sub(90)) },
+    });
+    serde_json::to_vec(&body).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn emits_beyond_the_bytes_in_flight_get_503_with_retry_after_and_are_taken_once_there_is_room(
+) {
+    let tmp = tempfile::tempdir().unwrap();
+    let h = HeraldProcess::start(
+        &tmp.path().join("data"),
+        &tmp.path().join("herald.log"),
+        &["--max-emit-bytes-in-flight", "3000"],
+        &[],
+    )
+    .await
+    .unwrap();
+    let addr = h.base.trim_start_matches("http://").to_string();
+    let key = h.tenant("acme").await;
+    let http = reqwest::Client::new();
+    let emit = |body: Vec<u8>| {
+        http.post(h.url("/api/v1/integrations/events"))
+            .bearer_auth(&key)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let listed = || async {
+        let r = http
+            .get(h.url("/api/v1/integrations/events?limit=100"))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let page: serde_json::Value = r.json().await.unwrap();
+        let mut ns: Vec<u64> = page["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["payload"]["n"].as_u64().unwrap())
+            .collect();
+        ns.sort_unstable();
+        ns
+    };
+
+    // One emit of 2,000 bytes, its body half sent: it holds 2,000 of the
+    // 3,000 bytes until it is answered.
+    let held = HeldEmit::start(&addr, &key, &emit_body(1, 2000)).await;
+    // Barrier: a body of the same size that is not JSON is refused with 400
+    // (and stores nothing) while there is room, and with 503 once the held
+    // emit has its share.
+    let refused = crate::support::eventually(
+        "the held emit to take its share",
+        Duration::from_secs(30),
+        || async {
+            let r = emit(vec![b'x'; 2000]).await.unwrap();
+            (r.status() == 503).then_some(r)
+        },
+    )
+    .await;
+    assert_eq!(
+        refused.headers()["content-type"],
+        "application/problem+json"
+    );
+    assert_eq!(refused.headers()["retry-after"], "1");
+    let problem: serde_json::Value = refused.json().await.unwrap();
+    assert!(
+        problem["type"].as_str().unwrap().ends_with("/overloaded"),
+        "{problem}"
+    );
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("--max-emit-bytes-in-flight"),
+        "{problem}"
+    );
+
+    // A valid emit that does not fit is refused the same, and not stored.
+    let r = emit(emit_body(2, 1500)).await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(listed().await.is_empty(), "nothing accepted while full");
+    // One that fits beside the held one is served.
+    let r = emit(emit_body(3, 500)).await.unwrap();
+    assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
+
+    // The held emit completes and is accepted; its share comes back, and
+    // the refused emit, sent again, is accepted too.
+    let status = held.finish().await;
+    assert!(status.starts_with("HTTP/1.1 202"), "{status}");
+    let r = emit(emit_body(2, 1500)).await.unwrap();
+    assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
+    crate::support::eventually(
+        "the three accepted events listed",
+        Duration::from_secs(30),
+        || async { (listed().await == [1, 2, 3]).then_some(()) },
+    )
+    .await;
+}
