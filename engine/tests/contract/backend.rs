@@ -147,6 +147,11 @@ pub fn nodes() -> Vec<String> {
 pub async fn session() -> scylla::client::session::Session {
     scylla::client::session_builder::SessionBuilder::new()
         .known_nodes(nodes())
+        // Schema statements only: no metadata of every test keyspace to
+        // load, and the agreement after a drop polled often.
+        .fetch_schema_metadata(false)
+        .schema_agreement_interval(Duration::from_millis(20))
+        .refresh_metadata_on_auto_schema_agreement(false)
         .build()
         .await
         .expect("connect to Cassandra")

@@ -135,6 +135,13 @@ impl ScyllaStore {
             .known_nodes(&config.nodes)
             .default_execution_profile_handle(profile.into_handle())
             .connection_timeout(Duration::from_secs(10))
+            // The schema statements below each wait for the nodes to agree
+            // on the schema: poll for it often (the driver's 200 ms was most
+            // of a new keyspace's 5 s), and skip the full reload of every
+            // keyspace's metadata after each (nothing here reads it; the
+            // driver still refreshes it every minute).
+            .schema_agreement_interval(Duration::from_millis(20))
+            .refresh_metadata_on_auto_schema_agreement(false)
             .build()
             .await
             .map_err(|e| {
