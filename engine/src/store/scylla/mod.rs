@@ -137,9 +137,8 @@ impl ScyllaStore {
             .connection_timeout(Duration::from_secs(10))
             // The schema statements below each wait for the nodes to agree
             // on the schema: poll for it often (the driver's 200 ms was most
-            // of a new keyspace's 5 s), and skip the full reload of every
-            // keyspace's metadata after each (nothing here reads it; the
-            // driver still refreshes it every minute).
+            // of a new keyspace's 5 s), and reload the cluster's metadata
+            // once at the end rather than after each statement.
             .schema_agreement_interval(Duration::from_millis(20))
             .refresh_metadata_on_auto_schema_agreement(false)
             .build()
@@ -206,6 +205,9 @@ impl ScyllaStore {
             .await_schema_agreement()
             .await
             .map_err(unavailable)?;
+        // One metadata reload for all the statements above, so token-aware
+        // routing knows a keyspace created just now.
+        session.refresh_metadata().await.map_err(unavailable)?;
         let session = Arc::new(CachingSession::from(session, 256));
         let ops = Arc::new(super::OpCounts::default());
         let store = Self {
