@@ -25,10 +25,14 @@
 //! The in-memory index holds an entry per record (position, length, time)
 //! for the segment being written, and one per 64 KiB of file for a sealed
 //! one (see [`index`]), so its size follows the partitions, not the
-//! retention. It is rebuilt by one sequential scan at start-up.
+//! retention. A sealed segment's index is also written to a file beside it
+//! (see [`sidecar`]); at start-up only each partition's last segment (and a
+//! sealed one whose index file is missing or wrong) is scanned, so a
+//! restart's time follows the partitions, not the retention either.
 
 mod index;
 mod segment;
+mod sidecar;
 
 use std::{
     collections::BTreeMap,
@@ -115,6 +119,19 @@ struct AppendRequest {
 pub struct EmbeddedLog {
     shared: Arc<Shared>,
     writer: mpsc::Sender<AppendRequest>,
+    opened: Opened,
+}
+
+/// What [`EmbeddedLog::open_with`] found.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Opened {
+    /// Segment files, all partitions.
+    pub segments: u64,
+    /// Of those, the files read through to rebuild their index: each
+    /// partition's last, and sealed ones without a valid index file.
+    pub scanned: u64,
+    /// Bytes the segments hold.
+    pub bytes: u64,
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -165,10 +182,15 @@ impl EmbeddedLog {
             Err(e) => return Err(e.into()),
         };
 
+        let started = std::time::Instant::now();
+        let mut opened = Opened::default();
         let mut parts = Vec::new();
         let mut writers = Vec::new();
         for p in 0..partitions {
-            let segments = open_partition(dir, p)?;
+            let (segments, scanned) = open_partition(dir, p)?;
+            opened.segments += segments.len() as u64;
+            opened.scanned += scanned;
+            opened.bytes += segments.iter().map(Segment::bytes).sum::<u64>();
             let last = segments.last().expect("a partition has a segment");
             writers.push(WriterPartition {
                 file: last.file.clone(),
@@ -187,6 +209,14 @@ impl EmbeddedLog {
                 segments: RwLock::new(segments),
             });
         }
+        tracing::info!(
+            partitions,
+            segments = opened.segments,
+            scanned = opened.scanned,
+            bytes = opened.bytes,
+            took_ms = started.elapsed().as_millis() as u64,
+            "event log opened (sealed segments with an index file are not read)"
+        );
         let (appended, _) = watch::channel(0);
         let shared = Arc::new(Shared {
             dir: dir.to_path_buf(),
@@ -200,7 +230,16 @@ impl EmbeddedLog {
         std::thread::Builder::new()
             .name("herald-log-writer".into())
             .spawn(move || run_writer(writer_shared, writers, rx))?;
-        Ok(Self { shared, writer: tx })
+        Ok(Self {
+            shared,
+            writer: tx,
+            opened,
+        })
+    }
+
+    /// What opening the log found.
+    pub fn opened(&self) -> Opened {
+        self.opened
     }
 }
 
@@ -245,6 +284,7 @@ impl Shared {
             for segment in &gone {
                 // Readers holding the file read on until they drop it.
                 fs::remove_file(&segment.path)?;
+                sidecar::remove(&segment.path)?;
                 dropped.segments += 1;
                 dropped.records += segment.index.len();
                 dropped.bytes += segment.bytes();
@@ -281,9 +321,10 @@ impl WriterPartition {
         );
         sync_dir(&shared.dir)?;
         let mut segments = shared.partitions[p].segments.write();
-        if let Some(done) = segments.last_mut() {
+        let sealed = segments.last_mut().map(|done| {
             done.index.seal(SPARSE_BYTES);
-        }
+            (done.path.clone(), sidecar::encode(&done.index))
+        });
         segments.push(Segment {
             base,
             path,
@@ -291,6 +332,12 @@ impl WriterPartition {
             index: SegmentIndex::Dense(Vec::new()),
         });
         drop(segments);
+        if let Some((done, Some(bytes))) = sealed {
+            if let Err(e) = sidecar::store(&done, &bytes) {
+                // The next start-up scans the segment instead.
+                tracing::warn!(error = %e, file = %done.display(), "could not write a sealed segment's index");
+            }
+        }
         *self = WriterPartition {
             file,
             end: 0,
@@ -487,6 +534,18 @@ impl Shared {
                 let at = (e.pos - from) as usize + HEADER;
                 let payload = &buf[at..at + e.len as usize];
                 let off = offset + i as u64;
+                let crc = u32::from_le_bytes(buf[at - 12..at - 8].try_into().expect("4 bytes"));
+                if frame_crc(e.ts_ms, payload) != crc {
+                    return Err(LogError::Corrupt {
+                        partition,
+                        offset: off,
+                        reason: format!(
+                            "the record's checksum does not match its bytes (byte {} of {}): the file was damaged on disk",
+                            e.pos,
+                            segment_path(&self.dir, partition, base).display()
+                        ),
+                    });
+                }
                 let event: DomainEvent =
                     serde_json::from_slice(payload).map_err(|err| LogError::Corrupt {
                         partition,

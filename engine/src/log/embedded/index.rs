@@ -32,8 +32,8 @@ impl IndexEntry {
 /// An entry a sealed segment keeps: the record `rel` records into the segment.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Mark {
-    rel: u64,
-    entry: IndexEntry,
+    pub rel: u64,
+    pub entry: IndexEntry,
 }
 
 /// A segment's index: every record while the segment is written, marks once

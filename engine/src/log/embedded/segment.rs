@@ -17,7 +17,7 @@ use std::{
 
 use super::{
     index::{IndexEntry, SegmentIndex, SPARSE_BYTES},
-    LogError, HEADER, MAX_RECORD,
+    sidecar, LogError, HEADER, MAX_RECORD,
 };
 
 /// One segment file and the index of its records.
@@ -52,8 +52,11 @@ pub(super) fn segment_path(dir: &Path, p: u32, base: u64) -> PathBuf {
 
 /// Opens partition `p`'s segments (creating the first if there is none),
 /// oldest first, truncating a torn tail; every segment but the last is
-/// sealed. Segments whose offsets do not follow each other are `Corrupt`.
-pub(super) fn open_partition(dir: &Path, p: u32) -> Result<Vec<Segment>, LogError> {
+/// sealed, its index read from its sidecar when it has a valid one (see
+/// [`sidecar`]) and scanned otherwise. Also returns how many segment files
+/// it scanned. Segments whose offsets do not follow each other are
+/// `Corrupt`.
+pub(super) fn open_partition(dir: &Path, p: u32) -> Result<(Vec<Segment>, u64), LogError> {
     let first = format!("partition-{p:03}.log");
     let prefix = format!("partition-{p:03}-");
     let mut bases = Vec::new();
@@ -75,16 +78,27 @@ pub(super) fn open_partition(dir: &Path, p: u32) -> Result<Vec<Segment>, LogErro
     }
     bases.sort_unstable();
     let mut segments: Vec<Segment> = Vec::with_capacity(bases.len());
-    for base in bases {
+    let writing = bases.len() - 1;
+    let mut scanned = 0;
+    for (i, base) in bases.into_iter().enumerate() {
         let path = segment_path(dir, p, base);
         let mut file = OpenOptions::new()
             .create(true)
             .read(true)
             .append(true)
             .open(&path)?;
-        let index = SegmentIndex::Dense(recover(&mut file, &path)?);
+        let index = match (i < writing).then(|| sidecar::load(&path, &file)) {
+            Some(Some(sealed)) => sealed,
+            Some(None) => {
+                scanned += 1;
+                seal(recover(&mut file, &path)?, &path)
+            }
+            None => {
+                scanned += 1;
+                SegmentIndex::Dense(recover(&mut file, &path)?)
+            }
+        };
         if let Some(prev) = segments.last_mut() {
-            prev.index.seal(SPARSE_BYTES);
             if prev.end() != base {
                 return Err(LogError::Corrupt {
                     partition: p,
@@ -105,7 +119,20 @@ pub(super) fn open_partition(dir: &Path, p: u32) -> Result<Vec<Segment>, LogErro
             index,
         });
     }
-    Ok(segments)
+    Ok((segments, scanned))
+}
+
+/// The sealed index of a segment scanned at start-up, its sidecar written
+/// for the next.
+fn seal(entries: Vec<IndexEntry>, path: &Path) -> SegmentIndex {
+    let mut index = SegmentIndex::Dense(entries);
+    index.seal(SPARSE_BYTES);
+    if let Some(bytes) = sidecar::encode(&index) {
+        if let Err(e) = sidecar::store(path, &bytes) {
+            tracing::warn!(error = %e, file = %path.display(), "could not write a sealed segment's index");
+        }
+    }
+    index
 }
 
 /// Scans a segment file, returning its index and truncating a torn tail.

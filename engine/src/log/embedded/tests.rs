@@ -202,7 +202,8 @@ fn segment_files(dir: &Path) -> usize {
         .unwrap()
         .filter(|e| {
             let name = e.as_ref().unwrap().file_name();
-            name.to_str().unwrap().starts_with("partition-")
+            let name = name.to_str().unwrap();
+            name.starts_with("partition-") && name.ends_with(".log")
         })
         .count()
 }
@@ -261,6 +262,23 @@ async fn sealed_segments_index_sparsely_and_read_every_record_from_any_offset() 
         segment_bytes: 512 * 1024,
     };
     let log = EmbeddedLog::open_with(dir.path(), 1, files).unwrap();
+    let events = append_padded(&log).await;
+    // Sealed as the writer rolled them, then as the log opened them again
+    // from their index files, then scanned (no index files).
+    read_every_range(&log, dir.path(), &events).await;
+    drop(log);
+    let log = EmbeddedLog::open_with(dir.path(), 1, files).unwrap();
+    read_every_range(&log, dir.path(), &events).await;
+    drop(log);
+    for file in index_files(dir.path()) {
+        std::fs::remove_file(file).unwrap();
+    }
+    let log = EmbeddedLog::open_with(dir.path(), 1, files).unwrap();
+    read_every_range(&log, dir.path(), &events).await;
+}
+
+/// 2,000 records of ~1.1 kB, appended in batches of 50.
+async fn append_padded(log: &EmbeddedLog) -> Vec<DomainEvent> {
     let pad = "x".repeat(1000);
     let mut events = Vec::new();
     for chunk in 0..40 {
@@ -274,11 +292,74 @@ async fn sealed_segments_index_sparsely_and_read_every_record_from_any_offset() 
         log.append(&batch).await.unwrap();
         events.extend(batch);
     }
-    // Sealed as the writer rolled them, then as the log opened them again.
+    events
+}
+
+/// The sealed segments' index files, in segment order.
+fn index_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "idx"))
+        .collect();
+    files.sort();
+    files
+}
+
+#[tokio::test]
+async fn a_reopen_scans_only_the_segment_being_written_and_refuses_a_wrong_index_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = LogFiles {
+        segment_bytes: 512 * 1024,
+    };
+    let log = EmbeddedLog::open_with(dir.path(), 1, files).unwrap();
+    let events = append_padded(&log).await;
+    let sealed = index_entries(&log, 0).0;
+    drop(log);
+    let written = index_files(dir.path());
+    assert_eq!(
+        written.len(),
+        sealed,
+        "the writer wrote an index file for each segment it sealed"
+    );
+    let originals: Vec<Vec<u8>> = written.iter().map(|f| std::fs::read(f).unwrap()).collect();
+
+    let log = EmbeddedLog::open_with(dir.path(), 1, files).unwrap();
+    let opened = log.opened();
+    assert_eq!(
+        (opened.segments, opened.scanned),
+        (sealed as u64 + 1, 1),
+        "only the segment being written is read at open"
+    );
     read_every_range(&log, dir.path(), &events).await;
     drop(log);
+
+    // One missing, one altered, one another segment's (same shape, other
+    // records): each is refused, its segment scanned, the file written again.
+    std::fs::remove_file(&written[0]).unwrap();
+    let mut altered = originals[1].clone();
+    altered[20] ^= 1;
+    std::fs::write(&written[1], altered).unwrap();
+    std::fs::write(&written[2], &originals[1]).unwrap();
     let log = EmbeddedLog::open_with(dir.path(), 1, files).unwrap();
+    assert_eq!(
+        log.opened().scanned,
+        4,
+        "three wrong index files and the last"
+    );
     read_every_range(&log, dir.path(), &events).await;
+    let rewritten: Vec<Vec<u8>> = index_files(dir.path())
+        .iter()
+        .map(|f| std::fs::read(f).unwrap())
+        .collect();
+    assert!(
+        rewritten == originals,
+        "the index files are as the writer wrote them"
+    );
+    assert_eq!(
+        log.append(&[event("t", 2000)]).await.unwrap()[0].offset,
+        2000
+    );
 }
 
 /// Reads of the 2,000 records of the test above, from offsets within and
@@ -356,6 +437,10 @@ async fn expired_segments_go_only_once_every_group_committed_past_them() {
         "all but the segment being written"
     );
     assert_eq!(segment_files(dir.path()), 1);
+    assert!(
+        index_files(dir.path()).is_empty(),
+        "their index files went with them"
+    );
     let first_kept = dropped.records + dropped_all.records;
     // Appends go on; a read below the oldest kept record starts at it.
     assert_eq!(log.append(&[event("t", 40)]).await.unwrap()[0].offset, 40);
@@ -377,4 +462,52 @@ async fn expired_segments_go_only_once_every_group_committed_past_them() {
     drop((fast, slow, late, log));
     let log = EmbeddedLog::open_with(dir.path(), 1, small_segments()).unwrap();
     assert_eq!(log.end_offset(0).await.unwrap(), 41);
+}
+
+#[tokio::test]
+async fn a_record_damaged_in_a_sealed_segment_is_refused_when_read_not_returned_altered() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = LogFiles {
+        segment_bytes: 512 * 1024,
+    };
+    let log = EmbeddedLog::open_with(dir.path(), 1, files).unwrap();
+    append_padded(&log).await;
+    drop(log);
+    // One letter of a record's padding in the second segment: still JSON.
+    let segment = index_files(dir.path())[1].with_extension("log");
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let at = bytes.len() / 2
+        + bytes[bytes.len() / 2..]
+            .iter()
+            .position(|&b| b == b'x')
+            .unwrap();
+    bytes[at] = b'y';
+    std::fs::write(&segment, &bytes).unwrap();
+
+    let log = EmbeddedLog::open_with(dir.path(), 1, files).unwrap();
+    assert_eq!(
+        log.opened().scanned,
+        1,
+        "the segment's index file is still valid"
+    );
+    let mut refused = Vec::new();
+    for offset in 0..2000 {
+        match log.read(0, offset, 1).await {
+            Ok(records) => assert_eq!(records[0].position.offset, offset),
+            Err(LogError::Corrupt { offset, reason, .. }) => {
+                assert!(
+                    reason.contains("checksum") && reason.contains(segment.to_str().unwrap()),
+                    "{reason}"
+                );
+                refused.push(offset);
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(refused.len(), 1, "exactly the damaged record: {refused:?}");
+    let around = log.read(0, refused[0] - 2, 5).await;
+    assert!(
+        matches!(around, Err(LogError::Corrupt { .. })),
+        "{around:?}"
+    );
 }
