@@ -13,7 +13,8 @@ use std::{
 use herald_engine::{
     config::KafkaConfig,
     log::{
-        kafka::KafkaLog, partition_for, EventLog, LogConsumer, LogPosition, Pending, PendingSink,
+        kafka::KafkaLog, partition_for, EventLog, LogConsumer, LogPosition, LogRecord, Pending,
+        PendingSink,
     },
     model::{DomainEvent, EventSource, ScheduledDelivery},
 };
@@ -77,19 +78,32 @@ fn retry(id: &str, event: &DomainEvent, attempt: u32) -> Pending {
 }
 
 /// Polls `consumers` in turn (a rebalance needs every member to poll) until
-/// `done`, panicking after a minute.
+/// `done`, panicking after a minute; every record returned must be of a
+/// partition its consumer's sink was given already. Returns the records
+/// each read.
 async fn poll_until(
-    consumers: &mut [&mut Box<dyn LogConsumer>],
+    consumers: &mut [(&mut Box<dyn LogConsumer>, &Sink)],
     what: &str,
     done: impl Fn() -> bool,
-) {
+) -> Vec<Vec<LogRecord>> {
     let deadline = Instant::now() + Duration::from_secs(60);
+    let mut read = vec![Vec::new(); consumers.len()];
     while !done() {
         assert!(Instant::now() < deadline, "waited a minute for {what}");
-        for c in consumers.iter_mut() {
-            c.poll(100, Duration::from_millis(100)).await.unwrap();
+        for (i, (c, sink)) in consumers.iter_mut().enumerate() {
+            let records = c.poll(100, Duration::from_millis(100)).await.unwrap();
+            let restored = sink.restored.lock().unwrap();
+            for r in &records {
+                assert!(
+                    restored.contains_key(&r.position.partition),
+                    "partition {} was read before it was restored",
+                    r.position.partition
+                );
+            }
+            read[i].extend(records);
         }
     }
+    read
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -173,11 +187,17 @@ async fn changelog_restores_on_assignment_and_moves_with_a_rebalance() {
         );
     }
 
+    // Events past the committed offsets: whoever owns their partition after
+    // the rebalance reads them, the new member as soon as it is assigned
+    // (while it restores), yet hands none out before the restore.
+    let late: Vec<DomainEvent> = tenants.iter().map(|t| event(t, 2)).collect();
+    log.append(&late).await.unwrap();
+
     // A second member: what moves to it is restored there and lost here.
     let second = Arc::new(Sink::default());
     let (mut b, _) = log.consumer_keeping(&group, second.clone()).await.unwrap();
-    poll_until(
-        &mut [&mut a, &mut b],
+    let read = poll_until(
+        &mut [(&mut a, &first), (&mut b, &second)],
         "a rebalance to move partitions",
         || {
             let (moved, lost) = (
@@ -188,6 +208,28 @@ async fn changelog_restores_on_assignment_and_moves_with_a_rebalance() {
         },
     )
     .await;
+    let is_late = |r: &LogRecord| r.event.payload["n"] == 2;
+    let mut late_in_b = read[1].iter().filter(|r| is_late(r)).count();
+    let want = {
+        let moved = second.restored.lock().unwrap();
+        late.iter()
+            .filter(|e| moved.contains_key(&partition_for(&e.tenant_id, PARTITIONS)))
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while late_in_b < want {
+        assert!(
+            Instant::now() < deadline,
+            "the new member read {late_in_b} of the {want} late events of its partitions"
+        );
+        let records = b.poll(100, Duration::from_millis(100)).await.unwrap();
+        let restored = second.restored.lock().unwrap();
+        assert!(records
+            .iter()
+            .all(|r| restored.contains_key(&r.position.partition)));
+        late_in_b += records.iter().filter(|r| is_late(r)).count();
+    }
+    assert_eq!(late_in_b, want, "each late event of its partitions, once");
     let moved = second.restored.lock().unwrap();
     assert!(
         moved.len() < PARTITIONS as usize,
@@ -265,7 +307,7 @@ async fn changelog_restore_rate() {
     let sink = Arc::new(Sink::default());
     let started = Instant::now();
     let (mut b, _) = log.consumer_keeping(&group, sink.clone()).await.unwrap();
-    poll_until(&mut [&mut b], "the restore", || {
+    poll_until(&mut [(&mut b, &sink)], "the restore", || {
         sink.restored.lock().unwrap().len() == PARTITIONS as usize
     })
     .await;

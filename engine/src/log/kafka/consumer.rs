@@ -9,9 +9,10 @@
 //! at the last committed offset (re-reading, and skipping as already fanned
 //! out, what the dead member had finished but not committed).
 //!
-//! A member that keeps a schedule changelog ([`super::changelog`]) pauses
-//! each partition it is assigned until it restored the partition's pending
-//! deliveries, and commits its offsets in the changelog's transaction.
+//! A member that keeps a schedule changelog ([`super::changelog`]) returns
+//! no record of a partition it is assigned before it restored the
+//! partition's pending deliveries, and commits its offsets in the
+//! changelog's transaction.
 
 use std::{collections::BTreeSet, sync::Arc, time::Duration};
 
@@ -29,12 +30,17 @@ use crate::{
 
 /// How long the drain of an already-fetched batch waits for the next record.
 const DRAIN_WAIT: Duration = Duration::from_millis(2);
+/// How long the broker holds a fetch that finds no records.
+const FETCH_WAIT_MAX: Duration = Duration::from_millis(100);
 
 /// A group member over every partition of the topic it was given.
 pub struct KafkaConsumer {
     consumer: Arc<StreamConsumer<Rebalances>>,
     topic: String,
     keeping: Option<Keeping>,
+    /// Records read but not returned because their partitions' restore
+    /// failed: the next poll returns them once it succeeds.
+    held: Vec<LogRecord>,
 }
 
 /// A member's schedule changelog and where it restores it.
@@ -46,17 +52,20 @@ struct Keeping {
 
 /// Logs each change of this member's partitions, so an operator (and the
 /// scale-out figures) can see when a rebalance moved what; with a
-/// changelog, pauses what it was assigned until it is restored and tells
-/// the sink what it lost.
+/// changelog, marks what it was assigned to be restored (and wakes the
+/// poll to do it) and tells the sink what it lost.
 struct Rebalances {
     to_restore: Arc<parking_lot::Mutex<BTreeSet<i32>>>,
+    /// Woken when partitions wait to be restored, so a poll that was
+    /// waiting for records returns and the next restores them at once.
+    assigned: Arc<tokio::sync::Notify>,
     sink: Option<Arc<dyn PendingSink>>,
 }
 
 impl ClientContext for Rebalances {}
 
 impl ConsumerContext for Rebalances {
-    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         let partitions = |list: &TopicPartitionList| -> Vec<i32> {
             list.elements().iter().map(|e| e.partition()).collect()
         };
@@ -65,11 +74,13 @@ impl ConsumerContext for Rebalances {
                 super::super::assigned();
                 tracing::info!(partitions = ?partitions(list), "partitions assigned");
                 if self.sink.is_some() && list.count() > 0 {
-                    // Nothing of them is read before their schedule is restored.
-                    if let Err(e) = consumer.pause(list) {
-                        tracing::error!(error = %e, "could not pause partitions to restore");
-                    }
+                    // Nothing of them leaves `poll` before their schedule is
+                    // restored. They are not paused meanwhile: librdkafka
+                    // does not wake its fetcher when a partition it already
+                    // started is resumed, which left the first fetch of a
+                    // new owner up to a second late.
                     self.to_restore.lock().extend(partitions(list));
+                    self.assigned.notify_one();
                 }
             }
             Rebalance::Revoke(list) => {
@@ -103,6 +114,7 @@ impl KafkaConsumer {
     ) -> Result<Self, LogError> {
         let context = Rebalances {
             to_restore: Default::default(),
+            assigned: Default::default(),
             sink: keeping.as_ref().map(|(_, sink)| sink.clone()),
         };
         let mut settings = base_config(config);
@@ -124,6 +136,11 @@ impl KafkaConsumer {
                 config.session_timeout.as_millis().to_string(),
             )
             .set("heartbeat.interval.ms", "1000")
+            // A partition that becomes fetchable (assigned, its offset
+            // looked up) joins the fetches after the one in flight; the
+            // broker holds an empty fetch this long (500 ms by default,
+            // which delayed a new owner's first records by up to a second).
+            .set("fetch.wait.max.ms", FETCH_WAIT_MAX.as_millis().to_string())
             .create_with_context(context)
             .map_err(|e| unavailable("creating the Kafka consumer", e))?;
         consumer
@@ -139,11 +156,12 @@ impl KafkaConsumer {
             consumer: Arc::new(consumer),
             topic: topic.to_string(),
             keeping,
+            held: Vec::new(),
         })
     }
 
     /// Restores the changelog of every partition assigned and not restored
-    /// yet into the sink, then lets the partitions be read.
+    /// yet into the sink.
     async fn restore_assigned(&self, k: &Keeping) -> Result<(), LogError> {
         let to_restore = self.consumer.context().to_restore.clone();
         let asked: Vec<u32> = to_restore.lock().iter().map(|&p| p.max(0) as u32).collect();
@@ -153,26 +171,22 @@ impl KafkaConsumer {
         let started = std::time::Instant::now();
         let (config, topic) = (k.config.clone(), k.changelog.topic().to_string());
         let restored = blocking(move || super::changelog::restore(&config, &topic, &asked)).await?;
-        let mut tpl = TopicPartitionList::new();
-        let mut pending = 0;
+        let (mut partitions, mut pending) = (0, 0);
         for (p, kept) in restored {
             // Revoked meanwhile: its next owner restores it.
             if !to_restore.lock().remove(&(p as i32)) {
                 continue;
             }
+            partitions += 1;
             pending += kept.len();
             k.sink.restored(p, kept);
-            tpl.add_partition(&self.topic, p as i32);
         }
         tracing::info!(
-            partitions = tpl.count(),
+            partitions,
             pending,
             took_ms = started.elapsed().as_millis() as u64,
             "restored the partitions' schedule from the changelog"
         );
-        if let Err(e) = self.consumer.resume(&tpl) {
-            tracing::warn!(error = %e, "could not resume restored partitions");
-        }
         Ok(())
     }
 
@@ -207,8 +221,18 @@ impl LogConsumer for KafkaConsumer {
         if let Some(k) = &self.keeping {
             self.restore_assigned(k).await?;
         }
-        let mut out = Vec::new();
-        match tokio::time::timeout(wait, self.consumer.recv()).await {
+        let mut out = std::mem::take(&mut self.held);
+        if !out.is_empty() {
+            return Ok(out);
+        }
+        let assigned = self.consumer.context().assigned.clone();
+        // Partitions assigned while waiting: restore them now, while
+        // librdkafka looks up their offsets and fetches.
+        let first = tokio::select! {
+            first = tokio::time::timeout(wait, self.consumer.recv()) => first,
+            () = assigned.notified() => return Ok(out),
+        };
+        match first {
             Err(_) => return Ok(out),
             Ok(Err(e)) => return Err(self.failed(e)),
             Ok(Ok(m)) => self.push(&mut out, &m),
@@ -221,6 +245,14 @@ impl LogConsumer for KafkaConsumer {
                     break;
                 }
                 Err(_) => break,
+            }
+        }
+        if let Some(k) = &self.keeping {
+            // Records of partitions assigned during this poll wait for their
+            // schedule (kept here, not dropped, if the restore fails).
+            if let Err(e) = self.restore_assigned(k).await {
+                self.held = out;
+                return Err(e);
             }
         }
         Ok(out)
