@@ -9,30 +9,8 @@
 use std::{fs, path::Path};
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use herald_engine::{
-    log::{embedded::EmbeddedLog, EventLog},
-    model::{DomainEvent, EventSource},
-};
-use time::OffsetDateTime;
-
-/// An event of about 1 KiB.
-fn event(n: usize) -> DomainEvent {
-    let now = OffsetDateTime::now_utc();
-    DomainEvent {
-        id: herald_engine::ids::new_id("evt"),
-        tenant_id: "tenant-1".into(),
-        event_type: "work_order.completed".into(),
-        schema_version: 1,
-        dedupe_key: None,
-        occurred_at: now,
-        received_at: now,
-        payload: serde_json::json!({ "work_order": n, "notes": "x".repeat(800) }),
-        source: EventSource::Api,
-        aggregate_type: None,
-        aggregate_id: None,
-        trace_id: None,
-    }
-}
+use herald_benches::event;
+use herald_engine::log::{embedded::EmbeddedLog, EventLog};
 
 fn remove_index_files(dir: &Path) {
     for entry in fs::read_dir(dir).unwrap() {
@@ -51,7 +29,9 @@ fn open(c: &mut Criterion) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let log = EmbeddedLog::open(dir.path(), 1).unwrap();
-    let batch: Vec<_> = (0..1_000).map(event).collect();
+    let batch: Vec<_> = (0..1_000)
+        .map(|_| event("tenant-1", "work_order.completed", 1_000))
+        .collect();
     let per_batch = serde_json::to_vec(&batch).unwrap().len() as u64;
     for _ in 0..(mib << 20) / per_batch {
         rt.block_on(log.append(&batch)).unwrap();

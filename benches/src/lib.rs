@@ -1,8 +1,8 @@
 //! Fixtures shared by the criterion benchmarks in `benches/`.
 //!
 //! Run them all with `cargo bench -p herald-benches`, or one with
-//! `--bench NAME` (signing, matching, envelope, log_append, store_write,
-//! pipeline). Figures and the machine they were taken on are in
+//! `--bench NAME` (signing, matching, envelope, log_append, log_open,
+//! store_write, pipeline). Figures and the machine they were taken on are in
 //! docs/performance.md.
 
 use std::collections::BTreeMap;

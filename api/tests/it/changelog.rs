@@ -31,6 +31,20 @@ struct Sink {
     revoked: Mutex<BTreeSet<u32>>,
 }
 
+impl Sink {
+    /// Every record is of a partition this sink was given already.
+    fn assert_restored(&self, records: &[LogRecord]) {
+        let restored = self.restored.lock().unwrap();
+        for r in records {
+            assert!(
+                restored.contains_key(&r.position.partition),
+                "partition {} was read before it was restored",
+                r.position.partition
+            );
+        }
+    }
+}
+
 impl PendingSink for Sink {
     fn restored(&self, partition: u32, pending: Vec<Pending>) {
         self.restored.lock().unwrap().insert(partition, pending);
@@ -92,14 +106,7 @@ async fn poll_until(
         assert!(Instant::now() < deadline, "waited a minute for {what}");
         for (i, (c, sink)) in consumers.iter_mut().enumerate() {
             let records = c.poll(100, Duration::from_millis(100)).await.unwrap();
-            let restored = sink.restored.lock().unwrap();
-            for r in &records {
-                assert!(
-                    restored.contains_key(&r.position.partition),
-                    "partition {} was read before it was restored",
-                    r.position.partition
-                );
-            }
+            sink.assert_restored(&records);
             read[i].extend(records);
         }
     }
@@ -129,14 +136,7 @@ async fn changelog_restores_on_assignment_and_moves_with_a_rebalance() {
     while read < events.len() {
         assert!(Instant::now() < deadline, "read {read} of the events");
         let records = a.poll(100, Duration::from_millis(200)).await.unwrap();
-        let restored = first.restored.lock().unwrap();
-        for r in &records {
-            assert!(
-                restored.contains_key(&r.position.partition),
-                "partition {} was read before it was restored",
-                r.position.partition
-            );
-        }
+        first.assert_restored(&records);
         read += records.len();
     }
     assert_eq!(
@@ -223,10 +223,7 @@ async fn changelog_restores_on_assignment_and_moves_with_a_rebalance() {
             "the new member read {late_in_b} of the {want} late events of its partitions"
         );
         let records = b.poll(100, Duration::from_millis(100)).await.unwrap();
-        let restored = second.restored.lock().unwrap();
-        assert!(records
-            .iter()
-            .all(|r| restored.contains_key(&r.position.partition)));
+        second.assert_restored(&records);
         late_in_b += records.iter().filter(|r| is_late(r)).count();
     }
     assert_eq!(late_in_b, want, "each late event of its partitions, once");
