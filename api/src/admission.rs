@@ -9,8 +9,15 @@
 //! few times their JSON's size, so the default budget, 32 MiB, holds an
 //! emit's memory to about 150 MiB, while 300 batches of 100 × 1 KiB events fit
 //! in it at once.
+//!
+//! One tenant holds at most a quarter of the budget (and at least one
+//! largest body), so a tenant's burst is refused before it leaves the other
+//! tenants none.
 
-use std::sync::Arc;
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, PoisonError},
+};
 
 use axum::{
     extract::{FromRef, FromRequestParts},
@@ -18,26 +25,60 @@ use axum::{
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::{error::ApiError, AppState, MAX_BODY_BYTES};
+use crate::{error::ApiError, extract::Tenant, AppState, MAX_BODY_BYTES};
 
 /// Default of `--max-emit-bytes-in-flight`.
 pub const DEFAULT_EMIT_BUDGET_BYTES: usize = 32 * 1024 * 1024;
 
-/// The bytes of emit bodies the process may hold at once.
+/// The bytes of emit bodies the process may hold at once, in all and per
+/// tenant.
 #[derive(Debug)]
 pub struct EmitBudget {
     bytes: usize,
+    per_tenant: usize,
     free: Arc<Semaphore>,
+    /// Bytes each tenant holds (tenants holding none are not kept).
+    held: Mutex<HashMap<String, usize>>,
 }
 
 impl EmitBudget {
-    /// A budget of `bytes` (at least one byte).
+    /// A budget of `bytes` (at least one byte); a tenant may hold a quarter
+    /// of it, at least one largest body.
     pub fn new(bytes: usize) -> Self {
         let bytes = bytes.clamp(1, Semaphore::MAX_PERMITS);
         Self {
             bytes,
+            per_tenant: (bytes / 4).max(MAX_BODY_BYTES).min(bytes),
             free: Arc::new(Semaphore::new(bytes)),
+            held: Mutex::default(),
         }
+    }
+
+    /// Takes the share of an emit of `content_length` bytes by `tenant`, or
+    /// says which limit it would pass.
+    fn admit(
+        self: &Arc<Self>,
+        tenant: String,
+        content_length: Option<usize>,
+    ) -> Result<Share, ApiError> {
+        let bytes = self.share(content_length);
+        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        let holds = held.get(&tenant).copied().unwrap_or(0);
+        if holds + bytes as usize > self.per_tenant {
+            return Err(ApiError::overloaded_tenant(self.per_tenant));
+        }
+        let permit = self
+            .free
+            .clone()
+            .try_acquire_many_owned(bytes)
+            .map_err(|_| ApiError::overloaded(self.bytes))?;
+        *held.entry(tenant.clone()).or_default() += bytes as usize;
+        Ok(Share {
+            budget: self.clone(),
+            tenant,
+            bytes: bytes as usize,
+            _permit: permit,
+        })
     }
 
     /// The budget's share an emit of `content_length` bytes takes: its body,
@@ -54,7 +95,32 @@ impl EmitBudget {
 /// before the body's extractor: extractors run in order.
 #[derive(Debug)]
 pub struct Admitted {
-    _share: Option<OwnedSemaphorePermit>,
+    _share: Option<Share>,
+}
+
+/// Bytes a tenant's emit holds; given back when dropped.
+#[derive(Debug)]
+struct Share {
+    budget: Arc<EmitBudget>,
+    tenant: String,
+    bytes: usize,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Drop for Share {
+    fn drop(&mut self) {
+        let mut held = self
+            .budget
+            .held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(holds) = held.get_mut(&self.tenant) {
+            *holds -= self.bytes;
+            if *holds == 0 {
+                held.remove(&self.tenant);
+            }
+        }
+    }
 }
 
 impl<S> FromRequestParts<S> for Admitted
@@ -65,25 +131,19 @@ where
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let state = AppState::from_ref(state);
-        let Some(budget) = state.emit_budget.as_deref() else {
+        let budget = AppState::from_ref(state).emit_budget;
+        let Some(budget) = budget else {
             return Ok(Self { _share: None });
         };
+        let Tenant(tenant) = Tenant::from_request_parts(parts, state).await?;
         let content_length = parts
             .headers
             .get(CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse().ok());
-        match budget
-            .free
-            .clone()
-            .try_acquire_many_owned(budget.share(content_length))
-        {
-            Ok(share) => Ok(Self {
-                _share: Some(share),
-            }),
-            Err(_) => Err(ApiError::overloaded(budget.bytes)),
-        }
+        Ok(Self {
+            _share: Some(budget.admit(tenant, content_length)?),
+        })
     }
 }
 
@@ -104,5 +164,36 @@ mod tests {
         let small = EmitBudget::new(3000);
         assert_eq!(small.share(None), 3000);
         assert_eq!(small.share(Some(2000)), 2000);
+    }
+
+    #[test]
+    fn a_tenant_holds_a_quarter_of_the_budget_and_at_least_one_body() {
+        assert_eq!(EmitBudget::new(32 << 20).per_tenant, 8 << 20);
+        assert_eq!(EmitBudget::new(2 << 20).per_tenant, MAX_BODY_BYTES);
+        assert_eq!(EmitBudget::new(3000).per_tenant, 3000);
+    }
+
+    #[test]
+    fn a_tenant_past_its_share_is_refused_while_others_are_admitted_and_shares_come_back() {
+        let budget = Arc::new(EmitBudget::new(8 * MAX_BODY_BYTES));
+        let body = Some(MAX_BODY_BYTES);
+        let a1 = budget.admit("a".into(), body).unwrap();
+        let a2 = budget.admit("a".into(), body).unwrap();
+        let refused = budget.admit("a".into(), Some(1)).unwrap_err();
+        use axum::response::IntoResponse;
+        assert_eq!(refused.into_response().status(), 503);
+        let b = budget.admit("b".into(), body).unwrap();
+        assert_eq!(
+            budget.held.lock().unwrap().get("a"),
+            Some(&(2 * MAX_BODY_BYTES))
+        );
+        drop(a1);
+        let a3 = budget.admit("a".into(), body).unwrap();
+        drop((a2, a3, b));
+        assert!(
+            budget.held.lock().unwrap().is_empty(),
+            "every share came back"
+        );
+        assert_eq!(budget.free.available_permits(), 8 * MAX_BODY_BYTES);
     }
 }

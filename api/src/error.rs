@@ -142,6 +142,22 @@ impl ApiError {
         e
     }
 
+    /// 503: the caller's tenant holds its share of the emit budget.
+    pub fn overloaded_tenant(per_tenant_bytes: usize) -> Self {
+        let mut e = Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "Too many events in flight",
+            format!(
+                "this tenant's emits being served hold the {per_tenant_bytes} bytes of bodies one \
+                 tenant may take at once (a quarter of --max-emit-bytes-in-flight); nothing was \
+                 accepted, retry after Retry-After"
+            ),
+        );
+        e.retry_after = Some(1);
+        e
+    }
+
     /// 413: the body is larger than allowed.
     pub fn payload_too_large() -> Self {
         Self::new(

@@ -192,46 +192,68 @@ fn emit_body(n: u64, bytes: usize) -> Vec<u8> {
     serde_json::to_vec(&body).unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn emits_beyond_the_bytes_in_flight_get_503_with_retry_after_and_are_taken_once_there_is_room(
-) {
-    let tmp = tempfile::tempdir().unwrap();
+/// A Herald process with `--max-emit-bytes-in-flight budget`, its address,
+/// and an HTTP client.
+async fn with_emit_budget(
+    tmp: &tempfile::TempDir,
+    budget: &str,
+) -> (HeraldProcess, String, reqwest::Client) {
     let h = HeraldProcess::start(
         &tmp.path().join("data"),
         &tmp.path().join("herald.log"),
-        &["--max-emit-bytes-in-flight", "3000"],
+        &["--max-emit-bytes-in-flight", budget],
         &[],
     )
     .await
     .unwrap();
     let addr = h.base.trim_start_matches("http://").to_string();
+    (h, addr, reqwest::Client::new())
+}
+
+/// Posts `body` as an emit of `key`'s tenant.
+async fn post_emit(
+    http: &reqwest::Client,
+    h: &HeraldProcess,
+    key: &str,
+    body: Vec<u8>,
+) -> reqwest::Response {
+    http.post(h.url("/api/v1/integrations/events"))
+        .bearer_auth(key)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// The `payload.n` of the events `key`'s tenant lists, sorted.
+async fn listed_numbers(http: &reqwest::Client, h: &HeraldProcess, key: &str) -> Vec<u64> {
+    let r = http
+        .get(h.url("/api/v1/integrations/events?limit=100"))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let page: serde_json::Value = r.json().await.unwrap();
+    let mut ns: Vec<u64> = page["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["payload"]["n"].as_u64().unwrap())
+        .collect();
+    ns.sort_unstable();
+    ns
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn emits_beyond_the_bytes_in_flight_get_503_with_retry_after_and_are_taken_once_there_is_room(
+) {
+    let tmp = tempfile::tempdir().unwrap();
+    let (h, addr, http) = with_emit_budget(&tmp, "3000").await;
     let key = h.tenant("acme").await;
-    let http = reqwest::Client::new();
-    let emit = |body: Vec<u8>| {
-        http.post(h.url("/api/v1/integrations/events"))
-            .bearer_auth(&key)
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-    };
-    let listed = || async {
-        let r = http
-            .get(h.url("/api/v1/integrations/events?limit=100"))
-            .bearer_auth(&key)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
-        let page: serde_json::Value = r.json().await.unwrap();
-        let mut ns: Vec<u64> = page["data"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| e["payload"]["n"].as_u64().unwrap())
-            .collect();
-        ns.sort_unstable();
-        ns
-    };
+    let emit = |body: Vec<u8>| post_emit(&http, &h, &key, body);
+    let listed = || listed_numbers(&http, &h, &key);
 
     // One emit of 2,000 bytes, its body half sent: it holds 2,000 of the
     // 3,000 bytes until it is answered.
@@ -243,7 +265,7 @@ async fn emits_beyond_the_bytes_in_flight_get_503_with_retry_after_and_are_taken
         "the held emit to take its share",
         Duration::from_secs(30),
         || async {
-            let r = emit(vec![b'x'; 2000]).await.unwrap();
+            let r = emit(vec![b'x'; 2000]).await;
             (r.status() == 503).then_some(r)
         },
     )
@@ -267,23 +289,89 @@ async fn emits_beyond_the_bytes_in_flight_get_503_with_retry_after_and_are_taken
     );
 
     // A valid emit that does not fit is refused the same, and not stored.
-    let r = emit(emit_body(2, 1500)).await.unwrap();
+    let r = emit(emit_body(2, 1500)).await;
     assert_eq!(r.status(), 503);
     assert!(listed().await.is_empty(), "nothing accepted while full");
     // One that fits beside the held one is served.
-    let r = emit(emit_body(3, 500)).await.unwrap();
+    let r = emit(emit_body(3, 500)).await;
     assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
 
     // The held emit completes and is accepted; its share comes back, and
     // the refused emit, sent again, is accepted too.
     let status = held.finish().await;
     assert!(status.starts_with("HTTP/1.1 202"), "{status}");
-    let r = emit(emit_body(2, 1500)).await.unwrap();
+    let r = emit(emit_body(2, 1500)).await;
     assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
     crate::support::eventually(
         "the three accepted events listed",
         Duration::from_secs(30),
         || async { (listed().await == [1, 2, 3]).then_some(()) },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_past_its_quarter_of_the_emit_budget_gets_503_while_another_tenant_is_served() {
+    let tmp = tempfile::tempdir().unwrap();
+    // 4 MiB in all: a tenant holds at most a quarter, 1 MiB (1,048,576
+    // bytes).
+    let (h, addr, http) = with_emit_budget(&tmp, "4194304").await;
+    let (acme, globex) = (h.tenant("acme").await, h.tenant("globex").await);
+    let listed = |key: String| {
+        let (http, h) = (&http, &h);
+        async move { listed_numbers(http, h, &key).await }
+    };
+
+    // Four emits of 250,000 bytes by acme (an event's payload is at most
+    // 256 KiB), held half sent: 1,000,000 of its 1,048,576 bytes.
+    let mut held = Vec::new();
+    for n in 1..=4 {
+        held.push(HeldEmit::start(&addr, &acme, &emit_body(n, 250_000)).await);
+    }
+    // Barrier: a 100,000-byte body that is not JSON is refused with 400
+    // while acme has room, with 503 once the held emits have their shares.
+    let refused = crate::support::eventually(
+        "the held emits to take their shares",
+        Duration::from_secs(30),
+        || async {
+            let r = post_emit(&http, &h, &acme, vec![b'x'; 100_000]).await;
+            (r.status() == 503).then_some(r)
+        },
+    )
+    .await;
+    assert_eq!(refused.headers()["retry-after"], "1");
+    let problem: serde_json::Value = refused.json().await.unwrap();
+    assert!(
+        problem["type"].as_str().unwrap().ends_with("/overloaded")
+            && problem["detail"].as_str().unwrap().contains("this tenant"),
+        "{problem}"
+    );
+
+    // Another tenant is served: the budget has 3 MiB left.
+    let r = post_emit(&http, &h, &globex, emit_body(10, 100_000)).await;
+    assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
+    // A valid emit of acme past its share is refused and not stored.
+    let r = post_emit(&http, &h, &acme, emit_body(5, 100_000)).await;
+    assert_eq!(r.status(), 503);
+    assert!(
+        listed(acme.clone()).await.is_empty(),
+        "nothing of acme's accepted"
+    );
+
+    // The held emits complete; acme's refused emit, sent again, is taken.
+    for h in held {
+        let status = h.finish().await;
+        assert!(status.starts_with("HTTP/1.1 202"), "{status}");
+    }
+    let r = post_emit(&http, &h, &acme, emit_body(5, 100_000)).await;
+    assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
+    crate::support::eventually(
+        "each tenant's accepted events listed",
+        Duration::from_secs(30),
+        || async {
+            (listed(acme.clone()).await == [1, 2, 3, 4, 5] && listed(globex.clone()).await == [10])
+                .then_some(())
+        },
     )
     .await;
 }
