@@ -51,7 +51,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use self::{
     index::{frames, IndexEntry, SegmentIndex, Span, Walk, SPARSE_BYTES},
-    segment::{frame_crc, open_partition, segment_path, sync_dir, Segment},
+    segment::{open_partition, segment_path, sync_dir, Segment},
 };
 use super::{EventLog, LogConsumer, LogError, LogPosition, LogRecord};
 use crate::model::DomainEvent;
@@ -463,6 +463,14 @@ fn read_at(file: &File, from: u64, to: u64) -> std::io::Result<Vec<u8>> {
     let mut buf = vec![0u8; (to - from) as usize];
     file.read_exact_at(&mut buf, from)?;
     Ok(buf)
+}
+
+/// The checksum of a record's frame.
+fn frame_crc(ts_ms: i64, payload: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&ts_ms.to_le_bytes());
+    h.update(payload);
+    h.finalize()
 }
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {

@@ -16,6 +16,7 @@ use std::{
 };
 
 use super::{
+    frame_crc,
     index::{IndexEntry, SegmentIndex, SPARSE_BYTES},
     sidecar, LogError, HEADER, MAX_RECORD,
 };
@@ -174,14 +175,6 @@ fn recover(file: &mut File, path: &Path) -> Result<Vec<IndexEntry>, LogError> {
         file.sync_all()?;
     }
     Ok(index)
-}
-
-/// The checksum of a record's frame.
-pub(super) fn frame_crc(ts_ms: i64, payload: &[u8]) -> u32 {
-    let mut h = crc32fast::Hasher::new();
-    h.update(&ts_ms.to_le_bytes());
-    h.update(payload);
-    h.finalize()
 }
 
 /// Makes a directory entry's creation or removal durable.

@@ -26,8 +26,8 @@ use std::{
 };
 
 use super::{
+    frame_crc,
     index::{IndexEntry, Mark, SegmentIndex},
-    segment::frame_crc,
     HEADER, MAX_RECORD,
 };
 

@@ -139,6 +139,10 @@ impl ScyllaStore {
         // A claim that read the new index row before the update above saw it
         // earlier than the schedule row and deleted it as stale: write it again.
         self.index_due(id, now).await?;
+        // Due `now` is in the past by now, maybe behind this process's read
+        // mark (a slow write under load): its next claim reads it.
+        self.marks
+            .wrote(super::marks::bucket(now), super::schedule::shard(id), now);
         self.unindex_due(id, due).await?;
         Ok(Release::Released)
     }

@@ -14,8 +14,11 @@
 //!
 //! Rows are written due now or later, so nothing lands behind a mark but a
 //! straggler (a write that took longer than [`LATE_MS`], or a node whose
-//! clock is behind). Every [`PULL_BACK_EVERY`] the marks are pulled back by
-//! [`PULL_BACK_MS`], so a straggler waits at most that long; marks of
+//! clock is behind). A held delivery this process released moves its own
+//! mark back to it at once ([`ReadMarks::wrote`]), in case the release's
+//! writes were slow enough to land behind it.
+//! Every [`PULL_BACK_EVERY`] the marks are pulled back by
+//! [`PULL_BACK_MS`], so another process's straggler waits at most that long; marks of
 //! buckets older than that are dropped (the next read of such a bucket, if
 //! it is still listed, is a whole read, after which it is delisted when
 //! empty). A process starts without marks: its first reads are whole.
@@ -53,6 +56,10 @@ struct Marks {
     since: Option<Instant>,
     buckets: HashMap<i32, i64>,
     due: HashMap<(i64, i32), i64>,
+    /// Counts [`ReadMarks::wrote`] calls.
+    generation: u64,
+    /// The generation of the last row this process wrote per `(bucket, shard)`.
+    wrote: HashMap<(i64, i32), u64>,
 }
 
 impl ReadMarks {
@@ -66,6 +73,7 @@ impl ReadMarks {
                 *b = (*b).min(floor_bucket);
             }
             m.due.retain(|(b, _), _| *b >= floor_bucket);
+            m.wrote.retain(|(b, _), _| *b >= floor_bucket);
             for due in m.due.values_mut() {
                 *due = (*due).min(floor);
             }
@@ -97,10 +105,37 @@ impl ReadMarks {
             .unwrap_or(i64::MIN)
     }
 
-    /// Every row of `(bucket, shard)` due at or before `upto` was read.
-    pub(super) fn read_through(&self, bucket: i64, shard: i32, upto: i64) {
+    /// Where this process's writes are: take it before a read, and pass it
+    /// to [`read_through`](Self::read_through) after.
+    pub(super) fn generation(&self) -> u64 {
+        self.marks().generation
+    }
+
+    /// This process wrote a row due at `due` to `(bucket, shard)`: its next
+    /// read there starts no later than that, and the bucket is read.
+    pub(super) fn wrote(&self, bucket: i64, shard: i32, due: i64) {
+        let mut m = self.marks();
+        m.generation += 1;
+        let generation = m.generation;
+        m.wrote.insert((bucket, shard), generation);
+        if let Some(first) = m.buckets.get_mut(&shard) {
+            *first = (*first).min(bucket);
+        }
+        if let Some(from) = m.due.get_mut(&(bucket, shard)) {
+            *from = (*from).min(due);
+        }
+    }
+
+    /// Every row of `(bucket, shard)` due at or before `upto` was read, by a
+    /// read that began at `since` ([`generation`](Self::generation)); not
+    /// so if this process wrote a row there meanwhile, which that read may
+    /// have missed: the mark stays where the write put it.
+    pub(super) fn read_through(&self, bucket: i64, shard: i32, upto: i64, since: u64) {
         let mark = upto - LATE_MS;
         let mut m = self.marks();
+        if m.wrote.get(&(bucket, shard)).is_some_and(|&g| g > since) {
+            return;
+        }
         let slot = m.due.entry((bucket, shard)).or_insert(mark);
         *slot = (*slot).max(mark);
     }
@@ -116,12 +151,35 @@ mod tests {
         assert_eq!(marks.first_bucket(3), i64::MIN);
         assert_eq!(marks.first_due(7, 3), i64::MIN);
         marks.set_first_bucket(3, 7);
-        marks.read_through(7, 3, 100_000);
-        marks.read_through(7, 3, 50_000);
+        marks.read_through(7, 3, 100_000, 0);
+        marks.read_through(7, 3, 50_000, 0);
         assert_eq!(marks.first_bucket(3), 7);
         assert_eq!(marks.first_due(7, 3), 100_000 - LATE_MS);
         assert_eq!(marks.first_due(8, 3), i64::MIN, "per partition");
         assert_eq!(marks.first_bucket(4), i64::MIN, "per shard");
+    }
+
+    #[test]
+    fn a_row_this_process_writes_behind_its_mark_moves_the_mark_back() {
+        let marks = ReadMarks::default();
+        marks.set_first_bucket(3, 7);
+        marks.read_through(7, 3, 100_000, marks.generation());
+        marks.wrote(7, 3, 100_000);
+        assert_eq!(marks.first_due(7, 3), 100_000 - LATE_MS, "ahead: no change");
+        marks.wrote(7, 3, 90_000);
+        assert_eq!(marks.first_due(7, 3), 90_000, "a straggler is read next");
+        marks.wrote(6, 3, 50_000);
+        assert_eq!(marks.first_bucket(3), 6, "its bucket too");
+        assert_eq!(marks.first_due(6, 3), i64::MIN, "unread: read whole");
+
+        // A read that began before a write may have missed it: it does not
+        // move the mark past it; a read that began after does.
+        let before = marks.generation();
+        marks.wrote(7, 3, 95_000);
+        marks.read_through(7, 3, 120_000, before);
+        assert_eq!(marks.first_due(7, 3), 90_000, "kept for the write");
+        marks.read_through(7, 3, 120_000, marks.generation());
+        assert_eq!(marks.first_due(7, 3), 120_000 - LATE_MS);
     }
 
     #[test]
@@ -130,8 +188,8 @@ mod tests {
         let now = crate::clock::now_ms();
         let this = bucket(now);
         marks.set_first_bucket(1, this);
-        marks.read_through(this, 1, now);
-        marks.read_through(this - 10, 1, now);
+        marks.read_through(this, 1, now, 0);
+        marks.read_through(this - 10, 1, now, 0);
         marks.inner.lock().since = Instant::now().checked_sub(PULL_BACK_EVERY * 2);
         assert!(marks.first_bucket(1) < bucket(now - PULL_BACK_MS));
         assert!(marks.first_due(this, 1) <= now - PULL_BACK_MS);

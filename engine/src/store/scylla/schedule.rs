@@ -47,7 +47,7 @@ const SOON_MS: i64 = 1_000;
 /// Age after which an index row that disagrees with its schedule row is stale.
 const STALE_GRACE_MS: i64 = 5 * 60_000;
 
-fn shard(delivery_id: &str) -> i32 {
+pub(super) fn shard(delivery_id: &str) -> i32 {
     (crc32fast::hash(delivery_id.as_bytes()) % SHARDS as u32) as i32
 }
 
@@ -306,6 +306,8 @@ impl ScheduleStore for ScyllaStore {
         lease_until: i64,
         limit: usize,
     ) -> Result<Vec<(ScheduledDelivery, DomainEvent)>, StoreError> {
+        // Rows this process writes from here on may not be in what it reads.
+        let since = self.marks.generation();
         let now_bucket = bucket(now);
         let mut candidates: Vec<(i64, String)> = Vec::new();
         // Partitions whose every row due by `now` was read.
@@ -376,7 +378,7 @@ impl ScheduleStore for ScyllaStore {
             }
         }
         for ((b, s), u) in upto {
-            self.marks.read_through(b, s, u);
+            self.marks.read_through(b, s, u, since);
         }
         // Same due time (a resumed subscription's held deliveries): event order.
         out.sort_by_key(|(d, _)| (d.due_at_ms, d.seq));
