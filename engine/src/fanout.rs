@@ -7,14 +7,21 @@
 //! the batch's log positions: an event is never past the committed offset
 //! before its deliveries are durable (at-least-once end to end).
 //!
-//! The batch's unordered deliveries are scheduled already leased and handed
-//! to this process's shards right after the commit, so a first attempt
-//! costs no scheduler claim (no second store write, no re-read of the
-//! event). Strictly ordered deliveries wait for the scheduler, which
-//! releases each subscription's head only, and so do all of an event's
-//! deliveries while the shards already hold `handoff_limit` (memory stays
-//! bounded when fan-out outruns the endpoints). If the process dies, the
-//! leases end and the scheduler claims them like any other.
+//! The event log is the schedule of first attempts. An event whose
+//! deliveries are all unordered is handed to this process's shards without
+//! a schedule row: its log offset stays uncommitted until each of its
+//! deliveries is settled (recorded, or written to the schedule for a retry
+//! or a hold; see [`crate::delivery::handoff`]), so a first attempt that
+//! succeeds costs one attempt record and no schedule write, claim or
+//! delete. If the process dies first, the event is read again and fanned
+//! out again (a duplicate at worst, never a loss).
+//!
+//! Strictly ordered deliveries wait in the schedule for the scheduler,
+//! which releases each subscription's head only, and so do all of an
+//! event's deliveries while the shards already hold `handoff_limit`
+//! (memory stays bounded when fan-out outruns the endpoints); an event
+//! with some of those has its other deliveries scheduled already leased,
+//! and handed over after the commit.
 //!
 //! When other processes (`--role api`) write subscriptions to a shared store,
 //! the fan-out checks the store's subscription version before each batch and
@@ -59,15 +66,14 @@ pub struct Settings {
     pub lease: Duration,
     /// Deliveries the shards may hold, past which fan-out hands none over.
     pub handoff_limit: usize,
-    /// When set, an event whose deliveries are all unordered and handed
-    /// over is not scheduled at all: its log offset stays uncommitted until
-    /// they are settled (see [`crate::delivery::handoff`]). Used on the CQL
-    /// store, where scheduling costs several statements per delivery.
-    pub unscheduled: Option<Arc<Unsettled>>,
+    /// The deliveries handed over unscheduled (an event whose deliveries
+    /// are all unordered and handed over): their events' log offsets stay
+    /// uncommitted until they are settled (see [`crate::delivery::handoff`]).
+    pub unsettled: Arc<Unsettled>,
     /// Where the retries of such deliveries are kept when the log has a
     /// schedule changelog ([`EventLog::consumer_keeping`]): the consumer
     /// restores its partitions' retries into it.
-    pub retries: Option<Arc<Retries>>,
+    pub retries: Arc<Retries>,
     /// Tenants deleted or being deleted: their events are dropped, not
     /// indexed (so a deleted tenant's rows never come back).
     pub gone: Arc<GoneTenants>,
@@ -90,29 +96,25 @@ pub async fn run(
         follow_store,
         lease,
         handoff_limit,
-        unscheduled,
+        unsettled,
         retries,
         gone,
     } = settings;
     let mut offsets = Offsets {
         read: BTreeMap::new(),
         committed: BTreeMap::new(),
-        unsettled: unscheduled.clone(),
+        unsettled: unsettled.clone(),
     };
     let mut consumer = loop {
-        let opened = match &retries {
-            Some(r) => {
-                log.consumer_keeping(&group, r.clone())
-                    .await
-                    .map(|(consumer, changelog)| {
-                        if let Some(changelog) = changelog {
-                            r.keep_in(changelog);
-                        }
-                        consumer
-                    })
-            }
-            None => log.consumer(&group).await,
-        };
+        let opened =
+            log.consumer_keeping(&group, retries.clone())
+                .await
+                .map(|(consumer, changelog)| {
+                    if let Some(changelog) = changelog {
+                        retries.keep_in(changelog);
+                    }
+                    consumer
+                });
         match opened {
             Ok(c) => break c,
             Err(e) => {
@@ -131,11 +133,8 @@ pub async fn run(
         };
         let records = match records {
             Ok(r) if r.is_empty() => {
-                // Deliveries settled since the last batch move the offsets
-                // (without unscheduled hand-offs nothing moves while idle).
-                if offsets.unsettled.is_some() {
-                    offsets.commit(&mut *consumer).await;
-                }
+                // Deliveries settled since the last batch move the offsets.
+                offsets.commit(&mut *consumer).await;
                 continue;
             }
             Ok(r) => r,
@@ -199,8 +198,7 @@ pub async fn run(
                     budget -= handed;
                     lease_until
                 });
-                let unscheduled = unscheduled.is_some()
-                    && lease_until_ms.is_some()
+                let unscheduled = lease_until_ms.is_some()
                     && !deliveries.is_empty()
                     && parked.is_empty()
                     && deliveries.iter().all(|d| !d.ordered);
@@ -240,7 +238,7 @@ pub async fn run(
                 }
             }
         };
-        if hand_off(batch, &results, retried, &shards, unscheduled.as_ref()).await {
+        if hand_off(batch, &results, retried, &shards, &unsettled).await {
             wake.notify_one();
         }
         offsets.read.extend(next);
@@ -255,7 +253,7 @@ struct Offsets {
     /// The offset last committed.
     committed: BTreeMap<u32, u64>,
     /// Deliveries handed over unscheduled, which hold their offsets back.
-    unsettled: Option<Arc<Unsettled>>,
+    unsettled: Arc<Unsettled>,
 }
 
 impl Offsets {
@@ -268,10 +266,7 @@ impl Offsets {
             .iter()
             .map(|(&partition, &next)| LogPosition {
                 partition,
-                offset: self
-                    .unsettled
-                    .as_ref()
-                    .map_or(next, |u| u.committable(partition, next)),
+                offset: self.unsettled.committable(partition, next),
             })
             .filter(|p| self.committed.get(&p.partition) != Some(&p.offset))
             .collect();
@@ -293,6 +288,9 @@ impl Offsets {
 /// whether any delivery was left for the scheduler (ordered, or past the
 /// hand-off limit).
 ///
+/// An event found `Resumed` (read again after it was handed over
+/// unscheduled) is handed over without the deliveries settled since.
+///
 /// After a `retried` batch an event found `AlreadyDone` was most likely
 /// scheduled, leased under these very delivery ids, by the try whose
 /// acknowledgement was lost: those are dispatched too, or they would wait
@@ -303,13 +301,20 @@ async fn hand_off(
     results: &[FanOutResult],
     retried: bool,
     shards: &Shards,
-    unsettled: Option<&Arc<Unsettled>>,
+    unsettled: &Arc<Unsettled>,
 ) -> bool {
     let mut left = false;
     let mut parked: BTreeMap<String, u64> = BTreeMap::new();
-    for (item, result) in batch.into_iter().zip(results) {
+    for (mut item, result) in batch.into_iter().zip(results) {
         let ours = match result {
             FanOutResult::Scheduled => true,
+            FanOutResult::Resumed(settled) => {
+                // Read again: what was settled since is not sent again.
+                let fresh = |d: &ScheduledDelivery| !settled.contains(&d.subscription_id);
+                item.deliveries.retain(fresh);
+                item.parked.retain(fresh);
+                true
+            }
             FanOutResult::AlreadyDone => retried,
             FanOutResult::Duplicate => false,
         };
@@ -327,9 +332,10 @@ async fn hand_off(
         }
         let event = Arc::new(item.event);
         // Registered before the batch's offsets are committed.
-        let mut settles = match unsettled.filter(|_| item.unscheduled) {
-            Some(u) => u.register(item.position, item.deliveries.len()),
-            None => Vec::new(),
+        let mut settles = if item.unscheduled {
+            unsettled.register(item.position, item.deliveries.len())
+        } else {
+            Vec::new()
         };
         for delivery in item.deliveries {
             if delivery.ordered {

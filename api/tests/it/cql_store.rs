@@ -82,7 +82,7 @@ async fn cql_fan_out_that_schedules_nothing_reads_nothing() {
         .unwrap();
     assert_eq!(reads(&store), before, "fan-out read the store");
     // The two events sharing a key claim it at once: either may win.
-    assert_eq!(results[..18], [FanOutResult::Scheduled; 18]);
+    assert!(results[..18].iter().all(|r| *r == FanOutResult::Scheduled));
     let loser = match results[18..] {
         [FanOutResult::Scheduled, FanOutResult::Duplicate] => 19,
         [FanOutResult::Duplicate, FanOutResult::Scheduled] => 18,

@@ -159,7 +159,7 @@ async fn send(
 async fn finish(
     ctx: &WorkerContext,
     sub: &WebhookSubscription,
-    job: Job,
+    mut job: Job,
     result: Result<Answer, SendError>,
     decision: Decision,
     now: OffsetDateTime,
@@ -181,6 +181,7 @@ async fn finish(
     let dead = decision
         .is_dead()
         .then_some((record.status_code, record.error));
+    let retry_wanted = decision.next.is_some();
     let (recorded, durable) = if !job.unscheduled() {
         let recorded = persist(ctx, record, decision.next, false).await;
         (recorded, recorded)
@@ -205,9 +206,42 @@ async fn finish(
         // The next delivery of this ordered subscription may go now.
         ctx.wake.notify_one();
     }
-    if let Some(settle) = job.settle.filter(|_| durable) {
-        settle.done();
+    if durable {
+        if let Some(settle) = job.settle.take() {
+            settle.done();
+        }
+    } else if job.unscheduled() && (!recorded || retry_wanted) {
+        send_again_later(ctx, job);
     }
+}
+
+/// A delivery with no schedule row whose attempt (or retry) the store would
+/// not take: sent again from memory when a lease would have ended, as the
+/// scheduler sends a leased row again, keeping its claim on its event's log
+/// offset (see [`super::retries::Retries::again`]).
+fn send_again_later(ctx: &WorkerContext, job: Job) {
+    let Job {
+        delivery,
+        event,
+        settle,
+        ..
+    } = job;
+    let due_at_ms = now_ms() + ctx.config.lease().as_millis() as i64;
+    tracing::warn!(
+        delivery_id = %delivery.delivery_id,
+        in_ms = due_at_ms - now_ms(),
+        "a delivery the store would not record is sent again when its lease would end"
+    );
+    ctx.retries.again(
+        Pending {
+            delivery: ScheduledDelivery {
+                due_at_ms,
+                ..delivery
+            },
+            event: DomainEvent::clone(&event),
+        },
+        settle,
+    );
 }
 
 /// The delivery log record of an attempt.

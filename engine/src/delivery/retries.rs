@@ -18,6 +18,7 @@ use std::{
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
+use super::handoff::Settle;
 use crate::log::{partition_for, Pending, PendingSink, ScheduleLog};
 
 /// Retries due further off than this go to the store's schedule: memory
@@ -35,6 +36,9 @@ pub struct Retries {
     due: Mutex<Due>,
     pub(super) wake: Notify,
     log: OnceLock<Arc<dyn ScheduleLog>>,
+    /// The claims on their events' log offsets of deliveries sent again
+    /// from memory ([`Retries::again`]), by delivery id.
+    settles: Mutex<HashMap<String, Settle>>,
 }
 
 #[derive(Default)]
@@ -72,6 +76,7 @@ impl Retries {
             due: Default::default(),
             wake: Notify::new(),
             log: OnceLock::new(),
+            settles: Mutex::default(),
         }
     }
 
@@ -97,6 +102,25 @@ impl Retries {
     pub fn add(&self, pending: Pending) {
         self.due.lock().insert(pending);
         self.wake.notify_one();
+    }
+
+    /// Sends a delivery again at its due time, from memory only, with its
+    /// claim on its event's log offset: the stand-in for a lease, for a
+    /// delivery that has no schedule row and whose attempt the store would
+    /// not record. A crash meanwhile re-reads its event (the offset is not
+    /// committed before the delivery is settled).
+    pub fn again(&self, pending: Pending, settle: Option<Settle>) {
+        if let Some(settle) = settle {
+            self.settles
+                .lock()
+                .insert(pending.delivery.delivery_id.clone(), settle);
+        }
+        self.add(pending);
+    }
+
+    /// The offset claim [`again`](Self::again) kept for a delivery now due.
+    pub(super) fn settle_of(&self, delivery_id: &str) -> Option<Settle> {
+        self.settles.lock().remove(delivery_id)
     }
 
     /// Retries waiting, over every partition this worker owns.
@@ -149,6 +173,8 @@ impl PendingSink for Retries {
             .retain(|_, p| partition_for(&p.delivery.tenant_id, partitions) != partition);
         let Due { by_time, by_id } = &mut *due;
         by_id.retain(|id, at| by_time.contains_key(&(*at, id.clone())));
+        // The partition's new owner reads their events again.
+        self.settles.lock().retain(|id, _| by_id.contains_key(id));
     }
 }
 

@@ -130,7 +130,12 @@ pub async fn run_kept(
         let idle = due.is_empty();
         for p in due {
             let d = &p.delivery;
+            let settle = retries.settle_of(&d.delivery_id);
             if gone.contains(&d.tenant_id) {
+                // Nothing of the tenant is delivered any more.
+                if let Some(settle) = settle {
+                    settle.done();
+                }
                 if let Some(log) = retries.log().cloned() {
                     let (tenant, id) = (d.tenant_id.clone(), d.delivery_id.clone());
                     tokio::spawn(async move {
@@ -141,9 +146,9 @@ pub async fn run_kept(
                 }
                 continue;
             }
-            shards
-                .dispatch(Job::kept(p.delivery, Arc::new(p.event)))
-                .await;
+            let mut job = Job::kept(p.delivery, Arc::new(p.event));
+            job.settle = settle;
+            shards.dispatch(job).await;
         }
         if !idle {
             continue;

@@ -31,10 +31,7 @@ use crate::{
     subscriptions::SubscriptionIndex,
 };
 
-use super::{
-    backends::{Backends, StoreBackend},
-    recovery, Engine,
-};
+use super::{backends::Backends, recovery, Engine};
 
 impl Engine {
     /// Opens the backends the configuration chooses ([`Backends`]) and
@@ -95,10 +92,11 @@ impl Engine {
                     d.request_timeout,
                 ),
             };
-            // On CQL a first attempt that succeeds writes no schedule rows,
-            // and a retry of it is kept in the log's schedule changelog
-            // when it has one (Kafka).
-            let unscheduled = matches!(backends.store, StoreBackend::Cql(_));
+            // The event log is the schedule of first attempts: one that
+            // succeeds writes no schedule rows (the event's log offset is
+            // committed once its deliveries are settled), and a retry of it
+            // is kept in the log's schedule changelog when it has one
+            // (Kafka), else in the store's schedule.
             let retries = Arc::new(Retries::new(log.partitions()));
             let ctx = Arc::new(WorkerContext {
                 store: store.clone(),
@@ -128,8 +126,8 @@ impl Engine {
                     follow_store: backends.shared(),
                     lease: d.lease(),
                     handoff_limit: d.handoff_limit,
-                    unscheduled: unscheduled.then(|| Arc::new(Unsettled::default())),
-                    retries: unscheduled.then(|| retries.clone()),
+                    unsettled: Arc::new(Unsettled::default()),
+                    retries: retries.clone(),
                     gone: gone.clone(),
                 },
                 wake.clone(),

@@ -28,9 +28,9 @@ pub struct FanOut {
     /// Set (with `lease_until_ms`, all deliveries unordered) when the caller
     /// hands the deliveries over without scheduling them and keeps the
     /// event's log offset uncommitted until each is settled
-    /// ([`crate::delivery::handoff`]): a store whose schedule writes are
-    /// costly then only indexes the event and claims its dedupe key. A store
-    /// may schedule them all the same (the embedded one does).
+    /// ([`crate::delivery::handoff`]): the store then writes no schedule
+    /// rows, only indexes the event and claims its dedupe key, and fans the
+    /// event out again when the log is re-read (its offset not committed).
     pub unscheduled: bool,
     /// Deliveries parked from the start, held (as [`ScheduleStore::hold`]
     /// leaves them) until their `due_at_ms`, the re-check, unless released
@@ -41,10 +41,18 @@ pub struct FanOut {
 }
 
 /// What [`ScheduleStore::fan_out`] did with one event.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FanOutResult {
-    /// Its deliveries are scheduled.
+    /// Its deliveries are scheduled (or, unscheduled, left to the caller).
     Scheduled,
+    /// It was fanned out unscheduled before and is read again (its log
+    /// offset was not committed: a restart, a lost commit): the deliveries
+    /// to these subscriptions were settled since (a final attempt recorded,
+    /// or an entry in the schedule) and are left out; the others are as
+    /// [`Scheduled`](Self::Scheduled). A store that does not look (the CQL
+    /// store reads nothing at fan-out) answers `Scheduled`, and the
+    /// settled deliveries are sent again: a duplicate, never a loss.
+    Resumed(Vec<String>),
     /// It was fanned out before (a re-read after a crash): nothing new.
     AlreadyDone,
     /// Another event holds its dedupe key: dropped.

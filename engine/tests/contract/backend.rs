@@ -68,6 +68,14 @@ impl Harness {
         matches!(self.backing, Backing::Embedded(_))
     }
 
+    /// Whether an unscheduled fan-out looks at what the event had before:
+    /// a re-read leaves out what was settled since (`FanOutResult::Resumed`)
+    /// and skips an event already scheduled (SQLite). The CQL store reads
+    /// nothing at an unscheduled fan-out and hands everything over again.
+    pub fn resumes(&self) -> bool {
+        matches!(self.backing, Backing::Embedded(_))
+    }
+
     /// Another handle on the same store, as a second process would open it.
     pub async fn other(&self) -> Arc<dyn Store> {
         match &self.backing {

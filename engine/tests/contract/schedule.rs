@@ -16,6 +16,7 @@ contract!(
     fan_out_is_idempotent_and_drops_duplicates,
     fan_out_leases_what_the_caller_hands_out,
     fan_out_parks_what_the_caller_parks,
+    fan_out_unscheduled_leaves_the_deliveries_to_the_log,
     a_leased_delivery_is_not_claimed_twice,
     ordered_deliveries_are_claimed_head_first,
     released_leases_fall_due_at_once,
@@ -109,6 +110,91 @@ async fn fan_out_leases_what_the_caller_hands_out(h: &Harness) {
         .await
         .unwrap();
     assert_eq!(ids(claimed.iter().map(|(d, _)| d)), ids([&handed]));
+}
+
+/// An event fanned out unscheduled (its deliveries handed over, kept by the
+/// log until settled) leaves no schedule rows, is listed, and is fanned out
+/// again when the log is re-read; its dedupe key is claimed all the same.
+async fn fan_out_unscheduled_leaves_the_deliveries_to_the_log(h: &Harness) {
+    let s = &h.store;
+    let t = now();
+    let mut e = event("acme", "order.created");
+    e.dedupe_key = Some("k-unscheduled".into());
+    let deliveries = vec![
+        delivery(&e, "sub_a", t - 1_000),
+        delivery(&e, "sub_b", t - 1_000),
+    ];
+    let item = |e: &herald_engine::model::DomainEvent, unscheduled: bool| FanOut {
+        event: e.clone(),
+        position: POSITION,
+        deliveries: deliveries.clone(),
+        lease_until_ms: unscheduled.then_some(t + 60_000),
+        unscheduled,
+        parked: Vec::new(),
+    };
+    let fan_out = |items: Vec<FanOut>| s.fan_out(items, t + 60_000, t);
+    assert_eq!(
+        fan_out(vec![item(&e, true)]).await.unwrap(),
+        [FanOutResult::Scheduled]
+    );
+    assert_eq!(s.schedule_backlog().await.unwrap(), 0, "no schedule rows");
+    assert!(s.claim_due(t, t + 60_000, 10).await.unwrap().is_empty());
+    assert!(s.get_event("acme", &e.id).await.unwrap().is_some());
+    // A re-read after a crash (the offset was not committed): fanned out
+    // again, still without rows.
+    assert_eq!(
+        fan_out(vec![item(&e, true)]).await.unwrap(),
+        [FanOutResult::Scheduled]
+    );
+    assert_eq!(s.schedule_backlog().await.unwrap(), 0);
+    // sub_a's delivery is recorded delivered, sub_b's failed (its retry not
+    // kept anywhere): a re-read leaves out sub_a only, where the store looks.
+    s.log_attempt(attempt(&deliveries[0], Outcome::Delivered))
+        .await
+        .unwrap();
+    s.log_attempt(attempt(&deliveries[1], Outcome::Failed))
+        .await
+        .unwrap();
+    let expected = if h.resumes() {
+        FanOutResult::Resumed(vec!["sub_a".into()])
+    } else {
+        FanOutResult::Scheduled
+    };
+    assert_eq!(
+        fan_out(vec![item(&e, true)]).await.unwrap(),
+        std::slice::from_ref(&expected)
+    );
+    // Another event with the same key is dropped.
+    let mut dup = event("acme", "order.created");
+    dup.dedupe_key = e.dedupe_key.clone();
+    assert_eq!(
+        fan_out(vec![item(&dup, true)]).await.unwrap(),
+        [FanOutResult::Duplicate]
+    );
+    // A re-read when the shards had no room: scheduled this time (what is
+    // not settled), then done.
+    let rescheduled = if h.resumes() {
+        &deliveries[1..]
+    } else {
+        &deliveries[..]
+    };
+    assert_eq!(
+        fan_out(vec![item(&e, false)]).await.unwrap(),
+        std::slice::from_ref(&expected)
+    );
+    assert_eq!(
+        s.schedule_backlog().await.unwrap(),
+        rescheduled.len() as u64
+    );
+    let claimed = s.claim_due(t, t + 60_000, 10).await.unwrap();
+    assert_eq!(ids(claimed.iter().map(|(d, _)| d)), ids(rescheduled));
+    // Its deliveries are in the schedule now: a store that looks skips it.
+    let last = if h.resumes() {
+        FanOutResult::AlreadyDone
+    } else {
+        FanOutResult::Scheduled
+    };
+    assert_eq!(fan_out(vec![item(&e, true)]).await.unwrap(), [last]);
 }
 
 /// Two processes claim at once, and again: every delivery is taken once.

@@ -14,8 +14,8 @@ mod store;
 use std::{path::Path, sync::Arc, time::Duration};
 
 use herald_engine::{
-    log::EventLog, store::Store, Backends, Engine, EngineConfig, EngineError, NewEvent,
-    NewSubscription,
+    config::FANOUT_GROUP, log::EventLog, store::Store, Backends, Engine, EngineConfig, EngineError,
+    NewEvent, NewSubscription,
 };
 use serde_json::json;
 
@@ -50,13 +50,23 @@ async fn start_tuned(
     plan: Arc<Plan>,
     tune: impl FnOnce(&mut EngineConfig),
 ) -> Arc<Engine> {
+    start_with_log(dir, plan, tune).await.0
+}
+
+/// [`start_tuned`], also returning the engine's (unwrapped) log.
+async fn start_with_log(
+    dir: &Path,
+    plan: Arc<Plan>,
+    tune: impl FnOnce(&mut EngineConfig),
+) -> (Arc<Engine>, Arc<dyn EventLog>) {
     let mut config = config(dir);
     tune(&mut config);
-    let (log, store): (Arc<dyn EventLog>, Arc<dyn Store>) =
+    let (inner, store): (Arc<dyn EventLog>, Arc<dyn Store>) =
         Backends::choose(&config).open(&config).await.unwrap();
-    let log: Arc<dyn EventLog> = Arc::new(FaultyLog::new(log, plan.clone()));
+    let log: Arc<dyn EventLog> = Arc::new(FaultyLog::new(inner.clone(), plan.clone()));
     let store: Arc<dyn Store> = Arc::new(FaultyStore::new(store, plan));
-    Engine::start_with(config, log, store).await.unwrap()
+    let engine = Engine::start_with(config, log, store).await.unwrap();
+    (engine, inner)
 }
 
 /// A tenant with one subscription to every event, delivering to `rx`.
@@ -289,14 +299,18 @@ async fn a_lost_fan_out_acknowledgement_neither_delays_nor_doubles_a_delivery() 
     engine.shutdown().await;
 }
 
+/// The first attempt of a delivery fan-out handed over unscheduled (no
+/// schedule row, its event's log offset held until it is recorded): the
+/// store refuses its record past every try. It is sent again when a lease
+/// would have ended, recorded then, and its event's offset is committed.
 #[tokio::test]
 async fn an_attempt_record_the_store_keeps_refusing_is_given_up_counted_and_sent_again() {
     let dir = tempfile::tempdir().unwrap();
     let plan = Arc::new(Plan::default());
     // Every try of the first record fails (eight), then the store is back.
-    plan.on("record_attempt", 1..=8, Effect::Fail);
-    // A short lease, so the given-up delivery falls due again soon.
-    let engine = start_tuned(dir.path(), plan.clone(), |c| {
+    plan.on("log_attempt", 1..=8, Effect::Fail);
+    // A short lease, so the given-up delivery is sent again soon.
+    let (engine, log) = start_with_log(dir.path(), plan.clone(), |c| {
         c.delivery.request_timeout = Duration::from_millis(500);
         c.delivery.lease_margin = Duration::from_secs(1);
     })
@@ -326,7 +340,21 @@ async fn an_attempt_record_the_store_keeps_refusing_is_given_up_counted_and_sent
     };
     assert_eq!(logged.len(), 1, "only the recorded attempt is logged");
     assert_eq!(logged[0].outcome.as_str(), "delivered");
-    assert!(plan.calls("record_attempt") > 8);
+    assert!(plan.calls("log_attempt") > 8);
+    // Settled by the second attempt's record: the offset moves past it.
+    let partition = herald_engine::log::partition_for(TENANT, 2);
+    loop {
+        let committed = log.committed(FANOUT_GROUP).await.unwrap().unwrap();
+        if committed.get(&partition) == Some(&1) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the event's offset was never committed: {committed:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(rx.counts()[&sent.id], 2, "not sent a third time");
     engine.shutdown().await;
 }
 

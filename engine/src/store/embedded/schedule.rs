@@ -45,6 +45,43 @@ pub(super) fn insert_schedule(
     Ok(())
 }
 
+/// `events.state`: its deliveries are in the schedule.
+const FANNED_OUT: i64 = 1;
+/// `events.state`: another event holds its dedupe key (dropped).
+const DUPLICATE: i64 = 2;
+/// `events.state`: fanned out unscheduled ([`FanOut::unscheduled`]): the
+/// event log keeps its deliveries until each is settled.
+const KEPT_BY_LOG: i64 = 3;
+
+/// The subscriptions whose delivery of `event` is settled: its final
+/// attempt (delivered, dead) is recorded, or it has an entry in the
+/// schedule (a retry, a hold). A failed attempt without an entry is not
+/// settled: its retry was not kept (or is kept in a changelog, which
+/// restores it).
+fn settled_subscriptions(
+    conn: &Connection,
+    event: &DomainEvent,
+) -> Result<Vec<String>, StoreError> {
+    let mut st = conn
+        .prepare_cached(
+            "SELECT subscription_id FROM delivery_logs
+             WHERE tenant_id = ?1 AND event_id = ?2 AND outcome IN ('delivered', 'dead')
+             UNION SELECT subscription_id FROM schedule WHERE event_id = ?2",
+        )
+        .map_err(db_err)?;
+    let rows = st
+        .query_map(params![event.tenant_id, event.id], |r| r.get(0))
+        .map_err(db_err)?;
+    rows.collect::<Result<_, _>>().map_err(db_err)
+}
+
+fn set_state(conn: &Connection, event_id: &str, state: i64) -> Result<(), StoreError> {
+    conn.prepare_cached("UPDATE events SET state = ?1 WHERE id = ?2")
+        .and_then(|mut st| st.execute(params![state, event_id]))
+        .map_err(db_err)?;
+    Ok(())
+}
+
 #[async_trait]
 impl ScheduleStore for EmbeddedStore {
     async fn fan_out(
@@ -68,33 +105,49 @@ impl ScheduleStore for EmbeddedStore {
                         0
                     }
                 };
-                if state != 0 {
+                if state == FANNED_OUT || state == DUPLICATE {
                     results.push(FanOutResult::AlreadyDone);
                     continue;
                 }
                 if let Some(key) = &item.event.dedupe_key {
                     let holder = claim_dedupe(conn, &item.event, key, dedupe_until_ms, now_ms)?;
                     if holder != item.event.id {
-                        conn.prepare_cached("UPDATE events SET state = 2 WHERE id = ?1")
-                            .and_then(|mut st| st.execute([&item.event.id]))
-                            .map_err(db_err)?;
+                        set_state(conn, &item.event.id, DUPLICATE)?;
                         results.push(FanOutResult::Duplicate);
                         continue;
                     }
                 }
-                for d in &item.deliveries {
-                    insert_schedule(conn, d, item.lease_until_ms.filter(|_| !d.ordered))?;
+                // Read again after being handed over unscheduled: what was
+                // settled since is left out.
+                let settled = if state == KEPT_BY_LOG {
+                    settled_subscriptions(conn, &item.event)?
+                } else {
+                    Vec::new()
+                };
+                let fresh = |d: &&ScheduledDelivery| !settled.contains(&d.subscription_id);
+                if item.unscheduled {
+                    // Kept by the log until settled: no schedule rows; a
+                    // re-read (its offset not committed) fans it out again.
+                    if state != KEPT_BY_LOG {
+                        set_state(conn, &item.event.id, KEPT_BY_LOG)?;
+                    }
+                } else {
+                    for d in item.deliveries.iter().filter(fresh) {
+                        insert_schedule(conn, d, item.lease_until_ms.filter(|_| !d.ordered))?;
+                    }
+                    for d in item.parked.iter().filter(fresh) {
+                        insert_schedule(conn, d, None)?;
+                        conn.prepare_cached("UPDATE schedule SET held = 1 WHERE delivery_id = ?1")
+                            .and_then(|mut st| st.execute([&d.delivery_id]))
+                            .map_err(db_err)?;
+                    }
+                    set_state(conn, &item.event.id, FANNED_OUT)?;
                 }
-                for d in &item.parked {
-                    insert_schedule(conn, d, None)?;
-                    conn.prepare_cached("UPDATE schedule SET held = 1 WHERE delivery_id = ?1")
-                        .and_then(|mut st| st.execute([&d.delivery_id]))
-                        .map_err(db_err)?;
-                }
-                conn.prepare_cached("UPDATE events SET state = 1 WHERE id = ?1")
-                    .and_then(|mut st| st.execute([&item.event.id]))
-                    .map_err(db_err)?;
-                results.push(FanOutResult::Scheduled);
+                results.push(if settled.is_empty() {
+                    FanOutResult::Scheduled
+                } else {
+                    FanOutResult::Resumed(settled)
+                });
             }
             Ok(results)
         })

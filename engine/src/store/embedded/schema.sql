@@ -19,7 +19,8 @@ CREATE TABLE IF NOT EXISTS versions (
     name        TEXT PRIMARY KEY,
     value       INTEGER NOT NULL
 );
--- state: 0 = appended, not fanned out; 1 = fanned out; 2 = duplicate (dropped).
+-- state: 0 = appended, not fanned out; 1 = fanned out (deliveries in the schedule);
+-- 2 = duplicate (dropped); 3 = fanned out unscheduled (the log keeps its deliveries).
 CREATE TABLE IF NOT EXISTS events (
     id          TEXT PRIMARY KEY,
     tenant_id   TEXT NOT NULL,
