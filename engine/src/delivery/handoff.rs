@@ -1,15 +1,20 @@
 //! Deliveries fan-out hands to the shards without writing them to the
-//! schedule first (on the CQL store, where a schedule entry costs three
-//! writes, a read and two deletes even when the first attempt succeeds).
+//! schedule first: the event log is the schedule of first attempts (on the
+//! CQL store a schedule entry would cost three writes, a read and two
+//! deletes even when the first attempt succeeds; on SQLite an insert and a
+//! delete with their indexes).
 //!
 //! Such a delivery is durable in the event log instead: fan-out does not
 //! commit its event's log offset until every unscheduled delivery of the
 //! event is *settled*, that is recorded (a success, a dead end) or written
 //! to the schedule (a retry, a hold, a park). If the process dies first, the
 //! event is read again from the committed offset and fanned out again: a
-//! duplicate at worst, never a loss. A delivery that cannot be settled (the
-//! store stays down) keeps its offset, and every later one of its partition,
-//! uncommitted until a restart re-reads them.
+//! duplicate at worst, never a loss (the SQLite store leaves out, at the
+//! re-read, what was settled since: `FanOutResult::Resumed`). A delivery
+//! whose attempt the store will not record is sent again from memory when
+//! a lease would have ended, still holding its offset
+//! ([`super::retries::Retries::again`]); until it is settled its offset,
+//! and every later one of its partition, stays uncommitted.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
