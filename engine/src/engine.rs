@@ -65,6 +65,8 @@ pub struct Engine {
     subscription_locks: Vec<AsyncMutex<()>>,
     /// Tenants' quotas as enforced, and their rate limiters.
     quotas: quotas::QuotaCache,
+    /// The grants of live API keys seen lately.
+    keys: tenants::KeyCache,
     /// Tenants deleted or being deleted: their events are refused.
     gone: Arc<crate::gone::GoneTenants>,
     /// Cancels the background tasks when the engine is dropped without a

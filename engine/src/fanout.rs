@@ -29,7 +29,11 @@
 //! API answers 201, so every event emitted after that answer is matched
 //! against it.
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{
+    collections::BTreeMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -51,6 +55,13 @@ use crate::{
 
 /// Records read per batch.
 const BATCH: usize = 512;
+
+/// The shortest time between two commits of the log offsets. A commit is a
+/// file written and synced twice (embedded) or a broker round trip (Kafka);
+/// committing after every small batch of single emits cost more than the
+/// fan-out itself. A crash re-reads at most this much more of the log (the
+/// SQLite store then leaves out what was settled).
+const COMMIT_EVERY: Duration = Duration::from_millis(100);
 
 /// How a fan-out runs.
 #[derive(Debug, Clone)]
@@ -104,6 +115,7 @@ pub async fn run(
         read: BTreeMap::new(),
         committed: BTreeMap::new(),
         unsettled: unsettled.clone(),
+        last_commit: None,
     };
     let mut consumer = loop {
         let opened =
@@ -254,13 +266,22 @@ struct Offsets {
     committed: BTreeMap<u32, u64>,
     /// Deliveries handed over unscheduled, which hold their offsets back.
     unsettled: Arc<Unsettled>,
+    /// When offsets were last committed.
+    last_commit: Option<Instant>,
 }
 
 impl Offsets {
     /// Commits, per partition read, the offset after the last record read,
     /// or before the first event with a delivery still unsettled; only
-    /// offsets that moved.
+    /// offsets that moved, and at most once per [`COMMIT_EVERY`] (the
+    /// next batch or idle poll commits what this call leaves).
     async fn commit(&mut self, consumer: &mut dyn LogConsumer) {
+        if self
+            .last_commit
+            .is_some_and(|at| at.elapsed() < COMMIT_EVERY)
+        {
+            return;
+        }
         let positions: Vec<LogPosition> = self
             .read
             .iter()
@@ -273,6 +294,7 @@ impl Offsets {
         if positions.is_empty() {
             return;
         }
+        self.last_commit = Some(Instant::now());
         match consumer.commit(&positions).await {
             Ok(()) => self
                 .committed

@@ -41,6 +41,7 @@ impl Engine {
             .await?
             .ok_or(EngineError::NotFound("tenant"))?;
         self.gone.insert(tenant_id);
+        self.keys.forget_all();
         if before == TenantState::Deleted {
             return Ok(());
         }

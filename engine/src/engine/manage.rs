@@ -389,7 +389,8 @@ impl Engine {
         Ok((keys, next))
     }
 
-    /// Revokes an API key: it stops authenticating at once.
+    /// Revokes an API key: it stops authenticating at once (through another
+    /// process sharing the store, within a second: see [`super::tenants`]).
     pub async fn revoke_api_key(
         &self,
         tenant_id: &str,
@@ -400,6 +401,7 @@ impl Engine {
         let key = audit::recorded(record, revoke)
             .await?
             .ok_or(EngineError::NotFound("API key"))?;
+        self.keys.forget_all();
         tracing::info!(tenant_id, key_id, "API key revoked");
         Ok(key)
     }

@@ -258,6 +258,7 @@ impl Engine {
             recovery_wake,
             subscription_locks: (0..64).map(|_| AsyncMutex::new(())).collect(),
             quotas: Default::default(),
+            keys: Default::default(),
             gone,
             _stop_on_drop: cancel.drop_guard(),
         }))
