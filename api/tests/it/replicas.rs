@@ -210,6 +210,55 @@ async fn a_schema_registered_on_one_api_replica_is_enforced_by_another() {
     b.kill9().await;
 }
 
+/// A key revoked through API replica A stops authenticating at replica B
+/// (which keeps a live key's grant for a second) soon after, while the
+/// tenant's other key keeps working there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_key_revoked_on_one_api_replica_is_refused_by_another() {
+    let _broker = BROKER.read().await;
+    require_kafka().await;
+    let _cassandra = crate::cql::shared().await;
+    let c = Cluster::new("repkeys");
+    let receiver = Receiver::start(200).await;
+    let a = c.start("api", "api-a").await;
+    let b = c.start("api", "api-b").await;
+    let (first, _secret) = tenant(&a.base, "acme", &receiver).await;
+    let (status, made) = post(&a.base, &first, "/api/v1/portal/api-keys", json!({})).await;
+    assert_eq!(status, 201, "{made}");
+    let second = made["api_key"].as_str().unwrap().to_string();
+    let second_id = made["id"].as_str().unwrap().to_string();
+    let webhooks = |base: &str, key: &str| {
+        let request = reqwest::Client::new()
+            .get(format!("{base}/api/v1/portal/webhooks"))
+            .bearer_auth(key);
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    // B has authenticated the second key (and keeps its grant).
+    assert_eq!(webhooks(&b.base, &second).await, 200);
+    let r = reqwest::Client::new()
+        .delete(format!("{}/api/v1/portal/api-keys/{second_id}", a.base))
+        .bearer_auth(&first)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+    assert_eq!(webhooks(&a.base, &second).await, 401, "A: at once");
+    let revoked = tokio::time::Instant::now();
+    eventually(
+        "B refuses the key revoked on A",
+        Duration::from_secs(20),
+        || async { (webhooks(&b.base, &second).await == 401).then_some(()) },
+    )
+    .await;
+    println!(
+        "API replica B refused the key revoked on A after {:?}",
+        revoked.elapsed()
+    );
+    assert_eq!(webhooks(&b.base, &first).await, 200, "the other key works");
+    a.kill9().await;
+    b.kill9().await;
+}
+
 /// (c) Two API processes race on one `(tenant, dedupe_key)`: 32 concurrent
 /// emits, split across both, all answer the same event id, and the
 /// receiver gets exactly one delivery. The subscription is strictly
