@@ -24,6 +24,10 @@ pub struct ApiError {
     errors: Option<Box<serde_json::Value>>,
     retry_after: Option<u64>,
     required_scope: Option<&'static str>,
+    /// Answered before the request's body was read: the connection is
+    /// closed after the answer, and says so (`Connection: close`), so a
+    /// client does not send its next request on it.
+    unread_body: bool,
 }
 
 /// The problem+json body (RFC 9457) of every error answer.
@@ -65,6 +69,7 @@ impl ApiError {
             errors: None,
             retry_after: None,
             required_scope: None,
+            unread_body: false,
         }
     }
 
@@ -139,6 +144,7 @@ impl ApiError {
             ),
         );
         e.retry_after = Some(1);
+        e.unread_body = true;
         e
     }
 
@@ -155,6 +161,7 @@ impl ApiError {
             ),
         );
         e.retry_after = Some(1);
+        e.unread_body = true;
         e
     }
 
@@ -358,6 +365,12 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
+        }
+        if self.unread_body {
+            response.headers_mut().insert(
+                header::CONNECTION,
+                header::HeaderValue::from_static("close"),
+            );
         }
         if self.status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(

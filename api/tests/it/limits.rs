@@ -275,6 +275,8 @@ async fn emits_beyond_the_bytes_in_flight_get_503_with_retry_after_and_are_taken
         "application/problem+json"
     );
     assert_eq!(refused.headers()["retry-after"], "1");
+    // Its body was not read: the connection is not reused for the next call.
+    assert_eq!(refused.headers()["connection"], "close");
     let problem: serde_json::Value = refused.json().await.unwrap();
     assert!(
         problem["type"].as_str().unwrap().ends_with("/overloaded"),
@@ -340,6 +342,8 @@ async fn a_tenant_past_its_quarter_of_the_emit_budget_gets_503_while_another_ten
     )
     .await;
     assert_eq!(refused.headers()["retry-after"], "1");
+    // Its body was not read: the connection is not reused for the next call.
+    assert_eq!(refused.headers()["connection"], "close");
     let problem: serde_json::Value = refused.json().await.unwrap();
     assert!(
         problem["type"].as_str().unwrap().ends_with("/overloaded")
