@@ -415,7 +415,7 @@ async fn cql_retention_is_the_tables_ttl() {
     for table in [
         "logs_by_tenant",
         "logs_by_subscription",
-        "logs_by_event",
+        "logs_by_event_slot",
         "events",
         "events_by_day",
     ] {

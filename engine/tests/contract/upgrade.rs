@@ -136,3 +136,119 @@ async fn a_cql_keyspace_from_before_scopes_gets_the_columns_and_old_keys_keep_fu
         .await;
     outcome.unwrap();
 }
+
+/// A keyspace made before `logs_by_event_slot` keeps its attempts listed by
+/// event: the store reads the older `logs_by_event` beside the new table
+/// (newest first across both), keeps its retention and purges it with the
+/// tenant; a new keyspace has no such table.
+#[tokio::test]
+async fn a_cql_keyspace_with_logs_by_event_still_lists_and_purges_them() {
+    use herald_engine::{
+        model::Outcome,
+        store::{DeliveryLogStore, LogFilter, TenantPurgeStore},
+    };
+
+    use crate::fixtures::{attempt, delivery, event, now};
+
+    let mut config = ScyllaConfig::new(nodes());
+    config.keyspace = format!(
+        "{KEYSPACE_PREFIX}{}_bylog_{}",
+        run_id(),
+        &uuid::Uuid::new_v4().simple().to_string()[..6]
+    );
+    let ks = config.keyspace.clone();
+    let session = session().await;
+    let e = event("acme", "order.created");
+    let old = attempt(&delivery(&e, "sub_a", now()), Outcome::Failed);
+    for cql in [
+        format!("CREATE KEYSPACE {ks} WITH replication = {{'class': 'SimpleStrategy', 'replication_factor': 1}}"),
+        // The table as the previous schema.cql created it.
+        format!("CREATE TABLE {ks}.logs_by_event (tenant_id text, event_id text, id text, subscription_id text, outcome text, body text, PRIMARY KEY ((tenant_id, event_id), id)) WITH CLUSTERING ORDER BY (id DESC)"),
+    ] {
+        session.query_unpaged(cql, ()).await.unwrap();
+    }
+    session
+        .query_unpaged(
+            format!("INSERT INTO {ks}.logs_by_event (tenant_id, event_id, id, subscription_id, outcome, body) VALUES (?, ?, ?, ?, ?, ?)"),
+            ("acme", &e.id, &old.id, "sub_a", "failed", serde_json::to_string(&old).unwrap()),
+        )
+        .await
+        .unwrap();
+    let fresh = format!("{ks}_new");
+    let result = {
+        let (session_ks, fresh) = (ks.clone(), fresh.clone());
+        let nodes_config = config.clone();
+        async move {
+            let store = ScyllaStore::connect(&config, cipher()).await.unwrap();
+            let new = attempt(&delivery(&e, "sub_a", now()), Outcome::Delivered);
+            store.record_attempt(new.clone(), None).await.unwrap();
+            let store = &store;
+            let list = |tenant: &'static str, before: Option<String>, limit: usize| {
+                let filter = LogFilter {
+                    event_id: Some(e.id.clone()),
+                    before,
+                    ..LogFilter::default()
+                };
+                async move {
+                    let logs = store.list_delivery_logs(tenant, &filter, limit).await;
+                    logs.unwrap().into_iter().map(|l| l.id).collect::<Vec<_>>()
+                }
+            };
+            assert_eq!(
+                list("acme", None, 10).await,
+                [new.id.clone(), old.id.clone()]
+            );
+            assert_eq!(list("acme", None, 1).await, [new.id.clone()]);
+            assert_eq!(
+                list("acme", Some(new.id.clone()), 1).await,
+                [old.id.clone()]
+            );
+            // Another tenant's event with the same id lists nothing.
+            assert!(list("globex", None, 10).await.is_empty());
+
+            let ttl_session = crate::backend::session().await;
+            let ttl: (i32,) = ttl_session
+                .query_unpaged(
+                    "SELECT default_time_to_live FROM system_schema.tables WHERE keyspace_name = ? AND table_name = 'logs_by_event'",
+                    (&session_ks,),
+                )
+                .await
+                .unwrap()
+                .into_rows_result()
+                .unwrap()
+                .single_row()
+                .unwrap();
+            assert_eq!(i64::from(ttl.0), nodes_config.retention.as_secs() as i64);
+
+            store.purge_tenant("acme", 1000).await.unwrap();
+            assert!(list("acme", None, 10).await.is_empty());
+
+            // A keyspace made now has only the new table.
+            let mut made_now = nodes_config.clone();
+            made_now.keyspace = fresh.clone();
+            ScyllaStore::connect(&made_now, cipher()).await.unwrap();
+            let tables: Vec<(String,)> = ttl_session
+                .query_unpaged(
+                    "SELECT table_name FROM system_schema.tables WHERE keyspace_name = ? AND table_name IN ('logs_by_event', 'logs_by_event_slot')",
+                    (&fresh,),
+                )
+                .await
+                .unwrap()
+                .into_rows_result()
+                .unwrap()
+                .rows()
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            assert_eq!(tables, [("logs_by_event_slot".to_string(),)]);
+        }
+    };
+    // Drop the keyspaces whatever happened.
+    let outcome = tokio::spawn(result).await;
+    for keyspace in [&ks, &fresh] {
+        let _ = session
+            .query_unpaged(format!("DROP KEYSPACE IF EXISTS {keyspace}"), ())
+            .await;
+    }
+    outcome.unwrap();
+}

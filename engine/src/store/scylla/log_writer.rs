@@ -18,7 +18,7 @@ use std::sync::{
 use ::scylla::client::caching_session::CachingSession;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use super::{encode, grouped::write_table, id_day};
+use super::{encode, event_slot, grouped::write_table, id_day};
 use crate::{
     model::WebhookDeliveryLog,
     store::{OpCounts, StoreError},
@@ -31,7 +31,7 @@ const FLUSHES: usize = 4;
 
 const BY_TENANT: &str = "INSERT INTO logs_by_tenant (tenant_id, day, id, subscription_id, outcome, body) VALUES (?, ?, ?, ?, ?, ?)";
 const BY_SUBSCRIPTION: &str = "INSERT INTO logs_by_subscription (tenant_id, subscription_id, day, id, outcome, body) VALUES (?, ?, ?, ?, ?, ?)";
-const BY_EVENT: &str = "INSERT INTO logs_by_event (tenant_id, event_id, id, subscription_id, outcome, body) VALUES (?, ?, ?, ?, ?, ?)";
+const BY_EVENT: &str = "INSERT INTO logs_by_event_slot (tenant_id, slot, event_id, id, subscription_id, outcome, body) VALUES (?, ?, ?, ?, ?, ?, ?)";
 const LATEST: &str = "INSERT INTO sub_event_state (tenant_id, subscription_id, day, event_id, delivery_id, outcome) VALUES (?, ?, ?, ?, ?, ?) USING TIMESTAMP ?";
 
 /// One attempt waiting for its flush.
@@ -146,15 +146,17 @@ async fn flush(session: &CachingSession, ops: &OpCounts, group: &[Pending]) -> R
     });
     let by_event = group.iter().map(|p| {
         let a = &p.attempt;
+        let slot = event_slot(&a.event_id);
         let row = (
             &*a.tenant_id,
+            slot,
             &*a.event_id,
             &*a.id,
             &*a.subscription_id,
             a.outcome.as_str(),
             &*p.body,
         );
-        ((&*a.tenant_id, &*a.event_id), row, p.body.len())
+        ((&*a.tenant_id, slot), row, p.body.len())
     });
     // One row per (subscription, event), written with the timestamp taken
     // when its attempt was queued, so that the later attempt wins however

@@ -1,6 +1,6 @@
 //! The delivery log, written three ways so each list is one partition walk:
 //! by tenant and day, by subscription and day, and by event (an event's
-//! attempts are few). Each attempt also moves the latest outcome of its
+//! attempts are one clustering slice of its ten-second slot). Each attempt also moves the latest outcome of its
 //! `(subscription, event)` in `sub_event_state`, which a recovery reads.
 //! Rows expire with the tables' default TTL (the retention). Attempts
 //! recorded together are written together (`log_writer`).
@@ -43,17 +43,30 @@ impl DeliveryLogStore for ScyllaStore {
         };
         let before = filter.before.as_deref();
         let bodies = if let Some(event_id) = &filter.event_id {
-            // One partition per event: no day walk.
-            let rows: Vec<(String, String, String)> = self
+            // One slice of one partition: no day walk.
+            let before = before.unwrap_or(super::TOP);
+            let mut rows: Vec<(String, String, String, String)> = self
                 .rows(
-                    "SELECT subscription_id, outcome, body FROM logs_by_event WHERE tenant_id = ? AND event_id = ? AND id < ?",
-                    (tenant_id, event_id, before.unwrap_or(super::TOP)),
+                    "SELECT id, subscription_id, outcome, body FROM logs_by_event_slot WHERE tenant_id = ? AND slot = ? AND event_id = ? AND id < ?",
+                    (tenant_id, super::event_slot(event_id), event_id, before),
                 )
                 .await?;
+            if self.legacy_by_event {
+                // Attempts recorded by an older version, until they expire.
+                rows.extend(
+                    self.rows::<(String, String, String, String)>(
+                        "SELECT id, subscription_id, outcome, body FROM logs_by_event WHERE tenant_id = ? AND event_id = ? AND id < ?",
+                        (tenant_id, event_id, before),
+                    )
+                    .await?,
+                );
+                rows.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+                rows.dedup_by(|a, b| a.0 == b.0);
+            }
             rows.into_iter()
-                .filter(|(s, o, _)| keep(s, o))
+                .filter(|(_, s, o, _)| keep(s, o))
                 .take(limit)
-                .map(|(_, _, b)| b)
+                .map(|(_, _, _, b)| b)
                 .collect()
         } else if let Some(sub) = &filter.subscription_id {
             self.walk_days(

@@ -80,6 +80,9 @@ pub struct ScyllaStore {
     ops: Arc<super::OpCounts>,
     /// Delivery-log rows, written in groups.
     log_writer: log_writer::LogWriter,
+    /// Whether the keyspace has `logs_by_event` (made by a version before
+    /// `logs_by_event_slot`): lists by event and purges read it too.
+    legacy_by_event: bool,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
@@ -112,6 +115,17 @@ pub(crate) fn day_of_ms(ms: i64) -> i32 {
 /// The day bucket of an id (today's for ids without a time).
 fn id_day(id: &str) -> i32 {
     day_of_ms(id_ms(id).unwrap_or_else(crate::clock::now_ms))
+}
+
+/// Milliseconds of events whose attempts share a `logs_by_event_slot` partition.
+const EVENT_SLOT_MS: i64 = 10_000;
+
+/// The `logs_by_event_slot` partition of an event's attempts (the slot of
+/// now for ids without a time, like [`id_day`]).
+fn event_slot(event_id: &str) -> i64 {
+    id_ms(event_id)
+        .unwrap_or_else(crate::clock::now_ms)
+        .div_euclid(EVENT_SLOT_MS)
 }
 
 /// Sorts after every id (`~` is above hex digits), the cursor of a first page.
@@ -191,8 +205,22 @@ impl ScyllaStore {
                     .map_err(unavailable)?;
             }
         }
+        let legacy_by_event = !session
+            .query_unpaged(
+                "SELECT table_name FROM system_schema.tables WHERE keyspace_name = ? AND table_name = 'logs_by_event'",
+                (ks,),
+            )
+            .await
+            .map_err(unavailable)?
+            .into_rows_result()
+            .map_err(corrupt)?
+            .rows::<(String,)>()
+            .map_err(corrupt)?
+            .next()
+            .is_none();
         // Tables created by an earlier run keep the retention configured now.
-        for table in HISTORY_TABLES {
+        let legacy = legacy_by_event.then_some("logs_by_event");
+        for table in HISTORY_TABLES.into_iter().chain(legacy) {
             session
                 .query_unpaged(
                     format!("ALTER TABLE {table} WITH default_time_to_live = {retention}"),
@@ -222,6 +250,7 @@ impl ScyllaStore {
             marks: marks::ReadMarks::default(),
             recovery_tally: Default::default(),
             ops,
+            legacy_by_event,
         };
         store.load_tenant_keys().await?;
         store.reseal_subs().await?;
@@ -413,7 +442,7 @@ const HISTORY_TABLES: [&str; 6] = [
     "events_by_day",
     "logs_by_tenant",
     "logs_by_subscription",
-    "logs_by_event",
+    "logs_by_event_slot",
     "sub_event_state",
 ];
 

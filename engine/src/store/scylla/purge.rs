@@ -165,12 +165,9 @@ impl ScyllaStore {
                     )
                     .await?;
                 }
-                self.exec(
-                    "DELETE FROM logs_by_event WHERE tenant_id = ? AND event_id = ?",
-                    (tenant, &e.id),
-                )
-                .await?;
             }
+            self.purge_logs_by_event(tenant, events.iter().map(|e| &*e.id))
+                .await?;
             self.exec(
                 "DELETE FROM events_by_day WHERE tenant_id = ? AND day = ?",
                 (tenant, day),
@@ -179,6 +176,34 @@ impl ScyllaStore {
             deleted += events.len();
         }
         Ok(deleted)
+    }
+
+    /// The attempts of `events` listed by event: each ten-second slot's
+    /// partition once, and the older table's partition per event.
+    async fn purge_logs_by_event<'e>(
+        &self,
+        tenant: &str,
+        events: impl Iterator<Item = &'e str>,
+    ) -> Result<(), StoreError> {
+        let events: BTreeSet<&str> = events.collect();
+        let slots: BTreeSet<i64> = events.iter().map(|e| super::event_slot(e)).collect();
+        for slot in slots {
+            self.exec(
+                "DELETE FROM logs_by_event_slot WHERE tenant_id = ? AND slot = ?",
+                (tenant, slot),
+            )
+            .await?;
+        }
+        if self.legacy_by_event {
+            for event in events {
+                self.exec(
+                    "DELETE FROM logs_by_event WHERE tenant_id = ? AND event_id = ?",
+                    (tenant, event),
+                )
+                .await?;
+            }
+        }
+        Ok(())
     }
 
     /// Delivery logs three ways and the per-subscription state.
@@ -199,14 +224,9 @@ impl ScyllaStore {
                 },
             )
             .await?;
-            for log in &logs {
-                subs.insert(log.subscription_id.clone());
-                self.exec(
-                    "DELETE FROM logs_by_event WHERE tenant_id = ? AND event_id = ?",
-                    (tenant, &log.event_id),
-                )
+            subs.extend(logs.iter().map(|log| log.subscription_id.clone()));
+            self.purge_logs_by_event(tenant, logs.iter().map(|log| &*log.event_id))
                 .await?;
-            }
             if !logs.is_empty() {
                 days.push((day, logs.len()));
             }
