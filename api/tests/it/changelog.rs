@@ -258,6 +258,89 @@ async fn changelog_restores_on_assignment_and_moves_with_a_rebalance() {
     );
 }
 
+/// A broker outage does not end the changelog for the process: a commit
+/// that fails while the broker is down (its transaction with it) is
+/// followed, once the broker is back, by retries kept and offsets
+/// committed again, and a new member restores what was kept before and
+/// after. Before, the producer that could not open a transaction after the
+/// failed commit refused every write until the worker restarted.
+#[tokio::test(flavor = "multi_thread")]
+async fn changelog_commits_again_after_a_broker_outage() {
+    require_kafka().await;
+    let _broker = BROKER.write().await;
+    let prefix = prefix("changelog-outage");
+    let mut config = KafkaConfig::new(BROKERS);
+    config.topic_prefix = prefix.clone();
+    config.partitions = PARTITIONS;
+    let log = KafkaLog::connect(config).await.unwrap();
+    let group = format!("{prefix}-fanout");
+    let sink = Arc::new(Sink::default());
+    let (mut a, kept) = log.consumer_keeping(&group, sink.clone()).await.unwrap();
+    let kept = kept.expect("the Kafka log keeps a schedule changelog");
+    let e = event("tenant-0", 1);
+    let at = log.append(std::slice::from_ref(&e)).await.unwrap()[0];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while a
+        .poll(100, Duration::from_millis(200))
+        .await
+        .unwrap()
+        .is_empty()
+    {
+        assert!(Instant::now() < deadline, "the event was not read");
+    }
+    kept.keep(&retry("dlv_before", &e, 2)).await.unwrap();
+
+    crate::kafka::services(&["down", "kafka"]).await;
+    let next = [LogPosition {
+        partition: at.partition,
+        offset: at.offset + 1,
+    }];
+    let down = a.commit(&next).await;
+    assert!(down.is_err(), "a commit with the broker down: {down:?}");
+    crate::kafka::services(&["up", "kafka"]).await;
+
+    // Back: offsets and retries commit again, within a few tries. The
+    // consumer polls between them, as the fan-out does (it rejoins its
+    // group, which forgot it while the broker was down).
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let records = a.poll(100, Duration::from_millis(200)).await;
+        sink.assert_restored(&records.unwrap_or_default());
+        match a.commit(&next).await {
+            Ok(()) => break,
+            Err(e) => assert!(
+                Instant::now() < deadline,
+                "offsets still not committed two minutes after the broker came back: {e}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    kept.keep(&retry("dlv_after", &e, 3)).await.unwrap();
+    let committed = log.committed(&group).await.unwrap().unwrap();
+    assert_eq!(committed.get(&at.partition), Some(&(at.offset + 1)));
+
+    // Another member of a new group restores both retries from the changelog.
+    drop(a);
+    let restoring = Arc::new(Sink::default());
+    let (mut b, _) = log
+        .consumer_keeping(&format!("{group}-2"), restoring.clone())
+        .await
+        .unwrap();
+    let partition = partition_for(&e.tenant_id, PARTITIONS);
+    poll_until(&mut [(&mut b, &restoring)], "the restore", || {
+        restoring.restored.lock().unwrap().contains_key(&partition)
+    })
+    .await;
+    let restored: BTreeMap<String, u32> = restoring.restored.lock().unwrap()[&partition]
+        .iter()
+        .map(|p| (p.delivery.delivery_id.clone(), p.delivery.attempt))
+        .collect();
+    assert_eq!(
+        restored,
+        BTreeMap::from([("dlv_after".to_string(), 3), ("dlv_before".to_string(), 2)])
+    );
+}
+
 /// A measurement, not a check (no test asserts a time): how long a worker
 /// taking over partitions waits for their changelog. Keeps `HERALD_RETRIES`
 /// (default 100,000) retries of 1 KiB events over the topic's partitions,

@@ -51,6 +51,9 @@ const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(10);
 /// failed (the caller tries again, or leaves the delivery to a restore).
 const OUTCOME_WAIT: Duration = Duration::from_secs(30);
 
+/// How often a changelog with no transaction open tries a new producer.
+const RENEW_EVERY: Duration = Duration::from_secs(1);
+
 /// How long a restore of one partition may take.
 const RESTORE_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -126,13 +129,21 @@ impl Open {
 /// One worker's changelog writer: a transactional producer with one
 /// transaction always open.
 pub struct Changelog {
-    producer: FutureProducer,
+    /// Replaced, under the same transactional id, when it cannot open a
+    /// transaction (see [`Changelog::commit`]).
+    producer: parking_lot::Mutex<FutureProducer>,
+    /// How a producer is made: the Kafka settings and the transactional id.
+    config: KafkaConfig,
+    transactional_id: String,
     topic: String,
     partitions: u32,
     open: RwLock<Open>,
-    /// Set when the producer was fenced or failed for good: nothing more is
-    /// committed by this process (its partitions' next owner restores them).
+    /// Set while there is no transaction open (a failed abort or begin, a
+    /// fenced or failed producer): writes are refused and the next commit
+    /// makes a new producer first.
     broken: std::sync::atomic::AtomicBool,
+    /// When a new producer was last tried.
+    renewed_at: parking_lot::Mutex<Option<std::time::Instant>>,
 }
 
 impl Changelog {
@@ -147,38 +158,18 @@ impl Changelog {
             .worker_id
             .clone()
             .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
-        let (c, id) = (
-            config.clone(),
-            format!("{}-schedule-{instance}", config.topic_prefix),
-        );
-        let producer = blocking(move || {
-            let p: FutureProducer = base_config(&c)
-                .set("transactional.id", &id)
-                .set("enable.idempotence", "true")
-                .set("acks", "all")
-                .set(
-                    "transaction.timeout.ms",
-                    TRANSACTION_TIMEOUT.as_millis().to_string(),
-                )
-                .set("message.timeout.ms", "9000")
-                .set("linger.ms", "5")
-                .set("compression.type", "lz4")
-                .create()
-                .map_err(|e| unavailable("creating the schedule changelog's producer", e))?;
-            p.init_transactions(LOOKUP_TIMEOUT)
-                .map_err(|e| unavailable("initialising the changelog's transactions", e))?;
-            p.begin_transaction()
-                .map_err(|e| unavailable("beginning a changelog transaction", e))?;
-            Ok(p)
-        })
-        .await?;
+        let transactional_id = format!("{}-schedule-{instance}", config.topic_prefix);
+        let producer = transactional_producer(config, &transactional_id).await?;
         tracing::info!(topic, partitions, "schedule changelog ready");
         let changelog = Arc::new(Self {
-            producer,
+            producer: parking_lot::Mutex::new(producer),
+            config: config.clone(),
+            transactional_id,
             topic,
             partitions,
             open: RwLock::new(Open::new()),
             broken: Default::default(),
+            renewed_at: Default::default(),
         });
         tokio::spawn(flush(Arc::downgrade(&changelog)));
         Ok(changelog)
@@ -197,17 +188,23 @@ impl Changelog {
             return Ok(());
         }
         if self.broken.load(std::sync::atomic::Ordering::Relaxed) {
-            return Err(LogError::Unavailable(
-                "the schedule changelog's producer failed for good; restart the worker".into(),
-            ));
+            // Only the fan-out, while it reads its partitions, makes a new
+            // producer: a worker whose successor took its name (and fenced
+            // its producer) reads nothing, and does not fence it back.
+            if offsets.is_none() {
+                return Err(LogError::Unavailable(
+                    "the schedule changelog has no transaction open".into(),
+                ));
+            }
+            self.renew().await?;
         }
-        let p = self.producer.clone();
+        let p = self.producer.lock().clone();
         let outcome = blocking(move || Ok(end_transaction(&p, offsets))).await?;
         let committed = outcome.is_ok();
         if let Err(e) = &outcome {
             tracing::warn!(error = %e, "a schedule changelog transaction was aborted");
         }
-        let p = self.producer.clone();
+        let p = self.producer.lock().clone();
         let begun = blocking(move || {
             p.begin_transaction()
                 .map_err(|e| unavailable("beginning a changelog transaction", e))
@@ -216,11 +213,36 @@ impl Changelog {
         if let Err(e) = &begun {
             self.broken
                 .store(true, std::sync::atomic::Ordering::Relaxed);
-            tracing::error!(error = %e, "the schedule changelog cannot open a transaction; this worker commits nothing more");
+            tracing::error!(error = %e, "the schedule changelog cannot open a transaction; it makes a new producer at the next commit");
         }
         let done = std::mem::replace(&mut *open, Open::new());
         done.outcome.send_replace(Some(committed));
         outcome.and(begun)
+    }
+
+    /// Makes a new producer under the same transactional id, at most once
+    /// per [`RENEW_EVERY`]: its `init_transactions` aborts what the old
+    /// one left open (or waits for the broker to), and bumps the epoch, so
+    /// the old producer can commit nothing more. The caller holds the
+    /// open transaction's lock.
+    async fn renew(&self) -> Result<(), LogError> {
+        {
+            let mut at = self.renewed_at.lock();
+            if at.is_some_and(|t| t.elapsed() < RENEW_EVERY) {
+                return Err(LogError::Unavailable(
+                    "the schedule changelog has no transaction open; a new producer is tried shortly".into(),
+                ));
+            }
+            *at = Some(std::time::Instant::now());
+        }
+        let producer = transactional_producer(&self.config, &self.transactional_id).await?;
+        let old = std::mem::replace(&mut *self.producer.lock(), producer);
+        // Dropping a producer waits for its requests in flight.
+        tokio::task::spawn_blocking(move || drop(old));
+        self.broken
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+        tracing::info!("the schedule changelog has a new producer and a transaction open");
+        Ok(())
     }
 
     /// Writes one record (a value, or a tombstone) into the open transaction
@@ -236,7 +258,7 @@ impl Changelog {
             let mut open = self.open.write().await;
             if self.broken.load(std::sync::atomic::Ordering::Relaxed) {
                 return Err(LogError::Unavailable(
-                    "the schedule changelog's producer failed for good".into(),
+                    "the schedule changelog has no transaction open".into(),
                 ));
             }
             let mut record = FutureRecord::<str, [u8]>::to(&self.topic)
@@ -247,6 +269,7 @@ impl Changelog {
             }
             let ack = self
                 .producer
+                .lock()
                 .send_result(record)
                 .map_err(|(e, _)| unavailable("writing to the schedule changelog", e))?;
             open.dirty = true;
@@ -310,6 +333,35 @@ async fn flush(changelog: std::sync::Weak<Changelog>) {
             tracing::warn!(error = %e, "could not commit the schedule changelog");
         }
     }
+}
+
+/// A transactional producer for the changelog with a transaction open.
+async fn transactional_producer(
+    config: &KafkaConfig,
+    transactional_id: &str,
+) -> Result<FutureProducer, LogError> {
+    let (c, id) = (config.clone(), transactional_id.to_string());
+    blocking(move || {
+        let p: FutureProducer = base_config(&c)
+            .set("transactional.id", &id)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set(
+                "transaction.timeout.ms",
+                TRANSACTION_TIMEOUT.as_millis().to_string(),
+            )
+            .set("message.timeout.ms", "9000")
+            .set("linger.ms", "5")
+            .set("compression.type", "lz4")
+            .create()
+            .map_err(|e| unavailable("creating the schedule changelog's producer", e))?;
+        p.init_transactions(LOOKUP_TIMEOUT)
+            .map_err(|e| unavailable("initialising the changelog's transactions", e))?;
+        p.begin_transaction()
+            .map_err(|e| unavailable("beginning a changelog transaction", e))?;
+        Ok(p)
+    })
+    .await
 }
 
 /// Sends the offsets and commits; on failure aborts (when it can) and says why.

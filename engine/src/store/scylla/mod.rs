@@ -205,7 +205,7 @@ impl ScyllaStore {
                     .map_err(unavailable)?;
             }
         }
-        let legacy_by_event = !session
+        let legacy_by_event = session
             .query_unpaged(
                 "SELECT table_name FROM system_schema.tables WHERE keyspace_name = ? AND table_name = 'logs_by_event'",
                 (ks,),
@@ -217,7 +217,7 @@ impl ScyllaStore {
             .rows::<(String,)>()
             .map_err(corrupt)?
             .next()
-            .is_none();
+            .is_some();
         // Tables created by an earlier run keep the retention configured now.
         let legacy = legacy_by_event.then_some("logs_by_event");
         for table in HISTORY_TABLES.into_iter().chain(legacy) {
