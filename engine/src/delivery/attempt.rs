@@ -182,6 +182,10 @@ async fn finish(
         .is_dead()
         .then_some((record.status_code, record.error));
     let retry_wanted = decision.next.is_some();
+    // A retry for memory is added only once the delivery is out of flight:
+    // one already due would otherwise be dispatched while its id is still
+    // in flight, and dropped as a duplicate.
+    let mut to_memory = None;
     let (recorded, durable) = if !job.unscheduled() {
         let recorded = persist(ctx, record, decision.next, false).await;
         (recorded, recorded)
@@ -191,7 +195,11 @@ async fn finish(
         // duplicate, not a loss).
         let recorded = persist(ctx, record, None, true).await;
         let kept = match decision.next {
-            Some(next) if recorded => keep_retry(ctx, next, &job).await,
+            Some(next) if recorded => {
+                let (kept, pending) = keep_retry(ctx, next, &job).await;
+                to_memory = pending;
+                kept
+            }
             Some(_) => false,
             None if recorded => forget_kept(ctx, &job).await,
             None => false,
@@ -202,6 +210,9 @@ async fn finish(
         announce_dead(ctx, &job, last_status_code, last_error).await;
     }
     ctx.in_flight.lock().remove(&d.delivery_id);
+    if let Some(pending) = to_memory {
+        ctx.retries.add(pending);
+    }
     if d.ordered {
         // The next delivery of this ordered subscription may go now.
         ctx.wake.notify_one();
@@ -443,9 +454,15 @@ async fn persist(
 /// the schedule changelog and in memory when the log keeps one and the
 /// retry is near enough (see [`super::retries::Retries::takes`]), else in
 /// the store's schedule (and then forgotten in the changelog). Whether it
-/// is durable; a retry the changelog refused still goes from memory (its
-/// earlier state, or its event, is read again after a restart).
-async fn keep_retry(ctx: &WorkerContext, next: ScheduledDelivery, job: &Job) -> bool {
+/// is durable, and the retry for the caller to add to memory once the
+/// delivery is out of flight; a retry the changelog refused still goes
+/// from memory (its earlier state, or its event, is read again after a
+/// restart).
+async fn keep_retry(
+    ctx: &WorkerContext,
+    next: ScheduledDelivery,
+    job: &Job,
+) -> (bool, Option<Pending>) {
     let log = ctx
         .retries
         .log()
@@ -455,7 +472,7 @@ async fn keep_retry(ctx: &WorkerContext, next: ScheduledDelivery, job: &Job) -> 
         if scheduled {
             forget_kept(ctx, job).await;
         }
-        return scheduled;
+        return (scheduled, None);
     };
     let pending = Pending {
         delivery: next,
@@ -469,8 +486,7 @@ async fn keep_retry(ctx: &WorkerContext, next: ScheduledDelivery, job: &Job) -> 
         || async { log.keep(&pending).await.map_err(changelog_error) },
     )
     .await;
-    ctx.retries.add(pending);
-    kept
+    (kept, Some(pending))
 }
 
 /// Forgets a delivery the changelog keeps (it is recorded, or now in the
