@@ -185,39 +185,25 @@ impl ScyllaStore {
         }
         // Columns added since a table was first created.
         for (table, column, kind) in ADDED_COLUMNS {
-            let present: Vec<(String,)> = session
-                .query_unpaged(
-                    "SELECT column_name FROM system_schema.columns WHERE keyspace_name = ? AND table_name = ? AND column_name = ?",
-                    (ks, table, column),
-                )
-                .await
-                .map_err(unavailable)?
-                .into_rows_result()
-                .map_err(corrupt)?
-                .rows::<(String,)>()
-                .map_err(corrupt)?
-                .collect::<Result<_, _>>()
-                .map_err(corrupt)?;
-            if present.is_empty() {
+            let present = schema_has(
+                &session,
+                "SELECT column_name FROM system_schema.columns WHERE keyspace_name = ? AND table_name = ? AND column_name = ?",
+                (ks, table, column),
+            )
+            .await?;
+            if !present {
                 session
                     .query_unpaged(format!("ALTER TABLE {table} ADD {column} {kind}"), ())
                     .await
                     .map_err(unavailable)?;
             }
         }
-        let legacy_by_event = session
-            .query_unpaged(
-                "SELECT table_name FROM system_schema.tables WHERE keyspace_name = ? AND table_name = 'logs_by_event'",
-                (ks,),
-            )
-            .await
-            .map_err(unavailable)?
-            .into_rows_result()
-            .map_err(corrupt)?
-            .rows::<(String,)>()
-            .map_err(corrupt)?
-            .next()
-            .is_some();
+        let legacy_by_event = schema_has(
+            &session,
+            "SELECT table_name FROM system_schema.tables WHERE keyspace_name = ? AND table_name = 'logs_by_event'",
+            (ks,),
+        )
+        .await?;
         // Tables created by an earlier run keep the retention configured now.
         let legacy = legacy_by_event.then_some("logs_by_event");
         for table in HISTORY_TABLES.into_iter().chain(legacy) {
@@ -424,6 +410,24 @@ impl ScyllaStore {
         }
         Ok(out)
     }
+}
+
+/// Whether a query of `system_schema` finds a row (a table or column that exists).
+async fn schema_has(
+    session: &::scylla::client::session::Session,
+    cql: &'static str,
+    values: impl SerializeRow,
+) -> Result<bool, StoreError> {
+    Ok(session
+        .query_unpaged(cql, values)
+        .await
+        .map_err(unavailable)?
+        .into_rows_result()
+        .map_err(corrupt)?
+        .rows::<(String,)>()
+        .map_err(corrupt)?
+        .next()
+        .is_some())
 }
 
 /// Columns `schema.cql` has that tables created by an older version lack:
