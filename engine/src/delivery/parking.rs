@@ -30,6 +30,10 @@ pub(super) struct Parking {
     awaiting: u64,
     /// When the last release that found some ended.
     released_at: Option<Instant>,
+    /// Whether a park write ended while the release under way ran: that
+    /// release may have looked before the rows were there, so finding none
+    /// does not end the count.
+    written_while_releasing: bool,
 }
 
 impl Parking {
@@ -58,11 +62,13 @@ impl Parking {
     /// leaves them leased).
     pub fn written(&mut self, n: u64) {
         self.unwritten = self.unwritten.saturating_sub(n);
+        self.written_while_releasing |= self.releasing;
     }
 
     /// Fan-out parked `n` new deliveries itself (written already).
     pub fn add_written(&mut self, n: u64) {
         self.parked += n;
+        self.written_while_releasing |= self.releasing;
     }
 
     /// A delivery of the endpoint reached the shard (perhaps one released).
@@ -89,6 +95,7 @@ impl Parking {
     /// A release starts.
     pub fn releasing(&mut self) {
         self.releasing = true;
+        self.written_while_releasing = false;
     }
 
     /// A release ended: it made `released` deliveries due (`None`: it
@@ -97,8 +104,9 @@ impl Parking {
     pub fn released(&mut self, released: Option<u64>, now: Instant) -> bool {
         self.releasing = false;
         match released {
-            // None left: done, unless more are still to be written.
-            Some(0) if self.unwritten == 0 => self.parked = 0,
+            // None left: done, unless more are still to be written, or were
+            // written while it looked (it may have looked before them).
+            Some(0) if self.unwritten == 0 && !self.written_while_releasing => self.parked = 0,
             Some(0) | None => {}
             Some(n) => {
                 // Keep going (one more release finds none) once these come back.
@@ -139,6 +147,38 @@ mod tests {
         assert!(!p.may_release(now), "not before they are written");
         p.written(88);
         assert!(p.may_release(now));
+    }
+
+    #[test]
+    fn a_release_that_looked_before_a_park_write_ended_does_not_end_the_count() {
+        let now = Instant::now();
+        // A restart: the first delivery looks for inherited parked ones.
+        let mut p = Parking::new(1);
+        p.releasing();
+        // Meanwhile 76 go to be parked, and their write ends before the
+        // look's answer, which found none (it ran before the rows were there).
+        for _ in 0..76 {
+            p.queue();
+        }
+        p.written(76);
+        assert!(!p.released(Some(0), now));
+        assert!(!p.idle(), "the 76 are still counted");
+        assert!(p.may_release(now), "and the next release looks for them");
+        p.releasing();
+        assert!(p.released(Some(5), now));
+
+        // The same with fan-out's parks, written already.
+        let mut p = Parking::new(1);
+        p.releasing();
+        p.add_written(3);
+        assert!(!p.released(Some(0), now));
+        assert!(p.may_release(now), "fan-out's parks are looked for again");
+        p.releasing();
+        assert!(!p.released(Some(0), now));
+        assert!(
+            p.idle(),
+            "a look that began after every write ends the count"
+        );
     }
 
     #[test]
