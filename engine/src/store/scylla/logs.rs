@@ -1,7 +1,8 @@
 //! The delivery log, written three ways so each list is one partition walk:
 //! by tenant and day, by subscription and day, and by event (an event's
-//! attempts are one clustering slice of its ten-second slot). Each attempt also moves the latest outcome of its
-//! `(subscription, event)` in `sub_event_state`, which a recovery reads.
+//! attempts are one clustering slice of its ten-second slot). Each attempt
+//! also moves the latest outcome of its `(subscription, event)` in
+//! `sub_event_state`, which a recovery reads.
 //! Rows expire with the tables' default TTL (the retention). Attempts
 //! recorded together are written together (`log_writer`).
 
