@@ -85,6 +85,14 @@ pub struct Settings {
     /// schedule changelog ([`EventLog::consumer_keeping`]): the consumer
     /// restores its partitions' retries into it.
     pub retries: Arc<Retries>,
+    /// Whether events whose deliveries are all unordered are handed over
+    /// unscheduled (kept by the log until settled) rather than scheduled
+    /// already leased.
+    pub hand_over_unscheduled: bool,
+    /// Whether retries are kept in the log's schedule changelog when it
+    /// has one (Kafka with the CQL store); otherwise they go to the store's
+    /// schedule.
+    pub keep_retries_in_log: bool,
     /// Tenants deleted or being deleted: their events are dropped, not
     /// indexed (so a deleted tenant's rows never come back).
     pub gone: Arc<GoneTenants>,
@@ -109,6 +117,8 @@ pub async fn run(
         handoff_limit,
         unsettled,
         retries,
+        hand_over_unscheduled,
+        keep_retries_in_log,
         gone,
     } = settings;
     let mut offsets = Offsets {
@@ -118,7 +128,7 @@ pub async fn run(
         last_commit: None,
     };
     let mut consumer = loop {
-        let opened =
+        let opened = if keep_retries_in_log {
             log.consumer_keeping(&group, retries.clone())
                 .await
                 .map(|(consumer, changelog)| {
@@ -126,7 +136,10 @@ pub async fn run(
                         retries.keep_in(changelog);
                     }
                     consumer
-                });
+                })
+        } else {
+            log.consumer(&group).await
+        };
         match opened {
             Ok(c) => break c,
             Err(e) => {
@@ -210,7 +223,8 @@ pub async fn run(
                     budget -= handed;
                     lease_until
                 });
-                let unscheduled = lease_until_ms.is_some()
+                let unscheduled = hand_over_unscheduled
+                    && lease_until_ms.is_some()
                     && !deliveries.is_empty()
                     && parked.is_empty()
                     && deliveries.iter().all(|d| !d.ordered);
