@@ -22,6 +22,7 @@ contract!(
     released_leases_fall_due_at_once,
     backlog_and_next_due_follow_the_schedule,
     held_deliveries_wait_for_their_release_in_event_order,
+    two_releases_at_once_leave_every_held_delivery_due,
 );
 
 fn ids<'a>(claimed: impl IntoIterator<Item = &'a ScheduledDelivery>) -> HashSet<String> {
@@ -398,4 +399,46 @@ async fn held_deliveries_wait_for_their_release_in_event_order(h: &Harness) {
     let q = s.claim_due(now(), far(), 10).await.unwrap();
     assert_eq!(q.len(), 1);
     assert_eq!(q[0].0.subscription_id, "sub_q");
+}
+
+/// A resume and a worker that just held a delivery of the resumed
+/// subscription both release its held deliveries, at the same millisecond:
+/// each is released once, and every one of them can be claimed. (The CQL
+/// store's losing release used to delete the index row the winner had just
+/// written, leaving a due delivery no claim could find.)
+async fn two_releases_at_once_leave_every_held_delivery_due(h: &Harness) {
+    const N: usize = 40;
+    let s = &h.store;
+    let ev = event("acme", "order.created");
+    s.record_event(&ev, POSITION, 0).await.unwrap();
+    let all: Vec<ScheduledDelivery> = (0..N)
+        .map(|i| {
+            let mut d = delivery(&ev, "sub_r", now() - 1_000);
+            d.seq = i as i64;
+            d
+        })
+        .collect();
+    s.schedule(all.clone()).await.unwrap();
+    let far = now() + 3_600_000;
+    let claimed = s.claim_due(now(), far, N).await.unwrap();
+    assert_eq!(claimed.len(), N);
+    let claimed: Vec<_> = claimed.into_iter().map(|(d, _)| d).collect();
+    s.hold_all(&claimed, far).await.unwrap();
+    // The same release time for both, ahead of the clock, so neither moves
+    // it to its own "now".
+    let at = now() + 60_000;
+    let (a, b) = tokio::join!(
+        s.release_held("sub_r", at, usize::MAX),
+        s.release_held("sub_r", at, usize::MAX)
+    );
+    assert_eq!(a.unwrap() + b.unwrap(), N as u64, "each released once");
+    let due = s.claim_due(at + 1, far + 60_000, 2 * N).await.unwrap();
+    let due = ids(due.iter().map(|(d, _)| d));
+    let missing: Vec<_> = ids(&all).difference(&due).cloned().collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {N} released deliveries are not due: {missing:?}",
+        missing.len()
+    );
+    assert_eq!(due.len(), N);
 }

@@ -125,14 +125,19 @@ impl ScyllaStore {
             return Ok(Release::NotHeld);
         }
         self.index_due(id, now).await?;
-        let (applied, _) = self
+        let (applied, current) = self
             .lwt(
                 "UPDATE schedule SET due_at = ? WHERE delivery_id = ? IF due_at = ?",
                 (now, id, due),
             )
             .await?;
         if !applied {
-            // Claimed meanwhile: the claim's index row stands, ours goes.
+            // Claimed meanwhile: the claim's index row stands, ours goes;
+            // unless another release made it due at the same millisecond,
+            // when the index row is theirs as well.
+            if current.get("due_at") == Some(&CqlValue::BigInt(now)) {
+                return Ok(Release::NotHeld);
+            }
             self.unindex_due(id, now).await?;
             return Ok(Release::Leased);
         }

@@ -143,8 +143,10 @@ impl ScyllaStore {
         };
         let d = delivery_of(&delivery_id, &row);
         if row.6 != due {
-            if due < now - STALE_GRACE_MS || row.6 > due {
+            if due < now - STALE_GRACE_MS {
                 self.unindex_due(&delivery_id, due).await?;
+            } else if row.6 > due {
+                self.unindex_early(&delivery_id, due).await?;
             }
             return Ok(None);
         }
@@ -182,6 +184,27 @@ impl ScyllaStore {
             return Ok(None);
         };
         Ok(Some((d, event)))
+    }
+
+    /// Deletes an index row earlier than its schedule row: left by a claim
+    /// or a retry (which move the row later, new index row first), unless a
+    /// release is moving the row earlier right now (new index row first as
+    /// well). The schedule row is read again after the delete: if the
+    /// release landed meanwhile, the index row is written back, so a delete
+    /// that raced the release's own re-write cannot leave the delivery
+    /// without one.
+    async fn unindex_early(&self, delivery_id: &str, due: i64) -> Result<(), StoreError> {
+        self.unindex_due(delivery_id, due).await?;
+        let now: Option<(i64,)> = self
+            .row(
+                "SELECT due_at FROM schedule WHERE delivery_id = ?",
+                (delivery_id,),
+            )
+            .await?;
+        if now.is_some_and(|(d,)| d == due) {
+            self.index_due(delivery_id, due).await?;
+        }
+        Ok(())
     }
 
     async fn remove_schedule(&self, d: &ScheduledDelivery, due: i64) -> Result<(), StoreError> {
