@@ -195,13 +195,13 @@ impl ScyllaStore {
     /// without one.
     async fn unindex_early(&self, delivery_id: &str, due: i64) -> Result<(), StoreError> {
         self.unindex_due(delivery_id, due).await?;
-        let now: Option<(i64,)> = self
+        let current: Option<(i64,)> = self
             .row(
                 "SELECT due_at FROM schedule WHERE delivery_id = ?",
                 (delivery_id,),
             )
             .await?;
-        if now.is_some_and(|(d,)| d == due) {
+        if current.is_some_and(|(d,)| d == due) {
             self.index_due(delivery_id, due).await?;
         }
         Ok(())
