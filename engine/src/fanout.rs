@@ -85,14 +85,6 @@ pub struct Settings {
     /// schedule changelog ([`EventLog::consumer_keeping`]): the consumer
     /// restores its partitions' retries into it.
     pub retries: Arc<Retries>,
-    /// Whether events whose deliveries are all unordered are handed over
-    /// unscheduled (kept by the log until settled) rather than scheduled
-    /// already leased.
-    pub hand_over_unscheduled: bool,
-    /// Whether retries are kept in the log's schedule changelog when it
-    /// has one (Kafka with the CQL store); otherwise they go to the store's
-    /// schedule.
-    pub keep_retries_in_log: bool,
     /// Tenants deleted or being deleted: their events are dropped, not
     /// indexed (so a deleted tenant's rows never come back).
     pub gone: Arc<GoneTenants>,
@@ -117,8 +109,6 @@ pub async fn run(
         handoff_limit,
         unsettled,
         retries,
-        hand_over_unscheduled,
-        keep_retries_in_log,
         gone,
     } = settings;
     let mut offsets = Offsets {
@@ -128,7 +118,7 @@ pub async fn run(
         last_commit: None,
     };
     let mut consumer = loop {
-        let opened = if keep_retries_in_log {
+        let opened =
             log.consumer_keeping(&group, retries.clone())
                 .await
                 .map(|(consumer, changelog)| {
@@ -136,10 +126,7 @@ pub async fn run(
                         retries.keep_in(changelog);
                     }
                     consumer
-                })
-        } else {
-            log.consumer(&group).await
-        };
+                });
         match opened {
             Ok(c) => break c,
             Err(e) => {
@@ -223,8 +210,7 @@ pub async fn run(
                     budget -= handed;
                     lease_until
                 });
-                let unscheduled = hand_over_unscheduled
-                    && lease_until_ms.is_some()
+                let unscheduled = lease_until_ms.is_some()
                     && !deliveries.is_empty()
                     && parked.is_empty()
                     && deliveries.iter().all(|d| !d.ordered);

@@ -31,10 +31,7 @@ use crate::{
     subscriptions::SubscriptionIndex,
 };
 
-use super::{
-    backends::{Backends, StoreBackend},
-    recovery, Engine,
-};
+use super::{backends::Backends, recovery, Engine};
 
 impl Engine {
     /// Opens the backends the configuration chooses ([`Backends`]) and
@@ -101,7 +98,6 @@ impl Engine {
             // is kept in the log's schedule changelog when it has one
             // (Kafka), else in the store's schedule.
             let retries = Arc::new(Retries::new(log.partitions()));
-            let cql = matches!(backends.store, StoreBackend::Cql(_));
             let ctx = Arc::new(WorkerContext {
                 store: store.clone(),
                 subscriptions: subscriptions.clone(),
@@ -132,13 +128,6 @@ impl Engine {
                     handoff_limit: d.handoff_limit,
                     unsettled: Arc::new(Unsettled::default()),
                     retries: retries.clone(),
-                    // Not on Kafka + SQLite, which schedules every
-                    // delivery as before: there, a Kafka broker restart
-                    // left events undelivered with the unscheduled
-                    // hand-off (`kafka_broker_restart_and_outage_lose_nothing`,
-                    // twice on 2026-12-06), not yet explained.
-                    hand_over_unscheduled: cql || !backends.shared(),
-                    keep_retries_in_log: cql,
                     gone: gone.clone(),
                 },
                 wake.clone(),
