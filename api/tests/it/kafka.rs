@@ -160,18 +160,36 @@ pub async fn emit_many(
     acked: Arc<Mutex<HashSet<String>>>,
     refused: Arc<std::sync::atomic::AtomicUsize>,
 ) {
+    let go_on = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    emit_until(base, keys, n, acked, refused, go_on).await;
+}
+
+/// Emits as [`emit_many`] does, until `go_on` is cleared or `n` were made:
+/// for a fault that must meet emits in flight, however fast they go.
+pub async fn emit_until(
+    base: String,
+    keys: Vec<String>,
+    n: usize,
+    acked: Arc<Mutex<HashSet<String>>>,
+    refused: Arc<std::sync::atomic::AtomicUsize>,
+    go_on: Arc<std::sync::atomic::AtomicBool>,
+) {
     let http = reqwest::Client::new();
     let mut tasks = Vec::new();
     for client in 0..8 {
-        let (http, base, keys, acked, refused) = (
+        let (http, base, keys, acked, refused, go_on) = (
             http.clone(),
             base.clone(),
             keys.clone(),
             acked.clone(),
             refused.clone(),
+            go_on.clone(),
         );
         tasks.push(tokio::spawn(async move {
             for i in (client..n).step_by(8) {
+                if !go_on.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
                 let r = http
                     .post(format!("{base}/api/v1/integrations/events"))
                     .bearer_auth(&keys[i % keys.len()])
@@ -495,21 +513,30 @@ async fn kafka_kill_9_of_the_api_loses_no_acknowledged_event() {
     let (keys, secrets) = tenants(&api.base, 3, &receiver).await;
     let acked = Arc::new(Mutex::new(HashSet::new()));
     let refused = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let emitting = tokio::spawn(emit_many(
+    // The clients emit until the kill has met them, however fast they go.
+    let go_on = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let emitting = tokio::spawn(emit_until(
         api.base.clone(),
         keys.clone(),
-        600,
+        20_000,
         acked.clone(),
         refused.clone(),
+        go_on.clone(),
     ));
     eventually("deliveries under way", Duration::from_secs(60), || async {
         (receiver.received().len() >= 100).then_some(())
     })
     .await;
     api.kill9().await;
+    eventually(
+        "emits refused after the kill",
+        Duration::from_secs(30),
+        || async { (refused.load(std::sync::atomic::Ordering::Relaxed) > 0).then_some(()) },
+    )
+    .await;
+    go_on.store(false, std::sync::atomic::Ordering::Relaxed);
     emitting.await.unwrap();
     let refused_n = refused.load(std::sync::atomic::Ordering::Relaxed);
-    assert!(refused_n > 0, "emits after the kill were refused");
     // A new API process; the clients go on there.
     let api = start_role("api", &dir, &prefix, &[]).await;
     emit_many(api.base.clone(), keys, 200, acked.clone(), refused.clone()).await;
