@@ -11,6 +11,7 @@
 //! emit-to-delivery latency.
 
 use std::{
+    collections::HashMap,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         Arc,
@@ -45,6 +46,9 @@ pub struct Plan {
     pub groups: usize,
     /// Tenants; group `g` belongs to tenant `g mod tenants`.
     pub tenants: usize,
+    /// Keep each acknowledged event's send time ([`Emitted::sent_ms`]),
+    /// for a receiver that cannot read it from the envelope.
+    pub send_times: bool,
 }
 
 /// The tenant whose key sends the request whose first event is `first`
@@ -74,12 +78,15 @@ pub struct Emitted {
     pub behind_schedule: AtomicU64,
     /// Request round trips, microseconds.
     pub request_latency: Mutex<Histogram<u64>>,
+    /// When each acknowledged event was sent (its `occurred_at`), unix ms;
+    /// kept only when [`Plan::send_times`] asks.
+    pub sent_ms: Mutex<HashMap<Box<str>, u64>>,
     next: AtomicU64,
     stop: AtomicBool,
 }
 
 impl Emitted {
-    fn new(groups: usize) -> Self {
+    pub(crate) fn new(groups: usize) -> Self {
         Self {
             acked: (0..groups).map(|_| Mutex::default()).collect(),
             acked_count: AtomicU64::new(0),
@@ -87,6 +94,7 @@ impl Emitted {
             failures: Mutex::default(),
             behind_schedule: AtomicU64::new(0),
             request_latency: Mutex::new(histogram()),
+            sent_ms: Mutex::default(),
             next: AtomicU64::new(0),
             stop: AtomicBool::new(false),
         }
@@ -194,7 +202,8 @@ fn item(plan: &Plan, pad: &str, seq: u64, first: u64, now: &str) -> Value {
 }
 
 async fn send(client: &Client, plan: &Plan, pad: &str, out: &Emitted, seqs: std::ops::Range<u64>) {
-    let now = OffsetDateTime::now_utc()
+    let sent = OffsetDateTime::now_utc();
+    let now = sent
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default();
     let count = seqs.end - seqs.start;
@@ -252,6 +261,13 @@ async fn send(client: &Client, plan: &Plan, pad: &str, out: &Emitted, seqs: std:
         }
         return;
     }
+    if plan.send_times {
+        let at = (sent.unix_timestamp_nanos() / 1_000_000) as u64;
+        let mut sent_ms = out.sent_ms.lock();
+        for id in &ids {
+            sent_ms.insert(id.as_str().into(), at);
+        }
+    }
     let first = seqs.start;
     for (seq, id) in seqs.zip(ids) {
         out.acked[group_of(plan, seq, first)]
@@ -275,6 +291,7 @@ mod tests {
             payload_bytes: 0,
             groups,
             tenants,
+            send_times: false,
         }
     }
 

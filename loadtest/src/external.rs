@@ -4,8 +4,10 @@
 //! `$msec $status $uri $http_webhook_id` (nginx: `log_format herald
 //! '$msec $status $uri $http_webhook_id';`, see `scripts/nginx-receiver`).
 //! Subscription `i` is created at `<base>/s/<i>`, so a line's URI says
-//! which subscription it is; signatures are not checked by such a
-//! receiver, and emit-to-delivery latency is not measured.
+//! which subscription it is. Signatures are not checked by such a
+//! receiver; emit-to-delivery latency runs from each event's send time
+//! (kept by the emitter) to the log time of its first delivery to each
+//! subscription, both to the millisecond.
 
 use std::{
     io::{Read, Seek, SeekFrom},
@@ -15,8 +17,12 @@ use std::{
 };
 
 use anyhow::Context;
+use hdrhistogram::Histogram;
 
-use crate::farm::FarmState;
+use crate::{
+    emitter::Emitted,
+    farm::{histogram, FarmState},
+};
 
 /// One access-log line.
 #[derive(Debug, PartialEq)]
@@ -94,6 +100,10 @@ impl LogFollower {
             state.deliveries.fetch_add(1, Ordering::Relaxed);
             if first {
                 state.first_deliveries.fetch_add(1, Ordering::Relaxed);
+                state
+                    .first_arrivals
+                    .lock()
+                    .push((line.id.into(), line.at_ms));
             }
             state
                 .last_delivery_ms
@@ -113,6 +123,20 @@ impl LogFollower {
             }
         })
     }
+}
+
+/// Emit-to-delivery latency in microseconds of every first delivery the
+/// log showed of an acknowledged event (whole milliseconds: the log's
+/// resolution; a delivery logged in the millisecond of its send counts 1 µs).
+pub fn latency(emitted: &Emitted, state: &FarmState) -> Histogram<u64> {
+    let sent = emitted.sent_ms.lock();
+    let mut h = histogram();
+    for (id, at_ms) in state.first_arrivals.lock().iter() {
+        if let Some(sent_ms) = sent.get(id) {
+            let _ = h.record((at_ms.saturating_sub(*sent_ms) * 1000).max(1));
+        }
+    }
+    h
 }
 
 #[cfg(test)]
@@ -160,5 +184,16 @@ mod tests {
         );
         assert_eq!(farm.last_delivery_ms.load(Ordering::Relaxed), 4_000);
         assert_eq!(farm.tallies[0].lock().get("evt_a"), Some(&2));
+
+        // Latency: from the send time of the acknowledged events to each
+        // first delivery; evt_c was never acknowledged, and evt_a's second
+        // delivery to subscription 0 is not a first.
+        let emitted = crate::emitter::Emitted::new(1);
+        emitted.sent_ms.lock().insert("evt_a".into(), 1_500);
+        emitted.sent_ms.lock().insert("evt_b".into(), 1_000);
+        let h = latency(&emitted, &farm);
+        assert_eq!(h.len(), 2, "evt_a at /s/0 and at /s/1");
+        assert!(h.equivalent(h.min(), 500_000), "{}", h.min());
+        assert!(h.equivalent(h.max(), 1_000_000), "{}", h.max());
     }
 }

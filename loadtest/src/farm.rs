@@ -61,6 +61,9 @@ pub struct FarmState {
     pub last_delivery_ms: AtomicU64,
     /// Emit-to-delivery latency in microseconds, one histogram per endpoint.
     pub latency: Vec<Mutex<Histogram<u64>>>,
+    /// First deliveries seen by an external receiver: event id and unix ms
+    /// ([`crate::external::latency`] joins them with the send times).
+    pub first_arrivals: Mutex<Vec<(Box<str>, u64)>>,
     latency_delay: Duration,
     failure_rate: f64,
     /// An injected receiver fault: 0 none, 1 outage (503), 2 hang.
@@ -86,6 +89,7 @@ impl FarmState {
             deliveries: AtomicU64::new(0),
             last_delivery_ms: AtomicU64::new(0),
             latency: (0..endpoints).map(|_| Mutex::new(histogram())).collect(),
+            first_arrivals: Mutex::default(),
             latency_delay,
             failure_rate,
             fault: AtomicU8::new(0),

@@ -53,7 +53,8 @@ pub struct Args {
     #[arg(long, requires = "receiver_log")]
     external_receiver: Option<String>,
     /// The independent receiver's access log, one line per request:
-    /// `$msec $status $uri $http_webhook_id`; deliveries are counted from it.
+    /// `$msec $status $uri $http_webhook_id`; deliveries are counted from it,
+    /// and emit-to-delivery latency is its time less the event's send time.
     #[arg(long, requires = "external_receiver")]
     receiver_log: Option<PathBuf>,
     /// Also measure the raw baseline with `wrk` (on by default with
@@ -291,6 +292,7 @@ async fn drive(
         payload_bytes: args.payload_bytes,
         groups,
         tenants: args.tenants,
+        send_times: args.receiver_log.is_some(),
     };
     let sampler = server
         .pid
@@ -435,12 +437,16 @@ async fn drive(
         accounts,
         delivery_rate,
         sustained_delivery_rate: sustained,
-        latency_ms: Percentiles::of(&farm.latency()),
+        latency_ms: Percentiles::of(&if args.receiver_log.is_some() {
+            crate::external::latency(&emitted, &state)
+        } else {
+            farm.latency()
+        }),
         bad_signatures: state.bad_signatures.load(Ordering::Relaxed),
         injected_failures: state.injected_failures.load(Ordering::Relaxed),
         receiver: farm.external.as_ref().map_or_else(
             || "built-in farm (signatures verified)".to_string(),
-            |u| format!("independent: {u} (counted from its access log; signatures and latency not checked)"),
+            |u| format!("independent: {u} (counted from its access log, latency from its time of each event's first delivery to ms; signatures not checked)"),
         ),
         raw,
         ratio_to_raw: ratio,
