@@ -183,6 +183,7 @@ impl Report {
              | sustained delivery rate (emit window) | {sus:.0}/s |\n\
              | emit→delivery p50 / p90 / p99 / p99.9 / max | {p50:.1} / {p90:.1} / {p99:.1} / {p999:.1} / {max:.1} ms |\n\
              | emit request p50 / p99 | {rq50:.1} / {rq99:.1} ms |\n\
+             | open-loop sends > 10 ms behind schedule | {late} |\n\
              | receiver | {receiver} |\n\
              | raw client POST rate (same receivers) | {raw} |\n\
              | Herald / raw | {ratio} |\n\
@@ -215,6 +216,11 @@ impl Report {
             max = l.max,
             rq50 = self.emit_request_ms.p50,
             rq99 = self.emit_request_ms.p99,
+            late = if self.scenario["rate"].is_null() {
+                "— (flat out)".to_string()
+            } else {
+                self.sends_behind_schedule.to_string()
+            },
             ratio = self.ratio_to_raw.map_or("—".into(), |r| format!("{:.0}%", r * 100.0)),
             receiver = self.receiver,
             ratio_wrk = self.ratio_to_wrk.map_or("—".into(), |r| format!("{:.0}%", r * 100.0)),
