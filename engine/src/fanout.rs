@@ -35,6 +35,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -47,7 +48,7 @@ use crate::{
     },
     gone::GoneTenants,
     ids,
-    log::{EventLog, LogConsumer, LogPosition},
+    log::{EventLog, LogConsumer, LogPosition, Pending, PendingSink},
     model::{Ordering, ScheduledDelivery},
     store::{FanOut, FanOutResult, Store},
     subscriptions::SubscriptionIndex,
@@ -117,9 +118,14 @@ pub async fn run(
         unsettled: unsettled.clone(),
         last_commit: None,
     };
+    let ownership = Arc::new(Ownership {
+        retries: retries.clone(),
+        unsettled: unsettled.clone(),
+        revoked: Mutex::default(),
+    });
     let mut consumer = loop {
         let opened =
-            log.consumer_keeping(&group, retries.clone())
+            log.consumer_keeping(&group, ownership.clone())
                 .await
                 .map(|(consumer, changelog)| {
                     if let Some(changelog) = changelog {
@@ -143,6 +149,7 @@ pub async fn run(
             r = consumer.poll(BATCH, Duration::from_secs(1)) => r,
             () = cancel.cancelled() => return,
         };
+        ownership.forget_revoked(&mut offsets);
         let records = match records {
             Ok(r) if r.is_empty() => {
                 // Deliveries settled since the last batch move the offsets.
@@ -255,6 +262,43 @@ pub async fn run(
         }
         offsets.read.extend(next);
         offsets.commit(&mut *consumer).await;
+    }
+}
+
+/// The consumer's [`PendingSink`]: a partition's kept retries go to
+/// [`Retries`]; a revoke also lets go of what fan-out held for the
+/// partition, so this process never commits an offset of a partition it no
+/// longer owns, nor holds one back for deliveries it dropped.
+struct Ownership {
+    retries: Arc<Retries>,
+    unsettled: Arc<Unsettled>,
+    /// Revoked since fan-out last looked ([`Ownership::forget_revoked`]).
+    revoked: Mutex<Vec<u32>>,
+}
+
+impl Ownership {
+    /// Called after each poll, before its records are fanned out: drops
+    /// the revoked partitions' offsets, and forgets again what was
+    /// registered for them between the revoke and now (a revoke may come
+    /// while a batch read before it is fanned out).
+    fn forget_revoked(&self, offsets: &mut Offsets) {
+        for partition in std::mem::take(&mut *self.revoked.lock()) {
+            self.unsettled.forget(partition);
+            offsets.read.remove(&partition);
+            offsets.committed.remove(&partition);
+        }
+    }
+}
+
+impl PendingSink for Ownership {
+    fn restored(&self, partition: u32, pending: Vec<Pending>) {
+        self.retries.restored(partition, pending);
+    }
+
+    fn revoked(&self, partition: u32) {
+        self.retries.revoked(partition);
+        self.unsettled.forget(partition);
+        self.revoked.lock().push(partition);
     }
 }
 

@@ -26,8 +26,18 @@ use crate::log::LogPosition;
 /// The unsettled deliveries per log position, shared by fan-out and shards.
 #[derive(Debug, Default)]
 pub struct Unsettled {
-    /// Per partition: offset → deliveries of that event not yet settled.
-    pending: Mutex<HashMap<u32, BTreeMap<u64, usize>>>,
+    pending: Mutex<HashMap<u32, Partition>>,
+}
+
+/// One partition's unsettled deliveries, in the epoch of its current
+/// assignment to this process.
+#[derive(Debug, Default)]
+struct Partition {
+    /// Incremented by [`Unsettled::forget`]: tokens of an earlier epoch
+    /// settle nothing.
+    epoch: u64,
+    /// Offset → deliveries of that event not yet settled.
+    offsets: BTreeMap<u64, usize>,
 }
 
 impl Unsettled {
@@ -37,17 +47,17 @@ impl Unsettled {
         if deliveries == 0 {
             return Vec::new();
         }
-        *self
-            .pending
-            .lock()
-            .entry(position.partition)
-            .or_default()
-            .entry(position.offset)
-            .or_default() += deliveries;
+        let epoch = {
+            let mut pending = self.pending.lock();
+            let partition = pending.entry(position.partition).or_default();
+            *partition.offsets.entry(position.offset).or_default() += deliveries;
+            partition.epoch
+        };
         (0..deliveries)
             .map(|_| Settle {
                 owner: self.clone(),
                 position,
+                epoch,
                 settled: false,
             })
             .collect()
@@ -59,8 +69,19 @@ impl Unsettled {
         self.pending
             .lock()
             .get(&partition)
-            .and_then(|offsets| offsets.keys().next().copied())
+            .and_then(|p| p.offsets.keys().next().copied())
             .map_or(next, |first| first.min(next))
+    }
+
+    /// `partition` went to another process, which reads its events again
+    /// from the committed offset: its unsettled deliveries no longer hold
+    /// an offset here, and their tokens settle nothing (should the
+    /// partition come back, its new registrations start afresh).
+    pub fn forget(&self, partition: u32) {
+        let mut pending = self.pending.lock();
+        let p = pending.entry(partition).or_default();
+        p.offsets.clear();
+        p.epoch += 1;
     }
 
     /// Deliveries not yet settled, over every partition.
@@ -68,7 +89,7 @@ impl Unsettled {
         self.pending
             .lock()
             .values()
-            .flat_map(|offsets| offsets.values())
+            .flat_map(|p| p.offsets.values())
             .sum()
     }
 
@@ -77,15 +98,18 @@ impl Unsettled {
         self.len() == 0
     }
 
-    fn settle(&self, position: LogPosition) {
+    fn settle(&self, position: LogPosition, epoch: u64) {
         let mut pending = self.pending.lock();
-        let Some(offsets) = pending.get_mut(&position.partition) else {
+        let Some(p) = pending.get_mut(&position.partition) else {
             return;
         };
-        if let Some(n) = offsets.get_mut(&position.offset) {
+        if p.epoch != epoch {
+            return;
+        }
+        if let Some(n) = p.offsets.get_mut(&position.offset) {
             *n -= 1;
             if *n == 0 {
-                offsets.remove(&position.offset);
+                p.offsets.remove(&position.offset);
             }
         }
     }
@@ -96,6 +120,7 @@ impl Unsettled {
 pub struct Settle {
     owner: Arc<Unsettled>,
     position: LogPosition,
+    epoch: u64,
     settled: bool,
 }
 
@@ -103,18 +128,19 @@ impl Settle {
     /// The delivery is recorded or scheduled: its offset may be committed.
     pub fn done(mut self) {
         self.settled = true;
-        self.owner.settle(self.position);
+        self.owner.settle(self.position, self.epoch);
     }
 }
 
 impl Drop for Settle {
     fn drop(&mut self) {
         if !self.settled {
-            // Expected at shutdown (deliveries still in the shards).
+            // Expected at shutdown (deliveries still in the shards) and
+            // when a partition is revoked.
             tracing::debug!(
                 partition = self.position.partition,
                 offset = self.position.offset,
-                "an unscheduled delivery was not settled: its event is read again after a restart"
+                "an unscheduled delivery was not settled: its event is read again by the partition's next owner"
             );
         }
     }
@@ -153,5 +179,24 @@ mod tests {
         );
         assert!(u.register(at(0, 11), 0).is_empty());
         assert_eq!(u.committable(0, 12), 12);
+    }
+
+    #[test]
+    fn a_revoked_partition_holds_no_offset_and_its_old_tokens_settle_nothing() {
+        let u = Arc::new(Unsettled::default());
+        let old = u.register(at(0, 5), 2);
+        let kept = u.register(at(1, 3), 1);
+        u.forget(0);
+        assert_eq!(u.committable(0, 10), 10, "nothing of partition 0 is held");
+        assert_eq!(u.committable(1, 9), 3, "another partition keeps its own");
+        // The partition comes back and offset 5 is read again; a token of
+        // the earlier assignment must not settle the new registration.
+        let new = u.register(at(0, 5), 1);
+        old.into_iter().for_each(Settle::done);
+        assert_eq!(u.committable(0, 10), 5);
+        new.into_iter().for_each(Settle::done);
+        assert_eq!(u.committable(0, 10), 10);
+        kept.into_iter().for_each(Settle::done);
+        assert!(u.is_empty());
     }
 }
