@@ -466,7 +466,7 @@ async fn keep_retry(
     let log = ctx
         .retries
         .log()
-        .filter(|_| ctx.retries.takes(next.due_at_ms, now_ms()));
+        .filter(|_| ctx.retries.takes(&next.tenant_id, next.due_at_ms, now_ms()));
     let Some(log) = log else {
         let scheduled = schedule_durably(ctx, vec![next]).await;
         if scheduled {
@@ -497,6 +497,9 @@ pub(super) async fn forget_kept(ctx: &WorkerContext, job: &Job) -> bool {
         return true;
     };
     let d = &job.delivery;
+    if ctx.retries.lost(&d.tenant_id) {
+        return true;
+    }
     retrying(
         ctx,
         &d.delivery_id,

@@ -11,7 +11,7 @@
 //! due time.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     sync::{Arc, OnceLock},
 };
 
@@ -39,6 +39,10 @@ pub struct Retries {
     /// The claims on their events' log offsets of deliveries sent again
     /// from memory ([`Retries::again`]), by delivery id.
     settles: Mutex<HashMap<String, Settle>>,
+    /// Partitions revoked and not assigned back since: their next owner
+    /// restored their changelog, so nothing of theirs is written there
+    /// from here ([`Retries::lost`]).
+    lost: Mutex<HashSet<u32>>,
 }
 
 #[derive(Default)]
@@ -77,6 +81,7 @@ impl Retries {
             wake: Notify::new(),
             log: OnceLock::new(),
             settles: Mutex::default(),
+            lost: Mutex::default(),
         }
     }
 
@@ -92,10 +97,24 @@ impl Retries {
         self.log.get()
     }
 
-    /// Whether a retry due at `due_at_ms` is kept here (near enough, and
-    /// room left), rather than in the store's schedule.
-    pub fn takes(&self, due_at_ms: i64, now_ms: i64) -> bool {
-        due_at_ms - now_ms <= KEEP_WITHIN.as_millis() as i64 && self.len() < KEEP_AT_MOST
+    /// Whether a retry of `tenant_id` due at `due_at_ms` is kept here (its
+    /// partition still owned, near enough, and room left), rather than in
+    /// the store's schedule.
+    pub fn takes(&self, tenant_id: &str, due_at_ms: i64, now_ms: i64) -> bool {
+        due_at_ms - now_ms <= KEEP_WITHIN.as_millis() as i64
+            && self.len() < KEEP_AT_MOST
+            && !self.lost(tenant_id)
+    }
+
+    /// Whether `tenant_id`'s partition was revoked from this worker (and
+    /// not assigned back): a delivery of it that was in flight at the
+    /// revoke writes nothing to the changelog, which its new owner
+    /// restored already. A retry of it goes to the store's schedule; a
+    /// finished one is left for the new owner to forget (it restored it,
+    /// and sends it again: a duplicate, never a loss).
+    pub fn lost(&self, tenant_id: &str) -> bool {
+        let lost = self.lost.lock();
+        !lost.is_empty() && lost.contains(&partition_for(tenant_id, self.partitions))
     }
 
     /// Adds (or moves) a retry.
@@ -157,7 +176,8 @@ impl Retries {
 }
 
 impl PendingSink for Retries {
-    fn restored(&self, _partition: u32, pending: Vec<Pending>) {
+    fn restored(&self, partition: u32, pending: Vec<Pending>) {
+        self.lost.lock().remove(&partition);
         let mut due = self.due.lock();
         for p in pending {
             due.insert(p);
@@ -167,6 +187,7 @@ impl PendingSink for Retries {
     }
 
     fn revoked(&self, partition: u32) {
+        self.lost.lock().insert(partition);
         let mut due = self.due.lock();
         let partitions = self.partitions;
         due.by_time
@@ -238,17 +259,32 @@ mod tests {
     fn only_near_retries_are_kept_and_only_up_to_the_limit() {
         let r = Retries::new(4);
         let within = KEEP_WITHIN.as_millis() as i64;
-        assert!(r.takes(1_000 + within, 1_000));
+        assert!(r.takes("t1", 1_000 + within, 1_000));
         assert!(
-            !r.takes(1_001 + within, 1_000),
+            !r.takes("t1", 1_001 + within, 1_000),
             "hours off: the store's schedule"
         );
         for i in 0..KEEP_AT_MOST {
             r.due.lock().insert(pending(&format!("d{i}"), "t1", 0));
         }
-        assert!(!r.takes(1_000, 1_000), "full");
+        assert!(!r.takes("t1", 1_000, 1_000), "full");
         r.take_due(0, 1);
-        assert!(r.takes(1_000, 1_000));
+        assert!(r.takes("t1", 1_000, 1_000));
+    }
+
+    #[test]
+    fn a_revoked_partition_keeps_no_retry_here_until_it_is_restored() {
+        let r = Retries::new(8);
+        let (a, b) = ("tenant-a", "tenant-b");
+        let pa = partition_for(a, 8);
+        assert_ne!(pa, partition_for(b, 8), "two partitions");
+        assert!(r.takes(a, 1_000, 1_000) && !r.lost(a));
+        r.revoked(pa);
+        assert!(r.lost(a), "its new owner restored the changelog");
+        assert!(!r.takes(a, 1_000, 1_000), "a retry goes to the store");
+        assert!(r.takes(b, 1_000, 1_000), "another partition is still kept");
+        r.restored(pa, Vec::new());
+        assert!(!r.lost(a) && r.takes(a, 1_000, 1_000), "assigned back");
     }
 
     #[test]
