@@ -446,7 +446,7 @@ async fn drive(
         injected_failures: state.injected_failures.load(Ordering::Relaxed),
         receiver: farm.external.as_ref().map_or_else(
             || "built-in farm (signatures verified)".to_string(),
-            |u| format!("independent: {u} (counted from its access log, latency from its time of each event's first delivery to ms; signatures not checked)"),
+            |u| format!("independent: {u} (deliveries counted and latency timed from its access log, in whole ms; signatures not checked)"),
         ),
         raw,
         ratio_to_raw: ratio,
