@@ -64,6 +64,12 @@ const BATCH: usize = 512;
 /// SQLite store then leaves out what was settled).
 const COMMIT_EVERY: Duration = Duration::from_millis(100);
 
+/// How long a poll waits for records. An idle poll commits what settled
+/// since the last batch (a retry kept, a delivery done), so this bounds how
+/// long a settled event stays uncommitted when no other event comes: what a
+/// crash in that window re-reads is delivered again (at least once).
+const IDLE_POLL: Duration = Duration::from_millis(250);
+
 /// How a fan-out runs.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -146,7 +152,7 @@ pub async fn run(
     };
     loop {
         let records = tokio::select! {
-            r = consumer.poll(BATCH, Duration::from_secs(1)) => r,
+            r = consumer.poll(BATCH, IDLE_POLL) => r,
             () = cancel.cancelled() => return,
         };
         ownership.forget_revoked(&mut offsets);

@@ -488,6 +488,25 @@ fn fanout_caught_up(prefix: &str) -> bool {
     })
 }
 
+/// Waits until the fan-out group has committed past every event under
+/// `prefix` (see [`fanout_caught_up`]).
+async fn fanout_commits_past_every_event(prefix: &str) {
+    eventually(
+        "the worker commits past every event",
+        Duration::from_secs(60),
+        || {
+            let prefix = prefix.to_string();
+            async move {
+                tokio::task::spawn_blocking(move || fanout_caught_up(&prefix))
+                    .await
+                    .unwrap()
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+}
+
 /// What the schedule changelog of the topics under `prefix` keeps: the
 /// last record per delivery id (`None`: a tombstone), read from the broker
 /// from each partition's start to its end (blocking).
@@ -646,20 +665,7 @@ async fn retry_and_held_events_outlive_their_worker(resume: bool) {
     // commits past their events: wait for that (at most a transaction
     // marker left per partition), so the next worker does not read them
     // again from the log, and the retry is the one delivery of the event.
-    eventually(
-        "the worker commits past every event",
-        Duration::from_secs(60),
-        || {
-            let prefix = prefix.clone();
-            async move {
-                tokio::task::spawn_blocking(move || fanout_caught_up(&prefix))
-                    .await
-                    .unwrap()
-                    .then_some(())
-            }
-        },
-    )
-    .await;
+    fanout_commits_past_every_event(&prefix).await;
 
     // The retry is kept in the schedule changelog, with its event (the
     // store's schedule has no row of it: fan-out handed the first attempt
@@ -1233,6 +1239,9 @@ async fn distributed_a_worker_restarted_under_its_id_takes_its_partitions_back_a
         }
     };
     eventually("event 1", wait, delivered(1)).await;
+    // A kill before fan-out commits past the failed event would have the
+    // restarted worker read it again and deliver it twice (at least once).
+    fanout_commits_past_every_event(&prefix).await;
 
     first.kill9().await;
     flaky.set_status(200);
