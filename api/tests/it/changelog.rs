@@ -258,6 +258,111 @@ async fn changelog_restores_on_assignment_and_moves_with_a_rebalance() {
     );
 }
 
+/// A member writes nothing to the changelog of a partition it lost: a
+/// record committed after the new owner's restore would stay out of that
+/// restore and come back at the next one (a finished retry sent again, or
+/// a kept one hidden by a stale tombstone). After a rebalance, the first
+/// member's writes for a partition that moved are refused, and for one it
+/// kept they commit; the new owner and a later restore see only records
+/// written while their writer owned the partition.
+#[tokio::test(flavor = "multi_thread")]
+async fn changelog_writes_only_what_its_member_owns() {
+    require_kafka().await;
+    let _broker = BROKER.read().await;
+    let prefix = prefix("changelog-owned");
+    let mut config = KafkaConfig::new(BROKERS);
+    config.topic_prefix = prefix.clone();
+    config.partitions = PARTITIONS;
+    let log = KafkaLog::connect(config).await.unwrap();
+    let group = format!("{prefix}-fanout");
+    let first = Arc::new(Sink::default());
+    let (mut a, kept) = log.consumer_keeping(&group, first.clone()).await.unwrap();
+    let kept = kept.expect("the Kafka log keeps a schedule changelog");
+    // One tenant per partition.
+    let mut tenants: BTreeMap<u32, String> = BTreeMap::new();
+    for i in 0.. {
+        let t = format!("tenant-{i}");
+        tenants.entry(partition_for(&t, PARTITIONS)).or_insert(t);
+        if tenants.len() == PARTITIONS as usize {
+            break;
+        }
+    }
+    let events: BTreeMap<u32, DomainEvent> =
+        tenants.iter().map(|(&p, t)| (p, event(t, 1))).collect();
+    poll_until(&mut [(&mut a, &first)], "the first assignment", || {
+        first.restored.lock().unwrap().len() == PARTITIONS as usize
+    })
+    .await;
+    for (p, e) in &events {
+        kept.keep(&retry(&format!("dlv_before_{p}"), e, 2))
+            .await
+            .unwrap();
+    }
+
+    let second = Arc::new(Sink::default());
+    let (mut b, _) = log.consumer_keeping(&group, second.clone()).await.unwrap();
+    poll_until(
+        &mut [(&mut a, &first), (&mut b, &second)],
+        "a rebalance to move partitions",
+        || {
+            let (moved, lost) = (
+                second.restored.lock().unwrap(),
+                first.revoked.lock().unwrap(),
+            );
+            !moved.is_empty() && moved.keys().copied().collect::<BTreeSet<_>>() == *lost
+        },
+    )
+    .await;
+    let lost = first.revoked.lock().unwrap().clone();
+    assert!(
+        lost.len() < PARTITIONS as usize,
+        "both members hold partitions"
+    );
+    for (p, e) in &events {
+        let wrote = kept.keep(&retry(&format!("dlv_after_{p}"), e, 3)).await;
+        if lost.contains(p) {
+            let refused = wrote.expect_err("a record of a partition this member lost");
+            assert!(
+                refused.to_string().contains("not this worker's"),
+                "says why: {refused}"
+            );
+        } else {
+            wrote.unwrap_or_else(|e| panic!("partition {p} is still this member's: {e}"));
+        }
+    }
+
+    // The new owner restored what was written before the move; a restore
+    // now (a new group) finds the later records of kept partitions only.
+    for p in &lost {
+        let restored: Vec<String> = second.restored.lock().unwrap()[p]
+            .iter()
+            .map(|r| r.delivery.delivery_id.clone())
+            .collect();
+        assert_eq!(restored, [format!("dlv_before_{p}")], "partition {p}");
+    }
+    drop((a, b));
+    let later = Arc::new(Sink::default());
+    let (mut c, _) = log
+        .consumer_keeping(&format!("{group}-later"), later.clone())
+        .await
+        .unwrap();
+    poll_until(&mut [(&mut c, &later)], "a later restore", || {
+        later.restored.lock().unwrap().len() == PARTITIONS as usize
+    })
+    .await;
+    for (p, pending) in later.restored.lock().unwrap().iter() {
+        let got: BTreeMap<String, u32> = pending
+            .iter()
+            .map(|r| (r.delivery.delivery_id.clone(), r.delivery.attempt))
+            .collect();
+        let mut want = BTreeMap::from([(format!("dlv_before_{p}"), 2)]);
+        if !lost.contains(p) {
+            want.insert(format!("dlv_after_{p}"), 3);
+        }
+        assert_eq!(got, want, "partition {p}");
+    }
+}
+
 /// A broker outage does not end the changelog for the process: a commit
 /// that fails while the broker is down (its transaction with it) is
 /// followed, once the broker is back, by retries kept and offsets
@@ -362,11 +467,14 @@ async fn changelog_restore_rate() {
     config.partitions = PARTITIONS;
     let log = KafkaLog::connect(config).await.unwrap();
     let group = format!("{prefix}-fanout");
-    let (a, kept) = log
-        .consumer_keeping(&group, Arc::new(Sink::default()))
-        .await
-        .unwrap();
+    let owner = Arc::new(Sink::default());
+    let (mut a, kept) = log.consumer_keeping(&group, owner.clone()).await.unwrap();
     let kept = kept.unwrap();
+    // A member writes records only of the partitions it owns.
+    poll_until(&mut [(&mut a, &owner)], "the first assignment", || {
+        owner.restored.lock().unwrap().len() == PARTITIONS as usize
+    })
+    .await;
     let mut e = event("tenant-0", 1);
     e.payload = serde_json::json!({ "pad": "x".repeat(1000) });
     let started = Instant::now();

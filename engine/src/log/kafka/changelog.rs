@@ -13,13 +13,20 @@
 //! transaction takes its records and its offsets away together. The offsets
 //! carry the consumer's group generation, so a worker that lost its
 //! partitions (a zombie) cannot commit them, nor the records of its
-//! transaction.
+//! transaction. The changelog also knows what its member owns (from the
+//! consumer's rebalances): it writes records of owned partitions only, and
+//! aborts a transaction holding a record of a partition lost since (the
+//! flusher's own transactions carry no offsets for the broker to fence).
 //!
 //! On assignment a worker reads each new partition of the changelog from its
 //! start to its end, `read_committed`, and keeps the last record per key
 //! ([`restore`]), before it reads a record of the events partition.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+    time::Duration,
+};
 
 use rdkafka::{
     admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
@@ -110,10 +117,12 @@ impl Entry {
     }
 }
 
-/// The open transaction: whether records wait in it, and where its writers
-/// learn how it ended (`Some(true)`: committed).
+/// The open transaction: whether records wait in it, the assignment of
+/// each partition they were written under, and where its writers learn how
+/// it ended (`Some(true)`: committed).
 struct Open {
     dirty: bool,
+    written: HashSet<(i32, u64)>,
     outcome: watch::Sender<Option<bool>>,
 }
 
@@ -121,8 +130,48 @@ impl Open {
     fn new() -> Self {
         Self {
             dirty: false,
+            written: HashSet::new(),
             outcome: watch::channel(None).0,
         }
+    }
+}
+
+/// The partitions this member owns, each with the number of the assignment
+/// that gave it. A record is written only for a partition owned, and a
+/// transaction commits only if every partition it wrote to is still owned
+/// under the same assignment: a record committed after its partition moved
+/// would reach the new owner's next restore (a retry hidden or brought
+/// back), though not the restore it already did.
+#[derive(Default)]
+struct Owned {
+    epochs: HashMap<i32, u64>,
+    assignments: u64,
+}
+
+impl Owned {
+    fn assign(&mut self, partitions: &[i32]) {
+        self.assignments += 1;
+        for &p in partitions {
+            self.epochs.insert(p, self.assignments);
+        }
+    }
+
+    fn revoke(&mut self, partitions: &[i32]) {
+        for p in partitions {
+            self.epochs.remove(p);
+        }
+    }
+
+    /// The partitions written to that this member lost since.
+    fn lost_since(&self, written: &HashSet<(i32, u64)>) -> Vec<i32> {
+        let mut lost: Vec<i32> = written
+            .iter()
+            .filter(|(p, epoch)| self.epochs.get(p) != Some(epoch))
+            .map(|&(p, _)| p)
+            .collect();
+        lost.sort_unstable();
+        lost.dedup();
+        lost
     }
 }
 
@@ -144,6 +193,8 @@ pub struct Changelog {
     broken: std::sync::atomic::AtomicBool,
     /// When a new producer was last tried.
     renewed_at: parking_lot::Mutex<Option<std::time::Instant>>,
+    /// What this member owns, as its consumer's rebalances say.
+    owned: parking_lot::Mutex<Owned>,
 }
 
 impl Changelog {
@@ -170,6 +221,7 @@ impl Changelog {
             open: RwLock::new(Open::new()),
             broken: Default::default(),
             renewed_at: Default::default(),
+            owned: Default::default(),
         });
         tokio::spawn(flush(Arc::downgrade(&changelog)));
         Ok(changelog)
@@ -198,8 +250,20 @@ impl Changelog {
             }
             self.renew().await?;
         }
+        let lost = self.owned.lock().lost_since(&open.written);
         let p = self.producer.lock().clone();
-        let outcome = blocking(move || Ok(end_transaction(&p, offsets))).await?;
+        let outcome = if lost.is_empty() {
+            blocking(move || Ok(end_transaction(&p, offsets))).await?
+        } else {
+            let aborted = blocking(move || {
+                p.abort_transaction(LOOKUP_TIMEOUT)
+                    .map_err(|e| unavailable("aborting a changelog transaction", e))
+            })
+            .await;
+            aborted.and(Err(LogError::Unavailable(format!(
+                "the schedule changelog's transaction held records of partitions {lost:?}, which moved to another worker since; they are left to the new owner"
+            ))))
+        };
         let committed = outcome.is_ok();
         if let Err(e) = &outcome {
             tracing::warn!(error = %e, "a schedule changelog transaction was aborted");
@@ -261,6 +325,11 @@ impl Changelog {
                     "the schedule changelog has no transaction open".into(),
                 ));
             }
+            let Some(epoch) = self.owned.lock().epochs.get(&partition).copied() else {
+                return Err(LogError::Unavailable(format!(
+                    "partition {partition} is not this worker's: its owner keeps its schedule"
+                )));
+            };
             let mut record = FutureRecord::<str, [u8]>::to(&self.topic)
                 .partition(partition)
                 .key(key);
@@ -273,6 +342,7 @@ impl Changelog {
                 .send_result(record)
                 .map_err(|(e, _)| unavailable("writing to the schedule changelog", e))?;
             open.dirty = true;
+            open.written.insert((partition, epoch));
             (ack, open.outcome.subscribe())
         };
         match ack.await {
@@ -299,6 +369,17 @@ impl Changelog {
     /// The topic.
     pub(super) fn topic(&self) -> &str {
         &self.topic
+    }
+
+    /// This member was given `partitions` (a rebalance).
+    pub(super) fn assigned(&self, partitions: &[i32]) {
+        self.owned.lock().assign(partitions);
+    }
+
+    /// This member lost `partitions` (a rebalance): no record of them is
+    /// written or committed from here any more.
+    pub(super) fn revoked(&self, partitions: &[i32]) {
+        self.owned.lock().revoke(partitions);
     }
 }
 
@@ -521,4 +602,29 @@ pub(super) fn restore(
             (p, pending.into_values().collect())
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_transaction_holding_records_of_a_partition_lost_since_is_not_committed() {
+        let mut owned = Owned::default();
+        owned.assign(&[0, 1]);
+        let first = owned.epochs[&1];
+        let written = HashSet::from([(0, owned.epochs[&0]), (1, first)]);
+        assert!(owned.lost_since(&written).is_empty(), "both still owned");
+
+        owned.revoke(&[1]);
+        assert_eq!(owned.lost_since(&written), [1]);
+
+        // Given back: a record written under the earlier assignment is
+        // still of a partition lost since (the new restore did not see it).
+        owned.assign(&[1]);
+        assert_ne!(owned.epochs[&1], first);
+        assert_eq!(owned.lost_since(&written), [1]);
+        let now = HashSet::from([(0, owned.epochs[&0]), (1, owned.epochs[&1])]);
+        assert!(owned.lost_since(&now).is_empty());
+    }
 }

@@ -60,6 +60,8 @@ struct Rebalances {
     /// waiting for records returns and the next restores them at once.
     assigned: Arc<tokio::sync::Notify>,
     sink: Option<Arc<dyn PendingSink>>,
+    /// The changelog, told what this member owns.
+    changelog: Option<Arc<Changelog>>,
 }
 
 impl ClientContext for Rebalances {}
@@ -73,6 +75,9 @@ impl ConsumerContext for Rebalances {
             Rebalance::Assign(list) => {
                 super::super::assigned();
                 tracing::info!(partitions = ?partitions(list), "partitions assigned");
+                if let Some(changelog) = &self.changelog {
+                    changelog.assigned(&partitions(list));
+                }
                 if self.sink.is_some() && list.count() > 0 {
                     // Nothing of them leaves `poll` before their schedule is
                     // restored. They are not paused meanwhile: librdkafka
@@ -85,6 +90,9 @@ impl ConsumerContext for Rebalances {
             }
             Rebalance::Revoke(list) => {
                 tracing::info!(partitions = ?partitions(list), "partitions revoked");
+                if let Some(changelog) = &self.changelog {
+                    changelog.revoked(&partitions(list));
+                }
                 if let Some(sink) = &self.sink {
                     let mut to_restore = self.to_restore.lock();
                     for p in partitions(list) {
@@ -116,6 +124,7 @@ impl KafkaConsumer {
             to_restore: Default::default(),
             assigned: Default::default(),
             sink: keeping.as_ref().map(|(_, sink)| sink.clone()),
+            changelog: keeping.as_ref().map(|(changelog, _)| changelog.clone()),
         };
         let mut settings = base_config(config);
         if let Some(id) = &config.worker_id {
