@@ -113,16 +113,34 @@ async fn poll_until(
     read
 }
 
+/// A Kafka log over a new topic of [`PARTITIONS`] partitions, and the name
+/// of its fan-out group.
+async fn log_and_group(name: &str) -> (KafkaLog, String) {
+    let prefix = prefix(name);
+    let mut config = KafkaConfig::new(BROKERS);
+    config.topic_prefix = prefix.clone();
+    config.partitions = PARTITIONS;
+    (
+        KafkaLog::connect(config).await.unwrap(),
+        format!("{prefix}-fanout"),
+    )
+}
+
+/// Whether a rebalance moved partitions from `first` to `second`: the new
+/// member restored exactly what the first lost.
+fn moved(first: &Sink, second: &Sink) -> bool {
+    let (moved, lost) = (
+        second.restored.lock().unwrap(),
+        first.revoked.lock().unwrap(),
+    );
+    !moved.is_empty() && moved.keys().copied().collect::<BTreeSet<_>>() == *lost
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn changelog_restores_on_assignment_and_moves_with_a_rebalance() {
     require_kafka().await;
     let _broker = BROKER.read().await;
-    let prefix = prefix("changelog");
-    let mut config = KafkaConfig::new(BROKERS);
-    config.topic_prefix = prefix.clone();
-    config.partitions = PARTITIONS;
-    let log = KafkaLog::connect(config).await.unwrap();
-    let group = format!("{prefix}-fanout");
+    let (log, group) = log_and_group("changelog").await;
 
     // One member: every partition is restored (empty) before it is read.
     let first = Arc::new(Sink::default());
@@ -199,13 +217,7 @@ async fn changelog_restores_on_assignment_and_moves_with_a_rebalance() {
     let read = poll_until(
         &mut [(&mut a, &first), (&mut b, &second)],
         "a rebalance to move partitions",
-        || {
-            let (moved, lost) = (
-                second.restored.lock().unwrap(),
-                first.revoked.lock().unwrap(),
-            );
-            !moved.is_empty() && moved.keys().copied().collect::<BTreeSet<_>>() == *lost
-        },
+        || moved(&first, &second),
     )
     .await;
     let is_late = |r: &LogRecord| r.event.payload["n"] == 2;
@@ -269,12 +281,7 @@ async fn changelog_restores_on_assignment_and_moves_with_a_rebalance() {
 async fn changelog_writes_only_what_its_member_owns() {
     require_kafka().await;
     let _broker = BROKER.read().await;
-    let prefix = prefix("changelog-owned");
-    let mut config = KafkaConfig::new(BROKERS);
-    config.topic_prefix = prefix.clone();
-    config.partitions = PARTITIONS;
-    let log = KafkaLog::connect(config).await.unwrap();
-    let group = format!("{prefix}-fanout");
+    let (log, group) = log_and_group("changelog-owned").await;
     let first = Arc::new(Sink::default());
     let (mut a, kept) = log.consumer_keeping(&group, first.clone()).await.unwrap();
     let kept = kept.expect("the Kafka log keeps a schedule changelog");
@@ -304,13 +311,7 @@ async fn changelog_writes_only_what_its_member_owns() {
     poll_until(
         &mut [(&mut a, &first), (&mut b, &second)],
         "a rebalance to move partitions",
-        || {
-            let (moved, lost) = (
-                second.restored.lock().unwrap(),
-                first.revoked.lock().unwrap(),
-            );
-            !moved.is_empty() && moved.keys().copied().collect::<BTreeSet<_>>() == *lost
-        },
+        || moved(&first, &second),
     )
     .await;
     let lost = first.revoked.lock().unwrap().clone();
@@ -373,12 +374,7 @@ async fn changelog_writes_only_what_its_member_owns() {
 async fn changelog_commits_again_after_a_broker_outage() {
     require_kafka().await;
     let _broker = BROKER.write().await;
-    let prefix = prefix("changelog-outage");
-    let mut config = KafkaConfig::new(BROKERS);
-    config.topic_prefix = prefix.clone();
-    config.partitions = PARTITIONS;
-    let log = KafkaLog::connect(config).await.unwrap();
-    let group = format!("{prefix}-fanout");
+    let (log, group) = log_and_group("changelog-outage").await;
     let sink = Arc::new(Sink::default());
     let (mut a, kept) = log.consumer_keeping(&group, sink.clone()).await.unwrap();
     let kept = kept.expect("the Kafka log keeps a schedule changelog");
@@ -475,12 +471,7 @@ async fn changelog_restore_rate() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(100_000);
-    let prefix = prefix("changelog-rate");
-    let mut config = KafkaConfig::new(BROKERS);
-    config.topic_prefix = prefix.clone();
-    config.partitions = PARTITIONS;
-    let log = KafkaLog::connect(config).await.unwrap();
-    let group = format!("{prefix}-fanout");
+    let (log, group) = log_and_group("changelog-rate").await;
     let owner = Arc::new(Sink::default());
     let (mut a, kept) = log.consumer_keeping(&group, owner.clone()).await.unwrap();
     let kept = kept.unwrap();
