@@ -9,19 +9,33 @@
 //! - [`KAFKA_BATCH_FAIL_AFTER`]: a Kafka batch append of more than N events
 //!   fails after writing N of them (uncommitted), as a broker failure midway
 //!   would.
+//! - [`CHANGELOG_STUCK_COMMITS`]: the first N commits of the schedule
+//!   changelog that carry consumer offsets never return, as librdkafka's
+//!   `send_offsets_to_transaction` can when its coordinator request is not
+//!   retried (librdkafka issues #5456, #5511).
 //!
 //! Values are read once per process; [`check`] reports a malformed one.
 
-use std::{sync::OnceLock, time::Duration};
+use std::{
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        OnceLock,
+    },
+    time::Duration,
+};
 
 /// Env var: the relay's commit delay, e.g. `800ms` (humantime).
 pub const RELAY_COMMIT_DELAY: &str = "HERALD_TEST_HOOK_RELAY_COMMIT_DELAY";
 /// Env var: the number of events a Kafka batch append writes before failing.
 pub const KAFKA_BATCH_FAIL_AFTER: &str = "HERALD_TEST_HOOK_KAFKA_BATCH_FAIL_AFTER";
+/// Env var: how many changelog commits with offsets get stuck.
+pub const CHANGELOG_STUCK_COMMITS: &str = "HERALD_TEST_HOOK_CHANGELOG_STUCK_COMMITS";
 
 struct Hooks {
     relay_commit_delay: Duration,
     kafka_batch_fail_after: Option<usize>,
+    /// Stuck commits still to come.
+    changelog_stuck_commits: AtomicUsize,
 }
 
 fn read() -> &'static Result<Hooks, String> {
@@ -42,9 +56,16 @@ fn parse(var: impl Fn(&str) -> Option<String>) -> Result<Hooks, String> {
             format!("{KAFKA_BATCH_FAIL_AFTER}={v:?}: {e} (write a number of events)")
         })?),
     };
+    let changelog_stuck_commits = match var(CHANGELOG_STUCK_COMMITS) {
+        None => 0,
+        Some(v) => v.parse().map_err(|e| {
+            format!("{CHANGELOG_STUCK_COMMITS}={v:?}: {e} (write a number of commits)")
+        })?,
+    };
     Ok(Hooks {
         relay_commit_delay,
         kafka_batch_fail_after,
+        changelog_stuck_commits: AtomicUsize::new(changelog_stuck_commits),
     })
 }
 
@@ -65,6 +86,15 @@ pub fn kafka_batch_fail_after() -> Option<usize> {
     read().as_ref().ok().and_then(|h| h.kafka_batch_fail_after)
 }
 
+/// Whether this changelog commit gets stuck (each of the first N does).
+pub fn changelog_commit_stuck() -> bool {
+    read().as_ref().is_ok_and(|h| {
+        h.changelog_stuck_commits
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_ok()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -82,24 +112,40 @@ mod tests {
     fn unset_or_empty_hooks_change_nothing() {
         for hooks in [
             from(&[]),
-            from(&[(RELAY_COMMIT_DELAY, ""), (KAFKA_BATCH_FAIL_AFTER, "")]),
+            from(&[
+                (RELAY_COMMIT_DELAY, ""),
+                (KAFKA_BATCH_FAIL_AFTER, ""),
+                (CHANGELOG_STUCK_COMMITS, ""),
+            ]),
         ] {
             let h = hooks.unwrap();
             assert_eq!(
-                (h.relay_commit_delay, h.kafka_batch_fail_after),
-                (Duration::ZERO, None)
+                (
+                    h.relay_commit_delay,
+                    h.kafka_batch_fail_after,
+                    h.changelog_stuck_commits.into_inner()
+                ),
+                (Duration::ZERO, None, 0)
             );
         }
     }
 
     #[test]
     fn set_hooks_are_read_and_malformed_ones_name_their_variable() {
-        let h = from(&[(RELAY_COMMIT_DELAY, "800ms"), (KAFKA_BATCH_FAIL_AFTER, "3")]).unwrap();
+        let h = from(&[
+            (RELAY_COMMIT_DELAY, "800ms"),
+            (KAFKA_BATCH_FAIL_AFTER, "3"),
+            (CHANGELOG_STUCK_COMMITS, "1"),
+        ])
+        .unwrap();
         assert_eq!(h.relay_commit_delay, Duration::from_millis(800));
         assert_eq!(h.kafka_batch_fail_after, Some(3));
+        assert_eq!(h.changelog_stuck_commits.into_inner(), 1);
         let err = from(&[(RELAY_COMMIT_DELAY, "soon")]).err().unwrap();
         assert!(err.starts_with(RELAY_COMMIT_DELAY), "{err}");
         let err = from(&[(KAFKA_BATCH_FAIL_AFTER, "-1")]).err().unwrap();
         assert!(err.starts_with(KAFKA_BATCH_FAIL_AFTER), "{err}");
+        let err = from(&[(CHANGELOG_STUCK_COMMITS, "all")]).err().unwrap();
+        assert!(err.starts_with(CHANGELOG_STUCK_COMMITS), "{err}");
     }
 }

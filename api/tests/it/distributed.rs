@@ -490,7 +490,7 @@ fn fanout_caught_up(prefix: &str) -> bool {
 
 /// Waits until the fan-out group has committed past every event under
 /// `prefix` (see [`fanout_caught_up`]).
-async fn fanout_commits_past_every_event(prefix: &str) {
+pub async fn fanout_commits_past_every_event(prefix: &str) {
     eventually(
         "the worker commits past every event",
         Duration::from_secs(60),

@@ -1,5 +1,6 @@
-//! Kafka tests that stop the broker (holding [`BROKER`] exclusively), and the
-//! plain-consumer check of the topic's published schema.
+//! Kafka tests that stop the broker (holding [`BROKER`] exclusively), a
+//! Kafka client call that never returns, and the plain-consumer check of the
+//! topic's published schema.
 
 use std::{
     collections::HashSet,
@@ -7,14 +8,15 @@ use std::{
     time::Duration,
 };
 
-use herald_engine::config::KafkaConfig;
+use herald_engine::{config::KafkaConfig, test_hooks};
 use serde_json::{json, Value};
 use tokio::sync::Mutex;
 
 use crate::{
+    distributed::fanout_commits_past_every_event,
     kafka::{
-        all_delivered, emit_many, prefix, repo_root, require_kafka, services, start_role, tenants,
-        BROKER, BROKERS,
+        all_delivered, emit_many, prefix, repo_root, require_kafka, services, start_role,
+        start_role_env, tenant, tenants, BROKER, BROKERS,
     },
     support::{eventually, Herald, Receiver},
 };
@@ -158,6 +160,70 @@ async fn kafka_broker_restart_and_outage_lose_nothing() {
 
 /// A plain consumer group (Python confluent-kafka, not Herald's code) reads
 /// the events topic and validates every record against the JSON Schema.
+/// A commit of the schedule changelog whose `send_offsets_to_transaction`
+/// never returns (as librdkafka's can after a broker restart: its issues
+/// #5456 and #5511; the test hook blocks the first such call for good) is
+/// given up, and fan-out goes on: an event emitted behind it is delivered,
+/// and the offsets are committed past both events by a new producer.
+#[tokio::test]
+async fn kafka_a_changelog_commit_that_never_returns_is_given_up() {
+    require_kafka().await;
+    let _broker = BROKER.read().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let prefix = prefix("stuck-commit");
+    let receiver = Receiver::start(200).await;
+    let hook = [(test_hooks::CHANGELOG_STUCK_COMMITS, "1")];
+    let herald = start_role_env("all", &dir, &prefix, &[], &hook).await;
+    let (key, _) = tenant(&herald.base, "acme", &receiver).await;
+    let http = reqwest::Client::new();
+    let emit = |tag: &'static str| {
+        http.post(format!("{}/api/v1/integrations/events", herald.base))
+            .bearer_auth(&key)
+            .json(&json!({ "event_type": "work_order.completed", "payload": { "tag": tag } }))
+            .send()
+    };
+    let delivered = |tag: &'static str| {
+        let receiver = &receiver;
+        move || async move {
+            receiver
+                .received()
+                .iter()
+                .any(|r| String::from_utf8_lossy(&r.body).contains(&format!("\"tag\":\"{tag}\"")))
+                .then_some(())
+        }
+    };
+    // The first event is delivered; fan-out's commit of its offset is the
+    // one that never returns.
+    assert_eq!(emit("first").await.unwrap().status(), 202);
+    eventually(
+        "the first event",
+        Duration::from_secs(60),
+        delivered("first"),
+    )
+    .await;
+    let log = dir.join("all.log");
+    let stuck = || async {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        text.contains("did not end in time").then_some(())
+    };
+    // The event behind it: delivered once the commit is given up (30 s).
+    assert_eq!(emit("second").await.unwrap().status(), 202);
+    eventually(
+        "the event emitted behind the stuck commit",
+        Duration::from_secs(120),
+        delivered("second"),
+    )
+    .await;
+    eventually("the stuck commit given up", Duration::from_secs(5), stuck).await;
+    fanout_commits_past_every_event(&prefix).await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("the schedule changelog has a new producer"),
+        "a new producer took over: {text}"
+    );
+}
+
 #[tokio::test]
 async fn kafka_plain_consumer_validates_every_record_against_the_schema() {
     let _broker = BROKER.read().await;

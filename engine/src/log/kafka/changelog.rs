@@ -58,6 +58,16 @@ const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(10);
 /// failed (the caller tries again, or leaves the delivery to a restore).
 const OUTCOME_WAIT: Duration = Duration::from_secs(30);
 
+/// How long the end of a transaction (offsets sent, commit, or abort) may
+/// take before it is given up. librdkafka bounds each call by
+/// `LOOKUP_TIMEOUT`, except when it does not: `send_offsets_to_transaction`
+/// can wait for ever on a group coordinator it never looks up again
+/// (librdkafka issues #5456, #5511; seen here after a broker restart). A
+/// transaction given up counts as aborted (the broker aborts it after
+/// `TRANSACTION_TIMEOUT`, and the next producer's `init_transactions` at
+/// once), and the changelog makes a new producer at the next commit.
+const END_WAIT: Duration = Duration::from_secs(30);
+
 /// How often a changelog with no transaction open tries a new producer.
 const RENEW_EVERY: Duration = Duration::from_secs(1);
 
@@ -252,17 +262,32 @@ impl Changelog {
         }
         let lost = self.owned.lock().lost_since(&open.written);
         let p = self.producer.lock().clone();
-        let outcome = if lost.is_empty() {
-            blocking(move || Ok(end_transaction(&p, offsets))).await?
+        let ended = if lost.is_empty() {
+            within_end_wait(move || end_transaction(&p, offsets)).await
         } else {
-            let aborted = blocking(move || {
+            within_end_wait(move || {
                 p.abort_transaction(LOOKUP_TIMEOUT)
                     .map_err(|e| unavailable("aborting a changelog transaction", e))
             })
-            .await;
-            aborted.and(Err(LogError::Unavailable(format!(
+            .await
+            .map(|aborted| aborted.and(Err(LogError::Unavailable(format!(
                 "the schedule changelog's transaction held records of partitions {lost:?}, which moved to another worker since; they are left to the new owner"
-            ))))
+            )))))
+        };
+        let Some(outcome) = ended else {
+            // The producer is busy for good: its thread is left to it, and
+            // the next commit with offsets makes a new one.
+            self.broken
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            tracing::error!(
+                waited_s = END_WAIT.as_secs(),
+                "a schedule changelog transaction did not end in time; given up as aborted, a new producer is made at the next commit"
+            );
+            let done = std::mem::replace(&mut *open, Open::new());
+            done.outcome.send_replace(Some(false));
+            return Err(LogError::Unavailable(
+                "the schedule changelog's transaction did not end in time".into(),
+            ));
         };
         let committed = outcome.is_ok();
         if let Err(e) = &outcome {
@@ -445,6 +470,31 @@ async fn transactional_producer(
     .await
 }
 
+/// Runs a call of the transactional API on a thread of its own, waiting at
+/// most [`END_WAIT`] for it; `None` when it did not return by then. The
+/// thread is left to it (a Kafka call cannot be cancelled); unlike one of
+/// tokio's blocking pool, it does not hold up the runtime's shutdown.
+async fn within_end_wait(
+    f: impl FnOnce() -> Result<(), LogError> + Send + 'static,
+) -> Option<Result<(), LogError>> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let spawned = std::thread::Builder::new()
+        .name("changelog-txn".into())
+        .spawn(move || {
+            let _ = tx.send(f());
+        });
+    if let Err(e) = spawned {
+        return Some(Err(LogError::Unavailable(format!(
+            "no thread to end a changelog transaction on: {e}"
+        ))));
+    }
+    match tokio::time::timeout(END_WAIT, rx).await {
+        Ok(Ok(outcome)) => Some(outcome),
+        Ok(Err(_)) => Some(Err(LogError::Closed)),
+        Err(_) => None,
+    }
+}
+
 /// Sends the offsets and commits; on failure aborts (when it can) and says why.
 fn end_transaction(
     p: &FutureProducer,
@@ -452,6 +502,9 @@ fn end_transaction(
 ) -> Result<(), LogError> {
     let result = offsets
         .map_or(Ok(()), |(tpl, group)| {
+            if crate::test_hooks::changelog_commit_stuck() {
+                std::thread::sleep(Duration::from_secs(24 * 3600));
+            }
             p.send_offsets_to_transaction(&tpl, &group, LOOKUP_TIMEOUT)
         })
         .and_then(|()| {
