@@ -13,10 +13,11 @@
 //! transaction takes its records and its offsets away together. The offsets
 //! carry the consumer's group generation, so a worker that lost its
 //! partitions (a zombie) cannot commit them, nor the records of its
-//! transaction. The changelog also knows what its member owns (from the
+//! transaction. The flusher's transactions carry the offsets the member
+//! last committed, under its group metadata of now, so the group fences
+//! them too. The changelog also knows what its member owns (from the
 //! consumer's rebalances): it writes records of owned partitions only, and
-//! aborts a transaction holding a record of a partition lost since (the
-//! flusher's own transactions carry no offsets for the broker to fence).
+//! aborts a transaction holding a record of a partition lost since.
 //!
 //! On assignment a worker reads each new partition of the changelog from its
 //! start to its end, `read_committed`, and keeps the last record per key
@@ -156,6 +157,10 @@ impl Open {
 struct Owned {
     epochs: HashMap<i32, u64>,
     assignments: u64,
+    /// The events topic and the offsets this member last committed there,
+    /// of partitions it still owns: sent again with the records the
+    /// flusher commits, so the group fences those too.
+    committed: Option<(String, HashMap<i32, i64>)>,
 }
 
 impl Owned {
@@ -169,7 +174,37 @@ impl Owned {
     fn revoke(&mut self, partitions: &[i32]) {
         for p in partitions {
             self.epochs.remove(p);
+            if let Some((_, offsets)) = &mut self.committed {
+                offsets.remove(p);
+            }
         }
+    }
+
+    /// Notes the offsets of a commit, of the partitions still owned.
+    fn note_committed(&mut self, tpl: &TopicPartitionList) {
+        for e in tpl.elements() {
+            let Offset::Offset(at) = e.offset() else {
+                continue;
+            };
+            if !self.epochs.contains_key(&e.partition()) {
+                continue;
+            }
+            let (_, offsets) = self
+                .committed
+                .get_or_insert_with(|| (e.topic().to_string(), HashMap::new()));
+            offsets.insert(e.partition(), at);
+        }
+    }
+
+    /// The offsets last committed, of the partitions owned, to commit again.
+    fn fence(&self) -> Option<TopicPartitionList> {
+        let (topic, offsets) = self.committed.as_ref()?;
+        let mut tpl = TopicPartitionList::new();
+        for (&p, &at) in offsets {
+            tpl.add_partition_offset(topic, p, Offset::Offset(at))
+                .ok()?;
+        }
+        (tpl.count() > 0).then_some(tpl)
     }
 
     /// The partitions written to that this member lost since.
@@ -205,7 +240,12 @@ pub struct Changelog {
     renewed_at: parking_lot::Mutex<Option<std::time::Instant>>,
     /// What this member owns, as its consumer's rebalances say.
     owned: parking_lot::Mutex<Owned>,
+    /// The consumer's group metadata, now (see [`Changelog::fence_with`]).
+    member: parking_lot::Mutex<Option<Member>>,
 }
+
+/// Reads a consumer's group metadata.
+pub(super) type Member = Box<dyn Fn() -> Option<ConsumerGroupMetadata> + Send + Sync>;
 
 impl Changelog {
     /// Creates the topic when missing (compacted, one partition per events
@@ -232,6 +272,7 @@ impl Changelog {
             broken: Default::default(),
             renewed_at: Default::default(),
             owned: Default::default(),
+            member: Default::default(),
         });
         tokio::spawn(flush(Arc::downgrade(&changelog)));
         Ok(changelog)
@@ -241,6 +282,12 @@ impl Changelog {
     /// positions and group) when given, and opens the next one. Writers
     /// waiting on it learn the outcome. Does nothing when there is nothing
     /// to commit.
+    ///
+    /// Without offsets (the flusher), the records go with the offsets this
+    /// member last committed, sent again under the consumer's group
+    /// metadata of now: the group coordinator refuses them, and the
+    /// transaction is aborted, if the member was dropped from the group or
+    /// replaced under its name, before the member itself has heard.
     pub(super) async fn commit(
         &self,
         offsets: Option<(TopicPartitionList, ConsumerGroupMetadata)>,
@@ -260,6 +307,12 @@ impl Changelog {
             }
             self.renew().await?;
         }
+        let committing = offsets.as_ref().map(|(tpl, _)| tpl.clone());
+        let offsets = offsets.or_else(|| {
+            let tpl = self.owned.lock().fence()?;
+            let group = (self.member.lock().as_ref()?)()?;
+            Some((tpl, group))
+        });
         let lost = self.owned.lock().lost_since(&open.written);
         let p = self.producer.lock().clone();
         let ended = if lost.is_empty() {
@@ -290,6 +343,9 @@ impl Changelog {
             ));
         };
         let committed = outcome.is_ok();
+        if let (true, Some(tpl)) = (committed, &committing) {
+            self.owned.lock().note_committed(tpl);
+        }
         if let Err(e) = &outcome {
             tracing::warn!(error = %e, "a schedule changelog transaction was aborted");
         }
@@ -394,6 +450,12 @@ impl Changelog {
     /// The topic.
     pub(super) fn topic(&self) -> &str {
         &self.topic
+    }
+
+    /// Where the consumer's group metadata is read for the flusher's
+    /// transactions.
+    pub(super) fn fence_with(&self, member: Member) {
+        *self.member.lock() = Some(member);
     }
 
     /// This member was given `partitions` (a rebalance).

@@ -156,13 +156,20 @@ impl KafkaConsumer {
             .subscribe(&[topic])
             .map_err(|e| unavailable("subscribing to the events topic", e))?;
         tracing::info!(topic, group, "joined the consumer group");
-        let keeping = keeping.map(|(changelog, sink)| Keeping {
-            changelog,
-            sink,
-            config: config.clone(),
+        let consumer = Arc::new(consumer);
+        let keeping = keeping.map(|(changelog, sink)| {
+            let member = Arc::downgrade(&consumer);
+            changelog.fence_with(Box::new(move || {
+                member.upgrade().and_then(|c| c.group_metadata())
+            }));
+            Keeping {
+                changelog,
+                sink,
+                config: config.clone(),
+            }
         });
         Ok(Self {
-            consumer: Arc::new(consumer),
+            consumer,
             topic: topic.to_string(),
             keeping,
             held: Vec::new(),
