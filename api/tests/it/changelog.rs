@@ -14,7 +14,7 @@ use herald_engine::{
     config::KafkaConfig,
     log::{
         kafka::KafkaLog, partition_for, EventLog, LogConsumer, LogPosition, LogRecord, Pending,
-        PendingSink,
+        PendingSink, ScheduleLog,
     },
     model::{DomainEvent, EventSource, ScheduledDelivery},
 };
@@ -387,18 +387,7 @@ async fn changelog_of_a_member_replaced_under_its_name_commits_nothing_more() {
     let first = Arc::new(Sink::default());
     let (mut a, kept) = log.consumer_keeping(&group, first.clone()).await.unwrap();
     let kept = kept.expect("the Kafka log keeps a schedule changelog");
-    let e = event("tenant-0", 1);
-    let at = log.append(std::slice::from_ref(&e)).await.unwrap()[0];
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while a
-        .poll(100, Duration::from_millis(200))
-        .await
-        .unwrap()
-        .is_empty()
-    {
-        assert!(Instant::now() < deadline, "the event was not read");
-    }
-    kept.keep(&retry("dlv_before", &e, 2)).await.unwrap();
+    let (e, at) = read_one_and_keep_a_retry(&log, a.as_mut(), kept.as_ref()).await;
     let next = [LogPosition {
         partition: at.partition,
         offset: at.offset + 1,
@@ -460,18 +449,7 @@ async fn changelog_commits_again_after_a_broker_outage() {
     let sink = Arc::new(Sink::default());
     let (mut a, kept) = log.consumer_keeping(&group, sink.clone()).await.unwrap();
     let kept = kept.expect("the Kafka log keeps a schedule changelog");
-    let e = event("tenant-0", 1);
-    let at = log.append(std::slice::from_ref(&e)).await.unwrap()[0];
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while a
-        .poll(100, Duration::from_millis(200))
-        .await
-        .unwrap()
-        .is_empty()
-    {
-        assert!(Instant::now() < deadline, "the event was not read");
-    }
-    kept.keep(&retry("dlv_before", &e, 2)).await.unwrap();
+    let (e, at) = read_one_and_keep_a_retry(&log, a.as_mut(), kept.as_ref()).await;
 
     crate::kafka::services(&["down", "kafka"]).await;
     let next = [LogPosition {
@@ -596,4 +574,27 @@ async fn changelog_restore_rate() {
         took.as_secs_f64(),
         n as f64 / took.as_secs_f64()
     );
+}
+
+/// Appends one event of `tenant-0`, polls `consumer` until it has read it,
+/// and keeps a retry of it (`dlv_before`, attempt 2); returns the event
+/// and its position.
+async fn read_one_and_keep_a_retry(
+    log: &KafkaLog,
+    consumer: &mut dyn LogConsumer,
+    kept: &dyn ScheduleLog,
+) -> (DomainEvent, LogPosition) {
+    let e = event("tenant-0", 1);
+    let at = log.append(std::slice::from_ref(&e)).await.unwrap()[0];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while consumer
+        .poll(100, Duration::from_millis(200))
+        .await
+        .unwrap()
+        .is_empty()
+    {
+        assert!(Instant::now() < deadline, "the event was not read");
+    }
+    kept.keep(&retry("dlv_before", &e, 2)).await.unwrap();
+    (e, at)
 }
