@@ -418,17 +418,8 @@ async fn changelog_of_a_member_replaced_under_its_name_commits_nothing_more() {
     );
 
     drop((a, b));
-    let later = Arc::new(Sink::default());
-    let (mut c, _) = log
-        .consumer_keeping(&format!("{group}-later"), later.clone())
+    let restored: Vec<String> = restore_in_a_new_group(&log, &format!("{group}-later"), &e)
         .await
-        .unwrap();
-    let partition = partition_for(&e.tenant_id, PARTITIONS);
-    poll_until(&mut [(&mut c, &later)], "a later restore", || {
-        later.restored.lock().unwrap().contains_key(&partition)
-    })
-    .await;
-    let restored: Vec<String> = later.restored.lock().unwrap()[&partition]
         .iter()
         .map(|r| r.delivery.delivery_id.clone())
         .collect();
@@ -496,17 +487,8 @@ async fn changelog_commits_again_after_a_broker_outage() {
 
     // Another member of a new group restores both retries from the changelog.
     drop(a);
-    let restoring = Arc::new(Sink::default());
-    let (mut b, _) = log
-        .consumer_keeping(&format!("{group}-2"), restoring.clone())
+    let restored: BTreeMap<String, u32> = restore_in_a_new_group(&log, &format!("{group}-2"), &e)
         .await
-        .unwrap();
-    let partition = partition_for(&e.tenant_id, PARTITIONS);
-    poll_until(&mut [(&mut b, &restoring)], "the restore", || {
-        restoring.restored.lock().unwrap().contains_key(&partition)
-    })
-    .await;
-    let restored: BTreeMap<String, u32> = restoring.restored.lock().unwrap()[&partition]
         .iter()
         .map(|p| (p.delivery.delivery_id.clone(), p.delivery.attempt))
         .collect();
@@ -597,4 +579,18 @@ async fn read_one_and_keep_a_retry(
     }
     kept.keep(&retry("dlv_before", &e, 2)).await.unwrap();
     (e, at)
+}
+
+/// What a member of the new group `group` restores from the changelog for
+/// the partition of `e`'s tenant (waits for the restore, 60 s at most).
+async fn restore_in_a_new_group(log: &KafkaLog, group: &str, e: &DomainEvent) -> Vec<Pending> {
+    let sink = Arc::new(Sink::default());
+    let (mut consumer, _) = log.consumer_keeping(group, sink.clone()).await.unwrap();
+    let partition = partition_for(&e.tenant_id, PARTITIONS);
+    poll_until(&mut [(&mut consumer, &sink)], "the restore", || {
+        sink.restored.lock().unwrap().contains_key(&partition)
+    })
+    .await;
+    let restored = sink.restored.lock().unwrap()[&partition].clone();
+    restored
 }
