@@ -471,3 +471,38 @@ async fn tenants_never_see_each_other() {
     assert!(herald.logs(&globex, "").await.is_empty());
     assert_eq!(receiver.received().len(), 1);
 }
+
+/// The tests' late signature check ([`crate::support::Received::signed_by`])
+/// judges the timestamp against the arrival time and still refuses a wrong
+/// key or a request that was already stale when it came.
+#[test]
+fn a_signature_checked_late_is_judged_at_its_arrival() {
+    use axum::http::{HeaderMap, HeaderValue};
+
+    let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let hook = Webhook::new(secret).unwrap();
+    let body = axum::body::Bytes::from_static(br#"{"n":1}"#);
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let sent = now - 600;
+    let mut headers = HeaderMap::new();
+    headers.insert("webhook-id", HeaderValue::from_static("evt_1"));
+    headers.insert("webhook-timestamp", HeaderValue::from(sent));
+    let sig = hook.sign("evt_1", sent, &body).unwrap();
+    headers.insert("webhook-signature", HeaderValue::try_from(sig).unwrap());
+    let arrived = |at| crate::support::Received {
+        headers: headers.clone(),
+        body: body.clone(),
+        at,
+    };
+
+    assert!(arrived(sent + 1)
+        .signed_by(std::slice::from_ref(&hook))
+        .is_ok());
+    assert!(
+        hook.verify(&body, &headers).is_err(),
+        "the verifier alone refuses it now"
+    );
+    let other = Webhook::new("whsec_dGhpcyBpcyBhbm90aGVyIGtleSwgMzIgYnl0ZXM=").unwrap();
+    assert!(arrived(sent + 1).signed_by(&[other]).is_err(), "wrong key");
+    assert!(arrived(now).signed_by(&[hook]).is_err(), "stale on arrival");
+}

@@ -223,7 +223,8 @@ pub async fn emit_until(
 }
 
 /// Waits until every acknowledged event reached the receiver, checks every
-/// signature, and returns (delivered events, duplicate deliveries).
+/// signature (as judged on arrival, [`Received::signed_by`]), and returns
+/// (delivered events, duplicate deliveries).
 pub async fn all_delivered(
     receiver: &Receiver,
     acked: &HashSet<String>,
@@ -231,23 +232,44 @@ pub async fn all_delivered(
     store_dir: &Path,
     limit: Duration,
 ) -> (usize, usize) {
+    let hooks: Vec<Webhook> = secrets.iter().map(|s| Webhook::new(s).unwrap()).collect();
+    let mut per_event: HashMap<String, usize> = HashMap::new();
+    let mut checked = 0;
     // Progress-aware wait: slow machines get time as long as deliveries keep
     // arriving; a stall of `limit` with events missing fails, naming how many.
     let mut last = (0, tokio::time::Instant::now());
     loop {
-        let got: HashSet<String> = receiver
-            .received()
+        let received = receiver.received();
+        for r in &received[checked..] {
+            let verdicts: Vec<_> = hooks
+                .iter()
+                .map(|h| h.verify(&r.body, &r.headers))
+                .collect();
+            assert!(
+                verdicts.iter().any(Result::is_ok),
+                "every delivery is signed: {:?} refused ({verdicts:?}); its headers: {:?}",
+                r.header("webhook-id"),
+                r.headers
+            );
+            *per_event
+                .entry(r.header("webhook-id").to_string())
+                .or_default() += 1;
+        }
+        checked = received.len();
+        let missing = acked
             .iter()
-            .map(|r| r.header("webhook-id").to_string())
-            .collect();
-        let missing = acked.difference(&got).count();
+            .filter(|id| !per_event.contains_key(*id))
+            .count();
         if missing == 0 {
             break;
         }
-        if got.len() > last.0 {
-            last = (got.len(), tokio::time::Instant::now());
+        if per_event.len() > last.0 {
+            last = (per_event.len(), tokio::time::Instant::now());
         } else if last.1.elapsed() > limit {
-            let lost: Vec<&String> = acked.difference(&got).collect();
+            let lost: Vec<&String> = acked
+                .iter()
+                .filter(|id| !per_event.contains_key(*id))
+                .collect();
             panic!(
                 "{missing} of {} acknowledged events not delivered after {limit:?} without progress; \
                  in the shared store:\n{}",
@@ -256,17 +278,6 @@ pub async fn all_delivered(
             );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let hooks: Vec<Webhook> = secrets.iter().map(|s| Webhook::new(s).unwrap()).collect();
-    let mut per_event: HashMap<String, usize> = HashMap::new();
-    for r in receiver.received() {
-        assert!(
-            hooks.iter().any(|h| h.verify(&r.body, &r.headers).is_ok()),
-            "every delivery is signed"
-        );
-        *per_event
-            .entry(r.header("webhook-id").to_string())
-            .or_default() += 1;
     }
     let duplicates = per_event.values().map(|n| n - 1).sum();
     (per_event.len(), duplicates)

@@ -15,6 +15,7 @@ use axum::{body::Bytes, extract::State, http::HeaderMap, http::StatusCode, routi
 use herald_api::{app, AppState};
 use herald_engine::{Engine, EngineConfig};
 use serde_json::{json, Value};
+use standardwebhooks::{Webhook, WebhookError};
 use std::sync::Mutex;
 use tempfile::TempDir;
 
@@ -220,6 +221,8 @@ pub async fn split(r: reqwest::Response) -> (u16, Value) {
 pub struct Received {
     pub headers: HeaderMap,
     pub body: Bytes,
+    /// When it arrived, in Unix seconds.
+    pub at: i64,
 }
 
 impl Received {
@@ -228,6 +231,36 @@ impl Received {
             .get(name)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
+    }
+
+    /// Whether one of `hooks` signed this request, as a receiver would have
+    /// judged on its arrival: the verifier refuses a timestamp more than
+    /// five minutes from *now*, so a request checked late in a long test
+    /// is judged against its arrival time instead (same HMAC, from the
+    /// verifier's own `sign`). Returns every verifier's refusal otherwise.
+    pub fn signed_by(&self, hooks: &[Webhook]) -> Result<(), Vec<WebhookError>> {
+        let mut refusals = Vec::new();
+        for hook in hooks {
+            match hook.verify(&self.body, &self.headers) {
+                Ok(()) => return Ok(()),
+                Err(WebhookError::TimestampTooOldError) => {
+                    let ts: i64 = self.header("webhook-timestamp").parse().unwrap_or(0);
+                    let expected = hook.sign(self.header("webhook-id"), ts, &self.body);
+                    let fresh = (self.at - ts).abs() <= 5 * 60;
+                    let matches = |want: &String| {
+                        self.header("webhook-signature")
+                            .split(' ')
+                            .any(|s| s == want)
+                    };
+                    match expected {
+                        Ok(want) if fresh && matches(&want) => return Ok(()),
+                        _ => refusals.push(WebhookError::TimestampTooOldError),
+                    }
+                }
+                Err(e) => refusals.push(e),
+            }
+        }
+        Err(refusals)
     }
 }
 
@@ -255,7 +288,11 @@ async fn record(
     s.hits.fetch_add(1, Ordering::SeqCst);
     let status = StatusCode::from_u16(s.status.load(Ordering::SeqCst)).unwrap();
     if status.is_success() {
-        s.received.lock().unwrap().push(Received { headers, body });
+        let at = time::OffsetDateTime::now_utc().unix_timestamp();
+        s.received
+            .lock()
+            .unwrap()
+            .push(Received { headers, body, at });
     }
     (status, "ok")
 }
