@@ -176,26 +176,14 @@ async fn kafka_a_changelog_commit_that_never_returns_is_given_up() {
     let hook = [(test_hooks::CHANGELOG_STUCK_COMMITS, "1")];
     let herald = start_role_env("all", &dir, &prefix, &[], &hook).await;
     let (key, _) = tenant(&herald.base, "acme", &receiver).await;
-    let http = reqwest::Client::new();
-    let emit = |tag: &'static str| {
-        http.post(format!("{}/api/v1/integrations/events", herald.base))
-            .bearer_auth(&key)
-            .json(&json!({ "event_type": "work_order.completed", "payload": { "tag": tag } }))
-            .send()
-    };
+    let emit = |tag: &'static str| emit_tagged(&herald.base, &key, tag);
     let delivered = |tag: &'static str| {
         let receiver = &receiver;
-        move || async move {
-            receiver
-                .received()
-                .iter()
-                .any(|r| String::from_utf8_lossy(&r.body).contains(&format!("\"tag\":\"{tag}\"")))
-                .then_some(())
-        }
+        move || async move { got_tagged(receiver, tag).then_some(()) }
     };
     // The first event is delivered; fan-out's commit of its offset is the
     // one that never returns.
-    assert_eq!(emit("first").await.unwrap().status(), 202);
+    assert_eq!(emit("first").await, 202);
     eventually(
         "the first event",
         Duration::from_secs(60),
@@ -208,7 +196,7 @@ async fn kafka_a_changelog_commit_that_never_returns_is_given_up() {
         text.contains("did not end in time").then_some(())
     };
     // The event behind it: delivered once the commit is given up (30 s).
-    assert_eq!(emit("second").await.unwrap().status(), 202);
+    assert_eq!(emit("second").await, 202);
     eventually(
         "the event emitted behind the stuck commit",
         Duration::from_secs(120),
@@ -222,6 +210,63 @@ async fn kafka_a_changelog_commit_that_never_returns_is_given_up() {
         text.contains("the schedule changelog has a new producer"),
         "a new producer took over: {text}"
     );
+}
+
+/// A consumer group that stays without a coordinator (here: the broker
+/// down for longer than `STALLED_AFTER`, 30 s) gets a new consumer, which
+/// bootstraps afresh; once the broker is back, the worker reads and
+/// delivers again, and commits past every event. (The stall this guards
+/// against is librdkafka's: a broker removed from its metadata leaves the
+/// group no broker to ask, docs/reliability.md.)
+#[tokio::test]
+async fn kafka_a_group_without_a_coordinator_joins_again_with_a_new_consumer() {
+    let _broker = BROKER.write().await;
+    require_kafka().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let prefix = prefix("rejoin");
+    let receiver = Receiver::start(200).await;
+    let herald = start_role("all", &dir, &prefix, &[]).await;
+    let (key, _) = tenant(&herald.base, "acme", &receiver).await;
+    let emit = |tag: &'static str| emit_tagged(&herald.base, &key, tag);
+    let delivered = |tag: &'static str| {
+        let receiver = &receiver;
+        move || async move { got_tagged(receiver, tag).then_some(()) }
+    };
+    assert_eq!(emit("before").await, 202);
+    eventually(
+        "the event before",
+        Duration::from_secs(60),
+        delivered("before"),
+    )
+    .await;
+
+    let log = dir.join("all.log");
+    services(&["down", "kafka"]).await;
+    eventually(
+        "a new consumer while the broker is away",
+        Duration::from_secs(120),
+        || async {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            text.contains("joined again with a new consumer")
+                .then_some(())
+        },
+    )
+    .await;
+    services(&["up", "kafka"]).await;
+    eventually(
+        "an emit accepted again",
+        Duration::from_secs(60),
+        || async { (emit("after").await == 202).then_some(()) },
+    )
+    .await;
+    eventually(
+        "the event after, read by the new consumer",
+        Duration::from_secs(120),
+        delivered("after"),
+    )
+    .await;
+    fanout_commits_past_every_event(&prefix).await;
 }
 
 #[tokio::test]
@@ -276,4 +321,24 @@ async fn kafka_plain_consumer_validates_every_record_against_the_schema() {
     assert_eq!(summary["distinct_ids"], n);
     assert_eq!(summary["error_count"], 0);
     herald.engine.shutdown().await;
+}
+
+/// Emits one event whose payload is `{"tag": tag}`; its status (0 when the
+/// request itself failed).
+async fn emit_tagged(base: &str, key: &str, tag: &str) -> u16 {
+    reqwest::Client::new()
+        .post(format!("{base}/api/v1/integrations/events"))
+        .bearer_auth(key)
+        .json(&json!({ "event_type": "work_order.completed", "payload": { "tag": tag } }))
+        .send()
+        .await
+        .map_or(0, |r| r.status().as_u16())
+}
+
+/// Whether an event emitted by [`emit_tagged`] with `tag` reached `receiver`.
+fn got_tagged(receiver: &Receiver, tag: &str) -> bool {
+    receiver
+        .received()
+        .iter()
+        .any(|r| String::from_utf8_lossy(&r.body).contains(&format!("\"tag\":\"{tag}\"")))
 }

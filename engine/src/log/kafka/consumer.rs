@@ -13,13 +13,25 @@
 //! no record of a partition it is assigned before it restored the
 //! partition's pending deliveries, and commits its offsets in the
 //! changelog's transaction.
+//!
+//! A member whose group has had no coordinator for 30 s (librdkafka's
+//! statistics say so) is given a new consumer, which bootstraps afresh:
+//! librdkafka can lose every broker it knew and never look again
+//! (see `Rebalances::stats`).
 
-use std::{collections::BTreeSet, sync::Arc, time::Duration};
+use std::{
+    collections::BTreeSet,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 
 use async_trait::async_trait;
 use rdkafka::{
     consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer},
-    ClientContext, Message, Offset, TopicPartitionList,
+    ClientContext, Message, Offset, Statistics, TopicPartitionList,
 };
 
 use super::{base_config, blocking, changelog::Changelog, to_record, unavailable};
@@ -32,11 +44,19 @@ use crate::{
 const DRAIN_WAIT: Duration = Duration::from_millis(2);
 /// How long the broker holds a fetch that finds no records.
 const FETCH_WAIT_MAX: Duration = Duration::from_millis(100);
+/// How often librdkafka reports the consumer's statistics (the group's
+/// state among them).
+const STATS_EVERY: Duration = Duration::from_secs(5);
+/// How long the group may go without a coordinator before the consumer is
+/// replaced by a new one (see [`Rebalances::stats`]).
+const STALLED_AFTER: Duration = Duration::from_secs(30);
 
 /// A group member over every partition of the topic it was given.
 pub struct KafkaConsumer {
     consumer: Arc<StreamConsumer<Rebalances>>,
+    config: KafkaConfig,
     topic: String,
+    group: String,
     keeping: Option<Keeping>,
     /// Records read but not returned because their partitions' restore
     /// failed: the next poll returns them once it succeeds.
@@ -62,12 +82,85 @@ struct Rebalances {
     sink: Option<Arc<dyn PendingSink>>,
     /// The changelog, told what this member owns.
     changelog: Option<Arc<Changelog>>,
+    /// Set when the statistics say the group has had no coordinator for
+    /// [`STALLED_AFTER`]; the next poll replaces the consumer.
+    stalled: AtomicBool,
+    /// A replaced consumer's: its rebalances (the revoke of its close) are
+    /// not passed on, as its successor owns the partitions now.
+    retired: AtomicBool,
+    /// Since when, as the statistics last said, a partition of this member
+    /// has waited for its committed offset.
+    offsets_awaited_since: parking_lot::Mutex<Option<std::time::Instant>>,
 }
 
-impl ClientContext for Rebalances {}
+impl Rebalances {
+    /// A context sharing `self`'s restore queue, wake-up, sink and
+    /// changelog (for the consumer that replaces `self`'s).
+    fn successor(&self) -> Self {
+        Self {
+            to_restore: self.to_restore.clone(),
+            assigned: self.assigned.clone(),
+            sink: self.sink.clone(),
+            changelog: self.changelog.clone(),
+            stalled: Default::default(),
+            retired: Default::default(),
+            offsets_awaited_since: Default::default(),
+        }
+    }
+}
+
+impl ClientContext for Rebalances {
+    /// Notes a group that has looked for its coordinator too long.
+    ///
+    /// librdkafka (since 2.10) removes a broker that a metadata response
+    /// leaves out, with its thread. A single broker restarting can be left
+    /// out of one response; if it was the only broker the client knew, the
+    /// group has no broker to ask for its coordinator ("no broker available
+    /// for coordinator query") and never rejoins, as re-bootstrapping starts
+    /// only when known brokers go down, not when they are removed
+    /// (docs/reliability.md). A new consumer bootstraps afresh.
+    ///
+    /// It also notes a member whose assigned partitions have waited for
+    /// their committed offsets as long (a second kind of stall after a
+    /// broker restart, cause not found: docs/reliability.md); whether a new
+    /// consumer cures that one is not shown.
+    fn stats(&self, statistics: Statistics) {
+        let no_coordinator = statistics
+            .cgrp
+            .is_some_and(|g| g.state != "up" && g.stateage >= STALLED_AFTER.as_millis() as i64);
+        let awaiting_offsets = statistics
+            .topics
+            .values()
+            .flat_map(|t| t.partitions.values())
+            .any(|p| {
+                p.partition >= 0 && matches!(p.fetch_state.as_str(), "offset-query" | "offset-wait")
+            });
+        let offsets_stalled = {
+            let mut since = self.offsets_awaited_since.lock();
+            match (awaiting_offsets, *since) {
+                (false, _) => {
+                    *since = None;
+                    false
+                }
+                (true, None) => {
+                    *since = Some(std::time::Instant::now());
+                    false
+                }
+                (true, Some(at)) => at.elapsed() >= STALLED_AFTER,
+            }
+        };
+        let stalled = no_coordinator || offsets_stalled;
+        if stalled && !self.retired.load(Ordering::Relaxed) {
+            self.stalled.store(true, Ordering::Relaxed);
+        }
+    }
+}
 
 impl ConsumerContext for Rebalances {
     fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if self.retired.load(Ordering::Relaxed) {
+            return;
+        }
         let partitions = |list: &TopicPartitionList| -> Vec<i32> {
             list.elements().iter().map(|e| e.partition()).collect()
         };
@@ -88,20 +181,25 @@ impl ConsumerContext for Rebalances {
                     self.assigned.notify_one();
                 }
             }
-            Rebalance::Revoke(list) => {
-                tracing::info!(partitions = ?partitions(list), "partitions revoked");
-                if let Some(changelog) = &self.changelog {
-                    changelog.revoked(&partitions(list));
-                }
-                if let Some(sink) = &self.sink {
-                    let mut to_restore = self.to_restore.lock();
-                    for p in partitions(list) {
-                        to_restore.remove(&p);
-                        sink.revoked(p.max(0) as u32);
-                    }
-                }
-            }
+            Rebalance::Revoke(list) => self.revoked(&partitions(list)),
             Rebalance::Error(e) => tracing::warn!(error = %e, "consumer group rebalance failed"),
+        }
+    }
+}
+
+impl Rebalances {
+    /// This member lost `partitions`: the changelog and the sink are told.
+    fn revoked(&self, partitions: &[i32]) {
+        tracing::info!(?partitions, "partitions revoked");
+        if let Some(changelog) = &self.changelog {
+            changelog.revoked(partitions);
+        }
+        if let Some(sink) = &self.sink {
+            let mut to_restore = self.to_restore.lock();
+            for &p in partitions {
+                to_restore.remove(&p);
+                sink.revoked(p.max(0) as u32);
+            }
         }
     }
 }
@@ -125,43 +223,14 @@ impl KafkaConsumer {
             assigned: Default::default(),
             sink: keeping.as_ref().map(|(_, sink)| sink.clone()),
             changelog: keeping.as_ref().map(|(changelog, _)| changelog.clone()),
+            stalled: Default::default(),
+            retired: Default::default(),
+            offsets_awaited_since: Default::default(),
         };
-        let mut settings = base_config(config);
-        if let Some(id) = &config.worker_id {
-            // A static member: restarted under the same id, it takes its
-            // partitions back without waiting for its old session to end.
-            settings.set("group.instance.id", id);
-        }
-        let consumer: StreamConsumer<Rebalances> = settings
-            .set("group.id", group)
-            .set("partition.assignment.strategy", "cooperative-sticky")
-            .set("enable.auto.commit", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("enable.partition.eof", "false")
-            // Never the records of an aborted batch (the default, said).
-            .set("isolation.level", "read_committed")
-            .set(
-                "session.timeout.ms",
-                config.session_timeout.as_millis().to_string(),
-            )
-            .set("heartbeat.interval.ms", "1000")
-            // A partition that becomes fetchable (assigned, its offset
-            // looked up) joins the fetches after the one in flight; the
-            // broker holds an empty fetch this long (500 ms by default,
-            // which delayed a new owner's first records by up to a second).
-            .set("fetch.wait.max.ms", FETCH_WAIT_MAX.as_millis().to_string())
-            .create_with_context(context)
-            .map_err(|e| unavailable("creating the Kafka consumer", e))?;
-        consumer
-            .subscribe(&[topic])
-            .map_err(|e| unavailable("subscribing to the events topic", e))?;
+        let consumer = Arc::new(create(config, topic, group, context)?);
         tracing::info!(topic, group, "joined the consumer group");
-        let consumer = Arc::new(consumer);
         let keeping = keeping.map(|(changelog, sink)| {
-            let member = Arc::downgrade(&consumer);
-            changelog.fence_with(Box::new(move || {
-                member.upgrade().and_then(|c| c.group_metadata())
-            }));
+            fence_with(&changelog, &consumer);
             Keeping {
                 changelog,
                 sink,
@@ -170,12 +239,100 @@ impl KafkaConsumer {
         });
         Ok(Self {
             consumer,
+            config: config.clone(),
             topic: topic.to_string(),
+            group: group.to_string(),
             keeping,
             held: Vec::new(),
         })
     }
 
+    /// Replaces a consumer whose group stalled ([`Rebalances::stats`]) by a
+    /// new one under the same group (and `--worker-id`), which bootstraps
+    /// afresh; the old one closes on a thread of its own (without a
+    /// coordinator its close may take long), its rebalances ignored.
+    fn replace_if_stalled(&mut self) -> Result<(), LogError> {
+        let context = self.consumer.context();
+        if !context.stalled.swap(false, Ordering::Relaxed) {
+            return Ok(());
+        }
+        let fresh = create(&self.config, &self.topic, &self.group, context.successor())?;
+        let old = std::mem::replace(&mut self.consumer, Arc::new(fresh));
+        // What the old one still holds is let go of here, as a revoke
+        // would; its own rebalances are muted from now on.
+        let held: Vec<i32> = old
+            .assignment()
+            .map(|list| list.elements().iter().map(|e| e.partition()).collect())
+            .unwrap_or_default();
+        old.context().retired.store(true, Ordering::Relaxed);
+        if !held.is_empty() {
+            old.context().revoked(&held);
+        }
+        if let Some(k) = &self.keeping {
+            fence_with(&k.changelog, &self.consumer);
+        }
+        std::thread::spawn(move || drop(old));
+        tracing::warn!(
+            group = %self.group,
+            stalled_s = STALLED_AFTER.as_secs(),
+            "the consumer group found no coordinator, or no committed offsets, for a while; joined again with a new consumer"
+        );
+        Ok(())
+    }
+}
+
+/// Reads the group metadata for the changelog's fence from `consumer`.
+fn fence_with(changelog: &Changelog, consumer: &Arc<StreamConsumer<Rebalances>>) {
+    let member = Arc::downgrade(consumer);
+    changelog.fence_with(Box::new(move || {
+        member.upgrade().and_then(|c| c.group_metadata())
+    }));
+}
+
+/// A consumer of `topic` in `group`, subscribed, with `context`.
+fn create(
+    config: &KafkaConfig,
+    topic: &str,
+    group: &str,
+    context: Rebalances,
+) -> Result<StreamConsumer<Rebalances>, LogError> {
+    let mut settings = base_config(config);
+    if let Some(id) = &config.worker_id {
+        // A static member: restarted under the same id, it takes its
+        // partitions back without waiting for its old session to end.
+        settings.set("group.instance.id", id);
+    }
+    let consumer: StreamConsumer<Rebalances> = settings
+        .set("group.id", group)
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "false")
+        // Never the records of an aborted batch (the default, said).
+        .set("isolation.level", "read_committed")
+        .set(
+            "session.timeout.ms",
+            config.session_timeout.as_millis().to_string(),
+        )
+        .set("heartbeat.interval.ms", "1000")
+        // A partition that becomes fetchable (assigned, its offset
+        // looked up) joins the fetches after the one in flight; the
+        // broker holds an empty fetch this long (500 ms by default,
+        // which delayed a new owner's first records by up to a second).
+        .set("fetch.wait.max.ms", FETCH_WAIT_MAX.as_millis().to_string())
+        .set(
+            "statistics.interval.ms",
+            STATS_EVERY.as_millis().to_string(),
+        )
+        .create_with_context(context)
+        .map_err(|e| unavailable("creating the Kafka consumer", e))?;
+    consumer
+        .subscribe(&[topic])
+        .map_err(|e| unavailable("subscribing to the events topic", e))?;
+    Ok(consumer)
+}
+
+impl KafkaConsumer {
     /// Restores the changelog of every partition assigned and not restored
     /// yet into the sink.
     async fn restore_assigned(&self, k: &Keeping) -> Result<(), LogError> {
@@ -234,6 +391,7 @@ impl KafkaConsumer {
 #[async_trait]
 impl LogConsumer for KafkaConsumer {
     async fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<LogRecord>, LogError> {
+        self.replace_if_stalled()?;
         if let Some(k) = &self.keeping {
             self.restore_assigned(k).await?;
         }
