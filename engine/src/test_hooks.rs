@@ -13,6 +13,8 @@
 //!   changelog that carry consumer offsets never return, as librdkafka's
 //!   `send_offsets_to_transaction` can when its coordinator request is not
 //!   retried (librdkafka issues #5456, #5511).
+//! - [`RELAY_STUCK_COMMITS`]: the same for the first N transactions of the
+//!   CDC relay.
 //!
 //! Values are read once per process; [`check`] reports a malformed one.
 
@@ -30,12 +32,16 @@ pub const RELAY_COMMIT_DELAY: &str = "HERALD_TEST_HOOK_RELAY_COMMIT_DELAY";
 pub const KAFKA_BATCH_FAIL_AFTER: &str = "HERALD_TEST_HOOK_KAFKA_BATCH_FAIL_AFTER";
 /// Env var: how many changelog commits with offsets get stuck.
 pub const CHANGELOG_STUCK_COMMITS: &str = "HERALD_TEST_HOOK_CHANGELOG_STUCK_COMMITS";
+/// Env var: how many CDC relay commits get stuck.
+pub const RELAY_STUCK_COMMITS: &str = "HERALD_TEST_HOOK_RELAY_STUCK_COMMITS";
 
 struct Hooks {
     relay_commit_delay: Duration,
     kafka_batch_fail_after: Option<usize>,
     /// Stuck commits still to come.
     changelog_stuck_commits: AtomicUsize,
+    /// Stuck relay commits still to come.
+    relay_stuck_commits: AtomicUsize,
 }
 
 fn read() -> &'static Result<Hooks, String> {
@@ -56,16 +62,17 @@ fn parse(var: impl Fn(&str) -> Option<String>) -> Result<Hooks, String> {
             format!("{KAFKA_BATCH_FAIL_AFTER}={v:?}: {e} (write a number of events)")
         })?),
     };
-    let changelog_stuck_commits = match var(CHANGELOG_STUCK_COMMITS) {
-        None => 0,
-        Some(v) => v.parse().map_err(|e| {
-            format!("{CHANGELOG_STUCK_COMMITS}={v:?}: {e} (write a number of commits)")
-        })?,
+    let commits = |name: &str| match var(name) {
+        None => Ok(0),
+        Some(v) => v
+            .parse()
+            .map_err(|e| format!("{name}={v:?}: {e} (write a number of commits)")),
     };
     Ok(Hooks {
         relay_commit_delay,
         kafka_batch_fail_after,
-        changelog_stuck_commits: AtomicUsize::new(changelog_stuck_commits),
+        changelog_stuck_commits: AtomicUsize::new(commits(CHANGELOG_STUCK_COMMITS)?),
+        relay_stuck_commits: AtomicUsize::new(commits(RELAY_STUCK_COMMITS)?),
     })
 }
 
@@ -88,11 +95,22 @@ pub fn kafka_batch_fail_after() -> Option<usize> {
 
 /// Whether this changelog commit gets stuck (each of the first N does).
 pub fn changelog_commit_stuck() -> bool {
-    read().as_ref().is_ok_and(|h| {
-        h.changelog_stuck_commits
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
-            .is_ok()
-    })
+    read()
+        .as_ref()
+        .is_ok_and(|h| take_one(&h.changelog_stuck_commits))
+}
+
+/// Whether this CDC relay commit gets stuck (each of the first N does).
+pub fn relay_commit_stuck() -> bool {
+    read()
+        .as_ref()
+        .is_ok_and(|h| take_one(&h.relay_stuck_commits))
+}
+
+/// Takes one from a count of hooked calls still to come; false at zero.
+fn take_one(left: &AtomicUsize) -> bool {
+    left.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+        .is_ok()
 }
 
 #[cfg(test)]
@@ -116,6 +134,7 @@ mod tests {
                 (RELAY_COMMIT_DELAY, ""),
                 (KAFKA_BATCH_FAIL_AFTER, ""),
                 (CHANGELOG_STUCK_COMMITS, ""),
+                (RELAY_STUCK_COMMITS, ""),
             ]),
         ] {
             let h = hooks.unwrap();
@@ -123,9 +142,10 @@ mod tests {
                 (
                     h.relay_commit_delay,
                     h.kafka_batch_fail_after,
-                    h.changelog_stuck_commits.into_inner()
+                    h.changelog_stuck_commits.into_inner(),
+                    h.relay_stuck_commits.into_inner()
                 ),
-                (Duration::ZERO, None, 0)
+                (Duration::ZERO, None, 0, 0)
             );
         }
     }
@@ -136,16 +156,20 @@ mod tests {
             (RELAY_COMMIT_DELAY, "800ms"),
             (KAFKA_BATCH_FAIL_AFTER, "3"),
             (CHANGELOG_STUCK_COMMITS, "1"),
+            (RELAY_STUCK_COMMITS, "2"),
         ])
         .unwrap();
         assert_eq!(h.relay_commit_delay, Duration::from_millis(800));
         assert_eq!(h.kafka_batch_fail_after, Some(3));
         assert_eq!(h.changelog_stuck_commits.into_inner(), 1);
+        assert_eq!(h.relay_stuck_commits.into_inner(), 2);
         let err = from(&[(RELAY_COMMIT_DELAY, "soon")]).err().unwrap();
         assert!(err.starts_with(RELAY_COMMIT_DELAY), "{err}");
         let err = from(&[(KAFKA_BATCH_FAIL_AFTER, "-1")]).err().unwrap();
         assert!(err.starts_with(KAFKA_BATCH_FAIL_AFTER), "{err}");
         let err = from(&[(CHANGELOG_STUCK_COMMITS, "all")]).err().unwrap();
         assert!(err.starts_with(CHANGELOG_STUCK_COMMITS), "{err}");
+        let err = from(&[(RELAY_STUCK_COMMITS, "x")]).err().unwrap();
+        assert!(err.starts_with(RELAY_STUCK_COMMITS), "{err}");
     }
 }

@@ -343,3 +343,60 @@ async fn cdc_relay_kill9_while_streaming_neither_loses_nor_duplicates() {
     drop((api, _worker));
     Arc::try_unwrap(outbox).ok().unwrap().stop().await;
 }
+
+/// A relay transaction whose commit never returns (librdkafka's
+/// `send_offsets_to_transaction` can wait forever) is given up after its
+/// bound: the relay starts again with new clients and relays the row, once.
+/// Without the bound the row is never relayed.
+#[tokio::test]
+async fn cdc_relay_commit_that_never_returns_is_given_up() {
+    let _broker = BROKER.read().await;
+    require_cdc().await;
+    let prefix = prefix("cdcstuck");
+    let outbox = Outbox::start(&prefix, false).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start(200).await;
+    let herald = start_role_env(
+        "all",
+        &tmp.path().join("data"),
+        &prefix,
+        &["--cdc-topic", &outbox.topic],
+        &[(test_hooks::RELAY_STUCK_COMMITS, "1")],
+    )
+    .await;
+    tenant(&herald.base, "stuck", &receiver).await;
+
+    let row = uuid::Uuid::now_v7();
+    outbox
+        .sql(&outbox_row(
+            row,
+            "stuck",
+            "work_order.opened",
+            None,
+            r#"{"n": 1}"#,
+        ))
+        .await;
+    let id = event_id(row);
+    eventually(
+        "the row relayed by the next session",
+        Duration::from_secs(180),
+        || async { delivered_ids(&receiver).contains(&id).then_some(()) },
+    )
+    .await;
+    let h = health(&herald.base).await;
+    assert!(
+        h["relay"]["aborted"].as_u64().unwrap() >= 1,
+        "the stuck transaction was given up: {h}"
+    );
+    assert_eq!(h["relay"]["relayed"], 1, "relayed once: {h}");
+    assert_eq!(
+        delivered_ids(&receiver)
+            .iter()
+            .filter(|d| **d == id)
+            .count(),
+        1
+    );
+
+    herald.kill9().await;
+    outbox.stop().await;
+}

@@ -33,7 +33,9 @@
 //!   came from REST or CDC.
 //!
 //! On any Kafka error the transaction is aborted, both clients are dropped
-//! and rebuilt after a pause, and the group resumes at its committed offsets.
+//! and rebuilt after a pause, and the group resumes at its committed offsets;
+//! a transactional call that does not return in time counts as such an error
+//! (its producer is left to it, and fenced by the next one).
 
 pub mod map;
 pub mod parse;

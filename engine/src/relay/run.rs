@@ -2,6 +2,7 @@
 //! transaction per batch with the consumed offsets (see the module above).
 
 use std::{
+    cell::Cell,
     sync::{atomic::Ordering, Arc},
     time::{Duration, Instant},
 };
@@ -10,6 +11,7 @@ use rdkafka::{
     admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
     client::DefaultClientContext,
     consumer::{BaseConsumer, Consumer},
+    error::KafkaResult,
     message::{BorrowedMessage, Header, Headers, OwnedHeaders},
     producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer},
     types::RDKafkaErrorCode,
@@ -27,6 +29,11 @@ const BATCH: usize = 500;
 const LINGER: Duration = Duration::from_millis(50);
 /// Timeout of the transactional calls.
 const TXN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a transactional call may take before the session is given up.
+/// librdkafka's `send_offsets_to_transaction` can wait forever on a
+/// coordinator request it never retries (its issues #5456, #5511), past
+/// its own timeout; the relay would relay nothing more.
+const END_WAIT: Duration = Duration::from_secs(45);
 
 /// Where the relay reads and writes.
 #[derive(Debug, Clone)]
@@ -136,10 +143,15 @@ fn client_config(kafka: &KafkaConfig) -> ClientConfig {
 struct Session {
     settings: RelaySettings,
     consumer: BaseConsumer,
-    producer: ThreadedProducer<DefaultProducerContext>,
+    /// Shared with the thread of a transactional call ([`Session::bounded`]).
+    producer: Arc<ThreadedProducer<DefaultProducerContext>>,
     stats: Arc<RelayStats>,
     events_topic: String,
     dlq_topic: String,
+    /// Set when a transactional call did not return: the producer is busy
+    /// for good, so it is not asked to abort; the next session's producer
+    /// fences it.
+    stuck: Cell<bool>,
 }
 
 type Failure = String;
@@ -180,10 +192,11 @@ impl Session {
         Ok(Self {
             settings: settings.clone(),
             consumer,
-            producer,
+            producer: Arc::new(producer),
             stats,
             events_topic: settings.kafka.events_topic(),
             dlq_topic: settings.kafka.dead_letter_topic(),
+            stuck: Cell::new(false),
         })
     }
 
@@ -194,7 +207,7 @@ impl Session {
                 continue;
             }
             let outcome = self.relay(&batch);
-            if outcome.is_err() {
+            if outcome.is_err() && !self.stuck.get() {
                 let _ = self.producer.abort_transaction(TXN_TIMEOUT);
             }
             self.stats.in_transaction.store(false, Ordering::SeqCst);
@@ -331,9 +344,12 @@ impl Session {
             .consumer
             .group_metadata()
             .ok_or_else(|| "the relay consumer has no group metadata".to_string())?;
-        self.producer
-            .send_offsets_to_transaction(&offsets, &group, TXN_TIMEOUT)
-            .map_err(|e| format!("adding the offsets to the transaction: {e}"))?;
+        self.bounded("adding the offsets to the transaction", move |p| {
+            if crate::test_hooks::relay_commit_stuck() {
+                std::thread::sleep(Duration::from_secs(24 * 3600));
+            }
+            p.send_offsets_to_transaction(&offsets, &group, TXN_TIMEOUT)
+        })?;
         let delay = crate::test_hooks::relay_commit_delay();
         if !delay.is_zero() {
             // Crash tests: let the records reach the broker, uncommitted.
@@ -345,9 +361,9 @@ impl Session {
         if !delay.is_zero() {
             std::thread::sleep(delay);
         }
-        self.producer
-            .commit_transaction(TXN_TIMEOUT)
-            .map_err(|e| format!("committing the transaction: {e}"))?;
+        self.bounded("committing the transaction", |p| {
+            p.commit_transaction(TXN_TIMEOUT)
+        })?;
         let s = &self.stats;
         s.relayed.fetch_add(relayed, Ordering::Relaxed);
         s.skipped.fetch_add(skipped, Ordering::Relaxed);
@@ -360,6 +376,36 @@ impl Session {
             "CDC batch committed"
         );
         Ok(())
+    }
+
+    /// Runs a transactional call on a thread of its own and waits at most
+    /// [`END_WAIT`] for it. A call that does not return by then is left to
+    /// its thread (a Kafka call cannot be cancelled) and fails the session:
+    /// the relay starts again with new clients, from the committed offsets.
+    fn bounded(
+        &self,
+        what: &str,
+        call: impl FnOnce(&ThreadedProducer<DefaultProducerContext>) -> KafkaResult<()> + Send + 'static,
+    ) -> Result<(), Failure> {
+        let producer = self.producer.clone();
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        std::thread::Builder::new()
+            .name("relay-txn".into())
+            .spawn(move || {
+                let _ = tx.send(call(&producer));
+            })
+            .map_err(|e| format!("{what}: no thread to run it on: {e}"))?;
+        match rx.recv_timeout(END_WAIT) {
+            Ok(done) => done.map_err(|e| format!("{what}: {e}")),
+            Err(_) => {
+                self.stuck.set(true);
+                tracing::error!(
+                    waited_s = END_WAIT.as_secs(),
+                    "a CDC relay transaction call did not return in time; its producer is left behind and fenced by the next one"
+                );
+                Err(format!("{what}: no answer in {}s", END_WAIT.as_secs()))
+            }
+        }
     }
 
     /// Enqueues a record, waiting while the producer's queue is full.
