@@ -18,6 +18,7 @@ use crate::{
         all_delivered, emit_many, prefix, repo_root, require_kafka, services, start_role,
         start_role_env, tenant, tenants, BROKER, BROKERS,
     },
+    role_metrics::{cdc_topic, outbox_rows},
     support::{eventually, Herald, Receiver},
 };
 
@@ -214,10 +215,11 @@ async fn kafka_a_changelog_commit_that_never_returns_is_given_up() {
 
 /// A consumer group that stays without a coordinator (here: the broker
 /// down for longer than `STALLED_AFTER`, 30 s) gets a new consumer, which
-/// bootstraps afresh; once the broker is back, the worker reads and
-/// delivers again, and commits past every event. (The stall this guards
-/// against is librdkafka's: a broker removed from its metadata leaves the
-/// group no broker to ask, docs/reliability.md.)
+/// bootstraps afresh, in the worker and in the CDC relay (a new session);
+/// once the broker is back, the worker reads and delivers again and
+/// commits past every event, and the relay relays a new outbox row. (The
+/// stall this guards against is librdkafka's: a broker removed from its
+/// metadata leaves the group no broker to ask, docs/reliability.md.)
 #[tokio::test]
 async fn kafka_a_group_without_a_coordinator_joins_again_with_a_new_consumer() {
     let _broker = BROKER.write().await;
@@ -244,12 +246,13 @@ async fn kafka_a_group_without_a_coordinator_joins_again_with_a_new_consumer() {
     let log = dir.join("all.log");
     services(&["down", "kafka"]).await;
     eventually(
-        "a new consumer while the broker is away",
+        "a new consumer in the worker and a new relay session while the broker is away",
         Duration::from_secs(120),
         || async {
             let text = std::fs::read_to_string(&log).unwrap_or_default();
-            text.contains("joined again with a new consumer")
-                .then_some(())
+            (text.contains("joined again with a new consumer")
+                && text.contains("relay's consumer group found no coordinator"))
+            .then_some(())
         },
     )
     .await;
@@ -264,6 +267,18 @@ async fn kafka_a_group_without_a_coordinator_joins_again_with_a_new_consumer() {
         "the event after, read by the new consumer",
         Duration::from_secs(120),
         delivered("after"),
+    )
+    .await;
+    let relayed = outbox_rows(&cdc_topic(&prefix, 1).await, "acme", &["{}".into()]).await;
+    eventually(
+        "the outbox row after, relayed by the new session",
+        Duration::from_secs(120),
+        || async {
+            let ids = receiver.received();
+            ids.iter()
+                .any(|r| r.header("webhook-id") == relayed[0])
+                .then_some(())
+        },
     )
     .await;
     fanout_commits_past_every_event(&prefix).await;

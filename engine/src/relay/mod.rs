@@ -35,7 +35,8 @@
 //! On any Kafka error the transaction is aborted, both clients are dropped
 //! and rebuilt after a pause, and the group resumes at its committed offsets;
 //! a transactional call that does not return in time counts as such an error
-//! (its producer is left to it, and fenced by the next one).
+//! (its producer is left to it, and fenced by the next one), and a consumer
+//! that stalled ([`crate::log::kafka::stall`]) ends its session the same way.
 
 pub mod map;
 pub mod parse;

@@ -10,18 +10,26 @@ use std::{
 use rdkafka::{
     admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
     client::DefaultClientContext,
-    consumer::{BaseConsumer, Consumer},
+    consumer::{BaseConsumer, Consumer, ConsumerContext},
     error::KafkaResult,
     message::{BorrowedMessage, Header, Headers, OwnedHeaders},
     producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer},
     types::RDKafkaErrorCode,
-    ClientConfig, Message, Offset, TopicPartitionList,
+    ClientConfig, ClientContext, Message, Offset, Statistics, TopicPartitionList,
 };
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
 use super::{map, parse, RelayStats};
-use crate::{catalogue::Catalogue, config::KafkaConfig, gone::GoneTenants, log::kafka::record};
+use crate::{
+    catalogue::Catalogue,
+    config::KafkaConfig,
+    gone::GoneTenants,
+    log::kafka::{
+        record,
+        stall::{StallWatch, STALLED_AFTER, STATS_EVERY},
+    },
+};
 
 /// Records per transaction, at most.
 const BATCH: usize = 500;
@@ -77,7 +85,8 @@ pub async fn run(settings: RelaySettings, stats: Arc<RelayStats>, cancel: Cancel
                         "CDC relay running"
                     );
                     match session.run(&cancel) {
-                        Ok(()) => return,
+                        Ok(Ended::Cancelled) => return,
+                        Ok(Ended::Stalled) => pause = Duration::from_millis(200),
                         Err(e) => {
                             stats.aborted.fetch_add(1, Ordering::Relaxed);
                             tracing::warn!(error = %e, "CDC relay batch aborted; restarting from the committed offsets");
@@ -142,7 +151,7 @@ fn client_config(kafka: &KafkaConfig) -> ClientConfig {
 /// One consumer and one transactional producer; dropped on any error.
 struct Session {
     settings: RelaySettings,
-    consumer: BaseConsumer,
+    consumer: BaseConsumer<Watched>,
     /// Shared with the thread of a transactional call ([`Session::bounded`]).
     producer: Arc<ThreadedProducer<DefaultProducerContext>>,
     stats: Arc<RelayStats>,
@@ -156,9 +165,31 @@ struct Session {
 
 type Failure = String;
 
+/// Why a session ended without an error.
+enum Ended {
+    /// The relay was asked to stop.
+    Cancelled,
+    /// Its consumer stalled ([`StallWatch`]): a new session starts.
+    Stalled,
+}
+
+/// The relay consumer's context: its statistics feed a stall watch, as the
+/// events consumer's do (a consumer that stalled after a broker restart
+/// polls for ever with no error; a new session's bootstraps afresh).
+#[derive(Default)]
+struct Watched(StallWatch);
+
+impl ClientContext for Watched {
+    fn stats(&self, statistics: Statistics) {
+        self.0.observe(&statistics);
+    }
+}
+
+impl ConsumerContext for Watched {}
+
 impl Session {
     fn open(settings: &RelaySettings, stats: Arc<RelayStats>) -> Result<Self, Failure> {
-        let consumer: BaseConsumer = client_config(&settings.kafka)
+        let consumer: BaseConsumer<Watched> = client_config(&settings.kafka)
             .set("group.id", settings.group())
             .set("isolation.level", "read_committed")
             .set("enable.auto.commit", "false")
@@ -173,7 +204,11 @@ impl Session {
                     .max(1)
                     .to_string(),
             )
-            .create()
+            .set(
+                "statistics.interval.ms",
+                STATS_EVERY.as_millis().to_string(),
+            )
+            .create_with_context(Watched::default())
             .map_err(|e| format!("creating the relay consumer: {e}"))?;
         let producer: ThreadedProducer<DefaultProducerContext> = client_config(&settings.kafka)
             .set("transactional.id", settings.transactional_id())
@@ -200,8 +235,15 @@ impl Session {
         })
     }
 
-    fn run(&mut self, cancel: &CancellationToken) -> Result<(), Failure> {
+    fn run(&mut self, cancel: &CancellationToken) -> Result<Ended, Failure> {
         while !cancel.is_cancelled() {
+            if self.consumer.context().0.take() {
+                tracing::warn!(
+                    stalled_s = STALLED_AFTER.as_secs(),
+                    "the CDC relay's consumer group found no coordinator, or no committed offsets, for a while; starting again with new clients"
+                );
+                return Ok(Ended::Stalled);
+            }
             let batch = self.poll_batch()?;
             if batch.is_empty() {
                 continue;
@@ -214,7 +256,7 @@ impl Session {
             self.stats.uncommitted.store(0, Ordering::SeqCst);
             outcome?;
         }
-        Ok(())
+        Ok(Ended::Cancelled)
     }
 
     fn poll_batch(&self) -> Result<Vec<BorrowedMessage<'_>>, Failure> {

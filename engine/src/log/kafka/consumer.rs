@@ -14,10 +14,10 @@
 //! partition's pending deliveries, and commits its offsets in the
 //! changelog's transaction.
 //!
-//! A member whose group has had no coordinator for 30 s (librdkafka's
-//! statistics say so) is given a new consumer, which bootstraps afresh:
-//! librdkafka can lose every broker it knew and never look again
-//! (see `Rebalances::stats`).
+//! A member that stalled, its group without a coordinator or its
+//! partitions without their committed offsets for 30 s (librdkafka's
+//! statistics say so, [`super::stall`]), is given a new consumer, which
+//! bootstraps afresh.
 
 use std::{
     collections::BTreeSet,
@@ -34,7 +34,12 @@ use rdkafka::{
     ClientContext, Message, Offset, Statistics, TopicPartitionList,
 };
 
-use super::{base_config, blocking, changelog::Changelog, to_record, unavailable};
+use super::{
+    base_config, blocking,
+    changelog::Changelog,
+    stall::{StallWatch, STALLED_AFTER, STATS_EVERY},
+    to_record, unavailable,
+};
 use crate::{
     config::KafkaConfig,
     log::{LogConsumer, LogError, LogPosition, LogRecord, PendingSink},
@@ -44,12 +49,6 @@ use crate::{
 const DRAIN_WAIT: Duration = Duration::from_millis(2);
 /// How long the broker holds a fetch that finds no records.
 const FETCH_WAIT_MAX: Duration = Duration::from_millis(100);
-/// How often librdkafka reports the consumer's statistics (the group's
-/// state among them).
-const STATS_EVERY: Duration = Duration::from_secs(5);
-/// How long the group may go without a coordinator before the consumer is
-/// replaced by a new one (see [`Rebalances::stats`]).
-const STALLED_AFTER: Duration = Duration::from_secs(30);
 
 /// A group member over every partition of the topic it was given.
 pub struct KafkaConsumer {
@@ -82,15 +81,11 @@ struct Rebalances {
     sink: Option<Arc<dyn PendingSink>>,
     /// The changelog, told what this member owns.
     changelog: Option<Arc<Changelog>>,
-    /// Set when the statistics say the group has had no coordinator for
-    /// [`STALLED_AFTER`]; the next poll replaces the consumer.
-    stalled: AtomicBool,
+    /// Says when the consumer stalled; the next poll replaces it.
+    stalled: StallWatch,
     /// A replaced consumer's: its rebalances (the revoke of its close) are
     /// not passed on, as its successor owns the partitions now.
     retired: AtomicBool,
-    /// Since when, as the statistics last said, a partition of this member
-    /// has waited for its committed offset.
-    offsets_awaited_since: parking_lot::Mutex<Option<std::time::Instant>>,
 }
 
 impl Rebalances {
@@ -104,54 +99,15 @@ impl Rebalances {
             changelog: self.changelog.clone(),
             stalled: Default::default(),
             retired: Default::default(),
-            offsets_awaited_since: Default::default(),
         }
     }
 }
 
 impl ClientContext for Rebalances {
-    /// Notes a group that has looked for its coordinator too long.
-    ///
-    /// librdkafka (since 2.10) removes a broker that a metadata response
-    /// leaves out, with its thread. A single broker restarting can be left
-    /// out of one response; if it was the only broker the client knew, the
-    /// group has no broker to ask for its coordinator ("no broker available
-    /// for coordinator query") and never rejoins, as re-bootstrapping starts
-    /// only when known brokers go down, not when they are removed
-    /// (docs/reliability.md). A new consumer bootstraps afresh.
-    ///
-    /// It also notes a member whose assigned partitions have waited for
-    /// their committed offsets as long (a second kind of stall after a
-    /// broker restart, cause not found: docs/reliability.md); whether a new
-    /// consumer cures that one is not shown.
+    /// Feeds the statistics to the stall watch (see [`super::stall`]).
     fn stats(&self, statistics: Statistics) {
-        let no_coordinator = statistics
-            .cgrp
-            .is_some_and(|g| g.state != "up" && g.stateage >= STALLED_AFTER.as_millis() as i64);
-        let awaiting_offsets = statistics
-            .topics
-            .values()
-            .flat_map(|t| t.partitions.values())
-            .any(|p| {
-                p.partition >= 0 && matches!(p.fetch_state.as_str(), "offset-query" | "offset-wait")
-            });
-        let offsets_stalled = {
-            let mut since = self.offsets_awaited_since.lock();
-            match (awaiting_offsets, *since) {
-                (false, _) => {
-                    *since = None;
-                    false
-                }
-                (true, None) => {
-                    *since = Some(std::time::Instant::now());
-                    false
-                }
-                (true, Some(at)) => at.elapsed() >= STALLED_AFTER,
-            }
-        };
-        let stalled = no_coordinator || offsets_stalled;
-        if stalled && !self.retired.load(Ordering::Relaxed) {
-            self.stalled.store(true, Ordering::Relaxed);
+        if !self.retired.load(Ordering::Relaxed) {
+            self.stalled.observe(&statistics);
         }
     }
 }
@@ -225,7 +181,6 @@ impl KafkaConsumer {
             changelog: keeping.as_ref().map(|(changelog, _)| changelog.clone()),
             stalled: Default::default(),
             retired: Default::default(),
-            offsets_awaited_since: Default::default(),
         };
         let consumer = Arc::new(create(config, topic, group, context)?);
         tracing::info!(topic, group, "joined the consumer group");
@@ -247,13 +202,13 @@ impl KafkaConsumer {
         })
     }
 
-    /// Replaces a consumer whose group stalled ([`Rebalances::stats`]) by a
+    /// Replaces a consumer that stalled ([`super::stall`]) by a
     /// new one under the same group (and `--worker-id`), which bootstraps
     /// afresh; the old one closes on a thread of its own (without a
     /// coordinator its close may take long), its rebalances ignored.
     fn replace_if_stalled(&mut self) -> Result<(), LogError> {
         let context = self.consumer.context();
-        if !context.stalled.swap(false, Ordering::Relaxed) {
+        if !context.stalled.take() {
             return Ok(());
         }
         let fresh = create(&self.config, &self.topic, &self.group, context.successor())?;

@@ -35,6 +35,7 @@
 pub mod changelog;
 pub mod consumer;
 pub mod record;
+pub mod stall;
 mod transaction;
 
 use std::{
