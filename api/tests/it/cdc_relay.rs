@@ -33,16 +33,22 @@ struct Plain {
 
 impl Plain {
     async fn start(name: &str) -> Self {
+        Self::start_env(name, &[]).await
+    }
+
+    /// With environment variables for the `all` process (test hooks).
+    async fn start_env(name: &str, env: &[(&str, &str)]) -> Self {
         require_cdc().await;
         let prefix = prefix(name);
         let outbox = Outbox::start(&prefix, false).await;
         let tmp = tempfile::tempdir().unwrap();
         let receiver = Receiver::start(200).await;
-        let herald = start_role(
+        let herald = start_role_env(
             "all",
             &tmp.path().join("data"),
             &prefix,
             &["--cdc-topic", &outbox.topic],
+            env,
         )
         .await;
         Self {
@@ -351,19 +357,13 @@ async fn cdc_relay_kill9_while_streaming_neither_loses_nor_duplicates() {
 #[tokio::test]
 async fn cdc_relay_commit_that_never_returns_is_given_up() {
     let _broker = BROKER.read().await;
-    require_cdc().await;
-    let prefix = prefix("cdcstuck");
-    let outbox = Outbox::start(&prefix, false).await;
-    let tmp = tempfile::tempdir().unwrap();
-    let receiver = Receiver::start(200).await;
-    let herald = start_role_env(
-        "all",
-        &tmp.path().join("data"),
-        &prefix,
-        &["--cdc-topic", &outbox.topic],
-        &[(test_hooks::RELAY_STUCK_COMMITS, "1")],
-    )
-    .await;
+    let Plain {
+        outbox,
+        _tmp,
+        receiver,
+        herald,
+        ..
+    } = Plain::start_env("cdcstuck", &[(test_hooks::RELAY_STUCK_COMMITS, "1")]).await;
     tenant(&herald.base, "stuck", &receiver).await;
 
     let row = uuid::Uuid::now_v7();
