@@ -216,10 +216,12 @@ async fn kafka_a_changelog_commit_that_never_returns_is_given_up() {
 /// A consumer group that stays without a coordinator (here: the broker
 /// down for longer than `STALLED_AFTER`, 30 s) gets a new consumer, which
 /// bootstraps afresh, in the worker and in the CDC relay (a new session);
-/// once the broker is back, the worker reads and delivers again and
-/// commits past every event, and the relay relays a new outbox row. (The
-/// stall this guards against is librdkafka's: a broker removed from its
-/// metadata leaves the group no broker to ask, docs/reliability.md.)
+/// so does the API's producer when no append succeeded for as long. Once
+/// the broker is back, an emit is accepted, the worker reads and delivers
+/// again and commits past every event, and the relay relays a new outbox
+/// row. (The stall this guards against is librdkafka's: a broker removed
+/// from its metadata leaves the client no broker to ask,
+/// docs/reliability.md.)
 #[tokio::test]
 async fn kafka_a_group_without_a_coordinator_joins_again_with_a_new_consumer() {
     let _broker = BROKER.write().await;
@@ -245,17 +247,29 @@ async fn kafka_a_group_without_a_coordinator_joins_again_with_a_new_consumer() {
 
     let log = dir.join("all.log");
     services(&["down", "kafka"]).await;
+    // Emits go on while the broker is away (each refused with 503).
+    let emitting = {
+        let (base, key) = (herald.base.clone(), key.clone());
+        tokio::spawn(async move {
+            loop {
+                emit_tagged(&base, &key, "refused").await;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        })
+    };
     eventually(
-        "a new consumer in the worker and a new relay session while the broker is away",
+        "a new consumer in the worker, a new relay session and a new producer while the broker is away",
         Duration::from_secs(120),
         || async {
             let text = std::fs::read_to_string(&log).unwrap_or_default();
             (text.contains("joined again with a new consumer")
-                && text.contains("relay's consumer group found no coordinator"))
+                && text.contains("relay's consumer group found no coordinator")
+                && text.contains("replacing the Kafka producer, which bootstraps afresh"))
             .then_some(())
         },
     )
     .await;
+    emitting.abort();
     services(&["up", "kafka"]).await;
     eventually(
         "an emit accepted again",

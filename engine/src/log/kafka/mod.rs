@@ -71,8 +71,11 @@ pub struct KafkaLog {
     topic: String,
     partitions: u32,
     /// Replaced when librdkafka reports a fatal error (an idempotent
-    /// producer that lost its sequence state refuses every later record).
+    /// producer that lost its sequence state refuses every later record),
+    /// or when no append has succeeded for [`stall::STALLED_AFTER`].
     producer: parking_lot::RwLock<FutureProducer>,
+    /// Since when appends have failed with none succeeding.
+    failing_since: parking_lot::Mutex<Option<std::time::Instant>>,
     lookups: Arc<BaseConsumer>,
     /// Reader clients reused across reads (each assigns by hand).
     readers: Arc<parking_lot::Mutex<Vec<BaseConsumer>>>,
@@ -166,23 +169,52 @@ impl KafkaLog {
             topic,
             partitions,
             producer: parking_lot::RwLock::new(producer),
+            failing_since: Default::default(),
             lookups,
             readers: Default::default(),
             offset_readers: Default::default(),
         })
     }
 
-    /// After a failed append: if the producer is in a fatal state, replace
-    /// it (once, whoever notices first) so the next emits succeed again.
+    /// After a failed append: if the producer is in a fatal state, or no
+    /// append has succeeded for [`stall::STALLED_AFTER`], replace it (once,
+    /// whoever notices first) so the next emits succeed again.
+    ///
+    /// The second: librdkafka (since 2.10) can drop the only broker it
+    /// knew when a restart leaves it out of a metadata response, and then
+    /// has no one to ask where the partitions' leaders are; every record
+    /// times out for as long as the process lives (seen after a single
+    /// broker's restart, docs/reliability.md). A new producer bootstraps
+    /// afresh. While the brokers are really down this replaces it every
+    /// 30 s, which costs nothing: no append is succeeding then anyway.
     fn heal(&self, failed: &FutureProducer) {
-        let Some((code, reason)) = failed.client().fatal_error() else {
-            return;
+        let fatal = failed.client().fatal_error();
+        let stalled = fatal.is_none() && {
+            let now = std::time::Instant::now();
+            let mut since = self.failing_since.lock();
+            let first = *since.get_or_insert(now);
+            let stalled = now.duration_since(first) >= stall::STALLED_AFTER;
+            if stalled {
+                *since = Some(now);
+            }
+            stalled
         };
+        if fatal.is_none() && !stalled {
+            return;
+        }
         let mut current = self.producer.write();
         if current.client().native_ptr() != failed.client().native_ptr() {
             return; // Already replaced.
         }
-        tracing::error!(%code, %reason, "the Kafka producer hit a fatal error; replacing it");
+        match fatal {
+            Some((code, reason)) => {
+                tracing::error!(%code, %reason, "the Kafka producer hit a fatal error; replacing it");
+            }
+            None => tracing::warn!(
+                failing_s = stall::STALLED_AFTER.as_secs(),
+                "no append to Kafka succeeded for a while; replacing the Kafka producer, which bootstraps afresh"
+            ),
+        }
         match new_producer(&self.config) {
             Ok(p) => *current = p,
             Err(e) => tracing::error!(error = %e, "could not create a new Kafka producer"),
@@ -204,7 +236,9 @@ impl EventLog for KafkaLog {
     async fn append(&self, events: &[DomainEvent]) -> Result<Vec<LogPosition>, LogError> {
         let producer = self.producer.read().clone();
         let result = append_with(&producer, &self.topic, self.partitions, events).await;
-        if result.is_err() {
+        if result.is_ok() {
+            *self.failing_since.lock() = None;
+        } else {
             self.heal(&producer);
         }
         result
