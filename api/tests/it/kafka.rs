@@ -62,6 +62,20 @@ pub async fn services(args: &[&str]) {
     assert!(status.success(), "scripts/services {args:?} failed");
 }
 
+/// Brings the broker back up when dropped, so a test that fails while it
+/// holds the broker down does not fail every Kafka test after it.
+pub struct BrokerBackOnDrop;
+
+impl Drop for BrokerBackOnDrop {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let _ = std::process::Command::new(repo_root().join("scripts/services"))
+                .args(["up", "kafka"])
+                .status();
+        }
+    }
+}
+
 /// Starts `herald serve --role ROLE` on Kafka, sharing the store in `dir`
 /// (its log in `dir/ROLE.log`); `extra` flags are added, and replace the
 /// defaults of the same name.

@@ -16,7 +16,7 @@ use crate::{
     distributed::fanout_commits_past_every_event,
     kafka::{
         all_delivered, emit_many, prefix, repo_root, require_kafka, services, start_role,
-        start_role_env, tenant, tenants, BROKER, BROKERS,
+        start_role_env, tenant, tenants, BrokerBackOnDrop, BROKER, BROKERS,
     },
     role_metrics::{cdc_topic, outbox_rows},
     support::{eventually, Herald, Receiver},
@@ -230,7 +230,8 @@ async fn kafka_a_group_without_a_coordinator_joins_again_with_a_new_consumer() {
     let dir = tmp.path().join("data");
     let prefix = prefix("rejoin");
     let receiver = Receiver::start(200).await;
-    let herald = start_role("all", &dir, &prefix, &[]).await;
+    // Appends time out after 3 s, so emits fail often while the broker is away.
+    let herald = start_role("all", &dir, &prefix, &["--kafka-append-timeout", "3s"]).await;
     let (key, _) = tenant(&herald.base, "acme", &receiver).await;
     let emit = |tag: &'static str| emit_tagged(&herald.base, &key, tag);
     let delivered = |tag: &'static str| {
@@ -247,6 +248,7 @@ async fn kafka_a_group_without_a_coordinator_joins_again_with_a_new_consumer() {
 
     let log = dir.join("all.log");
     services(&["down", "kafka"]).await;
+    let back = BrokerBackOnDrop;
     // Emits go on while the broker is away (each refused with 503).
     let emitting = {
         let (base, key) = (herald.base.clone(), key.clone());
@@ -257,20 +259,33 @@ async fn kafka_a_group_without_a_coordinator_joins_again_with_a_new_consumer() {
             }
         })
     };
-    eventually(
-        "a new consumer in the worker, a new relay session and a new producer while the broker is away",
-        Duration::from_secs(120),
-        || async {
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            (text.contains("joined again with a new consumer")
-                && text.contains("relay's consumer group found no coordinator")
-                && text.contains("replacing the Kafka producer, which bootstraps afresh"))
-            .then_some(())
-        },
-    )
+    let replaced = [
+        "joined again with a new consumer",
+        "relay's consumer group found no coordinator",
+        "replacing the Kafka producer, which bootstraps afresh",
+    ];
+    let missing = || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        replaced
+            .iter()
+            .filter(|line| !text.contains(*line))
+            .copied()
+            .collect::<Vec<_>>()
+    };
+    let waited = tokio::time::timeout(Duration::from_secs(240), async {
+        while !missing().is_empty() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
     .await;
+    assert!(
+        waited.is_ok(),
+        "while the broker is away, the log of the all process never said {:?}",
+        missing()
+    );
     emitting.abort();
     services(&["up", "kafka"]).await;
+    drop(back);
     eventually(
         "an emit accepted again",
         Duration::from_secs(60),
