@@ -275,10 +275,14 @@ pub struct DeliveryConfig {
     pub response_body_limit: usize,
     /// Added to four request timeouts to make a claim's lease.
     pub lease_margin: Duration,
-    /// Deliveries the shards may hold before fan-out stops handing new ones
-    /// to them directly (past it they wait in the schedule for the
-    /// scheduler's claims): bounds memory when fan-out outruns the endpoints.
+    /// Deliveries the shards may hold: bounds memory when fan-out outruns
+    /// the endpoints. Past it fan-out waits for room, its events in the log.
     pub handoff_limit: usize,
+    /// How long fan-out waits for the shards to make room before it
+    /// schedules an event's deliveries in the store instead (shards that
+    /// stay full: endpoints slow to answer), so other events are not held
+    /// behind them.
+    pub handoff_patience: Duration,
     /// Deliveries one endpoint's queue holds in memory; past it a worker
     /// parks them in the schedule and releases them a chunk at a time as
     /// the queue drains, so a slow endpoint never holds the whole
@@ -305,6 +309,7 @@ impl Default for DeliveryConfig {
             response_body_limit: 4096,
             lease_margin: Duration::from_secs(30),
             handoff_limit: 16_384,
+            handoff_patience: Duration::from_millis(500),
             max_queued_per_endpoint: 2_048,
         }
     }

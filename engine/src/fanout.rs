@@ -17,11 +17,18 @@
 //! out again (a duplicate at worst, never a loss).
 //!
 //! Strictly ordered deliveries wait in the schedule for the scheduler,
-//! which releases each subscription's head only, and so do all of an
-//! event's deliveries while the shards already hold `handoff_limit`
-//! (memory stays bounded when fan-out outruns the endpoints); an event
-//! with some of those has its other deliveries scheduled already leased,
-//! and handed over after the commit.
+//! which releases each subscription's head only; an event with some of
+//! those has its other deliveries scheduled already leased, and handed
+//! over after the commit.
+//!
+//! The shards hold at most `handoff_limit` deliveries (memory stays bounded
+//! when fan-out outruns the endpoints). A batch with more is fanned out in
+//! chunks as the shards drain: the events not yet handed over wait in
+//! memory, their offsets uncommitted, instead of in the store's schedule
+//! (rows, and on the CQL store a lightweight transaction per claim). Only
+//! shards that stay full (`handoff_patience`: endpoints slow to answer)
+//! make fan-out schedule an event's deliveries in the store, so that it
+//! goes on reading the log.
 //!
 //! When other processes (`--role api`) write subscriptions to a shared store,
 //! the fan-out checks the store's subscription version before each batch and
@@ -42,6 +49,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     clock::now_ms,
     delivery::{
+        context::SharedEvent,
         handoff::Unsettled,
         retries::Retries,
         worker::{Job, Shards},
@@ -82,8 +90,9 @@ pub struct Settings {
     pub follow_store: bool,
     /// How long a delivery handed to the shards stays leased.
     pub lease: Duration,
-    /// Deliveries the shards may hold, past which fan-out hands none over.
-    pub handoff_limit: usize,
+    /// Counts the deliveries fan-out scheduled for want of room
+    /// (`herald_deliveries_overflowed_total`).
+    pub overflowed: prometheus::IntCounter,
     /// The deliveries handed over unscheduled (an event whose deliveries
     /// are all unordered and handed over): their events' log offsets stay
     /// uncommitted until they are settled (see [`crate::delivery::handoff`]).
@@ -113,7 +122,7 @@ pub async fn run(
         dedupe_window,
         follow_store,
         lease,
-        handoff_limit,
+        overflowed,
         unsettled,
         retries,
         gone,
@@ -150,6 +159,7 @@ pub async fn run(
             }
         }
     };
+    let mut room = Room::default();
     loop {
         let records = tokio::select! {
             r = consumer.poll(BATCH, IDLE_POLL) => r,
@@ -173,10 +183,8 @@ pub async fn run(
             crate::subscriptions::refresh(store.as_ref(), &subscriptions).await;
         }
         let now = now_ms();
-        let lease_until = now + lease.as_millis() as i64;
         let park_until =
             now + crate::delivery::hold::park_recheck(shards.config()).as_millis() as i64;
-        let mut budget = handoff_limit.saturating_sub(shards.in_flight());
         let mut next: BTreeMap<u32, u64> = BTreeMap::new();
         let mut dropped = 0;
         let batch: Vec<FanOut> = records
@@ -218,21 +226,13 @@ pub async fn run(
                         ..d
                     })
                     .collect();
-                let handed = deliveries.len();
-                let lease_until_ms = (handed <= budget).then(|| {
-                    budget -= handed;
-                    lease_until
-                });
-                let unscheduled = lease_until_ms.is_some()
-                    && !deliveries.is_empty()
-                    && parked.is_empty()
-                    && deliveries.iter().all(|d| !d.ordered);
+                // Leased and handed over, or scheduled: decided per chunk.
                 FanOut {
                     event: r.event,
                     position: r.position,
                     deliveries,
-                    lease_until_ms,
-                    unscheduled,
+                    lease_until_ms: None,
+                    unscheduled: false,
                     parked,
                 }
             })
@@ -240,35 +240,159 @@ pub async fn run(
         if dropped > 0 {
             tracing::info!(dropped, "events of deleted tenants dropped at fan-out");
         }
-        let dedupe_until = now + dedupe_window.as_millis() as i64;
-        // The batch must become durable before its offsets move: retry until it does.
-        let mut backoff = Duration::from_millis(50);
-        // Whether an earlier try of this batch failed: it may have committed
-        // all the same (a lost acknowledgement).
-        let mut retried = false;
-        let results = loop {
-            match store.fan_out(batch.clone(), dedupe_until, now).await {
-                Ok(results) => {
-                    tracing::debug!(events = results.len(), "fanned out");
-                    break results;
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "fan-out could not schedule deliveries; retrying");
-                    tokio::select! {
-                        () = tokio::time::sleep(backoff) => {}
-                        () = cancel.cancelled() => return,
+        // In chunks the shards have room for: the rest of the batch waits
+        // in memory (its offsets are not committed) rather than in the
+        // store's schedule.
+        let mut rest = batch;
+        while !rest.is_empty() {
+            let take = tokio::select! {
+                n = room.take(&rest, &shards) => n,
+                () = cancel.cancelled() => return,
+            };
+            let mut chunk: Vec<FanOut> = rest.drain(..take).collect();
+            let now = now_ms();
+            let scheduled =
+                lease_for_room(&mut chunk, shards.room(), now + lease.as_millis() as i64);
+            overflowed.inc_by(scheduled as u64);
+            let dedupe_until = now + dedupe_window.as_millis() as i64;
+            // The chunk must become durable before its offsets move: retry until it does.
+            let mut backoff = Duration::from_millis(50);
+            // Whether an earlier try of this chunk failed: it may have
+            // committed all the same (a lost acknowledgement).
+            let mut retried = false;
+            let results = loop {
+                match store.fan_out(chunk.clone(), dedupe_until, now).await {
+                    Ok(results) => {
+                        tracing::debug!(events = results.len(), "fanned out");
+                        break results;
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                    retried = true;
+                    Err(e) => {
+                        tracing::error!(error = %e, "fan-out could not schedule deliveries; retrying");
+                        tokio::select! {
+                            () = tokio::time::sleep(backoff) => {}
+                            () = cancel.cancelled() => return,
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                        retried = true;
+                    }
                 }
+            };
+            let reached: Vec<(u32, u64)> = chunk
+                .iter()
+                .map(|f| (f.position.partition, f.position.offset + 1))
+                .collect();
+            if hand_off(chunk, &results, retried, &shards, &unsettled).await {
+                wake.notify_one();
             }
-        };
-        if hand_off(batch, &results, retried, &shards, &unsettled).await {
-            wake.notify_one();
+            if !rest.is_empty() {
+                // A batch handed over chunk by chunk commits as it goes.
+                offsets.read.extend(reached);
+                ownership.forget_revoked(&mut offsets);
+                offsets.commit(&mut *consumer).await;
+            }
         }
         offsets.read.extend(next);
+        // A revoke that came while the batch was fanned out: its offsets
+        // are not this process's to commit.
+        ownership.forget_revoked(&mut offsets);
         offsets.commit(&mut *consumer).await;
     }
+}
+
+/// How often fan-out looks at the shards' room while it waits.
+const ROOM_LOOK: Duration = Duration::from_millis(5);
+
+/// Whether fan-out waits for the shards' room. A burst that fills them
+/// (16,384 deliveries by default) is handed over as they drain, a chunk at
+/// a time, and stays in the log meanwhile: no schedule row, no claim (on
+/// the CQL store a claim is a lightweight transaction). Shards that stay
+/// full for `handoff_patience` (500 ms; endpoints that answer slowly, each
+/// holding its queue) are *crowded*: until they are half empty again,
+/// events go to the store's schedule at once, as they all did before, so
+/// fan-out goes on reading, indexing and deduplicating (and a Kafka
+/// consumer that stopped polling would leave its group). Their deliveries
+/// wait there for room like the rest: the scheduler claims no more than
+/// the shards take.
+#[derive(Debug, Default)]
+struct Room {
+    crowded: bool,
+}
+
+impl Room {
+    /// How many of `rest` (at least one) to fan out now: the events whose
+    /// deliveries fit in the shards' room, once that room is worth a
+    /// chunk; all of them when the shards are crowded (what does not fit
+    /// is scheduled).
+    async fn take(&mut self, rest: &[FanOut], shards: &Shards) -> usize {
+        let capacity = shards.capacity();
+        let first = rest.first().map_or(0, |f| f.deliveries.len());
+        if first > capacity {
+            // Never fits: scheduled, with the rest of the batch.
+            return rest.len();
+        }
+        let all: usize = rest.iter().map(|f| f.deliveries.len()).sum();
+        let worth = all.min(capacity / 8).max(first);
+        if shards.room() >= capacity / 2 {
+            self.crowded = false;
+        }
+        let deadline = Instant::now() + shards.config().handoff_patience;
+        loop {
+            let room = shards.room();
+            if room >= worth {
+                return fitting(rest, room).max(1);
+            }
+            if self.crowded || Instant::now() >= deadline {
+                if !self.crowded {
+                    tracing::debug!(
+                        room,
+                        wanted = worth,
+                        "the shards stay full: scheduling in the store"
+                    );
+                }
+                self.crowded = true;
+                return rest.len();
+            }
+            tokio::time::sleep(ROOM_LOOK).await;
+        }
+    }
+}
+
+/// How many events at the head of `items` have their deliveries fit in
+/// `room`.
+fn fitting(items: &[FanOut], room: usize) -> usize {
+    let mut left = room;
+    items
+        .iter()
+        .take_while(|f| {
+            let n = f.deliveries.len();
+            let fits = n <= left;
+            left = left.saturating_sub(n);
+            fits
+        })
+        .count()
+}
+
+/// Leases the deliveries of `chunk`'s events for as long as `room` lasts
+/// (in order; the events past it are scheduled, due now) and marks the
+/// events handed over unscheduled (see [`crate::delivery::handoff`]);
+/// returns how many deliveries it scheduled for want of room.
+fn lease_for_room(chunk: &mut [FanOut], mut room: usize, lease_until: i64) -> usize {
+    let mut overflowed = 0;
+    for item in chunk {
+        let handed = item.deliveries.len();
+        item.lease_until_ms = (handed <= room).then(|| {
+            room -= handed;
+            lease_until
+        });
+        if item.lease_until_ms.is_none() {
+            overflowed += handed;
+        }
+        item.unscheduled = item.lease_until_ms.is_some()
+            && !item.deliveries.is_empty()
+            && item.parked.is_empty()
+            && item.deliveries.iter().all(|d| !d.ordered);
+    }
+    overflowed
 }
 
 /// The consumer's [`PendingSink`]: a partition's kept retries go to
@@ -402,7 +526,7 @@ async fn hand_off(
             left = true;
             continue;
         }
-        let event = Arc::new(item.event);
+        let event = Arc::new(SharedEvent::from(item.event));
         // Registered before the batch's offsets are committed.
         let mut settles = if item.unscheduled {
             unsettled.register(item.position, item.deliveries.len())

@@ -70,6 +70,9 @@ pub struct Metrics {
     /// `herald_deliveries_parked_total`: deliveries a worker parked in the
     /// schedule because their endpoint's queue was full.
     pub deliveries_parked: IntCounter,
+    /// `herald_deliveries_overflowed_total`: deliveries fan-out scheduled in
+    /// the store because the shards stayed full (their hand-off limit).
+    pub deliveries_overflowed: IntCounter,
     /// `herald_http_requests_total{route,method,status}`: API requests by matched route and status class.
     pub http_requests: IntCounterVec,
     /// `herald_http_request_duration_seconds{route,method}`: API request handling time.
@@ -193,6 +196,10 @@ impl Metrics {
             deliveries_parked: single(
                 "herald_deliveries_parked_total",
                 "Deliveries a worker parked in the schedule because their endpoint's queue was full; they are released a chunk at a time as it drains.",
+            ),
+            deliveries_overflowed: single(
+                "herald_deliveries_overflowed_total",
+                "Deliveries fan-out scheduled in the store instead of handing them to the shards, which stayed full (the hand-off limit) for 500 ms.",
             ),
             http_requests: counter(
                 r,

@@ -208,3 +208,98 @@ async fn parked_deliveries_wait_for_no_one_and_survive_a_restart() {
     assert_eq!(gate.distinct(), want, "every event of the burst");
     herald.stop().await;
 }
+
+/// A burst many times the hand-off limit, to endpoints that keep up, is
+/// handed to the shards as they drain: every pair arrives once, and
+/// fan-out scheduled none of it in the store (it used to schedule whatever
+/// did not fit at once, for the scheduler's claims: 570 of these 600).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_past_the_handoff_limit_waits_in_the_log_not_in_the_schedule() {
+    let herald = Herald::start_with(|c| {
+        c.delivery.handoff_limit = 30;
+        // The endpoints keep up: fan-out never stops waiting for room here.
+        c.delivery.handoff_patience = WAIT;
+        c.delivery.lease_margin = LONG_LEASE;
+    })
+    .await;
+    let key = herald.tenant("acme").await;
+    let receivers = [
+        Receiver::start(200).await,
+        Receiver::start(200).await,
+        Receiver::start(200).await,
+    ];
+    for r in &receivers {
+        herald.subscribe(&key, &r.url, &["handoff.*"]).await;
+    }
+    let mut want = emit_burst(&herald, &key, "handoff.item", 2).await;
+    want.sort();
+    eventually("600 deliveries", WAIT, || async {
+        receivers
+            .iter()
+            .all(|r| r.received().len() >= want.len())
+            .then_some(())
+    })
+    .await;
+    for r in &receivers {
+        assert_eq!(ids_received(r), want, "each event once per subscription");
+    }
+    assert_eq!(
+        counter(&herald, "herald_deliveries_overflowed_total").await,
+        0.0,
+        "nothing scheduled for want of room"
+    );
+    herald.stop().await;
+}
+
+/// Shards that stay full (held by an endpoint that does not answer) make
+/// fan-out schedule the rest in the store once `handoff_patience` has
+/// passed, and go on reading the log: an event emitted later is scheduled
+/// too. Once the endpoint answers, every event arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shards_that_stay_full_send_the_rest_to_the_schedule_and_fan_out_reads_on() {
+    let herald = Herald::start_with(|c| {
+        c.delivery.handoff_limit = 8;
+        c.delivery.handoff_patience = Duration::from_millis(200);
+        c.delivery.max_in_flight_per_endpoint = 4;
+        c.delivery.request_timeout = Duration::from_secs(60);
+        c.delivery.lease_margin = LONG_LEASE;
+    })
+    .await;
+    let key = herald.tenant("acme").await;
+    let gate = Gate::start().await;
+    herald.subscribe(&key, &gate.url, &["slow.*"]).await;
+
+    let mut want = emit_burst(&herald, &key, "slow.item", 1).await;
+    let overflowed = || counter(&herald, "herald_deliveries_overflowed_total");
+    let first = eventually("the rest of the burst scheduled", WAIT, || async {
+        let n = overflowed().await;
+        (n > 0.0).then_some(n)
+    })
+    .await;
+    assert!(
+        gate.hits.load(Ordering::SeqCst) >= 1,
+        "the shards hold the endpoint's first deliveries"
+    );
+    let later = herald
+        .emit(&key, "slow.later", json!({ "later": true }))
+        .await;
+    want.push(later["id"].as_str().unwrap().to_string());
+    want.sort();
+    eventually("the later event scheduled too", WAIT, || async {
+        (overflowed().await > first).then_some(())
+    })
+    .await;
+    assert!(gate.distinct().is_empty(), "the gate answered nothing yet");
+
+    gate.open.send_replace(true);
+    eventually("every event, handed over or scheduled", WAIT, || async {
+        (gate.distinct().len() >= want.len()).then_some(())
+    })
+    .await;
+    assert_eq!(
+        gate.distinct(),
+        want,
+        "every event of the burst and the later one"
+    );
+    herald.stop().await;
+}

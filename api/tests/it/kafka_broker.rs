@@ -159,8 +159,6 @@ async fn kafka_broker_restart_and_outage_lose_nothing() {
     worker.kill9().await;
 }
 
-/// A plain consumer group (Python confluent-kafka, not Herald's code) reads
-/// the events topic and validates every record against the JSON Schema.
 /// A commit of the schedule changelog whose `send_offsets_to_transaction`
 /// never returns (as librdkafka's can after a broker restart: its issues
 /// #5456 and #5511; the test hook blocks the first such call for good) is
@@ -176,32 +174,21 @@ async fn kafka_a_changelog_commit_that_never_returns_is_given_up() {
     let receiver = Receiver::start(200).await;
     let hook = [(test_hooks::CHANGELOG_STUCK_COMMITS, "1")];
     let herald = start_role_env("all", &dir, &prefix, &[], &hook).await;
-    let (key, _) = tenant(&herald.base, "acme", &receiver).await;
-    let emit = |tag: &'static str| emit_tagged(&herald.base, &key, tag);
-    let delivered = |tag: &'static str| {
-        let receiver = &receiver;
-        move || async move { got_tagged(receiver, tag).then_some(()) }
-    };
     // The first event is delivered; fan-out's commit of its offset is the
     // one that never returns.
-    assert_eq!(emit("first").await, 202);
-    eventually(
-        "the first event",
-        Duration::from_secs(60),
-        delivered("first"),
-    )
-    .await;
+    let key = tenant_delivering(&herald.base, &receiver, "first").await;
     let log = dir.join("all.log");
     let stuck = || async {
         let text = std::fs::read_to_string(&log).unwrap_or_default();
         text.contains("did not end in time").then_some(())
     };
     // The event behind it: delivered once the commit is given up (30 s).
-    assert_eq!(emit("second").await, 202);
-    eventually(
+    assert_eq!(emit_tagged(&herald.base, &key, "second").await, 202);
+    wait_tagged(
+        &receiver,
+        "second",
         "the event emitted behind the stuck commit",
         Duration::from_secs(120),
-        delivered("second"),
     )
     .await;
     eventually("the stuck commit given up", Duration::from_secs(5), stuck).await;
@@ -232,19 +219,7 @@ async fn kafka_a_group_without_a_coordinator_joins_again_with_a_new_consumer() {
     let receiver = Receiver::start(200).await;
     // Appends time out after 3 s, so emits fail often while the broker is away.
     let herald = start_role("all", &dir, &prefix, &["--kafka-append-timeout", "3s"]).await;
-    let (key, _) = tenant(&herald.base, "acme", &receiver).await;
-    let emit = |tag: &'static str| emit_tagged(&herald.base, &key, tag);
-    let delivered = |tag: &'static str| {
-        let receiver = &receiver;
-        move || async move { got_tagged(receiver, tag).then_some(()) }
-    };
-    assert_eq!(emit("before").await, 202);
-    eventually(
-        "the event before",
-        Duration::from_secs(60),
-        delivered("before"),
-    )
-    .await;
+    let key = tenant_delivering(&herald.base, &receiver, "before").await;
 
     let log = dir.join("all.log");
     services(&["down", "kafka"]).await;
@@ -289,13 +264,14 @@ async fn kafka_a_group_without_a_coordinator_joins_again_with_a_new_consumer() {
     eventually(
         "an emit accepted again",
         Duration::from_secs(60),
-        || async { (emit("after").await == 202).then_some(()) },
+        || async { (emit_tagged(&herald.base, &key, "after").await == 202).then_some(()) },
     )
     .await;
-    eventually(
+    wait_tagged(
+        &receiver,
+        "after",
         "the event after, read by the new consumer",
         Duration::from_secs(120),
-        delivered("after"),
     )
     .await;
     let relayed = outbox_rows(&cdc_topic(&prefix, 1).await, "acme", &["{}".into()]).await;
@@ -377,6 +353,24 @@ async fn emit_tagged(base: &str, key: &str, tag: &str) -> u16 {
         .send()
         .await
         .map_or(0, |r| r.status().as_u16())
+}
+
+/// Creates the tenant `acme` delivering to `receiver` and has a first
+/// event (tagged `tag`) emitted and delivered, so the worker is reading
+/// before the test disturbs it; returns the tenant's key.
+async fn tenant_delivering(base: &str, receiver: &Receiver, tag: &str) -> String {
+    let (key, _) = tenant(base, "acme", receiver).await;
+    assert_eq!(emit_tagged(base, &key, tag).await, 202);
+    wait_tagged(receiver, tag, "the first event", Duration::from_secs(60)).await;
+    key
+}
+
+/// Waits up to `limit` for the event tagged `tag` to reach `receiver`.
+async fn wait_tagged(receiver: &Receiver, tag: &str, what: &str, limit: Duration) {
+    eventually(what, limit, || async {
+        got_tagged(receiver, tag).then_some(())
+    })
+    .await;
 }
 
 /// Whether an event emitted by [`emit_tagged`] with `tag` reached `receiver`.

@@ -4,7 +4,6 @@
 
 use std::{sync::Arc, time::Duration};
 
-use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::json;
 use time::OffsetDateTime;
@@ -112,7 +111,7 @@ async fn send(
     job: &Job,
 ) -> Result<Answer, SendError> {
     let event = &job.event;
-    let body = Bytes::from(event.body(sub.payload));
+    let body = event.body(sub.payload);
     let now = OffsetDateTime::now_utc();
     let ts = now.unix_timestamp();
     let signature = sub.signature_header(now, &event.id, ts, &body);

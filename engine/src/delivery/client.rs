@@ -234,9 +234,17 @@ fn pooled(egress: Egress, tls: rustls::ClientConfig) -> Client<Connector, Full<B
         .wrap_connector(egress);
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(256)
+        .pool_max_idle_per_host(IDLE_PER_HOST)
         .build(https)
 }
+
+/// Connections kept open to one host between requests. Subscriptions to the
+/// same host share its connections, up to `max_in_flight` (32 by default)
+/// each at once: with 256, 100 subscriptions to one receiver closed most
+/// connections after each request and opened new ones (4 % of the server's
+/// CPU in connects, scenario B of docs/performance.md). Idle ones close
+/// after 90 s.
+const IDLE_PER_HOST: usize = 4_096;
 
 /// Parses `Retry-After`: delay-seconds or an HTTP date (a date in the past is 0).
 pub fn parse_retry_after(value: &str) -> Option<Duration> {

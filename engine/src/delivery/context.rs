@@ -2,8 +2,13 @@
 //! shard is handed, the context every shard reads, and what an attempt
 //! reports back.
 
-use std::{collections::HashSet, sync::Arc};
+use std::{
+    collections::HashSet,
+    ops::Deref,
+    sync::{Arc, OnceLock},
+};
 
+use bytes::Bytes;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
@@ -13,7 +18,7 @@ use super::{
 use crate::{
     config::DeliveryConfig,
     metrics::Metrics,
-    model::{DomainEvent, ScheduledDelivery},
+    model::{DomainEvent, PayloadForm, ScheduledDelivery},
     operational::OperationalEvents,
     store::Store,
     subscriptions::SubscriptionIndex,
@@ -27,8 +32,8 @@ pub const USER_AGENT: &str = concat!("Herald-Webhooks/", env!("CARGO_PKG_VERSION
 pub struct Job {
     /// What to deliver.
     pub delivery: ScheduledDelivery,
-    /// The event it carries.
-    pub event: Arc<DomainEvent>,
+    /// The event it carries, shared with the event's other deliveries.
+    pub event: Arc<SharedEvent>,
     /// Set when fan-out handed it over without scheduling it: settled once
     /// the delivery is recorded or scheduled (see [`super::handoff`]).
     pub settle: Option<Settle>,
@@ -40,7 +45,7 @@ pub struct Job {
 
 impl Job {
     /// A delivery from the schedule (or scheduled already).
-    pub fn scheduled(delivery: ScheduledDelivery, event: Arc<DomainEvent>) -> Self {
+    pub fn scheduled(delivery: ScheduledDelivery, event: Arc<SharedEvent>) -> Self {
         Self {
             delivery,
             event,
@@ -50,7 +55,7 @@ impl Job {
     }
 
     /// A retry the schedule changelog keeps.
-    pub fn kept(delivery: ScheduledDelivery, event: Arc<DomainEvent>) -> Self {
+    pub fn kept(delivery: ScheduledDelivery, event: Arc<SharedEvent>) -> Self {
         Self {
             delivery,
             event,
@@ -63,6 +68,48 @@ impl Job {
     /// over unscheduled, or the changelog keeps it).
     pub fn unscheduled(&self) -> bool {
         self.settle.is_some() || self.kept
+    }
+}
+
+/// An event as its deliveries carry it: one per event, shared by the
+/// deliveries fan-out hands over together, with each request body encoded
+/// once, by the first delivery that sends it. (Fan-out to 100 subscriptions
+/// encoded the same 1 KiB envelope 100 times: 3 % of the server's CPU.)
+#[derive(Debug)]
+pub struct SharedEvent {
+    event: DomainEvent,
+    full: OnceLock<Bytes>,
+    thin: OnceLock<Bytes>,
+}
+
+impl SharedEvent {
+    /// The request body a subscription with `form` receives
+    /// ([`DomainEvent::body`]), encoded on first use.
+    pub fn body(&self, form: PayloadForm) -> Bytes {
+        let cell = match form {
+            PayloadForm::Full => &self.full,
+            PayloadForm::Thin => &self.thin,
+        };
+        cell.get_or_init(|| Bytes::from(self.event.body(form)))
+            .clone()
+    }
+}
+
+impl From<DomainEvent> for SharedEvent {
+    fn from(event: DomainEvent) -> Self {
+        Self {
+            event,
+            full: OnceLock::new(),
+            thin: OnceLock::new(),
+        }
+    }
+}
+
+impl Deref for SharedEvent {
+    type Target = DomainEvent;
+
+    fn deref(&self) -> &DomainEvent {
+        &self.event
     }
 }
 

@@ -78,7 +78,7 @@ pub async fn run(
         let full = claimed.len() == room;
         for (delivery, event) in claimed {
             tokio::select! {
-                () = shards.dispatch(Job::scheduled(delivery, Arc::new(event))) => {}
+                () = shards.dispatch(Job::scheduled(delivery, Arc::new(event.into()))) => {}
                 () = cancel.cancelled() => return,
             }
         }
@@ -146,7 +146,7 @@ pub async fn run_kept(
                 }
                 continue;
             }
-            let mut job = Job::kept(p.delivery, Arc::new(p.event));
+            let mut job = Job::kept(p.delivery, Arc::new(p.event.into()));
             job.settle = settle;
             shards.dispatch(job).await;
         }

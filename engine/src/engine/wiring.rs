@@ -125,7 +125,7 @@ impl Engine {
                     dedupe_window: config.dedupe_window,
                     follow_store: backends.shared(),
                     lease: d.lease(),
-                    handoff_limit: d.handoff_limit,
+                    overflowed: metrics.deliveries_overflowed.clone(),
                     unsettled: Arc::new(Unsettled::default()),
                     retries: retries.clone(),
                     gone: gone.clone(),
