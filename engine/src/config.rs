@@ -278,10 +278,10 @@ pub struct DeliveryConfig {
     /// Deliveries the shards may hold: bounds memory when fan-out outruns
     /// the endpoints. Past it fan-out waits for room, its events in the log.
     pub handoff_limit: usize,
-    /// How long fan-out waits for the shards to make room before it
-    /// schedules an event's deliveries in the store instead (shards that
-    /// stay full: endpoints slow to answer), so other events are not held
-    /// behind them.
+    /// How long fan-out waits for the shards to make room for the next
+    /// event before it schedules the deliveries in the store instead
+    /// (shards that stay full: endpoints slow to answer), so that it goes
+    /// on reading the log.
     pub handoff_patience: Duration,
     /// Deliveries one endpoint's queue holds in memory; past it a worker
     /// parks them in the schedule and releases them a chunk at a time as
@@ -309,7 +309,7 @@ impl Default for DeliveryConfig {
             response_body_limit: 4096,
             lease_margin: Duration::from_secs(30),
             handoff_limit: 16_384,
-            handoff_patience: Duration::from_millis(500),
+            handoff_patience: Duration::from_secs(1),
             max_queued_per_endpoint: 2_048,
         }
     }

@@ -305,9 +305,10 @@ const ROOM_LOOK: Duration = Duration::from_millis(5);
 /// Whether fan-out waits for the shards' room. A burst that fills them
 /// (16,384 deliveries by default) is handed over as they drain, a chunk at
 /// a time, and stays in the log meanwhile: no schedule row, no claim (on
-/// the CQL store a claim is a lightweight transaction). Shards that stay
-/// full for `handoff_patience` (500 ms; endpoints that answer slowly, each
-/// holding its queue) are *crowded*: until they are half empty again,
+/// the CQL store a claim is a lightweight transaction). Shards that free
+/// no room for the next event in `handoff_patience` (1 s; endpoints
+/// that answer slowly, each holding its queue) are *crowded*: until they
+/// have room worth a chunk again,
 /// events go to the store's schedule at once, as they all did before, so
 /// fan-out goes on reading, indexing and deduplicating (and a Kafka
 /// consumer that stopped polling would leave its group). Their deliveries
@@ -320,9 +321,9 @@ struct Room {
 
 impl Room {
     /// How many of `rest` (at least one) to fan out now: the events whose
-    /// deliveries fit in the shards' room, once that room is worth a
-    /// chunk; all of them when the shards are crowded (what does not fit
-    /// is scheduled).
+    /// deliveries fit in the shards' room, once that room is worth a chunk
+    /// (an eighth of the limit) or `handoff_patience` has passed; all of
+    /// them when the shards are crowded (what does not fit is scheduled).
     async fn take(&mut self, rest: &[FanOut], shards: &Shards) -> usize {
         let capacity = shards.capacity();
         let first = rest.first().map_or(0, |f| f.deliveries.len());
@@ -332,23 +333,27 @@ impl Room {
         }
         let all: usize = rest.iter().map(|f| f.deliveries.len()).sum();
         let worth = all.min(capacity / 8).max(first);
-        if shards.room() >= capacity / 2 {
-            self.crowded = false;
-        }
         let deadline = Instant::now() + shards.config().handoff_patience;
         loop {
             let room = shards.room();
             if room >= worth {
+                self.crowded = false;
                 return fitting(rest, room).max(1);
             }
-            if self.crowded || Instant::now() >= deadline {
-                if !self.crowded {
-                    tracing::debug!(
-                        room,
-                        wanted = worth,
-                        "the shards stay full: scheduling in the store"
-                    );
+            if self.crowded {
+                return rest.len();
+            }
+            if Instant::now() >= deadline {
+                let fits = fitting(rest, room);
+                if fits > 0 {
+                    // Draining, if slowly: a smaller chunk.
+                    return fits;
                 }
+                tracing::debug!(
+                    room,
+                    wanted = first,
+                    "the shards stay full: scheduling in the store"
+                );
                 self.crowded = true;
                 return rest.len();
             }

@@ -199,7 +199,7 @@ impl Metrics {
             ),
             deliveries_overflowed: single(
                 "herald_deliveries_overflowed_total",
-                "Deliveries fan-out scheduled in the store instead of handing them to the shards, which stayed full (the hand-off limit) for 500 ms.",
+                "Deliveries fan-out scheduled in the store instead of handing them to the shards, which stayed full (the hand-off limit) for a second.",
             ),
             http_requests: counter(
                 r,
