@@ -204,8 +204,7 @@ async fn kafka_a_changelog_commit_that_never_returns_is_given_up() {
 /// down for longer than `STALLED_AFTER`, 30 s) gets a new consumer, which
 /// bootstraps afresh, in the worker (and, most often, in the CDC relay: a
 /// new session); so does the API's producer when no append succeeded for
-/// as long. Once
-/// the broker is back, an emit is accepted, the worker reads and delivers
+/// as long. Once the broker is back, an emit is accepted, the worker reads and delivers
 /// again and commits past every event, and the relay relays a new outbox
 /// row. (The stall this guards against is librdkafka's: a broker removed
 /// from its metadata leaves the client no broker to ask,
@@ -236,9 +235,10 @@ async fn kafka_a_group_without_a_coordinator_joins_again_with_a_new_consumer() {
         })
     };
     // The relay's consumer most often logs "the CDC relay's consumer group
-    // found no coordinator" here too, but not in every run (2 of about 20
-    // here; why is not known: docs/reliability.md). What the test holds it
-    // to is that it relays again once the broker is back (below).
+    // found no coordinator" here too, but it was missed in 2 of about 20
+    // runs before the stall watch timed the condition itself rather than
+    // by `stateage` (the likely cause: docs/reliability.md). What the test
+    // holds it to is that it relays again once the broker is back (below).
     let replaced = [
         "joined again with a new consumer",
         "replacing the Kafka producer, which bootstraps afresh",
