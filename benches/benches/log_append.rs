@@ -18,7 +18,7 @@ fn event(n: usize) -> DomainEvent {
         dedupe_key: None,
         occurred_at: now,
         received_at: now,
-        payload: serde_json::json!({ "work_order": n, "site": "plant-7", "qty": 12 }),
+        payload: serde_json::json!({ "work_order": n, "site": "plant-7", "qty": 12 }).into(),
         source: EventSource::Api,
         aggregate_type: None,
         aggregate_id: None,

@@ -43,7 +43,7 @@ fn matching(c: &mut Criterion) {
 fn payload_filters(c: &mut Criterion) {
     let mut group = c.benchmark_group("payload_filters");
     let mut event = herald_benches::event("t", "inventory.adjusted", 0);
-    event.payload = serde_json::json!({"warehouse": "EU-2", "quantity": 150, "tags": ["x"]});
+    event.payload = serde_json::json!({"warehouse": "EU-2", "quantity": 150, "tags": ["x"]}).into();
     for filtered in [false, true] {
         let subs = (0..100).map(|i| {
             let mut s = subscription("t", "https://example.com/hook", &["inventory.*".into()]);

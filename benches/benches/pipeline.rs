@@ -72,7 +72,8 @@ fn pipeline(c: &mut Criterion) {
                         let items = (0..BATCH)
                             .map(|i| NewEvent {
                                 event_type: "bench.tick".into(),
-                                payload: serde_json::json!({ "i": i, "pad": "x".repeat(1000) }),
+                                payload: serde_json::json!({ "i": i, "pad": "x".repeat(1000) })
+                                    .into(),
                                 ..Default::default()
                             })
                             .collect();

@@ -28,7 +28,7 @@ pub fn event(tenant: &str, event_type: &str, payload_bytes: usize) -> DomainEven
         dedupe_key: None,
         occurred_at: now,
         received_at: now,
-        payload: serde_json::json!({ "work_order": 42, "pad": "x".repeat(payload_bytes.saturating_sub(30)) }),
+        payload: serde_json::json!({ "work_order": 42, "pad": "x".repeat(payload_bytes.saturating_sub(30)) }).into(),
         source: EventSource::Api,
         aggregate_type: None,
         aggregate_id: None,

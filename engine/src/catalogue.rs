@@ -23,6 +23,7 @@ use time::OffsetDateTime;
 use crate::{
     error::{EngineError, SchemaIssue},
     filters::validate_filter,
+    payload::Payload,
     resources::EventTypeSchema,
     store::CatalogueStore,
 };
@@ -213,7 +214,7 @@ impl Catalogue {
         tenant: &str,
         event_type: &str,
         version: u32,
-        payload: &serde_json::Value,
+        payload: &Payload,
     ) -> Result<(), EngineError> {
         let validator = {
             let types = self.types.read();
@@ -234,8 +235,10 @@ impl Catalogue {
                 }
             }
         };
+        // Parsed into a tree only when a schema applies.
+        let payload = payload.to_value();
         let errors: Vec<SchemaIssue> = validator
-            .iter_errors(payload)
+            .iter_errors(&payload)
             .take(MAX_ISSUES)
             .map(|e| SchemaIssue {
                 instance_path: e.instance_path().to_string(),
@@ -340,20 +343,26 @@ mod tests {
             "additionalProperties": {"type": "integer"}
         });
         catalogue.add(Catalogue::prepare("acme", "a.b", 1, schema).unwrap());
-        assert!(catalogue.check("acme", "a.b", 1, &json!({"n": 1})).is_ok());
         assert!(catalogue
-            .check("globex", "a.b", 1, &json!({"n": "x"}))
+            .check("acme", "a.b", 1, &json!({"n": 1}).into())
             .is_ok());
         assert!(catalogue
-            .check("acme", "c.d", 1, &json!({"n": "x"}))
+            .check("globex", "a.b", 1, &json!({"n": "x"}).into())
+            .is_ok());
+        assert!(catalogue
+            .check("acme", "c.d", 1, &json!({"n": "x"}).into())
             .is_ok());
         assert_eq!(
-            field(catalogue.check("acme", "a.b", 2, &json!({})).unwrap_err()),
+            field(
+                catalogue
+                    .check("acme", "a.b", 2, &json!({}).into())
+                    .unwrap_err()
+            ),
             "schema_version"
         );
         let many: serde_json::Map<String, serde_json::Value> =
             (0..100).map(|i| (format!("k{i}"), json!("x"))).collect();
-        match catalogue.check("acme", "a.b", 1, &serde_json::Value::Object(many)) {
+        match catalogue.check("acme", "a.b", 1, &serde_json::Value::Object(many).into()) {
             Err(EngineError::SchemaViolation { errors, .. }) => {
                 assert_eq!(errors.len(), MAX_ISSUES)
             }
@@ -379,9 +388,13 @@ mod tests {
             stored(3, json!({"type": 12})),
         ]);
         assert_eq!(added, 1, "version 1 is held, version 3 does not compile");
-        assert!(catalogue.check("acme", "a.b", 1, &json!({})).is_ok());
-        assert!(catalogue.check("acme", "a.b", 2, &json!({})).is_err());
-        assert!(catalogue.check("acme", "a.b", 2, &json!({"n": 1})).is_ok());
+        assert!(catalogue.check("acme", "a.b", 1, &json!({}).into()).is_ok());
+        assert!(catalogue
+            .check("acme", "a.b", 2, &json!({}).into())
+            .is_err());
+        assert!(catalogue
+            .check("acme", "a.b", 2, &json!({"n": 1}).into())
+            .is_ok());
         assert_eq!(catalogue.of_type("acme", "a.b").len(), 2);
     }
 
@@ -398,11 +411,13 @@ mod tests {
         let prepared = Catalogue::prepare("acme", "a.b", 1, json!({"required": ["n"]})).unwrap();
         assert!(theirs.put_event_type(prepared.record()).await.unwrap());
         assert!(
-            catalogue.check("acme", "a.b", 1, &json!({})).is_ok(),
+            catalogue.check("acme", "a.b", 1, &json!({}).into()).is_ok(),
             "not yet"
         );
         refresh(&ours, &catalogue).await;
-        assert!(catalogue.check("acme", "a.b", 1, &json!({})).is_err());
+        assert!(catalogue
+            .check("acme", "a.b", 1, &json!({}).into())
+            .is_err());
         assert_eq!(catalogue.version(), Some(1));
     }
 }

@@ -12,6 +12,7 @@ use crate::{
     filters::{validate_filter, OPERATIONAL_PREFIX},
     ids,
     model::{DomainEvent, EventSource, Ordering, SignatureScheme},
+    payload::Payload,
 };
 
 /// Largest accepted payload, in bytes of JSON.
@@ -98,7 +99,7 @@ pub struct NewEvent {
     /// Dotted event type.
     pub event_type: String,
     /// JSON object.
-    pub payload: serde_json::Value,
+    pub payload: Payload,
     /// Idempotency key.
     pub dedupe_key: Option<String>,
     /// Payload schema version (default 1).
@@ -214,9 +215,7 @@ pub fn build_event(
     if !new.payload.is_object() {
         return Err(EngineError::invalid("payload", "must be a JSON object"));
     }
-    let size = serde_json::to_vec(&new.payload)
-        .map(|v| v.len())
-        .unwrap_or(usize::MAX);
+    let size = new.payload.size();
     if size > MAX_PAYLOAD_BYTES {
         return Err(EngineError::invalid(
             "payload",

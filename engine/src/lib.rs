@@ -33,6 +33,7 @@ pub mod log_recovery;
 pub mod metrics;
 pub mod model;
 pub mod operational;
+pub mod payload;
 pub mod payload_filter;
 pub mod relay;
 pub mod resources;

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::{ed25519::SigningKey, signing::SigningSecret};
+use crate::{ed25519::SigningKey, payload::Payload, signing::SigningSecret};
 
 /// Where an event entered Herald.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -47,8 +47,9 @@ pub struct DomainEvent {
     /// When Herald accepted it.
     #[serde(with = "time::serde::rfc3339")]
     pub received_at: OffsetDateTime,
-    /// The event body, a JSON object.
-    pub payload: serde_json::Value,
+    /// The event body, a JSON object (its compact text).
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub payload: Payload,
     /// Lineage: where it came from.
     pub source: EventSource,
     /// Lineage: aggregate type, when known (CDC).
@@ -80,7 +81,7 @@ pub struct Envelope<'a> {
     #[serde(with = "time::serde::rfc3339")]
     pub occurred_at: OffsetDateTime,
     /// The payload.
-    pub data: &'a serde_json::Value,
+    pub data: &'a Payload,
 }
 
 impl DomainEvent {

@@ -60,7 +60,7 @@ impl OperationalEvents {
             dedupe_key: None,
             occurred_at: now,
             received_at: now,
-            payload,
+            payload: payload.into(),
             source: EventSource::Herald,
             aggregate_type: None,
             aggregate_id: None,

@@ -480,7 +480,7 @@ pub(crate) mod tests {
             dedupe_key: None,
             occurred_at: now,
             received_at: now,
-            payload: serde_json::json!({"quantity": 150}),
+            payload: serde_json::json!({"quantity": 150}).into(),
             source: crate::model::EventSource::Api,
             aggregate_type: None,
             aggregate_id: None,
@@ -491,7 +491,7 @@ pub(crate) mod tests {
             ["a", "c"],
             "a stored filter that does not compile matches nothing"
         );
-        e.payload = serde_json::json!({"quantity": 5});
+        e.payload = serde_json::json!({"quantity": 5}).into();
         assert_eq!(ids(index.matching_event(&e)), ["c"]);
         big.filter = None;
         index.upsert(big);

@@ -131,7 +131,7 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Ok(batch) = serde_json::from_slice::<EmitBatch>(body) {
         for raw in batch.events.into_iter().take(64) {
-            if let Ok(emit) = serde_json::from_value::<Emit>(raw) {
+            if let Ok(emit) = serde_json::from_str::<Emit>(raw.get()) {
                 validate(emit.into(), schema.as_ref());
             }
         }

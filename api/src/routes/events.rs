@@ -6,7 +6,7 @@ use axum::{
     response::{IntoResponse, Response},
     Json,
 };
-use herald_engine::{model::DomainEvent, model::WebhookDeliveryLog, NewEvent};
+use herald_engine::{model::DomainEvent, model::WebhookDeliveryLog, payload::Payload, NewEvent};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
@@ -26,7 +26,7 @@ pub struct Emit {
     pub event_type: String,
     /// JSON object.
     #[schema(value_type = Object)]
-    pub payload: serde_json::Value,
+    pub payload: Payload,
     /// Idempotency key.
     pub dedupe_key: Option<String>,
     /// Payload schema version (default 1).
@@ -213,7 +213,7 @@ pub async fn replay(
 pub struct EmitBatch {
     /// The events, each as in a single emit (1 to 1,000).
     #[schema(value_type = Vec<Emit>, min_items = 1, max_items = 1000)]
-    pub events: Vec<serde_json::Value>,
+    pub events: Vec<Box<serde_json::value::RawValue>>,
 }
 
 /// One item of a batch answer: the stored event and whether this item was
@@ -247,7 +247,7 @@ pub async fn emit_batch(
     }
     let mut items = Vec::with_capacity(body.events.len());
     for (i, raw) in body.events.into_iter().enumerate() {
-        let e: Emit = serde_json::from_value(raw)
+        let e: Emit = serde_json::from_str(raw.get())
             .map_err(|err| ApiError::invalid("events", format!("events[{i}]: {err}")))?;
         items.push(e.into());
     }

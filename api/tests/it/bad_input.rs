@@ -319,7 +319,7 @@ async fn delivery_time_guard_blocks_targets_no_longer_allowed() {
             "acme",
             herald_engine::NewEvent {
                 event_type: "a.b".into(),
-                payload: json!({}),
+                payload: json!({}).into(),
                 ..Default::default()
             },
         )

@@ -65,7 +65,7 @@ fn event(tenant: &str, n: u64) -> DomainEvent {
         dedupe_key: None,
         occurred_at: now,
         received_at: now,
-        payload: serde_json::json!({ "n": n }),
+        payload: serde_json::json!({ "n": n }).into(),
         source: EventSource::Api,
         aggregate_type: None,
         aggregate_id: None,
@@ -220,7 +220,7 @@ async fn changelog_restores_on_assignment_and_moves_with_a_rebalance() {
         || moved(&first, &second),
     )
     .await;
-    let is_late = |r: &LogRecord| r.event.payload["n"] == 2;
+    let is_late = |r: &LogRecord| r.event.payload.to_value()["n"] == 2;
     let mut late_in_b = read[1].iter().filter(|r| is_late(r)).count();
     let want = {
         let moved = second.restored.lock().unwrap();
@@ -258,7 +258,7 @@ async fn changelog_restores_on_assignment_and_moves_with_a_rebalance() {
             assert_eq!(p.event.tenant_id, p.delivery.tenant_id);
             assert_eq!(
                 p.event.payload,
-                serde_json::json!({ "n": 1 }),
+                serde_json::json!({ "n": 1 }).into(),
                 "the event travels along"
             );
         }
@@ -523,7 +523,7 @@ async fn changelog_restore_rate() {
     })
     .await;
     let mut e = event("tenant-0", 1);
-    e.payload = serde_json::json!({ "pad": "x".repeat(1000) });
+    e.payload = serde_json::json!({ "pad": "x".repeat(1000) }).into();
     let started = Instant::now();
     let mut writes = tokio::task::JoinSet::new();
     for i in 0..n {

@@ -502,7 +502,7 @@ pub(crate) fn event(tenant: &str) -> DomainEvent {
         dedupe_key: Some("k1".into()),
         occurred_at: now,
         received_at: now,
-        payload: json!({ "a": 1 }),
+        payload: json!({ "a": 1 }).into(),
         source: EventSource::Api,
         aggregate_type: None,
         aggregate_id: None,

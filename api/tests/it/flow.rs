@@ -193,6 +193,59 @@ async fn the_old_secret_stops_signing_when_its_grace_window_ends() {
     assert!(!verifies(&old, &after), "the expired secret no longer does");
 }
 
+/// A payload is stored, answered and delivered as the emitter wrote it,
+/// less the whitespace between tokens: keys in their order, numbers as
+/// written (`2.50`, an integer beyond 64 bits), strings untouched.
+#[tokio::test]
+async fn a_payload_is_delivered_as_written_less_its_whitespace() {
+    let h = Herald::start().await;
+    let key = h.tenant("acme").await;
+    let rx = Receiver::start(200).await;
+    h.subscribe(&key, &rx.url, &["order.*"]).await;
+    let sent = "{\"event_type\": \"order.placed\", \"payload\": {\n  \"z\": 1,\n\t\"price\" : 2.50,\r\n  \"big\": 18446744073709551616, \"note\": \"a  b\\\" c\" }\n}";
+    let stored = r#"{"z":1,"price":2.50,"big":18446744073709551616,"note":"a  b\" c"}"#;
+    let answer = h
+        .http
+        .post(h.url("/api/v1/integrations/events"))
+        .bearer_auth(&key)
+        .header("content-type", "application/json")
+        .body(sent)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 202);
+    let answer = answer.text().await.unwrap();
+    assert!(
+        answer.contains(&format!("\"payload\":{stored}")),
+        "{answer}"
+    );
+    let id = serde_json::from_str::<Value>(&answer).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let got = eventually("the delivery", WAIT, || async {
+        rx.received().first().cloned()
+    })
+    .await;
+    let delivered = String::from_utf8(got.body.to_vec()).unwrap();
+    assert!(
+        delivered.contains(&format!("\"data\":{stored}")),
+        "{delivered}"
+    );
+    let read = h
+        .http
+        .get(h.url(&format!("/api/v1/integrations/events/{id}")))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(read.contains(&format!("\"payload\":{stored}")), "{read}");
+}
+
 #[tokio::test]
 async fn dedupe_key_returns_the_original_and_delivers_once() {
     let herald = Herald::start().await;

@@ -150,7 +150,7 @@ async fn kafka_log_reads_a_committed_batch_to_the_partitions_end() {
         .map(|i| {
             let new = NewEvent {
                 event_type: "work_order.created".into(),
-                payload: json!({ "item": i }),
+                payload: json!({ "item": i }).into(),
                 dedupe_key: None,
                 schema_version: None,
                 occurred_at: None,

@@ -141,7 +141,7 @@ async fn export_then_delete(h: &Herald) {
     // fan-out: its offset is committed past, and nothing of it is indexed.
     let new = herald_engine::input::NewEvent {
         event_type: "order.created".into(),
-        payload: json!({"late": true}),
+        payload: json!({"late": true}).into(),
         ..Default::default()
     };
     let source = herald_engine::model::EventSource::Api;

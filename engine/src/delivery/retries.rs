@@ -214,7 +214,7 @@ mod tests {
             dedupe_key: None,
             occurred_at: now,
             received_at: now,
-            payload: serde_json::json!({}),
+            payload: serde_json::json!({}).into(),
             source: crate::model::EventSource::Api,
             aggregate_type: None,
             aggregate_id: None,

@@ -138,14 +138,26 @@ impl Engine {
             }
         }
 
-        Ok(slots
-            .into_iter()
-            .map(|slot| match slot {
-                Slot::New(j) => (fresh[j].clone(), true),
+        // Each new event moves into its answer; an item that repeats an
+        // earlier item's key (always after it) copies that answer.
+        let mut fresh: Vec<Option<DomainEvent>> = fresh.into_iter().map(Some).collect();
+        let mut answered_at = vec![0; fresh.len()];
+        let mut answers: Vec<(DomainEvent, bool)> = Vec::with_capacity(slots.len());
+        for slot in slots {
+            let answer = match slot {
+                Slot::New(j) => {
+                    answered_at[j] = answers.len();
+                    (
+                        fresh[j].take().expect("each new event is answered once"),
+                        true,
+                    )
+                }
                 Slot::Stored(original) => (*original, false),
-                Slot::SameAs(j) => (fresh[j].clone(), false),
-            })
-            .collect())
+                Slot::SameAs(j) => (answers[answered_at[j]].0.clone(), false),
+            };
+            answers.push(answer);
+        }
+        Ok(answers)
     }
 
     /// The emit lock stripe guarding `(tenant, dedupe_key)`.

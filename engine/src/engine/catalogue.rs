@@ -103,7 +103,7 @@ impl Engine {
         tenant_id: &str,
         event_type: &str,
         schema_version: u32,
-        payload: &serde_json::Value,
+        payload: &crate::payload::Payload,
     ) -> Result<(), EngineError> {
         self.catalogue
             .check(tenant_id, event_type, schema_version, payload)
@@ -124,7 +124,7 @@ mod tests {
     fn emit(event_type: &str, payload: serde_json::Value) -> NewEvent {
         NewEvent {
             event_type: event_type.into(),
-            payload,
+            payload: payload.into(),
             ..Default::default()
         }
     }

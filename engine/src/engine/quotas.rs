@@ -140,7 +140,7 @@ impl Engine {
         let quotas = self.enforced_quotas(tenant_id).await?;
         if let Some(max) = quotas.max_event_bytes {
             for (i, e) in events.iter().enumerate() {
-                let size = serde_json::to_vec(&e.payload).map_or(usize::MAX, |v| v.len());
+                let size = e.payload.size();
                 if size > max as usize {
                     let at = if events.len() > 1 {
                         format!("events[{i}].payload")

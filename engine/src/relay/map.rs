@@ -16,6 +16,7 @@ use crate::{
     error::EngineError,
     ids,
     model::{DomainEvent, EventSource},
+    payload::Payload,
     subscriptions::validate_filter,
 };
 
@@ -57,7 +58,8 @@ pub fn to_event(row: OutboxRow, now: OffsetDateTime) -> Result<DomainEvent, MapE
     if !row.payload.is_object() {
         return Err(bad("payload", "must be a JSON object"));
     }
-    let size = serde_json::to_vec(&row.payload).map_or(usize::MAX, |v| v.len());
+    let payload = Payload::from_value(&row.payload);
+    let size = payload.size();
     if size > crate::input::MAX_PAYLOAD_BYTES {
         return Err(bad(
             "payload",
@@ -97,7 +99,7 @@ pub fn to_event(row: OutboxRow, now: OffsetDateTime) -> Result<DomainEvent, MapE
         dedupe_key: row.dedupe_key,
         occurred_at: row.occurred_at.unwrap_or(now),
         received_at: now,
-        payload: row.payload,
+        payload,
         source: EventSource::Cdc,
         aggregate_type: row.aggregate_type,
         aggregate_id: row.aggregate_id,

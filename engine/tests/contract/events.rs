@@ -150,7 +150,7 @@ async fn a_large_batch_is_indexed_whole_with_its_dedupe_keys(h: &Harness) {
     let batch: Vec<_> = (0..60)
         .map(|i| {
             let mut e = event("acme", "order.created");
-            e.payload = serde_json::json!({ "i": i, "pad": "p".repeat(2048) });
+            e.payload = serde_json::json!({ "i": i, "pad": "p".repeat(2048) }).into();
             e.dedupe_key = (i % 20 == 0).then(|| format!("batch-{i}"));
             (e, POSITION)
         })

@@ -30,7 +30,7 @@ pub fn event(tenant: &str, event_type: &str) -> DomainEvent {
         dedupe_key: None,
         occurred_at: now,
         received_at: now,
-        payload: json!({ "n": 1 }),
+        payload: json!({ "n": 1 }).into(),
         source: EventSource::Api,
         aggregate_type: None,
         aggregate_id: None,

@@ -88,7 +88,7 @@ async fn subscribe(engine: &Engine, rx: &Receiver) {
 fn event(n: u32, dedupe_key: Option<&str>) -> NewEvent {
     NewEvent {
         event_type: "work_order.completed".into(),
-        payload: json!({ "n": n }),
+        payload: json!({ "n": n }).into(),
         dedupe_key: dedupe_key.map(String::from),
         ..Default::default()
     }

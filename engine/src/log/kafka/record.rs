@@ -18,7 +18,10 @@ use rdkafka::message::{Header, OwnedHeaders};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::model::{DomainEvent, EventSource};
+use crate::{
+    model::{DomainEvent, EventSource},
+    payload::Payload,
+};
 
 /// Version of the record format, also the suffix of the schema file.
 pub const RECORD_VERSION: u32 = 1;
@@ -42,7 +45,7 @@ pub struct EventRecord {
     #[serde(with = "time::serde::rfc3339")]
     pub occurred_at: OffsetDateTime,
     /// The payload, a JSON object.
-    pub data: serde_json::Value,
+    pub data: Payload,
     /// Lineage: when Herald accepted the event.
     #[serde(with = "time::serde::rfc3339")]
     pub received_at: OffsetDateTime,
@@ -148,7 +151,7 @@ mod tests {
             dedupe_key: Some("wo-1".into()),
             occurred_at: time::macros::datetime!(2026-01-02 03:04:05 UTC),
             received_at: time::macros::datetime!(2026-01-02 03:04:06.5 UTC),
-            payload: serde_json::json!({"wo": 1}),
+            payload: serde_json::json!({"wo": 1}).into(),
             source: EventSource::Api,
             aggregate_type: None,
             aggregate_id: None,
