@@ -7,10 +7,11 @@
 //! of a tree, and no tree of allocations is built, cloned and dropped per
 //! event (docs/performance.md, *One encoding of the payload*).
 //!
-//! The text is compact: whitespace between tokens is removed when a
-//! payload is read, so its size (the limit counts it) and the bytes
-//! delivered do not depend on how the emitter formatted it. Numbers and
-//! the order of keys are kept as written.
+//! The text is compact: whitespace between tokens is removed when an
+//! emitter's payload is read ([`Payload::compact`], a scan, no parse), so
+//! its size (the limit counts it) and the bytes delivered do not depend on
+//! how the emitter formatted it. Numbers and the order of keys are kept as
+//! written. Text Herald wrote itself (the log, the store) is read as it is.
 
 use std::fmt;
 
@@ -78,7 +79,17 @@ impl fmt::Debug for Payload {
 }
 
 impl<'de> Deserialize<'de> for Payload {
+    /// Text Herald wrote (the log, the store), taken as it is: compact
+    /// already. An emitter's text is read with [`Payload::compact`].
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Box::<RawValue>::deserialize(deserializer).map(Self)
+    }
+}
+
+impl Payload {
+    /// Reads an emitter's payload (a `deserialize_with` for request
+    /// bodies), removing the whitespace between its tokens.
+    pub fn compact<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let raw = Box::<RawValue>::deserialize(deserializer)?;
         match compacted(raw.get()) {
             None => Ok(Self(raw)),
@@ -90,36 +101,39 @@ impl<'de> Deserialize<'de> for Payload {
 }
 
 /// Valid JSON `text` without the whitespace outside its strings, or `None`
-/// when it has none.
+/// when it has none. Strings are skipped to their closing quote by
+/// `memchr` (most of a payload's bytes are in its strings).
 fn compacted(text: &str) -> Option<String> {
-    let bytes = text.as_bytes();
-    let (mut in_string, mut escaped) = (false, false);
+    let b = text.as_bytes();
     let mut out: Option<Vec<u8>> = None;
-    for (i, &b) in bytes.iter().enumerate() {
-        if in_string {
-            if escaped {
-                escaped = false;
-            } else if b == b'\\' {
-                escaped = true;
-            } else if b == b'"' {
-                in_string = false;
-            }
-        } else {
-            match b {
-                b'"' => in_string = true,
-                b' ' | b'\n' | b'\r' | b'\t' => {
-                    out.get_or_insert_with(|| bytes[..i].to_vec());
-                    continue;
+    // Bytes from `kept` on are still to be copied to `out`.
+    let (mut i, mut kept) = (0, 0);
+    while i < b.len() {
+        match b[i] {
+            b'"' => {
+                i += 1;
+                while let Some(k) = memchr::memchr2(b'"', b'\\', &b[i..]) {
+                    i += k;
+                    if b[i] == b'"' {
+                        break;
+                    }
+                    i += 2; // an escape and the byte it escapes
                 }
-                _ => {}
+                i += 1;
             }
-        }
-        if let Some(out) = &mut out {
-            out.push(b);
+            b' ' | b'\n' | b'\r' | b'\t' => {
+                let out = out.get_or_insert_with(|| Vec::with_capacity(b.len()));
+                out.extend_from_slice(&b[kept..i]);
+                i += 1;
+                kept = i;
+            }
+            _ => i += 1,
         }
     }
-    // Only ASCII whitespace was removed, between tokens: still UTF-8.
-    out.map(|out| String::from_utf8(out).expect("JSON text less ASCII whitespace is UTF-8"))
+    let mut out = out?;
+    out.extend_from_slice(&b[kept.min(b.len())..]);
+    // Only ASCII whitespace between tokens was left out: still UTF-8.
+    Some(String::from_utf8(out).expect("JSON text less ASCII whitespace is UTF-8"))
 }
 
 #[cfg(test)]
@@ -128,8 +142,9 @@ mod tests {
 
     use super::*;
 
+    /// An emitter's payload, read as a request body reads it.
     fn read(text: &str) -> Payload {
-        serde_json::from_str(text).unwrap()
+        Payload::compact(&mut serde_json::Deserializer::from_str(text)).unwrap()
     }
 
     #[test]
@@ -156,6 +171,7 @@ mod tests {
     fn a_payload_round_trips_inside_an_object_and_through_a_tree() {
         #[derive(Serialize, Deserialize)]
         struct Holder {
+            #[serde(deserialize_with = "Payload::compact")]
             payload: Payload,
             after: u8,
         }
@@ -173,6 +189,33 @@ mod tests {
         let from_tree: Holder =
             serde_json::from_value(json!({"payload": {"k": "v"}, "after": 1})).unwrap();
         assert_eq!(from_tree.payload.get(), r#"{"k":"v"}"#);
+    }
+
+    #[test]
+    fn pretty_text_compacts_to_the_encoders_compact_text() {
+        let values = [
+            json!({"a": "quote \" inside", "b": "back\\slash\\", "c": "\\\"", "d": "tab\tnew\nline  spaces"}),
+            json!({"nested": {"list": [1, [2, [3, {"x": " { \" } "}]]], "empty": {}, "none": []}}),
+            json!({"unicode": "é ü 中 🚀", "escaped": "\u{1} \u{1f}", "n": -1.5e-7, "t": true, "f": null}),
+            json!({"": "", " ": " ", "\"": "\\"}),
+        ];
+        for value in values {
+            let pretty = serde_json::to_string_pretty(&value).unwrap();
+            let compact = serde_json::to_string(&value).unwrap();
+            assert_eq!(
+                compacted(&pretty).as_deref(),
+                Some(compact.as_str()),
+                "{pretty}"
+            );
+            assert_eq!(compacted(&compact), None, "{compact}");
+        }
+    }
+
+    #[test]
+    fn text_herald_wrote_is_read_as_it_is() {
+        let stored: Payload = serde_json::from_str(r#"{"a":1}"#).unwrap();
+        assert_eq!(stored.get(), r#"{"a":1}"#);
+        assert_eq!(serde_json::to_string(&stored).unwrap(), r#"{"a":1}"#);
     }
 
     #[test]

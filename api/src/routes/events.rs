@@ -26,6 +26,7 @@ pub struct Emit {
     pub event_type: String,
     /// JSON object.
     #[schema(value_type = Object)]
+    #[serde(deserialize_with = "Payload::compact")]
     pub payload: Payload,
     /// Idempotency key.
     pub dedupe_key: Option<String>,
