@@ -665,7 +665,7 @@ impl EventLog for EmbeddedLog {
         let frames = events
             .iter()
             .map(|e| {
-                let payload = serde_json::to_vec(e).expect("events serialise");
+                let payload = e.to_json().into_bytes();
                 (super::partition_for(&e.tenant_id, n), payload)
             })
             .collect();

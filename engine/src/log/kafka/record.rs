@@ -102,7 +102,10 @@ impl From<EventRecord> for DomainEvent {
 
 /// The value bytes of an event's record.
 pub fn encode(event: &DomainEvent) -> Vec<u8> {
-    serde_json::to_vec(&EventRecord::from(event)).expect("an event record always serialises")
+    let mut out = Vec::with_capacity(event.payload.size() + 512);
+    serde_json::to_writer(&mut out, &EventRecord::from(event))
+        .expect("an event record always serialises");
+    out
 }
 
 /// The event in a record's value.

@@ -5,7 +5,7 @@
 use async_trait::async_trait;
 use rusqlite::{params, types::Value, Connection};
 
-use super::{db_err, json_err, query_bodies, EmbeddedStore};
+use super::{db_err, query_bodies, EmbeddedStore};
 use crate::{
     ids,
     log::LogPosition,
@@ -14,12 +14,13 @@ use crate::{
 };
 
 /// Indexes an event (state 0: not fanned out yet) unless it is indexed.
+/// `body` is the event's JSON ([`DomainEvent::to_json`]).
 pub(super) fn insert_event(
     conn: &Connection,
     event: &DomainEvent,
     position: LogPosition,
+    body: &str,
 ) -> Result<(), StoreError> {
-    let body = serde_json::to_string(event).map_err(json_err)?;
     conn.prepare_cached(
         "INSERT OR IGNORE INTO events (id, tenant_id, event_type, state, partition, log_offset, body)
          VALUES (?1, ?2, ?3, 0, ?4, ?5, ?6)",
@@ -113,9 +114,11 @@ impl EventStore for EmbeddedStore {
         events: Vec<(DomainEvent, LogPosition)>,
         dedupe_until_ms: i64,
     ) -> Result<(), StoreError> {
+        // Encoded here, not on the one writer thread.
+        let bodies: Vec<String> = events.iter().map(|(e, _)| e.to_json()).collect();
         self.write(move |conn| {
-            for (event, position) in &events {
-                insert_event(conn, event, *position)?;
+            for ((event, position), body) in events.iter().zip(&bodies) {
+                insert_event(conn, event, *position, body)?;
                 if let Some(key) = &event.dedupe_key {
                     claim_dedupe(conn, event, key, dedupe_until_ms, crate::clock::now_ms())?;
                 }

@@ -101,7 +101,7 @@ impl ScheduleStore for EmbeddedStore {
                 {
                     Some(state) => state,
                     None => {
-                        insert_event(conn, &item.event, item.position)?;
+                        insert_event(conn, &item.event, item.position, &item.event.to_json())?;
                         0
                     }
                 };
