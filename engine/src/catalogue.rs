@@ -236,7 +236,9 @@ impl Catalogue {
             }
         };
         // Parsed into a tree only when a schema applies.
-        let payload = payload.to_value();
+        let payload = payload
+            .to_value()
+            .map_err(|e| EngineError::invalid("payload", e.to_string()))?;
         let errors: Vec<SchemaIssue> = validator
             .iter_errors(&payload)
             .take(MAX_ISSUES)

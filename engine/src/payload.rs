@@ -15,8 +15,12 @@
 
 use std::fmt;
 
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{de::Error as _, Deserialize, Deserializer, Serialize};
 use serde_json::{value::RawValue, Value};
+
+/// Deepest nesting of arrays and objects an emitted payload may have (a
+/// tree parsed from the text must stay within `serde_json`'s 128 levels).
+pub const MAX_DEPTH: usize = 100;
 
 /// An event's payload: compact JSON text (usually an object: the emit
 /// paths refuse anything else).
@@ -31,8 +35,10 @@ impl Payload {
     }
 
     /// The payload as a tree, to validate it or evaluate a filter on it.
-    pub fn to_value(&self) -> Value {
-        serde_json::from_str(self.0.get()).expect("a payload is valid JSON")
+    /// Fails only on nesting deeper than `serde_json` parses (128 levels),
+    /// which an emit refuses ([`MAX_DEPTH`]).
+    pub fn to_value(&self) -> Result<Value, serde_json::Error> {
+        serde_json::from_str(self.0.get())
     }
 
     /// The JSON text.
@@ -88,28 +94,53 @@ impl<'de> Deserialize<'de> for Payload {
 
 impl Payload {
     /// Reads an emitter's payload (a `deserialize_with` for request
-    /// bodies), removing the whitespace between its tokens.
+    /// bodies), removing the whitespace between its tokens; refuses one
+    /// nested deeper than [`MAX_DEPTH`].
     pub fn compact<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let raw = Box::<RawValue>::deserialize(deserializer)?;
-        match compacted(raw.get()) {
+        let Scan { compacted, depth } = scan(raw.get());
+        if depth > MAX_DEPTH {
+            return Err(D::Error::custom(format!(
+                "payload nested {depth} levels deep; the limit is {MAX_DEPTH}"
+            )));
+        }
+        match compacted {
             None => Ok(Self(raw)),
             Some(text) => RawValue::from_string(text)
                 .map(Self)
-                .map_err(serde::de::Error::custom),
+                .map_err(D::Error::custom),
         }
     }
 }
 
-/// Valid JSON `text` without the whitespace outside its strings, or `None`
-/// when it has none. Strings are skipped to their closing quote by
-/// `memchr` (most of a payload's bytes are in its strings).
-fn compacted(text: &str) -> Option<String> {
+/// What [`scan`] found in a JSON text.
+struct Scan {
+    /// The text without the whitespace outside its strings, `None` when
+    /// it has none.
+    compacted: Option<String>,
+    /// The deepest nesting of arrays and objects.
+    depth: usize,
+}
+
+/// Scans valid JSON `text` once. Strings are skipped to their closing
+/// quote by `memchr` (most of a payload's bytes are in its strings).
+fn scan(text: &str) -> Scan {
     let b = text.as_bytes();
     let mut out: Option<Vec<u8>> = None;
+    let (mut level, mut depth) = (0usize, 0usize);
     // Bytes from `kept` on are still to be copied to `out`.
     let (mut i, mut kept) = (0, 0);
     while i < b.len() {
         match b[i] {
+            b'{' | b'[' => {
+                level += 1;
+                depth = depth.max(level);
+                i += 1;
+            }
+            b'}' | b']' => {
+                level = level.saturating_sub(1);
+                i += 1;
+            }
             b'"' => {
                 i += 1;
                 while let Some(k) = memchr::memchr2(b'"', b'\\', &b[i..]) {
@@ -130,10 +161,12 @@ fn compacted(text: &str) -> Option<String> {
             _ => i += 1,
         }
     }
-    let mut out = out?;
-    out.extend_from_slice(&b[kept.min(b.len())..]);
-    // Only ASCII whitespace between tokens was left out: still UTF-8.
-    Some(String::from_utf8(out).expect("JSON text less ASCII whitespace is UTF-8"))
+    let compacted = out.map(|mut out| {
+        out.extend_from_slice(&b[kept.min(b.len())..]);
+        // Only ASCII whitespace between tokens was left out: still UTF-8.
+        String::from_utf8(out).expect("JSON text less ASCII whitespace is UTF-8")
+    });
+    Scan { compacted, depth }
 }
 
 #[cfg(test)]
@@ -183,7 +216,10 @@ mod tests {
             serde_json::to_string(&h).unwrap(),
             r#"{"payload":{"a":[1,{"b":null}]},"after":7}"#
         );
-        assert_eq!(h.payload.to_value(), json!({"a": [1, {"b": null}]}));
+        assert_eq!(
+            h.payload.to_value().unwrap(),
+            json!({"a": [1, {"b": null}]})
+        );
         assert_eq!(Payload::from(json!({"a": [1, {"b": null}]})), h.payload);
         // Read from a tree, as `serde_json::from_value` does.
         let from_tree: Holder =
@@ -203,12 +239,37 @@ mod tests {
             let pretty = serde_json::to_string_pretty(&value).unwrap();
             let compact = serde_json::to_string(&value).unwrap();
             assert_eq!(
-                compacted(&pretty).as_deref(),
+                scan(&pretty).compacted.as_deref(),
                 Some(compact.as_str()),
                 "{pretty}"
             );
-            assert_eq!(compacted(&compact), None, "{compact}");
+            assert_eq!(scan(&compact).compacted, None, "{compact}");
         }
+    }
+
+    #[test]
+    fn an_emitted_payload_nested_past_the_limit_is_refused() {
+        let nested = |n: usize| format!("{{\"a\":{}{}}}", "[".repeat(n - 1), "]".repeat(n - 1));
+        let at_limit = read(&nested(MAX_DEPTH));
+        assert!(
+            at_limit.to_value().is_ok(),
+            "what an emit takes parses as a tree"
+        );
+        let error = Payload::compact(&mut serde_json::Deserializer::from_str(&nested(
+            MAX_DEPTH + 1,
+        )))
+        .expect_err("one level more is refused");
+        assert!(
+            error
+                .to_string()
+                .contains("nested 101 levels deep; the limit is 100"),
+            "{error}"
+        );
+        // Brackets inside strings are not nesting.
+        assert_eq!(scan(r#"{"s":"[[[{{{"}"#).depth, 1);
+        // serde_json's own limit, which the emit limit keeps payloads within.
+        let deep: Payload = serde_json::from_str(&nested(200)).unwrap();
+        assert!(deep.to_value().is_err());
     }
 
     #[test]
@@ -223,10 +284,10 @@ mod tests {
         assert!(!read("[1]").is_object());
         assert!(!read(r#""{""#).is_object());
         assert!(Payload::default().is_object());
-        assert_eq!(compacted("[1, 2]").as_deref(), Some("[1,2]"));
-        assert_eq!(compacted(r#"["a b","c\\"]"#), None);
+        assert_eq!(scan("[1, 2]").compacted.as_deref(), Some("[1,2]"));
+        assert_eq!(scan(r#"["a b","c\\"]"#).compacted, None);
         assert_eq!(
-            compacted(r#"["\\" , "é"]"#).as_deref(),
+            scan(r#"["\\" , "é"]"#).compacted.as_deref(),
             Some(r#"["\\","é"]"#)
         );
     }

@@ -134,6 +134,36 @@ async fn bad_requests_are_refused_clearly_and_store_nothing() {
             assert_eq!(problem["field"], field, "{problem}");
         }
     }
+    // A payload nested past the limit (100 levels) is refused whole: a tree
+    // of it could not be parsed to check a schema.
+    let deep: Value =
+        serde_json::from_str(&format!("{}{}", "[".repeat(100), "]".repeat(100))).unwrap();
+    for (path, body) in [
+        (
+            &events,
+            json!({ "event_type": "a.b", "payload": { "a": deep } }),
+        ),
+        (
+            &herald.url("/api/v1/integrations/events/batch"),
+            json!({ "events": [{ "event_type": "a.b", "payload": { "a": deep } }] }),
+        ),
+    ] {
+        let r = http
+            .post(path.as_str())
+            .bearer_auth(&key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let problem = assert_problem(r, 422).await;
+        assert!(
+            problem["detail"]
+                .as_str()
+                .unwrap()
+                .contains("payload nested 101 levels deep; the limit is 100"),
+            "{problem}"
+        );
+    }
     let huge = json!({ "event_type": "a.b", "payload": { "big": "x".repeat(2 * 1024 * 1024) } });
     assert_problem(
         http.post(&events)

@@ -220,7 +220,7 @@ async fn changelog_restores_on_assignment_and_moves_with_a_rebalance() {
         || moved(&first, &second),
     )
     .await;
-    let is_late = |r: &LogRecord| r.event.payload.to_value()["n"] == 2;
+    let is_late = |r: &LogRecord| r.event.payload.to_value().unwrap()["n"] == 2;
     let mut late_in_b = read[1].iter().filter(|r| is_late(r)).count();
     let want = {
         let moved = second.restored.lock().unwrap();

@@ -70,7 +70,7 @@ async fn torn_tail_is_truncated_and_appends_continue() {
     let pos = log.append(&[event("t", 2)]).await.unwrap();
     assert_eq!(pos[0].offset, 2);
     let all = log.read(0, 0, 10).await.unwrap();
-    assert_eq!(all[2].event.payload.to_value()["n"], 2);
+    assert_eq!(all[2].event.payload.to_value().unwrap()["n"], 2);
 }
 
 #[tokio::test]
@@ -285,7 +285,7 @@ async fn append_padded(log: &EmbeddedLog) -> Vec<DomainEvent> {
         let batch: Vec<DomainEvent> = (0..50)
             .map(|i| {
                 let mut e = event("t", chunk * 50 + i);
-                let mut payload = e.payload.to_value();
+                let mut payload = e.payload.to_value().unwrap();
                 payload["pad"] = serde_json::json!(pad);
                 e.payload = payload.into();
                 e
