@@ -18,10 +18,12 @@ use std::{
 /// Components from the bottom up; a component may use its own layer's
 /// code only within itself, and any layer below.
 const LAYERS: &[&[&str]] = &[
-    // Ids, time, signing (HMAC and Ed25519), encryption, the SSRF rules, event-type filters.
+    // Ids, time, signing (HMAC and Ed25519), encryption, the SSRF rules,
+    // event-type filters, an event's payload text.
     &[
         "clock",
         "ids",
+        "payload",
         "signing",
         "ed25519",
         "encryption",
