@@ -121,14 +121,9 @@ async fn bad_requests_are_refused_clearly_and_store_nothing() {
             Some("payload"),
         ),
     ];
+    let post = |path: &str, body: &Value| http.post(path).bearer_auth(&key).json(body).send();
     for (body, field) in cases {
-        let r = http
-            .post(&events)
-            .bearer_auth(&key)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
+        let r = post(&events, &body).await.unwrap();
         let problem = assert_problem(r, 422).await;
         if let Some(field) = field {
             assert_eq!(problem["field"], field, "{problem}");
@@ -148,13 +143,7 @@ async fn bad_requests_are_refused_clearly_and_store_nothing() {
             json!({ "events": [{ "event_type": "a.b", "payload": { "a": deep } }] }),
         ),
     ] {
-        let r = http
-            .post(path.as_str())
-            .bearer_auth(&key)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
+        let r = post(path, &body).await.unwrap();
         let problem = assert_problem(r, 422).await;
         assert!(
             problem["detail"]
