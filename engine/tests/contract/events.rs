@@ -174,7 +174,8 @@ async fn a_large_batch_is_indexed_whole_with_its_dedupe_keys(h: &Harness) {
     }
 }
 
-/// Retention: an event past it whose deliveries are done goes with its
+/// Retention: an event past it whose deliveries are done (scheduled, or
+/// handed over unscheduled) goes with its
 /// attempt logs (on a store that prunes; the CQL store expires rows by
 /// TTL and prunes nothing), and nothing still waited for ever goes: an
 /// event not yet fanned out, one with a delivery pending (and that
@@ -199,7 +200,9 @@ async fn retention_prunes_only_what_nothing_waits_for(h: &Harness) {
     let mut keyed = event("acme", "order.created");
     keyed.dedupe_key = Some("k1".into());
     let unfanned = event("acme", "order.created");
-    for e in [&done, &retrying, &keyed, &unfanned] {
+    // Fanned out unscheduled (the log kept its delivery), then delivered.
+    let handed = event("acme", "order.created");
+    for e in [&done, &retrying, &keyed, &unfanned, &handed] {
         s.record_event(e, POSITION, t + day).await.unwrap();
     }
     let d_done = delivery(&done, "sub_a", t - 1_000);
@@ -207,6 +210,18 @@ async fn retention_prunes_only_what_nothing_waits_for(h: &Harness) {
     fan_out(&done, vec![d_done.clone()]).await.unwrap();
     fan_out(&retrying, vec![d_retry.clone()]).await.unwrap();
     fan_out(&keyed, Vec::new()).await.unwrap();
+    let d_handed = delivery(&handed, "sub_a", t - 1_000);
+    let item = FanOut {
+        event: handed.clone(),
+        position: POSITION,
+        deliveries: vec![d_handed.clone()],
+        lease_until_ms: Some(t + 60_000),
+        unscheduled: true,
+        parked: Vec::new(),
+    };
+    s.fan_out(vec![item], t + day, t).await.unwrap();
+    let handed_delivered = attempt(&d_handed, Outcome::Delivered);
+    s.log_attempt(handed_delivered).await.unwrap();
     assert_eq!(s.claim_due(t, t + 60_000, 10).await.unwrap().len(), 2);
     let delivered = attempt(&d_done, Outcome::Delivered);
     s.record_attempt(delivered, None).await.unwrap();
@@ -236,13 +251,15 @@ async fn retention_prunes_only_what_nothing_waits_for(h: &Harness) {
         ..LogFilter::default()
     };
     if h.prunes() {
-        assert_eq!((events, delivery_logs), (1, 1));
+        assert_eq!((events, delivery_logs), (2, 2));
         // One row of each table examined per step, kept ones included.
-        assert_eq!(steps, 4 + 1, "four events, then the end of the pass");
-        assert!(s.get_event("acme", &done.id).await.unwrap().is_none());
-        let filter = logs_of(&done);
-        let logs = s.list_delivery_logs("acme", &filter, 10).await.unwrap();
-        assert!(logs.is_empty());
+        assert_eq!(steps, 5 + 1, "five events, then the end of the pass");
+        for gone in [&done, &handed] {
+            assert!(s.get_event("acme", &gone.id).await.unwrap().is_none());
+            let filter = logs_of(gone);
+            let logs = s.list_delivery_logs("acme", &filter, 10).await.unwrap();
+            assert!(logs.is_empty());
+        }
     } else {
         assert_eq!((events, delivery_logs, steps), (0, 0, 1));
     }

@@ -252,3 +252,84 @@ async fn a_cql_keyspace_with_logs_by_event_still_lists_and_purges_them() {
     }
     outcome.unwrap();
 }
+
+/// A database at schema v9 marked an event fanned out unscheduled with
+/// `events.state = 3`; from v10 such an event keeps state 0 and has a row
+/// in `events_kept` (a row the size of its id, where the update rewrote
+/// the event's row). After the migration an old mark still reads as kept:
+/// a re-read leaves out what was settled since. A new mark is a row of
+/// `events_kept`, and it goes with its event (here, the tenant's purge).
+#[tokio::test]
+async fn an_embedded_store_at_schema_v9_keeps_reading_events_fanned_out_unscheduled() {
+    use herald_engine::store::{
+        DeliveryLogStore, EventStore, FanOut, FanOutResult, ScheduleStore, TenantPurgeStore,
+    };
+
+    use crate::fixtures::{attempt, delivery, event, now, POSITION};
+
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("herald.db");
+    let (old, new) = (
+        event("acme", "order.created"),
+        event("acme", "order.created"),
+    );
+    let t = now();
+    let handed = |e: &herald_engine::model::DomainEvent| {
+        let deliveries = vec![delivery(e, "sub_a", t), delivery(e, "sub_b", t)];
+        FanOut {
+            event: e.clone(),
+            position: POSITION,
+            deliveries,
+            lease_until_ms: Some(t + 60_000),
+            unscheduled: true,
+            parked: Vec::new(),
+        }
+    };
+    let (old_item, new_item) = (handed(&old), handed(&new));
+    {
+        let store = EmbeddedStore::open(dir.path(), cipher()).unwrap();
+        store.record_event(&old, POSITION, t).await.unwrap();
+        let done = attempt(
+            &old_item.deliveries[0],
+            herald_engine::model::Outcome::Delivered,
+        );
+        store.log_attempt(done).await.unwrap();
+    }
+    {
+        // Back to v9, the event marked as v9 marked it.
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.execute_batch(
+            "DROP TRIGGER events_kept_gone; DROP TABLE events_kept; PRAGMA user_version = 9;",
+        )
+        .unwrap();
+        conn.execute("UPDATE events SET state = 3 WHERE id = ?1", [&old.id])
+            .unwrap();
+    }
+    let store = EmbeddedStore::open(dir.path(), cipher()).unwrap();
+    let kept_rows = || {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.query_row("SELECT count(*) FROM events_kept", [], |r| {
+            r.get::<_, i64>(0)
+        })
+        .unwrap()
+    };
+    assert_eq!(kept_rows(), 0);
+    let results = store.fan_out(vec![old_item], t, t).await.unwrap();
+    assert_eq!(results, [FanOutResult::Resumed(vec!["sub_a".into()])]);
+
+    store.record_event(&new, POSITION, t).await.unwrap();
+    let results = store.fan_out(vec![new_item.clone()], t, t).await.unwrap();
+    assert_eq!(results, [FanOutResult::Scheduled]);
+    assert_eq!(kept_rows(), 1, "the mark is a row of events_kept");
+    let done = attempt(
+        &new_item.deliveries[1],
+        herald_engine::model::Outcome::Delivered,
+    );
+    store.log_attempt(done).await.unwrap();
+    let results = store.fan_out(vec![new_item], t, t).await.unwrap();
+    assert_eq!(results, [FanOutResult::Resumed(vec!["sub_b".into()])]);
+
+    store.begin_tenant_deletion("acme").await.unwrap();
+    while store.purge_tenant("acme", 100).await.unwrap() > 0 {}
+    assert_eq!(kept_rows(), 0, "the mark went with its event");
+}

@@ -1,6 +1,7 @@
 //! The event index and the dedupe window in SQLite. An event's `state` is
 //! 0 while it waits for fan-out, 1 once fanned out, 2 when dropped as a
-//! duplicate (hidden from reads).
+//! duplicate (hidden from reads); an event fanned out unscheduled keeps
+//! state 0 and has a row in `events_kept`.
 
 use async_trait::async_trait;
 use rusqlite::{params, types::Value, Connection};
@@ -218,7 +219,8 @@ impl EventStore for EmbeddedStore {
                 // Kept: not yet fanned out, a delivery pending, a live
                 // dedupe key (a repeat of the key must still find it).
                 "DELETE FROM events WHERE id IN (SELECT e.id FROM events e \
-                 WHERE e.id > ?1 AND e.id <= ?2 AND e.state <> 0 \
+                 WHERE e.id > ?1 AND e.id <= ?2 \
+                 AND (e.state <> 0 OR EXISTS (SELECT 1 FROM events_kept k WHERE k.id = e.id)) \
                  AND NOT EXISTS (SELECT 1 FROM schedule s WHERE s.event_id = e.id) \
                  AND NOT EXISTS (SELECT 1 FROM dedupe d WHERE d.tenant_id = e.tenant_id \
                      AND d.dedupe_key = json_extract(e.body, '$.dedupe_key') \

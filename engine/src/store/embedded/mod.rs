@@ -185,7 +185,7 @@ impl EmbeddedStore {
 
 /// The schema version [`EmbeddedStore::open`] brings a database to (its
 /// `PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 9;
+pub const SCHEMA_VERSION: i64 = 10;
 
 /// Brings the schema to the current version: v1 on an empty database, then
 /// each later step once, in its own transaction.
@@ -205,7 +205,8 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
         (6, include_str!("schema_v6.sql")),
         (7, include_str!("schema_v7.sql")),
         (8, include_str!("schema_v8.sql")),
-        (SCHEMA_VERSION, include_str!("schema_v9.sql")),
+        (9, include_str!("schema_v9.sql")),
+        (SCHEMA_VERSION, include_str!("schema_v10.sql")),
     ] {
         if version < step {
             conn.execute_batch(&format!("BEGIN IMMEDIATE; {sql} COMMIT;"))

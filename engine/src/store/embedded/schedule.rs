@@ -49,9 +49,23 @@ pub(super) fn insert_schedule(
 const FANNED_OUT: i64 = 1;
 /// `events.state`: another event holds its dedupe key (dropped).
 const DUPLICATE: i64 = 2;
-/// `events.state`: fanned out unscheduled ([`FanOut::unscheduled`]): the
-/// event log keeps its deliveries until each is settled.
+/// Fanned out unscheduled ([`FanOut::unscheduled`]): the event log keeps
+/// its deliveries until each is settled. Kept as a row of `events_kept`
+/// (`events.state` stays 0), not in `events`: an update of `events` would
+/// write the event's row, body and all, a second time; `events.state = 3`
+/// is how versions before schema v10 marked it.
 const KEPT_BY_LOG: i64 = 3;
+
+/// The event's fan-out state, or `None` when it is not indexed.
+fn fan_out_state(conn: &Connection, event_id: &str) -> Result<Option<i64>, StoreError> {
+    conn.prepare_cached(
+        "SELECT CASE WHEN e.state = 0 AND EXISTS (SELECT 1 FROM events_kept k WHERE k.id = e.id)
+                THEN 3 ELSE e.state END
+         FROM events e WHERE e.id = ?1",
+    )
+    .and_then(|mut st| st.query_row([event_id], |r| r.get(0)).optional())
+    .map_err(db_err)
+}
 
 /// The subscriptions whose delivery of `event` is settled: its final
 /// attempt (delivered, dead) is recorded, or it has an entry in the
@@ -94,11 +108,7 @@ impl ScheduleStore for EmbeddedStore {
             let mut results = Vec::with_capacity(batch.len());
             for item in &batch {
                 // Usually indexed at emit already: encode the body only if not.
-                let state: i64 = match conn
-                    .prepare_cached("SELECT state FROM events WHERE id = ?1")
-                    .and_then(|mut st| st.query_row([&item.event.id], |r| r.get(0)).optional())
-                    .map_err(db_err)?
-                {
+                let state = match fan_out_state(conn, &item.event.id)? {
                     Some(state) => state,
                     None => {
                         insert_event(conn, &item.event, item.position, &item.event.to_json())?;
@@ -129,7 +139,9 @@ impl ScheduleStore for EmbeddedStore {
                     // Kept by the log until settled: no schedule rows; a
                     // re-read (its offset not committed) fans it out again.
                     if state != KEPT_BY_LOG {
-                        set_state(conn, &item.event.id, KEPT_BY_LOG)?;
+                        conn.prepare_cached("INSERT OR IGNORE INTO events_kept (id) VALUES (?1)")
+                            .and_then(|mut st| st.execute([&item.event.id]))
+                            .map_err(db_err)?;
                     }
                 } else {
                     for d in item.deliveries.iter().filter(fresh) {
