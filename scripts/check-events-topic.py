@@ -7,7 +7,8 @@ published JSON Schema (schemas/herald.events.v1.json):
       --brokers 127.0.0.1:9092 --topic herald.events --expect 100
 
 Checks per record: the value is valid against the schema, the key is the
-tenant id, the headers id/type/schema_version/dedupe_key match the value.
+tenant id, the headers id/type/schema_version/dedupe_key match the value (and
+a record may carry `herald.indexed: 1`, Herald's own mark, nothing else).
 Reads until --expect records were seen (or --timeout passes), commits its
 offsets, prints one JSON summary line, and exits non-zero on any violation.
 """
@@ -69,6 +70,8 @@ def main() -> int:
             if key != value.get("tenant_id"):
                 errors.append(f"{where}: key {key!r} is not the tenant id")
             headers = {k: v.decode() for k, v in (msg.headers() or [])}
+            if headers.pop("herald.indexed", "1") != "1":
+                errors.append(f"{where}: header herald.indexed is not 1")
             want = {"id": value.get("id"), "type": value.get("type"),
                     "schema_version": str(value.get("schema_version"))}
             if value.get("dedupe_key") is not None:

@@ -57,6 +57,7 @@ fn store_write(c: &mut Criterion) {
                                 lease_until_ms: None,
                                 unscheduled: false,
                                 parked: Vec::new(),
+                                indexed: false,
                             }
                         })
                         .collect::<Vec<_>>()
@@ -89,6 +90,7 @@ fn store_write(c: &mut Criterion) {
                                 lease_until_ms: None,
                                 unscheduled: false,
                                 parked: Vec::new(),
+                                indexed: false,
                             }
                         })
                         .collect();

@@ -234,6 +234,7 @@ pub async fn run(
                     lease_until_ms: None,
                     unscheduled: false,
                     parked,
+                    indexed: r.indexed,
                 }
             })
             .collect();

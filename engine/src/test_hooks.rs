@@ -8,7 +8,8 @@
 //!   `kill -9` lands inside one).
 //! - [`KAFKA_BATCH_FAIL_AFTER`]: a Kafka batch append of more than N events
 //!   fails after writing N of them (uncommitted), as a broker failure midway
-//!   would.
+//!   would; one indexed in its transaction (`EventLog::append_all_indexed`)
+//!   writes all of them and its index, then fails before its commit.
 //! - [`CHANGELOG_STUCK_COMMITS`]: the first N commits of the schedule
 //!   changelog that carry consumer offsets never return, as librdkafka's
 //!   `send_offsets_to_transaction` can when its coordinator request is not

@@ -70,6 +70,7 @@ async fn cql_fan_out_that_schedules_nothing_reads_nothing() {
         lease_until_ms: unscheduled.then_some(now + 60_000),
         unscheduled,
         parked: vec![],
+        indexed: false,
     };
     let before = reads(&store);
     let results = store

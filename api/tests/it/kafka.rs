@@ -630,3 +630,31 @@ pub fn reader_from_start(topic: &str, isolation: &str) -> rdkafka::consumer::Bas
     c.assign(&tpl).unwrap();
     c
 }
+
+/// Runs `scripts/check-events-topic.py` (a plain consumer, confluent-kafka
+/// and jsonschema: not Herald's code) over `<prefix>.events` until it has
+/// read `expect` records; asserts it found nothing wrong and returns its
+/// summary (`records`, `distinct_ids`, `error_count`).
+pub async fn plain_consumer(prefix: &str, expect: usize) -> serde_json::Value {
+    let python = repo_root().join(".cache/venv/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: scripts/test creates it (confluent-kafka, jsonschema from PyPI)",
+        python.display()
+    );
+    let out = tokio::process::Command::new(python)
+        .arg(repo_root().join("scripts/check-events-topic.py"))
+        .args(["--brokers", BROKERS, "--topic", &format!("{prefix}.events")])
+        .args(["--group", &format!("{prefix}-plain-consumer")])
+        .args(["--expect", &expect.to_string(), "--timeout", "60"])
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the plain consumer rejected the topic: {stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(stdout.trim()).unwrap()
+}

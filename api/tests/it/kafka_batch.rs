@@ -129,6 +129,94 @@ async fn kafka_batch_failing_midway_leaves_no_event_visible_and_answers_503() {
     herald.stop().await;
 }
 
+/// On Kafka + Cassandra a batch is indexed inside its transaction, its
+/// records marked `herald.indexed` so that fan-out does not write the index
+/// again. A batch whose transaction fails after its index (the hook: every
+/// record and the index written, then no commit) answers 503, and its
+/// events are neither listed nor delivered: the aborted transaction took
+/// its index away. A batch that commits is marked, listed and delivered.
+#[tokio::test(flavor = "multi_thread")]
+async fn kafka_cql_batch_aborted_after_its_index_is_not_listed() {
+    let _broker = BROKER.read().await;
+    require_kafka().await;
+    let _cassandra = crate::cql::shared().await;
+    let cql = crate::cql::config("batch_index");
+    let flags = crate::distributed::cql_flags(&cql.keyspace);
+    let args: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let prefix = prefix("batch-index");
+    let tmp = tempfile::tempdir().unwrap();
+    let hook = [(test_hooks::KAFKA_BATCH_FAIL_AFTER, "3")];
+    let herald = start_role_env("all", &tmp.path().join("data"), &prefix, &args, &hook).await;
+    let receiver = Receiver::start(200).await;
+    let (key, _) = tenant(&herald.base, "acme", &receiver).await;
+    let path = "/api/v1/integrations/events/batch";
+
+    let (status, problem) = herald.post(&key, path, batch("torn", 5)).await;
+    assert_eq!(status, 503, "{problem}");
+    // Three events (the hook lets them through): the barrier.
+    let (status, body) = herald.post(&key, path, batch("whole", 3)).await;
+    assert_eq!(status, 202, "{body}");
+
+    // The committed records are the barrier's, each marked.
+    let topic = format!("{prefix}.events");
+    let marks = tokio::task::spawn_blocking(move || {
+        use rdkafka::message::Headers;
+        let c = crate::kafka::reader_from_start(&topic, "read_committed");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut marks = Vec::new();
+        while marks.len() < 3 {
+            assert!(Instant::now() < deadline, "read {marks:?}");
+            if let Some(Ok(m)) = c.poll(Duration::from_millis(200)) {
+                let value = String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned();
+                let marked = m.headers().is_some_and(|h| {
+                    h.iter()
+                        .any(|h| h.key == "herald.indexed" && h.value == Some(b"1".as_slice()))
+                });
+                marks.push((count(&[value], "whole"), marked));
+            }
+        }
+        marks
+    })
+    .await
+    .unwrap();
+    assert_eq!(marks, [(1, true); 3]);
+
+    let got = eventually(
+        "the barrier's deliveries",
+        Duration::from_secs(60),
+        || async {
+            let bodies: Vec<String> = receiver
+                .received()
+                .iter()
+                .map(|r| String::from_utf8_lossy(&r.body).into_owned())
+                .collect();
+            (count(&bodies, "whole") >= 3).then_some(bodies)
+        },
+    )
+    .await;
+    assert_eq!(count(&got, "torn"), 0);
+    let list =
+        crate::distributed::get(&herald.base, &key, "/api/v1/integrations/events?limit=50").await;
+    let items: Vec<String> = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["payload"]["item"].to_string())
+        .collect();
+    assert_eq!(
+        (count(&items, "torn"), count(&items, "whole")),
+        (0, 3),
+        "{items:?}"
+    );
+    // A plain consumer reads the marked records as valid ones.
+    let summary = crate::kafka::plain_consumer(&prefix, 3).await;
+    assert_eq!(
+        (&summary["records"], &summary["error_count"]),
+        (&json!(3), &json!(0))
+    );
+    herald.stop().await;
+}
+
 /// A committed batch ends with a transaction marker, an offset no record is
 /// read at: a read up to the partition's end returns the batch (it waited
 /// for that offset until its timeout and failed as unavailable).

@@ -15,8 +15,8 @@ use tokio::sync::Mutex;
 use crate::{
     distributed::fanout_commits_past_every_event,
     kafka::{
-        all_delivered, emit_many, prefix, repo_root, require_kafka, services, start_role,
-        start_role_env, tenant, tenants, BrokerBackOnDrop, BROKER, BROKERS,
+        all_delivered, emit_many, prefix, require_kafka, services, start_role, start_role_env,
+        tenant, tenants, BrokerBackOnDrop, BROKER, BROKERS,
     },
     role_metrics::{cdc_topic, outbox_rows},
     support::{eventually, Herald, Receiver},
@@ -302,12 +302,6 @@ async fn kafka_a_group_without_a_coordinator_joins_again_with_a_new_consumer() {
 async fn kafka_plain_consumer_validates_every_record_against_the_schema() {
     let _broker = BROKER.read().await;
     require_kafka().await;
-    let python = repo_root().join(".cache/venv/bin/python");
-    assert!(
-        python.exists(),
-        "{} is missing: scripts/test creates it (confluent-kafka, jsonschema from PyPI)",
-        python.display()
-    );
     let prefix = prefix("schema");
     let kafka = KafkaConfig {
         topic_prefix: prefix.clone(),
@@ -331,21 +325,7 @@ async fn kafka_plain_consumer_validates_every_record_against_the_schema() {
             n += 1;
         }
     }
-    let out = tokio::process::Command::new(python)
-        .arg(repo_root().join("scripts/check-events-topic.py"))
-        .args(["--brokers", BROKERS, "--topic", &format!("{prefix}.events")])
-        .args(["--group", &format!("{prefix}-plain-consumer")])
-        .args(["--expect", &n.to_string(), "--timeout", "60"])
-        .output()
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "the plain consumer rejected the topic: {stdout} {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let summary: Value = serde_json::from_str(stdout.trim()).unwrap();
+    let summary = crate::kafka::plain_consumer(&prefix, n).await;
     assert_eq!(summary["records"], n);
     assert_eq!(summary["distinct_ids"], n);
     assert_eq!(summary["error_count"], 0);

@@ -7,18 +7,25 @@
 //! log in one [`EventLog::append_all`](crate::log::EventLog::append_all): on
 //! the embedded log one durable group commit, on Kafka one transaction, so a
 //! failure midway (503) leaves none of them readable or delivered. The call
-//! returns only once all are durable. Dedupe keys are honoured per item: a key
+//! returns only once all are durable. On Kafka with the CQL store the
+//! events are indexed inside that transaction, so that fan-out need not
+//! write their index again (`append_and_index`). Dedupe keys are honoured per item: a key
 //! already live in the window, or used by an earlier item of the same batch,
 //! answers the original event and nothing new is delivered for it.
 
-use std::collections::HashMap;
+use std::{
+    collections::HashMap,
+    sync::atomic::{AtomicBool, Ordering},
+};
 
 use super::Engine;
 use crate::input::{build_event, NewEvent};
 use crate::{
     clock::now_ms,
     error::{EngineError, SchemaIssue},
+    log::AppendIndex,
     model::{DomainEvent, EventSource},
+    store::Store,
 };
 
 /// Most events in one batch.
@@ -126,16 +133,7 @@ impl Engine {
         }
 
         if !fresh.is_empty() {
-            let positions = self.log.append_all(&fresh).await?;
-            for e in &fresh {
-                self.metrics.event_ingested(e.source);
-            }
-            let until = now_ms() + self.config.dedupe_window.as_millis() as i64;
-            let indexed: Vec<_> = fresh.iter().cloned().zip(positions).collect();
-            if let Err(e) = self.store.record_events(indexed, until).await {
-                // The events are durable in the log; fan-out will index them.
-                tracing::warn!(error = %e, events = fresh.len(), "could not index emitted events yet");
-            }
+            self.append_and_index(&fresh).await?;
         }
 
         // Each new event moves into its answer; an item that repeats an
@@ -163,5 +161,78 @@ impl Engine {
     /// The emit lock stripe guarding `(tenant, dedupe_key)`.
     pub(super) fn dedupe_stripe(&self, tenant_id: &str, key: &str) -> usize {
         crc32fast::hash(format!("{tenant_id}\0{key}").as_bytes()) as usize % self.emit_locks.len()
+    }
+}
+
+/// The store's index of a batch, written inside its log append.
+struct StoreIndex<'a> {
+    store: &'a dyn Store,
+    events: &'a [DomainEvent],
+    /// The store refused the index (the append was then aborted).
+    failed: AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl AppendIndex for StoreIndex<'_> {
+    async fn index(&self) -> Result<(), String> {
+        self.store.index_events(self.events).await.map_err(|e| {
+            self.failed.store(true, Ordering::Relaxed);
+            e.to_string()
+        })
+    }
+
+    async fn unindex(&self) {
+        if let Err(e) = self.store.unindex_events(self.events).await {
+            // Listed, never delivered: the append was aborted.
+            tracing::warn!(error = %e, events = self.events.len(), "could not unindex an aborted batch");
+        }
+    }
+}
+
+impl Engine {
+    /// Appends a batch's new events all or nothing and indexes them: inside
+    /// the append where the store and the log can
+    /// ([`EventStore::indexes_in_append`](crate::store::EventStore::indexes_in_append)),
+    /// so that fan-out need not index them again; otherwise after it. A
+    /// store that refuses the index does not refuse the batch: its aborted
+    /// append is made again without it, and fan-out indexes the events.
+    async fn append_and_index(&self, fresh: &[DomainEvent]) -> Result<(), EngineError> {
+        let index = StoreIndex {
+            store: &*self.store,
+            events: fresh,
+            failed: AtomicBool::new(false),
+        };
+        let in_append = if self.store.indexes_in_append() {
+            match self.log.append_all_indexed(fresh, &index).await {
+                Some(Err(e)) if index.failed.load(Ordering::Relaxed) => {
+                    tracing::warn!(error = %e, events = fresh.len(), "appending a batch without its index");
+                    None
+                }
+                appended => appended,
+            }
+        } else {
+            None
+        };
+        let indexed = in_append.is_some();
+        let positions = match in_append {
+            Some(appended) => appended?,
+            None => self.log.append_all(fresh).await?,
+        };
+        for e in fresh {
+            self.metrics.event_ingested(e.source);
+        }
+        let until = now_ms() + self.config.dedupe_window.as_millis() as i64;
+        let appended: Vec<_> = fresh.iter().cloned().zip(positions).collect();
+        let recorded = if indexed {
+            self.store.claim_dedupe_keys(appended, until).await
+        } else {
+            self.store.record_events(appended, until).await
+        };
+        if let Err(e) = recorded {
+            // The events are durable in the log; fan-out will index them
+            // (or claim their keys).
+            tracing::warn!(error = %e, events = fresh.len(), "could not index emitted events yet");
+        }
+        Ok(())
     }
 }

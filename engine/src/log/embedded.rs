@@ -570,6 +570,7 @@ impl Shared {
                     )
                     .unwrap_or(OffsetDateTime::UNIX_EPOCH),
                     event,
+                    indexed: false,
                 })
             })
             .collect()

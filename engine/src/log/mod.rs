@@ -58,6 +58,21 @@ pub struct LogRecord {
     pub appended_at: OffsetDateTime,
     /// The event.
     pub event: DomainEvent,
+    /// Its appender indexed it in the store before it became readable
+    /// ([`EventLog::append_all_indexed`]): fan-out need not index it again.
+    pub indexed: bool,
+}
+
+/// The store's side of an [`EventLog::append_all_indexed`]: the index of
+/// the events being appended, written while they are not readable yet.
+#[async_trait]
+pub trait AppendIndex: Send + Sync {
+    /// Indexes the events (every record written, none readable yet).
+    async fn index(&self) -> Result<(), String>;
+
+    /// Removes what [`index`](Self::index) wrote: the append was aborted,
+    /// and none of its records will ever be read.
+    async fn unindex(&self);
 }
 
 /// Errors of the event log.
@@ -129,6 +144,23 @@ pub trait EventLog: Send + Sync + 'static {
     /// partition file, a torn tail cut at restart); Kafka uses a transaction.
     async fn append_all(&self, events: &[DomainEvent]) -> Result<Vec<LogPosition>, LogError> {
         self.append(events).await
+    }
+
+    /// [`append_all`](Self::append_all) with the events indexed inside it:
+    /// `index` runs once every record is written and before any is
+    /// readable, a failure of it aborts the append, and an aborted append
+    /// is unindexed (only when the abort is certain: an abort that fails
+    /// may leave the records to be committed, and leaves their index).
+    /// Records so appended are read with [`LogRecord::indexed`] set.
+    /// `None` when the log cannot hold records unreadable (no
+    /// transactions): nothing was appended, the caller appends and indexes
+    /// as usual.
+    async fn append_all_indexed(
+        &self,
+        _events: &[DomainEvent],
+        _index: &dyn AppendIndex,
+    ) -> Option<Result<Vec<LogPosition>, LogError>> {
+        None
     }
 
     /// Reads up to `max` records of `partition` starting at `offset`.

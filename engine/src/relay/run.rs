@@ -333,7 +333,7 @@ impl Session {
                             .partition(partition as i32)
                             .key(event.tenant_id.as_bytes())
                             .payload(&value)
-                            .headers(record::headers(&event)),
+                            .headers(record::headers(&event, false)),
                     )?;
                     relayed += 1;
                 }

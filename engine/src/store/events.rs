@@ -71,6 +71,37 @@ pub trait EventStore: Send + Sync + 'static {
         futures::future::try_join_all(writes).await.map(|_| ())
     }
 
+    /// Whether a batch's index is written inside its log append
+    /// ([`crate::log::EventLog::append_all_indexed`]): with
+    /// [`index_events`](Self::index_events) before the records are
+    /// readable, [`claim_dedupe_keys`](Self::claim_dedupe_keys) after,
+    /// instead of [`record_events`](Self::record_events), and fan-out skips
+    /// the index of the records so marked. The default: no.
+    fn indexes_in_append(&self) -> bool {
+        false
+    }
+
+    /// The index of events whose append is under way, without their dedupe
+    /// claims (a store that [`indexes_in_append`](Self::indexes_in_append)).
+    async fn index_events(&self, _events: &[DomainEvent]) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// Removes what [`index_events`](Self::index_events) wrote for an
+    /// append that was aborted.
+    async fn unindex_events(&self, _events: &[DomainEvent]) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// The dedupe claims of a batch indexed in its append, once appended.
+    async fn claim_dedupe_keys(
+        &self,
+        events: Vec<(DomainEvent, LogPosition)>,
+        dedupe_until_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.record_events(events, dedupe_until_ms).await
+    }
+
     /// The live event holding `(tenant, dedupe_key)`, if any.
     async fn event_by_dedupe_key(
         &self,

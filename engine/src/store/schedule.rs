@@ -38,6 +38,10 @@ pub struct FanOut {
     /// they would only be refused. Written with the event's other
     /// deliveries; never set with `unscheduled`.
     pub parked: Vec<ScheduledDelivery>,
+    /// The event's appender indexed it before its record became readable
+    /// ([`crate::log::LogRecord::indexed`]): a store that indexes blind at
+    /// fan-out need not write its index again.
+    pub indexed: bool,
 }
 
 /// What [`ScheduleStore::fan_out`] did with one event.

@@ -192,6 +192,7 @@ async fn retention_prunes_only_what_nothing_waits_for(h: &Harness) {
             lease_until_ms: None,
             unscheduled: false,
             parked: Vec::new(),
+            indexed: false,
         };
         s.fan_out(vec![item], t + day, t)
     };
@@ -218,6 +219,7 @@ async fn retention_prunes_only_what_nothing_waits_for(h: &Harness) {
         lease_until_ms: Some(t + 60_000),
         unscheduled: true,
         parked: Vec::new(),
+        indexed: false,
     };
     s.fan_out(vec![item], t + day, t).await.unwrap();
     let handed_delivered = attempt(&d_handed, Outcome::Delivered);

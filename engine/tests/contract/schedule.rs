@@ -17,6 +17,7 @@ contract!(
     fan_out_leases_what_the_caller_hands_out,
     fan_out_parks_what_the_caller_parks,
     fan_out_unscheduled_leaves_the_deliveries_to_the_log,
+    fan_out_leaves_the_index_of_a_record_marked_indexed_to_its_appender,
     a_leased_delivery_is_not_claimed_twice,
     ordered_deliveries_are_claimed_head_first,
     released_leases_fall_due_at_once,
@@ -45,6 +46,7 @@ async fn fan_out_is_idempotent_and_drops_duplicates(h: &Harness) {
         lease_until_ms: None,
         unscheduled: false,
         parked: Vec::new(),
+        indexed: false,
     };
     let done = s
         .fan_out(vec![item(&first, deliveries.clone())], t + 60_000, t)
@@ -94,6 +96,7 @@ async fn fan_out_leases_what_the_caller_hands_out(h: &Harness) {
             lease_until_ms: Some(lease_end),
             unscheduled: false,
             parked: Vec::new(),
+            indexed: false,
         }],
         0,
         t,
@@ -132,6 +135,7 @@ async fn fan_out_unscheduled_leaves_the_deliveries_to_the_log(h: &Harness) {
         lease_until_ms: unscheduled.then_some(t + 60_000),
         unscheduled,
         parked: Vec::new(),
+        indexed: false,
     };
     let fan_out = |items: Vec<FanOut>| s.fan_out(items, t + 60_000, t);
     assert_eq!(
@@ -214,6 +218,7 @@ async fn fan_out_parks_what_the_caller_parks(h: &Harness) {
         lease_until_ms: None,
         unscheduled: false,
         parked: vec![parked.clone()],
+        indexed: false,
     };
     let done = s.fan_out(vec![item.clone()], 0, t).await.unwrap();
     assert_eq!(done, [FanOutResult::Scheduled]);
@@ -441,4 +446,66 @@ async fn two_releases_at_once_leave_every_held_delivery_due(h: &Harness) {
         missing.len()
     );
     assert_eq!(due.len(), N);
+}
+
+/// A record marked indexed (its appender indexed the event inside the
+/// log's transaction) is not indexed again at fan-out by a store that
+/// indexes in the append, on the blind path (unscheduled) or the scheduled
+/// one; an unmarked record is indexed by fan-out in every store. So an
+/// event marked but not indexed (as no appender leaves one) stays unlisted
+/// on the CQL store: the test's way to see that fan-out wrote nothing.
+async fn fan_out_leaves_the_index_of_a_record_marked_indexed_to_its_appender(h: &Harness) {
+    let s = &h.store;
+    let t = now();
+    let item = |e: &herald_engine::model::DomainEvent, unscheduled: bool, indexed: bool| FanOut {
+        event: e.clone(),
+        position: POSITION,
+        deliveries: vec![delivery(e, "sub_a", t)],
+        lease_until_ms: Some(t + 60_000),
+        unscheduled,
+        parked: Vec::new(),
+        indexed,
+    };
+    for unscheduled in [true, false] {
+        let (marked, plain) = (
+            event("acme", "order.created"),
+            event("acme", "order.created"),
+        );
+        let results = s
+            .fan_out(
+                vec![
+                    item(&marked, unscheduled, true),
+                    item(&plain, unscheduled, false),
+                ],
+                t + 60_000,
+                t,
+            )
+            .await
+            .unwrap();
+        assert_eq!(results, [FanOutResult::Scheduled, FanOutResult::Scheduled]);
+        let found = s.get_event("acme", &plain.id).await.unwrap();
+        assert_eq!(found.map(|e| e.id), Some(plain.id.clone()), "{unscheduled}");
+        let found = s.get_event("acme", &marked.id).await.unwrap();
+        assert_eq!(
+            found.is_some(),
+            !s.indexes_in_append(),
+            "unscheduled {unscheduled}: marked indexed"
+        );
+    }
+    // What the appender writes in the append is listed, and goes again
+    // when the append is aborted.
+    if s.indexes_in_append() {
+        let batch = [
+            event("acme", "order.created"),
+            event("acme", "order.created"),
+        ];
+        s.index_events(&batch).await.unwrap();
+        for e in &batch {
+            assert!(s.get_event("acme", &e.id).await.unwrap().is_some());
+        }
+        s.unindex_events(&batch).await.unwrap();
+        for e in &batch {
+            assert!(s.get_event("acme", &e.id).await.unwrap().is_none());
+        }
+    }
 }

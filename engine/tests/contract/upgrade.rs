@@ -283,6 +283,7 @@ async fn an_embedded_store_at_schema_v9_keeps_reading_events_fanned_out_unschedu
             lease_until_ms: Some(t + 60_000),
             unscheduled: true,
             parked: Vec::new(),
+            indexed: false,
         }
     };
     let (old_item, new_item) = (handed(&old), handed(&new));

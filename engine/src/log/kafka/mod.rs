@@ -250,8 +250,30 @@ impl EventLog for KafkaLog {
             return self.append(events).await;
         }
         self.transactions
-            .append(&self.config, &self.topic, self.partitions, events)
+            .append(&self.config, &self.topic, self.partitions, events, None)
             .await
+    }
+
+    async fn append_all_indexed(
+        &self,
+        events: &[DomainEvent],
+        index: &dyn super::AppendIndex,
+    ) -> Option<Result<Vec<LogPosition>, LogError>> {
+        if events.len() == 1 && crate::test_hooks::kafka_batch_fail_after().is_none() {
+            // One record goes without a transaction (see `append_all`).
+            return None;
+        }
+        let appended = self
+            .transactions
+            .append(
+                &self.config,
+                &self.topic,
+                self.partitions,
+                events,
+                Some(index),
+            )
+            .await;
+        Some(appended)
     }
 
     async fn read(
@@ -423,6 +445,7 @@ fn enqueue(
     topic: &str,
     partitions: u32,
     events: &[DomainEvent],
+    indexed: bool,
 ) -> Result<Vec<rdkafka::producer::DeliveryFuture>, LogError> {
     let mut pending = Vec::with_capacity(events.len());
     for e in events {
@@ -431,7 +454,7 @@ fn enqueue(
             .partition(super::partition_for(&e.tenant_id, partitions) as i32)
             .key(e.tenant_id.as_bytes())
             .payload(&value)
-            .headers(record::headers(e));
+            .headers(record::headers(e, indexed));
         match producer.send_result(rec) {
             Ok(delivery) => pending.push(delivery),
             Err((err, _)) => return Err(produce_error(err)),
@@ -448,7 +471,7 @@ async fn append_with(
     partitions: u32,
     events: &[DomainEvent],
 ) -> Result<Vec<LogPosition>, LogError> {
-    let pending = enqueue(producer, topic, partitions, events)?;
+    let pending = enqueue(producer, topic, partitions, events, false)?;
     let mut positions = Vec::with_capacity(pending.len());
     let mut failure = None;
     for delivery in pending {
@@ -555,6 +578,7 @@ pub(crate) fn to_record(m: &impl Message, partition: u32) -> Result<LogRecord, L
         position: LogPosition { partition, offset },
         appended_at,
         event,
+        indexed: record::indexed(m),
     })
 }
 

@@ -115,8 +115,21 @@ pub fn decode(value: &[u8]) -> Result<DomainEvent, String> {
         .map_err(|e| e.to_string())
 }
 
-/// The headers of an event's record.
-pub fn headers(event: &DomainEvent) -> OwnedHeaders {
+/// The header that marks a record whose appender indexed its event in the
+/// store before the record became readable (`"1"`; absent otherwise).
+pub const INDEXED_HEADER: &str = "herald.indexed";
+
+/// Whether a record carries [`INDEXED_HEADER`].
+pub fn indexed(m: &impl rdkafka::Message) -> bool {
+    use rdkafka::message::Headers;
+    m.headers().is_some_and(|h| {
+        h.iter()
+            .any(|h| h.key == INDEXED_HEADER && h.value == Some(b"1".as_slice()))
+    })
+}
+
+/// The headers of an event's record; `indexed` adds [`INDEXED_HEADER`].
+pub fn headers(event: &DomainEvent, indexed: bool) -> OwnedHeaders {
     let version = event.schema_version.to_string();
     let mut h = OwnedHeaders::new_with_capacity(4)
         .insert(Header {
@@ -135,6 +148,12 @@ pub fn headers(event: &DomainEvent) -> OwnedHeaders {
         h = h.insert(Header {
             key: "dedupe_key",
             value: Some(key.as_bytes()),
+        });
+    }
+    if indexed {
+        h = h.insert(Header {
+            key: INDEXED_HEADER,
+            value: Some("1"),
         });
     }
     h
@@ -219,7 +238,7 @@ mod tests {
     #[test]
     fn headers_carry_id_type_version_and_dedupe_key() {
         let mut e = event();
-        let h = headers(&e);
+        let h = headers(&e, false);
         let got: Vec<(String, String)> = h
             .iter()
             .map(|h| {
@@ -239,6 +258,12 @@ mod tests {
             ]
         );
         e.dedupe_key = None;
-        assert_eq!(headers(&e).count(), 3);
+        assert_eq!(headers(&e, false).count(), 3);
+        let marked = headers(&e, true);
+        let last = marked.get(3);
+        assert_eq!(
+            (last.key, last.value),
+            (INDEXED_HEADER, Some(b"1".as_slice()))
+        );
     }
 }

@@ -21,7 +21,7 @@ use rdkafka::producer::{FutureProducer, Producer};
 use super::{base_config, blocking, enqueue, produce_error, unavailable};
 use crate::{
     config::KafkaConfig,
-    log::{LogError, LogPosition},
+    log::{AppendIndex, LogError, LogPosition},
     model::DomainEvent,
 };
 
@@ -49,13 +49,17 @@ impl Transactions {
     }
 
     /// Appends `events` in one transaction: every one committed, or none
-    /// visible to `read_committed` readers.
+    /// visible to `read_committed` readers. With `index`, the records are
+    /// marked indexed and `index` runs between their acknowledgements and
+    /// the commit; an aborted transaction is unindexed
+    /// ([`EventLog::append_all_indexed`](crate::log::EventLog::append_all_indexed)).
     pub(super) async fn append(
         &self,
         config: &KafkaConfig,
         topic: &str,
         partitions: u32,
         events: &[DomainEvent],
+        index: Option<&dyn AppendIndex>,
     ) -> Result<Vec<LogPosition>, LogError> {
         let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % POOL;
         let mut slot = self.slots[i].lock().await;
@@ -73,18 +77,33 @@ impl Transactions {
                 .map_err(|e| unavailable("beginning a transaction", e))
         })
         .await?;
-        let result = match produce(&producer, topic, partitions, events).await {
-            Ok(positions) => {
-                let p = producer.clone();
-                blocking(move || {
-                    p.commit_transaction(timeout)
-                        .map_err(|e| unavailable("committing the batch's transaction", e))
-                })
-                .await
-                .map(|()| positions)
+        // Set before the index runs: a failure of it may have written some.
+        let mut indexed = false;
+        let result = async {
+            let positions = produce(&producer, topic, partitions, events, index.is_some()).await?;
+            if let Some(index) = index {
+                indexed = true;
+                index.index().await.map_err(|e| {
+                    LogError::Unavailable(format!("indexing the batch in its transaction: {e}"))
+                })?;
+                if let Some(n) = crate::test_hooks::kafka_batch_fail_after() {
+                    if n < events.len() {
+                        return Err(LogError::Unavailable(format!(
+                            "test hook: the batch of {} events failed after its index",
+                            events.len()
+                        )));
+                    }
+                }
             }
-            Err(e) => Err(e),
-        };
+            let p = producer.clone();
+            blocking(move || {
+                p.commit_transaction(timeout)
+                    .map_err(|e| unavailable("committing the batch's transaction", e))
+            })
+            .await?;
+            Ok(positions)
+        }
+        .await;
         match result {
             Ok(positions) => {
                 *slot = Some(producer);
@@ -98,10 +117,18 @@ impl Transactions {
                 })
                 .await;
                 match aborted {
-                    // Clean: the producer takes the next batch.
-                    Ok(()) => *slot = Some(producer),
+                    // Clean: the producer takes the next batch, and no
+                    // record of this one will ever be read.
+                    Ok(()) => {
+                        *slot = Some(producer);
+                        if let (true, Some(index)) = (indexed, index) {
+                            index.unindex().await;
+                        }
+                    }
                     // Dropped: the next batch of this slot starts a new one,
                     // whose init fences this one and aborts what it left open.
+                    // A commit that failed may still have been applied, so
+                    // the index stays (at worst it lists events never read).
                     Err(abort) => {
                         tracing::warn!(error = %abort, "dropping a transactional producer")
                     }
@@ -118,10 +145,13 @@ async fn produce(
     topic: &str,
     partitions: u32,
     events: &[DomainEvent],
+    indexed: bool,
 ) -> Result<Vec<LogPosition>, LogError> {
-    let fail_after = crate::test_hooks::kafka_batch_fail_after().filter(|&n| n < events.len());
+    // An indexed batch fails after its index instead (see `append`).
+    let fail_after =
+        crate::test_hooks::kafka_batch_fail_after().filter(|&n| n < events.len() && !indexed);
     let sent = &events[..fail_after.unwrap_or(events.len())];
-    let pending = enqueue(producer, topic, partitions, sent)?;
+    let pending = enqueue(producer, topic, partitions, sent, indexed)?;
     let mut positions = Vec::with_capacity(pending.len());
     for delivery in pending {
         match delivery.await {

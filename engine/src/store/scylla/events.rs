@@ -5,9 +5,11 @@
 //! `events_by_day` row, keyed `(tenant, day of its id)`: lists walk it, and
 //! a get by id reads the row by its full key (the day is in the UUIDv7 id).
 //! It is written blind and grouped, one unlogged batch per `(tenant, day)`:
-//! by the emitter after its append, and again by fan-out (the emitter may
-//! have died between the two, or never written it: the CDC relay). Nothing
-//! is read before it is written.
+//! by the emitter, and again by fan-out unless the emitter wrote it inside
+//! the batch's log transaction (the record is marked: the emitter of a
+//! single event, or one that died between its append and its index, or
+//! the CDC relay, leaves it to fan-out). Nothing is read before it is
+//! written.
 //!
 //! `events` (by id) holds fan-out's state only, for the events fan-out
 //! writes schedule rows for (`fanned out`) and for duplicates. Fan-out
@@ -95,7 +97,14 @@ impl ScyllaStore {
         now_ms: i64,
     ) -> Result<Vec<FanOutResult>, StoreError> {
         let events: Vec<&DomainEvent> = items.iter().map(|item| &item.event).collect();
-        self.index_by_day(&events).await?;
+        let unindexed: Vec<&DomainEvent> = items
+            .iter()
+            .filter(|item| !item.indexed)
+            .map(|item| &item.event)
+            .collect();
+        if !unindexed.is_empty() {
+            self.index_by_day(&unindexed).await?;
+        }
         let claims = events.iter().map(|event| async move {
             let Some(key) = &event.dedupe_key else {
                 return Ok(FanOutResult::Scheduled);
@@ -154,7 +163,9 @@ impl ScyllaStore {
         if let Some((Some(_),)) = state {
             return Ok(FanOutResult::AlreadyDone);
         }
-        self.index_by_day(&[event]).await?;
+        if !item.indexed {
+            self.index_by_day(&[event]).await?;
+        }
         if let Some(key) = &event.dedupe_key {
             let holder = self
                 .claim_dedupe(event, key, dedupe_until_ms, now_ms)
@@ -214,6 +225,35 @@ impl EventStore for ScyllaStore {
     ) -> Result<(), StoreError> {
         let all: Vec<&DomainEvent> = events.iter().map(|(e, _)| e).collect();
         self.index_by_day(&all).await?;
+        self.claim_all(&events, dedupe_until_ms).await
+    }
+
+    /// The day index is written in the batch's log transaction: fan-out
+    /// reads the records marked and writes it again only for the others.
+    fn indexes_in_append(&self) -> bool {
+        true
+    }
+
+    async fn index_events(&self, events: &[DomainEvent]) -> Result<(), StoreError> {
+        let all: Vec<&DomainEvent> = events.iter().collect();
+        self.index_by_day(&all).await
+    }
+
+    async fn unindex_events(&self, events: &[DomainEvent]) -> Result<(), StoreError> {
+        let deletes = events.iter().map(|e| {
+            self.exec(
+                "DELETE FROM events_by_day WHERE tenant_id = ? AND day = ? AND id = ?",
+                (&e.tenant_id, id_day(&e.id), &e.id),
+            )
+        });
+        futures::future::try_join_all(deletes).await.map(|_| ())
+    }
+
+    async fn claim_dedupe_keys(
+        &self,
+        events: Vec<(DomainEvent, LogPosition)>,
+        dedupe_until_ms: i64,
+    ) -> Result<(), StoreError> {
         self.claim_all(&events, dedupe_until_ms).await
     }
 
