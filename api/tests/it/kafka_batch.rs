@@ -46,6 +46,38 @@ fn count(records: &[String], tag: &str) -> usize {
         .count()
 }
 
+/// Waits for the barrier batch's three deliveries (`whole-…`) and checks
+/// that none of the failed batch's (`torn-…`) was delivered, and that the
+/// events list shows the barrier's events only.
+async fn only_the_barrier_arrives(base: &str, key: &str, receiver: &Receiver) {
+    let got = eventually(
+        "the barrier's deliveries",
+        Duration::from_secs(60),
+        || async {
+            let bodies: Vec<String> = receiver
+                .received()
+                .iter()
+                .map(|r| String::from_utf8_lossy(&r.body).into_owned())
+                .collect();
+            (count(&bodies, "whole") >= 3).then_some(bodies)
+        },
+    )
+    .await;
+    assert_eq!(count(&got, "torn"), 0);
+    let list = crate::distributed::get(base, key, "/api/v1/integrations/events?limit=50").await;
+    let items: Vec<String> = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["payload"]["item"].to_string())
+        .collect();
+    assert_eq!(
+        (count(&items, "torn"), count(&items, "whole")),
+        (0, 3),
+        "{items:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn kafka_batch_failing_midway_leaves_no_event_visible_and_answers_503() {
     require_kafka().await;
@@ -89,43 +121,7 @@ async fn kafka_batch_failing_midway_leaves_no_event_visible_and_answers_503() {
         (0, 3)
     );
 
-    // Delivered: the barrier's three events, none of the failed batch's.
-    let got = eventually(
-        "the barrier's deliveries",
-        Duration::from_secs(60),
-        || async {
-            let bodies: Vec<String> = receiver
-                .received()
-                .iter()
-                .map(|r| String::from_utf8_lossy(&r.body).into_owned())
-                .collect();
-            (count(&bodies, "whole") >= 3).then_some(bodies)
-        },
-    )
-    .await;
-    assert_eq!(count(&got, "torn"), 0);
-
-    // The events list shows the barrier's events only.
-    let list: Value = reqwest::Client::new()
-        .get(herald.url("/api/v1/integrations/events?limit=50"))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let items: Vec<String> = list["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["payload"]["item"].to_string())
-        .collect();
-    assert_eq!(
-        (count(&items, "torn"), count(&items, "whole")),
-        (0, 3),
-        "{items:?}"
-    );
+    only_the_barrier_arrives(&herald.base, &key, &receiver).await;
     herald.stop().await;
 }
 
@@ -181,33 +177,7 @@ async fn kafka_cql_batch_aborted_after_its_index_is_not_listed() {
     .unwrap();
     assert_eq!(marks, [(1, true); 3]);
 
-    let got = eventually(
-        "the barrier's deliveries",
-        Duration::from_secs(60),
-        || async {
-            let bodies: Vec<String> = receiver
-                .received()
-                .iter()
-                .map(|r| String::from_utf8_lossy(&r.body).into_owned())
-                .collect();
-            (count(&bodies, "whole") >= 3).then_some(bodies)
-        },
-    )
-    .await;
-    assert_eq!(count(&got, "torn"), 0);
-    let list =
-        crate::distributed::get(&herald.base, &key, "/api/v1/integrations/events?limit=50").await;
-    let items: Vec<String> = list["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["payload"]["item"].to_string())
-        .collect();
-    assert_eq!(
-        (count(&items, "torn"), count(&items, "whole")),
-        (0, 3),
-        "{items:?}"
-    );
+    only_the_barrier_arrives(&herald.base, &key, &receiver).await;
     // A plain consumer reads the marked records as valid ones.
     let summary = crate::kafka::plain_consumer(&prefix, 3).await;
     assert_eq!(
