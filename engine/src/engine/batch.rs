@@ -222,10 +222,21 @@ impl Engine {
             self.metrics.event_ingested(e.source);
         }
         let until = now_ms() + self.config.dedupe_window.as_millis() as i64;
-        let appended: Vec<_> = fresh.iter().cloned().zip(positions).collect();
         let recorded = if indexed {
-            self.store.claim_dedupe_keys(appended, until).await
+            // Indexed already: only the events with a key have work left.
+            let keyed: Vec<_> = fresh
+                .iter()
+                .zip(positions)
+                .filter(|(e, _)| e.dedupe_key.is_some())
+                .map(|(e, p)| (e.clone(), p))
+                .collect();
+            if keyed.is_empty() {
+                Ok(())
+            } else {
+                self.store.claim_dedupe_keys(keyed, until).await
+            }
         } else {
+            let appended: Vec<_> = fresh.iter().cloned().zip(positions).collect();
             self.store.record_events(appended, until).await
         };
         if let Err(e) = recorded {

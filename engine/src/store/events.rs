@@ -93,7 +93,8 @@ pub trait EventStore: Send + Sync + 'static {
         Ok(())
     }
 
-    /// The dedupe claims of a batch indexed in its append, once appended.
+    /// The dedupe claims of the events of a batch indexed in its append
+    /// (those with a key), once appended.
     async fn claim_dedupe_keys(
         &self,
         events: Vec<(DomainEvent, LogPosition)>,
