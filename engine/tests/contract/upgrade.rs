@@ -253,6 +253,105 @@ async fn a_cql_keyspace_with_logs_by_event_still_lists_and_purges_them() {
     outcome.unwrap();
 }
 
+/// Since the delivery log writes an attempt's body once (to
+/// `logs_by_tenant`), lists by subscription and by event read their rows'
+/// bodies from it. Rows written before that carry their own body and are
+/// listed beside the new ones, newest first; a key row whose body was never
+/// written (a write that failed part-way) is left out, not an error.
+#[tokio::test]
+async fn a_cql_delivery_log_lists_attempts_with_and_without_a_body_in_its_key_tables() {
+    use herald_engine::{
+        model::Outcome,
+        store::{DeliveryLogStore, LogFilter},
+    };
+
+    use crate::fixtures::{attempt, delivery, event, now};
+
+    let mut config = ScyllaConfig::new(nodes());
+    config.keyspace = format!(
+        "{KEYSPACE_PREFIX}{}_bodies_{}",
+        run_id(),
+        &uuid::Uuid::new_v4().simple().to_string()[..6]
+    );
+    let ks = config.keyspace.clone();
+    let session = session().await;
+    let result = {
+        let ks = ks.clone();
+        async move {
+            let store = ScyllaStore::connect(&config, cipher()).await.unwrap();
+            let e = event("acme", "order.created");
+            let old = attempt(&delivery(&e, "sub_a", now()), Outcome::Failed);
+            let orphan = attempt(&delivery(&e, "sub_a", now()), Outcome::Failed);
+            let new = attempt(&delivery(&e, "sub_a", now()), Outcome::Delivered);
+            store.record_attempt(new.clone(), None).await.unwrap();
+            let ms = |id: &str| i64::from_str_radix(&id.split_once('_').unwrap().1[..12], 16);
+            let raw = crate::backend::session().await;
+            // `old` as the previous version wrote it: a body in each key
+            // table (and none in `logs_by_tenant`, so it must come from
+            // there); `orphan` without a body anywhere.
+            for (a, body) in [
+                (&old, Some(serde_json::to_string(&old).unwrap())),
+                (&orphan, None),
+            ] {
+                let (day, slot) = (ms(&a.id).unwrap() / 86_400_000, ms(&e.id).unwrap() / 10_000);
+                raw.query_unpaged(
+                    format!("INSERT INTO {ks}.logs_by_subscription (tenant_id, subscription_id, day, id, outcome, body) VALUES (?, ?, ?, ?, ?, ?)"),
+                    ("acme", "sub_a", day as i32, &a.id, "failed", &body),
+                )
+                .await
+                .unwrap();
+                raw.query_unpaged(
+                    format!("INSERT INTO {ks}.logs_by_event_slot (tenant_id, slot, event_id, id, subscription_id, outcome, body) VALUES (?, ?, ?, ?, ?, ?, ?)"),
+                    ("acme", slot, &e.id, &a.id, "sub_a", "failed", &body),
+                )
+                .await
+                .unwrap();
+            }
+            let store = &store;
+            let list = |filter: LogFilter| async move {
+                let logs = store.list_delivery_logs("acme", &filter, 10).await;
+                logs.unwrap()
+            };
+            let by_subscription = list(LogFilter {
+                subscription_id: Some("sub_a".into()),
+                ..LogFilter::default()
+            })
+            .await;
+            let by_event = list(LogFilter {
+                event_id: Some(e.id.clone()),
+                ..LogFilter::default()
+            })
+            .await;
+            for listed in [by_subscription, by_event] {
+                let ids: Vec<_> = listed.iter().map(|l| l.id.as_str()).collect();
+                assert_eq!(ids, [new.id.as_str(), old.id.as_str()]);
+                assert_eq!(listed[0].outcome, Outcome::Delivered);
+                assert_eq!(listed[0].url, new.url);
+                assert_eq!(listed[1].outcome, Outcome::Failed);
+            }
+            // The key tables of a new attempt hold no body.
+            let body: (Option<String>,) = raw
+                .query_unpaged(
+                    format!("SELECT body FROM {ks}.logs_by_subscription WHERE tenant_id = 'acme' AND subscription_id = 'sub_a' AND day = ? AND id = ?"),
+                    ((ms(&new.id).unwrap() / 86_400_000) as i32, &new.id),
+                )
+                .await
+                .unwrap()
+                .into_rows_result()
+                .unwrap()
+                .single_row()
+                .unwrap();
+            assert_eq!(body, (None,));
+        }
+    };
+    // Drop the keyspace whatever happened.
+    let outcome = tokio::spawn(result).await;
+    let _ = session
+        .query_unpaged(format!("DROP KEYSPACE IF EXISTS {ks}"), ())
+        .await;
+    outcome.unwrap();
+}
+
 /// A database at schema v9 marked an event fanned out unscheduled with
 /// `events.state = 3`; from v10 such an event keeps state 0 and has a row
 /// in `events_kept` (a row the size of its id, where the update rewrote

@@ -95,7 +95,7 @@ impl AuditStore for ScyllaStore {
             };
             filter.since_ms.is_none_or(|s| ms >= s) && filter.until_ms.is_none_or(|u| ms < u)
         };
-        let bodies = self
+        let rows = self
             .walk_days_between(
                 "SELECT id, action, subscription_id, body FROM audit_log \
                  WHERE tenant_id = ? AND day = ? AND id < ? LIMIT ?",
@@ -110,7 +110,10 @@ impl AuditStore for ScyllaStore {
                 },
             )
             .await?;
-        bodies.iter().map(|b| super::decode(b)).collect()
+        rows.iter()
+            .filter_map(|(_, body)| body.as_deref())
+            .map(super::decode)
+            .collect()
     }
 
     async fn prune_audit(&self, _before_ms: i64, _limit: usize) -> Result<usize, StoreError> {

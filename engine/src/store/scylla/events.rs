@@ -298,7 +298,7 @@ impl EventStore for ScyllaStore {
         limit: usize,
     ) -> Result<Vec<DomainEvent>, StoreError> {
         let wanted = filter.event_type.clone();
-        let bodies = self
+        let rows = self
             .walk_days(
                 "SELECT id, event_type, tenant_id, body FROM events_by_day WHERE tenant_id = ? AND day = ? AND id < ? LIMIT ?",
                 &[tenant_id],
@@ -313,7 +313,10 @@ impl EventStore for ScyllaStore {
                 },
             )
             .await?;
-        bodies.iter().map(|b| decode(b)).collect()
+        rows.iter()
+            .filter_map(|(_, body)| body.as_deref())
+            .map(decode)
+            .collect()
     }
 
     async fn purge_expired(&self, _now_ms: i64) -> Result<u64, StoreError> {

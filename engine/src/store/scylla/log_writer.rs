@@ -30,8 +30,12 @@ const GROUP: usize = 512;
 const FLUSHES: usize = 4;
 
 const BY_TENANT: &str = "INSERT INTO logs_by_tenant (tenant_id, day, id, subscription_id, outcome, body) VALUES (?, ?, ?, ?, ?, ?)";
-const BY_SUBSCRIPTION: &str = "INSERT INTO logs_by_subscription (tenant_id, subscription_id, day, id, outcome, body) VALUES (?, ?, ?, ?, ?, ?)";
-const BY_EVENT: &str = "INSERT INTO logs_by_event_slot (tenant_id, slot, event_id, id, subscription_id, outcome, body) VALUES (?, ?, ?, ?, ?, ?, ?)";
+// The attempt's body is written once, to `logs_by_tenant`; the other two
+// tables list ids, and a list fetches their bodies from it (`logs`).
+const BY_SUBSCRIPTION: &str = "INSERT INTO logs_by_subscription (tenant_id, subscription_id, day, id, outcome) VALUES (?, ?, ?, ?, ?)";
+const BY_EVENT: &str = "INSERT INTO logs_by_event_slot (tenant_id, slot, event_id, id, subscription_id, outcome) VALUES (?, ?, ?, ?, ?, ?)";
+/// What a row without a body adds to a batch, for its split.
+const KEY_ROW_BYTES: usize = 128;
 const LATEST: &str = "INSERT INTO sub_event_state (tenant_id, subscription_id, day, event_id, delivery_id, outcome) VALUES (?, ?, ?, ?, ?, ?) USING TIMESTAMP ?";
 
 /// One attempt waiting for its flush.
@@ -140,9 +144,12 @@ async fn flush(session: &CachingSession, ops: &OpCounts, group: &[Pending]) -> R
             day,
             &*a.id,
             a.outcome.as_str(),
-            &*p.body,
         );
-        ((&*a.tenant_id, &*a.subscription_id, day), row, p.body.len())
+        (
+            (&*a.tenant_id, &*a.subscription_id, day),
+            row,
+            KEY_ROW_BYTES,
+        )
     });
     let by_event = group.iter().map(|p| {
         let a = &p.attempt;
@@ -154,9 +161,8 @@ async fn flush(session: &CachingSession, ops: &OpCounts, group: &[Pending]) -> R
             &*a.id,
             &*a.subscription_id,
             a.outcome.as_str(),
-            &*p.body,
         );
-        ((&*a.tenant_id, slot), row, p.body.len())
+        ((&*a.tenant_id, slot), row, KEY_ROW_BYTES)
     });
     // One row per (subscription, event), written with the timestamp taken
     // when its attempt was queued, so that the later attempt wins however
@@ -180,7 +186,11 @@ async fn flush(session: &CachingSession, ops: &OpCounts, group: &[Pending]) -> R
             a.outcome.as_str(),
             p.queued_at,
         );
-        ((&*a.tenant_id, &*a.subscription_id, day), row, 128)
+        (
+            (&*a.tenant_id, &*a.subscription_id, day),
+            row,
+            KEY_ROW_BYTES,
+        )
     });
     futures::try_join!(
         write_table(session, ops, BY_TENANT, by_tenant),

@@ -3,12 +3,18 @@
 //! attempts are one clustering slice of its ten-second slot). Each attempt
 //! also moves the latest outcome of its `(subscription, event)` in
 //! `sub_event_state`, which a recovery reads.
+//! An attempt's body is written once, to `logs_by_tenant`: the other two
+//! tables hold its keys and outcome, and a list by subscription or event
+//! reads the bodies of its page from `logs_by_tenant` (one `IN` query per
+//! day). Rows written before that carry their body and are read as they are.
 //! Rows expire with the tables' default TTL (the retention). Attempts
 //! recorded together are written together (`log_writer`).
 
+use std::collections::{BTreeMap, HashMap};
+
 use async_trait::async_trait;
 
-use super::{decode, ScyllaStore};
+use super::{decode, id_day, ScyllaStore};
 use crate::{
     model::{ScheduledDelivery, WebhookDeliveryLog},
     store::{DeliveryLogStore, LogFilter, StoreError},
@@ -43,10 +49,10 @@ impl DeliveryLogStore for ScyllaStore {
                 && subscription.as_deref().is_none_or(|s| s == sub)
         };
         let before = filter.before.as_deref();
-        let bodies = if let Some(event_id) = &filter.event_id {
+        let rows = if let Some(event_id) = &filter.event_id {
             // One slice of one partition: no day walk.
             let before = before.unwrap_or(super::TOP);
-            let mut rows: Vec<(String, String, String, String)> = self
+            let mut rows: Vec<(String, String, String, Option<String>)> = self
                 .rows(
                     "SELECT id, subscription_id, outcome, body FROM logs_by_event_slot WHERE tenant_id = ? AND slot = ? AND event_id = ? AND id < ?",
                     (tenant_id, super::event_slot(event_id), event_id, before),
@@ -55,7 +61,7 @@ impl DeliveryLogStore for ScyllaStore {
             if self.legacy_by_event {
                 // Attempts recorded by an older version, until they expire.
                 rows.extend(
-                    self.rows::<(String, String, String, String)>(
+                    self.rows::<(String, String, String, Option<String>)>(
                         "SELECT id, subscription_id, outcome, body FROM logs_by_event WHERE tenant_id = ? AND event_id = ? AND id < ?",
                         (tenant_id, event_id, before),
                     )
@@ -67,7 +73,7 @@ impl DeliveryLogStore for ScyllaStore {
             rows.into_iter()
                 .filter(|(_, s, o, _)| keep(s, o))
                 .take(limit)
-                .map(|(_, _, _, b)| b)
+                .map(|(id, _, _, b)| (id, b))
                 .collect()
         } else if let Some(sub) = &filter.subscription_id {
             self.walk_days(
@@ -88,6 +94,41 @@ impl DeliveryLogStore for ScyllaStore {
             )
             .await?
         };
-        bodies.iter().map(|b| decode(b)).collect()
+        self.with_bodies(tenant_id, rows)
+            .await?
+            .iter()
+            .map(|b| decode(b))
+            .collect()
+    }
+}
+
+impl ScyllaStore {
+    /// The bodies of `rows` (`(id, body)`, in order), those missing read
+    /// from `logs_by_tenant`. A row whose body is not there is left out:
+    /// its attempt's write failed part-way (the writer reports such a write
+    /// failed, and the delivery is attempted again).
+    async fn with_bodies(
+        &self,
+        tenant_id: &str,
+        rows: Vec<(String, Option<String>)>,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut days: BTreeMap<i32, Vec<&str>> = BTreeMap::new();
+        for (id, _) in rows.iter().filter(|(_, b)| b.is_none()) {
+            days.entry(id_day(id)).or_default().push(id);
+        }
+        let mut found = HashMap::new();
+        for (day, ids) in days {
+            let bodies: Vec<(String, String)> = self
+                .rows(
+                    "SELECT id, body FROM logs_by_tenant WHERE tenant_id = ? AND day = ? AND id IN ?",
+                    (tenant_id, day, ids),
+                )
+                .await?;
+            found.extend(bodies);
+        }
+        Ok(rows
+            .into_iter()
+            .filter_map(|(id, body)| body.or_else(|| found.remove(&id)))
+            .collect())
     }
 }

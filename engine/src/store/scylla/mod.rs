@@ -352,8 +352,10 @@ impl ScyllaStore {
 
     /// Walks day partitions newest first from the day of `before` (or today)
     /// back to the retention horizon, reading pages of `(id, a, b, body)`
-    /// rows with `id < cursor`, keeping those `keep` accepts, until `limit`.
-    /// `cql` takes the `prefix` key values, then `day`, the cursor and a limit.
+    /// rows with `id < cursor`, keeping the `(id, body)` of those `keep`
+    /// accepts, until `limit` (a body is null in the delivery log's tables
+    /// of keys). `cql` takes the `prefix` key values, then `day`, the cursor
+    /// and a limit.
     async fn walk_days(
         &self,
         cql: &'static str,
@@ -361,7 +363,7 @@ impl ScyllaStore {
         before: Option<&str>,
         limit: usize,
         keep: impl Fn(&str, &str) -> bool,
-    ) -> Result<Vec<String>, StoreError> {
+    ) -> Result<Vec<(String, Option<String>)>, StoreError> {
         let today = day_of_ms(crate::clock::now_ms());
         let days = (today, today - self.retention_days - 1);
         self.walk_days_between(cql, prefix, before, limit, days, |_, a, b| keep(a, b))
@@ -378,7 +380,7 @@ impl ScyllaStore {
         limit: usize,
         (newest, oldest): (i32, i32),
         keep: impl Fn(&str, &str, &str) -> bool,
-    ) -> Result<Vec<String>, StoreError> {
+    ) -> Result<Vec<(String, Option<String>)>, StoreError> {
         let mut day = before.map_or(newest, id_day).min(newest);
         let mut cursor = before.unwrap_or(TOP).to_string();
         let page = (limit.max(1) * 2).clamp(20, 1000) as i32;
@@ -391,17 +393,17 @@ impl ScyllaStore {
             values.push(CqlValue::Int(day));
             values.push(CqlValue::Text(cursor.clone()));
             values.push(CqlValue::Int(page));
-            let rows: Vec<(String, Option<String>, Option<String>, String)> =
+            let rows: Vec<(String, Option<String>, Option<String>, Option<String>)> =
                 self.rows(cql, values).await?;
             let full = rows.len() == page as usize;
             for (id, a, b, body) in rows {
+                cursor.clone_from(&id);
                 if keep(&id, a.as_deref().unwrap_or(""), b.as_deref().unwrap_or("")) {
-                    out.push(body);
+                    out.push((id, body));
                     if out.len() == limit {
                         break;
                     }
                 }
-                cursor = id;
             }
             if !full {
                 day -= 1;
