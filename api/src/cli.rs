@@ -160,6 +160,12 @@ pub struct ServeArgs {
     #[arg(long, env = "HERALD_MAX_QUEUED_PER_ENDPOINT", default_value_t = 2048,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub max_queued_per_endpoint: usize,
+    /// An endpoint that answers fast may queue this long at its pace (its
+    /// in-flight limit over its recent latency) when that is more than
+    /// --max-queued-per-endpoint, up to twice its fair share of the
+    /// hand-off limit; 0s: never more.
+    #[arg(long, env = "HERALD_QUEUE_PACE", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub queue_pace: std::time::Duration,
     /// Total timeout of one delivery attempt.
     #[arg(long, env = "HERALD_REQUEST_TIMEOUT", default_value = "15s", value_parser = humantime::parse_duration)]
     pub request_timeout: std::time::Duration,
@@ -262,6 +268,7 @@ impl ServeArgs {
         config.delivery.lease_margin = self.lease_margin;
         config.delivery.max_in_flight_per_endpoint = self.max_in_flight_per_endpoint;
         config.delivery.max_queued_per_endpoint = self.max_queued_per_endpoint;
+        config.delivery.queue_pace = self.queue_pace;
         config.delivery.request_timeout = self.request_timeout;
         config.delivery.breaker_open_for = self.breaker_open_for;
         config.delivery.breaker_failure_threshold = self.breaker_failures;

@@ -283,11 +283,20 @@ pub struct DeliveryConfig {
     /// (shards that stay full: endpoints slow to answer), so that it goes
     /// on reading the log.
     pub handoff_patience: Duration,
-    /// Deliveries one endpoint's queue holds in memory; past it a worker
+    /// Deliveries one endpoint's queue holds in memory (more while it
+    /// answers fast: `queue_pace`); past it a worker
     /// parks them in the schedule and releases them a chunk at a time as
     /// the queue drains, so a slow endpoint never holds the whole
     /// hand-off budget and no delivery waits for a lease to end.
     pub max_queued_per_endpoint: usize,
+    /// How long a queue an endpoint that answers fast may have, at its
+    /// pace (its in-flight limit over its recent latency), when that is
+    /// more than `max_queued_per_endpoint`, and up to twice its fair share
+    /// of the hand-off limit (the limit over the endpoints the shards hold): a
+    /// burst to it then waits in memory rather than parked in the store.
+    /// Zero: never more than `max_queued_per_endpoint`
+    /// ([`crate::delivery::limit::Pace`]).
+    pub queue_pace: Duration,
 }
 
 impl Default for DeliveryConfig {
@@ -311,6 +320,7 @@ impl Default for DeliveryConfig {
             handoff_limit: 16_384,
             handoff_patience: Duration::from_secs(1),
             max_queued_per_endpoint: 2_048,
+            queue_pace: Duration::from_secs(30),
         }
     }
 }

@@ -39,10 +39,15 @@ pub(super) async fn send_and_finish(
     let now = OffsetDateTime::now_utc();
     let decision = decide_at(ctx, sub, &job, Response::of(&result), now);
     if let Some(sent) = decision.sent {
+        let latency = match &result {
+            Ok(answer) => answer.latency,
+            Err(e) => e.latency,
+        };
         report(Finished {
             subscription_id: sub.id.clone(),
             sent,
             probe,
+            latency,
         });
     }
     finish(ctx, sub, job, result, decision, now).await;

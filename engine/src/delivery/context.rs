@@ -127,6 +127,10 @@ pub struct WorkerContext {
     pub config: DeliveryConfig,
     /// Deliveries currently in a shard (so a re-claim after a lease does not double-send).
     pub in_flight: Mutex<HashSet<String>>,
+    /// Endpoints the shards keep state for (those with work, an open
+    /// circuit or parked deliveries): the hand-off budget's fair share of
+    /// each is the budget over these.
+    pub endpoints: std::sync::atomic::AtomicUsize,
     /// Rings the scheduler (an ordered subscription's next delivery may go).
     pub wake: Arc<Notify>,
     /// Herald's own events to tenants.
@@ -151,4 +155,6 @@ pub struct Finished {
     pub sent: Sent,
     /// Whether it was the half-open breaker's probe.
     pub probe: bool,
+    /// From the request's start to its answer (or its failure).
+    pub latency: std::time::Duration,
 }

@@ -9,7 +9,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet, VecDeque},
-    sync::Arc,
+    sync::{atomic::Ordering::Relaxed, Arc},
 };
 
 use serde_json::json;
@@ -22,7 +22,7 @@ use super::{
     breaker::{Admission, Breaker, BreakerConfig, BreakerState},
     context::Finished,
     decide::{record_on_breaker, BreakerChange},
-    limit::{Concurrency, TokenBucket},
+    limit::{Concurrency, Pace, TokenBucket},
     parking::{Parking, RELEASE_PATIENCE},
 };
 use crate::model::{SubscriptionStatus, WebhookSubscription};
@@ -154,6 +154,8 @@ struct Endpoint {
     parking: Parking,
     /// Whether a timer rings when the open circuit lets a probe through.
     probe_timer: bool,
+    /// How fast it answers: how many deliveries its queue may hold.
+    pace: Pace,
 }
 
 impl Endpoint {
@@ -229,10 +231,9 @@ impl Shard {
         if inherited > 0 {
             self.seen.insert(sub.id.clone());
         }
-        let ep = self
-            .endpoints
-            .entry(sub.id.clone())
-            .or_insert_with(|| Endpoint {
+        let ep = self.endpoints.entry(sub.id.clone()).or_insert_with(|| {
+            ctx.endpoints.fetch_add(1, Relaxed);
+            Endpoint {
                 breaker: Breaker::new(BreakerConfig::of(&ctx.config), now),
                 concurrency: Concurrency::new(max_in_flight),
                 bucket: None,
@@ -242,7 +243,9 @@ impl Shard {
                 shown: None,
                 parking: Parking::new(inherited),
                 probe_timer: false,
-            });
+                pace: Pace::default(),
+            }
+        });
         ep.parking.arrived();
         // Follow changes to the subscription's limits.
         ep.concurrency.set_max(max_in_flight);
@@ -251,7 +254,18 @@ impl Shard {
             (Some(r), Some(b)) if b.rate() == r => {}
             (Some(r), _) => ep.bucket = Some(TokenBucket::new(r, now)),
         }
-        if ep.queue.len() >= ctx.config.max_queued_per_endpoint.max(1) {
+        // Twice the even split of the hand-off: endpoints fed the same
+        // events drain at somewhat different speeds, and fan-out hands more
+        // as soon as any of them makes room.
+        let share = 2 * ctx.config.handoff_limit / ctx.endpoints.load(Relaxed).max(1);
+        let cap = ep.pace.queue_cap(
+            ctx.config.max_queued_per_endpoint.max(1),
+            (ctx.config.queue_pace, share),
+            ep.concurrency.limit(),
+            ep.in_flight,
+            now,
+        );
+        if ep.queue.len() >= cap {
             // No room: park it in the schedule; it is released as the queue drains.
             ep.parking.queue();
             self.to_park.push(job);
@@ -390,6 +404,7 @@ impl Shard {
         };
         let now = tokio::time::Instant::now();
         ep.in_flight = ep.in_flight.saturating_sub(1);
+        ep.pace.answered(done.latency, now);
         if done.sent.throttled {
             ep.concurrency.throttled();
         } else if done.sent.success {
@@ -415,6 +430,7 @@ impl Shard {
                     .endpoints
                     .remove(&done.subscription_id)
                     .and_then(|ep| ep.shown);
+                self.ctx.endpoints.fetch_sub(1, Relaxed);
                 self.ctx.metrics.breaker_moved(shown, None);
             }
         }

@@ -105,6 +105,7 @@ impl Engine {
                 retry: RetryPolicy::new(config.retry_schedule.clone(), d.retry_jitter),
                 config: d.clone(),
                 in_flight: Default::default(),
+                endpoints: Default::default(),
                 wake: wake.clone(),
                 operational: OperationalEvents::new(log.clone(), store.clone(), metrics.clone()),
                 metrics: metrics.clone(),
