@@ -393,8 +393,7 @@ impl ScyllaStore {
             values.push(CqlValue::Int(day));
             values.push(CqlValue::Text(cursor.clone()));
             values.push(CqlValue::Int(page));
-            let rows: Vec<(String, Option<String>, Option<String>, Option<String>)> =
-                self.rows(cql, values).await?;
+            let rows: Vec<DayRow> = self.rows(cql, values).await?;
             let full = rows.len() == page as usize;
             for (id, a, b, body) in rows {
                 cursor.clone_from(&id);
@@ -413,6 +412,10 @@ impl ScyllaStore {
         Ok(out)
     }
 }
+
+/// A row of a day walk: id, two columns `keep` looks at, the body (null in
+/// the delivery log's tables of keys).
+type DayRow = (String, Option<String>, Option<String>, Option<String>);
 
 /// Whether a query of `system_schema` finds a row (a table or column that exists).
 async fn schema_has(
