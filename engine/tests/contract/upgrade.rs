@@ -17,6 +17,17 @@ use herald_engine::{
 
 use crate::backend::{cipher, nodes, run_id, session, KEYSPACE_PREFIX};
 
+/// The configuration of a keyspace of this run no test has used yet.
+fn fresh_keyspace(tag: &str) -> ScyllaConfig {
+    let mut config = ScyllaConfig::new(nodes());
+    config.keyspace = format!(
+        "{KEYSPACE_PREFIX}{}_{tag}_{}",
+        run_id(),
+        &uuid::Uuid::new_v4().simple().to_string()[..6]
+    );
+    config
+}
+
 async fn old_key_has_full_access(store: &dyn Store) {
     let grant = store
         .grant_for_key([7; 32])
@@ -85,12 +96,7 @@ async fn an_embedded_store_at_schema_v4_migrates_and_old_keys_keep_full_access()
 
 #[tokio::test]
 async fn a_cql_keyspace_from_before_scopes_gets_the_columns_and_old_keys_keep_full_access() {
-    let mut config = ScyllaConfig::new(nodes());
-    config.keyspace = format!(
-        "{KEYSPACE_PREFIX}{}_upgrade_{}",
-        run_id(),
-        &uuid::Uuid::new_v4().simple().to_string()[..6]
-    );
+    let config = fresh_keyspace("upgrade");
     let ks = config.keyspace.clone();
     let session = session().await;
     for cql in [
@@ -150,12 +156,7 @@ async fn a_cql_keyspace_with_logs_by_event_still_lists_and_purges_them() {
 
     use crate::fixtures::{attempt, delivery, event, now};
 
-    let mut config = ScyllaConfig::new(nodes());
-    config.keyspace = format!(
-        "{KEYSPACE_PREFIX}{}_bylog_{}",
-        run_id(),
-        &uuid::Uuid::new_v4().simple().to_string()[..6]
-    );
+    let config = fresh_keyspace("bylog");
     let ks = config.keyspace.clone();
     let session = session().await;
     let e = event("acme", "order.created");
@@ -267,12 +268,7 @@ async fn a_cql_delivery_log_lists_attempts_with_and_without_a_body_in_its_key_ta
 
     use crate::fixtures::{attempt, delivery, event, now};
 
-    let mut config = ScyllaConfig::new(nodes());
-    config.keyspace = format!(
-        "{KEYSPACE_PREFIX}{}_bodies_{}",
-        run_id(),
-        &uuid::Uuid::new_v4().simple().to_string()[..6]
-    );
+    let config = fresh_keyspace("bodies");
     let ks = config.keyspace.clone();
     let session = session().await;
     let result = {
