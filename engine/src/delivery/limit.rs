@@ -93,9 +93,10 @@ const STALE_AFTER: Duration = Duration::from_secs(1);
 /// How fast an endpoint answers, from the latency of its recent requests
 /// (a moving average), and so how many deliveries its queue may hold: the
 /// configured number, or, when that is more, what it answers in a given
-/// time at its in-flight limit, up to a share of the hand-off budget. A fast endpoint fed a burst then keeps its deliveries in memory
-/// instead of parking them in the store (on the CQL store a row, a claim
-/// and a delete each); a slow one, or one that stopped answering, gets the
+/// time at its in-flight limit, up to a share of the hand-off budget. A
+/// fast endpoint fed a burst then keeps its deliveries in memory instead
+/// of parking them in the store (on the CQL store a row, a claim and a
+/// delete each); a slow one, or one that stopped answering, gets the
 /// configured queue, so it never holds the whole hand-off budget.
 #[derive(Debug, Default)]
 pub struct Pace {
