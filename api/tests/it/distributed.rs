@@ -729,7 +729,7 @@ async fn retry_and_held_events_outlive_their_worker(resume: bool) {
         api.kill9().await;
         return;
     }
-    resume_and_receive_held(&api.base, &key, &paused, &held, HELD).await;
+    resume_and_receive_held(&api.base, &key, &paused, &held, HELD, tmp.path()).await;
     println!("held events received: {:?}", numbers_received(&held));
     second.kill9().await;
     api.kill9().await;
@@ -745,21 +745,61 @@ async fn emit_n(base: &str, key: &str, event_type: &str, n: i64) -> String {
 
 /// Resumes the paused subscription `paused`, emits one more `order.placed`
 /// (`n` = `count`) and waits until `held` has received events 0 to `count`
-/// (repeats aside).
-async fn resume_and_receive_held(base: &str, key: &str, paused: &str, held: &Receiver, count: i64) {
+/// (repeats aside). If they do not all come, fails with what did, and the
+/// lines of the processes' logs (under `logs`) that tell why.
+async fn resume_and_receive_held(
+    base: &str,
+    key: &str,
+    paused: &str,
+    held: &Receiver,
+    count: i64,
+    logs: &Path,
+) {
     let path = format!("/api/v1/portal/webhooks/{paused}/resume");
     assert_eq!(post(base, key, &path, json!({})).await.0, 200);
     emit_n(base, key, "order.placed", count).await;
-    eventually(
-        "every held event, then the last one",
-        Duration::from_secs(120),
-        || async {
-            let mut got = numbers_received(held);
-            got.dedup();
-            (got == (0..=count).collect::<Vec<_>>()).then_some(())
-        },
-    )
-    .await;
+    let want: Vec<i64> = (0..=count).collect();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let mut got = numbers_received(held);
+        got.dedup();
+        if got == want {
+            return;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!(
+                "held events received after the resume: {got:?}, not {want:?}; the logs:\n{}",
+                log_lines(
+                    logs,
+                    &["held", "release", "WARN", "ERROR", "assign", "revok"]
+                )
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Every line of every `*.log` under `dir` (its subdirectories too) that
+/// holds one of `words`, prefixed with its file's name.
+fn log_lines(dir: &Path, words: &[&str]) -> String {
+    let mut out = String::new();
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for path in entries.flatten().map(|e| e.path()) {
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|x| x == "log") {
+                let text = std::fs::read_to_string(&path).unwrap_or_default();
+                for line in text.lines().filter(|l| words.iter().any(|w| l.contains(w))) {
+                    out += &format!("{}: {line}\n", path.display());
+                }
+            }
+        }
+    }
+    out
 }
 
 /// A receiver that answers 503 to the first attempt of every fifth event
@@ -902,7 +942,7 @@ async fn distributed_a_rebalance_keeps_strict_order_and_held_events() {
     .await;
     assert!(held.received().is_empty(), "nothing goes out while paused");
 
-    resume_and_receive_held(&api.base, &key, &paused, &held, HELD).await;
+    resume_and_receive_held(&api.base, &key, &paused, &held, HELD, tmp.path()).await;
 
     // One at a time, in log order: no attempt of event n before event n-1
     // succeeded, and first successes in order. (A delivery repeated after
