@@ -1,6 +1,9 @@
 //! Admission of emits: the request bodies the emit routes hold at once are
 //! bounded in bytes, so a burst from many clients is answered `503` with
-//! `Retry-After` instead of growing the process's memory.
+//! `Retry-After` instead of growing the process's memory; and so are the
+//! accepted events still waiting for delivery (`--max-emit-backlog`), so a
+//! burst faster than delivery waits at its clients instead of leaving the
+//! last accepted events minutes behind.
 //!
 //! An emit takes its `Content-Length` (the largest body,
 //! [`MAX_BODY_BYTES`](crate::MAX_BODY_BYTES), when it gives none) from the
@@ -131,7 +134,9 @@ where
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let budget = AppState::from_ref(state).emit_budget;
+        let app = AppState::from_ref(state);
+        app.engine.admit_emit().map_err(ApiError::backlog_full)?;
+        let budget = app.emit_budget;
         let Some(budget) = budget else {
             return Ok(Self { _share: None });
         };

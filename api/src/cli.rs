@@ -152,6 +152,13 @@ pub struct ServeArgs {
     #[arg(long, env = "HERALD_MAX_EMIT_BYTES_IN_FLIGHT",
           default_value_t = crate::admission::DEFAULT_EMIT_BUDGET_BYTES)]
     pub max_emit_bytes_in_flight: usize,
+    /// Accepted events not yet delivered past which emits are answered
+    /// 503 with Retry-After, so an accepted event waits about this over the
+    /// delivery rate at most, not minutes (each API process reads the
+    /// fan-out's lag four times a second). 0 = unbounded.
+    #[arg(long, env = "HERALD_MAX_EMIT_BACKLOG",
+          default_value_t = herald_engine::config::DEFAULT_MAX_EMIT_BACKLOG)]
+    pub max_emit_backlog: u64,
     /// Concurrent requests per endpoint.
     #[arg(long, env = "HERALD_MAX_IN_FLIGHT_PER_ENDPOINT", default_value_t = 32)]
     pub max_in_flight_per_endpoint: usize,
@@ -260,6 +267,7 @@ impl ServeArgs {
             recovery_rate: self.recovery_rate,
             retention: self.retention,
             log_segment_bytes: self.log_segment_bytes,
+            max_emit_backlog: self.max_emit_backlog,
             audit_retention: std::time::Duration::from_secs(
                 u64::from(self.audit_retention_days) * 86_400,
             ),

@@ -148,6 +148,25 @@ impl ApiError {
         e
     }
 
+    /// 503: more accepted events wait for delivery than
+    /// `--max-emit-backlog` allows.
+    pub fn backlog_full(full: herald_engine::BacklogFull) -> Self {
+        let mut e = Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "Too many events waiting for delivery",
+            format!(
+                "{} accepted events are still waiting to be delivered, more than the {} this \
+                 server takes before it delivers them (--max-emit-backlog); nothing was accepted, \
+                 retry after Retry-After",
+                full.events, full.max
+            ),
+        );
+        e.retry_after = Some(1);
+        e.unread_body = true;
+        e
+    }
+
     /// 503: the caller's tenant holds its share of the emit budget.
     pub fn overloaded_tenant(per_tenant_bytes: usize) -> Self {
         let mut e = Self::new(

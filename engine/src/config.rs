@@ -50,7 +50,16 @@ pub struct EngineConfig {
     /// Size of the embedded log's segment files, the unit its retention
     /// deletes.
     pub log_segment_bytes: u64,
+    /// Accepted events not yet delivered (fan-out's lag behind the log)
+    /// past which a process that takes emits refuses more (the API answers
+    /// 503 with `Retry-After`), so an accepted event waits at most about
+    /// this over the delivery rate; 0 = unbounded.
+    pub max_emit_backlog: u64,
 }
+
+/// Default of [`EngineConfig::max_emit_backlog`]: about 6 s of deliveries
+/// at the embedded rate measured on two cores (docs/performance.md).
+pub const DEFAULT_MAX_EMIT_BACKLOG: u64 = 100_000;
 
 /// Which parts of the engine a process runs (DESIGN §1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -71,6 +80,11 @@ impl Role {
     /// Whether this process fans out and delivers.
     pub fn runs_workers(self) -> bool {
         matches!(self, Role::All | Role::Worker)
+    }
+
+    /// Whether this process takes emits (serves the API).
+    pub fn takes_emits(self) -> bool {
+        matches!(self, Role::All | Role::Api)
     }
 
     /// Whether this process runs the CDC relay (when Kafka is configured).
@@ -238,6 +252,7 @@ impl Default for EngineConfig {
             audit_retention: Duration::from_secs(365 * 24 * 3600),
             retention: Duration::from_secs(30 * 24 * 3600),
             log_segment_bytes: DEFAULT_LOG_SEGMENT_BYTES,
+            max_emit_backlog: DEFAULT_MAX_EMIT_BACKLOG,
         }
     }
 }

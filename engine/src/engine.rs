@@ -11,6 +11,7 @@ mod catalogue;
 mod deletion;
 mod destination;
 mod emit;
+mod intake;
 mod manage;
 mod query;
 mod quotas;
@@ -27,6 +28,7 @@ pub use audit::AuditPage;
 pub use backends::{Backends, LogBackend, StoreBackend};
 pub use batch::MAX_BATCH_EVENTS;
 pub use catalogue::EventTypePage;
+pub use intake::BacklogFull;
 pub use manage::{NewApiKey, SubscriptionPage, SubscriptionUpdate, API_KEY};
 pub use query::{EventPage, LogPage};
 pub use recovery::RECOVERY;
@@ -69,6 +71,9 @@ pub struct Engine {
     keys: tenants::KeyCache,
     /// Tenants deleted or being deleted: their events are refused.
     gone: Arc<crate::gone::GoneTenants>,
+    /// Accepted events not yet delivered, followed where emits are taken
+    /// and bounded (`None` otherwise).
+    backlog: Option<Arc<intake::Backlog>>,
     /// Cancels the background tasks when the engine is dropped without a
     /// [`Engine::shutdown`] (a panicking caller): the relay's blocking loop
     /// would otherwise keep its runtime from ever shutting down.

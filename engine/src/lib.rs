@@ -47,10 +47,10 @@ pub mod test_hooks;
 
 pub use config::EngineConfig;
 pub use engine::{
-    decode_cursor, encode_cursor, AuditPage, Backends, Catalogue, Engine, EventPage, EventTypePage,
-    LogBackend, LogPage, NewApiKey, PreparedSchema, ReplayedDelivery, Rotation, StoreBackend,
-    StreamBatch, StreamFrame, SubscriptionPage, SubscriptionUpdate, API_KEY, MAX_BATCH_EVENTS,
-    RECOVERY,
+    decode_cursor, encode_cursor, AuditPage, Backends, BacklogFull, Catalogue, Engine, EventPage,
+    EventTypePage, LogBackend, LogPage, NewApiKey, PreparedSchema, ReplayedDelivery, Rotation,
+    StoreBackend, StreamBatch, StreamFrame, SubscriptionPage, SubscriptionUpdate, API_KEY,
+    MAX_BATCH_EVENTS, RECOVERY,
 };
 pub use error::EngineError;
 pub use filters::OPERATIONAL_PREFIX;

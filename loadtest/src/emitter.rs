@@ -72,6 +72,9 @@ pub struct Emitted {
     pub acked_count: AtomicU64,
     /// Events whose request failed (not 202, or no answer).
     pub failed_events: AtomicU64,
+    /// Events refused with 503 and `Retry-After` (Herald's backpressure),
+    /// sent again after the wait it asked for; counted once per refusal.
+    pub retried_events: AtomicU64,
     /// First few failure reasons, for the report.
     pub failures: Mutex<Vec<String>>,
     /// Open-loop sends more than 10 ms behind schedule.
@@ -91,6 +94,7 @@ impl Emitted {
             acked: (0..groups).map(|_| Mutex::default()).collect(),
             acked_count: AtomicU64::new(0),
             failed_events: AtomicU64::new(0),
+            retried_events: AtomicU64::new(0),
             failures: Mutex::default(),
             behind_schedule: AtomicU64::new(0),
             request_latency: Mutex::new(histogram()),
@@ -223,21 +227,36 @@ async fn send(client: &Client, plan: &Plan, pad: &str, out: &Emitted, seqs: std:
         )
     };
     let t0 = Instant::now();
-    let result = client
-        .http
-        .post(format!("{}{path}", client.base))
-        .bearer_auth(&client.keys[tenant_of(plan, seqs.start)])
-        .json(&body)
-        .send()
-        .await;
-    let answer = match result {
-        Ok(r) if r.status() == 202 => r.json::<Value>().await.map_err(|e| e.to_string()),
-        Ok(r) => Err(format!(
-            "{} {}",
-            r.status(),
-            r.text().await.unwrap_or_default()
-        )),
-        Err(e) => Err(e.to_string()),
+    let answer = loop {
+        let result = client
+            .http
+            .post(format!("{}{path}", client.base))
+            .bearer_auth(&client.keys[tenant_of(plan, seqs.start)])
+            .json(&body)
+            .send()
+            .await;
+        match result {
+            Ok(r) if r.status() == 202 => break r.json::<Value>().await.map_err(|e| e.to_string()),
+            // Backpressure: nothing was accepted; a client sends it again
+            // after the wait asked for (the request time includes it).
+            Ok(r) if r.status() == 503 && r.headers().contains_key("retry-after") => {
+                let secs = r.headers()["retry-after"]
+                    .to_str()
+                    .ok()
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(1);
+                out.retried_events.fetch_add(count, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_secs(secs)).await;
+            }
+            Ok(r) => {
+                break Err(format!(
+                    "{} {}",
+                    r.status(),
+                    r.text().await.unwrap_or_default()
+                ))
+            }
+            Err(e) => break Err(e.to_string()),
+        }
     };
     let micros = t0.elapsed().as_micros() as u64;
     let _ = out.request_latency.lock().record(micros.max(1));

@@ -110,6 +110,8 @@ pub struct Report {
     pub events_acknowledged: u64,
     /// Events whose emit failed.
     pub events_failed: u64,
+    /// Events refused with 503 + `Retry-After` and sent again (each refusal).
+    pub events_retried: u64,
     /// Seconds spent emitting.
     pub emit_seconds: f64,
     /// Acknowledged events per second while emitting.
@@ -177,7 +179,7 @@ impl Report {
              | figure | value |\n|---|---|\n\
              | machine | {cpu}, {cores} cores, {mem} MiB; load avg {load}, CPU pressure {psi} |\n\
              | scenario | {scenario} |\n\
-             | events acknowledged | {acked} ({failed} failed) in {emit_s:.1} s = {emit_rate:.0}/s |\n\
+             | events acknowledged | {acked} ({failed} failed; {retried} refused with 503 + Retry-After and sent again) in {emit_s:.1} s = {emit_rate:.0}/s |\n\
              | pairs expected / delivered / duplicated / lost | {exp} / {del} / {dup} / {lost} |\n\
              | delivery rate (first emit → last delivery) | {rate:.0}/s |\n\
              | sustained delivery rate (emit window) | {sus:.0}/s |\n\
@@ -201,6 +203,7 @@ impl Report {
             scenario = self.scenario.to_string().replace('|', "/"),
             acked = self.events_acknowledged,
             failed = self.events_failed,
+            retried = self.events_retried,
             emit_s = self.emit_seconds,
             emit_rate = self.emit_rate,
             exp = a.expected,

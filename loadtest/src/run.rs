@@ -430,6 +430,7 @@ async fn drive(
         }),
         events_acknowledged: acked,
         events_failed: emitted.failed_events.load(Ordering::Relaxed),
+        events_retried: emitted.retried_events.load(Ordering::Relaxed),
         emit_seconds,
         emit_rate: acked as f64 / emit_seconds.max(1e-9),
         sends_behind_schedule: emitted.behind_schedule.load(Ordering::Relaxed),

@@ -658,3 +658,114 @@ pub async fn plain_consumer(prefix: &str, expect: usize) -> serde_json::Value {
     );
     serde_json::from_str(stdout.trim()).unwrap()
 }
+
+/// An API process with `--max-emit-backlog 150` and no worker yet: emits
+/// are accepted until more than 150 accepted events wait for delivery,
+/// then refused (503, problem+json, `Retry-After`) and nothing of them is
+/// kept. A worker started then delivers the backlog, emits are accepted
+/// again, and the receiver gets every accepted event and no refused one.
+#[tokio::test]
+async fn kafka_emits_past_the_backlog_bound_are_refused_until_it_is_delivered() {
+    let _broker = BROKER.read().await;
+    require_kafka().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let prefix = prefix("backlog");
+    let receiver = Receiver::start(200).await;
+    let bound = ["--max-emit-backlog", "150"];
+    let api = start_role("api", &dir, &prefix, &bound).await;
+    let (key, _) = tenant(&api.base, "acme", &receiver).await;
+    let http = reqwest::Client::new();
+    let next = std::sync::atomic::AtomicI64::new(0);
+    // A batch of 50 events numbered on from the last; the answer, and the
+    // numbers it carried.
+    let emit = || async {
+        let first = next.fetch_add(50, std::sync::atomic::Ordering::Relaxed);
+        let events: Vec<Value> = (first..first + 50)
+            .map(|n| json!({ "event_type": "work_order.completed", "payload": { "n": n } }))
+            .collect();
+        let r = http
+            .post(format!("{}/api/v1/integrations/events/batch", api.base))
+            .bearer_auth(&key)
+            .json(&json!({ "events": events }))
+            .send()
+            .await
+            .unwrap();
+        (r, first..first + 50)
+    };
+    let accepted = std::sync::Mutex::new(HashSet::<i64>::new());
+    // Nothing delivers: the backlog grows with every accepted batch until
+    // the API, reading it four times a second, refuses.
+    let refused = eventually("an emit refused", Duration::from_secs(60), || async {
+        let (r, numbers) = emit().await;
+        match r.status().as_u16() {
+            202 => {
+                accepted.lock().unwrap().extend(numbers);
+                None
+            }
+            503 => Some(r),
+            other => panic!("emit answered {other}: {}", r.text().await.unwrap()),
+        }
+    })
+    .await;
+    let before = accepted.lock().unwrap().len();
+    assert!(before > 150, "refused at {before} accepted");
+    assert_eq!(refused.headers()["retry-after"], "1");
+    assert_eq!(
+        refused.headers()["content-type"],
+        "application/problem+json"
+    );
+    let problem: Value = refused.json().await.unwrap();
+    assert!(
+        problem["type"].as_str().unwrap().ends_with("/overloaded")
+            && problem["detail"]
+                .as_str()
+                .unwrap()
+                .contains("--max-emit-backlog"),
+        "{problem}"
+    );
+    // Refused again while nothing delivers.
+    assert_eq!(emit().await.0.status(), 503);
+
+    // A worker delivers the backlog; emits are accepted again.
+    let worker = start_role("worker", &dir, &prefix, &[]).await;
+    eventually(
+        "an emit accepted again",
+        Duration::from_secs(120),
+        || async {
+            let (r, numbers) = emit().await;
+            match r.status().as_u16() {
+                202 => {
+                    accepted.lock().unwrap().extend(numbers);
+                    Some(())
+                }
+                503 => None,
+                other => panic!("emit answered {other}: {}", r.text().await.unwrap()),
+            }
+        },
+    )
+    .await;
+    let n_of = |body: &[u8]| {
+        serde_json::from_slice::<Value>(body).unwrap()["data"]["n"]
+            .as_i64()
+            .unwrap()
+    };
+    eventually(
+        "every accepted event delivered",
+        Duration::from_secs(120),
+        || async {
+            let got: HashSet<i64> = receiver.received().iter().map(|r| n_of(&r.body)).collect();
+            (got.len() >= accepted.lock().unwrap().len()).then_some(got)
+        },
+    )
+    .await;
+    // The batch that took the last one gave nothing refused a chance to slip in.
+    let got: HashSet<i64> = receiver.received().iter().map(|r| n_of(&r.body)).collect();
+    assert_eq!(
+        got,
+        accepted.into_inner().unwrap(),
+        "exactly the accepted events, none refused"
+    );
+    api.kill9().await;
+    worker.kill9().await;
+}

@@ -198,6 +198,16 @@ impl Engine {
             shards.clone(),
             cancel.clone(),
         )));
+        let backlog = (config.role.takes_emits() && config.max_emit_backlog > 0).then(|| {
+            let backlog = Arc::new(super::intake::Backlog::default());
+            tasks.push(tokio::spawn(super::intake::follow(
+                log.clone(),
+                backends.fanout_group(),
+                backlog.clone(),
+                cancel.clone(),
+            )));
+            backlog
+        });
         let recovery_wake = Arc::new(Notify::new());
         tasks.push(tokio::spawn(recovery::run(
             store.clone(),
@@ -261,6 +271,7 @@ impl Engine {
             quotas: Default::default(),
             keys: Default::default(),
             gone,
+            backlog,
             _stop_on_drop: cancel.drop_guard(),
         }))
     }
