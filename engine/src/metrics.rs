@@ -359,16 +359,12 @@ impl Metrics {
 
     /// Re-reads the fan-out consumer's lag per partition from the log.
     pub async fn refresh_lag(&self, log: &dyn EventLog, group: &str) {
-        match log.committed(group).await {
-            Ok(Some(committed)) => {
-                for partition in 0..log.partitions() {
-                    let Ok(end) = log.end_offset(partition).await else {
-                        continue;
-                    };
-                    let done = committed.get(&partition).copied().unwrap_or(0);
+        match crate::log::consumer_lag(log, group).await {
+            Ok(Some(lag)) => {
+                for (partition, behind) in lag.into_iter().enumerate() {
                     self.consumer_lag
                         .with_label_values(&[&partition.to_string()])
-                        .set(end.saturating_sub(done) as i64);
+                        .set(behind as i64);
                 }
             }
             Ok(None) => {}

@@ -51,14 +51,8 @@ impl Backlog {
 /// The events of `log` that consumer group `group` has not committed past,
 /// summed over the partitions; `None` if the log cannot tell.
 async fn read(log: &dyn EventLog, group: &str) -> Option<u64> {
-    let committed = log.committed(group).await.ok()??;
-    let mut behind = 0;
-    for partition in 0..log.partitions() {
-        let end = log.end_offset(partition).await.ok()?;
-        let done = committed.get(&partition).copied().unwrap_or(0);
-        behind += end.saturating_sub(done);
-    }
-    Some(behind)
+    let lag = crate::log::consumer_lag(log, group).await.ok()??;
+    Some(lag.iter().sum())
 }
 
 /// Reads the backlog into `backlog` every [`READ_EVERY`] until `cancel`.

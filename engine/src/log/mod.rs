@@ -275,6 +275,22 @@ pub trait PendingSink: Send + Sync + 'static {
     fn revoked(&self, partition: u32);
 }
 
+/// How far consumer group `group` is behind the end of each partition of
+/// `log` (records not committed past), or `Ok(None)` when the log does not
+/// report the group's positions ([`EventLog::committed`]).
+pub async fn consumer_lag(log: &dyn EventLog, group: &str) -> Result<Option<Vec<u64>>, LogError> {
+    let Some(committed) = log.committed(group).await? else {
+        return Ok(None);
+    };
+    let mut lag = Vec::with_capacity(log.partitions() as usize);
+    for partition in 0..log.partitions() {
+        let end = log.end_offset(partition).await?;
+        let done = committed.get(&partition).copied().unwrap_or(0);
+        lag.push(end.saturating_sub(done));
+    }
+    Ok(Some(lag))
+}
+
 /// The partition of a tenant: a stable hash (CRC-32 of the id) modulo the
 /// partition count, identical in every process and across versions.
 pub fn partition_for(tenant_id: &str, partitions: u32) -> u32 {
