@@ -3,7 +3,8 @@
 //! `Retry-After` instead of growing the process's memory; and so are the
 //! accepted events still waiting for delivery (`--max-emit-backlog`), so a
 //! burst faster than delivery waits at its clients instead of leaving the
-//! last accepted events minutes behind.
+//! last accepted events minutes behind (only the tenants of the partitions
+//! holding the backlog are refused: `herald_engine`'s `engine::intake`).
 //!
 //! An emit takes its `Content-Length` (the largest body,
 //! [`MAX_BODY_BYTES`](crate::MAX_BODY_BYTES), when it gives none) from the
@@ -135,12 +136,13 @@ where
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let app = AppState::from_ref(state);
-        app.engine.admit_emit().map_err(ApiError::backlog_full)?;
-        let budget = app.emit_budget;
-        let Some(budget) = budget else {
+        let Tenant(tenant) = Tenant::from_request_parts(parts, state).await?;
+        app.engine
+            .admit_emit(&tenant)
+            .map_err(ApiError::backlog_full)?;
+        let Some(budget) = app.emit_budget else {
             return Ok(Self { _share: None });
         };
-        let Tenant(tenant) = Tenant::from_request_parts(parts, state).await?;
         let content_length = parts
             .headers
             .get(CONTENT_LENGTH)

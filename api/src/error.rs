@@ -157,9 +157,10 @@ impl ApiError {
             "Too many events waiting for delivery",
             format!(
                 "{} accepted events are still waiting to be delivered, more than the {} this \
-                 server takes before it delivers them (--max-emit-backlog); nothing was accepted, \
-                 retry after Retry-After",
-                full.events, full.max
+                 server takes before it delivers them (--max-emit-backlog), and {} of them are in \
+                 this tenant's partition of the event log; nothing was accepted, retry after \
+                 Retry-After",
+                full.events, full.max, full.in_partition
             ),
         );
         e.retry_after = Some(1);

@@ -659,11 +659,12 @@ pub async fn plain_consumer(prefix: &str, expect: usize) -> serde_json::Value {
     serde_json::from_str(stdout.trim()).unwrap()
 }
 
-/// An API process with `--max-emit-backlog 150` and no worker yet: emits
-/// are accepted until more than 150 accepted events wait for delivery,
-/// then refused (503, problem+json, `Retry-After`) and nothing of them is
-/// kept. A worker started then delivers the backlog, emits are accepted
-/// again, and the receiver gets every accepted event and no refused one.
+/// An API process with `--max-emit-backlog 150` and no worker yet: a
+/// tenant's emits are accepted until more than 150 accepted events wait for
+/// delivery, then refused (503, problem+json, `Retry-After`) and nothing of
+/// them is kept, while a tenant on another partition is still served. A
+/// worker started then delivers the backlog, emits are accepted again, and
+/// the receiver gets every accepted event and no refused one.
 #[tokio::test]
 async fn kafka_emits_past_the_backlog_bound_are_refused_until_it_is_delivered() {
     let _broker = BROKER.read().await;
@@ -675,24 +676,32 @@ async fn kafka_emits_past_the_backlog_bound_are_refused_until_it_is_delivered() 
     let bound = ["--max-emit-backlog", "150"];
     let api = start_role("api", &dir, &prefix, &bound).await;
     let (key, _) = tenant(&api.base, "acme", &receiver).await;
+    // A tenant on another partition of the 6 (start_role's default).
+    let partition = |t: &str| herald_engine::log::partition_for(t, 6);
+    let other = ["globex", "initech", "umbrella", "hooli"]
+        .into_iter()
+        .find(|t| partition(t) != partition("acme"))
+        .unwrap();
+    let (other_key, _) = tenant(&api.base, other, &receiver).await;
     let http = reqwest::Client::new();
     let next = std::sync::atomic::AtomicI64::new(0);
-    // A batch of 50 events numbered on from the last; the answer, and the
-    // numbers it carried.
-    let emit = || async {
+    // A batch of 50 events by the tenant of `key`, numbered on from the
+    // last; the answer, and the numbers it carried.
+    let emit_as = |key: String| async {
         let first = next.fetch_add(50, std::sync::atomic::Ordering::Relaxed);
         let events: Vec<Value> = (first..first + 50)
             .map(|n| json!({ "event_type": "work_order.completed", "payload": { "n": n } }))
             .collect();
         let r = http
             .post(format!("{}/api/v1/integrations/events/batch", api.base))
-            .bearer_auth(&key)
+            .bearer_auth(key)
             .json(&json!({ "events": events }))
             .send()
             .await
             .unwrap();
         (r, first..first + 50)
     };
+    let emit = || emit_as(key.clone());
     let accepted = std::sync::Mutex::new(HashSet::<i64>::new());
     // Nothing delivers: the backlog grows with every accepted batch until
     // the API, reading it four times a second, refuses.
@@ -725,6 +734,12 @@ async fn kafka_emits_past_the_backlog_bound_are_refused_until_it_is_delivered() 
         "{problem}"
     );
     // Refused again while nothing delivers.
+    assert_eq!(emit().await.0.status(), 503);
+    // The other tenant's partition holds none of the backlog: it is served,
+    // and acme is still refused.
+    let (r, numbers) = emit_as(other_key.clone()).await;
+    assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
+    accepted.lock().unwrap().extend(numbers);
     assert_eq!(emit().await.0.status(), 503);
 
     // A worker delivers the backlog; emits are accepted again.
