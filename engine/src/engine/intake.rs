@@ -81,15 +81,6 @@ fn refusal(lag: &[u64], partition: usize, max: u64) -> Option<BacklogFull> {
 }
 
 impl Engine {
-    /// The accepted events fan-out has not committed past (not yet
-    /// delivered or scheduled), as read within the last quarter second;
-    /// `None` when this process does not follow it (it takes no emits, or
-    /// the bound is off) or could not read it.
-    pub fn emit_backlog(&self) -> Option<u64> {
-        let lag = self.backlog.as_ref()?.lag.read();
-        lag.as_ref().map(|l| l.iter().sum())
-    }
-
     /// `Err` when an emit by `tenant_id` should be refused now, to be
     /// retried: the backlog is past the configured bound
     /// ([`crate::config::EngineConfig::max_emit_backlog`]) and the tenant's
@@ -103,10 +94,7 @@ impl Engine {
             return Ok(());
         };
         let partition = crate::log::partition_for(tenant_id, lag.len() as u32) as usize;
-        match refusal(lag, partition, self.config.max_emit_backlog) {
-            Some(full) => Err(full),
-            None => Ok(()),
-        }
+        refusal(lag, partition, self.config.max_emit_backlog).map_or(Ok(()), Err)
     }
 }
 
