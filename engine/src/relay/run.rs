@@ -3,14 +3,17 @@
 
 use std::{
     cell::Cell,
-    sync::{atomic::Ordering, Arc},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
     time::{Duration, Instant},
 };
 
 use rdkafka::{
     admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
     client::DefaultClientContext,
-    consumer::{BaseConsumer, Consumer, ConsumerContext},
+    consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance},
     error::KafkaResult,
     message::{BorrowedMessage, Header, Headers, OwnedHeaders},
     producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer},
@@ -175,9 +178,10 @@ enum Ended {
 
 /// The relay consumer's context: its statistics feed a stall watch, as the
 /// events consumer's do (a consumer that stalled after a broker restart
-/// polls for ever with no error; a new session's bootstraps afresh).
+/// polls for ever with no error; a new session's bootstraps afresh); and it
+/// notes each rebalance, which voids the records of a batch read before it.
 #[derive(Default)]
-struct Watched(StallWatch);
+struct Watched(StallWatch, AtomicBool);
 
 impl ClientContext for Watched {
     fn stats(&self, statistics: Statistics) {
@@ -185,7 +189,11 @@ impl ClientContext for Watched {
     }
 }
 
-impl ConsumerContext for Watched {}
+impl ConsumerContext for Watched {
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, _: &Rebalance<'_>) {
+        self.1.store(true, Ordering::SeqCst);
+    }
+}
 
 impl Session {
     fn open(settings: &RelaySettings, stats: Arc<RelayStats>) -> Result<Self, Failure> {
@@ -195,6 +203,10 @@ impl Session {
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
             .set("enable.partition.eof", "false")
+            // Eager: a rebalance revokes every partition and the assignment
+            // that follows starts each at its committed offset, which
+            // `poll_batch`'s dropping of a batch read before it relies on.
+            .set("partition.assignment.strategy", "range,roundrobin")
             .set(
                 "session.timeout.ms",
                 settings
@@ -259,15 +271,30 @@ impl Session {
         Ok(Ended::Cancelled)
     }
 
+    /// Reads a batch. Records read before a rebalance are dropped from it:
+    /// their partitions may be another relay's now, which reads them from
+    /// the committed offsets (as this one does, if they come back to it),
+    /// and committing them here as well would relay them twice. A rebalance
+    /// runs inside `poll` before the record it returns, so that record is
+    /// of the new assignment and kept.
     fn poll_batch(&self) -> Result<Vec<BorrowedMessage<'_>>, Failure> {
         let mut batch = Vec::new();
         let mut deadline = Instant::now() + Duration::from_millis(500);
+        let rebalanced = &self.consumer.context().1;
         while batch.len() < BATCH {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 break;
             }
-            match self.consumer.poll(left) {
+            let polled = self.consumer.poll(left);
+            if rebalanced.swap(false, Ordering::SeqCst) && !batch.is_empty() {
+                tracing::debug!(
+                    records = batch.len(),
+                    "a rebalance came while a CDC batch was read: its records are read again from the committed offsets"
+                );
+                batch.clear();
+            }
+            match polled {
                 None => break,
                 Some(Ok(m)) => {
                     if batch.is_empty() {
