@@ -7,7 +7,9 @@
 //! that takes emits reads it a few times a second, and the API refuses
 //! emits past `--max-emit-backlog` (503 with `Retry-After`): a burst faster
 //! than delivery waits at its client, and an accepted event waits about
-//! the bound over the delivery rate, not minutes.
+//! the bound over the delivery rate, not minutes. The lag is in log
+//! offsets: with Kafka a batch of two or more events is appended in one
+//! transaction whose commit marker takes an offset too, one more per batch.
 //!
 //! Only the tenants of the partitions that hold the backlog are refused: an
 //! emit is refused when the whole backlog is past the bound **and** its
