@@ -79,7 +79,7 @@ pub struct Emitted {
     pub failures: Mutex<Vec<String>>,
     /// Open-loop sends more than 10 ms behind schedule.
     pub behind_schedule: AtomicU64,
-    /// Request round trips, microseconds.
+    /// Request round trips (each exchange, a refused one too), microseconds.
     pub request_latency: Mutex<Histogram<u64>>,
     /// When each acknowledged event was sent (its `occurred_at`), unix ms;
     /// kept only when [`Plan::send_times`] asks.
@@ -226,8 +226,8 @@ async fn send(client: &Client, plan: &Plan, pad: &str, out: &Emitted, seqs: std:
             json!({ "events": events }),
         )
     };
-    let t0 = Instant::now();
     let answer = loop {
+        let t0 = Instant::now();
         let result = client
             .http
             .post(format!("{}{path}", client.base))
@@ -235,10 +235,15 @@ async fn send(client: &Client, plan: &Plan, pad: &str, out: &Emitted, seqs: std:
             .json(&body)
             .send()
             .await;
+        // Each exchange's round trip: a refusal and the request sent again
+        // count apart, the wait between them in neither.
+        let micros = t0.elapsed().as_micros() as u64;
+        let _ = out.request_latency.lock().record(micros.max(1));
         match result {
             Ok(r) if r.status() == 202 => break r.json::<Value>().await.map_err(|e| e.to_string()),
             // Backpressure: nothing was accepted; a client sends it again
-            // after the wait asked for (the request time includes it).
+            // after the wait asked for, with the same `occurred_at` (the
+            // emit→delivery latency includes the wait).
             Ok(r) if r.status() == 503 && r.headers().contains_key("retry-after") => {
                 let secs = r.headers()["retry-after"]
                     .to_str()
@@ -258,8 +263,6 @@ async fn send(client: &Client, plan: &Plan, pad: &str, out: &Emitted, seqs: std:
             Err(e) => break Err(e.to_string()),
         }
     };
-    let micros = t0.elapsed().as_micros() as u64;
-    let _ = out.request_latency.lock().record(micros.max(1));
     let ids: Vec<String> = match &answer {
         Ok(v) if plan.batch == 1 => v["id"].as_str().map(str::to_string).into_iter().collect(),
         Ok(v) => v["data"]

@@ -184,7 +184,7 @@ impl Report {
              | delivery rate (first emit → last delivery) | {rate:.0}/s |\n\
              | sustained delivery rate (emit window) | {sus:.0}/s |\n\
              | emit→delivery p50 / p90 / p99 / p99.9 / max | {p50:.1} / {p90:.1} / {p99:.1} / {p999:.1} / {max:.1} ms |\n\
-             | emit request p50 / p99 | {rq50:.1} / {rq99:.1} ms |\n\
+             | emit request p50 / p99 (each exchange) | {rq50:.1} / {rq99:.1} ms |\n\
              | open-loop sends > 10 ms behind schedule | {late} |\n\
              | receiver | {receiver} |\n\
              | raw client POST rate (same receivers) | {raw} |\n\
