@@ -159,6 +159,12 @@ pub struct ServeArgs {
     #[arg(long, env = "HERALD_MAX_EMIT_BACKLOG",
           default_value_t = herald_engine::config::DEFAULT_MAX_EMIT_BACKLOG)]
     pub max_emit_backlog: u64,
+    /// Lowers --max-emit-backlog to the events delivered in this long at
+    /// the rate delivery was measured to keep up with a backlog (at least
+    /// 1,000 events), so an event fanned out to many subscriptions waits
+    /// about this long too, not minutes. 0s = the count alone.
+    #[arg(long, env = "HERALD_MAX_BACKLOG_WAIT", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub max_backlog_wait: std::time::Duration,
     /// Concurrent requests per endpoint.
     #[arg(long, env = "HERALD_MAX_IN_FLIGHT_PER_ENDPOINT", default_value_t = 32)]
     pub max_in_flight_per_endpoint: usize,
@@ -268,6 +274,7 @@ impl ServeArgs {
             retention: self.retention,
             log_segment_bytes: self.log_segment_bytes,
             max_emit_backlog: self.max_emit_backlog,
+            max_backlog_wait: self.max_backlog_wait,
             audit_retention: std::time::Duration::from_secs(
                 u64::from(self.audit_retention_days) * 86_400,
             ),

@@ -157,10 +157,19 @@ impl ApiError {
             "Too many events waiting for delivery",
             format!(
                 "{} accepted events are still waiting to be delivered, more than the {} this \
-                 server takes before it delivers them (--max-emit-backlog), and {} of them are in \
-                 this tenant's partition of the event log; nothing was accepted, retry after \
-                 Retry-After",
-                full.events, full.max, full.in_partition
+                 server takes before it delivers them ({}), and {} of them are in this tenant's \
+                 partition of the event log; nothing was accepted, retry after Retry-After",
+                full.events,
+                full.max,
+                match full.rate {
+                    Some(rate) => format!(
+                        "--max-backlog-wait at the {rate} events/s delivery settles now, \
+                         {} at least",
+                        herald_engine::MIN_WAIT_BOUND
+                    ),
+                    None => "--max-emit-backlog".into(),
+                },
+                full.in_partition
             ),
         );
         e.retry_after = Some(1);

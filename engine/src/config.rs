@@ -55,6 +55,11 @@ pub struct EngineConfig {
     /// 503 with `Retry-After`), so an accepted event waits at most about
     /// this over the delivery rate; 0 = unbounded.
     pub max_emit_backlog: u64,
+    /// Lowers that bound to the events delivery settles in this long at
+    /// the rate it was measured to settle them with a backlog (never below
+    /// [`crate::MIN_WAIT_BOUND`] events), so that events fanned out
+    /// to many subscriptions wait about this long too; zero = no lowering.
+    pub max_backlog_wait: Duration,
 }
 
 /// Default of [`EngineConfig::max_emit_backlog`]: under 2 s of deliveries
@@ -62,6 +67,11 @@ pub struct EngineConfig {
 /// (docs/performance.md, *A bound on the delivery backlog*). A cluster that
 /// delivers more per second wants proportionally more.
 pub const DEFAULT_MAX_EMIT_BACKLOG: u64 = 30_000;
+
+/// Default of [`EngineConfig::max_backlog_wait`]: with one subscription
+/// per event on two cores, 2 s of deliveries is about
+/// [`DEFAULT_MAX_EMIT_BACKLOG`], so the count bound is the one that binds.
+pub const DEFAULT_MAX_BACKLOG_WAIT: Duration = Duration::from_secs(2);
 
 /// Which parts of the engine a process runs (DESIGN §1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -255,6 +265,7 @@ impl Default for EngineConfig {
             retention: Duration::from_secs(30 * 24 * 3600),
             log_segment_bytes: DEFAULT_LOG_SEGMENT_BYTES,
             max_emit_backlog: DEFAULT_MAX_EMIT_BACKLOG,
+            max_backlog_wait: DEFAULT_MAX_BACKLOG_WAIT,
         }
     }
 }

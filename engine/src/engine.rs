@@ -28,7 +28,7 @@ pub use audit::AuditPage;
 pub use backends::{Backends, LogBackend, StoreBackend};
 pub use batch::MAX_BATCH_EVENTS;
 pub use catalogue::EventTypePage;
-pub use intake::BacklogFull;
+pub use intake::{BacklogFull, MIN_WAIT_BOUND};
 pub use manage::{NewApiKey, SubscriptionPage, SubscriptionUpdate, API_KEY};
 pub use query::{EventPage, LogPage};
 pub use recovery::RECOVERY;

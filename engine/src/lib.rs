@@ -50,7 +50,7 @@ pub use engine::{
     decode_cursor, encode_cursor, AuditPage, Backends, BacklogFull, Catalogue, Engine, EventPage,
     EventTypePage, LogBackend, LogPage, NewApiKey, PreparedSchema, ReplayedDelivery, Rotation,
     StoreBackend, StreamBatch, StreamFrame, SubscriptionPage, SubscriptionUpdate, API_KEY,
-    MAX_BATCH_EVENTS, RECOVERY,
+    MAX_BATCH_EVENTS, MIN_WAIT_BOUND, RECOVERY,
 };
 pub use error::EngineError;
 pub use filters::OPERATIONAL_PREFIX;

@@ -324,3 +324,116 @@ async fn shards_that_stay_full_send_the_rest_to_the_schedule_and_fan_out_reads_o
     );
     herald.stop().await;
 }
+
+/// Events fanned out to ten subscriptions each, the count bound off: a
+/// burst offered faster than it is delivered is refused (503,
+/// `Retry-After`, the detail naming `--max-backlog-wait`) once its
+/// backlog is past what delivery settles in the wait at the rate it was
+/// measured to settle them; every accepted event reaches every
+/// subscription and no refused one does; once the backlog is delivered,
+/// emits are taken again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fanned_out_burst_is_refused_at_the_wait_bound_and_every_accepted_event_arrives() {
+    const SUBSCRIPTIONS: usize = 10;
+    let herald = Herald::start_with(|c| {
+        c.max_emit_backlog = 0;
+        c.max_backlog_wait = Duration::from_millis(500);
+    })
+    .await;
+    let receiver = Receiver::start(200).await;
+    let key = herald.tenant("acme").await;
+    for _ in 0..SUBSCRIPTIONS {
+        herald.subscribe(&key, &receiver.url, &["order.*"]).await;
+    }
+    let http = reqwest::Client::new();
+    let mut next = 0;
+    let mut emit = || {
+        let first = next;
+        next += 50;
+        let events: Vec<Value> = (first..first + 50)
+            .map(|n| json!({ "event_type": "order.placed", "payload": { "n": n } }))
+            .collect();
+        let request = http
+            .post(herald.url(BATCH))
+            .bearer_auth(&key)
+            .json(&json!({ "events": events }));
+        async move { (request.send().await.unwrap(), first..first + 50) }
+    };
+    // 2,000 events a second, 20,000 deliveries: more than a debug build
+    // delivers, so the backlog grows until the bound set by the measured
+    // rate refuses.
+    let mut accepted = std::collections::HashSet::new();
+    let mut pace = tokio::time::interval(Duration::from_millis(25));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let refused = loop {
+        pace.tick().await;
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no emit refused in 60 s ({} accepted)",
+            accepted.len()
+        );
+        let (r, numbers) = emit().await;
+        match r.status().as_u16() {
+            202 => accepted.extend(numbers),
+            503 => break r,
+            other => panic!("emit answered {other}: {}", r.text().await.unwrap()),
+        }
+    };
+    assert_eq!(refused.headers()["retry-after"], "1");
+    let problem: Value = refused.json().await.unwrap();
+    let detail = problem["detail"].as_str().unwrap();
+    assert!(
+        problem["type"].as_str().unwrap().ends_with("/overloaded")
+            && detail.contains("--max-backlog-wait")
+            && detail.contains("events/s"),
+        "{problem}"
+    );
+    println!("refused after {} accepted: {detail}", accepted.len());
+
+    // Every accepted event to every subscription, then one more emit taken.
+    let want = accepted.len() * SUBSCRIPTIONS;
+    eventually("every delivery of the backlog", WAIT, || async {
+        (receiver.hits.load(Ordering::SeqCst) >= want).then_some(())
+    })
+    .await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (r, numbers) = emit().await;
+        if r.status() == 202 {
+            accepted.extend(numbers);
+            break;
+        }
+        assert_eq!(r.status(), 503);
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no emit taken again"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let want = accepted.len() * SUBSCRIPTIONS;
+    let got = eventually("the last batch delivered", WAIT, || async {
+        let got = receiver.received();
+        (got.len() >= want).then_some(got)
+    })
+    .await;
+    let mut per_event = std::collections::HashMap::<i64, usize>::new();
+    for r in &got {
+        let body: Value = serde_json::from_slice(&r.body).unwrap();
+        *per_event
+            .entry(body["data"]["n"].as_i64().unwrap())
+            .or_default() += 1;
+    }
+    assert_eq!(
+        per_event
+            .keys()
+            .copied()
+            .collect::<std::collections::HashSet<_>>(),
+        accepted,
+        "exactly the accepted events, none refused"
+    );
+    assert!(
+        per_event.values().all(|&n| n == SUBSCRIPTIONS),
+        "each to each of the {SUBSCRIPTIONS} subscriptions once"
+    );
+    herald.stop().await;
+}

@@ -198,7 +198,9 @@ impl Engine {
             shards.clone(),
             cancel.clone(),
         )));
-        let backlog = (config.role.takes_emits() && config.max_emit_backlog > 0).then(|| {
+        let backlog = (config.role.takes_emits()
+            && (config.max_emit_backlog > 0 || !config.max_backlog_wait.is_zero()))
+        .then(|| {
             let backlog = Arc::new(super::intake::Backlog::default());
             tasks.push(tokio::spawn(super::intake::follow(
                 log.clone(),

@@ -279,16 +279,44 @@ pub trait PendingSink: Send + Sync + 'static {
 /// `log` (records not committed past), or `Ok(None)` when the log does not
 /// report the group's positions ([`EventLog::committed`]).
 pub async fn consumer_lag(log: &dyn EventLog, group: &str) -> Result<Option<Vec<u64>>, LogError> {
+    let progress = consumer_progress(log, group).await?;
+    Ok(progress.map(|p| p.iter().map(Progress::lag).collect()))
+}
+
+/// Where a consumer group stands in one partition ([`consumer_progress`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// The offset the group committed past (its next record).
+    pub committed: u64,
+    /// The partition's end offset.
+    pub end: u64,
+}
+
+impl Progress {
+    /// Records the group has not committed past.
+    pub fn lag(&self) -> u64 {
+        self.end.saturating_sub(self.committed)
+    }
+}
+
+/// Consumer group `group`'s committed offset and the end of each partition
+/// of `log`, or `Ok(None)` when the log does not report the group's
+/// positions ([`EventLog::committed`]).
+pub async fn consumer_progress(
+    log: &dyn EventLog,
+    group: &str,
+) -> Result<Option<Vec<Progress>>, LogError> {
     let Some(committed) = log.committed(group).await? else {
         return Ok(None);
     };
-    let mut lag = Vec::with_capacity(log.partitions() as usize);
+    let mut progress = Vec::with_capacity(log.partitions() as usize);
     for partition in 0..log.partitions() {
-        let end = log.end_offset(partition).await?;
-        let done = committed.get(&partition).copied().unwrap_or(0);
-        lag.push(end.saturating_sub(done));
+        progress.push(Progress {
+            committed: committed.get(&partition).copied().unwrap_or(0),
+            end: log.end_offset(partition).await?,
+        });
     }
-    Ok(Some(lag))
+    Ok(Some(progress))
 }
 
 /// The partition of a tenant: a stable hash (CRC-32 of the id) modulo the
