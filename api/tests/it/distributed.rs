@@ -81,21 +81,31 @@ async fn all_pages(base: &str, key: &str, path: &str) -> Vec<Value> {
     }
 }
 
-/// Emits `n` events in batches of 1,000; returns their ids.
+/// Emits `n` events in batches of 1,000 (a refused batch again, until it is
+/// taken); returns their ids.
 async fn emit_batches(base: &str, key: &str, n: usize) -> Vec<String> {
     let mut ids = Vec::with_capacity(n);
     for start in (0..n).step_by(1000) {
         let events: Vec<Value> = (start..n.min(start + 1000))
             .map(|i| json!({ "event_type": "work_order.completed", "payload": { "i": i } }))
             .collect();
-        let (status, body) = post(
-            base,
-            key,
-            "/api/v1/integrations/events/batch",
-            json!({ "events": events }),
-        )
+        // Refused past the backlog's bound (503): sent again, as a client
+        // should, until delivery has caught up.
+        let body = eventually("the batch accepted", Duration::from_secs(120), || async {
+            let (status, body) = post(
+                base,
+                key,
+                "/api/v1/integrations/events/batch",
+                json!({ "events": events }),
+            )
+            .await;
+            match status {
+                202 => Some(body),
+                503 => None,
+                _ => panic!("{status} {body}"),
+            }
+        })
         .await;
-        assert_eq!(status, 202, "{body}");
         ids.extend(
             body["data"]
                 .as_array()
