@@ -161,7 +161,7 @@ pub struct ServeArgs {
     pub max_emit_backlog: u64,
     /// Lowers --max-emit-backlog to the events delivered in this long at
     /// the rate delivery was measured to keep up with a backlog (at least
-    /// 1,000 events), so an event fanned out to many subscriptions waits
+    /// 250 events), so an event fanned out to many subscriptions waits
     /// about this long too, not minutes. 0s = the count alone.
     #[arg(long, env = "HERALD_MAX_BACKLOG_WAIT", default_value = "2s", value_parser = humantime::parse_duration)]
     pub max_backlog_wait: std::time::Duration,

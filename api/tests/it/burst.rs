@@ -22,15 +22,22 @@ const LONG_LEASE: Duration = Duration::from_secs(600);
 /// Far shorter than [`LONG_LEASE`]: a delivery that waited for its lease fails the test.
 const WAIT: Duration = Duration::from_secs(120);
 
-/// Emits `batches` × 100 events of `event_type`; returns their ids.
+/// Emits `batches` × 100 events of `event_type` (a batch refused past the
+/// backlog's bound again, until taken); returns their ids.
 async fn emit_burst(herald: &Herald, key: &str, event_type: &str, batches: usize) -> Vec<String> {
     let mut ids = Vec::new();
     for b in 0..batches {
         let events: Vec<Value> = (0..100)
             .map(|i| json!({ "event_type": event_type, "payload": { "b": b, "i": i } }))
             .collect();
-        let (status, body) = herald.post(key, BATCH, json!({ "events": events })).await;
-        assert_eq!(status, 202, "{body}");
+        let body = eventually("the batch taken", WAIT, || async {
+            match herald.post(key, BATCH, json!({ "events": events })).await {
+                (202, body) => Some(body),
+                (503, _) => None,
+                (status, body) => panic!("{status} {body}"),
+            }
+        })
+        .await;
         ids.extend(
             body["data"]
                 .as_array()

@@ -35,12 +35,23 @@ async fn emit_many(base: String, key: String, n: usize, acked: Arc<Mutex<HashSet
         );
         tasks.push(tokio::spawn(async move {
             for i in (worker..n).step_by(8) {
-                let r = http
-                    .post(format!("{base}/api/v1/integrations/events"))
-                    .bearer_auth(&key)
-                    .json(&json!({ "event_type": "work_order.completed", "payload": { "i": i } }))
-                    .send()
-                    .await;
+                let r = loop {
+                    let r = http
+                        .post(format!("{base}/api/v1/integrations/events"))
+                        .bearer_auth(&key)
+                        .json(
+                            &json!({ "event_type": "work_order.completed", "payload": { "i": i } }),
+                        )
+                        .send()
+                        .await;
+                    match r {
+                        // Past the backlog's bound: sent again.
+                        Ok(r) if r.status() == 503 && r.headers().contains_key("retry-after") => {
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                        }
+                        r => break r,
+                    }
+                };
                 match r {
                     Ok(r) if r.status() == 202 => {
                         let body: Value = r.json().await.unwrap();
