@@ -162,8 +162,11 @@ pub struct ServeArgs {
     /// Lowers --max-emit-backlog to the events delivered in this long at
     /// the rate delivery was measured to keep up with a backlog (at least
     /// 250 events), so an event fanned out to many subscriptions waits
-    /// about this long too, not minutes. 0s = the count alone.
-    #[arg(long, env = "HERALD_MAX_BACKLOG_WAIT", default_value = "2s", value_parser = humantime::parse_duration)]
+    /// about this long too, not minutes (2s measured well). 0s (the
+    /// default) = the count alone: the rate is that of the slowest
+    /// subscription, so one with a rate limit would hold every emit of
+    /// its partition to that pace.
+    #[arg(long, env = "HERALD_MAX_BACKLOG_WAIT", default_value = "0s", value_parser = humantime::parse_duration)]
     pub max_backlog_wait: std::time::Duration,
     /// Concurrent requests per endpoint.
     #[arg(long, env = "HERALD_MAX_IN_FLIGHT_PER_ENDPOINT", default_value_t = 32)]

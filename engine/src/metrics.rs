@@ -54,6 +54,8 @@ pub struct Metrics {
     pub emit_to_delivery: Histogram,
     /// `herald_retry_backlog_deliveries`: deliveries waiting in the durable schedule.
     pub retry_backlog: IntGauge,
+    /// `herald_emit_backlog_bound_events`: the backlog past which emits are refused now.
+    pub emit_backlog_bound: IntGauge,
     /// `herald_circuit_breakers{state}`: endpoints held by the shards, by breaker state.
     pub circuit_breakers: IntGaugeVec,
     /// `herald_circuit_breaker_transitions_total{to}`: breaker state changes.
@@ -133,6 +135,13 @@ impl Metrics {
         .expect("valid metric");
         r.register(Box::new(retry_backlog.clone()))
             .expect("unique metric");
+        let emit_backlog_bound = IntGauge::new(
+            "herald_emit_backlog_bound_events",
+            "Accepted events not yet delivered past which this process refuses emits now: --max-emit-backlog, or what delivery settles in --max-backlog-wait at its measured rate when that is less; 0 = none.",
+        )
+        .expect("valid metric");
+        r.register(Box::new(emit_backlog_bound.clone()))
+            .expect("unique metric");
         let m = Self {
             events_ingested: counter(
                 r,
@@ -163,6 +172,7 @@ impl Metrics {
                 e2e_buckets,
             ),
             retry_backlog,
+            emit_backlog_bound,
             circuit_breakers: gauge(
                 r,
                 "herald_circuit_breakers",

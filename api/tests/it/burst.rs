@@ -396,6 +396,13 @@ async fn a_fanned_out_burst_is_refused_at_the_wait_bound_and_every_accepted_even
         "{problem}"
     );
     println!("refused after {} accepted: {detail}", accepted.len());
+    // The bound in force is exported: set by the rate (the count is off,
+    // so without a rate it would be 0), never below the floor.
+    let bound = counter(&herald, "herald_emit_backlog_bound_events").await;
+    assert!(
+        bound >= herald_engine::MIN_WAIT_BOUND as f64,
+        "herald_emit_backlog_bound_events = {bound}"
+    );
 
     // Every accepted event to every subscription, then one more emit taken.
     let want = accepted.len() * SUBSCRIPTIONS;

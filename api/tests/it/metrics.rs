@@ -122,7 +122,13 @@ async fn exposition_counts_deliveries_failures_circuits_and_routes_without_tenan
                 "herald_consumer_lag_records",
                 &[("partition", "0")],
             );
-            (delivered == Some(3.0) && opened == Some(1.0) && lag.is_some()).then_some(samples)
+            // The default count bound, no rate measured on four events.
+            let bound = value(&samples, "herald_emit_backlog_bound_events", &[]);
+            (delivered == Some(3.0)
+                && opened == Some(1.0)
+                && lag.is_some()
+                && bound == Some(30_000.0))
+            .then_some(samples)
         },
     )
     .await;

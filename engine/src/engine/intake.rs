@@ -19,6 +19,9 @@
 //! many (30,000 events to 100 subscriptions each are minutes of
 //! deliveries). The rate is measured only while delivery was busy, so a
 //! backlog that the bound itself keeps small does not lower it further.
+//! The second is off by default: the rate is how fast fan-out commits
+//! past the log, which the slowest subscription sets (one with a rate
+//! limit holds it to its pace), not what the node could deliver.
 //!
 //! Only the tenants of the partitions that hold the backlog are refused: an
 //! emit is refused when the whole backlog is past the bound **and** its
@@ -38,7 +41,10 @@ use parking_lot::RwLock;
 use tokio_util::sync::CancellationToken;
 
 use super::Engine;
-use crate::log::{EventLog, Progress};
+use crate::{
+    log::{EventLog, Progress},
+    metrics::Metrics,
+};
 
 /// How often the backlog is read.
 const READ_EVERY: Duration = Duration::from_millis(250);
@@ -62,8 +68,8 @@ pub(super) struct Backlog {
 struct Reading {
     /// Per partition.
     lag: Vec<u64>,
-    /// Events settled per second while busy ([`Capacity::rate`]).
-    rate: Option<f64>,
+    /// The bound now, and the rate that set it ([`Limits::bound`]).
+    bound: (u64, Option<u64>),
 }
 
 /// The lag at the end of an interval between reads past which delivery
@@ -111,11 +117,15 @@ impl Capacity {
     }
 }
 
-/// Reads the backlog into `backlog` every [`READ_EVERY`] until `cancel`.
+/// Reads the backlog into `backlog` every [`READ_EVERY`] until `cancel`,
+/// with the bound `limits` set at the rate measured (also exported as
+/// `herald_emit_backlog_bound_events`).
 pub(super) async fn follow(
     log: Arc<dyn EventLog>,
     group: String,
+    limits: Limits,
     backlog: Arc<Backlog>,
+    metrics: Arc<Metrics>,
     cancel: CancellationToken,
 ) {
     let mut capacity = Capacity::default();
@@ -129,10 +139,9 @@ pub(super) async fn follow(
                 let lag: Vec<u64> = progress.iter().map(Progress::lag).collect();
                 let committed = progress.iter().map(|p| p.committed).sum();
                 capacity.read(Instant::now(), committed, lag.iter().sum());
-                Some(Reading {
-                    lag,
-                    rate: capacity.rate(),
-                })
+                let bound = limits.bound(capacity.rate());
+                metrics.emit_backlog_bound.set(bound.0 as i64);
+                Some(Reading { lag, bound })
             }
             None => {
                 // Nothing to compare the next reading with.
@@ -165,11 +174,11 @@ pub struct BacklogFull {
 
 /// The configured limits on the backlog.
 #[derive(Debug, Clone, Copy)]
-struct Limits {
+pub(super) struct Limits {
     /// `--max-emit-backlog`; 0: none.
-    events: u64,
+    pub(super) events: u64,
     /// `--max-backlog-wait`; zero: none.
-    wait: Duration,
+    pub(super) wait: Duration,
 }
 
 impl Limits {
@@ -215,15 +224,11 @@ impl Engine {
             return Ok(());
         };
         let last = backlog.last.read();
-        let Some(Reading { lag, rate }) = last.as_ref() else {
+        let Some(Reading { lag, bound }) = last.as_ref() else {
             return Ok(());
         };
-        let limits = Limits {
-            events: self.config.max_emit_backlog,
-            wait: self.config.max_backlog_wait,
-        };
         let partition = crate::log::partition_for(tenant_id, lag.len() as u32) as usize;
-        refusal(lag, partition, limits.bound(*rate)).map_or(Ok(()), Err)
+        refusal(lag, partition, *bound).map_or(Ok(()), Err)
     }
 }
 

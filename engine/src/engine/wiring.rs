@@ -202,10 +202,16 @@ impl Engine {
             && (config.max_emit_backlog > 0 || !config.max_backlog_wait.is_zero()))
         .then(|| {
             let backlog = Arc::new(super::intake::Backlog::default());
+            let limits = super::intake::Limits {
+                events: config.max_emit_backlog,
+                wait: config.max_backlog_wait,
+            };
             tasks.push(tokio::spawn(super::intake::follow(
                 log.clone(),
                 backends.fanout_group(),
+                limits,
                 backlog.clone(),
+                metrics.clone(),
                 cancel.clone(),
             )));
             backlog
