@@ -128,20 +128,19 @@ impl Metrics {
             r.register(Box::new(h.clone())).expect("unique metric");
             h
         };
-        let retry_backlog = IntGauge::new(
+        let plain_gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("valid metric");
+            r.register(Box::new(g.clone())).expect("unique metric");
+            g
+        };
+        let retry_backlog = plain_gauge(
             "herald_retry_backlog_deliveries",
             "Deliveries waiting in the durable schedule (first attempts due now and retries), and the retries this worker keeps in the schedule changelog.",
-        )
-        .expect("valid metric");
-        r.register(Box::new(retry_backlog.clone()))
-            .expect("unique metric");
-        let emit_backlog_bound = IntGauge::new(
+        );
+        let emit_backlog_bound = plain_gauge(
             "herald_emit_backlog_bound_events",
             "Accepted events not yet delivered past which this process refuses emits now: --max-emit-backlog, or what delivery settles in --max-backlog-wait at its measured rate when that is less; 0 = none.",
-        )
-        .expect("valid metric");
-        r.register(Box::new(emit_backlog_bound.clone()))
-            .expect("unique metric");
+        );
         let m = Self {
             events_ingested: counter(
                 r,
